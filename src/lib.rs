@@ -1,0 +1,14 @@
+//! nsbox: a native Linux sandbox. The library owns all logic; `main.rs` only dispatches to
+//! [`cli::main`].
+
+pub mod cgroup;
+pub mod cli;
+pub mod host;
+pub mod net;
+pub mod profile;
+pub mod relay;
+pub mod rootfs;
+pub mod sandbox;
+pub mod seccomp;
+pub mod spec;
+pub mod sys;
