@@ -1,1 +1,4 @@
-//! placeholder
+//! What nsbox knows about the host it runs on: mount table, kernel features. Read-only; takes
+//! injected roots so unit tests run against fixtures.
+
+pub mod mountinfo;
