@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod exit;
 pub mod host;
 pub mod net;
 pub mod profile;

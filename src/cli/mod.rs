@@ -1,2 +1,218 @@
-//! placeholder
-pub fn main() -> i32 { 0 }
+//! The command line: parses flags once into typed values, builds the validated plan and hands
+//! it to the library. Errors that reach the user say what to do; exit codes follow the table
+//! in [`crate::exit`].
+
+mod doctor;
+mod exec;
+mod prune;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit;
+use crate::profile::NetworkMode;
+use crate::spec::units::{ByteSize, CpuQuota};
+use crate::spec::{Limit, Timeout};
+
+const AFTER_HELP: &str = "\
+Examples:
+  nsbox exec -- uname -a                          run on the host's root, read-only, no network
+  nsbox exec -it -- bash                          an interactive shell in a throwaway sandbox
+  nsbox exec --copy ./repo:repo -w /sandbox/repo -- make test
+  nsbox exec --memory 512m --pids 64 --timeout 30s -- ./untrusted
+  nsbox exec --secret API_KEY=sk-123 -- ./agent   API_KEY is masked as *** in all output
+  nsbox doctor                                    check that this host can run sandboxes
+
+Exit codes: the command's own status; 124 timeout; 125 nsbox failed; 126 not executable;
+127 not found; 128+N killed by signal N (137 also for out of memory).";
+
+/// nsbox: a disposable, locked-down Linux sandbox per command. One binary, no daemon.
+#[derive(Debug, Parser)]
+#[command(name = "nsbox", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). NSBOX_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Format of nsbox's own log lines on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command in a new sandbox, then remove the sandbox.
+    #[command(after_help = AFTER_HELP)]
+    Exec(Box<ExecArgs>),
+    /// Check that this host can run sandboxes, and say what to fix if not.
+    Doctor(doctor::DoctorArgs),
+    /// Remove what killed nsbox processes left behind (empty cgroups).
+    Prune(prune::PruneArgs),
+    /// List the built-in profiles.
+    Profiles,
+}
+
+/// Flags of `nsbox exec`. Values left out come from the profile (profiles/default.toml).
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Profile to start from: a built-in name (default, strict), /etc/nsbox/profiles/NAME.toml,
+    /// or a path to a TOML file.
+    #[arg(long, short = 'p', value_name = "NAME|PATH", default_value = "default")]
+    profile: String,
+
+    /// Use this directory as the root filesystem (read-only, under an ephemeral overlay)
+    /// instead of the host's root.
+    #[arg(long, value_name = "DIR", help_heading = "Filesystem")]
+    rootfs: Option<PathBuf>,
+    /// Let the command write anywhere in the root; writes go to an ephemeral layer.
+    #[arg(long, help_heading = "Filesystem")]
+    writable_root: bool,
+    /// Bind a host path into the sandbox, read-only unless :rw. Repeatable.
+    #[arg(long = "mount", short = 'm', value_name = "SRC:DST[:ro|rw]", help_heading = "Filesystem")]
+    mounts: Vec<String>,
+    /// Copy a host file or tree into /sandbox before the command starts (DST relative to
+    /// /sandbox; a DST ending in / keeps SRC's name). Repeatable.
+    #[arg(long = "copy", value_name = "SRC:DST", help_heading = "Filesystem")]
+    copies: Vec<String>,
+    /// Size of the writable /sandbox tmpfs (the working directory and HOME).
+    #[arg(long, value_name = "SIZE", help_heading = "Filesystem")]
+    sandbox_size: Option<ByteSize>,
+    /// Size of /tmp.
+    #[arg(long, value_name = "SIZE", help_heading = "Filesystem")]
+    tmp_size: Option<ByteSize>,
+    /// Size of the ephemeral layer that holds writes to the root (with --writable-root).
+    #[arg(long, value_name = "SIZE", help_heading = "Filesystem")]
+    root_size: Option<ByteSize>,
+
+    /// Memory limit for the whole sandbox (e.g. 512m, 2g, none). Swap is always off.
+    #[arg(long, value_name = "SIZE", help_heading = "Limits")]
+    memory: Option<Limit<ByteSize>>,
+    /// CPU time limit in cores (e.g. 0.5, 2, none).
+    #[arg(long, value_name = "CORES", help_heading = "Limits")]
+    cpus: Option<Limit<CpuQuota>>,
+    /// Maximum number of processes and threads (or none).
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pids: Option<Limit<u64>>,
+    /// Kill every process of the sandbox after this long (e.g. 30s, 5m, 1h; or none). Exit 124.
+    #[arg(long, value_name = "DURATION", help_heading = "Limits")]
+    timeout: Option<Limit<Timeout>>,
+    /// Relay at most this many bytes of output (e.g. 10m, or none); the rest is dropped.
+    #[arg(long, value_name = "SIZE", help_heading = "Limits")]
+    max_output: Option<Limit<ByteSize>>,
+
+    /// Network: none (loopback only, the default) or host (the host's network, opt-in).
+    #[arg(long, value_name = "MODE", value_parser = parse_network, help_heading = "Network")]
+    net: Option<NetworkMode>,
+
+    /// User inside the sandbox (default 100:101, `sandbox`). Never has capabilities.
+    #[arg(long, short = 'u', value_name = "UID[:GID]", value_parser = crate::profile::parse_user, help_heading = "Process")]
+    user: Option<(u32, u32)>,
+    /// Working directory inside the sandbox (default /sandbox; created if missing).
+    #[arg(long, short = 'w', value_name = "DIR", help_heading = "Process")]
+    workdir: Option<PathBuf>,
+    /// Hostname inside the sandbox (default: the sandbox id).
+    #[arg(long, value_name = "NAME", help_heading = "Process")]
+    hostname: Option<String>,
+    /// Set an environment variable; a bare NAME copies it from nsbox's environment. Repeatable.
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE", help_heading = "Process")]
+    env: Vec<String>,
+    /// Read variables from a file of NAME=VALUE lines. Repeatable.
+    #[arg(long = "env-file", value_name = "FILE", help_heading = "Process")]
+    env_files: Vec<PathBuf>,
+    /// Set a secret variable: its value is masked as *** in everything nsbox relays. Repeatable.
+    #[arg(long = "secret", value_name = "NAME=VALUE", help_heading = "Process")]
+    secrets: Vec<String>,
+    /// Like --secret, with the value taken from nsbox's own environment. Repeatable.
+    #[arg(long = "secret-env", value_name = "NAME", help_heading = "Process")]
+    secret_env: Vec<String>,
+
+    /// Pass nsbox's stdin to the command (otherwise it reads /dev/null).
+    #[arg(long, short = 'i', help_heading = "Input/output")]
+    interactive: bool,
+    /// Give the command a terminal (use with -i for an interactive shell).
+    #[arg(long, short = 't', help_heading = "Input/output")]
+    tty: bool,
+    /// Write one JSON event per line (output chunks, exit, errors) instead of raw output.
+    #[arg(long, help_heading = "Input/output")]
+    json: bool,
+    /// Print where the time went, phase by phase, on stderr.
+    #[arg(long, help_heading = "Input/output")]
+    timings: bool,
+
+    /// The command and its arguments.
+    #[arg(value_name = "CMD", trailing_var_arg = true, num_args = 0..)]
+    command: Vec<OsString>,
+}
+
+fn parse_network(s: &str) -> Result<NetworkMode, String> {
+    s.parse()
+}
+
+/// Runs nsbox with the process's arguments; returns the exit status.
+pub fn main() -> i32 {
+    let t0 = crate::sandbox::supervisor::now_ns();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => exit::NSBOX_FAILED,
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.verbose, cli.log_format);
+    match cli.command {
+        Command::Exec(args) => exec::run(*args, t0),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Prune(args) => prune::run(args),
+        Command::Profiles => {
+            for name in crate::profile::builtin_names() {
+                let description = crate::profile::Profile::load(name)
+                    .map(|p| p.description)
+                    .unwrap_or_default();
+                println!("{name:<10} {description}");
+            }
+            0
+        }
+    }
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    let env = std::env::var("NSBOX_LOG").ok();
+    if verbose == 0 && env.is_none() {
+        // Quiet by default: no subscriber at all costs nothing at start-up.
+        return;
+    }
+    let level = match verbose {
+        0 | 1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::new(env.unwrap_or_else(|| format!("nsbox={level}")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Prints a user-facing error on stderr.
+fn error(message: &str) {
+    eprintln!("nsbox: {message}");
+}

@@ -1,1 +1,11 @@
-//! placeholder
+//! Relaying the workload's output to the caller: secret masking, the output cap, the `--json`
+//! event encoding and non-blocking writes. Pure data handling; the supervisor's event loop
+//! owns the descriptors and calls in here.
+
+pub mod events;
+pub mod mask;
+pub mod sink;
+
+pub use events::{Chunk, Event, Utf8Chunker};
+pub use mask::Masker;
+pub use sink::Sink;

@@ -1,1 +1,757 @@
-//! placeholder
+//! The validated plan for one sandbox ([`SandboxSpec`]): plain data built from a profile and
+//! the command line, checked once here so the privileged code never sees a bad value.
+//!
+//! This module reads the host only to validate user input (does a --mount source exist, read an
+//! --env-file). It creates nothing.
+
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use crate::profile::{self, NetworkMode, Profile, RootChoice, SysMode};
+use crate::seccomp::{SeccompError, SeccompPolicy};
+use units::{ByteSize, CpuQuota};
+
+/// How many ids the sandbox's user namespace maps (inside 0..65536).
+pub const IDS_IN_SANDBOX: u32 = 65536;
+
+/// First host uid/gid of the range nsbox maps into every sandbox (inside id N is host id
+/// `DEFAULT_UID_BASE + N`). Chosen far above the ranges that /etc/subuid, systemd (dynamic
+/// users, nspawn) and distributions hand out, so no host user or other engine owns these ids.
+/// Host uid 0 is never mapped.
+pub const DEFAULT_UID_BASE: u32 = 0x6e73_0000; // 1853030400 ("ns")
+
+/// A limit given on the command line: a value, or "none" to switch the profile's limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit<T> {
+    Unlimited,
+    Value(T),
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for Limit<T> {
+    type Err = T::Err;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if units::is_unlimited(s) {
+            Ok(Limit::Unlimited)
+        } else {
+            s.parse().map(Limit::Value)
+        }
+    }
+}
+
+impl<T> Limit<T> {
+    fn into_option(self) -> Option<T> {
+        match self {
+            Limit::Unlimited => None,
+            Limit::Value(v) => Some(v),
+        }
+    }
+}
+
+/// A wall-clock limit in a form clap can parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout(pub Duration);
+
+impl std::str::FromStr for Timeout {
+    type Err = units::UnitError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        units::parse_duration(s).map(Timeout)
+    }
+}
+
+/// What the command line asked for. `None` / empty means "the profile decides".
+#[derive(Debug, Default, Clone)]
+pub struct ExecRequest {
+    pub command: Vec<OsString>,
+    pub rootfs: Option<PathBuf>,
+    pub network: Option<NetworkMode>,
+    pub hostname: Option<String>,
+    pub user: Option<(u32, u32)>,
+    pub workdir: Option<PathBuf>,
+    pub writable_root: bool,
+    pub sandbox_size: Option<ByteSize>,
+    pub tmp_size: Option<ByteSize>,
+    pub root_size: Option<ByteSize>,
+    pub mounts: Vec<String>,
+    pub copies: Vec<String>,
+    pub memory: Option<Limit<ByteSize>>,
+    pub cpus: Option<Limit<CpuQuota>>,
+    pub pids: Option<Limit<u64>>,
+    pub timeout: Option<Limit<Timeout>>,
+    pub max_output: Option<Limit<ByteSize>>,
+    pub env: Vec<String>,
+    pub env_files: Vec<PathBuf>,
+    pub secrets: Vec<String>,
+    pub secret_env: Vec<String>,
+    pub interactive: bool,
+    pub tty: bool,
+    pub json: bool,
+    pub timings: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("no command given — usage: nsbox exec [OPTIONS] -- CMD [ARGS...]")]
+    NoCommand,
+    #[error("--rootfs {path}: {reason}")]
+    Rootfs { path: PathBuf, reason: String },
+    #[error("--mount '{spec}': {reason}")]
+    Mount { spec: String, reason: String },
+    #[error("--copy '{spec}': {reason}")]
+    Copy { spec: String, reason: String },
+    #[error("--hostname '{0}': use 1-63 letters, digits and '-', not starting or ending with '-'")]
+    Hostname(String),
+    #[error("--workdir '{0}': must be an absolute path without '..'")]
+    Workdir(PathBuf),
+    #[error("{flag} '{entry}': {reason}")]
+    Env {
+        flag: &'static str,
+        entry: String,
+        reason: String,
+    },
+    #[error("--env-file {path}: {reason}")]
+    EnvFile { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Seccomp(#[from] SeccompError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A host path bound into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub readonly: bool,
+}
+
+/// A host file or tree copied into the sandbox before the command starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyIn {
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox, below the working tmpfs.
+    pub target: PathBuf,
+}
+
+/// The resource limits of one sandbox. `None` means unlimited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub memory: Option<ByteSize>,
+    pub cpus: Option<CpuQuota>,
+    pub pids: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub max_output: Option<ByteSize>,
+}
+
+/// Sizes of the sandbox's writable filesystems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsSizes {
+    pub sandbox: ByteSize,
+    pub tmp: ByteSize,
+    pub root: ByteSize,
+    pub shm: ByteSize,
+}
+
+/// How the workload's standard streams are connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoMode {
+    /// Relay nsbox's stdin to the command (-i). Otherwise the command reads /dev/null.
+    pub stdin: bool,
+    /// Give the command a pseudo-terminal (-t).
+    pub tty: bool,
+    /// Write JSON events instead of raw output (--json).
+    pub json: bool,
+}
+
+/// Everything needed to build and run one sandbox, validated.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: String,
+    pub profile_name: String,
+    pub command: Vec<OsString>,
+    pub root: RootChoice,
+    pub writable_root: bool,
+    pub hostname: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub uid_base: u32,
+    pub workdir: PathBuf,
+    pub network: NetworkMode,
+    pub limits: Limits,
+    pub sizes: FsSizes,
+    pub sys: SysMode,
+    /// With the host's root: the top-level names that stay visible.
+    pub host_root_visible: Vec<String>,
+    pub hide: Vec<PathBuf>,
+    pub mounts: Vec<BindMount>,
+    pub copies: Vec<CopyIn>,
+    /// The workload's complete environment, in order, secrets included.
+    pub env: Vec<(String, String)>,
+    /// Values masked as `***` in everything nsbox relays.
+    pub secrets: Vec<String>,
+    pub io: IoMode,
+    pub seccomp: SeccompPolicy,
+    pub timings: bool,
+}
+
+/// Mount targets the sandbox's own filesystems own; user mounts may not go there.
+const RESERVED_TARGETS: &[&str] = &["/proc", "/dev", "/sys"];
+
+impl SandboxSpec {
+    /// Validates `req` against `profile` and produces the plan. `host_env` is nsbox's own
+    /// environment (for `--env K`, `--secret-env K` and bare names in env files).
+    pub fn build(
+        req: ExecRequest,
+        profile: &Profile,
+        host_env: &BTreeMap<String, String>,
+    ) -> Result<SandboxSpec, SpecError> {
+        if req.command.is_empty() {
+            return Err(SpecError::NoCommand);
+        }
+        let id = new_id();
+        let root = match &req.rootfs {
+            Some(dir) => RootChoice::Dir(dir.clone()),
+            None => profile.root.clone(),
+        };
+        if let RootChoice::Dir(dir) = &root {
+            let reason = match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => None,
+                Ok(_) => Some("is not a directory".to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some("does not exist".to_string())
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(reason) = reason {
+                return Err(SpecError::Rootfs {
+                    path: dir.clone(),
+                    reason,
+                });
+            }
+        }
+        let hostname = req.hostname.clone().unwrap_or_else(|| id.clone());
+        if !valid_hostname(&hostname) {
+            return Err(SpecError::Hostname(hostname));
+        }
+        let (uid, gid) = req.user.unwrap_or(profile.user);
+        let workdir = req.workdir.clone().unwrap_or_else(|| profile.workdir.clone());
+        if !workdir.is_absolute() || workdir.components().any(|c| c == Component::ParentDir) {
+            return Err(SpecError::Workdir(workdir));
+        }
+        let sizes = FsSizes {
+            sandbox: req.sandbox_size.unwrap_or(profile.sandbox_size),
+            tmp: req.tmp_size.unwrap_or(profile.tmp_size),
+            root: req.root_size.unwrap_or(profile.root_size),
+            shm: profile.shm_size,
+        };
+        for (flag, size) in [("--sandbox-size", sizes.sandbox), ("--tmp-size", sizes.tmp), ("--root-size", sizes.root)] {
+            if size.bytes() < 4096 {
+                return Err(SpecError::Invalid(format!("{flag} {size} is too small (at least 4k)")));
+            }
+        }
+        let limits = Limits {
+            memory: req.memory.map_or(profile.memory, Limit::into_option),
+            cpus: req.cpus.map_or(profile.cpus, Limit::into_option),
+            pids: req.pids.map_or(profile.pids, Limit::into_option),
+            timeout: req
+                .timeout
+                .map_or(profile.timeout, |l| l.into_option().map(|t| t.0)),
+            max_output: req.max_output.map_or(profile.max_output, Limit::into_option),
+        };
+        if limits.pids == Some(0) {
+            return Err(SpecError::Invalid("--pids must be at least 1".into()));
+        }
+        if limits.timeout == Some(Duration::ZERO) {
+            return Err(SpecError::Invalid("--timeout must be longer than zero".into()));
+        }
+        if let Some(m) = limits.memory {
+            if m.bytes() < 4 << 20 {
+                return Err(SpecError::Invalid(format!(
+                    "--memory {m} is too small to start a process (at least 4m)"
+                )));
+            }
+        }
+
+        let sandbox_dir = PathBuf::from("/sandbox");
+        let mut mounts = Vec::new();
+        for spec in profile.mounts.iter().chain(req.mounts.iter()) {
+            mounts.push(parse_mount(spec)?);
+        }
+        let mut copies = Vec::new();
+        for spec in &req.copies {
+            copies.push(parse_copy(spec, &sandbox_dir)?);
+        }
+
+        let mut env: Vec<(String, String)> = Vec::new();
+        let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+            if let Some(slot) = env.iter_mut().find(|(key, _)| *key == k) {
+                slot.1 = v;
+            } else {
+                env.push((k, v));
+            }
+        };
+        for (k, v) in &profile.env {
+            set(&mut env, k.clone(), v.clone());
+        }
+        if req.tty {
+            let term = host_env
+                .get("TERM")
+                .filter(|t| !t.is_empty() && t.as_str() != "dumb")
+                .cloned()
+                .unwrap_or_else(|| "xterm-256color".to_string());
+            set(&mut env, "TERM".into(), term);
+        }
+        for path in &req.env_files {
+            for (k, v) in read_env_file(path, host_env)? {
+                set(&mut env, k, v);
+            }
+        }
+        for entry in &req.env {
+            if let Some((k, v)) = parse_env_entry("--env", entry, host_env)? {
+                set(&mut env, k, v);
+            }
+        }
+        let mut secrets = Vec::new();
+        for entry in &req.secrets {
+            let (k, v) = entry.split_once('=').ok_or_else(|| SpecError::Env {
+                flag: "--secret",
+                entry: mask_all(entry),
+                reason: "expected NAME=VALUE".into(),
+            })?;
+            check_env_name("--secret", k)?;
+            if v.is_empty() {
+                return Err(SpecError::Env {
+                    flag: "--secret",
+                    entry: k.to_string(),
+                    reason: "the value is empty; there is nothing to mask".into(),
+                });
+            }
+            secrets.push(v.to_string());
+            set(&mut env, k.to_string(), v.to_string());
+        }
+        for name in &req.secret_env {
+            check_env_name("--secret-env", name)?;
+            let value = host_env.get(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                SpecError::Env {
+                    flag: "--secret-env",
+                    entry: name.clone(),
+                    reason: format!("{name} is not set (or empty) in nsbox's environment"),
+                }
+            })?;
+            secrets.push(value.clone());
+            set(&mut env, name.clone(), value.clone());
+        }
+
+        let seccomp = load_seccomp(&profile.seccomp)?;
+
+        Ok(SandboxSpec {
+            id,
+            profile_name: profile.name.clone(),
+            command: req.command,
+            root,
+            writable_root: req.writable_root || profile.writable_root,
+            hostname,
+            uid,
+            gid,
+            uid_base: DEFAULT_UID_BASE,
+            workdir,
+            network: req.network.unwrap_or(profile.network),
+            limits,
+            sizes,
+            sys: profile.sys,
+            host_root_visible: profile.host_root_visible.clone(),
+            hide: profile.hide.clone(),
+            mounts,
+            copies,
+            env,
+            secrets,
+            io: IoMode {
+                stdin: req.interactive,
+                tty: req.tty,
+                json: req.json,
+            },
+            seccomp,
+            timings: req.timings,
+        })
+    }
+
+    /// The host uid that inside uid `id` maps to.
+    pub fn host_uid(&self, id: u32) -> u32 {
+        self.uid_base + id
+    }
+}
+
+fn load_seccomp(name_or_path: &str) -> Result<SeccompPolicy, SpecError> {
+    if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
+        let text = std::fs::read_to_string(name_or_path).map_err(|e| {
+            SpecError::Invalid(format!("cannot read seccomp policy {name_or_path}: {e}"))
+        })?;
+        Ok(SeccompPolicy::parse(&text, name_or_path)?)
+    } else {
+        Ok(SeccompPolicy::builtin(name_or_path)?)
+    }
+}
+
+/// A fresh sandbox id: 12 lowercase hex digits from the kernel's random pool.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    // getrandom only fails before the pool is initialised at early boot; fall back to time+pid
+    // so an id is still unique enough on this host.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let mixed = nanos ^ (u128::from(std::process::id()) << 64);
+        bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// Normalizes an absolute in-sandbox path: no `..`, no `.`, no trailing slash.
+pub fn normalize_inside(path: &Path) -> Option<PathBuf> {
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Parses "SRC:DST[:ro|rw]". SRC is a host path (it must exist); DST an absolute path inside.
+pub fn parse_mount(spec: &str) -> Result<BindMount, SpecError> {
+    let err = |reason: &str| SpecError::Mount {
+        spec: spec.to_string(),
+        reason: reason.to_string(),
+    };
+    let (rest, readonly) = if let Some(r) = spec.strip_suffix(":ro") {
+        (r, true)
+    } else if let Some(r) = spec.strip_suffix(":rw") {
+        (r, false)
+    } else {
+        (spec, true)
+    };
+    let (src, dst) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| err("expected SRC:DST[:ro|rw]"))?;
+    if src.is_empty() || dst.is_empty() {
+        return Err(err("expected SRC:DST[:ro|rw]"));
+    }
+    let target = normalize_inside(Path::new(dst))
+        .ok_or_else(|| err("the destination must be an absolute path without '..'"))?;
+    if target == Path::new("/") {
+        return Err(err("the destination cannot be / (use --rootfs for a different root)"));
+    }
+    if let Some(reserved) = RESERVED_TARGETS
+        .iter()
+        .find(|r| target.starts_with(r))
+    {
+        return Err(err(&format!(
+            "the destination is inside {reserved}, which the sandbox provides itself"
+        )));
+    }
+    let source = absolute(Path::new(src));
+    match std::fs::symlink_metadata(&source) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(err(&format!("the source {} does not exist", source.display())))
+        }
+        Err(e) => return Err(err(&format!("the source {}: {e}", source.display()))),
+    }
+    Ok(BindMount {
+        source,
+        target,
+        readonly,
+    })
+}
+
+/// Parses "SRC:DST" for --copy. A relative DST is relative to /sandbox; a DST ending in '/'
+/// (or /sandbox itself) receives SRC under its own name.
+pub fn parse_copy(spec: &str, sandbox_dir: &Path) -> Result<CopyIn, SpecError> {
+    let err = |reason: &str| SpecError::Copy {
+        spec: spec.to_string(),
+        reason: reason.to_string(),
+    };
+    let (src, dst) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| err("expected SRC:DST (DST relative to /sandbox)"))?;
+    if src.is_empty() {
+        return Err(err("the source is empty"));
+    }
+    let source = absolute(Path::new(src));
+    let meta = std::fs::symlink_metadata(&source).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            err(&format!("the source {} does not exist", source.display()))
+        } else {
+            err(&format!("the source {}: {e}", source.display()))
+        }
+    })?;
+    if !(meta.is_file() || meta.is_dir() || meta.file_type().is_symlink()) {
+        return Err(err("only regular files, directories and symlinks can be copied"));
+    }
+    let joined = if dst.starts_with('/') {
+        PathBuf::from(dst)
+    } else {
+        sandbox_dir.join(dst)
+    };
+    let mut target = normalize_inside(&joined)
+        .ok_or_else(|| err("the destination must not contain '..'"))?;
+    if !target.starts_with(sandbox_dir) {
+        return Err(err(&format!(
+            "the destination {} is outside {} (copies go into the sandbox's working tmpfs)",
+            target.display(),
+            sandbox_dir.display()
+        )));
+    }
+    if dst.ends_with('/') || dst.is_empty() || dst == "." || target == sandbox_dir {
+        let name = source
+            .file_name()
+            .ok_or_else(|| err("the source has no file name to copy under"))?;
+        target.push(name);
+    }
+    Ok(CopyIn { source, target })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+fn check_env_name(flag: &'static str, name: &str) -> Result<(), SpecError> {
+    if profile::valid_env_name(name) {
+        Ok(())
+    } else {
+        Err(SpecError::Env {
+            flag,
+            entry: name.to_string(),
+            reason: "not a valid variable name (letters, digits, '_')".into(),
+        })
+    }
+}
+
+fn mask_all(entry: &str) -> String {
+    match entry.split_once('=') {
+        Some((k, _)) => format!("{k}=***"),
+        None => "***".to_string(),
+    }
+}
+
+/// `K=V` sets K; a bare `K` copies K from nsbox's environment (skipped when unset).
+fn parse_env_entry(
+    flag: &'static str,
+    entry: &str,
+    host_env: &BTreeMap<String, String>,
+) -> Result<Option<(String, String)>, SpecError> {
+    match entry.split_once('=') {
+        Some((k, v)) => {
+            check_env_name(flag, k)?;
+            if v.contains('\0') {
+                return Err(SpecError::Env {
+                    flag,
+                    entry: k.to_string(),
+                    reason: "the value contains a NUL byte".into(),
+                });
+            }
+            Ok(Some((k.to_string(), v.to_string())))
+        }
+        None => {
+            check_env_name(flag, entry)?;
+            Ok(host_env.get(entry).map(|v| (entry.to_string(), v.clone())))
+        }
+    }
+}
+
+/// Reads a docker-style env file: `K=V` lines, `#` comments, blank lines, bare `K` copied from
+/// nsbox's environment, an optional leading `export `.
+fn read_env_file(
+    path: &Path,
+    host_env: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SpecError::EnvFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        match parse_env_entry("--env-file", line, host_env) {
+            Ok(Some(kv)) => out.push(kv),
+            Ok(None) => {}
+            Err(_) => {
+                return Err(SpecError::EnvFile {
+                    path: path.to_path_buf(),
+                    reason: format!("line {}: expected NAME=VALUE or NAME", n + 1),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(cmd: &[&str]) -> ExecRequest {
+        ExecRequest {
+            command: cmd.iter().map(OsString::from).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn build(r: ExecRequest) -> Result<SandboxSpec, SpecError> {
+        let env = BTreeMap::from([
+            ("TOKEN".to_string(), "s3cr3t-value".to_string()),
+            ("TERM".to_string(), "screen".to_string()),
+        ]);
+        SandboxSpec::build(r, &Profile::default_profile().unwrap(), &env)
+    }
+
+    #[test]
+    fn defaults_come_from_the_profile() {
+        let s = build(req(&["true"])).unwrap();
+        assert_eq!(s.id.len(), 12);
+        assert_eq!(s.hostname, s.id);
+        assert_eq!((s.uid, s.gid), (100, 101));
+        assert_eq!(s.network, NetworkMode::None);
+        assert_eq!(s.root, RootChoice::Host);
+        assert!(!s.writable_root);
+        assert_eq!(s.limits.memory, Some(ByteSize(2 << 30)));
+        let keys: Vec<_> = s.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["HOME", "LANG", "PATH"]);
+    }
+
+    #[test]
+    fn no_command_is_an_error() {
+        assert!(matches!(build(req(&[])), Err(SpecError::NoCommand)));
+    }
+
+    #[test]
+    fn flags_override_and_unlimited_switches_off() {
+        let mut r = req(&["true"]);
+        r.memory = Some(Limit::Unlimited);
+        r.pids = Some(Limit::Value(10));
+        r.timeout = Some(Limit::Value(Timeout(Duration::from_secs(3))));
+        let s = build(r).unwrap();
+        assert_eq!(s.limits.memory, None);
+        assert_eq!(s.limits.pids, Some(10));
+        assert_eq!(s.limits.timeout, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn env_precedence_and_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("env");
+        std::fs::write(&file, "# comment\nA=from-file\nexport B=2\n\nTOKEN\n").unwrap();
+        let mut r = req(&["env"]);
+        r.env_files = vec![file];
+        r.env = vec!["A=from-flag".into(), "LANG=C".into()];
+        r.secrets = vec!["API_KEY=abcdef123".into()];
+        r.secret_env = vec!["TOKEN".into()];
+        r.tty = true;
+        let s = build(r).unwrap();
+        let get = |k: &str| s.env.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("A"), Some("from-flag"));
+        assert_eq!(get("B"), Some("2"));
+        assert_eq!(get("LANG"), Some("C"));
+        assert_eq!(get("TERM"), Some("screen"));
+        assert_eq!(get("API_KEY"), Some("abcdef123"));
+        assert_eq!(get("TOKEN"), Some("s3cr3t-value"));
+        assert_eq!(s.secrets, ["abcdef123", "s3cr3t-value"]);
+    }
+
+    #[test]
+    fn bad_env_is_rejected_without_echoing_secrets() {
+        let mut r = req(&["env"]);
+        r.secrets = vec!["novalue".into()];
+        let e = build(r).unwrap_err().to_string();
+        assert!(!e.contains("novalue"), "{e}");
+        let mut r = req(&["env"]);
+        r.secret_env = vec!["UNSET_VAR".into()];
+        assert!(build(r).unwrap_err().to_string().contains("UNSET_VAR"));
+        let mut r = req(&["env"]);
+        r.env = vec!["1X=y".into()];
+        assert!(build(r).is_err());
+        let mut r = req(&["env"]);
+        r.env_files = vec![PathBuf::from("/nonexistent/env")];
+        assert!(matches!(build(r), Err(SpecError::EnvFile { .. })));
+    }
+
+    #[test]
+    fn mounts_parse_and_validate() {
+        let m = parse_mount("/usr:/opt/usr").unwrap();
+        assert_eq!(m.target, PathBuf::from("/opt/usr"));
+        assert!(m.readonly);
+        assert!(!parse_mount("/usr:/data:rw").unwrap().readonly);
+        assert!(parse_mount("/usr:/data:ro").unwrap().readonly);
+        assert!(parse_mount("/nonexistent-nsbox-src:/x")
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+        assert!(parse_mount("/usr:relative").is_err());
+        assert!(parse_mount("/usr:/").is_err());
+        assert!(parse_mount("/usr:/proc/x").is_err());
+        assert!(parse_mount("/usr:/a/../b").is_err());
+        assert!(parse_mount("/usr").is_err());
+    }
+
+    #[test]
+    fn copies_land_under_the_sandbox_dir() {
+        let sb = Path::new("/sandbox");
+        let c = parse_copy("/etc/hostname:notes.txt", sb).unwrap();
+        assert_eq!(c.target, PathBuf::from("/sandbox/notes.txt"));
+        let c = parse_copy("/etc/hostname:/sandbox/", sb).unwrap();
+        assert_eq!(c.target, PathBuf::from("/sandbox/hostname"));
+        let c = parse_copy("/etc/hostname:.", sb).unwrap();
+        assert_eq!(c.target, PathBuf::from("/sandbox/hostname"));
+        assert!(parse_copy("/etc/hostname:/etc/x", sb).is_err());
+        assert!(parse_copy("/etc/hostname:../x", sb).is_err());
+        assert!(parse_copy("/nonexistent-nsbox:x", sb).is_err());
+    }
+
+    #[test]
+    fn hostnames_and_workdirs_are_checked() {
+        let mut r = req(&["true"]);
+        r.hostname = Some("bad_name".into());
+        assert!(matches!(build(r), Err(SpecError::Hostname(_))));
+        let mut r = req(&["true"]);
+        r.workdir = Some(PathBuf::from("rel"));
+        assert!(matches!(build(r), Err(SpecError::Workdir(_))));
+        let mut r = req(&["true"]);
+        r.rootfs = Some(PathBuf::from("/nonexistent-rootfs"));
+        assert!(build(r).unwrap_err().to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn normalize_rejects_escapes() {
+        assert_eq!(normalize_inside(Path::new("/a/./b/")).unwrap(), PathBuf::from("/a/b"));
+        assert!(normalize_inside(Path::new("/a/../b")).is_none());
+        assert!(normalize_inside(Path::new("a")).is_none());
+    }
+}

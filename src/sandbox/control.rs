@@ -1,0 +1,120 @@
+//! Typed messages between the supervisor (host side) and the sandbox's setup child / init,
+//! over a SOCK_SEQPACKET socket pair: one JSON message per packet, file descriptors attached
+//! with SCM_RIGHTS where a message carries one (the pty master).
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// From the sandbox to the supervisor.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum ToSupervisor {
+    /// The init created its user namespace: write its uid/gid maps.
+    NeedMaps,
+    /// Setup failed at `step`; the sandbox is about to exit.
+    SetupFailed { step: String, message: String },
+    /// The workload process exists (its exec follows). A pty master may be attached.
+    Started {
+        /// (phase, monotonic nanoseconds) marks taken inside the sandbox.
+        marks: Vec<(String, u64)>,
+        warnings: Vec<String>,
+    },
+    /// The workload ended; the init exits next, which ends every process of the sandbox.
+    Exited { code: Option<i32>, signal: Option<i32> },
+}
+
+/// From the supervisor to the sandbox.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum ToSandbox {
+    /// The uid/gid maps are written; go on.
+    MapsWritten,
+}
+
+/// Largest message accepted (marks and warnings are small).
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Sends one message, with `fds` attached.
+pub fn send<T: Serialize>(socket: BorrowedFd<'_>, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many descriptors for one control message"));
+    }
+    let iov = [io::IoSlice::new(&bytes)];
+    rustix::net::sendmsg(socket, &iov, &mut control, SendFlags::NOSIGNAL)
+        .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
+    Ok(())
+}
+
+/// Receives one message and the descriptors attached to it. `Ok(None)` at end of stream (the
+/// other side is gone); `WouldBlock` when nothing is waiting on a non-blocking socket.
+pub fn recv<T: DeserializeOwned>(socket: BorrowedFd<'_>) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let result = rustix::net::recvmsg(socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
+        .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if result.bytes == 0 {
+        return Ok(None);
+    }
+    let msg = serde_json::from_slice(&buf[..result.bytes]).map_err(io::Error::other)?;
+    Ok(Some((msg, fds)))
+}
+
+/// True when the other end of the socket has been closed (the peer process died), without
+/// consuming a message.
+pub fn peer_gone(socket: BorrowedFd<'_>) -> bool {
+    let mut byte = [0u8; 1];
+    match rustix::net::recv(socket.as_fd(), &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => true,
+        Ok(_) => false,
+        Err(rustix::io::Errno::AGAIN) => false,
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+    #[test]
+    fn messages_and_descriptors_round_trip() {
+        let (a, b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        let msg = ToSupervisor::Started {
+            marks: vec![("mounts".into(), 42)],
+            warnings: vec![],
+        };
+        send(a.as_fd(), &msg, &[r.as_fd()]).unwrap();
+        let (got, fds): (ToSupervisor, _) = recv(b.as_fd()).unwrap().unwrap();
+        assert_eq!(got, msg);
+        assert_eq!(fds.len(), 1);
+        assert!(!peer_gone(b.as_fd()));
+        drop(a);
+        assert!(peer_gone(b.as_fd()));
+        assert!(recv::<ToSupervisor>(b.as_fd()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,465 @@
+//! The sandbox side: the setup child created by clone3, which becomes the sandbox's init
+//! (pid 1), and the workload process it forks.
+//!
+//! Setup order (each step says why it is where it is):
+//!  1. parent-death signal, then check the supervisor is still alive — so a killed supervisor
+//!     never leaves a sandbox running;
+//!  2. stdio onto 0-2 and every other inherited descriptor closed — nothing of the
+//!     supervisor's (pipe ends, signalfd, terminal) stays reachable;
+//!  3. join the v1 cgroups by writing "0" to their tasks files (v2 joined at clone time) —
+//!     before anything allocates memory the sandbox should pay for;
+//!  4. unshare the cgroup namespace — now, so its root is the sandbox's own cgroup;
+//!  5. non-dumpable, argv replaced — nothing in the sandbox can read or ptrace this process
+//!     or see the supervisor's command line (which may hold --secret values);
+//!  6. open host sources (bind mounts, copies) — the last moment host paths are reachable;
+//!  7. build the overlay root, pivot_root into it and detach the host's root;
+//!  8. mount /proc, /dev, /sys, /tmp, /sandbox, masks, user binds, copies; root read-only;
+//!  9. hostname and loopback — the UTS and network namespaces are ours;
+//! 10. unshare the user namespace (which owns none of the other namespaces) and have the
+//!     supervisor write its uid/gid maps — from here on this process is never host root;
+//! 11. drop to the sandbox uid/gid: bounding set emptied, securebits locked, capabilities
+//!     cleared, no_new_privs — shared by init and workload;
+//! 12. fork the workload: new session, its stdio, working directory, default signals, every
+//!     descriptor close-on-exec, seccomp last, then execve;
+//! 13. init loads seccomp too, reports the start, reaps zombies, forwards signals, and exits
+//!     when the workload does (which kills every other process of the sandbox).
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::termios::Winsize;
+use serde::{Deserialize, Serialize};
+
+use super::control::{self, ToSandbox, ToSupervisor};
+use crate::exit;
+use crate::profile::NetworkMode;
+use crate::rootfs::apply::{self, HostSource, IdMap};
+use crate::rootfs::RootfsPlan;
+use crate::seccomp::BpfProgram;
+use crate::spec::SandboxSpec;
+use crate::sys;
+
+/// Everything the setup child needs, prepared by the supervisor before clone3. The child gets
+/// a copy of this memory; descriptors are the supervisor's numbers, inherited by the clone.
+#[derive(Debug)]
+pub struct ChildSetup<'a> {
+    pub spec: &'a SandboxSpec,
+    pub plan: &'a RootfsPlan,
+    pub seccomp: &'a BpfProgram,
+    pub control: BorrowedFd<'a>,
+    pub exec_status: BorrowedFd<'a>,
+    /// What becomes the workload's stdin, stdout, stderr (all /dev/null with a tty).
+    pub stdio: [BorrowedFd<'a>; 3],
+    pub cgroup_tasks: &'a [OwnedFd],
+    pub winsize: Option<Winsize>,
+}
+
+/// Why the workload never ran, sent through the exec-status pipe.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecFailure {
+    pub code: i32,
+    pub message: String,
+}
+
+/// A failed setup step.
+struct Failure {
+    step: String,
+    message: String,
+}
+
+fn at<E: std::fmt::Display>(step: &str) -> impl FnOnce(E) -> Failure + '_ {
+    move |e| Failure {
+        step: step.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Signals the init forwards to the workload's process group.
+const FORWARDED: &[i32] = &[
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Monotonic clock in nanoseconds (shared with the supervisor's clock).
+pub fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Entry point of the setup child. Never returns: ends as the sandbox's init.
+pub fn child_main(setup: ChildSetup<'_>) -> ! {
+    match run(&setup) {
+        Ok(never) => match never {},
+        Err(f) => {
+            let _ = control::send(
+                setup.control,
+                &ToSupervisor::SetupFailed {
+                    step: f.step,
+                    message: f.message,
+                },
+                &[],
+            );
+            sys::process::exit_now(exit::NSBOX_FAILED)
+        }
+    }
+}
+
+enum Never {}
+
+fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
+    let mut marks: Vec<(String, u64)> = vec![("child started".into(), now_ns())];
+    let mut warnings: Vec<String> = Vec::new();
+
+    // 1. Die with the supervisor. The supervisor may have died between clone and here, so
+    //    check the control socket too.
+    sys::process::set_parent_death_signal(libc::SIGKILL).map_err(at("set parent-death signal"))?;
+    if control::peer_gone(s.control) {
+        sys::process::exit_now(exit::NSBOX_FAILED);
+    }
+    rustix::process::umask(Mode::empty());
+
+    // 2. Standard streams, then close everything we do not need.
+    for (target, fd) in s.stdio.iter().enumerate() {
+        dup_onto(*fd, target as RawFd).map_err(at("set up standard streams"))?;
+    }
+    let mut keep: Vec<RawFd> = vec![s.control.as_raw_fd(), s.exec_status.as_raw_fd()];
+    keep.extend(s.cgroup_tasks.iter().map(|fd| fd.as_raw_fd()));
+    close_all_except(&keep).map_err(at("close inherited descriptors"))?;
+
+    // 3-4. cgroups.
+    crate::cgroup::join_self(s.cgroup_tasks).map_err(at("join cgroup"))?;
+    for fd in s.cgroup_tasks {
+        let _ = sys::fs::close_range(fd.as_raw_fd() as u32, fd.as_raw_fd() as u32);
+    }
+    sys::process::unshare(sys::process::flags::NEWCGROUP).map_err(at("create cgroup namespace"))?;
+
+    // 5. Nothing inside may inspect this process.
+    sys::process::set_non_dumpable().map_err(at("make init non-dumpable"))?;
+    sys::process::hide_arguments().map_err(at("replace init's arguments"))?;
+    marks.push(("namespaces joined".into(), now_ns()));
+
+    // 6-8. The filesystem.
+    let ids = IdMap {
+        base: s.spec.uid_base,
+    };
+    let mut sources: Vec<Option<HostSource>> = apply::open_host_sources(s.plan)
+        .map_err(at("open host paths"))?
+        .into_iter()
+        .map(Some)
+        .collect();
+    let new_root = apply::build_new_root(s.plan, ids).map_err(at("build root filesystem"))?;
+    apply::pivot_into(&new_root).map_err(at("enter root filesystem"))?;
+    apply::apply_mounts(s.plan, &mut sources, ids).map_err(at("mount sandbox filesystems"))?;
+    drop(sources);
+    marks.push(("filesystem ready".into(), now_ns()));
+
+    // 9. Hostname, loopback.
+    rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
+    if s.spec.network == NetworkMode::None {
+        sys::net::loopback_up().map_err(at("bring up loopback"))?;
+    }
+
+    // 10. The user namespace. It owns none of the sandbox's other namespaces, so even a
+    //     process that regained every capability inside it could not touch the mounts, the
+    //     network or the hostname.
+    sys::process::unshare(sys::process::flags::NEWUSER).map_err(at("create user namespace"))?;
+    control::send(s.control, &ToSupervisor::NeedMaps, &[]).map_err(at("ask for id maps"))?;
+    match control::recv::<ToSandbox>(s.control) {
+        Ok(Some((ToSandbox::MapsWritten, _))) => {}
+        Ok(None) => sys::process::exit_now(exit::NSBOX_FAILED),
+        Err(e) => return Err(at("wait for id maps")(e)),
+    }
+    marks.push(("user namespace mapped".into(), now_ns()));
+
+    // 11. Become the sandbox user for good.
+    drop_privileges(s.spec.uid, s.spec.gid)?;
+    // The credential change cleared the parent-death signal: set it again and re-check.
+    sys::process::set_parent_death_signal(libc::SIGKILL).map_err(at("set parent-death signal"))?;
+    if control::peer_gone(s.control) {
+        sys::process::exit_now(exit::NSBOX_FAILED);
+    }
+
+    let tty = if s.spec.io.tty {
+        Some(open_pty(s.winsize).map_err(at("allocate a terminal"))?)
+    } else {
+        None
+    };
+    let command = Command::prepare(s.spec).map_err(at("prepare command"))?;
+    let signals = sys::signal::SignalSet::new(&[&[libc::SIGCHLD][..], FORWARDED].concat());
+    sys::signal::block(&signals).map_err(at("block signals"))?;
+    let signalfd = sys::signal::signalfd(&signals).map_err(at("create signalfd"))?;
+
+    // 12. The workload.
+    let workload = sys::process::fork().map_err(at("fork workload"))?;
+    if workload == 0 {
+        let failure = exec_workload(s, &command, tty.as_ref().map(|t| t.slave.as_fd()));
+        let _ = rustix::io::write(
+            s.exec_status,
+            &serde_json::to_vec(&failure).unwrap_or_default(),
+        );
+        sys::process::exit_now(failure.code);
+    }
+
+    // 13. Init.
+    if let Err(e) = crate::sys::seccomp::install_filter(s.seccomp) {
+        warnings.push(format!("init could not load its seccomp filter: {e}"));
+    }
+    let devnull = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(at("open /dev/null"))?;
+    for target in 0..3 {
+        dup_onto(devnull.as_fd(), target).map_err(at("detach init's streams"))?;
+    }
+    let _ = sys::fs::close_range(s.exec_status.as_raw_fd() as u32, s.exec_status.as_raw_fd() as u32);
+    marks.push(("workload forked".into(), now_ns()));
+    let master = tty.map(|t| {
+        drop(t.slave);
+        t.master
+    });
+    let attached: Vec<BorrowedFd<'_>> = master.iter().map(|m| m.as_fd()).collect();
+    control::send(s.control, &ToSupervisor::Started { marks, warnings }, &attached)
+        .map_err(at("report start"))?;
+    drop(master);
+    init_loop(s.control, signalfd.as_fd(), workload)
+}
+
+fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if fd.as_raw_fd() == target {
+        // dup2 onto itself would keep CLOEXEC; clear it explicitly.
+        return rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
+            .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()));
+    }
+    sys::fs::dup_onto(fd, target)
+}
+
+/// Closes every descriptor >= 3 that is not in `keep`.
+fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<u32> = keep.iter().map(|&fd| fd as u32).filter(|&fd| fd >= 3).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut next = 3u32;
+    for fd in keep {
+        if fd > next {
+            sys::fs::close_range(next, fd - 1)?;
+        }
+        next = fd + 1;
+    }
+    sys::fs::close_range(next, u32::MAX)
+}
+
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    use rustix::process::{Gid, Uid};
+    sys::process::drop_bounding_set().map_err(at("drop bounding capabilities"))?;
+    sys::process::lock_securebits().map_err(at("lock securebits"))?;
+    let g = Gid::from_raw(gid);
+    set_thread_groups(&[g]).map_err(at("set supplementary groups"))?;
+    set_thread_res_gid(g, g, g).map_err(at("set gid"))?;
+    let u = Uid::from_raw(uid);
+    set_thread_res_uid(u, u, u).map_err(at("set uid"))?;
+    sys::process::clear_capabilities().map_err(at("clear capabilities"))?;
+    sys::process::clear_ambient().map_err(at("clear ambient capabilities"))?;
+    sys::process::set_no_new_privs().map_err(at("set no_new_privs"))?;
+    Ok(())
+}
+
+struct Pty {
+    master: OwnedFd,
+    slave: OwnedFd,
+}
+
+/// Allocates a terminal in the sandbox's own devpts, as the sandbox user (so the user owns the
+/// slave, as after a login).
+fn open_pty(winsize: Option<Winsize>) -> io::Result<Pty> {
+    let err = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
+    let master = rustix::fs::open("/dev/ptmx", OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(err)?;
+    rustix::pty::unlockpt(&master).map_err(err)?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(err)?;
+    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(err)?;
+    if let Some(ws) = winsize {
+        rustix::termios::tcsetwinsize(&slave, ws).map_err(err)?;
+    }
+    Ok(Pty { master, slave })
+}
+
+/// The command, ready for execve (converted before fork).
+struct Command {
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    candidates: Vec<CString>,
+    name: String,
+    search_path: String,
+    workdir: CString,
+}
+
+impl Command {
+    fn prepare(spec: &SandboxSpec) -> io::Result<Command> {
+        let cstr = |bytes: &[u8]| CString::new(bytes).map_err(io::Error::other);
+        let argv = spec
+            .command
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp = spec
+            .env
+            .iter()
+            .map(|(k, v)| cstr(format!("{k}={v}").as_bytes()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let first: &OsStr = spec.command.first().map(|s| s.as_os_str()).unwrap_or_default();
+        let search_path = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
+        let candidates = if first.as_bytes().contains(&b'/') {
+            vec![cstr(first.as_bytes())?]
+        } else {
+            search_path
+                .split(':')
+                .map(|dir| if dir.is_empty() { "." } else { dir })
+                .map(|dir| cstr(Path::new(dir).join(first).as_os_str().as_bytes()))
+                .collect::<io::Result<Vec<_>>>()?
+        };
+        Ok(Command {
+            argv,
+            envp,
+            candidates,
+            name: first.to_string_lossy().into_owned(),
+            search_path,
+            workdir: cstr(spec.workdir.as_os_str().as_bytes())?,
+        })
+    }
+}
+
+/// The workload side of the fork: returns only when the command could not be started.
+fn exec_workload(s: &ChildSetup<'_>, cmd: &Command, tty: Option<BorrowedFd<'_>>) -> ExecFailure {
+    let setup_failure = |what: &str, e: io::Error| ExecFailure {
+        code: exit::NSBOX_FAILED,
+        message: format!("{what}: {e}"),
+    };
+    let errno = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
+    // A new session: the workload has no controlling terminal of the caller's, so TIOCSTI
+    // injection into it is impossible (seccomp refuses TIOCSTI as well).
+    if let Err(e) = rustix::process::setsid() {
+        return setup_failure("start a new session", errno(e));
+    }
+    if let Some(slave) = tty {
+        if let Err(e) = rustix::process::ioctl_tiocsctty(slave) {
+            return setup_failure("attach the terminal", errno(e));
+        }
+        for target in 0..3 {
+            if let Err(e) = dup_onto(slave, target) {
+                return setup_failure("attach the terminal", e);
+            }
+        }
+    }
+    if let Err(e) = rustix::process::chdir(cmd.workdir.as_c_str()) {
+        return setup_failure(
+            &format!("enter the working directory {}", s.spec.workdir.display()),
+            errno(e),
+        );
+    }
+    if let Err(e) = sys::signal::reset_all() {
+        return setup_failure("reset signals", e);
+    }
+    if let Err(e) = sys::fs::cloexec_from(3) {
+        return setup_failure("close descriptors", e);
+    }
+    // Seccomp last: everything above needed calls the policy refuses (setsid aside).
+    if let Err(e) = crate::sys::seccomp::install_filter(s.seccomp) {
+        return setup_failure("load the seccomp filter", e);
+    }
+    let mut not_executable: Option<(String, io::Error)> = None;
+    for path in &cmd.candidates {
+        let err = sys::process::execve(path, &cmd.argv, &cmd.envp);
+        match err.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => continue,
+            Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::ETXTBSY) => {
+                if not_executable.is_none() {
+                    not_executable = Some((path.to_string_lossy().into_owned(), err));
+                }
+            }
+            _ => {
+                return ExecFailure {
+                    code: exit::NOT_EXECUTABLE,
+                    message: format!("cannot execute {}: {err}", path.to_string_lossy()),
+                }
+            }
+        }
+    }
+    match not_executable {
+        Some((path, err)) => {
+            let why = match err.raw_os_error() {
+                Some(libc::ENOEXEC) => "not an executable format (a script needs a #! line)".to_string(),
+                Some(libc::EISDIR) => "it is a directory".to_string(),
+                _ => err.to_string(),
+            };
+            ExecFailure {
+                code: exit::NOT_EXECUTABLE,
+                message: format!("cannot execute {path}: {why}"),
+            }
+        }
+        None if cmd.name.contains('/') => ExecFailure {
+            code: exit::NOT_FOUND,
+            message: format!("command not found: {} does not exist in the sandbox", cmd.name),
+        },
+        None => ExecFailure {
+            code: exit::NOT_FOUND,
+            message: format!(
+                "command not found: {} (searched PATH={})",
+                cmd.name, cmd.search_path
+            ),
+        },
+    }
+}
+
+/// pid 1: reap every child, forward signals to the workload's process group, report the
+/// workload's end and exit (the kernel then kills whatever is left in the namespace).
+fn init_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>, workload: i32) -> ! {
+    use rustix::event::{poll, PollFd, PollFlags};
+    loop {
+        let mut fds = [
+            PollFd::new(&signalfd, PollFlags::IN),
+            PollFd::new(&control_fd, PollFlags::IN),
+        ];
+        if let Err(e) = poll(&mut fds, None) {
+            if e == rustix::io::Errno::INTR {
+                continue;
+            }
+            sys::process::exit_now(exit::NSBOX_FAILED);
+        }
+        if !fds[1].revents().is_empty() && control::peer_gone(control_fd) {
+            // The supervisor is gone; the parent-death signal is on its way. End now.
+            sys::process::exit_now(exit::NSBOX_FAILED);
+        }
+        while let Ok(Some(signal)) = sys::signal::read_signal(signalfd) {
+            if signal == libc::SIGCHLD {
+                continue;
+            }
+            // The workload leads its own session and process group.
+            let _ = sys::signal::kill(-workload, signal);
+        }
+        loop {
+            let mut status = 0;
+            let pid = sys::process::wait_any_nohang(&mut status);
+            if pid <= 0 {
+                break;
+            }
+            if pid == workload {
+                let (code, signal) = sys::process::decode_wait_status(status);
+                let _ = control::send(control_fd, &ToSupervisor::Exited { code, signal }, &[]);
+                sys::process::exit_now(0);
+            }
+        }
+    }
+}

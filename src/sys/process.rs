@@ -1,0 +1,306 @@
+//! Process creation and identity: clone3 with namespaces, fork, execve, capabilities, the
+//! process title. Used by the sandbox's supervisor, setup child and init.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+
+use super::check;
+
+/// Namespace and cgroup flags for [`clone3_fork`].
+pub mod flags {
+    pub const NEWNS: u64 = libc::CLONE_NEWNS as u64;
+    pub const NEWPID: u64 = libc::CLONE_NEWPID as u64;
+    pub const NEWNET: u64 = libc::CLONE_NEWNET as u64;
+    pub const NEWUTS: u64 = libc::CLONE_NEWUTS as u64;
+    pub const NEWIPC: u64 = libc::CLONE_NEWIPC as u64;
+    pub const NEWCGROUP: u64 = libc::CLONE_NEWCGROUP as u64;
+    pub const NEWUSER: u64 = libc::CLONE_NEWUSER as u64;
+}
+
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` up to CLONE_ARGS_SIZE_VER2 (with `cgroup`), kernel 5.7+.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Which side of a fork we are on.
+#[derive(Debug)]
+pub enum Forked {
+    Child,
+    Parent { pid: i32, pidfd: OwnedFd },
+}
+
+/// Number of threads of this process, from /proc/self/stat (field 20).
+pub fn thread_count() -> io::Result<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("malformed /proc/self/stat"))?;
+    after_comm
+        .split_whitespace()
+        .nth(17)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| io::Error::other("malformed /proc/self/stat"))
+}
+
+/// Forks like fork(2) but into new namespaces, returning a pidfd for the child, and optionally
+/// directly into a cgroup v2 directory (CLONE_INTO_CGROUP: no migration, no global lock).
+///
+/// The caller must be single-threaded: the child is a copy of only the calling thread, and
+/// continuing to run arbitrary Rust code there is sound only if no other thread held a lock.
+/// This is checked; a threaded caller gets an error instead of a fork.
+pub fn clone3_fork(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+    if thread_count()? != 1 {
+        return Err(io::Error::other(
+            "internal error: the sandbox must be created from a single-threaded process",
+        ));
+    }
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: ns_flags | CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if let Some(fd) = cgroup {
+        use std::os::fd::AsRawFd;
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    // SAFETY: clone3 with stack = 0 behaves like fork: the child continues on a copy-on-write
+    // copy of this thread's stack. `args` and `pidfd` outlive the call. The process is
+    // single-threaded (checked above), so the child's copy of the heap and of every lock is
+    // consistent and the child may keep running Rust code.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match check(ret)? {
+        0 => Ok(Forked::Child),
+        pid => {
+            // SAFETY: with CLONE_PIDFD the kernel stored a new, owned file descriptor in `pidfd`.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            Ok(Forked::Parent {
+                pid: pid as i32,
+                pidfd,
+            })
+        }
+    }
+}
+
+/// Plain fork(2). Returns 0 in the child, the child's pid in the parent.
+/// The caller (the sandbox init) is single-threaded.
+pub fn fork() -> io::Result<i32> {
+    // SAFETY: the caller is single-threaded (the sandbox init never starts threads), so the child
+    // may keep running Rust code after fork.
+    let ret = unsafe { libc::fork() };
+    check(ret as libc::c_long).map(|pid| pid as i32)
+}
+
+/// execve(2). Returns only on failure.
+pub fn execve(path: &CString, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    // SAFETY: every pointer refers to a NUL-terminated string kept alive by `argv`/`envp` for the
+    // duration of the call, and both arrays are NULL-terminated.
+    unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// unshare(2) for namespace flags.
+pub fn unshare(ns_flags: u64) -> io::Result<()> {
+    // SAFETY: unshare takes plain flags and touches no memory of ours.
+    let ret = unsafe { libc::unshare(ns_flags as libc::c_int) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// Immediately ends the process without running destructors or atexit handlers (for forked
+/// children whose parent owns the real cleanup).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is always safe to call.
+    unsafe { libc::_exit(code) }
+}
+
+/// Drops every capability from the bounding set (needs CAP_SETPCAP in the current user ns).
+pub fn drop_bounding_set() -> io::Result<()> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
+        .unwrap_or(63);
+    for cap in 0..=last {
+        // SAFETY: PR_CAPBSET_DROP takes an integer argument; no memory is passed.
+        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            // Capabilities this kernel does not know are already absent.
+            if err.raw_os_error() != Some(libc::EINVAL) {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Clears the permitted, effective and inheritable capability sets of this thread.
+pub fn clear_capabilities() -> io::Result<()> {
+    let mut header = libc_cap_header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [libc_cap_data::default(); 2];
+    // SAFETY: capset reads a v3 header and two data structs, both valid for the call.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_mut_ptr()) };
+    check(ret).map(drop)
+}
+
+#[repr(C)]
+struct libc_cap_header {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct libc_cap_data {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Clears the ambient capability set.
+pub fn clear_ambient() -> io::Result<()> {
+    // SAFETY: integer-only prctl.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// Locks the "no root" securebits: uid 0 inside gains nothing at exec, ambient raises are
+/// forbidden, and none of this can be undone.
+pub fn lock_securebits() -> io::Result<()> {
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+    const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+    let bits = SECBIT_NOROOT
+        | SECBIT_NOROOT_LOCKED
+        | SECBIT_NO_SETUID_FIXUP_LOCKED
+        | SECBIT_KEEP_CAPS_LOCKED
+        | SECBIT_NO_CAP_AMBIENT_RAISE
+        | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    // SAFETY: integer-only prctl.
+    let ret = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// Sets no_new_privs: execve can never grant privileges again (setuid bits, file caps).
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: integer-only prctl.
+    let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// Sends `signal` to us when the parent (the thread that forked us) dies.
+pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: integer-only prctl.
+    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// Makes this process non-dumpable: no core dumps, and /proc/PID files and ptrace need
+/// CAP_SYS_PTRACE — the workload cannot reach into it (runc CVE-2019-5736 class).
+pub fn set_non_dumpable() -> io::Result<()> {
+    // SAFETY: integer-only prctl.
+    let ret = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// The title /proc/PID/cmdline shows once [`hide_arguments`] ran.
+const INIT_TITLE: &[u8] = b"nsbox-init";
+
+/// Overwrites this process's argument and environment strings in place, so pid 1 of the sandbox
+/// never shows the supervisor's command line or environment (which may hold --secret values)
+/// in /proc/1/cmdline. Needs no capability (unlike PR_SET_MM). Call only in a forked child that
+/// no longer needs `std::env`.
+pub fn hide_arguments() -> io::Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("malformed /proc/self/stat"))?;
+    // Fields 48-51 (1-based) are arg_start, arg_end, env_start, env_end; after the comm field
+    // the first one is field 3.
+    let fields: Vec<usize> = after_comm
+        .split_whitespace()
+        .skip(45)
+        .take(4)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let [arg_start, arg_end, env_start, env_end] = fields[..] else {
+        return Err(io::Error::other("/proc/self/stat lacks the argument addresses"));
+    };
+    for (start, end, title) in [(arg_start, arg_end, INIT_TITLE), (env_start, env_end, &b""[..])] {
+        if end <= start {
+            continue;
+        }
+        let len = end - start;
+        // SAFETY: [start, end) is this process's own argument (or environment) string area, set
+        // up by the kernel at exec and mapped writable for the process's whole life. Nothing
+        // reads these strings concurrently: the process is single-threaded, and the caller does
+        // not use std::env afterwards.
+        unsafe {
+            let area = start as *mut u8;
+            std::ptr::write_bytes(area, 0, len);
+            std::ptr::copy_nonoverlapping(title.as_ptr(), area, title.len().min(len - 1));
+        }
+    }
+    Ok(())
+}
+
+/// waitpid(-1, WNOHANG): the pid of a child that changed state (0 if none, -1 on error such
+/// as no children at all), its raw status in `status`.
+pub fn wait_any_nohang(status: &mut libc::c_int) -> i32 {
+    // SAFETY: `status` is a valid out-pointer for the call.
+    unsafe { libc::waitpid(-1, status, libc::WNOHANG) }
+}
+
+/// Splits a wait status into (exit code, terminating signal).
+pub fn decode_wait_status(status: libc::c_int) -> (Option<i32>, Option<i32>) {
+    if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    }
+}

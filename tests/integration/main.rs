@@ -1,0 +1,12 @@
+//! nsbox's integration tests: the real binary, as root, in real namespaces. One test binary;
+//! modules group the properties. Root-only tests say SKIP when not root, and fail instead when
+//! NSBOX_TEST_REQUIRE_ROOT=1.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod bad_input;
+mod exec_basics;
+mod isolation;
+mod lifecycle;
+mod limits;

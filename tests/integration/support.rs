@@ -1,0 +1,181 @@
+//! Helpers shared by the integration tests: running the real nsbox binary, the probe, root
+//! checks, and leftovers checks.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// Tests that need root call this first. Without root they print a loud SKIP and return false;
+/// with NSBOX_TEST_REQUIRE_ROOT=1 (as in CI) they fail instead.
+pub fn have_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("NSBOX_TEST_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!("{test} needs root, and NSBOX_TEST_REQUIRE_ROOT=1 forbids skipping it");
+    }
+    eprintln!("SKIP {test}: needs root (set NSBOX_TEST_REQUIRE_ROOT=1 to make this a failure)");
+    false
+}
+
+/// Returns early from a test that needs root (see [`have_root`]).
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::support::have_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+pub fn nsbox_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nsbox"))
+}
+
+/// The directory holding the probe (built by `cargo test` as an example).
+pub fn probe_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/integration-HASH → target/<profile>/examples
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples"))
+        .expect("target directory layout");
+    assert!(
+        dir.join("probe").exists(),
+        "the probe is not built: run the suite with `cargo test` (which builds examples), or `cargo build --example probe` first"
+    );
+    dir
+}
+
+/// Where the probe appears inside a sandbox.
+pub const PROBE: &str = "/opt/nsbox-probe/probe";
+
+/// `--mount` arguments that make the probe available inside.
+pub fn probe_mount() -> Vec<String> {
+    vec![
+        "--mount".into(),
+        format!("{}:/opt/nsbox-probe", probe_dir().display()),
+    ]
+}
+
+/// The result of one nsbox invocation.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `nsbox ARGS...` to completion with stdin from /dev/null.
+pub fn nsbox(args: &[&str]) -> Run {
+    nsbox_cmd(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nsbox")
+        .into()
+}
+
+pub fn nsbox_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(nsbox_bin());
+    cmd.args(args);
+    cmd.env_remove("NSBOX_LOG");
+    cmd
+}
+
+/// Runs `nsbox exec ARGS...`.
+pub fn exec(args: &[&str]) -> Run {
+    let mut full = vec!["exec"];
+    full.extend_from_slice(args);
+    nsbox(&full)
+}
+
+/// Runs the probe inside a sandbox with extra exec flags; returns its JSON report.
+pub fn probe(mode: &str, flags: &[&str]) -> (Run, serde_json::Value) {
+    let mount = probe_mount();
+    let mut args: Vec<&str> = vec!["exec"];
+    args.extend(mount.iter().map(String::as_str));
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", PROBE, mode]);
+    let run = nsbox(&args);
+    let value = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
+        panic!("probe output is not JSON ({e}): code {} stdout {:?} stderr {:?}", run.code, run.stdout, run.stderr)
+    });
+    (run, value)
+}
+
+/// Parses `--json` output into events.
+pub fn events(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l:?}")))
+        .collect()
+}
+
+/// The sandbox id from a `--json` start event.
+pub fn sandbox_id(events: &[serde_json::Value]) -> String {
+    events
+        .iter()
+        .find(|e| e["type"] == "start")
+        .and_then(|e| e["id"].as_str())
+        .expect("a start event with an id")
+        .to_string()
+}
+
+/// Host cgroup directories that carry this sandbox id (must be none once nsbox exited).
+pub fn leftover_cgroups(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().contains(id) {
+                found.push(path.clone());
+            }
+            if depth < 3 {
+                stack.push((path, depth + 1));
+            }
+        }
+    }
+    found
+}
+
+/// Host processes whose command line contains `needle`.
+pub fn host_processes_matching(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Waits up to `secs` for `f` to hold.
+pub fn eventually(secs: f64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    f()
+}
