@@ -206,6 +206,9 @@ fn helper_process() {
     let Ok(mode) = std::env::var(HELPER_ENV) else {
         return;
     };
+    if let Some(spec) = mode.strip_prefix("join-fds:") {
+        join_through_parent_fds(spec);
+    }
     let mut gate = String::new();
     BufReader::new(std::io::stdin())
         .read_line(&mut gate)
@@ -243,8 +246,92 @@ fn helper_process() {
         }
         // Stay until killed.
         "sleep" => std::thread::sleep(Duration::from_secs(60)),
+        // Already joined above; the gate only says the test has looked.
+        m if m.starts_with("join-fds:") => {}
         other => panic!("unknown helper mode {other}"),
     }
+}
+
+/// Helper mode `join-fds:<parent pid>:<fd>,<fd>,...`: take the parent's v1 `tasks` fds (the
+/// same open files, opened by the parent as root) with pidfd_getfd, as a cloned sandbox child
+/// would have inherited them, join through them and report which thread joined.
+fn join_through_parent_fds(spec: &str) {
+    let (ppid, fds) = spec.split_once(':').expect("spec");
+    let ppid = rustix::process::Pid::from_raw(ppid.parse().expect("ppid")).expect("pid");
+    let pidfd = rustix::process::pidfd_open(ppid, rustix::process::PidfdFlags::empty())
+        .expect("pidfd_open");
+    let fds: Vec<_> = fds
+        .split(',')
+        .map(|n| {
+            rustix::process::pidfd_getfd(
+                &pidfd,
+                n.parse().expect("fd"),
+                rustix::process::PidfdGetfdFlags::empty(),
+            )
+            .expect("pidfd_getfd")
+        })
+        .collect();
+    join_self(&fds).expect("join_self");
+    println!(
+        "HELPER joined tid={}",
+        rustix::thread::gettid().as_raw_nonzero()
+    );
+}
+
+#[test]
+fn root_child_process_joins_v1_through_the_fds_create_opened() {
+    let Some(layout) = setup("root_child_process_joins_v1_through_the_fds_create_opened") else {
+        return;
+    };
+    let id = test_id("fdjoin");
+    let cg = SandboxCgroup::create(&layout, &id, &CgroupLimits::default()).expect("create");
+    if cg.self_join_fds().is_empty() {
+        eprintln!("no v1 hierarchy on this host: nothing joins through tasks fds");
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let fds: Vec<String> = cg
+        .self_join_fds()
+        .iter()
+        .map(|fd| fd.as_raw_fd().to_string())
+        .collect();
+    let spec = format!("join-fds:{}:{}", std::process::id(), fds.join(","));
+    let mut helper = Helper {
+        child: helper_command(&spec).spawn().expect("spawn helper"),
+    };
+    // Kept open until the helper exits, so its last lines do not hit a closed pipe.
+    let mut reader = BufReader::new(helper.child.stdout.take().expect("stdout"));
+    let tid = reader
+        .by_ref()
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.find("HELPER joined tid=")
+                .map(|i| l[i + "HELPER joined tid=".len()..].trim().to_string())
+        })
+        .expect("helper reports its join");
+    let text = std::fs::read_to_string(format!("/proc/{}/task/{tid}/cgroup", helper.pid()))
+        .expect("task cgroup");
+    for c in Controller::ALL {
+        if layout.hierarchy_of(c).expect("placed").version != CgroupVersion::V1 {
+            continue;
+        }
+        let line = text
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|ctl| ctl.split(',').any(|n| n == c.name()))
+            })
+            .unwrap_or_else(|| panic!("no {c} line in\n{text}"));
+        assert!(line.ends_with(&format!("/nsbox-{id}")), "{c}: {line}");
+    }
+    helper.go();
+    let (_, status) = helper.finish(Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    drop(reader);
+    cg.remove().expect("remove");
+    assert_nothing_left(&id);
 }
 
 #[test]
