@@ -175,7 +175,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         pids: spec.limits.pids,
     };
     let cgroup = SandboxCgroup::create(&layout, &spec.id, &limits)?;
-    let mut warnings: Vec<String> = cgroup.warnings();
+    let mut warnings: Vec<String> = cgroup.warnings().to_vec();
     marks.push(("cgroup created".into(), now_ns()));
 
     let host = HostFacts {

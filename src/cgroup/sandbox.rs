@@ -1,0 +1,531 @@
+//! One sandbox's cgroup directories: plan what to create from the layout and the limits (pure),
+//! then create, fill and open them; read counters; remove.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::{Mode, OFlags};
+
+use super::fsops::{
+    keyed_number, parse_number, populate_fixture, read_optional, read_required, remove_cgroup_dir,
+    write_control, Written,
+};
+use super::layout::{CgroupLayout, CgroupVersion, Hierarchy, Placement};
+use super::{validate_id, CgroupError, CgroupLimits, CgroupStats, Controller, DIR_PREFIX};
+
+/// CFS period nsbox uses for the cpu limit (the kernel default, 100 ms).
+pub(crate) const CPU_PERIOD_US: u64 = 100_000;
+/// How long `remove` waits for exiting tasks to leave before giving up.
+const REMOVE_PATIENCE: Duration = Duration::from_secs(1);
+/// Drop runs on error paths; it must not stall them for long.
+const DROP_PATIENCE: Duration = Duration::from_millis(250);
+
+/// The cgroup(s) of one sandbox: `nsbox-<id>` in each hierarchy used. Removed by
+/// [`SandboxCgroup::remove`], or best-effort on drop.
+#[derive(Debug)]
+pub struct SandboxCgroup {
+    id: String,
+    /// Created directories, in creation order; only these are ever removed.
+    dirs: Vec<CgroupDir>,
+    /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)`.
+    v2_fd: Option<OwnedFd>,
+    /// One v1 `tasks` file per v1 directory, for [`join_self`].
+    tasks_fds: Vec<OwnedFd>,
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct CgroupDir {
+    path: PathBuf,
+    version: CgroupVersion,
+    controllers: Vec<Controller>,
+}
+
+/// What `create` will do, decided before touching anything.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) dirs: Vec<DirPlan>,
+    pub(crate) warnings: Vec<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct DirPlan {
+    pub(crate) hierarchy: Hierarchy,
+    pub(crate) path: PathBuf,
+    pub(crate) controllers: Vec<Controller>,
+    pub(crate) writes: Vec<LimitWrite>,
+}
+
+/// One value for one control file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LimitWrite {
+    pub(crate) file: &'static str,
+    pub(crate) value: String,
+    /// `Some(warning)`: the file may be missing on some hosts; skip it and warn.
+    pub(crate) if_absent: Option<String>,
+}
+
+impl LimitWrite {
+    fn required(file: &'static str, value: impl ToString) -> Self {
+        LimitWrite {
+            file,
+            value: value.to_string(),
+            if_absent: None,
+        }
+    }
+
+    fn optional(file: &'static str, value: impl ToString, warning: String) -> Self {
+        LimitWrite {
+            file,
+            value: value.to_string(),
+            if_absent: Some(warning),
+        }
+    }
+}
+
+impl SandboxCgroup {
+    /// Create `nsbox-<id>` in every hierarchy that carries a controller nsbox uses, write the
+    /// limits, and open the fds the sandbox's first process joins through. Everything is checked
+    /// before the first directory is made; if a later step fails, what was made is removed.
+    ///
+    /// A controller with a limit must be usable (available, enabled for child cgroups on v2,
+    /// writable), or this fails with a hint. A controller without a limit is still used when it
+    /// can be (for its counters) and otherwise skipped with an entry in [`Self::warnings`].
+    pub fn create(
+        layout: &CgroupLayout,
+        id: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Self, CgroupError> {
+        let plan = plan(layout, id, limits)?;
+        let mut cgroup = SandboxCgroup {
+            id: id.to_string(),
+            dirs: Vec::new(),
+            v2_fd: None,
+            tasks_fds: Vec::new(),
+            warnings: plan.warnings,
+        };
+        for dir in plan.dirs {
+            // On error `cgroup` drops here, which removes the directories made so far.
+            cgroup.make_dir(dir)?;
+        }
+        Ok(cgroup)
+    }
+
+    fn make_dir(&mut self, plan: DirPlan) -> Result<(), CgroupError> {
+        let path = plan.path;
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            // Never adopt an existing directory: it may belong to a running sandbox.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(CgroupError::AlreadyExists { path })
+            }
+            Err(source) => return Err(CgroupError::Create { path, source }),
+        }
+        self.dirs.push(CgroupDir {
+            path: path.clone(),
+            version: plan.hierarchy.version,
+            controllers: plan.controllers,
+        });
+        if !plan.hierarchy.on_cgroupfs {
+            populate_fixture(&plan.hierarchy.path, &path).map_err(|source| {
+                CgroupError::Create {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+
+        // Not O_PATH: clone3(CLONE_INTO_CGROUP) rejects O_PATH fds.
+        let dir_fd = rustix::fs::open(
+            &path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| CgroupError::Open {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+
+        for w in &plan.writes {
+            match write_control(&dir_fd, &path, w.file, &w.value)? {
+                Written::Yes => {}
+                Written::Absent => match &w.if_absent {
+                    Some(warning) => self.warnings.push(warning.clone()),
+                    None => {
+                        return Err(CgroupError::WriteLimit {
+                            file: path.join(w.file),
+                            value: w.value.clone(),
+                            source: io::ErrorKind::NotFound.into(),
+                        })
+                    }
+                },
+            }
+        }
+
+        match plan.hierarchy.version {
+            CgroupVersion::V2 => self.v2_fd = Some(dir_fd),
+            CgroupVersion::V1 => {
+                let tasks = rustix::fs::openat(
+                    &dir_fd,
+                    "tasks",
+                    OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                )
+                .map_err(|e| CgroupError::Open {
+                    path: path.join("tasks"),
+                    source: e.into(),
+                })?;
+                self.tasks_fds.push(tasks);
+            }
+        }
+        Ok(())
+    }
+
+    /// The sandbox id this cgroup was created for.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The v2 directory, opened `O_RDONLY|O_DIRECTORY|O_CLOEXEC`, for `clone3`'s
+    /// `CLONE_INTO_CGROUP`. `None` when no controller of the sandbox is on cgroup v2.
+    pub fn clone_into_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.v2_fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// The v1 `tasks` files, opened `O_WRONLY|O_CLOEXEC`, one per v1 directory; pass them to
+    /// [`join_self`] in the child. Empty on pure v2 hosts.
+    pub fn self_join_fds(&self) -> &[OwnedFd] {
+        &self.tasks_fds
+    }
+
+    /// Things that work differently from what the limits ask for (swap accounting off, a
+    /// controller without a limit skipped), for the user's log.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The directories created, in creation order (v2 first).
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.path.clone()).collect()
+    }
+
+    /// How many processes the kernel OOM-killed in the sandbox (v2 `memory.events` `oom_kill`,
+    /// v1 `memory.oom_control` `oom_kill`). 0 when the sandbox has no memory cgroup, since then
+    /// no memory limit of nsbox's can have caused a kill.
+    pub fn oom_kills(&self) -> Result<u64, CgroupError> {
+        let Some(dir) = self.dir_with(Controller::Memory) else {
+            return Ok(0);
+        };
+        let file = dir.path.join(match dir.version {
+            CgroupVersion::V2 => "memory.events",
+            CgroupVersion::V1 => "memory.oom_control",
+        });
+        let text = read_required(&file)?;
+        keyed_number(&file, &text, "oom_kill")?.ok_or_else(|| CgroupError::Parse {
+            path: file,
+            reason: "no oom_kill line (kernel older than 4.13?)".to_string(),
+        })
+    }
+
+    /// Current counters. Values this host does not provide are `None`.
+    pub fn stats(&self) -> Result<CgroupStats, CgroupError> {
+        let mut stats = CgroupStats::default();
+        if let Some(dir) = self.dir_with(Controller::Memory) {
+            let (current, peak) = match dir.version {
+                CgroupVersion::V2 => ("memory.current", "memory.peak"),
+                CgroupVersion::V1 => ("memory.usage_in_bytes", "memory.max_usage_in_bytes"),
+            };
+            stats.memory_current_bytes = read_number(&dir.path.join(current))?;
+            stats.memory_peak_bytes = read_number(&dir.path.join(peak))?;
+        }
+        if let Some(dir) = self.dir_with(Controller::Pids) {
+            stats.pids_current = read_number(&dir.path.join("pids.current"))?;
+        }
+        // On v2, cpu.stat exists in every cgroup, with or without the cpu controller. On v1 the
+        // usage comes from cpuacct, which is only reachable when co-mounted with cpu.
+        let v2 = self.dirs.iter().find(|d| d.version == CgroupVersion::V2);
+        if let Some(dir) = v2 {
+            let file = dir.path.join("cpu.stat");
+            if let Some(text) = read_optional(&file)? {
+                stats.cpu_usage_usec = keyed_number(&file, &text, "usage_usec")?;
+            }
+        } else if let Some(dir) = self.dir_with(Controller::Cpu) {
+            stats.cpu_usage_usec =
+                read_number(&dir.path.join("cpuacct.usage"))?.map(|ns| ns / 1000);
+        }
+        Ok(stats)
+    }
+
+    /// Remove every directory created. The sandbox's processes must be gone; tasks that are
+    /// still exiting (`EBUSY`) are waited for briefly. Tries all directories and reports the
+    /// first failure.
+    pub fn remove(mut self) -> Result<(), CgroupError> {
+        self.remove_all(REMOVE_PATIENCE)
+    }
+
+    fn remove_all(&mut self, patience: Duration) -> Result<(), CgroupError> {
+        // Close our fds first: the kernel does not need it, but nothing of ours should keep
+        // pointing at a directory that is going away.
+        self.v2_fd = None;
+        self.tasks_fds.clear();
+        let mut first_error = None;
+        for dir in std::mem::take(&mut self.dirs).iter().rev() {
+            if let Err(source) = remove_cgroup_dir(&dir.path, patience) {
+                let busy = source.raw_os_error() == Some(libc::EBUSY);
+                let err = CgroupError::Remove {
+                    hint: busy.then(|| {
+                        format!(
+                            "processes are still in it (listed in {}); stop them first",
+                            dir.path.join("cgroup.procs").display()
+                        )
+                    }),
+                    path: dir.path.clone(),
+                    source,
+                };
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn dir_with(&self, c: Controller) -> Option<&CgroupDir> {
+        self.dirs.iter().find(|d| d.controllers.contains(&c))
+    }
+}
+
+impl Drop for SandboxCgroup {
+    fn drop(&mut self) {
+        if self.dirs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.remove_all(DROP_PATIENCE) {
+            tracing::warn!(id = %self.id, "sandbox cgroup not removed: {e}");
+        }
+    }
+}
+
+/// Put the calling process into each v1 cgroup by writing `0` (= the caller) to the `tasks` fds
+/// from [`SandboxCgroup::self_join_fds`]. Called in the freshly cloned, single-threaded sandbox
+/// child before it runs anything else: a `tasks` write moves only the calling thread, and avoids
+/// the global rwsem a `cgroup.procs` write takes. Does not allocate, so it is fine after fork.
+pub fn join_self(fds: &[OwnedFd]) -> io::Result<()> {
+    for fd in fds {
+        match rustix::io::write(fd, b"0") {
+            Ok(1) => {}
+            Ok(_) => return Err(io::ErrorKind::WriteZero.into()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Decide what to create and write, without touching the filesystem.
+pub(crate) fn plan(
+    layout: &CgroupLayout,
+    id: &str,
+    limits: &CgroupLimits,
+) -> Result<Plan, CgroupError> {
+    validate_id(id)?;
+    validate_limits(limits)?;
+    let dir_name = format!("{DIR_PREFIX}{id}");
+    let mut warnings = Vec::new();
+    let mut dirs: Vec<DirPlan> = Vec::new();
+
+    for c in Controller::ALL {
+        let wanted = limit_of(limits, c).is_some();
+        let Some(hierarchy) = usable_hierarchy(layout, c, wanted, &mut warnings)? else {
+            continue;
+        };
+        match dirs.iter_mut().find(|d| d.hierarchy.path == hierarchy.path) {
+            Some(d) => d.controllers.push(c),
+            None => dirs.push(DirPlan {
+                path: hierarchy.path.join(&dir_name),
+                hierarchy: hierarchy.clone(),
+                controllers: vec![c],
+                writes: Vec::new(),
+            }),
+        }
+    }
+    // v2 first: it is the directory the sandbox is cloned into, and the one that tracks all
+    // processes; v1 directories follow in controller order.
+    dirs.sort_by_key(|d| d.hierarchy.version != CgroupVersion::V2);
+    for d in &mut dirs {
+        d.writes = limit_writes(d.hierarchy.version, &d.controllers, limits, &d.path);
+    }
+    Ok(Plan { dirs, warnings })
+}
+
+/// The hierarchy to use for `c`, `None` (with a warning) to skip it, or an error when a limit
+/// was asked for and cannot be applied.
+fn usable_hierarchy<'a>(
+    layout: &'a CgroupLayout,
+    c: Controller,
+    wanted: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<&'a Hierarchy>, CgroupError> {
+    let problem = match layout.placement(c) {
+        Placement::Unavailable { reason, hint } => {
+            if wanted {
+                return Err(CgroupError::ControllerUnavailable {
+                    controller: c,
+                    reason: reason.clone(),
+                    hint: hint.clone(),
+                });
+            }
+            format!("{c} controller not available ({reason})")
+        }
+        Placement::V2 {
+            path,
+            enabled: false,
+        } => {
+            if wanted {
+                let enabled = layout
+                    .v2()
+                    .map(|h| h.subtree_control.join(" "))
+                    .unwrap_or_default();
+                return Err(CgroupError::ControllerNotEnabled {
+                    controller: c,
+                    parent: path.clone(),
+                    enabled: if enabled.is_empty() { "nothing".to_string() } else { enabled },
+                    hint: format!(
+                        "enable it for child cgroups as root with `echo +{c} > {}` (nsbox never changes cgroups it did not create), or run without a {c} limit",
+                        path.join("cgroup.subtree_control").display()
+                    ),
+                });
+            }
+            format!(
+                "{c} controller not enabled in {}",
+                path.join("cgroup.subtree_control").display()
+            )
+        }
+        Placement::V2 { .. } | Placement::V1 { .. } => match layout.hierarchy_of(c) {
+            Some(h) if h.read_only => {
+                if wanted {
+                    return Err(CgroupError::ReadOnly {
+                        path: h.path.clone(),
+                        controller: c,
+                    });
+                }
+                format!("{c} hierarchy {} is read-only", h.path.display())
+            }
+            Some(h) => return Ok(Some(h)),
+            None => format!("{c} hierarchy not found in the layout"),
+        },
+    };
+    warnings.push(format!(
+        "{problem}: the sandbox's {c} use is not tracked (no {c} limit was asked for)"
+    ));
+    Ok(None)
+}
+
+fn limit_of(limits: &CgroupLimits, c: Controller) -> Option<u64> {
+    match c {
+        Controller::Memory => limits.memory_bytes,
+        Controller::Pids => limits.pids,
+        Controller::Cpu => limits.cpu_millis,
+    }
+}
+
+fn validate_limits(limits: &CgroupLimits) -> Result<(), CgroupError> {
+    let invalid = |limit, value, reason| {
+        Err(CgroupError::InvalidLimit {
+            limit,
+            value,
+            reason,
+        })
+    };
+    if limits.memory_bytes == Some(0) {
+        return invalid("memory", 0, "must be more than 0 bytes");
+    }
+    if limits.pids == Some(0) {
+        return invalid("pids", 0, "must allow at least 1 task");
+    }
+    if let Some(m) = limits.cpu_millis {
+        // The kernel's smallest CFS quota is 1 ms per 100 ms period, i.e. 0.01 core.
+        if m < 10 {
+            return invalid("cpu", m, "must be at least 10 millicores (0.01 core)");
+        }
+        if cpu_quota_us(m).is_none() {
+            return invalid("cpu", m, "is too large");
+        }
+    }
+    Ok(())
+}
+
+/// CFS quota per [`CPU_PERIOD_US`] for `millis` thousandths of a core.
+fn cpu_quota_us(millis: u64) -> Option<u64> {
+    millis.checked_mul(CPU_PERIOD_US / 1000)
+}
+
+/// The control files and values for one directory. `None` limits write nothing, leaving the
+/// kernel default ("max" / unlimited) in place.
+fn limit_writes(
+    version: CgroupVersion,
+    controllers: &[Controller],
+    limits: &CgroupLimits,
+    dir: &Path,
+) -> Vec<LimitWrite> {
+    let mut w = Vec::new();
+    for c in controllers {
+        match (version, c) {
+            (CgroupVersion::V2, Controller::Memory) => {
+                if let Some(bytes) = limits.memory_bytes {
+                    w.push(LimitWrite::required("memory.max", bytes));
+                    // Without this the sandbox could push its excess to swap instead of
+                    // hitting its limit.
+                    w.push(LimitWrite::optional(
+                        "memory.swap.max",
+                        0,
+                        format!("{} is absent (swap accounting off): the sandbox may use swap beyond its memory limit", dir.join("memory.swap.max").display()),
+                    ));
+                }
+                // An OOM kill takes the whole sandbox down instead of one process, leaving no
+                // half-broken workload behind.
+                w.push(LimitWrite::optional(
+                    "memory.oom.group",
+                    1,
+                    format!("{} is absent (kernel < 4.19): an OOM kill stops one process, not the whole sandbox", dir.join("memory.oom.group").display()),
+                ));
+            }
+            (CgroupVersion::V2, Controller::Pids) | (CgroupVersion::V1, Controller::Pids) => {
+                if let Some(n) = limits.pids {
+                    w.push(LimitWrite::required("pids.max", n));
+                }
+            }
+            (CgroupVersion::V2, Controller::Cpu) => {
+                if let Some(quota) = limits.cpu_millis.and_then(cpu_quota_us) {
+                    w.push(LimitWrite::required(
+                        "cpu.max",
+                        format!("{quota} {CPU_PERIOD_US}"),
+                    ));
+                }
+            }
+            (CgroupVersion::V1, Controller::Memory) => {
+                if let Some(bytes) = limits.memory_bytes {
+                    // limit_in_bytes first: the kernel requires memsw >= limit at all times.
+                    w.push(LimitWrite::required("memory.limit_in_bytes", bytes));
+                    w.push(LimitWrite::optional(
+                        "memory.memsw.limit_in_bytes",
+                        bytes,
+                        format!("{} is absent (swap accounting off; boot with swapaccount=1): the sandbox may use swap beyond its memory limit", dir.join("memory.memsw.limit_in_bytes").display()),
+                    ));
+                }
+            }
+            (CgroupVersion::V1, Controller::Cpu) => {
+                if let Some(quota) = limits.cpu_millis.and_then(cpu_quota_us) {
+                    w.push(LimitWrite::required("cpu.cfs_period_us", CPU_PERIOD_US));
+                    w.push(LimitWrite::required("cpu.cfs_quota_us", quota));
+                }
+            }
+        }
+    }
+    w
+}
+
+fn read_number(path: &Path) -> Result<Option<u64>, CgroupError> {
+    read_optional(path)?
+        .map(|text| parse_number(path, &text))
+        .transpose()
+}
