@@ -147,3 +147,41 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
     }
     Ok(())
 }
+
+/// The file whose flock marks a sandbox cgroup as in use: the v2 directory itself, or the v1
+/// `tasks` file (the descriptors a running supervisor holds anyway).
+fn lock_target(leftover: &Leftover) -> PathBuf {
+    match leftover.version {
+        CgroupVersion::V2 => leftover.path.clone(),
+        CgroupVersion::V1 => leftover.path.join("tasks"),
+    }
+}
+
+/// Marks a sandbox's cgroup as in use for as long as this process lives: a shared flock on the
+/// descriptors it holds. A killed supervisor's lock goes with it.
+pub fn hold_in_use(cgroup: &super::SandboxCgroup) {
+    let fds = cgroup.clone_into_fd().into_iter().chain(cgroup.self_join_fds().iter().map(|fd| {
+        use std::os::fd::AsFd;
+        fd.as_fd()
+    }));
+    for fd in fds {
+        let _ = rustix::fs::flock(fd, rustix::fs::FlockOperation::NonBlockingLockShared);
+    }
+}
+
+/// True when a live nsbox process holds the leftover's cgroup (see [`hold_in_use`]).
+pub fn in_use(leftover: &Leftover) -> bool {
+    let target = lock_target(leftover);
+    let flags = match leftover.version {
+        CgroupVersion::V2 => rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        CgroupVersion::V1 => rustix::fs::OFlags::WRONLY,
+    } | rustix::fs::OFlags::CLOEXEC
+        | rustix::fs::OFlags::NOFOLLOW;
+    let Ok(fd) = rustix::fs::open(&target, flags, rustix::fs::Mode::empty()) else {
+        return false;
+    };
+    matches!(
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive),
+        Err(rustix::io::Errno::WOULDBLOCK)
+    )
+}

@@ -52,7 +52,7 @@ use std::path::PathBuf;
 use crate::host::mountinfo::MountinfoError;
 
 pub use layout::{CgroupKind, CgroupLayout, CgroupVersion, Hierarchy, Placement};
-pub use leftover::{find_leftovers, remove_leftover, Leftover};
+pub use leftover::{find_leftovers, hold_in_use, in_use, remove_leftover, Leftover};
 pub use sandbox::{join_self, SandboxCgroup};
 
 /// Prefix of every cgroup directory nsbox creates; `nsbox prune` looks for it.

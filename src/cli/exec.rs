@@ -47,9 +47,6 @@ pub fn run(args: ExecArgs, t0: u64) -> i32 {
 
 fn build_spec(args: ExecArgs) -> Result<SandboxSpec, String> {
     let profile = Profile::load(&args.profile).map_err(|e| e.to_string())?;
-    if args.tty && args.json {
-        return Err("--tty and --json do not mix: a terminal merges stdout and stderr into one stream of bytes; drop -t".into());
-    }
     let request = ExecRequest {
         command: args.command,
         rootfs: args.rootfs,

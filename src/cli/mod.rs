@@ -139,7 +139,7 @@ pub struct ExecArgs {
     #[arg(long, short = 'i', help_heading = "Input/output")]
     interactive: bool,
     /// Give the command a terminal (use with -i for an interactive shell).
-    #[arg(long, short = 't', help_heading = "Input/output")]
+    #[arg(long, short = 't', conflicts_with = "json", help_heading = "Input/output")]
     tty: bool,
     /// Write one JSON event per line (output chunks, exit, errors) instead of raw output.
     #[arg(long, help_heading = "Input/output")]

@@ -1,4 +1,76 @@
-//! `nsbox prune` (filled in once the cgroup module lands).
+//! `nsbox prune`: removes what nsbox processes that were killed (SIGKILL, power loss) left on
+//! the host. A one-shot sandbox keeps nothing on the host but its cgroup (its mounts and
+//! namespaces die with its processes), so leftovers are `nsbox-<id>` cgroups that are empty
+//! and not held by a live nsbox.
+
+use std::time::Duration;
+
+use super::error;
+use crate::cgroup::{self, CgroupLayout};
+use crate::exit;
+
+/// A cgroup this young may belong to a sandbox that is being created right now.
+const MIN_AGE: Duration = Duration::from_secs(1);
+
 #[derive(Debug, clap::Args)]
-pub struct PruneArgs {}
-pub fn run(_args: PruneArgs) -> i32 { 0 }
+pub struct PruneArgs {
+    /// Only list what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub fn run(args: PruneArgs) -> i32 {
+    let layout = match CgroupLayout::detect() {
+        Ok(layout) => layout,
+        Err(e) => {
+            error(&e.to_string());
+            return exit::NSBOX_FAILED;
+        }
+    };
+    let leftovers = match cgroup::find_leftovers(&layout) {
+        Ok(found) => found,
+        Err(e) => {
+            error(&e.to_string());
+            return exit::NSBOX_FAILED;
+        }
+    };
+    let mut failed = false;
+    let mut removed = 0;
+    for leftover in leftovers {
+        let path = leftover.path.display();
+        if cgroup::in_use(&leftover) {
+            println!("in use   {path} (a running nsbox holds it)");
+            continue;
+        }
+        if !leftover.empty {
+            println!("skipped  {path}: processes still run in it (a sandbox without its supervisor?); kill them, then prune again");
+            continue;
+        }
+        if leftover.age.is_some_and(|age| age < MIN_AGE) {
+            println!("skipped  {path}: created less than a second ago");
+            continue;
+        }
+        if args.dry_run {
+            println!("would remove {path}");
+            continue;
+        }
+        match cgroup::remove_leftover(&leftover) {
+            Ok(()) => {
+                removed += 1;
+                println!("removed  {path}");
+            }
+            Err(e) => {
+                failed = true;
+                error(&format!("could not remove {path}: {e}"));
+            }
+        }
+    }
+    if !args.dry_run {
+        println!("{removed} leftover(s) removed");
+    }
+    if failed {
+        exit::NSBOX_FAILED
+    } else {
+        0
+    }
+}

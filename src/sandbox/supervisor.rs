@@ -175,6 +175,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         pids: spec.limits.pids,
     };
     let cgroup = SandboxCgroup::create(&layout, &spec.id, &limits)?;
+    // While this supervisor lives, `nsbox prune` sees the cgroup as in use.
+    crate::cgroup::hold_in_use(&cgroup);
     let mut warnings: Vec<String> = cgroup.warnings().to_vec();
     marks.push(("cgroup created".into(), now_ns()));
 

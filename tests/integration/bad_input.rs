@@ -20,7 +20,7 @@ fn usage_errors_say_what_is_wrong() {
     fails_with(&["exec", "--user", "root", "--", "true"], "names are not resolved");
     fails_with(&["exec", "--net", "wifi", "--", "true"], "wifi");
     fails_with(&["exec"], "no command given");
-    fails_with(&["exec", "-t", "--json", "--", "true"], "do not mix");
+    fails_with(&["exec", "-t", "--json", "--", "true"], "cannot be used with");
     fails_with(&["no-such-subcommand"], "no-such-subcommand");
 }
 

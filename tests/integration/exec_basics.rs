@@ -247,6 +247,6 @@ fn rootfs_directory_runs() {
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines[0], "rootfs");
     assert_eq!(lines[1], "sandbox", "the sandbox user is added to the rootfs's accounts");
-    assert_eq!(lines[2], "3", "existing accounts are kept");
+    assert_eq!(lines[2], "4", "existing accounts are kept (root, app), sandbox and nobody added");
     assert!(lines[3].contains("No such file"), "host files are not visible: {lines:?}");
 }

@@ -77,9 +77,13 @@ fn a_killed_supervisor_takes_its_sandbox_along_and_prune_cleans_up() {
         eventually(5.0, || host_processes_matching("sleep 31341").is_empty()),
         "the sandbox's processes die with the supervisor"
     );
+    assert!(!leftover_cgroups(&id).is_empty(), "the killed supervisor could not remove its cgroup");
+    // Prune leaves cgroups younger than a second alone (a sandbox may be starting).
+    std::thread::sleep(Duration::from_millis(1100));
     let dry = nsbox(&["prune", "--dry-run"]);
     assert_eq!(dry.code, 0, "{dry:?}");
-    assert!(dry.stdout.contains(&id) || leftover_cgroups(&id).is_empty(), "{}", dry.stdout);
+    assert!(dry.stdout.contains(&format!("would remove")) && dry.stdout.contains(&id), "{}", dry.stdout);
+    assert!(!leftover_cgroups(&id).is_empty(), "a dry run removes nothing");
     let run = nsbox(&["prune"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(leftover_cgroups(&id).is_empty(), "prune removed {:?}", leftover_cgroups(&id));
@@ -98,4 +102,20 @@ fn concurrent_sandboxes_do_not_see_each_other() {
         let procs: u32 = run.stdout.lines().last().unwrap().parse().unwrap();
         assert!(procs <= 5, "only its own processes: {run:?}");
     }
+}
+
+#[test]
+fn prune_never_touches_a_running_sandbox() {
+    require_root!();
+    let (mut child, id) = start(&["--", "sleep", "31342"]);
+    assert!(eventually(5.0, || !host_processes_matching("sleep 31342").is_empty()));
+    std::thread::sleep(Duration::from_millis(1100));
+    let run = nsbox(&["prune"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("in use"), "{}", run.stdout);
+    assert!(!leftover_cgroups(&id).is_empty());
+    assert!(!host_processes_matching("sleep 31342").is_empty(), "the sandbox still runs");
+    signal(&child, libc::SIGTERM);
+    child.wait().unwrap();
+    assert!(leftover_cgroups(&id).is_empty());
 }

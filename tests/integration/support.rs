@@ -153,14 +153,14 @@ pub fn leftover_cgroups(id: &str) -> Vec<PathBuf> {
     found
 }
 
-/// Host processes whose command line contains `needle`.
+/// Host processes whose command line starts with `needle`.
 pub fn host_processes_matching(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) {
+            if cmd.starts_with(needle) {
                 pids.push(pid);
             }
         }
