@@ -423,3 +423,409 @@ fn stmt(code: u32, k: u32) -> libc::sock_filter {
         k,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seccomp::bpf_interpreter::{
+        check, describe, native_arch, reference, run, SeccompData,
+    };
+    use crate::seccomp::syscalls::{self, Lookup};
+
+    const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+    const DENY: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+
+    fn nr(name: &str) -> u32 {
+        match syscalls::lookup(name) {
+            Lookup::Native(nr) => nr,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    fn compile_text(text: &str) -> (SeccompPolicy, BpfProgram) {
+        let policy = SeccompPolicy::parse(text, "test").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let program = policy.compile().unwrap_or_else(|e| panic!("{e}\n{text}"));
+        check(program.instructions());
+        (policy, program)
+    }
+
+    /// Values around every 32-bit word boundary of a 64-bit argument.
+    const BOUNDARY: &[u64] = &[
+        0,
+        1,
+        0x7fff_ffff,
+        0x8000_0000,
+        0xffff_fffe,
+        0xffff_ffff,
+        0x1_0000_0000,
+        0x1_0000_0001,
+        0x1_ffff_ffff,
+        0x2_0000_0000,
+        0x7fff_ffff_ffff_ffff,
+        0x8000_0000_0000_0000,
+        0xffff_ffff_0000_0000,
+        0xffff_fffe_ffff_ffff,
+        u64::MAX - 1,
+        u64::MAX,
+    ];
+
+    #[test]
+    fn comparisons_are_64_bit_at_the_word_boundaries() {
+        let ops: &[(&str, fn(u64, u64) -> bool)] = &[
+            ("eq", |a, v| a == v),
+            ("ne", |a, v| a != v),
+            ("lt", |a, v| a < v),
+            ("le", |a, v| a <= v),
+            ("gt", |a, v| a > v),
+            ("ge", |a, v| a >= v),
+        ];
+        for (index, &(op, holds)) in ops.iter().enumerate() {
+            // Use a different argument slot per operator so every offset is exercised.
+            let arg = index % 6;
+            for &value in BOUNDARY {
+                let text = format!(
+                    "default_action = \"errno:EPERM\"\n[[rule]]\nwhy = \"t\"\naction = \"allow\"\n\
+                     syscalls = [\"read\"]\nargs = [{{ index = {arg}, op = \"{op}\", value = \"{value:#x}\" }}]\n"
+                );
+                let (_, program) = compile_text(&text);
+                for &probe in BOUNDARY {
+                    let mut args = [0x5555_5555_5555_5555; 6];
+                    args[arg] = probe;
+                    let got = run(
+                        program.instructions(),
+                        &SeccompData::native(nr("read"), args),
+                    );
+                    let expected = if holds(probe, value) { ALLOW } else { DENY };
+                    assert_eq!(
+                        got,
+                        expected,
+                        "arg{arg} = {probe:#x} {op} {value:#x}: {}",
+                        describe(got)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn masked_eq_compares_both_words() {
+        let masks = [
+            0xffff_ffff,
+            0xffff_ffff_0000_0000,
+            u64::MAX,
+            0x8000_0000_0000_0001,
+            0x1_0000_0000,
+            0x7e02_0000,
+        ];
+        for mask in masks {
+            for value in [
+                0,
+                mask,
+                mask & 0xffff_ffff,
+                mask & !0xffff_ffff,
+                mask & 0x8000_0000_0000_0000,
+            ] {
+                let text = format!(
+                    "default_action = \"errno:EPERM\"\n[[rule]]\nwhy = \"t\"\naction = \"allow\"\n\
+                     syscalls = [\"ioctl\"]\nargs = [{{ index = 1, op = \"masked_eq\", mask = \"{mask:#x}\", value = \"{value:#x}\" }}]\n"
+                );
+                let (_, program) = compile_text(&text);
+                for &probe in BOUNDARY.iter().chain(&[mask, value, value | !mask, !value]) {
+                    let args = [0, probe, 0, 0, 0, 0];
+                    let got = run(
+                        program.instructions(),
+                        &SeccompData::native(nr("ioctl"), args),
+                    );
+                    let expected = if probe & mask == value { ALLOW } else { DENY };
+                    assert_eq!(
+                        got,
+                        expected,
+                        "{probe:#x} & {mask:#x} == {value:#x}: {}",
+                        describe(got)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conditions_are_anded_and_rules_are_tried_in_order() {
+        let text = "default_action = \"errno:ENOSYS\"\n\
+            [[rule]]\nwhy = \"a\"\naction = \"errno:EACCES\"\nsyscalls = [\"read\", \"write\"]\n\
+            args = [{ index = 0, op = \"eq\", value = 1 }]\n\
+            [[rule]]\nwhy = \"range\"\naction = \"allow\"\nsyscalls = [\"read\"]\n\
+            args = [{ index = 0, op = \"ge\", value = 1 }, { index = 0, op = \"lt\", value = 10 }, { index = 2, op = \"ne\", value = 7 }]\n\
+            [[rule]]\nwhy = \"rest\"\naction = \"kill\"\nsyscalls = [\"read\"]\n";
+        let (_, program) = compile_text(text);
+        let read = |args: [u64; 6]| {
+            run(
+                program.instructions(),
+                &SeccompData::native(nr("read"), args),
+            )
+        };
+        let write = |args: [u64; 6]| {
+            run(
+                program.instructions(),
+                &SeccompData::native(nr("write"), args),
+            )
+        };
+        let eacces = libc::SECCOMP_RET_ERRNO | libc::EACCES as u32;
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let kill = libc::SECCOMP_RET_KILL_PROCESS;
+        assert_eq!(read([1, 0, 7, 0, 0, 0]), eacces, "first rule wins");
+        assert_eq!(read([5, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(read([9, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(
+            read([5, 0, 7, 0, 0, 0]),
+            kill,
+            "one false condition fails the rule"
+        );
+        assert_eq!(read([10, 0, 0, 0, 0, 0]), kill);
+        assert_eq!(read([0, 0, 0, 0, 0, 0]), kill);
+        assert_eq!(read([(1 << 32) | 5, 0, 0, 0, 0, 0]), kill);
+        assert_eq!(write([1, 0, 0, 0, 0, 0]), eacces);
+        assert_eq!(
+            write([2, 0, 0, 0, 0, 0]),
+            enosys,
+            "no rule matched: default"
+        );
+    }
+
+    #[test]
+    fn prologue_checks_arch_then_x32_then_dispatches() {
+        let (_, program) = compile_text("default_action = \"allow\"\n");
+        let insns = program.instructions();
+        let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+        assert_eq!((insns[0].code, insns[0].k), (ld, OFFSET_ARCH));
+        assert_eq!(insns[1].k, native_arch().audit_arch());
+        assert_eq!(insns[2].k, libc::SECCOMP_RET_KILL_PROCESS);
+        assert_eq!((insns[3].code, insns[3].k), (ld, OFFSET_NR));
+        let expected_len = if native_arch() == Arch::X86_64 { 7 } else { 5 };
+        assert_eq!(program.len(), expected_len, "{insns:?}");
+        assert_eq!(insns[program.len() - 1].k, ALLOW);
+        assert!(!program.is_empty());
+    }
+
+    /// A handler far longer than 255 instructions is still skipped correctly (the skip is an
+    /// unconditional `ja` with a 32-bit offset), and syscalls after it still dispatch.
+    #[test]
+    fn long_handlers_and_chunks_dispatch_correctly() {
+        let mut text = String::from("default_action = \"errno:ENOSYS\"\n");
+        for i in 0..20u64 {
+            // 16 conditions, 15 of them always true, so each rule is ~70 instructions.
+            let mut conditions = vec![format!("{{ index = 0, op = \"eq\", value = {i} }}")];
+            for j in 1..16u64 {
+                conditions.push(format!(
+                    "{{ index = {}, op = \"ne\", value = {} }}",
+                    j % 6,
+                    1_000_000 + j
+                ));
+            }
+            text.push_str(&format!(
+                "[[rule]]\nwhy = \"r{i}\"\naction = \"errno:E2BIG\"\nsyscalls = [\"read\"]\nargs = [{}]\n",
+                conditions.join(", ")
+            ));
+        }
+        text.push_str(
+            "[[rule]]\nwhy = \"w\"\naction = \"errno:EACCES\"\nsyscalls = [\"write\"]\n\
+             args = [{ index = 0, op = \"eq\", value = 3 }]\n",
+        );
+        // More than one chunk of plain syscalls with the same action.
+        let plain: Vec<String> = syscalls::native_table()
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| *name != "read" && *name != "write")
+            .take(CHUNK * 2 + 3)
+            .map(|name| format!("\"{name}\""))
+            .collect();
+        text.push_str(&format!(
+            "[[rule]]\nwhy = \"plain\"\naction = \"allow\"\nsyscalls = [{}]\n",
+            plain.join(", ")
+        ));
+        let (policy, program) = compile_text(&text);
+        assert!(program.len() > 1000, "{}", program.len());
+        let e2big = libc::SECCOMP_RET_ERRNO | libc::E2BIG as u32;
+        let read = |a0: u64| {
+            run(
+                program.instructions(),
+                &SeccompData::native(nr("read"), [a0, 0, 0, 0, 0, 0]),
+            )
+        };
+        assert_eq!(read(0), e2big);
+        assert_eq!(read(19), e2big);
+        assert_eq!(read(20), libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        let write = |a0: u64| {
+            run(
+                program.instructions(),
+                &SeccompData::native(nr("write"), [a0, 0, 0, 0, 0, 0]),
+            )
+        };
+        assert_eq!(write(3), libc::SECCOMP_RET_ERRNO | libc::EACCES as u32);
+        for (name, number) in syscalls::native_table() {
+            let data = SeccompData::native(number, [3, 1_000_001, 0, 0, 0, 0]);
+            assert_eq!(
+                run(program.instructions(), &data),
+                reference(&policy, &data),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_long_programs_are_refused() {
+        let mut text = String::from("default_action = \"errno:ENOSYS\"\n");
+        for i in 0..70u64 {
+            let conditions: Vec<String> = (0..16u64)
+                .map(|j| {
+                    format!(
+                        "{{ index = {}, op = \"eq\", value = {} }}",
+                        j % 6,
+                        i * 100 + j
+                    )
+                })
+                .collect();
+            text.push_str(&format!(
+                "[[rule]]\nwhy = \"r{i}\"\naction = \"allow\"\nsyscalls = [\"read\"]\nargs = [{}]\n",
+                conditions.join(", ")
+            ));
+        }
+        let policy = SeccompPolicy::parse(&text, "test").expect("valid profile");
+        match policy.compile() {
+            Err(SeccompError::ProgramTooLong { len, max }) => {
+                assert!(len > max);
+                assert_eq!(max, MAX_INSTRUCTIONS);
+            }
+            other => panic!("expected ProgramTooLong, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn assembler_refuses_long_conditional_jumps() {
+        let mut asm = Assembler::default();
+        let far = asm.label();
+        asm.jump(Jump::Eq, 0, Target::Label(far), Target::Next);
+        for _ in 0..256 {
+            asm.ret(0);
+        }
+        asm.bind(far);
+        asm.ret(0);
+        assert!(matches!(
+            asm.finish(),
+            Err(SeccompError::CompilerBug { .. })
+        ));
+
+        let mut asm = Assembler::default();
+        let near = asm.label();
+        asm.jump(Jump::Eq, 0, Target::Label(near), Target::Next);
+        for _ in 0..255 {
+            asm.ret(0);
+        }
+        asm.bind(near);
+        asm.ret(1);
+        let prog = asm.finish().expect("255 fits");
+        assert_eq!(prog[0].jt, 255);
+
+        let mut asm = Assembler::default();
+        let unbound = asm.label();
+        asm.goto(unbound);
+        assert!(matches!(
+            asm.finish(),
+            Err(SeccompError::CompilerBug { .. })
+        ));
+    }
+
+    /// Random policies (through the parser) against random and boundary inputs: the compiled
+    /// program must agree with the rules evaluated directly.
+    #[test]
+    fn random_policies_match_the_reference() {
+        let mut seed: u64 = 0x243F_6A88_85A3_08D3;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let names = [
+            "read", "write", "ioctl", "socket", "clone", "openat", "mmap", "kill",
+        ];
+        let ops = ["eq", "ne", "lt", "le", "gt", "ge", "masked_eq"];
+        let actions = [
+            "allow",
+            "kill",
+            "errno:EPERM",
+            "errno:EACCES",
+            "errno:ENOSYS",
+        ];
+        let pick = |r: u64, n: usize| (r % n as u64) as usize;
+        for _ in 0..150 {
+            let mut text = format!(
+                "default_action = \"{}\"\n",
+                actions[pick(next(), actions.len())]
+            );
+            let mut closed: Vec<&str> = Vec::new();
+            for _ in 0..(1 + pick(next(), 8)) {
+                let open: Vec<&str> = names
+                    .iter()
+                    .copied()
+                    .filter(|n| !closed.contains(n))
+                    .collect();
+                if open.is_empty() {
+                    break;
+                }
+                let count = 1 + pick(next(), 3.min(open.len()));
+                let start = pick(next(), open.len());
+                let chosen: Vec<&str> =
+                    (0..count).map(|k| open[(start + k) % open.len()]).collect();
+                let unconditional = pick(next(), 4) == 0;
+                let mut rule = format!(
+                    "[[rule]]\nwhy = \"r\"\naction = \"{}\"\nsyscalls = [{}]\n",
+                    actions[pick(next(), actions.len())],
+                    chosen
+                        .iter()
+                        .map(|n| format!("\"{n}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if unconditional {
+                    closed.extend(&chosen);
+                } else {
+                    let mut conditions = Vec::new();
+                    for _ in 0..(1 + pick(next(), 3)) {
+                        let op = ops[pick(next(), ops.len())];
+                        let value = BOUNDARY[pick(next(), BOUNDARY.len())];
+                        let index = pick(next(), 6);
+                        if op == "masked_eq" {
+                            let mask = BOUNDARY[pick(next(), BOUNDARY.len())] | 1;
+                            conditions.push(format!(
+                                "{{ index = {index}, op = \"masked_eq\", mask = \"{mask:#x}\", value = \"{:#x}\" }}",
+                                value & mask
+                            ));
+                        } else {
+                            conditions.push(format!(
+                                "{{ index = {index}, op = \"{op}\", value = \"{value:#x}\" }}"
+                            ));
+                        }
+                    }
+                    rule.push_str(&format!("args = [{}]\n", conditions.join(", ")));
+                }
+                text.push_str(&rule);
+            }
+            let (policy, program) = compile_text(&text);
+            for _ in 0..300 {
+                let number = nr(names[pick(next(), names.len())]);
+                let mut args = [0u64; 6];
+                for arg in &mut args {
+                    *arg = if next() % 2 == 0 {
+                        BOUNDARY[pick(next(), BOUNDARY.len())]
+                    } else {
+                        next()
+                    };
+                }
+                let data = SeccompData::native(number, args);
+                let got = run(program.instructions(), &data);
+                let expected = reference(&policy, &data);
+                assert_eq!(got, expected, "{text}\nnr {number} args {args:#x?}");
+            }
+        }
+    }
+}
