@@ -319,6 +319,15 @@ mod tests {
     }
 
     #[test]
+    fn audit_arch_values_match_linux_audit_h() {
+        // AUDIT_ARCH_X86_64 and AUDIT_ARCH_AARCH64 from <linux/audit.h>. The interpreter
+        // tests take "native" from the same function, so only this test (and the kernel
+        // test) would notice a wrong value.
+        assert_eq!(Arch::X86_64.audit_arch(), 0xC000_003E);
+        assert_eq!(Arch::Aarch64.audit_arch(), 0xC000_00B7);
+    }
+
+    #[test]
     fn arch_specific_names() {
         assert!(exists_on("open", Arch::X86_64));
         assert!(!exists_on("open", Arch::Aarch64));
