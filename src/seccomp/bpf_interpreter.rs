@@ -142,7 +142,7 @@ pub(crate) fn reference(policy: &SeccompPolicy, data: &SeccompData) -> u32 {
         return Action::KillProcess.ret_value();
     }
     for rule in &policy.rules {
-        let names_it = rule.syscalls.iter().any(|&(_, n)| n == nr);
+        let names_it = rule.syscalls.contains(&nr);
         if names_it && rule.conditions.iter().all(|c| c.holds(&data.args)) {
             return rule.action.ret_value();
         }

@@ -29,8 +29,6 @@
 //! Steps 4–5 never read arguments, so the kernel's seccomp action cache (Linux 5.11+) learns
 //! that those syscalls are always allowed and skips the program for them entirely.
 
-use std::collections::BTreeMap;
-
 use super::error::SeccompError;
 use super::profile::{Action, Comparison, Condition, Rule};
 use super::syscalls::Arch;
@@ -94,33 +92,37 @@ pub(super) fn compile(policy: &SeccompPolicy) -> Result<BpfProgram, SeccompError
         arch: std::env::consts::ARCH,
     })?;
 
-    // Each syscall's rules, in file order. BTreeMap: deterministic output, filtered syscalls
-    // in number order.
-    let mut rules_by_nr: BTreeMap<u32, Vec<&Rule>> = BTreeMap::new();
-    for rule in &policy.rules {
-        for &(_, nr) in &rule.syscalls {
-            rules_by_nr.entry(nr).or_default().push(rule);
-        }
+    // (syscall, rule index) for every name in every rule, sorted: each syscall's rules end
+    // up adjacent and in file order. One flat vector keeps the compile allocation-light.
+    let mut pairs: Vec<(u32, usize)> = Vec::with_capacity(512);
+    for (index, rule) in policy.rules.iter().enumerate() {
+        pairs.extend(rule.syscalls.iter().map(|&nr| (nr, index)));
     }
-    let mut with_conditions: Vec<(u32, Vec<&Rule>)> = Vec::new();
-    let mut by_action: BTreeMap<Action, Vec<u32>> = BTreeMap::new();
-    for (nr, rules) in rules_by_nr {
-        match rules.as_slice() {
-            [only] if only.conditions.is_empty() => {
-                by_action.entry(only.action).or_default().push(nr)
+    pairs.sort_unstable();
+
+    let mut asm = Assembler::with_capacity(pairs.len() * 2 + 16);
+    emit_prologue(&mut asm, arch);
+
+    // Step 3: syscalls whose answer depends on arguments (or on several rules).
+    let mut plain: Vec<(Action, u32)> = Vec::with_capacity(pairs.len());
+    for group in pairs.chunk_by(|a, b| a.0 == b.0) {
+        let nr = group[0].0;
+        match group {
+            [(_, index)] if policy.rules[*index].conditions.is_empty() => {
+                plain.push((policy.rules[*index].action, nr));
             }
-            _ => with_conditions.push((nr, rules)),
+            _ => {
+                let rules = group.iter().map(|&(_, index)| &policy.rules[index]);
+                emit_handler(&mut asm, nr, rules, policy.default_action);
+            }
         }
     }
 
-    let mut asm = Assembler::default();
-    emit_prologue(&mut asm, arch);
-    for (nr, rules) in &with_conditions {
-        emit_handler(&mut asm, *nr, rules, policy.default_action);
-    }
-    for (action, numbers) in &by_action {
-        for chunk in numbers.chunks(CHUNK) {
-            emit_chunk(&mut asm, chunk, *action);
+    // Step 4: everything else, grouped by action.
+    plain.sort_unstable();
+    for same_action in plain.chunk_by(|a, b| a.0 == b.0) {
+        for chunk in same_action.chunks(CHUNK) {
+            emit_chunk(&mut asm, chunk, same_action[0].0);
         }
     }
     asm.ret(policy.default_action.ret_value());
@@ -162,7 +164,12 @@ fn emit_prologue(asm: &mut Assembler, arch: Arch) {
 }
 
 /// Step 3 of the layout: one syscall with argument conditions. Expects `A = nr`.
-fn emit_handler(asm: &mut Assembler, nr: u32, rules: &[&Rule], default: Action) {
+fn emit_handler<'a>(
+    asm: &mut Assembler,
+    nr: u32,
+    rules: impl Iterator<Item = &'a Rule>,
+    default: Action,
+) {
     let handler = asm.label();
     let skip = asm.label();
     asm.jump(Jump::Eq, nr, Target::Label(handler), Target::Next);
@@ -247,12 +254,13 @@ fn emit_condition(asm: &mut Assembler, condition: &Condition, fail: Label) {
     asm.bind(pass);
 }
 
-/// Step 4 of the layout: `numbers` (at most [`CHUNK`]) all get `action`. Expects `A = nr`.
-fn emit_chunk(asm: &mut Assembler, numbers: &[u32], action: Action) {
+/// Step 4 of the layout: the syscalls in `chunk` (at most [`CHUNK`]) all get `action`.
+/// Expects `A = nr`.
+fn emit_chunk(asm: &mut Assembler, chunk: &[(Action, u32)], action: Action) {
     let ret = asm.label();
     let after = asm.label();
-    for (i, &nr) in numbers.iter().enumerate() {
-        let on_mismatch = if i + 1 == numbers.len() {
+    for (i, &(_, nr)) in chunk.iter().enumerate() {
+        let on_mismatch = if i + 1 == chunk.len() {
             Target::Label(after)
         } else {
             Target::Next
@@ -313,7 +321,6 @@ enum Op {
     Ret(u32),
 }
 
-#[derive(Default)]
 struct Assembler {
     ops: Vec<Op>,
     /// Instruction index of each label, once bound.
@@ -321,6 +328,13 @@ struct Assembler {
 }
 
 impl Assembler {
+    fn with_capacity(instructions: usize) -> Self {
+        Assembler {
+            ops: Vec::with_capacity(instructions),
+            labels: Vec::with_capacity(instructions / 2),
+        }
+    }
+
     fn label(&mut self) -> Label {
         self.labels.push(None);
         Label(self.labels.len() - 1)
@@ -437,7 +451,7 @@ mod tests {
 
     fn nr(name: &str) -> u32 {
         match syscalls::lookup(name) {
-            Lookup::Native(nr) => nr,
+            Lookup::Native { nr, .. } => nr,
             other => panic!("{name}: {other:?}"),
         }
     }
@@ -701,7 +715,7 @@ mod tests {
 
     #[test]
     fn assembler_refuses_long_conditional_jumps() {
-        let mut asm = Assembler::default();
+        let mut asm = Assembler::with_capacity(300);
         let far = asm.label();
         asm.jump(Jump::Eq, 0, Target::Label(far), Target::Next);
         for _ in 0..256 {
@@ -714,7 +728,7 @@ mod tests {
             Err(SeccompError::CompilerBug { .. })
         ));
 
-        let mut asm = Assembler::default();
+        let mut asm = Assembler::with_capacity(300);
         let near = asm.label();
         asm.jump(Jump::Eq, 0, Target::Label(near), Target::Next);
         for _ in 0..255 {
@@ -725,7 +739,7 @@ mod tests {
         let prog = asm.finish().expect("255 fits");
         assert_eq!(prog[0].jt, 255);
 
-        let mut asm = Assembler::default();
+        let mut asm = Assembler::with_capacity(300);
         let unbound = asm.label();
         asm.goto(unbound);
         assert!(matches!(

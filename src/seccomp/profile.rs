@@ -5,7 +5,6 @@
 //! architecture, no rule is unreachable, conditions can match).
 //! Must not: emit BPF; that is `compile.rs`, which trusts what this file validated.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -92,8 +91,8 @@ impl Condition {
 #[derive(Clone, Debug)]
 pub(crate) struct Rule {
     pub(crate) action: Action,
-    /// (name, native number); names absent on this architecture were dropped.
-    pub(crate) syscalls: Vec<(String, u32)>,
+    /// Native syscall numbers; names absent on this architecture were dropped.
+    pub(crate) syscalls: Vec<u32>,
     /// ANDed; empty means "always".
     pub(crate) conditions: Vec<Condition>,
 }
@@ -213,10 +212,11 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<SeccompPolicy, SeccompEr
 
     let default_action = parse_action(&file.default_action, origin, "default_action")?;
 
-    // name → number of the first rule that decides it for every argument.
-    let mut decided_by: HashMap<String, usize> = HashMap::new();
+    // By syscall id (see `syscalls::Lookup`): the number of the first rule that decides it
+    // for every argument, 0 while none has.
+    let mut decided_by = vec![0usize; syscalls::table_len()];
     let mut rules = Vec::with_capacity(file.rules.len());
-    for (index, raw) in file.rules.into_iter().enumerate() {
+    for (index, raw) in file.rules.iter().enumerate() {
         let number = index + 1;
         rules.push(validate_rule(raw, number, origin, arch, &mut decided_by)?);
     }
@@ -229,11 +229,11 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<SeccompPolicy, SeccompEr
 }
 
 fn validate_rule(
-    raw: RuleFile,
+    raw: &RuleFile,
     number: usize,
     origin: &str,
     arch: Arch,
-    decided_by: &mut HashMap<String, usize>,
+    decided_by: &mut [usize],
 ) -> Result<Rule, SeccompError> {
     if raw.why.trim().is_empty() {
         return Err(SeccompError::MissingWhy {
@@ -264,33 +264,33 @@ fn validate_rule(
         });
     }
 
-    let mut seen = HashSet::new();
-    let mut syscalls = Vec::with_capacity(raw.syscalls.len() + raw.optional_syscalls.len());
     let listed = raw.syscalls.iter().map(|n| (n, false));
     let optional = raw.optional_syscalls.iter().map(|n| (n, true));
+    let mut ids: Vec<usize> = Vec::with_capacity(raw.syscalls.len() + raw.optional_syscalls.len());
+    let mut syscalls = Vec::with_capacity(ids.capacity());
     for (name, is_optional) in listed.chain(optional) {
-        if !seen.insert(name.as_str()) {
+        let (id, native) = resolve(name, is_optional, number, origin, arch)?;
+        if ids.contains(&id) {
             return Err(SeccompError::DuplicateSyscall {
                 origin: origin.to_owned(),
                 rule: number,
                 name: name.clone(),
             });
         }
-        if let Some(&earlier) = decided_by.get(name) {
+        if decided_by[id] != 0 {
             return Err(SeccompError::UnreachableRule {
                 origin: origin.to_owned(),
                 rule: number,
                 name: name.clone(),
-                earlier,
+                earlier: decided_by[id],
             });
         }
-        if let Some(nr) = resolve(name, is_optional, number, origin, arch)? {
-            syscalls.push((name.clone(), nr));
-        }
+        ids.push(id);
+        syscalls.extend(native);
     }
     if conditions.is_empty() {
-        for name in seen {
-            decided_by.insert(name.to_owned(), number);
+        for id in ids {
+            decided_by[id] = number;
         }
     }
 
@@ -301,26 +301,26 @@ fn validate_rule(
     })
 }
 
-/// The native number of `name`, `None` for an optional name this architecture lacks.
+/// The table id of `name` and its native number (`None` for an optional name this
+/// architecture lacks).
 fn resolve(
     name: &str,
     is_optional: bool,
     rule: usize,
     origin: &str,
     arch: Arch,
-) -> Result<Option<u32>, SeccompError> {
-    let everywhere = Arch::ALL.iter().all(|&a| syscalls::exists_on(name, a));
-    if is_optional && everywhere {
-        return Err(SeccompError::NeedlesslyOptional {
+) -> Result<(usize, Option<u32>), SeccompError> {
+    match syscalls::lookup(name) {
+        Lookup::Native {
+            everywhere: true, ..
+        } if is_optional => Err(SeccompError::NeedlesslyOptional {
             origin: origin.to_owned(),
             rule,
             name: name.to_owned(),
-        });
-    }
-    match syscalls::lookup(name) {
-        Lookup::Native(nr) => Ok(Some(nr)),
-        Lookup::OtherArch if is_optional => Ok(None),
-        Lookup::OtherArch => Err(SeccompError::NotOnThisArch {
+        }),
+        Lookup::Native { id, nr, .. } => Ok((id, Some(nr))),
+        Lookup::OtherArch { id } if is_optional => Ok((id, None)),
+        Lookup::OtherArch { .. } => Err(SeccompError::NotOnThisArch {
             origin: origin.to_owned(),
             rule,
             name: name.to_owned(),
