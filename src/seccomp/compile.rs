@@ -485,7 +485,8 @@ mod tests {
 
     #[test]
     fn comparisons_are_64_bit_at_the_word_boundaries() {
-        let ops: &[(&str, fn(u64, u64) -> bool)] = &[
+        type Holds = fn(u64, u64) -> bool;
+        let ops: &[(&str, Holds)] = &[
             ("eq", |a, v| a == v),
             ("ne", |a, v| a != v),
             ("lt", |a, v| a < v),
