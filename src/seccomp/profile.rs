@@ -207,7 +207,8 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<SeccompPolicy, SeccompEr
     })?;
     let file: ProfileFile = toml::from_str(text).map_err(|e| SeccompError::Syntax {
         origin: origin.to_owned(),
-        message: e.to_string(),
+        // toml's message spans several lines (a source excerpt); drop the trailing newline.
+        message: e.to_string().trim_end().to_owned(),
     })?;
 
     let default_action = parse_action(&file.default_action, origin, "default_action")?;
