@@ -63,7 +63,7 @@ fn arg_high_word(arg: u8) -> u32 {
 
 /// A compiled seccomp filter for the native architecture, ready for
 /// [`crate::sys::seccomp::install_filter`]. Only [`super::SeccompPolicy::compile`] makes one,
-/// so its length is always between 1 and [`MAX_INSTRUCTIONS`].
+/// so its length is always between 1 and 4096 (`BPF_MAXINSNS`).
 #[derive(Clone, Debug)]
 pub struct BpfProgram {
     instructions: Vec<libc::sock_filter>,

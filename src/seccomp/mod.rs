@@ -21,7 +21,7 @@
 //! ```
 //!
 //! Every key is checked: an unknown key, syscall name, errno or operator is an error that
-//! names the file, the rule (`rule #N`, counting from 1 in file order) and a fix.
+//! names the file, the line or the rule (`rule #N`, counting from 1 in file order), and a fix.
 //!
 //! - `action`: `allow`; `kill` (`SECCOMP_RET_KILL_PROCESS`: the whole process dies of
 //!   SIGSYS); `errno:NAME` (the syscall fails with that errno and does not run).
