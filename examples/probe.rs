@@ -64,7 +64,13 @@ fn status() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     for line in status.lines() {
         if let Some((k, v)) = line.split_once(':') {
-            if k.starts_with("Cap") || k == "NoNewPrivs" || k == "Seccomp" || k == "Uid" || k == "Gid" || k == "Groups" {
+            if k.starts_with("Cap")
+                || k == "NoNewPrivs"
+                || k == "Seccomp"
+                || k == "Uid"
+                || k == "Gid"
+                || k == "Groups"
+            {
                 m.insert(k.to_string(), v.trim().to_string());
             }
         }
@@ -74,11 +80,16 @@ fn status() {
     m.insert("sid".into(), unsafe { libc::getsid(0) }.to_string());
     m.insert(
         "hostname".into(),
-        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     );
     m.insert(
         "cwd".into(),
-        std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
+        std::env::current_dir()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     );
     // Descriptors open in this process, except the one used to list them.
     let mut fds: Vec<String> = Vec::new();
@@ -104,12 +115,19 @@ fn status() {
     m.insert(
         "pid1_cmdline".into(),
         std::fs::read("/proc/1/cmdline")
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_else(|e| format!("error: {e}")),
     );
     m.insert(
         "mountinfo_lines".into(),
-        std::fs::read_to_string("/proc/self/mountinfo").map(|s| s.lines().count().to_string()).unwrap_or_default(),
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|s| s.lines().count().to_string())
+            .unwrap_or_default(),
     );
     for (key, val) in std::env::vars() {
         m.insert(format!("env.{key}"), val);
@@ -135,66 +153,161 @@ fn attacks() {
     };
     let c = |s: &str| CString::new(s).unwrap();
     attack("mount", &|| unsafe {
-        ret(libc::mount(c("tmpfs").as_ptr(), c("/tmp").as_ptr(), c("tmpfs").as_ptr(), 0, std::ptr::null()) as _)
+        ret(libc::mount(
+            c("tmpfs").as_ptr(),
+            c("/tmp").as_ptr(),
+            c("tmpfs").as_ptr(),
+            0,
+            std::ptr::null(),
+        ) as _)
     });
-    attack("umount", &|| unsafe { ret(libc::umount2(c("/proc").as_ptr(), libc::MNT_DETACH) as _) });
-    attack("unshare_user", &|| unsafe { ret(libc::unshare(libc::CLONE_NEWUSER) as _) });
-    attack("unshare_mount", &|| unsafe { ret(libc::unshare(libc::CLONE_NEWNS) as _) });
-    attack("unshare_net", &|| unsafe { ret(libc::unshare(libc::CLONE_NEWNET) as _) });
+    attack("umount", &|| unsafe {
+        ret(libc::umount2(c("/proc").as_ptr(), libc::MNT_DETACH) as _)
+    });
+    attack("unshare_user", &|| unsafe {
+        ret(libc::unshare(libc::CLONE_NEWUSER) as _)
+    });
+    attack("unshare_mount", &|| unsafe {
+        ret(libc::unshare(libc::CLONE_NEWNS) as _)
+    });
+    attack("unshare_net", &|| unsafe {
+        ret(libc::unshare(libc::CLONE_NEWNET) as _)
+    });
     attack("setns", &|| unsafe {
         let fd = libc::open(c("/proc/self/ns/mnt").as_ptr(), libc::O_RDONLY);
-        if fd < 0 { return ret(-1); }
+        if fd < 0 {
+            return ret(-1);
+        }
         ret(libc::setns(fd, 0) as _)
     });
     attack("clone_newuser", &|| unsafe {
-        let r = libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0);
-        if r == 0 { libc::_exit(0); }
+        let r = libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            0,
+            0,
+            0,
+            0,
+        );
+        if r == 0 {
+            libc::_exit(0);
+        }
         ret(r)
     });
     attack("clone_thread", &|| unsafe {
         // fork-like clone without namespace flags must keep working.
         let r = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
-        if r == 0 { libc::_exit(0); }
+        if r == 0 {
+            libc::_exit(0);
+        }
         ret(r)
     });
-    attack("clone3", &|| unsafe { ret(libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0)) });
-    attack("ptrace_attach_init", &|| unsafe { ret(libc::ptrace(libc::PTRACE_ATTACH, 1, 0, 0)) });
-    attack("bpf", &|| unsafe { ret(libc::syscall(libc::SYS_bpf, 0, std::ptr::null::<u8>(), 0)) });
+    attack("clone3", &|| unsafe {
+        ret(libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0))
+    });
+    attack("ptrace_attach_init", &|| unsafe {
+        ret(libc::ptrace(libc::PTRACE_ATTACH, 1, 0, 0))
+    });
+    attack("bpf", &|| unsafe {
+        ret(libc::syscall(libc::SYS_bpf, 0, std::ptr::null::<u8>(), 0))
+    });
     attack("perf_event_open", &|| unsafe {
-        ret(libc::syscall(libc::SYS_perf_event_open, std::ptr::null::<u8>(), 0, -1, -1, 0))
+        ret(libc::syscall(
+            libc::SYS_perf_event_open,
+            std::ptr::null::<u8>(),
+            0,
+            -1,
+            -1,
+            0,
+        ))
     });
-    attack("keyctl", &|| unsafe { ret(libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0)) });
+    attack("keyctl", &|| unsafe {
+        ret(libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0))
+    });
     attack("add_key", &|| unsafe {
-        ret(libc::syscall(libc::SYS_add_key, c("user").as_ptr(), c("nsbox").as_ptr(), std::ptr::null::<u8>(), 0, -2))
+        ret(libc::syscall(
+            libc::SYS_add_key,
+            c("user").as_ptr(),
+            c("nsbox").as_ptr(),
+            std::ptr::null::<u8>(),
+            0,
+            -2,
+        ))
     });
-    attack("userfaultfd", &|| unsafe { ret(libc::syscall(libc::SYS_userfaultfd, 0)) });
+    attack("userfaultfd", &|| unsafe {
+        ret(libc::syscall(libc::SYS_userfaultfd, 0))
+    });
     attack("io_uring_setup", &|| unsafe {
         let mut params = [0u8; 120];
-        ret(libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()))
+        ret(libc::syscall(
+            libc::SYS_io_uring_setup,
+            1,
+            params.as_mut_ptr(),
+        ))
     });
-    attack("kexec_load", &|| unsafe { ret(libc::syscall(libc::SYS_kexec_load, 0, 0, 0, 0)) });
+    attack("kexec_load", &|| unsafe {
+        ret(libc::syscall(libc::SYS_kexec_load, 0, 0, 0, 0))
+    });
     attack("init_module", &|| unsafe {
-        ret(libc::syscall(libc::SYS_init_module, std::ptr::null::<u8>(), 0, std::ptr::null::<u8>()))
+        ret(libc::syscall(
+            libc::SYS_init_module,
+            std::ptr::null::<u8>(),
+            0,
+            std::ptr::null::<u8>(),
+        ))
     });
     attack("open_by_handle_at", &|| unsafe {
-        ret(libc::syscall(libc::SYS_open_by_handle_at, libc::AT_FDCWD, std::ptr::null::<u8>(), 0))
+        ret(libc::syscall(
+            libc::SYS_open_by_handle_at,
+            libc::AT_FDCWD,
+            std::ptr::null::<u8>(),
+            0,
+        ))
     });
     attack("process_vm_readv", &|| unsafe {
-        ret(libc::syscall(libc::SYS_process_vm_readv, 1, std::ptr::null::<u8>(), 0, std::ptr::null::<u8>(), 0, 0))
+        ret(libc::syscall(
+            libc::SYS_process_vm_readv,
+            1,
+            std::ptr::null::<u8>(),
+            0,
+            std::ptr::null::<u8>(),
+            0,
+            0,
+        ))
     });
-    attack("chroot", &|| unsafe { ret(libc::chroot(c("/").as_ptr()) as _) });
-    attack("pivot_root", &|| unsafe { ret(libc::syscall(libc::SYS_pivot_root, c("/").as_ptr(), c("/").as_ptr())) });
+    attack("chroot", &|| unsafe {
+        ret(libc::chroot(c("/").as_ptr()) as _)
+    });
+    attack("pivot_root", &|| unsafe {
+        ret(libc::syscall(
+            libc::SYS_pivot_root,
+            c("/").as_ptr(),
+            c("/").as_ptr(),
+        ))
+    });
     for (name, family, kind, proto) in [
         ("socket_alg", libc::AF_ALG, libc::SOCK_SEQPACKET, 0),
         ("socket_vsock", libc::AF_VSOCK, libc::SOCK_STREAM, 0),
         ("socket_packet", libc::AF_PACKET, libc::SOCK_RAW, 0),
-        ("socket_netlink_netfilter", libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_NETFILTER),
-        ("socket_netlink_route", libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
+        (
+            "socket_netlink_netfilter",
+            libc::AF_NETLINK,
+            libc::SOCK_RAW,
+            libc::NETLINK_NETFILTER,
+        ),
+        (
+            "socket_netlink_route",
+            libc::AF_NETLINK,
+            libc::SOCK_RAW,
+            libc::NETLINK_ROUTE,
+        ),
         ("socket_inet", libc::AF_INET, libc::SOCK_STREAM, 0),
         ("socket_inet6", libc::AF_INET6, libc::SOCK_DGRAM, 0),
         ("socket_unix", libc::AF_UNIX, libc::SOCK_STREAM, 0),
     ] {
-        attack(name, &|| unsafe { ret(libc::socket(family, kind, proto) as _) });
+        attack(name, &|| unsafe {
+            ret(libc::socket(family, kind, proto) as _)
+        });
     }
     attack("tiocsti", &|| unsafe {
         let ch: u8 = b'x';
@@ -202,26 +315,42 @@ fn attacks() {
     });
     attack("tiocsti_high_bits", &|| unsafe {
         let ch: u8 = b'x';
-        ret(libc::syscall(libc::SYS_ioctl, 0, 0xffff_ffff_0000_0000u64 | libc::TIOCSTI, &ch))
+        ret(libc::syscall(
+            libc::SYS_ioctl,
+            0,
+            0xffff_ffff_0000_0000u64 | libc::TIOCSTI,
+            &ch,
+        ))
     });
     attack("tioclinux", &|| unsafe {
         let sub: u8 = 2;
         ret(libc::ioctl(0, libc::TIOCLINUX, &sub) as _)
     });
     attack("setuid_0", &|| unsafe { ret(libc::setuid(0) as _) });
-    attack("sethostname", &|| unsafe { ret(libc::sethostname(b"evil".as_ptr() as *const _, 4) as _) });
+    attack("sethostname", &|| unsafe {
+        ret(libc::sethostname(b"evil".as_ptr() as *const _, 4) as _)
+    });
     attack("mknod", &|| unsafe {
-        ret(libc::mknod(c("/sandbox/probe-dev").as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) as _)
+        ret(libc::mknod(
+            c("/sandbox/probe-dev").as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 3),
+        ) as _)
     });
     attack("chown_to_root", &|| unsafe {
         let path = c("/sandbox/probe-chown");
         let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600);
-        if fd < 0 { return ret(-1); }
+        if fd < 0 {
+            return ret(-1);
+        }
         ret(libc::fchown(fd, 0, 0) as _)
     });
     // Signals to the sandbox's init are ignored; it must survive.
     unsafe { libc::kill(1, libc::SIGKILL) };
-    m.insert("init_alive_after_kill".into(), (unsafe { libc::kill(1, 0) } == 0).to_string());
+    m.insert(
+        "init_alive_after_kill".into(),
+        (unsafe { libc::kill(1, 0) } == 0).to_string(),
+    );
     for (name, path) in [
         ("write_proc_sysrq", "/proc/sysrq-trigger"),
         ("write_proc_sys", "/proc/sys/kernel/hostname"),
@@ -236,33 +365,53 @@ fn attacks() {
         ("write_tmp", "/tmp/probe-was-here"),
     ] {
         let create = !(path.starts_with("/proc/") || path.starts_with("/sys/"));
-        let r = std::fs::OpenOptions::new().write(true).create(create).truncate(false).open(path);
-        m.insert(name.into(), match r {
-            Ok(_) => "ok".into(),
-            Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
-        });
+        let r = std::fs::OpenOptions::new()
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path);
+        m.insert(
+            name.into(),
+            match r {
+                Ok(_) => "ok".into(),
+                Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
+            },
+        );
     }
-    for (name, path) in [("read_proc_kcore", "/proc/kcore"), ("read_proc1_environ", "/proc/1/environ"), ("list_proc1_root", "/proc/1/root/")] {
+    for (name, path) in [
+        ("read_proc_kcore", "/proc/kcore"),
+        ("read_proc1_environ", "/proc/1/environ"),
+        ("list_proc1_root", "/proc/1/root/"),
+    ] {
         let r = if name.starts_with("list") {
             std::fs::read_dir(path).map(|_| ())
         } else {
             std::fs::read(path).map(|_| ())
         };
-        m.insert(name.into(), match r {
-            Ok(()) => "ok".into(),
-            Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
-        });
+        m.insert(
+            name.into(),
+            match r {
+                Ok(()) => "ok".into(),
+                Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
+            },
+        );
     }
     // A 32-bit syscall (int 0x80) from a 64-bit process is the socketcall bypass: the process
     // must die, not run it. x32 numbers (bit 30) must not reach the kernel's syscall table.
     #[cfg(target_arch = "x86_64")]
     {
-        m.insert("int80_getpid".into(), in_child(&|| unsafe {
-            let r: i64;
-            std::arch::asm!("int 0x80", inlateout("rax") 20i64 => r, options(nostack));
-            r
-        }));
-        m.insert("x32_getpid".into(), in_child(&|| unsafe { ret(libc::syscall(0x4000_0000 | libc::SYS_getpid)) }));
+        m.insert(
+            "int80_getpid".into(),
+            in_child(&|| unsafe {
+                let r: i64;
+                std::arch::asm!("int 0x80", inlateout("rax") 20i64 => r, options(nostack));
+                r
+            }),
+        );
+        m.insert(
+            "x32_getpid".into(),
+            in_child(&|| unsafe { ret(libc::syscall(0x4000_0000 | libc::SYS_getpid)) }),
+        );
     }
     print_map(&m);
 }

@@ -160,10 +160,13 @@ fn lock_target(leftover: &Leftover) -> PathBuf {
 /// Marks a sandbox's cgroup as in use for as long as this process lives: a shared flock on the
 /// descriptors it holds. A killed supervisor's lock goes with it.
 pub fn hold_in_use(cgroup: &super::SandboxCgroup) {
-    let fds = cgroup.clone_into_fd().into_iter().chain(cgroup.self_join_fds().iter().map(|fd| {
-        use std::os::fd::AsFd;
-        fd.as_fd()
-    }));
+    let fds = cgroup
+        .clone_into_fd()
+        .into_iter()
+        .chain(cgroup.self_join_fds().iter().map(|fd| {
+            use std::os::fd::AsFd;
+            fd.as_fd()
+        }));
     for fd in fds {
         let _ = rustix::fs::flock(fd, rustix::fs::FlockOperation::NonBlockingLockShared);
     }

@@ -14,7 +14,10 @@ pub fn run(args: DoctorArgs) -> i32 {
     let checks = run_checks();
     let works = checks.iter().all(|c| c.status != Status::Fail);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&checks).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).unwrap_or_default()
+        );
     } else {
         println!("nsbox doctor");
         for c in &checks {

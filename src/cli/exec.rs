@@ -81,7 +81,9 @@ fn build_spec(args: ExecArgs) -> Result<SandboxSpec, String> {
 fn describe(e: &SandboxError) -> String {
     match e {
         SandboxError::Setup { step, message } if message.contains("Operation not permitted") => {
-            format!("{e} — hint: run as root; `nsbox doctor` shows what this host is missing ({step})")
+            format!(
+                "{e} — hint: run as root; `nsbox doctor` shows what this host is missing ({step})"
+            )
         }
         _ => e.to_string(),
     }
@@ -171,7 +173,11 @@ fn finish(spec: &SandboxSpec, outcome: &Outcome, masker: &Masker) -> i32 {
 
 fn print_timings(outcome: &Outcome) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "nsbox: timings for sandbox {} (ms since nsbox started)", outcome.id);
+    let _ = writeln!(
+        err,
+        "nsbox: timings for sandbox {} (ms since nsbox started)",
+        outcome.id
+    );
     let mut previous = 0u64;
     for (label, at) in &outcome.marks {
         let _ = writeln!(
@@ -182,5 +188,9 @@ fn print_timings(outcome: &Outcome) {
         );
         previous = *at;
     }
-    let _ = writeln!(err, "  {:>8.3}            total", outcome.duration.as_secs_f64() * 1e3);
+    let _ = writeln!(
+        err,
+        "  {:>8.3}            total",
+        outcome.duration.as_secs_f64() * 1e3
+    );
 }

@@ -77,7 +77,12 @@ pub struct ExecArgs {
     #[arg(long, help_heading = "Filesystem")]
     writable_root: bool,
     /// Bind a host path into the sandbox, read-only unless :rw. Repeatable.
-    #[arg(long = "mount", short = 'm', value_name = "SRC:DST[:ro|rw]", help_heading = "Filesystem")]
+    #[arg(
+        long = "mount",
+        short = 'm',
+        value_name = "SRC:DST[:ro|rw]",
+        help_heading = "Filesystem"
+    )]
     mounts: Vec<String>,
     /// Copy a host file or tree into /sandbox before the command starts (DST relative to
     /// /sandbox; a DST ending in / keeps SRC's name). Repeatable.
@@ -123,7 +128,12 @@ pub struct ExecArgs {
     #[arg(long, value_name = "NAME", help_heading = "Process")]
     hostname: Option<String>,
     /// Set an environment variable; a bare NAME copies it from nsbox's environment. Repeatable.
-    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE", help_heading = "Process")]
+    #[arg(
+        long = "env",
+        short = 'e',
+        value_name = "NAME=VALUE",
+        help_heading = "Process"
+    )]
     env: Vec<String>,
     /// Read variables from a file of NAME=VALUE lines. Repeatable.
     #[arg(long = "env-file", value_name = "FILE", help_heading = "Process")]
@@ -139,7 +149,12 @@ pub struct ExecArgs {
     #[arg(long, short = 'i', help_heading = "Input/output")]
     interactive: bool,
     /// Give the command a terminal (use with -i for an interactive shell).
-    #[arg(long, short = 't', conflicts_with = "json", help_heading = "Input/output")]
+    #[arg(
+        long,
+        short = 't',
+        conflicts_with = "json",
+        help_heading = "Input/output"
+    )]
     tty: bool,
     /// Write one JSON event per line (output chunks, exit, errors) instead of raw output.
     #[arg(long, help_heading = "Input/output")]
@@ -201,7 +216,8 @@ fn init_logging(verbose: u8, format: LogFormat) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::new(env.unwrap_or_else(|| format!("nsbox={level}")));
+    let filter =
+        tracing_subscriber::EnvFilter::new(env.unwrap_or_else(|| format!("nsbox={level}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

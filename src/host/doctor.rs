@@ -114,12 +114,18 @@ fn check_kernel() -> Check {
             format!("Linux {release} lacks clone3 with CLONE_INTO_CGROUP and openat2"),
             "nsbox needs Linux 5.7 or newer (5.15+ recommended)",
         ),
-        None => Check::warn("kernel", "cannot read the kernel version", "check `uname -r`"),
+        None => Check::warn(
+            "kernel",
+            "cannot read the kernel version",
+            "check `uname -r`",
+        ),
     }
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn check_user_namespaces() -> Check {
@@ -171,12 +177,27 @@ fn check_overlay() -> Check {
     let tried = in_child(NEWNS, || {
         use rustix::mount::{mount, mount_change, MountFlags, MountPropagationFlags};
         let run = || -> Result<(), rustix::io::Errno> {
-            mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)?;
-            mount("nsbox-doctor", "/tmp", "tmpfs", MountFlags::empty(), c"size=1m")?;
+            mount_change(
+                "/",
+                MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+            )?;
+            mount(
+                "nsbox-doctor",
+                "/tmp",
+                "tmpfs",
+                MountFlags::empty(),
+                c"size=1m",
+            )?;
             for d in ["/tmp/l", "/tmp/u", "/tmp/w", "/tmp/m"] {
                 rustix::fs::mkdir(d, rustix::fs::Mode::from_raw_mode(0o755))?;
             }
-            mount("overlay", "/tmp/m", "overlay", MountFlags::empty(), c"lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w")
+            mount(
+                "overlay",
+                "/tmp/m",
+                "overlay",
+                MountFlags::empty(),
+                c"lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w",
+            )
         };
         match run() {
             Ok(()) => 0,
@@ -190,11 +211,19 @@ fn check_overlay() -> Check {
             format!(
                 "an overlay mount failed: {}{}",
                 std::io::Error::from_raw_os_error(errno),
-                if listed { "" } else { " (overlay is not in /proc/filesystems)" }
+                if listed {
+                    ""
+                } else {
+                    " (overlay is not in /proc/filesystems)"
+                }
             ),
             "load the module (`modprobe overlay`) or use a kernel with CONFIG_OVERLAY_FS",
         ),
-        Err(e) => Check::fail("overlayfs", format!("cannot test overlay: {e}"), "see the namespaces check"),
+        Err(e) => Check::fail(
+            "overlayfs",
+            format!("cannot test overlay: {e}"),
+            "see the namespaces check",
+        ),
     }
 }
 
@@ -214,7 +243,9 @@ fn check_cgroups() -> Vec<Check> {
     for c in Controller::ALL {
         let where_ = match layout.placement(c) {
             Placement::V2 { enabled: true, .. } => "v2".to_string(),
-            Placement::V2 { enabled: false, .. } => "v2 (not enabled for child cgroups)".to_string(),
+            Placement::V2 { enabled: false, .. } => {
+                "v2 (not enabled for child cgroups)".to_string()
+            }
             Placement::V1 { path } => format!("v1 at {}", path.display()),
             Placement::Unavailable { .. } => "unavailable".to_string(),
         };
@@ -239,11 +270,22 @@ fn check_cgroups() -> Vec<Check> {
             let warnings = cgroup.warnings().to_vec();
             let removed = cgroup.remove();
             checks.push(if let Err(e) = removed {
-                Check::warn("cgroup limits", format!("created, but removal failed: {e}"), "run `nsbox prune`")
+                Check::warn(
+                    "cgroup limits",
+                    format!("created, but removal failed: {e}"),
+                    "run `nsbox prune`",
+                )
             } else if warnings.is_empty() {
-                Check::ok("cgroup limits", "memory, cpu and pids limits can be set (swap off)")
+                Check::ok(
+                    "cgroup limits",
+                    "memory, cpu and pids limits can be set (swap off)",
+                )
             } else {
-                Check::warn("cgroup limits", warnings.join("; "), "limits still apply; see the caveat above")
+                Check::warn(
+                    "cgroup limits",
+                    warnings.join("; "),
+                    "limits still apply; see the caveat above",
+                )
             });
         }
         Err(e) => checks.push(Check::fail(
@@ -267,9 +309,16 @@ fn check_seccomp() -> Check {
     match SeccompPolicy::builtin("default").and_then(|p| p.compile()) {
         Ok(program) => Check::ok(
             "seccomp",
-            format!("filters supported; the default policy compiles to {} instructions", program.len()),
+            format!(
+                "filters supported; the default policy compiles to {} instructions",
+                program.len()
+            ),
         ),
-        Err(e) => Check::fail("seccomp", format!("the default policy does not compile: {e}"), "report this as a bug"),
+        Err(e) => Check::fail(
+            "seccomp",
+            format!("the default policy does not compile: {e}"),
+            "report this as a bug",
+        ),
     }
 }
 
@@ -310,7 +359,14 @@ fn check_trial() -> Check {
         ),
         Ok(outcome) => Check::fail(
             "trial sandbox",
-            format!("/bin/true ended with status {}{}", outcome.exit_code(), outcome.message().map(|m| format!(": {m}")).unwrap_or_default()),
+            format!(
+                "/bin/true ended with status {}{}",
+                outcome.exit_code(),
+                outcome
+                    .message()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
             "run `nsbox exec -v -- /bin/true` to see where it fails",
         ),
         Err(e) => Check::fail(

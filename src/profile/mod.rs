@@ -240,7 +240,12 @@ impl Profile {
         match std::fs::read_to_string(&system) {
             Ok(text) => return Ok((system.display().to_string(), text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(ProfileError::Read { path: system, source }),
+            Err(source) => {
+                return Err(ProfileError::Read {
+                    path: system,
+                    source,
+                })
+            }
         }
         match builtin_text(name_or_path) {
             Some(text) => Ok((format!("builtin:{name_or_path}"), text.to_string())),
@@ -283,7 +288,10 @@ fn resolve_base(file: ProfileFile) -> Result<Profile, ProfileError> {
     };
     let mut profile = Profile {
         name: "default".into(),
-        description: file.description.clone().ok_or_else(|| missing("description"))?,
+        description: file
+            .description
+            .clone()
+            .ok_or_else(|| missing("description"))?,
         memory: None,
         cpus: None,
         pids: None,
@@ -357,7 +365,8 @@ fn apply(profile: &mut Profile, origin: &str, file: ProfileFile) -> Result<(), P
         profile.memory = optional(&s, |t| t.parse::<ByteSize>()).map_err(unit("limits.memory"))?;
     }
     if let Some(c) = l.cpus {
-        profile.cpus = optional(&c.text(), |t| t.parse::<CpuQuota>()).map_err(unit("limits.cpus"))?;
+        profile.cpus =
+            optional(&c.text(), |t| t.parse::<CpuQuota>()).map_err(unit("limits.cpus"))?;
     }
     if let Some(p) = l.pids {
         let text = p.text();
@@ -498,9 +507,9 @@ fn optional<T, E>(text: &str, parse: impl Fn(&str) -> Result<T, E>) -> Result<Op
 /// sandbox user 100, whose group is 101.
 pub fn parse_user(text: &str) -> Result<(u32, u32), String> {
     let parse_id = |s: &str, what: &str| -> Result<u32, String> {
-        let id: u32 = s
-            .parse()
-            .map_err(|_| format!("'{text}': the {what} must be a number (UID[:GID]), names are not resolved"))?;
+        let id: u32 = s.parse().map_err(|_| {
+            format!("'{text}': the {what} must be a number (UID[:GID]), names are not resolved")
+        })?;
         if id >= crate::spec::IDS_IN_SANDBOX {
             return Err(format!(
                 "'{text}': the {what} must be below {} (the sandbox maps 65536 ids)",
@@ -574,7 +583,8 @@ mod tests {
         assert!(e.to_string().contains("wifi"));
         let e = Profile::from_text("p", "[filesystem]\nsys = \"rw\"\n").unwrap_err();
         assert!(e.to_string().contains("filesystem.sys"));
-        let e = Profile::from_text("p", "[filesystem]\nhost_root_visible = [\"/usr/lib\"]\n").unwrap_err();
+        let e = Profile::from_text("p", "[filesystem]\nhost_root_visible = [\"/usr/lib\"]\n")
+            .unwrap_err();
         assert!(e.to_string().contains("host_root_visible"));
         let e = Profile::from_text("p", "[filesystem]\nhide = [\"relative\"]\n").unwrap_err();
         assert!(e.to_string().contains("filesystem.hide"));
@@ -586,7 +596,11 @@ mod tests {
 
     #[test]
     fn unlimited_words_switch_limits_off() {
-        let p = Profile::from_text("p", "[limits]\nmemory = \"none\"\ncpus = \"unlimited\"\npids = \"max\"\n").unwrap();
+        let p = Profile::from_text(
+            "p",
+            "[limits]\nmemory = \"none\"\ncpus = \"unlimited\"\npids = \"max\"\n",
+        )
+        .unwrap();
         assert_eq!((p.memory, p.cpus, p.pids), (None, None, None));
         let p = Profile::from_text("p", "[limits]\ncpus = 1.5\n").unwrap();
         assert_eq!(p.cpus, Some(CpuQuota(1500)));

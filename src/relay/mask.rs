@@ -63,7 +63,11 @@ impl Masker {
         let mut release = len;
         for start in window_start..len {
             let tail = &self.pending[start..];
-            if self.secrets.iter().any(|s| s.len() > tail.len() && s.starts_with(tail)) {
+            if self
+                .secrets
+                .iter()
+                .any(|s| s.len() > tail.len() && s.starts_with(tail))
+            {
                 release = start;
                 break;
             }
@@ -133,7 +137,11 @@ mod tests {
         let text = "token=sk-live-0123456789 end";
         for cut in 0..=text.len() {
             let (a, b) = text.split_at(cut);
-            assert_eq!(run(&["sk-live-0123456789"], &[a, b]), "token=*** end", "cut at {cut}");
+            assert_eq!(
+                run(&["sk-live-0123456789"], &[a, b]),
+                "token=*** end",
+                "cut at {cut}"
+            );
         }
         // One byte at a time.
         let pieces: Vec<String> = text.chars().map(String::from).collect();

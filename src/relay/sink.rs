@@ -130,7 +130,10 @@ impl<'a> Sink<'a> {
                 Ok(n) => self.sent += n,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => {
-                    let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::OUT)];
+                    let mut fds = [rustix::event::PollFd::new(
+                        &self.fd,
+                        rustix::event::PollFlags::OUT,
+                    )];
                     let _ = rustix::event::poll(&mut fds, None);
                 }
                 Err(rustix::io::Errno::PIPE) => {

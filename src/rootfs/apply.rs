@@ -136,8 +136,11 @@ fn scratch_dir() -> &'static Path {
 pub fn build_new_root(plan: &RootfsPlan, ids: IdMap) -> Result<PathBuf, RootfsError> {
     let root = Path::new("/");
     // Nothing we mount may propagate back to the host's mount namespace.
-    rmount::mount_change(root, MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
-        .map_err(|e| fail("make mounts private", root)(rustix_err(e)))?;
+    rmount::mount_change(
+        root,
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| fail("make mounts private", root)(rustix_err(e)))?;
 
     // Open the lower layers before anything is mounted: the scratch tmpfs may cover the path
     // they live under (a --rootfs below /tmp). The overlay gets them as /proc/self/fd/N.
@@ -184,8 +187,8 @@ pub fn build_new_root(plan: &RootfsPlan, ids: IdMap) -> Result<PathBuf, RootfsEr
         escape_overlay_path(&upper),
         escape_overlay_path(&work)
     );
-    let options = CString::new(options)
-        .map_err(|e| fail("mount overlay", &new_root)(io::Error::other(e)))?;
+    let options =
+        CString::new(options).map_err(|e| fail("mount overlay", &new_root)(io::Error::other(e)))?;
     rmount::mount(
         "overlay",
         &new_root,
@@ -212,14 +215,16 @@ fn escape_overlay_path(path: &Path) -> String {
 /// Switches the process's root to `new_root` and detaches the host's root entirely, so no path
 /// resolved from here on can reach a host file.
 pub fn pivot_into(new_root: &Path) -> Result<(), RootfsError> {
-    rustix::process::chdir(new_root).map_err(|e| fail("enter new root", new_root)(rustix_err(e)))?;
+    rustix::process::chdir(new_root)
+        .map_err(|e| fail("enter new root", new_root)(rustix_err(e)))?;
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then
     // removes the old root without needing a directory for it inside the new root.
     rustix::process::pivot_root(".", ".")
         .map_err(|e| fail("pivot_root", new_root)(rustix_err(e)))?;
     rmount::unmount(".", UnmountFlags::DETACH)
         .map_err(|e| fail("detach host root", Path::new("/"))(rustix_err(e)))?;
-    rustix::process::chdir("/").map_err(|e| fail("enter new root", Path::new("/"))(rustix_err(e)))?;
+    rustix::process::chdir("/")
+        .map_err(|e| fail("enter new root", Path::new("/"))(rustix_err(e)))?;
     Ok(())
 }
 
@@ -353,7 +358,11 @@ impl UpperLayer<'_> {
                 let last = i + 1 == parts.len();
                 let at = dir.as_ref().map_or(*lower, |d| d.as_fd());
                 let flags = if last {
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK
+                    OFlags::RDONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC
+                        | OFlags::NOCTTY
+                        | OFlags::NONBLOCK
                 } else {
                     OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
                 };
@@ -375,7 +384,9 @@ impl UpperLayer<'_> {
                 let mut file = File::from(fd);
                 // Account files are small; a huge one is not an account file.
                 let limited = io::Read::take(&mut file, 1 << 20);
-                return io::Read::read_to_end(&mut { limited }, &mut buf).ok().map(|_| buf);
+                return io::Read::read_to_end(&mut { limited }, &mut buf)
+                    .ok()
+                    .map(|_| buf);
             }
         }
         None
@@ -400,7 +411,9 @@ impl UpperLayer<'_> {
         for part in parents {
             so_far.push(part);
             let (mode, uid, gid) = match self.lower_entry(&so_far) {
-                LowerEntry::Found(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                LowerEntry::Found(st)
+                    if FileType::from_raw_mode(st.st_mode) == FileType::Directory =>
+                {
                     (st.st_mode & 0o7777, st.st_uid, st.st_gid)
                 }
                 LowerEntry::Missing => (0o755, self.ids.base, self.ids.base),
@@ -441,9 +454,9 @@ impl UpperLayer<'_> {
                 Mode::empty(),
             )
             .map_err(|e| fail("list lower layer", slash)(rustix_err(e)))?;
-            let mut entries =
-                rfs::Dir::read_from(&dir).map_err(|e| fail("list lower layer", slash)(rustix_err(e)))?;
-            while let Some(entry) = entries.next() {
+            let entries = rfs::Dir::read_from(&dir)
+                .map_err(|e| fail("list lower layer", slash)(rustix_err(e)))?;
+            for entry in entries {
                 let entry = entry.map_err(|e| fail("list lower layer", slash)(rustix_err(e)))?;
                 let name = OsStr::from_bytes(entry.file_name().to_bytes());
                 if name == "." || name == ".." || keep.iter().any(|k| OsStr::new(k) == name) {
@@ -456,7 +469,13 @@ impl UpperLayer<'_> {
                     Mode::empty(),
                     rfs::makedev(0, 0),
                 )
-                .or_else(|e| if e == rustix::io::Errno::EXIST { Ok(()) } else { Err(e) })
+                .or_else(|e| {
+                    if e == rustix::io::Errno::EXIST {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(|e| fail("hide", &slash.join(name))(rustix_err(e)))?;
             }
         }
@@ -485,7 +504,13 @@ impl UpperLayer<'_> {
             FileType::Symlink => Ok(()),
             FileType::Directory => {
                 rfs::mkdirat(&parent, name, Mode::from_raw_mode(st.st_mode & 0o7777))
-                    .or_else(|e| if e == rustix::io::Errno::EXIST { Ok(()) } else { Err(e) })
+                    .or_else(|e| {
+                        if e == rustix::io::Errno::EXIST {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
                     .map_err(|e| fail("hide directory", path)(rustix_err(e)))?;
                 let dir = rfs::openat(
                     &parent,
@@ -513,7 +538,13 @@ impl UpperLayer<'_> {
                     Mode::empty(),
                     rfs::makedev(0, 0),
                 )
-                .or_else(|e| if e == rustix::io::Errno::EXIST { Ok(()) } else { Err(e) })
+                .or_else(|e| {
+                    if e == rustix::io::Errno::EXIST {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(|e| fail("hide file", path)(rustix_err(e)))
             }
         }
@@ -589,7 +620,11 @@ impl Inside<'_> {
         let rel = relative_to_root(path);
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-        let target = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let target = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
         match rfs::openat2(self.root, target, flags, Mode::empty(), resolve) {
             Ok(fd) => Ok(fd),
             Err(rustix::io::Errno::NOENT) => {
@@ -666,12 +701,15 @@ impl Inside<'_> {
     fn apply(&self, op: &MountOp, sources: &mut [Option<HostSource>]) -> Result<(), RootfsError> {
         match op {
             MountOp::Proc { target } => {
-                let dir = self.dir(target, None).map_err(fail("mount proc on", target))?;
+                let dir = self
+                    .dir(target, None)
+                    .map_err(fail("mount proc on", target))?;
                 // The first mount inside: /proc/self/fd does not exist yet, so this one uses the
                 // fd-based mount API directly.
                 let fs = rmount::fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC)
                     .map_err(|e| fail("mount proc on", target)(rustix_err(e)))?;
-                rmount::fsconfig_create(&fs).map_err(|e| fail("mount proc on", target)(rustix_err(e)))?;
+                rmount::fsconfig_create(&fs)
+                    .map_err(|e| fail("mount proc on", target)(rustix_err(e)))?;
                 let mnt = rmount::fsmount(
                     &fs,
                     FsMountFlags::FSMOUNT_CLOEXEC,
@@ -685,7 +723,8 @@ impl Inside<'_> {
                     "",
                     &dir,
                     "",
-                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+                        | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
                 )
                 .map_err(|e| fail("mount proc on", target)(rustix_err(e)))
             }
@@ -697,7 +736,9 @@ impl Inside<'_> {
                 gid,
                 flags,
             } => {
-                let dir = self.dir(target, None).map_err(fail("mount tmpfs on", target))?;
+                let dir = self
+                    .dir(target, None)
+                    .map_err(fail("mount tmpfs on", target))?;
                 let data = format!(
                     "size={},mode={:o},uid={},gid={}",
                     size.bytes(),
@@ -709,19 +750,31 @@ impl Inside<'_> {
                     .map_err(fail("mount tmpfs on", target))
             }
             MountOp::Sysfs { target } => {
-                let dir = self.dir(target, None).map_err(fail("mount sysfs on", target))?;
-                let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+                let dir = self
+                    .dir(target, None)
+                    .map_err(fail("mount sysfs on", target))?;
+                let flags = MountFlags::RDONLY
+                    | MountFlags::NOSUID
+                    | MountFlags::NODEV
+                    | MountFlags::NOEXEC;
                 self.mount_fs("sysfs", &dir, "sysfs", flags, None)
                     .map_err(fail("mount sysfs on", target))
             }
             MountOp::Cgroup2 { target } => {
-                let dir = self.dir(target, None).map_err(fail("mount cgroup2 on", target))?;
-                let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+                let dir = self
+                    .dir(target, None)
+                    .map_err(fail("mount cgroup2 on", target))?;
+                let flags = MountFlags::RDONLY
+                    | MountFlags::NOSUID
+                    | MountFlags::NODEV
+                    | MountFlags::NOEXEC;
                 self.mount_fs("cgroup2", &dir, "cgroup2", flags, None)
                     .map_err(fail("mount cgroup2 on", target))
             }
             MountOp::Devpts { target, tty_gid } => {
-                let dir = self.dir(target, None).map_err(fail("mount devpts on", target))?;
+                let dir = self
+                    .dir(target, None)
+                    .map_err(fail("mount devpts on", target))?;
                 let data = format!(
                     "newinstance,ptmxmode=0666,mode=0620,gid={}",
                     self.ids.base + tty_gid
@@ -750,16 +803,21 @@ impl Inside<'_> {
             .map_err(|e| fail("create device", target)(rustix_err(e))),
             MountOp::Symlink { target, points_to } => rfs::symlinkat(points_to, CWD, target)
                 .map_err(|e| fail("create symlink", target)(rustix_err(e))),
-            MountOp::Mkdir { target, mode } => rfs::mkdirat(CWD, target, Mode::from_raw_mode(*mode))
-                .map_err(|e| fail("create directory", target)(rustix_err(e))),
+            MountOp::Mkdir { target, mode } => {
+                rfs::mkdirat(CWD, target, Mode::from_raw_mode(*mode))
+                    .map_err(|e| fail("create directory", target)(rustix_err(e)))
+            }
             MountOp::Bind {
                 source,
                 target,
                 readonly,
             } => {
-                let Some(HostSource::Tree { fd, is_dir }) = sources.get_mut(*source).and_then(Option::take)
+                let Some(HostSource::Tree { fd, is_dir }) =
+                    sources.get_mut(*source).and_then(Option::take)
                 else {
-                    return Err(fail("bind", target)(io::Error::other("source was not opened")));
+                    return Err(fail("bind", target)(io::Error::other(
+                        "source was not opened",
+                    )));
                 };
                 let mut attrs = sys::fs::attr::NOSUID | sys::fs::attr::NODEV;
                 if *readonly {
@@ -779,7 +837,8 @@ impl Inside<'_> {
                     "",
                     &to,
                     "",
-                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+                        | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
                 )
                 .map_err(|e| fail("bind", target)(rustix_err(e)))
             }
@@ -794,7 +853,10 @@ impl Inside<'_> {
                 if !self.exists(target) {
                     return Ok(());
                 }
-                let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+                let flags = MountFlags::RDONLY
+                    | MountFlags::NOSUID
+                    | MountFlags::NODEV
+                    | MountFlags::NOEXEC;
                 rmount::mount("tmpfs", target, "tmpfs", flags, c"size=4k,mode=0555")
                     .map_err(|e| fail("mask", target)(rustix_err(e)))
             }
@@ -818,9 +880,12 @@ impl Inside<'_> {
                 uid,
                 gid,
             } => {
-                let Some(HostSource::Copy { fd, is_dir }) = sources.get_mut(*source).and_then(Option::take)
+                let Some(HostSource::Copy { fd, is_dir }) =
+                    sources.get_mut(*source).and_then(Option::take)
                 else {
-                    return Err(fail("copy", target)(io::Error::other("source was not opened")));
+                    return Err(fail("copy", target)(io::Error::other(
+                        "source was not opened",
+                    )));
                 };
                 self.copy_in(fd, is_dir, target, (*uid, *gid))
             }
@@ -846,9 +911,18 @@ impl Inside<'_> {
         flags: MountFlags,
         data: Option<&str>,
     ) -> io::Result<()> {
-        let data = data.map(CString::new).transpose().map_err(io::Error::other)?;
-        rmount::mount(source, fd_path(target).as_str(), fstype, flags, data.as_deref())
-            .map_err(rustix_err)
+        let data = data
+            .map(CString::new)
+            .transpose()
+            .map_err(io::Error::other)?;
+        rmount::mount(
+            source,
+            fd_path(target).as_str(),
+            fstype,
+            flags,
+            data.as_deref(),
+        )
+        .map_err(rustix_err)
     }
 
     /// Copies a host file or tree to `target` (inside the sandbox's working tmpfs), owned by
@@ -862,7 +936,10 @@ impl Inside<'_> {
         owner: (u32, u32),
     ) -> Result<(), RootfsError> {
         let parent = self
-            .dir(target.parent().unwrap_or(Path::new("/sandbox")), Some(owner))
+            .dir(
+                target.parent().unwrap_or(Path::new("/sandbox")),
+                Some(owner),
+            )
             .and_then(|p| self.reopen_dir(&p))
             .map_err(fail("copy into", target))?;
         let name = target
@@ -898,8 +975,12 @@ struct Copier {
 
 impl Copier {
     fn finish(&self, fd: BorrowedFd<'_>, st: &rfs::Stat) -> io::Result<()> {
-        rfs::fchown(fd, Some(self.ids.uid(self.owner.0)), Some(self.ids.gid(self.owner.1)))
-            .map_err(rustix_err)?;
+        rfs::fchown(
+            fd,
+            Some(self.ids.uid(self.owner.0)),
+            Some(self.ids.gid(self.owner.1)),
+        )
+        .map_err(rustix_err)?;
         rfs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o1777)).map_err(rustix_err)?;
         let times = Timestamps {
             last_access: rfs::Timespec {
@@ -958,8 +1039,8 @@ impl Copier {
             Mode::empty(),
         )
         .map_err(rustix_err)?;
-        let mut entries = rfs::Dir::read_from(src).map_err(rustix_err)?;
-        while let Some(entry) = entries.next() {
+        let entries = rfs::Dir::read_from(src).map_err(rustix_err)?;
+        for entry in entries {
             let entry = entry.map_err(rustix_err)?;
             let child = entry.file_name();
             if child.to_bytes() == b"." || child.to_bytes() == b".." {
@@ -1014,7 +1095,10 @@ mod tests {
 
     #[test]
     fn overlay_paths_are_escaped() {
-        assert_eq!(escape_overlay_path(Path::new("/a:b,c\\d")), "/a\\:b\\,c\\\\d");
+        assert_eq!(
+            escape_overlay_path(Path::new("/a:b,c\\d")),
+            "/a\\:b\\,c\\\\d"
+        );
         assert_eq!(escape_overlay_path(Path::new("/")), "/");
     }
 

@@ -83,7 +83,9 @@ impl Flags {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountOp {
     /// A fresh procfs for the sandbox's pid namespace.
-    Proc { target: PathBuf },
+    Proc {
+        target: PathBuf,
+    },
     Tmpfs {
         target: PathBuf,
         size: ByteSize,
@@ -93,11 +95,18 @@ pub enum MountOp {
         flags: Flags,
     },
     /// sysfs, read-only.
-    Sysfs { target: PathBuf },
+    Sysfs {
+        target: PathBuf,
+    },
     /// The sandbox's own cgroup (v2, through its cgroup namespace), read-only.
-    Cgroup2 { target: PathBuf },
+    Cgroup2 {
+        target: PathBuf,
+    },
     /// A private devpts instance.
-    Devpts { target: PathBuf, tty_gid: u32 },
+    Devpts {
+        target: PathBuf,
+        tty_gid: u32,
+    },
     /// A character device node.
     CharDevice {
         target: PathBuf,
@@ -105,8 +114,14 @@ pub enum MountOp {
         minor: u32,
         mode: u32,
     },
-    Symlink { target: PathBuf, points_to: PathBuf },
-    Mkdir { target: PathBuf, mode: u32 },
+    Symlink {
+        target: PathBuf,
+        points_to: PathBuf,
+    },
+    Mkdir {
+        target: PathBuf,
+        mode: u32,
+    },
     /// A host path (by index into `host_sources`) bound at `target`, recursively.
     Bind {
         source: usize,
@@ -114,11 +129,17 @@ pub enum MountOp {
         readonly: bool,
     },
     /// Hide a file with /dev/null; skipped when the file does not exist.
-    MaskFile { target: PathBuf },
+    MaskFile {
+        target: PathBuf,
+    },
     /// Hide a directory with an empty read-only tmpfs; skipped when absent.
-    MaskDir { target: PathBuf },
+    MaskDir {
+        target: PathBuf,
+    },
     /// Bind a path over itself read-only; skipped when absent.
-    ReadOnlyBind { target: PathBuf },
+    ReadOnlyBind {
+        target: PathBuf,
+    },
     /// Copy a host file or tree (by index into `host_sources`) to `target`, owned by uid:gid.
     CopyIn {
         source: usize,
@@ -127,9 +148,16 @@ pub enum MountOp {
         gid: u32,
     },
     /// Make sure the working directory exists (created as uid:gid when missing).
-    Workdir { target: PathBuf, uid: u32, gid: u32 },
+    Workdir {
+        target: PathBuf,
+        uid: u32,
+        gid: u32,
+    },
     /// Make an existing mount read-only, keeping `flags`.
-    RemountReadOnly { target: PathBuf, flags: Flags },
+    RemountReadOnly {
+        target: PathBuf,
+        flags: Flags,
+    },
 }
 
 /// Facts about the host the plan depends on (kept out of the spec so the plan stays pure).
@@ -469,13 +497,20 @@ mod tests {
         let spec = spec_with(|_| {});
         let plan = build(&spec, &HostFacts::default());
         assert_eq!(plan.lowers, vec![PathBuf::from("/")]);
-        let keep = plan.upper.iter().find_map(|op| match op {
-            UpperOp::KeepOnlyTopLevel(keep) => Some(keep.clone()),
-            _ => None,
-        }).expect("host root hides unlisted top-level entries");
+        let keep = plan
+            .upper
+            .iter()
+            .find_map(|op| match op {
+                UpperOp::KeepOnlyTopLevel(keep) => Some(keep.clone()),
+                _ => None,
+            })
+            .expect("host root hides unlisted top-level entries");
         assert!(keep.iter().any(|k| k == "usr") && keep.iter().any(|k| k == "proc"));
         for hidden in ["/home", "/root", "/run", "/tmp", "/var/tmp"] {
-            assert!(plan.upper.contains(&UpperOp::Hide(hidden.into())), "{hidden}");
+            assert!(
+                plan.upper.contains(&UpperOp::Hide(hidden.into())),
+                "{hidden}"
+            );
         }
         let passwd = plan
             .upper
@@ -488,7 +523,10 @@ mod tests {
             })
             .unwrap();
         assert!(!passwd.1, "host accounts must not leak into the sandbox");
-        assert!(passwd.0.iter().any(|l| l.line.starts_with("sandbox:x:100:101:")));
+        assert!(passwd
+            .0
+            .iter()
+            .any(|l| l.line.starts_with("sandbox:x:100:101:")));
     }
 
     #[test]
@@ -496,8 +534,13 @@ mod tests {
         let spec = spec_with(|r| r.rootfs = Some(std::env::temp_dir()));
         let plan = build(&spec, &HostFacts::default());
         assert_eq!(plan.lowers, vec![std::env::temp_dir()]);
-        assert!(!plan.upper.iter().any(|op| matches!(op, UpperOp::KeepOnlyTopLevel(_))),
-            "a chosen rootfs is shown whole");
+        assert!(
+            !plan
+                .upper
+                .iter()
+                .any(|op| matches!(op, UpperOp::KeepOnlyTopLevel(_))),
+            "a chosen rootfs is shown whole"
+        );
         assert!(plan
             .upper
             .iter()
@@ -514,14 +557,29 @@ mod tests {
             Some(MountOp::RemountReadOnly { target, flags }) if target == Path::new("/") && flags.readonly && flags.nosuid
         ));
         // /dev exists before its nodes; devpts after its mount point.
-        let dev = position(&plan, |op| matches!(op, MountOp::Tmpfs { target, .. } if target == Path::new("/dev")));
-        let null = position(&plan, |op| matches!(op, MountOp::CharDevice { target, .. } if target == Path::new("/dev/null")));
+        let dev = position(
+            &plan,
+            |op| matches!(op, MountOp::Tmpfs { target, .. } if target == Path::new("/dev")),
+        );
+        let null = position(
+            &plan,
+            |op| matches!(op, MountOp::CharDevice { target, .. } if target == Path::new("/dev/null")),
+        );
         let mask = position(&plan, |op| matches!(op, MountOp::MaskFile { .. }));
-        assert!(dev < null && null < mask, "masks bind /dev/null, so /dev comes first");
+        assert!(
+            dev < null && null < mask,
+            "masks bind /dev/null, so /dev comes first"
+        );
         for f in ["/proc/kcore", "/proc/sysrq-trigger", "/proc/keys"] {
-            assert!(plan.mounts.contains(&MountOp::MaskFile { target: f.into() }), "{f}");
+            assert!(
+                plan.mounts
+                    .contains(&MountOp::MaskFile { target: f.into() }),
+                "{f}"
+            );
         }
-        assert!(plan.mounts.contains(&MountOp::ReadOnlyBind { target: "/proc/sys".into() }));
+        assert!(plan.mounts.contains(&MountOp::ReadOnlyBind {
+            target: "/proc/sys".into()
+        }));
     }
 
     #[test]
@@ -547,36 +605,79 @@ mod tests {
             r.mounts = vec!["/usr:/sandbox/a/b".into(), "/etc:/sandbox/a:rw".into()];
         });
         let plan = build(&spec, &HostFacts::default());
-        let sandbox = position(&plan, |op| matches!(op, MountOp::Tmpfs { target, .. } if target == Path::new("/sandbox")));
-        let outer = position(&plan, |op| matches!(op, MountOp::Bind { target, .. } if target == Path::new("/sandbox/a")));
-        let inner = position(&plan, |op| matches!(op, MountOp::Bind { target, .. } if target == Path::new("/sandbox/a/b")));
+        let sandbox = position(
+            &plan,
+            |op| matches!(op, MountOp::Tmpfs { target, .. } if target == Path::new("/sandbox")),
+        );
+        let outer = position(
+            &plan,
+            |op| matches!(op, MountOp::Bind { target, .. } if target == Path::new("/sandbox/a")),
+        );
+        let inner = position(
+            &plan,
+            |op| matches!(op, MountOp::Bind { target, .. } if target == Path::new("/sandbox/a/b")),
+        );
         assert!(sandbox < outer && outer < inner);
         assert_eq!(plan.host_sources.len(), 2);
-        assert!(plan.mounts.contains(&MountOp::Bind { source: 0, target: "/sandbox/a".into(), readonly: false }));
+        assert!(plan.mounts.contains(&MountOp::Bind {
+            source: 0,
+            target: "/sandbox/a".into(),
+            readonly: false
+        }));
     }
 
     #[test]
     fn no_sys_means_no_sysfs_and_no_sys_masks() {
         let mut spec = spec_with(|_| {});
         spec.sys = SysMode::Absent;
-        let plan = build(&spec, &HostFacts { cgroup2_inside: true, resolv_conf: None });
-        assert!(!plan.mounts.iter().any(|op| matches!(op, MountOp::Sysfs { .. } | MountOp::Cgroup2 { .. })));
-        assert!(!plan.mounts.iter().any(|op| matches!(op, MountOp::MaskDir { target } if target.starts_with("/sys"))));
+        let plan = build(
+            &spec,
+            &HostFacts {
+                cgroup2_inside: true,
+                resolv_conf: None,
+            },
+        );
+        assert!(!plan
+            .mounts
+            .iter()
+            .any(|op| matches!(op, MountOp::Sysfs { .. } | MountOp::Cgroup2 { .. })));
+        assert!(!plan
+            .mounts
+            .iter()
+            .any(|op| matches!(op, MountOp::MaskDir { target } if target.starts_with("/sys"))));
     }
 
     #[test]
     fn cgroup2_view_only_when_the_sandbox_has_a_v2_cgroup() {
         let spec = spec_with(|_| {});
         let without = build(&spec, &HostFacts::default());
-        assert!(!without.mounts.iter().any(|op| matches!(op, MountOp::Cgroup2 { .. })));
-        let with = build(&spec, &HostFacts { cgroup2_inside: true, resolv_conf: None });
-        assert!(with.mounts.iter().any(|op| matches!(op, MountOp::Cgroup2 { .. })));
+        assert!(!without
+            .mounts
+            .iter()
+            .any(|op| matches!(op, MountOp::Cgroup2 { .. })));
+        let with = build(
+            &spec,
+            &HostFacts {
+                cgroup2_inside: true,
+                resolv_conf: None,
+            },
+        );
+        assert!(with
+            .mounts
+            .iter()
+            .any(|op| matches!(op, MountOp::Cgroup2 { .. })));
     }
 
     #[test]
     fn host_network_gets_the_host_resolver_config() {
         let spec = spec_with(|r| r.network = Some(NetworkMode::Host));
-        let plan = build(&spec, &HostFacts { cgroup2_inside: false, resolv_conf: Some(b"nameserver 192.0.2.53\n".to_vec()) });
+        let plan = build(
+            &spec,
+            &HostFacts {
+                cgroup2_inside: false,
+                resolv_conf: Some(b"nameserver 192.0.2.53\n".to_vec()),
+            },
+        );
         assert!(plan.upper.iter().any(|op| matches!(op,
             UpperOp::WriteFile { path, contents, .. } if path == Path::new("/etc/resolv.conf") && contents.starts_with(b"nameserver 192.0.2.53"))));
     }

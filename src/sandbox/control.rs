@@ -27,7 +27,10 @@ pub enum ToSupervisor {
         warnings: Vec<String>,
     },
     /// The workload ended; the init exits next, which ends every process of the sandbox.
-    Exited { code: Option<i32>, signal: Option<i32> },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
 }
 
 /// From the supervisor to the sandbox.
@@ -42,12 +45,18 @@ pub enum ToSandbox {
 const MAX_MESSAGE: usize = 64 * 1024;
 
 /// Sends one message, with `fds` attached.
-pub fn send<T: Serialize>(socket: BorrowedFd<'_>, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+pub fn send<T: Serialize>(
+    socket: BorrowedFd<'_>,
+    msg: &T,
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::other("too many descriptors for one control message"));
+        return Err(io::Error::other(
+            "too many descriptors for one control message",
+        ));
     }
     let iov = [io::IoSlice::new(&bytes)];
     rustix::net::sendmsg(socket, &iov, &mut control, SendFlags::NOSIGNAL)
@@ -81,7 +90,11 @@ pub fn recv<T: DeserializeOwned>(socket: BorrowedFd<'_>) -> io::Result<Option<(T
 /// consuming a message.
 pub fn peer_gone(socket: BorrowedFd<'_>) -> bool {
     let mut byte = [0u8; 1];
-    match rustix::net::recv(socket.as_fd(), &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+    match rustix::net::recv(
+        socket.as_fd(),
+        &mut byte,
+        RecvFlags::PEEK | RecvFlags::DONTWAIT,
+    ) {
         Ok((0, _)) => true,
         Ok(_) => false,
         Err(rustix::io::Errno::AGAIN) => false,

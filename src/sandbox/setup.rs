@@ -217,15 +217,22 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     for target in 0..3 {
         dup_onto(devnull.as_fd(), target).map_err(at("detach init's streams"))?;
     }
-    let _ = sys::fs::close_range(s.exec_status.as_raw_fd() as u32, s.exec_status.as_raw_fd() as u32);
+    let _ = sys::fs::close_range(
+        s.exec_status.as_raw_fd() as u32,
+        s.exec_status.as_raw_fd() as u32,
+    );
     marks.push(("workload forked".into(), now_ns()));
     let master = tty.map(|t| {
         drop(t.slave);
         t.master
     });
     let attached: Vec<BorrowedFd<'_>> = master.iter().map(|m| m.as_fd()).collect();
-    control::send(s.control, &ToSupervisor::Started { marks, warnings }, &attached)
-        .map_err(at("report start"))?;
+    control::send(
+        s.control,
+        &ToSupervisor::Started { marks, warnings },
+        &attached,
+    )
+    .map_err(at("report start"))?;
     drop(master);
     init_loop(s.control, signalfd.as_fd(), workload)
 }
@@ -241,7 +248,11 @@ fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
 
 /// Closes every descriptor >= 3 that is not in `keep`.
 fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
-    let mut keep: Vec<u32> = keep.iter().map(|&fd| fd as u32).filter(|&fd| fd >= 3).collect();
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .map(|&fd| fd as u32)
+        .filter(|&fd| fd >= 3)
+        .collect();
     keep.sort_unstable();
     keep.dedup();
     let mut next = 3u32;
@@ -255,8 +266,8 @@ fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
 }
 
 fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
-    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
     use rustix::process::{Gid, Uid};
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
     sys::process::drop_bounding_set().map_err(at("drop bounding capabilities"))?;
     sys::process::lock_securebits().map_err(at("lock securebits"))?;
     let g = Gid::from_raw(gid);
@@ -279,12 +290,20 @@ struct Pty {
 /// slave, as after a login).
 fn open_pty(winsize: Option<Winsize>) -> io::Result<Pty> {
     let err = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
-    let master = rustix::fs::open("/dev/ptmx", OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(err)?;
+    let master = rustix::fs::open(
+        "/dev/ptmx",
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
     rustix::pty::unlockpt(&master).map_err(err)?;
     let name = rustix::pty::ptsname(&master, Vec::new()).map_err(err)?;
-    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(err)?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
     if let Some(ws) = winsize {
         rustix::termios::tcsetwinsize(&slave, ws).map_err(err)?;
     }
@@ -314,7 +333,11 @@ impl Command {
             .iter()
             .map(|(k, v)| cstr(format!("{k}={v}").as_bytes()))
             .collect::<io::Result<Vec<_>>>()?;
-        let first: &OsStr = spec.command.first().map(|s| s.as_os_str()).unwrap_or_default();
+        let first: &OsStr = spec
+            .command
+            .first()
+            .map(|s| s.as_os_str())
+            .unwrap_or_default();
         let search_path = spec
             .env
             .iter()
@@ -400,7 +423,9 @@ fn exec_workload(s: &ChildSetup<'_>, cmd: &Command, tty: Option<BorrowedFd<'_>>)
     match not_executable {
         Some((path, err)) => {
             let why = match err.raw_os_error() {
-                Some(libc::ENOEXEC) => "not an executable format (a script needs a #! line)".to_string(),
+                Some(libc::ENOEXEC) => {
+                    "not an executable format (a script needs a #! line)".to_string()
+                }
                 Some(libc::EISDIR) => "it is a directory".to_string(),
                 _ => err.to_string(),
             };
@@ -411,7 +436,10 @@ fn exec_workload(s: &ChildSetup<'_>, cmd: &Command, tty: Option<BorrowedFd<'_>>)
         }
         None if cmd.name.contains('/') => ExecFailure {
             code: exit::NOT_FOUND,
-            message: format!("command not found: {} does not exist in the sandbox", cmd.name),
+            message: format!(
+                "command not found: {} does not exist in the sandbox",
+                cmd.name
+            ),
         },
         None => ExecFailure {
             code: exit::NOT_FOUND,

@@ -75,7 +75,10 @@ pub enum Ending {
     Exited(i32),
     Signaled(i32),
     /// The command never started (not found, not executable, bad working directory).
-    ExecFailed { code: i32, message: String },
+    ExecFailed {
+        code: i32,
+        message: String,
+    },
     /// `--timeout` expired; every process was killed.
     TimedOut(Duration),
     /// nsbox received this signal and tore the sandbox down.
@@ -202,9 +205,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(errno("create pipe"))?;
     let devnull = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(errno("open /dev/null"))?;
-    let pipe = || {
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(errno("create pipe"))
-    };
+    let pipe =
+        || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(errno("create pipe"));
     let (stdin_pipe, stdout_pipe, stderr_pipe) = if spec.io.tty {
         (None, None, None)
     } else {
@@ -215,9 +217,15 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         )
     };
     let child_stdio: [BorrowedFd<'_>; 3] = [
-        stdin_pipe.as_ref().map_or(devnull.as_fd(), |(r, _)| r.as_fd()),
-        stdout_pipe.as_ref().map_or(devnull.as_fd(), |(_, w)| w.as_fd()),
-        stderr_pipe.as_ref().map_or(devnull.as_fd(), |(_, w)| w.as_fd()),
+        stdin_pipe
+            .as_ref()
+            .map_or(devnull.as_fd(), |(r, _)| r.as_fd()),
+        stdout_pipe
+            .as_ref()
+            .map_or(devnull.as_fd(), |(_, w)| w.as_fd()),
+        stderr_pipe
+            .as_ref()
+            .map_or(devnull.as_fd(), |(_, w)| w.as_fd()),
     ];
     let winsize = if spec.io.tty {
         [1, 0, 2]
@@ -322,7 +330,8 @@ fn borrow_std(fd: i32) -> BorrowedFd<'static> {
 }
 
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let flags = rustix::fs::fcntl_getfl(fd).map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
+    let flags =
+        rustix::fs::fcntl_getfl(fd).map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
     rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK)
         .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
 }
@@ -339,7 +348,10 @@ fn arm_timer(limit: Duration) -> io::Result<OwnedFd> {
     )
     .map_err(err)?;
     let spec = Itimerspec {
-        it_interval: Timespec { tv_sec: 0, tv_nsec: 0 },
+        it_interval: Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
         it_value: Timespec {
             tv_sec: limit.as_secs() as _,
             tv_nsec: limit.subsec_nanos() as _,
@@ -357,7 +369,8 @@ struct RawTerminal {
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        let _ = rustix::termios::tcsetattr(self.fd, rustix::termios::OptionalActions::Now, &self.saved);
+        let _ =
+            rustix::termios::tcsetattr(self.fd, rustix::termios::OptionalActions::Now, &self.saved);
     }
 }
 
@@ -459,7 +472,11 @@ impl Running<'_> {
             if let (Some(fd), false) = (&self.out, self.stdout.is_full()) {
                 set.add(Source::Out, fd.as_fd(), PollFlags::IN);
             }
-            let err_full = if self.spec.io.json { self.stdout.is_full() } else { self.stderr.is_full() };
+            let err_full = if self.spec.io.json {
+                self.stdout.is_full()
+            } else {
+                self.stderr.is_full()
+            };
             if let (Some(fd), false) = (&self.err, err_full) {
                 set.add(Source::Err, fd.as_fd(), PollFlags::IN);
             }
@@ -548,7 +565,9 @@ impl Running<'_> {
     }
 
     fn on_signals(&mut self, signalfd: BorrowedFd<'_>) -> Result<(), SandboxError> {
-        while let Some(signal) = sys::signal::read_signal(signalfd).map_err(io_err("read signals"))? {
+        while let Some(signal) =
+            sys::signal::read_signal(signalfd).map_err(io_err("read signals"))?
+        {
             match signal {
                 libc::SIGWINCH => {
                     if let (true, Some(master)) = (self.spec.io.tty, &self.out) {
@@ -644,22 +663,31 @@ impl Running<'_> {
 
     fn write_id_maps(&self) -> Result<(), SandboxError> {
         let map = format!("0 {} {}\n", self.spec.uid_base, IDS_IN_SANDBOX);
-        std::fs::write(format!("/proc/{}/uid_map", self.pid), &map).map_err(io_err("write uid_map"))?;
-        std::fs::write(format!("/proc/{}/gid_map", self.pid), &map).map_err(io_err("write gid_map"))?;
+        std::fs::write(format!("/proc/{}/uid_map", self.pid), &map)
+            .map_err(io_err("write uid_map"))?;
+        std::fs::write(format!("/proc/{}/gid_map", self.pid), &map)
+            .map_err(io_err("write gid_map"))?;
         Ok(())
     }
 
     fn attach_terminal(&mut self, master: OwnedFd) -> Result<(), SandboxError> {
         set_nonblocking(master.as_fd()).map_err(io_err("configure terminal"))?;
         if self.spec.io.stdin {
-            let dup = rustix::io::fcntl_dupfd_cloexec(&master, 3).map_err(errno("configure terminal"))?;
+            let dup =
+                rustix::io::fcntl_dupfd_cloexec(&master, 3).map_err(errno("configure terminal"))?;
             self.stdin_dst = Some(dup);
             let stdin = borrow_std(0);
             if rustix::termios::isatty(stdin) {
                 if let Ok(saved) = rustix::termios::tcgetattr(stdin) {
                     let mut raw = saved.clone();
                     raw.make_raw();
-                    if rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw).is_ok() {
+                    if rustix::termios::tcsetattr(
+                        stdin,
+                        rustix::termios::OptionalActions::Now,
+                        &raw,
+                    )
+                    .is_ok()
+                    {
                         self.terminal = Some(RawTerminal { fd: stdin, saved });
                     }
                 }
@@ -742,7 +770,11 @@ impl Running<'_> {
                 chunks.extend(self.chunkers[stream].finish());
             }
             for chunk in chunks {
-                let event = if stream == 0 { Event::Stdout(chunk) } else { Event::Stderr(chunk) };
+                let event = if stream == 0 {
+                    Event::Stdout(chunk)
+                } else {
+                    Event::Stderr(chunk)
+                };
                 self.stdout.push(&event.to_line());
             }
         } else if stream == 0 {
@@ -754,7 +786,12 @@ impl Running<'_> {
 
     fn note_truncation(&mut self, limit: ByteSize) {
         if self.spec.io.json {
-            self.stdout.push(&Event::Truncated { limit: limit.bytes() }.to_line());
+            self.stdout.push(
+                &Event::Truncated {
+                    limit: limit.bytes(),
+                }
+                .to_line(),
+            );
         } else {
             self.stderr.push(
                 format!(
@@ -847,7 +884,11 @@ impl Running<'_> {
             match (code, signal) {
                 (Some(code), _) => Ending::Exited(code),
                 (None, Some(sig)) => Ending::Signaled(sig),
-                (None, None) => return Err(SandboxError::Died("the command's status was not reported".into())),
+                (None, None) => {
+                    return Err(SandboxError::Died(
+                        "the command's status was not reported".into(),
+                    ))
+                }
             }
         } else if self.timed_out {
             Ending::TimedOut(self.spec.limits.timeout.unwrap_or_default())
@@ -859,7 +900,9 @@ impl Running<'_> {
                 message: "the sandbox's init exited before the command started".into(),
             });
         } else {
-            return Err(SandboxError::Died("the sandbox's init exited without a status".into()));
+            return Err(SandboxError::Died(
+                "the sandbox's init exited without a status".into(),
+            ));
         };
         let mut marks = std::mem::take(&mut self.marks);
         marks.append(&mut self.inner_marks);
@@ -894,7 +937,9 @@ impl Running<'_> {
         }
         if let Some(cgroup) = self.cgroup.take() {
             if let Err(e) = cgroup.remove() {
-                self.warnings.push(format!("could not remove the sandbox's cgroup: {e} — `nsbox prune` removes it later"));
+                self.warnings.push(format!(
+                    "could not remove the sandbox's cgroup: {e} — `nsbox prune` removes it later"
+                ));
             }
         }
     }

@@ -237,7 +237,10 @@ impl SandboxSpec {
             return Err(SpecError::Hostname(hostname));
         }
         let (uid, gid) = req.user.unwrap_or(profile.user);
-        let workdir = req.workdir.clone().unwrap_or_else(|| profile.workdir.clone());
+        let workdir = req
+            .workdir
+            .clone()
+            .unwrap_or_else(|| profile.workdir.clone());
         if !workdir.is_absolute() || workdir.components().any(|c| c == Component::ParentDir) {
             return Err(SpecError::Workdir(workdir));
         }
@@ -247,9 +250,15 @@ impl SandboxSpec {
             root: req.root_size.unwrap_or(profile.root_size),
             shm: profile.shm_size,
         };
-        for (flag, size) in [("--sandbox-size", sizes.sandbox), ("--tmp-size", sizes.tmp), ("--root-size", sizes.root)] {
+        for (flag, size) in [
+            ("--sandbox-size", sizes.sandbox),
+            ("--tmp-size", sizes.tmp),
+            ("--root-size", sizes.root),
+        ] {
             if size.bytes() < 4096 {
-                return Err(SpecError::Invalid(format!("{flag} {size} is too small (at least 4k)")));
+                return Err(SpecError::Invalid(format!(
+                    "{flag} {size} is too small (at least 4k)"
+                )));
             }
         }
         let limits = Limits {
@@ -259,13 +268,17 @@ impl SandboxSpec {
             timeout: req
                 .timeout
                 .map_or(profile.timeout, |l| l.into_option().map(|t| t.0)),
-            max_output: req.max_output.map_or(profile.max_output, Limit::into_option),
+            max_output: req
+                .max_output
+                .map_or(profile.max_output, Limit::into_option),
         };
         if limits.pids == Some(0) {
             return Err(SpecError::Invalid("--pids must be at least 1".into()));
         }
         if limits.timeout == Some(Duration::ZERO) {
-            return Err(SpecError::Invalid("--timeout must be longer than zero".into()));
+            return Err(SpecError::Invalid(
+                "--timeout must be longer than zero".into(),
+            ));
         }
         if let Some(m) = limits.memory {
             if m.bytes() < 4 << 20 {
@@ -334,13 +347,14 @@ impl SandboxSpec {
         }
         for name in &req.secret_env {
             check_env_name("--secret-env", name)?;
-            let value = host_env.get(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-                SpecError::Env {
+            let value = host_env
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| SpecError::Env {
                     flag: "--secret-env",
                     entry: name.clone(),
                     reason: format!("{name} is not set (or empty) in nsbox's environment"),
-                }
-            })?;
+                })?;
             secrets.push(value.clone());
             set(&mut env, name.clone(), value.clone());
         }
@@ -457,12 +471,11 @@ pub fn parse_mount(spec: &str) -> Result<BindMount, SpecError> {
     let target = normalize_inside(Path::new(dst))
         .ok_or_else(|| err("the destination must be an absolute path without '..'"))?;
     if target == Path::new("/") {
-        return Err(err("the destination cannot be / (use --rootfs for a different root)"));
+        return Err(err(
+            "the destination cannot be / (use --rootfs for a different root)",
+        ));
     }
-    if let Some(reserved) = RESERVED_TARGETS
-        .iter()
-        .find(|r| target.starts_with(r))
-    {
+    if let Some(reserved) = RESERVED_TARGETS.iter().find(|r| target.starts_with(r)) {
         return Err(err(&format!(
             "the destination is inside {reserved}, which the sandbox provides itself"
         )));
@@ -471,7 +484,10 @@ pub fn parse_mount(spec: &str) -> Result<BindMount, SpecError> {
     match std::fs::symlink_metadata(&source) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(err(&format!("the source {} does not exist", source.display())))
+            return Err(err(&format!(
+                "the source {} does not exist",
+                source.display()
+            )))
         }
         Err(e) => return Err(err(&format!("the source {}: {e}", source.display()))),
     }
@@ -504,15 +520,17 @@ pub fn parse_copy(spec: &str, sandbox_dir: &Path) -> Result<CopyIn, SpecError> {
         }
     })?;
     if !(meta.is_file() || meta.is_dir() || meta.file_type().is_symlink()) {
-        return Err(err("only regular files, directories and symlinks can be copied"));
+        return Err(err(
+            "only regular files, directories and symlinks can be copied",
+        ));
     }
     let joined = if dst.starts_with('/') {
         PathBuf::from(dst)
     } else {
         sandbox_dir.join(dst)
     };
-    let mut target = normalize_inside(&joined)
-        .ok_or_else(|| err("the destination must not contain '..'"))?;
+    let mut target =
+        normalize_inside(&joined).ok_or_else(|| err("the destination must not contain '..'"))?;
     if !target.starts_with(sandbox_dir) {
         return Err(err(&format!(
             "the destination {} is outside {} (copies go into the sandbox's working tmpfs)",
@@ -676,7 +694,12 @@ mod tests {
         r.secret_env = vec!["TOKEN".into()];
         r.tty = true;
         let s = build(r).unwrap();
-        let get = |k: &str| s.env.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            s.env
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("A"), Some("from-flag"));
         assert_eq!(get("B"), Some("2"));
         assert_eq!(get("LANG"), Some("C"));
@@ -750,7 +773,10 @@ mod tests {
 
     #[test]
     fn normalize_rejects_escapes() {
-        assert_eq!(normalize_inside(Path::new("/a/./b/")).unwrap(), PathBuf::from("/a/b"));
+        assert_eq!(
+            normalize_inside(Path::new("/a/./b/")).unwrap(),
+            PathBuf::from("/a/b")
+        );
         assert!(normalize_inside(Path::new("/a/../b")).is_none());
         assert!(normalize_inside(Path::new("a")).is_none());
     }

@@ -79,7 +79,12 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (name, size) in UNITS {
             if self.0 >= size {
                 let value = self.0 as f64 / size as f64;
@@ -179,7 +184,10 @@ impl FromStr for CpuQuota {
             input: input.to_string(),
             reason: reason.to_string(),
         };
-        let value: f64 = input.trim().parse().map_err(|_| err("it is not a number"))?;
+        let value: f64 = input
+            .trim()
+            .parse()
+            .map_err(|_| err("it is not a number"))?;
         if !value.is_finite() || value <= 0.0 {
             return Err(err("it must be greater than zero"));
         }
@@ -230,7 +238,10 @@ mod tests {
     #[test]
     fn bad_sizes_say_what_is_wrong() {
         let e = "12xb".parse::<ByteSize>().unwrap_err().to_string();
-        assert!(e.contains("'12xb'") && e.contains("unknown unit 'xb'"), "{e}");
+        assert!(
+            e.contains("'12xb'") && e.contains("unknown unit 'xb'"),
+            "{e}"
+        );
         assert!("".parse::<ByteSize>().is_err());
         assert!("m".parse::<ByteSize>().is_err());
         assert!("1.2.3m".parse::<ByteSize>().is_err());

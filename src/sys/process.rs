@@ -267,9 +267,14 @@ pub fn hide_arguments() -> io::Result<()> {
         .filter_map(|f| f.parse().ok())
         .collect();
     let [arg_start, arg_end, env_start, env_end] = fields[..] else {
-        return Err(io::Error::other("/proc/self/stat lacks the argument addresses"));
+        return Err(io::Error::other(
+            "/proc/self/stat lacks the argument addresses",
+        ));
     };
-    for (start, end, title) in [(arg_start, arg_end, INIT_TITLE), (env_start, env_end, &b""[..])] {
+    for (start, end, title) in [
+        (arg_start, arg_end, INIT_TITLE),
+        (env_start, env_end, &b""[..]),
+    ] {
         if end <= start {
             continue;
         }

@@ -7,8 +7,16 @@ use crate::support::*;
 fn fails_with(args: &[&str], needle: &str) {
     let run = nsbox(args);
     assert_eq!(run.code, 125, "{args:?}: {run:?}");
-    assert!(run.stderr.contains(needle), "{args:?}: expected {needle:?} in {:?}", run.stderr);
-    assert!(run.stdout.is_empty(), "{args:?}: stdout belongs to the command: {:?}", run.stdout);
+    assert!(
+        run.stderr.contains(needle),
+        "{args:?}: expected {needle:?} in {:?}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.is_empty(),
+        "{args:?}: stdout belongs to the command: {:?}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -17,20 +25,41 @@ fn usage_errors_say_what_is_wrong() {
     fails_with(&["exec", "--memory", "12xb", "--", "true"], "12xb");
     fails_with(&["exec", "--timeout", "soon", "--", "true"], "soon");
     fails_with(&["exec", "--cpus", "0", "--", "true"], "greater than zero");
-    fails_with(&["exec", "--user", "root", "--", "true"], "names are not resolved");
+    fails_with(
+        &["exec", "--user", "root", "--", "true"],
+        "names are not resolved",
+    );
     fails_with(&["exec", "--net", "wifi", "--", "true"], "wifi");
     fails_with(&["exec"], "no command given");
-    fails_with(&["exec", "-t", "--json", "--", "true"], "cannot be used with");
+    fails_with(
+        &["exec", "-t", "--json", "--", "true"],
+        "cannot be used with",
+    );
     fails_with(&["no-such-subcommand"], "no-such-subcommand");
 }
 
 #[test]
 fn missing_paths_are_reported_before_anything_starts() {
-    fails_with(&["exec", "--rootfs", "/nonexistent/rootfs", "--", "true"], "/nonexistent/rootfs: does not exist");
-    fails_with(&["exec", "--mount", "/nonexistent/src:/data", "--", "true"], "does not exist");
-    fails_with(&["exec", "--copy", "/nonexistent/src:x", "--", "true"], "does not exist");
-    fails_with(&["exec", "--mount", "/usr:/proc/evil", "--", "true"], "inside /proc");
-    fails_with(&["exec", "--env-file", "/nonexistent/env", "--", "true"], "/nonexistent/env");
+    fails_with(
+        &["exec", "--rootfs", "/nonexistent/rootfs", "--", "true"],
+        "/nonexistent/rootfs: does not exist",
+    );
+    fails_with(
+        &["exec", "--mount", "/nonexistent/src:/data", "--", "true"],
+        "does not exist",
+    );
+    fails_with(
+        &["exec", "--copy", "/nonexistent/src:x", "--", "true"],
+        "does not exist",
+    );
+    fails_with(
+        &["exec", "--mount", "/usr:/proc/evil", "--", "true"],
+        "inside /proc",
+    );
+    fails_with(
+        &["exec", "--env-file", "/nonexistent/env", "--", "true"],
+        "/nonexistent/env",
+    );
 }
 
 #[test]
@@ -38,16 +67,39 @@ fn profiles_are_strict() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[limits]\nmemroy = \"1g\"\n").unwrap();
-    fails_with(&["exec", "--profile", bad.to_str().unwrap(), "--", "true"], "memroy");
+    fails_with(
+        &["exec", "--profile", bad.to_str().unwrap(), "--", "true"],
+        "memroy",
+    );
     let bad_value = dir.path().join("value.toml");
     std::fs::write(&bad_value, "[limits]\nmemory = \"lots\"\n").unwrap();
-    fails_with(&["exec", "--profile", bad_value.to_str().unwrap(), "--", "true"], "limits.memory");
-    fails_with(&["exec", "--profile", "no-such-profile", "--", "true"], "built-in profiles are");
+    fails_with(
+        &[
+            "exec",
+            "--profile",
+            bad_value.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        "limits.memory",
+    );
+    fails_with(
+        &["exec", "--profile", "no-such-profile", "--", "true"],
+        "built-in profiles are",
+    );
 }
 
 #[test]
 fn secrets_in_bad_flags_are_not_echoed() {
-    let run = nsbox(&["exec", "--secret", "TOKEN=hunter2-secret", "--memory", "bad", "--", "true"]);
+    let run = nsbox(&[
+        "exec",
+        "--secret",
+        "TOKEN=hunter2-secret",
+        "--memory",
+        "bad",
+        "--",
+        "true",
+    ]);
     assert_eq!(run.code, 125);
     assert!(!run.stderr.contains("hunter2-secret"), "{}", run.stderr);
 }
@@ -59,9 +111,15 @@ fn a_failing_setup_leaves_nothing_behind() {
     assert_eq!(run.code, 125, "{run:?}");
     let evs = events(&run.stdout);
     let id = sandbox_id(&evs);
-    let err = evs.iter().find(|e| e["type"] == "error").expect("error event");
+    let err = evs
+        .iter()
+        .find(|e| e["type"] == "error")
+        .expect("error event");
     assert_eq!(err["phase"], "setup");
-    assert!(err["message"].as_str().unwrap().contains("/etc/passwd/sub"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("/etc/passwd/sub"),
+        "{err}"
+    );
     assert!(leftover_cgroups(&id).is_empty());
 }
 
@@ -69,7 +127,14 @@ fn a_failing_setup_leaves_nothing_behind() {
 fn help_teaches() {
     let run = nsbox(&["exec", "--help"]);
     assert_eq!(run.code, 0);
-    for needle in ["--memory", "--timeout", "--secret", "--mount", "Examples:", "Exit codes"] {
+    for needle in [
+        "--memory",
+        "--timeout",
+        "--secret",
+        "--mount",
+        "Examples:",
+        "Exit codes",
+    ] {
         assert!(run.stdout.contains(needle), "--help lacks {needle}");
     }
     let run = nsbox(&["--version"]);

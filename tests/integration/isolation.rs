@@ -5,7 +5,9 @@ use crate::require_root;
 use crate::support::*;
 
 fn field<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_else(|| panic!("probe report lacks {key}: {v}"))
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("probe report lacks {key}: {v}"))
 }
 
 #[test]
@@ -13,8 +15,14 @@ fn identity_is_the_unprivileged_sandbox_user() {
     require_root!();
     let (run, st) = probe("status", &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(field(&st, "Uid").split_whitespace().all(|u| u == "100"), "{st}");
-    assert!(field(&st, "Gid").split_whitespace().all(|g| g == "101"), "{st}");
+    assert!(
+        field(&st, "Uid").split_whitespace().all(|u| u == "100"),
+        "{st}"
+    );
+    assert!(
+        field(&st, "Gid").split_whitespace().all(|g| g == "101"),
+        "{st}"
+    );
     assert_eq!(field(&st, "Groups"), "101");
 }
 
@@ -35,7 +43,10 @@ fn another_uid_never_gets_capabilities() {
     for user in ["0", "1000:1000"] {
         let (_, st) = probe("status", &["--user", user]);
         let uid = user.split(':').next().unwrap();
-        assert!(field(&st, "Uid").split_whitespace().all(|u| u == uid), "{st}");
+        assert!(
+            field(&st, "Uid").split_whitespace().all(|u| u == uid),
+            "{st}"
+        );
         for cap in ["CapPrm", "CapEff", "CapBnd"] {
             assert_eq!(field(&st, cap), "0000000000000000", "{user}: {cap}");
         }
@@ -53,26 +64,40 @@ fn pid_one_is_nsbox_init_and_host_processes_are_invisible() {
         .map(|p| p.parse().unwrap())
         .collect();
     assert!(pids.contains(&1));
-    assert!(pids.len() <= 4, "only the sandbox's own processes: {pids:?}");
+    assert!(
+        pids.len() <= 4,
+        "only the sandbox's own processes: {pids:?}"
+    );
     // The supervisor's arguments (possibly secrets) never show in the sandbox.
     let (run, st) = probe("status", &["--secret", "TOKEN=do-not-leak-me"]);
     assert_eq!(field(&st, "pid1_cmdline"), "nsbox-init");
     assert!(!run.stdout.contains("do-not-leak-me"));
-    assert_eq!(field(&st, "env.TOKEN"), "***", "the secret reaches the workload, masked on the way out");
+    assert_eq!(
+        field(&st, "env.TOKEN"),
+        "***",
+        "the secret reaches the workload, masked on the way out"
+    );
 }
 
 #[test]
 fn new_session_and_no_leaked_descriptors() {
     require_root!();
     let (_, st) = probe("status", &[]);
-    assert_eq!(field(&st, "sid"), field(&st, "pid"), "the workload leads its own session");
+    assert_eq!(
+        field(&st, "sid"),
+        field(&st, "pid"),
+        "the workload leads its own session"
+    );
     let fds: Vec<&str> = field(&st, "fds").split_whitespace().collect();
     let numbers: Vec<u32> = fds
         .iter()
         .map(|f| f.split('=').next().unwrap().parse().unwrap())
         .collect();
     // 0-2, plus the one the probe opened to list /proc/self/fd.
-    assert!(numbers.iter().filter(|&&n| n > 2).count() <= 1, "leaked descriptors: {fds:?}");
+    assert!(
+        numbers.iter().filter(|&&n| n > 2).count() <= 1,
+        "leaked descriptors: {fds:?}"
+    );
 }
 
 #[test]
@@ -119,22 +144,57 @@ fn attacks_from_inside_are_denied() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let denied = |name: &str, allowed: &[&str]| {
         let got = field(&a, name);
-        assert!(allowed.contains(&got), "{name}: got {got}, expected one of {allowed:?}");
+        assert!(
+            allowed.contains(&got),
+            "{name}: got {got}, expected one of {allowed:?}"
+        );
     };
     // Namespaces and mounts.
-    for name in ["mount", "umount", "unshare_user", "unshare_mount", "unshare_net", "setns", "clone_newuser", "chroot", "pivot_root"] {
+    for name in [
+        "mount",
+        "umount",
+        "unshare_user",
+        "unshare_mount",
+        "unshare_net",
+        "setns",
+        "clone_newuser",
+        "chroot",
+        "pivot_root",
+    ] {
         denied(name, &["EPERM"]);
     }
     denied("clone3", &["ENOSYS"]);
     // Kernel attack surface.
-    for name in ["bpf", "perf_event_open", "keyctl", "add_key", "userfaultfd", "io_uring_setup", "kexec_load", "init_module", "open_by_handle_at", "process_vm_readv", "ptrace_attach_init"] {
+    for name in [
+        "bpf",
+        "perf_event_open",
+        "keyctl",
+        "add_key",
+        "userfaultfd",
+        "io_uring_setup",
+        "kexec_load",
+        "init_module",
+        "open_by_handle_at",
+        "process_vm_readv",
+        "ptrace_attach_init",
+    ] {
         denied(name, &["EPERM"]);
     }
     // Socket families.
-    for name in ["socket_alg", "socket_vsock", "socket_packet", "socket_netlink_netfilter"] {
+    for name in [
+        "socket_alg",
+        "socket_vsock",
+        "socket_packet",
+        "socket_netlink_netfilter",
+    ] {
         denied(name, &["EPERM", "EAFNOSUPPORT"]);
     }
-    for name in ["socket_inet", "socket_inet6", "socket_unix", "socket_netlink_route"] {
+    for name in [
+        "socket_inet",
+        "socket_inet6",
+        "socket_unix",
+        "socket_netlink_route",
+    ] {
         denied(name, &["ok"]);
     }
     // Terminal injection, also with garbage in the high bits of the command.
@@ -149,7 +209,11 @@ fn attacks_from_inside_are_denied() {
     assert_eq!(field(&a, "init_alive_after_kill"), "true");
     // Non-native syscalls: the 32-bit entry kills the process, x32 never runs.
     if cfg!(target_arch = "x86_64") {
-        assert!(field(&a, "int80_getpid").starts_with("killed:"), "int 0x80: {}", field(&a, "int80_getpid"));
+        assert!(
+            field(&a, "int80_getpid").starts_with("killed:"),
+            "int 0x80: {}",
+            field(&a, "int80_getpid")
+        );
         assert_ne!(field(&a, "x32_getpid"), "ok");
     }
 }
@@ -160,7 +224,10 @@ fn filesystem_walls_hold() {
     let (_, a) = probe("attacks", &[]);
     let is = |name: &str, allowed: &[&str]| {
         let got = field(&a, name);
-        assert!(allowed.contains(&got), "{name}: got {got}, expected one of {allowed:?}");
+        assert!(
+            allowed.contains(&got),
+            "{name}: got {got}, expected one of {allowed:?}"
+        );
     };
     for name in ["write_root", "write_etc", "write_usr", "write_dev"] {
         is(name, &["EROFS"]);
@@ -192,21 +259,50 @@ fn host_user_data_is_hidden() {
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines[0].split_whitespace().filter(|w| !w.ends_with(':')).count(), 0, "hidden dirs are empty: {}", lines[0]);
+    assert_eq!(
+        lines[0]
+            .split_whitespace()
+            .filter(|w| !w.ends_with(':'))
+            .count(),
+        0,
+        "hidden dirs are empty: {}",
+        lines[0]
+    );
     let top: Vec<&str> = lines[1].split_whitespace().collect();
-    assert!(top.contains(&"usr") && top.contains(&"sandbox") && top.contains(&"proc"), "{top:?}");
+    assert!(
+        top.contains(&"usr") && top.contains(&"sandbox") && top.contains(&"proc"),
+        "{top:?}"
+    );
     // Whatever else the host keeps at its top level (here: the test's own directories) is gone.
-    let host_top = dir.path().components().nth(1).unwrap().as_os_str().to_string_lossy().into_owned();
+    let host_top = dir
+        .path()
+        .components()
+        .nth(1)
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
     if !["tmp", "home", "root", "run", "var"].contains(&host_top.as_str()) {
-        assert!(!top.contains(&host_top.as_str()), "{host_top} should be hidden: {top:?}");
+        assert!(
+            !top.contains(&host_top.as_str()),
+            "{host_top} should be hidden: {top:?}"
+        );
     }
-    assert_eq!(lines[2], "3", "only root, sandbox and nobody in /etc/passwd");
+    assert_eq!(
+        lines[2], "3",
+        "only root, sandbox and nobody in /etc/passwd"
+    );
 }
 
 #[test]
 fn no_network_but_loopback() {
     require_root!();
-    let run = exec(&["--", "/bin/sh", "-c", "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; cat /proc/net/route | wc -l"]);
+    let run = exec(&[
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; cat /proc/net/route | wc -l",
+    ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines[..lines.len() - 1], ["lo"], "only loopback: {lines:?}");
@@ -219,8 +315,21 @@ fn no_network_but_loopback() {
 #[test]
 fn host_network_is_opt_in() {
     require_root!();
-    let host_ifaces = std::fs::read_to_string("/proc/net/dev").unwrap().lines().count();
-    let run = exec(&["--net", "host", "--", "/bin/sh", "-c", "cat /proc/net/dev | wc -l; cat /etc/resolv.conf | head -1"]);
+    let host_ifaces = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .count();
+    let run = exec(&[
+        "--net",
+        "host",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /proc/net/dev | wc -l; cat /etc/resolv.conf | head -1",
+    ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.stdout.lines().next().unwrap().trim(), host_ifaces.to_string());
+    assert_eq!(
+        run.stdout.lines().next().unwrap().trim(),
+        host_ifaces.to_string()
+    );
 }

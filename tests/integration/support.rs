@@ -108,7 +108,10 @@ pub fn probe(mode: &str, flags: &[&str]) -> (Run, serde_json::Value) {
     args.extend_from_slice(&["--", PROBE, mode]);
     let run = nsbox(&args);
     let value = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
-        panic!("probe output is not JSON ({e}): code {} stdout {:?} stderr {:?}", run.code, run.stdout, run.stderr)
+        panic!(
+            "probe output is not JSON ({e}): code {} stdout {:?} stderr {:?}",
+            run.code, run.stdout, run.stderr
+        )
     });
     (run, value)
 }
@@ -117,7 +120,9 @@ pub fn probe(mode: &str, flags: &[&str]) -> (Run, serde_json::Value) {
 pub fn events(stdout: &str) -> Vec<serde_json::Value> {
     stdout
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l:?}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l:?}"))
+        })
         .collect()
 }
 
@@ -136,7 +141,9 @@ pub fn leftover_cgroups(id: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
     while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let path = e.path();
             if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -157,7 +164,9 @@ pub fn leftover_cgroups(id: &str) -> Vec<PathBuf> {
 pub fn host_processes_matching(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.starts_with(needle) {
