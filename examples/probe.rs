@@ -3,7 +3,7 @@
 //! (`probe attacks`). Each attack records "ok" when the call succeeded, or the errno name.
 //! Assertions live in the tests; the probe only observes.
 #![allow(unsafe_code)]
-#![allow(clippy::undocumented_unsafe_blocks)]
+#![allow(clippy::undocumented_unsafe_blocks, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -140,7 +140,7 @@ fn ret(r: libc::c_long) -> i64 {
     if r < 0 {
         -(std::io::Error::last_os_error().raw_os_error().unwrap_or(1) as i64)
     } else {
-        r as i64
+        r
     }
 }
 
