@@ -133,7 +133,14 @@ fn scratch_dir() -> &'static Path {
 
 /// Builds the new root before pivot_root: makes every mount private, mounts a scratch tmpfs,
 /// prepares the overlay's upper directory and mounts the overlay. Returns the new root's path.
-pub fn build_new_root(plan: &RootfsPlan, ids: IdMap) -> Result<PathBuf, RootfsError> {
+/// Called with a phase name each time a phase of the build ends (for `--timings`).
+pub type Marker<'a> = &'a mut dyn FnMut(&'static str);
+
+pub fn build_new_root(
+    plan: &RootfsPlan,
+    ids: IdMap,
+    mark: Marker<'_>,
+) -> Result<PathBuf, RootfsError> {
     let root = Path::new("/");
     // Nothing we mount may propagate back to the host's mount namespace.
     rmount::mount_change(
@@ -173,9 +180,11 @@ pub fn build_new_root(plan: &RootfsPlan, ids: IdMap) -> Result<PathBuf, RootfsEr
         lowers: lowers.iter().map(|l| l.as_fd()).collect(),
         ids,
     };
+    mark("scratch mounted");
     for op in &plan.upper {
         upper_layer.apply(op)?;
     }
+    mark("upper layer prepared");
 
     let lowerdir = lowers
         .iter()
@@ -197,6 +206,7 @@ pub fn build_new_root(plan: &RootfsPlan, ids: IdMap) -> Result<PathBuf, RootfsEr
         options.as_c_str(),
     )
     .map_err(|e| fail("mount overlay", &new_root)(rustix_err(e)))?;
+    mark("overlay mounted");
     Ok(new_root)
 }
 
@@ -233,6 +243,7 @@ pub fn apply_mounts(
     plan: &RootfsPlan,
     sources: &mut [Option<HostSource>],
     ids: IdMap,
+    mark: Marker<'_>,
 ) -> Result<(), RootfsError> {
     let slash = Path::new("/");
     let root = open_dir(CWD, slash).map_err(fail("open new root", slash))?;
@@ -240,8 +251,17 @@ pub fn apply_mounts(
         root: root.as_fd(),
         ids,
     };
+    let mut phase: Option<&'static str> = None;
     for op in &plan.mounts {
+        let this = op.phase(slash);
+        if let Some(done) = phase.filter(|p| *p != this) {
+            mark(done);
+        }
+        phase = Some(this);
         ctx.apply(op, sources)?;
+    }
+    if let Some(done) = phase {
+        mark(done);
     }
     Ok(())
 }

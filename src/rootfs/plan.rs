@@ -160,6 +160,26 @@ pub enum MountOp {
     },
 }
 
+impl MountOp {
+    /// The phase this step belongs to, for `--timings`.
+    pub fn phase(&self, target_hint: &Path) -> &'static str {
+        match self {
+            MountOp::Proc { .. } => "/proc mounted",
+            MountOp::Tmpfs { target, .. } if target.starts_with("/dev") => "/dev built",
+            MountOp::CharDevice { .. } | MountOp::Symlink { .. } | MountOp::Mkdir { .. } | MountOp::Devpts { .. } => "/dev built",
+            MountOp::Sysfs { .. } | MountOp::Cgroup2 { .. } => "/sys mounted",
+            MountOp::MaskFile { .. } | MountOp::MaskDir { .. } | MountOp::ReadOnlyBind { .. } => "/proc and /sys masked",
+            MountOp::Tmpfs { .. } => "/tmp and /sandbox mounted",
+            MountOp::Bind { .. } => "bind mounts attached",
+            MountOp::CopyIn { .. } => "files copied in",
+            MountOp::Workdir { .. } | MountOp::RemountReadOnly { .. } => {
+                let _ = target_hint;
+                "root made read-only"
+            }
+        }
+    }
+}
+
 /// Facts about the host the plan depends on (kept out of the spec so the plan stays pure).
 #[derive(Debug, Clone, Default)]
 pub struct HostFacts {

@@ -19,10 +19,13 @@
 //!     supervisor write its uid/gid maps — from here on this process is never host root;
 //! 11. drop to the sandbox uid/gid: bounding set emptied, securebits locked, capabilities
 //!     cleared, no_new_privs — shared by init and workload;
-//! 12. fork the workload: new session, its stdio, working directory, default signals, every
-//!     descriptor close-on-exec, seccomp last, then execve;
-//! 13. init loads seccomp too, reports the start, reaps zombies, forwards signals, and exits
-//!     when the workload does (which kills every other process of the sandbox).
+//! 12. seccomp last: nothing privileged is left to do, so the filter goes on now, once, in the
+//!     init; the workload inherits it through fork (one install instead of two: loading a
+//!     filter costs the kernel a pass over every syscall number);
+//! 13. fork the workload: new session, its stdio, working directory, default signals, every
+//!     descriptor close-on-exec, then execve — all calls the filter allows;
+//! 14. init reports the start, reaps zombies, forwards signals, and exits when the workload
+//!     does (which kills every other process of the sandbox).
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -116,7 +119,7 @@ enum Never {}
 
 fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let mut marks: Vec<(String, u64)> = vec![("child started".into(), now_ns())];
-    let mut warnings: Vec<String> = Vec::new();
+    let warnings: Vec<String> = Vec::new();
 
     // 1. Die with the supervisor. The supervisor may have died between clone and here, so
     //    check the control socket too.
@@ -155,17 +158,22 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         .into_iter()
         .map(Some)
         .collect();
-    let new_root = apply::build_new_root(s.plan, ids).map_err(at("build root filesystem"))?;
+    marks.push(("host paths opened".into(), now_ns()));
+    let mut mark = |phase: &'static str| marks.push((phase.to_string(), now_ns()));
+    let new_root =
+        apply::build_new_root(s.plan, ids, &mut mark).map_err(at("build root filesystem"))?;
     apply::pivot_into(&new_root).map_err(at("enter root filesystem"))?;
-    apply::apply_mounts(s.plan, &mut sources, ids).map_err(at("mount sandbox filesystems"))?;
+    mark("pivoted into the new root");
+    apply::apply_mounts(s.plan, &mut sources, ids, &mut mark)
+        .map_err(at("mount sandbox filesystems"))?;
     drop(sources);
-    marks.push(("filesystem ready".into(), now_ns()));
 
     // 9. Hostname, loopback.
     rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
     if s.spec.network == NetworkMode::None {
         sys::net::loopback_up().map_err(at("bring up loopback"))?;
     }
+    marks.push(("hostname and loopback set".into(), now_ns()));
 
     // 10. The user namespace. It owns none of the sandbox's other namespaces, so even a
     //     process that regained every capability inside it could not touch the mounts, the
@@ -196,8 +204,13 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let signals = sys::signal::SignalSet::new(&[&[libc::SIGCHLD][..], FORWARDED].concat());
     sys::signal::block(&signals).map_err(at("block signals"))?;
     let signalfd = sys::signal::signalfd(&signals).map_err(at("create signalfd"))?;
+    marks.push(("privileges dropped".into(), now_ns()));
 
-    // 12. The workload.
+    // 12. Seccomp, inherited by the workload.
+    crate::sys::seccomp::install_filter(s.seccomp).map_err(at("load the seccomp filter"))?;
+    marks.push(("seccomp loaded".into(), now_ns()));
+
+    // 13. The workload.
     let workload = sys::process::fork().map_err(at("fork workload"))?;
     if workload == 0 {
         let failure = exec_workload(s, &command, tty.as_ref().map(|t| t.slave.as_fd()));
@@ -208,10 +221,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         sys::process::exit_now(failure.code);
     }
 
-    // 13. Init.
-    if let Err(e) = crate::sys::seccomp::install_filter(s.seccomp) {
-        warnings.push(format!("init could not load its seccomp filter: {e}"));
-    }
+    // 14. Init.
     let devnull = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(at("open /dev/null"))?;
     for target in 0..3 {
@@ -397,10 +407,6 @@ fn exec_workload(s: &ChildSetup<'_>, cmd: &Command, tty: Option<BorrowedFd<'_>>)
     }
     if let Err(e) = sys::fs::cloexec_from(3) {
         return setup_failure("close descriptors", e);
-    }
-    // Seccomp last: everything above needed calls the policy refuses (setsid aside).
-    if let Err(e) = crate::sys::seccomp::install_filter(s.seccomp) {
-        return setup_failure("load the seccomp filter", e);
     }
     let mut not_executable: Option<(String, io::Error)> = None;
     for path in &cmd.candidates {

@@ -655,6 +655,7 @@ impl Running<'_> {
                     }
                 }
                 (ToSupervisor::Exited { code, signal }, _) => {
+                    self.marks.push(("command exited".into(), now_ns()));
                     self.workload_status = Some((code, signal));
                 }
             }
@@ -892,6 +893,10 @@ impl Running<'_> {
             }
         } else if self.timed_out {
             Ending::TimedOut(self.spec.limits.timeout.unwrap_or_default())
+        } else if oom && self.started {
+            // With memory.oom.group (cgroup v2) the OOM killer ends every process of the
+            // sandbox at once, init included, so nobody was left to report the status.
+            Ending::Signaled(libc::SIGKILL)
         } else if let Some(sig) = self.interrupted {
             Ending::Interrupted(sig)
         } else if !self.started {

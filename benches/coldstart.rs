@@ -1,0 +1,224 @@
+//! Cold start of a full-isolation sandbox running /bin/true: nsbox side by side with bubblewrap
+//! and crun, in one run, back to back and after ~50 ms of idle. Prints medians, the 10th/90th
+//! percentiles and the nsbox/peer ratios, then where nsbox's milliseconds go (--timings).
+//!
+//!     sudo cargo bench --bench coldstart            # NSBOX_BENCH_RUNS=N to change the count
+//!
+//! Fairness: every tool runs from the same process, interleaved round-robin, so machine noise
+//! hits all of them alike. crun refuses "hybrid" cgroup hosts whose cgroup2 mount lists any
+//! controller, so on such hosts the bench runs in a private mount namespace without that
+//! mount; all three tools then see the same (cgroup v1) layout.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Tool {
+    name: &'static str,
+    argv: Vec<String>,
+    /// What the tool sets up, for the report.
+    does: &'static str,
+}
+
+fn main() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIP coldstart bench: needs root (sudo cargo bench --bench coldstart)");
+        return;
+    }
+    let runs: usize = std::env::var("NSBOX_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let idle = Duration::from_millis(50);
+    let scratch = tempfile::tempdir().unwrap();
+    let crun_note = private_cgroup_view();
+
+    let nsbox = PathBuf::from(env!("CARGO_BIN_EXE_nsbox"));
+    let mut tools = vec![Tool {
+        name: "nsbox",
+        argv: vec![nsbox.display().to_string(), "exec".into(), "--".into(), "/bin/true".into()],
+        does: "user+pid+mount+net+uts+ipc+cgroup ns, overlay root, cgroup limits, seccomp, uid 100",
+    }];
+    if which("bwrap").is_some() {
+        tools.push(Tool {
+            name: "bwrap",
+            argv: "bwrap --unshare-all --ro-bind / / --proc /proc --dev /dev /bin/true"
+                .split(' ')
+                .map(String::from)
+                .collect(),
+            does: "user+pid+mount+net+uts+ipc+cgroup ns, ro bind of /; no cgroups, overlay or seccomp",
+        });
+    } else {
+        eprintln!("note: bwrap not installed (apt-get install bubblewrap); skipped");
+    }
+    match (which("crun"), crun_bundle(scratch.path())) {
+        (Some(crun), Some(bundle)) => tools.push(Tool {
+            name: "crun",
+            argv: vec![
+                crun.display().to_string(),
+                "--cgroup-manager=cgroupfs".into(),
+                "run".into(),
+                "--bundle".into(),
+                bundle.display().to_string(),
+                "nsbox-bench-crun".into(),
+            ],
+            does: "pid+mount+net+uts+ipc ns, busybox rootfs, cgroup, default seccomp; runs as root",
+        }),
+        _ => eprintln!("note: crun or busybox-static not installed; crun skipped"),
+    }
+
+    println!("nsbox cold-start benchmark: {runs} runs per tool and mode, interleaved");
+    if let Some(note) = &crun_note {
+        println!("({note})");
+    }
+    for tool in &tools {
+        // Warm caches (binary pages, dentries) and make sure each tool works at all.
+        for _ in 0..5 {
+            if let Err(e) = run_once(tool) {
+                eprintln!("{} does not run: {e}", tool.name);
+                std::process::exit(1);
+            }
+        }
+    }
+    for (mode, pause) in [("back-to-back", None), ("after 50 ms idle", Some(idle))] {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); tools.len()];
+        for _ in 0..runs {
+            for (i, tool) in tools.iter().enumerate() {
+                if let Some(p) = pause {
+                    std::thread::sleep(p);
+                }
+                samples[i].push(run_once(tool).unwrap().as_secs_f64() * 1e3);
+            }
+        }
+        println!("\n{mode}:");
+        println!("  {:<6} {:>9} {:>9} {:>9}   {}", "tool", "median", "p10", "p90", "isolation");
+        let medians: Vec<f64> = samples.iter_mut().map(|s| percentile(s, 0.5)).collect();
+        for (i, tool) in tools.iter().enumerate() {
+            let s = &mut samples[i];
+            println!(
+                "  {:<6} {:>7.2}ms {:>7.2}ms {:>7.2}ms   {}",
+                tool.name,
+                medians[i],
+                percentile(s, 0.1),
+                percentile(s, 0.9),
+                tool.does
+            );
+        }
+        for (i, tool) in tools.iter().enumerate().skip(1) {
+            println!("  nsbox/{:<5} median ratio: {:.2}", tool.name, medians[0] / medians[i]);
+        }
+    }
+    phase_table(&nsbox, 30);
+}
+
+/// Runs the tool once; returns the wall time from spawn to exit.
+fn run_once(tool: &Tool) -> Result<Duration, String> {
+    let start = Instant::now();
+    let status = Command::new(&tool.argv[0])
+        .args(&tool.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let took = start.elapsed();
+    if !status.status.success() {
+        return Err(String::from_utf8_lossy(&status.stderr).into_owned());
+    }
+    Ok(took)
+}
+
+fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let idx = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples[idx]
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.exists())
+    })
+}
+
+/// A minimal OCI bundle for crun: busybox as /bin/true, read-only root, no terminal.
+fn crun_bundle(dir: &Path) -> Option<PathBuf> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())?;
+    let bundle = dir.join("crun-bundle");
+    std::fs::create_dir_all(bundle.join("rootfs/bin")).ok()?;
+    std::fs::copy(busybox, bundle.join("rootfs/bin/busybox")).ok()?;
+    std::os::unix::fs::symlink("busybox", bundle.join("rootfs/bin/true")).ok()?;
+    let status = Command::new("crun")
+        .arg("spec")
+        .current_dir(&bundle)
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+    config["process"]["terminal"] = false.into();
+    config["process"]["args"] = serde_json::json!(["/bin/true"]);
+    config["root"] = serde_json::json!({ "path": "rootfs", "readonly": true });
+    std::fs::write(&path, serde_json::to_string_pretty(&config).ok()?).ok()?;
+    Some(bundle)
+}
+
+/// On a hybrid host whose cgroup2 mount lists a controller, crun refuses to start; give this
+/// process (and the tools it runs) a private mount namespace without that mount.
+fn private_cgroup_view() -> Option<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let unified = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?;
+        (right.starts_with("cgroup2 ") && mount_point != "/sys/fs/cgroup").then(|| mount_point.to_string())
+    })?;
+    let controllers = std::fs::read_to_string(Path::new(&unified).join("cgroup.controllers")).ok()?;
+    if controllers.trim().is_empty() {
+        return None;
+    }
+    nsbox::sys::process::unshare(nsbox::sys::process::flags::NEWNS).ok()?;
+    rustix::mount::mount_change("/", rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC).ok()?;
+    rustix::mount::unmount(unified.as_str(), rustix::mount::UnmountFlags::DETACH).ok()?;
+    Some(format!(
+        "hybrid host: the bench hides the cgroup2 mount at {unified} from all tools so crun runs; nsbox uses the v1 controllers either way"
+    ))
+}
+
+/// Averages nsbox's own --timings over `runs` runs, phase by phase.
+fn phase_table(nsbox: &Path, runs: usize) {
+    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
+    for _ in 0..runs {
+        let out = Command::new(nsbox)
+            .args(["exec", "--timings", "--", "/bin/true"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        let mut previous = 0.0;
+        for line in text.lines().skip(1) {
+            let mut words = line.split_whitespace();
+            let (Some(at), Some(_delta)) = (words.next(), words.next()) else { continue };
+            let Ok(at) = at.parse::<f64>() else { continue };
+            let label: String = words.collect::<Vec<_>>().join(" ");
+            let label = if label.is_empty() { "total".to_string() } else { label };
+            let delta = if label == "total" { at } else { at - previous };
+            previous = at;
+            match phases.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, v)) => v.push(delta),
+                None => phases.push((label, vec![delta])),
+            }
+        }
+    }
+    println!("\nwhere nsbox's time goes (median of {runs} runs of `nsbox exec --timings -- /bin/true`, ms):");
+    for (label, values) in &mut phases {
+        println!("  {:>7.3}  {label}", percentile(values, 0.5));
+    }
+}
