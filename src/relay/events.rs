@@ -70,19 +70,25 @@ pub struct Utf8Chunker {
 }
 
 impl Utf8Chunker {
-    /// Turns the next bytes into a chunk (None when everything is held as a partial character).
-    pub fn push(&mut self, input: &[u8]) -> Option<Chunk> {
+    /// Turns the next bytes into chunks: text as far as it is valid UTF-8, binary after that
+    /// (an incomplete character at the end is held for the next read).
+    pub fn push(&mut self, input: &[u8]) -> Vec<Chunk> {
         let mut bytes = std::mem::take(&mut self.carry);
         bytes.extend_from_slice(input);
+        let mut chunks = Vec::new();
         match std::str::from_utf8(&bytes) {
-            Ok(_) => text_chunk(bytes),
+            Ok(_) => chunks.extend(text_chunk(bytes)),
             Err(e) if e.error_len().is_none() => {
-                // An incomplete character at the end: hold it for the next read.
                 self.carry = bytes.split_off(e.valid_up_to());
-                text_chunk(bytes)
+                chunks.extend(text_chunk(bytes));
             }
-            Err(_) => Some(binary_chunk(&bytes)),
+            Err(e) => {
+                let rest = bytes.split_off(e.valid_up_to());
+                chunks.extend(text_chunk(bytes));
+                chunks.push(binary_chunk(&rest));
+            }
         }
+        chunks
     }
 
     /// Ends the stream: whatever is held goes out as binary.
@@ -129,7 +135,7 @@ mod tests {
         assert_eq!(v["type"], "exit");
         assert_eq!(v["code"], 3);
         assert!(line.ends_with(b"\n"));
-        let chunk = Utf8Chunker::default().push(b"hi").unwrap();
+        let chunk = Utf8Chunker::default().push(b"hi").pop().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&Event::Stdout(chunk).to_line()).unwrap();
         assert_eq!(v["type"], "stdout");
         assert_eq!(v["data"], "hi");
@@ -140,10 +146,10 @@ mod tests {
     fn split_characters_are_joined() {
         let mut c = Utf8Chunker::default();
         let euro = "€".as_bytes();
-        let first = c.push(&[b'a', euro[0]]).unwrap();
+        let first = c.push(&[b'a', euro[0]]).pop().unwrap();
         assert_eq!(first.data.as_deref(), Some("a"));
-        assert!(c.push(&euro[1..2]).is_none());
-        let last = c.push(&euro[2..]).unwrap();
+        assert!(c.push(&euro[1..2]).is_empty());
+        let last = c.push(&euro[2..]).pop().unwrap();
         assert_eq!(last.data.as_deref(), Some("€"));
         assert!(c.finish().is_none());
     }
@@ -151,9 +157,10 @@ mod tests {
     #[test]
     fn binary_output_is_base64() {
         let mut c = Utf8Chunker::default();
-        let chunk = c.push(&[0xff, 0xfe, b'x']).unwrap();
-        assert_eq!(chunk.data, None);
-        assert_eq!(chunk.data_b64.as_deref(), Some("//54"));
+        let chunks = c.push(&[b'o', b'k', 0xff, 0xfe, b'x']);
+        assert_eq!(chunks[0].data.as_deref(), Some("ok"), "the valid prefix stays text");
+        assert_eq!(chunks[1].data, None);
+        assert_eq!(chunks[1].data_b64.as_deref(), Some("//54"));
         c.push(&[0xe2]);
         let rest = c.finish().unwrap();
         assert_eq!(rest.data_b64.as_deref(), Some("4g=="));

@@ -179,6 +179,7 @@ pub fn build_new_root(
         upper: upper_fd.as_fd(),
         lowers: lowers.iter().map(|l| l.as_fd()).collect(),
         ids,
+        dirs: Default::default(),
     };
     mark("scratch mounted");
     for op in &plan.upper {
@@ -281,6 +282,9 @@ struct UpperLayer<'a> {
     upper: BorrowedFd<'a>,
     lowers: Vec<BorrowedFd<'a>>,
     ids: IdMap,
+    /// Upper directories already prepared (by in-sandbox path), so entries that share parents
+    /// (/var/log, /var/mail, ...) do not redo the work.
+    dirs: std::cell::RefCell<std::collections::HashMap<PathBuf, std::rc::Rc<OwnedFd>>>,
 }
 
 /// What the lower layers hold at a path, looked up without following symlinks.
@@ -332,36 +336,51 @@ impl UpperLayer<'_> {
             .collect()
     }
 
-    /// Looks `path` up in the lower layers, top first.
+    /// Looks `path` up in the lower layers, top first. A symlink anywhere on the way (or a
+    /// non-directory parent) makes the path unreachable: it is then left alone. One openat2
+    /// per layer: RESOLVE_NO_SYMLINKS refuses any link, RESOLVE_BENEATH any escape.
     fn lower_entry(&self, path: &Path) -> LowerEntry {
-        let parts = Self::relative(path);
-        let Some((last, parents)) = parts.split_last() else {
+        let rel = relative_to_root(path);
+        if rel.as_os_str().is_empty() {
             return LowerEntry::Unreachable;
-        };
-        'layers: for lower in &self.lowers {
-            let mut dir: Option<OwnedFd> = None;
-            for part in parents {
-                let at = dir.as_ref().map_or(*lower, |d| d.as_fd());
-                match rfs::openat(
-                    at,
-                    *part,
-                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ) {
-                    Ok(fd) => match rfs::fstat(&fd) {
-                        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                            dir = Some(fd)
-                        }
-                        Ok(_) => return LowerEntry::Unreachable,
-                        Err(_) => return LowerEntry::Unreachable,
-                    },
-                    Err(rustix::io::Errno::NOENT) => continue 'layers,
-                    Err(_) => return LowerEntry::Unreachable,
+        }
+        for lower in &self.lowers {
+            match rfs::openat2(
+                lower,
+                rel,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_XDEV,
+            ) {
+                Ok(fd) => {
+                    return match rfs::fstat(&fd) {
+                        Ok(st) => LowerEntry::Found(st),
+                        Err(_) => LowerEntry::Unreachable,
+                    }
                 }
-            }
-            let at = dir.as_ref().map_or(*lower, |d| d.as_fd());
-            match rfs::statat(at, *last, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => return LowerEntry::Found(st),
+                // The final component itself may be a symlink: O_PATH|O_NOFOLLOW opens the link,
+                // but RESOLVE_NO_SYMLINKS refuses it with ELOOP. Tell the two cases apart.
+                Err(rustix::io::Errno::LOOP) => {
+                    let Some(parent) = rel.parent() else {
+                        return LowerEntry::Unreachable;
+                    };
+                    let parent_ok = parent.as_os_str().is_empty()
+                        || rfs::openat2(
+                            lower,
+                            parent,
+                            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                            Mode::empty(),
+                            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_XDEV,
+                        )
+                        .is_ok();
+                    if !parent_ok {
+                        return LowerEntry::Unreachable;
+                    }
+                    return match rfs::statat(lower, rel, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => LowerEntry::Found(st),
+                        Err(_) => LowerEntry::Unreachable,
+                    };
+                }
                 Err(rustix::io::Errno::NOENT) => continue,
                 Err(_) => return LowerEntry::Unreachable,
             }
@@ -415,53 +434,65 @@ impl UpperLayer<'_> {
     /// Creates the upper directories leading to `path` (not `path` itself), copying mode and
     /// owner from the lower layer so merged directories look unchanged. Returns the parent fd,
     /// or None when a lower component is a symlink (then the path is left alone).
-    fn upper_parent(&self, path: &Path) -> Result<Option<OwnedFd>, RootfsError> {
-        let parts = Self::relative(path);
-        let Some((_, parents)) = parts.split_last() else {
+    fn upper_parent(&self, path: &Path) -> Result<Option<std::rc::Rc<OwnedFd>>, RootfsError> {
+        let Some(parent) = path.parent() else {
             return Ok(None);
         };
-        let mut dir = rfs::openat(
-            self.upper,
-            ".",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| fail("open upper directory", path)(rustix_err(e)))?;
-        let mut so_far = PathBuf::from("/");
-        for part in parents {
-            so_far.push(part);
-            let (mode, uid, gid) = match self.lower_entry(&so_far) {
-                LowerEntry::Found(st)
-                    if FileType::from_raw_mode(st.st_mode) == FileType::Directory =>
-                {
+        self.upper_dir(parent)
+    }
+
+    /// The upper directory for `path`, created (mirroring the lower one) if needed.
+    fn upper_dir(&self, path: &Path) -> Result<Option<std::rc::Rc<OwnedFd>>, RootfsError> {
+        if let Some(fd) = self.dirs.borrow().get(path) {
+            return Ok(Some(fd.clone()));
+        }
+        let fd = if path == Path::new("/") || path.as_os_str().is_empty() {
+            rfs::openat(
+                self.upper,
+                ".",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| fail("open upper directory", path)(rustix_err(e)))?
+        } else {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Ok(None);
+            };
+            let Some(parent_fd) = self.upper_dir(parent)? else {
+                return Ok(None);
+            };
+            let (mode, uid, gid) = match self.lower_entry(path) {
+                LowerEntry::Found(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                     (st.st_mode & 0o7777, st.st_uid, st.st_gid)
                 }
                 LowerEntry::Missing => (0o755, self.ids.base, self.ids.base),
                 _ => return Ok(None),
             };
-            match rfs::mkdirat(&dir, *part, Mode::from_raw_mode(mode)) {
-                Ok(()) => {
+            match rfs::mkdirat(&*parent_fd, name, Mode::from_raw_mode(mode)) {
+                Ok(()) if (uid, gid) != (0, 0) => {
                     rfs::chownat(
-                        &dir,
-                        *part,
+                        &*parent_fd,
+                        name,
                         Some(rfs::Uid::from_raw(uid)),
                         Some(rfs::Gid::from_raw(gid)),
                         AtFlags::SYMLINK_NOFOLLOW,
                     )
-                    .map_err(|e| fail("prepare upper directory", &so_far)(rustix_err(e)))?;
+                    .map_err(|e| fail("prepare upper directory", path)(rustix_err(e)))?;
                 }
-                Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(fail("prepare upper directory", &so_far)(rustix_err(e))),
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(fail("prepare upper directory", path)(rustix_err(e))),
             }
-            dir = rfs::openat(
-                &dir,
-                *part,
+            rfs::openat(
+                &*parent_fd,
+                name,
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|e| fail("prepare upper directory", &so_far)(rustix_err(e)))?;
-        }
-        Ok(Some(dir))
+            .map_err(|e| fail("prepare upper directory", path)(rustix_err(e)))?
+        };
+        let fd = std::rc::Rc::new(fd);
+        self.dirs.borrow_mut().insert(path.to_path_buf(), fd.clone());
+        Ok(Some(fd))
     }
 
     fn keep_only_top_level(&self, keep: &[String]) -> Result<(), RootfsError> {
@@ -504,8 +535,9 @@ impl UpperLayer<'_> {
 
     fn hide(&self, path: &Path) -> Result<(), RootfsError> {
         let rel = relative_to_root(path);
-        if rfs::statat(self.upper, rel, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-            // Already decided (e.g. whited out as an unlisted top-level entry).
+        let top_level = rel.components().count() == 1;
+        if top_level && rfs::statat(self.upper, rel, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            // Already decided (whited out as an unlisted top-level entry).
             return Ok(());
         }
         let st = match self.lower_entry(path) {
@@ -523,7 +555,7 @@ impl UpperLayer<'_> {
             // its own terms; removing it would only break programs.
             FileType::Symlink => Ok(()),
             FileType::Directory => {
-                rfs::mkdirat(&parent, name, Mode::from_raw_mode(st.st_mode & 0o7777))
+                rfs::mkdirat(&*parent, name, Mode::from_raw_mode(st.st_mode & 0o7777))
                     .or_else(|e| {
                         if e == rustix::io::Errno::EXIST {
                             Ok(())
@@ -533,18 +565,20 @@ impl UpperLayer<'_> {
                     })
                     .map_err(|e| fail("hide directory", path)(rustix_err(e)))?;
                 let dir = rfs::openat(
-                    &parent,
+                    &*parent,
                     name,
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .map_err(|e| fail("hide directory", path)(rustix_err(e)))?;
-                rfs::fchown(
-                    &dir,
-                    Some(rfs::Uid::from_raw(st.st_uid)),
-                    Some(rfs::Gid::from_raw(st.st_gid)),
-                )
-                .map_err(|e| fail("hide directory", path)(rustix_err(e)))?;
+                if (st.st_uid, st.st_gid) != (0, 0) {
+                    rfs::fchown(
+                        &dir,
+                        Some(rfs::Uid::from_raw(st.st_uid)),
+                        Some(rfs::Gid::from_raw(st.st_gid)),
+                    )
+                    .map_err(|e| fail("hide directory", path)(rustix_err(e)))?;
+                }
                 // An opaque upper directory hides everything below it in the lower layers.
                 rfs::fsetxattr(&dir, "trusted.overlay.opaque", b"y", XattrFlags::empty())
                     .map_err(|e| fail("hide directory", path)(rustix_err(e)))
@@ -552,7 +586,7 @@ impl UpperLayer<'_> {
             _ => {
                 // A whiteout: a 0/0 character device in the upper layer.
                 rfs::mknodat(
-                    &parent,
+                    &*parent,
                     name,
                     FileType::CharacterDevice,
                     Mode::empty(),
@@ -578,7 +612,7 @@ impl UpperLayer<'_> {
             return Ok(());
         };
         let fd = rfs::openat(
-            &parent,
+            &*parent,
             name,
             OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(mode),
@@ -862,13 +896,11 @@ impl Inside<'_> {
                 )
                 .map_err(|e| fail("bind", target)(rustix_err(e)))
             }
-            MountOp::MaskFile { target } => {
-                if !self.exists(target) {
-                    return Ok(());
-                }
-                rmount::mount_bind("/dev/null", target)
-                    .map_err(|e| fail("mask", target)(rustix_err(e)))
-            }
+            MountOp::MaskFile { target } => match rmount::mount_bind("/dev/null", target) {
+                // Absent on this kernel: nothing to hide.
+                Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                Err(e) => Err(fail("mask", target)(rustix_err(e))),
+            },
             MountOp::MaskDir { target } => {
                 if !self.exists(target) {
                     return Ok(());
@@ -881,11 +913,11 @@ impl Inside<'_> {
                     .map_err(|e| fail("mask", target)(rustix_err(e)))
             }
             MountOp::ReadOnlyBind { target } => {
-                if !self.exists(target) {
-                    return Ok(());
+                match rmount::mount_bind_recursive(target, target) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::NOENT) => return Ok(()),
+                    Err(e) => return Err(fail("make read-only", target)(rustix_err(e))),
                 }
-                rmount::mount_bind_recursive(target, target)
-                    .map_err(|e| fail("make read-only", target)(rustix_err(e)))?;
                 let flags = MountFlags::BIND
                     | MountFlags::RDONLY
                     | MountFlags::NOSUID

@@ -37,8 +37,13 @@ pub enum ToSupervisor {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum ToSandbox {
-    /// The uid/gid maps are written; go on.
+    /// The uid/gid maps are written; go on. When the cgroup was created after clone (cgroup v1
+    /// hosts), its `tasks` descriptors are attached: join it now.
     MapsWritten,
+    /// The sandbox's network namespace, attached (created in parallel by the supervisor).
+    NetNamespace,
+    /// The network namespace could not be created.
+    NetFailed { message: String },
 }
 
 /// Largest message accepted (marks and warnings are small).

@@ -6,13 +6,16 @@
 //!     never leaves a sandbox running;
 //!  2. stdio onto 0-2 and every other inherited descriptor closed — nothing of the
 //!     supervisor's (pipe ends, signalfd, terminal) stays reachable;
-//!  3. join the v1 cgroups by writing "0" to their tasks files (v2 joined at clone time) —
-//!     before anything allocates memory the sandbox should pay for;
-//!  4. unshare the cgroup namespace — now, so its root is the sandbox's own cgroup;
+//!  3. cgroup: on v2 clone3 placed us in it already; unshare the cgroup namespace now, so its
+//!     root is the sandbox's own cgroup (on v1 hosts both happen at step 10, when the
+//!     supervisor, which created the cgroup in parallel, sends its `tasks` files);
+//!  4. (the network namespace is created by a supervisor thread in parallel: step 7b);
 //!  5. non-dumpable, argv replaced — nothing in the sandbox can read or ptrace this process
 //!     or see the supervisor's command line (which may hold --secret values);
 //!  6. open host sources (bind mounts, copies) — the last moment host paths are reachable;
 //!  7. build the overlay root, pivot_root into it and detach the host's root;
+//! 7b. join the network namespace the supervisor made (loopback already up) — before /sys,
+//!     which shows the mounting process's network devices;
 //!  8. mount /proc, /dev, /sys, /tmp, /sandbox, masks, user binds, copies; root read-only;
 //!  9. hostname and loopback — the UTS and network namespaces are ours;
 //! 10. unshare the user namespace (which owns none of the other namespaces) and have the
@@ -58,6 +61,10 @@ pub struct ChildSetup<'a> {
     /// What becomes the workload's stdin, stdout, stderr (all /dev/null with a tty).
     pub stdio: [BorrowedFd<'a>; 3],
     pub cgroup_tasks: &'a [OwnedFd],
+    /// The cgroup's `tasks` descriptors arrive with the id maps (cgroup v1 hosts).
+    pub late_cgroup: bool,
+    /// The network namespace arrives as a message (it is created in parallel).
+    pub late_netns: bool,
     pub winsize: Option<Winsize>,
 }
 
@@ -137,12 +144,15 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     keep.extend(s.cgroup_tasks.iter().map(|fd| fd.as_raw_fd()));
     close_all_except(&keep).map_err(at("close inherited descriptors"))?;
 
-    // 3-4. cgroups.
-    crate::cgroup::join_self(s.cgroup_tasks).map_err(at("join cgroup"))?;
-    for fd in s.cgroup_tasks {
-        let _ = sys::fs::close_range(fd.as_raw_fd() as u32, fd.as_raw_fd() as u32);
+    // 3-4. cgroups (on v1 hosts this happens with the id maps, step 10).
+    if !s.late_cgroup {
+        join_cgroup(s.cgroup_tasks)?;
+        // These belong to the supervisor's memory, copied into ours and never dropped here:
+        // close them by number, they are root-opened handles on host cgroup files.
+        for fd in s.cgroup_tasks {
+            let _ = sys::fs::close_range(fd.as_raw_fd() as u32, fd.as_raw_fd() as u32);
+        }
     }
-    sys::process::unshare(sys::process::flags::NEWCGROUP).map_err(at("create cgroup namespace"))?;
 
     // 5. Nothing inside may inspect this process.
     sys::process::set_non_dumpable().map_err(at("make init non-dumpable"))?;
@@ -164,16 +174,20 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         apply::build_new_root(s.plan, ids, &mut mark).map_err(at("build root filesystem"))?;
     apply::pivot_into(&new_root).map_err(at("enter root filesystem"))?;
     mark("pivoted into the new root");
+    if s.late_netns {
+        join_network_namespace(s.control)?;
+        mark("network namespace joined");
+    }
     apply::apply_mounts(s.plan, &mut sources, ids, &mut mark)
         .map_err(at("mount sandbox filesystems"))?;
     drop(sources);
 
     // 9. Hostname, loopback.
     rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
-    if s.spec.network == NetworkMode::None {
+    if s.spec.network == NetworkMode::None && !s.late_netns {
         sys::net::loopback_up().map_err(at("bring up loopback"))?;
     }
-    marks.push(("hostname and loopback set".into(), now_ns()));
+    marks.push(("hostname set".into(), now_ns()));
 
     // 10. The user namespace. It owns none of the sandbox's other namespaces, so even a
     //     process that regained every capability inside it could not touch the mounts, the
@@ -181,7 +195,13 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     sys::process::unshare(sys::process::flags::NEWUSER).map_err(at("create user namespace"))?;
     control::send(s.control, &ToSupervisor::NeedMaps, &[]).map_err(at("ask for id maps"))?;
     match control::recv::<ToSandbox>(s.control) {
-        Ok(Some((ToSandbox::MapsWritten, _))) => {}
+        Ok(Some((ToSandbox::MapsWritten, tasks))) => {
+            if s.late_cgroup {
+                join_cgroup(&tasks)?;
+            }
+            drop(tasks);
+        }
+        Ok(Some((other, _))) => return Err(at("wait for id maps")(format!("unexpected message {other:?}"))),
         Ok(None) => sys::process::exit_now(exit::NSBOX_FAILED),
         Err(e) => return Err(at("wait for id maps")(e)),
     }
@@ -245,6 +265,31 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     .map_err(at("report start"))?;
     drop(master);
     init_loop(s.control, signalfd.as_fd(), workload)
+}
+
+/// Joins the sandbox's cgroup by writing "0" to its v1 `tasks` files (cheap: no global
+/// lock, unlike moving another process), then gives the sandbox its own cgroup namespace
+/// rooted there. On v2 the `tasks` list is empty: clone3 placed us already.
+fn join_cgroup(tasks: &[OwnedFd]) -> Result<(), Failure> {
+    crate::cgroup::join_self(tasks).map_err(at("join cgroup"))?;
+    sys::process::unshare(sys::process::flags::NEWCGROUP).map_err(at("create cgroup namespace"))
+}
+
+/// Waits for the network namespace the supervisor creates in parallel, and joins it.
+fn join_network_namespace(control_fd: BorrowedFd<'_>) -> Result<(), Failure> {
+    match control::recv::<ToSandbox>(control_fd) {
+        Ok(Some((ToSandbox::NetNamespace, fds))) => {
+            let ns = fds
+                .first()
+                .ok_or_else(|| at("join network namespace")("no descriptor attached"))?;
+            sys::process::setns(ns.as_fd(), sys::process::flags::NEWNET)
+                .map_err(at("join network namespace"))
+        }
+        Ok(Some((ToSandbox::NetFailed { message }, _))) => Err(at("create network namespace")(message)),
+        Ok(Some((other, _))) => Err(at("join network namespace")(format!("unexpected message {other:?}"))),
+        Ok(None) => sys::process::exit_now(exit::NSBOX_FAILED),
+        Err(e) => Err(at("join network namespace")(e)),
+    }
 }
 
 fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {

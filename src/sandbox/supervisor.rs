@@ -17,7 +17,7 @@ use rustix::process::WaitIdOptions;
 
 use super::control::{self, ToSandbox, ToSupervisor};
 use super::setup::{self, ChildSetup, ExecFailure};
-use crate::cgroup::{CgroupError, CgroupLayout, CgroupLimits, SandboxCgroup};
+use crate::cgroup::{CgroupError, CgroupLayout, CgroupLimits, Controller, Placement, SandboxCgroup};
 use crate::profile::NetworkMode;
 use crate::relay::{Event, Masker, Sink, Utf8Chunker};
 use crate::rootfs::{self, HostFacts};
@@ -177,14 +177,24 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         cpu_millis: spec.limits.cpus.map(|c| c.0),
         pids: spec.limits.pids,
     };
-    let cgroup = SandboxCgroup::create(&layout, &spec.id, &limits)?;
-    // While this supervisor lives, `nsbox prune` sees the cgroup as in use.
-    crate::cgroup::hold_in_use(&cgroup);
-    let mut warnings: Vec<String> = cgroup.warnings().to_vec();
-    marks.push(("cgroup created".into(), now_ns()));
+    // On cgroup v2 the child is cloned straight into its cgroup (CLONE_INTO_CGROUP), so the
+    // cgroup must exist first. With only v1 controllers the child joins through `tasks` files
+    // instead, so the cgroup is created after clone, while the child builds its filesystem.
+    let uses_v2 = Controller::ALL
+        .iter()
+        .any(|c| matches!(layout.placement(*c), Placement::V2 { enabled: true, .. }));
+    let early_cgroup = if uses_v2 {
+        let cgroup = SandboxCgroup::create(&layout, &spec.id, &limits)?;
+        // While this supervisor lives, `nsbox prune` sees the cgroup as in use.
+        crate::cgroup::hold_in_use(&cgroup);
+        marks.push(("cgroup created".into(), now_ns()));
+        Some(cgroup)
+    } else {
+        None
+    };
 
     let host = HostFacts {
-        cgroup2_inside: cgroup.clone_into_fd().is_some(),
+        cgroup2_inside: uses_v2,
         resolv_conf: match spec.network {
             NetworkMode::Host => std::fs::read("/etc/resolv.conf").ok(),
             NetworkMode::None => None,
@@ -239,15 +249,13 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         None => None,
     };
 
-    let mut ns = sys::process::flags::NEWNS
+    // No CLONE_NEWNET: the network namespace is made in parallel (see crate::net).
+    let ns = sys::process::flags::NEWNS
         | sys::process::flags::NEWPID
         | sys::process::flags::NEWUTS
         | sys::process::flags::NEWIPC;
-    if spec.network == NetworkMode::None {
-        ns |= sys::process::flags::NEWNET;
-    }
     marks.push(("clone".into(), now_ns()));
-    let forked = sys::process::clone3_fork(ns, cgroup.clone_into_fd())
+    let forked = sys::process::clone3_fork(ns, early_cgroup.as_ref().and_then(|c| c.clone_into_fd()))
         .map_err(io_err("create the sandbox's namespaces"))?;
     let (pid, pidfd) = match forked {
         sys::process::Forked::Child => setup::child_main(ChildSetup {
@@ -257,11 +265,44 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
             control: control_child.as_fd(),
             exec_status: exec_write.as_fd(),
             stdio: child_stdio,
-            cgroup_tasks: cgroup.self_join_fds(),
+            cgroup_tasks: early_cgroup.as_ref().map_or(&[][..], |c| c.self_join_fds()),
+            late_cgroup: early_cgroup.is_none(),
+            late_netns: spec.network == NetworkMode::None,
             winsize,
         }),
         sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
+    marks.push(("clone returned".into(), now_ns()));
+    if spec.network == NetworkMode::None {
+        let socket = control_parent
+            .try_clone()
+            .map_err(io_err("share the control socket"))?;
+        std::thread::Builder::new()
+            .name("nsbox-netns".into())
+            .spawn(move || send_network_namespace(socket))
+            .map_err(io_err("start the network namespace thread"))?;
+    }
+    let cgroup = match early_cgroup {
+        Some(cgroup) => cgroup,
+        None => {
+            let cgroup = SandboxCgroup::create(&layout, &spec.id, &limits);
+            let cgroup = match cgroup {
+                Ok(cgroup) => cgroup,
+                Err(e) => {
+                    let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+                    let _ = rustix::process::waitid(
+                        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                        WaitIdOptions::EXITED,
+                    );
+                    return Err(e.into());
+                }
+            };
+            crate::cgroup::hold_in_use(&cgroup);
+            marks.push(("cgroup created".into(), now_ns()));
+            cgroup
+        }
+    };
+    let mut warnings: Vec<String> = cgroup.warnings().to_vec();
     // The child's ends belong to the child now.
     drop(control_child);
     drop(exec_write);
@@ -289,6 +330,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         pid,
         pidfd: Some(pidfd),
         cgroup: Some(cgroup),
+        late_cgroup: !uses_v2,
         control: Some(control_parent),
         exec_status: Some(exec_read),
         exec_buf: Vec::new(),
@@ -361,6 +403,21 @@ fn arm_timer(limit: Duration) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Runs on its own thread: creates the sandbox's network namespace and sends it to the child.
+fn send_network_namespace(socket: OwnedFd) {
+    let result = crate::net::create_isolated_namespace();
+    let _ = match result {
+        Ok(ns) => control::send(socket.as_fd(), &ToSandbox::NetNamespace, &[ns.as_fd()]),
+        Err(e) => control::send(
+            socket.as_fd(),
+            &ToSandbox::NetFailed {
+                message: e.to_string(),
+            },
+            &[],
+        ),
+    };
+}
+
 /// Restores the caller's terminal settings when dropped.
 struct RawTerminal {
     fd: BorrowedFd<'static>,
@@ -381,6 +438,8 @@ struct Running<'a> {
     pid: i32,
     pidfd: Option<OwnedFd>,
     cgroup: Option<SandboxCgroup>,
+    /// The child joins the cgroup when the id maps are written (cgroup v1 hosts).
+    late_cgroup: bool,
     control: Option<OwnedFd>,
     exec_status: Option<OwnedFd>,
     exec_buf: Vec<u8>,
@@ -639,7 +698,11 @@ impl Running<'_> {
                 (ToSupervisor::NeedMaps, _) => {
                     self.marks.push(("maps requested".into(), now_ns()));
                     self.write_id_maps()?;
-                    control::send(fd.as_fd(), &ToSandbox::MapsWritten, &[])
+                    let tasks: Vec<BorrowedFd<'_>> = match (&self.cgroup, self.late_cgroup) {
+                        (Some(cgroup), true) => cgroup.self_join_fds().iter().map(|f| f.as_fd()).collect(),
+                        _ => Vec::new(),
+                    };
+                    control::send(fd.as_fd(), &ToSandbox::MapsWritten, &tasks)
                         .map_err(io_err("answer the sandbox"))?;
                 }
                 (ToSupervisor::SetupFailed { step, message }, _) => {
@@ -765,7 +828,7 @@ impl Running<'_> {
         if self.spec.io.json {
             let mut chunks = Vec::new();
             if !data.is_empty() {
-                chunks.extend(self.chunkers[stream].push(data));
+                chunks = self.chunkers[stream].push(data);
             }
             if end {
                 chunks.extend(self.chunkers[stream].finish());

@@ -309,3 +309,11 @@ pub fn decode_wait_status(status: libc::c_int) -> (Option<i32>, Option<i32>) {
         (None, None)
     }
 }
+
+/// setns(2): moves the calling thread into the namespace `fd` refers to.
+pub fn setns(fd: std::os::fd::BorrowedFd<'_>, ns_flag: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns takes a descriptor we borrow for the call and a flag; no memory is passed.
+    let ret = unsafe { libc::setns(fd.as_raw_fd(), ns_flag as libc::c_int) };
+    check(ret as libc::c_long).map(drop)
+}
