@@ -94,11 +94,29 @@ pub(crate) fn check(prog: &[libc::sock_filter]) {
 
 /// Runs `prog` on `data` and returns the filter's `SECCOMP_RET_*` value.
 pub(crate) fn run(prog: &[libc::sock_filter], data: &SeccompData) -> u32 {
+    trace(prog, data).ret
+}
+
+/// What one run of a program did, for path-length checks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Trace {
+    /// The filter's `SECCOMP_RET_*` value.
+    pub(crate) ret: u32,
+    /// Instructions executed, the final `ret` included.
+    pub(crate) executed: usize,
+    /// Instructions executed before the first load of an argument word (all of them when the
+    /// program never reads an argument): the cost of finding the syscall's handler.
+    pub(crate) dispatch: usize,
+}
+
+/// Runs `prog` on `data`, counting the instructions executed.
+pub(crate) fn trace(prog: &[libc::sock_filter], data: &SeccompData) -> Trace {
     let bytes = data.bytes();
     let mut acc: u32 = 0;
     let mut pc = 0usize;
+    let mut dispatch = None;
     // Jumps only go forward, so the program terminates within `prog.len()` steps.
-    for _ in 0..=prog.len() {
+    for executed in 1..=prog.len() + 1 {
         let insn = prog
             .get(pc)
             .unwrap_or_else(|| panic!("fell off the program at {pc}"));
@@ -106,12 +124,19 @@ pub(crate) fn run(prog: &[libc::sock_filter], data: &SeccompData) -> u32 {
         pc += 1;
         if code == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS {
             let at = insn.k as usize;
+            if at >= 16 && dispatch.is_none() {
+                dispatch = Some(executed - 1);
+            }
             let word: [u8; 4] = bytes[at..at + 4].try_into().expect("4 bytes");
             acc = u32::from_le_bytes(word);
         } else if code == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K {
             acc &= insn.k;
         } else if code == libc::BPF_RET | libc::BPF_K {
-            return insn.k;
+            return Trace {
+                ret: insn.k,
+                executed,
+                dispatch: dispatch.unwrap_or(executed),
+            };
         } else if code == libc::BPF_JMP | libc::BPF_JA {
             pc += insn.k as usize;
         } else {
@@ -212,6 +237,14 @@ mod tests {
         assert_eq!(run(&prog, &with(8, 6 << 32)), 2);
         assert_eq!(run(&prog, &with(8, 4 << 32)), 3);
         assert_eq!(run(&prog, &with(8, 1 << 32)), 4);
+        let t = trace(&prog, &with(7, 0));
+        assert_eq!((t.executed, t.dispatch), (3, 3));
+        let t = trace(&prog, &with(8, 1 << 32));
+        assert_eq!(
+            (t.executed, t.dispatch),
+            (8, 2),
+            "ld nr and jeq come before ld arg"
+        );
     }
 
     #[test]

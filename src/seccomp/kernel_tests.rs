@@ -896,3 +896,110 @@ fn i386_int80_syscall_kills_the_process() {
         report.status
     );
 }
+
+/// Forks a child that sets no_new_privs and installs `filter`; returns how long the
+/// `seccomp(SECCOMP_SET_MODE_FILTER)` call took, in nanoseconds.
+fn time_install_in_child(filter: &BpfProgram) -> u64 {
+    let mut pipe = [0 as libc::c_int; 2];
+    // SAFETY: a valid out array of two descriptors.
+    let rc = unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2");
+    // SAFETY: the child only makes raw syscalls (install_filter does not allocate) and leaves
+    // with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let now = || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: a valid out pointer; clock_gettime is async-signal-safe.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        };
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            // SAFETY: async-signal-safe exit.
+            unsafe { libc::_exit(101) }
+        }
+        let start = now();
+        let installed = install_filter(filter).is_ok();
+        let elapsed = now() - start;
+        let code = if installed { 0 } else { 102 };
+        // SAFETY: writes the 8 bytes of a local u64.
+        unsafe { libc::write(pipe[1], (&elapsed as *const u64).cast(), 8) };
+        // SAFETY: async-signal-safe exit.
+        unsafe { libc::_exit(code) }
+    }
+    // SAFETY: closing the parent's copy of the write end.
+    unsafe { libc::close(pipe[1]) };
+    let raw = read_with_timeout(pipe[0], Duration::from_secs(30));
+    // SAFETY: closing our read end.
+    unsafe { libc::close(pipe[0]) };
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; `status` is a valid out pointer.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid, "waitpid");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x} (101: no_new_privs, 102: install_filter)"
+    );
+    u64::from_ne_bytes(raw.as_slice().try_into().expect("8 bytes"))
+}
+
+/// Path lengths of `filter` as the test interpreter counts them, with all arguments zero.
+fn describe_paths(filter: &BpfProgram) -> String {
+    use super::bpf_interpreter::{trace, SeccompData};
+    use super::syscalls;
+    let table = syscalls::native_table();
+    let highest = table.iter().map(|&(_, nr)| nr).max().unwrap_or(0);
+    let dispatch =
+        |nr: u32| trace(filter.instructions(), &SeccompData::native(nr, [0; 6])).dispatch;
+    let listed: Vec<usize> = table.iter().map(|&(_, nr)| dispatch(nr)).collect();
+    let all: Vec<usize> = (0..=highest).map(dispatch).collect();
+    let worst = (0..=1100).map(dispatch).max().unwrap_or(0);
+    let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len() as f64;
+    format!(
+        "{} instructions; dispatch path (instructions before the first argument load): \
+         worst {worst} over 0..=1100, mean {:.1} over the {} named syscalls, \
+         mean {:.1} over 0..={highest} (what the kernel's cache emulates)",
+        filter.len(),
+        mean(&listed),
+        listed.len(),
+        mean(&all),
+    )
+}
+
+/// Not a check: prints what installing the default filter costs on this kernel, next to a
+/// trivial filter. Run in release mode:
+/// `cargo test --release --lib install_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run with --ignored --nocapture in release mode"]
+fn install_cost_of_the_default_filter() {
+    const RUNS: usize = 300;
+    let trivial = SeccompPolicy::parse("default_action = \"allow\"\n", "trivial")
+        .and_then(|p| p.compile())
+        .expect("trivial profile compiles");
+    let default = default_filter();
+    let mut times = [Vec::with_capacity(RUNS), Vec::with_capacity(RUNS)];
+    // Interleaved so that noise from other work on the machine hits both alike.
+    for _ in 0..RUNS {
+        times[0].push(time_install_in_child(&trivial));
+        times[1].push(time_install_in_child(&default));
+    }
+    for ((name, filter), times) in [("trivial", &trivial), ("default", &default)]
+        .into_iter()
+        .zip(&mut times)
+    {
+        times.sort_unstable();
+        let us = |ns: u64| ns as f64 / 1000.0;
+        eprintln!(
+            "{name}: install median {:.1} µs (min {:.1}, p90 {:.1}) over {RUNS} runs; {}",
+            us(times[RUNS / 2]),
+            us(times[0]),
+            us(times[RUNS * 9 / 10]),
+            describe_paths(filter)
+        );
+    }
+}
