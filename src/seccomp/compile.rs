@@ -134,6 +134,17 @@ impl BpfProgram {
     pub fn instructions(&self) -> &[libc::sock_filter] {
         &self.instructions
     }
+
+    /// A program this compiler produced earlier, stored as (code, jt, jf, k) tuples
+    /// (see `precompiled.rs`).
+    pub(super) fn from_tuples(tuples: &[(u16, u8, u8, u32)]) -> BpfProgram {
+        BpfProgram {
+            instructions: tuples
+                .iter()
+                .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+                .collect(),
+        }
+    }
 }
 
 /// Compiles `policy` for the native architecture.

@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::profile::{self, NetworkMode, Profile, RootChoice, SysMode};
-use crate::seccomp::{SeccompError, SeccompPolicy};
+use crate::seccomp::{PolicyRef, SeccompError, SeccompPolicy};
 use units::{ByteSize, CpuQuota};
 
 /// How many ids the sandbox's user namespace maps (inside 0..65536).
@@ -193,7 +193,7 @@ pub struct SandboxSpec {
     /// Values masked as `***` in everything nsbox relays.
     pub secrets: Vec<String>,
     pub io: IoMode,
-    pub seccomp: SeccompPolicy,
+    pub seccomp: PolicyRef,
     pub timings: bool,
 }
 
@@ -398,14 +398,14 @@ impl SandboxSpec {
     }
 }
 
-fn load_seccomp(name_or_path: &str) -> Result<SeccompPolicy, SpecError> {
+fn load_seccomp(name_or_path: &str) -> Result<PolicyRef, SpecError> {
     if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
         let text = std::fs::read_to_string(name_or_path).map_err(|e| {
             SpecError::Invalid(format!("cannot read seccomp policy {name_or_path}: {e}"))
         })?;
-        Ok(SeccompPolicy::parse(&text, name_or_path)?)
+        Ok(PolicyRef::Parsed(SeccompPolicy::parse(&text, name_or_path)?))
     } else {
-        Ok(SeccompPolicy::builtin(name_or_path)?)
+        Ok(PolicyRef::builtin(name_or_path)?)
     }
 }
 
