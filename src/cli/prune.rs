@@ -1,7 +1,8 @@
 //! `nsbox prune`: removes what nsbox processes that were killed (SIGKILL, power loss) left on
 //! the host. A one-shot sandbox keeps nothing on the host but its cgroup (its mounts and
 //! namespaces die with its processes), so leftovers are `nsbox-<id>` cgroups that are empty
-//! and not held by a live nsbox.
+//! and not held by a live nsbox. It also removes cached mask layers (see
+//! `crate::rootfs::mask`) that no running sandbox uses.
 
 use std::time::Duration;
 
@@ -66,6 +67,11 @@ pub fn run(args: PruneArgs) -> i32 {
         }
     }
     if !args.dry_run {
+        // Cached mask layers no running sandbox uses (rebuilt on the next run when needed).
+        let layers = crate::rootfs::mask::prune();
+        if layers > 0 {
+            println!("removed  {layers} unused cached mask layer(s)");
+        }
         println!("{removed} leftover(s) removed");
     }
     if failed {

@@ -108,10 +108,17 @@ pub fn read_self() -> Result<Vec<MountEntry>, MountinfoError> {
 
 /// Read and parse a mountinfo file at `path` (e.g. `/proc/<pid>/mountinfo`).
 pub fn read_path(path: &Path) -> Result<Vec<MountEntry>, MountinfoError> {
-    let text = std::fs::read_to_string(path).map_err(|source| MountinfoError::Read {
+    let err = |source| MountinfoError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // The kernel regenerates the text on every read: one large read instead of many growing
+    // ones (read_to_string starts with a tiny buffer).
+    let mut bytes = Vec::with_capacity(64 * 1024);
+    std::io::Read::read_to_end(&mut std::fs::File::open(path).map_err(err)?, &mut bytes)
+        .map_err(err)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     parse(&text)
 }
 

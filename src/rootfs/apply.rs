@@ -211,6 +211,26 @@ pub fn build_new_root(
     Ok(new_root)
 }
 
+/// Applies upper-layer operations to `dir` (a directory of the host) as seen over `lowers`:
+/// how the cached mask layer ([`super::mask`]) is built.
+pub fn prepare_layer(
+    dir: BorrowedFd<'_>,
+    lowers: &[BorrowedFd<'_>],
+    ids: IdMap,
+    ops: &[UpperOp],
+) -> Result<(), RootfsError> {
+    let layer = UpperLayer {
+        upper: dir,
+        lowers: lowers.to_vec(),
+        ids,
+        dirs: Default::default(),
+    };
+    for op in ops {
+        layer.apply(op)?;
+    }
+    Ok(())
+}
+
 /// Overlay options separate layers with ':' and options with ','; both are escaped with '\'.
 fn escape_overlay_path(path: &Path) -> String {
     let mut out = String::new();

@@ -13,6 +13,7 @@
 //! the mounts disappear with the sandbox's last process.
 
 pub mod apply;
+pub mod mask;
 pub mod plan;
 
 pub use plan::{build as build_plan, HostFacts, MountOp, RootfsPlan, UpperOp};

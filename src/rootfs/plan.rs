@@ -13,7 +13,11 @@ pub struct RootfsPlan {
     pub lowers: Vec<PathBuf>,
     /// Size of the tmpfs holding the overlay's upper and work directories.
     pub scratch_size: ByteSize,
-    /// Prepared in the upper directory before the overlay is mounted.
+    /// Changes that are the same for every sandbox with this profile on this host (what the
+    /// host root hides, the accounts). The supervisor builds them once into a cached lower layer
+    /// (see [`super::mask`]); when it cannot, they are moved to `upper`.
+    pub shared: Vec<UpperOp>,
+    /// Prepared in the upper directory before the overlay is mounted (per sandbox).
     pub upper: Vec<UpperOp>,
     /// Host paths opened before pivot_root; [`MountOp::Bind`] and [`MountOp::CopyIn`] refer to
     /// them by index.
@@ -229,7 +233,7 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
     };
     let replace_accounts = matches!(spec.root, RootChoice::Host);
 
-    let mut upper: Vec<UpperOp> = Vec::new();
+    let mut shared: Vec<UpperOp> = Vec::new();
     if replace_accounts {
         let mut keep = spec.host_root_visible.clone();
         // The sandbox's own mount points must exist whatever the profile says.
@@ -238,19 +242,20 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
                 keep.push(own.to_string());
             }
         }
-        upper.push(UpperOp::KeepOnlyTopLevel(keep));
+        shared.push(UpperOp::KeepOnlyTopLevel(keep));
     }
-    upper.extend(spec.hide.iter().cloned().map(UpperOp::Hide));
-    upper.push(UpperOp::Accounts {
+    shared.extend(spec.hide.iter().cloned().map(UpperOp::Hide));
+    shared.push(UpperOp::Accounts {
         path: "/etc/passwd".into(),
         lines: passwd_lines(spec.uid, spec.gid),
         merge: !replace_accounts,
     });
-    upper.push(UpperOp::Accounts {
+    shared.push(UpperOp::Accounts {
         path: "/etc/group".into(),
         lines: group_lines(spec.gid),
         merge: !replace_accounts,
     });
+    let mut upper: Vec<UpperOp> = Vec::new();
     upper.push(UpperOp::WriteFile {
         path: "/etc/hostname".into(),
         contents: format!("{}\n", spec.hostname).into_bytes(),
@@ -372,9 +377,15 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         });
     }
 
+    // A chosen root directory's own accounts are merged per sandbox (its files are its own
+    // business, and they may change between runs); only the host root's layer is cached.
+    if !replace_accounts {
+        upper.splice(0..0, shared.drain(..));
+    }
     RootfsPlan {
         lowers,
         scratch_size: spec.sizes.root,
+        shared,
         upper,
         host_sources,
         mounts,
@@ -533,7 +544,7 @@ mod tests {
             );
         }
         let passwd = plan
-            .upper
+            .shared
             .iter()
             .find_map(|op| match op {
                 UpperOp::Accounts { path, lines, merge } if path == Path::new("/etc/passwd") => {

@@ -320,3 +320,26 @@ pub fn setns(fd: std::os::fd::BorrowedFd<'_>, ns_flag: u64) -> io::Result<()> {
     let ret = unsafe { libc::setns(fd.as_raw_fd(), ns_flag as libc::c_int) };
     check(ret as libc::c_long).map(drop)
 }
+
+/// Moves the calling thread off the CPU it runs on, to the other CPUs it may use, and returns
+/// its previous CPU mask (None when it may use only one CPU). A child just forked is queued on
+/// the parent's CPU and waits there while the parent stays busy; stepping aside lets it start
+/// at once while the parent works in parallel elsewhere.
+pub fn step_aside() -> Option<rustix::thread::CpuSet> {
+    let original = rustix::thread::sched_getaffinity(None).ok()?;
+    let current = rustix::thread::sched_getcpu();
+    let mut others = original.clone();
+    others.unset(current);
+    if others.count() == 0 {
+        return None;
+    }
+    rustix::thread::sched_setaffinity(None, &others).ok()?;
+    Some(original)
+}
+
+/// Restores a CPU mask saved by [`step_aside`].
+pub fn restore_affinity(original: Option<rustix::thread::CpuSet>) {
+    if let Some(mask) = original {
+        let _ = rustix::thread::sched_setaffinity(None, &mask);
+    }
+}
