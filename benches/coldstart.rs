@@ -202,22 +202,25 @@ fn phase_table(nsbox: &Path, runs: usize) {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stderr);
-        let mut previous = 0.0;
+        // Lines look like "   2.278  +  1.745  child started" and "   7.461            total".
         for line in text.lines().skip(1) {
-            let mut words = line.split_whitespace();
-            let (Some(at), Some(_delta)) = (words.next(), words.next()) else { continue };
-            let Ok(at) = at.parse::<f64>() else { continue };
-            let label: String = words.collect::<Vec<_>>().join(" ");
-            let label = if label.is_empty() { "total".to_string() } else { label };
-            let delta = if label == "total" { at } else { at - previous };
-            previous = at;
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (label, value) = match words.as_slice() {
+                [at, "total"] => ("total".to_string(), at.parse::<f64>()),
+                [_, "+", delta, rest @ ..] => (rest.join(" "), delta.parse::<f64>()),
+                [_, delta, rest @ ..] if delta.starts_with('+') => {
+                    (rest.join(" "), delta.trim_start_matches('+').parse::<f64>())
+                }
+                _ => continue,
+            };
+            let Ok(value) = value else { continue };
             match phases.iter_mut().find(|(l, _)| *l == label) {
-                Some((_, v)) => v.push(delta),
-                None => phases.push((label, vec![delta])),
+                Some((_, v)) => v.push(value),
+                None => phases.push((label, vec![value])),
             }
         }
     }
-    println!("\nwhere nsbox's time goes (median of {runs} runs of `nsbox exec --timings -- /bin/true`, ms):");
+    println!("\nwhere nsbox's time goes (median of {runs} runs of `nsbox exec --timings -- /bin/true`, ms since the previous mark; marks from the supervisor and the sandbox interleave):");
     for (label, values) in &mut phases {
         println!("  {:>7.3}  {label}", percentile(values, 0.5));
     }

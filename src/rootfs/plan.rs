@@ -529,7 +529,7 @@ mod tests {
         let plan = build(&spec, &HostFacts::default());
         assert_eq!(plan.lowers, vec![PathBuf::from("/")]);
         let keep = plan
-            .upper
+            .shared
             .iter()
             .find_map(|op| match op {
                 UpperOp::KeepOnlyTopLevel(keep) => Some(keep.clone()),
@@ -539,7 +539,7 @@ mod tests {
         assert!(keep.iter().any(|k| k == "usr") && keep.iter().any(|k| k == "proc"));
         for hidden in ["/home", "/root", "/run", "/tmp", "/var/tmp"] {
             assert!(
-                plan.upper.contains(&UpperOp::Hide(hidden.into())),
+                plan.shared.contains(&UpperOp::Hide(hidden.into())),
                 "{hidden}"
             );
         }
@@ -572,6 +572,7 @@ mod tests {
                 .any(|op| matches!(op, UpperOp::KeepOnlyTopLevel(_))),
             "a chosen rootfs is shown whole"
         );
+        assert!(plan.shared.is_empty(), "a chosen rootfs gets no cached layer");
         assert!(plan
             .upper
             .iter()
