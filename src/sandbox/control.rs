@@ -16,8 +16,6 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum ToSupervisor {
-    /// The init created its user namespace: write its uid/gid maps.
-    NeedMaps,
     /// Setup failed at `step`; the sandbox is about to exit.
     SetupFailed { step: String, message: String },
     /// The workload process exists (its exec follows). A pty master may be attached.
@@ -37,17 +35,21 @@ pub enum ToSupervisor {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum ToSandbox {
-    /// The uid/gid maps are written; go on. When the cgroup was created after clone (cgroup v1
-    /// hosts), its `tasks` descriptors are attached: join it now.
-    MapsWritten,
+    /// The sandbox's user namespace (mapped), attached first; when the cgroup was created after
+    /// clone (cgroup v1 hosts), its `tasks` descriptors follow: join it, then the namespace.
+    Identity,
     /// The sandbox's network namespace, attached (created in parallel by the supervisor).
     NetNamespace,
     /// The network namespace could not be created.
     NetFailed { message: String },
+    /// The user namespace or the cgroup could not be made; the sandbox must give up.
+    IdentityFailed { message: String },
 }
 
 /// Largest message accepted (marks and warnings are small).
 const MAX_MESSAGE: usize = 64 * 1024;
+/// Most descriptors one message carries (the user namespace and up to three v1 cgroups).
+const MAX_FDS: usize = 4;
 
 /// Sends one message, with `fds` attached.
 pub fn send<T: Serialize>(
@@ -56,7 +58,7 @@ pub fn send<T: Serialize>(
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
     let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other(
@@ -73,7 +75,7 @@ pub fn send<T: Serialize>(
 /// other side is gone); `WouldBlock` when nothing is waiting on a non-blocking socket.
 pub fn recv<T: DeserializeOwned>(socket: BorrowedFd<'_>) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [io::IoSliceMut::new(&mut buf)];
     let result = rustix::net::recvmsg(socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)

@@ -18,8 +18,9 @@
 //!     which shows the mounting process's network devices;
 //!  8. mount /proc, /dev, /sys, /tmp, /sandbox, masks, user binds, copies; root read-only;
 //!  9. hostname and loopback — the UTS and network namespaces are ours;
-//! 10. unshare the user namespace (which owns none of the other namespaces) and have the
-//!     supervisor write its uid/gid maps — from here on this process is never host root;
+//! 10. join the user namespace the supervisor made and mapped in parallel (it owns none of
+//!     the other namespaces) — from here on this process is never host root (on v1 hosts
+//!     the cgroup, made in parallel too, is joined just before);
 //! 11. drop to the sandbox uid/gid: bounding set emptied, securebits locked, capabilities
 //!     cleared, no_new_privs — shared by init and workload;
 //! 12. seccomp last: nothing privileged is left to do, so the filter goes on now, once, in the
@@ -189,21 +190,31 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     }
     marks.push(("hostname set".into(), now_ns()));
 
-    // 10. The user namespace. It owns none of the sandbox's other namespaces, so even a
-    //     process that regained every capability inside it could not touch the mounts, the
-    //     network or the hostname.
-    sys::process::unshare(sys::process::flags::NEWUSER).map_err(at("create user namespace"))?;
-    control::send(s.control, &ToSupervisor::NeedMaps, &[]).map_err(at("ask for id maps"))?;
+    // 10. Identity: join the cgroup (on v1 hosts, while still real root), then the user
+    //     namespace the supervisor created and mapped in parallel. It owns none of the
+    //     sandbox's other namespaces, so even a process that regained every capability inside
+    //     it could not touch the mounts, the network or the hostname.
     match control::recv::<ToSandbox>(s.control) {
-        Ok(Some((ToSandbox::MapsWritten, tasks))) => {
+        Ok(Some((ToSandbox::Identity, fds))) => {
+            let mut fds = fds.into_iter();
+            let userns = fds
+                .next()
+                .ok_or_else(|| at("join user namespace")("no descriptor attached"))?;
             if s.late_cgroup {
+                let tasks: Vec<OwnedFd> = fds.collect();
                 join_cgroup(&tasks)?;
             }
-            drop(tasks);
+            sys::process::setns(userns.as_fd(), sys::process::flags::NEWUSER)
+                .map_err(at("join user namespace"))?;
         }
-        Ok(Some((other, _))) => return Err(at("wait for id maps")(format!("unexpected message {other:?}"))),
+        Ok(Some((ToSandbox::IdentityFailed { message }, _))) => {
+            return Err(at("prepare user namespace")(message))
+        }
+        Ok(Some((other, _))) => {
+            return Err(at("join user namespace")(format!("unexpected message {other:?}")))
+        }
         Ok(None) => sys::process::exit_now(exit::NSBOX_FAILED),
-        Err(e) => return Err(at("wait for id maps")(e)),
+        Err(e) => return Err(at("join user namespace")(e)),
     }
     marks.push(("user namespace mapped".into(), now_ns()));
 
@@ -447,7 +458,7 @@ fn exec_workload(s: &ChildSetup<'_>, cmd: &Command, tty: Option<BorrowedFd<'_>>)
             errno(e),
         );
     }
-    if let Err(e) = sys::signal::reset_all() {
+    if let Err(e) = sys::signal::reset_for_exec() {
         return setup_failure("reset signals", e);
     }
     if let Err(e) = sys::fs::cloexec_from(3) {

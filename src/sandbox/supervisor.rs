@@ -292,11 +292,10 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
     marks.push(("clone returned".into(), now_ns()));
-    // While the child builds its filesystem: its network namespace (first: it is needed
-    // sooner), then on v1 hosts its cgroup. Step off this CPU so the child, queued here,
+    // While the child builds its filesystem: its network namespace (needed first), on v1
+    // hosts its cgroup, then its user namespace. Step off this CPU so the child, queued here,
     // starts at once instead of after this work.
-    let parallel_work = spec.network == NetworkMode::None || early_cgroup.is_none();
-    let saved_affinity = if parallel_work { sys::process::step_aside() } else { None };
+    let saved_affinity = sys::process::step_aside();
     if spec.network == NetworkMode::None {
         send_network_namespace(control_parent.as_fd());
         marks.push(("network namespace created".into(), now_ns()));
@@ -321,6 +320,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
             cgroup
         }
     };
+    send_identity(control_parent.as_fd(), spec, &cgroup, !uses_v2);
+    marks.push(("user namespace created".into(), now_ns()));
     sys::process::restore_affinity(saved_affinity);
     let mut warnings: Vec<String> = cgroup.warnings().to_vec();
     // The child's ends belong to the child now.
@@ -350,7 +351,6 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         pid,
         pidfd: Some(pidfd),
         cgroup: Some(cgroup),
-        late_cgroup: !uses_v2,
         control: Some(control_parent),
         exec_status: Some(exec_read),
         exec_buf: Vec::new(),
@@ -423,6 +423,28 @@ fn arm_timer(limit: Duration) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Creates the sandbox's user namespace (mapped) and sends it to the child, with the cgroup's
+/// `tasks` descriptors when the child joins its cgroup late (cgroup v1 hosts).
+fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgroup, late: bool) {
+    let result = sys::process::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX);
+    let _ = match result {
+        Ok(userns) => {
+            let mut fds = vec![userns.as_fd()];
+            if late {
+                fds.extend(cgroup.self_join_fds().iter().map(|f| f.as_fd()));
+            }
+            control::send(socket, &ToSandbox::Identity, &fds)
+        }
+        Err(e) => control::send(
+            socket,
+            &ToSandbox::IdentityFailed {
+                message: format!("cannot create the sandbox's user namespace: {e}"),
+            },
+            &[],
+        ),
+    };
+}
+
 /// Creates the sandbox's network namespace and sends it to the child.
 fn send_network_namespace(socket: BorrowedFd<'_>) {
     let result = crate::net::create_isolated_namespace();
@@ -458,8 +480,6 @@ struct Running<'a> {
     pid: i32,
     pidfd: Option<OwnedFd>,
     cgroup: Option<SandboxCgroup>,
-    /// The child joins the cgroup when the id maps are written (cgroup v1 hosts).
-    late_cgroup: bool,
     control: Option<OwnedFd>,
     exec_status: Option<OwnedFd>,
     exec_buf: Vec<u8>,
@@ -708,23 +728,12 @@ impl Running<'_> {
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                    self.control = None;
-                    return Ok(());
-                }
+                // The sandbox ended with our messages unread: the kernel reports that once,
+                // ahead of what it had already sent us (say, why setup failed). Keep reading.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => continue,
                 Err(e) => return Err(io_err("read from the sandbox")(e)),
             };
             match received {
-                (ToSupervisor::NeedMaps, _) => {
-                    self.marks.push(("maps requested".into(), now_ns()));
-                    self.write_id_maps()?;
-                    let tasks: Vec<BorrowedFd<'_>> = match (&self.cgroup, self.late_cgroup) {
-                        (Some(cgroup), true) => cgroup.self_join_fds().iter().map(|f| f.as_fd()).collect(),
-                        _ => Vec::new(),
-                    };
-                    control::send(fd.as_fd(), &ToSandbox::MapsWritten, &tasks)
-                        .map_err(io_err("answer the sandbox"))?;
-                }
                 (ToSupervisor::SetupFailed { step, message }, _) => {
                     self.setup_failure = Some((step, message));
                 }
@@ -743,15 +752,6 @@ impl Running<'_> {
                 }
             }
         }
-    }
-
-    fn write_id_maps(&self) -> Result<(), SandboxError> {
-        let map = format!("0 {} {}\n", self.spec.uid_base, IDS_IN_SANDBOX);
-        std::fs::write(format!("/proc/{}/uid_map", self.pid), &map)
-            .map_err(io_err("write uid_map"))?;
-        std::fs::write(format!("/proc/{}/gid_map", self.pid), &map)
-            .map_err(io_err("write gid_map"))?;
-        Ok(())
     }
 
     fn attach_terminal(&mut self, master: OwnedFd) -> Result<(), SandboxError> {

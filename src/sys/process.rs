@@ -343,3 +343,42 @@ pub fn restore_affinity(original: Option<rustix::thread::CpuSet>) {
         let _ = rustix::thread::sched_setaffinity(None, &mask);
     }
 }
+
+/// Creates a user namespace mapping inside ids 0..`count` to host ids `base`.. and returns a
+/// descriptor for it. A user namespace needs a process to be created and mapped, so a
+/// throw-away child is cloned into one, mapped, referenced, and ended. The caller must be
+/// single-threaded (see [`clone3_fork`]).
+pub fn create_user_namespace(base: u32, count: u32) -> io::Result<OwnedFd> {
+    use std::os::fd::AsFd;
+    let (wait_read, wait_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
+    match clone3_fork(flags::NEWUSER, None)? {
+        Forked::Child => {
+            // Wait until the parent has what it needs (the pipe closes), then vanish.
+            drop(wait_write);
+            let mut byte = [0u8; 1];
+            let _ = rustix::io::read(&wait_read, &mut byte);
+            exit_now(0)
+        }
+        Forked::Parent { pid, pidfd } => {
+            drop(wait_read);
+            let map = format!("0 {base} {count}\n");
+            let result = std::fs::write(format!("/proc/{pid}/uid_map"), &map)
+                .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), &map))
+                .and_then(|()| {
+                    rustix::fs::open(
+                        format!("/proc/{pid}/ns/user").as_str(),
+                        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                        rustix::fs::Mode::empty(),
+                    )
+                    .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
+                });
+            drop(wait_write);
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+            result
+        }
+    }
+}

@@ -40,16 +40,12 @@ pub fn block(set: &SignalSet) -> io::Result<()> {
     Ok(())
 }
 
-/// Unblocks every signal and resets every disposition to the default, as a freshly exec'd
-/// program expects (Rust's runtime ignores SIGPIPE, which must not leak into the workload).
-pub fn reset_all() -> io::Result<()> {
-    for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: setting SIG_DFL installs no handler code; invalid numbers just fail.
-        unsafe { libc::signal(sig, libc::SIG_DFL) };
-    }
+/// Prepares signals for execve, as a freshly started program expects: every signal unblocked
+/// and none ignored. execve itself resets caught signals to their defaults; only ignored ones
+/// survive it, and the only one nsbox ignores is SIGPIPE (Rust's runtime does that at start).
+pub fn reset_for_exec() -> io::Result<()> {
+    // SAFETY: setting SIG_DFL installs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     // SAFETY: an empty set is valid; unblocking everything touches only our mask.
     let ret = unsafe {
         let mut empty = std::mem::zeroed::<libc::sigset_t>();
