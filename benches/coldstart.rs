@@ -35,7 +35,8 @@ fn main() {
     let crun_note = private_cgroup_view();
 
     let nsbox = PathBuf::from(env!("CARGO_BIN_EXE_nsbox"));
-    let mut tools = vec![Tool {
+    let mut tools =
+        vec![Tool {
         name: "nsbox",
         argv: vec![nsbox.display().to_string(), "exec".into(), "--".into(), "/bin/true".into()],
         does: "user+pid+mount+net+uts+ipc+cgroup ns, overlay root, cgroup limits, seccomp, uid 100",
@@ -92,7 +93,10 @@ fn main() {
             }
         }
         println!("\n{mode}:");
-        println!("  {:<6} {:>9} {:>9} {:>9}   {}", "tool", "median", "p10", "p90", "isolation");
+        println!(
+            "  {:<6} {:>9} {:>9} {:>9}   {}",
+            "tool", "median", "p10", "p90", "isolation"
+        );
         let medians: Vec<f64> = samples.iter_mut().map(|s| percentile(s, 0.5)).collect();
         for (i, tool) in tools.iter().enumerate() {
             let s = &mut samples[i];
@@ -106,7 +110,11 @@ fn main() {
             );
         }
         for (i, tool) in tools.iter().enumerate().skip(1) {
-            println!("  nsbox/{:<5} median ratio: {:.2}", tool.name, medians[0] / medians[i]);
+            println!(
+                "  nsbox/{:<5} median ratio: {:.2}",
+                tool.name,
+                medians[0] / medians[i]
+            );
         }
     }
     phase_table(&nsbox, 30);
@@ -178,14 +186,20 @@ fn private_cgroup_view() -> Option<String> {
     let unified = mountinfo.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
         let mount_point = left.split(' ').nth(4)?;
-        (right.starts_with("cgroup2 ") && mount_point != "/sys/fs/cgroup").then(|| mount_point.to_string())
+        (right.starts_with("cgroup2 ") && mount_point != "/sys/fs/cgroup")
+            .then(|| mount_point.to_string())
     })?;
-    let controllers = std::fs::read_to_string(Path::new(&unified).join("cgroup.controllers")).ok()?;
+    let controllers =
+        std::fs::read_to_string(Path::new(&unified).join("cgroup.controllers")).ok()?;
     if controllers.trim().is_empty() {
         return None;
     }
     nsbox::sys::process::unshare(nsbox::sys::process::flags::NEWNS).ok()?;
-    rustix::mount::mount_change("/", rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC).ok()?;
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )
+    .ok()?;
     rustix::mount::unmount(unified.as_str(), rustix::mount::UnmountFlags::DETACH).ok()?;
     Some(format!(
         "hybrid host: the bench hides the cgroup2 mount at {unified} from all tools so crun runs; nsbox uses the v1 controllers either way"

@@ -14,7 +14,9 @@ use rustix::fs::{Mode, OFlags};
 /// Why the network namespace could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("cannot create a network namespace: {0} — hint: `nsbox doctor` checks namespace support")]
+    #[error(
+        "cannot create a network namespace: {0} — hint: `nsbox doctor` checks namespace support"
+    )]
     Create(io::Error),
     #[error("cannot bring up loopback in the sandbox's network namespace: {0}")]
     Loopback(io::Error),
@@ -37,7 +39,10 @@ pub fn create_isolated_namespace() -> Result<OwnedFd, NetError> {
         .map_err(NetError::Loopback)
         .and_then(|()| open("/proc/thread-self/ns/net"));
     // Back home whatever happened: the caller's own sockets must not end up in the sandbox.
-    crate::sys::process::setns(std::os::fd::AsFd::as_fd(&home), crate::sys::process::flags::NEWNET)
-        .map_err(NetError::Return)?;
+    crate::sys::process::setns(
+        std::os::fd::AsFd::as_fd(&home),
+        crate::sys::process::flags::NEWNET,
+    )
+    .map_err(NetError::Return)?;
     created
 }

@@ -13,6 +13,8 @@ use serde::Deserialize;
 
 use crate::spec::units::{self, ByteSize, CpuQuota, UnitError};
 
+mod precompiled;
+
 /// Profiles compiled into the binary, by name.
 const BUILTIN: &[(&str, &str)] = &[
     ("default", include_str!("../../profiles/default.toml")),
@@ -210,8 +212,13 @@ impl Profile {
         Self::from_text(&origin, &text)
     }
 
-    /// Parses `text` (named `origin` in messages) and applies it on top of the default.
+    /// Parses `text` (named `origin` in messages) and applies it on top of the default. The
+    /// built-in default comes pre-parsed when `precompiled.rs` matches its text (a test keeps
+    /// it so): starting a sandbox then never touches the TOML parser.
     pub fn from_text(origin: &str, text: &str) -> Result<Profile, ProfileError> {
+        if origin == "builtin:default" && precompiled::SOURCE_FNV == DEFAULT_SOURCE_FNV {
+            return Ok(precompiled::default_profile());
+        }
         let default_text = builtin_text("default").unwrap_or_default();
         let base = parse_file("builtin:default", default_text)?;
         let mut resolved = resolve_base(base)?;
@@ -256,6 +263,100 @@ impl Profile {
             }),
         }
     }
+}
+
+/// FNV-1a of the embedded default profile, computed at compile time.
+const DEFAULT_SOURCE_FNV: u64 = fnv1a(BUILTIN[0].1.as_bytes());
+
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// Rust source that rebuilds `p` (for `precompiled.rs`).
+#[cfg(test)]
+fn profile_source(p: &Profile) -> String {
+    let opt = |o: Option<String>| o.map_or("None".to_string(), |v| format!("Some({v})"));
+    let paths = |v: &[PathBuf]| {
+        v.iter()
+            .map(|p| format!("PathBuf::from({:?})", p.display().to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "Profile {{
+        name: {:?}.into(),
+        description: {:?}.into(),
+        memory: {},
+        cpus: {},
+        pids: {:?},
+        timeout: {},
+        max_output: {},
+        root: {},
+        writable_root: {},
+        sandbox_size: ByteSize({}),
+        tmp_size: ByteSize({}),
+        root_size: ByteSize({}),
+        shm_size: ByteSize({}),
+        sys: SysMode::{:?},
+        host_root_visible: vec![{}],
+        hide: vec![{}],
+        mounts: vec![{}],
+        network: NetworkMode::{:?},
+        user: {:?},
+        workdir: PathBuf::from({:?}),
+        seccomp: {:?}.into(),
+        env: BTreeMap::from([{}]),
+    }}",
+        p.name,
+        p.description,
+        opt(p.memory.map(|m| format!("ByteSize({})", m.0))),
+        opt(p.cpus.map(|c| format!("CpuQuota({})", c.0))),
+        p.pids,
+        opt(p
+            .timeout
+            .map(|d| format!("Duration::from_nanos({})", d.as_nanos()))),
+        opt(p.max_output.map(|m| format!("ByteSize({})", m.0))),
+        match &p.root {
+            RootChoice::Host => "RootChoice::Host".to_string(),
+            RootChoice::Dir(d) => format!(
+                "RootChoice::Dir(PathBuf::from({:?}))",
+                d.display().to_string()
+            ),
+        },
+        p.writable_root,
+        p.sandbox_size.0,
+        p.tmp_size.0,
+        p.root_size.0,
+        p.shm_size.0,
+        p.sys,
+        p.host_root_visible
+            .iter()
+            .map(|v| format!("{v:?}.into()"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        paths(&p.hide),
+        p.mounts
+            .iter()
+            .map(|v| format!("{v:?}.into()"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        p.network,
+        p.user,
+        p.workdir.display().to_string(),
+        p.seccomp,
+        p.env
+            .iter()
+            .map(|(k, v)| format!("({k:?}.into(), {v:?}.into())"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 /// Names of the profiles compiled into the binary.
@@ -537,6 +638,45 @@ pub fn valid_env_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keeps `precompiled.rs` equal to the parsed default profile. After changing
+    /// profiles/default.toml (or the Profile type):
+    ///     NSBOX_REGENERATE_PROFILE=1 cargo test --lib profile::tests::precompiled
+    #[test]
+    fn precompiled_default_is_current() {
+        let base = parse_file("builtin:default", BUILTIN[0].1).unwrap();
+        let mut parsed = resolve_base(base).unwrap();
+        parsed.name = "default".into();
+        let wanted = profile_source(&parsed);
+        let current = precompiled::SOURCE_FNV == DEFAULT_SOURCE_FNV
+            && profile_source(&precompiled::default_profile()) == wanted;
+        if current {
+            return;
+        }
+        if std::env::var("NSBOX_REGENERATE_PROFILE").as_deref() == Ok("1") {
+            let out = format!(
+                "//! GENERATED by `NSBOX_REGENERATE_PROFILE=1 cargo test --lib profile::tests::precompiled`.\n\
+                 //! Do not edit. profiles/default.toml, parsed ahead of time, so starting a sandbox\n\
+                 //! does not run the TOML parser; `precompiled_default_is_current` fails when stale.\n\n\
+                 use std::collections::BTreeMap;\nuse std::path::PathBuf;\n#[allow(unused_imports)]\nuse std::time::Duration;\n\n\
+                 #[allow(unused_imports)]\nuse super::{{NetworkMode, Profile, RootChoice, SysMode}};\n\
+                 #[allow(unused_imports)]\nuse crate::spec::units::{{ByteSize, CpuQuota}};\n\n\
+                 /// FNV-1a of the profile text this was made from.\n\
+                 pub(super) const SOURCE_FNV: u64 = {DEFAULT_SOURCE_FNV:#018x};\n\n\
+                 /// The default profile.\n\
+                 #[rustfmt::skip]\n\
+                 pub(super) fn default_profile() -> Profile {{\n    {wanted}\n}}\n"
+            );
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/profile/precompiled.rs");
+            std::fs::write(&path, out).unwrap();
+            eprintln!("regenerated {}", path.display());
+            return;
+        }
+        panic!(
+            "src/profile/precompiled.rs is stale (profiles/default.toml changed): \
+             run NSBOX_REGENERATE_PROFILE=1 cargo test --lib profile::tests::precompiled"
+        );
+    }
 
     #[test]
     fn default_profile_sets_every_key_and_resolves() {

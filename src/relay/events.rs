@@ -158,7 +158,11 @@ mod tests {
     fn binary_output_is_base64() {
         let mut c = Utf8Chunker::default();
         let chunks = c.push(&[b'o', b'k', 0xff, 0xfe, b'x']);
-        assert_eq!(chunks[0].data.as_deref(), Some("ok"), "the valid prefix stays text");
+        assert_eq!(
+            chunks[0].data.as_deref(),
+            Some("ok"),
+            "the valid prefix stays text"
+        );
         assert_eq!(chunks[1].data, None);
         assert_eq!(chunks[1].data_b64.as_deref(), Some("//54"));
         c.push(&[0xe2]);

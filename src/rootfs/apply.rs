@@ -390,7 +390,9 @@ impl UpperLayer<'_> {
                             parent,
                             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                             Mode::empty(),
-                            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_XDEV,
+                            ResolveFlags::NO_SYMLINKS
+                                | ResolveFlags::BENEATH
+                                | ResolveFlags::NO_XDEV,
                         )
                         .is_ok();
                     if !parent_ok {
@@ -482,7 +484,9 @@ impl UpperLayer<'_> {
                 return Ok(None);
             };
             let (mode, uid, gid) = match self.lower_entry(path) {
-                LowerEntry::Found(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                LowerEntry::Found(st)
+                    if FileType::from_raw_mode(st.st_mode) == FileType::Directory =>
+                {
                     (st.st_mode & 0o7777, st.st_uid, st.st_gid)
                 }
                 LowerEntry::Missing => (0o755, self.ids.base, self.ids.base),
@@ -511,7 +515,9 @@ impl UpperLayer<'_> {
             .map_err(|e| fail("prepare upper directory", path)(rustix_err(e)))?
         };
         let fd = std::rc::Rc::new(fd);
-        self.dirs.borrow_mut().insert(path.to_path_buf(), fd.clone());
+        self.dirs
+            .borrow_mut()
+            .insert(path.to_path_buf(), fd.clone());
         Ok(Some(fd))
     }
 

@@ -160,7 +160,10 @@ fn private_dir(path: &Path) -> Result<(), MaskError> {
     } else if st.st_uid != 0 {
         Some(format!("owned by uid {}, not root", st.st_uid))
     } else if st.st_mode & 0o022 != 0 {
-        Some(format!("writable by others (mode {:o})", st.st_mode & 0o7777))
+        Some(format!(
+            "writable by others (mode {:o})",
+            st.st_mode & 0o7777
+        ))
     } else {
         None
     };
@@ -349,8 +352,9 @@ pub fn prune() -> usize {
     LOCATIONS
         .iter()
         .filter(|(_, _, dir)| {
-            rfs::statat(CWD, *dir, AtFlags::SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| st.st_uid == 0 && FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+            rfs::statat(CWD, *dir, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+                st.st_uid == 0 && FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            })
         })
         .map(|(_, _, dir)| collect_garbage(Path::new(dir), ""))
         .sum()
@@ -400,6 +404,9 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), root.join("a/link")).unwrap();
         remove_tree(&root).unwrap();
         assert!(!root.exists());
-        assert!(outside.path().join("keep").exists(), "a symlink's target survives");
+        assert!(
+            outside.path().join("keep").exists(),
+            "a symlink's target survives"
+        );
     }
 }

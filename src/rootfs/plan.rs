@@ -170,9 +170,14 @@ impl MountOp {
         match self {
             MountOp::Proc { .. } => "/proc mounted",
             MountOp::Tmpfs { target, .. } if target.starts_with("/dev") => "/dev built",
-            MountOp::CharDevice { .. } | MountOp::Symlink { .. } | MountOp::Mkdir { .. } | MountOp::Devpts { .. } => "/dev built",
+            MountOp::CharDevice { .. }
+            | MountOp::Symlink { .. }
+            | MountOp::Mkdir { .. }
+            | MountOp::Devpts { .. } => "/dev built",
             MountOp::Sysfs { .. } | MountOp::Cgroup2 { .. } => "/sys mounted",
-            MountOp::MaskFile { .. } | MountOp::MaskDir { .. } | MountOp::ReadOnlyBind { .. } => "/proc and /sys masked",
+            MountOp::MaskFile { .. } | MountOp::MaskDir { .. } | MountOp::ReadOnlyBind { .. } => {
+                "/proc and /sys masked"
+            }
             MountOp::Tmpfs { .. } => "/tmp and /sandbox mounted",
             MountOp::Bind { .. } => "bind mounts attached",
             MountOp::CopyIn { .. } => "files copied in",
@@ -572,7 +577,10 @@ mod tests {
                 .any(|op| matches!(op, UpperOp::KeepOnlyTopLevel(_))),
             "a chosen rootfs is shown whole"
         );
-        assert!(plan.shared.is_empty(), "a chosen rootfs gets no cached layer");
+        assert!(
+            plan.shared.is_empty(),
+            "a chosen rootfs gets no cached layer"
+        );
         assert!(plan
             .upper
             .iter()

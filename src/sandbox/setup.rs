@@ -211,7 +211,9 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
             return Err(at("prepare user namespace")(message))
         }
         Ok(Some((other, _))) => {
-            return Err(at("join user namespace")(format!("unexpected message {other:?}")))
+            return Err(at("join user namespace")(format!(
+                "unexpected message {other:?}"
+            )))
         }
         Ok(None) => sys::process::exit_now(exit::NSBOX_FAILED),
         Err(e) => return Err(at("join user namespace")(e)),
@@ -296,8 +298,12 @@ fn join_network_namespace(control_fd: BorrowedFd<'_>) -> Result<(), Failure> {
             sys::process::setns(ns.as_fd(), sys::process::flags::NEWNET)
                 .map_err(at("join network namespace"))
         }
-        Ok(Some((ToSandbox::NetFailed { message }, _))) => Err(at("create network namespace")(message)),
-        Ok(Some((other, _))) => Err(at("join network namespace")(format!("unexpected message {other:?}"))),
+        Ok(Some((ToSandbox::NetFailed { message }, _))) => {
+            Err(at("create network namespace")(message))
+        }
+        Ok(Some((other, _))) => Err(at("join network namespace")(format!(
+            "unexpected message {other:?}"
+        ))),
         Ok(None) => sys::process::exit_now(exit::NSBOX_FAILED),
         Err(e) => Err(at("join network namespace")(e)),
     }

@@ -17,7 +17,9 @@ use rustix::process::WaitIdOptions;
 
 use super::control::{self, ToSandbox, ToSupervisor};
 use super::setup::{self, ChildSetup, ExecFailure};
-use crate::cgroup::{CgroupError, CgroupLayout, CgroupLimits, Controller, Placement, SandboxCgroup};
+use crate::cgroup::{
+    CgroupError, CgroupLayout, CgroupLimits, Controller, Placement, SandboxCgroup,
+};
 use crate::profile::NetworkMode;
 use crate::relay::{Event, Masker, Sink, Utf8Chunker};
 use crate::rootfs::{self, HostFacts};
@@ -206,7 +208,12 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
     let _mask_layer = if plan.shared.is_empty() {
         None
     } else {
-        match rootfs::mask::prepare(&plan.shared, rootfs::apply::IdMap { base: spec.uid_base }) {
+        match rootfs::mask::prepare(
+            &plan.shared,
+            rootfs::apply::IdMap {
+                base: spec.uid_base,
+            },
+        ) {
             Ok(layer) => {
                 plan.lowers.insert(0, layer.path.clone());
                 plan.shared.clear();
@@ -274,8 +281,9 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         | sys::process::flags::NEWUTS
         | sys::process::flags::NEWIPC;
     marks.push(("clone".into(), now_ns()));
-    let forked = sys::process::clone3_fork(ns, early_cgroup.as_ref().and_then(|c| c.clone_into_fd()))
-        .map_err(io_err("create the sandbox's namespaces"))?;
+    let forked =
+        sys::process::clone3_fork(ns, early_cgroup.as_ref().and_then(|c| c.clone_into_fd()))
+            .map_err(io_err("create the sandbox's namespaces"))?;
     let (pid, pidfd) = match forked {
         sys::process::Forked::Child => setup::child_main(ChildSetup {
             spec,

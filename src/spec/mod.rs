@@ -403,7 +403,10 @@ fn load_seccomp(name_or_path: &str) -> Result<PolicyRef, SpecError> {
         let text = std::fs::read_to_string(name_or_path).map_err(|e| {
             SpecError::Invalid(format!("cannot read seccomp policy {name_or_path}: {e}"))
         })?;
-        Ok(PolicyRef::Parsed(SeccompPolicy::parse(&text, name_or_path)?))
+        Ok(PolicyRef::Parsed(SeccompPolicy::parse(
+            &text,
+            name_or_path,
+        )?))
     } else {
         Ok(PolicyRef::builtin(name_or_path)?)
     }

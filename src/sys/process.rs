@@ -273,7 +273,15 @@ pub fn hide_arguments() -> io::Result<()> {
     };
     // The short name (comm) that ps shows by default, too.
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"nsbox-init".as_ptr() as libc::c_ulong, 0, 0, 0) };
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"nsbox-init".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     for (start, end, title) in [
         (arg_start, arg_end, INIT_TITLE),
         (env_start, env_end, &b""[..]),
