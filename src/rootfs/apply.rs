@@ -271,6 +271,7 @@ pub fn apply_mounts(
     let ctx = Inside {
         root: root.as_fd(),
         ids,
+        empty_dir: Default::default(),
     };
     let mut phase: Option<&'static str> = None;
     for op in &plan.mounts {
@@ -666,6 +667,8 @@ fn account_ids(text: &[u8]) -> Vec<u32> {
 struct Inside<'a> {
     root: BorrowedFd<'a>,
     ids: IdMap,
+    /// The first masked directory (an empty read-only tmpfs), bound over the others.
+    empty_dir: std::cell::RefCell<Option<PathBuf>>,
 }
 
 fn fd_path(fd: &OwnedFd) -> String {
@@ -772,10 +775,6 @@ impl Inside<'_> {
             }
             Err(e) => Err(rustix_err(e)),
         }
-    }
-
-    fn exists(&self, path: &Path) -> bool {
-        rfs::statat(self.root, relative_to_root(path), AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
     fn apply(&self, op: &MountOp, sources: &mut [Option<HostSource>]) -> Result<(), RootfsError> {
@@ -928,15 +927,25 @@ impl Inside<'_> {
                 Err(e) => Err(fail("mask", target)(rustix_err(e))),
             },
             MountOp::MaskDir { target } => {
-                if !self.exists(target) {
-                    return Ok(());
+                // One empty read-only tmpfs serves every masked directory: the first is
+                // mounted, the others bind it (cheaper than a new filesystem each).
+                let empty = self.empty_dir.borrow().clone();
+                let result = match &empty {
+                    Some(empty) => rmount::mount_bind(empty, target),
+                    None => {
+                        let flags = MountFlags::RDONLY
+                            | MountFlags::NOSUID
+                            | MountFlags::NODEV
+                            | MountFlags::NOEXEC;
+                        rmount::mount("tmpfs", target, "tmpfs", flags, c"size=4k,mode=0555")
+                            .inspect(|()| *self.empty_dir.borrow_mut() = Some(target.clone()))
+                    }
+                };
+                match result {
+                    // Absent on this kernel: nothing to hide.
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                    Err(e) => Err(fail("mask", target)(rustix_err(e))),
                 }
-                let flags = MountFlags::RDONLY
-                    | MountFlags::NOSUID
-                    | MountFlags::NODEV
-                    | MountFlags::NOEXEC;
-                rmount::mount("tmpfs", target, "tmpfs", flags, c"size=4k,mode=0555")
-                    .map_err(|e| fail("mask", target)(rustix_err(e)))
             }
             MountOp::ReadOnlyBind { target } => {
                 match rmount::mount_bind_recursive(target, target) {
