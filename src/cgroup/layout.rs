@@ -104,6 +104,8 @@ pub struct CgroupLayout {
     cpu: Placement,
     /// `/proc/self/cgroup` as `(hierarchy, path)`, where nsbox itself runs (for `nsbox doctor`).
     self_cgroups: Vec<(String, String)>,
+    /// The root every file access is prefixed with (for reading `/proc/self/cgroup` later).
+    fs_root: PathBuf,
     /// Mounts that were ignored and why (shown by `summary`).
     notes: Vec<String>,
 }
@@ -138,6 +140,15 @@ impl CgroupLayout {
                 "cgroup" => CgroupVersion::V1,
                 _ => continue,
             };
+            // A v1 hierarchy without memory, pids or cpu is of no use to nsbox: skip it before
+            // touching the filesystem (a host may mount a dozen of them).
+            if version == CgroupVersion::V1
+                && !Controller::ALL
+                    .iter()
+                    .any(|c| entry.has_super_option(c.name()))
+            {
+                continue;
+            }
             let path = under_root(fs_root, &entry.mount_point);
             if !path.is_dir() {
                 notes.push(format!(
@@ -250,7 +261,9 @@ impl CgroupLayout {
             memory,
             pids,
             cpu,
-            self_cgroups: read_self_cgroups(fs_root),
+            // Only `summary` (nsbox doctor) shows these: read them there, not on every start.
+            self_cgroups: Vec::new(),
+            fs_root: fs_root.to_path_buf(),
             notes,
         })
     }
@@ -337,9 +350,13 @@ impl CgroupLayout {
             };
             out.push_str(&format!("  {:<8}{line}\n", format!("{c}:")));
         }
-        if !self.self_cgroups.is_empty() {
-            let here: Vec<String> = self
-                .self_cgroups
+        let self_cgroups = if self.self_cgroups.is_empty() {
+            read_self_cgroups(&self.fs_root)
+        } else {
+            self.self_cgroups.clone()
+        };
+        if !self_cgroups.is_empty() {
+            let here: Vec<String> = self_cgroups
                 .iter()
                 .map(|(h, p)| {
                     if h.is_empty() {

@@ -65,10 +65,24 @@ impl Check {
 /// Runs every check, in dependency order. The trial sandbox runs only when the checks before it
 /// passed. The caller must be single-threaded (namespaces are tried with a real clone).
 pub fn run_checks() -> Vec<Check> {
+    let root = rustix::process::geteuid().is_root();
     let mut checks = vec![check_root(), check_kernel(), check_user_namespaces()];
     checks.push(check_namespaces());
-    checks.push(check_overlay());
-    checks.extend(check_cgroups());
+    if root {
+        checks.push(check_overlay());
+        checks.extend(check_cgroups());
+    } else {
+        checks.push(Check::warn(
+            "overlayfs",
+            "not checked",
+            "needs root: run `sudo nsbox doctor`",
+        ));
+        checks.push(Check::warn(
+            "cgroups",
+            "not checked",
+            "needs root: run `sudo nsbox doctor`",
+        ));
+    }
     checks.push(check_seccomp());
     checks.push(check_nftables());
     if checks.iter().all(|c| c.status != Status::Fail) {

@@ -347,17 +347,26 @@ fn remove_contents(dir: BorrowedFd<'_>, depth: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes every mask layer no running sandbox uses, in every location (for `nsbox prune`).
+/// Removes every mask layer no running sandbox uses, in every location, and the directories
+/// that held them once they are empty (for `nsbox prune`).
 pub fn prune() -> usize {
-    LOCATIONS
-        .iter()
-        .filter(|(_, _, dir)| {
-            rfs::statat(CWD, *dir, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
-                st.st_uid == 0 && FileType::from_raw_mode(st.st_mode) == FileType::Directory
-            })
-        })
-        .map(|(_, _, dir)| collect_garbage(Path::new(dir), ""))
-        .sum()
+    let mut removed = 0;
+    for (_, parents, dir) in LOCATIONS {
+        let ours = rfs::statat(CWD, *dir, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+            st.st_uid == 0 && FileType::from_raw_mode(st.st_mode) == FileType::Directory
+        });
+        if !ours {
+            continue;
+        }
+        removed += collect_garbage(Path::new(dir), "");
+        // Fails (and keeps them) while a layer is still in use.
+        if rfs::rmdir(*dir).is_ok() {
+            for parent in parents.iter().rev() {
+                let _ = rfs::rmdir(*parent);
+            }
+        }
+    }
+    removed
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Why a sandbox could not be run.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    #[error("sandboxes need root for now (rootless operation is planned) — hint: run nsbox with sudo; `nsbox doctor` checks the rest")]
+    NotRoot,
     #[error("{0}")]
     Cgroup(#[from] CgroupError),
     #[error("seccomp policy: {0}")]
@@ -161,6 +163,9 @@ pub fn now_ns() -> u64 {
 /// Runs `spec` to completion. `t0` is when nsbox started (monotonic ns), for timings.
 pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
     let mut marks: Vec<(String, u64)> = vec![("arguments parsed".into(), now_ns())];
+    if !rustix::process::geteuid().is_root() {
+        return Err(SandboxError::NotRoot);
+    }
 
     // Signals first: from here on Ctrl-C is an event, not a death with state left behind.
     let signals = sys::signal::SignalSet::new(&[

@@ -141,3 +141,21 @@ fn help_teaches() {
     assert_eq!(run.code, 0);
     assert!(run.stdout.starts_with("nsbox "));
 }
+
+#[test]
+fn without_root_exec_says_so() {
+    require_root!();
+    use std::os::unix::process::CommandExt;
+    let out = nsbox_cmd(&["exec", "--", "true"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("need root") && stderr.contains("sudo"),
+        "{stderr}"
+    );
+}
