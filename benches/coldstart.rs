@@ -94,8 +94,8 @@ fn main() {
         }
         println!("\n{mode}:");
         println!(
-            "  {:<6} {:>9} {:>9} {:>9}   {}",
-            "tool", "median", "p10", "p90", "isolation"
+            "  {:<6} {:>9} {:>9} {:>9}   isolation",
+            "tool", "median", "p10", "p90"
         );
         let medians: Vec<f64> = samples.iter_mut().map(|s| percentile(s, 0.5)).collect();
         for (i, tool) in tools.iter().enumerate() {

@@ -128,6 +128,8 @@ pub fn key(ops: &[UpperOp], ids: IdMap) -> String {
     for dir in watched_dirs(ops) {
         h.write(dir.as_os_str().as_encoded_bytes());
         match rfs::lstat(&dir) {
+            // The stat field types differ between architectures.
+            #[allow(clippy::unnecessary_cast)]
             Ok(st) => {
                 for n in [
                     st.st_dev as u64,

@@ -1,34 +1,35 @@
 //! The sandbox side: the setup child created by clone3, which becomes the sandbox's init
 //! (pid 1), and the workload process it forks.
 //!
-//! Setup order (each step says why it is where it is):
+//! Setup order (each step says why it is where it is). The supervisor meanwhile creates the
+//! network namespace, on v1 hosts the cgroup, and the user namespace, and sends them over the
+//! control socket (see `supervisor.rs`).
+//!
 //!  1. parent-death signal, then check the supervisor is still alive — so a killed supervisor
 //!     never leaves a sandbox running;
 //!  2. stdio onto 0-2 and every other inherited descriptor closed — nothing of the
 //!     supervisor's (pipe ends, signalfd, terminal) stays reachable;
-//!  3. cgroup: on v2 clone3 placed us in it already; unshare the cgroup namespace now, so its
-//!     root is the sandbox's own cgroup (on v1 hosts both happen at step 10, when the
-//!     supervisor, which created the cgroup in parallel, sends its `tasks` files);
-//!  4. (the network namespace is created by a supervisor thread in parallel: step 7b);
-//!  5. non-dumpable, argv replaced — nothing in the sandbox can read or ptrace this process
-//!     or see the supervisor's command line (which may hold --secret values);
-//!  6. open host sources (bind mounts, copies) — the last moment host paths are reachable;
-//!  7. build the overlay root, pivot_root into it and detach the host's root;
-//! 7b. join the network namespace the supervisor made (loopback already up) — before /sys,
-//!     which shows the mounting process's network devices;
-//!  8. mount /proc, /dev, /sys, /tmp, /sandbox, masks, user binds, copies; root read-only;
-//!  9. hostname and loopback — the UTS and network namespaces are ours;
-//! 10. join the user namespace the supervisor made and mapped in parallel (it owns none of
-//!     the other namespaces) — from here on this process is never host root (on v1 hosts
-//!     the cgroup, made in parallel too, is joined just before);
-//! 11. drop to the sandbox uid/gid: bounding set emptied, securebits locked, capabilities
+//!  3. cgroup v2: clone3 placed us in the cgroup; unshare the cgroup namespace now, so its
+//!     root is the sandbox's own cgroup (v1 hosts: step 9);
+//!  4. non-dumpable, arguments and environment wiped — nothing in the sandbox can read or
+//!     ptrace this process or see the supervisor's command line (which may hold secrets);
+//!  5. open host sources (bind mounts, copies) — the last moment host paths are reachable;
+//!  6. build the overlay root, pivot_root into it and detach the host's root;
+//!  7. join the network namespace (loopback already up) — before /sys, which shows the
+//!     mounting process's network devices;
+//!  8. mount /proc, /dev, /sys, masks, /tmp, /sandbox, user binds, copies; root read-only;
+//!     hostname — the mount and UTS namespaces are ours;
+//!  9. v1 hosts: join the cgroup (write "0" to its `tasks` files, still as real root) and
+//!     unshare the cgroup namespace; then join the user namespace (it owns none of the other
+//!     namespaces) — from here on this process is never host root;
+//! 10. drop to the sandbox uid/gid: bounding set emptied, securebits locked, capabilities
 //!     cleared, no_new_privs — shared by init and workload;
-//! 12. seccomp last: nothing privileged is left to do, so the filter goes on now, once, in the
+//! 11. seccomp last: nothing privileged is left to do, so the filter goes on now, once, in the
 //!     init; the workload inherits it through fork (one install instead of two: loading a
 //!     filter costs the kernel a pass over every syscall number);
-//! 13. fork the workload: new session, its stdio, working directory, default signals, every
-//!     descriptor close-on-exec, then execve — all calls the filter allows;
-//! 14. init reports the start, reaps zombies, forwards signals, and exits when the workload
+//! 12. fork the workload: new session, its stdio, working directory, SIGPIPE back to default,
+//!     every descriptor close-on-exec, then execve — all calls the filter allows;
+//! 13. init reports the start, reaps zombies, forwards signals, and exits when the workload
 //!     does (which kills every other process of the sandbox).
 
 use std::ffi::{CString, OsStr};

@@ -336,7 +336,7 @@ pub fn setns(fd: std::os::fd::BorrowedFd<'_>, ns_flag: u64) -> io::Result<()> {
 pub fn step_aside() -> Option<rustix::thread::CpuSet> {
     let original = rustix::thread::sched_getaffinity(None).ok()?;
     let current = rustix::thread::sched_getcpu();
-    let mut others = original.clone();
+    let mut others = original;
     others.unset(current);
     if others.count() == 0 {
         return None;
