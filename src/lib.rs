@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod exit;
+pub mod fingerprint;
 pub mod host;
 pub mod net;
 pub mod profile;

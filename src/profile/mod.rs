@@ -266,18 +266,7 @@ impl Profile {
 }
 
 /// FNV-1a of the embedded default profile, computed at compile time.
-const DEFAULT_SOURCE_FNV: u64 = fnv1a(BUILTIN[0].1.as_bytes());
-
-const fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
-    hash
-}
+const DEFAULT_SOURCE_FNV: u64 = crate::fingerprint::fnv1a(BUILTIN[0].1.as_bytes());
 
 /// Rust source that rebuilds `p` (for `precompiled.rs`).
 #[cfg(test)]

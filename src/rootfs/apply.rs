@@ -828,27 +828,18 @@ impl Inside<'_> {
                 self.mount_fs("tmpfs", &dir, "tmpfs", mount_flags(*flags), Some(&data))
                     .map_err(fail("mount tmpfs on", target))
             }
-            MountOp::Sysfs { target } => {
-                let dir = self
-                    .dir(target, None)
-                    .map_err(fail("mount sysfs on", target))?;
+            MountOp::Sysfs { target } | MountOp::Cgroup2 { target } => {
+                let (fstype, step) = match op {
+                    MountOp::Sysfs { .. } => ("sysfs", "mount sysfs on"),
+                    _ => ("cgroup2", "mount cgroup2 on"),
+                };
+                let dir = self.dir(target, None).map_err(fail(step, target))?;
                 let flags = MountFlags::RDONLY
                     | MountFlags::NOSUID
                     | MountFlags::NODEV
                     | MountFlags::NOEXEC;
-                self.mount_fs("sysfs", &dir, "sysfs", flags, None)
-                    .map_err(fail("mount sysfs on", target))
-            }
-            MountOp::Cgroup2 { target } => {
-                let dir = self
-                    .dir(target, None)
-                    .map_err(fail("mount cgroup2 on", target))?;
-                let flags = MountFlags::RDONLY
-                    | MountFlags::NOSUID
-                    | MountFlags::NODEV
-                    | MountFlags::NOEXEC;
-                self.mount_fs("cgroup2", &dir, "cgroup2", flags, None)
-                    .map_err(fail("mount cgroup2 on", target))
+                self.mount_fs(fstype, &dir, fstype, flags, None)
+                    .map_err(fail(step, target))
             }
             MountOp::Devpts { target, tty_gid } => {
                 let dir = self

@@ -79,24 +79,6 @@ fn io_err<'a>(
     }
 }
 
-/// FNV-1a over the key's inputs.
-struct KeyHasher(u64);
-
-impl KeyHasher {
-    fn new() -> KeyHasher {
-        KeyHasher(0xcbf2_9ce4_8422_2325)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // A separator, so ("ab","c") and ("a","bc") differ.
-        self.0 ^= 0xff;
-        self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-}
-
 /// Host directories whose entries `ops` inspect (their parents, and the root for
 /// KeepOnlyTopLevel).
 fn watched_dirs(ops: &[UpperOp]) -> Vec<PathBuf> {
@@ -120,13 +102,13 @@ fn watched_dirs(ops: &[UpperOp]) -> Vec<PathBuf> {
 
 /// The cache key for `ops` applied over the host root, with `ids`.
 pub fn key(ops: &[UpperOp], ids: IdMap) -> String {
-    let mut h = KeyHasher::new();
-    h.write(FORMAT.as_bytes());
-    h.write(env!("CARGO_PKG_VERSION").as_bytes());
-    h.write(&ids.base.to_le_bytes());
-    h.write(format!("{ops:?}").as_bytes());
+    let mut h = crate::fingerprint::Fingerprint::default();
+    h.field(FORMAT.as_bytes());
+    h.field(env!("CARGO_PKG_VERSION").as_bytes());
+    h.field(&ids.base.to_le_bytes());
+    h.field(format!("{ops:?}").as_bytes());
     for dir in watched_dirs(ops) {
-        h.write(dir.as_os_str().as_encoded_bytes());
+        h.field(dir.as_os_str().as_encoded_bytes());
         match rfs::lstat(&dir) {
             // The stat field types differ between architectures.
             #[allow(clippy::unnecessary_cast)]
@@ -140,13 +122,13 @@ pub fn key(ops: &[UpperOp], ids: IdMap) -> String {
                     st.st_ctime_nsec as u64,
                     st.st_mode as u64,
                 ] {
-                    h.write(&n.to_le_bytes());
+                    h.field(&n.to_le_bytes());
                 }
             }
-            Err(e) => h.write(&e.raw_os_error().to_le_bytes()),
+            Err(e) => h.field(&e.raw_os_error().to_le_bytes()),
         }
     }
-    format!("{:016x}", h.0)
+    format!("{:016x}", h.finish())
 }
 
 /// Creates `path` as a root-owned 0700 directory if missing, and checks that what is there is

@@ -121,21 +121,8 @@ impl SeccompPolicy {
     }
 }
 
-/// FNV-1a, usable at compile time: fingerprints the embedded default profile so the
-/// precompiled program is used only for the text it was compiled from.
-const fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
-    hash
-}
-
 /// Fingerprint of the embedded `profiles/seccomp/default.toml`.
-const DEFAULT_SOURCE_FNV: u64 = fnv1a(BUILTINS[0].1.as_bytes());
+const DEFAULT_SOURCE_FNV: u64 = crate::fingerprint::fnv1a(BUILTINS[0].1.as_bytes());
 
 /// The default profile, compiled ahead of time for this architecture, when the copy in
 /// `precompiled.rs` was made from exactly the embedded text. Saves parsing ~10 KB of TOML on

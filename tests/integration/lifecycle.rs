@@ -1,33 +1,10 @@
 //! Ctrl-C, SIGTERM, a killed supervisor, prune, and concurrent sandboxes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::require_root;
 use crate::support::*;
-
-/// Starts `nsbox exec --json ARGS`, returns the child and the sandbox id once it started.
-fn start(args: &[&str]) -> (Child, String) {
-    let mut full = vec!["exec", "--json"];
-    full.extend_from_slice(args);
-    let mut child = nsbox_cmd(&full)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    reader.read_line(&mut first).unwrap();
-    let id = sandbox_id(&events(&first));
-    // Keep draining stdout so the sandbox never blocks on it.
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut reader, &mut sink);
-    });
-    (child, id)
-}
 
 fn signal(child: &Child, sig: i32) {
     rustix::process::kill_process(
@@ -40,7 +17,7 @@ fn signal(child: &Child, sig: i32) {
 #[test]
 fn ctrl_c_tears_the_sandbox_down() {
     require_root!();
-    let (mut child, id) = start(&["--", "sleep", "31339"]);
+    let (mut child, id) = start_json(&["--", "sleep", "31339"]);
     assert!(eventually(5.0, || !host_processes_matching("sleep 31339").is_empty()));
     let t = Instant::now();
     signal(&child, libc::SIGINT);
@@ -54,7 +31,7 @@ fn ctrl_c_tears_the_sandbox_down() {
 #[test]
 fn sigterm_kills_a_command_that_ignores_it_after_the_grace_period() {
     require_root!();
-    let (mut child, id) = start(&[
+    let (mut child, id) = start_json(&[
         "--",
         "/bin/sh",
         "-c",
@@ -77,7 +54,7 @@ fn sigterm_kills_a_command_that_ignores_it_after_the_grace_period() {
 #[test]
 fn a_killed_supervisor_takes_its_sandbox_along_and_prune_cleans_up() {
     require_root!();
-    let (mut child, id) = start(&["--", "sleep", "31341"]);
+    let (mut child, id) = start_json(&["--", "sleep", "31341"]);
     assert!(eventually(5.0, || !host_processes_matching("sleep 31341").is_empty()));
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
@@ -139,7 +116,7 @@ fn concurrent_sandboxes_do_not_see_each_other() {
 #[test]
 fn prune_never_touches_a_running_sandbox() {
     require_root!();
-    let (mut child, id) = start(&["--", "sleep", "31342"]);
+    let (mut child, id) = start_json(&["--", "sleep", "31342"]);
     assert!(eventually(5.0, || !host_processes_matching("sleep 31342").is_empty()));
     std::thread::sleep(Duration::from_millis(1100));
     let run = nsbox(&["prune"]);

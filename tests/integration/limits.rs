@@ -2,8 +2,6 @@
 //! clearly, and the host keeps working. These run on the hybrid host and, from .ci/run, in the
 //! pure cgroup v2 guest.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::require_root;
@@ -141,17 +139,9 @@ fn limits_output_flood_is_capped() {
 #[test]
 fn limits_are_written_to_the_sandbox_cgroup() {
     require_root!();
-    let mut child = nsbox_cmd(&[
-        "exec", "--json", "--memory", "96m", "--cpus", "0.5", "--pids", "33", "--", "sleep", "3",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    reader.read_line(&mut first).unwrap();
-    let id = sandbox_id(&events(&first));
+    let (mut child, id) = start_json(&[
+        "--memory", "96m", "--cpus", "0.5", "--pids", "33", "--", "sleep", "3",
+    ]);
     assert!(eventually(5.0, || !leftover_cgroups(&id).is_empty()));
     let dirs = leftover_cgroups(&id);
     let read = |name: &str| -> Option<String> {

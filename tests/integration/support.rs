@@ -188,3 +188,26 @@ pub fn eventually(secs: f64, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Starts `nsbox exec --json ARGS` in the background; returns the child and the sandbox id
+/// once the start event arrived. The rest of stdout is drained so the sandbox never blocks.
+pub fn start_json(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut full = vec!["exec", "--json"];
+    full.extend_from_slice(args);
+    let mut child = nsbox_cmd(&full)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nsbox");
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    reader.read_line(&mut first).expect("start event");
+    let id = sandbox_id(&events(&first));
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut reader, &mut sink);
+    });
+    (child, id)
+}
