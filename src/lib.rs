@@ -6,6 +6,7 @@ pub mod cli;
 pub mod exit;
 pub mod fingerprint;
 pub mod host;
+pub mod image;
 pub mod net;
 pub mod profile;
 pub mod relay;

@@ -10,7 +10,7 @@ use crate::relay::{Event, Masker};
 use crate::sandbox::{self, Outcome, SandboxError};
 use crate::spec::{ExecRequest, SandboxSpec};
 
-pub fn run(args: ExecArgs, t0: u64) -> i32 {
+pub fn run(args: ExecArgs, state_root: &std::path::Path, t0: u64) -> i32 {
     let json = args.json;
     // Until the spec exists, secrets are known only from the raw flags: mask them anyway.
     let early_masker = Masker::new(
@@ -20,7 +20,16 @@ pub fn run(args: ExecArgs, t0: u64) -> i32 {
             .filter_map(|s| s.split_once('=').map(|(_, v)| v.to_string()))
             .collect::<Vec<_>>(),
     );
-    let spec = match build_spec(args) {
+    // The image's layers stay locked (shared) for as long as this process supervises the
+    // sandbox, so `nsbox image prune` and `rmi` never delete them under it.
+    let image = match args.image.as_deref() {
+        Some(reference) => match crate::image::open_root(state_root, reference) {
+            Ok(root) => Some(root),
+            Err(e) => return fail(json, "setup", &e.to_string(), t0),
+        },
+        None => None,
+    };
+    let spec = match build_spec(args, image.as_ref().map(|i| i.spec())) {
         Ok(spec) => spec,
         Err(message) => return fail(json, "setup", &early_masker.mask_str(&message), t0),
     };
@@ -45,11 +54,16 @@ pub fn run(args: ExecArgs, t0: u64) -> i32 {
     }
 }
 
-fn build_spec(args: ExecArgs) -> Result<SandboxSpec, String> {
+fn build_spec(
+    args: ExecArgs,
+    image: Option<crate::spec::ImageSpec>,
+) -> Result<SandboxSpec, String> {
     let profile = Profile::load(&args.profile).map_err(|e| e.to_string())?;
     let request = ExecRequest {
         command: args.command,
         rootfs: args.rootfs,
+        image,
+        entrypoint: args.entrypoint,
         network: args.net,
         hostname: args.hostname,
         user: args.user,

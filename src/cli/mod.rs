@@ -4,6 +4,7 @@
 
 mod doctor;
 mod exec;
+mod image;
 mod prune;
 
 use std::ffi::OsString;
@@ -23,6 +24,7 @@ Examples:
   nsbox exec --copy ./repo:repo -w /sandbox/repo -- make test
   nsbox exec --memory 512m --pids 64 --timeout 30s -- ./untrusted
   nsbox exec --secret API_KEY=sk-123 -- ./agent   API_KEY is masked as *** in all output
+  nsbox load devbox-oci && nsbox exec --image devbox-oci:1.0 -- make test
   nsbox doctor                                    check that this host can run sandboxes
 
 Exit codes: the command's own status; 124 timeout; 125 nsbox failed; 126 not executable;
@@ -38,6 +40,11 @@ pub struct Cli {
     /// Format of nsbox's own log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    // --- images (issue 3) ---
+    /// Where nsbox keeps images (default /var/lib/nsbox; NSBOX_STATE_ROOT overrides the default).
+    #[arg(long, value_name = "DIR", global = true)]
+    state_root: Option<PathBuf>,
+    // --- end images ---
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +66,23 @@ enum Command {
     Prune(prune::PruneArgs),
     /// List the built-in profiles.
     Profiles,
+    // --- images (issue 3) ---
+    /// Load the images of an OCI layout, OCI archive or docker-save archive into the store.
+    Load(image::LoadArgs),
+    /// Add a root filesystem tarball to the store as a one-layer image.
+    Import(image::ImportArgs),
+    /// List the images in the store.
+    Images(image::ImagesArgs),
+    /// Give an image another name.
+    Tag(image::TagArgs),
+    /// Remove image names (and images no name refers to any more).
+    Rmi(image::RmiArgs),
+    /// Write an image as an OCI archive.
+    Save(image::SaveArgs),
+    /// Image store maintenance.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    // --- end images ---
 }
 
 /// Flags of `nsbox exec`. Values left out come from the profile (profiles/default.toml).
@@ -73,6 +97,26 @@ pub struct ExecArgs {
     /// instead of the host's root.
     #[arg(long, value_name = "DIR", help_heading = "Filesystem")]
     rootfs: Option<PathBuf>,
+    // --- images (issue 3) ---
+    /// Use an image from the store as the root (read-only, under an ephemeral overlay); its
+    /// Env, WorkingDir and User become defaults, and the command runs as ENTRYPOINT + (CMD
+    /// given here, or the image's Cmd).
+    #[arg(
+        long,
+        value_name = "NAME[:TAG]|NAME@DIGEST",
+        conflicts_with = "rootfs",
+        help_heading = "Filesystem"
+    )]
+    image: Option<String>,
+    /// With --image: run PROG instead of the image's Entrypoint ('' clears it).
+    #[arg(
+        long,
+        value_name = "PROG",
+        requires = "image",
+        help_heading = "Filesystem"
+    )]
+    entrypoint: Option<String>,
+    // --- end images ---
     /// Let the command write anywhere in the root; writes go to an ephemeral layer.
     #[arg(long, help_heading = "Filesystem")]
     writable_root: bool,
@@ -189,8 +233,9 @@ pub fn main() -> i32 {
         }
     };
     init_logging(cli.verbose, cli.log_format);
+    let state_root = image::state_root(cli.state_root.as_deref());
     match cli.command {
-        Command::Exec(args) => exec::run(*args, t0),
+        Command::Exec(args) => exec::run(*args, &state_root, t0),
         Command::Doctor(args) => doctor::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Profiles => {
@@ -202,6 +247,13 @@ pub fn main() -> i32 {
             }
             0
         }
+        Command::Load(args) => image::load(args, &state_root),
+        Command::Import(args) => image::import(args, &state_root),
+        Command::Images(args) => image::images(args, &state_root),
+        Command::Tag(args) => image::tag(args, &state_root),
+        Command::Rmi(args) => image::rmi(args, &state_root),
+        Command::Save(args) => image::save(args, &state_root),
+        Command::Image(cmd) => image::prune(cmd, &state_root),
     }
 }
 

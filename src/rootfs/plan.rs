@@ -232,11 +232,13 @@ pub const PROC_READ_ONLY: &[&str] = &["/proc/sys", "/proc/irq", "/proc/bus", "/p
 
 /// Builds the plan for `spec`.
 pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
-    let lowers = match &spec.root {
-        RootChoice::Host => vec![PathBuf::from("/")],
-        RootChoice::Dir(dir) => vec![dir.clone()],
+    // An image root is treated like a chosen directory: shown whole, its accounts merged.
+    let lowers = match (&spec.image, &spec.root) {
+        (Some(image), _) => image.layers.clone(),
+        (None, RootChoice::Host) => vec![PathBuf::from("/")],
+        (None, RootChoice::Dir(dir)) => vec![dir.clone()],
     };
-    let replace_accounts = matches!(spec.root, RootChoice::Host);
+    let replace_accounts = spec.image.is_none() && matches!(spec.root, RootChoice::Host);
 
     let mut shared: Vec<UpperOp> = Vec::new();
     if replace_accounts {

@@ -11,6 +11,7 @@ use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::image::ImageSpec;
 use crate::profile::{self, NetworkMode, Profile, RootChoice, SysMode};
 use crate::seccomp::{PolicyRef, SeccompError, SeccompPolicy};
 use units::{ByteSize, CpuQuota};
@@ -67,6 +68,10 @@ impl std::str::FromStr for Timeout {
 pub struct ExecRequest {
     pub command: Vec<OsString>,
     pub rootfs: Option<PathBuf>,
+    /// An image from the store (resolved and locked by the caller).
+    pub image: Option<ImageSpec>,
+    /// With an image: replaces its Entrypoint ("" clears it).
+    pub entrypoint: Option<String>,
     pub network: Option<NetworkMode>,
     pub hostname: Option<String>,
     pub user: Option<(u32, u32)>,
@@ -96,6 +101,8 @@ pub struct ExecRequest {
 pub enum SpecError {
     #[error("no command given — usage: nsbox exec [OPTIONS] -- CMD [ARGS...]")]
     NoCommand,
+    #[error("no command given, and image '{0}' has no Entrypoint or Cmd — usage: nsbox exec --image IMAGE -- CMD [ARGS...]")]
+    NoImageCommand(String),
     #[error("--rootfs {path}: {reason}")]
     Rootfs { path: PathBuf, reason: String },
     #[error("--mount '{spec}': {reason}")]
@@ -173,6 +180,8 @@ pub struct SandboxSpec {
     pub profile_name: String,
     pub command: Vec<OsString>,
     pub root: RootChoice,
+    /// The image the root is made of (overrides `root`).
+    pub image: Option<ImageSpec>,
     pub writable_root: bool,
     pub hostname: String,
     pub uid: u32,
@@ -208,6 +217,13 @@ impl SandboxSpec {
         profile: &Profile,
         host_env: &BTreeMap<String, String>,
     ) -> Result<SandboxSpec, SpecError> {
+        // --- images (issue 3): the image's run defaults, unless the command line overrides ---
+        let mut req = req;
+        let image_defaults = match req.image.clone() {
+            Some(image) => Some(image_defaults(&mut req, &image)?),
+            None => None,
+        };
+        // --- end images ---
         if req.command.is_empty() {
             return Err(SpecError::NoCommand);
         }
@@ -236,10 +252,12 @@ impl SandboxSpec {
         if !valid_hostname(&hostname) {
             return Err(SpecError::Hostname(hostname));
         }
-        let (uid, gid) = req.user.unwrap_or(profile.user);
+        let image_user = image_defaults.as_ref().and_then(|d| d.user);
+        let (uid, gid) = req.user.or(image_user).unwrap_or(profile.user);
         let workdir = req
             .workdir
             .clone()
+            .or_else(|| image_defaults.as_ref().and_then(|d| d.workdir.clone()))
             .unwrap_or_else(|| profile.workdir.clone());
         if !workdir.is_absolute() || workdir.components().any(|c| c == Component::ParentDir) {
             return Err(SpecError::Workdir(workdir));
@@ -309,6 +327,9 @@ impl SandboxSpec {
         for (k, v) in &profile.env {
             set(&mut env, k.clone(), v.clone());
         }
+        for (k, v) in image_defaults.iter().flat_map(|d| d.env.iter()) {
+            set(&mut env, k.clone(), v.clone());
+        }
         if req.tty {
             let term = host_env
                 .get("TERM")
@@ -366,6 +387,7 @@ impl SandboxSpec {
             profile_name: profile.name.clone(),
             command: req.command,
             root,
+            image: req.image,
             writable_root: req.writable_root || profile.writable_root,
             hostname,
             uid,
@@ -396,6 +418,73 @@ impl SandboxSpec {
     pub fn host_uid(&self, id: u32) -> u32 {
         self.uid_base + id
     }
+}
+
+/// What an image contributes to a sandbox's defaults.
+struct ImageDefaults {
+    env: Vec<(String, String)>,
+    workdir: Option<PathBuf>,
+    user: Option<(u32, u32)>,
+}
+
+/// Applies an image's Entrypoint and Cmd to `req.command` (Docker's rule: the command is
+/// ENTRYPOINT + the given arguments, or ENTRYPOINT + CMD when none are given; `--entrypoint`
+/// replaces ENTRYPOINT, `--entrypoint ''` removes it) and returns its other defaults.
+fn image_defaults(req: &mut ExecRequest, image: &ImageSpec) -> Result<ImageDefaults, SpecError> {
+    let run = &image.run;
+    let entrypoint: Vec<OsString> = match &req.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![OsString::from(e)],
+        None => run
+            .entrypoint
+            .iter()
+            .flatten()
+            .map(OsString::from)
+            .collect(),
+    };
+    let args: Vec<OsString> = if req.command.is_empty() {
+        // An explicit --entrypoint drops the image's Cmd, as in Docker.
+        if req.entrypoint.is_some() {
+            Vec::new()
+        } else {
+            run.cmd.iter().flatten().map(OsString::from).collect()
+        }
+    } else {
+        std::mem::take(&mut req.command)
+    };
+    req.command = entrypoint.into_iter().chain(args).collect();
+    if req.command.is_empty() {
+        return Err(SpecError::NoImageCommand(image.reference.clone()));
+    }
+    let mut env = Vec::new();
+    for entry in run.env.iter().flatten() {
+        match entry.split_once('=') {
+            Some((k, v)) if profile::valid_env_name(k) && !v.contains('\0') => {
+                env.push((k.to_string(), v.to_string()))
+            }
+            _ => {
+                return Err(SpecError::Invalid(format!(
+                    "image '{}': Env entry '{}' is not NAME=VALUE",
+                    image.reference,
+                    entry.split('=').next().unwrap_or_default()
+                )))
+            }
+        }
+    }
+    let workdir = match run.working_dir.as_deref() {
+        None | Some("") => None,
+        Some(dir) => Some(normalize_inside(Path::new(dir)).ok_or_else(|| {
+            SpecError::Invalid(format!(
+                "image '{}': WorkingDir '{dir}' is not an absolute path without '..' — hint: override it with --workdir",
+                image.reference
+            ))
+        })?),
+    };
+    Ok(ImageDefaults {
+        env,
+        workdir,
+        user: image.user,
+    })
 }
 
 fn load_seccomp(name_or_path: &str) -> Result<PolicyRef, SpecError> {

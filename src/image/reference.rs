@@ -1,0 +1,134 @@
+//! Image references as users type them: `NAME[:TAG]`, `NAME@sha256:...`, `sha256:...`, or a
+//! unique prefix of an image digest (as `nsbox images` shows it).
+
+use super::digest::Digest;
+
+/// What a reference asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// `name:tag` (`:latest` added when no tag was given).
+    Name(String),
+    /// A manifest digest (with or without a name in front).
+    Digest(Digest),
+    /// At least 6 hex digits of a manifest digest.
+    Prefix(String),
+}
+
+impl Reference {
+    pub fn parse(text: &str) -> Result<Reference, String> {
+        if let Some((name, digest)) = text.split_once('@') {
+            check_repository(name)?;
+            return Digest::parse(digest).map(Reference::Digest);
+        }
+        if text.starts_with("sha256:") {
+            return Digest::parse(text).map(Reference::Digest);
+        }
+        if text.len() >= 6
+            && text.len() < 64
+            && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Ok(Reference::Prefix(text.to_string()));
+        }
+        normalize_name(text).map(Reference::Name)
+    }
+}
+
+/// `repo` → `repo:latest`; checks the characters of both parts.
+pub fn normalize_name(text: &str) -> Result<String, String> {
+    let last_slash = text.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match text[last_slash..].rfind(':') {
+        Some(i) => (&text[..last_slash + i], &text[last_slash + i + 1..]),
+        None => (text, "latest"),
+    };
+    check_repository(repo)?;
+    let tag_ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && !tag.starts_with(['.', '-']);
+    if !tag_ok {
+        return Err(format!(
+            "'{}': a tag is 1-128 letters, digits, '_', '.', '-' (not starting with '.' or '-')",
+            super::digest::printable(text)
+        ));
+    }
+    Ok(format!("{repo}:{tag}"))
+}
+
+fn check_repository(repo: &str) -> Result<(), String> {
+    // An optional registry host (may carry a port) before the first '/'.
+    let path = match repo.split_once('/') {
+        Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => {
+            let (name, port) = host.split_once(':').unwrap_or((host, "80"));
+            let host_ok = !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !label.starts_with('-')
+                });
+            if !host_ok {
+                return Err(format!(
+                    "'{}': a bad registry host",
+                    super::digest::printable(repo)
+                ));
+            }
+            rest
+        }
+        _ => repo,
+    };
+    let ok = !path.is_empty()
+        && repo.len() <= 255
+        && path.split('/').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
+                && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{}' is not a valid image name: use lowercase letters, digits, '.', '_', '-' and '/' (e.g. devbox:1.0, registry.example:5000/team/devbox)",
+            super::digest::printable(repo)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_get_a_tag_and_are_checked() {
+        assert_eq!(normalize_name("busybox").unwrap(), "busybox:latest");
+        assert_eq!(normalize_name("a/b:1.0").unwrap(), "a/b:1.0");
+        assert_eq!(
+            normalize_name("localhost:5000/x").unwrap(),
+            "localhost:5000/x:latest"
+        );
+        for bad in ["", "Upper", "a//b", "x:", "x:-t", "../x", "a b", "/abs"] {
+            assert!(normalize_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn references_parse() {
+        let hex = "ab".repeat(32);
+        assert_eq!(
+            Reference::parse(&format!("x@sha256:{hex}")).unwrap(),
+            Reference::Digest(Digest::parse(&format!("sha256:{hex}")).unwrap())
+        );
+        assert_eq!(
+            Reference::parse("abcdef12").unwrap(),
+            Reference::Prefix("abcdef12".into())
+        );
+        assert_eq!(
+            Reference::parse("devbox").unwrap(),
+            Reference::Name("devbox:latest".into())
+        );
+        assert!(Reference::parse("x@sha256:../../etc").is_err());
+    }
+}
