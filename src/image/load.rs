@@ -360,8 +360,8 @@ struct Found {
     manifest: Option<(Digest, Vec<u8>)>,
     config: (Digest, Vec<u8>),
     parsed: ImageConfig,
-    /// Per layer: the job's key (diff_id hex), and media type from the manifest.
-    layers: Vec<(String, Option<String>)>,
+    /// Per layer: the job's key, the manifest's descriptor (None for docker-save), diff_id.
+    layers: Vec<(String, Option<Descriptor>, Digest)>,
 }
 
 /// Loads every image of the layout or archive at `path` into `store`.
@@ -402,13 +402,14 @@ pub fn load(store: &Store, path: &Path, opts: &LoadOptions) -> Result<LoadReport
                 let (_, size) = source.reader(layer)?.ok_or_else(|| {
                     input_err(path, format!("layer '{}' is missing", printable(layer)))
                 })?;
-                jobs.entry(diff_id.hex().to_string()).or_insert(LayerJob {
+                let key = format!("diff:{}", diff_id.hex());
+                jobs.entry(key.clone()).or_insert(LayerJob {
                     source_name: layer.clone(),
                     blob: None,
                     diff_id: Some(diff_id.clone()),
                     size_hint: size,
                 });
-                layers.push((diff_id.hex().to_string(), None));
+                layers.push((key, None, diff_id));
             }
             let mut names = Vec::new();
             for tag in entry.repo_tags.unwrap_or_default() {
@@ -450,10 +451,24 @@ pub fn load(store: &Store, path: &Path, opts: &LoadOptions) -> Result<LoadReport
 
     // Layers already in the store (and their blobs) are not unpacked again.
     let total = jobs.len();
-    jobs.retain(|key, job| {
-        let have_layer = Digest::parse(&format!("sha256:{key}")).is_ok_and(|d| store.has_layer(&d));
-        let have_blob = job.blob.as_ref().map_or(true, |(d, _)| store.has_blob(d));
-        !(have_layer && have_blob)
+    let index = store.index()?;
+    jobs.retain(|_, job| {
+        let Some(diff_id) = &job.diff_id else {
+            return true;
+        };
+        let have_blob = match &job.blob {
+            Some((d, _)) => store.has_blob(d),
+            // docker-save: any stored blob of this layer will do.
+            None => {
+                store.has_blob(diff_id)
+                    || index
+                        .images
+                        .iter()
+                        .flat_map(|i| i.layers.iter())
+                        .any(|l| l.diff_id == *diff_id && store.has_blob(&l.blob))
+            }
+        };
+        !(store.has_layer(diff_id) && have_blob)
     });
     let reused = total - jobs.len();
     let done = unpack_all(store, &source, jobs, opts)?;
@@ -465,19 +480,28 @@ pub fn load(store: &Store, path: &Path, opts: &LoadOptions) -> Result<LoadReport
     let mut records = Vec::new();
     for image in found {
         let mut layers = Vec::new();
-        for (i, (key, media_type)) in image.layers.iter().enumerate() {
-            let diff_id = image.parsed.rootfs.diff_ids[i].clone();
-            let record = match done.get(key) {
-                Some(d) => LayerRecord {
+        for (key, desc, diff_id) in &image.layers {
+            let unpacked = done.get(key);
+            let record = match (desc, unpacked) {
+                // The manifest's descriptor is the truth about the blob.
+                (Some(desc), _) => LayerRecord {
+                    blob: desc.digest.clone(),
+                    media_type: desc.media_type.clone(),
+                    size: desc.size,
+                    diff_id: diff_id.clone(),
+                    unpacked_bytes: match unpacked {
+                        Some(d) => d.unpacked_bytes,
+                        None => known_unpacked_bytes(store, diff_id)?,
+                    },
+                },
+                (None, Some(d)) => LayerRecord {
                     blob: d.blob.clone(),
-                    media_type: media_type
-                        .clone()
-                        .unwrap_or_else(|| layer_media_type(d.compression).to_string()),
+                    media_type: layer_media_type(d.compression).to_string(),
                     size: d.size,
                     diff_id: d.diff_id.clone(),
                     unpacked_bytes: d.unpacked_bytes,
                 },
-                None => reused_layer(store, &image, i, &diff_id)?,
+                (None, None) => reused_docker_layer(store, diff_id)?,
             };
             layers.push(record);
         }
@@ -514,42 +538,42 @@ pub fn load(store: &Store, path: &Path, opts: &LoadOptions) -> Result<LoadReport
     })
 }
 
-/// The record of a layer that was in the store already: from an image that has it, or (for a
-/// docker-save layer) from the blob the store holds under the layer's diff_id.
-fn reused_layer(
-    store: &Store,
-    image: &Found,
-    i: usize,
-    diff_id: &Digest,
-) -> Result<LayerRecord, ImageError> {
+/// File bytes of a layer already in the store (from the index, else counted).
+fn known_unpacked_bytes(store: &Store, diff_id: &Digest) -> Result<u64, ImageError> {
+    let index = store.index()?;
+    Ok(index
+        .images
+        .iter()
+        .flat_map(|im| im.layers.iter())
+        .find(|l| l.diff_id == *diff_id)
+        .map(|l| l.unpacked_bytes)
+        .unwrap_or_else(|| super::store::tree_bytes(&store.layer_path(diff_id))))
+}
+
+/// The record of a docker-save layer that was in the store already: the blob an image in the
+/// index stored for it, or the uncompressed blob named by its diff_id.
+fn reused_docker_layer(store: &Store, diff_id: &Digest) -> Result<LayerRecord, ImageError> {
     let index = store.index()?;
     if let Some(known) = index
         .images
         .iter()
         .flat_map(|im| im.layers.iter())
-        .find(|l| l.diff_id == *diff_id)
+        .find(|l| l.diff_id == *diff_id && store.has_blob(&l.blob))
     {
         return Ok(known.clone());
     }
-    // Not in any image (an unreferenced layer that garbage collection has not removed):
-    // describe it from what is on disk.
-    let media_type = image.layers[i]
-        .1
-        .clone()
-        .unwrap_or_else(|| oci::OCI_LAYER_TAR.to_string());
-    let blob = store
-        .has_blob(diff_id)
-        .then(|| diff_id.clone())
-        .ok_or_else(|| ImageError::Store {
+    if !store.has_blob(diff_id) {
+        return Err(ImageError::Store {
             path: store.layer_path(diff_id),
             reason: "a layer without its blob — hint: `nsbox image prune`, then load again".into(),
-        })?;
-    let size = std::fs::metadata(store.blob_path(&blob))
+        });
+    }
+    let size = std::fs::metadata(store.blob_path(diff_id))
         .map(|m| m.len())
         .unwrap_or(0);
     Ok(LayerRecord {
-        blob,
-        media_type,
+        blob: diff_id.clone(),
+        media_type: oci::OCI_LAYER_TAR.to_string(),
         size,
         diff_id: diff_id.clone(),
         unpacked_bytes: super::store::tree_bytes(&store.layer_path(diff_id)),
@@ -741,13 +765,16 @@ fn collect_oci(
                         path: source.shown().to_path_buf(),
                     });
                 }
-                jobs.entry(diff_id.hex().to_string()).or_insert(LayerJob {
+                // Keyed by blob: two blobs with one diff_id (gzip and plain) are both kept
+                // for `save`; the layer directory is shared.
+                let key = format!("blob:{}", layer.digest.hex());
+                jobs.entry(key.clone()).or_insert(LayerJob {
                     source_name: name,
                     blob: Some((layer.digest.clone(), layer.size)),
                     diff_id: Some(diff_id.clone()),
                     size_hint: layer.size,
                 });
-                layers.push((diff_id.hex().to_string(), Some(layer.media_type.clone())));
+                layers.push((key, Some(layer.clone()), diff_id));
             }
             found.push(Found {
                 names,

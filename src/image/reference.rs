@@ -33,8 +33,18 @@ impl Reference {
     }
 }
 
-/// `repo` → `repo:latest`; checks the characters of both parts.
+/// `repo` → `repo:latest`; checks the characters of both parts. Docker Hub names are kept
+/// in their familiar form (`docker.io/library/alpine` is `alpine`), as `docker save` does.
 pub fn normalize_name(text: &str) -> Result<String, String> {
+    let text = [
+        "docker.io/library/",
+        "index.docker.io/library/",
+        "docker.io/",
+        "index.docker.io/",
+    ]
+    .iter()
+    .find_map(|prefix| text.strip_prefix(prefix))
+    .unwrap_or(text);
     let last_slash = text.rfind('/').map_or(0, |i| i + 1);
     let (repo, tag) = match text[last_slash..].rfind(':') {
         Some(i) => (&text[..last_slash + i], &text[last_slash + i + 1..]),
@@ -65,7 +75,9 @@ fn check_repository(repo: &str) -> Result<(), String> {
                 && port.bytes().all(|b| b.is_ascii_digit())
                 && name.split('.').all(|label| {
                     !label.is_empty()
-                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                         && !label.starts_with('-')
                 });
             if !host_ok {
@@ -105,6 +117,11 @@ mod tests {
     fn names_get_a_tag_and_are_checked() {
         assert_eq!(normalize_name("busybox").unwrap(), "busybox:latest");
         assert_eq!(normalize_name("a/b:1.0").unwrap(), "a/b:1.0");
+        assert_eq!(
+            normalize_name("docker.io/library/alpine:3").unwrap(),
+            "alpine:3"
+        );
+        assert_eq!(normalize_name("docker.io/team/x").unwrap(), "team/x:latest");
         assert_eq!(
             normalize_name("localhost:5000/x").unwrap(),
             "localhost:5000/x:latest"

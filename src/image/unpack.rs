@@ -341,11 +341,12 @@ impl<'a> LayerWriter<'a> {
 
     fn parent_error(name: &[u8], e: rustix::io::Errno) -> UnpackError {
         match e {
-            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => Self::refuse(
-                name,
-                "a parent directory is a symlink (writes through links are refused)",
-            ),
-            rustix::io::Errno::NOTDIR => Self::refuse(name, "a parent is not a directory"),
+            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV | rustix::io::Errno::NOTDIR => {
+                Self::refuse(
+                    name,
+                    "a parent is a symlink or not a directory (writes through symlinks are refused)",
+                )
+            }
             other => Self::io(name, "open its parent directory")(other),
         }
     }

@@ -197,6 +197,12 @@ pub fn build_new_root(
         escape_overlay_path(&upper),
         escape_overlay_path(&work)
     );
+    if options.len() >= OVERLAY_OPTIONS_MAX {
+        // Images with many layers: mount(2) takes one page of options.
+        mount_overlay_layer_by_layer(&lowers, &upper, &work, &new_root)?;
+        mark("overlay mounted");
+        return Ok(new_root);
+    }
     let options =
         CString::new(options).map_err(|e| fail("mount overlay", &new_root)(io::Error::other(e)))?;
     rmount::mount(
@@ -209,6 +215,49 @@ pub fn build_new_root(
     .map_err(|e| fail("mount overlay", &new_root)(rustix_err(e)))?;
     mark("overlay mounted");
     Ok(new_root)
+}
+
+/// mount(2) copies at most one page of options; stay below it.
+const OVERLAY_OPTIONS_MAX: usize = 4000;
+
+/// Mounts the overlay with the new mount API, one lower layer per fsconfig call
+/// ("lowerdir+", Linux 6.8), for more layers than one page of options can name.
+fn mount_overlay_layer_by_layer(
+    lowers: &[OwnedFd],
+    upper: &Path,
+    work: &Path,
+    new_root: &Path,
+) -> Result<(), RootfsError> {
+    let err = |e: rustix::io::Errno| fail("mount overlay", new_root)(rustix_err(e));
+    let fs = rmount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err)?;
+    for fd in lowers {
+        rmount::fsconfig_set_string(&fs, "lowerdir+", format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| {
+                fail("mount overlay", new_root)(io::Error::other(format!(
+                    "{} lower layers do not fit in one mount(2) call, and this kernel refuses to add them one by one ({}) — hint: Linux 6.8 or newer stacks any number up to 500; or flatten the image",
+                    lowers.len(),
+                    rustix_err(e)
+                )))
+            })?;
+    }
+    rmount::fsconfig_set_string(&fs, "upperdir", upper).map_err(err)?;
+    rmount::fsconfig_set_string(&fs, "workdir", work).map_err(err)?;
+    rmount::fsconfig_set_string(&fs, "index", "off").map_err(err)?;
+    rmount::fsconfig_create(&fs).map_err(err)?;
+    let mnt = rmount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(err)?;
+    rmount::move_mount(
+        &mnt,
+        "",
+        CWD,
+        new_root,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(err)
 }
 
 /// Applies upper-layer operations to `dir` (a directory of the host) as seen over `lowers`:
