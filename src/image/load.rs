@@ -1021,7 +1021,7 @@ fn unpack_layer(
 /// Stores, verifies and unpacks one layer stream; installs blob and layer on success.
 fn unpack_stream(
     store: &Store,
-    reader: impl Read,
+    reader: impl Read + Send,
     expect: &Expect,
     limits: Limits,
     shown: &str,

@@ -29,6 +29,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::mpsc;
 
 use rustix::fs::{
     self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags,
@@ -170,9 +171,17 @@ fn errno(e: rustix::io::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error())
 }
 
+/// Size of the chunks the decompressing thread hands to the writing thread.
+const CHUNK: usize = 1 << 20;
+/// Chunks in flight between the two threads.
+const PIPELINE_DEPTH: usize = 4;
+
 /// Unpacks the layer read from `input` (any compression) into the empty directory `dir`.
+///
+/// Two threads: one decompresses and hashes (diff_id) the stream, the other parses the tar
+/// and writes files, so a single layer uses two cores as `tar -xz` does with its gzip child.
 pub fn unpack(
-    input: impl Read,
+    input: impl Read + Send,
     dir: BorrowedFd<'_>,
     ids: IdShift,
     limits: Limits,
@@ -180,23 +189,6 @@ pub fn unpack(
     let mut buffered = BufReader::with_capacity(256 << 10, input);
     let magic = buffered.fill_buf().map_err(UnpackError::Decompress)?;
     let compression = Compression::detect(magic);
-    let decoder: Box<dyn Read + '_> = match compression {
-        Compression::None => Box::new(buffered),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(buffered).map_err(UnpackError::Decompress)?,
-        ),
-    };
-    let stream = Uncompressed {
-        inner: decoder,
-        hasher: Hasher::default(),
-        count: 0,
-        limit: limits.max_bytes,
-    };
-    let mut writer = LayerWriter::new(dir, ids)?;
-    let mut tar = TarReader::new(stream);
-    let mut entries = 0u64;
-    let mut buf = vec![0u8; 256 << 10];
     let classify = |e: TarError| match e {
         TarError::Io(io)
             if io
@@ -210,36 +202,145 @@ pub fn unpack(
         TarError::Io(io) => UnpackError::Decompress(io),
         other => UnpackError::Tar(other),
     };
-    while let Some(header) = tar.next_entry().map_err(classify)? {
-        entries += 1;
-        if entries > limits.max_entries {
-            return Err(UnpackError::TooManyEntries {
-                limit: limits.max_entries,
-            });
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPELINE_DEPTH);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+        let producer =
+            scope.spawn(move || decompress(buffered, compression, limits, full_tx, empty_rx));
+        let mut writer = LayerWriter::new(dir, ids)?;
+        let mut tar = TarReader::new(ChunkReader {
+            chunks: full_rx,
+            recycle: empty_tx,
+            current: Vec::new(),
+            pos: 0,
+        });
+        let mut entries = 0u64;
+        let mut buf = vec![0u8; 256 << 10];
+        while let Some(header) = tar.next_entry().map_err(classify)? {
+            entries += 1;
+            if entries > limits.max_entries {
+                return Err(UnpackError::TooManyEntries {
+                    limit: limits.max_entries,
+                });
+            }
+            writer.entry(&header, &mut tar, &mut buf, &classify)?;
         }
-        writer.entry(&header, &mut tar, &mut buf, &classify)?;
-    }
-    // Whatever follows the end-of-archive blocks is part of the diff_id, and reading to the end
-    // makes the decompressor check its trailer (a truncated gzip fails here).
-    let mut stream = tar.into_inner();
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(classify(TarError::Io(e))),
+        // Whatever follows the end-of-archive blocks is part of the diff_id, and reading to
+        // the end makes the decompressor check its trailer (a truncated gzip fails here).
+        let mut rest = tar.into_inner();
+        loop {
+            match rest.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(TarError::Io(e))),
+            }
         }
-    }
-    writer.finish()?;
-    Ok(Unpacked {
-        diff_id: stream.hasher.finish(),
-        compression,
-        tar_bytes: stream.count,
-        entries,
-        file_bytes: writer.file_bytes,
-        skipped_special: writer.skipped_special,
-        dropped_xattrs: writer.dropped_xattrs,
+        drop(rest);
+        let (hasher, count) = producer.join().map_err(|_| {
+            UnpackError::Decompress(io::Error::other("the decompressing thread panicked"))
+        })?;
+        writer.finish()?;
+        Ok(Unpacked {
+            diff_id: hasher.finish(),
+            compression,
+            tar_bytes: count,
+            entries,
+            file_bytes: writer.file_bytes,
+            skipped_special: writer.skipped_special,
+            dropped_xattrs: writer.dropped_xattrs,
+        })
     })
+}
+
+/// The decompressing thread: reads the whole stream in chunks, hashing and bounding it, and
+/// sends the chunks on (an error ends the stream). Returns the hash and the byte count.
+fn decompress<R: BufRead>(
+    input: R,
+    compression: Compression,
+    limits: Limits,
+    chunks: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    recycled: mpsc::Receiver<Vec<u8>>,
+) -> (Hasher, u64) {
+    let decoder: io::Result<Box<dyn Read>> = match compression {
+        Compression::None => Ok(Box::new(input)),
+        Compression::Gzip => Ok(Box::new(flate2::bufread::MultiGzDecoder::new(input))),
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::with_buffer(input).map(|d| Box::new(d) as Box<dyn Read>)
+        }
+    };
+    let mut stream = match decoder {
+        Ok(inner) => Uncompressed {
+            inner,
+            hasher: Hasher::default(),
+            count: 0,
+            limit: limits.max_bytes,
+        },
+        Err(e) => {
+            let _ = chunks.send(Err(e));
+            return (Hasher::default(), 0);
+        }
+    };
+    loop {
+        let mut chunk = recycled.try_recv().unwrap_or_default();
+        chunk.resize(CHUNK, 0);
+        let mut filled = 0;
+        let result = loop {
+            match stream.read(&mut chunk[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    filled += n;
+                    if filled >= CHUNK / 2 {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        chunk.truncate(filled);
+        if filled > 0 && chunks.send(Ok(chunk)).is_err() {
+            break; // the writer stopped (it failed): nothing more to do
+        }
+        match result {
+            Ok(()) if filled == 0 => break,
+            Ok(()) => {}
+            Err(e) => {
+                let _ = chunks.send(Err(e));
+                break;
+            }
+        }
+    }
+    (stream.hasher, stream.count)
+}
+
+/// The writing thread's view of the stream: the chunks, in order; buffers go back for reuse.
+struct ChunkReader {
+    chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: mpsc::Sender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            let used = std::mem::take(&mut self.current);
+            if used.capacity() > 0 {
+                let _ = self.recycle.send(used);
+            }
+            self.pos = 0;
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => self.current = chunk,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the stream ended
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// Splits an entry name into components: relative, no `..`, no NUL; `.` and empty
