@@ -432,6 +432,25 @@ pub fn load(store: &Store, path: &Path, opts: &LoadOptions) -> Result<LoadReport
             "not an image: no index.json (OCI) or manifest.json (docker save) — hint: a root filesystem tarball is added with `nsbox import FILE --tag NAME`",
         ));
     }
+    // One manifest listed under several tags is one image with several names.
+    let mut unique: Vec<Found> = Vec::new();
+    for image in found {
+        let same = unique.iter_mut().find(|u| {
+            image.manifest.is_some()
+                && u.manifest.as_ref().map(|m| &m.0) == image.manifest.as_ref().map(|m| &m.0)
+        });
+        match same {
+            Some(existing) => {
+                for name in image.names {
+                    if !existing.names.contains(&name) {
+                        existing.names.push(name);
+                    }
+                }
+            }
+            None => unique.push(image),
+        }
+    }
+    let mut found = unique;
     if found.is_empty() {
         return Err(input_err(path, "holds no image"));
     }

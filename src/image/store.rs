@@ -168,8 +168,13 @@ fn private_dir(path: &Path, create: bool) -> Result<bool, ImageError> {
         Some("not a directory (a symlink or file is there)".to_string())
     } else if st.st_uid != euid {
         Some(format!(
-            "owned by uid {}, not by uid {euid} (nsbox's user)",
-            st.st_uid
+            "owned by uid {}, not by uid {euid} (nsbox's user){}",
+            st.st_uid,
+            if st.st_uid == 0 {
+                " — hint: the image store is root's; run nsbox as root"
+            } else {
+                ""
+            }
         ))
     } else if st.st_mode & 0o077 != 0 {
         Some(format!(
