@@ -104,7 +104,7 @@ fn clean_name(name: &str) -> String {
 }
 
 impl Source {
-    fn open(path: &Path, store: &Store) -> Result<Source, ImageError> {
+    fn open(path: &Path, store: &Store, limits: Limits) -> Result<Source, ImageError> {
         let meta = std::fs::metadata(path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 input_err(path, "does not exist")
@@ -139,14 +139,26 @@ impl Source {
                 .map_err(|e| input_err(path, e.to_string()))?;
             let input = io::BufReader::with_capacity(256 << 10, file);
             let mut out = File::create(&tmp).map_err(io_at(format!("create {}", tmp.display())))?;
+            // Bounded like a layer: a compressed archive could be a bomb too.
+            let bound = limits.max_bytes.saturating_add(1);
             let copied = match compression {
-                Compression::Gzip => {
-                    io::copy(&mut flate2::bufread::MultiGzDecoder::new(input), &mut out)
-                }
+                Compression::Gzip => io::copy(
+                    &mut flate2::bufread::MultiGzDecoder::new(input).take(bound),
+                    &mut out,
+                ),
                 _ => zstd::stream::read::Decoder::with_buffer(input)
-                    .and_then(|mut d| io::copy(&mut d, &mut out)),
+                    .and_then(|d| io::copy(&mut d.take(bound), &mut out)),
             };
-            copied.map_err(|e| input_err(path, format!("decompressing: {e}")))?;
+            let copied = copied.map_err(|e| input_err(path, format!("decompressing: {e}")))?;
+            if copied >= bound {
+                return Err(input_err(
+                    path,
+                    format!(
+                        "decompresses to more than {} bytes (a decompression bomb?) — hint: raise the bound with --max-layer-size if the archive is genuine",
+                        limits.max_bytes
+                    ),
+                ));
+            }
             (tmp, Some(guard))
         };
         let entries = index_tar(&tar_path).map_err(|reason| input_err(path, reason))?;
@@ -367,7 +379,7 @@ struct Found {
 /// Loads every image of the layout or archive at `path` into `store`.
 pub fn load(store: &Store, path: &Path, opts: &LoadOptions) -> Result<LoadReport, ImageError> {
     let _guard = store.load_guard()?;
-    let source = Source::open(path, store)?;
+    let source = Source::open(path, store, opts.limits)?;
     let mut warnings = Vec::new();
     let stem = source_stem(path);
     let mut jobs: BTreeMap<String, LayerJob> = BTreeMap::new();

@@ -251,7 +251,10 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         }
         shared.push(UpperOp::KeepOnlyTopLevel(keep));
     }
-    shared.extend(spec.hide.iter().cloned().map(UpperOp::Hide));
+    // `hide` is about host data; an image's /root or /home are the image's own files.
+    if spec.image.is_none() {
+        shared.extend(spec.hide.iter().cloned().map(UpperOp::Hide));
+    }
     shared.push(UpperOp::Accounts {
         path: "/etc/passwd".into(),
         lines: passwd_lines(spec.uid, spec.gid),
@@ -587,6 +590,39 @@ mod tests {
             .upper
             .iter()
             .any(|op| matches!(op, UpperOp::Accounts { merge: true, .. })));
+    }
+
+    #[test]
+    fn image_plan_stacks_its_layers_and_hides_nothing_of_them() {
+        let layers = vec![
+            PathBuf::from("/store/layers/top"),
+            PathBuf::from("/store/layers/base"),
+        ];
+        let spec = spec_with(|r| {
+            r.image = Some(crate::image::ImageSpec {
+                reference: "devbox:1".into(),
+                digest: crate::image::Digest::of(b"manifest"),
+                layers: layers.clone(),
+                run: Default::default(),
+                user: None,
+            })
+        });
+        let plan = build(&spec, &HostFacts::default());
+        assert_eq!(plan.lowers, layers, "top layer first");
+        assert!(plan.shared.is_empty(), "an image gets no cached host mask");
+        assert!(!plan
+            .upper
+            .iter()
+            .any(|op| matches!(op, UpperOp::Hide(_) | UpperOp::KeepOnlyTopLevel(_))));
+        assert!(
+            plan.upper
+                .iter()
+                .any(|op| matches!(op, UpperOp::Accounts { merge: true, .. })),
+            "the image's accounts are kept"
+        );
+        assert!(
+            matches!(plan.mounts.last(), Some(MountOp::RemountReadOnly { target, .. }) if target == Path::new("/"))
+        );
     }
 
     #[test]

@@ -757,6 +757,84 @@ mod tests {
         assert_eq!(keys, ["HOME", "LANG", "PATH"]);
     }
 
+    fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageSpec {
+        let list = |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
+        ImageSpec {
+            reference: "img:1".into(),
+            digest: crate::image::Digest::of(b"m"),
+            layers: vec![PathBuf::from("/layers/a")],
+            run: crate::image::RunConfig {
+                user: None,
+                env: Some(vec!["PATH=/opt/bin".into(), "A=image".into()]),
+                entrypoint: list(entrypoint),
+                cmd: list(cmd),
+                working_dir: Some("/app".into()),
+            },
+            user: Some((1000, 1000)),
+        }
+    }
+
+    #[test]
+    fn image_defaults_apply_unless_the_command_line_overrides() {
+        let command = |r: &SandboxSpec| -> Vec<String> {
+            r.command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let mut r = req(&[]);
+        r.image = Some(image(&["/ep", "x"], &["default"]));
+        let s = build(r).unwrap();
+        assert_eq!(command(&s), ["/ep", "x", "default"], "ENTRYPOINT + CMD");
+        assert_eq!((s.uid, s.gid), (1000, 1000));
+        assert_eq!(s.workdir, PathBuf::from("/app"));
+        let get = |s: &SandboxSpec, k: &str| {
+            s.env
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get(&s, "PATH").as_deref(), Some("/opt/bin"));
+        assert_eq!(
+            get(&s, "HOME").as_deref(),
+            Some("/sandbox"),
+            "profile variables stay"
+        );
+
+        let mut r = req(&["arg"]);
+        r.image = Some(image(&["/ep"], &["default"]));
+        r.user = Some((5, 6));
+        r.workdir = Some("/w".into());
+        r.env = vec!["A=flag".into()];
+        let s = build(r).unwrap();
+        assert_eq!(command(&s), ["/ep", "arg"], "arguments replace CMD");
+        assert_eq!(
+            (s.uid, s.gid, s.workdir.clone()),
+            (5, 6, PathBuf::from("/w"))
+        );
+        assert_eq!(get(&s, "A").as_deref(), Some("flag"));
+
+        let mut r = req(&[]);
+        r.image = Some(image(&["/ep"], &["default"]));
+        r.entrypoint = Some("/other".into());
+        assert_eq!(
+            command(&build(r).unwrap()),
+            ["/other"],
+            "--entrypoint drops CMD"
+        );
+        let mut r = req(&["sh"]);
+        r.image = Some(image(&["/ep"], &[]));
+        r.entrypoint = Some(String::new());
+        assert_eq!(
+            command(&build(r).unwrap()),
+            ["sh"],
+            "--entrypoint '' clears it"
+        );
+        let mut r = req(&[]);
+        r.image = Some(image(&[], &[]));
+        assert!(matches!(build(r), Err(SpecError::NoImageCommand(_))));
+    }
+
     #[test]
     fn no_command_is_an_error() {
         assert!(matches!(build(req(&[])), Err(SpecError::NoCommand)));

@@ -1184,7 +1184,7 @@ fn hostile_layer_decompression_bomb_is_bounded() {
     refused(
         &ctx,
         &canary,
-        bomb,
+        bomb.clone(),
         Comp::Gzip,
         &["--max-layer-size", "8m"],
         "decompression bomb",
@@ -1201,6 +1201,13 @@ fn hostile_layer_decompression_bomb_is_bounded() {
         &["--max-layer-entries", "100"],
         "more than 100 entries",
     );
+    // A compressed archive is bounded as well before it is looked into.
+    let archive = ctx.path("bomb.tar.gz");
+    std::fs::write(&archive, compress(&bomb, Comp::Gzip)).unwrap();
+    let run = ctx.run(&["load", archive.to_str().unwrap(), "--max-layer-size", "8m"]);
+    assert_eq!(run.code, 125, "{}", run.stderr);
+    assert!(run.stderr.contains("decompression bomb"), "{}", run.stderr);
+    ctx.assert_store_clean();
 }
 
 #[test]
