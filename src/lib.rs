@@ -12,5 +12,6 @@ pub mod relay;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
+pub mod session;
 pub mod spec;
 pub mod sys;

@@ -24,6 +24,11 @@ pub struct RelayConfig {
     pub stdin: bool,
     /// Relay at most this many bytes of output.
     pub max_output: Option<ByteSize>,
+    /// Marks output events ("setup" for a session's setup script).
+    pub phase: Option<&'static str>,
+    /// In raw mode, the command's stdout goes to nsbox's stderr too (a setup script's output,
+    /// so that stdout carries only the session id).
+    pub stdout_to_stderr: bool,
 }
 
 /// A descriptor the relay wants polled.
@@ -343,7 +348,8 @@ impl Relay {
             if end {
                 chunks.extend(self.chunkers[stream].finish());
             }
-            for chunk in chunks {
+            for mut chunk in chunks {
+                chunk.phase = self.cfg.phase;
                 let event = if stream == 0 {
                     Event::Stdout(chunk)
                 } else {
@@ -351,7 +357,7 @@ impl Relay {
                 };
                 self.stdout.push(&event.to_line());
             }
-        } else if stream == 0 {
+        } else if stream == 0 && !self.cfg.stdout_to_stderr {
             self.stdout.push(data);
         } else {
             self.stderr.push(data);

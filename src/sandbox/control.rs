@@ -79,6 +79,8 @@ pub enum ToSandbox {
     Exec(ExecRequest),
     /// (Serve mode) Send a signal to a command's process group.
     Signal { exec_id: u64, signal: i32 },
+    /// (Serve mode) Send a signal to every process of the sandbox (but the init).
+    Broadcast { signal: i32 },
 }
 
 /// Largest message accepted (marks and warnings are small).

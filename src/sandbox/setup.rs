@@ -488,7 +488,15 @@ fn exec_workload(cmd: &Command, tty: Option<BorrowedFd<'_>>) -> ExecFailure {
             }
         }
     }
-    if let Err(e) = rustix::process::chdir(cmd.workdir.as_c_str()) {
+    // A session's `exec -w DIR` creates DIR like a new sandbox's -w does (as the sandbox user).
+    let mut entered = rustix::process::chdir(cmd.workdir.as_c_str());
+    if entered == Err(rustix::io::Errno::NOENT) {
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(cmd.workdir.as_bytes()));
+        if std::fs::create_dir_all(path).is_ok() {
+            entered = rustix::process::chdir(cmd.workdir.as_c_str());
+        }
+    }
+    if let Err(e) = entered {
         return setup_failure(
             &format!("enter the working directory {}", cmd.workdir_shown),
             errno(e),
@@ -640,6 +648,11 @@ fn serve_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>) -> ! {
                         // Each command leads its own session and process group.
                         let _ = sys::signal::kill(-*pid, signal);
                     }
+                }
+                Ok(Some((ToSandbox::Broadcast { signal }, _))) => {
+                    // -1: every process this one may signal, which is every process of the
+                    // sandbox but the init itself.
+                    let _ = sys::signal::kill(-1, signal);
                 }
                 Ok(Some(_)) => {}
                 // The supervisor is gone (its parent-death signal reaches us too).

@@ -103,6 +103,9 @@ pub struct Outcome {
     pub marks: Vec<(String, u64)>,
     pub warnings: Vec<String>,
     pub memory_limit: Option<ByteSize>,
+    /// The command ran in a session: a timeout or interrupt ended the command's process
+    /// group, not the sandbox.
+    pub in_session: bool,
 }
 
 impl Outcome {
@@ -122,8 +125,13 @@ impl Outcome {
         match &self.ending {
             Ending::ExecFailed { message, .. } => Some(message.clone()),
             Ending::TimedOut(limit) => Some(format!(
-                "timed out after {} (--timeout); every process of the sandbox was killed",
-                format_duration(*limit)
+                "timed out after {} (--timeout); {} killed",
+                format_duration(*limit),
+                if self.in_session {
+                    "the command and its process group were"
+                } else {
+                    "every process of the sandbox was"
+                }
             )),
             Ending::Signaled(libc::SIGKILL) if self.oom => Some(format!(
                 "out of memory: the sandbox reached its memory limit{} and the kernel killed the command (exit code {})",
@@ -133,8 +141,13 @@ impl Outcome {
                 exit::OOM
             )),
             Ending::Interrupted(sig) => Some(format!(
-                "interrupted by {}; the sandbox was torn down",
-                sys::signal::name(*sig)
+                "interrupted by {}; {}",
+                sys::signal::name(*sig),
+                if self.in_session {
+                    "the command was killed (the session runs on)"
+                } else {
+                    "the sandbox was torn down"
+                }
             )),
             _ if self.oom => Some(format!(
                 "a process in the sandbox was killed by the OOM killer at the memory limit{}",
@@ -438,6 +451,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
             tty: spec.io.tty,
             stdin: spec.io.stdin,
             max_output: spec.limits.max_output,
+            phase: None,
+            stdout_to_stderr: false,
         },
         &spec.secrets,
         launched.out.take(),
@@ -867,6 +882,7 @@ impl Running<'_> {
             marks,
             warnings: std::mem::take(&mut self.warnings),
             memory_limit: self.spec.limits.memory,
+            in_session: false,
         })
     }
 

@@ -10,3 +10,4 @@ mod exec_basics;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod sessions;
