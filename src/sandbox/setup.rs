@@ -256,6 +256,8 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         detach_streams(s.exec_status)?;
         control::send(s.control, &ToSupervisor::Ready { marks, warnings }, &[])
             .map_err(at("report ready"))?;
+        // The start-up code is done with; the idle loop needs little of it.
+        sys::mem::release_code_pages();
         serve_loop(s.control, signalfd.as_fd());
     };
 

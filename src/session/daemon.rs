@@ -231,6 +231,8 @@ fn supervise(
     );
     drop(ready);
     tracing::info!(id = %spec.id, "session ready");
+    // The CLI's and the start-up's code pages are done with (see the function).
+    sys::mem::release_code_pages();
 
     let mut daemon = Daemon {
         spec,
