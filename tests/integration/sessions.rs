@@ -610,7 +610,19 @@ fn ps_and_stats_show_the_cgroup_numbers() {
         "stats {stat_bytes} vs {} {file_bytes}",
         mem_file.display()
     );
-    if let Some(cpu) = stats["cpu_usage_usec"].as_u64() {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        // Pure cgroup v2: cpu.stat is there, and matches the file.
+        let cpu = stats["cpu_usage_usec"].as_u64().expect("cpu time on cgroup v2");
+        let file = cgroup_file(&id, "cpu.stat").unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let from_file: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(cpu > 0 && cpu <= from_file, "{cpu} vs {from_file}");
+    } else if let Some(cpu) = stats["cpu_usage_usec"].as_u64() {
         assert!(cpu > 0);
     }
     assert_eq!(stats["commands_running"], 0);
