@@ -333,6 +333,18 @@ fn session_exec_options_and_json_events() {
     assert_eq!(out.status.code(), Some(130));
     assert!(eventually(5.0, || host_processes_matching("sleep 31403").is_empty()));
     assert_eq!(store.state(&id).as_deref(), Some("running"));
+
+    // A CLI killed outright takes its command along; the session runs on.
+    let mut child = store
+        .cmd(&["exec", "--session", &id, "--", "sleep", "31410"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(5.0, || !host_processes_matching("sleep 31410").is_empty()));
+    kill(child.id(), libc::SIGKILL);
+    let _ = child.wait();
+    assert!(eventually(5.0, || host_processes_matching("sleep 31410").is_empty()));
+    assert_eq!(store.sh(&id, "echo alive").stdout, "alive\n");
 }
 
 /// A tree with modes, an empty directory, a symlink and an executable.
@@ -612,7 +624,9 @@ fn ps_and_stats_show_the_cgroup_numbers() {
     );
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         // Pure cgroup v2: cpu.stat is there, and matches the file.
-        let cpu = stats["cpu_usage_usec"].as_u64().expect("cpu time on cgroup v2");
+        let cpu = stats["cpu_usage_usec"]
+            .as_u64()
+            .expect("cpu time on cgroup v2");
         let file = cgroup_file(&id, "cpu.stat").unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
         let from_file: u64 = text
