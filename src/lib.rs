@@ -13,5 +13,6 @@ pub mod relay;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
+pub mod session;
 pub mod spec;
 pub mod sys;

@@ -3,50 +3,49 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use super::{error, ExecArgs};
+use super::{error, ExecArgs, SandboxArgs};
 use crate::exit;
 use crate::profile::Profile;
 use crate::relay::{Event, Masker};
 use crate::sandbox::{self, Outcome, SandboxError};
-use crate::spec::{ExecRequest, SandboxSpec};
+use crate::session::client::{SessionClient, SessionExec};
+use crate::session::state::SessionStore;
+use crate::spec::units::ByteSize;
+use crate::spec::{ExecRequest, Limit, SandboxSpec, Timeout};
 
 pub fn run(args: ExecArgs, state_root: &std::path::Path, t0: u64) -> i32 {
+    if let Some(session) = args.session.clone() {
+        return run_in_session(args, &session, t0);
+    }
     let json = args.json;
     // Until the spec exists, secrets are known only from the raw flags: mask them anyway.
-    let early_masker = Masker::new(
-        &args
-            .secrets
-            .iter()
-            .filter_map(|s| s.split_once('=').map(|(_, v)| v.to_string()))
-            .collect::<Vec<_>>(),
-    );
+    let early_masker = raw_secret_masker(&args.sandbox);
     // The image's layers stay locked (shared) for as long as this process supervises the
     // sandbox, so `nsbox image prune` and `rmi` never delete them under it.
-    let image = match args.image.as_deref() {
-        Some(reference) => match crate::image::open_root(state_root, reference) {
-            Ok(root) => Some(root),
-            Err(e) => return fail(json, "setup", &e.to_string(), t0),
-        },
-        None => None,
+    let image = match open_image(&args.sandbox, state_root) {
+        Ok(image) => image,
+        Err(message) => return fail(json, "setup", &message, t0),
     };
-    let spec = match build_spec(args, image.as_ref().map(|i| i.spec())) {
+    let command = ExecExtras {
+        command: args.command,
+        timeout: args.timeout,
+        max_output: args.max_output,
+        interactive: args.interactive,
+        tty: args.tty,
+        json: args.json,
+        timings: args.timings,
+    };
+    let spec = match build_spec(args.sandbox, command, image.as_ref().map(|i| i.spec())) {
         Ok(spec) => spec,
         Err(message) => return fail(json, "setup", &early_masker.mask_str(&message), t0),
     };
     let masker = Masker::new(&spec.secrets);
     if json {
-        let start = Event::Start {
-            id: &spec.id,
-            profile: &spec.profile_name,
-            network: spec.network.as_str(),
-        };
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&start.to_line());
-        let _ = out.flush();
+        start_event(&spec.id, &spec.profile_name, spec.network.as_str());
     }
     tracing::info!(id = %spec.id, profile = %spec.profile_name, "starting sandbox");
     match sandbox::run(&spec, t0) {
-        Ok(outcome) => finish(&spec, &outcome, &masker),
+        Ok(outcome) => finish(spec.io.json, spec.timings, &outcome, &masker),
         Err(e) => {
             let message = masker.mask_str(&describe(&e));
             fail(json, e.phase(), &message, t0)
@@ -54,13 +53,61 @@ pub fn run(args: ExecArgs, state_root: &std::path::Path, t0: u64) -> i32 {
     }
 }
 
-fn build_spec(
-    args: ExecArgs,
+/// Masks the values of `--secret` flags in messages printed before the spec exists.
+pub(super) fn raw_secret_masker(sandbox: &SandboxArgs) -> Masker {
+    Masker::new(
+        &sandbox
+            .secrets
+            .iter()
+            .filter_map(|s| s.split_once('=').map(|(_, v)| v.to_string()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+pub(super) fn start_event(id: &str, profile: &str, network: &str) {
+    let start = Event::Start {
+        id,
+        profile,
+        network,
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&start.to_line());
+    let _ = out.flush();
+}
+
+/// The flags of an exec that are not about the sandbox itself.
+pub(super) struct ExecExtras {
+    pub command: Vec<std::ffi::OsString>,
+    pub timeout: Option<Limit<Timeout>>,
+    pub max_output: Option<Limit<ByteSize>>,
+    pub interactive: bool,
+    pub tty: bool,
+    pub json: bool,
+    pub timings: bool,
+}
+
+/// Resolves and locks `--image` (images, issue 3); the lock lasts as long as the result.
+pub(super) fn open_image(
+    sandbox: &SandboxArgs,
+    state_root: &std::path::Path,
+) -> Result<Option<crate::image::ImageRoot>, String> {
+    match sandbox.image.as_deref() {
+        Some(reference) => crate::image::open_root(state_root, reference)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn build_spec(
+    args: SandboxArgs,
+    extra: ExecExtras,
     image: Option<crate::spec::ImageSpec>,
 ) -> Result<SandboxSpec, String> {
-    let profile = Profile::load(&args.profile).map_err(|e| e.to_string())?;
+    let profile =
+        Profile::load(args.profile.as_deref().unwrap_or("default")).map_err(|e| e.to_string())?;
     let request = ExecRequest {
-        command: args.command,
+        command: extra.command,
         rootfs: args.rootfs,
         image,
         entrypoint: args.entrypoint,
@@ -77,19 +124,111 @@ fn build_spec(
         memory: args.memory,
         cpus: args.cpus,
         pids: args.pids,
-        timeout: args.timeout,
-        max_output: args.max_output,
+        timeout: extra.timeout,
+        max_output: extra.max_output,
         env: args.env,
         env_files: args.env_files,
         secrets: args.secrets,
         secret_env: args.secret_env,
-        interactive: args.interactive,
-        tty: args.tty,
-        json: args.json,
-        timings: args.timings,
+        interactive: extra.interactive,
+        tty: extra.tty,
+        json: extra.json,
+        timings: extra.timings,
     };
     let host_env: BTreeMap<String, String> = std::env::vars().collect();
     SandboxSpec::build(request, &profile, &host_env).map_err(|e| e.to_string())
+}
+
+/// `nsbox exec --session ID -- CMD`.
+fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
+    let json = args.json;
+    let used = args.sandbox.defining_flags();
+    if !used.is_empty() {
+        return fail(
+            json,
+            "setup",
+            &format!(
+                "{} do not apply with --session (the session was created with its own); with --session use -e, -w, -i, -t, --json, --timeout, --max-output",
+                used.join(", ")
+            ),
+            t0,
+        );
+    }
+    if args.command.is_empty() {
+        return fail(
+            json,
+            "setup",
+            "no command given — usage: nsbox exec --session ID [OPTIONS] -- CMD [ARGS...]",
+            t0,
+        );
+    }
+    let env = match session_env(&args.sandbox.env, args.tty) {
+        Ok(env) => env,
+        Err(message) => return fail(json, "setup", &message, t0),
+    };
+    let store = SessionStore::system();
+    let client = match SessionClient::connect(&store, session) {
+        Ok(c) => c,
+        Err(e) => return fail(json, e.phase(), &e.to_string(), t0),
+    };
+    if json {
+        start_event(
+            &client.record.id,
+            &client.record.profile,
+            &client.record.network,
+        );
+    }
+    let exec = SessionExec {
+        argv: args.command,
+        env,
+        workdir: args.sandbox.workdir,
+        stdin: args.interactive,
+        tty: args.tty,
+        json,
+        timeout: args.timeout.and_then(|l| match l {
+            Limit::Unlimited => None,
+            Limit::Value(t) => Some(t.0),
+        }),
+        max_output: args.max_output.map(|l| match l {
+            Limit::Unlimited => None,
+            Limit::Value(m) => Some(m),
+        }),
+        phase: None,
+        output_to_stderr: false,
+    };
+    match client.exec(exec, t0) {
+        Ok(outcome) => finish(json, args.timings, &outcome, &Masker::new::<&str>(&[])),
+        Err(e) => fail(json, e.phase(), &e.to_string(), t0),
+    }
+}
+
+/// `-e` flags of a session exec: NAME=VALUE, or NAME copied from nsbox's environment; TERM
+/// added with a terminal.
+pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, String)>, String> {
+    let mut env = Vec::new();
+    if tty {
+        let term = std::env::var("TERM")
+            .ok()
+            .filter(|t| !t.is_empty() && t != "dumb")
+            .unwrap_or_else(|| "xterm-256color".into());
+        env.push(("TERM".to_string(), term));
+    }
+    for entry in entries {
+        let (k, v) = match entry.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match std::env::var(entry) {
+                Ok(v) => (entry.clone(), v),
+                Err(_) => continue,
+            },
+        };
+        if !crate::profile::valid_env_name(&k) {
+            return Err(format!(
+                "--env '{k}': not a valid variable name (letters, digits, '_')"
+            ));
+        }
+        env.push((k, v));
+    }
+    Ok(env)
 }
 
 fn describe(e: &SandboxError) -> String {
@@ -104,7 +243,7 @@ fn describe(e: &SandboxError) -> String {
 }
 
 /// Reports an nsbox failure (exit code 125).
-fn fail(json: bool, phase: &str, message: &str, t0: u64) -> i32 {
+pub(super) fn fail(json: bool, phase: &str, message: &str, t0: u64) -> i32 {
     let code = exit::NSBOX_FAILED;
     if json {
         let events = [
@@ -137,10 +276,10 @@ fn elapsed_ms(t0: u64) -> f64 {
     sandbox::supervisor::now_ns().saturating_sub(t0) as f64 / 1e6
 }
 
-fn finish(spec: &SandboxSpec, outcome: &Outcome, masker: &Masker) -> i32 {
+pub(super) fn finish(json: bool, timings: bool, outcome: &Outcome, masker: &Masker) -> i32 {
     let code = outcome.exit_code();
     let message = outcome.message().map(|m| masker.mask_str(&m));
-    if spec.io.json {
+    if json {
         let mut out = std::io::stdout().lock();
         for warning in &outcome.warnings {
             let _ = out.write_all(
@@ -179,7 +318,7 @@ fn finish(spec: &SandboxSpec, outcome: &Outcome, masker: &Masker) -> i32 {
             error(&message);
         }
     }
-    if spec.timings {
+    if timings {
         print_timings(outcome);
     }
     code

@@ -6,6 +6,7 @@ mod doctor;
 mod exec;
 mod image;
 mod prune;
+mod session;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -60,9 +61,21 @@ enum Command {
     /// Run a command in a new sandbox, then remove the sandbox.
     #[command(after_help = AFTER_HELP)]
     Exec(Box<ExecArgs>),
+    /// Start a sandbox that stays up (a session); prints its id.
+    Create(Box<session::CreateArgs>),
+    /// List sessions.
+    Ps(session::PsArgs),
+    /// A session's resource usage (memory, CPU, processes).
+    Stats(session::StatsArgs),
+    /// Stop a session: TERM to every process, KILL after a grace period.
+    Stop(session::StopArgs),
+    /// Remove stopped sessions (-f: stop them first).
+    Rm(session::RmArgs),
+    /// Copy files or trees between the host and a session: SRC SESSION:DST or SESSION:SRC DST.
+    Cp(session::CpArgs),
     /// Check that this host can run sandboxes, and say what to fix if not.
     Doctor(doctor::DoctorArgs),
-    /// Remove what killed nsbox processes left behind (empty cgroups).
+    /// Remove what killed nsbox processes left behind (cgroups, sessions, cached layers).
     Prune(prune::PruneArgs),
     /// List the built-in profiles.
     Profiles,
@@ -85,13 +98,14 @@ enum Command {
     // --- end images ---
 }
 
-/// Flags of `nsbox exec`. Values left out come from the profile (profiles/default.toml).
+/// What defines a sandbox: the flags of `nsbox exec` (without `--session`) and `nsbox create`.
+/// Values left out come from the profile (profiles/default.toml).
 #[derive(Debug, Args)]
-pub struct ExecArgs {
+pub struct SandboxArgs {
     /// Profile to start from: a built-in name (default, strict), /etc/nsbox/profiles/NAME.toml,
     /// or a path to a TOML file.
-    #[arg(long, short = 'p', value_name = "NAME|PATH", default_value = "default")]
-    profile: String,
+    #[arg(long, short = 'p', value_name = "NAME|PATH")]
+    profile: Option<String>,
 
     /// Use this directory as the root filesystem (read-only, under an ephemeral overlay)
     /// instead of the host's root.
@@ -151,12 +165,6 @@ pub struct ExecArgs {
     /// Maximum number of processes and threads (or none).
     #[arg(long, value_name = "N", help_heading = "Limits")]
     pids: Option<Limit<u64>>,
-    /// Kill every process of the sandbox after this long (e.g. 30s, 5m, 1h; or none). Exit 124.
-    #[arg(long, value_name = "DURATION", help_heading = "Limits")]
-    timeout: Option<Limit<Timeout>>,
-    /// Relay at most this many bytes of output (e.g. 10m, or none); the rest is dropped.
-    #[arg(long, value_name = "SIZE", help_heading = "Limits")]
-    max_output: Option<Limit<ByteSize>>,
 
     /// Network: none (loopback only, the default) or host (the host's network, opt-in).
     #[arg(long, value_name = "MODE", value_parser = parse_network, help_heading = "Network")]
@@ -188,6 +196,58 @@ pub struct ExecArgs {
     /// Like --secret, with the value taken from nsbox's own environment. Repeatable.
     #[arg(long = "secret-env", value_name = "NAME", help_heading = "Process")]
     secret_env: Vec<String>,
+}
+
+impl SandboxArgs {
+    /// The sandbox-defining flags given (they make no sense with `exec --session`).
+    fn defining_flags(&self) -> Vec<&'static str> {
+        let mut used = Vec::new();
+        let mut check = |given: bool, name: &'static str| {
+            if given {
+                used.push(name);
+            }
+        };
+        check(self.profile.is_some(), "--profile");
+        check(self.rootfs.is_some(), "--rootfs");
+        check(self.image.is_some(), "--image");
+        check(self.entrypoint.is_some(), "--entrypoint");
+        check(self.writable_root, "--writable-root");
+        check(!self.mounts.is_empty(), "--mount");
+        check(!self.copies.is_empty(), "--copy");
+        check(self.sandbox_size.is_some(), "--sandbox-size");
+        check(self.tmp_size.is_some(), "--tmp-size");
+        check(self.root_size.is_some(), "--root-size");
+        check(self.memory.is_some(), "--memory");
+        check(self.cpus.is_some(), "--cpus");
+        check(self.pids.is_some(), "--pids");
+        check(self.net.is_some(), "--net");
+        check(self.user.is_some(), "--user");
+        check(self.hostname.is_some(), "--hostname");
+        check(!self.env_files.is_empty(), "--env-file");
+        check(!self.secrets.is_empty(), "--secret");
+        check(!self.secret_env.is_empty(), "--secret-env");
+        used
+    }
+}
+
+/// Flags of `nsbox exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Run the command in this living session (see `nsbox create`) instead of a new sandbox.
+    /// With it, only -e, -w, -i, -t, --json, --timeout and --max-output apply.
+    #[arg(long, short = 's', value_name = "ID|NAME", help_heading = "Sessions")]
+    session: Option<String>,
+
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+
+    /// Kill every process of the sandbox after this long (e.g. 30s, 5m, 1h; or none). Exit 124.
+    /// With --session: kill the command (and its process group).
+    #[arg(long, value_name = "DURATION", help_heading = "Limits")]
+    timeout: Option<Limit<Timeout>>,
+    /// Relay at most this many bytes of output (e.g. 10m, or none); the rest is dropped.
+    #[arg(long, value_name = "SIZE", help_heading = "Limits")]
+    max_output: Option<Limit<ByteSize>>,
 
     /// Pass nsbox's stdin to the command (otherwise it reads /dev/null).
     #[arg(long, short = 'i', help_heading = "Input/output")]
@@ -236,6 +296,12 @@ pub fn main() -> i32 {
     let state_root = image::state_root(cli.state_root.as_deref());
     match cli.command {
         Command::Exec(args) => exec::run(*args, &state_root, t0),
+        Command::Create(args) => session::create(*args, &state_root, t0),
+        Command::Ps(args) => session::ps(args),
+        Command::Stats(args) => session::stats(args),
+        Command::Stop(args) => session::stop(args),
+        Command::Rm(args) => session::rm(args),
+        Command::Cp(args) => session::cp(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Profiles => {

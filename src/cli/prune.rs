@@ -1,5 +1,5 @@
-//! `nsbox prune`: removes what nsbox processes that were killed (SIGKILL, power loss) left on
-//! the host. A one-shot sandbox keeps nothing on the host but its cgroup (its mounts and
+//! `nsbox prune`: removes stopped sessions, and what nsbox processes that were killed
+//! (SIGKILL, power loss) left on the host. A one-shot sandbox keeps nothing on the host but its cgroup (its mounts and
 //! namespaces die with its processes), so leftovers are `nsbox-<id>` cgroups that are empty
 //! and not held by a live nsbox. It also removes cached mask layers (see
 //! `crate::rootfs::mask`) that no running sandbox uses.
@@ -18,6 +18,10 @@ pub struct PruneArgs {
     /// Only list what would be removed.
     #[arg(long)]
     dry_run: bool,
+    /// Only remove stopped sessions that stopped at least this long ago (e.g. 24h); sessions
+    /// whose supervisor was killed are removed regardless.
+    #[arg(long, value_name = "DURATION")]
+    older_than: Option<crate::spec::Timeout>,
 }
 
 pub fn run(args: PruneArgs) -> i32 {
@@ -35,8 +39,14 @@ pub fn run(args: PruneArgs) -> i32 {
             return exit::NSBOX_FAILED;
         }
     };
-    let mut failed = false;
-    let mut removed = 0;
+    let (mut removed, mut failed) =
+        super::session::prune_sessions(args.older_than.map(|t| t.0), args.dry_run);
+    // Sessions removed above took their cgroups along; look again.
+    let leftovers = if removed > 0 {
+        cgroup::find_leftovers(&layout).unwrap_or_default()
+    } else {
+        leftovers
+    };
     for leftover in leftovers {
         let path = leftover.path.display();
         if cgroup::in_use(&leftover) {

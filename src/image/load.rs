@@ -742,9 +742,9 @@ fn collect_oci(
                 .manifests
                 .iter()
                 .find(|m| {
-                    m.platform.as_ref().map_or(true, |p| {
-                        p.os == host.os && p.architecture == host.architecture
-                    })
+                    m.platform
+                        .as_ref()
+                        .is_none_or(|p| p.os == host.os && p.architecture == host.architecture)
                 })
                 .ok_or_else(|| {
                     ImageError::Invalid(format!(
@@ -1077,10 +1077,7 @@ fn unpack_stream(
             Some(rfs::Gid::from_raw(ids.base)),
         )
         .map_err(|e| io_at(format!("chown {}", dir.display()))(e.into()))?;
-        let keep_blob = expect
-            .blob
-            .as_ref()
-            .map_or(true, |(d, _)| !store.has_blob(d));
+        let keep_blob = expect.blob.as_ref().is_none_or(|(d, _)| !store.has_blob(d));
         let copy = if keep_blob {
             Some(BufWriter::with_capacity(
                 256 << 10,

@@ -14,6 +14,8 @@ pub enum Event<'a> {
         profile: &'a str,
         network: &'a str,
     },
+    /// `nsbox create` made a session (after its setup script, if any, succeeded).
+    Created { id: &'a str, name: Option<&'a str> },
     /// A chunk of the command's stdout. `data` holds UTF-8 text; output that is not valid UTF-8
     /// comes as `data_b64` instead.
     Stdout(Chunk),
@@ -44,6 +46,9 @@ pub enum Event<'a> {
 /// A piece of output, as text when it is valid UTF-8.
 #[derive(Debug, Serialize)]
 pub struct Chunk {
+    /// "setup" for the output of a session's setup script; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +109,7 @@ fn text_chunk(bytes: Vec<u8>) -> Option<Chunk> {
     }
     let text = String::from_utf8(bytes).ok()?;
     Some(Chunk {
+        phase: None,
         data: Some(text),
         data_b64: None,
     })
@@ -111,6 +117,7 @@ fn text_chunk(bytes: Vec<u8>) -> Option<Chunk> {
 
 fn binary_chunk(bytes: &[u8]) -> Chunk {
     Chunk {
+        phase: None,
         data: None,
         data_b64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
     }

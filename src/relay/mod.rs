@@ -5,6 +5,7 @@
 pub mod events;
 pub mod mask;
 pub mod sink;
+pub mod stream;
 
 pub use events::{Chunk, Event, Utf8Chunker};
 pub use mask::Masker;

@@ -13,9 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{
-    self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps, XattrFlags, CWD,
-};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, XattrFlags, CWD};
 use rustix::mount::{
     self as rmount, FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MountPropagationFlags,
     MoveMountFlags, OpenTreeFlags, UnmountFlags,
@@ -1072,147 +1070,18 @@ impl Inside<'_> {
         let name = target
             .file_name()
             .ok_or_else(|| fail("copy into", target)(io::Error::from_raw_os_error(libc::EINVAL)))?;
-        let mut copier = Copier {
-            ids: self.ids,
-            owner,
-            skipped: 0,
-        };
+        let host_owner = (self.ids.base + owner.0, self.ids.base + owner.1);
+        let mut copier = super::copy::TreeCopy::new(Some(host_owner), false);
         let st = rfs::fstat(&src).map_err(|e| fail("copy from", target)(rustix_err(e)))?;
         if is_dir {
             copier
-                .copy_dir(&src, &parent, name, &st, 0)
+                .dir(src.as_fd(), parent.as_fd(), name, &st, 0)
                 .map_err(fail("copy into", target))
         } else {
             copier
-                .copy_file(src, &parent, name, &st)
+                .file(src, parent.as_fd(), name, &st)
                 .map_err(fail("copy into", target))
         }
-    }
-}
-
-/// Deep trees are copied recursively; beyond this depth the copy fails instead of exhausting
-/// descriptors.
-const MAX_COPY_DEPTH: usize = 256;
-
-struct Copier {
-    ids: IdMap,
-    owner: (u32, u32),
-    skipped: usize,
-}
-
-impl Copier {
-    fn finish(&self, fd: BorrowedFd<'_>, st: &rfs::Stat) -> io::Result<()> {
-        rfs::fchown(
-            fd,
-            Some(self.ids.uid(self.owner.0)),
-            Some(self.ids.gid(self.owner.1)),
-        )
-        .map_err(rustix_err)?;
-        rfs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o1777)).map_err(rustix_err)?;
-        let times = Timestamps {
-            last_access: rfs::Timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec as _,
-            },
-            last_modification: rfs::Timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec as _,
-            },
-        };
-        rfs::futimens(fd, &times).map_err(rustix_err)
-    }
-
-    fn copy_file(
-        &mut self,
-        src: OwnedFd,
-        dst_dir: &OwnedFd,
-        name: &OsStr,
-        st: &rfs::Stat,
-    ) -> io::Result<()> {
-        let dst = rfs::openat(
-            dst_dir,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(rustix_err)?;
-        let mut from = File::from(src);
-        let mut to = File::from(dst);
-        io::copy(&mut from, &mut to)?;
-        self.finish(to.as_fd(), st)
-    }
-
-    fn copy_dir(
-        &mut self,
-        src: &OwnedFd,
-        dst_parent: &OwnedFd,
-        name: &OsStr,
-        st: &rfs::Stat,
-        depth: usize,
-    ) -> io::Result<()> {
-        if depth > MAX_COPY_DEPTH {
-            return Err(io::Error::other(format!(
-                "the tree is deeper than {MAX_COPY_DEPTH} levels"
-            )));
-        }
-        match rfs::mkdirat(dst_parent, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(rustix_err(e)),
-        }
-        let dst = rfs::openat(
-            dst_parent,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(rustix_err)?;
-        let entries = rfs::Dir::read_from(src).map_err(rustix_err)?;
-        for entry in entries {
-            let entry = entry.map_err(rustix_err)?;
-            let child = entry.file_name();
-            if child.to_bytes() == b"." || child.to_bytes() == b".." {
-                continue;
-            }
-            let child_name = OsStr::from_bytes(child.to_bytes());
-            let cst = rfs::statat(src, child, AtFlags::SYMLINK_NOFOLLOW).map_err(rustix_err)?;
-            match FileType::from_raw_mode(cst.st_mode) {
-                FileType::Directory => {
-                    let sub = rfs::openat(
-                        src,
-                        child,
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(rustix_err)?;
-                    self.copy_dir(&sub, &dst, child_name, &cst, depth + 1)?;
-                }
-                FileType::RegularFile => {
-                    let file = rfs::openat(
-                        src,
-                        child,
-                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
-                        Mode::empty(),
-                    )
-                    .map_err(rustix_err)?;
-                    self.copy_file(file, &dst, child_name, &cst)?;
-                }
-                FileType::Symlink => {
-                    let link = rfs::readlinkat(src, child, Vec::new()).map_err(rustix_err)?;
-                    rfs::symlinkat(link.as_c_str(), &dst, child_name).map_err(rustix_err)?;
-                    rfs::chownat(
-                        &dst,
-                        child_name,
-                        Some(self.ids.uid(self.owner.0)),
-                        Some(self.ids.gid(self.owner.1)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(rustix_err)?;
-                }
-                // Devices, fifos and sockets are host objects, not files to copy.
-                _ => self.skipped += 1,
-            }
-        }
-        self.finish(dst.as_fd(), st)
     }
 }
 

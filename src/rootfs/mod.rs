@@ -13,6 +13,7 @@
 //! the mounts disappear with the sandbox's last process.
 
 pub mod apply;
+pub mod copy;
 pub mod mask;
 pub mod plan;
 

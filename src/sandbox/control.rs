@@ -29,6 +29,37 @@ pub enum ToSupervisor {
         code: Option<i32>,
         signal: Option<i32>,
     },
+    /// (Serve mode) The sandbox is built; the init waits for commands.
+    Ready {
+        marks: Vec<(String, u64)>,
+        warnings: Vec<String>,
+    },
+    /// (Serve mode) A command was forked. With a terminal, its pty master is attached.
+    ExecStarted { exec_id: u64 },
+    /// (Serve mode) A command ended.
+    ExecEnded {
+        exec_id: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// (Serve mode) A command could not even be forked.
+    ExecRefused { exec_id: u64, message: String },
+}
+
+/// A command to run in a living sandbox (sessions). Its standard streams and the pipe its
+/// exec failure is reported on travel as attached descriptors: [stdin, stdout, stderr,
+/// status], or [status] alone with a terminal (the init then makes the pty).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
+pub struct ExecRequest {
+    pub exec_id: u64,
+    /// The command and its arguments (bytes: arguments need not be UTF-8).
+    pub argv: Vec<Vec<u8>>,
+    /// The complete environment.
+    pub env: Vec<(String, String)>,
+    pub workdir: std::path::PathBuf,
+    pub tty: bool,
+    /// (rows, columns) of the caller's terminal.
+    pub winsize: Option<(u16, u16)>,
 }
 
 /// From the supervisor to the sandbox.
@@ -44,6 +75,12 @@ pub enum ToSandbox {
     NetFailed { message: String },
     /// The user namespace or the cgroup could not be made; the sandbox must give up.
     IdentityFailed { message: String },
+    /// (Serve mode) Run a command.
+    Exec(ExecRequest),
+    /// (Serve mode) Send a signal to a command's process group.
+    Signal { exec_id: u64, signal: i32 },
+    /// (Serve mode) Send a signal to every process of the sandbox (but the init).
+    Broadcast { signal: i32 },
 }
 
 /// Largest message accepted (marks and warnings are small).

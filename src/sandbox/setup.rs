@@ -42,7 +42,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::termios::Winsize;
 use serde::{Deserialize, Serialize};
 
-use super::control::{self, ToSandbox, ToSupervisor};
+use super::control::{self, ExecRequest, ToSandbox, ToSupervisor};
 use crate::exit;
 use crate::profile::NetworkMode;
 use crate::rootfs::apply::{self, HostSource, IdMap};
@@ -56,6 +56,8 @@ use crate::sys;
 #[derive(Debug)]
 pub struct ChildSetup<'a> {
     pub spec: &'a SandboxSpec,
+    /// Run the spec's command now, or wait for commands (sessions).
+    pub mode: super::supervisor::InitMode,
     pub plan: &'a RootfsPlan,
     pub seccomp: &'a BpfProgram,
     pub control: BorrowedFd<'a>,
@@ -229,12 +231,17 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         sys::process::exit_now(exit::NSBOX_FAILED);
     }
 
-    let tty = if s.spec.io.tty {
+    let serve = s.mode == super::supervisor::InitMode::Serve;
+    let tty = if s.spec.io.tty && !serve {
         Some(open_pty(s.winsize).map_err(at("allocate a terminal"))?)
     } else {
         None
     };
-    let command = Command::prepare(s.spec).map_err(at("prepare command"))?;
+    let command = if serve {
+        None
+    } else {
+        Some(Command::prepare(s.spec).map_err(at("prepare command"))?)
+    };
     let signals = sys::signal::SignalSet::new(&[&[libc::SIGCHLD][..], FORWARDED].concat());
     sys::signal::block(&signals).map_err(at("block signals"))?;
     let signalfd = sys::signal::signalfd(&signals).map_err(at("create signalfd"))?;
@@ -244,10 +251,20 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     crate::sys::seccomp::install_filter(s.seccomp).map_err(at("load the seccomp filter"))?;
     marks.push(("seccomp loaded".into(), now_ns()));
 
+    let Some(command) = command else {
+        // Sessions: the init waits for commands instead of running one.
+        detach_streams(s.exec_status)?;
+        control::send(s.control, &ToSupervisor::Ready { marks, warnings }, &[])
+            .map_err(at("report ready"))?;
+        // The start-up code is done with; the idle loop needs little of it.
+        sys::mem::release_code_pages();
+        serve_loop(s.control, signalfd.as_fd());
+    };
+
     // 13. The workload.
     let workload = sys::process::fork().map_err(at("fork workload"))?;
     if workload == 0 {
-        let failure = exec_workload(s, &command, tty.as_ref().map(|t| t.slave.as_fd()));
+        let failure = exec_workload(&command, tty.as_ref().map(|t| t.slave.as_fd()));
         let _ = rustix::io::write(
             s.exec_status,
             &serde_json::to_vec(&failure).unwrap_or_default(),
@@ -256,15 +273,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     }
 
     // 14. Init.
-    let devnull = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-        .map_err(at("open /dev/null"))?;
-    for target in 0..3 {
-        dup_onto(devnull.as_fd(), target).map_err(at("detach init's streams"))?;
-    }
-    let _ = sys::fs::close_range(
-        s.exec_status.as_raw_fd() as u32,
-        s.exec_status.as_raw_fd() as u32,
-    );
+    detach_streams(s.exec_status)?;
     marks.push(("workload forked".into(), now_ns()));
     let master = tty.map(|t| {
         drop(t.slave);
@@ -279,6 +288,21 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     .map_err(at("report start"))?;
     drop(master);
     init_loop(s.control, signalfd.as_fd(), workload)
+}
+
+/// The init keeps none of the command's streams (so they end when the command's processes
+/// do) and not the exec-status pipe (so its end of file means "exec happened").
+fn detach_streams(exec_status: BorrowedFd<'_>) -> Result<(), Failure> {
+    let devnull = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(at("open /dev/null"))?;
+    for target in 0..3 {
+        dup_onto(devnull.as_fd(), target).map_err(at("detach init's streams"))?;
+    }
+    let _ = sys::fs::close_range(
+        exec_status.as_raw_fd() as u32,
+        exec_status.as_raw_fd() as u32,
+    );
+    Ok(())
 }
 
 /// Joins the sandbox's cgroup by writing "0" to its v1 `tasks` files (cheap: no global
@@ -391,28 +415,34 @@ struct Command {
     name: String,
     search_path: String,
     workdir: CString,
+    workdir_shown: String,
 }
 
 impl Command {
     fn prepare(spec: &SandboxSpec) -> io::Result<Command> {
+        let argv: Vec<&[u8]> = spec.command.iter().map(|a| a.as_bytes()).collect();
+        Command::from_parts(&argv, &spec.env, &spec.workdir)
+    }
+
+    fn from_parts<A: AsRef<[u8]>>(
+        args: &[A],
+        env: &[(String, String)],
+        workdir: &Path,
+    ) -> io::Result<Command> {
         let cstr = |bytes: &[u8]| CString::new(bytes).map_err(io::Error::other);
-        let argv = spec
-            .command
+        let argv = args
             .iter()
-            .map(|a| cstr(a.as_bytes()))
+            .map(|a| cstr(a.as_ref()))
             .collect::<io::Result<Vec<_>>>()?;
-        let envp = spec
-            .env
+        let envp = env
             .iter()
             .map(|(k, v)| cstr(format!("{k}={v}").as_bytes()))
             .collect::<io::Result<Vec<_>>>()?;
-        let first: &OsStr = spec
-            .command
+        let first: &OsStr = args
             .first()
-            .map(|s| s.as_os_str())
+            .map(|a| OsStr::from_bytes(a.as_ref()))
             .unwrap_or_default();
-        let search_path = spec
-            .env
+        let search_path = env
             .iter()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.clone())
@@ -432,13 +462,14 @@ impl Command {
             candidates,
             name: first.to_string_lossy().into_owned(),
             search_path,
-            workdir: cstr(spec.workdir.as_os_str().as_bytes())?,
+            workdir: cstr(workdir.as_os_str().as_bytes())?,
+            workdir_shown: workdir.display().to_string(),
         })
     }
 }
 
 /// The workload side of the fork: returns only when the command could not be started.
-fn exec_workload(s: &ChildSetup<'_>, cmd: &Command, tty: Option<BorrowedFd<'_>>) -> ExecFailure {
+fn exec_workload(cmd: &Command, tty: Option<BorrowedFd<'_>>) -> ExecFailure {
     let setup_failure = |what: &str, e: io::Error| ExecFailure {
         code: exit::NSBOX_FAILED,
         message: format!("{what}: {e}"),
@@ -459,9 +490,17 @@ fn exec_workload(s: &ChildSetup<'_>, cmd: &Command, tty: Option<BorrowedFd<'_>>)
             }
         }
     }
-    if let Err(e) = rustix::process::chdir(cmd.workdir.as_c_str()) {
+    // A session's `exec -w DIR` creates DIR like a new sandbox's -w does (as the sandbox user).
+    let mut entered = rustix::process::chdir(cmd.workdir.as_c_str());
+    if entered == Err(rustix::io::Errno::NOENT) {
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(cmd.workdir.as_bytes()));
+        if std::fs::create_dir_all(path).is_ok() {
+            entered = rustix::process::chdir(cmd.workdir.as_c_str());
+        }
+    }
+    if let Err(e) = entered {
         return setup_failure(
-            &format!("enter the working directory {}", s.spec.workdir.display()),
+            &format!("enter the working directory {}", cmd.workdir_shown),
             errno(e),
         );
     }
@@ -559,4 +598,148 @@ fn init_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>, workload: i32
             }
         }
     }
+}
+
+/// pid 1 of a session: runs the commands the supervisor sends, reports each one's end, reaps
+/// every other process, passes signals on, and exits when the supervisor goes away (which ends
+/// every process of the sandbox).
+fn serve_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>) -> ! {
+    use rustix::event::{poll, PollFd, PollFlags};
+    // (exec id, pid) of the commands still running.
+    let mut running: Vec<(u64, i32)> = Vec::new();
+    loop {
+        let mut fds = [
+            PollFd::new(&signalfd, PollFlags::IN),
+            PollFd::new(&control_fd, PollFlags::IN),
+        ];
+        if let Err(e) = poll(&mut fds, None) {
+            if e == rustix::io::Errno::INTR {
+                continue;
+            }
+            sys::process::exit_now(exit::NSBOX_FAILED);
+        }
+        if !fds[1].revents().is_empty() {
+            match control::recv::<ToSandbox>(control_fd) {
+                Ok(Some((ToSandbox::Exec(request), attached))) => {
+                    let exec_id = request.exec_id;
+                    match spawn_command(&request, attached) {
+                        Ok((pid, master)) => {
+                            running.push((exec_id, pid));
+                            let fds: Vec<BorrowedFd<'_>> =
+                                master.iter().map(|m| m.as_fd()).collect();
+                            let _ = control::send(
+                                control_fd,
+                                &ToSupervisor::ExecStarted { exec_id },
+                                &fds,
+                            );
+                        }
+                        Err(e) => {
+                            let _ = control::send(
+                                control_fd,
+                                &ToSupervisor::ExecRefused {
+                                    exec_id,
+                                    message: e.to_string(),
+                                },
+                                &[],
+                            );
+                        }
+                    }
+                }
+                Ok(Some((ToSandbox::Signal { exec_id, signal }, _))) => {
+                    if let Some((_, pid)) = running.iter().find(|(id, _)| *id == exec_id) {
+                        // Each command leads its own session and process group.
+                        let _ = sys::signal::kill(-*pid, signal);
+                    }
+                }
+                Ok(Some((ToSandbox::Broadcast { signal }, _))) => {
+                    // -1: every process this one may signal, which is every process of the
+                    // sandbox but the init itself.
+                    let _ = sys::signal::kill(-1, signal);
+                }
+                Ok(Some(_)) => {}
+                // The supervisor is gone (its parent-death signal reaches us too).
+                Ok(None) | Err(_) => sys::process::exit_now(0),
+            }
+        }
+        while let Ok(Some(signal)) = sys::signal::read_signal(signalfd) {
+            if signal == libc::SIGCHLD {
+                continue;
+            }
+            for (_, pid) in &running {
+                let _ = sys::signal::kill(-*pid, signal);
+            }
+        }
+        loop {
+            let mut status = 0;
+            let pid = sys::process::wait_any_nohang(&mut status);
+            if pid <= 0 {
+                break;
+            }
+            if let Some(index) = running.iter().position(|(_, p)| *p == pid) {
+                let (exec_id, _) = running.swap_remove(index);
+                let (code, signal) = sys::process::decode_wait_status(status);
+                let _ = control::send(
+                    control_fd,
+                    &ToSupervisor::ExecEnded {
+                        exec_id,
+                        code,
+                        signal,
+                    },
+                    &[],
+                );
+            }
+        }
+    }
+}
+
+/// Forks one session command. Returns its pid and, with a terminal, the pty master.
+fn spawn_command(
+    request: &ExecRequest,
+    attached: Vec<OwnedFd>,
+) -> io::Result<(i32, Option<OwnedFd>)> {
+    let command = Command::from_parts(&request.argv, &request.env, &request.workdir)?;
+    let expected = if request.tty { 1 } else { 4 };
+    if attached.len() != expected {
+        return Err(io::Error::other(format!(
+            "expected {expected} descriptors with the request, got {}",
+            attached.len()
+        )));
+    }
+    let pty = if request.tty {
+        let winsize = request.winsize.map(|(rows, cols)| Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        });
+        Some(open_pty(winsize)?)
+    } else {
+        None
+    };
+    let status = attached
+        .last()
+        .ok_or_else(|| io::Error::other("no status pipe"))?;
+    let pid = sys::process::fork()?;
+    if pid == 0 {
+        if pty.is_none() {
+            for (target, fd) in attached.iter().take(3).enumerate() {
+                if let Err(e) = dup_onto(fd.as_fd(), target as RawFd) {
+                    let failure = ExecFailure {
+                        code: exit::NSBOX_FAILED,
+                        message: format!("set up standard streams: {e}"),
+                    };
+                    let _ = rustix::io::write(
+                        status,
+                        &serde_json::to_vec(&failure).unwrap_or_default(),
+                    );
+                    sys::process::exit_now(failure.code);
+                }
+            }
+        }
+        let failure = exec_workload(&command, pty.as_ref().map(|p| p.slave.as_fd()));
+        let _ = rustix::io::write(status, &serde_json::to_vec(&failure).unwrap_or_default());
+        sys::process::exit_now(failure.code);
+    }
+    drop(attached);
+    Ok((pid, pty.map(|p| p.master)))
 }

@@ -21,7 +21,7 @@ use crate::cgroup::{
     CgroupError, CgroupLayout, CgroupLimits, Controller, Placement, SandboxCgroup,
 };
 use crate::profile::NetworkMode;
-use crate::relay::{Event, Masker, Sink, Utf8Chunker};
+use crate::relay::stream::{Relay, RelayConfig, RelayError, RelayFd};
 use crate::rootfs::{self, HostFacts};
 use crate::seccomp::SeccompError;
 use crate::spec::units::{format_duration, ByteSize};
@@ -103,6 +103,9 @@ pub struct Outcome {
     pub marks: Vec<(String, u64)>,
     pub warnings: Vec<String>,
     pub memory_limit: Option<ByteSize>,
+    /// The command ran in a session: a timeout or interrupt ended the command's process
+    /// group, not the sandbox.
+    pub in_session: bool,
 }
 
 impl Outcome {
@@ -122,8 +125,13 @@ impl Outcome {
         match &self.ending {
             Ending::ExecFailed { message, .. } => Some(message.clone()),
             Ending::TimedOut(limit) => Some(format!(
-                "timed out after {} (--timeout); every process of the sandbox was killed",
-                format_duration(*limit)
+                "timed out after {} (--timeout); {} killed",
+                format_duration(*limit),
+                if self.in_session {
+                    "the command and its process group were"
+                } else {
+                    "every process of the sandbox was"
+                }
             )),
             Ending::Signaled(libc::SIGKILL) if self.oom => Some(format!(
                 "out of memory: the sandbox reached its memory limit{} and the kernel killed the command (exit code {})",
@@ -133,8 +141,13 @@ impl Outcome {
                 exit::OOM
             )),
             Ending::Interrupted(sig) => Some(format!(
-                "interrupted by {}; the sandbox was torn down",
-                sys::signal::name(*sig)
+                "interrupted by {}; {}",
+                sys::signal::name(*sig),
+                if self.in_session {
+                    "the command was killed (the session runs on)"
+                } else {
+                    "the sandbox was torn down"
+                }
             )),
             _ if self.oom => Some(format!(
                 "a process in the sandbox was killed by the OOM killer at the memory limit{}",
@@ -160,24 +173,71 @@ pub fn now_ns() -> u64 {
     setup::now_ns()
 }
 
-/// Runs `spec` to completion. `t0` is when nsbox started (monotonic ns), for timings.
-pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
-    let mut marks: Vec<(String, u64)> = vec![("arguments parsed".into(), now_ns())];
+/// What the setup child becomes once the sandbox is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitMode {
+    /// Fork the spec's command at once; end when it ends (`nsbox exec`).
+    RunCommand,
+    /// Wait for commands from the supervisor; end when told to (sessions).
+    Serve,
+}
+
+/// A sandbox whose setup child exists and is building the sandbox, seen from the host.
+/// Dropping it kills and reaps the child and removes the cgroup.
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: i32,
+    pub pidfd: Option<OwnedFd>,
+    pub cgroup: Option<SandboxCgroup>,
+    /// The control socket to the child / init.
+    pub control: Option<OwnedFd>,
+    /// Read end of the pipe the command's exec failure is reported on (RunCommand).
+    pub exec_status: Option<OwnedFd>,
+    /// The command's stdout / stderr (read ends) and stdin (write end) (RunCommand, no tty).
+    pub out: Option<OwnedFd>,
+    pub err: Option<OwnedFd>,
+    pub stdin: Option<OwnedFd>,
+    pub marks: Vec<(String, u64)>,
+    pub warnings: Vec<String>,
+    /// The cached mask layer, locked while the sandbox uses it.
+    _mask_layer: Option<rootfs::mask::MaskLayer>,
+}
+
+impl Launched {
+    /// Kills the sandbox if it still runs, reaps it and removes its cgroup. Idempotent.
+    pub fn teardown(&mut self) -> Option<String> {
+        if let Some(pidfd) = self.pidfd.take() {
+            let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                WaitIdOptions::EXITED,
+            );
+        }
+        let cgroup = self.cgroup.take()?;
+        cgroup.remove().err().map(|e| {
+            format!("could not remove the sandbox's cgroup: {e} — `nsbox prune` removes it later")
+        })
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        let _ = self.teardown();
+    }
+}
+
+/// Creates the sandbox for `spec`: cgroup, plan, clone3 into new namespaces, and (in parallel
+/// with the child's filesystem work) the network namespace, the v1 cgroup and the user
+/// namespace. Returns as soon as the child has everything it needs; the caller's loop then
+/// watches the control socket for the start (or the failure). `marks` collects timings.
+pub fn launch(
+    spec: &SandboxSpec,
+    mode: InitMode,
+    mut marks: Vec<(String, u64)>,
+) -> Result<Launched, SandboxError> {
     if !rustix::process::geteuid().is_root() {
         return Err(SandboxError::NotRoot);
     }
-
-    // Signals first: from here on Ctrl-C is an event, not a death with state left behind.
-    let signals = sys::signal::SignalSet::new(&[
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGWINCH,
-    ]);
-    sys::signal::block(&signals).map_err(io_err("block signals"))?;
-    let signalfd = sys::signal::signalfd(&signals).map_err(io_err("create signalfd"))?;
-
     let layout = CgroupLayout::detect()?;
     let limits = CgroupLimits {
         memory_bytes: spec.limits.memory.map(ByteSize::bytes),
@@ -210,7 +270,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
     let mut plan = rootfs::build_plan(spec, &host);
     // What the profile hides of the host root is the same for every sandbox: use (or build)
     // the cached layer for it; without it the child builds the same thing in its upper layer.
-    let _mask_layer = if plan.shared.is_empty() {
+    let mask_layer = if plan.shared.is_empty() {
         None
     } else {
         match rootfs::mask::prepare(
@@ -248,7 +308,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         .map_err(errno("open /dev/null"))?;
     let pipe =
         || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(errno("create pipe"));
-    let (stdin_pipe, stdout_pipe, stderr_pipe) = if spec.io.tty {
+    let (stdin_pipe, stdout_pipe, stderr_pipe) = if spec.io.tty || mode == InitMode::Serve {
         (None, None, None)
     } else {
         (
@@ -268,16 +328,12 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
             .as_ref()
             .map_or(devnull.as_fd(), |(_, w)| w.as_fd()),
     ];
-    let winsize = if spec.io.tty {
+    let winsize = if spec.io.tty && mode == InitMode::RunCommand {
         [1, 0, 2]
             .into_iter()
-            .find_map(|fd| rustix::termios::tcgetwinsize(borrow_std(fd)).ok())
+            .find_map(|fd| rustix::termios::tcgetwinsize(std_fd(fd)).ok())
     } else {
         None
-    };
-    let timer = match spec.limits.timeout {
-        Some(limit) => Some(arm_timer(limit).map_err(io_err("arm timeout"))?),
-        None => None,
     };
 
     // No CLONE_NEWNET: the network namespace is made in parallel (see crate::net).
@@ -292,6 +348,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
     let (pid, pidfd) = match forked {
         sys::process::Forked::Child => setup::child_main(ChildSetup {
             spec,
+            mode,
             plan: &plan,
             seccomp: &bpf,
             control: control_child.as_fd(),
@@ -305,79 +362,111 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
     marks.push(("clone returned".into(), now_ns()));
+    let mut launched = Launched {
+        pid,
+        pidfd: Some(pidfd),
+        cgroup: early_cgroup,
+        control: Some(control_parent),
+        exec_status: Some(exec_read),
+        out: None,
+        err: None,
+        stdin: None,
+        marks: Vec::new(),
+        warnings: Vec::new(),
+        _mask_layer: mask_layer,
+    };
     // While the child builds its filesystem: its network namespace (needed first), on v1
     // hosts its cgroup, then its user namespace. Step off this CPU so the child, queued here,
     // starts at once instead of after this work.
     let saved_affinity = sys::process::step_aside();
+    let control_fd = launched
+        .control
+        .as_ref()
+        .map(|c| c.as_fd())
+        .ok_or_else(|| SandboxError::Died("control socket missing".into()))?;
     if spec.network == NetworkMode::None {
-        send_network_namespace(control_parent.as_fd());
+        send_network_namespace(control_fd);
         marks.push(("network namespace created".into(), now_ns()));
     }
-    let cgroup = match early_cgroup {
-        Some(cgroup) => cgroup,
-        None => {
-            let cgroup = SandboxCgroup::create(&layout, &spec.id, &limits);
-            let cgroup = match cgroup {
-                Ok(cgroup) => cgroup,
-                Err(e) => {
-                    let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
-                    let _ = rustix::process::waitid(
-                        rustix::process::WaitId::PidFd(pidfd.as_fd()),
-                        WaitIdOptions::EXITED,
-                    );
-                    return Err(e.into());
-                }
-            };
-            crate::cgroup::hold_in_use(&cgroup);
-            marks.push(("cgroup created".into(), now_ns()));
-            cgroup
-        }
-    };
-    send_identity(control_parent.as_fd(), spec, &cgroup, !uses_v2);
+    if launched.cgroup.is_none() {
+        // On failure, dropping `launched` kills and reaps the child.
+        let cgroup = SandboxCgroup::create(&layout, &spec.id, &limits)?;
+        crate::cgroup::hold_in_use(&cgroup);
+        marks.push(("cgroup created".into(), now_ns()));
+        launched.cgroup = Some(cgroup);
+    }
+    if let Some(cgroup) = &launched.cgroup {
+        send_identity(control_fd, spec, cgroup, !uses_v2);
+        launched.warnings = cgroup.warnings().to_vec();
+    }
     marks.push(("user namespace created".into(), now_ns()));
     sys::process::restore_affinity(saved_affinity);
-    let mut warnings: Vec<String> = cgroup.warnings().to_vec();
     // The child's ends belong to the child now.
     drop(control_child);
     drop(exec_write);
-    let stdin_dst = stdin_pipe.map(|(r, w)| {
+    launched.stdin = stdin_pipe.map(|(r, w)| {
         drop(r);
         w
     });
-    let stdout_src = stdout_pipe.map(|(r, w)| {
+    launched.out = stdout_pipe.map(|(r, w)| {
         drop(w);
         r
     });
-    let stderr_src = stderr_pipe.map(|(r, w)| {
+    launched.err = stderr_pipe.map(|(r, w)| {
         drop(w);
         r
     });
-    for fd in [&stdin_dst, &stdout_src, &stderr_src].into_iter().flatten() {
-        set_nonblocking(fd.as_fd()).map_err(io_err("configure pipe"))?;
+    for fd in [&launched.control, &launched.exec_status]
+        .into_iter()
+        .flatten()
+    {
+        set_nonblocking(fd.as_fd()).map_err(io_err("configure the sandbox's descriptors"))?;
     }
-    set_nonblocking(control_parent.as_fd()).map_err(io_err("configure control socket"))?;
-    set_nonblocking(exec_read.as_fd()).map_err(io_err("configure pipe"))?;
+    launched.marks = marks;
+    Ok(launched)
+}
 
+/// Runs `spec` to completion (`nsbox exec`). `t0` is when nsbox started (monotonic ns).
+pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
+    let marks: Vec<(String, u64)> = vec![("arguments parsed".into(), now_ns())];
+    // Signals first: from here on Ctrl-C is an event, not a death with state left behind.
+    let signals = sys::signal::SignalSet::new(&[
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGWINCH,
+    ]);
+    sys::signal::block(&signals).map_err(io_err("block signals"))?;
+    let signalfd = sys::signal::signalfd(&signals).map_err(io_err("create signalfd"))?;
+    let timer = match spec.limits.timeout {
+        Some(limit) => Some(arm_timer(limit).map_err(io_err("arm timeout"))?),
+        None => None,
+    };
+
+    let mut launched = launch(spec, InitMode::RunCommand, marks)?;
+    let relay = Relay::new(
+        RelayConfig {
+            json: spec.io.json,
+            tty: spec.io.tty,
+            stdin: spec.io.stdin,
+            max_output: spec.limits.max_output,
+            phase: None,
+            stdout_to_stderr: false,
+        },
+        &spec.secrets,
+        launched.out.take(),
+        launched.err.take(),
+        launched.stdin.take(),
+    )
+    .map_err(relay_err)?;
     let mut sandbox = Running {
         spec,
         t0,
-        pid,
-        pidfd: Some(pidfd),
-        cgroup: Some(cgroup),
-        control: Some(control_parent),
-        exec_status: Some(exec_read),
+        control: launched.control.take(),
+        exec_status: launched.exec_status.take(),
         exec_buf: Vec::new(),
-        out: stdout_src,
-        err: stderr_src,
-        stdin_dst,
-        stdin_buf: Vec::new(),
-        stdin_open: spec.io.stdin,
-        stdout: Sink::new(borrow_std(1)),
-        stderr: Sink::new(borrow_std(2)),
-        maskers: [Masker::new(&spec.secrets), Masker::new(&spec.secrets)],
-        chunkers: [Utf8Chunker::default(), Utf8Chunker::default()],
-        relayed: 0,
-        truncated: false,
+        relay,
         started: false,
         setup_failure: None,
         exec_failure: None,
@@ -386,32 +475,31 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         timed_out: false,
         interrupted: None,
         stop_deadline: None,
-        marks,
+        marks: std::mem::take(&mut launched.marks),
         inner_marks: Vec::new(),
-        warnings: Vec::new(),
-        terminal: None,
+        warnings: std::mem::take(&mut launched.warnings),
+        launched,
     };
-    sandbox.warnings.append(&mut warnings);
     let result = sandbox.event_loop(signalfd.as_fd(), timer.as_ref().map(|t| t.as_fd()));
     sandbox.finish(result)
 }
 
-fn borrow_std(fd: i32) -> BorrowedFd<'static> {
-    match fd {
-        0 => rustix::stdio::stdin(),
-        1 => rustix::stdio::stdout(),
-        _ => rustix::stdio::stderr(),
-    }
+pub(crate) fn std_fd(fd: i32) -> BorrowedFd<'static> {
+    crate::relay::stream::std_fd(fd)
 }
 
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let flags =
-        rustix::fs::fcntl_getfl(fd).map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
-    rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK)
-        .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
+    crate::relay::stream::set_nonblocking(fd)
 }
 
-fn arm_timer(limit: Duration) -> io::Result<OwnedFd> {
+fn relay_err(e: RelayError) -> SandboxError {
+    SandboxError::Io {
+        what: e.what,
+        source: e.source,
+    }
+}
+
+pub(crate) fn arm_timer(limit: Duration) -> io::Result<OwnedFd> {
     use rustix::time::{
         timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags,
         TimerfdTimerFlags, Timespec,
@@ -473,41 +561,15 @@ fn send_network_namespace(socket: BorrowedFd<'_>) {
     };
 }
 
-/// Restores the caller's terminal settings when dropped.
-struct RawTerminal {
-    fd: BorrowedFd<'static>,
-    saved: rustix::termios::Termios,
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        let _ =
-            rustix::termios::tcsetattr(self.fd, rustix::termios::OptionalActions::Now, &self.saved);
-    }
-}
-
-/// A running sandbox, seen from the host.
+/// A running one-shot sandbox, seen from the host.
 struct Running<'a> {
     spec: &'a SandboxSpec,
     t0: u64,
-    pid: i32,
-    pidfd: Option<OwnedFd>,
-    cgroup: Option<SandboxCgroup>,
+    launched: Launched,
     control: Option<OwnedFd>,
     exec_status: Option<OwnedFd>,
     exec_buf: Vec<u8>,
-    /// The command's stdout (or the pty master with -t).
-    out: Option<OwnedFd>,
-    err: Option<OwnedFd>,
-    stdin_dst: Option<OwnedFd>,
-    stdin_buf: Vec<u8>,
-    stdin_open: bool,
-    stdout: Sink<'static>,
-    stderr: Sink<'static>,
-    maskers: [Masker; 2],
-    chunkers: [Utf8Chunker; 2],
-    relayed: u64,
-    truncated: bool,
+    relay: Relay,
     started: bool,
     setup_failure: Option<(String, String)>,
     exec_failure: Option<ExecFailure>,
@@ -519,7 +581,6 @@ struct Running<'a> {
     marks: Vec<(String, u64)>,
     inner_marks: Vec<(String, u64)>,
     warnings: Vec<String>,
-    terminal: Option<RawTerminal>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -528,36 +589,54 @@ enum Source {
     Init,
     Control,
     ExecStatus,
-    Out,
-    Err,
-    StdinSrc,
-    StdinDst,
-    SinkOut,
-    SinkErr,
     Timer,
+    Relay(RelayFd),
 }
-
-const READ_CHUNK: usize = 64 * 1024;
 
 /// The descriptors one poll waits on, each tagged with what it is.
-#[derive(Default)]
-struct PollSet<'a> {
-    tags: Vec<Source>,
-    fds: Vec<PollFd<'a>>,
+pub(crate) struct PollSet<'a, T> {
+    pub tags: Vec<T>,
+    pub fds: Vec<PollFd<'a>>,
 }
 
-impl<'a> PollSet<'a> {
-    fn add(&mut self, tag: Source, fd: BorrowedFd<'a>, flags: PollFlags) {
+impl<'a, T: Copy> PollSet<'a, T> {
+    pub fn new() -> Self {
+        PollSet {
+            tags: Vec::with_capacity(12),
+            fds: Vec::with_capacity(12),
+        }
+    }
+
+    pub fn add(&mut self, tag: T, fd: BorrowedFd<'a>, flags: PollFlags) {
         self.tags.push(tag);
         self.fds.push(PollFd::from_borrowed_fd(fd, flags));
+    }
+
+    /// Waits (up to `timeout`) and returns what became ready.
+    pub fn wait(mut self, timeout: Option<Duration>) -> rustix::io::Result<Vec<(T, PollFlags)>> {
+        let timeout = timeout.map(|t| rustix::time::Timespec {
+            tv_sec: t.as_secs() as _,
+            tv_nsec: t.subsec_nanos() as _,
+        });
+        match poll(&mut self.fds, timeout.as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+        Ok(self
+            .tags
+            .iter()
+            .zip(self.fds.iter())
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|(tag, fd)| (*tag, fd.revents()))
+            .collect())
     }
 }
 
 impl Running<'_> {
     fn done(&self) -> bool {
         self.init_reaped
-            && self.out.is_none()
-            && self.err.is_none()
+            && self.relay.streams_closed()
             && self.exec_status.is_none()
             && self.control.is_none()
     }
@@ -567,12 +646,10 @@ impl Running<'_> {
         signalfd: BorrowedFd<'_>,
         mut timer: Option<BorrowedFd<'_>>,
     ) -> Result<(), SandboxError> {
-        let stdin = borrow_std(0);
-        let mut buf = vec![0u8; READ_CHUNK];
         while !self.done() {
-            let mut set = PollSet::default();
+            let mut set = PollSet::new();
             set.add(Source::Signal, signalfd, PollFlags::IN);
-            if let (false, Some(pidfd)) = (self.init_reaped, &self.pidfd) {
+            if let (false, Some(pidfd)) = (self.init_reaped, &self.launched.pidfd) {
                 set.add(Source::Init, pidfd.as_fd(), PollFlags::IN);
             }
             if let Some(fd) = &self.control {
@@ -581,70 +658,22 @@ impl Running<'_> {
             if let Some(fd) = &self.exec_status {
                 set.add(Source::ExecStatus, fd.as_fd(), PollFlags::IN);
             }
-            if let (Some(fd), false) = (&self.out, self.stdout.is_full()) {
-                set.add(Source::Out, fd.as_fd(), PollFlags::IN);
-            }
-            let err_full = if self.spec.io.json {
-                self.stdout.is_full()
-            } else {
-                self.stderr.is_full()
-            };
-            if let (Some(fd), false) = (&self.err, err_full) {
-                set.add(Source::Err, fd.as_fd(), PollFlags::IN);
-            }
-            if self.stdin_open && self.stdin_dst.is_some() && self.stdin_buf.len() < READ_CHUNK {
-                set.add(Source::StdinSrc, stdin, PollFlags::IN);
-            }
-            if let (Some(fd), false) = (&self.stdin_dst, self.stdin_buf.is_empty()) {
-                set.add(Source::StdinDst, fd.as_fd(), PollFlags::OUT);
-            }
-            if self.stdout.wants_write() {
-                set.add(Source::SinkOut, self.stdout.fd(), PollFlags::OUT);
-            }
-            if self.stderr.wants_write() {
-                set.add(Source::SinkErr, self.stderr.fd(), PollFlags::OUT);
-            }
             if let Some(fd) = timer {
                 set.add(Source::Timer, fd, PollFlags::IN);
             }
-            let wait = self.stop_deadline.map(|deadline| {
-                let left = deadline.saturating_sub(now_ns());
-                rustix::time::Timespec {
-                    tv_sec: (left / 1_000_000_000) as _,
-                    tv_nsec: (left % 1_000_000_000) as _,
-                }
-            });
-            let PollSet { tags, mut fds } = set;
-            match poll(&mut fds, wait.as_ref()) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(errno("wait for events")(e)),
-            }
-            let ready: Vec<(Source, PollFlags)> = tags
-                .iter()
-                .zip(fds.iter())
-                .filter(|(_, fd)| !fd.revents().is_empty())
-                .map(|(tag, fd)| (*tag, fd.revents()))
-                .collect();
-            drop(fds);
+            self.relay
+                .register(&mut set.tags, &mut set.fds, Source::Relay);
+            let wait = self
+                .stop_deadline
+                .map(|deadline| Duration::from_nanos(deadline.saturating_sub(now_ns())));
+            let ready = set.wait(wait).map_err(errno("wait for events"))?;
             for (tag, revents) in ready {
                 match tag {
                     Source::Signal => self.on_signals(signalfd)?,
                     Source::Init => self.reap_init()?,
                     Source::Control => self.on_control()?,
-                    Source::ExecStatus => self.on_exec_status(&mut buf)?,
-                    Source::Out => self.on_output(0, &mut buf)?,
-                    Source::Err => self.on_output(1, &mut buf)?,
-                    Source::StdinSrc => self.on_stdin(&mut buf, revents)?,
-                    Source::StdinDst => self.flush_stdin()?,
-                    Source::SinkOut => self
-                        .stdout
-                        .flush_some()
-                        .map_err(io_err("write to stdout"))?,
-                    Source::SinkErr => self
-                        .stderr
-                        .flush_some()
-                        .map_err(io_err("write to stderr"))?,
+                    Source::ExecStatus => self.on_exec_status()?,
+                    Source::Relay(which) => self.relay.handle(which, revents).map_err(relay_err)?,
                     Source::Timer => {
                         timer = None;
                         if !self.init_reaped {
@@ -653,11 +682,6 @@ impl Running<'_> {
                         }
                     }
                 }
-            }
-            if self.stdout.is_closed() && self.out.is_some() && !self.spec.io.tty {
-                // Nobody reads our stdout any more: close the command's, so it gets SIGPIPE like
-                // any writer into a closed pipeline.
-                self.out = None;
             }
             if let Some(deadline) = self.stop_deadline {
                 if now_ns() >= deadline && !self.init_reaped {
@@ -670,7 +694,7 @@ impl Running<'_> {
     }
 
     fn kill_sandbox(&mut self) {
-        if let (false, Some(pidfd)) = (self.init_reaped, &self.pidfd) {
+        if let (false, Some(pidfd)) = (self.init_reaped, &self.launched.pidfd) {
             // Killing the pid namespace's init kills every process in the namespace.
             let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
         }
@@ -681,16 +705,7 @@ impl Running<'_> {
             sys::signal::read_signal(signalfd).map_err(io_err("read signals"))?
         {
             match signal {
-                libc::SIGWINCH => {
-                    if let (true, Some(master)) = (self.spec.io.tty, &self.out) {
-                        for fd in [0, 1, 2] {
-                            if let Ok(ws) = rustix::termios::tcgetwinsize(borrow_std(fd)) {
-                                let _ = rustix::termios::tcsetwinsize(master, ws);
-                                break;
-                            }
-                        }
-                    }
-                }
+                libc::SIGWINCH => self.relay.resize_terminal(),
                 _ => {
                     if self.init_reaped {
                         continue;
@@ -699,7 +714,7 @@ impl Running<'_> {
                     self.interrupted.get_or_insert(signal);
                     if first && self.started {
                         // Give the command a chance to end cleanly, like a terminal would.
-                        let _ = sys::signal::kill(self.pid, signal);
+                        let _ = sys::signal::kill(self.launched.pid, signal);
                         self.stop_deadline = Some(now_ns() + STOP_GRACE.as_nanos() as u64);
                     } else {
                         self.kill_sandbox();
@@ -711,7 +726,7 @@ impl Running<'_> {
     }
 
     fn reap_init(&mut self) -> Result<(), SandboxError> {
-        let Some(pidfd) = &self.pidfd else {
+        let Some(pidfd) = &self.launched.pidfd else {
             return Ok(());
         };
         match rustix::process::waitid(
@@ -720,10 +735,14 @@ impl Running<'_> {
         ) {
             Ok(Some(_)) => {
                 self.init_reaped = true;
+                self.launched.pidfd = None;
                 self.marks.push(("sandbox ended".into(), now_ns()));
             }
             Ok(None) => {}
-            Err(rustix::io::Errno::CHILD) => self.init_reaped = true,
+            Err(rustix::io::Errno::CHILD) => {
+                self.init_reaped = true;
+                self.launched.pidfd = None;
+            }
             Err(e) => return Err(errno("wait for the sandbox")(e)),
         }
         Ok(())
@@ -756,50 +775,29 @@ impl Running<'_> {
                     self.warnings.extend(warnings);
                     self.marks.push(("workload started".into(), now_ns()));
                     if let Some(master) = fds.into_iter().next() {
-                        self.attach_terminal(master)?;
+                        self.relay.attach_terminal(master).map_err(relay_err)?;
                     }
                 }
                 (ToSupervisor::Exited { code, signal }, _) => {
                     self.marks.push(("command exited".into(), now_ns()));
                     self.workload_status = Some((code, signal));
                 }
-            }
-        }
-    }
-
-    fn attach_terminal(&mut self, master: OwnedFd) -> Result<(), SandboxError> {
-        set_nonblocking(master.as_fd()).map_err(io_err("configure terminal"))?;
-        if self.spec.io.stdin {
-            let dup =
-                rustix::io::fcntl_dupfd_cloexec(&master, 3).map_err(errno("configure terminal"))?;
-            self.stdin_dst = Some(dup);
-            let stdin = borrow_std(0);
-            if rustix::termios::isatty(stdin) {
-                if let Ok(saved) = rustix::termios::tcgetattr(stdin) {
-                    let mut raw = saved.clone();
-                    raw.make_raw();
-                    if rustix::termios::tcsetattr(
-                        stdin,
-                        rustix::termios::OptionalActions::Now,
-                        &raw,
-                    )
-                    .is_ok()
-                    {
-                        self.terminal = Some(RawTerminal { fd: stdin, saved });
-                    }
+                (other, _) => {
+                    return Err(SandboxError::Died(format!(
+                        "unexpected message from the sandbox: {other:?}"
+                    )))
                 }
             }
         }
-        self.out = Some(master);
-        Ok(())
     }
 
-    fn on_exec_status(&mut self, buf: &mut [u8]) -> Result<(), SandboxError> {
+    fn on_exec_status(&mut self) -> Result<(), SandboxError> {
         let Some(fd) = &self.exec_status else {
             return Ok(());
         };
+        let mut buf = [0u8; 4096];
         loop {
-            match rustix::io::read(fd, &mut *buf) {
+            match rustix::io::read(fd, &mut buf) {
                 Ok(0) => {
                     if !self.exec_buf.is_empty() {
                         self.exec_failure = serde_json::from_slice(&self.exec_buf).ok();
@@ -817,151 +815,14 @@ impl Running<'_> {
         }
     }
 
-    fn on_output(&mut self, stream: usize, buf: &mut [u8]) -> Result<(), SandboxError> {
-        let src = if stream == 0 { &self.out } else { &self.err };
-        let Some(fd) = src else {
-            return Ok(());
-        };
-        let n = match rustix::io::read(fd, &mut *buf) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return Ok(()),
-            // A pty master reports EIO once every slave descriptor is closed.
-            Err(rustix::io::Errno::IO) => 0,
-            Err(e) => return Err(errno("read the command's output")(e)),
-        };
-        let mut masked = Vec::with_capacity(n + 16);
-        if n == 0 {
-            self.maskers[stream].finish(&mut masked);
-            if stream == 0 {
-                self.out = None;
-            } else {
-                self.err = None;
-            }
-        } else {
-            self.maskers[stream].push(&buf[..n], &mut masked);
-        }
-        self.emit(stream, &masked, n == 0);
-        Ok(())
-    }
-
-    /// Applies the output cap and queues bytes (or JSON events) for the caller.
-    fn emit(&mut self, stream: usize, data: &[u8], end: bool) {
-        let mut data = data;
-        if let Some(limit) = self.spec.limits.max_output {
-            let left = limit.bytes().saturating_sub(self.relayed) as usize;
-            if data.len() > left {
-                data = &data[..left];
-                if !self.truncated {
-                    self.truncated = true;
-                    self.note_truncation(limit);
-                }
-            }
-        }
-        self.relayed += data.len() as u64;
-        if self.spec.io.json {
-            let mut chunks = Vec::new();
-            if !data.is_empty() {
-                chunks = self.chunkers[stream].push(data);
-            }
-            if end {
-                chunks.extend(self.chunkers[stream].finish());
-            }
-            for chunk in chunks {
-                let event = if stream == 0 {
-                    Event::Stdout(chunk)
-                } else {
-                    Event::Stderr(chunk)
-                };
-                self.stdout.push(&event.to_line());
-            }
-        } else if stream == 0 {
-            self.stdout.push(data);
-        } else {
-            self.stderr.push(data);
-        }
-    }
-
-    fn note_truncation(&mut self, limit: ByteSize) {
-        if self.spec.io.json {
-            self.stdout.push(
-                &Event::Truncated {
-                    limit: limit.bytes(),
-                }
-                .to_line(),
-            );
-        } else {
-            self.stderr.push(
-                format!(
-                    "\nnsbox: output truncated at {limit} (--max-output); further output is dropped while the command runs on\n"
-                )
-                .as_bytes(),
-            );
-        }
-    }
-
-    fn on_stdin(&mut self, buf: &mut [u8], revents: PollFlags) -> Result<(), SandboxError> {
-        let room = READ_CHUNK - self.stdin_buf.len();
-        match rustix::io::read(borrow_std(0), &mut buf[..room]) {
-            Ok(0) => self.close_stdin(),
-            Ok(n) => {
-                self.stdin_buf.extend_from_slice(&buf[..n]);
-                self.flush_stdin()?;
-            }
-            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) if revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) => {
-                self.close_stdin()
-            }
-            Err(e) => return Err(errno("read stdin")(e)),
-        }
-        Ok(())
-    }
-
-    fn close_stdin(&mut self) {
-        self.stdin_open = false;
-        if self.stdin_buf.is_empty() && !self.spec.io.tty {
-            // End of input reaches the command as end of file. (A terminal has no end of file:
-            // the user types ^D.)
-            self.stdin_dst = None;
-        }
-    }
-
-    fn flush_stdin(&mut self) -> Result<(), SandboxError> {
-        let Some(fd) = &self.stdin_dst else {
-            self.stdin_buf.clear();
-            return Ok(());
-        };
-        while !self.stdin_buf.is_empty() {
-            match rustix::io::write(fd, &self.stdin_buf) {
-                Ok(n) => {
-                    self.stdin_buf.drain(..n);
-                }
-                Err(rustix::io::Errno::AGAIN) => return Ok(()),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::PIPE) | Err(rustix::io::Errno::IO) => {
-                    // The command closed its stdin.
-                    self.stdin_buf.clear();
-                    self.stdin_dst = None;
-                    self.stdin_open = false;
-                    return Ok(());
-                }
-                Err(e) => return Err(errno("write to the command's stdin")(e)),
-            }
-        }
-        if !self.stdin_open && !self.spec.io.tty {
-            self.stdin_dst = None;
-        }
-        Ok(())
-    }
-
     /// Tears down whatever is left, then turns the state into an outcome.
     fn finish(mut self, loop_result: Result<(), SandboxError>) -> Result<Outcome, SandboxError> {
-        self.terminal = None;
         if loop_result.is_err() {
             self.teardown();
         }
-        let _ = self.stdout.flush_all();
-        let _ = self.stderr.flush_all();
+        self.relay.finish();
         let oom = self
+            .launched
             .cgroup
             .as_ref()
             .is_some_and(|c| c.oom_kills().unwrap_or(0) > 0);
@@ -1016,38 +877,20 @@ impl Running<'_> {
             id: self.spec.id.clone(),
             ending,
             oom,
-            truncated: self.truncated,
+            truncated: self.relay.truncated(),
             duration: Duration::from_nanos(now_ns().saturating_sub(self.t0)),
             marks,
             warnings: std::mem::take(&mut self.warnings),
             memory_limit: self.spec.limits.memory,
+            in_session: false,
         })
     }
 
     /// Kills the sandbox if it still runs, reaps it and removes its cgroup. Idempotent.
     fn teardown(&mut self) {
-        if let Some(pidfd) = self.pidfd.take() {
-            if !self.init_reaped {
-                let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
-                let _ = rustix::process::waitid(
-                    rustix::process::WaitId::PidFd(pidfd.as_fd()),
-                    WaitIdOptions::EXITED,
-                );
-                self.init_reaped = true;
-            }
+        if let Some(warning) = self.launched.teardown() {
+            self.warnings.push(warning);
         }
-        if let Some(cgroup) = self.cgroup.take() {
-            if let Err(e) = cgroup.remove() {
-                self.warnings.push(format!(
-                    "could not remove the sandbox's cgroup: {e} — `nsbox prune` removes it later"
-                ));
-            }
-        }
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.teardown();
+        self.init_reaped = true;
     }
 }

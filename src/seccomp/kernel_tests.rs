@@ -884,7 +884,7 @@ fn i386_int80_syscall_kills_the_process() {
         control: Control::Differs,
     }];
     let control = run_in_child(None, PROBE);
-    if control.killed_by().is_some() || control.outcomes.first().map_or(true, |&o| o <= 0) {
+    if control.killed_by().is_some() || control.outcomes.first().is_none_or(|&o| o <= 0) {
         eprintln!("SKIP: this kernel has no IA-32 emulation (control: {control:?})");
         return;
     }

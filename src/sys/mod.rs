@@ -4,6 +4,7 @@
 #![allow(unsafe_code)]
 
 pub mod fs;
+pub mod mem;
 pub mod net;
 pub mod process;
 pub mod seccomp;

@@ -54,6 +54,7 @@ fn sigterm_kills_a_command_that_ignores_it_after_the_grace_period() {
 #[test]
 fn a_killed_supervisor_takes_its_sandbox_along_and_prune_cleans_up() {
     require_root!();
+    let _serial = prune_lock();
     let (mut child, id) = start_json(&["--", "sleep", "31341"]);
     assert!(eventually(5.0, || !host_processes_matching("sleep 31341").is_empty()));
     signal(&child, libc::SIGKILL);
@@ -116,6 +117,7 @@ fn concurrent_sandboxes_do_not_see_each_other() {
 #[test]
 fn prune_never_touches_a_running_sandbox() {
     require_root!();
+    let _serial = prune_lock();
     let (mut child, id) = start_json(&["--", "sleep", "31342"]);
     assert!(eventually(5.0, || !host_processes_matching("sleep 31342").is_empty()));
     std::thread::sleep(Duration::from_millis(1100));

@@ -12,3 +12,4 @@ mod images;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod sessions;

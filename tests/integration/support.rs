@@ -89,7 +89,28 @@ pub fn nsbox_cmd(args: &[&str]) -> Command {
     let mut cmd = Command::new(nsbox_bin());
     cmd.args(args);
     cmd.env_remove("NSBOX_LOG");
+    // Never the host's own sessions: tests that prune must not touch them.
+    cmd.env("NSBOX_RUN_DIR", test_run_dir());
     cmd
+}
+
+/// The session store of this test process (tests that make sessions use their own).
+pub fn test_run_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("nsbox-test-run-")
+            .tempdir()
+            .expect("a temporary run directory")
+    })
+    .path()
+}
+
+/// Tests that run `nsbox prune` (which removes every unused nsbox cgroup on the host) or
+/// check that a leftover survives a dry run hold this, so they never race each other.
+pub fn prune_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs `nsbox exec ARGS...`.

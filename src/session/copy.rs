@@ -1,0 +1,307 @@
+//! `nsbox cp`: files and trees into and out of a living sandbox.
+//!
+//! The session's supervisor hands over a descriptor of the sandbox's root (its init's root
+//! directory). Every path inside is resolved from it with openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS), then walked name by name with O_NOFOLLOW: a symlink the workload
+//! planted, even one swapped in while the copy runs, can only point somewhere else inside the
+//! sandbox, never at a host file (docker cp CVE-2018-15664). Symlinks are copied as symlinks.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, CWD};
+
+use super::client::SessionClient;
+use super::state::valid_name;
+use super::SessionError;
+use crate::rootfs::copy::TreeCopy;
+
+/// One side of `nsbox cp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Host(PathBuf),
+    /// `SESSION:PATH`.
+    Session {
+        session: String,
+        path: PathBuf,
+    },
+}
+
+/// Parses `SESSION:PATH` (a session id or name, a colon, a path) or a host path.
+pub fn parse_endpoint(arg: &str) -> Endpoint {
+    if let Some((session, path)) = arg.split_once(':') {
+        if valid_name(session) && !path.is_empty() {
+            return Endpoint::Session {
+                session: session.to_string(),
+                path: PathBuf::from(path),
+            };
+        }
+    }
+    Endpoint::Host(PathBuf::from(arg))
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyReport {
+    pub written: usize,
+    /// Devices, fifos and sockets left out.
+    pub skipped: usize,
+}
+
+fn copy_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SessionError {
+    SessionError::Copy(format!("{what}: {e}"))
+}
+
+fn errno(e: rustix::io::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+/// The absolute path inside the sandbox for `path` (relative paths start at the session's
+/// working directory). `..` is refused: a copy names a place in the sandbox, not a way out.
+pub fn inside_path(path: &Path, workdir: &Path) -> Result<PathBuf, SessionError> {
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(SessionError::Copy(format!(
+            "{}: '..' is not allowed in a sandbox path (copies stay inside the sandbox)",
+            path.display()
+        )));
+    }
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        workdir.join(path)
+    };
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        if let Component::Normal(part) = c {
+            out.push(part);
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves a directory inside the sandbox, creating missing ones (owned by `owner`) when asked.
+fn inside_dir(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    create: Option<(u32, u32)>,
+) -> io::Result<OwnedFd> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let open = |p: &Path| {
+        let target = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
+        rfs::openat2(
+            root,
+            target,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve,
+        )
+    };
+    match open(rel) {
+        Ok(fd) => Ok(fd),
+        Err(rustix::io::Errno::NOENT) if create.is_some() => {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            };
+            let parent_fd = inside_dir(root, parent, create)?;
+            match rfs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) => {
+                    if let Some((uid, gid)) = create {
+                        rfs::chownat(
+                            &parent_fd,
+                            name,
+                            Some(rfs::Uid::from_raw(uid)),
+                            Some(rfs::Gid::from_raw(gid)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )
+                        .map_err(errno)?;
+                    }
+                }
+                Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(errno(e)),
+            }
+            rfs::openat(
+                &parent_fd,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno)
+        }
+        Err(e) => Err(errno(e)),
+    }
+}
+
+fn is_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+}
+
+/// Explains the errors users hit when writing into a sandbox.
+fn write_hint(e: io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EROFS) => format!(
+            "{e} (the sandbox's root is read-only: copy into /sandbox, /tmp or a :rw mount)"
+        ),
+        Some(libc::ENOSPC) => {
+            format!("{e} (the sandbox's filesystem is full: see --sandbox-size / --tmp-size)")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Copies the host file or tree `src` to `dst` inside the session. An existing directory at
+/// `dst` receives `src` under its own name; missing parents are created. What is written
+/// belongs to the sandbox user; files already there are replaced.
+pub fn copy_in(client: &SessionClient, src: &Path, dst: &Path) -> Result<CopyReport, SessionError> {
+    let (root, uid, gid, base) = client.open_root()?;
+    let owner = (base + uid, base + gid);
+    let inside = inside_path(dst, &client.record.workdir)?;
+    let src_name = src.file_name().ok_or_else(|| {
+        copy_err(
+            src.display(),
+            "the source has no file name (use a path such as ./dir)",
+        )
+    })?;
+    let src_parent = match src.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let src_dir = rfs::open(
+        src_parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| copy_err(src_parent.display(), e))?;
+    rfs::statat(&src_dir, src_name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| copy_err(src.display(), e))?;
+    // Into an existing directory, or as the named path?
+    let existing_dir = inside_dir(root.as_fd(), &inside, None).ok();
+    let (dst_dir, name) = match existing_dir {
+        Some(dir) if inside != Path::new("/") || src_name != "/" => (dir, src_name.to_os_string()),
+        _ => {
+            let parent = inside.parent().unwrap_or(Path::new("/"));
+            let name = inside
+                .file_name()
+                .ok_or_else(|| copy_err(inside.display(), "not a file name"))?;
+            let dir = inside_dir(root.as_fd(), parent, Some(owner)).map_err(|e| {
+                copy_err(
+                    format!("{} (in the sandbox)", parent.display()),
+                    write_hint(e),
+                )
+            })?;
+            (dir, name.to_os_string())
+        }
+    };
+    let mut copy = TreeCopy::new(Some(owner), true);
+    copy.entry(src_dir.as_fd(), src_name, dst_dir.as_fd(), &name)
+        .map_err(|e| {
+            copy_err(
+                format!("copy {} to {}", src.display(), inside.display()),
+                write_hint(e),
+            )
+        })?;
+    Ok(CopyReport {
+        written: copy.written,
+        skipped: copy.skipped,
+    })
+}
+
+/// Copies `src` inside the session to the host path `dst`. An existing directory at `dst`
+/// receives it under its own name. Symlinks inside the sandbox are copied as symlinks: a link
+/// the workload planted never makes nsbox read what it points at.
+pub fn copy_out(
+    client: &SessionClient,
+    src: &Path,
+    dst: &Path,
+) -> Result<CopyReport, SessionError> {
+    let (root, _, _, _) = client.open_root()?;
+    let inside = inside_path(src, &client.record.workdir)?;
+    let (Some(parent), Some(name)) = (inside.parent(), inside.file_name()) else {
+        return Err(copy_err(
+            inside.display(),
+            "copy a file or directory below /",
+        ));
+    };
+    let src_dir = inside_dir(root.as_fd(), parent, None)
+        .map_err(|e| copy_err(format!("{} (in the sandbox)", parent.display()), e))?;
+    rfs::statat(&src_dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| copy_err(format!("{} (in the sandbox)", inside.display()), e))?;
+    let dst_is_dir = std::fs::metadata(dst).is_ok_and(|m| m.is_dir());
+    let (host_dir, out_name) = if dst_is_dir {
+        (dst.to_path_buf(), name.to_os_string())
+    } else {
+        let host_parent = match dst.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&host_parent).map_err(|e| copy_err(host_parent.display(), e))?;
+        let out = dst
+            .file_name()
+            .ok_or_else(|| copy_err(dst.display(), "not a file name"))?;
+        (host_parent, out.to_os_string())
+    };
+    let host_fd = rfs::openat(
+        CWD,
+        &host_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| copy_err(host_dir.display(), e))?;
+    if !dst_is_dir && is_dir_at(host_fd.as_fd(), &out_name) && !is_dir_at(src_dir.as_fd(), name) {
+        return Err(copy_err(dst.display(), "is a directory"));
+    }
+    let mut copy = TreeCopy::new(None, true);
+    copy.entry(src_dir.as_fd(), name, host_fd.as_fd(), &out_name)
+        .map_err(|e| copy_err(format!("copy {} to {}", inside.display(), dst.display()), e))?;
+    Ok(CopyReport {
+        written: copy.written,
+        skipped: copy.skipped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            parse_endpoint("abc123:/sandbox/x"),
+            Endpoint::Session {
+                session: "abc123".into(),
+                path: "/sandbox/x".into()
+            }
+        );
+        assert_eq!(
+            parse_endpoint("./local/file"),
+            Endpoint::Host("./local/file".into())
+        );
+        assert_eq!(
+            parse_endpoint("/abs:weird"),
+            Endpoint::Host("/abs:weird".into())
+        );
+        assert_eq!(parse_endpoint("c:"), Endpoint::Host("c:".into()));
+    }
+
+    #[test]
+    fn inside_paths_are_absolute_and_never_climb() {
+        let wd = Path::new("/sandbox");
+        assert_eq!(
+            inside_path(Path::new("repo"), wd).unwrap(),
+            PathBuf::from("/sandbox/repo")
+        );
+        assert_eq!(
+            inside_path(Path::new("/tmp/./x/"), wd).unwrap(),
+            PathBuf::from("/tmp/x")
+        );
+        assert!(inside_path(Path::new("../etc"), wd).is_err());
+        assert!(inside_path(Path::new("/sandbox/../../etc/passwd"), wd).is_err());
+    }
+}

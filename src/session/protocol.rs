@@ -1,0 +1,75 @@
+//! Messages between nsbox commands (clients) and a session's supervisor, over the session's
+//! SOCK_SEQPACKET socket: one JSON message per packet, descriptors attached with SCM_RIGHTS
+//! (the same framing as `sandbox::control`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// From a client to the supervisor.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum Request {
+    /// Run a command. Attached: [stdin, stdout, stderr, status], or [status] with a terminal.
+    Exec {
+        argv: Vec<Vec<u8>>,
+        /// Variables set on top of the session's environment.
+        env: Vec<(String, String)>,
+        workdir: Option<PathBuf>,
+        tty: bool,
+        winsize: Option<(u16, u16)>,
+    },
+    /// A signal for this connection's command (its process group).
+    Signal { signal: i32 },
+    /// Resource usage and activity.
+    Stats,
+    /// End the session: TERM to every command, KILL after `grace_ms`.
+    Stop { grace_ms: u64, reason: String },
+    /// A descriptor for the sandbox's root directory (for `nsbox cp`).
+    OpenRoot,
+}
+
+/// From the supervisor to a client.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum Reply {
+    /// The command runs. With a terminal, its pty master is attached.
+    ExecStarted {
+        /// Values to mask in the command's output.
+        secrets: Vec<String>,
+    },
+    /// The command ended.
+    ExecEnded {
+        code: Option<i32>,
+        signal: Option<i32>,
+        /// The OOM killer killed a process of the session while the command ran.
+        oom: bool,
+    },
+    /// The request was refused.
+    Refused {
+        message: String,
+    },
+    Stats(SessionStats),
+    /// The session is stopping; the socket closes when it has.
+    Stopping,
+    /// The sandbox's root directory is attached; files copied in belong to uid:gid (inside ids,
+    /// host ids are these plus `uid_base`).
+    Root {
+        uid: u32,
+        gid: u32,
+        uid_base: u32,
+    },
+}
+
+/// `nsbox stats`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Clone, Default)]
+pub struct SessionStats {
+    pub memory_current_bytes: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids_current: Option<u64>,
+    pub pids_limit: Option<u64>,
+    pub cpu_usage_usec: Option<u64>,
+    pub commands_running: usize,
+    pub idle_secs: u64,
+}
