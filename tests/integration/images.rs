@@ -1221,3 +1221,66 @@ fn hostile_layer_trusted_xattrs() {
     t.entry(e, b"");
     refused(&ctx, &canary, t.finish(), Comp::Gzip, &[], "trusted");
 }
+
+#[test]
+fn a_session_on_an_image_keeps_its_layers_until_removed() {
+    require_root!();
+    let ctx = Ctx::new();
+    let run_dir = tempfile::Builder::new()
+        .prefix("nsbox-run-")
+        .tempdir()
+        .unwrap();
+    let store = ctx.store();
+    let session = |args: &[&str]| -> Run {
+        let mut full = vec!["--state-root", store.to_str().unwrap()];
+        full.extend_from_slice(args);
+        nsbox_cmd(&full)
+            .env("NSBOX_RUN_DIR", run_dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    };
+    let mut t = Tar::default();
+    t.file("top", 0o644, b"session top\n");
+    let mut layout = Layout::new(&ctx.path("layout"));
+    let built = layout.image(
+        Some("sess"),
+        &[(base_layer(), Comp::Gzip), (t.finish(), Comp::Zstd)],
+        serde_json::json!({"User": "app", "WorkingDir": "/tmp"}),
+    );
+    ctx.load_ok(&layout.dir);
+    let created = session(&["create", "--image", "layout:sess"]);
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let id = created.stdout.trim().to_string();
+    let run = session(&[
+        "exec",
+        "--session",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /top; id -u",
+    ]);
+    assert_eq!(lines(&run), ["session top", "1000"], "{}", run.stderr);
+    // The session's supervisor holds the layers: rmi and prune leave them.
+    assert_eq!(ctx.run(&["rmi", "layout:sess"]).code, 0);
+    let pruned = ctx.run(&["image", "prune"]);
+    assert!(pruned.stdout.contains("kept 2"), "{}", pruned.stdout);
+    let run = session(&["exec", "--session", &id, "--", "/bin/cat", "/top"]);
+    assert_eq!(run.stdout, "session top\n", "{}", run.stderr);
+    let removed = session(&["rm", "-f", &id]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    assert!(
+        eventually(5.0, || {
+            ctx.run(&["image", "prune"]);
+            std::fs::read_dir(store.join("layers")).unwrap().count() == 0
+        }),
+        "the layers go once the session is gone"
+    );
+    assert!(!store
+        .join("layers")
+        .join(built.diff_ids[0].trim_start_matches("sha256:"))
+        .exists());
+    ctx.assert_store_clean();
+}
