@@ -507,5 +507,8 @@ pub(super) fn prune_sessions(older_than: Option<Duration>, dry_run: bool) -> (us
             println!("removed  session directory {id} (never finished starting)");
         }
     }
+    if !dry_run {
+        store.remove_if_empty();
+    }
     (removed, failed)
 }

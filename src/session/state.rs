@@ -367,6 +367,13 @@ impl SessionStore {
         }
     }
 
+    /// Removes the store's directories if they hold nothing (after the last session is gone).
+    pub fn remove_if_empty(&self) {
+        for dir in [self.sessions(), self.names(), self.run_dir.clone()] {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
     /// Age of a record (since creation, or since it stopped).
     pub fn age(record: &SessionRecord, since_stop: bool) -> Duration {
         let at = match (&record.stopped, since_stop) {
