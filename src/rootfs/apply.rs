@@ -478,6 +478,16 @@ impl UpperLayer<'_> {
                 match rfs::openat(at, *part, flags, Mode::empty()) {
                     Ok(fd) => dir = Some(fd),
                     Err(_) => {
+                        // An image layer's whiteout (a 0/0 character device) deletes the
+                        // file of the layers below: there is none to read.
+                        let whiteout =
+                            rfs::statat(at, *part, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+                                FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
+                                    && st.st_rdev == 0
+                            });
+                        if whiteout {
+                            return None;
+                        }
                         ok = false;
                         break;
                     }

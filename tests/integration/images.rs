@@ -1319,3 +1319,29 @@ fn a_multi_platform_index_loads_this_machines_image() {
     let run = ctx.exec("multi:2", &[], &["/bin/cat", "/arch"]);
     assert_eq!(run.stdout, "amd64\n", "{}", run.stderr);
 }
+
+#[test]
+fn a_whited_out_account_file_is_not_merged_back() {
+    require_root!();
+    let ctx = Ctx::new();
+    let mut t = Tar::default();
+    t.file("etc/.wh.passwd", 0o644, b"");
+    let mut layout = Layout::new(&ctx.path("wh"));
+    layout.image(
+        Some("1"),
+        &[(base_layer(), Comp::Gzip), (t.finish(), Comp::None)],
+        serde_json::json!({}),
+    );
+    ctx.load_ok(&layout.dir);
+    let run = ctx.exec(
+        "wh:1",
+        &[],
+        &["sh", "-c", "grep -c app: /etc/passwd; id -un"],
+    );
+    assert_eq!(
+        lines(&run),
+        ["0", "sandbox"],
+        "the deleted file's accounts stay deleted: {}",
+        run.stderr
+    );
+}
