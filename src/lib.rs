@@ -3,12 +3,14 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod config;
 pub mod exit;
 pub mod fingerprint;
 pub mod host;
 pub mod image;
 pub mod net;
 pub mod profile;
+pub mod registry;
 pub mod relay;
 pub mod rootfs;
 pub mod sandbox;

@@ -13,7 +13,12 @@ use crate::session::state::SessionStore;
 use crate::spec::units::ByteSize;
 use crate::spec::{ExecRequest, Limit, SandboxSpec, Timeout};
 
-pub fn run(args: ExecArgs, state_root: &std::path::Path, t0: u64) -> i32 {
+pub fn run(
+    args: ExecArgs,
+    state_root: &std::path::Path,
+    config: &crate::config::Config,
+    t0: u64,
+) -> i32 {
     if let Some(session) = args.session.clone() {
         return run_in_session(args, &session, t0);
     }
@@ -22,7 +27,7 @@ pub fn run(args: ExecArgs, state_root: &std::path::Path, t0: u64) -> i32 {
     let early_masker = raw_secret_masker(&args.sandbox);
     // The image's layers stay locked (shared) for as long as this process supervises the
     // sandbox, so `nsbox image prune` and `rmi` never delete them under it.
-    let image = match open_image(&args.sandbox, state_root) {
+    let image = match open_image(&args.sandbox, state_root, config) {
         Ok(image) => image,
         Err(message) => return fail(json, "setup", &message, t0),
     };
@@ -35,7 +40,12 @@ pub fn run(args: ExecArgs, state_root: &std::path::Path, t0: u64) -> i32 {
         json: args.json,
         timings: args.timings,
     };
-    let spec = match build_spec(args.sandbox, command, image.as_ref().map(|i| i.spec())) {
+    let spec = match build_spec(
+        args.sandbox,
+        command,
+        image.as_ref().map(|i| i.spec()),
+        config,
+    ) {
         Ok(spec) => spec,
         Err(message) => return fail(json, "setup", &early_masker.mask_str(&message), t0),
     };
@@ -86,15 +96,21 @@ pub(super) struct ExecExtras {
     pub timings: bool,
 }
 
-/// Resolves and locks `--image` (images, issue 3); the lock lasts as long as the result.
+/// Resolves and locks `--image` (images, issue 3), pulling it first as `--pull` (or the
+/// config) says; the lock lasts as long as the result.
 pub(super) fn open_image(
     sandbox: &SandboxArgs,
     state_root: &std::path::Path,
+    config: &crate::config::Config,
 ) -> Result<Option<crate::image::ImageRoot>, String> {
     match sandbox.image.as_deref() {
-        Some(reference) => crate::image::open_root(state_root, reference)
-            .map(Some)
-            .map_err(|e| e.to_string()),
+        Some(reference) => {
+            let policy = sandbox.pull.unwrap_or(config.pull.policy);
+            super::pull::ensure_image(reference, policy, state_root, config)?;
+            crate::image::open_root(state_root, reference)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
         None => Ok(None),
     }
 }
@@ -103,9 +119,13 @@ pub(super) fn build_spec(
     args: SandboxArgs,
     extra: ExecExtras,
     image: Option<crate::spec::ImageSpec>,
+    config: &crate::config::Config,
 ) -> Result<SandboxSpec, String> {
-    let profile =
-        Profile::load(args.profile.as_deref().unwrap_or("default")).map_err(|e| e.to_string())?;
+    let profile = Profile::load_layered(
+        args.profile.as_deref().unwrap_or("default"),
+        &config.defaults,
+    )
+    .map_err(|e| e.to_string())?;
     let request = ExecRequest {
         command: extra.command,
         rootfs: args.rootfs,

@@ -46,7 +46,7 @@ pub struct LoadArgs {
 
 /// Bounds against decompression bombs.
 #[derive(Debug, clap::Args)]
-struct Bounds {
+pub(super) struct Bounds {
     /// Refuse a layer larger than this uncompressed (its tar stream).
     #[arg(long, value_name = "SIZE", default_value = "64g")]
     max_layer_size: ByteSize,
@@ -56,7 +56,7 @@ struct Bounds {
 }
 
 impl Bounds {
-    fn limits(&self) -> Limits {
+    pub(super) fn limits(&self) -> Limits {
         Limits {
             max_bytes: self.max_layer_size.bytes(),
             max_entries: self.max_layer_entries,

@@ -6,7 +6,9 @@ mod doctor;
 mod exec;
 mod image;
 mod prune;
+mod pull;
 mod session;
+mod settings;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -46,6 +48,10 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", global = true)]
     state_root: Option<PathBuf>,
     // --- end images ---
+    /// Read this config file only (default: /etc/nsbox/config.toml, then
+    /// $XDG_CONFIG_HOME/nsbox/config.toml, then ./nsbox.toml; NSBOX_CONFIG sets it too).
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +102,14 @@ enum Command {
     #[command(subcommand)]
     Image(image::ImageCommand),
     // --- end images ---
+    /// Pull an image from a registry into the store.
+    Pull(pull::PullArgs),
+    /// Save credentials for a registry (checked first).
+    Login(pull::LoginArgs),
+    /// Forget the credentials saved for a registry.
+    Logout(pull::LogoutArgs),
+    /// Print the effective configuration and where each value came from.
+    Config(settings::ConfigArgs),
 }
 
 /// What defines a sandbox: the flags of `nsbox exec` (without `--session`) and `nsbox create`.
@@ -130,6 +144,16 @@ pub struct SandboxArgs {
         help_heading = "Filesystem"
     )]
     entrypoint: Option<String>,
+    /// With --image: pull it from its registry when missing (default, or the config's
+    /// pull.policy), always, or never.
+    #[arg(
+        long,
+        value_name = "WHEN",
+        value_enum,
+        requires = "image",
+        help_heading = "Filesystem"
+    )]
+    pull: Option<crate::config::PullPolicy>,
     // --- end images ---
     /// Let the command write anywhere in the root; writes go to an ephemeral layer.
     #[arg(long, help_heading = "Filesystem")]
@@ -211,6 +235,7 @@ impl SandboxArgs {
         check(self.rootfs.is_some(), "--rootfs");
         check(self.image.is_some(), "--image");
         check(self.entrypoint.is_some(), "--entrypoint");
+        check(self.pull.is_some(), "--pull");
         check(self.writable_root, "--writable-root");
         check(!self.mounts.is_empty(), "--mount");
         check(!self.copies.is_empty(), "--copy");
@@ -294,16 +319,21 @@ pub fn main() -> i32 {
     };
     init_logging(cli.verbose, cli.log_format);
     let state_root = image::state_root(cli.state_root.as_deref());
+    // Only the commands that use the configuration read it (a broken file does not stop
+    // `ps`, `stop` or `rm`).
+    let config = || settings::load(cli.config.as_deref());
     match cli.command {
-        Command::Exec(args) => exec::run(*args, &state_root, t0),
-        Command::Create(args) => session::create(*args, &state_root, t0),
+        Command::Exec(args) => with_config(config(), |c| exec::run(*args, &state_root, c, t0)),
+        Command::Create(args) => {
+            with_config(config(), |c| session::create(*args, &state_root, c, t0))
+        }
         Command::Ps(args) => session::ps(args),
         Command::Stats(args) => session::stats(args),
         Command::Stop(args) => session::stop(args),
         Command::Rm(args) => session::rm(args),
         Command::Cp(args) => session::cp(args),
         Command::Doctor(args) => doctor::run(args),
-        Command::Prune(args) => prune::run(args),
+        Command::Prune(args) => with_config(config(), |c| prune::run(args, c)),
         Command::Profiles => {
             for name in crate::profile::builtin_names() {
                 let description = crate::profile::Profile::load(name)
@@ -320,6 +350,24 @@ pub fn main() -> i32 {
         Command::Rmi(args) => image::rmi(args, &state_root),
         Command::Save(args) => image::save(args, &state_root),
         Command::Image(cmd) => image::prune(cmd, &state_root),
+        Command::Pull(args) => with_config(config(), |c| pull::pull(args, &state_root, c)),
+        Command::Login(args) => with_config(config(), |c| pull::login(args, &state_root, c)),
+        Command::Logout(args) => pull::logout(args, &state_root),
+        Command::Config(args) => settings::show(args, cli.config.as_deref()),
+    }
+}
+
+/// Runs `f` with the configuration, or reports why it could not be read (exit 125).
+fn with_config(
+    config: Result<crate::config::Config, crate::config::ConfigError>,
+    f: impl FnOnce(&crate::config::Config) -> i32,
+) -> i32 {
+    match config {
+        Ok(c) => f(&c),
+        Err(e) => {
+            error(&e.to_string());
+            exit::NSBOX_FAILED
+        }
     }
 }
 

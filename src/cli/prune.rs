@@ -19,12 +19,13 @@ pub struct PruneArgs {
     #[arg(long)]
     dry_run: bool,
     /// Only remove stopped sessions that stopped at least this long ago (e.g. 24h); sessions
-    /// whose supervisor was killed are removed regardless.
+    /// whose supervisor was killed are removed regardless. Default: the config's
+    /// cleanup.prune_older_than.
     #[arg(long, value_name = "DURATION")]
     older_than: Option<crate::spec::Timeout>,
 }
 
-pub fn run(args: PruneArgs) -> i32 {
+pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {
     let layout = match CgroupLayout::detect() {
         Ok(layout) => layout,
         Err(e) => {
@@ -39,8 +40,12 @@ pub fn run(args: PruneArgs) -> i32 {
             return exit::NSBOX_FAILED;
         }
     };
-    let (mut removed, mut failed) =
-        super::session::prune_sessions(args.older_than.map(|t| t.0), args.dry_run);
+    let (mut removed, mut failed) = super::session::prune_sessions(
+        args.older_than
+            .map(|t| t.0)
+            .or(config.cleanup.prune_older_than),
+        args.dry_run,
+    );
     // Sessions removed above took their cgroups along; look again.
     let leftovers = if removed > 0 {
         cgroup::find_leftovers(&layout).unwrap_or_default()

@@ -18,9 +18,6 @@ use crate::session::state::{SessionRecord, SessionState, SessionStore};
 use crate::spec::units::{ByteSize, CpuQuota};
 use crate::spec::{Limit, Timeout};
 
-/// Idle sessions are stopped after this long unless `--max-age` says otherwise.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
-
 /// Flags of `nsbox create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -30,7 +27,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "NAME", help_heading = "Sessions")]
     name: Option<String>,
     /// Stop the session once it was idle (no command running, nobody connected) this long
-    /// (default 1h; `none` keeps it until `nsbox stop`).
+    /// (default 1h, or the config's cleanup.session_max_age; `none` keeps it until `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
     max_age: Option<Limit<Timeout>>,
     /// A shell script run in the new session before it is handed over (its own phase; if it
@@ -57,7 +54,12 @@ pub struct CreateArgs {
     json: bool,
 }
 
-pub fn create(args: CreateArgs, state_root: &std::path::Path, t0: u64) -> i32 {
+pub fn create(
+    args: CreateArgs,
+    state_root: &std::path::Path,
+    config: &crate::config::Config,
+    t0: u64,
+) -> i32 {
     let json = args.json;
     let masker = raw_secret_masker(&args.sandbox);
     let script = match (&args.setup, &args.setup_file) {
@@ -76,7 +78,7 @@ pub fn create(args: CreateArgs, state_root: &std::path::Path, t0: u64) -> i32 {
         (None, None) => None,
     };
     let max_age = match args.max_age {
-        None => Some(DEFAULT_MAX_AGE),
+        None => config.cleanup.session_max_age,
         Some(Limit::Unlimited) => None,
         Some(Limit::Value(t)) => Some(t.0),
     };
@@ -92,11 +94,16 @@ pub fn create(args: CreateArgs, state_root: &std::path::Path, t0: u64) -> i32 {
     };
     // The session's supervisor, forked by daemon::start, inherits the image's layer locks
     // and holds them for the session's life.
-    let image = match open_image(&args.sandbox, state_root) {
+    let image = match open_image(&args.sandbox, state_root, config) {
         Ok(image) => image,
         Err(message) => return fail(json, "setup", &message, t0),
     };
-    let spec = match build_spec(args.sandbox, extras, image.as_ref().map(|i| i.spec())) {
+    let spec = match build_spec(
+        args.sandbox,
+        extras,
+        image.as_ref().map(|i| i.spec()),
+        config,
+    ) {
         Ok(spec) => spec,
         Err(message) => return fail(json, "setup", &masker.mask_str(&message), t0),
     };

@@ -31,9 +31,9 @@ use super::ImageError;
 use crate::spec::DEFAULT_UID_BASE;
 
 /// Largest manifest or index accepted.
-const MAX_MANIFEST: u64 = 4 << 20;
+pub(crate) const MAX_MANIFEST: u64 = 4 << 20;
 /// Largest image config accepted.
-const MAX_CONFIG: u64 = 16 << 20;
+pub(crate) const MAX_CONFIG: u64 = 16 << 20;
 /// Nested indexes followed at most this deep.
 const MAX_INDEX_DEPTH: usize = 4;
 
@@ -349,20 +349,21 @@ fn index_tar(path: &Path) -> Result<HashMap<String, (u64, u64)>, String> {
 }
 
 /// A layer to unpack (deduplicated by diff_id when the config gives one).
-struct LayerJob {
-    source_name: String,
+pub(crate) struct LayerJob {
+    /// Where the layer's bytes are: a name in the source (a file, an archive entry, a digest).
+    pub source_name: String,
     /// Blob digest and size from a manifest (None for docker-save layers: computed).
-    blob: Option<(Digest, u64)>,
-    diff_id: Option<Digest>,
-    size_hint: u64,
+    pub blob: Option<(Digest, u64)>,
+    pub diff_id: Option<Digest>,
+    pub size_hint: u64,
 }
 
-struct LayerDone {
-    blob: Digest,
-    size: u64,
-    diff_id: Digest,
-    compression: Compression,
-    unpacked_bytes: u64,
+pub(crate) struct LayerDone {
+    pub blob: Digest,
+    pub size: u64,
+    pub diff_id: Digest,
+    pub compression: Compression,
+    pub unpacked_bytes: u64,
 }
 
 /// One image found in the source, before its layers are unpacked.
@@ -502,7 +503,18 @@ pub fn load(store: &Store, path: &Path, opts: &LoadOptions) -> Result<LoadReport
         !(store.has_layer(diff_id) && have_blob)
     });
     let reused = total - jobs.len();
-    let done = unpack_all(store, &source, jobs, opts)?;
+    let open = |job: &LayerJob| -> Result<Box<dyn Read + Send + '_>, ImageError> {
+        let (reader, _) =
+            source
+                .reader(&job.source_name)?
+                .ok_or_else(|| ImageError::MissingBlob {
+                    what: "layer",
+                    digest: job.source_name.clone(),
+                    path: source.shown().to_path_buf(),
+                })?;
+        Ok(reader)
+    };
+    let done = unpack_all(store, jobs, opts, "unpacking", &open)?;
 
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -558,6 +570,7 @@ pub fn load(store: &Store, path: &Path, opts: &LoadOptions) -> Result<LoadReport
                 .unwrap_or(platform.architecture),
             os: image.parsed.os.clone().unwrap_or(platform.os),
             loaded: now,
+            index_digest: None,
         });
     }
     add_to_index(store, &records)?;
@@ -570,7 +583,7 @@ pub fn load(store: &Store, path: &Path, opts: &LoadOptions) -> Result<LoadReport
 }
 
 /// File bytes of a layer already in the store (from the index, else counted).
-fn known_unpacked_bytes(store: &Store, diff_id: &Digest) -> Result<u64, ImageError> {
+pub(crate) fn known_unpacked_bytes(store: &Store, diff_id: &Digest) -> Result<u64, ImageError> {
     let index = store.index()?;
     Ok(index
         .images
@@ -649,7 +662,7 @@ fn synthesize_manifest(
 }
 
 /// Writes a small verified document into the blob store (if not there yet).
-fn store_doc(store: &Store, digest: &Digest, bytes: &[u8]) -> Result<(), ImageError> {
+pub(crate) fn store_doc(store: &Store, digest: &Digest, bytes: &[u8]) -> Result<(), ImageError> {
     if store.has_blob(digest) {
         return Ok(());
     }
@@ -683,12 +696,19 @@ pub fn add_to_index(store: &Store, records: &[ImageRecord]) -> Result<(), ImageE
     })
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, ImageError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, ImageError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ImageError::Invalid(format!("{what} is not valid: {e}")))
 }
 
-fn check_config(config: &ImageConfig, layers: usize, path: &Path) -> Result<(), ImageError> {
+pub(crate) fn check_config(
+    config: &ImageConfig,
+    layers: usize,
+    path: &Path,
+) -> Result<(), ImageError> {
     if config.rootfs.diff_ids.len() != layers {
         return Err(input_err(
             path,
@@ -738,20 +758,12 @@ fn collect_oci(
             )?;
             let index: Index = parse_json("index", &bytes)?;
             let host = oci::host_platform();
-            let chosen = index
-                .manifests
-                .iter()
-                .find(|m| {
-                    m.platform
-                        .as_ref()
-                        .is_none_or(|p| p.os == host.os && p.architecture == host.architecture)
-                })
-                .ok_or_else(|| {
-                    ImageError::Invalid(format!(
-                        "image index {} has no manifest for {}/{}",
-                        desc.digest, host.os, host.architecture
-                    ))
-                })?;
+            let chosen = oci::pick_platform(&index).ok_or_else(|| {
+                ImageError::Invalid(format!(
+                    "image index {} has no manifest for {}/{}",
+                    desc.digest, host.os, host.architecture
+                ))
+            })?;
             collect_oci(source, chosen, names, depth + 1, found, jobs)
         }
         oci::OCI_MANIFEST | oci::DOCKER_MANIFEST => {
@@ -879,9 +891,9 @@ fn names_from_annotations(
 }
 
 /// Counts bytes read (for the progress line).
-struct Counted<'a, R> {
-    inner: R,
-    count: &'a AtomicU64,
+pub(crate) struct Counted<'a, R> {
+    pub inner: R,
+    pub count: &'a AtomicU64,
 }
 
 impl<R: Read> Read for Counted<'_, R> {
@@ -894,11 +906,16 @@ impl<R: Read> Read for Counted<'_, R> {
 
 /// Unpacks `jobs` in parallel (one thread per layer, at most one per core); either every
 /// layer is installed or none is added and the error of the first failure is returned.
-fn unpack_all(
+/// Opens a layer's bytes: a file or archive entry for `load`, a registry download for `pull`.
+pub(crate) type OpenLayer<'a> =
+    dyn Fn(&LayerJob) -> Result<Box<dyn Read + Send + 'a>, ImageError> + Sync + 'a;
+
+pub(crate) fn unpack_all(
     store: &Store,
-    source: &Source,
     jobs: BTreeMap<String, LayerJob>,
     opts: &LoadOptions,
+    label: &str,
+    open: &OpenLayer<'_>,
 ) -> Result<HashMap<String, LayerDone>, ImageError> {
     if jobs.is_empty() {
         return Ok(HashMap::new());
@@ -920,7 +937,7 @@ fn unpack_all(
     let all_done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         if opts.progress {
-            scope.spawn(|| progress_line(&read, total_bytes, &finished, count, &all_done));
+            scope.spawn(|| progress_line(label, &read, total_bytes, &finished, count, &all_done));
         }
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -930,7 +947,7 @@ fn unpack_all(
                     }
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                     let Some((key, job)) = next else { break };
-                    let result = unpack_layer(store, source, &job, opts.limits, &read);
+                    let result = unpack_layer(store, open, &job, opts.limits, &read);
                     if result.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -970,7 +987,8 @@ fn unpack_all(
     Ok(done)
 }
 
-fn progress_line(
+pub(crate) fn progress_line(
+    label: &str,
     read: &AtomicU64,
     total: u64,
     finished: &AtomicUsize,
@@ -996,7 +1014,7 @@ fn progress_line(
         let bar: String = "#".repeat(filled) + &"-".repeat(width - filled.min(width));
         let _ = write!(
             io::stderr(),
-            "\rnsbox: unpacking [{bar}] {:.1}/{:.1} MiB, {}/{count} layers ",
+            "\rnsbox: {label} [{bar}] {:.1}/{:.1} MiB, {}/{count} layers ",
             mib(bytes),
             mib(total),
             finished.load(Ordering::Relaxed)
@@ -1016,18 +1034,12 @@ struct Expect {
 
 fn unpack_layer(
     store: &Store,
-    source: &Source,
+    open: &OpenLayer<'_>,
     job: &LayerJob,
     limits: Limits,
     read: &AtomicU64,
 ) -> Result<LayerDone, ImageError> {
-    let (reader, _) = source
-        .reader(&job.source_name)?
-        .ok_or_else(|| ImageError::MissingBlob {
-            what: "layer",
-            digest: job.source_name.clone(),
-            path: source.shown().to_path_buf(),
-        })?;
+    let reader = open(job)?;
     let expect = Expect {
         blob: job.blob.clone(),
         diff_id: job.diff_id.clone(),
@@ -1160,7 +1172,7 @@ pub fn import(
     let all_done = AtomicBool::new(false);
     let done = std::thread::scope(|scope| {
         if opts.progress {
-            scope.spawn(|| progress_line(&read, total, &finished, 1, &all_done));
+            scope.spawn(|| progress_line("unpacking", &read, total, &finished, 1, &all_done));
         }
         let result = unpack_stream(
             store,
@@ -1217,6 +1229,7 @@ pub fn import(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        index_digest: None,
     };
     add_to_index(store, std::slice::from_ref(&record))?;
     Ok(record)

@@ -132,6 +132,17 @@ pub struct DockerSaveEntry {
     pub layers: Vec<String>,
 }
 
+/// The manifest an index lists for this machine: the first whose platform matches (or that
+/// names none). Attestation manifests (`unknown/unknown`) never match.
+pub fn pick_platform(index: &Index) -> Option<&Descriptor> {
+    let host = host_platform();
+    index.manifests.iter().find(|m| {
+        m.platform
+            .as_ref()
+            .is_none_or(|p| p.os == host.os && p.architecture == host.architecture)
+    })
+}
+
 /// The platform of this machine in OCI terms.
 pub fn host_platform() -> Platform {
     let architecture = match std::env::consts::ARCH {

@@ -71,6 +71,10 @@ pub struct ImageRecord {
     pub os: String,
     /// When the image was loaded (seconds since the epoch).
     pub loaded: u64,
+    /// The digest of the multi-platform index it was pulled through, if any: a reference
+    /// pinned to that digest finds this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<Digest>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -366,7 +370,7 @@ impl Store {
             Reference::Digest(d) => index
                 .images
                 .iter()
-                .find(|i| i.digest == d)
+                .find(|i| i.digest == d || i.index_digest.as_ref() == Some(&d))
                 .ok_or_else(not_found),
             Reference::Prefix(prefix) => {
                 let found: Vec<_> = index

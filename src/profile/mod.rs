@@ -53,10 +53,11 @@ pub enum ProfileError {
     },
 }
 
-/// One profile file as written: every key optional, unknown keys rejected.
-#[derive(Debug, Default, Deserialize)]
+/// One profile file as written: every key optional, unknown keys rejected. The config file's
+/// `[defaults]` table has the same shape (see `crate::config`).
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ProfileFile {
+pub struct ProfileFile {
     description: Option<String>,
     #[serde(default)]
     limits: LimitsFile,
@@ -68,7 +69,7 @@ struct ProfileFile {
     process: ProcessFile,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitsFile {
     memory: Option<String>,
@@ -78,7 +79,7 @@ struct LimitsFile {
     max_output: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilesystemFile {
     root: Option<String>,
@@ -93,13 +94,13 @@ struct FilesystemFile {
     mounts: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NetworkFile {
     mode: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProcessFile {
     user: Option<String>,
@@ -233,6 +234,34 @@ impl Profile {
         Ok(resolved)
     }
 
+    /// Like [`Profile::load`], with `layers` (the config file's `[defaults]`, in order)
+    /// applied over the built-in default and under the named profile: the config sets a
+    /// site's defaults, a profile chosen for a run still wins, and flags win over both.
+    pub fn load_layered(
+        name_or_path: &str,
+        layers: &[ProfileLayer],
+    ) -> Result<Profile, ProfileError> {
+        if layers.is_empty() {
+            return Self::load(name_or_path);
+        }
+        let (origin, text) = Self::find(name_or_path)?;
+        let mut resolved = Self::from_text(
+            "builtin:default",
+            builtin_text("default").unwrap_or_default(),
+        )?;
+        for layer in layers {
+            apply(&mut resolved, &layer.origin, layer.file.clone())?;
+        }
+        if origin != "builtin:default" {
+            apply(&mut resolved, &origin, parse_file(&origin, &text)?)?;
+        }
+        resolved.name = origin
+            .strip_prefix("builtin:")
+            .unwrap_or(&origin)
+            .to_string();
+        Ok(resolved)
+    }
+
     fn find(name_or_path: &str) -> Result<(String, String), ProfileError> {
         let looks_like_path = name_or_path.contains('/') || name_or_path.ends_with(".toml");
         if looks_like_path {
@@ -346,6 +375,13 @@ fn profile_source(p: &Profile) -> String {
             .collect::<Vec<_>>()
             .join(", "),
     )
+}
+
+/// A profile-shaped table from a config file, named by where it came from.
+#[derive(Debug, Clone)]
+pub struct ProfileLayer {
+    pub origin: String,
+    pub file: ProfileFile,
 }
 
 /// Names of the profiles compiled into the binary.
