@@ -12,4 +12,6 @@ mod images;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod registry;
+mod registry_support;
 mod sessions;

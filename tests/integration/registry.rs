@@ -1,0 +1,584 @@
+//! `nsbox pull`, `login`, `logout` and `exec --image --pull` against a real registry on
+//! loopback (Debian's docker-registry, see `registry_support`), once without auth, once with
+//! htpasswd basic auth, once behind token auth; images built by the test and pushed with
+//! skopeo. Faults (a corrupt blob, a dropped connection, a registry that goes away mid-pull)
+//! are real too: a corrupted file in the registry's storage, a proxy that cuts connections.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use crate::oci_build::*;
+use crate::registry_support::*;
+use crate::require_root;
+use crate::support::*;
+
+/// A test's own store, config and docker config (nothing of the host's is read).
+struct Ctx {
+    tmp: tempfile::TempDir,
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        let ctx = Ctx {
+            tmp: tempfile::tempdir().unwrap(),
+        };
+        std::fs::write(ctx.config(), "").unwrap();
+        std::fs::create_dir_all(ctx.path("docker")).unwrap();
+        ctx
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path("config.toml")
+    }
+
+    fn run_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        use std::io::Write;
+        let store = self.store();
+        let config = self.config();
+        let mut full = vec![
+            "--state-root",
+            store.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ];
+        full.extend_from_slice(args);
+        let mut child = nsbox_cmd(&full)
+            .env("DOCKER_CONFIG", self.path("docker"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap().into()
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.run_stdin(args, "")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert_eq!(run.code, 0, "nsbox {args:?} failed: {}", run.stderr);
+        run.stdout
+    }
+
+    fn images(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["images", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// No image, layer, blob or leftover: what a failed pull into an empty store leaves.
+    fn assert_store_empty(&self) {
+        assert!(self.images().is_empty(), "no image was added");
+        for dir in ["layers", "tmp", "blobs/sha256"] {
+            let entries: Vec<_> = std::fs::read_dir(self.store().join(dir))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(entries.is_empty(), "{dir} is not empty: {entries:?}");
+        }
+    }
+
+    fn entries(&self, dir: &str) -> usize {
+        std::fs::read_dir(self.store().join(dir))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+/// A two-layer busybox image (base + a layer with /hello) in an OCI layout, tagged `1`.
+fn hello_layout(dir: &Path, greeting: &str) -> Built {
+    let mut layout = Layout::new(dir);
+    let mut t = Tar::default();
+    t.file("hello", 0o644, greeting.as_bytes());
+    layout.image(
+        Some("1"),
+        &[(base_layer(), Comp::Gzip), (t.finish(), Comp::Gzip)],
+        serde_json::json!({"Env": ["GREETING=from-registry"]}),
+    )
+}
+
+/// Bytes that do not compress, deterministic per seed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// An image of base + two multi-MiB uncompressed layers (for cutting downloads).
+fn big_layout(dir: &Path) -> Built {
+    let mut layout = Layout::new(dir);
+    let mut layers = vec![(base_layer(), Comp::Gzip)];
+    for i in 0..2u64 {
+        let mut t = Tar::default();
+        t.file(&format!("big{i}"), 0o644, &noise(i + 7, 3 << 20));
+        layers.push((t.finish(), Comp::None));
+    }
+    layout.image(Some("1"), &layers, serde_json::json!({}))
+}
+
+#[test]
+fn pull_by_tag_and_by_digest_then_run() {
+    require_root!();
+    if !tools_present() {
+        return;
+    }
+    let registry = LocalRegistry::start(Auth::None);
+    let ctx = Ctx::new();
+    let built = hello_layout(&ctx.path("hello"), "hello from a registry\n");
+    registry.push(&ctx.path("hello"), "1", "test/hello:1", false);
+    let reference = format!("{}/test/hello:1", registry.host());
+
+    let out = ctx.ok(&["pull", &reference]);
+    assert!(out.contains(&format!("pulled {reference}")), "{out}");
+    assert!(out.contains("2 downloaded, 0 already here"), "{out}");
+    let images = ctx.images();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["names"][0], reference.as_str());
+    let run = ctx.run(&[
+        "exec",
+        "--image",
+        &reference,
+        "--pull",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        "cat /hello; echo $GREETING",
+    ]);
+    assert_eq!(
+        run.stdout, "hello from a registry\nfrom-registry\n",
+        "{}",
+        run.stderr
+    );
+    // Again: nothing to download.
+    let out = ctx.ok(&["pull", &reference]);
+    assert!(out.contains("0 downloaded, 2 already here"), "{out}");
+
+    // By digest, into another store: the manifest is the one skopeo pushed (same bytes as
+    // the layout's when skopeo keeps them), found by digest, no name.
+    let digest = images[0]["digest"].as_str().unwrap().to_string();
+    let other = Ctx::new();
+    let by_digest = format!("{}/test/hello@{digest}", registry.host());
+    let out = other.ok(&["pull", &by_digest]);
+    assert!(out.contains(&digest), "{out}");
+    let listed = other.images();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0]["names"].as_array().unwrap().is_empty());
+    let run = other.run(&["exec", "--image", &by_digest, "--", "cat", "/hello"]);
+    assert_eq!(run.stdout, "hello from a registry\n", "{}", run.stderr);
+    // The layers' diff_ids are the test's own: the pull verified and kept them.
+    for diff_id in &built.diff_ids {
+        assert!(other
+            .store()
+            .join("layers")
+            .join(diff_id.trim_start_matches("sha256:"))
+            .is_dir());
+    }
+}
+
+#[test]
+fn exec_pulls_a_missing_image_unless_told_never() {
+    require_root!();
+    if !tools_present() {
+        return;
+    }
+    let registry = LocalRegistry::start(Auth::None);
+    let ctx = Ctx::new();
+    hello_layout(&ctx.path("hello"), "pulled on demand\n");
+    registry.push(&ctx.path("hello"), "1", "test/hello:2", false);
+    let reference = format!("{}/test/hello:2", registry.host());
+
+    let run = ctx.run(&[
+        "exec", "--image", &reference, "--pull", "never", "--", "cat", "/hello",
+    ]);
+    assert_eq!(run.code, 125, "{}", run.stderr);
+    assert!(run.stderr.contains("not found"), "{}", run.stderr);
+    assert!(ctx.images().is_empty());
+
+    let run = ctx.run(&["exec", "--image", &reference, "--", "cat", "/hello"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout, "pulled on demand\n",
+        "stdout is the workload's alone"
+    );
+    assert_eq!(ctx.images().len(), 1);
+
+    // A name neither stored nor in the registry: a clear error.
+    let missing = format!("{}/test/nothing:1", registry.host());
+    let run = ctx.run(&["exec", "--image", &missing, "--", "true"]);
+    assert_eq!(run.code, 125);
+    assert!(
+        run.stderr.contains("not found") && run.stderr.contains("test/nothing"),
+        "{}",
+        run.stderr
+    );
+
+    // The config's pull policy applies when --pull is not given.
+    std::fs::write(ctx.config(), "[pull]\npolicy = \"never\"\n").unwrap();
+    let other = format!("{}/test/hello:3", registry.host());
+    registry.push(&ctx.path("hello"), "1", "test/hello:3", false);
+    let run = ctx.run(&["exec", "--image", &other, "--", "cat", "/hello"]);
+    assert_eq!(run.code, 125, "policy never: {}", run.stderr);
+}
+
+#[test]
+fn a_multi_arch_index_pulls_this_machines_image() {
+    require_root!();
+    if !tools_present() {
+        return;
+    }
+    let registry = LocalRegistry::start(Auth::None);
+    let ctx = Ctx::new();
+    let mut layout = Layout::new(&ctx.path("multi"));
+    let mut descs = Vec::new();
+    for arch in ["arm64", "amd64"] {
+        let mut t = Tar::default();
+        t.file("arch", 0o644, format!("{arch}\n").as_bytes());
+        let built = layout.image(
+            None,
+            &[(base_layer(), Comp::Gzip), (t.finish(), Comp::Gzip)],
+            serde_json::json!({}),
+        );
+        let size = std::fs::metadata(layout.blob_path(&built.manifest))
+            .unwrap()
+            .len();
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": built.manifest, "size": size,
+            "platform": {"architecture": arch, "os": "linux"}}));
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs});
+    let (index_digest, s) = layout.blob(&serde_json::to_vec(&index).unwrap());
+    std::fs::write(
+        layout.dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest, "size": s, "annotations": {"org.opencontainers.image.ref.name": "2"}}]})).unwrap(),
+    )
+    .unwrap();
+    registry.push(&layout.dir, "2", "test/multi:2", true);
+
+    let reference = format!("{}/test/multi:2", registry.host());
+    ctx.ok(&["pull", &reference]);
+    assert_eq!(ctx.images().len(), 1, "only this machine's platform");
+    let run = ctx.run(&["exec", "--image", &reference, "--", "cat", "/arch"]);
+    assert_eq!(run.stdout, "amd64\n", "{}", run.stderr);
+    // The index digest the user pinned finds the image it resolved to.
+    let pinned = format!("{}/test/multi@{index_digest}", registry.host());
+    let other = Ctx::new();
+    other.ok(&["pull", &pinned]);
+    let run = other.run(&[
+        "exec", "--image", &pinned, "--pull", "never", "--", "cat", "/arch",
+    ]);
+    assert_eq!(run.stdout, "amd64\n", "{}", run.stderr);
+}
+
+#[test]
+fn a_corrupted_blob_is_rejected_and_nothing_is_stored() {
+    require_root!();
+    if !tools_present() {
+        return;
+    }
+    let registry = LocalRegistry::start(Auth::None);
+    let ctx = Ctx::new();
+    let mut layout = Layout::new(&ctx.path("corrupt"));
+    let mut t = Tar::default();
+    t.file("payload", 0o644, &noise(3, 64 << 10));
+    layout.image(
+        Some("1"),
+        &[(t.finish(), Comp::Gzip)],
+        serde_json::json!({}),
+    );
+    registry.push(&layout.dir, "1", "test/corrupt:1", false);
+    let layer = registry.layer_digests("test/corrupt:1")[0].clone();
+    let blob = registry.blob_file(&layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let run = ctx.run(&["pull", &format!("{}/test/corrupt:1", registry.host())]);
+    assert_eq!(run.code, 125, "{}", run.stderr);
+    assert!(run.stderr.contains("corrupt"), "{}", run.stderr);
+    ctx.assert_store_empty();
+}
+
+#[test]
+fn basic_auth_login_and_wrong_credentials() {
+    require_root!();
+    if !tools_present() {
+        return;
+    }
+    let registry = LocalRegistry::start(Auth::Basic);
+    let ctx = Ctx::new();
+    hello_layout(&ctx.path("hello"), "behind basic auth\n");
+    registry.push(&ctx.path("hello"), "1", "private/hello:1", false);
+    let reference = format!("{}/private/hello:1", registry.host());
+    let host = registry.host();
+
+    // No credentials: says how to log in.
+    let run = ctx.run(&["pull", &reference]);
+    assert_eq!(run.code, 125);
+    assert!(
+        run.stderr.contains(&format!("nsbox login {host}")),
+        "{}",
+        run.stderr
+    );
+    // Wrong password: refused, nothing saved.
+    let run = ctx.run_stdin(
+        &["login", &host, "-u", USER, "--password-stdin"],
+        "wrong-password\n",
+    );
+    assert_eq!(run.code, 125, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("rejected") && run.stderr.contains("nothing was saved"),
+        "{}",
+        run.stderr
+    );
+    assert!(!ctx.store().join("auth.json").exists());
+    // Wrong credentials in docker's config.json: the error names the user and the file.
+    let docker_auth = base64_of(&format!("{USER}:not-it"));
+    std::fs::write(
+        ctx.path("docker/config.json"),
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{docker_auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let run = ctx.run(&["pull", &reference]);
+    assert_eq!(run.code, 125);
+    assert!(
+        run.stderr.contains(USER)
+            && run.stderr.contains("docker/config.json")
+            && run.stderr.contains("rejected"),
+        "{}",
+        run.stderr
+    );
+    ctx.assert_store_empty();
+    // Right credentials in docker's file work.
+    let docker_auth = base64_of(&format!("{USER}:{PASSWORD}"));
+    std::fs::write(
+        ctx.path("docker/config.json"),
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{docker_auth}"}}}}}}"#),
+    )
+    .unwrap();
+    ctx.ok(&["pull", &reference]);
+    std::fs::remove_file(ctx.path("docker/config.json")).unwrap();
+    // nsbox login: saved root-only, used by the next pull, forgotten by logout.
+    let out = ctx
+        .run_stdin(
+            &["login", &host, "-u", USER, "--password-stdin"],
+            &format!("{PASSWORD}\n"),
+        )
+        .stdout;
+    assert!(out.contains("logged in"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ctx.store().join("auth.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let auth = std::fs::read_to_string(ctx.store().join("auth.json")).unwrap();
+    assert!(!auth.contains(PASSWORD), "stored encoded, as docker does");
+    let out = ctx.ok(&["pull", &reference]);
+    assert!(out.contains("pulled"), "{out}");
+    let out = ctx.ok(&["logout", &host]);
+    assert!(out.contains("removed"), "{out}");
+    let run = ctx.run(&["pull", &reference]);
+    assert_eq!(run.code, 125, "no credentials after logout");
+    assert!(run.stderr.contains("nsbox login"), "{}", run.stderr);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+fn token_auth_pulls_with_a_bearer_token() {
+    require_root!();
+    if !tools_present() {
+        return;
+    }
+    let registry = LocalRegistry::start(Auth::Token);
+    let ctx = Ctx::new();
+    hello_layout(&ctx.path("hello"), "behind token auth\n");
+    registry.push(&ctx.path("hello"), "1", "team/hello:1", false);
+    let reference = format!("{}/team/hello:1", registry.host());
+    let host = registry.host();
+
+    let run = ctx.run(&["pull", &reference]);
+    assert_eq!(
+        run.code, 125,
+        "anonymous pulls are refused by the token service"
+    );
+    assert!(run.stderr.contains("nsbox login"), "{}", run.stderr);
+    let run = ctx.run_stdin(
+        &["login", &host, "-u", USER, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    ctx.ok(&["pull", &reference]);
+    let run = ctx.run(&["exec", "--image", &reference, "--", "cat", "/hello"]);
+    assert_eq!(run.stdout, "behind token auth\n", "{}", run.stderr);
+    let token = registry.token.as_ref().unwrap();
+    let asked = token.requests.lock().unwrap().clone();
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.contains("scope=repository%3Ateam%2Fhello%3Apull")
+                || r.contains("scope=repository:team/hello:pull")),
+        "a pull-scoped token was asked for: {asked:?}"
+    );
+}
+
+#[test]
+fn a_dropped_connection_is_resumed_with_range() {
+    require_root!();
+    if !tools_present() {
+        return;
+    }
+    let registry = LocalRegistry::start(Auth::None);
+    let ctx = Ctx::new();
+    big_layout(&ctx.path("big"));
+    registry.push(&ctx.path("big"), "1", "test/big:1", false);
+    let target = registry.layer_digests("test/big:1")[1].clone();
+    let proxy = CutProxy::start(
+        registry.port,
+        Fault::CutOnce {
+            blob: target.clone(),
+            after: 1 << 20,
+        },
+    );
+    let out = ctx.ok(&["pull", &format!("{}/test/big:1", proxy.host())]);
+    assert!(out.contains("3 downloaded"), "{out}");
+    let ranged: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains(&target) && r.to_ascii_lowercase().contains("range: bytes="))
+        .collect();
+    assert_eq!(
+        ranged.len(),
+        1,
+        "one resumed request: {:?}",
+        proxy.requests()
+    );
+    assert!(!ranged[0].contains("range: bytes=0-"), "{ranged:?}");
+}
+
+#[test]
+fn a_registry_gone_mid_pull_fails_clearly_and_the_next_pull_reuses_verified_layers() {
+    require_root!();
+    if !tools_present() {
+        return;
+    }
+    let registry = LocalRegistry::start(Auth::None);
+    let ctx = Ctx::new();
+    big_layout(&ctx.path("big"));
+    registry.push(&ctx.path("big"), "1", "test/big:1", false);
+    let layer_blobs = registry.layer_digests("test/big:1");
+    // With one download at a time, layers are fetched in digest order: stop during the last.
+    let mut blobs = layer_blobs.clone();
+    blobs.sort();
+    let last = blobs.last().unwrap().clone();
+    if layer_blobs[0] == last {
+        // The small base layer sorts last: cutting it would not test a multi-MiB transfer;
+        // stop during the big one that sorts last instead.
+        blobs.pop();
+    }
+    let target = blobs.last().unwrap().clone();
+    let proxy = CutProxy::start(
+        registry.port,
+        Fault::Stop {
+            blob: target.clone(),
+            after: 1 << 20,
+        },
+    );
+    let reference = format!("{}/test/big:1", proxy.host());
+    let run = ctx.run(&["pull", "--jobs", "1", &reference]);
+    assert_eq!(run.code, 125, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot reach registry") && run.stderr.contains(&proxy.host()),
+        "{}",
+        run.stderr
+    );
+    assert!(ctx.images().is_empty(), "no image was added");
+    assert_eq!(ctx.entries("tmp"), 0, "nothing half-stored");
+    let verified_before = ctx.entries("layers");
+    assert!(
+        verified_before >= 1,
+        "layers fetched before the stop stay verified"
+    );
+
+    proxy.up();
+    let before = proxy.requests().len();
+    let out = ctx.ok(&["pull", "--jobs", "1", &reference]);
+    assert!(
+        out.contains(&format!("{verified_before} already here")),
+        "{out}"
+    );
+    let second: Vec<String> = proxy.requests()[before..].to_vec();
+    assert!(
+        second.iter().any(|r| r.contains(&target)),
+        "the cut layer is fetched again: {second:?}"
+    );
+    let refetched = layer_blobs
+        .iter()
+        .filter(|b| second.iter().any(|r| r.contains(b.as_str())))
+        .count();
+    assert_eq!(
+        refetched,
+        layer_blobs.len() - verified_before,
+        "only what was missing: {second:?}"
+    );
+    let run = ctx.run(&[
+        "exec",
+        "--image",
+        &reference,
+        "--",
+        "sh",
+        "-c",
+        "wc -c < /big1",
+    ]);
+    assert_eq!(run.stdout.trim(), (3 << 20).to_string(), "{}", run.stderr);
+}
+
+#[test]
+fn malformed_references_are_refused_with_a_hint() {
+    let ctx = Ctx::new();
+    for bad in [
+        "UPPER/case",
+        "a//b",
+        "x@sha256:1234",
+        "x:-tag",
+        "bad host/x",
+    ] {
+        let run = ctx.run(&["pull", bad]);
+        assert_eq!(run.code, 125, "{bad}");
+        assert!(
+            run.stderr.contains("not a valid") && run.stderr.contains("hint"),
+            "{bad}: {}",
+            run.stderr
+        );
+    }
+    assert!(!ctx.store().exists(), "nothing was created");
+}
