@@ -71,7 +71,8 @@ enum Command {
     Stop(session::StopArgs),
     /// Remove stopped sessions (-f: stop them first).
     Rm(session::RmArgs),
-    /// Copy files or trees between the host and a session: SRC SESSION:DST or SESSION:SRC DST.
+    /// Copy files or trees between the host and a session: SRC SESSION:DST or SESSION:SRC DST
+    /// (`-` for a tar stream on stdin/stdout).
     Cp(session::CpArgs),
     /// Check that this host can run sandboxes, and say what to fix if not.
     Doctor(doctor::DoctorArgs),
