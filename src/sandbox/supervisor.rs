@@ -430,15 +430,7 @@ pub fn launch(
 pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
     let marks: Vec<(String, u64)> = vec![("arguments parsed".into(), now_ns())];
     // Signals first: from here on Ctrl-C is an event, not a death with state left behind.
-    let signals = sys::signal::SignalSet::new(&[
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGWINCH,
-    ]);
-    sys::signal::block(&signals).map_err(io_err("block signals"))?;
-    let signalfd = sys::signal::signalfd(&signals).map_err(io_err("create signalfd"))?;
+    let signalfd = sys::signal::take_relay_signals().map_err(io_err("take over signals"))?;
     let timer = match spec.limits.timeout {
         Some(limit) => Some(arm_timer(limit).map_err(io_err("arm timeout"))?),
         None => None,

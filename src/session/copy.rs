@@ -143,6 +143,22 @@ fn inside_dir(
     }
 }
 
+/// The directory holding `inside` (an absolute path in the sandbox), and the entry's name.
+fn inside_entry(
+    root: BorrowedFd<'_>,
+    inside: &Path,
+) -> Result<(OwnedFd, std::ffi::OsString), SessionError> {
+    let (Some(parent), Some(name)) = (inside.parent(), inside.file_name()) else {
+        return Err(copy_err(
+            inside.display(),
+            "copy a file or directory below /",
+        ));
+    };
+    let dir = inside_dir(root, parent, None)
+        .map_err(|e| copy_err(format!("{} (in the sandbox)", parent.display()), e))?;
+    Ok((dir, name.to_os_string()))
+}
+
 fn is_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
     rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
@@ -228,14 +244,8 @@ pub fn copy_out(
 ) -> Result<CopyReport, SessionError> {
     let (root, _, _, _) = client.open_root()?;
     let inside = inside_path(src, &client.record.workdir)?;
-    let (Some(parent), Some(name)) = (inside.parent(), inside.file_name()) else {
-        return Err(copy_err(
-            inside.display(),
-            "copy a file or directory below /",
-        ));
-    };
-    let src_dir = inside_dir(root.as_fd(), parent, None)
-        .map_err(|e| copy_err(format!("{} (in the sandbox)", parent.display()), e))?;
+    let (src_dir, name) = inside_entry(root.as_fd(), &inside)?;
+    let name = name.as_os_str();
     rfs::statat(&src_dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| copy_err(format!("{} (in the sandbox)", inside.display()), e))?;
     let dst_is_dir = std::fs::metadata(dst).is_ok_and(|m| m.is_dir());
@@ -319,14 +329,8 @@ pub fn copy_out_tar(
 ) -> Result<CopyReport, SessionError> {
     let (root, _, _, base) = client.open_root()?;
     let inside = inside_path(src, &client.record.workdir)?;
-    let (Some(parent), Some(name)) = (inside.parent(), inside.file_name()) else {
-        return Err(copy_err(
-            inside.display(),
-            "copy a file or directory below /",
-        ));
-    };
-    let src_dir = inside_dir(root.as_fd(), parent, None)
-        .map_err(|e| copy_err(format!("{} (in the sandbox)", parent.display()), e))?;
+    let (src_dir, name) = inside_entry(root.as_fd(), &inside)?;
+    let name = name.as_os_str();
     let mut visitor = TarOut {
         tar: TarWriter::new(io::BufWriter::with_capacity(256 << 10, out)),
         base,
