@@ -1,10 +1,29 @@
 //! The sandbox's network namespace. With `--net none` (the default) a sandbox gets a namespace
-//! of its own with only loopback, up. The supervisor creates it while the setup child builds
+//! of its own with only loopback, up. With `--net filtered` the namespace also gets routes
+//! through loopback, an nftables ruleset, and nsbox's resolver and egress proxy (see
+//! [`egress`]); the policy they enforce is [`policy`]. The supervisor creates it while the setup child builds
 //! the filesystem (creating a network namespace is the slowest part of clone, ~0.5 ms, so doing
 //! it in parallel takes it off the start-up path), then hands it to the child, which joins it
 //! with setns before anything inside depends on it.
 //!
-//! This module creates namespaces only; it never changes the host's network.
+//! This module never changes the host's network: everything it makes lives inside the
+//! sandbox's namespace and dies with it.
+
+pub mod dnswire;
+pub mod egress;
+pub mod events;
+pub mod netlink;
+pub mod nft;
+pub mod policy;
+pub mod proxy;
+pub mod ranges;
+pub mod resolver;
+pub mod rtnl;
+pub mod sniff;
+
+pub use egress::{create_filtered_namespace, Egress, Prepared};
+pub use events::NetEvent;
+pub use policy::{EgressPolicy, PolicyError};
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -24,6 +43,15 @@ pub enum NetError {
     Open(io::Error),
     #[error("cannot return to the host's network namespace: {0}")]
     Return(io::Error),
+    #[error("filtered network: cannot {step}: {source} — hint: `nsbox doctor` checks nf_tables support (modules nf_tables, nft_redir, nft_reject_inet, nf_nat)")]
+    Filtered {
+        step: &'static str,
+        source: io::Error,
+    },
+    #[error("filtered network: no upstream DNS resolver: /etc/resolv.conf lists no nameserver — hint: give one with --dns-upstream ADDR (or [network] dns_upstream in the profile)")]
+    NoUpstream,
+    #[error("filtered network: cannot start the resolver and proxy: {0}")]
+    Runtime(io::Error),
 }
 
 /// Creates a new network namespace with loopback up and returns a descriptor for it. The

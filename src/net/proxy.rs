@@ -1,0 +1,264 @@
+//! nsbox's egress proxy for a filtered sandbox: a TCP listener on the sandbox's loopback
+//! (127.0.0.1 and ::1) that the nftables rules redirect allowed connections to, served from
+//! the supervisor.
+//!
+//! For each connection: recover the original destination (conntrack, `SO_ORIGINAL_DST`), check
+//! it against the policy — an allowed range, or an address an allowed name of this sandbox
+//! resolved to — and on port 443 read the TLS ClientHello's SNI, on port 80 the HTTP Host, and
+//! check that name too (an address a CDN shares between an allowed and another site does not
+//! open the other site). Then connect from the host's namespace and relay both ways, passing
+//! half-closes on. A refused connection is reset at once and reported.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::egress::Shared;
+use super::events::{Decision, NetEvent};
+use super::policy::ConnectionVerdict;
+use super::sniff::{self, Sniffed, MAX_SNIFF};
+
+/// The proxy's port on the sandbox's loopback addresses (below 1024: the workload could not
+/// take it even if it were free).
+pub const PROXY_PORT: u16 = 888;
+/// Time a client has to send its ClientHello or request head.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Relay buffer per direction.
+const RELAY_BUFFER: usize = 256 * 1024;
+
+/// Accepts redirected connections until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            continue;
+        };
+        let permit = shared.connections.clone().try_acquire_owned();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match permit {
+                Ok(permit) => handle(client, &shared, permit).await,
+                Err(_) => {
+                    let dst = original_destination(&client).ok();
+                    reset(&client);
+                    if let Some(dst) = dst {
+                        shared.events.send(connection_event(
+                            Decision::Refused,
+                            dst,
+                            None,
+                            None,
+                            "too many connections at once".into(),
+                        ));
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn connection_event(
+    decision: Decision,
+    dst: SocketAddr,
+    name: Option<String>,
+    rule: Option<String>,
+    reason: String,
+) -> NetEvent {
+    NetEvent::Connection {
+        decision,
+        address: dst.ip().to_canonical(),
+        port: dst.port(),
+        name,
+        rule,
+        reason,
+    }
+}
+
+/// The destination the sandbox connected to, before the redirection.
+fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let errno = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
+    let fd = stream.as_fd();
+    match stream.local_addr()? {
+        SocketAddr::V4(_) => rustix::net::sockopt::ip_original_dst(fd)
+            .map(SocketAddr::V4)
+            .map_err(errno),
+        SocketAddr::V6(_) => rustix::net::sockopt::ipv6_original_dst(fd)
+            .map(SocketAddr::V6)
+            .map_err(errno),
+    }
+}
+
+/// Closes with a reset, so the client sees "connection reset" at once.
+fn reset(stream: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(stream.as_fd(), Some(Duration::ZERO));
+}
+
+async fn handle(mut client: TcpStream, shared: &Shared, _permit: OwnedSemaphorePermit) {
+    let dst = match original_destination(&client) {
+        Ok(dst) => dst,
+        Err(_) => {
+            // No NAT record: the sandbox connected to the proxy's own address directly.
+            reset(&client);
+            return;
+        }
+    };
+    let refuse = |client: &TcpStream, name: Option<String>, reason: String| {
+        reset(client);
+        shared
+            .events
+            .send(connection_event(Decision::Refused, dst, name, None, reason));
+    };
+    if is_local(dst.ip()) {
+        return refuse(&client, None, "a connection to the proxy itself".into());
+    }
+    let names = shared.names_for(dst.ip().to_canonical());
+    let verdict = shared
+        .policy
+        .check_connection(dst, &names, &shared.host_addrs);
+    let (name, rule) = match verdict {
+        ConnectionVerdict::Refused(reason) => return refuse(&client, None, reason),
+        ConnectionVerdict::AllowedByRange(rule) => (None, rule.text.clone()),
+        ConnectionVerdict::AllowedByName(allowed) => {
+            let (first_name, first_rule) = allowed
+                .first()
+                .map(|(n, r)| (n.clone(), r.text.clone()))
+                .unwrap_or_default();
+            let sniffer: Option<fn(&[u8]) -> Sniffed> = match dst.port() {
+                443 => Some(sniff::tls_server_name),
+                80 => Some(sniff::http_host),
+                _ => None,
+            };
+            match sniffer {
+                None => (Some(first_name), first_rule),
+                Some(sniffer) => {
+                    let what = if dst.port() == 443 {
+                        "TLS SNI"
+                    } else {
+                        "HTTP Host"
+                    };
+                    let mut head = Vec::with_capacity(2048);
+                    let sniffed = read_head(&mut client, &mut head, sniffer).await;
+                    let name = match sniffed {
+                        Sniffed::Name(Some(name)) => name,
+                        Sniffed::Name(None) => {
+                            return refuse(
+                                &client,
+                                None,
+                                format!("no {what} name (required for an address reached by name)"),
+                            )
+                        }
+                        Sniffed::Other(reason) => return refuse(&client, None, reason),
+                        Sniffed::NeedMore => {
+                            return refuse(&client, None, format!("no complete {what} in time"))
+                        }
+                    };
+                    match shared.policy.check_name_port(&name, dst.port()) {
+                        Ok(rule) => {
+                            let rule = rule.text.clone();
+                            return relay(client, head, dst, Some(name), rule, shared).await;
+                        }
+                        Err(reason) => {
+                            return refuse(&client, Some(name), format!("{what}: {reason}"))
+                        }
+                    }
+                }
+            }
+        }
+    };
+    relay(client, Vec::new(), dst, name, rule, shared).await
+}
+
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified()
+}
+
+/// Reads until `sniffer` decides (or the size or time limit is reached).
+async fn read_head(
+    client: &mut TcpStream,
+    head: &mut Vec<u8>,
+    sniffer: fn(&[u8]) -> Sniffed,
+) -> Sniffed {
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Sniffed::Other(format!("reading the request: {e}")),
+            Err(_) => return Sniffed::NeedMore,
+        };
+        if n == 0 {
+            return Sniffed::Other("the client closed before sending a request".into());
+        }
+        head.extend_from_slice(&buf[..n]);
+        match sniffer(head) {
+            Sniffed::NeedMore if head.len() < MAX_SNIFF => continue,
+            Sniffed::NeedMore => return Sniffed::Other("the request head is too large".into()),
+            decided => return decided,
+        }
+    }
+}
+
+/// Connects to `dst` from the host's namespace, sends `head` (bytes already read from the
+/// client) and relays both ways until both sides are done.
+async fn relay(
+    mut client: TcpStream,
+    head: Vec<u8>,
+    dst: SocketAddr,
+    name: Option<String>,
+    rule: String,
+    shared: &Shared,
+) {
+    let event = |decision, reason: String| {
+        connection_event(decision, dst, name.clone(), Some(rule.clone()), reason)
+    };
+    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            reset(&client);
+            shared
+                .events
+                .send(event(Decision::Failed, format!("connecting to {dst}: {e}")));
+            return;
+        }
+        Err(_) => {
+            reset(&client);
+            shared.events.send(event(
+                Decision::Failed,
+                format!(
+                    "connecting to {dst}: no answer in {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            ));
+            return;
+        }
+    };
+    shared
+        .events
+        .send(event(Decision::Allowed, format!("allowed by '{rule}'")));
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    if !head.is_empty() {
+        if let Err(_e) = tokio::io::AsyncWriteExt::write_all(&mut upstream, &head).await {
+            reset(&client);
+            return;
+        }
+    }
+    if tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        RELAY_BUFFER,
+        RELAY_BUFFER,
+    )
+    .await
+    .is_err()
+    {
+        // Pass a reset on as a reset.
+        reset(&client);
+        reset(&upstream);
+    }
+}
