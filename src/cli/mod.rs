@@ -23,6 +23,7 @@ Examples:
   nsbox exec --copy ./repo:repo -w /sandbox/repo -- make test
   nsbox exec --memory 512m --pids 64 --timeout 30s -- ./untrusted
   nsbox exec --secret API_KEY=sk-123 -- ./agent   API_KEY is masked as *** in all output
+  nsbox exec --allow api.github.com -- curl -s https://api.github.com/zen
   nsbox doctor                                    check that this host can run sandboxes
 
 Exit codes: the command's own status; 124 timeout; 125 nsbox failed; 126 not executable;
@@ -114,9 +115,30 @@ pub struct ExecArgs {
     #[arg(long, value_name = "SIZE", help_heading = "Limits")]
     max_output: Option<Limit<ByteSize>>,
 
-    /// Network: none (loopback only, the default) or host (the host's network, opt-in).
+    /// Network: none (loopback only, the default), filtered (only what --allow lists) or host
+    /// (the host's network, opt-in).
     #[arg(long, value_name = "MODE", value_parser = parse_network, help_heading = "Network")]
     net: Option<NetworkMode>,
+    /// Allow a host (api.github.com), a wildcard (*.pypi.org), an IP or CIDR range
+    /// (203.0.113.7, 2001:db8::/64), each with an optional :PORT. Implies --net filtered.
+    /// Repeatable.
+    #[arg(long = "allow", value_name = "PATTERN", help_heading = "Network")]
+    allow: Vec<String>,
+    /// Refuse what a pattern matches even when --allow does (deny wins). Repeatable.
+    #[arg(long = "deny", value_name = "PATTERN", help_heading = "Network")]
+    deny: Vec<String>,
+    /// Upstream DNS resolver for the filtered network (default: the host's /etc/resolv.conf).
+    /// Repeatable.
+    #[arg(
+        long = "dns-upstream",
+        value_name = "ADDR[:PORT]",
+        help_heading = "Network"
+    )]
+    dns_upstream: Vec<String>,
+    /// Print each DNS decision and each allowed or refused connection on stderr (with --json
+    /// they are events in the stream).
+    #[arg(long, help_heading = "Network")]
+    log_network: bool,
 
     /// User inside the sandbox (default 100:101, `sandbox`). Never has capabilities.
     #[arg(long, short = 'u', value_name = "UID[:GID]", value_parser = crate::profile::parse_user, help_heading = "Process")]

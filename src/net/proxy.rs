@@ -45,9 +45,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             match permit {
                 Ok(permit) => handle(client, &shared, permit).await,
                 Err(_) => {
-                    let dst = original_destination(&client).ok();
-                    reset(&client);
-                    if let Some(dst) = dst {
+                    if let Ok(dst) = original_destination(&client) {
                         shared.events.send(connection_event(
                             Decision::Refused,
                             dst,
@@ -56,6 +54,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                             "too many connections at once".into(),
                         ));
                     }
+                    reset(&client);
                 }
             }
         });
@@ -107,11 +106,12 @@ async fn handle(mut client: TcpStream, shared: &Shared, _permit: OwnedSemaphoreP
             return;
         }
     };
+    // The event goes out before the reset, so it is reported before the sandbox reacts.
     let refuse = |client: &TcpStream, name: Option<String>, reason: String| {
-        reset(client);
         shared
             .events
             .send(connection_event(Decision::Refused, dst, name, None, reason));
+        reset(client);
     };
     if is_local(dst.ip()) {
         return refuse(&client, None, "a connection to the proxy itself".into());
@@ -219,14 +219,13 @@ async fn relay(
     let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            reset(&client);
             shared
                 .events
                 .send(event(Decision::Failed, format!("connecting to {dst}: {e}")));
+            reset(&client);
             return;
         }
         Err(_) => {
-            reset(&client);
             shared.events.send(event(
                 Decision::Failed,
                 format!(
@@ -234,6 +233,7 @@ async fn relay(
                     CONNECT_TIMEOUT.as_secs()
                 ),
             ));
+            reset(&client);
             return;
         }
     };

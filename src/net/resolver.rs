@@ -273,7 +273,7 @@ pub fn check_answer(
             NameVerdict::NotListed => {
                 return AnswerCheck::Refused {
                     reason: format!(
-                        "{current} is an alias of {target}, which is not on the allowlist"
+                        "{current} is an alias of {target}, which is not on the allowlist (allow it too if the alias is expected)"
                     ),
                     rule: None,
                 }

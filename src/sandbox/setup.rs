@@ -186,7 +186,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
 
     // 9. Hostname, loopback.
     rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
-    if s.spec.network == NetworkMode::None && !s.late_netns {
+    if s.spec.network != NetworkMode::Host && !s.late_netns {
         sys::net::loopback_up().map_err(at("bring up loopback"))?;
     }
     marks.push(("hostname set".into(), now_ns()));

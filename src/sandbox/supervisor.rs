@@ -50,6 +50,8 @@ pub enum SandboxError {
     },
     #[error("the sandbox ended unexpectedly: {0}")]
     Died(String),
+    #[error("{0}")]
+    Network(#[from] crate::net::NetError),
 }
 
 impl SandboxError {
@@ -204,7 +206,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         cgroup2_inside: uses_v2,
         resolv_conf: match spec.network {
             NetworkMode::Host => std::fs::read("/etc/resolv.conf").ok(),
-            NetworkMode::None => None,
+            NetworkMode::None | NetworkMode::Filtered => None,
         },
     };
     let mut plan = rootfs::build_plan(spec, &host);
@@ -299,7 +301,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
             stdio: child_stdio,
             cgroup_tasks: early_cgroup.as_ref().map_or(&[][..], |c| c.self_join_fds()),
             late_cgroup: early_cgroup.is_none(),
-            late_netns: spec.network == NetworkMode::None,
+            late_netns: spec.network != NetworkMode::Host,
             winsize,
         }),
         sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),
@@ -309,9 +311,17 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
     // hosts its cgroup, then its user namespace. Step off this CPU so the child, queued here,
     // starts at once instead of after this work.
     let saved_affinity = sys::process::step_aside();
-    if spec.network == NetworkMode::None {
-        send_network_namespace(control_parent.as_fd());
-        marks.push(("network namespace created".into(), now_ns()));
+    let mut egress = None;
+    match spec.network {
+        NetworkMode::None => {
+            send_network_namespace(control_parent.as_fd());
+            marks.push(("network namespace created".into(), now_ns()));
+        }
+        NetworkMode::Filtered => {
+            egress = send_filtered_namespace(control_parent.as_fd(), spec);
+            marks.push(("filtered network namespace created".into(), now_ns()));
+        }
+        NetworkMode::Host => {}
     }
     let cgroup = match early_cgroup {
         Some(cgroup) => cgroup,
@@ -335,6 +345,23 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
     };
     send_identity(control_parent.as_fd(), spec, &cgroup, !uses_v2);
     marks.push(("user namespace created".into(), now_ns()));
+    // The user namespace helper is gone: from here the supervisor may have threads. The
+    // resolver and the proxy get theirs (their sockets queue whatever arrives before).
+    let egress = match egress.map(crate::net::Prepared::start).transpose() {
+        Ok(egress) => egress,
+        Err(e) => {
+            let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                WaitIdOptions::EXITED,
+            );
+            let _ = cgroup.remove();
+            return Err(e.into());
+        }
+    };
+    if egress.is_some() {
+        marks.push(("resolver and proxy started".into(), now_ns()));
+    }
     sys::process::restore_affinity(saved_affinity);
     let mut warnings: Vec<String> = cgroup.warnings().to_vec();
     // The child's ends belong to the child now.
@@ -390,6 +417,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         inner_marks: Vec::new(),
         warnings: Vec::new(),
         terminal: None,
+        egress,
+        event_masker: Masker::new(&spec.secrets),
     };
     sandbox.warnings.append(&mut warnings);
     let result = sandbox.event_loop(signalfd.as_fd(), timer.as_ref().map(|t| t.as_fd()));
@@ -473,6 +502,30 @@ fn send_network_namespace(socket: BorrowedFd<'_>) {
     };
 }
 
+/// Creates a filtered sandbox's network namespace (routes, rules, resolver and proxy sockets)
+/// and sends it to the child; on failure the child is told why and gives up.
+fn send_filtered_namespace(
+    socket: BorrowedFd<'_>,
+    spec: &SandboxSpec,
+) -> Option<crate::net::Prepared> {
+    match crate::net::create_filtered_namespace(&spec.egress) {
+        Ok((ns, prepared)) => {
+            let _ = control::send(socket, &ToSandbox::NetNamespace, &[ns.as_fd()]);
+            Some(prepared)
+        }
+        Err(e) => {
+            let _ = control::send(
+                socket,
+                &ToSandbox::NetFailed {
+                    message: e.to_string(),
+                },
+                &[],
+            );
+            None
+        }
+    }
+}
+
 /// Restores the caller's terminal settings when dropped.
 struct RawTerminal {
     fd: BorrowedFd<'static>,
@@ -520,6 +573,10 @@ struct Running<'a> {
     inner_marks: Vec<(String, u64)>,
     warnings: Vec<String>,
     terminal: Option<RawTerminal>,
+    /// The filtered network's resolver and proxy (`--net filtered`).
+    egress: Option<crate::net::Egress>,
+    /// Masks secrets in network events (a name looked up may carry one).
+    event_masker: Masker,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -535,6 +592,7 @@ enum Source {
     SinkOut,
     SinkErr,
     Timer,
+    Network,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -580,6 +638,11 @@ impl Running<'_> {
             }
             if let Some(fd) = &self.exec_status {
                 set.add(Source::ExecStatus, fd.as_fd(), PollFlags::IN);
+            }
+            // Before the output: an event is queued before the sandbox hears of the decision,
+            // so when both are ready the event came first.
+            if let Some(egress) = &self.egress {
+                set.add(Source::Network, egress.wake_fd(), PollFlags::IN);
             }
             if let (Some(fd), false) = (&self.out, self.stdout.is_full()) {
                 set.add(Source::Out, fd.as_fd(), PollFlags::IN);
@@ -645,6 +708,14 @@ impl Running<'_> {
                         .stderr
                         .flush_some()
                         .map_err(io_err("write to stderr"))?,
+                    Source::Network => {
+                        let events = self
+                            .egress
+                            .as_mut()
+                            .map(|e| e.take_events())
+                            .unwrap_or_default();
+                        self.emit_network(events);
+                    }
                     Source::Timer => {
                         timer = None;
                         if !self.init_reaped {
@@ -881,6 +952,22 @@ impl Running<'_> {
         }
     }
 
+    /// Queues network events: JSON lines in the `--json` stream, text on stderr with
+    /// `--log-network`. They are nsbox's own lines, not the command's output: no output cap.
+    fn emit_network(&mut self, events: Vec<crate::net::NetEvent>) {
+        for event in events {
+            if self.spec.io.json {
+                let line = String::from_utf8_lossy(&event.to_json_line()).into_owned();
+                self.stdout
+                    .push(self.event_masker.mask_str(&line).as_bytes());
+            } else if self.spec.log_network {
+                let line = event.to_text_line();
+                self.stderr
+                    .push(self.event_masker.mask_str(&line).as_bytes());
+            }
+        }
+    }
+
     fn note_truncation(&mut self, limit: ByteSize) {
         if self.spec.io.json {
             self.stdout.push(
@@ -958,6 +1045,10 @@ impl Running<'_> {
         self.terminal = None;
         if loop_result.is_err() {
             self.teardown();
+        }
+        if let Some(mut egress) = self.egress.take() {
+            let events = egress.stop();
+            self.emit_network(events);
         }
         let _ = self.stdout.flush_all();
         let _ = self.stderr.flush_all();
