@@ -78,6 +78,8 @@ pub fn create_filtered_namespace(policy: &EgressPolicy) -> Result<(OwnedFd, Prep
         let mut route = NetlinkSocket::open(super::netlink::ROUTE).map_err(step("netlink"))?;
         let ipv6 = rtnl::add_loopback_default_routes(&mut route)
             .map_err(step("add routes through loopback"))?;
+        rtnl::add_loopback_addresses(&mut route, ipv6)
+            .map_err(step("add the sandbox's loopback addresses"))?;
         let mut proxy = vec![listen_tcp(SocketAddr::from(([127, 0, 0, 1], PROXY_PORT)))
             .map_err(step("proxy socket"))?];
         if ipv6 {

@@ -13,7 +13,7 @@
 //!   }
 //!   chain filter_out { type filter hook output priority 0; policy drop;
 //!     ip daddr 127.0.0.0/8 accept                    # loopback: resolver, proxy, own services
-//!     ip6 daddr ::1 accept
+//!     ip6 daddr { ::1, fd6e:7362:6f78::53 } accept  # the sandbox's own addresses
 //!     meta l4proto tcp reject with tcp reset         # everything else fails at once
 //!     reject with icmpx admin-prohibited
 //!   }
@@ -232,6 +232,21 @@ impl Ruleset {
                 Expr::Accept,
             ],
             why: "IPv6 loopback".into(),
+        });
+        rules.push(RulePlan {
+            chain: "filter_out",
+            exprs: vec![
+                Expr::Meta(NFT_META_NFPROTO),
+                Expr::CmpEq(vec![NFPROTO_IPV6]),
+                Expr::Payload {
+                    base: NFT_PAYLOAD_NETWORK_HEADER,
+                    offset: 24,
+                    len: 16,
+                },
+                Expr::CmpEq(super::rtnl::SANDBOX_V6.octets().to_vec()),
+                Expr::Accept,
+            ],
+            why: "the sandbox's own IPv6 address (see rtnl::add_loopback_addresses)".into(),
         });
         rules.push(RulePlan {
             chain: "filter_out",
@@ -578,6 +593,7 @@ mod tests {
             [
                 "filter_out: nfproto == 02 payload 1@16:1 == 7f accept",
                 "filter_out: nfproto == 0a payload 1@24:16 == 00000000000000000000000000000001 accept",
+                "filter_out: nfproto == 0a payload 1@24:16 == fd6e73626f7800000000000000000053 accept",
                 "filter_out: l4proto == 06 reject tcp-reset",
                 "filter_out: reject admin-prohibited",
             ]
@@ -619,8 +635,8 @@ mod tests {
         let msgs = super::super::netlink::split_messages(m.bytes());
         assert_eq!(msgs.first().map(|m| m.kind), Some(NFNL_MSG_BATCH_BEGIN));
         assert_eq!(msgs.last().map(|m| m.kind), Some(NFNL_MSG_BATCH_END));
-        // table + 2 sets + 2 chains + 6 rules, each acknowledged
-        assert_eq!(m.acked().len(), 1 + 2 + 2 + 6);
+        // table + 2 sets + 2 chains + 7 rules, each acknowledged
+        assert_eq!(m.acked().len(), 1 + 2 + 2 + 7);
         let e = encode_allow(
             &mut sock,
             &["203.0.113.7".parse().unwrap()],

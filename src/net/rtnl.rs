@@ -11,6 +11,8 @@ use super::netlink::{
 };
 
 const RTM_NEWADDR: u16 = 20;
+const IFA_F_NODAD: u8 = 0x02;
+const RT_SCOPE_HOST: u8 = 254;
 const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RT_TABLE_MAIN: u8 = 254;
@@ -65,6 +67,46 @@ pub fn add_loopback_default_routes(sock: &mut NetlinkSocket) -> io::Result<bool>
         }
         Err(e) => Err(e),
     }
+}
+
+/// The sandbox's own IPv6 address on loopback (a unique-local address: "nsbox" in hex).
+pub const SANDBOX_V6: Ipv6Addr = Ipv6Addr::new(0xfd6e, 0x7362, 0x6f78, 0, 0, 0, 0, 0x53);
+
+/// Gives loopback an IPv4 address other than 127.0.0.1 (the resolver's, 127.0.0.53) and, with
+/// IPv6, [`SANDBOX_V6`]. The C library's `getaddrinfo(AI_ADDRCONFIG)` (used by `getent ahosts`
+/// and many programs) returns no addresses of a family for which the host has nothing but
+/// 127.0.0.1 or ::1; with these, names resolve as on a host with a network. Both addresses
+/// exist only inside the sandbox and lie in ranges it can never reach outside anyway.
+pub fn add_loopback_addresses(sock: &mut NetlinkSocket, ipv6: bool) -> io::Result<()> {
+    let mut m = MessageBuf::new();
+    let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    let index = LOOPBACK_IFINDEX.to_ne_bytes();
+    let ifaddrmsg = |family: u8, prefix: u8, flags: u8, scope: u8| {
+        [
+            family, prefix, flags, scope, index[0], index[1], index[2], index[3],
+        ]
+    };
+    let v4 = super::resolver::RESOLVER_ADDR;
+    m.begin(
+        RTM_NEWADDR,
+        flags,
+        sock.seq(),
+        &ifaddrmsg(libc::AF_INET as u8, 32, 0, RT_SCOPE_HOST),
+    );
+    m.attr(IFA_LOCAL, &v4);
+    m.attr(IFA_ADDRESS, &v4);
+    m.end();
+    if ipv6 {
+        m.begin(
+            RTM_NEWADDR,
+            flags,
+            sock.seq(),
+            &ifaddrmsg(libc::AF_INET6 as u8, 128, IFA_F_NODAD, RT_SCOPE_UNIVERSE),
+        );
+        m.attr(IFA_ADDRESS, &SANDBOX_V6.octets());
+        m.end();
+    }
+    sock.transact(&m)
 }
 
 fn rtmsg(family: u8, scope: u8) -> [u8; 12] {

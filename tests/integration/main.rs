@@ -3,9 +3,11 @@
 //! NSBOX_TEST_REQUIRE_ROOT=1.
 #![allow(clippy::unwrap_used)]
 
+mod networld;
 mod support;
 
 mod bad_input;
+mod egress;
 mod exec_basics;
 mod isolation;
 mod lifecycle;
