@@ -545,6 +545,7 @@ fn dns(server: &str, name: &str, qtype: u16) -> std::io::Result<String> {
     q.extend_from_slice(&1u16.to_be_bytes());
     let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    q[0] = (std::process::id() & 0xff) as u8;
     s.connect((server, 53))?;
     s.send(&q)?;
     let mut buf = [0u8; 4096];
@@ -592,6 +593,91 @@ fn download(addr: &str, bytes: u64) -> std::io::Result<String> {
     Ok(format!("{got} {:.1}", got as f64 / secs / 1e6))
 }
 
+/// `probe serve-bulk ADDR:PORT`: a server for the benchmarks. Each connection sends a byte
+/// count and a newline; the server writes that many bytes and closes.
+fn serve_bulk(addr: &str) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    println!("ready");
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                return;
+            }
+            let mut left: u64 = line.trim().parse().unwrap_or(0);
+            let chunk = vec![0u8; 256 * 1024];
+            let mut w = conn;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                if w.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+        });
+    }
+}
+
+/// `probe fetch ADDR:PORT BYTES`: asks a bulk server for BYTES; prints bytes and MB/s.
+fn fetch(addr: &str, bytes: u64) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let t0 = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect_timeout(&sa, NET_TIMEOUT)?;
+    s.write_all(format!("{bytes}\n").as_bytes())?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(format!("{got} {:.1}", got as f64 / secs / 1e6))
+}
+
+/// `probe connloop ADDR:PORT SECONDS`: opens, uses (one byte each way) and closes connections
+/// to a bulk server for SECONDS; prints the connections per second.
+fn connloop(addr: &str, seconds: f64) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let t0 = std::time::Instant::now();
+    let mut count = 0u64;
+    let mut byte = [0u8; 1];
+    while t0.elapsed().as_secs_f64() < seconds {
+        let mut s = std::net::TcpStream::connect_timeout(&sa, NET_TIMEOUT)?;
+        s.write_all(b"1\n")?;
+        s.read_exact(&mut byte)?;
+        count += 1;
+    }
+    Ok(format!("{:.0}", count as f64 / t0.elapsed().as_secs_f64()))
+}
+
+/// `probe dnsbench SERVER NAME COUNT`: COUNT sequential A queries; prints the median and the
+/// 90th percentile round trip in microseconds.
+fn dnsbench(server: &str, name: &str, count: usize) -> std::io::Result<String> {
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t0 = std::time::Instant::now();
+        let r = dns(server, name, 1)?;
+        if !r.starts_with("rcode 0") {
+            return Err(std::io::Error::other(r));
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(format!(
+        "{:.0} {:.0}",
+        times[times.len() / 2],
+        times[times.len() * 9 / 10]
+    ))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
@@ -603,8 +689,12 @@ fn main() {
         "icmp" => report(icmp(arg(2))),
         "dns" => report(dns(arg(2), arg(3), arg(4).parse().unwrap_or(1))),
         "download" => report(download(arg(2), arg(3).parse().unwrap_or(1 << 20))),
+        "serve-bulk" => serve_bulk(arg(2)),
+        "fetch" => report(fetch(arg(2), arg(3).parse().unwrap_or(1 << 20))),
+        "connloop" => report(connloop(arg(2), arg(3).parse().unwrap_or(2.0))),
+        "dnsbench" => report(dnsbench(arg(2), arg(3), arg(4).parse().unwrap_or(200))),
         _ => {
-            eprintln!("usage: probe status|attacks|tcp|udp|icmp|dns|download ...");
+            eprintln!("usage: probe status|attacks|tcp|udp|icmp|dns|download|serve-bulk|fetch|connloop|dnsbench ...");
             std::process::exit(2);
         }
     }

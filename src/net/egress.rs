@@ -1,10 +1,10 @@
 //! The filtered network of one sandbox, from creation to teardown.
 //!
-//! [`create_filtered_namespace`] runs on the supervisor's only thread while the setup child
-//! builds its filesystem: it learns the host's addresses and upstream resolvers (in the host's
-//! namespace), creates the sandbox's network namespace, and — inside it — adds the default
-//! routes through loopback, binds the resolver's and the proxy's sockets and loads the
-//! nftables ruleset. Every descriptor stays with the supervisor; the workload, which has no
+//! [`prepare_filtered_namespace`] runs on the supervisor's only thread while the setup child
+//! builds its filesystem, on a network namespace just created and handed to the child: it
+//! learns the host's addresses and upstream resolvers (in the host's namespace) and — inside
+//! the sandbox's namespace — adds the default routes through loopback, binds the resolver's
+//! and the proxy's sockets and loads the nftables ruleset. Every descriptor stays with the supervisor; the workload, which has no
 //! capabilities and whose user namespace owns nothing, can neither see nor change them.
 //!
 //! [`Prepared::start`] runs once the supervisor no longer needs to be single-threaded (after
@@ -56,9 +56,14 @@ pub struct Prepared {
     proxy: Vec<OwnedFd>,
 }
 
-/// Creates the network namespace of a filtered sandbox with its routes, rules and sockets.
-/// Returns the namespace (for the child to join) and what the supervisor serves.
-pub fn create_filtered_namespace(policy: &EgressPolicy) -> Result<(OwnedFd, Prepared), NetError> {
+/// Makes the network namespace `ns` (new, loopback up, already handed to the child) a
+/// filtered one: routes, addresses, sockets and rules inside it. The child may join `ns`
+/// before this is done: the workload starts only once the supervisor has sent the identity,
+/// after this.
+pub fn prepare_filtered_namespace(
+    ns: BorrowedFd<'_>,
+    policy: &EgressPolicy,
+) -> Result<Prepared, NetError> {
     let step = |step: &'static str| move |source: io::Error| NetError::Filtered { step, source };
     let upstreams = if policy.dns_upstream.is_empty() {
         let text = std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
@@ -73,8 +78,7 @@ pub fn create_filtered_namespace(policy: &EgressPolicy) -> Result<(OwnedFd, Prep
     let mut route = NetlinkSocket::open(super::netlink::ROUTE).map_err(step("netlink"))?;
     let host_addrs = rtnl::host_addresses(&mut route).map_err(step("list the host's addresses"))?;
     drop(route);
-    let ns = super::create_isolated_namespace()?;
-    let inside = in_namespace(ns.as_fd(), || {
+    let (nft, dns_udp, dns_tcp, proxy) = in_namespace(ns, || {
         let mut route = NetlinkSocket::open(super::netlink::ROUTE).map_err(step("netlink"))?;
         let ipv6 = rtnl::add_loopback_default_routes(&mut route)
             .map_err(step("add routes through loopback"))?;
@@ -101,21 +105,17 @@ pub fn create_filtered_namespace(policy: &EgressPolicy) -> Result<(OwnedFd, Prep
         let msgs = ruleset.encode(&mut nft);
         nft.transact(&msgs)
             .map_err(step("load the nftables ruleset"))?;
-        Ok((nft, dns_udp, dns_tcp, proxy))
+        Ok::<_, NetError>((nft, dns_udp, dns_tcp, proxy))
     })??;
-    let (nft, dns_udp, dns_tcp, proxy) = inside;
-    Ok((
-        ns,
-        Prepared {
-            policy: policy.clone(),
-            upstreams,
-            host_addrs,
-            nft,
-            dns_udp,
-            dns_tcp,
-            proxy,
-        },
-    ))
+    Ok(Prepared {
+        policy: policy.clone(),
+        upstreams,
+        host_addrs,
+        nft,
+        dns_udp,
+        dns_tcp,
+        proxy,
+    })
 }
 
 /// Runs `f` with the calling thread in the network namespace `ns`, then returns to its own.
@@ -271,6 +271,9 @@ impl Shared {
 /// The sending side of the event channel.
 #[derive(Debug)]
 pub(crate) struct EventSender {
+    /// False when nobody reads them (no `--json`, no `--log-network`): nothing is sent and
+    /// the supervisor is not woken.
+    wanted: bool,
     tx: SyncSender<NetEvent>,
     wake: Arc<OwnedFd>,
     dropped: AtomicU64,
@@ -278,6 +281,9 @@ pub(crate) struct EventSender {
 
 impl EventSender {
     pub fn send(&self, event: NetEvent) {
+        if !self.wanted {
+            return;
+        }
         match self.tx.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -301,7 +307,8 @@ pub struct Egress {
 
 impl Prepared {
     /// Starts serving on a thread of its own (call only once the supervisor may have threads).
-    pub fn start(self) -> Result<Egress, NetError> {
+    /// `events`: whether the decisions are wanted (see [`Egress::take_events`]).
+    pub fn start(self, events: bool) -> Result<Egress, NetError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -320,6 +327,7 @@ impl Prepared {
             host_addrs: self.host_addrs,
             upstreams: self.upstreams,
             events: EventSender {
+                wanted: events,
                 tx,
                 wake: wake.clone(),
                 dropped: AtomicU64::new(0),

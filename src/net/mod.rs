@@ -21,7 +21,7 @@ pub mod resolver;
 pub mod rtnl;
 pub mod sniff;
 
-pub use egress::{create_filtered_namespace, Egress, Prepared};
+pub use egress::{prepare_filtered_namespace, Egress, Prepared};
 pub use events::NetEvent;
 pub use policy::{EgressPolicy, PolicyError};
 

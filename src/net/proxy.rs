@@ -30,8 +30,8 @@ pub const PROXY_PORT: u16 = 888;
 /// Time a client has to send its ClientHello or request head.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Relay buffer per direction.
-const RELAY_BUFFER: usize = 256 * 1024;
+/// Bytes in flight per direction (the pipe between the two sockets).
+const RELAY_PIPE: usize = 1 << 20;
 
 /// Accepts redirected connections until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -206,7 +206,7 @@ async fn read_head(
 /// Connects to `dst` from the host's namespace, sends `head` (bytes already read from the
 /// client) and relays both ways until both sides are done.
 async fn relay(
-    mut client: TcpStream,
+    client: TcpStream,
     head: Vec<u8>,
     dst: SocketAddr,
     name: Option<String>,
@@ -248,17 +248,57 @@ async fn relay(
             return;
         }
     }
-    if tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        RELAY_BUFFER,
-        RELAY_BUFFER,
-    )
-    .await
-    .is_err()
-    {
+    let both = tokio::try_join!(
+        splice_one_way(&client, &upstream),
+        splice_one_way(&upstream, &client)
+    );
+    if both.is_err() {
         // Pass a reset on as a reset.
         reset(&client);
         reset(&upstream);
+    }
+}
+
+/// Moves bytes from `src` to `dst` until `src` ends, then shuts down `dst`'s sending side
+/// (a half-close travels on; the other direction goes on). splice(2) through a pipe moves
+/// the data inside the kernel: no copy through the supervisor's memory.
+async fn splice_one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
+    use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
+    use tokio::io::Interest;
+    let errno = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
+    let (pipe_out, pipe_in) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).map_err(errno)?;
+    let capacity = rustix::pipe::fcntl_setpipe_size(&pipe_in, RELAY_PIPE).unwrap_or(65536);
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    let mut total = 0u64;
+    loop {
+        let filled = loop {
+            src.readable().await?;
+            match src.try_io(Interest::READABLE, || {
+                splice(src, None, &pipe_in, None, capacity, flags).map_err(errno)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if filled == 0 {
+            // End of input: pass the half-close on. The peer may be gone already.
+            let _ = rustix::net::shutdown(dst, rustix::net::Shutdown::Write);
+            return Ok(total);
+        }
+        let mut left = filled;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(&pipe_out, None, dst, None, left, flags).map_err(errno)
+            }) {
+                Ok(n) => {
+                    left -= n;
+                    total += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }

@@ -211,6 +211,9 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         Ok(Some((ToSandbox::IdentityFailed { message }, _))) => {
             return Err(at("prepare user namespace")(message))
         }
+        Ok(Some((ToSandbox::NetFailed { message }, _))) => {
+            return Err(at("set up the filtered network")(message))
+        }
         Ok(Some((other, _))) => {
             return Err(at("join user namespace")(format!(
                 "unexpected message {other:?}"

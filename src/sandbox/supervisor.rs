@@ -318,8 +318,16 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
             marks.push(("network namespace created".into(), now_ns()));
         }
         NetworkMode::Filtered => {
-            egress = send_filtered_namespace(control_parent.as_fd(), spec);
-            marks.push(("filtered network namespace created".into(), now_ns()));
+            // The child may join the namespace at once; the rules, routes and sockets follow
+            // while it builds its filesystem, all before the identity that lets it go on.
+            if let Some(ns) = send_network_namespace(control_parent.as_fd()) {
+                marks.push(("network namespace created".into(), now_ns()));
+                egress = Some(crate::net::prepare_filtered_namespace(
+                    ns.as_fd(),
+                    &spec.egress,
+                ));
+                marks.push(("filtered network prepared".into(), now_ns()));
+            }
         }
         NetworkMode::Host => {}
     }
@@ -343,11 +351,28 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
             cgroup
         }
     };
-    send_identity(control_parent.as_fd(), spec, &cgroup, !uses_v2);
-    marks.push(("user namespace created".into(), now_ns()));
+    let egress = match egress.transpose() {
+        Ok(egress) => {
+            send_identity(control_parent.as_fd(), spec, &cgroup, !uses_v2);
+            marks.push(("user namespace created".into(), now_ns()));
+            egress
+        }
+        Err(e) => {
+            // Instead of its identity the child learns why, and gives up.
+            let _ = control::send(
+                control_parent.as_fd(),
+                &ToSandbox::NetFailed {
+                    message: e.to_string(),
+                },
+                &[],
+            );
+            None
+        }
+    };
     // The user namespace helper is gone: from here the supervisor may have threads. The
     // resolver and the proxy get theirs (their sockets queue whatever arrives before).
-    let egress = match egress.map(crate::net::Prepared::start).transpose() {
+    let wanted = spec.io.json || spec.log_network;
+    let egress = match egress.map(|p| p.start(wanted)).transpose() {
         Ok(egress) => egress,
         Err(e) => {
             let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
@@ -487,31 +512,13 @@ fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgr
     };
 }
 
-/// Creates the sandbox's network namespace and sends it to the child.
-fn send_network_namespace(socket: BorrowedFd<'_>) {
-    let result = crate::net::create_isolated_namespace();
-    let _ = match result {
-        Ok(ns) => control::send(socket, &ToSandbox::NetNamespace, &[ns.as_fd()]),
-        Err(e) => control::send(
-            socket,
-            &ToSandbox::NetFailed {
-                message: e.to_string(),
-            },
-            &[],
-        ),
-    };
-}
-
-/// Creates a filtered sandbox's network namespace (routes, rules, resolver and proxy sockets)
-/// and sends it to the child; on failure the child is told why and gives up.
-fn send_filtered_namespace(
-    socket: BorrowedFd<'_>,
-    spec: &SandboxSpec,
-) -> Option<crate::net::Prepared> {
-    match crate::net::create_filtered_namespace(&spec.egress) {
-        Ok((ns, prepared)) => {
+/// Creates the sandbox's network namespace and sends it to the child; returns it (None when
+/// it could not be made: the child was told why).
+fn send_network_namespace(socket: BorrowedFd<'_>) -> Option<OwnedFd> {
+    match crate::net::create_isolated_namespace() {
+        Ok(ns) => {
             let _ = control::send(socket, &ToSandbox::NetNamespace, &[ns.as_fd()]);
-            Some(prepared)
+            Some(ns)
         }
         Err(e) => {
             let _ = control::send(

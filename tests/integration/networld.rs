@@ -407,9 +407,17 @@ chmod -R a+rX www"#
 
     /// Starts a server role in `ns` and waits for its "ready" line.
     fn spawn_ready(&mut self, ns: &str, args: &[&str]) {
+        let mut full = vec![PYTHON, "-c", SERVERS_PY];
+        full.extend_from_slice(args);
+        self.spawn_server(ns, &full);
+    }
+
+    /// Starts `argv` in namespace `ns` (kept until the world is dropped) and waits for the
+    /// "ready" line it prints.
+    pub fn spawn_server(&mut self, ns: &str, argv: &[&str]) {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, PYTHON, "-c", SERVERS_PY])
-            .args(args)
+            .args(["netns", "exec", ns])
+            .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -420,7 +428,7 @@ chmod -R a+rX www"#
         std::io::BufReader::new(stdout)
             .read_line(&mut line)
             .expect("server ready line");
-        assert_eq!(line.trim(), "ready", "server {args:?} did not start");
+        assert_eq!(line.trim(), "ready", "server {argv:?} did not start");
         self.children.push(child);
     }
 
