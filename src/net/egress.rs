@@ -37,6 +37,8 @@ use super::proxy::PROXY_PORT;
 use super::resolver::RESOLVER_ADDR;
 use super::{rtnl, NetError};
 
+/// How long an accept or receive loop pauses after an error (say, out of descriptors).
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// Events waiting for the supervisor at most; beyond, they are counted and dropped.
 const EVENT_QUEUE: usize = 4096;
 /// Proxied connections at once.

@@ -43,14 +43,14 @@ pub enum NetError {
     Open(io::Error),
     #[error("cannot return to the host's network namespace: {0}")]
     Return(io::Error),
-    #[error("filtered network: cannot {step}: {source} — hint: `nsbox doctor` checks nf_tables support (modules nf_tables, nft_redir, nft_reject_inet, nf_nat)")]
+    #[error("cannot {step}: {source} — hint: `nsbox doctor` checks nf_tables support (modules nf_tables, nft_redir, nft_reject_inet, nf_nat)")]
     Filtered {
         step: &'static str,
         source: io::Error,
     },
-    #[error("filtered network: no upstream DNS resolver: /etc/resolv.conf lists no nameserver — hint: give one with --dns-upstream ADDR (or [network] dns_upstream in the profile)")]
+    #[error("no upstream DNS resolver: /etc/resolv.conf lists no nameserver — hint: give one with --dns-upstream ADDR (or [network] dns_upstream in the profile)")]
     NoUpstream,
-    #[error("filtered network: cannot start the resolver and proxy: {0}")]
+    #[error("cannot start the filtered network's resolver and proxy: {0}")]
     Runtime(io::Error),
 }
 

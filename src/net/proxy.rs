@@ -37,6 +37,8 @@ const RELAY_PIPE: usize = 1 << 20;
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
+            // Out of descriptors or memory: let the rest run, then try again.
+            tokio::time::sleep(super::egress::RETRY_PAUSE).await;
             continue;
         };
         let permit = shared.connections.clone().try_acquire_owned();

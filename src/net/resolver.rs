@@ -462,6 +462,8 @@ pub(crate) async fn serve_udp(socket: UdpSocket, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            // Out of descriptors or memory: let the rest run, then try again.
+            tokio::time::sleep(super::egress::RETRY_PAUSE).await;
             continue;
         };
         let query = buf[..n].to_vec();
@@ -479,6 +481,8 @@ pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let clients = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors or memory: let the rest run, then try again.
+            tokio::time::sleep(super::egress::RETRY_PAUSE).await;
             continue;
         };
         let Ok(permit) = clients.clone().try_acquire_owned() else {

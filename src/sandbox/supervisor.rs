@@ -4,7 +4,10 @@
 //! everything it created — on every path, errors and Ctrl-C included.
 //!
 //! One thread, one poll loop. Signals arrive through a signalfd that exists before anything
-//! else is created, so a Ctrl-C during setup is handled like any other event.
+//! else is created, so a Ctrl-C during setup is handled like any other event. With
+//! `--net filtered` a second thread serves the resolver and the proxy (`crate::net::egress`);
+//! it starts after the last clone (the user namespace helper) and reaches the poll loop only
+//! through an event channel and an eventfd.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
