@@ -162,6 +162,13 @@ async fn handle(mut client: TcpStream, shared: &Shared, _permit: OwnedSemaphoreP
                     match shared.policy.check_name_port(&name, dst.port()) {
                         Ok(rule) => {
                             let rule = rule.text.clone();
+                            // Plain HTTP: the request checked is the only one the server
+                            // serves on this connection (later ones are not parsed).
+                            let head = if dst.port() == 80 {
+                                sniff::one_request_only(&head)
+                            } else {
+                                head
+                            };
                             return relay(client, head, dst, Some(name), rule, shared).await;
                         }
                         Err(reason) => {

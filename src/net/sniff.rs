@@ -223,6 +223,37 @@ pub fn http_host(buf: &[u8]) -> Sniffed {
     }
 }
 
+/// Rewrites the HTTP/1 request at the start of `buf` (whose head [`http_host`] accepted) to ask
+/// for the connection to close after its response: `Connection`, `Keep-Alive` and
+/// `Proxy-Connection` headers are replaced by `Connection: close`. A server then serves no
+/// further request on the connection (RFC 9112, 9.6), so a second request — for another host,
+/// on a shared address — cannot follow the one that was checked. Bytes after the head are kept.
+pub fn one_request_only(buf: &[u8]) -> Vec<u8> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return buf.to_vec();
+    };
+    let head = &buf[..end];
+    let mut out = Vec::with_capacity(buf.len() + 19);
+    let mut keep = true;
+    for (i, line) in head.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if i > 0 && !continuation {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            keep = ![&b"connection"[..], b"keep-alive", b"proxy-connection"]
+                .iter()
+                .any(|h| name.trim_ascii().eq_ignore_ascii_case(h));
+        }
+        if keep {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(&buf[end + 4..]);
+    out
+}
+
 /// "203.0.113.7", "203.0.113.7:80", "[2001:db8::1]:80".
 fn is_ip_literal(authority: &str) -> bool {
     authority.parse::<std::net::IpAddr>().is_ok()
@@ -319,6 +350,20 @@ mod tests {
         assert!(matches!(tls_server_name(&bad_name), Sniffed::Other(r) if r.contains("SNI")));
         bad_name.truncate(10);
         assert_eq!(tls_server_name(&bad_name), Sniffed::NeedMore);
+    }
+
+    #[test]
+    fn plain_http_connections_carry_one_request() {
+        let req = b"POST /x HTTP/1.1\r\nHost: a.example\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nhiGET /";
+        let out = one_request_only(req);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /x HTTP/1.1\r\nHost: a.example\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhiGET /"
+        );
+        assert_eq!(
+            http_host(&one_request_only(req)),
+            Sniffed::Name(Some("a.example".into()))
+        );
     }
 
     #[test]

@@ -225,9 +225,18 @@ fn filtered_sni_and_host_of_names_not_allowed_are_refused_on_a_shared_address() 
              curl -sS -m 5 --cacert /world/ca.pem --resolve evil.example:443:{CDN4} \
                https://evil.example/whoami; echo sni=$?; \
              curl -sS -m 5 -H 'Host: evil.example' http://cdn.allowed.example/whoami; echo host=$?; \
-             curl -sS -m 5 http://{CDN4}/whoami; echo ip=$?"
+             curl -sS -m 5 http://{CDN4}/whoami; echo ip=$?; \
+             echo pipelined $({PROBE} tcp {CDN4}:80 \
+               \"$(printf 'GET /whoami HTTP/1.1\\r\\nHost: cdn.allowed.example\\r\\n\\r\\nGET /whoami HTTP/1.1\\r\\nHost: evil.example\\r\\n\\r\\n')\")"
         ),
     );
+    // A second request on the checked connection (for another host) is not served.
+    let pipelined = line(&r.stdout, "pipelined");
+    assert!(
+        pipelined.contains("host=cdn.allowed.example"),
+        "{pipelined}"
+    );
+    assert!(!pipelined.contains("host=evil.example"), "{pipelined}");
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(line(&r.stdout, "cdn"), "cdn host=cdn.allowed.example");
     assert_ne!(line(&r.stdout, "sni="), "sni=0");

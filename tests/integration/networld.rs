@@ -72,6 +72,8 @@ def prepare(root):
 
 def web(root, cert, key):
     class Handler(http.server.SimpleHTTPRequestHandler):
+        # Keep-alive, as real servers: several requests may share a connection.
+        protocol_version = "HTTP/1.1"
         def __init__(self, *a, **k):
             super().__init__(*a, directory=root, **k)
         def do_GET(self):
