@@ -6,6 +6,8 @@
 //!   set allow4 { type ipv4_addr; flags timeout; }    # filled by the resolver
 //!   set allow6 { type ipv6_addr; flags timeout; }
 //!   chain nat_out { type nat hook output priority -100; policy accept;
+//!     ip daddr 127.0.0.0/8 accept                    # the sandbox's own addresses stay local
+//!     ip6 daddr { ::1, fd6e:7362:6f78::53 } accept
 //!     <denied range> [tcp dport P] accept            # deny wins: never redirected
 //!     meta l4proto tcp ip daddr @allow4 redirect to :PROXY
 //!     meta l4proto tcp ip6 daddr @allow6 redirect to :PROXY
@@ -156,6 +158,25 @@ impl Ruleset {
             },
         ];
         let mut rules = Vec::new();
+        // The sandbox's own addresses are never redirected, whatever range a rule names
+        // (`--allow 0.0.0.0/0` must not send the sandbox's loopback traffic to the proxy).
+        for (family, offset, len, value) in own_addresses() {
+            rules.push(RulePlan {
+                chain: "nat_out",
+                exprs: vec![
+                    Expr::Meta(NFT_META_NFPROTO),
+                    Expr::CmpEq(vec![family]),
+                    Expr::Payload {
+                        base: NFT_PAYLOAD_NETWORK_HEADER,
+                        offset,
+                        len,
+                    },
+                    Expr::CmpEq(value),
+                    Expr::Accept,
+                ],
+                why: "the sandbox's own addresses stay local".into(),
+            });
+        }
         let redirect = |mut exprs: Vec<Expr>| {
             exprs.push(Expr::Load(proxy_port.to_be_bytes().to_vec()));
             exprs.push(Expr::Redirect);
@@ -200,54 +221,25 @@ impl Ruleset {
                 why: format!("allowed {cidr}{} goes to the proxy", port_note(*port)),
             });
         }
-        rules.push(RulePlan {
-            chain: "filter_out",
-            exprs: vec![
-                Expr::Meta(NFT_META_NFPROTO),
-                Expr::CmpEq(vec![NFPROTO_IPV4]),
-                Expr::Payload {
-                    base: NFT_PAYLOAD_NETWORK_HEADER,
-                    offset: 16,
-                    len: 1,
-                },
-                Expr::CmpEq(vec![127]),
-                Expr::Accept,
-            ],
-            why: "loopback (the resolver, the proxy after redirection, the sandbox's own services)"
-                .into(),
-        });
-        let mut v6_loopback = vec![0u8; 16];
-        v6_loopback[15] = 1;
-        rules.push(RulePlan {
-            chain: "filter_out",
-            exprs: vec![
-                Expr::Meta(NFT_META_NFPROTO),
-                Expr::CmpEq(vec![NFPROTO_IPV6]),
-                Expr::Payload {
-                    base: NFT_PAYLOAD_NETWORK_HEADER,
-                    offset: 24,
-                    len: 16,
-                },
-                Expr::CmpEq(v6_loopback),
-                Expr::Accept,
-            ],
-            why: "IPv6 loopback".into(),
-        });
-        rules.push(RulePlan {
-            chain: "filter_out",
-            exprs: vec![
-                Expr::Meta(NFT_META_NFPROTO),
-                Expr::CmpEq(vec![NFPROTO_IPV6]),
-                Expr::Payload {
-                    base: NFT_PAYLOAD_NETWORK_HEADER,
-                    offset: 24,
-                    len: 16,
-                },
-                Expr::CmpEq(super::rtnl::SANDBOX_V6.octets().to_vec()),
-                Expr::Accept,
-            ],
-            why: "the sandbox's own IPv6 address (see rtnl::add_loopback_addresses)".into(),
-        });
+        for (family, offset, len, value) in own_addresses() {
+            rules.push(RulePlan {
+                chain: "filter_out",
+                exprs: vec![
+                    Expr::Meta(NFT_META_NFPROTO),
+                    Expr::CmpEq(vec![family]),
+                    Expr::Payload {
+                        base: NFT_PAYLOAD_NETWORK_HEADER,
+                        offset,
+                        len,
+                    },
+                    Expr::CmpEq(value),
+                    Expr::Accept,
+                ],
+                why: "the sandbox's own addresses: the resolver, the proxy after redirection, \
+                      its own services"
+                    .into(),
+            });
+        }
         rules.push(RulePlan {
             chain: "filter_out",
             exprs: vec![
@@ -341,6 +333,26 @@ impl Ruleset {
         batch_end(&mut m, sock.seq());
         m
     }
+}
+
+/// (family, header offset, length, value) of the sandbox's own destinations: 127.0.0.0/8 (one
+/// byte: 127), ::1 and the sandbox's unique-local address (see `rtnl::add_loopback_addresses`).
+fn own_addresses() -> [(u8, u32, u32, Vec<u8>); 3] {
+    [
+        (NFPROTO_IPV4, 16, 1, vec![127]),
+        (
+            NFPROTO_IPV6,
+            24,
+            16,
+            std::net::Ipv6Addr::LOCALHOST.octets().to_vec(),
+        ),
+        (
+            NFPROTO_IPV6,
+            24,
+            16,
+            super::rtnl::SANDBOX_V6.octets().to_vec(),
+        ),
+    ]
 }
 
 fn port_note(port: Option<u16>) -> String {
@@ -603,6 +615,21 @@ mod tests {
     }
 
     #[test]
+    fn the_sandboxs_own_addresses_are_never_redirected() {
+        let r = Ruleset::plan(888, &[(cidr("0.0.0.0/0"), None)], &[]);
+        let nat: Vec<String> = r
+            .rules
+            .iter()
+            .filter(|r| r.chain == "nat_out")
+            .map(describe)
+            .collect();
+        assert_eq!(nat[0], "nat_out: nfproto == 02 payload 1@16:1 == 7f accept");
+        assert!(nat[1].contains("00000000000000000000000000000001 accept"));
+        assert!(nat[2].contains("fd6e73626f7800000000000000000053 accept"));
+        assert!(nat.last().unwrap().contains("redirect"));
+    }
+
+    #[test]
     fn denied_ranges_come_before_every_redirect() {
         let r = Ruleset::plan(
             888,
@@ -613,6 +640,7 @@ mod tests {
             .rules
             .iter()
             .filter(|r| r.chain == "nat_out")
+            .skip(3) // the sandbox's own addresses, as in the filter chain
             .map(describe)
             .collect();
         assert_eq!(
@@ -635,8 +663,8 @@ mod tests {
         let msgs = super::super::netlink::split_messages(m.bytes());
         assert_eq!(msgs.first().map(|m| m.kind), Some(NFNL_MSG_BATCH_BEGIN));
         assert_eq!(msgs.last().map(|m| m.kind), Some(NFNL_MSG_BATCH_END));
-        // table + 2 sets + 2 chains + 7 rules, each acknowledged
-        assert_eq!(m.acked().len(), 1 + 2 + 2 + 7);
+        // table + 2 sets + 2 chains + 5 + 5 rules, each acknowledged
+        assert_eq!(m.acked().len(), 1 + 2 + 2 + 5 + 5);
         let e = encode_allow(
             &mut sock,
             &["203.0.113.7".parse().unwrap()],

@@ -326,11 +326,27 @@ impl EgressPolicy {
         deny: &[String],
         dns_upstream: &[String],
     ) -> Result<EgressPolicy, PolicyError> {
+        let allow: Vec<Rule> = allow
+            .iter()
+            .map(|t| Rule::parse("--allow", t))
+            .collect::<Result<_, _>>()?;
+        // A range inside loopback would name the sandbox's own addresses, never the host's.
+        let inside_loopback =
+            |c: &Cidr| c.addr.is_loopback() && c.prefix >= if c.addr.is_ipv4() { 8 } else { 128 };
+        if let Some(rule) = allow
+            .iter()
+            .find(|r| matches!(&r.target, Target::Net(c) if inside_loopback(c)))
+        {
+            return Err(PolicyError::Pattern {
+                flag: "--allow",
+                text: rule.text.clone(),
+                reason: "loopback is the sandbox's own (it never leaves the sandbox); a service \
+                         of the host is reached through one of the host's other addresses"
+                    .into(),
+            });
+        }
         Ok(EgressPolicy {
-            allow: allow
-                .iter()
-                .map(|t| Rule::parse("--allow", t))
-                .collect::<Result<_, _>>()?,
+            allow,
             deny: deny
                 .iter()
                 .map(|t| Rule::parse("--deny", t))
@@ -573,6 +589,16 @@ mod tests {
             assert!(e.contains(why), "{text}: {e}");
             assert!(e.contains("--allow"), "{e}");
         }
+    }
+
+    #[test]
+    fn loopback_cannot_be_allowed() {
+        for text in ["127.0.0.1:11434", "127.0.0.0/8", "::1", "[::1]:80"] {
+            let e = EgressPolicy::parse(&[text.to_string()], &[], &[]).unwrap_err();
+            assert!(e.to_string().contains("loopback"), "{text}: {e}");
+        }
+        // A wider range that contains loopback is fine (loopback stays local anyway).
+        assert!(EgressPolicy::parse(&["0.0.0.0/0".into()], &[], &[]).is_ok());
     }
 
     #[test]
