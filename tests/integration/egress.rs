@@ -135,6 +135,7 @@ fn filtered_names_not_allowed_do_not_resolve_and_their_addresses_are_unreachable
              echo secret $({PROBE} dns 127.0.0.53 secret.evil.example 1); \
              echo other $({PROBE} tcp {OTHER4}:80); \
              echo before $({PROBE} tcp {WEB4}:80); \
+             echo before6 $({PROBE} tcp [{WEB6}]:80); \
              getent ahostsv4 web.allowed.example >/dev/null; \
              echo after $(curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{WEB4}/ 2>&1)"
         ),
@@ -144,7 +145,8 @@ fn filtered_names_not_allowed_do_not_resolve_and_their_addresses_are_unreachable
     assert_eq!(line(&r.stdout, "secret"), "secret ok rcode 5 answers 0");
     assert_eq!(line(&r.stdout, "other"), "other error ECONNREFUSED");
     // An address no allowed name resolved to (yet) is unreachable...
-    assert_eq!(line(&r.stdout, "before"), "before error ECONNREFUSED");
+    assert_eq!(line(&r.stdout, "before "), "before error ECONNREFUSED");
+    assert_eq!(line(&r.stdout, "before6"), "before6 error ECONNREFUSED");
     // ...and once it did, it is reached (by IP the Host check refuses it: no name).
     assert!(line(&r.stdout, "after").contains("reset"), "{}", r.stdout);
     // Refused names never reach the upstream: no DNS exfiltration.
@@ -585,12 +587,61 @@ fn filtered_leaves_nothing_behind_on_the_host() {
         "curl -sS -m 5 http://web.allowed.example/ >/dev/null; echo done",
     );
     assert_eq!(r.stdout.trim(), "done", "{r:?}");
-    assert_eq!(before, state(), "rules, routes, addresses and listening sockets");
+    assert_eq!(
+        before,
+        state(),
+        "rules, routes, addresses and listening sockets"
+    );
     // The proxy's connection is closed (TIME-WAIT may linger: that is the kernel's).
     assert!(eventually(5.0, || {
         let out = w.in_host(&["ss", "-Htn", "state", "established"]);
         String::from_utf8_lossy(&out.stdout).trim().is_empty()
     }));
+}
+
+#[test]
+fn a_killed_supervisor_takes_the_filtered_sandbox_along_and_leaves_nothing() {
+    require_root!();
+    let w = World::start();
+    let listening = || String::from_utf8_lossy(&w.in_host(&["ss", "-Hltnu"]).stdout).into_owned();
+    let before = listening();
+    let flags = w.filtered_flags();
+    let mut args: Vec<&str> = vec!["exec"];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend_from_slice(&[
+        "--allow",
+        "web.allowed.example",
+        "--",
+        "sh",
+        "-c",
+        "curl -sS -m 5 http://web.allowed.example/ >/dev/null; echo up; exec sleep 60",
+    ]);
+    let mut child = w
+        .nsbox_cmd(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "up");
+    let init: i32 = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        eventually(5.0, || !std::path::Path::new(&format!("/proc/{init}"))
+            .exists()),
+        "the sandbox's init outlived its supervisor"
+    );
+    assert_eq!(before, listening());
 }
 
 #[test]
