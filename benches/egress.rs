@@ -88,6 +88,14 @@ fn main() {
     let runs: usize = env_or("NSBOX_BENCH_RUNS", 100);
     let bytes: u64 = env_or("NSBOX_BENCH_BYTES", 1u64 << 30);
     println!("nsbox egress benchmark");
+    // The figures are only as quiet as the machine: other work on these cores shows up in
+    // every ratio below (the proxied download needs a third busy thread).
+    println!(
+        "load average before: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     startup(runs);
 
     let mut world = World::start();
