@@ -190,6 +190,9 @@ struct Entry {
     kernel_until: Instant,
 }
 
+/// How long after its recorded deadline a name still counts for a connection the kernel let
+/// through.
+const EXPIRY_GRACE: Duration = Duration::from_secs(5);
 /// A set entry is rewritten only when an answer extends its life by more than this.
 const REWRITE_SLACK: Duration = Duration::from_secs(30);
 
@@ -253,9 +256,13 @@ impl Shared {
         Ok(())
     }
 
-    /// The allowed names that resolved to `ip` and are still valid.
+    /// The allowed names that resolved to `ip` and are still valid (with a few seconds of
+    /// grace: the kernel's set entry, which let the connection through, expires a little
+    /// after the deadline recorded here).
     pub fn names_for(&self, ip: IpAddr) -> Vec<String> {
-        let now = Instant::now();
+        let now = Instant::now()
+            .checked_sub(EXPIRY_GRACE)
+            .unwrap_or_else(Instant::now);
         lock(&self.reachable)
             .by_addr
             .get(&ip)
