@@ -213,37 +213,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Shared {
-    /// Makes `addrs` reachable for `lifetime` on behalf of `names` (the chain of an answer):
-    /// the kernel's sets first, then the proxy's record.
-    pub fn allow(&self, addrs: &[IpAddr], names: &[String], lifetime: Duration) -> io::Result<()> {
-        let now = Instant::now();
-        let until = now + lifetime;
-        let mut reachable = lock(&self.reachable);
-        reachable
-            .by_addr
+impl Reachable {
+    /// Forgets what expired, then returns which of `addrs` need their kernel set entry
+    /// (re)written to last until `until`.
+    fn stale(&mut self, addrs: &[IpAddr], now: Instant, until: Instant) -> Vec<IpAddr> {
+        self.by_addr
             .retain(|_, e| e.kernel_until > now || e.names.iter().any(|(_, t)| *t > now));
-        let stale: Vec<IpAddr> = addrs
+        addrs
             .iter()
             .copied()
             .filter(|a| {
-                reachable
-                    .by_addr
+                self.by_addr
                     .get(a)
                     .map_or(true, |e| e.kernel_until + REWRITE_SLACK < until)
             })
-            .collect();
-        if !stale.is_empty() {
-            let mut nft = lock(&self.nft);
-            let msgs = nft::encode_allow(&mut nft, &stale, lifetime);
-            nft.transact(&msgs)?;
-        }
+            .collect()
+    }
+
+    /// Records that `names` resolved to `addrs` until `until`; `rewritten` got new kernel
+    /// entries.
+    fn record(&mut self, addrs: &[IpAddr], names: &[String], until: Instant, rewritten: &[IpAddr]) {
         for addr in addrs {
-            let entry = reachable.by_addr.entry(*addr).or_insert(Entry {
+            let entry = self.by_addr.entry(*addr).or_insert(Entry {
                 names: Vec::new(),
                 kernel_until: until,
             });
-            if stale.contains(addr) {
+            if rewritten.contains(addr) {
                 entry.kernel_until = until;
             }
             for name in names {
@@ -253,18 +248,14 @@ impl Shared {
                 }
             }
         }
-        Ok(())
     }
 
-    /// The allowed names that resolved to `ip` and are still valid (with a few seconds of
-    /// grace: the kernel's set entry, which let the connection through, expires a little
-    /// after the deadline recorded here).
-    pub fn names_for(&self, ip: IpAddr) -> Vec<String> {
-        let now = Instant::now()
-            .checked_sub(EXPIRY_GRACE)
-            .unwrap_or_else(Instant::now);
-        lock(&self.reachable)
-            .by_addr
+    /// The names that resolved to `ip` and are valid at `now` (with [`EXPIRY_GRACE`]: the
+    /// kernel's set entry, which let a connection through, expires a little after the
+    /// deadline recorded here).
+    fn names_for(&self, ip: IpAddr, now: Instant) -> Vec<String> {
+        let now = now.checked_sub(EXPIRY_GRACE).unwrap_or(now);
+        self.by_addr
             .get(&ip)
             .map(|e| {
                 e.names
@@ -274,6 +265,29 @@ impl Shared {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+impl Shared {
+    /// Makes `addrs` reachable for `lifetime` on behalf of `names` (the chain of an answer):
+    /// the kernel's sets first, then the proxy's record.
+    pub fn allow(&self, addrs: &[IpAddr], names: &[String], lifetime: Duration) -> io::Result<()> {
+        let now = Instant::now();
+        let until = now + lifetime;
+        let mut reachable = lock(&self.reachable);
+        let stale = reachable.stale(addrs, now, until);
+        if !stale.is_empty() {
+            let mut nft = lock(&self.nft);
+            let msgs = nft::encode_allow(&mut nft, &stale, lifetime);
+            nft.transact(&msgs)?;
+        }
+        reachable.record(addrs, names, until, &stale);
+        Ok(())
+    }
+
+    /// The allowed names that resolved to `ip` and are still valid.
+    pub fn names_for(&self, ip: IpAddr) -> Vec<String> {
+        lock(&self.reachable).names_for(ip, Instant::now())
     }
 }
 
@@ -431,4 +445,53 @@ pub(crate) fn coarse_nanos() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn kernel_entries_are_written_when_new_or_extended_and_names_expire() {
+        let mut r = Reachable::default();
+        let t0 = Instant::now();
+        let min = Duration::from_secs(60);
+        let (a, b) = (ip("203.0.113.7"), ip("2001:db8::7"));
+        let names = vec!["api.example.com".to_string()];
+        // A new answer: both addresses need kernel entries.
+        let stale = r.stale(&[a, b], t0, t0 + 6 * min);
+        assert_eq!(stale, vec![a, b]);
+        r.record(&[a, b], &names, t0 + 6 * min, &stale);
+        // The same answer a little later extends by less than the slack: nothing to write.
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(r.stale(&[a], t1, t1 + 6 * min).is_empty());
+        // Much later it does.
+        let t2 = t0 + 2 * min;
+        assert_eq!(r.stale(&[a], t2, t2 + 6 * min), vec![a]);
+        // Names count until their deadline (and a few seconds of grace), not after.
+        assert_eq!(r.names_for(a, t0 + 5 * min), names);
+        assert_eq!(r.names_for(a, t0 + 6 * min + Duration::from_secs(2)), names);
+        assert!(r.names_for(a, t0 + 7 * min).is_empty());
+        assert!(r.names_for(ip("203.0.113.8"), t0).is_empty());
+        // Expired entries are forgotten.
+        r.stale(&[], t0 + 10 * min, t0 + 16 * min);
+        assert!(r.by_addr.is_empty());
+    }
+
+    #[test]
+    fn a_second_name_for_an_address_keeps_the_first() {
+        let mut r = Reachable::default();
+        let t0 = Instant::now();
+        let a = ip("203.0.113.30");
+        let until = t0 + Duration::from_secs(360);
+        r.record(&[a], &["cdn.allowed.example".into()], until, &[a]);
+        r.record(&[a], &["www.allowed.example".into()], until, &[]);
+        let mut names = r.names_for(a, t0);
+        names.sort();
+        assert_eq!(names, ["cdn.allowed.example", "www.allowed.example"]);
+    }
 }
