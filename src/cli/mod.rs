@@ -120,8 +120,8 @@ pub struct ExecArgs {
     #[arg(long, value_name = "MODE", value_parser = parse_network, help_heading = "Network")]
     net: Option<NetworkMode>,
     /// Allow a host (api.github.com), a wildcard (*.pypi.org), an IP or CIDR range
-    /// (203.0.113.7, 2001:db8::/64), each with an optional :PORT. Implies --net filtered.
-    /// Repeatable.
+    /// (203.0.113.7, 2001:db8::/64), each with an optional :PORT, or re:REGEX (whole names).
+    /// Implies --net filtered. Repeatable.
     #[arg(long = "allow", value_name = "PATTERN", help_heading = "Network")]
     allow: Vec<String>,
     /// Refuse what a pattern matches even when --allow does (deny wins). Repeatable.

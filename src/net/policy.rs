@@ -1,6 +1,6 @@
 //! The egress policy of a `--net filtered` sandbox, as data: allow and deny rules (host names,
-//! `*.suffix` wildcards, IP addresses and CIDR ranges, each with an optional port) and the
-//! upstream resolvers. Every decision the resolver and the proxy make is a call here, so the
+//! `*.suffix` wildcards, IP addresses and CIDR ranges, each with an optional port, and `re:`
+//! regular expressions over whole names) and the upstream resolvers. Every decision the resolver and the proxy make is a call here, so the
 //! whole policy is unit-tested without a network.
 //!
 //! Semantics, in one place:
@@ -25,7 +25,7 @@ pub const DNS_PORT: u16 = 53;
 /// A rule or upstream that cannot be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{flag} '{text}': {reason} — hint: use a host name (api.github.com), a wildcard (*.pypi.org), an address or CIDR range (203.0.113.7, 2001:db8::/64), each with an optional :PORT ([2001:db8::1]:443 for IPv6)")]
+    #[error("{flag} '{text}': {reason} — hint: use a host name (api.github.com), a wildcard (*.pypi.org), an address or CIDR range (203.0.113.7, 2001:db8::/64), each with an optional :PORT ([2001:db8::1]:443 for IPv6), or re:REGEX")]
     Pattern {
         flag: &'static str,
         text: String,
@@ -121,9 +121,26 @@ pub enum Target {
     Name(String),
     /// `*.example.com`: every name strictly below `example.com` (not `example.com` itself).
     Subdomains(String),
+    /// `re:REGEX`: names the regular expression matches as a whole, ignoring case.
+    Regex(NameRegex),
     /// An address or range.
     Net(Cidr),
 }
+
+/// A compiled `re:` pattern (equal when the source is).
+#[derive(Debug, Clone)]
+pub struct NameRegex {
+    pub source: String,
+    regex: regex_lite::Regex,
+}
+
+impl PartialEq for NameRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for NameRegex {}
 
 /// One allow or deny rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +163,20 @@ impl Rule {
         let trimmed = text.trim();
         if trimmed.is_empty() {
             return Err(err("the pattern is empty"));
+        }
+        if let Some(source) = trimmed.strip_prefix("re:") {
+            // Anchored: a pattern never matches a longer name it merely occurs in
+            // ("api\.example\.com" does not match "api.example.com.evil.example").
+            let regex = regex_lite::Regex::new(&format!("(?i)^(?:{source})$"))
+                .map_err(|e| err(&format!("not a regular expression: {e}")))?;
+            return Ok(Rule {
+                text: trimmed.to_string(),
+                target: Target::Regex(NameRegex {
+                    source: source.to_string(),
+                    regex,
+                }),
+                port: None,
+            });
         }
         let (host, port) = split_port(trimmed).map_err(|r| err(&r))?;
         let target = if host == "*" {
@@ -181,6 +212,7 @@ impl Rule {
             Target::Subdomains(suffix) => name
                 .strip_suffix(suffix.as_str())
                 .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+            Target::Regex(r) => r.regex.is_match(name),
             Target::Net(_) => false,
         }
     }
@@ -599,6 +631,30 @@ mod tests {
         }
         // A wider range that contains loopback is fine (loopback stays local anyway).
         assert!(EgressPolicy::parse(&["0.0.0.0/0".into()], &[], &[]).is_ok());
+    }
+
+    #[test]
+    fn regular_expressions_match_whole_names() {
+        let r = rule(r"re:api[0-9]+\.example\.com");
+        assert!(r.matches_name("api1.example.com"));
+        assert!(r.matches_name("api42.example.com"));
+        assert!(!r.matches_name("api.example.com"));
+        assert!(!r.matches_name("api1.example.com.evil.example"));
+        assert!(!r.matches_name("xapi1.example.com"));
+        assert!(rule("re:[a-z]+\\.github\\.io").matches_name("octocat.github.io"));
+        let e = Rule::parse("--allow", "re:(unclosed")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("regular expression"), "{e}");
+        let p = policy(&[r"re:.*\.example\.com"], &[r"re:secret.*"]);
+        assert!(matches!(
+            p.check_name("a.example.com"),
+            NameVerdict::Allowed(_)
+        ));
+        assert!(matches!(
+            p.check_name("secret.example.com"),
+            NameVerdict::Denied(_)
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::{NetworkMode, Profile, RootChoice, SysMode};
 use crate::spec::units::{ByteSize, CpuQuota};
 
 /// FNV-1a of the profile text this was made from.
-pub(super) const SOURCE_FNV: u64 = 0x0e1aa7e3878f6b3c;
+pub(super) const SOURCE_FNV: u64 = 0x177720eaad1e9655;
 
 /// The default profile.
 #[rustfmt::skip]
