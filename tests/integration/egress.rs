@@ -695,6 +695,22 @@ fn filtered_without_an_upstream_resolver_fails_before_the_command_runs() {
 }
 
 #[test]
+fn filtered_regular_expressions_allow_whole_names() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &["--allow", r"re:(web|cdn)\.allowed\.example"],
+        "for n in web.allowed.example cdn.allowed.example other.example web.allowed.example.evil; do \
+           getent ahostsv4 $n >/dev/null && echo $n yes || echo $n no; done",
+    );
+    assert_eq!(
+        r.stdout,
+        "web.allowed.example yes\ncdn.allowed.example yes\nother.example no\nweb.allowed.example.evil no\n",
+        "{r:?}"
+    );
+}
+
+#[test]
 fn filtered_with_nothing_allowed_reaches_nothing() {
     require_root!();
     let w = World::start();
