@@ -1,10 +1,13 @@
 //! The sandbox's network namespace. With `--net none` (the default) a sandbox gets a namespace
-//! of its own with only loopback, up. With `--net filtered` the namespace also gets routes
-//! through loopback, an nftables ruleset, and nsbox's resolver and egress proxy (see
-//! [`egress`]); the policy they enforce is [`policy`]. The supervisor creates it while the setup child builds
+//! of its own with only loopback, up. The supervisor creates it while the setup child builds
 //! the filesystem (creating a network namespace is the slowest part of clone, ~0.5 ms, so doing
 //! it in parallel takes it off the start-up path), then hands it to the child, which joins it
 //! with setns before anything inside depends on it.
+//!
+//! With `--net filtered` the namespace then also gets routes through loopback, an nftables
+//! ruleset and nsbox's resolver and egress proxy ([`egress`]), which enforce [`policy`]:
+//! [`nft`], [`netlink`] and [`rtnl`] speak to the kernel; [`resolver`] with [`dnswire`], and
+//! [`proxy`] with [`sniff`], serve the sandbox; [`events`] reports their decisions.
 //!
 //! This module never changes the host's network: everything it makes lives inside the
 //! sandbox's namespace and dies with it.
