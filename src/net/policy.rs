@@ -520,7 +520,7 @@ impl EgressPolicy {
     }
 }
 
-/// Parses "ADDR", "ADDR:PORT" or "[V6]:PORT" (port 53 by default).
+/// Parses `ADDR`, `ADDR:PORT` or `[V6]:PORT` (port 53 by default).
 pub fn parse_upstream(flag: &'static str, text: &str) -> Result<SocketAddr, PolicyError> {
     let err = |reason: String| PolicyError::Upstream {
         flag,
