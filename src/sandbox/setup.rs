@@ -188,7 +188,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
 
     // 9. Hostname, loopback.
     rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
-    if s.spec.network == NetworkMode::None && !s.late_netns {
+    if s.spec.network != NetworkMode::Host && !s.late_netns {
         sys::net::loopback_up().map_err(at("bring up loopback"))?;
     }
     marks.push(("hostname set".into(), now_ns()));
@@ -212,6 +212,9 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         }
         Ok(Some((ToSandbox::IdentityFailed { message }, _))) => {
             return Err(at("prepare user namespace")(message))
+        }
+        Ok(Some((ToSandbox::NetFailed { message }, _))) => {
+            return Err(at("set up the filtered network")(message))
         }
         Ok(Some((other, _))) => {
             return Err(at("join user namespace")(format!(
