@@ -1,7 +1,8 @@
 //! The probe: run inside a sandbox by the integration tests, it reports as JSON what the
 //! sandbox looks like from inside (`probe status`) and what happens when it attacks the walls
 //! (`probe attacks`). Each attack records "ok" when the call succeeded, or the errno name.
-//! Assertions live in the tests; the probe only observes.
+//! Network probes (`probe tcp|udp|icmp|dns|download ...`) print one line: `ok ...` or
+//! `error ENAME`. Assertions live in the tests; the probe only observes.
 #![allow(unsafe_code)]
 #![allow(clippy::undocumented_unsafe_blocks, clippy::unwrap_used)]
 
@@ -31,6 +32,10 @@ fn errno_name(e: i32) -> String {
         libc::EAGAIN => "EAGAIN",
         libc::ENOMEM => "ENOMEM",
         libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EPIPE => "EPIPE",
         other => return format!("errno{other}"),
     };
     name.to_string()
@@ -437,12 +442,259 @@ fn in_child(f: &dyn Fn() -> i64) -> String {
     }
 }
 
+fn io_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => errno_name(code),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+fn report(result: std::io::Result<String>) {
+    match result {
+        Ok(detail) => println!("ok {detail}"),
+        Err(e) => println!("error {}", io_name(&e)),
+    }
+}
+
+const NET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `probe tcp ADDR:PORT [MESSAGE]`: connect, send MESSAGE (default "ping"), close the write
+/// side, print what comes back until the peer closes.
+fn tcp(addr: &str, message: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, NET_TIMEOUT)?;
+    s.set_read_timeout(Some(NET_TIMEOUT))?;
+    s.write_all(message.as_bytes())?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+/// `probe udp ADDR:PORT`: send a datagram, wait for one back.
+fn udp(addr: &str) -> std::io::Result<String> {
+    let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let local = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let s = std::net::UdpSocket::bind(local)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+    s.connect(sa)?;
+    s.send(b"probe datagram")?;
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// `probe icmp ADDR`: an ICMP echo request through an unprivileged ICMP socket.
+fn icmp(addr: &str) -> std::io::Result<String> {
+    let ip: std::net::Ipv4Addr = addr.parse().map_err(std::io::Error::other)?;
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        let mut dst: libc::sockaddr_in = std::mem::zeroed();
+        dst.sin_family = libc::AF_INET as u16;
+        dst.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
+        let echo: [u8; 8] = [8, 0, 0, 0, 0, 1, 0, 1];
+        let r = libc::sendto(
+            fd,
+            echo.as_ptr() as *const libc::c_void,
+            echo.len(),
+            0,
+            &dst as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        let mut buf = [0u8; 64];
+        let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
+        let e = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n < 0 {
+            return Err(e);
+        }
+        Ok(format!("reply type {}", buf[0]))
+    }
+}
+
+/// `probe dns SERVER NAME TYPE`: one raw UDP query (TYPE a number); prints the response code
+/// and the number of answers.
+fn dns(server: &str, name: &str, qtype: u16) -> std::io::Result<String> {
+    let mut q = vec![0x4e, 0x53, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    q[0] = (std::process::id() & 0xff) as u8;
+    s.connect((server, 53))?;
+    s.send(&q)?;
+    let mut buf = [0u8; 4096];
+    let n = s.recv(&mut buf)?;
+    if n < 12 {
+        return Err(std::io::Error::other("short answer"));
+    }
+    let rcode = buf[3] & 0xf;
+    let answers = u16::from_be_bytes([buf[6], buf[7]]);
+    Ok(format!("rcode {rcode} answers {answers}"))
+}
+
+/// `probe download ADDR:PORT BYTES`: sends BYTES of zeros to an echo server while reading them
+/// back, and prints the bytes read and the MB/s.
+fn download(addr: &str, bytes: u64) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let s = std::net::TcpStream::connect_timeout(&sa, NET_TIMEOUT)?;
+    let mut w = s.try_clone()?;
+    let t0 = std::time::Instant::now();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let chunk = vec![0u8; 256 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            w.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        w.shutdown(std::net::Shutdown::Write)
+    });
+    let mut r = s;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    writer
+        .join()
+        .map_err(|_| std::io::Error::other("writer panicked"))??;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(format!("{got} {:.1}", got as f64 / secs / 1e6))
+}
+
+/// `probe serve-bulk ADDR:PORT`: a server for the benchmarks. Each connection sends a byte
+/// count and a newline; the server writes that many bytes and closes.
+fn serve_bulk(addr: &str) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    println!("ready");
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                return;
+            }
+            let mut left: u64 = line.trim().parse().unwrap_or(0);
+            let chunk = vec![0u8; 256 * 1024];
+            let mut w = conn;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                if w.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+        });
+    }
+}
+
+/// `probe fetch ADDR:PORT BYTES`: asks a bulk server for BYTES; prints bytes and MB/s.
+fn fetch(addr: &str, bytes: u64) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let t0 = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect_timeout(&sa, NET_TIMEOUT)?;
+    s.write_all(format!("{bytes}\n").as_bytes())?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(format!("{got} {:.1}", got as f64 / secs / 1e6))
+}
+
+/// `probe connloop ADDR:PORT SECONDS`: opens, uses (one byte each way) and closes connections
+/// to a bulk server for SECONDS; prints the connections per second.
+fn connloop(addr: &str, seconds: f64) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let t0 = std::time::Instant::now();
+    let mut count = 0u64;
+    let mut byte = [0u8; 1];
+    while t0.elapsed().as_secs_f64() < seconds {
+        let mut s = std::net::TcpStream::connect_timeout(&sa, NET_TIMEOUT)?;
+        s.write_all(b"1\n")?;
+        s.read_exact(&mut byte)?;
+        count += 1;
+    }
+    Ok(format!("{:.0}", count as f64 / t0.elapsed().as_secs_f64()))
+}
+
+/// `probe dnsbench SERVER NAME COUNT`: COUNT sequential A queries; prints the median and the
+/// 90th percentile round trip in microseconds.
+fn dnsbench(server: &str, name: &str, count: usize) -> std::io::Result<String> {
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t0 = std::time::Instant::now();
+        let r = dns(server, name, 1)?;
+        if !r.starts_with("rcode 0") {
+            return Err(std::io::Error::other(r));
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(format!(
+        "{:.0} {:.0}",
+        times[times.len() / 2],
+        times[times.len() * 9 / 10]
+    ))
+}
+
 fn main() {
-    match std::env::args().nth(1).as_deref() {
-        Some("status") => status(),
-        Some("attacks") => attacks(),
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    match arg(1) {
+        "status" => status(),
+        "attacks" => attacks(),
+        "tcp" => report(tcp(arg(2), if args.len() > 3 { arg(3) } else { "ping" })),
+        "udp" => report(udp(arg(2))),
+        "icmp" => report(icmp(arg(2))),
+        "dns" => report(dns(arg(2), arg(3), arg(4).parse().unwrap_or(1))),
+        "download" => report(download(arg(2), arg(3).parse().unwrap_or(1 << 20))),
+        "serve-bulk" => serve_bulk(arg(2)),
+        "fetch" => report(fetch(arg(2), arg(3).parse().unwrap_or(1 << 20))),
+        "connloop" => report(connloop(arg(2), arg(3).parse().unwrap_or(2.0))),
+        "dnsbench" => report(dnsbench(arg(2), arg(3), arg(4).parse().unwrap_or(200))),
         _ => {
-            eprintln!("usage: probe status|attacks");
+            eprintln!("usage: probe status|attacks|tcp|udp|icmp|dns|download|serve-bulk|fetch|connloop|dnsbench ...");
             std::process::exit(2);
         }
     }

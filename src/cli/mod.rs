@@ -28,6 +28,7 @@ Examples:
   nsbox exec --memory 512m --pids 64 --timeout 30s -- ./untrusted
   nsbox exec --secret API_KEY=sk-123 -- ./agent   API_KEY is masked as *** in all output
   nsbox load devbox-oci && nsbox exec --image devbox-oci:1.0 -- make test
+  nsbox exec --allow api.github.com -- curl -s https://api.github.com/zen
   nsbox doctor                                    check that this host can run sandboxes
 
 Exit codes: the command's own status; 124 timeout; 125 nsbox failed; 126 not executable;
@@ -77,7 +78,8 @@ enum Command {
     Stop(session::StopArgs),
     /// Remove stopped sessions (-f: stop them first).
     Rm(session::RmArgs),
-    /// Copy files or trees between the host and a session: SRC SESSION:DST or SESSION:SRC DST.
+    /// Copy files or trees between the host and a session: SRC SESSION:DST or SESSION:SRC DST
+    /// (`-` for a tar stream on stdin/stdout).
     Cp(session::CpArgs),
     /// Check that this host can run sandboxes, and say what to fix if not.
     Doctor(doctor::DoctorArgs),
@@ -190,9 +192,30 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "N", help_heading = "Limits")]
     pids: Option<Limit<u64>>,
 
-    /// Network: none (loopback only, the default) or host (the host's network, opt-in).
+    /// Network: none (loopback only, the default), filtered (only what --allow lists) or host
+    /// (the host's network, opt-in).
     #[arg(long, value_name = "MODE", value_parser = parse_network, help_heading = "Network")]
     net: Option<NetworkMode>,
+    /// Allow a host (api.github.com), a wildcard (*.pypi.org), an IP or CIDR range
+    /// (203.0.113.7, 2001:db8::/64), each with an optional :PORT, or re:REGEX (whole names).
+    /// Implies --net filtered. Repeatable.
+    #[arg(long = "allow", value_name = "PATTERN", help_heading = "Network")]
+    allow: Vec<String>,
+    /// Refuse what a pattern matches even when --allow does (deny wins). Repeatable.
+    #[arg(long = "deny", value_name = "PATTERN", help_heading = "Network")]
+    deny: Vec<String>,
+    /// Upstream DNS resolver for the filtered network (default: the host's /etc/resolv.conf).
+    /// Repeatable.
+    #[arg(
+        long = "dns-upstream",
+        value_name = "ADDR[:PORT]",
+        help_heading = "Network"
+    )]
+    dns_upstream: Vec<String>,
+    /// Print each DNS decision and each allowed or refused connection on stderr (with --json
+    /// they are events in the stream).
+    #[arg(long, help_heading = "Network")]
+    log_network: bool,
 
     /// User inside the sandbox (default 100:101, `sandbox`). Never has capabilities.
     #[arg(long, short = 'u', value_name = "UID[:GID]", value_parser = crate::profile::parse_user, help_heading = "Process")]
@@ -246,6 +269,10 @@ impl SandboxArgs {
         check(self.cpus.is_some(), "--cpus");
         check(self.pids.is_some(), "--pids");
         check(self.net.is_some(), "--net");
+        check(!self.allow.is_empty(), "--allow");
+        check(!self.deny.is_empty(), "--deny");
+        check(!self.dns_upstream.is_empty(), "--dns-upstream");
+        check(self.log_network, "--log-network");
         check(self.user.is_some(), "--user");
         check(self.hostname.is_some(), "--hostname");
         check(!self.env_files.is_empty(), "--env-file");

@@ -2,7 +2,7 @@
 //! `nsbox prune`).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -12,7 +12,9 @@ use super::{error, SandboxArgs};
 use crate::exit;
 use crate::relay::{Event, Masker};
 use crate::session::client::{SessionClient, SessionExec};
-use crate::session::copy::{copy_in, copy_out, parse_endpoint, Endpoint};
+use crate::session::copy::{
+    copy_in, copy_in_tar, copy_out, copy_out_tar, parse_endpoint, Endpoint,
+};
 use crate::session::daemon;
 use crate::session::state::{SessionRecord, SessionState, SessionStore};
 use crate::spec::units::{ByteSize, CpuQuota};
@@ -430,21 +432,34 @@ pub(super) fn remove_session(store: &SessionStore, record: &SessionRecord) -> Re
 /// Flags of `nsbox cp`.
 #[derive(Debug, Args)]
 pub struct CpArgs {
-    /// A host path, or SESSION:PATH (relative paths inside start at the session's working
-    /// directory).
+    /// A host path, SESSION:PATH (relative paths inside start at the session's working
+    /// directory), or `-`: a tar stream on stdin, extracted into the directory DST.
     #[arg(value_name = "SRC")]
     source: String,
-    /// A host path, or SESSION:PATH.
+    /// A host path, SESSION:PATH, or `-`: SRC as a tar stream on stdout.
     #[arg(value_name = "DST")]
     destination: String,
 }
 
 pub fn cp(args: CpArgs) -> i32 {
     let store = SessionStore::system();
+    let stdio = Path::new("-");
     let result = match (
         parse_endpoint(&args.source),
         parse_endpoint(&args.destination),
     ) {
+        (Endpoint::Host(src), Endpoint::Session { session, path }) if src == stdio => {
+            SessionClient::connect(&store, &session)
+                .and_then(|c| copy_in_tar(&c, std::io::stdin(), &path))
+        }
+        (Endpoint::Session { session, path }, Endpoint::Host(dst)) if dst == stdio => {
+            if rustix::termios::isatty(rustix::stdio::stdout()) {
+                error("refusing to write a tar stream to a terminal — hint: redirect it (nsbox cp ID:/sandbox/out - > out.tar) or pipe it into tar -x");
+                return exit::NSBOX_FAILED;
+            }
+            SessionClient::connect(&store, &session)
+                .and_then(|c| copy_out_tar(&c, &path, std::io::stdout().lock()))
+        }
         (Endpoint::Host(src), Endpoint::Session { session, path }) => {
             SessionClient::connect(&store, &session).and_then(|c| copy_in(&c, &src, &path))
         }

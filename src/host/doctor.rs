@@ -4,6 +4,7 @@
 //! does not. Creates nothing that outlives the check.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -84,7 +85,7 @@ pub fn run_checks() -> Vec<Check> {
         ));
     }
     checks.push(check_seccomp());
-    checks.push(check_nftables());
+    checks.push(check_filtered_network());
     if checks.iter().all(|c| c.status != Status::Fail) {
         checks.push(check_trial());
     }
@@ -336,17 +337,52 @@ fn check_seccomp() -> Check {
     }
 }
 
-fn check_nftables() -> Check {
-    let loaded = std::path::Path::new("/sys/module/nf_tables").exists();
-    if loaded {
-        Check::ok("nf_tables", "loaded (for --net filtered)")
-    } else {
-        Check::warn(
-            "nf_tables",
-            "the nf_tables module is not loaded; --net none and --net host do not need it",
-            "`modprobe nf_tables` before using filtered networking",
-        )
+/// `--net filtered` for real, as root: a throw-away network namespace gets the routes,
+/// addresses, sockets and nftables rules a filtered sandbox gets. A failure is a warning:
+/// `--net none` and `--net host` do not need any of it.
+fn check_filtered_network() -> Check {
+    if !rustix::process::geteuid().is_root() {
+        let loaded = std::path::Path::new("/sys/module/nf_tables").exists();
+        return if loaded {
+            Check::warn(
+                "filtered network",
+                "nf_tables is loaded; the rest is not checked",
+                "needs root: run `sudo nsbox doctor`",
+            )
+        } else {
+            Check::warn(
+                "filtered network",
+                "the nf_tables module is not loaded; --net none and --net host do not need it",
+                "`modprobe nf_tables` before using --net filtered",
+            )
+        };
     }
+    let policy = crate::net::EgressPolicy {
+        // Given, so the check does not depend on the host's resolv.conf (checked below).
+        dns_upstream: vec![std::net::SocketAddr::from(([192, 0, 2, 53], 53))],
+        ..Default::default()
+    };
+    let prepared = crate::net::create_isolated_namespace()
+        .and_then(|ns| crate::net::prepare_filtered_namespace(ns.as_fd(), &policy));
+    if let Err(e) = prepared {
+        return Check::warn(
+            "filtered network",
+            format!("--net filtered cannot work here: {e}"),
+            "load nf_tables, nft_redir, nft_reject_inet and nf_nat (`modprobe` them), or use --net none / host",
+        );
+    }
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if crate::net::policy::resolv_conf_nameservers(&resolv).is_empty() {
+        return Check::warn(
+            "filtered network",
+            "works, but /etc/resolv.conf lists no nameserver to use upstream",
+            "give `--dns-upstream ADDR` (or [network] dns_upstream in a profile) with --net filtered",
+        );
+    }
+    Check::ok(
+        "filtered network",
+        "routes, nftables rules, resolver and proxy sockets set up in a test namespace",
+    )
 }
 
 fn check_trial() -> Check {

@@ -529,7 +529,26 @@ fn pax_time(value: &[u8]) -> Result<(i64, u32), String> {
     })
 }
 
-/// Writes a plain ustar archive (names up to 100 bytes: enough for an OCI layout).
+/// What [`TarWriter::entry`] writes for one entry.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryMeta<'a> {
+    /// The name in the archive (directories may end in `/`).
+    pub path: &'a [u8],
+    /// `File`, `Directory` or `Symlink`.
+    pub kind: Kind,
+    /// The target of a symlink.
+    pub link: &'a [u8],
+    /// Bytes of data (files only).
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+}
+
+/// Writes a ustar archive; names and link targets longer than ustar holds go into a PAX
+/// extended header, as GNU tar and bsdtar write them.
 pub struct TarWriter<W: Write> {
     out: W,
 }
@@ -539,21 +558,23 @@ impl<W: Write> TarWriter<W> {
         TarWriter { out }
     }
 
-    fn header(&mut self, name: &str, size: u64, mode: u32, typeflag: u8) -> io::Result<()> {
-        if name.len() > 100 {
-            return Err(io::Error::other(format!("tar name too long: {name}")));
-        }
+    fn header(&mut self, e: &EntryMeta<'_>, typeflag: u8) -> io::Result<()> {
         let mut block = [0u8; 512];
-        block[..name.len()].copy_from_slice(name.as_bytes());
+        let name = &e.path[..e.path.len().min(100)];
+        block[..name.len()].copy_from_slice(name);
+        let link = &e.link[..e.link.len().min(100)];
+        block[157..157 + link.len()].copy_from_slice(link);
         let octal = |dst: &mut [u8], value: u64| {
-            let text = format!("{:0width$o}", value, width = dst.len() - 1);
+            // Values that do not fit are in the PAX header; the field keeps its largest value.
+            let max = (1u64 << (3 * (dst.len() - 1))) - 1;
+            let text = format!("{:0width$o}", value.min(max), width = dst.len() - 1);
             dst[..text.len()].copy_from_slice(text.as_bytes());
         };
-        octal(&mut block[100..108], u64::from(mode));
-        octal(&mut block[108..116], 0);
-        octal(&mut block[116..124], 0);
-        octal(&mut block[124..136], size);
-        octal(&mut block[136..148], 0);
+        octal(&mut block[100..108], u64::from(e.mode & 0o7777));
+        octal(&mut block[108..116], e.uid);
+        octal(&mut block[116..124], e.gid);
+        octal(&mut block[124..136], e.size);
+        octal(&mut block[136..148], e.mtime.max(0) as u64);
         block[156] = typeflag;
         block[257..263].copy_from_slice(b"ustar\0");
         block[263..265].copy_from_slice(b"00");
@@ -564,21 +585,71 @@ impl<W: Write> TarWriter<W> {
         self.out.write_all(&block)
     }
 
-    pub fn directory(&mut self, name: &str) -> io::Result<()> {
-        self.header(name, 0, 0o755, b'5')
-    }
-
-    /// A regular file whose `size` bytes are copied from `data`.
-    pub fn file(&mut self, name: &str, size: u64, data: &mut dyn Read) -> io::Result<()> {
-        self.header(name, size, 0o644, b'0')?;
+    /// Writes one entry; a file's `size` bytes are copied from `data`.
+    pub fn entry(&mut self, e: &EntryMeta<'_>, data: Option<&mut dyn Read>) -> io::Result<()> {
+        let typeflag = match e.kind {
+            Kind::File => b'0',
+            Kind::Directory => b'5',
+            Kind::Symlink => b'2',
+            other => return Err(io::Error::other(format!("cannot write a {other:?} entry"))),
+        };
+        let mut pax = Vec::new();
+        if e.path.len() > 100 {
+            pax.extend(pax_record(b"path", e.path));
+        }
+        if e.link.len() > 100 {
+            pax.extend(pax_record(b"linkpath", e.link));
+        }
+        if e.size > MAX_OCTAL_SIZE {
+            pax.extend(pax_record(b"size", e.size.to_string().as_bytes()));
+        }
+        for (key, id) in [(&b"uid"[..], e.uid), (&b"gid"[..], e.gid)] {
+            if id > 0o7777777 {
+                pax.extend(pax_record(key, id.to_string().as_bytes()));
+            }
+        }
+        if !pax.is_empty() {
+            let meta = EntryMeta {
+                path: b"PaxHeader",
+                kind: Kind::File,
+                link: b"",
+                size: pax.len() as u64,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: e.mtime,
+            };
+            self.header(&meta, b'x')?;
+            self.out.write_all(&pax)?;
+            self.out
+                .write_all(&[0u8; 512][..pad(pax.len() as u64) as usize])?;
+        }
+        let size = if e.kind == Kind::File { e.size } else { 0 };
+        self.header(&EntryMeta { size, ..*e }, typeflag)?;
+        if size == 0 {
+            return Ok(());
+        }
+        let data = data.ok_or_else(|| io::Error::other("a file entry without data"))?;
         let copied = io::copy(&mut data.take(size), &mut self.out)?;
         if copied != size {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{name}: expected {size} bytes, got {copied}"),
+                format!(
+                    "{}: expected {size} bytes, got {copied} (did the file shrink while it was copied?)",
+                    String::from_utf8_lossy(e.path)
+                ),
             ));
         }
         self.out.write_all(&[0u8; 512][..pad(size) as usize])
+    }
+
+    pub fn directory(&mut self, name: &str) -> io::Result<()> {
+        self.entry(&plain(name.as_bytes(), Kind::Directory, 0, 0o755), None)
+    }
+
+    /// A regular file whose `size` bytes are copied from `data`.
+    pub fn file(&mut self, name: &str, size: u64, data: &mut dyn Read) -> io::Result<()> {
+        self.entry(&plain(name.as_bytes(), Kind::File, size, 0o644), Some(data))
     }
 
     /// Writes the end-of-archive blocks and returns the output.
@@ -587,6 +658,36 @@ impl<W: Write> TarWriter<W> {
         self.out.flush()?;
         Ok(self.out)
     }
+}
+
+/// An entry owned by root with no time (what `nsbox save` writes: reproducible archives).
+fn plain(path: &[u8], kind: Kind, size: u64, mode: u32) -> EntryMeta<'_> {
+    EntryMeta {
+        path,
+        kind,
+        link: b"",
+        size,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+    }
+}
+
+/// One PAX record: "LEN KEY=VALUE\n", LEN counting itself.
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let body_len = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body_len + 1;
+    while len.to_string().len() + body_len != len {
+        len += 1;
+    }
+    let mut out = len.to_string().into_bytes();
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+    out
 }
 
 #[cfg(test)]
@@ -617,12 +718,7 @@ pub(crate) mod tests {
     }
 
     pub fn pax_record(key: &str, value: &str) -> Vec<u8> {
-        let body = format!(" {key}={value}\n");
-        let mut len = body.len() + 1;
-        while format!("{len}{body}").len() != len {
-            len += 1;
-        }
-        format!("{len}{body}").into_bytes()
+        super::pax_record(key.as_bytes(), value.as_bytes())
     }
 
     fn padded(data: &[u8]) -> Vec<u8> {
@@ -660,6 +756,43 @@ pub(crate) mod tests {
         assert_eq!(got[0].0.kind, Kind::Directory);
         assert_eq!(got[1].0.path, b"blobs/a");
         assert_eq!(got[1].1, b"hello");
+    }
+
+    #[test]
+    fn long_names_links_and_metadata_round_trip() {
+        let long = "dir/".repeat(40) + "file";
+        let target = "../".repeat(50) + "t";
+        let mut w = TarWriter::new(Vec::new());
+        let file = EntryMeta {
+            path: long.as_bytes(),
+            kind: Kind::File,
+            link: b"",
+            size: 3,
+            mode: 0o751,
+            uid: 100,
+            gid: 10_000_000,
+            mtime: 1_700_000_123,
+        };
+        w.entry(&file, Some(&mut &b"abc"[..])).unwrap();
+        let link = EntryMeta {
+            path: b"l",
+            kind: Kind::Symlink,
+            link: target.as_bytes(),
+            size: 0,
+            ..file
+        };
+        w.entry(&link, None).unwrap();
+        let got = entries(&w.finish().unwrap()).unwrap();
+        assert_eq!(got[0].0.path, long.as_bytes());
+        assert_eq!(got[0].0.mode & 0o7777, 0o751);
+        assert_eq!((got[0].0.uid, got[0].0.gid), (100, 10_000_000));
+        assert_eq!(got[0].0.mtime, (1_700_000_123, 0));
+        assert_eq!(got[0].1, b"abc");
+        assert_eq!(got[1].0.kind, Kind::Symlink);
+        assert_eq!(got[1].0.link, target.as_bytes());
+        // A file that shrank under the writer is an error, not a short archive.
+        let mut w = TarWriter::new(Vec::new());
+        assert!(w.entry(&file, Some(&mut &b"a"[..])).is_err());
     }
 
     #[test]

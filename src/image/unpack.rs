@@ -23,6 +23,11 @@
 //!   `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory; other `.wh..wh.` names
 //!   (aufs bookkeeping) are skipped;
 //! - bounds: at most `max_bytes` of uncompressed stream and `max_entries` entries.
+//!
+//! [`extract`] applies the same writer to `nsbox cp - SESSION:DIR` (a tar stream from the user
+//! into a living sandbox) with two differences: every entry belongs to the sandbox user, with
+//! setuid/setgid bits dropped, and `.wh.` names are ordinary files (whiteouts mean something
+//! only to overlayfs layers).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -155,6 +160,45 @@ pub struct IdShift {
     pub base: u32,
 }
 
+/// Who owns what is written.
+#[derive(Debug, Clone, Copy)]
+enum Owners {
+    /// A layer: the archive's ids, shifted into the sandbox's range.
+    Image(IdShift),
+    /// `nsbox cp`: everything belongs to this host uid/gid (the sandbox user).
+    Fixed { uid: u32, gid: u32 },
+}
+
+impl Owners {
+    fn uid(self, id: u64) -> u32 {
+        match self {
+            Owners::Image(shift) => shift.host(id),
+            Owners::Fixed { uid, .. } => uid,
+        }
+    }
+
+    fn gid(self, id: u64) -> u32 {
+        match self {
+            Owners::Image(shift) => shift.host(id),
+            Owners::Fixed { gid, .. } => gid,
+        }
+    }
+
+    /// Mode bits kept: all of them in a layer (setuid is inert there), none of setuid/setgid
+    /// for a copy into a living sandbox.
+    fn mode(self, mode: u32) -> u32 {
+        match self {
+            Owners::Image(_) => mode & 0o7777,
+            Owners::Fixed { .. } => mode & 0o1777,
+        }
+    }
+
+    /// `.wh.` names are overlay whiteouts only in layers.
+    fn whiteouts(self) -> bool {
+        matches!(self, Owners::Image(_))
+    }
+}
+
 impl IdShift {
     fn host(self, id: u64) -> u32 {
         // Ids the sandbox cannot map show as nobody (65534) inside.
@@ -186,6 +230,27 @@ pub fn unpack(
     ids: IdShift,
     limits: Limits,
 ) -> Result<Unpacked, UnpackError> {
+    write_archive(input, dir, Owners::Image(ids), limits)
+}
+
+/// Extracts a tar stream (any compression) into the existing directory `dir` of a living
+/// sandbox, as `uid`/`gid`: existing files are replaced, directories merged, a symlinked
+/// parent refuses the entry (see the module's rules).
+pub fn extract(
+    input: impl Read + Send,
+    dir: BorrowedFd<'_>,
+    (uid, gid): (u32, u32),
+    limits: Limits,
+) -> Result<Unpacked, UnpackError> {
+    write_archive(input, dir, Owners::Fixed { uid, gid }, limits)
+}
+
+fn write_archive(
+    input: impl Read + Send,
+    dir: BorrowedFd<'_>,
+    owners: Owners,
+    limits: Limits,
+) -> Result<Unpacked, UnpackError> {
     let mut buffered = BufReader::with_capacity(256 << 10, input);
     let magic = buffered.fill_buf().map_err(UnpackError::Decompress)?;
     let compression = Compression::detect(magic);
@@ -207,7 +272,7 @@ pub fn unpack(
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
         let producer =
             scope.spawn(move || decompress(buffered, compression, limits, full_tx, empty_rx));
-        let mut writer = LayerWriter::new(dir, ids)?;
+        let mut writer = LayerWriter::new(dir, owners)?;
         let mut tar = TarReader::new(ChunkReader {
             chunks: full_rx,
             recycle: empty_tx,
@@ -347,7 +412,9 @@ impl Read for ChunkReader {
 /// components (from `./` prefixes and doubled slashes) are dropped.
 fn components(name: &[u8]) -> Result<Vec<&[u8]>, String> {
     if name.first() == Some(&b'/') {
-        return Err("an absolute name (entries must be relative to the layer)".into());
+        return Err(
+            "an absolute name (entries must be relative to where the archive is unpacked)".into(),
+        );
     }
     if name.contains(&0) {
         return Err("a NUL byte in the name".into());
@@ -356,7 +423,12 @@ fn components(name: &[u8]) -> Result<Vec<&[u8]>, String> {
     for part in name.split(|b| *b == b'/') {
         match part {
             b"" | b"." => {}
-            b".." => return Err("'..' in the name (entries must stay inside the layer)".into()),
+            b".." => {
+                return Err(
+                    "'..' in the name (entries must stay inside where the archive is unpacked)"
+                        .into(),
+                )
+            }
             _ => out.push(part),
         }
     }
@@ -372,7 +444,7 @@ const DIR_CACHE: usize = 32;
 
 struct LayerWriter<'a> {
     root: BorrowedFd<'a>,
-    ids: IdShift,
+    owners: Owners,
     cache: Vec<(Vec<u8>, OwnedFd)>,
     /// Directories whose mtime is set at the end (creating children changes it).
     dir_times: Vec<(Vec<u8>, (i64, u32))>,
@@ -382,10 +454,10 @@ struct LayerWriter<'a> {
 }
 
 impl<'a> LayerWriter<'a> {
-    fn new(root: BorrowedFd<'a>, ids: IdShift) -> Result<Self, UnpackError> {
+    fn new(root: BorrowedFd<'a>, owners: Owners) -> Result<Self, UnpackError> {
         Ok(LayerWriter {
             root,
-            ids,
+            owners,
             cache: Vec::new(),
             dir_times: Vec::new(),
             file_bytes: 0,
@@ -467,8 +539,8 @@ impl<'a> LayerWriter<'a> {
                     rfs::chownat(
                         &cur,
                         part,
-                        Some(rfs::Uid::from_raw(self.ids.host(0))),
-                        Some(rfs::Gid::from_raw(self.ids.host(0))),
+                        Some(rfs::Uid::from_raw(self.owners.uid(0))),
+                        Some(rfs::Gid::from_raw(self.owners.gid(0))),
                         AtFlags::SYMLINK_NOFOLLOW,
                     )
                     .map_err(Self::io(name, "create a parent directory"))?;
@@ -513,10 +585,10 @@ impl<'a> LayerWriter<'a> {
             return Ok(());
         };
         let leaf: &[u8] = leaf;
-        if let Some(hidden) = leaf.strip_prefix(b".wh.") {
+        if let (true, Some(hidden)) = (self.owners.whiteouts(), leaf.strip_prefix(b".wh.")) {
             return self.whiteout(&h.path, parents, hidden);
         }
-        let ids = self.ids;
+        let owners = self.owners;
         match h.kind {
             Kind::CharDevice | Kind::BlockDevice | Kind::Fifo => {
                 self.skipped_special += 1;
@@ -594,8 +666,8 @@ impl<'a> LayerWriter<'a> {
                 rfs::chownat(
                     parent,
                     name,
-                    Some(rfs::Uid::from_raw(ids.host(h.uid))),
-                    Some(rfs::Gid::from_raw(ids.host(h.gid))),
+                    Some(rfs::Uid::from_raw(owners.uid(h.uid))),
+                    Some(rfs::Gid::from_raw(owners.gid(h.gid))),
                     AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .map_err(Self::io(&h.path, "set the symlink's owner"))?;
@@ -708,11 +780,11 @@ impl<'a> LayerWriter<'a> {
     fn metadata(&mut self, fd: BorrowedFd<'_>, h: &Header) -> Result<(), UnpackError> {
         rfs::fchown(
             fd,
-            Some(rfs::Uid::from_raw(self.ids.host(h.uid))),
-            Some(rfs::Gid::from_raw(self.ids.host(h.gid))),
+            Some(rfs::Uid::from_raw(self.owners.uid(h.uid))),
+            Some(rfs::Gid::from_raw(self.owners.gid(h.gid))),
         )
         .map_err(Self::io(&h.path, "set owner"))?;
-        rfs::fchmod(fd, Mode::from_raw_mode(h.mode & 0o7777))
+        rfs::fchmod(fd, Mode::from_raw_mode(self.owners.mode(h.mode)))
             .map_err(Self::io(&h.path, "set mode"))?;
         for (name, value) in &h.xattrs {
             if name.starts_with("trusted.") {

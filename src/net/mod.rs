@@ -4,7 +4,29 @@
 //! it in parallel takes it off the start-up path), then hands it to the child, which joins it
 //! with setns before anything inside depends on it.
 //!
-//! This module creates namespaces only; it never changes the host's network.
+//! With `--net filtered` the namespace then also gets routes through loopback, an nftables
+//! ruleset and nsbox's resolver and egress proxy ([`egress`]), which enforce [`policy`]:
+//! [`nft`], [`netlink`] and [`rtnl`] speak to the kernel; [`resolver`] with [`dnswire`], and
+//! [`proxy`] with [`sniff`], serve the sandbox; [`events`] reports their decisions.
+//!
+//! This module never changes the host's network: everything it makes lives inside the
+//! sandbox's namespace and dies with it.
+
+pub mod dnswire;
+pub mod egress;
+pub mod events;
+pub mod netlink;
+pub mod nft;
+pub mod policy;
+pub mod proxy;
+pub mod ranges;
+pub mod resolver;
+pub mod rtnl;
+pub mod sniff;
+
+pub use egress::{prepare_filtered_namespace, Egress, Prepared};
+pub use events::NetEvent;
+pub use policy::{EgressPolicy, PolicyError};
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -24,6 +46,15 @@ pub enum NetError {
     Open(io::Error),
     #[error("cannot return to the host's network namespace: {0}")]
     Return(io::Error),
+    #[error("cannot {step}: {source} — hint: `nsbox doctor` checks nf_tables support (modules nf_tables, nft_redir, nft_reject_inet, nf_nat)")]
+    Filtered {
+        step: &'static str,
+        source: io::Error,
+    },
+    #[error("no upstream DNS resolver: /etc/resolv.conf lists no nameserver — hint: give one with --dns-upstream ADDR (or [network] dns_upstream in the profile)")]
+    NoUpstream,
+    #[error("cannot start the filtered network's resolver and proxy: {0}")]
+    Runtime(io::Error),
 }
 
 /// Creates a new network namespace with loopback up and returns a descriptor for it. The

@@ -98,6 +98,9 @@ struct FilesystemFile {
 #[serde(deny_unknown_fields)]
 struct NetworkFile {
     mode: Option<String>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    dns_upstream: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -150,6 +153,9 @@ pub enum NetworkMode {
     None,
     /// The host's network namespace (explicit opt-in).
     Host,
+    /// A namespace of its own whose traffic goes only where the allowlist says (DNS through
+    /// nsbox's resolver, TCP through nsbox's egress proxy; see `crate::net`).
+    Filtered,
 }
 
 impl std::str::FromStr for NetworkMode {
@@ -158,8 +164,8 @@ impl std::str::FromStr for NetworkMode {
         match s {
             "none" => Ok(NetworkMode::None),
             "host" => Ok(NetworkMode::Host),
-            "filtered" => Err("network mode 'filtered' is not available in this build yet — use 'none' (loopback only) or 'host'".into()),
-            other => Err(format!("unknown network mode '{other}' — use 'none' (loopback only) or 'host'")),
+            "filtered" => Ok(NetworkMode::Filtered),
+            other => Err(format!("unknown network mode '{other}' — use 'none' (loopback only), 'filtered' (an allowlist, with --allow) or 'host'")),
         }
     }
 }
@@ -169,6 +175,7 @@ impl NetworkMode {
         match self {
             NetworkMode::None => "none",
             NetworkMode::Host => "host",
+            NetworkMode::Filtered => "filtered",
         }
     }
 }
@@ -194,6 +201,10 @@ pub struct Profile {
     pub hide: Vec<PathBuf>,
     pub mounts: Vec<String>,
     pub network: NetworkMode,
+    /// `--net filtered` allow and deny patterns and upstream resolvers, as written (validated).
+    pub network_allow: Vec<String>,
+    pub network_deny: Vec<String>,
+    pub dns_upstream: Vec<String>,
     pub user: (u32, u32),
     pub workdir: PathBuf,
     pub seccomp: String,
@@ -301,6 +312,12 @@ const DEFAULT_SOURCE_FNV: u64 = crate::fingerprint::fnv1a(BUILTIN[0].1.as_bytes(
 #[cfg(test)]
 fn profile_source(p: &Profile) -> String {
     let opt = |o: Option<String>| o.map_or("None".to_string(), |v| format!("Some({v})"));
+    let strings = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}.into()"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let paths = |v: &[PathBuf]| {
         v.iter()
             .map(|p| format!("PathBuf::from({:?})", p.display().to_string()))
@@ -327,6 +344,9 @@ fn profile_source(p: &Profile) -> String {
         hide: vec![{}],
         mounts: vec![{}],
         network: NetworkMode::{:?},
+        network_allow: vec![{}],
+        network_deny: vec![{}],
+        dns_upstream: vec![{}],
         user: {:?},
         workdir: PathBuf::from({:?}),
         seccomp: {:?}.into(),
@@ -366,6 +386,9 @@ fn profile_source(p: &Profile) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         p.network,
+        strings(&p.network_allow),
+        strings(&p.network_deny),
+        strings(&p.dns_upstream),
         p.user,
         p.workdir.display().to_string(),
         p.seccomp,
@@ -434,6 +457,9 @@ fn resolve_base(file: ProfileFile) -> Result<Profile, ProfileError> {
         hide: Vec::new(),
         mounts: Vec::new(),
         network: NetworkMode::None,
+        network_allow: Vec::new(),
+        network_deny: Vec::new(),
+        dns_upstream: Vec::new(),
         user: (100, 101),
         workdir: PathBuf::from("/sandbox"),
         seccomp: String::new(),
@@ -458,6 +484,9 @@ fn resolve_base(file: ProfileFile) -> Result<Profile, ProfileError> {
         && f.hide.is_some()
         && f.mounts.is_some()
         && file.network.mode.is_some()
+        && file.network.allow.is_some()
+        && file.network.deny.is_some()
+        && file.network.dns_upstream.is_some()
         && p.user.is_some()
         && p.workdir.is_some()
         && p.seccomp.is_some()
@@ -586,10 +615,30 @@ fn apply(profile: &mut Profile, origin: &str, file: ProfileFile) -> Result<(), P
     if let Some(m) = f.mounts {
         profile.mounts = m;
     }
-    if let Some(mode) = file.network.mode {
+    let n = file.network;
+    if let Some(mode) = n.mode {
         profile.network = mode
             .parse()
             .map_err(|message: String| value("network.mode", message))?;
+    }
+    for (key, list, target) in [
+        ("network.allow", n.allow, &mut profile.network_allow),
+        ("network.deny", n.deny, &mut profile.network_deny),
+    ] {
+        if let Some(list) = list {
+            for text in &list {
+                crate::net::policy::Rule::parse("pattern", text)
+                    .map_err(|e| value(key, e.to_string()))?;
+            }
+            *target = list;
+        }
+    }
+    if let Some(list) = n.dns_upstream {
+        for text in &list {
+            crate::net::policy::parse_upstream("address", text)
+                .map_err(|e| value("network.dns_upstream", e.to_string()))?;
+        }
+        profile.dns_upstream = list;
     }
     let p = file.process;
     if let Some(user) = p.user {
@@ -757,6 +806,24 @@ mod tests {
         assert!(e.to_string().contains("1BAD"));
         let e = Profile::from_text("p", "[limits]\npids = 0\n").unwrap_err();
         assert!(e.to_string().contains("limits.pids"));
+    }
+
+    #[test]
+    fn network_lists_are_validated_with_the_key_named() {
+        let p = Profile::from_text(
+            "p",
+            "[network]\nmode = \"filtered\"\nallow = [\"*.pypi.org\", \"203.0.113.0/24:443\"]\ndeny = [\"evil.pypi.org\"]\ndns_upstream = [\"192.0.2.53\"]\n",
+        )
+        .unwrap();
+        assert_eq!(p.network, NetworkMode::Filtered);
+        assert_eq!(p.network_allow, ["*.pypi.org", "203.0.113.0/24:443"]);
+        assert_eq!(p.network_deny, ["evil.pypi.org"]);
+        assert_eq!(p.dns_upstream, ["192.0.2.53"]);
+        let e = Profile::from_text("p", "[network]\nallow = [\"a b\"]\n").unwrap_err();
+        assert!(e.to_string().contains("network.allow"), "{e}");
+        let e =
+            Profile::from_text("p", "[network]\ndns_upstream = [\"dns.example\"]\n").unwrap_err();
+        assert!(e.to_string().contains("network.dns_upstream"), "{e}");
     }
 
     #[test]

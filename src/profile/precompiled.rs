@@ -13,7 +13,7 @@ use super::{NetworkMode, Profile, RootChoice, SysMode};
 use crate::spec::units::{ByteSize, CpuQuota};
 
 /// FNV-1a of the profile text this was made from.
-pub(super) const SOURCE_FNV: u64 = 0xfc59042c9e159f72;
+pub(super) const SOURCE_FNV: u64 = 0x177720eaad1e9655;
 
 /// The default profile.
 #[rustfmt::skip]
@@ -37,6 +37,9 @@ pub(super) fn default_profile() -> Profile {
         hide: vec![PathBuf::from("/home"), PathBuf::from("/root"), PathBuf::from("/run"), PathBuf::from("/var/run"), PathBuf::from("/tmp"), PathBuf::from("/var/tmp"), PathBuf::from("/mnt"), PathBuf::from("/media"), PathBuf::from("/srv"), PathBuf::from("/boot"), PathBuf::from("/lost+found"), PathBuf::from("/var/log"), PathBuf::from("/var/mail"), PathBuf::from("/var/spool"), PathBuf::from("/var/backups"), PathBuf::from("/var/lib/nsbox"), PathBuf::from("/var/lib/docker"), PathBuf::from("/var/lib/containers"), PathBuf::from("/var/lib/machines"), PathBuf::from("/etc/shadow"), PathBuf::from("/etc/gshadow"), PathBuf::from("/etc/sudoers"), PathBuf::from("/etc/sudoers.d"), PathBuf::from("/etc/nsbox")],
         mounts: vec![],
         network: NetworkMode::None,
+        network_allow: vec![],
+        network_deny: vec![],
+        dns_upstream: vec![],
         user: (100, 101),
         workdir: PathBuf::from("/sandbox"),
         seccomp: "default".into(),

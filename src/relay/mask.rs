@@ -19,6 +19,17 @@ pub struct Masker {
 }
 
 impl Masker {
+    /// A masker for network events: names in them are lowercased, so the secrets' lowercase
+    /// forms are masked too.
+    pub fn for_network_events(secrets: &[String]) -> Masker {
+        Masker::new(
+            &secrets
+                .iter()
+                .flat_map(|s| [s.clone(), s.to_ascii_lowercase()])
+                .collect::<Vec<_>>(),
+        )
+    }
+
     /// A masker for `secrets` (empty values are ignored).
     pub fn new<S: AsRef<[u8]>>(secrets: &[S]) -> Masker {
         let mut secrets: Vec<Vec<u8>> = secrets

@@ -282,6 +282,16 @@ impl Relay {
         self.stdout.push(&event.to_line());
     }
 
+    /// Queues a line of nsbox's own (a network event) on stdout or stderr, in order with the
+    /// command's output; it does not count against the output cap.
+    pub fn push_line(&mut self, to_stderr: bool, line: &[u8]) {
+        if to_stderr {
+            self.stderr.push(line);
+        } else {
+            self.stdout.push(line);
+        }
+    }
+
     /// Queues one of nsbox's own messages on stderr (raw mode only).
     pub fn message(&mut self, text: &str) {
         self.stderr.push(format!("nsbox: {text}\n").as_bytes());

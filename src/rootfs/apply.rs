@@ -1015,14 +1015,14 @@ impl Inside<'_> {
                 uid,
                 gid,
             } => {
-                let Some(HostSource::Copy { fd, is_dir }) =
+                let Some(HostSource::Copy { fd, .. }) =
                     sources.get_mut(*source).and_then(Option::take)
                 else {
                     return Err(fail("copy", target)(io::Error::other(
                         "source was not opened",
                     )));
                 };
-                self.copy_in(fd, is_dir, target, (*uid, *gid))
+                self.copy_in(fd, target, (*uid, *gid))
             }
             MountOp::Workdir { target, uid, gid } => {
                 let owner = target.starts_with("/sandbox").then_some((*uid, *gid));
@@ -1063,13 +1063,7 @@ impl Inside<'_> {
     /// Copies a host file or tree to `target` (inside the sandbox's working tmpfs), owned by
     /// `owner`, keeping permission bits (minus setuid/setgid) and modification times. Symlinks
     /// inside a tree are copied as symlinks, never followed.
-    fn copy_in(
-        &self,
-        src: OwnedFd,
-        is_dir: bool,
-        target: &Path,
-        owner: (u32, u32),
-    ) -> Result<(), RootfsError> {
+    fn copy_in(&self, src: OwnedFd, target: &Path, owner: (u32, u32)) -> Result<(), RootfsError> {
         let parent = self
             .dir(
                 target.parent().unwrap_or(Path::new("/sandbox")),
@@ -1082,16 +1076,9 @@ impl Inside<'_> {
             .ok_or_else(|| fail("copy into", target)(io::Error::from_raw_os_error(libc::EINVAL)))?;
         let host_owner = (self.ids.base + owner.0, self.ids.base + owner.1);
         let mut copier = super::copy::TreeCopy::new(Some(host_owner), false);
-        let st = rfs::fstat(&src).map_err(|e| fail("copy from", target)(rustix_err(e)))?;
-        if is_dir {
-            copier
-                .dir(src.as_fd(), parent.as_fd(), name, &st, 0)
-                .map_err(fail("copy into", target))
-        } else {
-            copier
-                .file(src, parent.as_fd(), name, &st)
-                .map_err(fail("copy into", target))
-        }
+        copier
+            .open_entry(src, parent.as_fd(), name)
+            .map_err(fail("copy into", target))
     }
 }
 

@@ -34,6 +34,121 @@ pub struct TreeCopy {
     pub written: usize,
 }
 
+/// What a tree walk does with what it finds. `Place` is where the current directory's
+/// entries go (a destination directory, a path prefix in an archive).
+pub trait TreeVisitor {
+    type Place;
+    /// A directory, before its entries: returns the place for them.
+    fn enter_dir(
+        &mut self,
+        at: &Self::Place,
+        name: &OsStr,
+        st: &rfs::Stat,
+    ) -> io::Result<Self::Place>;
+    /// The same directory after its entries (times set last: creating entries changes them).
+    fn leave_dir(&mut self, place: Self::Place, st: &rfs::Stat) -> io::Result<()>;
+    /// A regular file, opened (O_NOFOLLOW) for reading.
+    fn file(
+        &mut self,
+        at: &Self::Place,
+        name: &OsStr,
+        src: OwnedFd,
+        st: &rfs::Stat,
+    ) -> io::Result<()>;
+    fn symlink(
+        &mut self,
+        at: &Self::Place,
+        name: &OsStr,
+        target: &CStr,
+        st: &rfs::Stat,
+    ) -> io::Result<()>;
+    /// A device, fifo or socket (never opened: a fifo could block forever).
+    fn special(&mut self, name: &OsStr);
+}
+
+/// Walks the entry `name` of `src_dir` (a file, a symlink or a whole tree), never following
+/// a symlink, handing what it finds to `visitor`; the top entry arrives as `name_out`.
+pub fn walk<V: TreeVisitor>(
+    visitor: &mut V,
+    src_dir: BorrowedFd<'_>,
+    name: &OsStr,
+    at: &V::Place,
+    name_out: &OsStr,
+) -> io::Result<()> {
+    let st = rfs::statat(src_dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+    walk_entry(visitor, src_dir, name, &st, at, name_out, 0)
+}
+
+fn walk_entry<V: TreeVisitor>(
+    visitor: &mut V,
+    src_dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &rfs::Stat,
+    at: &V::Place,
+    name_out: &OsStr,
+    depth: usize,
+) -> io::Result<()> {
+    let flags = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
+        FileType::RegularFile => OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK,
+        FileType::Symlink => {
+            let link = rfs::readlinkat(src_dir, name, Vec::new()).map_err(err)?;
+            return visitor.symlink(at, name_out, link.as_c_str(), st);
+        }
+        _ => {
+            visitor.special(name);
+            return Ok(());
+        }
+    };
+    let src = rfs::openat(
+        src_dir,
+        name,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
+    walk_open(visitor, src, st, at, name_out, depth)
+}
+
+/// Walks an already opened file or directory `src` (whose status is `st`).
+pub fn walk_open<V: TreeVisitor>(
+    visitor: &mut V,
+    src: OwnedFd,
+    st: &rfs::Stat,
+    at: &V::Place,
+    name_out: &OsStr,
+    depth: usize,
+) -> io::Result<()> {
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return visitor.file(at, name_out, src, st);
+    }
+    if depth > MAX_COPY_DEPTH {
+        return Err(io::Error::other(format!(
+            "the tree is deeper than {MAX_COPY_DEPTH} levels"
+        )));
+    }
+    let place = visitor.enter_dir(at, name_out, st)?;
+    for entry in rfs::Dir::read_from(&src).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let child: &CStr = entry.file_name();
+        if child.to_bytes() == b"." || child.to_bytes() == b".." {
+            continue;
+        }
+        let child_name = OsStr::from_bytes(child.to_bytes());
+        let cst = rfs::statat(&src, child, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+        walk_entry(
+            visitor,
+            src.as_fd(),
+            child_name,
+            &cst,
+            &place,
+            child_name,
+            depth + 1,
+        )?;
+    }
+    visitor.leave_dir(place, st)
+}
+
 impl TreeCopy {
     pub fn new(owner: Option<(u32, u32)>, replace: bool) -> TreeCopy {
         TreeCopy {
@@ -52,67 +167,20 @@ impl TreeCopy {
         dst_dir: BorrowedFd<'_>,
         name_out: &OsStr,
     ) -> io::Result<()> {
-        let st = rfs::statat(src_dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
-        self.dispatch(src_dir, name, &st, dst_dir, name_out, 0)
+        let dst = rustix::io::fcntl_dupfd_cloexec(dst_dir, 3).map_err(err)?;
+        walk(self, src_dir, name, &dst, name_out)
     }
 
-    fn dispatch(
+    /// Copies the already opened file or directory `src` to `name_out` in `dst_dir`.
+    pub fn open_entry(
         &mut self,
-        src_dir: BorrowedFd<'_>,
-        name: &OsStr,
-        st: &rfs::Stat,
+        src: OwnedFd,
         dst_dir: BorrowedFd<'_>,
         name_out: &OsStr,
-        depth: usize,
     ) -> io::Result<()> {
-        match FileType::from_raw_mode(st.st_mode) {
-            FileType::Directory => {
-                let sub = rfs::openat(
-                    src_dir,
-                    name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(err)?;
-                self.dir(sub.as_fd(), dst_dir, name_out, st, depth)
-            }
-            FileType::RegularFile => {
-                let file = rfs::openat(
-                    src_dir,
-                    name,
-                    OFlags::RDONLY
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC
-                        | OFlags::NOCTTY
-                        | OFlags::NONBLOCK,
-                    Mode::empty(),
-                )
-                .map_err(err)?;
-                self.file(file, dst_dir, name_out, st)
-            }
-            FileType::Symlink => {
-                let link = rfs::readlinkat(src_dir, name, Vec::new()).map_err(err)?;
-                self.clear(dst_dir, name_out)?;
-                rfs::symlinkat(link.as_c_str(), dst_dir, name_out).map_err(err)?;
-                if let Some((uid, gid)) = self.owner {
-                    rfs::chownat(
-                        dst_dir,
-                        name_out,
-                        Some(rfs::Uid::from_raw(uid)),
-                        Some(rfs::Gid::from_raw(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(err)?;
-                }
-                self.written += 1;
-                Ok(())
-            }
-            // Devices, fifos and sockets are not files to copy.
-            _ => {
-                self.skipped += 1;
-                Ok(())
-            }
-        }
+        let st = rfs::fstat(&src).map_err(err)?;
+        let dst = rustix::io::fcntl_dupfd_cloexec(dst_dir, 3).map_err(err)?;
+        walk_open(self, src, &st, &dst, name_out, 0)
     }
 
     /// Makes room for a new file or symlink at `name` (when replacing is allowed).
@@ -156,8 +224,7 @@ impl TreeCopy {
         rfs::futimens(fd, &times).map_err(err)
     }
 
-    /// Copies an open regular file to `name` in `dst_dir`.
-    pub fn file(
+    fn write_file(
         &mut self,
         src: OwnedFd,
         dst_dir: BorrowedFd<'_>,
@@ -179,45 +246,63 @@ impl TreeCopy {
         self.written += 1;
         Ok(())
     }
+}
 
-    /// Copies the open directory `src` to `name` in `dst_parent` (merging into an existing
-    /// directory there).
-    pub fn dir(
-        &mut self,
-        src: BorrowedFd<'_>,
-        dst_parent: BorrowedFd<'_>,
-        name: &OsStr,
-        st: &rfs::Stat,
-        depth: usize,
-    ) -> io::Result<()> {
-        if depth > MAX_COPY_DEPTH {
-            return Err(io::Error::other(format!(
-                "the tree is deeper than {MAX_COPY_DEPTH} levels"
-            )));
-        }
-        match rfs::mkdirat(dst_parent, name, Mode::from_raw_mode(0o700)) {
+/// Copying: the place is the destination directory.
+impl TreeVisitor for TreeCopy {
+    type Place = OwnedFd;
+
+    fn enter_dir(&mut self, at: &OwnedFd, name: &OsStr, _: &rfs::Stat) -> io::Result<OwnedFd> {
+        let parent = at.as_fd();
+        match rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(err(e)),
         }
         let dst = rfs::openat(
-            dst_parent,
+            parent,
             name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(err)?;
-        for entry in rfs::Dir::read_from(src).map_err(err)? {
-            let entry = entry.map_err(err)?;
-            let child: &CStr = entry.file_name();
-            if child.to_bytes() == b"." || child.to_bytes() == b".." {
-                continue;
-            }
-            let child_name = OsStr::from_bytes(child.to_bytes());
-            let cst = rfs::statat(src, child, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
-            self.dispatch(src, child_name, &cst, dst.as_fd(), child_name, depth + 1)?;
-        }
-        self.finish(dst.as_fd(), st)?;
+        Ok(dst)
+    }
+
+    fn leave_dir(&mut self, place: OwnedFd, st: &rfs::Stat) -> io::Result<()> {
+        self.finish(place.as_fd(), st)?;
         self.written += 1;
         Ok(())
+    }
+
+    fn file(&mut self, at: &OwnedFd, name: &OsStr, src: OwnedFd, st: &rfs::Stat) -> io::Result<()> {
+        self.write_file(src, at.as_fd(), name, st)
+    }
+
+    fn symlink(
+        &mut self,
+        at: &OwnedFd,
+        name: &OsStr,
+        target: &CStr,
+        _: &rfs::Stat,
+    ) -> io::Result<()> {
+        let dst_dir = at.as_fd();
+        self.clear(dst_dir, name)?;
+        rfs::symlinkat(target, dst_dir, name).map_err(err)?;
+        if let Some((uid, gid)) = self.owner {
+            rfs::chownat(
+                dst_dir,
+                name,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(err)?;
+        }
+        self.written += 1;
+        Ok(())
+    }
+
+    fn special(&mut self, _: &OsStr) {
+        self.skipped += 1;
     }
 }

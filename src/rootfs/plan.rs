@@ -194,7 +194,8 @@ impl MountOp {
 pub struct HostFacts {
     /// The sandbox has its own cgroup v2 directory (pure or partly v2 host).
     pub cgroup2_inside: bool,
-    /// Contents of the host's /etc/resolv.conf, for `--net host`.
+    /// Contents of the host's /etc/resolv.conf, for `--net host` (`--net filtered` points the
+    /// sandbox at nsbox's resolver instead).
     pub resolv_conf: Option<Vec<u8>>,
 }
 
@@ -284,6 +285,7 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         (NetworkMode::Host, Some(text)) => text.clone(),
         (NetworkMode::Host, None) => b"# nsbox: the host has no /etc/resolv.conf\n".to_vec(),
         (NetworkMode::None, _) => b"# nsbox: --net none: no network, no DNS\n".to_vec(),
+        (NetworkMode::Filtered, _) => crate::net::resolver::RESOLV_CONF.as_bytes().to_vec(),
     };
     upper.push(UpperOp::WriteFile {
         path: "/etc/resolv.conf".into(),

@@ -71,7 +71,8 @@ pub enum ToSandbox {
     Identity,
     /// The sandbox's network namespace, attached (created in parallel by the supervisor).
     NetNamespace,
-    /// The network namespace could not be created.
+    /// The network namespace could not be created (before `NetNamespace`), or a filtered
+    /// network could not be set up in it (instead of `Identity`).
     NetFailed { message: String },
     /// The user namespace or the cgroup could not be made; the sandbox must give up.
     IdentityFailed { message: String },

@@ -188,7 +188,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
 
     // 9. Hostname, loopback.
     rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
-    if s.spec.network == NetworkMode::None && !s.late_netns {
+    if s.spec.network != NetworkMode::Host && !s.late_netns {
         sys::net::loopback_up().map_err(at("bring up loopback"))?;
     }
     marks.push(("hostname set".into(), now_ns()));
@@ -212,6 +212,9 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         }
         Ok(Some((ToSandbox::IdentityFailed { message }, _))) => {
             return Err(at("prepare user namespace")(message))
+        }
+        Ok(Some((ToSandbox::NetFailed { message }, _))) => {
+            return Err(at("set up the filtered network")(message))
         }
         Ok(Some((other, _))) => {
             return Err(at("join user namespace")(format!(
@@ -559,22 +562,29 @@ fn exec_workload(cmd: &Command, tty: Option<BorrowedFd<'_>>) -> ExecFailure {
     }
 }
 
-/// pid 1: reap every child, forward signals to the workload's process group, report the
-/// workload's end and exit (the kernel then kills whatever is left in the namespace).
-fn init_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>, workload: i32) -> ! {
+/// The init's wait: until a signal or a message from the supervisor arrives. Returns which of
+/// the two descriptors is ready; an init that cannot poll ends (and with it the sandbox).
+fn wait_init_events(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>) -> [bool; 2] {
     use rustix::event::{poll, PollFd, PollFlags};
     loop {
         let mut fds = [
             PollFd::new(&signalfd, PollFlags::IN),
             PollFd::new(&control_fd, PollFlags::IN),
         ];
-        if let Err(e) = poll(&mut fds, None) {
-            if e == rustix::io::Errno::INTR {
-                continue;
-            }
-            sys::process::exit_now(exit::NSBOX_FAILED);
+        match poll(&mut fds, None) {
+            Ok(_) => return fds.map(|f| !f.revents().is_empty()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => sys::process::exit_now(exit::NSBOX_FAILED),
         }
-        if !fds[1].revents().is_empty() && control::peer_gone(control_fd) {
+    }
+}
+
+/// pid 1: reap every child, forward signals to the workload's process group, report the
+/// workload's end and exit (the kernel then kills whatever is left in the namespace).
+fn init_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>, workload: i32) -> ! {
+    loop {
+        let [_, control_ready] = wait_init_events(control_fd, signalfd);
+        if control_ready && control::peer_gone(control_fd) {
             // The supervisor is gone; the parent-death signal is on its way. End now.
             sys::process::exit_now(exit::NSBOX_FAILED);
         }
@@ -604,21 +614,11 @@ fn init_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>, workload: i32
 /// every other process, passes signals on, and exits when the supervisor goes away (which ends
 /// every process of the sandbox).
 fn serve_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>) -> ! {
-    use rustix::event::{poll, PollFd, PollFlags};
     // (exec id, pid) of the commands still running.
     let mut running: Vec<(u64, i32)> = Vec::new();
     loop {
-        let mut fds = [
-            PollFd::new(&signalfd, PollFlags::IN),
-            PollFd::new(&control_fd, PollFlags::IN),
-        ];
-        if let Err(e) = poll(&mut fds, None) {
-            if e == rustix::io::Errno::INTR {
-                continue;
-            }
-            sys::process::exit_now(exit::NSBOX_FAILED);
-        }
-        if !fds[1].revents().is_empty() {
+        let [_, control_ready] = wait_init_events(control_fd, signalfd);
+        if control_ready {
             match control::recv::<ToSandbox>(control_fd) {
                 Ok(Some((ToSandbox::Exec(request), attached))) => {
                     let exec_id = request.exec_id;

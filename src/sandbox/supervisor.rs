@@ -4,7 +4,10 @@
 //! everything it created — on every path, errors and Ctrl-C included.
 //!
 //! One thread, one poll loop. Signals arrive through a signalfd that exists before anything
-//! else is created, so a Ctrl-C during setup is handled like any other event.
+//! else is created, so a Ctrl-C during setup is handled like any other event. With
+//! `--net filtered` a second thread serves the resolver and the proxy (`crate::net::egress`);
+//! it starts after the last clone (the user namespace helper) and reaches the poll loop only
+//! through an event channel and an eventfd.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -22,6 +25,7 @@ use crate::cgroup::{
 };
 use crate::profile::NetworkMode;
 use crate::relay::stream::{Relay, RelayConfig, RelayError, RelayFd};
+use crate::relay::Masker;
 use crate::rootfs::{self, HostFacts};
 use crate::seccomp::SeccompError;
 use crate::spec::units::{format_duration, ByteSize};
@@ -50,6 +54,8 @@ pub enum SandboxError {
     },
     #[error("the sandbox ended unexpectedly: {0}")]
     Died(String),
+    #[error("{0}")]
+    Network(#[from] crate::net::NetError),
 }
 
 impl SandboxError {
@@ -199,6 +205,8 @@ pub struct Launched {
     pub stdin: Option<OwnedFd>,
     pub marks: Vec<(String, u64)>,
     pub warnings: Vec<String>,
+    /// The filtered network's resolver and proxy (`--net filtered`).
+    pub egress: Option<crate::net::Egress>,
     /// The cached mask layer, locked while the sandbox uses it.
     _mask_layer: Option<rootfs::mask::MaskLayer>,
 }
@@ -206,6 +214,8 @@ pub struct Launched {
 impl Launched {
     /// Kills the sandbox if it still runs, reaps it and removes its cgroup. Idempotent.
     pub fn teardown(&mut self) -> Option<String> {
+        // Its thread ends with it (what it still had to report is dropped).
+        drop(self.egress.take());
         if let Some(pidfd) = self.pidfd.take() {
             let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
             let _ = rustix::process::waitid(
@@ -264,7 +274,7 @@ pub fn launch(
         cgroup2_inside: uses_v2,
         resolv_conf: match spec.network {
             NetworkMode::Host => std::fs::read("/etc/resolv.conf").ok(),
-            NetworkMode::None => None,
+            NetworkMode::None | NetworkMode::Filtered => None,
         },
     };
     let mut plan = rootfs::build_plan(spec, &host);
@@ -356,7 +366,7 @@ pub fn launch(
             stdio: child_stdio,
             cgroup_tasks: early_cgroup.as_ref().map_or(&[][..], |c| c.self_join_fds()),
             late_cgroup: early_cgroup.is_none(),
-            late_netns: spec.network == NetworkMode::None,
+            late_netns: spec.network != NetworkMode::Host,
             winsize,
         }),
         sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),
@@ -373,6 +383,7 @@ pub fn launch(
         stdin: None,
         marks: Vec::new(),
         warnings: Vec::new(),
+        egress: None,
         _mask_layer: mask_layer,
     };
     // While the child builds its filesystem: its network namespace (needed first), on v1
@@ -384,9 +395,25 @@ pub fn launch(
         .as_ref()
         .map(|c| c.as_fd())
         .ok_or_else(|| SandboxError::Died("control socket missing".into()))?;
-    if spec.network == NetworkMode::None {
-        send_network_namespace(control_fd);
-        marks.push(("network namespace created".into(), now_ns()));
+    let mut egress = None;
+    match spec.network {
+        NetworkMode::None => {
+            send_network_namespace(control_fd);
+            marks.push(("network namespace created".into(), now_ns()));
+        }
+        NetworkMode::Filtered => {
+            // The child may join the namespace at once; the rules, routes and sockets follow
+            // while it builds its filesystem, all before the identity that lets it go on.
+            if let Some(ns) = send_network_namespace(control_fd) {
+                marks.push(("network namespace created".into(), now_ns()));
+                egress = Some(crate::net::prepare_filtered_namespace(
+                    ns.as_fd(),
+                    &spec.egress,
+                ));
+                marks.push(("filtered network prepared".into(), now_ns()));
+            }
+        }
+        NetworkMode::Host => {}
     }
     if launched.cgroup.is_none() {
         // On failure, dropping `launched` kills and reaps the child.
@@ -395,11 +422,40 @@ pub fn launch(
         marks.push(("cgroup created".into(), now_ns()));
         launched.cgroup = Some(cgroup);
     }
-    if let Some(cgroup) = &launched.cgroup {
-        send_identity(control_fd, spec, cgroup, !uses_v2);
-        launched.warnings = cgroup.warnings().to_vec();
+    let egress = match egress.transpose() {
+        Ok(egress) => {
+            if let Some(cgroup) = &launched.cgroup {
+                send_identity(control_fd, spec, cgroup, !uses_v2);
+                launched.warnings = cgroup.warnings().to_vec();
+            }
+            marks.push(("user namespace created".into(), now_ns()));
+            egress
+        }
+        Err(e) => {
+            // Instead of its identity the child learns why, and gives up.
+            let _ = control::send(
+                control_fd,
+                &ToSandbox::NetFailed {
+                    message: e.to_string(),
+                },
+                &[],
+            );
+            None
+        }
+    };
+    // The user namespace helper is gone: from here the supervisor may have threads. The
+    // resolver and the proxy get theirs (their sockets queue whatever arrives before).
+    // Events are wanted where someone reads them: a one-shot's --json stream or
+    // --log-network; a session's network log with --log-network.
+    let wanted = match mode {
+        InitMode::RunCommand => spec.io.json || spec.log_network,
+        InitMode::Serve => spec.log_network,
+    };
+    // On failure, dropping `launched` kills and reaps the child and removes the cgroup.
+    launched.egress = egress.map(|p| p.start(wanted)).transpose()?;
+    if launched.egress.is_some() {
+        marks.push(("resolver and proxy started".into(), now_ns()));
     }
-    marks.push(("user namespace created".into(), now_ns()));
     sys::process::restore_affinity(saved_affinity);
     // The child's ends belong to the child now.
     drop(control_child);
@@ -430,15 +486,7 @@ pub fn launch(
 pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
     let marks: Vec<(String, u64)> = vec![("arguments parsed".into(), now_ns())];
     // Signals first: from here on Ctrl-C is an event, not a death with state left behind.
-    let signals = sys::signal::SignalSet::new(&[
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGWINCH,
-    ]);
-    sys::signal::block(&signals).map_err(io_err("block signals"))?;
-    let signalfd = sys::signal::signalfd(&signals).map_err(io_err("create signalfd"))?;
+    let signalfd = sys::signal::take_relay_signals().map_err(io_err("take over signals"))?;
     let timer = match spec.limits.timeout {
         Some(limit) => Some(arm_timer(limit).map_err(io_err("arm timeout"))?),
         None => None,
@@ -479,6 +527,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         inner_marks: Vec::new(),
         warnings: std::mem::take(&mut launched.warnings),
         launched,
+        event_masker: Masker::for_network_events(&spec.secrets),
     };
     let result = sandbox.event_loop(signalfd.as_fd(), timer.as_ref().map(|t| t.as_fd()));
     sandbox.finish(result)
@@ -546,19 +595,25 @@ fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgr
     };
 }
 
-/// Creates the sandbox's network namespace and sends it to the child.
-fn send_network_namespace(socket: BorrowedFd<'_>) {
-    let result = crate::net::create_isolated_namespace();
-    let _ = match result {
-        Ok(ns) => control::send(socket, &ToSandbox::NetNamespace, &[ns.as_fd()]),
-        Err(e) => control::send(
-            socket,
-            &ToSandbox::NetFailed {
-                message: e.to_string(),
-            },
-            &[],
-        ),
-    };
+/// Creates the sandbox's network namespace and sends it to the child; returns it (None when
+/// it could not be made: the child was told why).
+fn send_network_namespace(socket: BorrowedFd<'_>) -> Option<OwnedFd> {
+    match crate::net::create_isolated_namespace() {
+        Ok(ns) => {
+            let _ = control::send(socket, &ToSandbox::NetNamespace, &[ns.as_fd()]);
+            Some(ns)
+        }
+        Err(e) => {
+            let _ = control::send(
+                socket,
+                &ToSandbox::NetFailed {
+                    message: e.to_string(),
+                },
+                &[],
+            );
+            None
+        }
+    }
 }
 
 /// A running one-shot sandbox, seen from the host.
@@ -581,6 +636,8 @@ struct Running<'a> {
     marks: Vec<(String, u64)>,
     inner_marks: Vec<(String, u64)>,
     warnings: Vec<String>,
+    /// Masks secrets in network events (a name looked up may carry one).
+    event_masker: Masker,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -591,6 +648,7 @@ enum Source {
     ExecStatus,
     Timer,
     Relay(RelayFd),
+    Network,
 }
 
 /// The descriptors one poll waits on, each tagged with what it is.
@@ -658,6 +716,11 @@ impl Running<'_> {
             if let Some(fd) = &self.exec_status {
                 set.add(Source::ExecStatus, fd.as_fd(), PollFlags::IN);
             }
+            // Before the output: an event is queued before the sandbox hears of the decision,
+            // so when both are ready the event came first.
+            if let Some(egress) = &self.launched.egress {
+                set.add(Source::Network, egress.wake_fd(), PollFlags::IN);
+            }
             if let Some(fd) = timer {
                 set.add(Source::Timer, fd, PollFlags::IN);
             }
@@ -674,6 +737,15 @@ impl Running<'_> {
                     Source::Control => self.on_control()?,
                     Source::ExecStatus => self.on_exec_status()?,
                     Source::Relay(which) => self.relay.handle(which, revents).map_err(relay_err)?,
+                    Source::Network => {
+                        let events = self
+                            .launched
+                            .egress
+                            .as_mut()
+                            .map(|e| e.take_events())
+                            .unwrap_or_default();
+                        self.emit_network(events);
+                    }
                     Source::Timer => {
                         timer = None;
                         if !self.init_reaped {
@@ -815,10 +887,30 @@ impl Running<'_> {
         }
     }
 
+    /// Queues network events: JSON lines in the `--json` stream, text on stderr with
+    /// `--log-network`. They are nsbox's own lines, not the command's output: no output cap.
+    fn emit_network(&mut self, events: Vec<crate::net::NetEvent>) {
+        for event in events {
+            if self.spec.io.json {
+                let line = String::from_utf8_lossy(&event.to_json_line()).into_owned();
+                self.relay
+                    .push_line(false, self.event_masker.mask_str(&line).as_bytes());
+            } else if self.spec.log_network {
+                let line = event.to_text_line();
+                self.relay
+                    .push_line(true, self.event_masker.mask_str(&line).as_bytes());
+            }
+        }
+    }
+
     /// Tears down whatever is left, then turns the state into an outcome.
     fn finish(mut self, loop_result: Result<(), SandboxError>) -> Result<Outcome, SandboxError> {
         if loop_result.is_err() {
             self.teardown();
+        }
+        if let Some(mut egress) = self.launched.egress.take() {
+            let events = egress.stop();
+            self.emit_network(events);
         }
         self.relay.finish();
         let oom = self

@@ -155,15 +155,7 @@ impl SessionClient {
 
     /// Runs a command in the session and relays it to completion.
     pub fn exec(self, ex: SessionExec, t0: u64) -> Result<Outcome, SessionError> {
-        let signals = sys::signal::SignalSet::new(&[
-            libc::SIGINT,
-            libc::SIGTERM,
-            libc::SIGHUP,
-            libc::SIGQUIT,
-            libc::SIGWINCH,
-        ]);
-        sys::signal::block(&signals).map_err(io_err("block signals"))?;
-        let signalfd = sys::signal::signalfd(&signals).map_err(io_err("create signalfd"))?;
+        let signalfd = sys::signal::take_relay_signals().map_err(io_err("take over signals"))?;
         let timer = ex
             .timeout
             .map(arm_timer)

@@ -5,6 +5,10 @@
 //! RESOLVE_NO_MAGICLINKS), then walked name by name with O_NOFOLLOW: a symlink the workload
 //! planted, even one swapped in while the copy runs, can only point somewhere else inside the
 //! sandbox, never at a host file (docker cp CVE-2018-15664). Symlinks are copied as symlinks.
+//!
+//! With `-` instead of a host path the copy is a tar stream: written to stdout from a tree
+//! inside ([`copy_out_tar`]), or read from stdin into a directory inside ([`copy_in_tar`],
+//! through the same writer that unpacks image layers, with its rules for hostile archives).
 
 use std::ffi::OsStr;
 use std::io;
@@ -16,7 +20,8 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, CWD
 use super::client::SessionClient;
 use super::state::valid_name;
 use super::SessionError;
-use crate::rootfs::copy::TreeCopy;
+use crate::image::tar::{EntryMeta, Kind, TarWriter};
+use crate::rootfs::copy::{walk, TreeCopy, TreeVisitor};
 
 /// One side of `nsbox cp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +143,22 @@ fn inside_dir(
     }
 }
 
+/// The directory holding `inside` (an absolute path in the sandbox), and the entry's name.
+fn inside_entry(
+    root: BorrowedFd<'_>,
+    inside: &Path,
+) -> Result<(OwnedFd, std::ffi::OsString), SessionError> {
+    let (Some(parent), Some(name)) = (inside.parent(), inside.file_name()) else {
+        return Err(copy_err(
+            inside.display(),
+            "copy a file or directory below /",
+        ));
+    };
+    let dir = inside_dir(root, parent, None)
+        .map_err(|e| copy_err(format!("{} (in the sandbox)", parent.display()), e))?;
+    Ok((dir, name.to_os_string()))
+}
+
 fn is_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
     rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
@@ -223,14 +244,8 @@ pub fn copy_out(
 ) -> Result<CopyReport, SessionError> {
     let (root, _, _, _) = client.open_root()?;
     let inside = inside_path(src, &client.record.workdir)?;
-    let (Some(parent), Some(name)) = (inside.parent(), inside.file_name()) else {
-        return Err(copy_err(
-            inside.display(),
-            "copy a file or directory below /",
-        ));
-    };
-    let src_dir = inside_dir(root.as_fd(), parent, None)
-        .map_err(|e| copy_err(format!("{} (in the sandbox)", parent.display()), e))?;
+    let (src_dir, name) = inside_entry(root.as_fd(), &inside)?;
+    let name = name.as_os_str();
     rfs::statat(&src_dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| copy_err(format!("{} (in the sandbox)", inside.display()), e))?;
     let dst_is_dir = std::fs::metadata(dst).is_ok_and(|m| m.is_dir());
@@ -264,6 +279,165 @@ pub fn copy_out(
         written: copy.written,
         skipped: copy.skipped,
     })
+}
+
+/// Extracts a tar stream (plain, gzip or zstd) from `input` into the directory `dst` inside
+/// the session (created, with its parents, if missing). Everything written belongs to the
+/// sandbox user.
+pub fn copy_in_tar(
+    client: &SessionClient,
+    input: impl io::Read + Send,
+    dst: &Path,
+) -> Result<CopyReport, SessionError> {
+    let (root, uid, gid, base) = client.open_root()?;
+    let owner = (base + uid, base + gid);
+    let inside = inside_path(dst, &client.record.workdir)?;
+    let dir = inside_dir(root.as_fd(), &inside, Some(owner)).map_err(|e| {
+        let e = if e.raw_os_error() == Some(libc::ENOTDIR) {
+            io::Error::other("not a directory (a tar stream is extracted into a directory)")
+        } else {
+            e
+        };
+        copy_err(
+            format!("{} (in the sandbox)", inside.display()),
+            write_hint(e),
+        )
+    })?;
+    let done = crate::image::unpack::extract(input, dir.as_fd(), owner, Default::default())
+        .map_err(|e| match e {
+            crate::image::unpack::UnpackError::Io { path, what, source } => copy_err(
+                format!("extract into {}", inside.display()),
+                format!("{path}: {what}: {}", write_hint(source)),
+            ),
+            e => copy_err(
+                format!("the tar stream on stdin (into {})", inside.display()),
+                e,
+            ),
+        })?;
+    Ok(CopyReport {
+        written: done.entries as usize,
+        skipped: done.skipped_special as usize,
+    })
+}
+
+/// Writes `src` inside the session (a file, or a tree) as a tar stream to `out`; entry names
+/// start with `src`'s own name, owners are the ids inside the sandbox.
+pub fn copy_out_tar(
+    client: &SessionClient,
+    src: &Path,
+    out: impl io::Write,
+) -> Result<CopyReport, SessionError> {
+    let (root, _, _, base) = client.open_root()?;
+    let inside = inside_path(src, &client.record.workdir)?;
+    let (src_dir, name) = inside_entry(root.as_fd(), &inside)?;
+    let name = name.as_os_str();
+    let mut visitor = TarOut {
+        tar: TarWriter::new(io::BufWriter::with_capacity(256 << 10, out)),
+        base,
+        written: 0,
+        skipped: 0,
+    };
+    walk(&mut visitor, src_dir.as_fd(), name, &Vec::new(), name)
+        .and_then(|()| visitor.tar.finish().map(drop))
+        .map_err(|e| {
+            copy_err(
+                format!("{} (in the sandbox) to stdout", inside.display()),
+                e,
+            )
+        })?;
+    Ok(CopyReport {
+        written: visitor.written,
+        skipped: visitor.skipped,
+    })
+}
+
+/// Writes what a walk finds as tar entries; the place is the path prefix ("repo/src/").
+struct TarOut<W: io::Write> {
+    tar: TarWriter<W>,
+    /// The sandbox's host uid base: owners are written as the ids inside.
+    base: u32,
+    written: usize,
+    skipped: usize,
+}
+
+impl<W: io::Write> TarOut<W> {
+    fn meta<'a>(&self, path: &'a [u8], kind: Kind, st: &rfs::Stat) -> EntryMeta<'a> {
+        let inside = |id: u32| {
+            u64::from(
+                id.checked_sub(self.base)
+                    .filter(|i| *i < crate::spec::IDS_IN_SANDBOX)
+                    .unwrap_or(65534),
+            )
+        };
+        EntryMeta {
+            path,
+            kind,
+            link: b"",
+            size: if kind == Kind::File {
+                st.st_size as u64
+            } else {
+                0
+            },
+            mode: st.st_mode & 0o7777,
+            uid: inside(st.st_uid),
+            gid: inside(st.st_gid),
+            mtime: st.st_mtime,
+        }
+    }
+}
+
+fn joined(prefix: &[u8], name: &OsStr) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut path = prefix.to_vec();
+    path.extend_from_slice(name.as_bytes());
+    path
+}
+
+impl<W: io::Write> TreeVisitor for TarOut<W> {
+    type Place = Vec<u8>;
+
+    fn enter_dir(&mut self, at: &Vec<u8>, name: &OsStr, st: &rfs::Stat) -> io::Result<Vec<u8>> {
+        let mut path = joined(at, name);
+        path.push(b'/');
+        let meta = self.meta(&path, Kind::Directory, st);
+        self.tar.entry(&meta, None)?;
+        self.written += 1;
+        Ok(path)
+    }
+
+    fn leave_dir(&mut self, _: Vec<u8>, _: &rfs::Stat) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn file(&mut self, at: &Vec<u8>, name: &OsStr, src: OwnedFd, st: &rfs::Stat) -> io::Result<()> {
+        let path = joined(at, name);
+        let meta = self.meta(&path, Kind::File, st);
+        let mut file = std::fs::File::from(src);
+        self.tar.entry(&meta, Some(&mut file))?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        at: &Vec<u8>,
+        name: &OsStr,
+        target: &std::ffi::CStr,
+        st: &rfs::Stat,
+    ) -> io::Result<()> {
+        let path = joined(at, name);
+        let meta = EntryMeta {
+            link: target.to_bytes(),
+            ..self.meta(&path, Kind::Symlink, st)
+        };
+        self.tar.entry(&meta, None)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn special(&mut self, _: &OsStr) {
+        self.skipped += 1;
+    }
 }
 
 #[cfg(test)]

@@ -353,6 +353,7 @@ enum Tag {
     Init,
     Signal,
     Ack,
+    Network,
 }
 
 impl Daemon<'_> {
@@ -383,6 +384,9 @@ impl Daemon<'_> {
             if let Some(ack) = &self.ack {
                 set.add(Tag::Ack, ack.as_fd(), PollFlags::IN);
             }
+            if let Some(egress) = &self.launched.egress {
+                set.add(Tag::Network, egress.wake_fd(), PollFlags::IN);
+            }
             let timeout = self.next_wakeup();
             let ready = match set.wait(timeout) {
                 Ok(r) => r,
@@ -401,6 +405,15 @@ impl Daemon<'_> {
                     Tag::Control => self.on_control(),
                     Tag::Init => self.reap_init(),
                     Tag::Ack => self.on_ack(),
+                    Tag::Network => {
+                        let events = self
+                            .launched
+                            .egress
+                            .as_mut()
+                            .map(|e| e.take_events())
+                            .unwrap_or_default();
+                        self.log_network(events);
+                    }
                 }
             }
             if self.stopping.is_none() && self.idle_expired() {
@@ -789,7 +802,33 @@ impl Daemon<'_> {
 
     /// After the sandbox ended: tell the remaining clients, remove the cgroup and the socket,
     /// record how it ended (or remove everything, for an interrupted create).
+    /// Appends network events to the session's network log (text lines, secrets masked):
+    /// commands of a session share its network, so its events belong to no one command.
+    fn log_network(&mut self, events: Vec<crate::net::NetEvent>) {
+        if events.is_empty() || !self.spec.log_network {
+            return;
+        }
+        let masker = crate::relay::Masker::for_network_events(&self.spec.secrets);
+        let text: String = events
+            .iter()
+            .map(|e| masker.mask_str(&e.to_text_line()))
+            .collect();
+        let path = self.store.network_log(&self.record.id);
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!("{}: {e}", path.display());
+        }
+    }
+
     fn finish(&mut self) {
+        if let Some(mut egress) = self.launched.egress.take() {
+            let events = egress.stop();
+            self.log_network(events);
+        }
         for (_, state) in std::mem::take(&mut self.execs) {
             self.reply(
                 state.client,

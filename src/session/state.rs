@@ -5,6 +5,7 @@
 //! <run dir>/sessions/<id>/lock           held (flock) by the session's supervisor while it lives
 //! <run dir>/sessions/<id>/control.sock   the supervisor's socket (root only)
 //! <run dir>/sessions/<id>/supervisor.log the supervisor's own messages
+//! <run dir>/sessions/<id>/network.log    DNS and connection decisions (--log-network)
 //! <run dir>/names/<name>                 the id a name stands for (claimed with O_EXCL)
 //! ```
 //!
@@ -157,6 +158,11 @@ impl SessionStore {
 
     pub fn log(&self, id: &str) -> PathBuf {
         self.dir(id).join("supervisor.log")
+    }
+
+    /// The session's network decisions, one line each (`--net filtered --log-network`).
+    pub fn network_log(&self, id: &str) -> PathBuf {
+        self.dir(id).join("network.log")
     }
 
     fn record_path(&self, id: &str) -> PathBuf {

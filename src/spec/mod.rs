@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::image::ImageSpec;
+use crate::net::{EgressPolicy, PolicyError};
 use crate::profile::{self, NetworkMode, Profile, RootChoice, SysMode};
 use crate::seccomp::{PolicyRef, SeccompError, SeccompPolicy};
 use units::{ByteSize, CpuQuota};
@@ -73,6 +74,11 @@ pub struct ExecRequest {
     /// With an image: replaces its Entrypoint ("" clears it).
     pub entrypoint: Option<String>,
     pub network: Option<NetworkMode>,
+    /// `--allow` / `--deny` patterns and `--dns-upstream` addresses (filtered network).
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub dns_upstream: Vec<String>,
+    pub log_network: bool,
     pub hostname: Option<String>,
     pub user: Option<(u32, u32)>,
     pub workdir: Option<PathBuf>,
@@ -123,6 +129,8 @@ pub enum SpecError {
     EnvFile { path: PathBuf, reason: String },
     #[error("{0}")]
     Seccomp(#[from] SeccompError),
+    #[error("{0}")]
+    Egress(#[from] PolicyError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -189,6 +197,10 @@ pub struct SandboxSpec {
     pub uid_base: u32,
     pub workdir: PathBuf,
     pub network: NetworkMode,
+    /// What a filtered network allows (empty unless `network` is `Filtered`).
+    pub egress: EgressPolicy,
+    /// Report each DNS decision and connection on stderr (`--log-network`).
+    pub log_network: bool,
     pub limits: Limits,
     pub sizes: FsSizes,
     pub sys: SysMode,
@@ -381,6 +393,7 @@ impl SandboxSpec {
         }
 
         let seccomp = load_seccomp(&profile.seccomp)?;
+        let (network, egress) = network_policy(&req, profile)?;
 
         Ok(SandboxSpec {
             id,
@@ -394,7 +407,9 @@ impl SandboxSpec {
             gid,
             uid_base: DEFAULT_UID_BASE,
             workdir,
-            network: req.network.unwrap_or(profile.network),
+            network,
+            egress,
+            log_network: req.log_network,
             limits,
             sizes,
             sys: profile.sys,
@@ -485,6 +500,54 @@ fn image_defaults(req: &mut ExecRequest, image: &ImageSpec) -> Result<ImageDefau
         workdir,
         user: image.user,
     })
+}
+
+/// The network mode and, for `filtered`, its policy. Allow/deny patterns and upstreams given on
+/// the command line imply `--net filtered` when no mode was given and the profile says `none`;
+/// with another mode they are an error rather than silently unused.
+fn network_policy(
+    req: &ExecRequest,
+    profile: &Profile,
+) -> Result<(NetworkMode, EgressPolicy), SpecError> {
+    let lists_given = !req.allow.is_empty() || !req.deny.is_empty() || !req.dns_upstream.is_empty();
+    let network = match req.network {
+        Some(mode) => mode,
+        None if lists_given && profile.network == NetworkMode::None => NetworkMode::Filtered,
+        None => profile.network,
+    };
+    if network != NetworkMode::Filtered {
+        if lists_given {
+            return Err(SpecError::Invalid(format!(
+                "--allow, --deny and --dns-upstream apply to --net filtered, but the network is '{}' — hint: add --net filtered",
+                network.as_str()
+            )));
+        }
+        if req.log_network {
+            return Err(SpecError::Invalid(format!(
+                "--log-network reports a filtered network's decisions, but the network is '{}' — hint: add --net filtered",
+                network.as_str()
+            )));
+        }
+        return Ok((network, EgressPolicy::default()));
+    }
+    let allow: Vec<String> = profile
+        .network_allow
+        .iter()
+        .chain(&req.allow)
+        .cloned()
+        .collect();
+    let deny: Vec<String> = profile
+        .network_deny
+        .iter()
+        .chain(&req.deny)
+        .cloned()
+        .collect();
+    let upstream = if req.dns_upstream.is_empty() {
+        &profile.dns_upstream
+    } else {
+        &req.dns_upstream
+    };
+    Ok((network, EgressPolicy::parse(&allow, &deny, upstream)?))
 }
 
 fn load_seccomp(name_or_path: &str) -> Result<PolicyRef, SpecError> {
@@ -833,6 +896,40 @@ mod tests {
         let mut r = req(&[]);
         r.image = Some(image(&[], &[]));
         assert!(matches!(build(r), Err(SpecError::NoImageCommand(_))));
+    }
+
+    #[test]
+    fn allow_lists_imply_filtered_and_merge_with_the_profile() {
+        let mut r = req(&["true"]);
+        r.allow = vec!["api.github.com".into(), "203.0.113.0/24:443".into()];
+        r.deny = vec!["evil.github.com".into()];
+        r.dns_upstream = vec!["192.0.2.53".into()];
+        let s = build(r).unwrap();
+        assert_eq!(s.network, NetworkMode::Filtered);
+        assert_eq!(s.egress.allow.len(), 2);
+        assert_eq!(s.egress.deny.len(), 1);
+        assert_eq!(s.egress.dns_upstream, ["192.0.2.53:53".parse().unwrap()]);
+        // Explicit filtered with nothing allowed is valid: everything is refused.
+        let mut r = req(&["true"]);
+        r.network = Some(NetworkMode::Filtered);
+        assert!(build(r).unwrap().egress.allow.is_empty());
+    }
+
+    #[test]
+    fn allow_lists_with_another_mode_are_errors() {
+        let mut r = req(&["true"]);
+        r.network = Some(NetworkMode::Host);
+        r.allow = vec!["api.github.com".into()];
+        assert!(build(r).unwrap_err().to_string().contains("--net filtered"));
+        let mut r = req(&["true"]);
+        r.log_network = true;
+        assert!(build(r).unwrap_err().to_string().contains("--log-network"));
+        let mut r = req(&["true"]);
+        r.allow = vec!["bad name".into()];
+        assert!(build(r)
+            .unwrap_err()
+            .to_string()
+            .contains("--allow 'bad name'"));
     }
 
     #[test]

@@ -67,6 +67,20 @@ pub fn signalfd(set: &SignalSet) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The signals a process that relays a command takes over (Ctrl-C, termination, hangup,
+/// quit, window size): blocked, and delivered through the returned signalfd instead.
+pub fn take_relay_signals() -> io::Result<OwnedFd> {
+    let set = SignalSet::new(&[
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGWINCH,
+    ]);
+    block(&set)?;
+    signalfd(&set)
+}
+
 /// Reads one pending signal from a signalfd; `None` when none is pending.
 pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     // SAFETY: signalfd_siginfo is plain data; zeroed is a valid value.

