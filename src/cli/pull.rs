@@ -8,12 +8,10 @@ use super::error;
 use super::image::Bounds;
 use crate::config::{Config, PullPolicy};
 use crate::exit;
-use crate::image::reference::Reference;
 use crate::image::store::Store;
-use crate::image::ImageError;
 use crate::registry::auth::{CredentialStore, Credentials, Found};
 use crate::registry::client::Client;
-use crate::registry::{self, PullOptions, RegistryError, RemoteRef};
+use crate::registry::{self, PullOptions, RemoteRef};
 
 const PULL_HELP: &str = "\
 References follow Docker's rules: python:3.12 is docker.io/library/python:3.12, team/app is
@@ -89,23 +87,16 @@ fn tty_progress(quiet: bool) -> bool {
     !quiet && rustix::termios::isatty(std::io::stderr())
 }
 
-/// Pull options for `registry`'s references, from the config and flags.
-pub(super) fn pull_options(
+fn pull_options(
     config: &Config,
     state_root: &Path,
     registry: &str,
     insecure_http: bool,
     progress: bool,
 ) -> PullOptions {
-    let mut settings = config.registry_settings(registry);
-    settings.insecure_http |= insecure_http;
-    PullOptions {
-        limits: Default::default(),
-        progress,
-        jobs: config.pull.jobs,
-        settings,
-        credentials: CredentialStore::new(state_root),
-    }
+    let mut opts = PullOptions::from_config(config, state_root, registry, progress);
+    opts.settings.insecure_http |= insecure_http;
+    opts
 }
 
 pub fn pull(args: PullArgs, state_root: &Path, config: &Config) -> i32 {
@@ -152,61 +143,14 @@ pub fn pull(args: PullArgs, state_root: &Path, config: &Config) -> i32 {
     }
 }
 
-/// Resolves `--image REF` under a pull policy: pulls when the policy says so, then leaves
-/// the image in the store for `image::open_root`. Messages go to stderr (stdout is the
-/// workload's).
+/// Resolves `--image REF` under a pull policy (see [`registry::pull::ensure`]).
 pub(super) fn ensure_image(
     reference: &str,
     policy: PullPolicy,
     state_root: &Path,
     config: &Config,
 ) -> Result<(), String> {
-    let present = || -> Result<bool, ImageError> {
-        let Some(store) = Store::open_existing(state_root)? else {
-            return Ok(false);
-        };
-        let index = store.index()?;
-        match store.resolve(&index, reference) {
-            Ok(_) => Ok(true),
-            Err(ImageError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    };
-    let pull = match policy {
-        PullPolicy::Never => false,
-        PullPolicy::Always => true,
-        PullPolicy::Missing => !present().map_err(|e| e.to_string())?,
-    };
-    // A bare digest or digest prefix names a stored image; there is nothing to pull by.
-    let pullable = matches!(
-        Reference::parse(reference),
-        Ok(Reference::Name(_)) | Ok(Reference::Digest(_))
-    ) && RemoteRef::parse(reference).is_ok()
-        && !reference.starts_with("sha256:");
-    if !pull || !pullable {
-        return Ok(());
-    }
-    let remote = RemoteRef::parse(reference)?;
-    let store = Store::open(state_root).map_err(|e| e.to_string())?;
-    let opts = pull_options(
-        config,
-        state_root,
-        &remote.registry,
-        false,
-        tty_progress(false),
-    );
-    let report = registry::pull(&store, reference, &opts).map_err(|e| match e {
-        RegistryError::NotFound { .. } if policy == PullPolicy::Missing => {
-            format!("image '{reference}' is neither in the store nor in the registry: {e}")
-        }
-        e => format!("pulling {reference}: {e}"),
-    })?;
-    tracing::info!(
-        image = %report.image.digest,
-        downloaded = report.downloaded_layers,
-        "pulled"
-    );
-    Ok(())
+    registry::pull::ensure(reference, policy, state_root, config, tty_progress(false))
 }
 
 pub fn login(args: LoginArgs, state_root: &Path, config: &Config) -> i32 {

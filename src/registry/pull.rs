@@ -43,6 +43,76 @@ pub struct PullOptions {
     pub credentials: CredentialStore,
 }
 
+impl PullOptions {
+    /// Options for pulling from `registry`, from the config (credentials under `state_root`).
+    pub fn from_config(
+        config: &crate::config::Config,
+        state_root: &Path,
+        registry: &str,
+        progress: bool,
+    ) -> PullOptions {
+        PullOptions {
+            limits: Limits::default(),
+            progress,
+            jobs: config.pull.jobs,
+            settings: config.registry_settings(registry),
+            credentials: CredentialStore::new(state_root),
+        }
+    }
+}
+
+/// Makes sure `reference` is in the store as `policy` says: pulls it when missing
+/// (`missing`), every time (`always`), or never. A bare digest or digest prefix names a
+/// stored image only. Errors are messages for the user.
+pub fn ensure(
+    reference: &str,
+    policy: crate::config::PullPolicy,
+    state_root: &Path,
+    config: &crate::config::Config,
+    progress: bool,
+) -> Result<(), String> {
+    use crate::config::PullPolicy;
+    use crate::image::reference::Reference;
+    let present = || -> Result<bool, ImageError> {
+        let Some(store) = Store::open_existing(state_root)? else {
+            return Ok(false);
+        };
+        let index = store.index()?;
+        match store.resolve(&index, reference) {
+            Ok(_) => Ok(true),
+            Err(ImageError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    let wanted = match policy {
+        PullPolicy::Never => false,
+        PullPolicy::Always => true,
+        PullPolicy::Missing => !present().map_err(|e| e.to_string())?,
+    };
+    let pullable = matches!(
+        Reference::parse(reference),
+        Ok(Reference::Name(_)) | Ok(Reference::Digest(_))
+    ) && !reference.starts_with("sha256:");
+    if !wanted || !pullable {
+        return Ok(());
+    }
+    let remote = RemoteRef::parse(reference)?;
+    let store = Store::open(state_root).map_err(|e| e.to_string())?;
+    let opts = PullOptions::from_config(config, state_root, &remote.registry, progress);
+    let report = pull(&store, reference, &opts).map_err(|e| match e {
+        RegistryError::NotFound { .. } if policy == PullPolicy::Missing => {
+            format!("image '{reference}' is neither in the store nor in the registry: {e}")
+        }
+        e => format!("pulling {reference}: {e}"),
+    })?;
+    tracing::info!(
+        image = %report.image.digest,
+        downloaded = report.downloaded_layers,
+        "pulled"
+    );
+    Ok(())
+}
+
 /// What a pull did.
 #[derive(Debug, Clone)]
 pub struct PullReport {

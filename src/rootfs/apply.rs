@@ -153,6 +153,17 @@ pub fn build_new_root(
     for lower in &plan.lowers {
         lowers.push(open_dir(CWD, lower).map_err(fail("open lower layer", lower))?);
     }
+    // A kept upper directory (`nsbox build`) may also lie below the scratch mount point.
+    let kept = match &plan.upper_dir {
+        Some(dir) => {
+            let (upper, work) = (dir.join("upper"), dir.join("work"));
+            Some((
+                open_dir(CWD, &upper).map_err(fail("open upper directory", &upper))?,
+                open_dir(CWD, &work).map_err(fail("open work directory", &work))?,
+            ))
+        }
+        None => None,
+    };
     let scratch = scratch_dir();
     let data = CString::new(format!("size={},mode=0700", plan.scratch_size.bytes()))
         .map_err(|e| fail("mount scratch tmpfs", scratch)(io::Error::other(e)))?;
@@ -164,11 +175,21 @@ pub fn build_new_root(
         data.as_c_str(),
     )
     .map_err(|e| fail("mount scratch tmpfs", scratch)(rustix_err(e)))?;
-    let upper = scratch.join("upper");
-    let work = scratch.join("work");
+    let (upper, work) = match &kept {
+        Some((upper, work)) => (
+            PathBuf::from(format!("/proc/self/fd/{}", upper.as_raw_fd())),
+            PathBuf::from(format!("/proc/self/fd/{}", work.as_raw_fd())),
+        ),
+        None => (scratch.join("upper"), scratch.join("work")),
+    };
     let new_root = scratch.join("root");
-    for dir in [&upper, &work, &new_root] {
-        rfs::mkdir(dir, Mode::from_raw_mode(0o755))
+    let made: &[&PathBuf] = if kept.is_some() {
+        &[&new_root]
+    } else {
+        &[&upper, &work, &new_root]
+    };
+    for dir in made {
+        rfs::mkdir(*dir, Mode::from_raw_mode(0o755))
             .map_err(|e| fail("create scratch directory", dir)(rustix_err(e)))?;
     }
 

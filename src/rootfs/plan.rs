@@ -24,6 +24,9 @@ pub struct RootfsPlan {
     pub host_sources: Vec<PathBuf>,
     /// Applied inside the new root after pivot_root, in order.
     pub mounts: Vec<MountOp>,
+    /// A host directory whose `upper/` and `work/` hold the overlay's writes instead of the
+    /// scratch tmpfs (`nsbox build` captures them as a layer).
+    pub upper_dir: Option<PathBuf>,
 }
 
 /// A change to the overlay's upper directory, made before the overlay exists.
@@ -401,6 +404,7 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         upper,
         host_sources,
         mounts,
+        upper_dir: spec.upper_dir.clone(),
     }
 }
 

@@ -216,6 +216,10 @@ pub struct SandboxSpec {
     pub io: IoMode,
     pub seccomp: PolicyRef,
     pub timings: bool,
+    /// Keep the root's writes in this host directory (its `upper/` and `work/`, made by the
+    /// caller on the store's filesystem) instead of a tmpfs: `nsbox build` turns them into an
+    /// image layer. None for every other sandbox.
+    pub upper_dir: Option<PathBuf>,
 }
 
 /// Mount targets the sandbox's own filesystems own; user mounts may not go there.
@@ -426,6 +430,7 @@ impl SandboxSpec {
             },
             seccomp,
             timings: req.timings,
+            upper_dir: None,
         })
     }
 
