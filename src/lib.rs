@@ -1,6 +1,7 @@
 //! nsbox: a native Linux sandbox. The library owns all logic; `main.rs` only dispatches to
 //! [`cli::main`].
 
+pub mod build;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

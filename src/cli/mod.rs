@@ -2,6 +2,7 @@
 //! it to the library. Errors that reach the user say what to do; exit codes follow the table
 //! in [`crate::exit`].
 
+mod build;
 mod doctor;
 mod exec;
 mod image;
@@ -112,6 +113,10 @@ enum Command {
     Logout(pull::LogoutArgs),
     /// Print the effective configuration and where each value came from.
     Config(settings::ConfigArgs),
+    /// Build a devbox image from a recipe (skipped when recipe and base are unchanged).
+    Build(build::BuildArgs),
+    /// Build every image the config lists (unchanged ones are skipped).
+    Setup(build::SetupArgs),
 }
 
 /// What defines a sandbox: the flags of `nsbox exec` (without `--session`) and `nsbox create`.
@@ -381,6 +386,8 @@ pub fn main() -> i32 {
         Command::Login(args) => with_config(config(), |c| pull::login(args, &state_root, c)),
         Command::Logout(args) => pull::logout(args, &state_root),
         Command::Config(args) => settings::show(args, cli.config.as_deref()),
+        Command::Build(args) => with_config(config(), |c| build::build(args, &state_root, c, t0)),
+        Command::Setup(args) => with_config(config(), |c| build::setup(args, &state_root, c, t0)),
     }
 }
 

@@ -571,6 +571,7 @@ pub fn load(store: &Store, path: &Path, opts: &LoadOptions) -> Result<LoadReport
             os: image.parsed.os.clone().unwrap_or(platform.os),
             loaded: now,
             index_digest: None,
+            build_hash: None,
         });
     }
     add_to_index(store, &records)?;
@@ -1027,9 +1028,9 @@ pub(crate) fn progress_line(
 }
 
 /// What a single layer unpack checks against.
-struct Expect {
-    blob: Option<(Digest, u64)>,
-    diff_id: Option<Digest>,
+pub(crate) struct Expect {
+    pub blob: Option<(Digest, u64)>,
+    pub diff_id: Option<Digest>,
 }
 
 fn unpack_layer(
@@ -1062,7 +1063,7 @@ fn unpack_layer(
 }
 
 /// Stores, verifies and unpacks one layer stream; installs blob and layer on success.
-fn unpack_stream(
+pub(crate) fn unpack_stream(
     store: &Store,
     reader: impl Read + Send,
     expect: &Expect,
@@ -1230,6 +1231,7 @@ pub fn import(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         index_digest: None,
+        build_hash: None,
     };
     add_to_index(store, std::slice::from_ref(&record))?;
     Ok(record)

@@ -207,7 +207,7 @@ pub fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<(u32, u32), String
 
 /// A small file of the image as the overlay would show it: the top layer that has the path
 /// (or a whiteout for it) decides. Symlinks anywhere on the path make it unreadable here.
-fn read_image_file(layers: &[PathBuf], rel: &str) -> Option<Vec<u8>> {
+pub(crate) fn read_image_file(layers: &[PathBuf], rel: &str) -> Option<Vec<u8>> {
     for layer in layers {
         let dir = rfs::open(
             layer,

@@ -75,6 +75,10 @@ pub struct ImageRecord {
     /// pinned to that digest finds this image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_digest: Option<Digest>,
+    /// For an image `nsbox build` made: the hash of its recipe and base (an unchanged recipe
+    /// is not built again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -534,9 +534,9 @@ fn pax_time(value: &[u8]) -> Result<(i64, u32), String> {
 pub struct EntryMeta<'a> {
     /// The name in the archive (directories may end in `/`).
     pub path: &'a [u8],
-    /// `File`, `Directory` or `Symlink`.
+    /// `File`, `Directory`, `Symlink` or `HardLink`.
     pub kind: Kind,
-    /// The target of a symlink.
+    /// The target of a symlink or hardlink (a name in the archive).
     pub link: &'a [u8],
     /// Bytes of data (files only).
     pub size: u64,
@@ -587,13 +587,28 @@ impl<W: Write> TarWriter<W> {
 
     /// Writes one entry; a file's `size` bytes are copied from `data`.
     pub fn entry(&mut self, e: &EntryMeta<'_>, data: Option<&mut dyn Read>) -> io::Result<()> {
+        self.entry_with_xattrs(e, &[], data)
+    }
+
+    /// Like [`TarWriter::entry`], with extended attributes as PAX `SCHILY.xattr.*` records
+    /// (`nsbox build` keeps a layer's `user.*` attributes).
+    pub fn entry_with_xattrs(
+        &mut self,
+        e: &EntryMeta<'_>,
+        xattrs: &[(String, Vec<u8>)],
+        data: Option<&mut dyn Read>,
+    ) -> io::Result<()> {
         let typeflag = match e.kind {
             Kind::File => b'0',
+            Kind::HardLink => b'1',
             Kind::Directory => b'5',
             Kind::Symlink => b'2',
             other => return Err(io::Error::other(format!("cannot write a {other:?} entry"))),
         };
         let mut pax = Vec::new();
+        for (name, value) in xattrs {
+            pax.extend(pax_record(format!("SCHILY.xattr.{name}").as_bytes(), value));
+        }
         if e.path.len() > 100 {
             pax.extend(pax_record(b"path", e.path));
         }

@@ -99,11 +99,12 @@ pub fn ensure(
     let remote = RemoteRef::parse(reference)?;
     let store = Store::open(state_root).map_err(|e| e.to_string())?;
     let opts = PullOptions::from_config(config, state_root, &remote.registry, progress);
-    let report = pull(&store, reference, &opts).map_err(|e| match e {
-        RegistryError::NotFound { .. } if policy == PullPolicy::Missing => {
-            format!("image '{reference}' is neither in the store nor in the registry: {e}")
-        }
-        e => format!("pulling {reference}: {e}"),
+    let report = pull(&store, reference, &opts).map_err(|e| match policy {
+        PullPolicy::Missing => format!(
+            "image '{reference}' is not in the store (`nsbox images` lists it), and pulling it from {} failed: {e}",
+            remote.registry
+        ),
+        _ => format!("pulling {reference}: {e}"),
     })?;
     tracing::info!(
         image = %report.image.digest,
@@ -304,6 +305,7 @@ pub fn pull(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         index_digest,
+        build_hash: None,
     };
     add_to_index(store, std::slice::from_ref(&record))?;
     Ok(PullReport {
