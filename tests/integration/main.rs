@@ -8,6 +8,7 @@ mod oci_build;
 mod support;
 
 mod bad_input;
+mod build;
 mod egress;
 mod exec_basics;
 mod images;
