@@ -217,6 +217,21 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_recipes_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let file = RecipeFile::load(&path).unwrap();
+            assert!(file.tag.is_some() && file.description.is_some(), "{path:?}");
+            let recipe = file.complete(&path.display().to_string()).unwrap();
+            assert!(!recipe.hosts.is_empty(), "{path:?} installs from somewhere");
+            seen += 1;
+        }
+        assert!(seen >= 4, "python, node, rust, agent");
+    }
+
+    #[test]
     fn the_hash_follows_content_not_form() {
         let base = Digest::of(b"base");
         let a = parse("base = \"x\"\ninstall = [\"git\"]\nsetup = \"echo hi\"\n").unwrap();
