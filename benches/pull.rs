@@ -184,7 +184,10 @@ fn main() {
         bench.uncompressed / 1_000_000,
         compressed / 1_000_000
     );
-    println!("  {:<30} {:>9} {:>12} {:>10}", "tool", "seconds", "MB/s (gzip)", "vs nsbox");
+    println!(
+        "  {:<30} {:>9} {:>12} {:>10}",
+        "tool", "seconds", "MB/s (gzip)", "vs nsbox"
+    );
     let nsbox_median = median(&mut times[0].clone());
     for (i, (name, _)) in tools.iter().enumerate() {
         let m = median(&mut times[i]);

@@ -154,7 +154,6 @@ pub fn walk(path: &Path, rel: &str, out: &mut Vec<String>) {
     }
 }
 
-
 /// A tmpfs mounted for the bench, unmounted when dropped.
 pub struct Tmpfs(pub PathBuf);
 
@@ -177,4 +176,3 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
-

@@ -129,16 +129,7 @@ pub fn capture(
                 let mut wh = rel_text[..rel_text.len() - name.as_bytes().len()].to_vec();
                 wh.extend_from_slice(b".wh.");
                 wh.extend_from_slice(name.as_bytes());
-                tar.entry(
-                    &EntryMeta {
-                        path: &wh,
-                        mode: 0o644,
-                        uid: 0,
-                        gid: 0,
-                        ..base
-                    },
-                    Some(&mut io::empty()),
-                )?;
+                marker(&mut tar, &wh, &base)?;
             } else if ft.is_dir() {
                 let mut dir_name = rel_text.clone();
                 dir_name.push(b'/');
@@ -154,16 +145,7 @@ pub fn capture(
                 if is_opaque(&full) {
                     let mut opq = dir_name.clone();
                     opq.extend_from_slice(b".wh..wh..opq");
-                    tar.entry(
-                        &EntryMeta {
-                            path: &opq,
-                            mode: 0o644,
-                            uid: 0,
-                            gid: 0,
-                            ..base
-                        },
-                        Some(&mut io::empty()),
-                    )?;
+                    marker(&mut tar, &opq, &base)?;
                     entries += 1;
                 }
                 subdirs.push(path);
@@ -229,6 +211,22 @@ pub fn capture(
         diff_id,
         entries,
     })
+}
+
+/// A whiteout or opaque marker: an empty file owned by root.
+fn marker<W: Write>(tar: &mut TarWriter<W>, path: &[u8], like: &EntryMeta<'_>) -> io::Result<()> {
+    tar.entry(
+        &EntryMeta {
+            path,
+            kind: Kind::File,
+            size: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            ..*like
+        },
+        Some(&mut io::empty()),
+    )
 }
 
 fn open_nofollow(path: &Path) -> io::Result<File> {

@@ -26,7 +26,7 @@ pub use recipe::{Recipe, RecipeFile};
 use crate::config::{Config, PullPolicy};
 use crate::image::digest::Digest;
 use crate::image::load::{self, add_to_index, store_doc, unpack_stream, Expect};
-use crate::image::oci::{self, Descriptor, Manifest};
+use crate::image::oci;
 use crate::image::store::{remove_tree, ImageRecord, LayerRecord, Store};
 use crate::image::{ImageError, Limits};
 use crate::profile::{NetworkMode, Profile};
@@ -291,30 +291,8 @@ fn run_and_capture(
         diff_id: layer.diff_id.clone(),
         unpacked_bytes: layer.unpacked_bytes,
     });
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(oci::OCI_MANIFEST.to_string()),
-        config: Descriptor {
-            media_type: oci::OCI_CONFIG.to_string(),
-            digest: config_digest.clone(),
-            size: config_bytes.len() as u64,
-            annotations: BTreeMap::new(),
-            platform: None,
-        },
-        layers: layers
-            .iter()
-            .map(|l| Descriptor {
-                media_type: l.media_type.clone(),
-                digest: l.blob.clone(),
-                size: l.size,
-                annotations: BTreeMap::new(),
-                platform: None,
-            })
-            .collect(),
-    };
-    let manifest_bytes = serde_json::to_vec(&manifest)
-        .map_err(|e| BuildError::Capture(format!("write the manifest: {e}")))?;
-    let manifest_digest = Digest::of(&manifest_bytes);
+    let (manifest_digest, manifest_bytes) =
+        load::synthesize_manifest(&(config_digest.clone(), config_bytes.clone()), &layers)?;
     store_doc(store, &config_digest, &config_bytes)?;
     store_doc(store, &manifest_digest, &manifest_bytes)?;
     let record = ImageRecord {

@@ -246,21 +246,7 @@ impl Config {
     /// Merges config texts (path, contents) over the built-in configuration.
     pub fn from_texts(texts: &[(PathBuf, String)]) -> Result<Config, ConfigError> {
         let builtin = Path::new("builtin");
-        let mut config = Config {
-            files: Vec::new(),
-            defaults: Vec::new(),
-            registries: BTreeMap::new(),
-            pull: PullConfig {
-                policy: PullPolicy::Missing,
-                jobs: crate::registry::pull::DEFAULT_JOBS,
-            },
-            images: BTreeMap::new(),
-            cleanup: Cleanup {
-                session_max_age: None,
-                prune_older_than: None,
-            },
-            settings: Vec::new(),
-        };
+        let mut config = Config::empty();
         let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
         let profile_text = crate::profile::builtin_text("default").unwrap_or_default();
         record(
@@ -377,7 +363,12 @@ impl Config {
     /// The built-in configuration alone.
     pub fn builtin() -> Config {
         // The built-in text is part of the binary and tested: it always parses.
-        Config::from_texts(&[]).unwrap_or_else(|_| Config {
+        Config::from_texts(&[]).unwrap_or_else(|_| Config::empty())
+    }
+
+    /// Nothing set: what the built-in text is applied to.
+    fn empty() -> Config {
+        Config {
             files: Vec::new(),
             defaults: Vec::new(),
             registries: BTreeMap::new(),
@@ -387,11 +378,11 @@ impl Config {
             },
             images: BTreeMap::new(),
             cleanup: Cleanup {
-                session_max_age: Some(Duration::from_secs(3600)),
+                session_max_age: None,
                 prune_older_than: None,
             },
             settings: Vec::new(),
-        })
+        }
     }
 }
 

@@ -633,7 +633,7 @@ fn layer_media_type(c: Compression) -> &'static str {
     }
 }
 
-fn synthesize_manifest(
+pub(crate) fn synthesize_manifest(
     config: &(Digest, Vec<u8>),
     layers: &[LayerRecord],
 ) -> Result<(Digest, Vec<u8>), ImageError> {
@@ -734,6 +734,20 @@ pub(crate) fn check_config(
     Ok(())
 }
 
+/// Refuses a manifest whose config is not an OCI or Docker image config (an artifact).
+pub(crate) fn check_config_type(manifest: &Manifest) -> Result<(), ImageError> {
+    if matches!(
+        manifest.config.media_type.as_str(),
+        oci::OCI_CONFIG | oci::DOCKER_CONFIG
+    ) {
+        return Ok(());
+    }
+    Err(ImageError::MediaType {
+        what: "the image config",
+        media_type: printable(&manifest.config.media_type),
+    })
+}
+
 /// Follows `desc` (an index or a manifest) to image manifests and their configs.
 fn collect_oci(
     source: &Source,
@@ -775,15 +789,7 @@ fn collect_oci(
                 Some((&desc.digest, desc.size)),
             )?;
             let manifest: Manifest = parse_json("manifest", &bytes)?;
-            if !matches!(
-                manifest.config.media_type.as_str(),
-                oci::OCI_CONFIG | oci::DOCKER_CONFIG
-            ) {
-                return Err(ImageError::MediaType {
-                    what: "the image config",
-                    media_type: printable(&manifest.config.media_type),
-                });
-            }
+            check_config_type(&manifest)?;
             let config_bytes = source.read_doc(
                 "image config",
                 &blob_name(&manifest.config.digest),

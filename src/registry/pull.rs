@@ -20,8 +20,8 @@ use super::reference::RemoteRef;
 use super::{RegistryError, RegistrySettings};
 use crate::image::digest::{printable, Digest};
 use crate::image::load::{
-    add_to_index, check_config, known_unpacked_bytes, parse_json, store_doc, unpack_all, LayerJob,
-    LoadOptions, MAX_CONFIG, MAX_MANIFEST,
+    add_to_index, check_config, check_config_type, known_unpacked_bytes, parse_json, store_doc,
+    unpack_all, LayerJob, LoadOptions, MAX_CONFIG, MAX_MANIFEST,
 };
 use crate::image::oci::{self, ImageConfig, Index, Manifest};
 use crate::image::store::{ImageRecord, LayerRecord, Store};
@@ -181,16 +181,7 @@ pub fn pull(
         )));
     }
     let manifest: Manifest = parse_json("the manifest", &manifest_bytes)?;
-    if !matches!(
-        manifest.config.media_type.as_str(),
-        oci::OCI_CONFIG | oci::DOCKER_CONFIG
-    ) {
-        return Err(ImageError::MediaType {
-            what: "the image config",
-            media_type: printable(&manifest.config.media_type),
-        }
-        .into());
-    }
+    check_config_type(&manifest)?;
     if manifest.config.size > MAX_CONFIG {
         return Err(RegistryError::Protocol(format!(
             "{remote}: the image config is {} bytes (at most {MAX_CONFIG})",

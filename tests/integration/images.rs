@@ -1289,31 +1289,8 @@ fn a_session_on_an_image_keeps_its_layers_until_removed() {
 fn a_multi_platform_index_loads_this_machines_image() {
     require_root!();
     let ctx = Ctx::new();
-    let mut layout = Layout::new(&ctx.path("multi"));
-    let mut descs = Vec::new();
-    for arch in ["arm64", "amd64"] {
-        let mut t = Tar::default();
-        t.file("arch", 0o644, format!("{arch}\n").as_bytes());
-        let built = layout.image(
-            None,
-            &[(base_layer(), Comp::Gzip), (t.finish(), Comp::Gzip)],
-            serde_json::json!({}),
-        );
-        let size = std::fs::metadata(layout.blob_path(&built.manifest))
-            .unwrap()
-            .len();
-        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": built.manifest, "size": size,
-            "platform": {"architecture": arch, "os": "linux"}}));
-    }
-    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs});
-    let (d, s) = layout.blob(&serde_json::to_vec(&index).unwrap());
-    std::fs::write(
-        layout.dir.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": d, "size": s, "annotations": {"org.opencontainers.image.ref.name": "2"}}]})).unwrap(),
-    )
-    .unwrap();
-    let out = ctx.load_ok(&layout.dir);
+    multi_arch_layout(&ctx.path("multi"), "2");
+    let out = ctx.load_ok(&ctx.path("multi"));
     assert!(out.contains("loaded multi:2"), "{out}");
     assert_eq!(ctx.images().len(), 1, "only this machine's platform");
     let run = ctx.exec("multi:2", &[], &["/bin/cat", "/arch"]);

@@ -308,3 +308,34 @@ pub fn base_layer() -> Vec<u8> {
     }
     t.finish()
 }
+
+/// A layout whose one entry (tagged `tag`) is a multi-platform index of two busybox images,
+/// for arm64 and amd64, each with an /arch file naming its platform. Returns the index's
+/// digest.
+pub fn multi_arch_layout(dir: &Path, tag: &str) -> String {
+    let mut layout = Layout::new(dir);
+    let mut descs = Vec::new();
+    for arch in ["arm64", "amd64"] {
+        let mut t = Tar::default();
+        t.file("arch", 0o644, format!("{arch}\n").as_bytes());
+        let built = layout.image(
+            None,
+            &[(base_layer(), Comp::Gzip), (t.finish(), Comp::Gzip)],
+            serde_json::json!({}),
+        );
+        let size = std::fs::metadata(layout.blob_path(&built.manifest))
+            .unwrap()
+            .len();
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": built.manifest, "size": size,
+            "platform": {"architecture": arch, "os": "linux"}}));
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs});
+    let (d, s) = layout.blob(&serde_json::to_vec(&index).unwrap());
+    std::fs::write(
+        layout.dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": d, "size": s, "annotations": {"org.opencontainers.image.ref.name": tag}}]})).unwrap(),
+    )
+    .unwrap();
+    d
+}

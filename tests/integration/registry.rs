@@ -103,6 +103,24 @@ impl Ctx {
     }
 }
 
+/// A registry with `auth`, a test context, and the hello image (saying `greeting`) pushed
+/// as `repo_tag`; None (after a SKIP) when the tools are missing. Returns the reference.
+fn hello_registry(
+    auth: Auth,
+    repo_tag: &str,
+    greeting: &str,
+) -> Option<(LocalRegistry, Ctx, String)> {
+    if !tools_present() {
+        return None;
+    }
+    let registry = LocalRegistry::start(auth);
+    let ctx = Ctx::new();
+    hello_layout(&ctx.path("hello"), greeting);
+    registry.push(&ctx.path("hello"), "1", repo_tag, false);
+    let reference = format!("{}/{repo_tag}", registry.host());
+    Some((registry, ctx, reference))
+}
+
 /// A two-layer busybox image (base + a layer with /hello) in an OCI layout, tagged `1`.
 fn hello_layout(dir: &Path, greeting: &str) -> Built {
     let mut layout = Layout::new(dir);
@@ -203,14 +221,11 @@ fn pull_by_tag_and_by_digest_then_run() {
 #[test]
 fn exec_pulls_a_missing_image_unless_told_never() {
     require_root!();
-    if !tools_present() {
+    let Some((registry, ctx, reference)) =
+        hello_registry(Auth::None, "test/hello:2", "pulled on demand\n")
+    else {
         return;
-    }
-    let registry = LocalRegistry::start(Auth::None);
-    let ctx = Ctx::new();
-    hello_layout(&ctx.path("hello"), "pulled on demand\n");
-    registry.push(&ctx.path("hello"), "1", "test/hello:2", false);
-    let reference = format!("{}/test/hello:2", registry.host());
+    };
 
     let run = ctx.run(&[
         "exec", "--image", &reference, "--pull", "never", "--", "cat", "/hello",
@@ -253,31 +268,8 @@ fn a_multi_arch_index_pulls_this_machines_image() {
     }
     let registry = LocalRegistry::start(Auth::None);
     let ctx = Ctx::new();
-    let mut layout = Layout::new(&ctx.path("multi"));
-    let mut descs = Vec::new();
-    for arch in ["arm64", "amd64"] {
-        let mut t = Tar::default();
-        t.file("arch", 0o644, format!("{arch}\n").as_bytes());
-        let built = layout.image(
-            None,
-            &[(base_layer(), Comp::Gzip), (t.finish(), Comp::Gzip)],
-            serde_json::json!({}),
-        );
-        let size = std::fs::metadata(layout.blob_path(&built.manifest))
-            .unwrap()
-            .len();
-        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": built.manifest, "size": size,
-            "platform": {"architecture": arch, "os": "linux"}}));
-    }
-    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs});
-    let (index_digest, s) = layout.blob(&serde_json::to_vec(&index).unwrap());
-    std::fs::write(
-        layout.dir.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": index_digest, "size": s, "annotations": {"org.opencontainers.image.ref.name": "2"}}]})).unwrap(),
-    )
-    .unwrap();
-    registry.push(&layout.dir, "2", "test/multi:2", true);
+    let index_digest = multi_arch_layout(&ctx.path("multi"), "2");
+    registry.push(&ctx.path("multi"), "2", "test/multi:2", true);
 
     let reference = format!("{}/test/multi:2", registry.host());
     ctx.ok(&["pull", &reference]);
@@ -327,14 +319,11 @@ fn a_corrupted_blob_is_rejected_and_nothing_is_stored() {
 #[test]
 fn basic_auth_login_and_wrong_credentials() {
     require_root!();
-    if !tools_present() {
+    let Some((registry, ctx, reference)) =
+        hello_registry(Auth::Basic, "private/hello:1", "behind basic auth\n")
+    else {
         return;
-    }
-    let registry = LocalRegistry::start(Auth::Basic);
-    let ctx = Ctx::new();
-    hello_layout(&ctx.path("hello"), "behind basic auth\n");
-    registry.push(&ctx.path("hello"), "1", "private/hello:1", false);
-    let reference = format!("{}/private/hello:1", registry.host());
+    };
     let host = registry.host();
 
     // No credentials: says how to log in.
@@ -416,14 +405,11 @@ fn base64_of(text: &str) -> String {
 #[test]
 fn token_auth_pulls_with_a_bearer_token() {
     require_root!();
-    if !tools_present() {
+    let Some((registry, ctx, reference)) =
+        hello_registry(Auth::Token, "team/hello:1", "behind token auth\n")
+    else {
         return;
-    }
-    let registry = LocalRegistry::start(Auth::Token);
-    let ctx = Ctx::new();
-    hello_layout(&ctx.path("hello"), "behind token auth\n");
-    registry.push(&ctx.path("hello"), "1", "team/hello:1", false);
-    let reference = format!("{}/team/hello:1", registry.host());
+    };
     let host = registry.host();
 
     let run = ctx.run(&["pull", &reference]);
