@@ -101,7 +101,7 @@ pub fn ensure(
     let opts = PullOptions::from_config(config, state_root, &remote.registry, progress);
     let report = pull(&store, reference, &opts).map_err(|e| match policy {
         PullPolicy::Missing => format!(
-            "image '{reference}' is not in the store (`nsbox images` lists it), and pulling it from {} failed: {e}",
+            "image '{reference}' not found in the store (`nsbox images` lists what is there), and pulling it from {} failed: {e}",
             remote.registry
         ),
         _ => format!("pulling {reference}: {e}"),

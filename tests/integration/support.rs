@@ -91,7 +91,25 @@ pub fn nsbox_cmd(args: &[&str]) -> Command {
     cmd.env_remove("NSBOX_LOG");
     // Never the host's own sessions: tests that prune must not touch them.
     cmd.env("NSBOX_RUN_DIR", test_run_dir());
+    // Never the host's config, and never a pull a test did not ask for: `--image` of a name
+    // the store lacks would otherwise ask Docker Hub (a DNS query leaving the machine).
+    // Tests of pulls and of the config pass --config, which takes precedence.
+    cmd.env("NSBOX_CONFIG", test_config());
     cmd
+}
+
+/// The config file every nsbox run of the tests reads unless it passes `--config`.
+pub fn test_config() -> &'static std::path::Path {
+    static FILE: std::sync::OnceLock<tempfile::TempPath> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let file = tempfile::Builder::new()
+            .prefix("nsbox-test-config-")
+            .suffix(".toml")
+            .tempfile()
+            .expect("a temporary config file");
+        std::fs::write(file.path(), "[pull]\npolicy = \"never\"\n").expect("write the test config");
+        file.into_temp_path()
+    })
 }
 
 /// The session store of this test process (tests that make sessions use their own).
