@@ -89,16 +89,14 @@ pub fn build(
             origin: req.origin.clone(),
             message: format!("tag: {e}"),
         })?;
-    // The base is pulled only when missing: its digest is part of the hash, so a base that
-    // moved (`nsbox pull BASE`) makes the next build a new one.
-    crate::registry::pull::ensure(
-        &req.recipe.base,
-        PullPolicy::Missing,
-        state_root,
-        config,
-        false,
-    )
-    .map_err(BuildError::Base)?;
+    // The base is pulled only when missing (never, if the config says so): its digest is part
+    // of the hash, so a base that moved (`nsbox pull BASE`) makes the next build a new one.
+    let policy = match config.pull.policy {
+        PullPolicy::Never => PullPolicy::Never,
+        _ => PullPolicy::Missing,
+    };
+    crate::registry::pull::ensure(&req.recipe.base, policy, state_root, config, false)
+        .map_err(BuildError::Base)?;
     let store = Store::open(state_root)?;
     let index = store.index()?;
     let base = store
