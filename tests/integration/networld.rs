@@ -450,8 +450,7 @@ chmod -R a+rX www"#
         cmd.arg(format!("--net=/run/netns/{}", self.host_ns))
             .arg(super::support::nsbox_bin())
             .args(args)
-            .env_remove("NSBOX_LOG")
-            .env("NSBOX_CONFIG", super::support::test_config());
+            .env_remove("NSBOX_LOG");
         cmd
     }
 
