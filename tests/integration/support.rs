@@ -108,6 +108,10 @@ pub fn test_config() -> &'static std::path::Path {
             .tempfile()
             .expect("a temporary config file");
         std::fs::write(file.path(), "[pull]\npolicy = \"never\"\n").expect("write the test config");
+        // Readable by the tests that run nsbox as another user.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod the test config");
         file.into_temp_path()
     })
 }
