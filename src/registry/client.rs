@@ -58,7 +58,10 @@ impl Client {
         credentials: Option<Found>,
     ) -> Result<Client, RegistryError> {
         let loopback = reference.is_loopback();
-        let https = settings.tls.unwrap_or(!loopback && !settings.insecure_http);
+        // A CA file only makes sense for HTTPS; otherwise HTTPS except on loopback.
+        let https = settings
+            .tls
+            .unwrap_or(settings.ca_file.is_some() || (!loopback && !settings.insecure_http));
         if !https && !loopback && !settings.insecure_http {
             return Err(RegistryError::Insecure {
                 registry: reference.registry.clone(),
@@ -536,4 +539,39 @@ impl Read for BlobReader<'_> {
 /// Whether a manifest's media type (from the response, or its own `mediaType`) is an index.
 pub fn is_index(media_type: &str) -> bool {
     matches!(media_type, oci::OCI_INDEX | oci::DOCKER_LIST)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_for_loopback_or_an_explicit_choice() {
+        let remote = RemoteRef::parse("registry.example:5000/x:1").unwrap();
+        let plain = RegistrySettings {
+            tls: Some(false),
+            ..Default::default()
+        };
+        let e = Client::new(&remote, &plain, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--insecure-http"), "{e}");
+        let insecure = RegistrySettings {
+            tls: Some(false),
+            insecure_http: true,
+            ..Default::default()
+        };
+        assert!(Client::new(&remote, &insecure, None).is_ok());
+        let local = RemoteRef::parse("127.0.0.1:5000/x:1").unwrap();
+        let client = Client::new(&local, &RegistrySettings::default(), None).unwrap();
+        assert!(client.base.starts_with("http://"));
+        let client = Client::new(&remote, &RegistrySettings::default(), None).unwrap();
+        assert!(client.base.starts_with("https://"));
+        let missing_ca = RegistrySettings {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        assert!(Client::new(&remote, &missing_ca, None).is_err());
+    }
 }

@@ -26,7 +26,8 @@ use crate::image::ImageError;
 pub struct RegistrySettings {
     /// Allow plain HTTP to a registry that is not on loopback.
     pub insecure_http: bool,
-    /// Force HTTPS (true) or plain HTTP (false); None: HTTPS except on loopback.
+    /// Force HTTPS (true) or plain HTTP (false); None: HTTPS except on loopback (where a
+    /// `ca_file` still means HTTPS).
     pub tls: Option<bool>,
     /// PEM certificates to trust instead of the built-in roots.
     pub ca_file: Option<PathBuf>,

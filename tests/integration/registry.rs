@@ -549,6 +549,45 @@ fn a_registry_gone_mid_pull_fails_clearly_and_the_next_pull_reuses_verified_laye
 }
 
 #[test]
+fn https_with_the_configs_ca_and_refused_without_it() {
+    require_root!();
+    if !tools_present() {
+        return;
+    }
+    let registry = LocalRegistry::start_with(Auth::None, true);
+    let ctx = Ctx::new();
+    hello_layout(&ctx.path("hello"), "over https\n");
+    registry.push(&ctx.path("hello"), "1", "tls/hello:1", false);
+    let reference = format!("{}/tls/hello:1", registry.host());
+    let host = registry.host();
+    // HTTPS without the CA: the certificate is not trusted.
+    std::fs::write(
+        ctx.config(),
+        format!("[registries.\"{host}\"]\ntls = true\n"),
+    )
+    .unwrap();
+    let run = ctx.run(&["pull", &reference]);
+    assert_eq!(run.code, 125);
+    assert!(
+        run.stderr.contains(&host) && run.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        run.stderr
+    );
+    ctx.assert_store_empty();
+    // With the CA the config names (relative to the config file's directory; a CA file
+    // means HTTPS even on loopback).
+    std::fs::copy(registry.ca(), ctx.path("test-ca.pem")).unwrap();
+    std::fs::write(
+        ctx.config(),
+        format!("[registries.\"{host}\"]\nca_file = \"test-ca.pem\"\n"),
+    )
+    .unwrap();
+    ctx.ok(&["pull", &reference]);
+    let run = ctx.run(&["exec", "--image", &reference, "--", "cat", "/hello"]);
+    assert_eq!(run.stdout, "over https\n", "{}", run.stderr);
+}
+
+#[test]
 fn malformed_references_are_refused_with_a_hint() {
     let ctx = Ctx::new();
     for bad in [

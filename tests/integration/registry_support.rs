@@ -68,8 +68,19 @@ pub struct LocalRegistry {
 
 impl LocalRegistry {
     pub fn start(auth: Auth) -> LocalRegistry {
+        Self::start_with(auth, false)
+    }
+
+    /// With `tls`, the registry serves HTTPS with a certificate for 127.0.0.1 signed by a
+    /// test CA ([`LocalRegistry::ca`]).
+    pub fn start_with(auth: Auth, tls: bool) -> LocalRegistry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let tls_yaml = if tls {
+            make_tls(dir.path())
+        } else {
+            String::new()
+        };
         let mut token = None;
         let auth_yaml = match auth {
             Auth::None => String::new(),
@@ -98,7 +109,7 @@ impl LocalRegistry {
             }
         };
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_yaml}{auth_yaml}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -130,6 +141,11 @@ impl LocalRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The test CA of a registry started with TLS.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
     /// Pushes the OCI layout `dir`'s image `tag` (or its whole index with `all`) as
     /// `repo:tag` with skopeo.
     pub fn push(&self, layout: &Path, src_tag: &str, dest: &str, all: bool) {
@@ -137,6 +153,12 @@ impl LocalRegistry {
         cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
         if all {
             cmd.arg("--all");
+        }
+        if self.ca().exists() {
+            cmd.arg(format!(
+                "--dest-cert-dir={}",
+                self.dir.path().join("certs.d").display()
+            ));
         }
         if self.token.is_some() || Path::new(&self.dir.path().join("htpasswd")).exists() {
             cmd.arg(format!("--dest-creds={USER}:{PASSWORD}"));
@@ -192,6 +214,79 @@ impl Drop for LocalRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir` (ca.crt; server.crt/key); returns
+/// the registry's `tls:` config. skopeo finds the CA in `certs.d/`.
+fn make_tls(dir: &Path) -> String {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=nsbox test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+    std::fs::create_dir_all(dir.join("certs.d")).unwrap();
+    std::fs::copy(dir.join("ca.crt"), dir.join("certs.d/ca.crt")).unwrap();
+    format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        dir.join("server.crt").display(),
+        dir.join("server.key").display()
+    )
 }
 
 /// A token service in the distribution spec's shape: `GET /token?service=&scope=` with Basic
