@@ -35,9 +35,15 @@ pub fn show(args: ConfigArgs, flag: Option<&Path>) -> i32 {
         error(&e.to_string());
         return exit::NSBOX_FAILED;
     }
+    let settings = match config.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            error(&e.to_string());
+            return exit::NSBOX_FAILED;
+        }
+    };
     if args.json {
-        let rows: Vec<serde_json::Value> = config
-            .settings
+        let rows: Vec<serde_json::Value> = settings
             .iter()
             .map(|s| serde_json::json!({"key": s.key, "value": s.value, "origin": s.origin}))
             .collect();
@@ -51,14 +57,13 @@ pub fn show(args: ConfigArgs, flag: Option<&Path>) -> i32 {
             println!("# read {}", f.display());
         }
     }
-    let width = config
-        .settings
+    let width = settings
         .iter()
         .map(|s| s.key.len() + s.value.len() + 3)
         .max()
         .unwrap_or(0)
         .min(72);
-    for s in &config.settings {
+    for s in &settings {
         let line = format!("{} = {}", s.key, s.value);
         println!("{line:<width$}  # {}", s.origin);
     }

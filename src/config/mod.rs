@@ -164,8 +164,8 @@ pub struct Config {
     pub pull: PullConfig,
     pub images: BTreeMap<String, ImageEntry>,
     pub cleanup: Cleanup,
-    /// Every key's value and origin (for `nsbox config`).
-    pub settings: Vec<Setting>,
+    /// The files' texts, for [`Config::settings`].
+    sources: Vec<(PathBuf, String)>,
 }
 
 /// Where to look for config files.
@@ -209,7 +209,8 @@ impl Discovery {
     /// The files to read, in order (an explicit file must exist; the others may not).
     fn files(&self) -> Result<Vec<PathBuf>, ConfigError> {
         if let Some(path) = &self.explicit {
-            if !path.is_file() {
+            // Not only regular files: `--config /dev/null` is "no configuration".
+            if !path.exists() || path.is_dir() {
                 return Err(ConfigError::Read {
                     path: path.clone(),
                     source: std::io::Error::new(
@@ -243,10 +244,23 @@ impl Config {
         Config::from_texts(&texts)
     }
 
-    /// Merges config texts (path, contents) over the built-in configuration.
+    /// Merges config texts (path, contents) over the built-in configuration. With no file
+    /// (the usual case for `nsbox exec`) nothing is parsed: the built-in values are compiled
+    /// in ([`Config::builtin`], checked against [`BUILTIN`] by a test).
     pub fn from_texts(texts: &[(PathBuf, String)]) -> Result<Config, ConfigError> {
+        let mut config = Config::builtin();
+        for (path, text) in texts {
+            let file = parse_file(path, text)?;
+            config.apply(path, file)?;
+            config.files.push(path.clone());
+        }
+        config.sources = texts.to_vec();
+        Ok(config)
+    }
+
+    /// Every key's effective value and where it came from (for `nsbox config`).
+    pub fn settings(&self) -> Result<Vec<Setting>, ConfigError> {
         let builtin = Path::new("builtin");
-        let mut config = Config::empty();
         let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
         let profile_text = crate::profile::builtin_text("default").unwrap_or_default();
         record(
@@ -255,27 +269,21 @@ impl Config {
             &parse_table(builtin, profile_text)?,
             "builtin (profiles/default.toml)",
         );
-        let base = parse_file(builtin, BUILTIN)?;
         record(
             &mut settings,
             "",
             &parse_table(builtin, BUILTIN)?,
             "builtin",
         );
-        config.apply(builtin, base)?;
-        for (path, text) in texts {
-            let file = parse_file(path, text)?;
+        for (path, text) in &self.sources {
             record(
                 &mut settings,
                 "",
                 &parse_table(path, text)?,
                 &path.display().to_string(),
             );
-            config.apply(path, file)?;
-            config.files.push(path.clone());
         }
-        config.settings = settings.into_values().collect();
-        Ok(config)
+        Ok(settings.into_values().collect())
     }
 
     fn apply(&mut self, path: &Path, file: ConfigFile) -> Result<(), ConfigError> {
@@ -360,13 +368,14 @@ impl Config {
         self.registries.get(registry).cloned().unwrap_or_default()
     }
 
-    /// The built-in configuration alone.
+    /// The built-in configuration: [`BUILTIN`]'s values (a test keeps them equal).
     pub fn builtin() -> Config {
-        // The built-in text is part of the binary and tested: it always parses.
-        Config::from_texts(&[]).unwrap_or_else(|_| Config::empty())
+        let mut config = Config::empty();
+        config.cleanup.session_max_age = Some(Duration::from_secs(3600));
+        config
     }
 
-    /// Nothing set: what the built-in text is applied to.
+    /// Nothing set.
     fn empty() -> Config {
         Config {
             files: Vec::new(),
@@ -381,7 +390,7 @@ impl Config {
                 session_max_age: None,
                 prune_older_than: None,
             },
-            settings: Vec::new(),
+            sources: Vec::new(),
         }
     }
 }
@@ -486,14 +495,30 @@ mod tests {
     }
 
     #[test]
+    fn the_compiled_builtin_matches_the_builtin_text() {
+        let builtin = Path::new("builtin");
+        let mut parsed = Config::empty();
+        parsed
+            .apply(builtin, parse_file(builtin, BUILTIN).unwrap())
+            .unwrap();
+        let compiled = Config::builtin();
+        assert_eq!(parsed.pull, compiled.pull);
+        assert_eq!(parsed.cleanup, compiled.cleanup);
+        assert_eq!(parsed.registries, compiled.registries);
+        assert_eq!(parsed.images, compiled.images);
+        assert!(parsed.defaults.is_empty() && compiled.defaults.is_empty());
+    }
+
+    #[test]
     fn builtin_values_and_origins() {
         let c = Config::builtin();
         assert_eq!(c.pull.policy, PullPolicy::Missing);
         assert_eq!(c.pull.jobs, 4);
         assert_eq!(c.cleanup.session_max_age, Some(Duration::from_secs(3600)));
         let memory = c
-            .settings
-            .iter()
+            .settings()
+            .unwrap()
+            .into_iter()
             .find(|s| s.key == "defaults.limits.memory")
             .unwrap();
         assert_eq!(memory.value, "\"2g\"");
@@ -524,7 +549,8 @@ mod tests {
             c.cleanup.prune_older_than,
             Some(Duration::from_secs(7 * 86400))
         );
-        let find = |k: &str| c.settings.iter().find(|s| s.key == k).unwrap().clone();
+        let settings = c.settings().unwrap();
+        let find = |k: &str| settings.iter().find(|s| s.key == k).unwrap().clone();
         assert_eq!(
             find("defaults.limits.memory").origin,
             "/etc/nsbox/config.toml"
@@ -533,8 +559,7 @@ mod tests {
         assert_eq!(find("pull.policy").origin, "/w/nsbox.toml");
         assert_eq!(find("pull.jobs").origin, "/etc/nsbox/config.toml");
         assert_eq!(find("cleanup.session_max_age").origin, "builtin");
-        assert!(c
-            .settings
+        assert!(settings
             .iter()
             .any(|s| s.key == "registries.\"127.0.0.1:5000\".tls"));
         // The defaults feed the profile.
