@@ -52,7 +52,8 @@ fn limits_fork_bomb_is_contained() {
         .parse()
         .unwrap_or_else(|_| panic!("{run:?}"));
     assert!(count <= 12, "{count} processes with --pids 12");
-    // A real fork bomb, stopped by the deadline, while the host keeps forking.
+    // A real fork bomb, stopped by the deadline, while the host keeps forking. The shell then
+    // `exec`s its sleep: once the bomb holds every pid it could not fork one (exit 2).
     let start = Instant::now();
     let run = exec(&[
         "--pids",
@@ -62,7 +63,7 @@ fn limits_fork_bomb_is_contained() {
         "--",
         "/bin/sh",
         "-c",
-        "b() { b | b & }; b; sleep 60",
+        "b() { b | b & }; b; exec sleep 60",
     ]);
     assert_eq!(run.code, 124, "{}", run.stderr);
     assert!(start.elapsed() < Duration::from_secs(15));
