@@ -141,9 +141,15 @@ fn limits_output_flood_is_capped() {
 fn limits_are_written_to_the_sandbox_cgroup() {
     require_root!();
     let (mut child, id) = start_json(&[
-        "--memory", "96m", "--cpus", "0.5", "--pids", "33", "--", "sleep", "3",
+        "--memory", "96m", "--cpus", "0.5", "--pids", "33", "--", "sleep", "3.0137",
     ]);
-    assert!(eventually(5.0, || !leftover_cgroups(&id).is_empty()));
+    // Once the command runs, the limits are in place (they are written before any process
+    // enters the cgroup; the start event may come before that).
+    assert!(eventually(10.0, || !host_processes_matching(
+        "sleep 3.0137"
+    )
+    .is_empty()));
+    assert!(!leftover_cgroups(&id).is_empty());
     let dirs = leftover_cgroups(&id);
     let read = |name: &str| -> Option<String> {
         dirs.iter()
