@@ -255,20 +255,15 @@ pub fn ps(args: PsArgs) -> i32 {
         return 0;
     }
     println!(
-        "{:<12}  {:<16}  {:<8}  {:<8}  {:>8}  {:<5}  LIMITS",
+        "{:<12}  {:<16}  {:<24}  {:<8}  {:>5}  {:<8}  LIMITS",
         "ID", "NAME", "ROOT", "STATE", "AGE", "NET"
     );
     for r in &records {
-        let root = if r.root.len() > 8 {
-            format!("{}…", &r.root[..7])
-        } else {
-            r.root.clone()
-        };
         println!(
-            "{:<12}  {:<16}  {:<8}  {:<8}  {:>8}  {:<5}  {}",
+            "{:<12}  {:<16}  {:<24}  {:<8}  {:>5}  {:<8}  {}",
             r.id,
-            r.name.as_deref().unwrap_or("-"),
-            root,
+            shorten(r.name.as_deref().unwrap_or("-"), 16),
+            shorten(&r.root, 24),
             state_name(store.state(r)),
             age_text(SessionStore::age(r, false).as_secs()),
             r.network,
@@ -276,6 +271,16 @@ pub fn ps(args: PsArgs) -> i32 {
         );
     }
     0
+}
+
+/// `text` cut to `width` characters, with an ellipsis when it was longer.
+fn shorten(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(width - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// Flags of `nsbox stats`.

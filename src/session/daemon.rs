@@ -184,9 +184,10 @@ fn supervise(
         id: spec.id.clone(),
         name: name.map(str::to_string),
         created: now_secs(),
-        root: match &spec.root {
-            RootChoice::Host => "host".to_string(),
-            RootChoice::Dir(d) => format!("dir:{}", d.display()),
+        root: match (&spec.image, &spec.root) {
+            (Some(image), _) => format!("image:{}", image.reference),
+            (None, RootChoice::Host) => "host".to_string(),
+            (None, RootChoice::Dir(d)) => format!("dir:{}", d.display()),
         },
         profile: spec.profile_name.clone(),
         network: spec.network.as_str().to_string(),

@@ -1263,6 +1263,10 @@ fn a_session_on_an_image_keeps_its_layers_until_removed() {
         "cat /top; id -u",
     ]);
     assert_eq!(lines(&run), ["session top", "1000"], "{}", run.stderr);
+    // ps names the image the session runs on.
+    let ps: serde_json::Value = serde_json::from_str(&session(&["ps", "--json"]).stdout).unwrap();
+    assert_eq!(ps[0]["root"], "image:layout:sess", "{ps}");
+    assert!(session(&["ps"]).stdout.contains("image:layout:sess"));
     // The session's supervisor holds the layers: rmi and prune leave them.
     assert_eq!(ctx.run(&["rmi", "layout:sess"]).code, 0);
     let pruned = ctx.run(&["image", "prune"]);

@@ -52,7 +52,8 @@ fn limits_fork_bomb_is_contained() {
         .parse()
         .unwrap_or_else(|_| panic!("{run:?}"));
     assert!(count <= 12, "{count} processes with --pids 12");
-    // A real fork bomb, stopped by the deadline, while the host keeps forking.
+    // A real fork bomb, stopped by the deadline, while the host keeps forking. The shell then
+    // `exec`s its sleep: once the bomb holds every pid it could not fork one (exit 2).
     let start = Instant::now();
     let run = exec(&[
         "--pids",
@@ -62,7 +63,7 @@ fn limits_fork_bomb_is_contained() {
         "--",
         "/bin/sh",
         "-c",
-        "b() { b | b & }; b; sleep 60",
+        "b() { b | b & }; b; exec sleep 60",
     ]);
     assert_eq!(run.code, 124, "{}", run.stderr);
     assert!(start.elapsed() < Duration::from_secs(15));
@@ -140,9 +141,15 @@ fn limits_output_flood_is_capped() {
 fn limits_are_written_to_the_sandbox_cgroup() {
     require_root!();
     let (mut child, id) = start_json(&[
-        "--memory", "96m", "--cpus", "0.5", "--pids", "33", "--", "sleep", "3",
+        "--memory", "96m", "--cpus", "0.5", "--pids", "33", "--", "sleep", "3.0137",
     ]);
-    assert!(eventually(5.0, || !leftover_cgroups(&id).is_empty()));
+    // Once the command runs, the limits are in place (they are written before any process
+    // enters the cgroup; the start event may come before that).
+    assert!(eventually(10.0, || !host_processes_matching(
+        "sleep 3.0137"
+    )
+    .is_empty()));
+    assert!(!leftover_cgroups(&id).is_empty());
     let dirs = leftover_cgroups(&id);
     let read = |name: &str| -> Option<String> {
         dirs.iter()
