@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/layout.rs"]
 mod layout;
-use layout::{build_layout, list_entries, median, Tmpfs};
+use layout::{bench_cache, build_layout, list_entries, median, tree_roots, Tmpfs};
 
 /// A registry on loopback, killed on drop.
 struct Registry {
@@ -79,10 +79,8 @@ fn main() {
         }
     }
     let nsbox = PathBuf::from(env!("CARGO_BIN_EXE_nsbox"));
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-unpack");
-    std::fs::create_dir_all(&cache).unwrap();
-    let tree = std::env::var("NSBOX_BENCH_TREE").unwrap_or_else(|_| "/usr/bin /usr/include".into());
-    let roots: Vec<String> = tree.split_whitespace().map(String::from).collect();
+    let cache = bench_cache(env!("CARGO_TARGET_TMPDIR"));
+    let roots = tree_roots();
     let entries = list_entries(&roots);
     let layers = 4usize;
     let mut groups: Vec<Vec<String>> = vec![Vec::new(); layers];

@@ -20,7 +20,7 @@ use nsbox::image::digest::Digest;
 
 #[path = "common/layout.rs"]
 mod layout;
-use layout::{build_layout, list_entries, median, Tmpfs};
+use layout::{bench_cache, build_layout, list_entries, median, tree_roots, Tmpfs};
 
 fn main() {
     if !rustix::process::geteuid().is_root() {
@@ -28,10 +28,8 @@ fn main() {
         return;
     }
     let nsbox = PathBuf::from(env!("CARGO_BIN_EXE_nsbox"));
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-unpack");
-    std::fs::create_dir_all(&cache).unwrap();
-    let tree = std::env::var("NSBOX_BENCH_TREE").unwrap_or_else(|_| "/usr/bin /usr/include".into());
-    let roots: Vec<String> = tree.split_whitespace().map(String::from).collect();
+    let cache = bench_cache(env!("CARGO_TARGET_TMPDIR"));
+    let roots = tree_roots();
     // In memory first (what the tools cost, without this VM's noisy disk), then on disk,
     // where "+sync" adds the time to write everything out.
     let tmpfs = Tmpfs::mount(&cache.join("tmpfs"));

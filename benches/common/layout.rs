@@ -14,6 +14,21 @@ pub struct Bench {
     pub uncompressed: u64,
 }
 
+/// The directory where the benches keep their layouts between runs (shared by the
+/// unpack and pull benches: both use the same tree).
+pub fn bench_cache(target_tmpdir: &str) -> PathBuf {
+    let cache = PathBuf::from(target_tmpdir).join("bench-unpack");
+    std::fs::create_dir_all(&cache).unwrap();
+    cache
+}
+
+/// The host directories whose files make the benches' layers: `NSBOX_BENCH_TREE`
+/// (space-separated), by default /usr/bin and /usr/include.
+pub fn tree_roots() -> Vec<String> {
+    let tree = std::env::var("NSBOX_BENCH_TREE").unwrap_or_else(|_| "/usr/bin /usr/include".into());
+    tree.split_whitespace().map(String::from).collect()
+}
+
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]

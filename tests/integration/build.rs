@@ -9,17 +9,19 @@ use crate::oci_build::*;
 use crate::require_root;
 use crate::support::*;
 
-struct Ctx {
-    tmp: tempfile::TempDir,
+struct Ctx(StoreCtx);
+
+impl std::ops::Deref for Ctx {
+    type Target = StoreCtx;
+    fn deref(&self) -> &StoreCtx {
+        &self.0
+    }
 }
 
 impl Ctx {
     /// A store with `base:1` (busybox, with a /data/old file to delete) loaded.
     fn new() -> Ctx {
-        let ctx = Ctx {
-            tmp: tempfile::tempdir().unwrap(),
-        };
-        std::fs::write(ctx.config(), "").unwrap();
+        let ctx = Ctx(StoreCtx::new());
         let mut layout = Layout::new(&ctx.path("base"));
         let mut t = Tar::default();
         t.dir("data/", 0o755)
@@ -30,29 +32,8 @@ impl Ctx {
             &[(base_layer(), Comp::Gzip), (t.finish(), Comp::Gzip)],
             serde_json::json!({"Env": ["PATH=/bin", "FROM_BASE=yes"]}),
         );
-        let out = ctx.run(&["load", ctx.path("base").to_str().unwrap()]);
-        assert_eq!(out.code, 0, "{}", out.stderr);
+        ctx.ok(&["load", ctx.path("base").to_str().unwrap()]);
         ctx
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.tmp.path().join(rel)
-    }
-
-    fn config(&self) -> PathBuf {
-        self.path("config.toml")
-    }
-
-    fn args<'a>(&'a self, store: &'a str, config: &'a str, args: &[&'a str]) -> Vec<&'a str> {
-        let mut full = vec!["--state-root", store, "--config", config];
-        full.extend_from_slice(args);
-        full
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let store = self.path("store");
-        let config = self.config();
-        nsbox(&self.args(store.to_str().unwrap(), config.to_str().unwrap(), args))
     }
 
     fn recipe(&self, name: &str, text: &str) -> PathBuf {
@@ -65,26 +46,8 @@ impl Ctx {
         self.run(&["build", "--file", recipe.to_str().unwrap()])
     }
 
-    fn digest_of(&self, name: &str) -> Option<String> {
-        let run = self.run(&["images", "--json"]);
-        let list: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-        list.as_array()
-            .unwrap()
-            .iter()
-            .find(|i| {
-                i["names"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|n| n.as_str() == Some(name))
-            })
-            .map(|i| i["digest"].as_str().unwrap().to_string())
-    }
-
     fn image_count(&self) -> usize {
-        let run = self.run(&["images", "--json"]);
-        let list: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-        list.as_array().unwrap().len()
+        self.images().len()
     }
 }
 
@@ -260,10 +223,7 @@ fn a_failing_setup_fails_with_its_output_and_tags_nothing() {
 
 #[test]
 fn bad_recipes_are_refused_naming_key_and_file() {
-    let ctx = Ctx {
-        tmp: tempfile::tempdir().unwrap(),
-    };
-    std::fs::write(ctx.config(), "").unwrap();
+    let ctx = Ctx(StoreCtx::new()); // no base image needed
     for (text, needle) in [
         (
             "base = \"base:1\"\ntag = \"x:1\"\ninstal = [\"git\"]\n",

@@ -484,16 +484,7 @@ fn interop_skopeo_archives_and_umoci_layouts() {
         assert_eq!(run.stdout, "top\nc\n", "{image}: {}", run.stderr);
     };
     let skopeo = |args: &[&str]| {
-        let out = Command::new("skopeo")
-            .arg("--insecure-policy")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        checked_output(Command::new("skopeo").arg("--insecure-policy").args(args));
     };
     let oci = format!("oci:{}:v1", layout.dir.display());
     // docker save format (uncompressed layers), also gzip-compressed and extracted.
@@ -540,12 +531,7 @@ fn interop_skopeo_archives_and_umoci_layouts() {
     check("arch:1");
     // A layout made by umoci from a directory.
     let umoci = |args: &[&str]| {
-        let out = Command::new("umoci").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "umoci {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        checked_output(Command::new("umoci").args(args));
     };
     let u = ctx.path("umoci-layout");
     let bundle = ctx.path("bundle");

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-use crate::support::eventually;
+use crate::support::{checked_output, eventually};
 
 pub const USER: &str = "agent";
 pub const PASSWORD: &str = "s3cret-pass";
@@ -85,13 +85,9 @@ impl LocalRegistry {
         let auth_yaml = match auth {
             Auth::None => String::new(),
             Auth::Basic => {
-                let out = Command::new("htpasswd")
-                    .args(["-Bbn", USER, PASSWORD])
-                    .output()
-                    .unwrap();
-                assert!(out.status.success());
+                let out = checked_output(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]));
                 let file = dir.path().join("htpasswd");
-                std::fs::write(&file, out.stdout).unwrap();
+                std::fs::write(&file, out).unwrap();
                 format!(
                     "auth:\n  htpasswd:\n    realm: nsbox-test\n    path: {}\n",
                     file.display()
@@ -163,32 +159,21 @@ impl LocalRegistry {
         if self.token.is_some() || Path::new(&self.dir.path().join("htpasswd")).exists() {
             cmd.arg(format!("--dest-creds={USER}:{PASSWORD}"));
         }
-        let out = cmd
-            .arg(format!("oci:{}:{src_tag}", layout.display()))
-            .arg(format!("docker://{}/{dest}", self.host()))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo push failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        checked_output(
+            cmd.arg(format!("oci:{}:{src_tag}", layout.display()))
+                .arg(format!("docker://{}/{dest}", self.host())),
         );
     }
 
     /// The layer digests of `repo:tag` as the registry has them (skopeo compresses
     /// uncompressed layers on push, so they may differ from the layout's).
     pub fn layer_digests(&self, repo_tag: &str) -> Vec<String> {
-        let out = Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .arg(format!("docker://{}/{repo_tag}", self.host()))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = checked_output(
+            Command::new("skopeo")
+                .args(["inspect", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{}/{repo_tag}", self.host())),
         );
-        let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&out).unwrap();
         manifest["layers"]
             .as_array()
             .unwrap()
@@ -220,16 +205,7 @@ impl Drop for LocalRegistry {
 /// the registry's `tls:` config. skopeo finds the CA in `certs.d/`.
 fn make_tls(dir: &Path) -> String {
     let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        checked_output(Command::new("openssl").args(args).current_dir(dir));
     };
     openssl(&[
         "req",
@@ -305,28 +281,22 @@ impl TokenServer {
     fn start(dir: &Path) -> TokenServer {
         let key = dir.join("token.key");
         let cert = dir.join("token.crt");
-        let out = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=nsbox-test-token"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        checked_output(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=nsbox-test-token"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
         );
-        let der = Command::new("openssl")
-            .args(["x509", "-outform", "DER", "-in"])
-            .arg(&cert)
-            .output()
-            .unwrap()
-            .stdout;
+        let der = checked_output(
+            Command::new("openssl")
+                .args(["x509", "-outform", "DER", "-in"])
+                .arg(&cert),
+        );
         let x5c = base64::engine::general_purpose::STANDARD.encode(der);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();

@@ -254,3 +254,141 @@ pub fn start_json(args: &[&str]) -> (std::process::Child, String) {
     });
     (child, id)
 }
+
+/// A test's own image store and config file (empty unless the test writes one) in a
+/// temporary directory, and docker's config directory (`DOCKER_CONFIG`): nothing of the
+/// host's store, config or credentials is read.
+pub struct StoreCtx {
+    tmp: tempfile::TempDir,
+}
+
+impl StoreCtx {
+    pub fn new() -> StoreCtx {
+        let ctx = StoreCtx {
+            tmp: tempfile::tempdir().unwrap(),
+        };
+        std::fs::write(ctx.config(), "").unwrap();
+        std::fs::create_dir_all(ctx.path("docker")).unwrap();
+        ctx
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("config.toml")
+    }
+
+    /// `nsbox --state-root STORE --config CONFIG ARGS...` with `stdin` as its input.
+    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        use std::io::Write;
+        let store = self.store();
+        let config = self.config();
+        let mut full = vec![
+            "--state-root",
+            store.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ];
+        full.extend_from_slice(args);
+        let mut child = nsbox_cmd(&full)
+            .env("DOCKER_CONFIG", self.path("docker"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap().into()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_stdin(args, "")
+    }
+
+    /// Runs nsbox, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert_eq!(run.code, 0, "nsbox {args:?} failed: {}", run.stderr);
+        run.stdout
+    }
+
+    /// Runs nsbox, which must fail with exit code 125 and say each of `needles`.
+    pub fn refused(&self, args: &[&str], needles: &[&str]) -> Run {
+        let run = self.run(args);
+        assert_eq!(run.code, 125, "nsbox {args:?}: {}", run.stderr);
+        for needle in needles {
+            assert!(run.stderr.contains(needle), "{needle:?}: {}", run.stderr);
+        }
+        run
+    }
+
+    /// `nsbox images --json`.
+    pub fn images(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["images", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// No image, layer, blob or leftover: what a failed pull into an empty store leaves.
+    pub fn assert_store_empty(&self) {
+        assert!(self.images().is_empty(), "no image was added");
+        for dir in ["layers", "tmp", "blobs/sha256"] {
+            let entries: Vec<_> = std::fs::read_dir(self.store().join(dir))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(entries.is_empty(), "{dir} is not empty: {entries:?}");
+        }
+    }
+
+    /// How many entries the store's directory `dir` has.
+    pub fn entries(&self, dir: &str) -> usize {
+        std::fs::read_dir(self.store().join(dir))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// The digest of the image `name` names, if one does.
+    pub fn digest_of(&self, name: &str) -> Option<String> {
+        self.images()
+            .into_iter()
+            .find(|i| {
+                i["names"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n.as_str() == Some(name))
+            })
+            .map(|i| i["digest"].as_str().unwrap().to_string())
+    }
+}
+
+impl Default for StoreCtx {
+    fn default() -> Self {
+        StoreCtx::new()
+    }
+}
+
+/// Runs `cmd`, which must succeed; its stdout.
+pub fn checked_output(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
