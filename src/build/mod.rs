@@ -61,6 +61,8 @@ pub struct BuildRequest {
     pub origin: String,
     pub tag: String,
     pub force: bool,
+    /// Print the filtered network's decisions on stderr (not part of the recipe's hash).
+    pub log_network: bool,
 }
 
 /// What a build did.
@@ -332,7 +334,9 @@ fn sandbox_spec(
         rootfs: None,
         image: Some(image),
         entrypoint: Some(String::new()),
-        network: Some(if recipe.hosts.is_empty() {
+        // With --log-network and no hosts, a filtered network that allows nothing: every
+        // lookup is refused and logged, which tells what the recipe's hosts must be.
+        network: Some(if recipe.hosts.is_empty() && !req.log_network {
             NetworkMode::None
         } else {
             NetworkMode::Filtered
@@ -340,7 +344,7 @@ fn sandbox_spec(
         allow: recipe.hosts.clone(),
         deny: Vec::new(),
         dns_upstream: Vec::new(),
-        log_network: false,
+        log_network: req.log_network,
         hostname: Some("nsbox-build".into()),
         user: Some((0, 0)),
         workdir: Some(PathBuf::from("/")),

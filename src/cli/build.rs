@@ -26,7 +26,8 @@ without capabilities in a sandbox on the base, with a filtered network that reac
 recipe's hosts (no network when it names none). What they change becomes one new layer.
 The image records the hash of the recipe and the base's digest: building an unchanged recipe
 again does nothing (--force builds anyway). The installs' and setup's output goes to stderr;
-if they fail, nothing is tagged.
+if they fail, nothing is tagged. --log-network prints every lookup and connection the build
+makes, allowed or refused: run it once without hosts to learn which a recipe needs.
 
 Examples:
   nsbox build --file images/python.toml
@@ -57,6 +58,10 @@ pub struct BuildArgs {
     /// Build even when an image of this recipe and base exists.
     #[arg(long)]
     force: bool,
+    /// Print each DNS answer and connection the build's network allows or refuses (on
+    /// stderr): how to find the hosts a recipe needs.
+    #[arg(long)]
+    log_network: bool,
 }
 
 /// `nsbox setup`.
@@ -95,6 +100,7 @@ fn request(args: BuildArgs) -> Result<BuildRequest, String> {
         origin,
         tag,
         force: args.force,
+        log_network: args.log_network,
     })
 }
 
@@ -157,6 +163,7 @@ pub fn setup(args: SetupArgs, state_root: &Path, config: &Config, t0: u64) -> i3
             allow: Vec::new(),
             tag: entry.tag.clone(),
             force: args.force,
+            log_network: false,
         };
         let result = request(args).and_then(|req| {
             build::build(&req, state_root, config, t0)

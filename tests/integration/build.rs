@@ -309,17 +309,23 @@ fn a_build_reaches_only_the_hosts_its_recipe_names() {
         ),
     )
     .unwrap();
+    // Not reachable by name (busybox's own resolver: its static wget cannot resolve a refused
+    // name without crashing) nor by address.
     let recipe = ctx.recipe(
         "net.toml",
-        r#"base = "base:1"
+        &format!(
+            r#"base = "base:1"
 tag = "net:1"
 hosts = ["web.allowed.example"]
 setup = """
 busybox wget -q -O /fetched http://web.allowed.example/index.html
-if busybox wget -q -T 5 -O /stolen http://other.example/; then echo reached-other; exit 1; fi
+if busybox nslookup other.example; then echo resolved-other; exit 1; fi
+if busybox wget -q -T 5 -O /stolen http://{other}/; then echo reached-other; exit 1; fi
 echo only-the-named-host
 """
 "#,
+            other = crate::networld::OTHER4
+        ),
     );
     let store = ctx.path("store");
     let config = ctx.config();
@@ -330,6 +336,7 @@ echo only-the-named-host
             "--config",
             config.to_str().unwrap(),
             "build",
+            "--log-network",
             "--file",
             recipe.to_str().unwrap(),
         ])
@@ -339,6 +346,23 @@ echo only-the-named-host
         .into();
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("only-the-named-host"), "{}", out.stderr);
+    // --log-network shows what the build's network allowed and refused, on stderr.
+    let logged = |prefix: &str, name: &str| {
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with(prefix) && l.contains(name))
+    };
+    assert!(
+        logged("nsbox: dns allowed", "web.allowed.example"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        logged("nsbox: dns refused", "other.example"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("built net:1"), "{}", out.stdout);
     let run = ctx.run(&["exec", "--image", "net:1", "--", "cat", "/fetched"]);
     assert_eq!(
         run.stdout, "hello from the fake internet\n",
