@@ -216,68 +216,55 @@ pub fn build_new_root(
         escape_overlay_path(&upper),
         escape_overlay_path(&work)
     );
-    if options.len() >= OVERLAY_OPTIONS_MAX {
-        // Images with many layers: mount(2) takes one page of options.
-        mount_overlay_layer_by_layer(&lowers, &upper, &work, &new_root)?;
-        mark("overlay mounted");
-        return Ok(new_root);
-    }
+    let (options, relative) = if options.len() < OVERLAY_OPTIONS_MAX {
+        (options, false)
+    } else {
+        // Images with many layers: mount(2) copies one page of options. Each layer is then
+        // named by its descriptor's number alone, resolved from /proc/self/fd as the working
+        // directory (overlayfs resolves relative lower paths from the caller's): overlayfs's
+        // limit of 500 layers fits (`crate::image::MAX_LAYERS` keeps images below it), on every
+        // kernel.
+        let short = lowers
+            .iter()
+            .map(|fd| fd.as_raw_fd().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let options = format!(
+            "lowerdir={short},upperdir={},workdir={},index=off",
+            escape_overlay_path(&upper),
+            escape_overlay_path(&work)
+        );
+        (options, true)
+    };
     let options =
         CString::new(options).map_err(|e| fail("mount overlay", &new_root)(io::Error::other(e)))?;
-    rmount::mount(
+    let previous = if relative {
+        let here =
+            open_dir(CWD, Path::new(".")).map_err(fail("open the working directory", &new_root))?;
+        rustix::process::chdir("/proc/self/fd")
+            .map_err(|e| fail("enter /proc/self/fd", &new_root)(rustix_err(e)))?;
+        Some(here)
+    } else {
+        None
+    };
+    let mounted = rmount::mount(
         "overlay",
         &new_root,
         "overlay",
         MountFlags::NOSUID | MountFlags::NODEV,
         options.as_c_str(),
-    )
-    .map_err(|e| fail("mount overlay", &new_root)(rustix_err(e)))?;
+    );
+    if let Some(here) = previous {
+        rustix::process::fchdir(&here)
+            .map_err(|e| fail("return to the working directory", &new_root)(rustix_err(e)))?;
+    }
+    mounted.map_err(|e| fail("mount overlay", &new_root)(rustix_err(e)))?;
     mark("overlay mounted");
     Ok(new_root)
 }
 
 /// mount(2) copies at most one page of options; stay below it.
 const OVERLAY_OPTIONS_MAX: usize = 4000;
-
-/// Mounts the overlay with the new mount API, one lower layer per fsconfig call
-/// ("lowerdir+", Linux 6.8), for more layers than one page of options can name.
-fn mount_overlay_layer_by_layer(
-    lowers: &[OwnedFd],
-    upper: &Path,
-    work: &Path,
-    new_root: &Path,
-) -> Result<(), RootfsError> {
-    let err = |e: rustix::io::Errno| fail("mount overlay", new_root)(rustix_err(e));
-    let fs = rmount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err)?;
-    for fd in lowers {
-        rmount::fsconfig_set_string(&fs, "lowerdir+", format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .map_err(|e| {
-                fail("mount overlay", new_root)(io::Error::other(format!(
-                    "{} lower layers do not fit in one mount(2) call, and this kernel refuses to add them one by one ({}) — hint: Linux 6.8 or newer stacks any number up to 500; or flatten the image",
-                    lowers.len(),
-                    rustix_err(e)
-                )))
-            })?;
-    }
-    rmount::fsconfig_set_string(&fs, "upperdir", upper).map_err(err)?;
-    rmount::fsconfig_set_string(&fs, "workdir", work).map_err(err)?;
-    rmount::fsconfig_set_string(&fs, "index", "off").map_err(err)?;
-    rmount::fsconfig_create(&fs).map_err(err)?;
-    let mnt = rmount::fsmount(
-        &fs,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
-    )
-    .map_err(err)?;
-    rmount::move_mount(
-        &mnt,
-        "",
-        CWD,
-        new_root,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(err)
-}
 
 /// Applies upper-layer operations to `dir` (a directory of the host) as seen over `lowers`:
 /// how the cached mask layer ([`super::mask`]) is built.

@@ -474,6 +474,23 @@ fn image_with_more_layers_than_mount_options_hold() {
         ["299", "1", "298"],
         "301 layers stacked, the top one whites out f000"
     );
+    // Beyond overlayfs's 500 layers: a clear error, nothing left behind.
+    for i in 300..500 {
+        let mut t = Tar::default();
+        t.file(&format!("more/f{i:03}"), 0o644, b"x");
+        layers.push((t.finish(), Comp::None));
+    }
+    let mut layout = Layout::new(&ctx.path("layout2"));
+    layout.image(Some("too-many"), &layers, serde_json::json!({}));
+    ctx.load_ok(&layout.dir);
+    let run = ctx.exec("layout2:too-many", &[], &["true"]);
+    assert_eq!(run.code, 125, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("has 501 layers; overlayfs stacks at most 499"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

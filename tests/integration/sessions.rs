@@ -920,6 +920,13 @@ fn crash_safety_under_random_kills() {
     let mut live: Option<String> = None;
     let mut seen = BTreeSet::new();
     let (mut supervisor_kills, mut cli_kills) = (0, 0);
+    // Kill moments spread over the time a whole create takes here (slow hosts, such as a
+    // software-emulated VM, need a wider window than 40 ms).
+    let started = std::time::Instant::now();
+    let calibration = store.run(&["create", "--name", "calibration"]);
+    assert_eq!(calibration.code, 0, "{calibration:?}");
+    let window = (started.elapsed().as_micros() as u64 * 3 / 2).max(40_000);
+    assert_eq!(store.run(&["rm", "-f", "calibration"]).code, 0);
     for i in 0..60 {
         // Make sure there is a session to work on (or create one as the step under test).
         let action = rng.next() % 4;
@@ -944,7 +951,7 @@ fn crash_safety_under_random_kills() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_micros(rng.next() % 40_000));
+        std::thread::sleep(Duration::from_micros(rng.next() % window));
         // Kill the CLI, or the supervisor of the session concerned.
         let victim_supervisor = rng.next() % 2 == 0;
         let ids = store.ids();
