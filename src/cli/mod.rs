@@ -28,8 +28,11 @@ Examples:
   nsbox exec --copy ./repo:repo -w /sandbox/repo -- make test
   nsbox exec --memory 512m --pids 64 --timeout 30s -- ./untrusted
   nsbox exec --secret API_KEY=sk-123 -- ./agent   API_KEY is masked as *** in all output
+  nsbox exec --image python:3.12 -- python3 -V    pulled from Docker Hub when missing
   nsbox load devbox-oci && nsbox exec --image devbox-oci:1.0 -- make test
+  nsbox build --file images/agent.toml            a devbox image, rebuilt only when changed
   nsbox exec --allow api.github.com -- curl -s https://api.github.com/zen
+  S=$(nsbox create --image devbox:latest) && nsbox exec --session $S -- git status
   nsbox doctor                                    check that this host can run sandboxes
 
 Exit codes: the command's own status; 124 timeout; 125 nsbox failed; 126 not executable;
