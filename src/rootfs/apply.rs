@@ -206,36 +206,26 @@ pub fn build_new_root(
     }
     mark("upper layer prepared");
 
-    let lowerdir = lowers
-        .iter()
-        .map(|fd| format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .collect::<Vec<_>>()
-        .join(":");
-    let options = format!(
-        "lowerdir={lowerdir},upperdir={},workdir={},index=off",
-        escape_overlay_path(&upper),
-        escape_overlay_path(&work)
-    );
-    let (options, relative) = if options.len() < OVERLAY_OPTIONS_MAX {
-        (options, false)
-    } else {
-        // Images with many layers: mount(2) copies one page of options. Each layer is then
-        // named by its descriptor's number alone, resolved from /proc/self/fd as the working
-        // directory (overlayfs resolves relative lower paths from the caller's): overlayfs's
-        // limit of 500 layers fits (`crate::image::MAX_LAYERS` keeps images below it), on every
-        // kernel.
-        let short = lowers
+    // Each lower layer by its descriptor, under `prefix`.
+    let options = |prefix: &str| {
+        let lowerdir = lowers
             .iter()
-            .map(|fd| fd.as_raw_fd().to_string())
+            .map(|fd| format!("{prefix}{}", fd.as_raw_fd()))
             .collect::<Vec<_>>()
             .join(":");
-        let options = format!(
-            "lowerdir={short},upperdir={},workdir={},index=off",
+        format!(
+            "lowerdir={lowerdir},upperdir={},workdir={},index=off",
             escape_overlay_path(&upper),
             escape_overlay_path(&work)
-        );
-        (options, true)
+        )
     };
+    let full = options("/proc/self/fd/");
+    // Images with many layers: mount(2) copies one page of options. Each layer is then named
+    // by its descriptor's number alone, resolved from /proc/self/fd as the working directory
+    // (overlayfs resolves relative lower paths from the caller's): overlayfs's limit of 500
+    // layers fits (`crate::image::MAX_LAYERS` keeps images below it), on every kernel.
+    let relative = full.len() >= OVERLAY_OPTIONS_MAX;
+    let options = if relative { options("") } else { full };
     let options =
         CString::new(options).map_err(|e| fail("mount overlay", &new_root)(io::Error::other(e)))?;
     let previous = if relative {
