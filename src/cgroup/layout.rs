@@ -102,8 +102,6 @@ pub struct CgroupLayout {
     memory: Placement,
     pids: Placement,
     cpu: Placement,
-    /// `/proc/self/cgroup` as `(hierarchy, path)`, where nsbox itself runs (for `nsbox doctor`).
-    self_cgroups: Vec<(String, String)>,
     /// The root every file access is prefixed with (for reading `/proc/self/cgroup` later).
     fs_root: PathBuf,
     /// Mounts that were ignored and why (shown by `summary`).
@@ -262,7 +260,6 @@ impl CgroupLayout {
             pids,
             cpu,
             // Only `summary` (nsbox doctor) shows these: read them there, not on every start.
-            self_cgroups: Vec::new(),
             fs_root: fs_root.to_path_buf(),
             notes,
         })
@@ -350,11 +347,8 @@ impl CgroupLayout {
             };
             out.push_str(&format!("  {:<8}{line}\n", format!("{c}:")));
         }
-        let self_cgroups = if self.self_cgroups.is_empty() {
-            read_self_cgroups(&self.fs_root)
-        } else {
-            self.self_cgroups.clone()
-        };
+        // Where nsbox itself runs (`/proc/self/cgroup`), for `nsbox doctor`.
+        let self_cgroups = read_self_cgroups(&self.fs_root);
         if !self_cgroups.is_empty() {
             let here: Vec<String> = self_cgroups
                 .iter()

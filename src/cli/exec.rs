@@ -19,9 +19,6 @@ pub fn run(
     config: &crate::config::Config,
     t0: u64,
 ) -> i32 {
-    if let Some(session) = args.session.clone() {
-        return run_in_session(args, &session, t0);
-    }
     let json = args.json;
     // Until the spec exists, secrets are known only from the raw flags: mask them anyway.
     let early_masker = raw_secret_masker(&args.sandbox);
@@ -96,7 +93,7 @@ pub(super) struct ExecExtras {
     pub timings: bool,
 }
 
-/// Resolves and locks `--image` (images, issue 3), pulling it first as `--pull` (or the
+/// Resolves and locks `--image`, pulling it first as `--pull` (or the
 /// config) says; the lock lasts as long as the result.
 pub(super) fn open_image(
     sandbox: &SandboxArgs,
@@ -164,7 +161,9 @@ pub(super) fn build_spec(
 }
 
 /// `nsbox exec --session ID -- CMD`.
-fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
+/// `nsbox exec --session ID`: the session was made with its own flags and configuration, so
+/// nothing of the config file is read here.
+pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
     let json = args.json;
     let used = args.sandbox.defining_flags();
     if !used.is_empty() {
@@ -209,14 +208,8 @@ fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
         stdin: args.interactive,
         tty: args.tty,
         json,
-        timeout: args.timeout.and_then(|l| match l {
-            Limit::Unlimited => None,
-            Limit::Value(t) => Some(t.0),
-        }),
-        max_output: args.max_output.map(|l| match l {
-            Limit::Unlimited => None,
-            Limit::Value(m) => Some(m),
-        }),
+        timeout: args.timeout.and_then(Limit::into_option).map(|t| t.0),
+        max_output: args.max_output.map(Limit::into_option),
         phase: None,
         output_to_stderr: false,
     };
@@ -226,31 +219,20 @@ fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
     }
 }
 
-/// `-e` flags of a session exec: NAME=VALUE, or NAME copied from nsbox's environment; TERM
-/// added with a terminal.
+/// `-e` flags of a session exec, parsed as for a new sandbox: NAME=VALUE, or NAME copied from
+/// nsbox's environment; TERM added with a terminal.
 pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, String)>, String> {
+    let host_env: BTreeMap<String, String> = std::env::vars().collect();
     let mut env = Vec::new();
     if tty {
-        let term = std::env::var("TERM")
-            .ok()
-            .filter(|t| !t.is_empty() && t != "dumb")
-            .unwrap_or_else(|| "xterm-256color".into());
-        env.push(("TERM".to_string(), term));
+        env.push(("TERM".to_string(), crate::spec::tty_term(&host_env)));
     }
     for entry in entries {
-        let (k, v) = match entry.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => match std::env::var(entry) {
-                Ok(v) => (entry.clone(), v),
-                Err(_) => continue,
-            },
-        };
-        if !crate::profile::valid_env_name(&k) {
-            return Err(format!(
-                "--env '{k}': not a valid variable name (letters, digits, '_')"
-            ));
+        if let Some(kv) =
+            crate::spec::parse_env_entry("--env", entry, &host_env).map_err(|e| e.to_string())?
+        {
+            env.push(kv);
         }
-        env.push((k, v));
     }
     Ok(env)
 }

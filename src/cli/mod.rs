@@ -48,11 +48,9 @@ pub struct Cli {
     /// Format of nsbox's own log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
-    // --- images (issue 3) ---
     /// Where nsbox keeps images (default /var/lib/nsbox; NSBOX_STATE_ROOT overrides the default).
     #[arg(long, value_name = "DIR", global = true)]
     state_root: Option<PathBuf>,
-    // --- end images ---
     /// Read this config file only (default: /etc/nsbox/config.toml, then
     /// $XDG_CONFIG_HOME/nsbox/config.toml, then ./nsbox.toml; NSBOX_CONFIG sets it too).
     #[arg(long, value_name = "FILE", global = true)]
@@ -91,7 +89,6 @@ enum Command {
     Prune(prune::PruneArgs),
     /// List the built-in profiles.
     Profiles,
-    // --- images (issue 3) ---
     /// Load the images of an OCI layout, OCI archive or docker-save archive into the store.
     Load(image::LoadArgs),
     /// Add a root filesystem tarball to the store as a one-layer image.
@@ -107,7 +104,6 @@ enum Command {
     /// Image store maintenance.
     #[command(subcommand)]
     Image(image::ImageCommand),
-    // --- end images ---
     /// Pull an image from a registry into the store.
     Pull(pull::PullArgs),
     /// Save credentials for a registry (checked first).
@@ -135,7 +131,6 @@ pub struct SandboxArgs {
     /// instead of the host's root.
     #[arg(long, value_name = "DIR", help_heading = "Filesystem")]
     rootfs: Option<PathBuf>,
-    // --- images (issue 3) ---
     /// Use an image from the store as the root (read-only, under an ephemeral overlay); its
     /// Env, WorkingDir and User become defaults, and the command runs as ENTRYPOINT + (CMD
     /// given here, or the image's Cmd).
@@ -164,7 +159,6 @@ pub struct SandboxArgs {
         help_heading = "Filesystem"
     )]
     pull: Option<crate::config::PullPolicy>,
-    // --- end images ---
     /// Let the command write anywhere in the root; writes go to an ephemeral layer.
     #[arg(long, help_heading = "Filesystem")]
     writable_root: bool,
@@ -358,7 +352,10 @@ pub fn main() -> i32 {
     // `ps`, `stop` or `rm`).
     let config = || settings::load(cli.config.as_deref());
     match cli.command {
-        Command::Exec(args) => with_config(config(), |c| exec::run(*args, &state_root, c, t0)),
+        Command::Exec(args) => match args.session.clone() {
+            Some(session) => exec::run_in_session(*args, &session, t0),
+            None => with_config(config(), |c| exec::run(*args, &state_root, c, t0)),
+        },
         Command::Create(args) => {
             with_config(config(), |c| session::create(*args, &state_root, c, t0))
         }

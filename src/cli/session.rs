@@ -63,6 +63,14 @@ pub fn create(
     t0: u64,
 ) -> i32 {
     let json = args.json;
+    if args.sandbox.entrypoint.is_some() {
+        return fail(
+            json,
+            "setup",
+            "--entrypoint applies to a command, and a session runs none of its own — hint: name the program in each `nsbox exec --session ID -- PROG ...`",
+            t0,
+        );
+    }
     let masker = raw_secret_masker(&args.sandbox);
     let script = match (&args.setup, &args.setup_file) {
         (Some(s), _) => Some(s.clone()),
@@ -81,8 +89,7 @@ pub fn create(
     };
     let max_age = match args.max_age {
         None => config.cleanup.session_max_age,
-        Some(Limit::Unlimited) => None,
-        Some(Limit::Value(t)) => Some(t.0),
+        Some(limit) => limit.into_option().map(|t| t.0),
     };
     let extras = ExecExtras {
         // A session runs no command of its own; this one is never executed.
@@ -128,10 +135,7 @@ pub fn create(
                     stdin: false,
                     tty: false,
                     json,
-                    timeout: args.timeout.and_then(|l| match l {
-                        Limit::Unlimited => None,
-                        Limit::Value(t) => Some(t.0),
-                    }),
+                    timeout: args.timeout.and_then(Limit::into_option).map(|t| t.0),
                     max_output: None,
                     phase: Some("setup"),
                     output_to_stderr: !json,

@@ -123,10 +123,6 @@ impl<R: Read, W: Write> HashingReader<R, W> {
         }
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
     /// Reads what is left, then returns the digest, the byte count and the copy.
     pub fn finish(mut self) -> io::Result<(Digest, u64, Option<W>)> {
         let mut buf = vec![0u8; 64 << 10];

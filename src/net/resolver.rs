@@ -426,7 +426,6 @@ pub(crate) async fn answer(shared: &Shared, bytes: &[u8], udp: bool) -> Option<V
             ttl,
             names,
         } => {
-            let ttl = ttl.min(MAX_TTL);
             if !addresses.is_empty() {
                 if let Err(e) = shared.allow(&addresses, &names, reachable_for(ttl)) {
                     shared.events.send(event(

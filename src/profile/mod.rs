@@ -220,29 +220,12 @@ impl Profile {
     /// Loads a profile by built-in name, by name from [`SYSTEM_PROFILE_DIR`], or from a path
     /// (anything containing '/' or ending in ".toml"), and applies it on top of the default.
     pub fn load(name_or_path: &str) -> Result<Profile, ProfileError> {
-        let (origin, text) = Self::find(name_or_path)?;
-        Self::from_text(&origin, &text)
+        Self::load_layered(name_or_path, &[])
     }
 
-    /// Parses `text` (named `origin` in messages) and applies it on top of the default. The
-    /// built-in default comes pre-parsed when `precompiled.rs` matches its text (a test keeps
-    /// it so): starting a sandbox then never touches the TOML parser.
+    /// Parses `text` (named `origin` in messages) and applies it on top of the default.
     pub fn from_text(origin: &str, text: &str) -> Result<Profile, ProfileError> {
-        if origin == "builtin:default" && precompiled::SOURCE_FNV == DEFAULT_SOURCE_FNV {
-            return Ok(precompiled::default_profile());
-        }
-        let default_text = builtin_text("default").unwrap_or_default();
-        let base = parse_file("builtin:default", default_text)?;
-        let mut resolved = resolve_base(base)?;
-        if origin != "builtin:default" {
-            let file = parse_file(origin, text)?;
-            apply(&mut resolved, origin, file)?;
-        }
-        resolved.name = origin
-            .strip_prefix("builtin:")
-            .unwrap_or(origin)
-            .to_string();
-        Ok(resolved)
+        Self::layered(origin, text, &[])
     }
 
     /// Like [`Profile::load`], with `layers` (the config file's `[defaults]`, in order)
@@ -252,25 +235,36 @@ impl Profile {
         name_or_path: &str,
         layers: &[ProfileLayer],
     ) -> Result<Profile, ProfileError> {
-        if layers.is_empty() {
-            return Self::load(name_or_path);
-        }
         let (origin, text) = Self::find(name_or_path)?;
-        let mut resolved = Self::from_text(
-            "builtin:default",
-            builtin_text("default").unwrap_or_default(),
-        )?;
+        Self::layered(&origin, &text, layers)
+    }
+
+    fn layered(origin: &str, text: &str, layers: &[ProfileLayer]) -> Result<Profile, ProfileError> {
+        let mut resolved = Self::builtin_default()?;
         for layer in layers {
             apply(&mut resolved, &layer.origin, layer.file.clone())?;
         }
         if origin != "builtin:default" {
-            apply(&mut resolved, &origin, parse_file(&origin, &text)?)?;
+            apply(&mut resolved, origin, parse_file(origin, text)?)?;
         }
         resolved.name = origin
             .strip_prefix("builtin:")
-            .unwrap_or(&origin)
+            .unwrap_or(origin)
             .to_string();
         Ok(resolved)
+    }
+
+    /// The built-in default, resolved. It comes pre-parsed when `precompiled.rs` matches its
+    /// text (a test keeps it so): starting a sandbox then never touches the TOML parser, with
+    /// any profile.
+    fn builtin_default() -> Result<Profile, ProfileError> {
+        if precompiled::SOURCE_FNV == DEFAULT_SOURCE_FNV {
+            return Ok(precompiled::default_profile());
+        }
+        resolve_base(parse_file(
+            "builtin:default",
+            builtin_text("default").unwrap_or_default(),
+        )?)
     }
 
     fn find(name_or_path: &str) -> Result<(String, String), ProfileError> {

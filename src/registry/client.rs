@@ -113,10 +113,6 @@ impl Client {
         })
     }
 
-    pub fn registry(&self) -> &str {
-        &self.registry
-    }
-
     /// Checks that the registry answers the API and accepts our credentials (`nsbox login`).
     pub fn ping(&self) -> Result<(), RegistryError> {
         let url = format!("{}/v2/", self.base);

@@ -175,7 +175,7 @@ pub fn pull(
         (top, bytes, None)
     };
     let kind = effective_media_type("", &manifest_bytes);
-    if kind.starts_with("application/vnd.docker.distribution.manifest.v1") {
+    if kind.starts_with(SCHEMA1) {
         return Err(RegistryError::Protocol(format!(
             "{remote} is a Docker schema 1 image, which nsbox does not read — hint: push it again with a current tool (schema 2 / OCI)"
         )));
@@ -317,6 +317,9 @@ fn mismatch(what: &'static str, expected: &Digest, actual: &Digest) -> RegistryE
     .into()
 }
 
+/// Docker's schema 1 manifests (`...v1+json`, `...v1+prettyjws`).
+const SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1";
+
 /// The response's media type, or the document's own `mediaType` when the registry sent a
 /// generic one.
 fn effective_media_type(header: &str, bytes: &[u8]) -> String {
@@ -328,8 +331,15 @@ fn effective_media_type(header: &str, bytes: &[u8]) -> String {
         #[serde(rename = "mediaType")]
         media_type: Option<String>,
         manifests: Option<serde_json::Value>,
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<u64>,
     }
     match serde_json::from_slice::<Probe>(bytes) {
+        // Schema 1 documents name no media type.
+        Ok(Probe {
+            schema_version: Some(1),
+            ..
+        }) => SCHEMA1.to_string(),
         Ok(Probe {
             media_type: Some(m),
             ..
@@ -352,5 +362,21 @@ fn platforms(index: &Index) -> String {
         "no platforms".into()
     } else {
         list.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema1_manifests_are_recognised_by_their_body_or_header() {
+        let body = br#"{"schemaVersion": 1, "name": "x", "tag": "1", "fsLayers": []}"#;
+        assert!(effective_media_type("", body).starts_with(SCHEMA1));
+        assert!(effective_media_type("application/json", body).starts_with(SCHEMA1));
+        let header = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+        assert!(effective_media_type(header, b"{}").starts_with(SCHEMA1));
+        let oci = br#"{"schemaVersion": 2, "config": {}, "layers": []}"#;
+        assert_eq!(effective_media_type("", oci), oci::OCI_MANIFEST);
     }
 }

@@ -253,6 +253,9 @@ pub fn build_new_root(
     Ok(new_root)
 }
 
+/// Directories nsbox creates inside the sandbox are owned by its root unless said otherwise.
+const ROOT_OWNED: (u32, u32) = (0, 0);
+
 /// mount(2) copies at most one page of options; stay below it.
 const OVERLAY_OPTIONS_MAX: usize = 4000;
 
@@ -320,7 +323,7 @@ pub fn apply_mounts(
     };
     let mut phase: Option<&'static str> = None;
     for op in &plan.mounts {
-        let this = op.phase(slash);
+        let this = op.phase();
         if let Some(done) = phase.filter(|p| *p != this) {
             mark(done);
         }
@@ -754,7 +757,7 @@ fn relative_to_root(path: &Path) -> &Path {
 impl Inside<'_> {
     /// Opens (as O_PATH) the directory `path` inside the root, creating missing directories as
     /// `owner` (inside ids). Symlinks are followed only within the root.
-    fn dir(&self, path: &Path, owner: Option<(u32, u32)>) -> io::Result<OwnedFd> {
+    fn dir(&self, path: &Path, owner: (u32, u32)) -> io::Result<OwnedFd> {
         let rel = relative_to_root(path);
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
@@ -774,7 +777,7 @@ impl Inside<'_> {
                 let parent_dir = self.reopen_dir(&parent_fd)?;
                 match rfs::mkdirat(&parent_dir, name, Mode::from_raw_mode(0o755)) {
                     Ok(()) => {
-                        let (uid, gid) = owner.unwrap_or((0, 0));
+                        let (uid, gid) = owner;
                         rfs::chownat(
                             &parent_dir,
                             name,
@@ -812,7 +815,7 @@ impl Inside<'_> {
         match rfs::openat2(self.root, rel, flags, Mode::empty(), resolve) {
             Ok(fd) => Ok(fd),
             Err(rustix::io::Errno::NOENT) => {
-                let parent = self.dir(path.parent().unwrap_or(Path::new("/")), None)?;
+                let parent = self.dir(path.parent().unwrap_or(Path::new("/")), ROOT_OWNED)?;
                 let parent = self.reopen_dir(&parent)?;
                 let name = path
                     .file_name()
@@ -836,7 +839,7 @@ impl Inside<'_> {
         match op {
             MountOp::Proc { target } => {
                 let dir = self
-                    .dir(target, None)
+                    .dir(target, ROOT_OWNED)
                     .map_err(fail("mount proc on", target))?;
                 // The first mount inside: /proc/self/fd does not exist yet, so this one uses the
                 // fd-based mount API directly.
@@ -871,7 +874,7 @@ impl Inside<'_> {
                 flags,
             } => {
                 let dir = self
-                    .dir(target, None)
+                    .dir(target, ROOT_OWNED)
                     .map_err(fail("mount tmpfs on", target))?;
                 let data = format!(
                     "size={},mode={:o},uid={},gid={}",
@@ -888,7 +891,7 @@ impl Inside<'_> {
                     MountOp::Sysfs { .. } => ("sysfs", "mount sysfs on"),
                     _ => ("cgroup2", "mount cgroup2 on"),
                 };
-                let dir = self.dir(target, None).map_err(fail(step, target))?;
+                let dir = self.dir(target, ROOT_OWNED).map_err(fail(step, target))?;
                 let flags = MountFlags::RDONLY
                     | MountFlags::NOSUID
                     | MountFlags::NODEV
@@ -898,7 +901,7 @@ impl Inside<'_> {
             }
             MountOp::Devpts { target, tty_gid } => {
                 let dir = self
-                    .dir(target, None)
+                    .dir(target, ROOT_OWNED)
                     .map_err(fail("mount devpts on", target))?;
                 let data = format!(
                     "newinstance,ptmxmode=0666,mode=0620,gid={}",
@@ -949,10 +952,8 @@ impl Inside<'_> {
                     attrs |= sys::fs::attr::RDONLY;
                 }
                 sys::fs::set_mount_attrs(fd.as_fd(), attrs).map_err(fail("bind", target))?;
-                let under_sandbox = target.starts_with("/sandbox");
-                let owner = under_sandbox.then_some((0, 0));
                 let to = if is_dir {
-                    self.dir(target, owner)
+                    self.dir(target, ROOT_OWNED)
                 } else {
                     self.file(target)
                 }
@@ -1023,8 +1024,12 @@ impl Inside<'_> {
                 self.copy_in(fd, target, (*uid, *gid))
             }
             MountOp::Workdir { target, uid, gid } => {
-                let owner = target.starts_with("/sandbox").then_some((*uid, *gid));
-                self.dir(target, owner.or(Some((0, 0))))
+                let owner = if target.starts_with("/sandbox") {
+                    (*uid, *gid)
+                } else {
+                    ROOT_OWNED
+                };
+                self.dir(target, owner)
                     .map(drop)
                     .map_err(fail("create working directory", target))
             }
@@ -1063,10 +1068,7 @@ impl Inside<'_> {
     /// inside a tree are copied as symlinks, never followed.
     fn copy_in(&self, src: OwnedFd, target: &Path, owner: (u32, u32)) -> Result<(), RootfsError> {
         let parent = self
-            .dir(
-                target.parent().unwrap_or(Path::new("/sandbox")),
-                Some(owner),
-            )
+            .dir(target.parent().unwrap_or(Path::new("/sandbox")), owner)
             .and_then(|p| self.reopen_dir(&p))
             .map_err(fail("copy into", target))?;
         let name = target

@@ -17,13 +17,14 @@
 //! hiding in the sandbox's own upper layer; the cache never makes a run fail.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, FlockOperation, Mode, OFlags, CWD};
 
 use super::apply::{self, IdMap, RootfsError};
 use super::plan::UpperOp;
+use crate::image::store::remove_tree;
 
 /// Where mask layers may live, in order of preference: (filesystem to check, parent dirs to
 /// create, the masks directory).
@@ -289,48 +290,6 @@ pub fn collect_garbage(masks: &Path, keep: &str) -> usize {
     removed
 }
 
-/// Deletes a directory tree without following symlinks.
-fn remove_tree(path: &Path) -> io::Result<()> {
-    let dir = rfs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
-    remove_contents(dir.as_fd(), 0)?;
-    drop(dir);
-    rfs::rmdir(path).map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
-}
-
-fn remove_contents(dir: BorrowedFd<'_>, depth: usize) -> io::Result<()> {
-    if depth > 64 {
-        return Err(io::Error::other("directory tree too deep"));
-    }
-    let err = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
-    for entry in rfs::Dir::read_from(dir).map_err(err)? {
-        let entry = entry.map_err(err)?;
-        let name = entry.file_name();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
-        let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
-        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            let sub = rfs::openat(
-                dir,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(err)?;
-            remove_contents(sub.as_fd(), depth + 1)?;
-            rfs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(err)?;
-        } else {
-            rfs::unlinkat(dir, name, AtFlags::empty()).map_err(err)?;
-        }
-    }
-    Ok(())
-}
-
 /// Removes every mask layer no running sandbox uses, in every location, and the directories
 /// that held them once they are empty (for `nsbox prune`).
 pub fn prune() -> usize {
@@ -384,22 +343,5 @@ mod tests {
             assert!(dirs.contains(&PathBuf::from(d)), "{d}: {dirs:?}");
         }
         assert_eq!(dirs.len(), 4);
-    }
-
-    #[test]
-    fn remove_tree_does_not_follow_symlinks() {
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("keep"), "x").unwrap();
-        let tree = tempfile::tempdir().unwrap();
-        let root = tree.path().join("t");
-        std::fs::create_dir_all(root.join("a/b")).unwrap();
-        std::fs::write(root.join("a/b/f"), "x").unwrap();
-        std::os::unix::fs::symlink(outside.path(), root.join("a/link")).unwrap();
-        remove_tree(&root).unwrap();
-        assert!(!root.exists());
-        assert!(
-            outside.path().join("keep").exists(),
-            "a symlink's target survives"
-        );
     }
 }

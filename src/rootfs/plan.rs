@@ -169,7 +169,7 @@ pub enum MountOp {
 
 impl MountOp {
     /// The phase this step belongs to, for `--timings`.
-    pub fn phase(&self, target_hint: &Path) -> &'static str {
+    pub fn phase(&self) -> &'static str {
         match self {
             MountOp::Proc { .. } => "/proc mounted",
             MountOp::Tmpfs { target, .. } if target.starts_with("/dev") => "/dev built",
@@ -184,10 +184,7 @@ impl MountOp {
             MountOp::Tmpfs { .. } => "/tmp and /sandbox mounted",
             MountOp::Bind { .. } => "bind mounts attached",
             MountOp::CopyIn { .. } => "files copied in",
-            MountOp::Workdir { .. } | MountOp::RemountReadOnly { .. } => {
-                let _ = target_hint;
-                "root made read-only"
-            }
+            MountOp::Workdir { .. } | MountOp::RemountReadOnly { .. } => "root made read-only",
         }
     }
 }

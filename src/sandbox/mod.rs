@@ -2,8 +2,9 @@
 //!
 //! - the **supervisor** ([`supervisor`], host side, the nsbox process itself): cgroup, id maps,
 //!   output relay, timeout, signals, exit status, clean-up;
-//! - the **setup child / init** ([`setup`]), created with clone3 in new mount, pid, net, uts
-//!   and ipc namespaces: builds the root filesystem as real root, then moves into a user
+//! - the **setup child / init** ([`setup`]), created with clone3 in new mount, pid, uts and
+//!   ipc namespaces, then joins the network namespace the supervisor creates meanwhile: builds
+//!   the root filesystem as real root, then moves into a user
 //!   namespace that owns none of those namespaces, drops to the sandbox uid and becomes pid 1;
 //! - the **workload**, forked by the init: seccomp last, then execve.
 //!

@@ -67,8 +67,6 @@ pub struct ChildSetup<'a> {
     pub cgroup_tasks: &'a [OwnedFd],
     /// The cgroup's `tasks` descriptors arrive with the id maps (cgroup v1 hosts).
     pub late_cgroup: bool,
-    /// The network namespace arrives as a message (it is created in parallel).
-    pub late_netns: bool,
     pub winsize: Option<Winsize>,
 }
 
@@ -178,7 +176,9 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         apply::build_new_root(s.plan, ids, &mut mark).map_err(at("build root filesystem"))?;
     apply::pivot_into(&new_root).map_err(at("enter root filesystem"))?;
     mark("pivoted into the new root");
-    if s.late_netns {
+    // Except with --net host, the network namespace arrives as a message: the supervisor
+    // creates it (loopback up, filtered rules made) while this child builds its filesystem.
+    if s.spec.network != NetworkMode::Host {
         join_network_namespace(s.control)?;
         mark("network namespace joined");
     }
@@ -186,11 +186,8 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         .map_err(at("mount sandbox filesystems"))?;
     drop(sources);
 
-    // 9. Hostname, loopback.
+    // 9. Hostname.
     rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
-    if s.spec.network != NetworkMode::Host && !s.late_netns {
-        sys::net::loopback_up().map_err(at("bring up loopback"))?;
-    }
     marks.push(("hostname set".into(), now_ns()));
 
     // 10. Identity: join the cgroup (on v1 hosts, while still real root), then the user

@@ -366,7 +366,6 @@ pub fn launch(
             stdio: child_stdio,
             cgroup_tasks: early_cgroup.as_ref().map_or(&[][..], |c| c.self_join_fds()),
             late_cgroup: early_cgroup.is_none(),
-            late_netns: spec.network != NetworkMode::Host,
             winsize,
         }),
         sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),

@@ -185,6 +185,7 @@ mod tests {
     /// After changing the profile or the compiler:
     ///     NSBOX_REGENERATE_SECCOMP=1 cargo test --lib seccomp::tests::precompiled
     #[test]
+    #[cfg(target_arch = "x86_64")] // only x86_64 has a precompiled copy
     fn precompiled_default_is_current() {
         let fresh = SeccompPolicy::builtin("default")
             .unwrap()

@@ -45,7 +45,8 @@ impl<T: std::str::FromStr> std::str::FromStr for Limit<T> {
 }
 
 impl<T> Limit<T> {
-    fn into_option(self) -> Option<T> {
+    /// The value, or None for `none` (no limit).
+    pub fn into_option(self) -> Option<T> {
         match self {
             Limit::Unlimited => None,
             Limit::Value(v) => Some(v),
@@ -233,13 +234,12 @@ impl SandboxSpec {
         profile: &Profile,
         host_env: &BTreeMap<String, String>,
     ) -> Result<SandboxSpec, SpecError> {
-        // --- images (issue 3): the image's run defaults, unless the command line overrides ---
+        // The image's run defaults, unless the command line overrides them.
         let mut req = req;
         let image_defaults = match req.image.clone() {
             Some(image) => Some(image_defaults(&mut req, &image)?),
             None => None,
         };
-        // --- end images ---
         if req.command.is_empty() {
             return Err(SpecError::NoCommand);
         }
@@ -347,12 +347,7 @@ impl SandboxSpec {
             set(&mut env, k.clone(), v.clone());
         }
         if req.tty {
-            let term = host_env
-                .get("TERM")
-                .filter(|t| !t.is_empty() && t.as_str() != "dumb")
-                .cloned()
-                .unwrap_or_else(|| "xterm-256color".to_string());
-            set(&mut env, "TERM".into(), term);
+            set(&mut env, "TERM".into(), tty_term(host_env));
         }
         for path in &req.env_files {
             for (k, v) in read_env_file(path, host_env)? {
@@ -432,11 +427,6 @@ impl SandboxSpec {
             timings: req.timings,
             upper_dir: None,
         })
-    }
-
-    /// The host uid that inside uid `id` maps to.
-    pub fn host_uid(&self, id: u32) -> u32 {
-        self.uid_base + id
     }
 }
 
@@ -736,8 +726,17 @@ fn mask_all(entry: &str) -> String {
     }
 }
 
+/// TERM for a command given a terminal: nsbox's own, unless unset or dumb.
+pub(crate) fn tty_term(host_env: &BTreeMap<String, String>) -> String {
+    host_env
+        .get("TERM")
+        .filter(|t| !t.is_empty() && t.as_str() != "dumb")
+        .cloned()
+        .unwrap_or_else(|| "xterm-256color".to_string())
+}
+
 /// `K=V` sets K; a bare `K` copies K from nsbox's environment (skipped when unset).
-fn parse_env_entry(
+pub(crate) fn parse_env_entry(
     flag: &'static str,
     entry: &str,
     host_env: &BTreeMap<String, String>,

@@ -102,6 +102,50 @@ fn secrets_in_bad_flags_are_not_echoed() {
     ]);
     assert_eq!(run.code, 125);
     assert!(!run.stderr.contains("hunter2-secret"), "{}", run.stderr);
+    // An error nsbox itself writes, naming a flag's value that contains the secret: masked.
+    let run = nsbox(&[
+        "exec",
+        "--secret",
+        "TOKEN=hunter2-secret",
+        "--env-file",
+        "/nonexistent/hunter2-secret",
+        "--",
+        "true",
+    ]);
+    assert_eq!(run.code, 125);
+    assert!(
+        run.stderr.contains("--env-file /nonexistent/***"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("hunter2-secret"), "{}", run.stderr);
+}
+
+#[test]
+fn a_session_takes_no_entrypoint_and_checks_its_env_names() {
+    let run = nsbox(&["create", "--image", "nosuch:1", "--entrypoint", "x"]);
+    assert_eq!(run.code, 125);
+    assert!(
+        run.stderr.contains("--entrypoint applies to a command"),
+        "{}",
+        run.stderr
+    );
+    // Checked before the session is looked for, as for a new sandbox.
+    let run = nsbox(&[
+        "exec",
+        "--session",
+        "nosuch",
+        "-e",
+        "bad-name",
+        "--",
+        "true",
+    ]);
+    assert_eq!(run.code, 125);
+    assert!(
+        run.stderr.contains("not a valid variable name"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
