@@ -24,14 +24,16 @@ use rustix::fs::{self as rfs, Mode};
 pub use recipe::{Recipe, RecipeFile};
 
 use crate::config::{Config, PullPolicy};
+use crate::ids::DEFAULT_UID_BASE;
 use crate::image::digest::Digest;
 use crate::image::load::{self, add_to_index, store_doc, unpack_stream, Expect};
 use crate::image::oci;
 use crate::image::store::{remove_tree, ImageRecord, LayerRecord, Store};
 use crate::image::{ImageError, Limits};
 use crate::profile::{NetworkMode, Profile};
-use crate::spec::units::ByteSize;
-use crate::spec::{ExecRequest, Limit, SandboxSpec, Timeout, DEFAULT_UID_BASE};
+use crate::spec::{ExecRequest, SandboxSpec};
+use crate::units::ByteSize;
+use crate::units::{Limit, Timeout};
 
 /// The label the recipe hash is recorded under in the image config.
 pub const HASH_LABEL: &str = "org.nsbox.recipe.hash";

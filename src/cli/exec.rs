@@ -10,8 +10,9 @@ use crate::relay::{Event, Masker};
 use crate::sandbox::{self, Outcome, SandboxError};
 use crate::session::client::{SessionClient, SessionExec};
 use crate::session::state::SessionStore;
-use crate::spec::units::ByteSize;
-use crate::spec::{ExecRequest, Limit, SandboxSpec, Timeout};
+use crate::spec::{ExecRequest, SandboxSpec};
+use crate::units::ByteSize;
+use crate::units::{Limit, Timeout};
 
 pub fn run(
     args: ExecArgs,

@@ -8,7 +8,7 @@ use crate::exit;
 use crate::image::load::{self, LoadOptions};
 use crate::image::store::{self, ImageRecord, Store};
 use crate::image::{ImageError, Limits};
-use crate::spec::units::ByteSize;
+use crate::units::ByteSize;
 
 const LOAD_HELP: &str = "\
 Accepted: an OCI image layout directory (skopeo copy ... oci:DIR:TAG, umoci), an OCI archive

@@ -18,8 +18,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
 use crate::profile::NetworkMode;
-use crate::spec::units::{ByteSize, CpuQuota};
-use crate::spec::{Limit, Timeout};
+use crate::units::{ByteSize, CpuQuota};
+use crate::units::{Limit, Timeout};
 
 const AFTER_HELP: &str = "\
 Examples:

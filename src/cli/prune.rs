@@ -22,7 +22,7 @@ pub struct PruneArgs {
     /// whose supervisor was killed are removed regardless. Default: the config's
     /// cleanup.prune_older_than.
     #[arg(long, value_name = "DURATION")]
-    older_than: Option<crate::spec::Timeout>,
+    older_than: Option<crate::units::Timeout>,
 }
 
 pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {

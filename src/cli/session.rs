@@ -17,8 +17,8 @@ use crate::session::copy::{
 };
 use crate::session::daemon;
 use crate::session::state::{SessionRecord, SessionState, SessionStore};
-use crate::spec::units::{ByteSize, CpuQuota};
-use crate::spec::{Limit, Timeout};
+use crate::units::{ByteSize, CpuQuota};
+use crate::units::{Limit, Timeout};
 
 /// Flags of `nsbox create`.
 #[derive(Debug, Args)]

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::profile::{ProfileFile, ProfileLayer};
 use crate::registry::RegistrySettings;
-use crate::spec::units;
+use crate::units;
 
 /// Where the system-wide configuration lives.
 pub const SYSTEM_CONFIG: &str = "/etc/nsbox/config.toml";

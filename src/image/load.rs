@@ -28,7 +28,7 @@ use super::store::{remove_tree, ImageRecord, LayerRecord, Store};
 use super::tar::TarReader;
 use super::unpack::{self, Compression, IdShift, Limits};
 use super::ImageError;
-use crate::spec::DEFAULT_UID_BASE;
+use crate::ids::DEFAULT_UID_BASE;
 
 /// Largest manifest or index accepted.
 pub(crate) const MAX_MANIFEST: u64 = 4 << 20;

@@ -195,7 +195,7 @@ pub fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<(u32, u32), String
             }
         },
     };
-    let max = crate::spec::IDS_IN_SANDBOX;
+    let max = crate::ids::IDS_IN_SANDBOX;
     if uid >= max || gid >= max {
         return Err(format!(
             "ids above {} cannot be mapped into the sandbox",

@@ -21,7 +21,7 @@ pub fn save(store: &Store, image: &ImageRecord, out: &Path) -> Result<u64, Image
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.nsbox-{}", crate::spec::new_id()));
+    let tmp = dir.join(format!(".{name}.nsbox-{}", crate::ids::new_id()));
     let io = |what: String| move |source: std::io::Error| ImageError::Io { what, source };
     let result = (|| {
         let file = File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;

@@ -262,7 +262,7 @@ impl Store {
     pub fn tmp_path(&self, what: &str) -> PathBuf {
         self.root
             .join("tmp")
-            .join(format!("{what}-{}", crate::spec::new_id()))
+            .join(format!("{what}-{}", crate::ids::new_id()))
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::spec::units::{self, ByteSize, CpuQuota, UnitError};
+use crate::units::{self, ByteSize, CpuQuota, UnitError};
 
 mod precompiled;
 
@@ -679,10 +679,10 @@ pub fn parse_user(text: &str) -> Result<(u32, u32), String> {
         let id: u32 = s.parse().map_err(|_| {
             format!("'{text}': the {what} must be a number (UID[:GID]), names are not resolved")
         })?;
-        if id >= crate::spec::IDS_IN_SANDBOX {
+        if id >= crate::ids::IDS_IN_SANDBOX {
             return Err(format!(
                 "'{text}': the {what} must be below {} (the sandbox maps 65536 ids)",
-                crate::spec::IDS_IN_SANDBOX
+                crate::ids::IDS_IN_SANDBOX
             ));
         }
         Ok(id)
@@ -728,7 +728,7 @@ mod tests {
                  //! does not run the TOML parser; `precompiled_default_is_current` fails when stale.\n\n\
                  use std::collections::BTreeMap;\nuse std::path::PathBuf;\n#[allow(unused_imports)]\nuse std::time::Duration;\n\n\
                  #[allow(unused_imports)]\nuse super::{{NetworkMode, Profile, RootChoice, SysMode}};\n\
-                 #[allow(unused_imports)]\nuse crate::spec::units::{{ByteSize, CpuQuota}};\n\n\
+                 #[allow(unused_imports)]\nuse crate::units::{{ByteSize, CpuQuota}};\n\n\
                  /// FNV-1a of the profile text this was made from.\n\
                  pub(super) const SOURCE_FNV: u64 = {DEFAULT_SOURCE_FNV:#018x};\n\n\
                  /// The default profile.\n\

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::profile::{NetworkMode, RootChoice, SysMode};
-use crate::spec::units::ByteSize;
 use crate::spec::SandboxSpec;
+use crate::units::ByteSize;
 
 /// Everything the setup child does to build the sandbox's filesystem, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +285,7 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         (NetworkMode::Host, Some(text)) => text.clone(),
         (NetworkMode::Host, None) => b"# nsbox: the host has no /etc/resolv.conf\n".to_vec(),
         (NetworkMode::None, _) => b"# nsbox: --net none: no network, no DNS\n".to_vec(),
-        (NetworkMode::Filtered, _) => crate::net::resolver::RESOLV_CONF.as_bytes().to_vec(),
+        (NetworkMode::Filtered, _) => crate::net::addresses::RESOLV_CONF.as_bytes().to_vec(),
     };
     upper.push(UpperOp::WriteFile {
         path: "/etc/resolv.conf".into(),

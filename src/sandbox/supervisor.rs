@@ -23,13 +23,14 @@ use super::setup::{self, ChildSetup, ExecFailure};
 use crate::cgroup::{
     CgroupError, CgroupLayout, CgroupLimits, Controller, Placement, SandboxCgroup,
 };
+use crate::ids::IDS_IN_SANDBOX;
 use crate::profile::NetworkMode;
 use crate::relay::stream::{Relay, RelayConfig, RelayError, RelayFd};
 use crate::relay::Masker;
 use crate::rootfs::{self, HostFacts};
 use crate::seccomp::SeccompError;
-use crate::spec::units::{format_duration, ByteSize};
-use crate::spec::{SandboxSpec, IDS_IN_SANDBOX};
+use crate::spec::SandboxSpec;
+use crate::units::{format_duration, ByteSize};
 use crate::{exit, sys};
 
 /// How long the command has to end after nsbox forwarded SIGINT/SIGTERM before every process

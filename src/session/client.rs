@@ -19,8 +19,8 @@ use crate::relay::stream::{Relay, RelayConfig, RelayFd};
 use crate::sandbox::control;
 use crate::sandbox::setup::ExecFailure;
 use crate::sandbox::supervisor::{arm_timer, now_ns, Ending, Outcome, PollSet, STOP_GRACE};
-use crate::spec::units::ByteSize;
 use crate::sys;
+use crate::units::ByteSize;
 
 /// After a command ended, how long output still held open by its background children is
 /// relayed before the exec returns.

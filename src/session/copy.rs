@@ -365,7 +365,7 @@ impl<W: io::Write> TarOut<W> {
         let inside = |id: u32| {
             u64::from(
                 id.checked_sub(self.base)
-                    .filter(|i| *i < crate::spec::IDS_IN_SANDBOX)
+                    .filter(|i| *i < crate::ids::IDS_IN_SANDBOX)
                     .unwrap_or(65534),
             )
         };

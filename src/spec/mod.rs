@@ -4,66 +4,17 @@
 //! This module reads the host only to validate user input (does a --mount source exist, read an
 //! --env-file). It creates nothing.
 
-pub mod units;
-
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use crate::ids::{new_id, DEFAULT_UID_BASE};
 pub use crate::image::ImageSpec;
 use crate::net::{EgressPolicy, PolicyError};
 use crate::profile::{self, NetworkMode, Profile, RootChoice, SysMode};
 use crate::seccomp::{PolicyRef, SeccompError, SeccompPolicy};
-use units::{ByteSize, CpuQuota};
-
-/// How many ids the sandbox's user namespace maps (inside 0..65536).
-pub const IDS_IN_SANDBOX: u32 = 65536;
-
-/// First host uid/gid of the range nsbox maps into every sandbox (inside id N is host id
-/// `DEFAULT_UID_BASE + N`). Chosen far above the ranges that /etc/subuid, systemd (dynamic
-/// users, nspawn) and distributions hand out, so no host user or other engine owns these ids.
-/// Host uid 0 is never mapped.
-pub const DEFAULT_UID_BASE: u32 = 0x6e73_0000; // 1853030400 ("ns")
-
-/// A limit given on the command line: a value, or "none" to switch the profile's limit off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit<T> {
-    Unlimited,
-    Value(T),
-}
-
-impl<T: std::str::FromStr> std::str::FromStr for Limit<T> {
-    type Err = T::Err;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if units::is_unlimited(s) {
-            Ok(Limit::Unlimited)
-        } else {
-            s.parse().map(Limit::Value)
-        }
-    }
-}
-
-impl<T> Limit<T> {
-    /// The value, or None for `none` (no limit).
-    pub fn into_option(self) -> Option<T> {
-        match self {
-            Limit::Unlimited => None,
-            Limit::Value(v) => Some(v),
-        }
-    }
-}
-
-/// A wall-clock limit in a form clap can parse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeout(pub Duration);
-
-impl std::str::FromStr for Timeout {
-    type Err = units::UnitError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        units::parse_duration(s).map(Timeout)
-    }
-}
+use crate::units::{ByteSize, CpuQuota, Limit, Timeout};
 
 /// What the command line asked for. `None` / empty means "the profile decides".
 #[derive(Debug, Default, Clone)]
@@ -557,22 +508,6 @@ fn load_seccomp(name_or_path: &str) -> Result<PolicyRef, SpecError> {
     } else {
         Ok(PolicyRef::builtin(name_or_path)?)
     }
-}
-
-/// A fresh sandbox id: 12 lowercase hex digits from the kernel's random pool.
-pub fn new_id() -> String {
-    let mut bytes = [0u8; 6];
-    // getrandom only fails before the pool is initialised at early boot; fall back to time+pid
-    // so an id is still unique enough on this host.
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let mixed = nanos ^ (u128::from(std::process::id()) << 64);
-        bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn valid_hostname(name: &str) -> bool {

@@ -279,8 +279,8 @@ fn image_layers_show_through_overlay_as_built() {
     assert_eq!(
         (x.uid(), x.gid()),
         (
-            nsbox::spec::DEFAULT_UID_BASE + 1000,
-            nsbox::spec::DEFAULT_UID_BASE + 50
+            nsbox::ids::DEFAULT_UID_BASE + 1000,
+            nsbox::ids::DEFAULT_UID_BASE + 50
         )
     );
 }
@@ -434,7 +434,7 @@ fn image_setuid_file_capabilities_and_devices_are_inert() {
     let meta = std::fs::metadata(host.join("suid-probe")).unwrap();
     assert_eq!(
         meta.uid(),
-        nsbox::spec::DEFAULT_UID_BASE,
+        nsbox::ids::DEFAULT_UID_BASE,
         "setuid to the sandbox's root, never host root"
     );
 }
