@@ -26,7 +26,7 @@ pub use recipe::{Recipe, RecipeFile};
 use crate::config::{Config, PullPolicy};
 use crate::ids::DEFAULT_UID_BASE;
 use crate::image::digest::Digest;
-use crate::image::load::{self, add_to_index, store_doc, unpack_stream, Expect};
+use crate::image::ingest::{self, add_to_index, store_doc, unpack_stream, Expect};
 use crate::image::oci;
 use crate::image::store::{remove_tree, ImageRecord, LayerRecord, Store};
 use crate::image::{ImageError, Limits};
@@ -283,7 +283,7 @@ fn run_and_capture(
     let config_bytes = serde_json::to_vec(&config_json)
         .map_err(|e| BuildError::Capture(format!("write the image config: {e}")))?;
     let config_digest = Digest::of(&config_bytes);
-    let parsed: oci::ImageConfig = load::parse_json("the built image config", &config_bytes)?;
+    let parsed: oci::ImageConfig = ingest::parse_json("the built image config", &config_bytes)?;
 
     let mut layers = base.layers.clone();
     layers.push(LayerRecord {
@@ -294,7 +294,7 @@ fn run_and_capture(
         unpacked_bytes: layer.unpacked_bytes,
     });
     let (manifest_digest, manifest_bytes) =
-        load::synthesize_manifest(&(config_digest.clone(), config_bytes.clone()), &layers)?;
+        ingest::synthesize_manifest(&(config_digest.clone(), config_bytes.clone()), &layers)?;
     store_doc(store, &config_digest, &config_bytes)?;
     store_doc(store, &manifest_digest, &manifest_bytes)?;
     let record = ImageRecord {

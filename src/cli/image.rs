@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use super::error;
 use crate::exit;
-use crate::image::load::{self, LoadOptions};
+use crate::image::ingest::LoadOptions;
 use crate::image::store::{self, ImageRecord, Store};
+use crate::image::{import, load};
 use crate::image::{ImageError, Limits};
 use crate::units::ByteSize;
 
@@ -194,7 +195,7 @@ pub fn import(args: ImportArgs, state_root: &Path) -> i32 {
         progress: show_progress(args.quiet),
         threads: 1,
     };
-    match load::import(&store, &args.path, &args.tag, &opts) {
+    match import::import(&store, &args.path, &args.tag, &opts) {
         Ok(image) => {
             println!(
                 "imported {} ({}, {})",

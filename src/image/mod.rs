@@ -8,10 +8,13 @@
 //! its own namespaces, from the layer directories this module leaves behind.
 
 pub mod digest;
+pub mod import;
+pub mod ingest;
 pub mod load;
 pub mod oci;
 pub mod reference;
 pub mod save;
+mod source;
 pub mod store;
 pub mod tar;
 pub mod unpack;

@@ -19,7 +19,7 @@ use super::client::{is_index, Client};
 use super::reference::RemoteRef;
 use super::{RegistryError, RegistrySettings};
 use crate::image::digest::{printable, Digest};
-use crate::image::load::{
+use crate::image::ingest::{
     add_to_index, check_config, check_config_type, known_unpacked_bytes, parse_json, store_doc,
     unpack_all, LayerJob, LoadOptions, MAX_CONFIG, MAX_MANIFEST,
 };
