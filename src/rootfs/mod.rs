@@ -17,4 +17,33 @@ pub mod copy;
 pub mod mask;
 pub mod plan;
 
-pub use plan::{build as build_plan, HostFacts, MountOp, RootfsPlan, UpperOp};
+pub use plan::{HostFacts, MountOp, RootfsPlan, UpperOp};
+
+use crate::spec::SandboxSpec;
+
+/// The root filesystem plan for `spec`, final: what the profile hides of the host root is the
+/// same for every sandbox, so it comes from the cached mask layer (built now if needed, and
+/// locked for as long as the returned layer lives); without the cache the setup child makes
+/// the same changes in its own upper layer. The interpreter then only follows the plan.
+pub fn final_plan(spec: &SandboxSpec, host: &HostFacts) -> (RootfsPlan, Option<mask::MaskLayer>) {
+    let mut plan = plan::build(spec, host);
+    if plan.shared.is_empty() {
+        return (plan, None);
+    }
+    match mask::prepare(
+        &plan.shared,
+        apply::IdMap {
+            base: spec.uid_base,
+        },
+    ) {
+        Ok(layer) => {
+            plan.use_mask_layer(layer.path.clone());
+            (plan, Some(layer))
+        }
+        Err(e) => {
+            tracing::debug!("mask layer cache not used: {e}");
+            plan.make_shared_in_upper();
+            (plan, None)
+        }
+    }
+}

@@ -278,31 +278,7 @@ pub fn launch(
             NetworkMode::None | NetworkMode::Filtered => None,
         },
     };
-    let mut plan = rootfs::build_plan(spec, &host);
-    // What the profile hides of the host root is the same for every sandbox: use (or build)
-    // the cached layer for it; without it the child builds the same thing in its upper layer.
-    let mask_layer = if plan.shared.is_empty() {
-        None
-    } else {
-        match rootfs::mask::prepare(
-            &plan.shared,
-            rootfs::apply::IdMap {
-                base: spec.uid_base,
-            },
-        ) {
-            Ok(layer) => {
-                plan.lowers.insert(0, layer.path.clone());
-                plan.shared.clear();
-                Some(layer)
-            }
-            Err(e) => {
-                tracing::debug!("mask layer cache not used: {e}");
-                let shared = std::mem::take(&mut plan.shared);
-                plan.upper.splice(0..0, shared);
-                None
-            }
-        }
-    };
+    let (plan, mask_layer) = rootfs::final_plan(spec, &host);
     let bpf = spec.seccomp.compile()?;
     marks.push(("plan and seccomp ready".into(), now_ns()));
 
