@@ -15,6 +15,7 @@ pub mod net;
 pub mod profile;
 pub mod registry;
 pub mod relay;
+pub mod report;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;

@@ -23,7 +23,7 @@ use rustix::fs::{self as rfs, Mode};
 
 pub use recipe::{Recipe, RecipeFile};
 
-use crate::config::{Config, PullPolicy};
+use crate::config::Config;
 use crate::ids::DEFAULT_UID_BASE;
 use crate::image::digest::Digest;
 use crate::image::ingest::{self, add_to_index, store_doc, unpack_stream, Expect};
@@ -31,6 +31,7 @@ use crate::image::oci;
 use crate::image::store::{remove_tree, ImageRecord, LayerRecord, Store};
 use crate::image::{ImageError, Limits};
 use crate::profile::{NetworkMode, Profile};
+use crate::registry::pull::PullPolicy;
 use crate::spec::{ExecRequest, SandboxSpec};
 use crate::units::ByteSize;
 use crate::units::{Limit, Timeout};
@@ -44,13 +45,24 @@ pub enum BuildError {
     #[error("recipe {origin}: {message}")]
     Recipe { origin: String, message: String },
     #[error("base image: {0}")]
-    Base(String),
+    Base(#[from] crate::registry::pull::EnsureError),
+    #[error("base image: {0}")]
+    BaseMissing(ImageError),
+    #[error("base image: {0}")]
+    BaseConfig(String),
     #[error("the build sandbox: {0}")]
-    Sandbox(String),
+    Profile(#[from] crate::profile::ProfileError),
+    #[error("the build sandbox: {0}")]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("the build sandbox: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("the setup failed (exit {code}{detail}); no image was tagged — its output is above")]
     SetupFailed { code: i32, detail: String },
-    #[error("capturing the build's changes: {0}")]
-    Capture(String),
+    #[error("capturing the build's changes: {what}: {source}")]
+    Capture {
+        what: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
 }
@@ -99,13 +111,14 @@ pub fn build(
         PullPolicy::Never => PullPolicy::Never,
         _ => PullPolicy::Missing,
     };
-    crate::registry::pull::ensure(&req.recipe.base, policy, state_root, config, false)
-        .map_err(BuildError::Base)?;
+    crate::registry::pull::ensure(&req.recipe.base, policy, state_root, |registry| {
+        config.pull_options(state_root, registry, false)
+    })?;
     let store = Store::open(state_root)?;
     let index = store.index()?;
     let base = store
         .resolve(&index, &req.recipe.base)
-        .map_err(|e| BuildError::Base(e.to_string()))?
+        .map_err(BuildError::BaseMissing)?
         .clone();
     let hash = req.recipe.hash(&base.digest);
     if !req.force {
@@ -182,7 +195,7 @@ fn run_and_capture(
 ) -> Result<(ImageRecord, u64), BuildError> {
     let io = |what: &str| {
         let what = what.to_string();
-        move |e: std::io::Error| BuildError::Capture(format!("{what}: {e}"))
+        move |source: std::io::Error| BuildError::Capture { what, source }
     };
     let upper = workdir.join("upper");
     rfs::mkdir(workdir, Mode::from_raw_mode(0o700))
@@ -202,7 +215,7 @@ fn run_and_capture(
     let image_spec = root.spec();
     let mut spec = sandbox_spec(req, config, image_spec.clone())?;
     spec.upper_dir = Some(workdir.to_path_buf());
-    let outcome = crate::sandbox::run(&spec, t0).map_err(|e| BuildError::Sandbox(e.to_string()))?;
+    let outcome = crate::sandbox::run(&spec, t0)?;
     let code = outcome.exit_code();
     if code != 0 {
         return Err(BuildError::SetupFailed {
@@ -232,11 +245,11 @@ fn run_and_capture(
     let base_config =
         std::fs::read(store.blob_path(&base.config)).map_err(io("read the base's config"))?;
     let mut config_json: serde_json::Value = serde_json::from_slice(&base_config)
-        .map_err(|e| BuildError::Base(format!("its config is not valid JSON: {e}")))?;
+        .map_err(|e| BuildError::BaseConfig(format!("its config is not valid JSON: {e}")))?;
     let now = rfc3339_now();
     let obj = config_json
         .as_object_mut()
-        .ok_or_else(|| BuildError::Base("its config is not a JSON object".into()))?;
+        .ok_or_else(|| BuildError::BaseConfig("its config is not a JSON object".into()))?;
     obj.insert("created".into(), now.clone().into());
     obj.remove("container_config");
     obj.remove("container");
@@ -281,7 +294,7 @@ fn run_and_capture(
         }
     }
     let config_bytes = serde_json::to_vec(&config_json)
-        .map_err(|e| BuildError::Capture(format!("write the image config: {e}")))?;
+        .map_err(|e| io("write the image config")(std::io::Error::other(e)))?;
     let config_digest = Digest::of(&config_bytes);
     let parsed: oci::ImageConfig = ingest::parse_json("the built image config", &config_bytes)?;
 
@@ -326,8 +339,7 @@ fn sandbox_spec(
     config: &Config,
     image: crate::spec::ImageSpec,
 ) -> Result<SandboxSpec, BuildError> {
-    let profile = Profile::load_layered("default", &config.defaults)
-        .map_err(|e| BuildError::Sandbox(e.to_string()))?;
+    let profile = Profile::load_layered("default", &config.defaults)?;
     let recipe = &req.recipe;
     let mut env = vec!["HOME=/root".to_string()];
     env.extend(recipe.env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -379,7 +391,7 @@ fn sandbox_spec(
         timings: false,
     };
     let host_env: BTreeMap<String, String> = std::env::vars().collect();
-    SandboxSpec::build(request, &profile, &host_env).map_err(|e| BuildError::Sandbox(e.to_string()))
+    Ok(SandboxSpec::build(request, &profile, &host_env)?)
 }
 
 /// The history line of a build: what it installed and ran, shortened.

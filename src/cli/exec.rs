@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use super::{error, ExecArgs, SandboxArgs};
-use crate::exit;
 use crate::profile::Profile;
 use crate::relay::{Event, Masker};
-use crate::sandbox::{self, Outcome, SandboxError};
+use crate::report::{Failure, Phase};
+use crate::sandbox::{self, Outcome};
 use crate::session::client::{SessionClient, SessionExec};
 use crate::session::state::SessionStore;
 use crate::spec::{ExecRequest, SandboxSpec};
@@ -27,7 +27,7 @@ pub fn run(
     // sandbox, so `nsbox image prune` and `rmi` never delete them under it.
     let image = match open_image(&args.sandbox, state_root, config) {
         Ok(image) => image,
-        Err(message) => return fail(json, "setup", &message, t0),
+        Err(failure) => return fail(json, &failure, t0),
     };
     let command = ExecExtras {
         command: args.command,
@@ -45,7 +45,7 @@ pub fn run(
         config,
     ) {
         Ok(spec) => spec,
-        Err(message) => return fail(json, "setup", &early_masker.mask_str(&message), t0),
+        Err(failure) => return fail(json, &failure.map_text(|t| early_masker.mask_str(t)), t0),
     };
     let masker = Masker::new(&spec.secrets);
     if json {
@@ -54,10 +54,7 @@ pub fn run(
     tracing::info!(id = %spec.id, profile = %spec.profile_name, "starting sandbox");
     match sandbox::run(&spec, t0) {
         Ok(outcome) => finish(spec.io.json, spec.timings, &outcome, &masker),
-        Err(e) => {
-            let message = masker.mask_str(&describe(&e));
-            fail(json, e.phase(), &message, t0)
-        }
+        Err(e) => fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     }
 }
 
@@ -100,14 +97,15 @@ pub(super) fn open_image(
     sandbox: &SandboxArgs,
     state_root: &std::path::Path,
     config: &crate::config::Config,
-) -> Result<Option<crate::image::ImageRoot>, String> {
+) -> Result<Option<crate::image::ImageRoot>, Failure> {
     match sandbox.image.as_deref() {
         Some(reference) => {
             let policy = sandbox.pull.unwrap_or(config.pull.policy);
-            super::pull::ensure_image(reference, policy, state_root, config)?;
+            super::pull::ensure_image(reference, policy, state_root, config)
+                .map_err(|e| Failure::of(&e))?;
             crate::image::open_root(state_root, reference)
                 .map(Some)
-                .map_err(|e| e.to_string())
+                .map_err(|e| Failure::of(&e))
         }
         None => Ok(None),
     }
@@ -118,12 +116,12 @@ pub(super) fn build_spec(
     extra: ExecExtras,
     image: Option<crate::spec::ImageSpec>,
     config: &crate::config::Config,
-) -> Result<SandboxSpec, String> {
+) -> Result<SandboxSpec, Failure> {
     let profile = Profile::load_layered(
         args.profile.as_deref().unwrap_or("default"),
         &config.defaults,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Failure::of(&e))?;
     let request = ExecRequest {
         command: extra.command,
         rootfs: args.rootfs,
@@ -158,7 +156,7 @@ pub(super) fn build_spec(
         timings: extra.timings,
     };
     let host_env: BTreeMap<String, String> = std::env::vars().collect();
-    SandboxSpec::build(request, &profile, &host_env).map_err(|e| e.to_string())
+    SandboxSpec::build(request, &profile, &host_env).map_err(|e| Failure::of(&e))
 }
 
 /// `nsbox exec --session ID -- CMD`.
@@ -170,30 +168,30 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
     if !used.is_empty() {
         return fail(
             json,
-            "setup",
-            &format!(
-                "{} do not apply with --session (the session was created with its own); with --session use -e, -w, -i, -t, --json, --timeout, --max-output",
+            &Failure::usage(format!(
+                "{} do not apply with --session (the session was created with its own)",
                 used.join(", ")
-            ),
+            ))
+            .with_hint("with --session use -e, -w, -i, -t, --json, --timeout, --max-output"),
             t0,
         );
     }
     if args.command.is_empty() {
         return fail(
             json,
-            "setup",
-            "no command given — usage: nsbox exec --session ID [OPTIONS] -- CMD [ARGS...]",
+            &Failure::usage("no command given")
+                .with_hint("usage: nsbox exec --session ID [OPTIONS] -- CMD [ARGS...]"),
             t0,
         );
     }
     let env = match session_env(&args.sandbox.env, args.tty) {
         Ok(env) => env,
-        Err(message) => return fail(json, "setup", &message, t0),
+        Err(failure) => return fail(json, &failure, t0),
     };
     let store = SessionStore::system();
     let client = match SessionClient::connect(&store, session) {
         Ok(c) => c,
-        Err(e) => return fail(json, e.phase(), &e.to_string(), t0),
+        Err(e) => return fail(json, &Failure::of(&e), t0),
     };
     if json {
         start_event(
@@ -216,13 +214,13 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
     };
     match client.exec(exec, t0) {
         Ok(outcome) => finish(json, args.timings, &outcome, &Masker::new::<&str>(&[])),
-        Err(e) => fail(json, e.phase(), &e.to_string(), t0),
+        Err(e) => fail(json, &Failure::of(&e), t0),
     }
 }
 
 /// `-e` flags of a session exec, parsed as for a new sandbox: NAME=VALUE, or NAME copied from
 /// nsbox's environment; TERM added with a terminal.
-pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, String)>, String> {
+pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, String)>, Failure> {
     let host_env: BTreeMap<String, String> = std::env::vars().collect();
     let mut env = Vec::new();
     if tty {
@@ -230,7 +228,7 @@ pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, 
     }
     for entry in entries {
         if let Some(kv) =
-            crate::spec::parse_env_entry("--env", entry, &host_env).map_err(|e| e.to_string())?
+            crate::spec::parse_env_entry("--env", entry, &host_env).map_err(|e| Failure::of(&e))?
         {
             env.push(kv);
         }
@@ -238,25 +236,16 @@ pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, 
     Ok(env)
 }
 
-fn describe(e: &SandboxError) -> String {
-    match e {
-        SandboxError::Setup { step, message } if message.contains("Operation not permitted") => {
-            format!(
-                "{e} — hint: run as root; `nsbox doctor` shows what this host is missing ({step})"
-            )
-        }
-        _ => e.to_string(),
-    }
-}
-
-/// Reports an nsbox failure (exit code 125).
-pub(super) fn fail(json: bool, phase: &str, message: &str, t0: u64) -> i32 {
-    let code = exit::NSBOX_FAILED;
+/// Reports an nsbox failure: its message and hint on stderr, or an `error` event and an
+/// `exit` event with `--json`. Returns the failure's exit code.
+pub(super) fn fail(json: bool, failure: &Failure, t0: u64) -> i32 {
+    let code = failure.exit_code();
     if json {
         let events = [
             Event::Error {
-                phase,
-                message: message.to_string(),
+                phase: failure.phase.as_str(),
+                message: failure.message.clone(),
+                hint: failure.hint.clone(),
                 code,
             },
             Event::Exit {
@@ -274,7 +263,7 @@ pub(super) fn fail(json: bool, phase: &str, message: &str, t0: u64) -> i32 {
         }
         let _ = out.flush();
     } else {
-        error(message);
+        error(&failure.to_string());
     }
     code
 }
@@ -300,8 +289,9 @@ pub(super) fn finish(json: bool, timings: bool, outcome: &Outcome, masker: &Mask
         if let (Some(message), sandbox::Ending::ExecFailed { .. }) = (&message, &outcome.ending) {
             let _ = out.write_all(
                 &Event::Error {
-                    phase: "setup",
+                    phase: Phase::Setup.as_str(),
                     message: message.clone(),
+                    hint: None,
                     code,
                 }
                 .to_line(),

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use super::error;
-use crate::exit;
 use crate::image::ingest::LoadOptions;
 use crate::image::store::{self, ImageRecord, Store};
 use crate::image::{import, load};
@@ -131,9 +130,10 @@ pub enum ImageCommand {
     Prune,
 }
 
-fn fail(e: impl std::fmt::Display) -> i32 {
-    error(&e.to_string());
-    exit::NSBOX_FAILED
+fn fail(e: impl Into<crate::report::Failure>) -> i32 {
+    let failure = e.into();
+    error(&failure.to_string());
+    failure.exit_code()
 }
 
 fn open_store(root: &Path) -> Result<Store, ImageError> {

@@ -158,7 +158,7 @@ pub struct SandboxArgs {
         requires = "image",
         help_heading = "Filesystem"
     )]
-    pull: Option<crate::config::PullPolicy>,
+    pull: Option<crate::registry::pull::PullPolicy>,
     /// Let the command write anywhere in the root; writes go to an ephemeral layer.
     #[arg(long, help_heading = "Filesystem")]
     writable_root: bool,
@@ -340,7 +340,7 @@ pub fn main() -> i32 {
                 clap::error::ErrorKind::DisplayHelp
                 | clap::error::ErrorKind::DisplayVersion
                 | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
-                _ => exit::NSBOX_FAILED,
+                _ => exit::USAGE,
             };
             let _ = e.print();
             return code;
@@ -391,7 +391,7 @@ pub fn main() -> i32 {
     }
 }
 
-/// Runs `f` with the configuration, or reports why it could not be read (exit 125).
+/// Runs `f` with the configuration, or reports why it could not be read (a usage error).
 fn with_config(
     config: Result<crate::config::Config, crate::config::ConfigError>,
     f: impl FnOnce(&crate::config::Config) -> i32,
@@ -399,8 +399,9 @@ fn with_config(
     match config {
         Ok(c) => f(&c),
         Err(e) => {
-            error(&e.to_string());
-            exit::NSBOX_FAILED
+            let failure = crate::report::Failure::of(&e);
+            error(&failure.to_string());
+            failure.exit_code()
         }
     }
 }

@@ -11,6 +11,7 @@ use super::exec::{build_spec, fail, open_image, raw_secret_masker, start_event, 
 use super::{error, SandboxArgs};
 use crate::exit;
 use crate::relay::{Event, Masker};
+use crate::report::Failure;
 use crate::session::client::{SessionClient, SessionExec};
 use crate::session::copy::{
     copy_in, copy_in_tar, copy_out, copy_out_tar, parse_endpoint, Endpoint,
@@ -66,8 +67,10 @@ pub fn create(
     if args.sandbox.entrypoint.is_some() {
         return fail(
             json,
-            "setup",
-            "--entrypoint applies to a command, and a session runs none of its own — hint: name the program in each `nsbox exec --session ID -- PROG ...`",
+            &Failure::usage(
+                "--entrypoint applies to a command, and a session runs none of its own",
+            )
+            .with_hint("name the program in each `nsbox exec --session ID -- PROG ...`"),
             t0,
         );
     }
@@ -79,8 +82,7 @@ pub fn create(
             Err(e) => {
                 return fail(
                     json,
-                    "setup",
-                    &format!("--setup-file {}: {e}", path.display()),
+                    &Failure::usage(format!("--setup-file {}: {e}", path.display())),
                     t0,
                 )
             }
@@ -105,7 +107,7 @@ pub fn create(
     // and holds them for the session's life.
     let image = match open_image(&args.sandbox, state_root, config) {
         Ok(image) => image,
-        Err(message) => return fail(json, "setup", &message, t0),
+        Err(failure) => return fail(json, &failure, t0),
     };
     let spec = match build_spec(
         args.sandbox,
@@ -114,13 +116,13 @@ pub fn create(
         config,
     ) {
         Ok(spec) => spec,
-        Err(message) => return fail(json, "setup", &masker.mask_str(&message), t0),
+        Err(failure) => return fail(json, &failure.map_text(|t| masker.mask_str(t)), t0),
     };
     let masker = Masker::new(&spec.secrets);
     let store = SessionStore::system();
     let (record, pending) = match daemon::start(&spec, args.name.as_deref(), max_age, &store) {
         Ok(started) => started,
-        Err(e) => return fail(json, e.phase(), &masker.mask_str(&e.to_string()), t0),
+        Err(e) => return fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     };
     if json {
         start_event(&record.id, &spec.profile_name, &record.network);
@@ -162,6 +164,7 @@ pub fn create(
                     &Event::Error {
                         phase: "setup",
                         message: masker.mask_str(&message),
+                        hint: None,
                         code,
                     }
                     .to_line(),

@@ -890,7 +890,7 @@ fn bad_input_gets_clear_errors() {
 
     // One-shot flags do not silently vanish with --session.
     let r = store.run(&["exec", "--session", "taken", "--memory", "1g", "--", "true"]);
-    assert_eq!(r.code, 125);
+    assert_eq!(r.code, 121, "a usage error");
     assert!(r.stderr.contains("--memory"), "{r:?}");
 
     store.ok(&["stop", &id]);
