@@ -1,5 +1,6 @@
 //! The image commands: `load`, `import`, `images`, `tag`, `rmi`, `save`, `image prune`.
-//! Every failure exits 125 with a message on stderr; listings go to stdout.
+//! Every failure exits with its code (see `crate::exit`: 123 for an image the store lacks,
+//! 121 for a bad name, 125 otherwise) and a message on stderr; listings go to stdout.
 
 use std::path::{Path, PathBuf};
 

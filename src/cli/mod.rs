@@ -35,8 +35,9 @@ Examples:
   S=$(nsbox create --image devbox:latest) && nsbox exec --session $S -- git status
   nsbox doctor                                    check that this host can run sandboxes
 
-Exit codes: the command's own status; 124 timeout; 125 nsbox failed; 126 not executable;
-127 not found; 128+N killed by signal N (137 also for out of memory).";
+Exit codes: the command's own status; 121 bad usage; 122 host cannot run sandboxes; 123 image
+not found; 124 timeout; 125 nsbox failed; 126 not executable; 127 not found; 128+N killed by
+signal N (137 also for out of memory).";
 
 /// nsbox: a disposable, locked-down Linux sandbox per command. One binary, no daemon.
 #[derive(Debug, Parser)]

@@ -1,6 +1,6 @@
 //! `nsbox load`: OCI image layouts (directories), OCI archives and `docker save` archives (tar,
 //! optionally gzip- or zstd-compressed; extracted docker-save directories too), several images
-//! per file. Reads them through [`super::source`], finds the images (following indexes), and
+//! per file. Reads them through `image::source`, finds the images (following indexes), and
 //! hands their layers to the [`super::ingest`] pipeline that `nsbox import`, `nsbox pull` and
 //! `nsbox build` share.
 

@@ -1,13 +1,17 @@
-//! The sandbox's root filesystem: what it looks like ([`plan`], pure) and how it is built
-//! ([`apply`], privileged, runs only in the setup child inside the sandbox's own mount
-//! namespace).
+//! The sandbox's root filesystem: what it looks like ([`plan`], pure data, unit-tested; made
+//! final by [`final_plan`]) and how it is built ([`apply`], the privileged interpreter, which
+//! runs only in the setup child inside the sandbox's own mount namespace and decides nothing
+//! the plan could). [`mask`] caches what a profile hides of the host root; [`copy`] copies host
+//! files in.
 //!
-//! Shape: an overlay whose lower layer is the host's root (read-only) or a given directory,
-//! whose upper layer lives on a tmpfs private to the sandbox. Host user data is hidden by
-//! opaque directories and whiteouts placed in the upper layer before the overlay is mounted
-//! (no extra mounts), then the process pivots into the overlay and detaches the host's root.
-//! Fresh /proc (with masks), /dev, /sys, /tmp and /sandbox are mounted inside, then the user's
-//! binds and copies, then the root is made read-only.
+//! Shape: an overlay whose lower layers are the host's root (read-only) under the cached mask
+//! layer, a given directory, or an image's layers; its upper layer lives on a tmpfs private to
+//! the sandbox (or, for `nsbox build`, in a kept directory). Host user data is hidden by opaque
+//! directories and whiteouts — in the mask layer, or in the upper layer when the cache cannot
+//! be used — never by extra mounts; then the process pivots into the overlay and detaches the
+//! host's root. Fresh /proc (with masks), /dev, /sys, /tmp and /sandbox are mounted inside,
+//! then the user's binds and copies, the working directory, then /dev and the root are made
+//! read-only.
 //!
 //! Nothing here is ever mounted in the host's mount namespace, so nothing can be left behind:
 //! the mounts disappear with the sandbox's last process.

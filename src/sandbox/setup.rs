@@ -1,36 +1,10 @@
 //! The sandbox side: the setup child created by clone3, which becomes the sandbox's init
 //! (pid 1), and the workload process it forks.
 //!
-//! Setup order (each step says why it is where it is). The supervisor meanwhile creates the
+//! The order of the steps below is the one in `docs/setup-order.md` (the only numbered list
+//! of it); each step here says why it is where it is. The supervisor meanwhile creates the
 //! network namespace, on v1 hosts the cgroup, and the user namespace, and sends them over the
 //! control socket (see `supervisor.rs`).
-//!
-//!  1. parent-death signal, then check the supervisor is still alive — so a killed supervisor
-//!     never leaves a sandbox running;
-//!  2. stdio onto 0-2 and every other inherited descriptor closed — nothing of the
-//!     supervisor's (pipe ends, signalfd, terminal) stays reachable;
-//!  3. cgroup v2: clone3 placed us in the cgroup; unshare the cgroup namespace now, so its
-//!     root is the sandbox's own cgroup (v1 hosts: step 9);
-//!  4. non-dumpable, arguments and environment wiped — nothing in the sandbox can read or
-//!     ptrace this process or see the supervisor's command line (which may hold secrets);
-//!  5. open host sources (bind mounts, copies) — the last moment host paths are reachable;
-//!  6. build the overlay root, pivot_root into it and detach the host's root;
-//!  7. join the network namespace (loopback already up) — before /sys, which shows the
-//!     mounting process's network devices;
-//!  8. mount /proc, /dev, /sys, masks, /tmp, /sandbox, user binds, copies; root read-only;
-//!     hostname — the mount and UTS namespaces are ours;
-//!  9. v1 hosts: join the cgroup (write "0" to its `tasks` files, still as real root) and
-//!     unshare the cgroup namespace; then join the user namespace (it owns none of the other
-//!     namespaces) — from here on this process is never host root;
-//! 10. drop to the sandbox uid/gid: bounding set emptied, securebits locked, capabilities
-//!     cleared, no_new_privs — shared by init and workload;
-//! 11. seccomp last: nothing privileged is left to do, so the filter goes on now, once, in the
-//!     init; the workload inherits it through fork (one install instead of two: loading a
-//!     filter costs the kernel a pass over every syscall number);
-//! 12. fork the workload: new session, its stdio, working directory, SIGPIPE back to default,
-//!     every descriptor close-on-exec, then execve — all calls the filter allows;
-//! 13. init reports the start, reaps zombies, forwards signals, and exits when the workload
-//!     does (which kills every other process of the sandbox).
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -145,15 +119,16 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let mut marks: Vec<(String, u64)> = vec![("child started".into(), now_ns())];
     let warnings: Vec<String> = Vec::new();
 
-    // 1. Die with the supervisor. The supervisor may have died between clone and here, so
-    //    check the control socket too.
+    // First, die with the supervisor: a killed supervisor must never leave a sandbox
+    // running. It may have died between clone and here, so check the control socket too.
     sys::process::set_parent_death_signal(libc::SIGKILL).map_err(at("set parent-death signal"))?;
     if control::peer_gone(s.control) {
         sys::process::exit_now(exit::NSBOX_FAILED);
     }
     rustix::process::umask(Mode::empty());
 
-    // 2. Standard streams, then close everything we do not need.
+    // Standard streams, then close everything else: nothing of the supervisor's may stay
+    // reachable from inside.
     for (target, fd) in s.stdio.iter().enumerate() {
         dup_onto(*fd, target as RawFd).map_err(at("set up standard streams"))?;
     }
@@ -161,7 +136,8 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     keep.extend(s.cgroup_tasks.iter().map(|fd| fd.as_raw_fd()));
     close_all_except(&keep).map_err(at("close inherited descriptors"))?;
 
-    // 3-4. cgroups (on v1 hosts this happens with the id maps, step 10).
+    // Cgroups now on v2 (clone3 placed us already); on v1 hosts with the identity below,
+    // while still real root.
     if !s.late_cgroup {
         join_cgroup(s.cgroup_tasks)?;
         // These belong to the supervisor's memory, copied into ours and never dropped here:
@@ -171,12 +147,12 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         }
     }
 
-    // 5. Nothing inside may inspect this process.
+    // Before anything of the sandbox exists: nothing inside may inspect this process.
     sys::process::set_non_dumpable().map_err(at("make init non-dumpable"))?;
     sys::process::hide_arguments().map_err(at("replace init's arguments"))?;
     marks.push(("namespaces joined".into(), now_ns()));
 
-    // 6-8. The filesystem.
+    // The filesystem: host sources first, while host paths are still reachable.
     let ids = IdMap {
         base: s.spec.uid_base,
     };
@@ -201,14 +177,14 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         .map_err(at("mount sandbox filesystems"))?;
     drop(sources);
 
-    // 9. Hostname.
+    // Hostname: the UTS namespace is ours.
     rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
     marks.push(("hostname set".into(), now_ns()));
 
-    // 10. Identity: join the cgroup (on v1 hosts, while still real root), then the user
-    //     namespace the supervisor created and mapped in parallel. It owns none of the
-    //     sandbox's other namespaces, so even a process that regained every capability inside
-    //     it could not touch the mounts, the network or the hostname.
+    // Identity, once nothing needs real root: join the cgroup (on v1 hosts), then the user
+    // namespace the supervisor created and mapped in parallel. It owns none of the
+    // sandbox's other namespaces, so even a process that regained every capability inside
+    // it could not touch the mounts, the network or the hostname.
     match control::recv::<ToSandbox>(s.control) {
         Ok(Some((ToSandbox::Identity, fds))) => {
             let mut fds = fds.into_iter();
@@ -238,7 +214,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     }
     marks.push(("user namespace mapped".into(), now_ns()));
 
-    // 11. Become the sandbox user for good.
+    // Become the sandbox user for good, before any code of the sandbox runs.
     drop_privileges(s.spec.uid, s.spec.gid)?;
     // The credential change cleared the parent-death signal: set it again and re-check.
     sys::process::set_parent_death_signal(libc::SIGKILL).map_err(at("set parent-death signal"))?;
@@ -262,7 +238,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let signalfd = sys::signal::signalfd(&signals).map_err(at("create signalfd"))?;
     marks.push(("privileges dropped".into(), now_ns()));
 
-    // 12. Seccomp, inherited by the workload.
+    // Seccomp last: nothing privileged is left; the workload inherits it through fork.
     crate::sys::seccomp::install_filter(s.seccomp).map_err(at("load the seccomp filter"))?;
     marks.push(("seccomp loaded".into(), now_ns()));
 
@@ -276,7 +252,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         serve_loop(s.control, signalfd.as_fd());
     };
 
-    // 13. The workload.
+    // The workload.
     let workload = sys::process::fork().map_err(at("fork workload"))?;
     if workload == 0 {
         let failure = exec_workload(&command, tty.as_ref().map(|t| t.slave.as_fd()));
@@ -287,7 +263,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         sys::process::exit_now(failure.code);
     }
 
-    // 14. Init.
+    // Init: what is left of this process is the sandbox's pid 1.
     detach_streams(s.exec_status)?;
     marks.push(("workload forked".into(), now_ns()));
     let master = tty.map(|t| {

@@ -762,14 +762,14 @@ fn filtered_with_nothing_allowed_reaches_nothing() {
 #[test]
 fn egress_flags_are_validated_before_anything_runs() {
     let r = exec(&["--allow", "exa mple.com", "--", "true"]);
-    assert_eq!(r.code, 125);
+    assert_eq!(r.code, 121, "a usage error");
     assert!(r.stderr.contains("--allow 'exa mple.com'"), "{}", r.stderr);
     assert!(r.stderr.contains("hint"), "{}", r.stderr);
     let r = exec(&["--net", "host", "--allow", "api.github.com", "--", "true"]);
-    assert_eq!(r.code, 125);
+    assert_eq!(r.code, 121, "a usage error");
     assert!(r.stderr.contains("--net filtered"), "{}", r.stderr);
     let r = exec(&["--dns-upstream", "dns.example", "--", "true"]);
-    assert_eq!(r.code, 125);
+    assert_eq!(r.code, 121, "a usage error");
     assert!(r.stderr.contains("--dns-upstream"), "{}", r.stderr);
     let r = exec(&["--allow", "203.0.113.7/24", "--", "true"]);
     assert!(r.stderr.contains("203.0.113.0/24"), "{}", r.stderr);
