@@ -178,10 +178,12 @@ impl From<&str> for Failure {
 use crate::build::BuildError;
 use crate::cgroup::CgroupError;
 use crate::config::ConfigError;
+use crate::image::reference::ReferenceError;
 use crate::image::ImageError;
 use crate::net::{NetError, PolicyError};
 use crate::profile::ProfileError;
 use crate::registry::pull::EnsureError;
+use crate::registry::reference::RemoteRefError;
 use crate::registry::RegistryError;
 use crate::sandbox::SandboxError;
 use crate::seccomp::SeccompError;
@@ -208,7 +210,9 @@ usage_errors!(
     ConfigError,
     UnitError,
     PolicyError,
-    SeccompError
+    SeccompError,
+    ReferenceError,
+    RemoteRefError
 );
 
 impl Diagnose for SpecError {
@@ -440,7 +444,9 @@ mod tests {
             exit::USAGE
         );
         assert_eq!(
-            code_of(&ImageError::Reference("Bad:Ref".into())),
+            code_of(&ImageError::Reference(ReferenceError::BadName(
+                "Bad".into()
+            ))),
             exit::USAGE
         );
         assert_eq!(

@@ -68,8 +68,10 @@ pub fn import(
         "rootfs": { "type": "layers", "diff_ids": [done.diff_id.to_string()] },
         "history": [ { "created_by": "nsbox import" } ],
     });
-    let config_bytes =
-        serde_json::to_vec(&config).map_err(|e| ImageError::Invalid(e.to_string()))?;
+    let config_bytes = serde_json::to_vec(&config).map_err(|e| ImageError::Io {
+        what: "encode an image document".into(),
+        source: e.into(),
+    })?;
     let config_digest = Digest::of(&config_bytes);
     let layer = LayerRecord {
         blob: done.blob.clone(),

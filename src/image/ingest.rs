@@ -116,7 +116,10 @@ pub(crate) fn synthesize_manifest(
             })
             .collect(),
     };
-    let bytes = serde_json::to_vec(&manifest).map_err(|e| ImageError::Invalid(e.to_string()))?;
+    let bytes = serde_json::to_vec(&manifest).map_err(|e| ImageError::Io {
+        what: "encode an image document".into(),
+        source: e.into(),
+    })?;
     Ok((Digest::of(&bytes), bytes))
 }
 

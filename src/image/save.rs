@@ -64,8 +64,10 @@ pub fn save(store: &Store, image: &ImageRecord, out: &Path) -> Result<u64, Image
             media_type: Some(oci::OCI_INDEX.to_string()),
             manifests,
         };
-        let index_bytes =
-            serde_json::to_vec(&index).map_err(|e| ImageError::Invalid(e.to_string()))?;
+        let index_bytes = serde_json::to_vec(&index).map_err(|e| ImageError::Io {
+            what: "encode an image document".into(),
+            source: e.into(),
+        })?;
         tar.file(
             "index.json",
             index_bytes.len() as u64,

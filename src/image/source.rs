@@ -108,7 +108,7 @@ impl Source {
             }
             (tmp, Some(guard))
         };
-        let entries = index_tar(&tar_path).map_err(|reason| input_err(path, reason))?;
+        let entries = index_tar(&tar_path, path)?;
         Ok(Source::Tar {
             file: tar_path,
             entries,
@@ -239,24 +239,33 @@ pub(super) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize>
 
 /// Lists a tar file's regular files (name → data offset, size) without reading their data.
 /// Symlinks to other entries (docker save links identical layers) resolve to their target.
-fn index_tar(path: &Path) -> Result<HashMap<String, (u64, u64)>, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
+/// Errors name `shown` (the file the user gave; `path` may be its decompressed copy).
+fn index_tar(path: &Path, shown: &Path) -> Result<HashMap<String, (u64, u64)>, ImageError> {
+    let file = File::open(path).map_err(io_at(format!("open {}", shown.display())))?;
+    let len = file
+        .metadata()
+        .map_err(io_at(format!("inspect {}", shown.display())))?
+        .len();
     let mut reader = TarReader::with_seek(io::BufReader::new(file), |r, n| {
         r.seek_relative(i64::try_from(n).map_err(io::Error::other)?)
     });
     let mut files: HashMap<String, (u64, u64)> = HashMap::new();
     let mut links: Vec<(String, String)> = Vec::new();
     let not_archive = |e: super::tar::TarError| {
-        format!("not an image archive ({e}) — hint: nsbox loads OCI layouts, OCI archives and docker-save archives; a root filesystem tarball is added with `nsbox import`")
+        input_err(shown, format!("not an image archive ({e}) — hint: nsbox loads OCI layouts, OCI archives and docker-save archives; a root filesystem tarball is added with `nsbox import`"))
     };
     while let Some(h) = reader.next_entry().map_err(not_archive)? {
         let name = clean_name(&String::from_utf8_lossy(&h.path));
         let offset = reader.position();
         if offset + h.size > len {
-            return Err("the archive is truncated".into());
+            return Err(input_err(shown, "the archive is truncated"));
         }
-        let duplicate = |name: &str| format!("'{}' appears twice in the archive", printable(name));
+        let duplicate = |name: &str| {
+            input_err(
+                shown,
+                format!("'{}' appears twice in the archive", printable(name)),
+            )
+        };
         match h.kind {
             super::tar::Kind::File => {
                 if files.contains_key(&name) {
