@@ -10,6 +10,8 @@ mod prune;
 mod pull;
 mod session;
 mod settings;
+#[cfg(test)]
+mod spec_tests;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
