@@ -71,7 +71,7 @@ pub fn add_loopback_default_routes(sock: &mut NetlinkSocket) -> io::Result<bool>
 }
 
 /// Gives loopback an IPv4 address other than 127.0.0.1 (the resolver's, 127.0.0.53) and, with
-/// IPv6, [`SANDBOX_V6`](super::addresses::SANDBOX_V6). The C library's `getaddrinfo(AI_ADDRCONFIG)` (used by `getent ahosts`
+/// IPv6, [`SANDBOX_V6`]. The C library's `getaddrinfo(AI_ADDRCONFIG)` (used by `getent ahosts`
 /// and many programs) returns no addresses of a family for which the host has nothing but
 /// 127.0.0.1 or ::1; with these, names resolve as on a host with a network. Both addresses
 /// exist only inside the sandbox and lie in ranges it can never reach outside anyway.

@@ -1,4 +1,4 @@
-//! Applying a [`RootfsPlan`]: the privileged interpreter. Runs in the sandbox's setup child, as
+//! Applying a [`RootfsPlan`](crate::rootfs::RootfsPlan): the privileged interpreter. Runs in the sandbox's setup child, as
 //! real root, inside the sandbox's fresh mount namespace, before any workload code exists.
 //!
 //! Every path that an image, a rootfs directory or the workload could influence is resolved
@@ -7,20 +7,20 @@
 //! and mounted on through their file descriptor.
 //!
 //! The stages, in the order the setup child calls them:
-//! - [`sources`]: open the host paths the plan binds or copies, while the host is reachable;
-//! - [`newroot`]: private mounts, scratch tmpfs, the upper layer ([`upper`]), the overlay,
+//! - `sources`: open the host paths the plan binds or copies, while the host is reachable;
+//! - `newroot`: private mounts, scratch tmpfs, the upper layer (`upper`), the overlay,
 //!   pivot_root;
-//! - [`mounts`]: the plan's mount operations inside the new root, through the [`syscall`]
+//! - `mounts`: the plan's mount operations inside the new root, through the `syscall`
 //!   seam so their order and flags are unit-tested without root.
 //!
 //! The interpreter decides nothing the plan could decide: owners, flags and order all come
 //! from the plan.
 
 mod error;
-pub mod mounts;
+mod mounts;
 mod newroot;
 mod sources;
-pub mod syscall;
+pub(crate) mod syscall;
 mod upper;
 
 use std::io;

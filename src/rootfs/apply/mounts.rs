@@ -41,7 +41,7 @@ pub fn apply_mounts(
 }
 
 /// Interprets `mounts` through `sys`, marking the end of each phase.
-pub fn run(
+fn run(
     sys: &impl Syscalls,
     mounts: &[MountOp],
     sources: &mut [Option<HostSource>],

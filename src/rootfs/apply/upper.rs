@@ -18,7 +18,7 @@ use super::error::{fail, rustix_err};
 use super::{relative_to_root, IdMap, RootfsError};
 
 /// Applies upper-layer operations to `dir` (a directory of the host) as seen over `lowers`:
-/// how the cached mask layer ([`super::mask`]) is built.
+/// how the cached mask layer ([`crate::rootfs::mask`]) is built.
 pub fn prepare_layer(
     dir: BorrowedFd<'_>,
     lowers: &[BorrowedFd<'_>],
