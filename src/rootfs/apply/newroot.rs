@@ -100,26 +100,8 @@ pub fn build_new_root(
     }
     mark("upper layer prepared");
 
-    // Each lower layer by its descriptor, under `prefix`.
-    let options = |prefix: &str| {
-        let lowerdir = lowers
-            .iter()
-            .map(|fd| format!("{prefix}{}", fd.as_raw_fd()))
-            .collect::<Vec<_>>()
-            .join(":");
-        format!(
-            "lowerdir={lowerdir},upperdir={},workdir={},index=off",
-            escape_overlay_path(&upper),
-            escape_overlay_path(&work)
-        )
-    };
-    let full = options("/proc/self/fd/");
-    // Images with many layers: mount(2) copies one page of options. Each layer is then named
-    // by its descriptor's number alone, resolved from /proc/self/fd as the working directory
-    // (overlayfs resolves relative lower paths from the caller's): overlayfs's limit of 500
-    // layers fits (`crate::image::MAX_LAYERS` keeps images below it), on every kernel.
-    let relative = full.len() >= OVERLAY_OPTIONS_MAX;
-    let options = if relative { options("") } else { full };
+    let lower_fds: Vec<i32> = lowers.iter().map(|fd| fd.as_raw_fd()).collect();
+    let (options, relative) = overlay_options(&lower_fds, &upper, &work);
     let options =
         CString::new(options).map_err(|e| fail("mount overlay", &new_root)(io::Error::other(e)))?;
     let previous = if relative {
@@ -149,6 +131,35 @@ pub fn build_new_root(
 
 /// mount(2) copies at most one page of options; stay below it.
 const OVERLAY_OPTIONS_MAX: usize = 4000;
+
+/// The overlay's mount options: each lower layer by its descriptor, top first, then the upper
+/// and work directories. Returns the options and whether the layers are named relative to
+/// /proc/self/fd (the caller must then mount from that directory).
+///
+/// Images with many layers: mount(2) copies one page of options. Each layer is then named by
+/// its descriptor's number alone, resolved from /proc/self/fd as the working directory
+/// (overlayfs resolves relative lower paths from the caller's): overlayfs's limit of 500
+/// layers fits (`crate::image::MAX_LAYERS` keeps images below it), on every kernel.
+fn overlay_options(lower_fds: &[i32], upper: &Path, work: &Path) -> (String, bool) {
+    let options = |prefix: &str| {
+        let lowerdir = lower_fds
+            .iter()
+            .map(|fd| format!("{prefix}{fd}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        format!(
+            "lowerdir={lowerdir},upperdir={},workdir={},index=off",
+            escape_overlay_path(upper),
+            escape_overlay_path(work)
+        )
+    };
+    let full = options("/proc/self/fd/");
+    if full.len() >= OVERLAY_OPTIONS_MAX {
+        (options(""), true)
+    } else {
+        (full, false)
+    }
+}
 
 /// Overlay options separate layers with ':' and options with ','; both are escaped with '\'.
 fn escape_overlay_path(path: &Path) -> String {
@@ -181,6 +192,27 @@ pub fn pivot_into(new_root: &Path) -> Result<(), RootfsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlay_lowers_keep_the_plans_order_top_first() {
+        let (options, relative) =
+            overlay_options(&[7, 8, 9], Path::new("/tmp/upper"), Path::new("/tmp/work"));
+        assert!(!relative);
+        assert_eq!(
+            options,
+            "lowerdir=/proc/self/fd/7:/proc/self/fd/8:/proc/self/fd/9,upperdir=/tmp/upper,workdir=/tmp/work,index=off"
+        );
+    }
+
+    #[test]
+    fn an_image_with_many_layers_names_them_relative_to_proc_self_fd() {
+        let fds: Vec<i32> = (100..599).collect();
+        let (options, relative) = overlay_options(&fds, Path::new("/u"), Path::new("/w"));
+        assert!(relative);
+        assert!(options.len() < OVERLAY_OPTIONS_MAX, "{}", options.len());
+        assert!(options.starts_with("lowerdir=100:101:"));
+        assert!(!options.contains("/proc/self/fd/"));
+    }
 
     #[test]
     fn overlay_paths_are_escaped() {
