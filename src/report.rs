@@ -308,11 +308,9 @@ impl Diagnose for SandboxError {
             SandboxError::NotRoot => Class::HostNotCapable,
             SandboxError::Cgroup(e) => e.class(),
             SandboxError::Network(e) => e.class(),
-            // The kernel refused a step nsbox, as root, is allowed to take everywhere else:
-            // a container without the privileges, or a security module in the way.
-            SandboxError::Setup { errno, .. } if *errno == Some(libc::EPERM) => {
-                Class::HostNotCapable
-            }
+            // The setup child reports a failed step as text (its hint, when the step has one,
+            // is in it): telling "this host cannot" from other failures there needs the errno
+            // on the wire (`sandbox::control::ToSupervisor::SetupFailed`).
             _ => Class::Failed,
         }
     }
@@ -320,14 +318,6 @@ impl Diagnose for SandboxError {
         match self {
             SandboxError::Died(_) => Phase::Run,
             _ => Phase::Setup,
-        }
-    }
-    fn hint(&self) -> Option<String> {
-        match self {
-            SandboxError::Setup { step, errno, .. } if *errno == Some(libc::EPERM) => Some(format!(
-                "this host does not let nsbox {step}: run as root, outside a container that lacks CAP_SYS_ADMIN; `nsbox doctor` shows what this host is missing"
-            )),
-            _ => None,
         }
     }
 }
@@ -360,12 +350,6 @@ impl Diagnose for SessionError {
             _ => Phase::Setup,
         }
     }
-    fn hint(&self) -> Option<String> {
-        match self {
-            SessionError::Sandbox(e) => e.hint(),
-            _ => None,
-        }
-    }
 }
 
 impl Diagnose for BuildError {
@@ -393,12 +377,6 @@ impl Diagnose for BuildError {
             BuildError::Sandbox(e) => Diagnose::phase(e),
             BuildError::SetupFailed { .. } => Phase::Run,
             BuildError::Capture { .. } => Phase::Image,
-        }
-    }
-    fn hint(&self) -> Option<String> {
-        match self {
-            BuildError::Sandbox(e) => e.hint(),
-            _ => None,
         }
     }
 }
@@ -481,14 +459,15 @@ mod tests {
             ))),
             exit::HOST_NOT_CAPABLE
         );
+        // A setup step's own hint travels in its message and is kept apart.
         let refused = SandboxError::Setup {
             step: "build root filesystem".into(),
-            message: "make mounts private /: Operation not permitted".into(),
-            errno: Some(libc::EPERM),
+            message: "make mounts private /: Operation not permitted — hint: nsbox needs to run as root (nsbox doctor explains what is missing)".into(),
         };
-        assert_eq!(code_of(&refused), exit::HOST_NOT_CAPABLE);
         let failure = Failure::of(&refused);
+        assert_eq!(failure.exit_code(), exit::NSBOX_FAILED);
         assert!(failure.hint.unwrap().contains("nsbox doctor"));
+        assert!(!failure.message.contains("hint"));
     }
 
     #[test]
@@ -521,7 +500,6 @@ mod tests {
         let failed = SandboxError::Setup {
             step: "mount sandbox filesystems".into(),
             message: "create working directory /etc/passwd/sub: Not a directory".into(),
-            errno: Some(libc::ENOTDIR),
         };
         assert_eq!(code_of(&failed), exit::NSBOX_FAILED);
         assert_eq!(Failure::of(&failed).hint, None);

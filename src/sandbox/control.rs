@@ -16,14 +16,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum ToSupervisor {
-    /// Setup failed at `step`; the sandbox is about to exit. `errno` is the kernel's answer
-    /// when the step failed in a system call (it decides the hint and the exit code).
-    SetupFailed {
-        step: String,
-        message: String,
-        #[serde(default)]
-        errno: Option<i32>,
-    },
+    /// Setup failed at `step`; the sandbox is about to exit.
+    SetupFailed { step: String, message: String },
     /// The workload process exists (its exec follows). A pty master may be attached.
     Started {
         /// (phase, monotonic nanoseconds) marks taken inside the sandbox.

@@ -55,26 +55,12 @@ pub struct ExecFailure {
 struct Failure {
     step: String,
     message: String,
-    errno: Option<i32>,
 }
 
-fn at<E: std::fmt::Display + 'static>(step: &str) -> impl FnOnce(E) -> Failure + '_ {
+fn at<E: std::fmt::Display>(step: &str) -> impl FnOnce(E) -> Failure + '_ {
     move |e| Failure {
         step: step.to_string(),
         message: e.to_string(),
-        errno: errno_of(&e),
-    }
-}
-
-/// The errno behind a failed step, when it came from a system call.
-fn errno_of(e: &dyn std::any::Any) -> Option<i32> {
-    if let Some(e) = e.downcast_ref::<io::Error>() {
-        e.raw_os_error()
-    } else if let Some(e) = e.downcast_ref::<rustix::io::Errno>() {
-        Some(e.raw_os_error())
-    } else {
-        e.downcast_ref::<crate::rootfs::apply::RootfsError>()
-            .and_then(|e| e.source.raw_os_error())
     }
 }
 
@@ -104,7 +90,6 @@ pub fn child_main(setup: ChildSetup<'_>) -> ! {
                 &ToSupervisor::SetupFailed {
                     step: f.step,
                     message: f.message,
-                    errno: f.errno,
                 },
                 &[],
             );

@@ -47,12 +47,7 @@ pub enum SandboxError {
     #[error("seccomp policy: {0}")]
     Seccomp(#[from] SeccompError),
     #[error("sandbox setup failed: {step}: {message}")]
-    Setup {
-        step: String,
-        message: String,
-        /// The kernel's answer, when the step failed in a system call.
-        errno: Option<i32>,
-    },
+    Setup { step: String, message: String },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -607,7 +602,7 @@ struct Running<'a> {
     exec_buf: Vec<u8>,
     relay: Relay,
     started: bool,
-    setup_failure: Option<(String, String, Option<i32>)>,
+    setup_failure: Option<(String, String)>,
     exec_failure: Option<ExecFailure>,
     workload_status: Option<(Option<i32>, Option<i32>)>,
     init_reaped: bool,
@@ -819,15 +814,8 @@ impl Running<'_> {
                 Err(e) => return Err(io_err("read from the sandbox")(e)),
             };
             match received {
-                (
-                    ToSupervisor::SetupFailed {
-                        step,
-                        message,
-                        errno,
-                    },
-                    _,
-                ) => {
-                    self.setup_failure = Some((step, message, errno));
+                (ToSupervisor::SetupFailed { step, message }, _) => {
+                    self.setup_failure = Some((step, message));
                 }
                 (ToSupervisor::Started { marks, warnings }, fds) => {
                     self.started = true;
@@ -910,12 +898,8 @@ impl Running<'_> {
         loop_result?;
         self.marks.push(("cleaned up".into(), now_ns()));
 
-        if let Some((step, message, errno)) = self.setup_failure.take() {
-            return Err(SandboxError::Setup {
-                step,
-                message,
-                errno,
-            });
+        if let Some((step, message)) = self.setup_failure.take() {
+            return Err(SandboxError::Setup { step, message });
         }
         let ending = if let Some(f) = self.exec_failure.take() {
             Ending::ExecFailed {
@@ -944,7 +928,6 @@ impl Running<'_> {
             return Err(SandboxError::Setup {
                 step: "start".into(),
                 message: "the sandbox's init exited before the command started".into(),
-                errno: None,
             });
         } else {
             return Err(SandboxError::Died(

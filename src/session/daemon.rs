@@ -289,7 +289,7 @@ fn wait_ready(launched: &mut Launched) -> Result<(), String> {
         for (tag, _) in ready {
             if tag == 1 {
                 // The init ended; drain what it said first.
-                if let Ok(Some((ToSupervisor::SetupFailed { step, message, .. }, _))) =
+                if let Ok(Some((ToSupervisor::SetupFailed { step, message }, _))) =
                     control::recv::<ToSupervisor>(control.as_fd())
                 {
                     return Err(format!("sandbox setup failed: {step}: {message}"));
@@ -298,7 +298,7 @@ fn wait_ready(launched: &mut Launched) -> Result<(), String> {
             }
             match control::recv::<ToSupervisor>(control.as_fd()) {
                 Ok(Some((ToSupervisor::Ready { .. }, _))) => return Ok(()),
-                Ok(Some((ToSupervisor::SetupFailed { step, message, .. }, _))) => {
+                Ok(Some((ToSupervisor::SetupFailed { step, message }, _))) => {
                     return Err(format!("sandbox setup failed: {step}: {message}"))
                 }
                 Ok(Some(_)) => {}
