@@ -108,12 +108,32 @@ pub fn clone3_fork(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<
 }
 
 /// Plain fork(2). Returns 0 in the child, the child's pid in the parent.
-/// The caller (the sandbox init) is single-threaded.
-pub fn fork() -> io::Result<i32> {
-    // SAFETY: the caller is single-threaded (the sandbox init never starts threads), so the child
-    // may keep running Rust code after fork.
+///
+/// # Safety
+/// The caller must be single-threaded: the child is a copy of the calling thread alone, and
+/// running arbitrary Rust code there (allocating, locking) is sound only if no other thread
+/// could have held a lock at the fork. The child must end through [`exit_now`] or execve,
+/// never by returning into frames whose destructors own the parent's resources; an
+/// [`AbortOnPanic`] guard keeps a panic from unwinding into them.
+pub unsafe fn fork() -> io::Result<i32> {
+    // SAFETY: the caller guarantees this process is single-threaded (see above).
     let ret = unsafe { libc::fork() };
     check(ret as libc::c_long).map(|pid| pid as i32)
+}
+
+/// Held by a forked child for its whole life: a panic there aborts the process instead of
+/// unwinding, which would run the parent's destructors (say, a cgroup's removal or a session
+/// record's write) in the child. Dropping the guard during an unwind aborts; a child that ends
+/// normally leaves through [`exit_now`], so the guard is never dropped outside an unwind.
+#[derive(Debug)]
+pub struct AbortOnPanic;
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::process::abort();
+        }
+    }
 }
 
 /// execve(2). Returns only on failure.
@@ -250,9 +270,12 @@ const INIT_TITLE: &[u8] = b"nsbox-init";
 
 /// Overwrites this process's argument and environment strings in place, so pid 1 of the sandbox
 /// never shows the supervisor's command line or environment (which may hold --secret values)
-/// in /proc/1/cmdline. Needs no capability (unlike PR_SET_MM). Call only in a forked child that
-/// no longer needs `std::env`.
-pub fn hide_arguments() -> io::Result<()> {
+/// in /proc/1/cmdline. Needs no capability (unlike PR_SET_MM).
+///
+/// # Safety
+/// Call only in a single-threaded process that no longer reads `std::env` (the arguments and
+/// environment std captured point into the memory overwritten here).
+pub unsafe fn hide_arguments() -> io::Result<()> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     let after_comm = stat
         .rsplit_once(')')
@@ -292,8 +315,8 @@ pub fn hide_arguments() -> io::Result<()> {
         let len = end - start;
         // SAFETY: [start, end) is this process's own argument (or environment) string area, set
         // up by the kernel at exec and mapped writable for the process's whole life. Nothing
-        // reads these strings concurrently: the process is single-threaded, and the caller does
-        // not use std::env afterwards.
+        // reads these strings concurrently or later: the caller guarantees the process is
+        // single-threaded and does not use std::env afterwards.
         unsafe {
             let area = start as *mut u8;
             std::ptr::write_bytes(area, 0, len);
@@ -362,6 +385,7 @@ pub fn create_user_namespace(base: u32, count: u32) -> io::Result<OwnedFd> {
         .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
     match clone3_fork(flags::NEWUSER, None)? {
         Forked::Child => {
+            let _abort = AbortOnPanic;
             // Wait until the parent has what it needs (the pipe closes), then vanish.
             drop(wait_write);
             let mut byte = [0u8; 1];
