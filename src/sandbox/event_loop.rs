@@ -18,9 +18,15 @@ use rustix::event::{poll, PollFd, PollFlags};
 use super::setup::ExecFailure;
 
 /// The descriptors one poll waits on, each tagged with what it is.
-pub(crate) struct PollSet<'a, T> {
+pub struct PollSet<'a, T> {
     pub tags: Vec<T>,
     pub fds: Vec<PollFd<'a>>,
+}
+
+impl<T: Copy> Default for PollSet<'_, T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<'a, T: Copy> PollSet<'a, T> {
@@ -58,7 +64,7 @@ impl<'a, T: Copy> PollSet<'a, T> {
 }
 
 /// What one watcher of a sandbox does with the loop.
-pub(crate) trait Policy {
+pub trait Policy {
     type Tag: Copy;
     type Error;
     /// True once there is nothing left to wait for.
@@ -78,7 +84,7 @@ pub(crate) trait Policy {
 }
 
 /// Runs `policy` until it is done or one of its handlers fails.
-pub(crate) fn drive<P: Policy>(policy: &mut P) -> Result<(), P::Error> {
+pub fn drive<P: Policy>(policy: &mut P) -> Result<(), P::Error> {
     while !policy.done() {
         policy.before_wait()?;
         if policy.done() {
@@ -99,7 +105,7 @@ pub(crate) fn drive<P: Policy>(policy: &mut P) -> Result<(), P::Error> {
 }
 
 /// Reads every pending signal from a signalfd.
-pub(crate) fn pending_signals(signalfd: BorrowedFd<'_>) -> io::Result<Vec<i32>> {
+pub fn pending_signals(signalfd: BorrowedFd<'_>) -> io::Result<Vec<i32>> {
     let mut signals = Vec::new();
     while let Some(signal) = crate::sys::signal::read_signal(signalfd)? {
         signals.push(signal);
@@ -110,14 +116,14 @@ pub(crate) fn pending_signals(signalfd: BorrowedFd<'_>) -> io::Result<Vec<i32>> 
 /// How a command's exec went, as its status pipe tells: the pipe closes at execve (it is
 /// close-on-exec), or carries an [`ExecFailure`] first when the command could not start.
 #[derive(Debug)]
-pub(crate) enum ExecStatus {
+pub enum ExecStatus {
     Executed,
     Failed(ExecFailure),
 }
 
 /// The read end of a command's exec-status pipe (non-blocking), until it closed.
 #[derive(Debug)]
-pub(crate) struct StatusPipe {
+pub struct StatusPipe {
     fd: Option<OwnedFd>,
     buf: Vec<u8>,
 }
@@ -174,7 +180,7 @@ impl StatusPipe {
 }
 
 /// A timerfd that fires once after `limit` (`--timeout`).
-pub(crate) fn arm_timer(limit: Duration) -> io::Result<OwnedFd> {
+pub fn arm_timer(limit: Duration) -> io::Result<OwnedFd> {
     use rustix::time::{
         timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags,
         TimerfdTimerFlags, Timespec,

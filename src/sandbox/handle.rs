@@ -354,7 +354,7 @@ impl Handle {
 
     /// Adds the handle's descriptors to a poll: the control socket first (so a report the
     /// init sent before it exited is read before its end), then the init, then the network.
-    pub(crate) fn register<'a, T: Copy>(
+    pub fn register<'a, T: Copy>(
         &'a self,
         set: &mut PollSet<'a, T>,
         tag: impl Fn(HandleSource) -> T,
@@ -372,10 +372,7 @@ impl Handle {
 
     /// Handles a ready source: reads every waiting message, reaps the init, or drains the
     /// network's events. Reports move the lifecycle (`Ready`, `Started`).
-    pub(crate) fn on_ready(
-        &mut self,
-        source: HandleSource,
-    ) -> Result<Vec<HandleEvent>, SandboxError> {
+    pub fn on_ready(&mut self, source: HandleSource) -> Result<Vec<HandleEvent>, SandboxError> {
         let mut events = Vec::new();
         match source {
             HandleSource::Control => {
