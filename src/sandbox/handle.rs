@@ -106,6 +106,18 @@ impl Lifecycle {
         }
     }
 
+    /// The state's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lifecycle::Creating => "being created",
+            Lifecycle::Created => "created",
+            Lifecycle::Running => "running",
+            Lifecycle::Killed => "killed",
+            Lifecycle::Stopped => "stopped",
+            Lifecycle::TornDown => "torn down",
+        }
+    }
+
     /// Whether a command may be started in the sandbox now.
     pub fn takes_commands(self) -> bool {
         matches!(self, Lifecycle::Created | Lifecycle::Running)
@@ -145,7 +157,7 @@ pub enum HandleEvent {
 /// Why a command could not be given to a sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    #[error("the sandbox takes no commands while {0:?}")]
+    #[error("the sandbox takes no commands now (it is {})", .0.name())]
     NotAccepting(Lifecycle),
     #[error("the sandbox is gone: {0}")]
     Gone(io::Error),

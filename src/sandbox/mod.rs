@@ -15,6 +15,13 @@
 //! single-threaded until then), so the child can run ordinary Rust code without re-executing
 //! the binary.
 
+// Stricter than the crate: no silently truncating or sign-losing `as` casts here.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::error_impl_error
+)]
+
 pub mod control;
 pub mod event_loop;
 pub mod handle;

@@ -103,7 +103,8 @@ const FORWARDED: &[i32] = &[
 /// Monotonic clock in nanoseconds (shared with the supervisor's clock).
 pub fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    // The monotonic clock is never negative.
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 /// Entry point of the setup child. Never returns: ends as the sandbox's init.

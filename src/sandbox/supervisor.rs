@@ -414,7 +414,8 @@ impl Running<'_> {
                     if first && self.facts.started {
                         // Give the command a chance to end cleanly, like a terminal would.
                         self.handle.signal_init(signal);
-                        self.stop_deadline = Some(now_ns() + STOP_GRACE.as_nanos() as u64);
+                        let grace = u64::try_from(STOP_GRACE.as_nanos()).unwrap_or(u64::MAX);
+                        self.stop_deadline = Some(now_ns().saturating_add(grace));
                     } else {
                         self.handle.kill();
                     }

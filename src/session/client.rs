@@ -1,6 +1,13 @@
 //! Talking to a session from an nsbox command: run a command in it (relayed, masked and capped
 //! exactly like a one-shot exec), ask for its stats, stop it, or get its root for copies.
 
+// Stricter than the crate: no silently truncating or sign-losing `as` casts here.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::error_impl_error
+)]
+
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -128,7 +135,7 @@ impl SessionClient {
     pub fn stop(self, grace: Duration, reason: &str) -> Result<(), SessionError> {
         self.send(
             &Request::Stop {
-                grace_ms: grace.as_millis() as u64,
+                grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
                 reason: reason.to_string(),
             },
             &[],

@@ -12,6 +12,13 @@
 //! If the supervisor dies, the sandbox's init gets its parent-death signal and every process
 //! of the sandbox dies with it; `nsbox prune` then removes what is left (cgroup, directory).
 
+// Stricter than the crate: no silently truncating or sign-losing `as` casts here.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::error_impl_error
+)]
+
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -9,6 +9,13 @@
 //! module allows `unsafe_code` for that function alone and says in its `// SAFETY:` line why
 //! the invariant holds there. Forked children hold a [`process::AbortOnPanic`] guard: a panic
 //! aborts instead of unwinding into the parent's destructors.
+
+// Stricter than the crate: no silently truncating or sign-losing `as` casts here.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::error_impl_error
+)]
 #![allow(unsafe_code)]
 
 pub mod fs;

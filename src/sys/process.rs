@@ -81,7 +81,7 @@ pub fn clone3_fork(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<
     if let Some(fd) = cgroup {
         use std::os::fd::AsRawFd;
         args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = fd.as_raw_fd() as u64;
+        args.cgroup = u64::from(fd.as_raw_fd().unsigned_abs());
     }
     // SAFETY: clone3 with stack = 0 behaves like fork: the child continues on a copy-on-write
     // copy of this thread's stack. `args` and `pidfd` outlive the call. The process is
@@ -100,7 +100,7 @@ pub fn clone3_fork(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<
             // SAFETY: with CLONE_PIDFD the kernel stored a new, owned file descriptor in `pidfd`.
             let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
             Ok(Forked::Parent {
-                pid: pid as i32,
+                pid: i32::try_from(pid).map_err(|_| invalid("pid"))?,
                 pidfd,
             })
         }
@@ -118,7 +118,12 @@ pub fn clone3_fork(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<
 pub unsafe fn fork() -> io::Result<i32> {
     // SAFETY: the caller guarantees this process is single-threaded (see above).
     let ret = unsafe { libc::fork() };
-    check(ret as libc::c_long).map(|pid| pid as i32)
+    check(libc::c_long::from(ret)).and_then(|pid| i32::try_from(pid).map_err(|_| invalid("pid")))
+}
+
+/// The error for a value the kernel interface cannot take (or gave back out of range).
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("{what} out of range"))
 }
 
 /// Held by a forked child for its whole life: a panic there aborts the process instead of
@@ -150,8 +155,9 @@ pub fn execve(path: &CString, argv: &[CString], envp: &[CString]) -> io::Error {
 
 /// unshare(2) for namespace flags.
 pub fn unshare(ns_flags: u64) -> io::Result<()> {
+    let ns_flags = libc::c_int::try_from(ns_flags).map_err(|_| invalid("namespace flags"))?;
     // SAFETY: unshare takes plain flags and touches no memory of ours.
-    let ret = unsafe { libc::unshare(ns_flags as libc::c_int) };
+    let ret = unsafe { libc::unshare(ns_flags) };
     check(ret as libc::c_long).map(drop)
 }
 
@@ -252,8 +258,9 @@ pub fn set_no_new_privs() -> io::Result<()> {
 
 /// Sends `signal` to us when the parent (the thread that forked us) dies.
 pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    let signal = libc::c_ulong::try_from(signal).map_err(|_| invalid("signal"))?;
     // SAFETY: integer-only prctl.
-    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) };
+    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) };
     check(ret as libc::c_long).map(drop)
 }
 
@@ -347,8 +354,9 @@ pub fn decode_wait_status(status: libc::c_int) -> (Option<i32>, Option<i32>) {
 /// setns(2): moves the calling thread into the namespace `fd` refers to.
 pub fn setns(fd: std::os::fd::BorrowedFd<'_>, ns_flag: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    let ns_flag = libc::c_int::try_from(ns_flag).map_err(|_| invalid("namespace flag"))?;
     // SAFETY: setns takes a descriptor we borrow for the call and a flag; no memory is passed.
-    let ret = unsafe { libc::setns(fd.as_raw_fd(), ns_flag as libc::c_int) };
+    let ret = unsafe { libc::setns(fd.as_raw_fd(), ns_flag) };
     check(ret as libc::c_long).map(drop)
 }
 
