@@ -164,6 +164,40 @@ fn concurrent_sandboxes_do_not_see_each_other() {
 }
 
 #[test]
+fn a_sandbox_created_now_runs_its_commands_later_and_tears_down() {
+    require_root!();
+    // examples/lifecycle.rs drives the library's sandbox::Handle without a supervisor:
+    // create (the init waits), two commands one after the other, kill, reap, teardown.
+    let out = std::process::Command::new(probe_dir().join("lifecycle"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run examples/lifecycle (cargo build --examples)");
+    let run = Run::from(out);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines[..8],
+        [
+            "state created",
+            "first one",
+            "state running",
+            "second left-by-the-first",
+            "state killed",
+            "state stopped",
+            "state torn down",
+            lines[7],
+        ],
+        "{run:?}"
+    );
+    let id = lines[7].strip_prefix("id ").expect("the sandbox's id");
+    assert!(
+        leftover_cgroups(id).is_empty(),
+        "{:?}",
+        leftover_cgroups(id)
+    );
+}
+
+#[test]
 fn prune_never_touches_a_running_sandbox() {
     require_root!();
     let _serial = prune_lock();
