@@ -707,12 +707,15 @@ impl Handle {
 fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgroup, late: bool) {
     let result = sys::process::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX);
     let _ = match result {
-        Ok(userns) => {
+        Ok((userns, helper)) => {
             let mut fds = vec![userns.as_fd()];
             if late {
                 fds.extend(cgroup.self_join_fds().iter().map(|f| f.as_fd()));
             }
-            control::send(socket, &ToSandbox::Identity, &fds)
+            let sent = control::send(socket, &ToSandbox::Identity, &fds);
+            // The helper's exit and reaping overlap the child's next steps.
+            drop(helper);
+            sent
         }
         Err(e) => control::send(
             socket,

@@ -203,6 +203,20 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
     marks.push(("hostname set".into(), now_ns()));
 
+    // What needs no identity is done before waiting for it: the supervisor is still making
+    // it, so this costs the start nothing. Privileges change nothing here (the signal mask,
+    // a descriptor the init keeps, plain memory).
+    let serve = s.mode == super::handle::InitMode::Serve;
+    let command = if serve {
+        None
+    } else {
+        Some(Command::prepare(s.spec).map_err(at("prepare command"))?)
+    };
+    let signals = sys::signal::SignalSet::new(&[&[libc::SIGCHLD][..], FORWARDED].concat());
+    sys::signal::block(&signals).map_err(at("block signals"))?;
+    let signalfd = sys::signal::signalfd(&signals).map_err(at("create signalfd"))?;
+    let last_capability = sys::process::last_capability();
+
     // 10. Identity: join the cgroup (on v1 hosts, while still real root), then the user
     //     namespace the supervisor created and mapped in parallel. It owns none of the
     //     sandbox's other namespaces, so even a process that regained every capability inside
@@ -217,27 +231,19 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     marks.push(("user namespace mapped".into(), now_ns()));
 
     // 11. Become the sandbox user for good.
-    drop_privileges(s.spec.uid, s.spec.gid)?;
+    drop_privileges(s.spec.uid, s.spec.gid, last_capability)?;
     // The credential change cleared the parent-death signal: set it again and re-check.
     sys::process::set_parent_death_signal(libc::SIGKILL).map_err(at("set parent-death signal"))?;
     if control::peer_gone(s.control) {
         sys::process::exit_now(exit::NSBOX_FAILED);
     }
 
-    let serve = s.mode == super::handle::InitMode::Serve;
+    // As the sandbox user, so the user owns the terminal.
     let tty = if s.spec.io.tty && !serve {
         Some(open_pty(s.winsize).map_err(at("allocate a terminal"))?)
     } else {
         None
     };
-    let command = if serve {
-        None
-    } else {
-        Some(Command::prepare(s.spec).map_err(at("prepare command"))?)
-    };
-    let signals = sys::signal::SignalSet::new(&[&[libc::SIGCHLD][..], FORWARDED].concat());
-    sys::signal::block(&signals).map_err(at("block signals"))?;
-    let signalfd = sys::signal::signalfd(&signals).map_err(at("create signalfd"))?;
     marks.push(("privileges dropped".into(), now_ns()));
 
     // 12. Seccomp, inherited by the workload.
@@ -375,10 +381,10 @@ unsafe fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
     unsafe { sys::fs::close_range(next, u32::MAX) }
 }
 
-fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
+fn drop_privileges(uid: u32, gid: u32, last_capability: libc::c_ulong) -> Result<(), Failure> {
     use rustix::process::{Gid, Uid};
     use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
-    sys::process::drop_bounding_set().map_err(at("drop bounding capabilities"))?;
+    sys::process::drop_bounding_set(last_capability).map_err(at("drop bounding capabilities"))?;
     sys::process::lock_securebits().map_err(at("lock securebits"))?;
     let g = Gid::from_raw(gid);
     set_thread_groups(&[g]).map_err(at("set supplementary groups"))?;

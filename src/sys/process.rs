@@ -168,12 +168,18 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Drops every capability from the bounding set (needs CAP_SETPCAP in the current user ns).
-pub fn drop_bounding_set() -> io::Result<()> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+/// The highest capability number this kernel knows (63 when it cannot tell: capabilities it
+/// does not know are refused one by one, harmlessly).
+pub fn last_capability() -> libc::c_ulong {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
-        .unwrap_or(63);
+        .unwrap_or(63)
+}
+
+/// Drops every capability up to `last` (see [`last_capability`]) from the bounding set (needs
+/// CAP_SETPCAP in the current user ns).
+pub fn drop_bounding_set(last: libc::c_ulong) -> io::Result<()> {
     for cap in 0..=last {
         // SAFETY: PR_CAPBSET_DROP takes an integer argument; no memory is passed.
         let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
@@ -383,12 +389,30 @@ pub fn restore_affinity(original: Option<rustix::thread::CpuSet>) {
     }
 }
 
+/// The throw-away process a user namespace was made with: told to end when this is created,
+/// reaped when this is dropped — after the namespace was handed on, so its exit is off the
+/// sandbox's start path.
+#[derive(Debug)]
+pub struct UsernsHelper {
+    pidfd: OwnedFd,
+}
+
+impl Drop for UsernsHelper {
+    fn drop(&mut self) {
+        use std::os::fd::AsFd;
+        let _ = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(self.pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        );
+    }
+}
+
 /// Creates a user namespace mapping inside ids 0..`count` to host ids `base`.. and returns a
 /// descriptor for it. A user namespace needs a process to be created and mapped, so a
-/// throw-away child is cloned into one, mapped, referenced, and ended. The caller must be
-/// single-threaded (see [`clone3_fork`]).
-pub fn create_user_namespace(base: u32, count: u32) -> io::Result<OwnedFd> {
-    use std::os::fd::AsFd;
+/// throw-away child is cloned into one, mapped, referenced, and ended (reaped when the
+/// returned [`UsernsHelper`] is dropped). The caller must be single-threaded (see
+/// [`clone3_fork`]).
+pub fn create_user_namespace(base: u32, count: u32) -> io::Result<(OwnedFd, UsernsHelper)> {
     let (wait_read, wait_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
     match clone3_fork(flags::NEWUSER, None)? {
@@ -413,12 +437,10 @@ pub fn create_user_namespace(base: u32, count: u32) -> io::Result<OwnedFd> {
                     )
                     .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
                 });
+            // The helper ends now; the caller reaps it by dropping the helper handle.
             drop(wait_write);
-            let _ = rustix::process::waitid(
-                rustix::process::WaitId::PidFd(pidfd.as_fd()),
-                rustix::process::WaitIdOptions::EXITED,
-            );
-            result
+            let helper = UsernsHelper { pidfd };
+            result.map(|ns| (ns, helper))
         }
     }
 }
