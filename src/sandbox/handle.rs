@@ -588,7 +588,7 @@ impl Handle {
             sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),
         };
         marks.push(("clone returned".into(), now_ns()));
-        let mut launched = Handle {
+        let mut handle = Handle {
             id: spec.id.clone(),
             pid,
             pidfd: Some(pidfd),
@@ -603,7 +603,7 @@ impl Handle {
         // hosts its cgroup, then its user namespace. Step off this CPU so the child, queued here,
         // starts at once instead of after this work.
         let saved_affinity = sys::process::step_aside();
-        let control_fd = launched
+        let control_fd = handle
             .control
             .as_ref()
             .map(|c| c.as_fd())
@@ -628,16 +628,16 @@ impl Handle {
             }
             NetworkMode::Host => {}
         }
-        if launched.cgroup.is_none() {
-            // On failure, dropping `launched` kills and reaps the child.
+        if handle.cgroup.is_none() {
+            // On failure, dropping the handle kills and reaps the child.
             let cgroup = SandboxCgroup::create(&layout, &spec.id, &limits)?;
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
-            launched.cgroup = Some(cgroup);
+            handle.cgroup = Some(cgroup);
         }
         let egress = match egress.transpose() {
             Ok(egress) => {
-                if let Some(cgroup) = &launched.cgroup {
+                if let Some(cgroup) = &handle.cgroup {
                     send_identity(control_fd, spec, cgroup, !uses_v2);
                     warnings = cgroup.warnings().to_vec();
                 }
@@ -664,9 +664,9 @@ impl Handle {
             InitMode::RunCommand => spec.io.json || spec.log_network,
             InitMode::Serve => spec.log_network,
         };
-        // On failure, dropping `launched` kills and reaps the child and removes the cgroup.
-        launched.egress = egress.map(|p| p.start(wanted)).transpose()?;
-        if launched.egress.is_some() {
+        // On failure, dropping the handle kills and reaps the child and removes the cgroup.
+        handle.egress = egress.map(|p| p.start(wanted)).transpose()?;
+        if handle.egress.is_some() {
             marks.push(("resolver and proxy started".into(), now_ns()));
         }
         sys::process::restore_affinity(saved_affinity);
@@ -689,12 +689,12 @@ impl Handle {
             // A sandbox that serves gets a status pipe with each command.
             status: (mode == InitMode::RunCommand).then_some(exec_read),
         };
-        for fd in [&launched.control, &streams.status].into_iter().flatten() {
+        for fd in [&handle.control, &streams.status].into_iter().flatten() {
             crate::relay::stream::set_nonblocking(fd.as_fd())
                 .map_err(io_err("configure the sandbox's descriptors"))?;
         }
         Ok(Launch {
-            handle: launched,
+            handle,
             streams,
             marks,
             warnings,
