@@ -12,6 +12,7 @@ mod build;
 mod config;
 mod egress;
 mod exec_basics;
+mod hostside;
 mod images;
 mod isolation;
 mod lifecycle;
