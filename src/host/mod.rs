@@ -3,3 +3,4 @@
 
 pub mod doctor;
 pub mod mountinfo;
+pub mod path;

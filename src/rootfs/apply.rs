@@ -20,6 +20,7 @@ use rustix::mount::{
 };
 
 use super::plan::{AccountLine, Flags, MountOp, RootfsPlan, UpperOp};
+use crate::host::path::{open_no_follow, Access};
 use crate::sys;
 
 /// Maps the sandbox's own ids to host ids (inside id N is host id base + N).
@@ -91,28 +92,25 @@ pub fn open_host_sources(plan: &RootfsPlan) -> Result<Vec<HostSource>, RootfsErr
             .mounts
             .iter()
             .any(|op| matches!(op, MountOp::Bind { source, .. } if *source == index));
-        let meta = std::fs::metadata(path).map_err(fail("open source", path))?;
+        // Opened without following a link anywhere in the path (crate::host::path), then
+        // bound or copied from the descriptor, never by path again.
+        let access = if is_bind { Access::Path } else { Access::Read };
+        let (opened, st) = open_no_follow(path, access)
+            .map_err(|e| fail("open source", path)(io::Error::other(e.reason())))?;
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
         if is_bind {
             let fd = rmount::open_tree(
-                CWD,
-                path,
+                &opened,
+                "",
                 OpenTreeFlags::OPEN_TREE_CLONE
                     | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                    | OpenTreeFlags::AT_RECURSIVE,
+                    | OpenTreeFlags::AT_RECURSIVE
+                    | OpenTreeFlags::AT_EMPTY_PATH,
             )
             .map_err(|e| fail("open mount source", path)(rustix_err(e)))?;
-            out.push(HostSource::Tree {
-                fd,
-                is_dir: meta.is_dir(),
-            });
+            out.push(HostSource::Tree { fd, is_dir });
         } else {
-            let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
-            let fd = rfs::open(path, flags, Mode::empty())
-                .map_err(|e| fail("open copy source", path)(rustix_err(e)))?;
-            out.push(HostSource::Copy {
-                fd,
-                is_dir: meta.is_dir(),
-            });
+            out.push(HostSource::Copy { fd: opened, is_dir });
         }
     }
     Ok(out)

@@ -15,11 +15,12 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, CWD};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use super::client::SessionClient;
 use super::state::valid_name;
 use super::SessionError;
+use crate::host::path::{open_no_follow, Access, HostPathError};
 use crate::image::tar::{EntryMeta, Kind, TarWriter};
 use crate::rootfs::copy::{walk, TreeCopy, TreeVisitor};
 
@@ -190,18 +191,10 @@ pub fn copy_in(client: &SessionClient, src: &Path, dst: &Path) -> Result<CopyRep
             "the source has no file name (use a path such as ./dir)",
         )
     })?;
-    let src_parent = match src.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let src_dir = rfs::open(
-        src_parent,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| copy_err(src_parent.display(), e))?;
-    rfs::statat(&src_dir, src_name, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| copy_err(src.display(), e))?;
+    // No link in the host path is followed (crate::host::path): an earlier sandbox may have
+    // planted it where this copy reads.
+    let (src_fd, _) =
+        open_no_follow(src, Access::Read).map_err(|e| copy_err(src.display(), e.reason()))?;
     // Into an existing directory, or as the named path?
     let existing_dir = inside_dir(root.as_fd(), &inside, None).ok();
     let (dst_dir, name) = match existing_dir {
@@ -221,7 +214,7 @@ pub fn copy_in(client: &SessionClient, src: &Path, dst: &Path) -> Result<CopyRep
         }
     };
     let mut copy = TreeCopy::new(Some(owner), true);
-    copy.entry(src_dir.as_fd(), src_name, dst_dir.as_fd(), &name)
+    copy.open_entry(src_fd, dst_dir.as_fd(), &name)
         .map_err(|e| {
             copy_err(
                 format!("copy {} to {}", src.display(), inside.display()),
@@ -248,27 +241,7 @@ pub fn copy_out(
     let name = name.as_os_str();
     rfs::statat(&src_dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| copy_err(format!("{} (in the sandbox)", inside.display()), e))?;
-    let dst_is_dir = std::fs::metadata(dst).is_ok_and(|m| m.is_dir());
-    let (host_dir, out_name) = if dst_is_dir {
-        (dst.to_path_buf(), name.to_os_string())
-    } else {
-        let host_parent = match dst.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&host_parent).map_err(|e| copy_err(host_parent.display(), e))?;
-        let out = dst
-            .file_name()
-            .ok_or_else(|| copy_err(dst.display(), "not a file name"))?;
-        (host_parent, out.to_os_string())
-    };
-    let host_fd = rfs::openat(
-        CWD,
-        &host_dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| copy_err(host_dir.display(), e))?;
+    let (host_fd, dst_is_dir, out_name) = host_destination(dst, name)?;
     if !dst_is_dir && is_dir_at(host_fd.as_fd(), &out_name) && !is_dir_at(src_dir.as_fd(), name) {
         return Err(copy_err(dst.display(), "is a directory"));
     }
@@ -279,6 +252,45 @@ pub fn copy_out(
         written: copy.written,
         skipped: copy.skipped,
     })
+}
+
+/// Where a copy out lands on the host: an existing directory at `dst` (which receives the
+/// entry under its own `name`), or `dst`'s parent (created if missing) and `dst`'s name. No link
+/// in the host path is followed, as for sources: writing as root through a link planted in an
+/// earlier sandbox's workspace would put files wherever it points.
+fn host_destination(
+    dst: &Path,
+    name: &OsStr,
+) -> Result<(OwnedFd, bool, std::ffi::OsString), SessionError> {
+    let refuse = |e: HostPathError| copy_err(dst.display(), e.reason());
+    match open_no_follow(dst, Access::Path) {
+        Ok((fd, st)) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            return Ok((fd, true, name.to_os_string()))
+        }
+        Ok(_) => {}
+        Err(HostPathError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refuse(e)),
+    }
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let out = dst
+        .file_name()
+        .ok_or_else(|| copy_err(dst.display(), "not a file name"))?;
+    let fd = match open_no_follow(&parent, Access::Path) {
+        Ok((fd, _)) => fd,
+        // A link before the missing part is found first (the path is walked in order), so
+        // creating the rest cannot go through one.
+        Err(HostPathError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&parent).map_err(|e| copy_err(parent.display(), e))?;
+            open_no_follow(&parent, Access::Path)
+                .map_err(|e| copy_err(parent.display(), e.reason()))?
+                .0
+        }
+        Err(e) => return Err(copy_err(parent.display(), e.reason())),
+    };
+    Ok((fd, false, out.to_os_string()))
 }
 
 /// Extracts a tar stream (plain, gzip or zstd) from `input` into the directory `dst` inside

@@ -151,3 +151,168 @@ fn session_socket_impostor_is_refused() {
     assert!(r.stderr.contains("not the session's supervisor"), "{r:?}");
     drop(lock);
 }
+
+/// A root-only "secret" directory standing in for /root/.ssh, and a world-writable workspace
+/// that a first sandbox fills with links to it through a `:rw` mount.
+struct PlantedWorkspace {
+    canary: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl PlantedWorkspace {
+    fn new() -> PlantedWorkspace {
+        use std::os::unix::fs::PermissionsExt;
+        let canary = tempfile::tempdir().unwrap();
+        std::fs::write(canary.path().join("id_ed25519"), "CANARY-SECRET\n").unwrap();
+        std::fs::set_permissions(
+            canary.path().join("id_ed25519"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let work = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let secret = canary.path().display();
+        // The first job: a workload plants links in its writable workspace.
+        let plant = format!(
+            "ln -s {secret} /sandbox/work/repo && ln -s {secret}/id_ed25519 /sandbox/work/key && \
+             mkdir /sandbox/work/sub && ln -s {secret} /sandbox/work/sub/deeper"
+        );
+        let rw = format!("{}:/sandbox/work:rw", work.path().display());
+        let run = exec(&["--mount", &rw, "--", "/bin/sh", "-c", &plant]);
+        assert_eq!(run.code, 0, "planting links: {run:?}");
+        assert!(work.path().join("repo").symlink_metadata().is_ok());
+        PlantedWorkspace { canary, work }
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.work.path().join(rel).display().to_string()
+    }
+}
+
+fn assert_refused_without_leak(what: &str, run: &Run) {
+    assert!(
+        !run.stdout.contains("CANARY-SECRET") && !run.stderr.contains("CANARY-SECRET"),
+        "{what} leaked the secret: {run:?}"
+    );
+    assert_ne!(run.code, 0, "{what} was accepted: {run:?}");
+    assert!(
+        run.stderr.contains("symbolic link"),
+        "{what}: the refusal names the link: {run:?}"
+    );
+}
+
+/// The next job's `--copy` of a path through a link a sandbox planted (the last component or a
+/// parent) is refused; the copy never reads the link's target.
+#[test]
+fn host_source_planted_symlink_copy_is_refused() {
+    require_root!();
+    let ws = PlantedWorkspace::new();
+    for src in ["repo", "key", "repo/id_ed25519", "sub/deeper/id_ed25519"] {
+        let copy = format!("{}:got", ws.path(src));
+        let run = exec(&[
+            "--copy",
+            &copy,
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /sandbox/got /sandbox/got/* 2>/dev/null; true",
+        ]);
+        assert_refused_without_leak(&format!("--copy {copy}"), &run);
+    }
+    // The link's target, written out by the user, is the explicit way to accept it.
+    let copy = format!("{}:got", ws.canary.path().join("id_ed25519").display());
+    let run = exec(&["--copy", &copy, "--", "/bin/cat", "/sandbox/got"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "CANARY-SECRET\n");
+}
+
+/// `--mount` of a planted link is refused as well: a read-only bind still shows the directory.
+#[test]
+fn host_source_planted_symlink_mount_is_refused() {
+    require_root!();
+    let ws = PlantedWorkspace::new();
+    for src in ["repo", "key", "sub/deeper"] {
+        let mount = format!("{}:/mnt/got", ws.path(src));
+        let run = exec(&[
+            "--mount",
+            &mount,
+            "--",
+            "/bin/sh",
+            "-c",
+            "ls /mnt/got; cat /mnt/got /mnt/got/* 2>/dev/null; true",
+        ]);
+        assert_refused_without_leak(&format!("--mount {mount}"), &run);
+        assert!(!run.stdout.contains("id_ed25519"), "{run:?}");
+    }
+}
+
+/// A session in its own run directory, removed when dropped.
+struct OneSession {
+    run: tempfile::TempDir,
+    id: String,
+}
+
+impl OneSession {
+    fn new(args: &[&str]) -> OneSession {
+        let run = tempfile::Builder::new()
+            .prefix("nsbox-run-")
+            .tempdir()
+            .unwrap();
+        let mut full = vec!["create"];
+        full.extend_from_slice(args);
+        let r = nsbox_in(run.path(), &full);
+        assert_eq!(r.code, 0, "create: {r:?}");
+        let id = r.stdout.trim().to_string();
+        OneSession { run, id }
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        nsbox_in(self.run.path(), args)
+    }
+}
+
+impl Drop for OneSession {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-f", &self.id]);
+    }
+}
+
+/// `nsbox cp` neither reads a host source through a planted link nor writes a copy out
+/// through one.
+#[test]
+fn host_source_planted_symlink_session_cp_is_refused() {
+    require_root!();
+    let ws = PlantedWorkspace::new();
+    let s = OneSession::new(&[]);
+    let into = format!("{}:/sandbox/", s.id);
+    for src in ["repo", "key", "sub/deeper/id_ed25519"] {
+        let r = s.run(&["cp", &ws.path(src), &into]);
+        assert_refused_without_leak(&format!("cp {src} into the session"), &r);
+    }
+    let r = s.run(&[
+        "exec",
+        "--session",
+        &s.id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /sandbox/* /sandbox/*/* 2>/dev/null; true",
+    ]);
+    assert!(!r.stdout.contains("CANARY-SECRET"), "{r:?}");
+    // Out of the session, into a path through a planted link: nothing lands in the canary.
+    let from = format!("{}:/etc/hostname", s.id);
+    for dst in ["repo", "repo/", "repo/new", "sub/deeper/new/file"] {
+        let r = s.run(&["cp", &from, &ws.path(dst)]);
+        assert_ne!(r.code, 0, "cp out to {dst}: {r:?}");
+        assert!(r.stderr.contains("symbolic link"), "{dst}: {r:?}");
+    }
+    let names: Vec<_> = std::fs::read_dir(ws.canary.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["id_ed25519"],
+        "the canary directory is untouched"
+    );
+}
