@@ -448,11 +448,19 @@ pub struct CpArgs {
     /// A host path, SESSION:PATH, or `-`: SRC as a tar stream on stdout.
     #[arg(value_name = "DST")]
     destination: String,
+    /// Copying out: write at most this much file data (holes and hard links cost nothing;
+    /// `none` lifts the bound). A copy that would write more fails and leaves nothing behind.
+    #[arg(long, value_name = "SIZE", default_value = "8g")]
+    max_size: Limit<ByteSize>,
 }
 
 pub fn cp(args: CpArgs) -> i32 {
     let store = SessionStore::system();
     let stdio = Path::new("-");
+    let max_bytes = match args.max_size {
+        Limit::Value(size) => Some(size.bytes()),
+        Limit::Unlimited => None,
+    };
     let result = match (
         parse_endpoint(&args.source),
         parse_endpoint(&args.destination),
@@ -467,13 +475,14 @@ pub fn cp(args: CpArgs) -> i32 {
                 return exit::NSBOX_FAILED;
             }
             SessionClient::connect(&store, &session)
-                .and_then(|c| copy_out_tar(&c, &path, std::io::stdout().lock()))
+                .and_then(|c| copy_out_tar(&c, &path, std::io::stdout().lock(), max_bytes))
         }
         (Endpoint::Host(src), Endpoint::Session { session, path }) => {
             SessionClient::connect(&store, &session).and_then(|c| copy_in(&c, &src, &path))
         }
         (Endpoint::Session { session, path }, Endpoint::Host(dst)) => {
-            SessionClient::connect(&store, &session).and_then(|c| copy_out(&c, &path, &dst))
+            SessionClient::connect(&store, &session)
+                .and_then(|c| copy_out(&c, &path, &dst, max_bytes))
         }
         _ => {
             error("exactly one of SRC and DST must be SESSION:PATH — e.g. nsbox cp ./repo mysession:/sandbox/repo");

@@ -10,6 +10,7 @@
 //! inside ([`copy_out_tar`]), or read from stdin into a directory inside ([`copy_in_tar`],
 //! through the same writer that unpacks image layers, with its rules for hostile archives).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -22,7 +23,7 @@ use super::state::valid_name;
 use super::SessionError;
 use crate::host::path::{open_no_follow, Access, HostPathError};
 use crate::image::tar::{EntryMeta, Kind, TarWriter};
-use crate::rootfs::copy::{walk, TreeCopy, TreeVisitor};
+use crate::rootfs::copy::{over_budget, remove_entry, walk, TreeCopy, TreeVisitor};
 
 /// One side of `nsbox cp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,10 +231,15 @@ pub fn copy_in(client: &SessionClient, src: &Path, dst: &Path) -> Result<CopyRep
 /// Copies `src` inside the session to the host path `dst`. An existing directory at `dst`
 /// receives it under its own name. Symlinks inside the sandbox are copied as symlinks: a link
 /// the workload planted never makes nsbox read what it points at.
+///
+/// At most `max_bytes` of data are written (holes and hard links cost nothing, see
+/// [`crate::rootfs::copy`]); a copy that would write more fails, and what it created is
+/// removed again.
 pub fn copy_out(
     client: &SessionClient,
     src: &Path,
     dst: &Path,
+    max_bytes: Option<u64>,
 ) -> Result<CopyReport, SessionError> {
     let (root, _, _, _) = client.open_root()?;
     let inside = inside_path(src, &client.record.workdir)?;
@@ -245,9 +251,17 @@ pub fn copy_out(
     if !dst_is_dir && is_dir_at(host_fd.as_fd(), &out_name) && !is_dir_at(src_dir.as_fd(), name) {
         return Err(copy_err(dst.display(), "is a directory"));
     }
-    let mut copy = TreeCopy::new(None, true);
-    copy.entry(src_dir.as_fd(), name, host_fd.as_fd(), &out_name)
-        .map_err(|e| copy_err(format!("copy {} to {}", inside.display(), dst.display()), e))?;
+    let existed = rfs::statat(&host_fd, &out_name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    let mut copy = TreeCopy::new(None, true).with_max_bytes(max_bytes);
+    if let Err(e) = copy.entry(src_dir.as_fd(), name, host_fd.as_fd(), &out_name) {
+        if !existed {
+            let _ = remove_entry(host_fd.as_fd(), &out_name);
+        }
+        return Err(copy_err(
+            format!("copy {} to {}", inside.display(), dst.display()),
+            e,
+        ));
+    }
     Ok(CopyReport {
         written: copy.written,
         skipped: copy.skipped,
@@ -334,10 +348,14 @@ pub fn copy_in_tar(
 
 /// Writes `src` inside the session (a file, or a tree) as a tar stream to `out`; entry names
 /// start with `src`'s own name, owners are the ids inside the sandbox.
+///
+/// Hard links are written as tar hard-link entries; the file data in the stream (holes
+/// included: tar has no portable way to leave them out) is bounded by `max_bytes`.
 pub fn copy_out_tar(
     client: &SessionClient,
     src: &Path,
     out: impl io::Write,
+    max_bytes: Option<u64>,
 ) -> Result<CopyReport, SessionError> {
     let (root, _, _, base) = client.open_root()?;
     let inside = inside_path(src, &client.record.workdir)?;
@@ -348,6 +366,9 @@ pub fn copy_out_tar(
         base,
         written: 0,
         skipped: 0,
+        links: HashMap::new(),
+        max_bytes,
+        bytes: 0,
     };
     walk(&mut visitor, src_dir.as_fd(), name, &Vec::new(), name)
         .and_then(|()| visitor.tar.finish().map(drop))
@@ -370,6 +391,11 @@ struct TarOut<W: io::Write> {
     base: u32,
     written: usize,
     skipped: usize,
+    /// Source (device, inode) of a file with several links → the path of its first entry.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    max_bytes: Option<u64>,
+    /// File data written so far.
+    bytes: u64,
 }
 
 impl<W: io::Write> TarOut<W> {
@@ -423,9 +449,30 @@ impl<W: io::Write> TreeVisitor for TarOut<W> {
 
     fn file(&mut self, at: &Vec<u8>, name: &OsStr, src: OwnedFd, st: &rfs::Stat) -> io::Result<()> {
         let path = joined(at, name);
+        let key = (st.st_dev, st.st_ino);
+        if st.st_nlink > 1 {
+            if let Some(first) = self.links.get(&key) {
+                let meta = EntryMeta {
+                    link: first,
+                    ..self.meta(&path, Kind::HardLink, st)
+                };
+                self.tar.entry(&meta, None)?;
+                self.written += 1;
+                return Ok(());
+            }
+        }
         let meta = self.meta(&path, Kind::File, st);
+        if let Some(max) = self.max_bytes {
+            if self.bytes.saturating_add(meta.size) > max {
+                return Err(over_budget(max));
+            }
+        }
+        self.bytes += meta.size;
         let mut file = std::fs::File::from(src);
         self.tar.entry(&meta, Some(&mut file))?;
+        if st.st_nlink > 1 && self.links.len() < 1 << 20 {
+            self.links.insert(key, path);
+        }
         self.written += 1;
         Ok(())
     }

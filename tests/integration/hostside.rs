@@ -316,3 +316,174 @@ fn host_source_planted_symlink_session_cp_is_refused() {
         "the canary directory is untouched"
     );
 }
+
+/// `nsbox cp SESSION:SRC` writes what the sandbox really holds: a 1 GiB sparse file costs
+/// the host next to no disk.
+#[test]
+fn copy_out_amplification_sparse_file_keeps_holes() {
+    require_root!();
+    use std::os::unix::fs::MetadataExt;
+    let s = OneSession::new(&[]);
+    let r = s.run(&[
+        "exec",
+        "--session",
+        &s.id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "truncate -s 1G /sandbox/sparse && printf end >> /sandbox/sparse",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let host = tempfile::tempdir().unwrap();
+    let out = host.path().join("sparse");
+    let r = s.run(&[
+        "cp",
+        &format!("{}:/sandbox/sparse", s.id),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let meta = std::fs::metadata(&out).unwrap();
+    assert_eq!(meta.len(), (1 << 30) + 3, "the apparent size is kept");
+    assert!(
+        meta.blocks() * 512 <= 1 << 20,
+        "the copy allocated {} bytes on the host",
+        meta.blocks() * 512
+    );
+}
+
+/// Hard links come out as links, in a tree and in a tar stream: one file linked a thousand
+/// times is written once.
+#[test]
+fn copy_out_amplification_hard_links_stay_links() {
+    require_root!();
+    use std::os::unix::fs::MetadataExt;
+    let s = OneSession::new(&[]);
+    let r = s.run(&[
+        "exec",
+        "--session",
+        &s.id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir -p /sandbox/t/sub && head -c 65536 /dev/zero > /sandbox/t/a && \
+         i=0; while [ $i -lt 1000 ]; do ln /sandbox/t/a /sandbox/t/sub/l$i; i=$((i+1)); done",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let host = tempfile::tempdir().unwrap();
+    // 1000 copies would be 64 MB; the bound is far below that.
+    let r = s.run(&[
+        "cp",
+        "--max-size",
+        "1m",
+        &format!("{}:/sandbox/t", s.id),
+        host.path().join("tree").to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let ino = |p: &str| std::fs::metadata(host.path().join(p)).unwrap().ino();
+    assert_eq!(ino("tree/a"), ino("tree/sub/l0"));
+    assert_eq!(ino("tree/a"), ino("tree/sub/l999"));
+    assert_eq!(
+        std::fs::metadata(host.path().join("tree/a"))
+            .unwrap()
+            .nlink(),
+        1001
+    );
+
+    // The same tree as a tar stream, extracted by the host's tar.
+    let tar = nsbox_cmd(&[
+        "cp",
+        "--max-size",
+        "1m",
+        &format!("{}:/sandbox/t", s.id),
+        "-",
+    ])
+    .env("NSBOX_RUN_DIR", s.run.path())
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    assert!(
+        tar.stdout.len() < 2 << 20,
+        "the stream holds the data once: {} bytes",
+        tar.stdout.len()
+    );
+    let x = host.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    let mut untar = std::process::Command::new("tar")
+        .args(["-x", "-C", x.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(untar.stdin.as_mut().unwrap(), &tar.stdout).unwrap();
+    drop(untar.stdin.take());
+    assert!(untar.wait().unwrap().success());
+    let ino = |p: &str| std::fs::metadata(x.join(p)).unwrap().ino();
+    assert_eq!(ino("t/a"), ino("t/sub/l500"));
+}
+
+/// A copy out that would write more than `--max-size` fails clearly and leaves nothing.
+#[test]
+fn copy_out_amplification_over_the_bound_fails_cleanly() {
+    require_root!();
+    let s = OneSession::new(&[]);
+    let r = s.run(&[
+        "exec",
+        "--session",
+        &s.id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir -p /sandbox/t && head -c 700000 /dev/urandom > /sandbox/t/one && \
+         head -c 700000 /dev/urandom > /sandbox/t/two",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let host = tempfile::tempdir().unwrap();
+    for src in ["/sandbox/t", "/sandbox/t/one"] {
+        let dst = host.path().join("out");
+        let r = s.run(&[
+            "cp",
+            "--max-size",
+            "1m",
+            &format!("{}:{src}", s.id),
+            dst.to_str().unwrap(),
+        ]);
+        if src.ends_with("one") {
+            // One file fits.
+            assert_eq!(r.code, 0, "{r:?}");
+            std::fs::remove_file(&dst).unwrap();
+            let r = s.run(&[
+                "cp",
+                "--max-size",
+                "500k",
+                &format!("{}:{src}", s.id),
+                dst.to_str().unwrap(),
+            ]);
+            assert_eq!(r.code, 125, "{r:?}");
+        } else {
+            assert_eq!(r.code, 125, "{r:?}");
+            assert!(r.stderr.contains("--max-size"), "{r:?}");
+        }
+        assert!(
+            std::fs::symlink_metadata(&dst).is_err(),
+            "a refused copy left {}",
+            dst.display()
+        );
+    }
+    let tar = nsbox_cmd(&[
+        "cp",
+        "--max-size",
+        "1m",
+        &format!("{}:/sandbox/t", s.id),
+        "-",
+    ])
+    .env("NSBOX_RUN_DIR", s.run.path())
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert_eq!(tar.status.code(), Some(125));
+    assert!(tar.stdout.len() < 1 << 20);
+}
