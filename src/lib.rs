@@ -8,6 +8,7 @@ pub mod config;
 pub mod exit;
 pub mod fingerprint;
 pub mod host;
+pub mod idrange;
 pub mod image;
 pub mod net;
 pub mod profile;

@@ -37,7 +37,7 @@ pub fn run(
         json: args.json,
         timings: args.timings,
     };
-    let spec = match build_spec(
+    let mut spec = match build_spec(
         args.sandbox,
         command,
         image.as_ref().map(|i| i.spec()),
@@ -45,6 +45,11 @@ pub fn run(
     ) {
         Ok(spec) => spec,
         Err(message) => return fail(json, "setup", &early_masker.mask_str(&message), t0),
+    };
+    // The sandbox's own host id range, held until it ends (crate::idrange).
+    let _ids = match crate::idrange::assign(&mut spec) {
+        Ok(range) => range,
+        Err(e) => return fail(json, "setup", &e.to_string(), t0),
     };
     let masker = Masker::new(&spec.secrets);
     if json {

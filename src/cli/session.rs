@@ -107,7 +107,7 @@ pub fn create(
         Ok(image) => image,
         Err(message) => return fail(json, "setup", &message, t0),
     };
-    let spec = match build_spec(
+    let mut spec = match build_spec(
         args.sandbox,
         extras,
         image.as_ref().map(|i| i.spec()),
@@ -115,6 +115,11 @@ pub fn create(
     ) {
         Ok(spec) => spec,
         Err(message) => return fail(json, "setup", &masker.mask_str(&message), t0),
+    };
+    // The session's own host id range; its supervisor (forked below) holds it for its life.
+    let _ids = match crate::idrange::assign(&mut spec) {
+        Ok(range) => range,
+        Err(e) => return fail(json, "setup", &e.to_string(), t0),
     };
     let masker = Masker::new(&spec.secrets);
     let store = SessionStore::system();

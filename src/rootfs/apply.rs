@@ -902,8 +902,9 @@ impl Inside<'_> {
                     .dir(target, ROOT_OWNED)
                     .map_err(fail("mount devpts on", target))?;
                 let data = format!(
-                    "newinstance,ptmxmode=0666,mode=0620,gid={}",
-                    self.ids.base + tty_gid
+                    "newinstance,ptmxmode=0666,mode=0620,gid={},max={}",
+                    self.ids.base + tty_gid,
+                    super::plan::DEVPTS_MAX
                 );
                 self.mount_fs(
                     "devpts",

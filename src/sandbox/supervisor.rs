@@ -575,7 +575,10 @@ pub(crate) fn arm_timer(limit: Duration) -> io::Result<OwnedFd> {
 /// Creates the sandbox's user namespace (mapped) and sends it to the child, with the cgroup's
 /// `tasks` descriptors when the child joins its cgroup late (cgroup v1 hosts).
 fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgroup, late: bool) {
-    let result = sys::process::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX);
+    let result = match spec.userns_owner {
+        Some(owner) => crate::idrange::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX, owner),
+        None => sys::process::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX),
+    };
     let _ = match result {
         Ok(userns) => {
             let mut fds = vec![userns.as_fd()];

@@ -583,3 +583,132 @@ fn memory_outside_the_limit_tcp_buffers_are_charged() {
         "the buffers were charged up to the limit (max {max_usage} bytes)"
     );
 }
+
+/// Two sandboxes running at the same time write as different host uids (each has its own
+/// host id range), so no per-user kernel counter is shared between them.
+#[test]
+fn shared_kernel_counters_each_sandbox_has_its_own_host_ids() {
+    require_root!();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let rw = format!("{}:/sandbox/w:rw", dir.path().display());
+    // Each writes its file, then waits (bounded) for the other's: both run at once.
+    let script = |me: &str, other: &str| {
+        format!(
+            "touch /sandbox/w/{me}; i=0; while [ ! -e /sandbox/w/{other} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; cat /proc/self/uid_map"
+        )
+    };
+    let (a, b) = (script("a", "b"), script("b", "a"));
+    let spawn = |s: &str| {
+        nsbox_cmd(&["exec", "--mount", &rw, "--", "/bin/sh", "-c", s])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (ca, cb) = (spawn(&a), spawn(&b));
+    let (ra, rb): (Run, Run) = (
+        ca.wait_with_output().unwrap().into(),
+        cb.wait_with_output().unwrap().into(),
+    );
+    assert_eq!((ra.code, rb.code), (0, 0), "{ra:?} {rb:?}");
+    let uid = |f: &str| std::fs::metadata(dir.path().join(f)).unwrap().uid();
+    assert_ne!(
+        uid("a"),
+        uid("b"),
+        "two sandboxes share a host uid; maps: {} / {}",
+        ra.stdout.trim(),
+        rb.stdout.trim()
+    );
+    assert_ne!(ra.stdout, rb.stdout, "the uid maps differ");
+    for u in [uid("a"), uid("b")] {
+        assert!(
+            u > nsbox::spec::DEFAULT_UID_BASE,
+            "{u}: never a host user's id"
+        );
+    }
+}
+
+/// Exhausts inotify instances (the host's per-user limit, `fs.inotify.max_user_instances`)
+/// inside one sandbox, then holds them: a second sandbox and host root still get theirs.
+#[test]
+fn shared_kernel_counters_inotify_exhaustion_is_contained() {
+    require_root!();
+    use std::io::BufRead;
+    const EXHAUST: &str = r#"
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+held = 0
+while held < 100000 and libc.inotify_init1(0) >= 0:
+    held += 1
+print("exhausted", held, ctypes.get_errno(), flush=True)
+time.sleep(600)
+"#;
+    const ONE: &str = "import ctypes; print(ctypes.CDLL(None).inotify_init1(0) >= 0)";
+    let mut hog = nsbox_cmd(&["exec", "--", "/usr/bin/python3", "-c", EXHAUST])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = std::io::BufReader::new(hog.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let other = exec(&["--", "/usr/bin/python3", "-c", ONE]);
+    let host_root = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", ONE])
+        .output()
+        .unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&hog),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let _ = hog.wait();
+    assert!(line.starts_with("exhausted"), "{line}");
+    let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let held: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        held <= limit,
+        "the hog held {held}, over the per-user {limit}"
+    );
+    assert_eq!(other.stdout.trim(), "True", "another sandbox: {other:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&host_root.stdout).trim(),
+        "True",
+        "host root's inotify_init1 failed while a sandbox held its instances"
+    );
+}
+
+/// A sandbox's private devpts holds a bounded number of ptys (`max=`), so one sandbox cannot
+/// take every pty the host's other sandboxes would get.
+#[test]
+fn shared_kernel_counters_ptys_are_bounded() {
+    require_root!();
+    const OPEN_PTYS: &str = r#"
+import os
+fds = []
+try:
+    while len(fds) < 5000:
+        fds.append(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
+except OSError as e:
+    pass
+print(len(fds))
+"#;
+    let run = exec(&["--", "/usr/bin/python3", "-c", OPEN_PTYS]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let opened: u32 = run.stdout.trim().parse().unwrap();
+    assert!(
+        opened <= nsbox::rootfs::plan::DEVPTS_MAX,
+        "one sandbox opened {opened} ptys"
+    );
+    assert!(opened > 0, "ptys still work");
+}

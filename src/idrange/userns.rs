@@ -1,0 +1,107 @@
+//! Creating a sandbox's user namespace owned by an unprivileged host uid.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::{Gid, Uid};
+
+use crate::sys::process::{clone3_fork, exit_now, flags, unshare, Forked};
+
+fn errno(e: rustix::io::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+/// What the child reports at each step.
+const OK: u8 = 0;
+const FAILED: u8 = 1;
+
+/// Per-namespace limits the namespace's owner sets inside it (`/proc/sys/user/*` are per user
+/// namespace). Nested user namespaces are refused by seccomp already; this holds even if a
+/// profile allowed them. The other `max_*` counters (inotify, fanotify, the other namespace
+/// kinds) are charged to the owner's uid in the host's namespace as well, which is the bound
+/// that matters between sandboxes; the namespace kinds are left alone because the sandbox's
+/// own setup may still create some inside it.
+const LIMITS: &[(&str, &str)] = &[("/proc/sys/user/max_user_namespaces", "0")];
+
+/// Creates a user namespace mapping inside ids 0..`count` to host ids `base`.., owned by host
+/// uid/gid `owner` (not root), sets its [`LIMITS`], and returns a descriptor for it.
+///
+/// The owner is whoever creates the namespace, so a throw-away child drops to `owner` first
+/// and then unshares; the caller (root) writes the maps, which needs CAP_SETUID over the
+/// parent namespace only. The caller must be single-threaded (see [`clone3_fork`]).
+pub fn create_user_namespace(base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
+    let (to_parent_read, to_parent) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
+    let (from_parent, to_child) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
+    match clone3_fork(0, None)? {
+        Forked::Child => {
+            drop(to_parent_read);
+            drop(to_child);
+            let say = |b: u8| {
+                let _ = rustix::io::write(&to_parent, &[b]);
+            };
+            let became = rustix::thread::set_thread_groups(&[])
+                .and_then(|()| {
+                    let g = Gid::from_raw(owner);
+                    rustix::thread::set_thread_res_gid(g, g, g)
+                })
+                .and_then(|()| {
+                    let u = Uid::from_raw(owner);
+                    rustix::thread::set_thread_res_uid(u, u, u)
+                });
+            if became.is_err() || unshare(flags::NEWUSER).is_err() {
+                say(FAILED);
+                exit_now(1)
+            }
+            say(OK);
+            // Mapped once the parent says so; then set the namespace's limits.
+            let mut byte = [0u8; 1];
+            if !matches!(rustix::io::read(&from_parent, &mut byte), Ok(1)) {
+                exit_now(1)
+            }
+            let set = LIMITS
+                .iter()
+                .all(|(path, value)| std::fs::write(path, value).is_ok());
+            say(if set { OK } else { FAILED });
+            // Wait until the parent holds the namespace (the pipe closes), then vanish.
+            let _ = rustix::io::read(&from_parent, &mut byte);
+            exit_now(0)
+        }
+        Forked::Parent { pid, pidfd } => {
+            drop(to_parent);
+            drop(from_parent);
+            let heard = |what: &str| -> io::Result<()> {
+                let mut byte = [FAILED; 1];
+                match rustix::io::read(&to_parent_read, &mut byte) {
+                    Ok(1) if byte[0] == OK => Ok(()),
+                    _ => Err(io::Error::other(format!(
+                        "the namespace's creator (as host uid {owner}) could not {what}"
+                    ))),
+                }
+            };
+            let result = heard("create it")
+                .and_then(|()| {
+                    let map = format!("0 {base} {count}\n");
+                    std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
+                    std::fs::write(format!("/proc/{pid}/gid_map"), &map)
+                })
+                .and_then(|()| rustix::io::write(&to_child, &[OK]).map(drop).map_err(errno))
+                .and_then(|()| heard("set its limits"))
+                .and_then(|()| {
+                    rustix::fs::open(
+                        format!("/proc/{pid}/ns/user").as_str(),
+                        OFlags::RDONLY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(errno)
+                });
+            drop(to_child);
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+            result
+        }
+    }
+}
