@@ -32,6 +32,18 @@ const LIMITS: &[(&str, &str)] = &[("/proc/sys/user/max_user_namespaces", "0")];
 /// and then unshares; the caller (root) writes the maps, which needs CAP_SETUID over the
 /// parent namespace only. The caller must be single-threaded (see [`clone3_fork`]).
 pub fn create_user_namespace(base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
+    match create_owned(base, count, owner) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            // The sandbox still gets its own range; only the owner-level counters fall back
+            // to root's, as before ranges existed.
+            tracing::warn!("the sandbox's user namespace is owned by root: making it as host uid {owner} failed ({e})");
+            crate::sys::process::create_user_namespace(base, count)
+        }
+    }
+}
+
+fn create_owned(base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
     let (to_parent_read, to_parent) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
     let (from_parent, to_child) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
     match clone3_fork(0, None)? {
@@ -41,7 +53,13 @@ pub fn create_user_namespace(base: u32, count: u32, owner: u32) -> io::Result<Ow
             let say = |b: u8| {
                 let _ = rustix::io::write(&to_parent, &[b]);
             };
-            let became = rustix::thread::set_thread_groups(&[])
+            // CAP_SYS_ADMIN is kept through the uid change: hosts that refuse user namespaces
+            // to unprivileged processes (AppArmor's restrict_unprivileged_userns, Debian's
+            // unprivileged_userns_clone=0) still let this child make one. The owner is the
+            // effective uid either way; the child's capabilities do not carry into the
+            // namespace, where it has all of them as its creator anyway.
+            let became = rustix::thread::set_keep_capabilities(true)
+                .and_then(|()| rustix::thread::set_thread_groups(&[]))
                 .and_then(|()| {
                     let g = Gid::from_raw(owner);
                     rustix::thread::set_thread_res_gid(g, g, g)
@@ -49,6 +67,17 @@ pub fn create_user_namespace(base: u32, count: u32, owner: u32) -> io::Result<Ow
                 .and_then(|()| {
                     let u = Uid::from_raw(owner);
                     rustix::thread::set_thread_res_uid(u, u, u)
+                })
+                .and_then(|()| {
+                    let admin = rustix::thread::CapabilitySet::SYS_ADMIN;
+                    rustix::thread::set_capabilities(
+                        None,
+                        rustix::thread::CapabilitySets {
+                            effective: admin,
+                            permitted: admin,
+                            inheritable: rustix::thread::CapabilitySet::empty(),
+                        },
+                    )
                 });
             if became.is_err() || unshare(flags::NEWUSER).is_err() {
                 say(FAILED);
