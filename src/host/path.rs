@@ -170,6 +170,22 @@ pub fn open_no_follow(path: &Path, access: Access) -> Result<(OwnedFd, rfs::Stat
     Ok((read, again))
 }
 
+/// Reads the whole regular file at `path`, opened as [`open_no_follow`] does (for small host
+/// files nsbox reads on the user's behalf, such as `--env-file`).
+pub fn read_no_follow(path: &Path) -> Result<Vec<u8>, HostPathError> {
+    let (fd, st) = open_no_follow(path, Access::Read)?;
+    let io_err = |source: io::Error| HostPathError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io_err(io::Error::other("not a regular file")));
+    }
+    let mut text = Vec::new();
+    io::Read::read_to_end(&mut std::fs::File::from(fd), &mut text).map_err(io_err)?;
+    Ok(text)
+}
+
 fn read_flags() -> OFlags {
     OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC
 }

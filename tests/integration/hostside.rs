@@ -164,6 +164,7 @@ impl PlantedWorkspace {
         use std::os::unix::fs::PermissionsExt;
         let canary = tempfile::tempdir().unwrap();
         std::fs::write(canary.path().join("id_ed25519"), "CANARY-SECRET\n").unwrap();
+        std::fs::write(canary.path().join("env"), "LEAKED=CANARY-SECRET\n").unwrap();
         std::fs::set_permissions(
             canary.path().join("id_ed25519"),
             std::fs::Permissions::from_mode(0o600),
@@ -175,7 +176,8 @@ impl PlantedWorkspace {
         // The first job: a workload plants links in its writable workspace.
         let plant = format!(
             "ln -s {secret} /sandbox/work/repo && ln -s {secret}/id_ed25519 /sandbox/work/key && \
-             mkdir /sandbox/work/sub && ln -s {secret} /sandbox/work/sub/deeper"
+             mkdir /sandbox/work/sub && ln -s {secret} /sandbox/work/sub/deeper && \
+             ln -s {secret}/env /sandbox/work/.env"
         );
         let rw = format!("{}:/sandbox/work:rw", work.path().display());
         let run = exec(&["--mount", &rw, "--", "/bin/sh", "-c", &plant]);
@@ -224,6 +226,24 @@ fn host_source_planted_symlink_copy_is_refused() {
     let run = exec(&["--copy", &copy, "--", "/bin/cat", "/sandbox/got"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout, "CANARY-SECRET\n");
+}
+
+/// `--env-file` is read the same way: a planted `.env` link does not fill the sandbox's
+/// environment with the file it points at.
+#[test]
+fn host_source_planted_symlink_env_file_is_refused() {
+    require_root!();
+    let ws = PlantedWorkspace::new();
+    let env = ws.path(".env");
+    let run = exec(&[
+        "--env-file",
+        &env,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo \"$LEAKED\"",
+    ]);
+    assert_refused_without_leak(&format!("--env-file {env}"), &run);
 }
 
 /// `--mount` of a planted link is refused as well: a read-only bind still shows the directory.
@@ -306,13 +326,14 @@ fn host_source_planted_symlink_session_cp_is_refused() {
         assert_ne!(r.code, 0, "cp out to {dst}: {r:?}");
         assert!(r.stderr.contains("symbolic link"), "{dst}: {r:?}");
     }
-    let names: Vec<_> = std::fs::read_dir(ws.canary.path())
+    let mut names: Vec<_> = std::fs::read_dir(ws.canary.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
+    names.sort();
     assert_eq!(
         names,
-        vec!["id_ed25519"],
+        vec!["env", "id_ed25519"],
         "the canary directory is untouched"
     );
 }
