@@ -19,13 +19,17 @@
 //!   root. Inside the new namespace the child also sets the limits the kernel lets a namespace
 //!   owner set (`/proc/sys/user/max_user_namespaces` = 0).
 //!
-//! Sandboxes whose root is an image keep mapping the shared range: image layers are unpacked
-//! once, owned by that range, and showing them in another range would need idmapped lower
-//! layers. They still get a range of their own for the namespace's owner.
+//! Image layers are unpacked once, owned by the shared range; a sandbox whose root is an image
+//! sees them through idmapped clones shifted into its own range ([`idmap_lowers`]) where the
+//! kernel's overlayfs takes such layers ([`idmapped_layers_supported`], tried once per boot).
+//! Elsewhere image sandboxes keep mapping the shared range, with namespace owners of their
+//! own still.
 
+mod layers;
 mod range;
 mod userns;
 
+pub use layers::{idmap_lowers, supported as idmapped_layers_supported};
 pub use range::{prune, IdRange, IdRangeError, SLOTS};
 pub use userns::create_user_namespace;
 
@@ -48,7 +52,8 @@ pub fn assign(spec: &mut SandboxSpec) -> Result<Option<IdRange>, IdRangeError> {
         return Ok(None);
     }
     let range = IdRange::allocate(run_dir(), &spec.id)?;
-    if spec.image.is_none() {
+    // An image's layers are shown in the range through idmapped mounts where the kernel can.
+    if spec.image.is_none() || layers::supported(run_dir()) {
         spec.uid_base = range.base;
     }
     spec.userns_owner = Some(range.base);

@@ -44,6 +44,12 @@ pub fn create_user_namespace(base: u32, count: u32, owner: u32) -> io::Result<Ow
 }
 
 fn create_owned(base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
+    create_mapping(0, base, count, owner)
+}
+
+/// Like [`create_user_namespace`] with any mapping: ids `first`.. to host ids `base`.. (for
+/// idmapped mounts, where the "inside" ids are the ones on disk). No fallback.
+pub fn create_mapping(first: u32, base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
     let (to_parent_read, to_parent) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
     let (from_parent, to_child) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
     match clone3_fork(0, None)? {
@@ -111,7 +117,7 @@ fn create_owned(base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
             };
             let result = heard("create it")
                 .and_then(|()| {
-                    let map = format!("0 {base} {count}\n");
+                    let map = format!("{first} {base} {count}\n");
                     std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
                     std::fs::write(format!("/proc/{pid}/gid_map"), &map)
                 })

@@ -209,6 +209,8 @@ pub struct Launched {
     pub egress: Option<crate::net::Egress>,
     /// The cached mask layer, locked while the sandbox uses it.
     _mask_layer: Option<rootfs::mask::MaskLayer>,
+    /// Idmapped clones of the image's layers, which the child opens through this process.
+    _idmapped_layers: Vec<OwnedFd>,
 }
 
 impl Launched {
@@ -278,6 +280,15 @@ pub fn launch(
         },
     };
     let mut plan = rootfs::build_plan(spec, &host);
+    // Image layers belong to the shared id range; a sandbox with its own sees them shifted.
+    // The clones only have to outlive the clone of the child, which inherits them.
+    let idmapped_layers = if spec.image.is_some() && spec.uid_base != crate::spec::DEFAULT_UID_BASE
+    {
+        crate::idrange::idmap_lowers(&mut plan, spec.uid_base)
+            .map_err(io_err("show the image's layers in the sandbox's id range"))?
+    } else {
+        Vec::new()
+    };
     // What the profile hides of the host root is the same for every sandbox: use (or build)
     // the cached layer for it; without it the child builds the same thing in its upper layer.
     let mask_layer = if plan.shared.is_empty() {
@@ -384,6 +395,7 @@ pub fn launch(
         warnings: Vec::new(),
         egress: None,
         _mask_layer: mask_layer,
+        _idmapped_layers: idmapped_layers,
     };
     // While the child builds its filesystem: its network namespace (needed first), on v1
     // hosts its cgroup, then its user namespace. Step off this CPU so the child, queued here,
