@@ -281,7 +281,7 @@ pub fn launch(
     };
     let mut plan = rootfs::build_plan(spec, &host);
     // Image layers belong to the shared id range; a sandbox with its own sees them shifted.
-    // The clones only have to outlive the clone of the child, which inherits them.
+    // The child reaches the clones through this process's descriptors (held in `Launched`).
     let idmapped_layers = if spec.image.is_some() && spec.uid_base != crate::spec::DEFAULT_UID_BASE
     {
         crate::idrange::idmap_lowers(&mut plan, spec.uid_base)
