@@ -113,8 +113,11 @@ fn trial(scratch: &Path) -> io::Result<()> {
     for d in ["lower", "upper", "work", "mnt"] {
         std::fs::create_dir(scratch.join(d))?;
     }
+    // Owned by the shared range's first id, which owns no sandbox's namespace (a process of
+    // a namespace's owner has every capability in it).
     let base = super::IdRange::base_of(1);
-    let userns = super::userns::create_mapping(DEFAULT_UID_BASE, base, IDS_IN_SANDBOX, base)?;
+    let userns =
+        super::userns::create_mapping(DEFAULT_UID_BASE, base, IDS_IN_SANDBOX, DEFAULT_UID_BASE)?;
     let lower = idmapped_clone(&scratch.join("lower"), &userns)?;
     let options = format!(
         "lowerdir=/proc/self/fd/{},upperdir={},workdir={}",
