@@ -26,7 +26,11 @@ fn errno(e: rustix::io::Errno) -> io::Error {
 /// ids as `to_base`'s. The returned descriptors back the `/proc/self/fd/N` paths now in the
 /// plan: keep them open until the sandbox's child has been cloned (it inherits them).
 pub fn idmap_lowers(plan: &mut RootfsPlan, to_base: u32) -> io::Result<Vec<OwnedFd>> {
-    let userns = super::userns::create_mapping(DEFAULT_UID_BASE, to_base, IDS_IN_SANDBOX, to_base)?;
+    // Owned like the sandbox's own namespace: by the range's last id, which no file of the
+    // sandbox can have (see `super::create_user_namespace`).
+    let owner = to_base + IDS_IN_SANDBOX - 1;
+    let userns =
+        super::userns::create_mapping(DEFAULT_UID_BASE, to_base, IDS_IN_SANDBOX - 1, owner)?;
     let mut held = Vec::with_capacity(plan.lowers.len());
     for lower in &mut plan.lowers {
         let tree = idmapped_clone(lower, &userns)?;

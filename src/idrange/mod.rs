@@ -14,7 +14,7 @@
 //!   Slots are taken lowest first, which keeps the set of ranges in use (and the per-range
 //!   mask-layer cache) as small as the number of sandboxes running at once.
 //! - [`create_user_namespace`] creates the sandbox's user namespace from a throw-away child
-//!   that first becomes the range's first id: the namespace's owner, and so the level at which
+//!   that first becomes the range's last id (left out of the map): the namespace's owner, and so the level at which
 //!   the kernel charges the namespace's ucounts in the host's namespace, is that uid and not
 //!   root. Inside the new namespace the child also sets the limits the kernel lets a namespace
 //!   owner set (`/proc/sys/user/max_user_namespaces` = 0).
@@ -56,6 +56,6 @@ pub fn assign(spec: &mut SandboxSpec) -> Result<Option<IdRange>, IdRangeError> {
     if spec.image.is_none() || layers::supported(run_dir()) {
         spec.uid_base = range.base;
     }
-    spec.userns_owner = Some(range.base);
+    spec.userns_owner = Some(range.owner());
     Ok(Some(range))
 }

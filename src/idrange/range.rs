@@ -55,6 +55,13 @@ impl IdRange {
         self.slot
     }
 
+    /// The host uid that owns the sandbox's user namespace: the range's last id, which the
+    /// sandbox's map leaves out (see [`super::create_user_namespace`]); uid 65535 inside is
+    /// `(uid16_t)-1` and used by nothing.
+    pub fn owner(&self) -> u32 {
+        self.base + IDS_IN_SANDBOX - 1
+    }
+
     /// The lock directory under a run directory.
     pub fn dir(run_dir: &Path) -> PathBuf {
         run_dir.join("ids")

@@ -26,7 +26,10 @@ const FAILED: u8 = 1;
 const LIMITS: &[(&str, &str)] = &[("/proc/sys/user/max_user_namespaces", "0")];
 
 /// Creates a user namespace mapping inside ids 0..`count` to host ids `base`.., owned by host
-/// uid/gid `owner` (not root), sets its [`LIMITS`], and returns a descriptor for it.
+/// uid/gid `owner` (not root), sets its [`LIMITS`], and returns a descriptor for it. An owner
+/// inside the range ends the mapping below it: a process running as a namespace's owner in
+/// the parent namespace has every capability in it, so the sandbox must not be able to make
+/// a file (a setuid one, say, in a `:rw` mount) owned by that id.
 ///
 /// The owner is whoever creates the namespace, so a throw-away child drops to `owner` first
 /// and then unshares; the caller (root) writes the maps, which needs CAP_SETUID over the
@@ -44,12 +47,20 @@ pub fn create_user_namespace(base: u32, count: u32, owner: u32) -> io::Result<Ow
 }
 
 fn create_owned(base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
-    create_mapping(0, base, count, owner)
+    create_mapping(0, base, mapped_below(base, count, owner), owner)
+}
+
+/// How many ids from `base` to map so that `owner` is not among them.
+fn mapped_below(base: u32, count: u32, owner: u32) -> u32 {
+    match owner.checked_sub(base) {
+        Some(offset) if offset < count => offset,
+        _ => count,
+    }
 }
 
 /// Like [`create_user_namespace`] with any mapping: ids `first`.. to host ids `base`.. (for
 /// idmapped mounts, where the "inside" ids are the ones on disk). No fallback.
-pub fn create_mapping(first: u32, base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
+pub(super) fn create_mapping(first: u32, base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
     let (to_parent_read, to_parent) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
     let (from_parent, to_child) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
     match clone3_fork(0, None)? {
@@ -138,5 +149,18 @@ pub fn create_mapping(first: u32, base: u32, count: u32, owner: u32) -> io::Resu
             );
             result
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_is_never_mapped() {
+        assert_eq!(mapped_below(1000, 65536, 1000 + 65535), 65535);
+        assert_eq!(mapped_below(1000, 65536, 999), 65536);
+        assert_eq!(mapped_below(1000, 65536, 1000 + 65536), 65536);
+        assert_eq!(mapped_below(1000, 65536, 1000), 0);
     }
 }
