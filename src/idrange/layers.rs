@@ -16,7 +16,7 @@ use rustix::mount::{self as rmount, OpenTreeFlags};
 
 use crate::rootfs::RootfsPlan;
 use crate::spec::{DEFAULT_UID_BASE, IDS_IN_SANDBOX};
-use crate::sys::mount_attr::set_idmap;
+use crate::sys::fs::set_mount_idmap;
 
 fn errno(e: rustix::io::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error())
@@ -53,7 +53,7 @@ fn idmapped_clone(dir: &Path, userns: &OwnedFd) -> io::Result<OwnedFd> {
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )
     .map_err(errno)?;
-    set_idmap(tree.as_fd(), userns.as_fd())?;
+    set_mount_idmap(tree.as_fd(), userns.as_fd())?;
     Ok(tree)
 }
 

@@ -5,7 +5,6 @@
 
 pub mod fs;
 pub mod mem;
-pub mod mount_attr;
 pub mod net;
 pub mod process;
 pub mod seccomp;
