@@ -24,6 +24,7 @@ pub mod doctor;
 pub mod exit;
 pub mod fingerprint;
 pub mod host;
+pub mod idrange;
 pub mod ids;
 pub mod image;
 pub mod net;

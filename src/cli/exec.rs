@@ -6,7 +6,7 @@ use std::io::Write;
 use super::{error, ExecArgs, SandboxArgs};
 use crate::profile::Profile;
 use crate::relay::{Event, Masker};
-use crate::report::{Failure, Phase};
+use crate::report::{Class, Failure, Phase};
 use crate::sandbox::{self, Outcome};
 use crate::session::client::{SessionClient, SessionExec};
 use crate::session::state::SessionStore;
@@ -38,7 +38,7 @@ pub fn run(
         json: args.json,
         timings: args.timings,
     };
-    let spec = match build_spec(
+    let mut spec = match build_spec(
         args.sandbox,
         command,
         image.as_ref().map(|i| i.spec()),
@@ -46,6 +46,17 @@ pub fn run(
     ) {
         Ok(spec) => spec,
         Err(failure) => return fail(json, &failure.map_text(|t| early_masker.mask_str(t)), t0),
+    };
+    // The sandbox's own host id range, held until it ends (crate::idrange).
+    let _ids = match crate::idrange::assign(&mut spec) {
+        Ok(range) => range,
+        Err(e) => {
+            return fail(
+                json,
+                &Failure::new(Class::Failed, Phase::Setup, e.to_string()),
+                t0,
+            )
+        }
     };
     let masker = Masker::new(&spec.secrets);
     if json {

@@ -96,6 +96,11 @@ pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {
         if layers > 0 {
             println!("removed  {layers} unused cached mask layer(s)");
         }
+        // The kernel released the ranges of ended sandboxes with their locks; drop the files.
+        let ranges = crate::idrange::prune(crate::idrange::run_dir());
+        if ranges > 0 {
+            println!("removed  {ranges} idle host id range lock(s)");
+        }
         println!("{removed} leftover(s) removed");
     }
     if failed {

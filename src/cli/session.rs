@@ -11,7 +11,7 @@ use super::exec::{build_spec, fail, open_image, raw_secret_masker, start_event, 
 use super::{error, SandboxArgs};
 use crate::exit;
 use crate::relay::{Event, Masker};
-use crate::report::Failure;
+use crate::report::{Class, Failure, Phase};
 use crate::session::client::{SessionClient, SessionExec};
 use crate::session::copy::{
     copy_in, copy_in_tar, copy_out, copy_out_tar, parse_endpoint, Endpoint,
@@ -109,7 +109,7 @@ pub fn create(
         Ok(image) => image,
         Err(failure) => return fail(json, &failure, t0),
     };
-    let spec = match build_spec(
+    let mut spec = match build_spec(
         args.sandbox,
         extras,
         image.as_ref().map(|i| i.spec()),
@@ -117,6 +117,17 @@ pub fn create(
     ) {
         Ok(spec) => spec,
         Err(failure) => return fail(json, &failure.map_text(|t| masker.mask_str(t)), t0),
+    };
+    // The session's own host id range; its supervisor (forked below) holds it for its life.
+    let _ids = match crate::idrange::assign(&mut spec) {
+        Ok(range) => range,
+        Err(e) => {
+            return fail(
+                json,
+                &Failure::new(Class::Failed, Phase::Setup, e.to_string()),
+                t0,
+            )
+        }
     };
     let masker = Masker::new(&spec.secrets);
     let store = SessionStore::system();
@@ -451,11 +462,19 @@ pub struct CpArgs {
     /// A host path, SESSION:PATH, or `-`: SRC as a tar stream on stdout.
     #[arg(value_name = "DST")]
     destination: String,
+    /// Copying out: write at most this much file data (holes and hard links cost nothing;
+    /// `none` lifts the bound). A copy that would write more fails and leaves nothing behind.
+    #[arg(long, value_name = "SIZE", default_value = "8g")]
+    max_size: Limit<ByteSize>,
 }
 
 pub fn cp(args: CpArgs) -> i32 {
     let store = SessionStore::system();
     let stdio = Path::new("-");
+    let max_bytes = match args.max_size {
+        Limit::Value(size) => Some(size.bytes()),
+        Limit::Unlimited => None,
+    };
     let result = match (
         parse_endpoint(&args.source),
         parse_endpoint(&args.destination),
@@ -470,13 +489,14 @@ pub fn cp(args: CpArgs) -> i32 {
                 return exit::NSBOX_FAILED;
             }
             SessionClient::connect(&store, &session)
-                .and_then(|c| copy_out_tar(&c, &path, std::io::stdout().lock()))
+                .and_then(|c| copy_out_tar(&c, &path, std::io::stdout().lock(), max_bytes))
         }
         (Endpoint::Host(src), Endpoint::Session { session, path }) => {
             SessionClient::connect(&store, &session).and_then(|c| copy_in(&c, &src, &path))
         }
         (Endpoint::Session { session, path }, Endpoint::Host(dst)) => {
-            SessionClient::connect(&store, &session).and_then(|c| copy_out(&c, &path, &dst))
+            SessionClient::connect(&store, &session)
+                .and_then(|c| copy_out(&c, &path, &dst, max_bytes))
         }
         _ => {
             error("exactly one of SRC and DST must be SESSION:PATH — e.g. nsbox cp ./repo mysession:/sandbox/repo");

@@ -4,3 +4,4 @@
 //! in [`crate::doctor`].
 
 pub mod mountinfo;
+pub mod path;

@@ -25,14 +25,30 @@ pub use plan::{HostFacts, MountOp, RootfsPlan, UpperOp};
 
 use crate::spec::SandboxSpec;
 
+/// What keeps a final plan's paths valid: the cached mask layer (locked while it lives) and
+/// the idmapped clones of an image's layers (the plan names them as `/proc/PID/fd/N`). Held by
+/// the sandbox's owner until the sandbox is gone.
+#[derive(Debug, Default)]
+pub struct PlanHold {
+    _mask_layer: Option<mask::MaskLayer>,
+    _idmapped_layers: Vec<std::os::fd::OwnedFd>,
+}
+
 /// The root filesystem plan for `spec`, final: what the profile hides of the host root is the
 /// same for every sandbox, so it comes from the cached mask layer (built now if needed, and
-/// locked for as long as the returned layer lives); without the cache the setup child makes
-/// the same changes in its own upper layer. The interpreter then only follows the plan.
-pub fn final_plan(spec: &SandboxSpec, host: &HostFacts) -> (RootfsPlan, Option<mask::MaskLayer>) {
+/// locked for as long as the returned hold lives); without the cache the setup child makes
+/// the same changes in its own upper layer. An image seen by a sandbox with its own host id
+/// range gets idmapped clones of its layers (see [`crate::idrange`]). The interpreter then only
+/// follows the plan.
+pub fn final_plan(spec: &SandboxSpec, host: &HostFacts) -> std::io::Result<(RootfsPlan, PlanHold)> {
     let mut plan = plan::build(spec, host);
+    let mut hold = PlanHold::default();
+    // Image layers belong to the shared id range; a sandbox with its own sees them shifted.
+    if spec.image.is_some() && spec.uid_base != crate::ids::DEFAULT_UID_BASE {
+        hold._idmapped_layers = crate::idrange::idmap_lowers(&mut plan, spec.uid_base)?;
+    }
     if plan.shared.is_empty() {
-        return (plan, None);
+        return Ok((plan, hold));
     }
     match mask::prepare(
         &plan.shared,
@@ -42,12 +58,12 @@ pub fn final_plan(spec: &SandboxSpec, host: &HostFacts) -> (RootfsPlan, Option<m
     ) {
         Ok(layer) => {
             plan.use_mask_layer(layer.path.clone());
-            (plan, Some(layer))
+            hold._mask_layer = Some(layer);
         }
         Err(e) => {
             tracing::debug!("mask layer cache not used: {e}");
             plan.make_shared_in_upper();
-            (plan, None)
         }
     }
+    Ok((plan, hold))
 }

@@ -6,6 +6,11 @@ use crate::profile::{NetworkMode, RootChoice, SysMode};
 use crate::spec::SandboxSpec;
 use crate::units::ByteSize;
 
+/// Ptys one sandbox's devpts may hold (`max=`). The host's `kernel.pty.max` is shared by every
+/// devpts instance (less `kernel.pty.reserve`, kept for the host's own), so without a bound one
+/// sandbox could take every pty the other sandboxes would get.
+pub const DEVPTS_MAX: u32 = 256;
+
 /// Everything the setup child does to build the sandbox's filesystem, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootfsPlan {
@@ -126,7 +131,7 @@ pub enum MountOp {
     Cgroup2 {
         target: PathBuf,
     },
-    /// A private devpts instance.
+    /// A private devpts instance, holding at most [`DEVPTS_MAX`] ptys.
     Devpts {
         target: PathBuf,
         tty_gid: u32,

@@ -176,8 +176,9 @@ pub struct Handle {
     /// The filtered network's resolver and proxy (`--net filtered`).
     egress: Option<crate::net::Egress>,
     state: Lifecycle,
-    /// The cached mask layer, locked while the sandbox uses it.
-    _mask_layer: Option<rootfs::mask::MaskLayer>,
+    /// The cached mask layer and idmapped image layers the plan names, kept while the
+    /// sandbox uses them.
+    _plan_hold: rootfs::PlanHold,
 }
 
 /// The host's ends of the one-shot command's streams (`InitMode::RunCommand`; all `None` with
@@ -494,7 +495,8 @@ impl Handle {
                 NetworkMode::None | NetworkMode::Filtered => None,
             },
         };
-        let (plan, mask_layer) = rootfs::final_plan(spec, &host);
+        let (plan, plan_hold) = rootfs::final_plan(spec, &host)
+            .map_err(io_err("show the image's layers in the sandbox's id range"))?;
         let bpf = spec.seccomp.compile()?;
         marks.push(("plan and seccomp ready".into(), now_ns()));
 
@@ -573,7 +575,7 @@ impl Handle {
             control: Some(control_parent),
             egress: None,
             state: Lifecycle::Creating,
-            _mask_layer: mask_layer,
+            _plan_hold: plan_hold,
         };
         let mut warnings = Vec::new();
         // While the child builds its filesystem: its network namespace (needed first), on v1
@@ -682,7 +684,14 @@ impl Handle {
 /// Creates the sandbox's user namespace (mapped) and sends it to the child, with the cgroup's
 /// `tasks` descriptors when the child joins its cgroup late (cgroup v1 hosts).
 fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgroup, late: bool) {
-    let result = sys::process::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX);
+    // A sandbox with its own host id range gets a namespace owned by that range, not by root
+    // (crate::idrange); its creator is reaped before this returns.
+    let result = match spec.userns_owner {
+        Some(owner) => crate::idrange::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX, owner)
+            .map(|userns| (userns, None)),
+        None => sys::process::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX)
+            .map(|(userns, helper)| (userns, Some(helper))),
+    };
     let _ = match result {
         Ok((userns, helper)) => {
             let mut fds = vec![userns.as_fd()];

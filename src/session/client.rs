@@ -99,6 +99,7 @@ impl SessionClient {
             id: record.id.clone(),
             why: format!("its socket does not answer ({e})"),
         })?;
+        super::state::check_supervisor_peer(socket.as_fd(), &record, &path)?;
         Ok(SessionClient { socket, record })
     }
 

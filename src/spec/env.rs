@@ -66,10 +66,14 @@ pub(super) fn read_env_file(
     path: &Path,
     host_env: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SpecError::EnvFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    // Not through a link (crate::host::path): the file may lie where a sandbox could plant one.
+    let text = crate::host::path::read_no_follow(path)
+        .map_err(|e| e.reason())
+        .and_then(|b| String::from_utf8(b).map_err(|e| e.to_string()))
+        .map_err(|reason| SpecError::EnvFile {
+            path: path.to_path_buf(),
+            reason,
+        })?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_start();

@@ -101,6 +101,9 @@ pub struct SandboxSpec {
     pub uid: u32,
     pub gid: u32,
     pub uid_base: u32,
+    /// The host uid that creates (owns) the sandbox's user namespace; None: root
+    /// (see [`crate::idrange`]).
+    pub userns_owner: Option<u32>,
     pub workdir: PathBuf,
     pub network: NetworkMode,
     /// What a filtered network allows (empty unless `network` is `Filtered`).
@@ -307,6 +310,7 @@ impl SandboxSpec {
             uid,
             gid,
             uid_base: DEFAULT_UID_BASE,
+            userns_owner: None,
             workdir,
             network,
             egress,

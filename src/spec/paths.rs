@@ -82,6 +82,8 @@ pub fn parse_mount(spec: &str) -> Result<BindMount, SpecError> {
         }
         Err(e) => return Err(err(&format!("the source {}: {e}", source.display()))),
     }
+    crate::host::path::open_no_follow(&source, crate::host::path::Access::Path)
+        .map_err(|e| err(&e.reason()))?;
     Ok(BindMount {
         source,
         target,
@@ -110,10 +112,10 @@ pub fn parse_copy(spec: &str, sandbox_dir: &Path) -> Result<CopyIn, SpecError> {
             err(&format!("the source {}: {e}", source.display()))
         }
     })?;
-    if !(meta.is_file() || meta.is_dir() || meta.file_type().is_symlink()) {
-        return Err(err(
-            "only regular files, directories and symlinks can be copied",
-        ));
+    crate::host::path::open_no_follow(&source, crate::host::path::Access::Path)
+        .map_err(|e| err(&e.reason()))?;
+    if !(meta.is_file() || meta.is_dir()) {
+        return Err(err("only regular files and directories can be copied"));
     }
     let joined = if dst.starts_with('/') {
         PathBuf::from(dst)

@@ -83,3 +83,31 @@ pub unsafe fn dup_onto(fd: BorrowedFd<'_>, target: std::os::fd::RawFd) -> io::Re
     let ret = unsafe { libc::dup2(fd.as_raw_fd(), target) };
     check(ret as libc::c_long).map(drop)
 }
+
+/// mount_setattr(2) with `MOUNT_ATTR_IDMAP`: the detached mount `mount` (from
+/// `open_tree(OPEN_TREE_CLONE)`) shows its files' ids through the id mapping of the user
+/// namespace `userns` (see `crate::idrange`).
+pub fn set_mount_idmap(mount: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let userns_fd =
+        u64::try_from(userns.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd,
+    };
+    // SAFETY: the empty path with AT_EMPTY_PATH refers to `mount` itself; `attr` is valid for
+    // the size passed and outlives the call, which only reads it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}

@@ -140,8 +140,9 @@ impl<S: Syscalls> Interpreter<'_, S> {
             }
             MountOp::Devpts { target, tty_gid } => {
                 let data = format!(
-                    "newinstance,ptmxmode=0666,mode=0620,gid={}",
-                    self.ids.base + tty_gid
+                    "newinstance,ptmxmode=0666,mode=0620,gid={},max={}",
+                    self.ids.base + tty_gid,
+                    crate::rootfs::plan::DEVPTS_MAX
                 );
                 sys.mount_new(
                     "devpts",

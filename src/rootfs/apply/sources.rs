@@ -3,9 +3,10 @@
 
 use std::os::fd::OwnedFd;
 
-use rustix::fs::{self as rfs, Mode, OFlags, CWD};
+use rustix::fs::FileType;
 use rustix::mount::{self as rmount, OpenTreeFlags};
 
+use crate::host::path::{open_no_follow, Access};
 use crate::rootfs::plan::{MountOp, RootfsPlan};
 
 use super::error::{fail, rustix_err};
@@ -28,28 +29,25 @@ pub fn open_host_sources(plan: &RootfsPlan) -> Result<Vec<HostSource>, RootfsErr
             .mounts
             .iter()
             .any(|op| matches!(op, MountOp::Bind { source, .. } if *source == index));
-        let meta = std::fs::metadata(path).map_err(fail("open source", path))?;
+        // Opened without following a link anywhere in the path (crate::host::path), then
+        // bound or copied from the descriptor, never by path again.
+        let access = if is_bind { Access::Path } else { Access::Read };
+        let (opened, st) = open_no_follow(path, access)
+            .map_err(|e| fail("open source", path)(std::io::Error::other(e.reason())))?;
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
         if is_bind {
             let fd = rmount::open_tree(
-                CWD,
-                path,
+                &opened,
+                "",
                 OpenTreeFlags::OPEN_TREE_CLONE
                     | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                    | OpenTreeFlags::AT_RECURSIVE,
+                    | OpenTreeFlags::AT_RECURSIVE
+                    | OpenTreeFlags::AT_EMPTY_PATH,
             )
             .map_err(|e| fail("open mount source", path)(rustix_err(e)))?;
-            out.push(HostSource::Tree {
-                fd,
-                is_dir: meta.is_dir(),
-            });
+            out.push(HostSource::Tree { fd, is_dir });
         } else {
-            let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
-            let fd = rfs::open(path, flags, Mode::empty())
-                .map_err(|e| fail("open copy source", path)(rustix_err(e)))?;
-            out.push(HostSource::Copy {
-                fd,
-                is_dir: meta.is_dir(),
-            });
+            out.push(HostSource::Copy { fd: opened, is_dir });
         }
     }
     Ok(out)
