@@ -141,7 +141,7 @@ fn exec_pulls_a_missing_image_unless_told_never() {
     let run = ctx.run(&[
         "exec", "--image", &reference, "--pull", "never", "--", "cat", "/hello",
     ]);
-    assert_eq!(run.code, 125, "{}", run.stderr);
+    assert_eq!(run.code, nsbox::exit::IMAGE_NOT_FOUND, "{}", run.stderr);
     assert!(run.stderr.contains("not found"), "{}", run.stderr);
     assert!(ctx.images().is_empty());
 
