@@ -439,6 +439,7 @@ impl Prepared {
             .map_err(|e| NetError::Runtime(errno(e)))?,
         );
         let (tx, rx) = sync_channel(EVENT_QUEUE);
+        let cap = self.policy.max_connections;
         let shared = Arc::new(Shared {
             policy: self.policy,
             host_addrs: self.host_addrs,
@@ -450,8 +451,10 @@ impl Prepared {
                 dropped: AtomicU64::new(0),
             },
             dns_in_flight: Semaphore::new(super::resolver::MAX_IN_FLIGHT),
-            connections: Arc::new(Semaphore::new(super::proxy::MAX_CONNECTIONS)),
-            budget: Arc::new(Semaphore::new(super::proxy::BUDGET / 1024)),
+            connections: Arc::new(Semaphore::new(cap)),
+            budget: Arc::new(Semaphore::new(
+                super::proxy::budget(cap) / super::proxy::UNIT,
+            )),
             reachable: Mutex::new(Reachable::default()),
             nft: Mutex::new(self.nft),
         });

@@ -38,6 +38,8 @@ pub enum PolicyError {
         text: String,
         reason: String,
     },
+    #[error("{name}='{text}' is not a number of connections — hint: give 1 to 65536 (default {DEFAULT_MAX_CONNECTIONS})")]
+    Limit { name: &'static str, text: String },
     #[error("{flag} '{text}': {reason} — hint: give an IP address with an optional port (192.0.2.53, 192.0.2.53:5353, [2001:db8::53]:53)")]
     Upstream {
         flag: &'static str,
@@ -369,12 +371,42 @@ pub enum ConnectionVerdict<'a> {
 }
 
 /// The egress policy of one sandbox.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressPolicy {
     pub allow: Vec<Rule>,
     pub deny: Vec<Rule>,
     /// Upstream resolvers; empty means the host's /etc/resolv.conf.
     pub dns_upstream: Vec<SocketAddr>,
+    /// Connections the egress proxy carries for the sandbox at once.
+    pub max_connections: usize,
+}
+
+impl Default for EgressPolicy {
+    fn default() -> EgressPolicy {
+        EgressPolicy {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            dns_upstream: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Connections the egress proxy carries for one sandbox at once, unless
+/// [`MAX_CONNECTIONS_ENV`] says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// The environment variable that sets [`EgressPolicy::max_connections`] (1-65536).
+pub const MAX_CONNECTIONS_ENV: &str = "NSBOX_EGRESS_MAX_CONNECTIONS";
+
+/// Parses a connection cap (1-65536).
+pub fn parse_max_connections(text: &str) -> Result<usize, PolicyError> {
+    match text.trim().parse::<usize>() {
+        Ok(n @ 1..=65536) => Ok(n),
+        _ => Err(PolicyError::Limit {
+            name: MAX_CONNECTIONS_ENV,
+            text: text.to_string(),
+        }),
+    }
 }
 
 impl EgressPolicy {
@@ -403,7 +435,13 @@ impl EgressPolicy {
                     .into(),
             });
         }
+        // The one setting read from the environment (an operator's knob, like NSBOX_RUN_DIR).
+        let max_connections = match std::env::var(MAX_CONNECTIONS_ENV) {
+            Ok(text) => parse_max_connections(&text)?,
+            Err(_) => DEFAULT_MAX_CONNECTIONS,
+        };
         Ok(EgressPolicy {
+            max_connections,
             allow,
             deny: deny
                 .iter()
@@ -845,6 +883,16 @@ mod tests {
             p.check_connection(sa("10.0.0.1:443"), &names(&["web.example.com"]), &[]),
             ConnectionVerdict::Refused(r) if r.contains("blocked range")
         ));
+    }
+
+    #[test]
+    fn the_connection_cap_is_a_positive_number() {
+        assert_eq!(EgressPolicy::default().max_connections, 256);
+        assert_eq!(parse_max_connections("40").unwrap(), 40);
+        for bad in ["0", "-1", "many", "", "65537"] {
+            let e = parse_max_connections(bad).unwrap_err().to_string();
+            assert!(e.contains(MAX_CONNECTIONS_ENV), "{e}");
+        }
     }
 
     #[test]

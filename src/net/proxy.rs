@@ -15,10 +15,10 @@
 //! `Connection: close` (so the server serves no other), and when its body length is known the
 //! proxy relays exactly that body; a client that sends more (a second request) is reset.
 //!
-//! What the proxy holds for a sandbox is bounded: at most [`MAX_CONNECTIONS`] at once, and
-//! every connection's socket buffers and pipes come out of a per-sandbox budget of
-//! [`BUDGET`] bytes (a connection gets up to [`SHARE_MAX`], at least [`SHARE_MIN`]); beyond
-//! either, a connection is refused and reported.
+//! What the proxy holds for a sandbox is bounded: at most the policy's `max_connections` at
+//! once, and every connection's socket buffers and pipes come out of a per-sandbox budget
+//! ([`budget`]; a connection gets up to [`SHARE_MAX`], at least [`SHARE_MIN`]); beyond either,
+//! a connection is refused and reported.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -41,17 +41,22 @@ pub const PROXY_PORT: u16 = 888;
 /// Time a client has to send its ClientHello or request head.
 pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Proxied connections of one sandbox at once.
-pub const MAX_CONNECTIONS: usize = 256;
-/// Bytes of socket buffers and pipes the proxy may hold for one sandbox.
-pub const BUDGET: usize = 64 << 20;
+/// Bytes of socket buffers and pipes beyond [`SHARE_MIN`] per connection the cap allows: room
+/// for the first connections to be fast.
+pub const SPARE: usize = 32 << 20;
 /// The most one connection reserves from the budget: room for the pipes and socket buffers
 /// that keep a fast download fast.
 pub const SHARE_MAX: usize = 8 << 20;
 /// The least one connection reserves (every connection the cap allows can have it).
 pub const SHARE_MIN: usize = 128 << 10;
 /// The budget is counted in units of this many bytes (a semaphore's permits).
-const UNIT: usize = 1024;
+pub(crate) const UNIT: usize = 1024;
+
+/// The memory budget of a sandbox whose proxy carries `max_connections` at once: [`SHARE_MIN`]
+/// for each, and [`SPARE`] (64 MiB at the default cap of 256).
+pub fn budget(max_connections: usize) -> usize {
+    max_connections * SHARE_MIN + SPARE
+}
 /// Why a connection allowed by name that is neither TLS nor HTTP is refused.
 const RAW_HINT: &str = "raw TCP to an address reached by name needs a tcp: rule";
 
@@ -69,10 +74,15 @@ impl Reservation {
     /// still allows (so the cap, not the budget, is what a crowd of connections meets), within
     /// [`SHARE_MIN`]..=[`SHARE_MAX`]: the first connections get room to be fast, later ones
     /// less.
-    fn take(connections: &Arc<Semaphore>, budget: &Arc<Semaphore>) -> Result<Reservation, String> {
-        let connection = connections.clone().try_acquire_owned().map_err(|_| {
-            format!("too many connections at once (at most {MAX_CONNECTIONS} per sandbox)")
-        })?;
+    fn take(
+        connections: &Arc<Semaphore>,
+        budget: &Arc<Semaphore>,
+        cap: usize,
+    ) -> Result<Reservation, String> {
+        let connection = connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| format!("too many connections at once (at most {cap} per sandbox)"))?;
         let others = connections.available_permits() * (SHARE_MIN / UNIT);
         let spare = budget.available_permits().saturating_sub(others);
         let units = (spare / 4).clamp(SHARE_MIN / UNIT, SHARE_MAX / UNIT);
@@ -82,7 +92,7 @@ impl Reservation {
             .map_err(|_| {
                 format!(
                     "the proxy's memory budget for this sandbox ({} MiB) is in use",
-                    BUDGET >> 20
+                    self::budget(cap) >> 20
                 )
             })?;
         Ok(Reservation {
@@ -114,7 +124,11 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             tokio::time::sleep(super::egress::RETRY_PAUSE).await;
             continue;
         };
-        let reservation = Reservation::take(&shared.connections, &shared.budget);
+        let reservation = Reservation::take(
+            &shared.connections,
+            &shared.budget,
+            shared.policy.max_connections,
+        );
         let shared = shared.clone();
         tokio::spawn(async move {
             match reservation {
@@ -475,19 +489,24 @@ mod tests {
 
     #[test]
     fn every_connection_the_cap_allows_fits_in_the_budget() {
-        const { assert!(MAX_CONNECTIONS * SHARE_MIN <= BUDGET) };
-        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let budget = Arc::new(Semaphore::new(BUDGET / UNIT));
-        let mut held = Vec::new();
-        for _ in 0..MAX_CONNECTIONS {
-            held.push(Reservation::take(&connections, &budget).unwrap());
+        for cap in [1, 40, 256, 1000] {
+            fits(cap);
         }
-        assert!(Reservation::take(&connections, &budget)
+    }
+
+    fn fits(cap: usize) {
+        let connections = Arc::new(Semaphore::new(cap));
+        let budget = Arc::new(Semaphore::new(self::budget(cap) / UNIT));
+        let mut held = Vec::new();
+        for _ in 0..cap {
+            held.push(Reservation::take(&connections, &budget, cap).unwrap());
+        }
+        assert!(Reservation::take(&connections, &budget, cap)
             .err()
             .unwrap()
-            .contains("too many connections"));
+            .contains(&format!("at most {cap} per sandbox")));
         let total: usize = held.iter().map(|r| r.share).sum();
-        assert!(total <= BUDGET, "{total}");
+        assert!(total <= self::budget(cap), "{total}");
         assert_eq!(held[0].share, SHARE_MAX);
         assert!(held.iter().all(|r| r.share >= SHARE_MIN));
         // What a connection sets up fits in its share (the kernel doubles socket buffers).
@@ -501,9 +520,9 @@ mod tests {
         }
         // Closed connections give their share back.
         held.clear();
-        assert_eq!(budget.available_permits(), BUDGET / UNIT);
+        assert_eq!(budget.available_permits(), self::budget(cap) / UNIT);
         assert_eq!(
-            Reservation::take(&connections, &budget).unwrap().share,
+            Reservation::take(&connections, &budget, cap).unwrap().share,
             SHARE_MAX
         );
     }

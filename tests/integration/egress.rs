@@ -764,6 +764,19 @@ fn egress_flags_are_validated_before_anything_runs() {
     assert!(r.stderr.contains("--dns-upstream"), "{}", r.stderr);
     let r = exec(&["--allow", "203.0.113.7/24", "--", "true"]);
     assert!(r.stderr.contains("203.0.113.0/24"), "{}", r.stderr);
+    let r: Run = std::process::Command::new(nsbox_bin())
+        .args(["exec", "--allow", "api.github.com", "--", "true"])
+        .env("NSBOX_EGRESS_MAX_CONNECTIONS", "0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(
+        r.stderr.contains("NSBOX_EGRESS_MAX_CONNECTIONS='0'"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A session keeps its filtered network across commands: the allowlist holds in every exec,
@@ -1065,15 +1078,16 @@ except OSError as e:
 }
 
 /// Finding 6 (the proxy's part): many connections to an allowed server that never reads hold
-/// at most the per-sandbox cap of connections, each with bounded buffers; the rest are refused
-/// and reported.
+/// at most the per-sandbox cap of connections (set with NSBOX_EGRESS_MAX_CONNECTIONS), each
+/// with bounded buffers; the rest are refused and reported.
 #[test]
 fn egress_proxy_memory_is_bounded_per_sandbox() {
     require_root!();
     let w = World::start();
-    const CAP: usize = 256; // proxy::MAX_CONNECTIONS
-    const BUDGET: u64 = 64 << 20; // proxy::BUDGET
-    let tries = CAP + 44;
+    const CAP: usize = 40;
+    // proxy::budget(CAP): 128 KiB per connection the cap allows and 32 MiB.
+    const BUDGET: u64 = CAP as u64 * (128 << 10) + (32 << 20);
+    let tries = CAP + 20;
     let flags = w.filtered_flags();
     let mut args: Vec<&str> = vec!["exec", "-i"];
     args.extend(flags.iter().map(String::as_str));
@@ -1102,6 +1116,7 @@ sys.stdin.readline()
     args.extend_from_slice(&["--allow", &sink, "--log-network", "--", "sh", "-c", &script]);
     let mut child = w
         .nsbox_cmd(&args)
+        .env("NSBOX_EGRESS_MAX_CONNECTIONS", CAP.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1157,7 +1172,7 @@ sys.stdin.readline()
     assert_eq!(w.sink_accepted(), CAP);
     let refused = stderr
         .lines()
-        .filter(|l| l.contains("too many connections at once (at most 256 per sandbox)"))
+        .filter(|l| l.contains("too many connections at once (at most 40 per sandbox)"))
         .count();
     assert_eq!(refused, tries - CAP, "{stderr}");
 }
