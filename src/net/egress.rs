@@ -55,6 +55,8 @@ pub struct Prepared {
     dns_udp: OwnedFd,
     dns_tcp: OwnedFd,
     proxy: Vec<OwnedFd>,
+    /// Reports of what the rules reject ([`super::nflog`]); `None` where the kernel cannot.
+    nflog: Option<OwnedFd>,
 }
 
 /// Makes the network namespace `ns` (new, loopback up, already handed to the child) a
@@ -79,7 +81,7 @@ pub fn prepare_filtered_namespace(
     let mut route = NetlinkSocket::open(super::netlink::ROUTE).map_err(step("netlink"))?;
     let host_addrs = rtnl::host_addresses(&mut route).map_err(step("list the host's addresses"))?;
     drop(route);
-    let (nft, dns_udp, dns_tcp, proxy) = in_namespace(ns, || {
+    let (nft, dns_udp, dns_tcp, proxy, nflog) = in_namespace(ns, || {
         let mut route = NetlinkSocket::open(super::netlink::ROUTE).map_err(step("netlink"))?;
         let ipv6 = rtnl::add_loopback_default_routes(&mut route)
             .map_err(step("add routes through loopback"))?;
@@ -106,7 +108,20 @@ pub fn prepare_filtered_namespace(
         let msgs = ruleset.encode(&mut nft);
         nft.transact(&msgs)
             .map_err(step("load the nftables ruleset"))?;
-        Ok::<_, NetError>((nft, dns_udp, dns_tcp, proxy))
+        // Reports of rejected packets are a convenience: without nfnetlink_log the sandbox
+        // is as safe, only quieter.
+        let nflog = super::nflog::open().and_then(|fd| {
+            let msgs = Ruleset::report(super::nflog::GROUP).encode_more(&mut nft);
+            nft.transact(&msgs).map(|()| fd)
+        });
+        let nflog = match nflog {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::debug!("filtered network: rejected packets go unreported: {e}");
+                None
+            }
+        };
+        Ok::<_, NetError>((nft, dns_udp, dns_tcp, proxy, nflog))
     })??;
     Ok(Prepared {
         policy: policy.clone(),
@@ -116,6 +131,7 @@ pub fn prepare_filtered_namespace(
         dns_udp,
         dns_tcp,
         proxy,
+        nflog,
     })
 }
 
@@ -420,6 +436,8 @@ pub struct Egress {
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The reports socket, read once more when serving stops.
+    nflog: Option<OwnedFd>,
 }
 
 impl Prepared {
@@ -461,11 +479,13 @@ impl Prepared {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let served = shared.clone();
         let (dns_udp, dns_tcp, proxy) = (self.dns_udp, self.dns_tcp, self.proxy);
+        let nflog = self.nflog;
+        let nflog_served = nflog.as_ref().and_then(|fd| fd.try_clone().ok());
         let thread = std::thread::Builder::new()
             .name("nsbox-egress".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    if let Err(e) = spawn_servers(&served, dns_udp, dns_tcp, proxy) {
+                    if let Err(e) = spawn_servers(&served, dns_udp, dns_tcp, proxy, nflog_served) {
                         tracing::warn!("filtered network: cannot serve: {e}");
                     }
                     let _ = stop_rx.await;
@@ -480,6 +500,7 @@ impl Prepared {
             shared,
             stop: Some(stop_tx),
             thread: Some(thread),
+            nflog,
         })
     }
 }
@@ -489,6 +510,7 @@ fn spawn_servers(
     dns_udp: OwnedFd,
     dns_tcp: OwnedFd,
     proxy: Vec<OwnedFd>,
+    nflog: Option<OwnedFd>,
 ) -> io::Result<()> {
     let udp = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(dns_udp))?;
     tokio::spawn(super::resolver::serve_udp(udp, shared.clone()));
@@ -498,7 +520,41 @@ fn spawn_servers(
         let listener = tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))?;
         tokio::spawn(super::proxy::serve(listener, shared.clone()));
     }
+    if let Some(fd) = nflog {
+        let fd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)?;
+        tokio::spawn(serve_reports(fd, shared.clone()));
+    }
     Ok(())
+}
+
+/// Turns reports of rejected packets into events until the task is dropped.
+async fn serve_reports(fd: tokio::io::unix::AsyncFd<OwnedFd>, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(mut ready) = fd.readable().await else {
+            return;
+        };
+        // Readiness is cleared only when a read would block, so no report is left behind.
+        let read = ready.try_io(|inner| {
+            rustix::net::recv(inner.get_ref(), &mut buf, rustix::net::RecvFlags::DONTWAIT)
+                .map(|(n, _)| n)
+                .map_err(errno)
+        });
+        match read {
+            Ok(Ok(n)) => {
+                for event in super::nflog::events(&buf[..n.min(buf.len())]) {
+                    shared.events.send(event);
+                }
+            }
+            // Reports lost to a full buffer: go on with what follows.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("filtered network: reports of rejected packets: {e}");
+                return;
+            }
+            Err(_would_block) => {}
+        }
+    }
 }
 
 impl Egress {
@@ -526,6 +582,13 @@ impl Egress {
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        // Reports the serving thread had no turn to read (the workload may end right after
+        // its packet was rejected).
+        if let Some(fd) = self.nflog.take() {
+            for event in super::nflog::drain(fd.as_fd()) {
+                self.shared.events.send(event);
+            }
         }
         self.take_events()
     }

@@ -70,6 +70,16 @@ pub enum NetEvent {
         rule: Option<String>,
         reason: String,
     },
+    /// A packet the sandbox's rules rejected that is not a TCP connection (UDP, ICMP, ...).
+    Packet {
+        decision: Decision,
+        /// "udp", "icmp", ...
+        protocol: String,
+        address: IpAddr,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        reason: String,
+    },
     /// Events were dropped because the supervisor could not keep up.
     NetworkEventsDropped { count: u64 },
 }
@@ -132,6 +142,13 @@ impl NetEvent {
                     escape_owned(s);
                 }
             }
+            NetEvent::Packet {
+                protocol, reason, ..
+            } => {
+                for s in [protocol, reason] {
+                    escape_owned(s);
+                }
+            }
             NetEvent::NetworkEventsDropped { .. } => {}
         }
         e
@@ -189,6 +206,20 @@ impl NetEvent {
                     "nsbox: connection {} {dst}{name} ({reason})\n",
                     decision.as_str()
                 )
+            }
+            NetEvent::Packet {
+                decision,
+                protocol,
+                address,
+                port,
+                reason,
+            } => {
+                let dst = match (address, port) {
+                    (IpAddr::V4(a), Some(port)) => format!("{a}:{port}"),
+                    (IpAddr::V6(a), Some(port)) => format!("[{a}]:{port}"),
+                    (a, None) => a.to_string(),
+                };
+                format!("nsbox: {protocol} {} {dst} ({reason})\n", decision.as_str())
             }
             NetEvent::NetworkEventsDropped { count } => {
                 format!("nsbox: {count} network events dropped (too many at once)\n")

@@ -1294,3 +1294,38 @@ fn egress_network_log_injection_is_escaped() {
         refused[0]
     );
 }
+
+/// What the kernel's rules reject on their own (a connection to an address no allowed name
+/// resolved to, a UDP datagram) is reported too, not only what the proxy refuses.
+#[test]
+fn egress_rejected_direct_connections_and_datagrams_are_reported() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &["--allow", "web.allowed.example", "--log-network"],
+        &format!(
+            "echo tcp $({PROBE} tcp {OTHER4}:80); echo udp $({PROBE} udp {WEB4}:9999); \
+             echo udp6 $({PROBE} udp [{WEB6}]:9999)"
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(line(&r.stdout, "tcp"), "tcp error ECONNREFUSED");
+    assert_eq!(line(&r.stdout, "udp "), "udp error EPERM");
+    for expected in [
+        format!("nsbox: connection refused {OTHER4}:80 (no allowed name of this sandbox resolved to {OTHER4}, and no --allow range covers it (rejected by the sandbox's rules))"),
+        format!("nsbox: udp refused {WEB4}:9999 (only TCP leaves a filtered sandbox"),
+        format!("nsbox: udp refused [{WEB6}]:9999 (only TCP leaves a filtered sandbox"),
+    ] {
+        assert!(r.stderr.contains(&expected), "{expected}\n{}", r.stderr);
+    }
+    let r = w.sh(&["--json"], &format!("{PROBE} udp {WEB4}:443 >/dev/null"));
+    let events = events(&r.stdout);
+    assert!(
+        events.iter().any(|e| e["type"] == "packet"
+            && e["protocol"] == "udp"
+            && e["address"] == WEB4
+            && e["port"] == 443
+            && e["decision"] == "refused"),
+        "{events:#?}"
+    );
+}
