@@ -10,8 +10,13 @@ use nsbox::net::{dnswire, resolver, EgressPolicy};
 fn policy() -> &'static EgressPolicy {
     static POLICY: OnceLock<EgressPolicy> = OnceLock::new();
     POLICY.get_or_init(|| {
-        let allow = ["*.allowed.example", "web.example.com", r"re:api[0-9]+\.example\.org", "10.0.0.0/8"]
-            .map(String::from);
+        let allow = [
+            "*.allowed.example",
+            "web.example.com",
+            r"re:api[0-9]+\.example\.org",
+            "10.0.0.0/8",
+        ]
+        .map(String::from);
         EgressPolicy::parse(&allow, &["secret.allowed.example".to_string()], &[]).unwrap()
     })
 }

@@ -6,7 +6,10 @@ use libfuzzer_sys::fuzz_target;
 use nsbox::net::nflog;
 
 fuzz_target!(|data: &[u8]| {
-    for event in nflog::events(data).into_iter().chain(nflog::parse_packet(data)) {
+    for event in nflog::events(data)
+        .into_iter()
+        .chain(nflog::parse_packet(data))
+    {
         let line = event.to_text_line();
         assert_eq!(line.matches('\n').count(), 1);
     }
