@@ -16,7 +16,8 @@
 //! Nothing is created in the host's namespace: when the sandbox and the supervisor's
 //! descriptors are gone, the namespace and everything in it go too.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -40,8 +41,6 @@ use super::{rtnl, NetError};
 pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// Events waiting for the supervisor at most; beyond, they are counted and dropped.
 const EVENT_QUEUE: usize = 4096;
-/// Proxied connections at once.
-const MAX_CONNECTIONS: usize = 1024;
 /// Where the host's resolvers are listed.
 const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 
@@ -55,6 +54,8 @@ pub struct Prepared {
     dns_udp: OwnedFd,
     dns_tcp: OwnedFd,
     proxy: Vec<OwnedFd>,
+    /// Reports of what the rules reject ([`super::nflog`]); `None` where the kernel cannot.
+    nflog: Option<OwnedFd>,
 }
 
 /// Makes the network namespace `ns` (new, loopback up, already handed to the child) a
@@ -79,7 +80,7 @@ pub fn prepare_filtered_namespace(
     let mut route = NetlinkSocket::open(super::netlink::ROUTE).map_err(step("netlink"))?;
     let host_addrs = rtnl::host_addresses(&mut route).map_err(step("list the host's addresses"))?;
     drop(route);
-    let (nft, dns_udp, dns_tcp, proxy) = in_namespace(ns, || {
+    let (nft, dns_udp, dns_tcp, proxy, nflog) = in_namespace(ns, || {
         let mut route = NetlinkSocket::open(super::netlink::ROUTE).map_err(step("netlink"))?;
         let ipv6 = rtnl::add_loopback_default_routes(&mut route)
             .map_err(step("add routes through loopback"))?;
@@ -106,7 +107,20 @@ pub fn prepare_filtered_namespace(
         let msgs = ruleset.encode(&mut nft);
         nft.transact(&msgs)
             .map_err(step("load the nftables ruleset"))?;
-        Ok::<_, NetError>((nft, dns_udp, dns_tcp, proxy))
+        // Reports of rejected packets are a convenience: without nfnetlink_log the sandbox
+        // is as safe, only quieter.
+        let nflog = super::nflog::open().and_then(|fd| {
+            let msgs = Ruleset::report(super::nflog::GROUP).encode_more(&mut nft);
+            nft.transact(&msgs).map(|()| fd)
+        });
+        let nflog = match nflog {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::debug!("filtered network: rejected packets go unreported: {e}");
+                None
+            }
+        };
+        Ok::<_, NetError>((nft, dns_udp, dns_tcp, proxy, nflog))
     })??;
     Ok(Prepared {
         policy: policy.clone(),
@@ -116,6 +130,7 @@ pub fn prepare_filtered_namespace(
         dns_udp,
         dns_tcp,
         proxy,
+        nflog,
     })
 }
 
@@ -178,16 +193,33 @@ fn bind_udp(addr: SocketAddr) -> io::Result<OwnedFd> {
 }
 
 /// Names that resolved to an address, and how long the address stays in the kernel's sets.
+///
+/// Every answer costs a bounded amount of work, whatever the sandbox asked before: a hash
+/// lookup per (address, name) of the answer, and the expiry of what is due, from a heap ordered
+/// by deadline (each pair is in it once; an extended pair is put back when its old deadline
+/// comes up). So O(log n) per pair with n at most [`MAX_PAIRS`]: a workload that asks for a
+/// hundred thousand names under an allowed wildcard meets the bounds, not a growing scan.
 #[derive(Debug, Default)]
 struct Reachable {
     by_addr: HashMap<IpAddr, Entry>,
+    /// (deadline, address, name) of every pair, soonest first.
+    expiry: BinaryHeap<Reverse<(Instant, IpAddr, Arc<str>)>>,
+    /// Pairs recorded.
+    pairs: usize,
 }
 
 #[derive(Debug)]
 struct Entry {
-    names: Vec<(String, Instant)>,
+    /// Each name and the deadline it counts until.
+    names: HashMap<Arc<str>, Instant>,
     kernel_until: Instant,
 }
+
+/// (address, name) pairs one sandbox keeps at once: beyond, answers with new pairs are refused
+/// until some expire.
+pub(crate) const MAX_PAIRS: usize = 4096;
+/// Names one address keeps at once (they are checked on every connection to it).
+pub(crate) const MAX_NAMES_PER_ADDR: usize = 256;
 
 /// How long after its recorded deadline a name still counts for a connection the kernel let
 /// through.
@@ -203,7 +235,9 @@ pub(crate) struct Shared {
     pub upstreams: Vec<SocketAddr>,
     pub events: EventSender,
     pub dns_in_flight: Semaphore,
+    /// The proxy's connections at once, and its memory budget (in units of 1 KiB).
     pub connections: Arc<Semaphore>,
+    pub budget: Arc<Semaphore>,
     reachable: Mutex<Reachable>,
     nft: Mutex<NetlinkSocket>,
 }
@@ -213,12 +247,67 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Reachable {
-    /// Forgets what expired, then returns which of `addrs` need their kernel set entry
-    /// (re)written to last until `until`.
-    fn stale(&mut self, addrs: &[IpAddr], now: Instant, until: Instant) -> Vec<IpAddr> {
-        self.by_addr
-            .retain(|_, e| e.kernel_until > now || e.names.iter().any(|(_, t)| *t > now));
-        addrs
+    /// Forgets the pairs whose deadline (and grace) passed by `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((deadline, _, _))) = self.expiry.peek() {
+            if *deadline + EXPIRY_GRACE > now {
+                break;
+            }
+            let Some(Reverse((deadline, addr, name))) = self.expiry.pop() else {
+                break;
+            };
+            let Some(entry) = self.by_addr.get_mut(&addr) else {
+                continue;
+            };
+            match entry.names.get(&name) {
+                // Extended since: due later.
+                Some(until) if *until > deadline => {
+                    let until = *until;
+                    self.expiry.push(Reverse((until, addr, name)));
+                }
+                Some(_) => {
+                    entry.names.remove(&name);
+                    self.pairs -= 1;
+                    if entry.names.is_empty() {
+                        self.by_addr.remove(&addr);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Forgets what expired, then checks that recording `names` for `addrs` stays within the
+    /// bounds and returns which of `addrs` need their kernel set entry (re)written to last
+    /// until `until`.
+    fn admit(
+        &mut self,
+        addrs: &[IpAddr],
+        names: &[String],
+        now: Instant,
+        until: Instant,
+    ) -> Result<Vec<IpAddr>, String> {
+        self.expire(now);
+        let mut new_pairs = 0;
+        for addr in addrs {
+            let known = self.by_addr.get(addr);
+            let new_here = names
+                .iter()
+                .filter(|n| known.is_none_or(|e| !e.names.contains_key(n.as_str())))
+                .count();
+            if known.map_or(0, |e| e.names.len()) + new_here > MAX_NAMES_PER_ADDR {
+                return Err(format!(
+                    "{addr} is the address of {MAX_NAMES_PER_ADDR} names already (the most nsbox keeps for one address; they expire with their TTL)"
+                ));
+            }
+            new_pairs += new_here;
+        }
+        if self.pairs + new_pairs > MAX_PAIRS {
+            return Err(format!(
+                "this sandbox has {MAX_PAIRS} names reachable already (the most nsbox keeps; they expire with their TTL)"
+            ));
+        }
+        Ok(addrs
             .iter()
             .copied()
             .filter(|a| {
@@ -226,24 +315,29 @@ impl Reachable {
                     .get(a)
                     .is_none_or(|e| e.kernel_until + REWRITE_SLACK < until)
             })
-            .collect()
+            .collect())
     }
 
-    /// Records that `names` resolved to `addrs` until `until`; `rewritten` got new kernel
-    /// entries.
+    /// Records that `names` resolved to `addrs` until `until` (after [`Self::admit`]);
+    /// `rewritten` got new kernel entries.
     fn record(&mut self, addrs: &[IpAddr], names: &[String], until: Instant, rewritten: &[IpAddr]) {
         for addr in addrs {
             let entry = self.by_addr.entry(*addr).or_insert(Entry {
-                names: Vec::new(),
+                names: HashMap::new(),
                 kernel_until: until,
             });
             if rewritten.contains(addr) {
                 entry.kernel_until = until;
             }
             for name in names {
-                match entry.names.iter_mut().find(|(n, _)| n == name) {
-                    Some(slot) => slot.1 = slot.1.max(until),
-                    None => entry.names.push((name.clone(), until)),
+                match entry.names.get_mut(name.as_str()) {
+                    Some(deadline) => *deadline = (*deadline).max(until),
+                    None => {
+                        let name: Arc<str> = Arc::from(name.as_str());
+                        entry.names.insert(name.clone(), until);
+                        self.expiry.push(Reverse((until, *addr, name)));
+                        self.pairs += 1;
+                    }
                 }
             }
         }
@@ -259,26 +353,42 @@ impl Reachable {
             .map(|e| {
                 e.names
                     .iter()
-                    .filter(|(_, until)| *until > now)
-                    .map(|(n, _)| n.clone())
+                    .filter(|(_, until)| **until > now)
+                    .map(|(n, _)| n.to_string())
                     .collect()
             })
             .unwrap_or_default()
     }
 }
 
+/// Why an answer's addresses could not be made reachable.
+#[derive(Debug)]
+pub(crate) enum AllowError {
+    /// The bounds of [`Reachable`] (the answer is refused).
+    Full(String),
+    /// The kernel refused the set elements.
+    Kernel(io::Error),
+}
+
 impl Shared {
     /// Makes `addrs` reachable for `lifetime` on behalf of `names` (the chain of an answer):
     /// the kernel's sets first, then the proxy's record.
-    pub fn allow(&self, addrs: &[IpAddr], names: &[String], lifetime: Duration) -> io::Result<()> {
+    pub fn allow(
+        &self,
+        addrs: &[IpAddr],
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<(), AllowError> {
         let now = Instant::now();
         let until = now + lifetime;
         let mut reachable = lock(&self.reachable);
-        let stale = reachable.stale(addrs, now, until);
+        let stale = reachable
+            .admit(addrs, names, now, until)
+            .map_err(AllowError::Full)?;
         if !stale.is_empty() {
             let mut nft = lock(&self.nft);
             let msgs = nft::encode_allow(&mut nft, &stale, lifetime);
-            nft.transact(&msgs)?;
+            nft.transact(&msgs).map_err(AllowError::Kernel)?;
         }
         reachable.record(addrs, names, until, &stale);
         Ok(())
@@ -325,6 +435,8 @@ pub struct Egress {
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The reports socket, read once more when serving stops.
+    nflog: Option<OwnedFd>,
 }
 
 impl Prepared {
@@ -344,6 +456,7 @@ impl Prepared {
             .map_err(|e| NetError::Runtime(errno(e)))?,
         );
         let (tx, rx) = sync_channel(EVENT_QUEUE);
+        let cap = self.policy.max_connections;
         let shared = Arc::new(Shared {
             policy: self.policy,
             host_addrs: self.host_addrs,
@@ -355,18 +468,23 @@ impl Prepared {
                 dropped: AtomicU64::new(0),
             },
             dns_in_flight: Semaphore::new(super::resolver::MAX_IN_FLIGHT),
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            connections: Arc::new(Semaphore::new(cap)),
+            budget: Arc::new(Semaphore::new(
+                super::proxy::budget(cap) / super::proxy::UNIT,
+            )),
             reachable: Mutex::new(Reachable::default()),
             nft: Mutex::new(self.nft),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let served = shared.clone();
         let (dns_udp, dns_tcp, proxy) = (self.dns_udp, self.dns_tcp, self.proxy);
+        let nflog = self.nflog;
+        let nflog_served = nflog.as_ref().and_then(|fd| fd.try_clone().ok());
         let thread = std::thread::Builder::new()
             .name("nsbox-egress".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    if let Err(e) = spawn_servers(&served, dns_udp, dns_tcp, proxy) {
+                    if let Err(e) = spawn_servers(&served, dns_udp, dns_tcp, proxy, nflog_served) {
                         tracing::warn!("filtered network: cannot serve: {e}");
                     }
                     let _ = stop_rx.await;
@@ -381,6 +499,7 @@ impl Prepared {
             shared,
             stop: Some(stop_tx),
             thread: Some(thread),
+            nflog,
         })
     }
 }
@@ -390,6 +509,7 @@ fn spawn_servers(
     dns_udp: OwnedFd,
     dns_tcp: OwnedFd,
     proxy: Vec<OwnedFd>,
+    nflog: Option<OwnedFd>,
 ) -> io::Result<()> {
     let udp = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(dns_udp))?;
     tokio::spawn(super::resolver::serve_udp(udp, shared.clone()));
@@ -399,7 +519,41 @@ fn spawn_servers(
         let listener = tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))?;
         tokio::spawn(super::proxy::serve(listener, shared.clone()));
     }
+    if let Some(fd) = nflog {
+        let fd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)?;
+        tokio::spawn(serve_reports(fd, shared.clone()));
+    }
     Ok(())
+}
+
+/// Turns reports of rejected packets into events until the task is dropped.
+async fn serve_reports(fd: tokio::io::unix::AsyncFd<OwnedFd>, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(mut ready) = fd.readable().await else {
+            return;
+        };
+        // Readiness is cleared only when a read would block, so no report is left behind.
+        let read = ready.try_io(|inner| {
+            rustix::net::recv(inner.get_ref(), &mut buf, rustix::net::RecvFlags::DONTWAIT)
+                .map(|(n, _)| n)
+                .map_err(errno)
+        });
+        match read {
+            Ok(Ok(n)) => {
+                for event in super::nflog::events(&buf[..n.min(buf.len())]) {
+                    shared.events.send(event);
+                }
+            }
+            // Reports lost to a full buffer: go on with what follows.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("filtered network: reports of rejected packets: {e}");
+                return;
+            }
+            Err(_would_block) => {}
+        }
+    }
 }
 
 impl Egress {
@@ -427,6 +581,13 @@ impl Egress {
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        // Reports the serving thread had no turn to read (the workload may end right after
+        // its packet was rejected).
+        if let Some(fd) = self.nflog.take() {
+            for event in super::nflog::drain(fd.as_fd()) {
+                self.shared.events.send(event);
+            }
         }
         self.take_events()
     }
@@ -462,22 +623,41 @@ mod tests {
         let (a, b) = (ip("203.0.113.7"), ip("2001:db8::7"));
         let names = vec!["api.example.com".to_string()];
         // A new answer: both addresses need kernel entries.
-        let stale = r.stale(&[a, b], t0, t0 + 6 * min);
+        let stale = r.admit(&[a, b], &names, t0, t0 + 6 * min).unwrap();
         assert_eq!(stale, vec![a, b]);
         r.record(&[a, b], &names, t0 + 6 * min, &stale);
         // The same answer a little later extends by less than the slack: nothing to write.
         let t1 = t0 + Duration::from_secs(10);
-        assert!(r.stale(&[a], t1, t1 + 6 * min).is_empty());
+        assert!(r.admit(&[a], &names, t1, t1 + 6 * min).unwrap().is_empty());
         // Much later it does.
         let t2 = t0 + 2 * min;
-        assert_eq!(r.stale(&[a], t2, t2 + 6 * min), vec![a]);
+        assert_eq!(r.admit(&[a], &names, t2, t2 + 6 * min).unwrap(), vec![a]);
         // Names count until their deadline (and a few seconds of grace), not after.
         assert_eq!(r.names_for(a, t0 + 5 * min), names);
         assert_eq!(r.names_for(a, t0 + 6 * min + Duration::from_secs(2)), names);
         assert!(r.names_for(a, t0 + 7 * min).is_empty());
         assert!(r.names_for(ip("203.0.113.8"), t0).is_empty());
         // Expired entries are forgotten.
-        r.stale(&[], t0 + 10 * min, t0 + 16 * min);
+        r.expire(t0 + 10 * min);
+        assert!(r.by_addr.is_empty());
+        assert!(r.expiry.is_empty());
+        assert_eq!(r.pairs, 0);
+    }
+
+    #[test]
+    fn an_extended_name_outlives_its_first_deadline() {
+        let mut r = Reachable::default();
+        let t0 = Instant::now();
+        let a = ip("203.0.113.7");
+        let names = vec!["api.example.com".to_string()];
+        let min = Duration::from_secs(60);
+        r.record(&[a], &names, t0 + 6 * min, &[a]);
+        r.record(&[a], &names, t0 + 12 * min, &[a]);
+        assert_eq!(r.expiry.len(), 1, "one heap entry per pair");
+        r.expire(t0 + 8 * min);
+        assert_eq!(r.names_for(a, t0 + 8 * min), names);
+        assert_eq!(r.expiry.len(), 1, "put back for its new deadline");
+        r.expire(t0 + 13 * min);
         assert!(r.by_addr.is_empty());
     }
 
@@ -492,5 +672,50 @@ mod tests {
         let mut names = r.names_for(a, t0);
         names.sort();
         assert_eq!(names, ["cdn.allowed.example", "www.allowed.example"]);
+    }
+
+    /// Distinct names without end (a wildcard) meet the bounds: memory stays capped, the
+    /// refusal says why, and names already known are still refreshed.
+    #[test]
+    fn the_bookkeeping_is_bounded_per_address_and_per_sandbox() {
+        let mut r = Reachable::default();
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(360);
+        let one = ip("203.0.113.50");
+        let name = |i: usize| vec![format!("n{i}.many.example")];
+        for i in 0..MAX_NAMES_PER_ADDR {
+            let stale = r.admit(&[one], &name(i), t0, until).unwrap();
+            r.record(&[one], &name(i), until, &stale);
+        }
+        let err = r.admit(&[one], &name(100_000), t0, until).unwrap_err();
+        assert!(err.contains("256 names"), "{err}");
+        assert!(r.admit(&[one], &name(7), t0, until).is_ok(), "a known pair");
+        assert_eq!(r.pairs, MAX_NAMES_PER_ADDR);
+        // Across addresses, the sandbox-wide cap.
+        let mut i = 0;
+        while r.pairs < MAX_PAIRS {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(
+                0xc000_0200u32 + 1 + (i as u32 % 200),
+            ));
+            let stale = r.admit(&[addr], &name(1_000_000 + i), t0, until).unwrap();
+            r.record(&[addr], &name(1_000_000 + i), until, &stale);
+            i += 1;
+        }
+        let err = r
+            .admit(&[ip("198.51.100.9")], &name(5), t0, until)
+            .unwrap_err();
+        assert!(err.contains("4096 names"), "{err}");
+        assert_eq!(r.expiry.len(), MAX_PAIRS);
+        // They all expire, and room comes back.
+        r.expire(until + EXPIRY_GRACE);
+        assert_eq!((r.pairs, r.by_addr.len(), r.expiry.len()), (0, 0, 0));
+        assert!(r
+            .admit(
+                &[one],
+                &name(100_000),
+                until,
+                until + until.duration_since(t0)
+            )
+            .is_ok());
     }
 }

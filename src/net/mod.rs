@@ -6,8 +6,10 @@
 //!
 //! With `--net filtered` the namespace then also gets routes through loopback, an nftables
 //! ruleset and nsbox's resolver and egress proxy ([`egress`]), which enforce [`policy`]:
-//! [`addresses`] is the address plan they share; [`nft`], [`netlink`] and [`rtnl`] speak to the kernel; [`resolver`] with [`dnswire`], and
-//! [`proxy`] with [`sniff`], serve the sandbox; [`events`] reports their decisions.
+//! [`addresses`] is the address plan they share; [`nft`], [`netlink`] and [`rtnl`] speak to
+//! the kernel; [`resolver`] with [`dnswire`], and [`proxy`] with [`sniff`], serve the sandbox;
+//! [`events`] reports their decisions, and [`nflog`] what the kernel's rules reject on their
+//! own.
 //!
 //! This module never changes the host's network: everything it makes lives inside the
 //! sandbox's namespace and dies with it.
@@ -17,6 +19,7 @@ pub mod dnswire;
 pub mod egress;
 pub mod events;
 pub mod netlink;
+pub mod nflog;
 pub mod nft;
 pub mod policy;
 pub mod proxy;

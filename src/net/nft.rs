@@ -13,6 +13,10 @@
 //!     meta l4proto tcp ip6 daddr @allow6 redirect to :PROXY
 //!     meta l4proto tcp <allowed range> [tcp dport P] redirect to :PROXY
 //!   }
+//!   chain report_out { type filter hook output priority -50; policy accept;
+//!     <the sandbox's own addresses> accept           # (redirected connections included)
+//!     limit rate 20/second burst 50 log group 1      # reported (see `nflog`); own transaction
+//!   }
 //!   chain filter_out { type filter hook output priority 0; policy drop;
 //!     ip daddr 127.0.0.0/8 accept                    # loopback: resolver, proxy, own services
 //!     ip6 daddr { ::1, fd6e:7362:6f78::53 } accept  # the sandbox's own addresses
@@ -33,6 +37,13 @@ use super::netlink::{
     MessageBuf, NetlinkSocket, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use super::ranges::Cidr;
+
+/// Rejected packets reported per second at most (and in a burst): enough to see what a
+/// workload tried, too few to keep the supervisor busy.
+pub const REPORT_RATE: u64 = 20;
+pub const REPORT_BURST: u32 = 50;
+/// Bytes of a reported packet copied: the IP and transport headers.
+pub const REPORT_SNAPLEN: u32 = 64;
 
 /// The table's name inside the sandbox's namespace.
 pub const TABLE: &str = "nsbox";
@@ -109,6 +120,15 @@ pub enum Expr {
     Accept,
     RejectTcpReset,
     RejectAdminProhibited,
+    /// Continue at most `rate` times a second (bursts of `burst`).
+    Limit {
+        rate: u64,
+        burst: u32,
+    },
+    /// Send the packet's first bytes to nfnetlink_log group `group`.
+    Log {
+        group: u16,
+    },
 }
 
 /// One rule, with a note saying why it is there.
@@ -257,11 +277,72 @@ impl Ruleset {
         Ruleset { chains, rules }
     }
 
+    /// The chain that reports what the filter chain rejects: every packet leaving the sandbox
+    /// for an address other than its own (after redirection: the redirected ones are its own)
+    /// goes to nfnetlink_log `group`, at most [`REPORT_RATE`] a second. Loaded after the
+    /// ruleset, on its own: without nfnetlink_log in the kernel the sandbox works the same,
+    /// unreported.
+    pub fn report(group: u16) -> Ruleset {
+        let mut rules: Vec<RulePlan> = own_addresses()
+            .into_iter()
+            .map(|(family, offset, len, value)| RulePlan {
+                chain: "report_out",
+                exprs: vec![
+                    Expr::Meta(NFT_META_NFPROTO),
+                    Expr::CmpEq(vec![family]),
+                    Expr::Payload {
+                        base: NFT_PAYLOAD_NETWORK_HEADER,
+                        offset,
+                        len,
+                    },
+                    Expr::CmpEq(value),
+                    Expr::Accept,
+                ],
+                why: "the sandbox's own addresses (and what was redirected to the proxy)".into(),
+            })
+            .collect();
+        rules.push(RulePlan {
+            chain: "report_out",
+            exprs: vec![
+                Expr::Limit {
+                    rate: REPORT_RATE,
+                    burst: REPORT_BURST,
+                },
+                Expr::Log { group },
+            ],
+            why: "what filter_out rejects is reported (rate-limited)".into(),
+        });
+        Ruleset {
+            chains: vec![ChainPlan {
+                name: "report_out",
+                kind: "filter",
+                // After nat_out (redirection), before filter_out (the rejects).
+                priority: -50,
+                policy_accept: true,
+            }],
+            rules,
+        }
+    }
+
     /// The whole ruleset as one transaction (all or nothing).
     pub fn encode(&self, sock: &mut NetlinkSocket) -> MessageBuf {
+        self.encode_into(sock, true)
+    }
+
+    /// More chains and rules for the table the ruleset made, as one transaction.
+    pub fn encode_more(&self, sock: &mut NetlinkSocket) -> MessageBuf {
+        self.encode_into(sock, false)
+    }
+
+    fn encode_into(&self, sock: &mut NetlinkSocket, with_table: bool) -> MessageBuf {
         let mut m = MessageBuf::new();
         batch_begin(&mut m, sock.seq());
         let create = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        if !with_table {
+            self.encode_chains(&mut m, sock);
+            batch_end(&mut m, sock.seq());
+            return m;
+        }
         m.begin(
             nft_type(NFT_MSG_NEWTABLE),
             create,
@@ -289,6 +370,13 @@ impl Ruleset {
             m.attr_be32(10, id); // NFTA_SET_ID
             m.end();
         }
+        self.encode_chains(&mut m, sock);
+        batch_end(&mut m, sock.seq());
+        m
+    }
+
+    fn encode_chains(&self, m: &mut MessageBuf, sock: &mut NetlinkSocket) {
+        let create = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
         for chain in &self.chains {
             m.begin(
                 nft_type(NFT_MSG_NEWCHAIN),
@@ -325,13 +413,11 @@ impl Ruleset {
             m.attr_str(2, rule.chain); // NFTA_RULE_CHAIN
             let list = m.nest_begin(4); // NFTA_RULE_EXPRESSIONS
             for expr in &rule.exprs {
-                encode_expr(&mut m, expr);
+                encode_expr(m, expr);
             }
             m.nest_end(list);
             m.end();
         }
-        batch_end(&mut m, sock.seq());
-        m
     }
 }
 
@@ -439,6 +525,8 @@ fn encode_expr(m: &mut MessageBuf, expr: &Expr) {
         Expr::Load(_) | Expr::Accept => "immediate",
         Expr::Redirect => "redir",
         Expr::RejectTcpReset | Expr::RejectAdminProhibited => "reject",
+        Expr::Limit { .. } => "limit",
+        Expr::Log { .. } => "log",
     };
     m.attr_str(NFTA_EXPR_NAME, name);
     let data = m.nest_begin(NFTA_EXPR_DATA);
@@ -494,6 +582,18 @@ fn encode_expr(m: &mut MessageBuf, expr: &Expr) {
         Expr::RejectAdminProhibited => {
             m.attr_be32(1, NFT_REJECT_ICMPX_UNREACH);
             m.attr(2, &[NFT_REJECT_ICMPX_ADMIN_PROHIBITED]);
+        }
+        Expr::Limit { rate, burst } => {
+            m.attr_be64(1, *rate); // NFTA_LIMIT_RATE
+            m.attr_be64(2, 1); // NFTA_LIMIT_UNIT: per second
+            m.attr_be32(3, *burst); // NFTA_LIMIT_BURST
+            m.attr_be32(4, 0); // NFTA_LIMIT_TYPE: packets
+            m.attr_be32(5, 0); // NFTA_LIMIT_FLAGS
+        }
+        Expr::Log { group } => {
+            m.attr(1, &group.to_be_bytes()); // NFTA_LOG_GROUP
+            m.attr_be32(3, REPORT_SNAPLEN); // NFTA_LOG_SNAPLEN
+            m.attr(4, &1u16.to_be_bytes()); // NFTA_LOG_QTHRESHOLD: each report at once
         }
     }
     m.nest_end(data);
@@ -573,6 +673,8 @@ pub fn describe(rule: &RulePlan) -> String {
             Expr::Accept => "accept".into(),
             Expr::RejectTcpReset => "reject tcp-reset".into(),
             Expr::RejectAdminProhibited => "reject admin-prohibited".into(),
+            Expr::Limit { rate, burst } => format!("limit {rate}/s burst {burst}"),
+            Expr::Log { group } => format!("log group {group}"),
         })
         .collect();
     format!("{}: {}", rule.chain, parts.join(" "))
@@ -651,6 +753,29 @@ mod tests {
                 "nat_out: l4proto == 06 nfproto == 0a payload 1@24:16 @allow6 load 0378 redirect",
                 "nat_out: l4proto == 06 nfproto == 02 payload 1@16:4 & ffffff00 == cb007100 payload 2@2:2 == 1538 load 0378 redirect",
             ]
+        );
+    }
+
+    #[test]
+    fn rejected_packets_are_reported_at_a_bounded_rate() {
+        let r = Ruleset::report(1);
+        assert_eq!(
+            (
+                r.chains[0].name,
+                r.chains[0].priority,
+                r.chains[0].policy_accept
+            ),
+            ("report_out", -50, true)
+        );
+        let rules: Vec<String> = r.rules.iter().map(describe).collect();
+        assert_eq!(rules.len(), 4);
+        assert!(
+            rules[..3].iter().all(|r| r.ends_with("accept")),
+            "{rules:?}"
+        );
+        assert_eq!(
+            rules[3], "report_out: limit 20/s burst 50 log group 1",
+            "the sandbox's own addresses first, then everything else"
         );
     }
 

@@ -1,6 +1,7 @@
 //! The egress policy of a `--net filtered` sandbox, as data: allow and deny rules (host names,
-//! `*.suffix` wildcards, IP addresses and CIDR ranges, each with an optional port, and `re:`
-//! regular expressions over whole names) and the upstream resolvers. Every decision the resolver and the proxy make is a call here, so the
+//! `*.suffix` wildcards, IP addresses and CIDR ranges, each with an optional port, `re:`
+//! regular expressions over whole names, and a `tcp:` prefix that lets raw TCP through to a
+//! name) and the upstream resolvers. Every decision the resolver and the proxy make is a call here, so the
 //! whole policy is unit-tested without a network.
 //!
 //! Semantics, in one place:
@@ -10,8 +11,11 @@
 //!   addresses is refused unless an allow rule names an IP range containing it;
 //! - a TCP connection is allowed when an allow rule's range (and port) contains its
 //!   destination, or when the destination came from a DNS answer for an allowed name whose
-//!   rule allows the port; on port 443 the TLS SNI and on port 80 the HTTP Host must then be
-//!   allowed names too.
+//!   rule allows the port. A connection allowed by name must then, on every port, open with a
+//!   TLS ClientHello whose SNI or an HTTP/1 request whose Host is an allowed name for that port
+//!   (an address a CDN shares between sites opens only the allowed site); anything else (raw
+//!   TCP) goes through only when the name's rule says `tcp:` (`tcp:db.example.com:5432`).
+//!   Address and range rules name the destination itself, so they carry raw TCP as written.
 //!
 //! This module parses and decides; it performs no I/O.
 
@@ -19,18 +23,23 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::ranges::{self, Cidr};
 
+/// The prefix of an allow rule that lets raw TCP through to a name (`tcp:db.example.com:5432`).
+pub const RAW_TCP_PREFIX: &str = "tcp:";
+
 /// The port DNS upstreams use when none is given.
 pub const DNS_PORT: u16 = 53;
 
 /// A rule or upstream that cannot be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{flag} '{text}': {reason} — hint: use a host name (api.github.com), a wildcard (*.pypi.org), an address or CIDR range (203.0.113.7, 2001:db8::/64), each with an optional :PORT ([2001:db8::1]:443 for IPv6), or re:REGEX")]
+    #[error("{flag} '{text}': {reason} — hint: use a host name (api.github.com), a wildcard (*.pypi.org), an address or CIDR range (203.0.113.7, 2001:db8::/64), each with an optional :PORT ([2001:db8::1]:443 for IPv6), or re:REGEX; tcp:PATTERN also lets raw TCP through to a name")]
     Pattern {
         flag: &'static str,
         text: String,
         reason: String,
     },
+    #[error("{name}='{text}' is not a number of connections — hint: give 1 to 65536 (default {DEFAULT_MAX_CONNECTIONS})")]
+    Limit { name: &'static str, text: String },
     #[error("{flag} '{text}': {reason} — hint: give an IP address with an optional port (192.0.2.53, 192.0.2.53:5353, [2001:db8::53]:53)")]
     Upstream {
         flag: &'static str,
@@ -77,6 +86,9 @@ pub struct Rule {
     pub target: Target,
     /// `None`: every port.
     pub port: Option<u16>,
+    /// Raw TCP (neither TLS nor HTTP) may go through: `tcp:` rules and every address or range
+    /// rule. A name rule without `tcp:` carries only TLS and HTTP, checked by name.
+    pub raw_tcp: bool,
 }
 
 impl Rule {
@@ -91,6 +103,20 @@ impl Rule {
         if trimmed.is_empty() {
             return Err(err("the pattern is empty"));
         }
+        if let Some(rest) = trimmed.strip_prefix(RAW_TCP_PREFIX) {
+            if flag == "--deny" {
+                return Err(err(
+                    "'tcp:' belongs to --allow (a deny rule refuses every protocol already)",
+                ));
+            }
+            if rest.starts_with(RAW_TCP_PREFIX) || rest.trim().is_empty() {
+                return Err(err("after 'tcp:' comes one pattern"));
+            }
+            let mut rule = Rule::parse(flag, rest)?;
+            rule.text = trimmed.to_string();
+            rule.raw_tcp = true;
+            return Ok(rule);
+        }
         if let Some(source) = trimmed.strip_prefix("re:") {
             // Anchored: a pattern never matches a longer name it merely occurs in
             // ("api\.example\.com" does not match "api.example.com.evil.example").
@@ -103,6 +129,7 @@ impl Rule {
                     regex,
                 }),
                 port: None,
+                raw_tcp: false,
             });
         }
         let (host, port) = split_port(trimmed).map_err(|r| err(&r))?;
@@ -126,6 +153,7 @@ impl Rule {
         };
         Ok(Rule {
             text: trimmed.to_string(),
+            raw_tcp: matches!(target, Target::Net(_)),
             target,
             port,
         })
@@ -260,19 +288,49 @@ pub enum AnswerVerdict<'a> {
 pub enum ConnectionVerdict<'a> {
     /// An allow rule's range covers the destination: nothing else to check.
     AllowedByRange(&'a Rule),
-    /// The destination came from these allowed names (rule text per name); on 443/80 the
-    /// SNI/Host must be checked next.
+    /// The destination came from these allowed names (rule per name); unless a rule allows
+    /// raw TCP, the SNI or Host must be checked next.
     AllowedByName(Vec<(String, &'a Rule)>),
     Refused(String),
 }
 
 /// The egress policy of one sandbox.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressPolicy {
     pub allow: Vec<Rule>,
     pub deny: Vec<Rule>,
     /// Upstream resolvers; empty means the host's /etc/resolv.conf.
     pub dns_upstream: Vec<SocketAddr>,
+    /// Connections the egress proxy carries for the sandbox at once.
+    pub max_connections: usize,
+}
+
+impl Default for EgressPolicy {
+    fn default() -> EgressPolicy {
+        EgressPolicy {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            dns_upstream: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Connections the egress proxy carries for one sandbox at once, unless
+/// [`MAX_CONNECTIONS_ENV`] says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// The environment variable that sets [`EgressPolicy::max_connections`] (1-65536).
+pub const MAX_CONNECTIONS_ENV: &str = "NSBOX_EGRESS_MAX_CONNECTIONS";
+
+/// Parses a connection cap (1-65536).
+pub fn parse_max_connections(text: &str) -> Result<usize, PolicyError> {
+    match text.trim().parse::<usize>() {
+        Ok(n @ 1..=65536) => Ok(n),
+        _ => Err(PolicyError::Limit {
+            name: MAX_CONNECTIONS_ENV,
+            text: text.to_string(),
+        }),
+    }
 }
 
 impl EgressPolicy {
@@ -301,7 +359,13 @@ impl EgressPolicy {
                     .into(),
             });
         }
+        // The one setting read from the environment (an operator's knob, like NSBOX_RUN_DIR).
+        let max_connections = match std::env::var(MAX_CONNECTIONS_ENV) {
+            Ok(text) => parse_max_connections(&text)?,
+            Err(_) => DEFAULT_MAX_CONNECTIONS,
+        };
         Ok(EgressPolicy {
+            max_connections,
             allow,
             deny: deny
                 .iter()
@@ -411,7 +475,14 @@ impl EgressPolicy {
         let mut allowed = Vec::new();
         for name in names {
             match self.check_name_port(name, port) {
-                Ok(rule) => allowed.push((name.clone(), rule)),
+                Ok(rule) => {
+                    // A rule that lets raw TCP through speaks for the name, if there is one.
+                    let raw = self
+                        .allow
+                        .iter()
+                        .find(|r| r.raw_tcp && r.allows_port(port) && r.matches_name(name));
+                    allowed.push((name.clone(), raw.unwrap_or(rule)));
+                }
                 Err(reason) => reasons.push(reason),
             }
         }
@@ -524,6 +595,51 @@ mod tests {
             rule("::ffff:203.0.113.9").target,
             Target::Net(Cidr::host("203.0.113.9".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn raw_tcp_is_allowed_only_where_a_rule_says_so() {
+        let r = rule("tcp:DB.example.com:5432");
+        assert_eq!(r.target, Target::Name("db.example.com".into()));
+        assert_eq!(r.port, Some(5432));
+        assert!(r.raw_tcp);
+        assert_eq!(r.text, "tcp:DB.example.com:5432");
+        assert!(!rule("db.example.com:5432").raw_tcp);
+        assert!(!rule("*.example.com").raw_tcp);
+        assert!(rule("tcp:*.example.com").raw_tcp);
+        assert!(rule(r"tcp:re:db[0-9]\.example\.com").raw_tcp);
+        // An address or range names the destination itself: raw TCP as written.
+        assert!(rule("203.0.113.7:5432").raw_tcp);
+        assert!(rule("tcp:203.0.113.0/24").raw_tcp);
+        for (flag, text, why) in [
+            ("--allow", "tcp:", "one pattern"),
+            ("--allow", "tcp:tcp:a.example", "one pattern"),
+            ("--deny", "tcp:a.example", "belongs to --allow"),
+        ] {
+            let e = Rule::parse(flag, text).unwrap_err().to_string();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+        let p = policy(&["db.example.com", "tcp:db.example.com:5432"], &[]);
+        let names = ["db.example.com".to_string()];
+        let at = |port: u16| SocketAddr::from(([198, 51, 100, 7], port));
+        assert!(matches!(
+            p.check_connection(at(5432), &names, &[]),
+            ConnectionVerdict::AllowedByName(v) if v[0].1.raw_tcp
+        ));
+        assert!(matches!(
+            p.check_connection(at(443), &names, &[]),
+            ConnectionVerdict::AllowedByName(v) if !v[0].1.raw_tcp
+        ));
+        let p = policy(&["web.example.com", "tcp:db.example.com:5432"], &[]);
+        let names = ["web.example.com".to_string(), "db.example.com".to_string()];
+        let sa: SocketAddr = "198.51.100.7:5432".parse().unwrap();
+        let ConnectionVerdict::AllowedByName(allowed) = p.check_connection(sa, &names, &[]) else {
+            panic!()
+        };
+        assert_eq!(allowed.len(), 2);
+        assert!(allowed
+            .iter()
+            .any(|(n, r)| n == "db.example.com" && r.raw_tcp));
     }
 
     #[test]
@@ -691,6 +807,16 @@ mod tests {
             p.check_connection(sa("10.0.0.1:443"), &names(&["web.example.com"]), &[]),
             ConnectionVerdict::Refused(r) if r.contains("blocked range")
         ));
+    }
+
+    #[test]
+    fn the_connection_cap_is_a_positive_number() {
+        assert_eq!(EgressPolicy::default().max_connections, 256);
+        assert_eq!(parse_max_connections("40").unwrap(), 40);
+        for bad in ["0", "-1", "many", "", "65537"] {
+            let e = parse_max_connections(bad).unwrap_err().to_string();
+            assert!(e.contains(MAX_CONNECTIONS_ENV), "{e}");
+        }
     }
 
     #[test]

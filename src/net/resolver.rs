@@ -28,7 +28,7 @@ use super::dnswire::{
     CLASS_IN, EDE_BLOCKED, EDNS_UDP_SIZE, RCODE_FORMERR, RCODE_NOERROR, RCODE_NOTIMP,
     RCODE_REFUSED, RCODE_SERVFAIL, TYPE_A, TYPE_AAAA, TYPE_CNAME,
 };
-use super::egress::Shared;
+use super::egress::{AllowError, Shared};
 use super::events::{Decision, NetEvent};
 use super::policy::{normalize_name, AnswerVerdict, EgressPolicy, NameVerdict};
 
@@ -422,15 +422,29 @@ pub(crate) async fn answer(shared: &Shared, bytes: &[u8], udp: bool) -> Option<V
             names,
         } => {
             if !addresses.is_empty() {
-                if let Err(e) = shared.allow(&addresses, &names, reachable_for(ttl)) {
-                    shared.events.send(event(
-                        Decision::Failed,
-                        RCODE_SERVFAIL,
-                        vec![],
-                        None,
-                        format!("cannot add the addresses to the sandbox's rules: {e}"),
-                    ));
-                    return Some(fwd.client.respond(RCODE_SERVFAIL, &[], None));
+                match shared.allow(&addresses, &names, reachable_for(ttl)) {
+                    Ok(()) => {}
+                    Err(AllowError::Full(reason)) => {
+                        shared.events.send(event(
+                            Decision::Refused,
+                            RCODE_REFUSED,
+                            vec![],
+                            None,
+                            reason.clone(),
+                        ));
+                        let text = format!("nsbox: {reason}");
+                        return Some(fwd.client.respond(RCODE_REFUSED, &[], Some(&text)));
+                    }
+                    Err(AllowError::Kernel(e)) => {
+                        shared.events.send(event(
+                            Decision::Failed,
+                            RCODE_SERVFAIL,
+                            vec![],
+                            None,
+                            format!("cannot add the addresses to the sandbox's rules: {e}"),
+                        ));
+                        return Some(fwd.client.respond(RCODE_SERVFAIL, &[], None));
+                    }
                 }
             }
             let via = if names.len() > 1 {

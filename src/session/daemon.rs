@@ -714,7 +714,7 @@ impl Daemon<'_> {
         }
     }
 
-    /// Appends network events to the session's network log (text lines, secrets masked):
+    /// Appends network events to the session's network log (JSON lines, secrets masked):
     /// commands of a session share its network, so its events belong to no one command.
     fn log_network(&mut self, events: Vec<crate::net::NetEvent>) {
         if events.is_empty() || !self.spec.log_network {
@@ -723,7 +723,7 @@ impl Daemon<'_> {
         let masker = crate::relay::Masker::for_network_events(&self.spec.secrets);
         let text: String = events
             .iter()
-            .map(|e| masker.mask_str(&e.to_text_line()))
+            .map(|e| masker.mask_str(&String::from_utf8_lossy(&e.to_json_line())))
             .collect();
         let path = self.store.network_log(&self.record.id);
         let written = std::fs::OpenOptions::new()

@@ -227,18 +227,9 @@ fn filtered_sni_and_host_of_names_not_allowed_are_refused_on_a_shared_address() 
              curl -sS -m 5 --cacert /world/ca.pem --resolve evil.example:443:{CDN4} \
                https://evil.example/whoami; echo sni=$?; \
              curl -sS -m 5 -H 'Host: evil.example' http://cdn.allowed.example/whoami; echo host=$?; \
-             curl -sS -m 5 http://{CDN4}/whoami; echo ip=$?; \
-             echo pipelined $({PROBE} tcp {CDN4}:80 \
-               \"$(printf 'GET /whoami HTTP/1.1\\r\\nHost: cdn.allowed.example\\r\\n\\r\\nGET /whoami HTTP/1.1\\r\\nHost: evil.example\\r\\n\\r\\n')\")"
+             curl -sS -m 5 http://{CDN4}/whoami; echo ip=$?"
         ),
     );
-    // A second request on the checked connection (for another host) is not served.
-    let pipelined = line(&r.stdout, "pipelined");
-    assert!(
-        pipelined.contains("host=cdn.allowed.example"),
-        "{pipelined}"
-    );
-    assert!(!pipelined.contains("host=evil.example"), "{pipelined}");
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(line(&r.stdout, "cdn"), "cdn host=cdn.allowed.example");
     assert_ne!(line(&r.stdout, "sni="), "sni=0");
@@ -773,6 +764,19 @@ fn egress_flags_are_validated_before_anything_runs() {
     assert!(r.stderr.contains("--dns-upstream"), "{}", r.stderr);
     let r = exec(&["--allow", "203.0.113.7/24", "--", "true"]);
     assert!(r.stderr.contains("203.0.113.0/24"), "{}", r.stderr);
+    let r: Run = std::process::Command::new(nsbox_bin())
+        .args(["exec", "--allow", "api.github.com", "--", "true"])
+        .env("NSBOX_EGRESS_MAX_CONNECTIONS", "0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(
+        r.stderr.contains("NSBOX_EGRESS_MAX_CONNECTIONS='0'"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A session keeps its filtered network across commands: the allowlist holds in every exec,
@@ -846,6 +850,14 @@ fn filtered_session_keeps_its_allowlist_and_logs_its_decisions() {
             .any(|l| l.contains("refused") && l.contains("other.example")),
         "{log}"
     );
+    // One JSON event per line.
+    for l in log.lines() {
+        let e: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+        assert!(
+            matches!(e["type"].as_str(), Some("dns" | "connection")),
+            "{l}"
+        );
+    }
     assert!(!log.contains("tokensecret42"), "secrets are masked: {log}");
     assert!(log.contains("***.evil.example"), "{log}");
 
@@ -885,4 +897,434 @@ fn filtered_session_keeps_its_allowlist_and_logs_its_decisions() {
         .filter(|e| std::fs::read_link(e.path().join("ns/net")).is_ok_and(|l| l == netns))
         .count();
     assert_eq!(in_netns, 0, "processes left in {netns:?}");
+}
+
+/// Sends each of `payloads` (name, bytes) on its own connection to `addr`:`port` from inside a
+/// filtered sandbox with `extra` flags, closes the sending side and prints one line per
+/// payload: `NAME ok REPR-OF-THE-REPLY` or `NAME error EXCEPTION`.
+fn send_raw(w: &World, extra: &[&str], addr: &str, port: u16, payloads: &[(&str, &[u8])]) -> Run {
+    let dir = w.dir.path().join(format!("payloads{}", payloads.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut paths = Vec::new();
+    for (name, bytes) in payloads {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        paths.push(format!(
+            "/world/{}/{name}",
+            dir.file_name().unwrap().to_str().unwrap()
+        ));
+    }
+    std::fs::write(
+        w.dir.path().join("send.py"),
+        r#"
+import socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+for path in sys.argv[3:]:
+    name = path.rsplit("/", 1)[-1]
+    try:
+        s = socket.create_connection((addr, port), timeout=20)
+        s.sendall(open(path, "rb").read())
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+        print(name, "ok", repr(got), flush=True)
+    except OSError as e:
+        print(name, "error", type(e).__name__, flush=True)
+"#,
+    )
+    .unwrap();
+    let script = format!(
+        "getent hosts cdn.allowed.example >/dev/null; python3 /world/send.py {addr} {port} {}",
+        paths.join(" ")
+    );
+    w.sh(extra, &script)
+}
+
+/// Finding 2: what a lenient server reads differently from the proxy's check (bare LF line
+/// ends, obs-fold, a second Host, whitespace before the colon, a second request, CONNECT)
+/// never reaches the server: the connection is refused, and said why.
+#[test]
+fn egress_http_smuggling_is_refused() {
+    require_root!();
+    let w = World::start();
+    let payloads: &[(&str, &[u8])] = &[
+        ("good", b"GET /whoami HTTP/1.1\r\nHost: cdn.allowed.example\r\n\r\n"),
+        (
+            "lf_second_request",
+            b"GET /whoami HTTP/1.1\r\nHost: cdn.allowed.example\r\nX: a\n\nGET /whoami HTTP/1.1\nHost: evil.example\n\n\r\n\r\n",
+        ),
+        (
+            "lf_second_host",
+            b"GET /whoami HTTP/1.1\r\nX: a\nHost: evil.example\r\nHost: cdn.allowed.example\r\n\r\n",
+        ),
+        (
+            "obs_fold",
+            b"GET /whoami HTTP/1.1\r\nHost: cdn.allowed.example\r\nX: a\r\n Host: evil.example\r\n\r\n",
+        ),
+        (
+            "space_before_colon",
+            b"GET /whoami HTTP/1.1\r\nHost : evil.example\r\nX: cdn.allowed.example\r\n\r\n",
+        ),
+        (
+            "pipelined",
+            b"GET /whoami HTTP/1.1\r\nHost: cdn.allowed.example\r\n\r\nGET /whoami HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+        ),
+        (
+            "connect",
+            b"CONNECT evil.example:80 HTTP/1.1\r\nHost: cdn.allowed.example\r\n\r\n",
+        ),
+    ];
+    let r = send_raw(
+        &w,
+        &["--allow", "cdn.allowed.example", "--log-network"],
+        CDN4,
+        80,
+        payloads,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let good = line(&r.stdout, "good ");
+    assert!(good.contains("host=cdn.allowed.example"), "{good}");
+    // The server was asked to close after the checked request.
+    assert!(good.contains("HTTP/1.1 200"), "{good}");
+    for (name, _) in &payloads[1..] {
+        let l = line(&r.stdout, &format!("{name} "));
+        assert!(l.starts_with(&format!("{name} error")), "{l}");
+        assert!(!l.contains("evil"), "{l}");
+    }
+    let refused: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("nsbox: connection refused {CDN4}:80")))
+        .collect();
+    assert_eq!(refused.len(), payloads.len() - 1, "{}", r.stderr);
+    for why in [
+        "ends in a bare LF",
+        "obs-fold",
+        "whitespace before a header's colon",
+        "more than one HTTP request on a connection",
+        "CONNECT is not forwarded",
+    ] {
+        assert!(
+            refused.iter().any(|l| l.contains(why)),
+            "{why}: {}",
+            r.stderr
+        );
+    }
+}
+
+/// Finding 3: the SNI and Host checks hold on every port, not only 443 and 80; raw TCP to an
+/// address reached by name needs a `tcp:` rule, and a connection that never speaks is decided
+/// after a bounded wait.
+#[test]
+fn egress_sni_and_host_are_checked_on_every_port() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &[
+            "--allow",
+            "cdn.allowed.example",
+            "--allow",
+            "tcp.allowed.example",
+            "--allow",
+            "tcp:tcp.allowed.example:5433",
+            "--log-network",
+        ],
+        &format!(
+            "getent ahostsv4 cdn.allowed.example >/dev/null; getent ahostsv4 tcp.allowed.example >/dev/null; \
+             echo http8080 $(curl -sS -m 5 http://cdn.allowed.example:8080/whoami); \
+             curl -sS -m 5 -H 'Host: evil.example' http://cdn.allowed.example:8080/whoami; echo host8080=$?; \
+             echo tls8443 $(curl -sS -m 5 --cacert /world/ca.pem https://cdn.allowed.example:8443/whoami); \
+             curl -sS -m 5 --cacert /world/ca.pem --resolve evil.example:8443:{CDN4} \
+               https://evil.example:8443/whoami; echo sni8443=$?; \
+             echo raw $({PROBE} tcp {TCP4}:5432 hello); \
+             echo rawok $({PROBE} tcp {TCP4}:5433 hello); \
+             echo silent $(python3 -c \"
+import socket
+s = socket.create_connection(('{TCP4}', 5432))
+s.settimeout(60)
+try:
+    print(repr(s.recv(10)))
+except OSError as e:
+    print(type(e).__name__)\")"
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        line(&r.stdout, "http8080"),
+        "http8080 host=cdn.allowed.example:8080"
+    );
+    assert_eq!(
+        line(&r.stdout, "tls8443"),
+        "tls8443 host=cdn.allowed.example:8443"
+    );
+    assert_ne!(line(&r.stdout, "host8080="), "host8080=0", "{r:?}");
+    assert_ne!(line(&r.stdout, "sni8443="), "sni8443=0", "{r:?}");
+    assert_eq!(line(&r.stdout, "raw "), "raw error ECONNRESET", "{r:?}");
+    assert_eq!(line(&r.stdout, "rawok"), "rawok ok hello", "{r:?}");
+    assert_eq!(line(&r.stdout, "silent"), "silent ConnectionResetError");
+    for expected in [
+        format!("connection refused {CDN4}:8080 evil.example (HTTP Host: evil.example is not on the allowlist)"),
+        format!("connection refused {CDN4}:8443 evil.example (TLS SNI: evil.example is not on the allowlist)"),
+        format!("connection refused {TCP4}:5432 (the client closed before sending a request (raw TCP to an address reached by name needs a tcp: rule))"),
+        format!("connection refused {TCP4}:5432 (no TLS ClientHello or HTTP request in 10s (raw TCP to an address reached by name needs a tcp: rule))"),
+        format!("connection allowed {TCP4}:5433 tcp.allowed.example (allowed by 'tcp:tcp.allowed.example:5433')"),
+    ] {
+        assert!(r.stderr.contains(&expected), "{expected}\n{}", r.stderr);
+    }
+}
+
+/// Finding 6 (the proxy's part): many connections to an allowed server that never reads hold
+/// at most the per-sandbox cap of connections (set with NSBOX_EGRESS_MAX_CONNECTIONS), each
+/// with bounded buffers; the rest are refused and reported.
+#[test]
+fn egress_proxy_memory_is_bounded_per_sandbox() {
+    require_root!();
+    let w = World::start();
+    const CAP: usize = 40;
+    // proxy::budget(CAP): 128 KiB per connection the cap allows and 32 MiB.
+    const BUDGET: u64 = CAP as u64 * (128 << 10) + (32 << 20);
+    let tries = CAP + 20;
+    let flags = w.filtered_flags();
+    let mut args: Vec<&str> = vec!["exec", "-i"];
+    args.extend(flags.iter().map(String::as_str));
+    let script = format!(
+        "python3 -c \"
+import socket, sys
+held, failed = [], 0
+for i in range({tries}):
+    try:
+        s = socket.create_connection(('{TCP4}', {SINK_PORT}), timeout=10)
+        s.setblocking(False)
+        sent = 0
+        try:
+            while sent < 256 * 1024:
+                sent += s.send(b'x' * 65536)
+        except OSError:
+            pass
+        held.append(s)
+    except OSError:
+        failed += 1
+print('opened', len(held) + failed, flush=True)
+sys.stdin.readline()
+\""
+    );
+    let sink = format!("{TCP4}:{SINK_PORT}");
+    args.extend_from_slice(&["--allow", &sink, "--log-network", "--", "sh", "-c", &script]);
+    let mut child = w
+        .nsbox_cmd(&args)
+        .env("NSBOX_EGRESS_MAX_CONNECTIONS", CAP.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), format!("opened {tries}"));
+    assert!(
+        eventually(60.0, || w.sink_accepted() >= CAP),
+        "{}",
+        w.sink_accepted()
+    );
+    // What the proxy holds towards the server: the connections and their send buffers.
+    let ss = w.in_host(&[
+        "ss",
+        "-Htnm",
+        "state",
+        "established",
+        "dport",
+        "=",
+        &format!(":{SINK_PORT}"),
+    ]);
+    let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
+    let field = |l: &str, key: &str| -> u64 {
+        let skmem = l.split("skmem:(").nth(1).unwrap_or_default();
+        skmem
+            .trim_end_matches(')')
+            .split(',')
+            .find_map(|f| {
+                f.strip_prefix(key)
+                    .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {l}"))
+    };
+    let sockets: Vec<&str> = ss.lines().filter(|l| l.contains("skmem")).collect();
+    assert_eq!(sockets.len(), CAP, "{ss}");
+    let buffers: u64 = sockets
+        .iter()
+        .map(|l| field(l, "tb") + field(l, "rb"))
+        .sum();
+    let queued: u64 = sockets.iter().map(|l| field(l, "w")).sum();
+    assert!(buffers <= BUDGET, "socket buffers {buffers}");
+    assert!(queued <= BUDGET, "queued {queued}");
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(child.wait().unwrap().success(), "{stderr}");
+    assert_eq!(w.sink_accepted(), CAP);
+    let refused = stderr
+        .lines()
+        .filter(|l| l.contains("too many connections at once (at most 40 per sandbox)"))
+        .count();
+    assert_eq!(refused, tries - CAP, "{stderr}");
+}
+
+/// Finding 7: distinct names without end under an allowed wildcard meet a bound on what the
+/// resolver keeps (per address here; per sandbox in the unit test), refused with a reason,
+/// while names already known still answer.
+#[test]
+fn egress_resolver_bookkeeping_is_bounded() {
+    require_root!();
+    let w = World::start();
+    const PER_ADDRESS: usize = 256; // egress::MAX_NAMES_PER_ADDR
+    let tries = PER_ADDRESS + 44;
+    let r = w.sh(
+        &["--allow", "*.allowed.example", "--log-network"],
+        &format!(
+            "python3 -c \"
+import socket, struct, collections
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+def ask(i, name):
+    q = struct.pack('>HHHHHH', i, 0x0100, 1, 0, 0, 0)
+    q += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\\\\0'
+    q += struct.pack('>HH', 1, 1)
+    s.sendto(q, ('127.0.0.53', 53))
+    while True:
+        r = s.recv(4096)
+        if struct.unpack('>H', r[:2])[0] == i:
+            return r[3] & 15, r
+counts = collections.Counter()
+last = b''
+for i in range({tries}):
+    rcode, r = ask(i + 1, 'n%d.many.allowed.example' % i)
+    counts[rcode] += 1
+    if rcode:
+        last = r
+print('noerror', counts[0])
+print('refused', counts[5])
+print('again', ask(60000, 'n0.many.allowed.example')[0])
+\""
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        line(&r.stdout, "noerror"),
+        format!("noerror {PER_ADDRESS}"),
+        "{r:?}"
+    );
+    assert_eq!(
+        line(&r.stdout, "refused"),
+        format!("refused {}", tries - PER_ADDRESS)
+    );
+    let why = "203.0.113.50 is the address of 256 names already";
+    assert_eq!(
+        r.stderr.lines().filter(|l| l.contains(why)).count(),
+        tries - PER_ADDRESS,
+        "{}",
+        r.stderr
+    );
+    assert_eq!(line(&r.stdout, "again"), "again 0");
+}
+
+/// Finding 9: bytes the workload chose (here a Host with ESC and CR, and a bare LF) reach the
+/// `--log-network` lines and the JSON events escaped: one line per refusal, nothing forged,
+/// no escape sequence.
+#[test]
+fn egress_network_log_injection_is_escaped() {
+    require_root!();
+    let w = World::start();
+    let payloads: &[(&str, &[u8])] = &[(
+        "inject",
+        b"GET / HTTP/1.1\r\nHost: evil.example\x1b[2J\rnsbox: connection allowed (forged)\n\r\n\r\n",
+    )];
+    let r = send_raw(
+        &w,
+        &["--allow", "cdn.allowed.example", "--log-network"],
+        CDN4,
+        80,
+        payloads,
+    );
+    assert!(
+        line(&r.stdout, "inject").starts_with("inject error"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains('\x1b'), "{:?}", r.stderr);
+    assert!(!r.stderr.contains('\r'), "{:?}", r.stderr);
+    let forged: Vec<&str> = r.stderr.lines().filter(|l| l.contains("forged")).collect();
+    assert_eq!(forged.len(), 1, "{}", r.stderr);
+    assert!(
+        forged[0].starts_with(&format!("nsbox: connection refused {CDN4}:80 (")),
+        "{}",
+        forged[0]
+    );
+    assert!(
+        forged[0].contains(r"evil.example\x1b[2J\rnsbox: connection allowed (forged)"),
+        "{}",
+        forged[0]
+    );
+    let r = send_raw(
+        &w,
+        &["--allow", "cdn.allowed.example", "--json"],
+        CDN4,
+        80,
+        payloads,
+    );
+    assert!(!r.stdout.contains('\x1b'), "{:?}", r.stdout);
+    let events = events(&r.stdout);
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "connection" && e["decision"] == "refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{events:#?}");
+    assert!(
+        refused[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(r"\x1b[2J\rnsbox: connection allowed (forged)"),
+        "{}",
+        refused[0]
+    );
+}
+
+/// What the kernel's rules reject on their own (a connection to an address no allowed name
+/// resolved to, a UDP datagram) is reported too, not only what the proxy refuses.
+#[test]
+fn egress_rejected_direct_connections_and_datagrams_are_reported() {
+    require_root!();
+    let w = World::start();
+    let r = w.sh(
+        &["--allow", "web.allowed.example", "--log-network"],
+        &format!(
+            "echo tcp $({PROBE} tcp {OTHER4}:80); echo udp $({PROBE} udp {WEB4}:9999); \
+             echo udp6 $({PROBE} udp [{WEB6}]:9999)"
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(line(&r.stdout, "tcp"), "tcp error ECONNREFUSED");
+    assert_eq!(line(&r.stdout, "udp "), "udp error EPERM");
+    for expected in [
+        format!("nsbox: connection refused {OTHER4}:80 (no allowed name of this sandbox resolved to {OTHER4}, and no --allow range covers it (rejected by the sandbox's rules))"),
+        format!("nsbox: udp refused {WEB4}:9999 (only TCP leaves a filtered sandbox"),
+        format!("nsbox: udp refused [{WEB6}]:9999 (only TCP leaves a filtered sandbox"),
+    ] {
+        assert!(r.stderr.contains(&expected), "{expected}\n{}", r.stderr);
+    }
+    let r = w.sh(&["--json"], &format!("{PROBE} udp {WEB4}:443 >/dev/null"));
+    let events = events(&r.stdout);
+    assert!(
+        events.iter().any(|e| e["type"] == "packet"
+            && e["protocol"] == "udp"
+            && e["address"] == WEB4
+            && e["port"] == 443
+            && e["decision"] == "refused"),
+        "{events:#?}"
+    );
 }

@@ -5,8 +5,9 @@
 //!   <name>h  "the host": nsbox runs here              <name>i  "the internet"
 //!   198.51.100.2/24, 2001:db8:1::2/64  ── veth ──  198.51.100.1/24, 2001:db8:1::1/64
 //!   (a TCP service on :8080 stands for                 on lo: 192.0.2.53 (dnsmasq), 203.0.113.10/.20/
-//!    the host's own services)                          .30/.40, 2001:db8:2::10 (HTTP, HTTPS with a
-//!                                                      test CA, TCP echo, UDP sink)
+//!    the host's own services)                          .30/.40, 2001:db8:2::10 (HTTP on 80 and
+//!                                                      8080, HTTPS with a test CA on 443 and 8443,
+//!                                                      TCP echo, a TCP sink, UDP sink)
 //! ```
 //!
 //! Only documentation addresses are used and no route leads anywhere else, so no packet leaves
@@ -28,9 +29,13 @@ pub const WEB6: &str = "2001:db8:2::10";
 pub const OTHER4: &str = "203.0.113.20";
 /// cdn.allowed.example and evil.example share this address (a CDN).
 pub const CDN4: &str = "203.0.113.30";
-/// tcp.allowed.example: TCP echo on 5432 and 5433.
+/// tcp.allowed.example: TCP echo on 5432 and 5433, a sink that never reads on [`SINK_PORT`].
 pub const TCP4: &str = "203.0.113.40";
 pub const TCP6: &str = "2001:db8:2::40";
+/// The port of the server on TCP4 that accepts and never reads.
+pub const SINK_PORT: u16 = 5434;
+/// Every name below many.allowed.example resolves to this address (nothing serves it).
+pub const MANY4: &str = "203.0.113.50";
 /// The host's own addresses (where nsbox runs).
 pub const HOST4: &str = "198.51.100.2";
 pub const HOST6: &str = "2001:db8:1::2";
@@ -95,10 +100,14 @@ def web(root, cert, key):
             super().server_bind()
     plain = Server(("::", 80), Handler)
     tls = Server(("::", 443), Handler)
+    # The same on ports CDNs also serve, to show the checks do not depend on the port.
+    plain_alt = Server(("::", 8080), Handler)
+    tls_alt = Server(("::", 8443), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
-    for s in (plain, tls):
+    tls_alt.socket = ctx.wrap_socket(tls_alt.socket, server_side=True)
+    for s in (plain, tls, plain_alt, tls_alt):
         threading.Thread(target=s.serve_forever, daemon=True).start()
     ready()
     threading.Event().wait()
@@ -138,6 +147,29 @@ def tcp(addrs):
     ready()
     threading.Event().wait()
 
+def sink(log, addrs):
+    # Accepts and never reads: what a client sends piles up in buffers on the way. Each
+    # accepted connection is a line in the log.
+    held = []
+    lock = threading.Lock()
+    def serve(l):
+        while True:
+            c, _ = l.accept()
+            with lock:
+                held.append(c)
+                with open(log, "a") as f:
+                    f.write("accepted\n")
+    for a in addrs:
+        fam, sa = parse(a)
+        l = socket.socket(fam, socket.SOCK_STREAM)
+        l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        l.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        l.bind(sa)
+        l.listen(1024)
+        threading.Thread(target=serve, args=(l,), daemon=True).start()
+    ready()
+    threading.Event().wait()
+
 def udp(log, addrs):
     lock = threading.Lock()
     def serve(s, a):
@@ -163,6 +195,8 @@ elif role == "web":
     web(*sys.argv[2:5])
 elif role == "tcp":
     tcp(sys.argv[2:])
+elif role == "sink":
+    sink(sys.argv[2], sys.argv[3:])
 elif role == "udp":
     udp(sys.argv[2], sys.argv[3:])
 "#;
@@ -349,6 +383,7 @@ chmod -R a+rX www"#
         ] {
             dnsmasq.push(format!("--host-record={name},{addrs}"));
         }
+        dnsmasq.push(format!("--address=/many.allowed.example/{MANY4}"));
         dnsmasq.push("--cname=alias.allowed.example,other.example".into());
         dnsmasq.push("--cname=goodalias.allowed.example,web.allowed.example".into());
         dnsmasq.push("--txt-record=txt.allowed.example,exfiltrate-me".into());
@@ -372,6 +407,9 @@ chmod -R a+rX www"#
         let mut args = vec!["tcp"];
         args.extend(tcp.iter().map(String::as_str));
         self.spawn_ready(&self.inet_ns.clone(), &args);
+        let sink_log = self.path("sink.log").display().to_string();
+        let sink = format!("{TCP4}:{SINK_PORT}");
+        self.spawn_ready(&self.inet_ns.clone(), &["sink", &sink_log, &sink]);
         let udp_log = self.path("udp.log").display().to_string();
         let web6 = format!("[{WEB6}]:9999");
         self.spawn_ready(
@@ -486,6 +524,14 @@ chmod -R a+rX www"#
     /// Queries that reached the world's DNS server.
     pub fn dns_log(&self) -> String {
         std::fs::read_to_string(self.path("dnsmasq.log")).unwrap_or_default()
+    }
+
+    /// Connections the server that never reads accepted.
+    pub fn sink_accepted(&self) -> usize {
+        std::fs::read_to_string(self.path("sink.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
     }
 
     /// Datagrams the UDP sink received ("addr peer length" lines).
