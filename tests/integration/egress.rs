@@ -771,7 +771,7 @@ fn egress_flags_are_validated_before_anything_runs() {
         .output()
         .unwrap()
         .into();
-    assert_eq!(r.code, 125, "{r:?}");
+    assert_eq!(r.code, nsbox::exit::USAGE, "{r:?}");
     assert!(
         r.stderr.contains("NSBOX_EGRESS_MAX_CONNECTIONS='0'"),
         "{}",

@@ -155,7 +155,8 @@ fn exec_pulls_a_missing_image_unless_told_never() {
 
     // A name neither stored nor in the registry: a clear error.
     let missing = format!("{}/test/nothing:1", registry.host());
-    ctx.refused(
+    ctx.refused_with(
+        nsbox::exit::IMAGE_NOT_FOUND,
         &["exec", "--image", &missing, "--", "true"],
         &["not found", "test/nothing"],
     );
@@ -165,7 +166,12 @@ fn exec_pulls_a_missing_image_unless_told_never() {
     let other = format!("{}/test/hello:3", registry.host());
     registry.push(&ctx.path("hello"), "1", "test/hello:3", false);
     let run = ctx.run(&["exec", "--image", &other, "--", "cat", "/hello"]);
-    assert_eq!(run.code, 125, "policy never: {}", run.stderr);
+    assert_eq!(
+        run.code,
+        nsbox::exit::IMAGE_NOT_FOUND,
+        "policy never: {}",
+        run.stderr
+    );
 }
 
 #[test]

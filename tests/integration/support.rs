@@ -348,8 +348,13 @@ impl StoreCtx {
 
     /// Runs nsbox, which must fail with exit code 125 and say each of `needles`.
     pub fn refused(&self, args: &[&str], needles: &[&str]) -> Run {
+        self.refused_with(nsbox::exit::NSBOX_FAILED, args, needles)
+    }
+
+    /// Runs nsbox, which must fail with exit code `code` and say each of `needles`.
+    pub fn refused_with(&self, code: i32, args: &[&str], needles: &[&str]) -> Run {
         let run = self.run(args);
-        assert_eq!(run.code, 125, "nsbox {args:?}: {}", run.stderr);
+        assert_eq!(run.code, code, "nsbox {args:?}: {}", run.stderr);
         for needle in needles {
             assert!(run.stderr.contains(needle), "{needle:?}: {}", run.stderr);
         }
