@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use super::{error, ExecArgs, SandboxArgs};
+use super::{error, RunArgs, SandboxArgs};
 use crate::exit;
 use crate::profile::Profile;
 use crate::relay::{Event, Masker};
@@ -14,7 +14,7 @@ use crate::spec::units::ByteSize;
 use crate::spec::{ExecRequest, Limit, SandboxSpec, Timeout};
 
 pub fn run(
-    args: ExecArgs,
+    args: RunArgs,
     state_root: &std::path::Path,
     config: &crate::config::Config,
     t0: u64,
@@ -30,6 +30,7 @@ pub fn run(
     };
     let command = ExecExtras {
         command: args.command,
+        entrypoint: args.entrypoint,
         timeout: args.timeout,
         max_output: args.max_output,
         interactive: args.interactive,
@@ -85,6 +86,7 @@ pub(super) fn start_event(id: &str, profile: &str, network: &str) {
 /// The flags of an exec that are not about the sandbox itself.
 pub(super) struct ExecExtras {
     pub command: Vec<std::ffi::OsString>,
+    pub entrypoint: Option<String>,
     pub timeout: Option<Limit<Timeout>>,
     pub max_output: Option<Limit<ByteSize>>,
     pub interactive: bool,
@@ -106,7 +108,14 @@ pub(super) fn open_image(
             super::pull::ensure_image(reference, policy, state_root, config)?;
             crate::image::open_root(state_root, reference)
                 .map(Some)
-                .map_err(|e| e.to_string())
+                .map_err(|e| match (&e, policy) {
+                    (crate::image::ImageError::NotFound { .. }, crate::config::PullPolicy::Never) => {
+                        format!(
+                            "{e}; with --pull never (or the config's pull.policy) nothing is pulled — hint: `nsbox pull {reference}` fetches it, or leave out --pull never"
+                        )
+                    }
+                    _ => e.to_string(),
+                })
         }
         None => Ok(None),
     }
@@ -122,19 +131,28 @@ pub(super) fn build_spec(
         args.profile.as_deref().unwrap_or("default"),
         &config.defaults,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| config_or_profile_error(e, config))?;
+    let user = match &args.user {
+        Some(text) => Some(super::user::resolve(
+            text,
+            args.rootfs.as_deref(),
+            image.as_ref(),
+        )?),
+        None => None,
+    };
+    let explicit_sandbox_size = args.sandbox_size;
     let request = ExecRequest {
         command: extra.command,
         rootfs: args.rootfs,
         image,
-        entrypoint: args.entrypoint,
+        entrypoint: extra.entrypoint,
         network: args.net,
         allow: args.allow,
         deny: args.deny,
         dns_upstream: args.dns_upstream,
         log_network: args.log_network,
         hostname: args.hostname,
-        user: args.user,
+        user,
         workdir: args.workdir,
         writable_root: args.writable_root,
         sandbox_size: args.sandbox_size,
@@ -157,21 +175,59 @@ pub(super) fn build_spec(
         timings: extra.timings,
     };
     let host_env: BTreeMap<String, String> = std::env::vars().collect();
-    SandboxSpec::build(request, &profile, &host_env).map_err(|e| e.to_string())
+    let spec = SandboxSpec::build(request, &profile, &host_env).map_err(|e| e.to_string())?;
+    if let (Some(size), Some(memory)) = (explicit_sandbox_size, spec.limits.memory) {
+        if size.bytes() > memory.bytes() {
+            return Err(format!(
+                "--sandbox-size {size} is larger than the memory limit {memory}: /sandbox is a tmpfs whose contents count against the sandbox's memory, so the command would be killed for out of memory before it filled it — hint: raise --memory (-m) or lower --sandbox-size"
+            ));
+        }
+    }
+    Ok(spec)
 }
 
-/// `nsbox exec --session ID -- CMD`.
-/// `nsbox exec --session ID`: the session was made with its own flags and configuration, so
-/// nothing of the config file is read here.
-pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
+/// A profile error about a value the config file's `[defaults]` set is the config's error:
+/// it names the file and the key as written there.
+fn config_or_profile_error(
+    e: crate::profile::ProfileError,
+    config: &crate::config::Config,
+) -> String {
+    use crate::profile::ProfileError;
+    let from_config = |origin: &str| config.defaults.iter().any(|l| l.origin == origin);
+    match &e {
+        ProfileError::Unit {
+            origin,
+            key,
+            source,
+        } if from_config(origin) => {
+            format!("config {origin}: defaults.{key}: {source}")
+        }
+        ProfileError::Value {
+            origin,
+            key,
+            message,
+        } if from_config(origin) => {
+            format!("config {origin}: defaults.{key}: {message}")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// `nsbox exec --session ID -- CMD`: the session was made with its own flags and
+/// configuration, so nothing of the config file is read here. `--secret` and `--secret-env`
+/// add variables for this one command, masked in its output like the session's own.
+pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
     let json = args.json;
-    let used = args.sandbox.defining_flags();
+    let mut used = args.sandbox.defining_flags();
+    if args.entrypoint.is_some() {
+        used.push("--entrypoint");
+    }
     if !used.is_empty() {
         return fail(
             json,
             "setup",
             &format!(
-                "{} do not apply with --session (the session was created with its own); with --session use -e, -w, -i, -t, --json, --timeout, --max-output",
+                "{} do not apply with --session (the session was created with its own); with --session use -e, -w, -i, -t, --json, --timeout, --max-output, --secret, --secret-env",
                 used.join(", ")
             ),
             t0,
@@ -185,10 +241,18 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
             t0,
         );
     }
-    let env = match session_env(&args.sandbox.env, args.tty) {
+    let early_masker = raw_secret_masker(&args.sandbox);
+    let mut env = match session_env(&args.sandbox.env, args.tty) {
         Ok(env) => env,
-        Err(message) => return fail(json, "setup", &message, t0),
+        Err(message) => return fail(json, "setup", &early_masker.mask_str(&message), t0),
     };
+    let secrets = match session_secrets(&args.sandbox.secrets, &args.sandbox.secret_env) {
+        Ok(secrets) => secrets,
+        Err(message) => return fail(json, "setup", &early_masker.mask_str(&message), t0),
+    };
+    let secret_values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
+    let masker = Masker::new(&secret_values);
+    env.extend(secrets);
     let store = SessionStore::system();
     let client = match SessionClient::connect(&store, session) {
         Ok(c) => c,
@@ -212,11 +276,51 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
         max_output: args.max_output.map(Limit::into_option),
         phase: None,
         output_to_stderr: false,
+        secrets: secret_values,
     };
     match client.exec(exec, t0) {
-        Ok(outcome) => finish(json, args.timings, &outcome, &Masker::new::<&str>(&[])),
-        Err(e) => fail(json, e.phase(), &e.to_string(), t0),
+        Ok(outcome) => finish(json, args.timings, &outcome, &masker),
+        Err(e) => fail(json, e.phase(), &masker.mask_str(&e.to_string()), t0),
     }
+}
+
+/// `--secret NAME=VALUE` and `--secret-env NAME` of a session exec, checked as for a new
+/// sandbox (a value comes from nsbox's environment with --secret-env; an empty value is refused,
+/// there would be nothing to mask).
+fn session_secrets(
+    secrets: &[String],
+    secret_env: &[String],
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let check = |flag: &str, name: &str, value: Option<&str>| -> Result<(), String> {
+        if !crate::profile::valid_env_name(name) {
+            return Err(format!(
+                "{flag} '{name}': not a valid variable name (letters, digits and '_')"
+            ));
+        }
+        match value {
+            Some(v) if !v.is_empty() => Ok(()),
+            Some(_) => Err(format!(
+                "{flag} '{name}': the value is empty; there is nothing to mask"
+            )),
+            None => Err(format!(
+                "{flag} '{name}': {name} is not set (or empty) in nsbox's environment"
+            )),
+        }
+    };
+    for entry in secrets {
+        let Some((name, value)) = entry.split_once('=') else {
+            return Err("--secret: expected NAME=VALUE".to_string());
+        };
+        check("--secret", name, Some(value))?;
+        out.push((name.to_string(), value.to_string()));
+    }
+    for name in secret_env {
+        let value = std::env::var(name).ok().filter(|v| !v.is_empty());
+        check("--secret-env", name, value.as_deref())?;
+        out.push((name.clone(), value.unwrap_or_default()));
+    }
+    Ok(out)
 }
 
 /// `-e` flags of a session exec, parsed as for a new sandbox: NAME=VALUE, or NAME copied from
