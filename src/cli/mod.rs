@@ -237,7 +237,7 @@ pub struct SandboxArgs {
 
     /// Memory limit for the whole sandbox (e.g. 512m, 2g, none). Swap is always off; the
     /// /sandbox and /tmp tmpfs count against it.
-    #[arg(long, short = 'm', value_name = "SIZE", help_heading = "Limits")]
+    #[arg(long, short = 'm', value_name = "SIZE", value_parser = parse_memory, help_heading = "Limits")]
     memory: Option<Limit<ByteSize>>,
     /// CPU time limit in cores (e.g. 0.5, 2, none).
     #[arg(long, value_name = "CORES", help_heading = "Limits")]
@@ -400,6 +400,18 @@ pub struct RunArgs {
 
 fn parse_network(s: &str) -> Result<NetworkMode, String> {
     s.parse()
+}
+
+/// `--memory`, with a hint for the old `-m SRC:DST` (`-m` was `--mount` before it became
+/// Docker's memory letter).
+fn parse_memory(s: &str) -> Result<Limit<ByteSize>, String> {
+    s.parse::<Limit<ByteSize>>().map_err(|e| {
+        if s.contains(':') || s.starts_with('/') || s.starts_with('.') {
+            format!("{e} — hint: '{s}' looks like a mount: -m is --memory (as in Docker); bind a host path with -v/--mount SRC:DST")
+        } else {
+            e.to_string()
+        }
+    })
 }
 
 /// The exit status of a usage error that is not nsbox failing: `nsbox` alone, a command

@@ -101,11 +101,23 @@ fn help_tells_docker_users_what_differs() {
     ] {
         assert!(run.stdout.contains(needle), "run --help lacks {needle}");
     }
-    assert!(!run.stdout.contains("-s, --session"), "run has no --session");
+    assert!(
+        !run.stdout.contains("-s, --session"),
+        "run has no --session"
+    );
     let run = nsbox(&["exec", "--help"]);
     assert!(run.stdout.contains("-s, --session"));
     let run = nsbox(&["--help"]);
     assert!(run.stdout.contains("Docker habits"), "{}", run.stdout);
+    // The old `-m SRC:DST` says what changed.
+    let run = nsbox(&["run", "-m", "/tmp:/x", "--", "true"]);
+    assert_eq!(run.code, 125);
+    assert!(
+        run.stderr
+            .contains("-m is --memory (as in Docker); bind a host path with -v/--mount SRC:DST"),
+        "{}",
+        run.stderr
+    );
     // `run` starts a new sandbox only.
     let run = nsbox(&["run", "--session", "x", "--", "true"]);
     assert_eq!(run.code, 125);
