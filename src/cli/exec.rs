@@ -141,6 +141,7 @@ pub(super) fn build_spec(
         None => None,
     };
     let explicit_sandbox_size = args.sandbox_size;
+    let tmpfs = args.tmpfs.clone();
     let request = ExecRequest {
         command: extra.command,
         rootfs: args.rootfs,
@@ -175,7 +176,8 @@ pub(super) fn build_spec(
         timings: extra.timings,
     };
     let host_env: BTreeMap<String, String> = std::env::vars().collect();
-    let spec = SandboxSpec::build(request, &profile, &host_env).map_err(|e| e.to_string())?;
+    let mut spec = SandboxSpec::build(request, &profile, &host_env).map_err(|e| e.to_string())?;
+    spec.tmpfs = tmpfs_mounts(&tmpfs, &spec)?;
     if let (Some(size), Some(memory)) = (explicit_sandbox_size, spec.limits.memory) {
         if size.bytes() > memory.bytes() {
             return Err(format!(
@@ -184,6 +186,76 @@ pub(super) fn build_spec(
         }
     }
     Ok(spec)
+}
+
+/// `--tmpfs PATH[:SIZE]` (also Docker's `PATH:size=SIZE`), checked against the spec: an
+/// absolute path, not /, not where the sandbox mounts its own filesystems, and not inside a
+/// bind mount (which would cover it).
+fn tmpfs_mounts(
+    entries: &[String],
+    spec: &SandboxSpec,
+) -> Result<Vec<crate::spec::TmpfsMount>, String> {
+    use std::path::{Component, Path, PathBuf};
+    let mut out: Vec<crate::spec::TmpfsMount> = Vec::new();
+    for entry in entries {
+        let err = |reason: &str| format!("--tmpfs '{entry}': {reason}");
+        let (path, size) = match entry.split_once(':') {
+            Some((path, size)) => {
+                let text = size.strip_prefix("size=").unwrap_or(size);
+                let size: ByteSize = text
+                    .parse()
+                    .map_err(|e| err(&format!("{e} (the only option is a size: PATH:64m)")))?;
+                (path, size)
+            }
+            None => (entry.as_str(), spec.sizes.tmp),
+        };
+        let mut target = PathBuf::from("/");
+        if !path.starts_with('/') {
+            return Err(err("the path must be absolute"));
+        }
+        for c in Path::new(path).components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(part) => target.push(part),
+                _ => return Err(err("the path must not contain '..'")),
+            }
+        }
+        if target == Path::new("/") {
+            return Err(err("the path cannot be / (use --writable-root)"));
+        }
+        for own in ["/proc", "/dev", "/sys"] {
+            if target.starts_with(own) {
+                return Err(err(&format!(
+                    "{own} is the sandbox's own; nothing can be mounted inside it"
+                )));
+            }
+        }
+        for (own, flag) in [("/tmp", "--tmp-size"), ("/sandbox", "--sandbox-size")] {
+            if target == Path::new(own) {
+                return Err(err(&format!(
+                    "{own} is a tmpfs already — hint: size it with {flag}"
+                )));
+            }
+        }
+        if let Some(bind) = spec.mounts.iter().find(|m| target.starts_with(&m.target)) {
+            return Err(err(&format!(
+                "it is inside the bind mount at {}, which would cover it",
+                bind.target.display()
+            )));
+        }
+        if out.iter().any(|t| t.target == target) {
+            return Err(err("given twice"));
+        }
+        if let Some(memory) = spec.limits.memory {
+            if size.bytes() > memory.bytes() {
+                return Err(err(&format!(
+                    "its size {size} is larger than the memory limit {memory}, which its contents count against — hint: a smaller PATH:SIZE, or raise --memory"
+                )));
+            }
+        }
+        out.push(crate::spec::TmpfsMount { target, size });
+    }
+    Ok(out)
 }
 
 /// A profile error about a value the config file's `[defaults]` set is the config's error:

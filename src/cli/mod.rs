@@ -225,6 +225,14 @@ pub struct SandboxArgs {
     /// /sandbox; a DST ending in / keeps SRC's name). Repeatable.
     #[arg(long = "copy", value_name = "SRC:DST", help_heading = "Filesystem")]
     copies: Vec<String>,
+    /// Mount a fresh tmpfs at PATH (writable by all like /tmp, nosuid, nodev; SIZE defaults
+    /// to --tmp-size's; its contents count against --memory). Repeatable.
+    #[arg(
+        long = "tmpfs",
+        value_name = "PATH[:SIZE]",
+        help_heading = "Filesystem"
+    )]
+    tmpfs: Vec<String>,
     /// Size of the writable /sandbox tmpfs (the working directory and HOME).
     #[arg(long, value_name = "SIZE", help_heading = "Filesystem")]
     sandbox_size: Option<ByteSize>,
@@ -321,6 +329,7 @@ impl SandboxArgs {
         check(self.writable_root, "--writable-root");
         check(!self.mounts.is_empty(), "--mount");
         check(!self.copies.is_empty(), "--copy");
+        check(!self.tmpfs.is_empty(), "--tmpfs");
         check(self.sandbox_size.is_some(), "--sandbox-size");
         check(self.tmp_size.is_some(), "--tmp-size");
         check(self.root_size.is_some(), "--root-size");

@@ -640,3 +640,71 @@ fn a_sandbox_size_above_the_memory_limit_is_refused() {
         "is larger than the memory limit",
     );
 }
+
+#[test]
+fn tmpfs_mounts_a_sized_scratch_directory() {
+    require_root!();
+    let run = nsbox(&[
+        "run",
+        "--tmpfs",
+        "/scratch:8m",
+        "--tmpfs",
+        "/var/cache/nsbox-test:size=4m",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo hi > /scratch/f && cat /scratch/f; stat -c %a /scratch; \
+         grep -E ' /(scratch|var/cache/nsbox-test) ' /proc/mounts | cut -d' ' -f2-4",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[0], "hi");
+    assert_eq!(lines[1], "1777");
+    assert!(
+        lines[2..]
+            .iter()
+            .any(|l| l.starts_with("/scratch tmpfs rw,nosuid,nodev") && l.contains("size=8192k")),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2..].iter().any(
+            |l| l.starts_with("/var/cache/nsbox-test tmpfs rw,nosuid,nodev")
+                && l.contains("size=4096k")
+        ),
+        "{lines:?}"
+    );
+    let full = nsbox(&[
+        "run",
+        "--tmpfs",
+        "/small:1m",
+        "--",
+        "/bin/sh",
+        "-c",
+        "head -c 2000000 /dev/zero > /small/f; echo $?",
+    ]);
+    assert_eq!(full.stdout.trim(), "1", "the size is a limit: {full:?}");
+    fails(
+        &nsbox(&["run", "--tmpfs", "/tmp", "--", "true"]),
+        "--tmpfs '/tmp': /tmp is a tmpfs already — hint: size it with --tmp-size",
+    );
+    fails(
+        &nsbox(&[
+            "run",
+            "-v",
+            "/etc:/data",
+            "--tmpfs",
+            "/data/x",
+            "--",
+            "true",
+        ]),
+        "--tmpfs '/data/x': it is inside the bind mount at /data, which would cover it",
+    );
+    fails(
+        &nsbox(&["run", "--tmpfs", "/proc/x", "--", "true"]),
+        "/proc is the sandbox's own",
+    );
+    fails(
+        &nsbox(&["run", "-m", "16m", "--tmpfs", "/x:1g", "--", "true"]),
+        "is larger than the memory limit 16 MiB",
+    );
+}
