@@ -22,6 +22,7 @@ pub fn run(
     let json = args.json;
     // Until the spec exists, secrets are known only from the raw flags: mask them anyway.
     let early_masker = raw_secret_masker(&args.sandbox);
+    let labels: BTreeMap<String, String> = args.sandbox.labels.iter().cloned().collect();
     // The image's layers stay locked (shared) for as long as this process supervises the
     // sandbox, so `nsbox image prune` and `rmi` never delete them under it.
     let image = match open_image(&args.sandbox, state_root, config) {
@@ -49,7 +50,7 @@ pub fn run(
     };
     let masker = Masker::new(&spec.secrets);
     if json {
-        start_event(&spec.id, &spec.profile_name, spec.network.as_str());
+        start_event(&spec.id, &spec.profile_name, spec.network.as_str(), &labels);
     }
     tracing::info!(id = %spec.id, profile = %spec.profile_name, "starting sandbox");
     match sandbox::run(&spec, t0) {
@@ -72,11 +73,17 @@ pub(super) fn raw_secret_masker(sandbox: &SandboxArgs) -> Masker {
     )
 }
 
-pub(super) fn start_event(id: &str, profile: &str, network: &str) {
+pub(super) fn start_event(
+    id: &str,
+    profile: &str,
+    network: &str,
+    labels: &BTreeMap<String, String>,
+) {
     let start = Event::Start {
         id,
         profile,
         network,
+        labels: (!labels.is_empty()).then_some(labels),
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(&start.to_line());
@@ -127,6 +134,9 @@ pub(super) fn build_spec(
     image: Option<crate::spec::ImageSpec>,
     config: &crate::config::Config,
 ) -> Result<SandboxSpec, String> {
+    if let Some(message) = verbose_after_command(&args) {
+        return Err(message);
+    }
     let profile = Profile::load_layered(
         args.profile.as_deref().unwrap_or("default"),
         &config.defaults,
@@ -258,6 +268,18 @@ fn tmpfs_mounts(
     Ok(out)
 }
 
+/// `nsbox run -vv ...`: after the command `-v` is --volume, so `-vv` is a mount of "v".
+fn verbose_after_command(args: &SandboxArgs) -> Option<String> {
+    args.mounts
+        .iter()
+        .find(|m| !m.is_empty() && m.chars().all(|c| c == 'v'))
+        .map(|m| {
+            format!(
+                "-v{m} is a mount of '{m}': after the command, -v is --volume (as in Docker) — hint: give nsbox's own -v/-vv before the command (nsbox -v{m} run ...) or write --verbose"
+            )
+        })
+}
+
 /// A profile error about a value the config file's `[defaults]` set is the config's error:
 /// it names the file and the key as written there.
 fn config_or_profile_error(
@@ -290,6 +312,9 @@ fn config_or_profile_error(
 /// add variables for this one command, masked in its output like the session's own.
 pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
     let json = args.json;
+    if let Some(message) = verbose_after_command(&args.sandbox) {
+        return fail(json, "usage", &message, t0);
+    }
     let mut used = args.sandbox.defining_flags();
     if args.entrypoint.is_some() {
         used.push("--entrypoint");
@@ -335,6 +360,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
             &client.record.id,
             &client.record.profile,
             &client.record.network,
+            &super::session::read_labels(&store, &client.record.id),
         );
     }
     let exec = SessionExec {

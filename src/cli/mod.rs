@@ -305,6 +305,10 @@ pub struct SandboxArgs {
     /// Read variables from a file of NAME=VALUE lines. Repeatable.
     #[arg(long = "env-file", value_name = "FILE", help_heading = "Process")]
     env_files: Vec<PathBuf>,
+    /// Attach a label (a job id, a PR): in the --json start event, and for a session in `ps`
+    /// and `inspect`, selected with `ps --filter label=KEY[=VALUE]`. Repeatable.
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = session::parse_label, help_heading = "Process")]
+    labels: Vec<(String, String)>,
     /// Set a secret variable: its value is masked as *** in everything nsbox relays. Repeatable.
     #[arg(long = "secret", value_name = "NAME=VALUE", help_heading = "Process")]
     secrets: Vec<String>,
@@ -344,6 +348,7 @@ impl SandboxArgs {
         check(self.user.is_some(), "--user");
         check(self.hostname.is_some(), "--hostname");
         check(!self.env_files.is_empty(), "--env-file");
+        check(!self.labels.is_empty(), "--label");
         used
     }
 }

@@ -28,10 +28,6 @@ pub struct CreateArgs {
     /// A name for the session, usable wherever an id is (unique on this host).
     #[arg(long, value_name = "NAME", help_heading = "Sessions")]
     name: Option<String>,
-    /// Attach a label (a job id, a PR): shown by `ps` and `inspect`, selected with
-    /// `ps --filter label=KEY[=VALUE]`. Repeatable.
-    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = parse_label, help_heading = "Sessions")]
-    labels: Vec<(String, String)>,
     /// Stop the session once it was idle (no command running, nobody connected) this long
     /// (default 1h, or the config's cleanup.session_max_age; `none` keeps it until `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
@@ -81,6 +77,8 @@ pub fn create(
         }
     }
     let masker = raw_secret_masker(&args.sandbox);
+    let labels: std::collections::BTreeMap<String, String> =
+        args.sandbox.labels.iter().cloned().collect();
     let script = match (&args.setup, &args.setup_file) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(path)) => match std::fs::read_to_string(path) {
@@ -132,15 +130,15 @@ pub fn create(
         Ok(started) => started,
         Err(e) => return fail(json, e.phase(), &masker.mask_str(&e.to_string()), t0),
     };
-    if !args.labels.is_empty() {
-        if let Err(e) = write_labels(&store, &record.id, &args.labels) {
+    if !labels.is_empty() {
+        if let Err(e) = write_labels(&store, &record.id, &labels) {
             pending.abort();
             wait_gone(&store, &record.id);
             return fail(json, "setup", &format!("saving the labels: {e}"), t0);
         }
     }
     if json {
-        start_event(&record.id, &spec.profile_name, &record.network);
+        start_event(&record.id, &spec.profile_name, &record.network, &labels);
     }
     if let Some(script) = script {
         let outcome = SessionClient::connect(&store, &record.id).and_then(|client| {
@@ -265,7 +263,7 @@ fn parse_filter(text: &str) -> Result<Filter, String> {
 }
 
 /// `--label KEY=VALUE` (a bare KEY has an empty value, as in Docker).
-fn parse_label(text: &str) -> Result<(String, String), String> {
+pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').unwrap_or((text, ""));
     let key_ok = !key.is_empty()
         && key.len() <= 128
@@ -293,13 +291,9 @@ fn labels_path(store: &SessionStore, id: &str) -> PathBuf {
 fn write_labels(
     store: &SessionStore,
     id: &str,
-    labels: &[(String, String)],
+    map: &std::collections::BTreeMap<String, String>,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let map: std::collections::BTreeMap<&str, &str> = labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

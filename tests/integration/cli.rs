@@ -118,6 +118,15 @@ fn help_tells_docker_users_what_differs() {
         "{}",
         run.stderr
     );
+    // `-vv` after the command is a mount of "v": said so.
+    let run = nsbox(&["exec", "-vv", "--", "true"]);
+    assert_eq!(run.code, 125);
+    assert!(
+        run.stderr
+            .contains("-vv is a mount of 'v': after the command, -v is --volume (as in Docker)"),
+        "{}",
+        run.stderr
+    );
     // `run` starts a new sandbox only.
     let run = nsbox(&["run", "--session", "x", "--", "true"]);
     assert_eq!(run.code, 125);
@@ -310,6 +319,22 @@ fn labels_filters_quiet_format_inspect_and_stop_t() {
     assert!(bad.stderr.contains("'colour' is not a filter"), "{bad:?}");
     let bad = s(&["ps", "--format", "yaml"]);
     assert!(bad.stderr.contains("'yaml' is not a format"), "{bad:?}");
+    // The --json start event carries the labels: a session's, and a one-shot's own.
+    let ev = s(&["exec", "--session", "la", "--json", "--", "true"]);
+    assert_eq!(
+        events(&ev.stdout)[0]["labels"],
+        serde_json::json!({"job": "42", "pr": ""}),
+        "{ev:?}"
+    );
+    let ev = s(&["run", "--json", "--label", "job=7", "--", "true"]);
+    let start = &events(&ev.stdout)[0];
+    assert_eq!(start["type"], "start");
+    assert_eq!(start["labels"], serde_json::json!({"job": "7"}), "{ev:?}");
+    let ev = s(&["run", "--json", "--", "true"]);
+    assert!(
+        events(&ev.stdout)[0].get("labels").is_none(),
+        "absent without labels"
+    );
     // stop -t SECONDS (Docker's spelling of --grace).
     assert_eq!(s(&["stop", "-t", "1", "la"]).code, 0);
     assert_eq!(s(&["stop", "--time", "1", &b]).code, 0);
