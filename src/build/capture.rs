@@ -20,9 +20,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::ids::IDS_IN_SANDBOX;
 use crate::image::digest::{Digest, Hasher};
 use crate::image::tar::{EntryMeta, Kind, TarWriter};
-use crate::spec::IDS_IN_SANDBOX;
 
 /// Files nsbox writes into every sandbox's root; never part of a built layer.
 const NSBOX_FILES: &[&str] = &["etc/hostname", "etc/hosts", "etc/resolv.conf"];

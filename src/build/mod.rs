@@ -23,15 +23,18 @@ use rustix::fs::{self as rfs, Mode};
 
 pub use recipe::{Recipe, RecipeFile};
 
-use crate::config::{Config, PullPolicy};
+use crate::config::Config;
+use crate::ids::DEFAULT_UID_BASE;
 use crate::image::digest::Digest;
-use crate::image::load::{self, add_to_index, store_doc, unpack_stream, Expect};
+use crate::image::ingest::{self, add_to_index, store_doc, unpack_stream, Expect};
 use crate::image::oci;
 use crate::image::store::{remove_tree, ImageRecord, LayerRecord, Store};
 use crate::image::{ImageError, Limits};
 use crate::profile::{NetworkMode, Profile};
-use crate::spec::units::ByteSize;
-use crate::spec::{ExecRequest, Limit, SandboxSpec, Timeout, DEFAULT_UID_BASE};
+use crate::registry::pull::PullPolicy;
+use crate::spec::{ExecRequest, SandboxSpec};
+use crate::units::ByteSize;
+use crate::units::{Limit, Timeout};
 
 /// The label the recipe hash is recorded under in the image config.
 pub const HASH_LABEL: &str = "org.nsbox.recipe.hash";
@@ -42,13 +45,24 @@ pub enum BuildError {
     #[error("recipe {origin}: {message}")]
     Recipe { origin: String, message: String },
     #[error("base image: {0}")]
-    Base(String),
+    Base(#[from] crate::registry::pull::EnsureError),
+    #[error("base image: {0}")]
+    BaseMissing(ImageError),
+    #[error("base image: {0}")]
+    BaseConfig(String),
     #[error("the build sandbox: {0}")]
-    Sandbox(String),
+    Profile(#[from] crate::profile::ProfileError),
+    #[error("the build sandbox: {0}")]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("the build sandbox: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("the setup failed (exit {code}{detail}); no image was tagged — its output is above")]
     SetupFailed { code: i32, detail: String },
-    #[error("capturing the build's changes: {0}")]
-    Capture(String),
+    #[error("capturing the build's changes: {what}: {source}")]
+    Capture {
+        what: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
 }
@@ -97,13 +111,14 @@ pub fn build(
         PullPolicy::Never => PullPolicy::Never,
         _ => PullPolicy::Missing,
     };
-    crate::registry::pull::ensure(&req.recipe.base, policy, state_root, config, false)
-        .map_err(BuildError::Base)?;
+    crate::registry::pull::ensure(&req.recipe.base, policy, state_root, |registry| {
+        config.pull_options(state_root, registry, false)
+    })?;
     let store = Store::open(state_root)?;
     let index = store.index()?;
     let base = store
         .resolve(&index, &req.recipe.base)
-        .map_err(|e| BuildError::Base(e.to_string()))?
+        .map_err(BuildError::BaseMissing)?
         .clone();
     let hash = req.recipe.hash(&base.digest);
     if !req.force {
@@ -140,11 +155,14 @@ pub fn build(
     let _guard = store.load_guard()?;
     let root = crate::image::open_root(state_root, &base.digest.to_string())?;
     if !req.recipe.install.is_empty() && !has_package_manager(&root.spec().layers) {
-        return Err(BuildError::Base(format!(
-            "{} has no package manager nsbox knows (apt-get, apk, dnf, yum) to install {} — hint: choose a base that has one (debian, ubuntu, alpine, fedora), or add the programs with `setup` commands",
-            req.recipe.base,
-            req.recipe.install.join(" ")
-        )));
+        return Err(BuildError::Recipe {
+            origin: req.origin.clone(),
+            message: format!(
+                "the base {} has no package manager nsbox knows (apt-get, apk, dnf, yum) to install {} — hint: choose a base that has one (debian, ubuntu, alpine, fedora), or add the programs with `setup` commands",
+                req.recipe.base,
+                req.recipe.install.join(" ")
+            ),
+        });
     }
     let workdir = store.tmp_path("build");
     let result = run_and_capture(req, &store, config, &root, &base, &workdir, &hash, &tag, t0);
@@ -207,7 +225,7 @@ fn run_and_capture(
 ) -> Result<(ImageRecord, u64), BuildError> {
     let io = |what: &str| {
         let what = what.to_string();
-        move |e: std::io::Error| BuildError::Capture(format!("{what}: {e}"))
+        move |source: std::io::Error| BuildError::Capture { what, source }
     };
     let upper = workdir.join("upper");
     rfs::mkdir(workdir, Mode::from_raw_mode(0o700))
@@ -227,7 +245,7 @@ fn run_and_capture(
     let image_spec = root.spec();
     let mut spec = sandbox_spec(req, config, image_spec.clone())?;
     spec.upper_dir = Some(workdir.to_path_buf());
-    let outcome = crate::sandbox::run(&spec, t0).map_err(|e| BuildError::Sandbox(e.to_string()))?;
+    let outcome = crate::sandbox::run(&spec, t0)?;
     let code = outcome.exit_code();
     if code != 0 {
         return Err(BuildError::SetupFailed {
@@ -257,11 +275,11 @@ fn run_and_capture(
     let base_config =
         std::fs::read(store.blob_path(&base.config)).map_err(io("read the base's config"))?;
     let mut config_json: serde_json::Value = serde_json::from_slice(&base_config)
-        .map_err(|e| BuildError::Base(format!("its config is not valid JSON: {e}")))?;
+        .map_err(|e| BuildError::BaseConfig(format!("its config is not valid JSON: {e}")))?;
     let now = rfc3339_now();
     let obj = config_json
         .as_object_mut()
-        .ok_or_else(|| BuildError::Base("its config is not a JSON object".into()))?;
+        .ok_or_else(|| BuildError::BaseConfig("its config is not a JSON object".into()))?;
     obj.insert("created".into(), now.clone().into());
     obj.remove("container_config");
     obj.remove("container");
@@ -306,9 +324,9 @@ fn run_and_capture(
         }
     }
     let config_bytes = serde_json::to_vec(&config_json)
-        .map_err(|e| BuildError::Capture(format!("write the image config: {e}")))?;
+        .map_err(|e| io("write the image config")(std::io::Error::other(e)))?;
     let config_digest = Digest::of(&config_bytes);
-    let parsed: oci::ImageConfig = load::parse_json("the built image config", &config_bytes)?;
+    let parsed: oci::ImageConfig = ingest::parse_json("the built image config", &config_bytes)?;
 
     let mut layers = base.layers.clone();
     layers.push(LayerRecord {
@@ -319,7 +337,7 @@ fn run_and_capture(
         unpacked_bytes: layer.unpacked_bytes,
     });
     let (manifest_digest, manifest_bytes) =
-        load::synthesize_manifest(&(config_digest.clone(), config_bytes.clone()), &layers)?;
+        ingest::synthesize_manifest(&(config_digest.clone(), config_bytes.clone()), &layers)?;
     store_doc(store, &config_digest, &config_bytes)?;
     store_doc(store, &manifest_digest, &manifest_bytes)?;
     let record = ImageRecord {
@@ -351,8 +369,7 @@ fn sandbox_spec(
     config: &Config,
     image: crate::spec::ImageSpec,
 ) -> Result<SandboxSpec, BuildError> {
-    let profile = Profile::load_layered("default", &config.defaults)
-        .map_err(|e| BuildError::Sandbox(e.to_string()))?;
+    let profile = Profile::load_layered("default", &config.defaults)?;
     let recipe = &req.recipe;
     let mut env = vec!["HOME=/root".to_string()];
     env.extend(recipe.env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -404,7 +421,7 @@ fn sandbox_spec(
         timings: false,
     };
     let host_env: BTreeMap<String, String> = std::env::vars().collect();
-    SandboxSpec::build(request, &profile, &host_env).map_err(|e| BuildError::Sandbox(e.to_string()))
+    Ok(SandboxSpec::build(request, &profile, &host_env)?)
 }
 
 /// The history line of a build: what it installed and ran, shortened.

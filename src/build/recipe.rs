@@ -110,10 +110,10 @@ impl RecipeFile {
             }
         }
         if let Some(t) = &self.timeout {
-            crate::spec::units::parse_duration(t).map_err(|e| bad(format!("timeout: {e}")))?;
+            crate::units::parse_duration(t).map_err(|e| bad(format!("timeout: {e}")))?;
         }
         if let Some(m) = &self.memory {
-            m.parse::<crate::spec::units::ByteSize>()
+            m.parse::<crate::units::ByteSize>()
                 .map_err(|e| bad(format!("memory: {e}")))?;
         }
         Ok(Recipe {

@@ -511,6 +511,7 @@ fn limit_writes(
                         bytes,
                         format!("{} is absent (swap accounting off; boot with swapaccount=1): the sandbox may use swap beyond its memory limit", dir.join("memory.memsw.limit_in_bytes").display()),
                     ));
+                    w.push(v1_tcp_limit(bytes, dir));
                 }
             }
             (CgroupVersion::V1, Controller::Cpu) => {
@@ -522,6 +523,20 @@ fn limit_writes(
         }
     }
     w
+}
+
+/// cgroup v1 charges socket buffers to a memory cgroup only once its
+/// `memory.kmem.tcp.limit_in_bytes` is set (v2 charges them to `memory.current` always), and
+/// then counts them apart from `memory.usage_in_bytes`. Without it, a sandbox holding 64 MiB of
+/// memory pinned half a gigabyte of TCP buffers over loopback. The sandbox's memory limit is
+/// used as its TCP budget too: written before any process joins, so every socket of the
+/// sandbox is charged. Absent on kernels without kernel-memory accounting (a warning).
+fn v1_tcp_limit(memory_bytes: u64, dir: &Path) -> LimitWrite {
+    LimitWrite::optional(
+        "memory.kmem.tcp.limit_in_bytes",
+        memory_bytes,
+        format!("{} is absent (no kernel-memory accounting): the sandbox's TCP buffers are not bounded by its memory limit", dir.join("memory.kmem.tcp.limit_in_bytes").display()),
+    )
 }
 
 fn read_number(path: &Path) -> Result<Option<u64>, CgroupError> {

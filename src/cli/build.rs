@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error;
-use crate::build::{self, BuildOutcome, BuildRequest, RecipeFile};
+use crate::build::{self, BuildError, BuildOutcome, BuildRequest, RecipeFile};
 use crate::config::Config;
 use crate::exit;
 
@@ -75,12 +75,9 @@ pub struct SetupArgs {
     force: bool,
 }
 
-fn request(args: BuildArgs) -> Result<BuildRequest, String> {
+fn request(args: BuildArgs) -> Result<BuildRequest, BuildError> {
     let (mut file, origin) = match &args.file {
-        Some(path) => (
-            RecipeFile::load(path).map_err(|e| e.to_string())?,
-            path.display().to_string(),
-        ),
+        Some(path) => (RecipeFile::load(path)?, path.display().to_string()),
         None => (RecipeFile::default(), "command line".to_string()),
     };
     if let Some(base) = args.base {
@@ -91,10 +88,14 @@ fn request(args: BuildArgs) -> Result<BuildRequest, String> {
     if let Some(setup) = args.setup {
         file.setup = Some(setup);
     }
-    let tag = args.tag.or(file.tag.clone()).ok_or_else(|| {
-        format!("{origin}: no tag — hint: pass --tag NAME[:TAG] or set `tag` in the recipe")
-    })?;
-    let recipe = file.complete(&origin).map_err(|e| e.to_string())?;
+    let tag = args
+        .tag
+        .or(file.tag.clone())
+        .ok_or_else(|| BuildError::Recipe {
+            origin: origin.clone(),
+            message: "no tag — hint: pass --tag NAME[:TAG] or set `tag` in the recipe".into(),
+        })?;
+    let recipe = file.complete(&origin)?;
     Ok(BuildRequest {
         recipe,
         origin,
@@ -129,21 +130,17 @@ fn report(outcome: &BuildOutcome, tag: &str) {
 }
 
 pub fn build(args: BuildArgs, state_root: &Path, config: &Config, t0: u64) -> i32 {
-    let req = match request(args) {
-        Ok(r) => r,
-        Err(e) => {
-            error(&e);
-            return exit::NSBOX_FAILED;
-        }
-    };
-    match build::build(&req, state_root, config, t0) {
-        Ok(outcome) => {
+    let result = request(args)
+        .and_then(|req| build::build(&req, state_root, config, t0).map(|outcome| (outcome, req)));
+    match result {
+        Ok((outcome, req)) => {
             report(&outcome, &req.tag);
             0
         }
         Err(e) => {
-            error(&e.to_string());
-            exit::NSBOX_FAILED
+            let failure = crate::report::Failure::of(&e);
+            error(&failure.to_string());
+            failure.exit_code()
         }
     }
 }
@@ -165,11 +162,8 @@ pub fn setup(args: SetupArgs, state_root: &Path, config: &Config, t0: u64) -> i3
             force: args.force,
             log_network: false,
         };
-        let result = request(args).and_then(|req| {
-            build::build(&req, state_root, config, t0)
-                .map(|o| (o, req.tag))
-                .map_err(|e| e.to_string())
-        });
+        let result = request(args)
+            .and_then(|req| build::build(&req, state_root, config, t0).map(|o| (o, req.tag)));
         match result {
             Ok((outcome, tag)) => report(&outcome, &tag),
             Err(e) => {

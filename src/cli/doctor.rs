@@ -1,7 +1,7 @@
 //! `nsbox doctor`: prints what works on this host, what does not, and what to do. Exit status 0
 //! when `nsbox exec` will work, 1 when it will not.
 
-use crate::host::doctor::{run_checks, Status};
+use crate::doctor::{run_checks, Status};
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {

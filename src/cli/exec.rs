@@ -4,14 +4,15 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use super::{error, RunArgs, SandboxArgs};
-use crate::exit;
 use crate::profile::Profile;
 use crate::relay::{Event, Masker};
-use crate::sandbox::{self, Outcome, SandboxError};
+use crate::report::{Class, Failure, Phase};
+use crate::sandbox::{self, Outcome};
 use crate::session::client::{SessionClient, SessionExec};
 use crate::session::state::SessionStore;
-use crate::spec::units::ByteSize;
-use crate::spec::{ExecRequest, Limit, SandboxSpec, Timeout};
+use crate::spec::{ExecRequest, SandboxSpec};
+use crate::units::ByteSize;
+use crate::units::{Limit, Timeout};
 
 pub fn run(
     args: RunArgs,
@@ -27,7 +28,7 @@ pub fn run(
     // sandbox, so `nsbox image prune` and `rmi` never delete them under it.
     let image = match open_image(&args.sandbox, state_root, config) {
         Ok(image) => image,
-        Err(message) => return fail(json, "setup", &message, t0),
+        Err(failure) => return fail(json, &failure, t0),
     };
     let command = ExecExtras {
         command: args.command,
@@ -39,14 +40,25 @@ pub fn run(
         json: args.json,
         timings: args.timings,
     };
-    let spec = match build_spec(
+    let mut spec = match build_spec(
         args.sandbox,
         command,
         image.as_ref().map(|i| i.spec()),
         config,
     ) {
         Ok(spec) => spec,
-        Err(message) => return fail(json, "setup", &early_masker.mask_str(&message), t0),
+        Err(failure) => return fail(json, &failure.map_text(|t| early_masker.mask_str(t)), t0),
+    };
+    // The sandbox's own host id range, held until it ends (crate::idrange).
+    let _ids = match crate::idrange::assign(&mut spec) {
+        Ok(range) => range,
+        Err(e) => {
+            return fail(
+                json,
+                &Failure::new(Class::Failed, Phase::Setup, e.to_string()),
+                t0,
+            )
+        }
     };
     let masker = Masker::new(&spec.secrets);
     if json {
@@ -55,10 +67,7 @@ pub fn run(
     tracing::info!(id = %spec.id, profile = %spec.profile_name, "starting sandbox");
     match sandbox::run(&spec, t0) {
         Ok(outcome) => finish(spec.io.json, spec.timings, &outcome, &masker),
-        Err(e) => {
-            let message = masker.mask_str(&describe(&e));
-            fail(json, e.phase(), &message, t0)
-        }
+        Err(e) => fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     }
 }
 
@@ -108,20 +117,25 @@ pub(super) fn open_image(
     sandbox: &SandboxArgs,
     state_root: &std::path::Path,
     config: &crate::config::Config,
-) -> Result<Option<crate::image::ImageRoot>, String> {
+) -> Result<Option<crate::image::ImageRoot>, Failure> {
     match sandbox.image.as_deref() {
         Some(reference) => {
             let policy = sandbox.pull.unwrap_or(config.pull.policy);
-            super::pull::ensure_image(reference, policy, state_root, config)?;
+            super::pull::ensure_image(reference, policy, state_root, config)
+                .map_err(|e| Failure::of(&e))?;
             crate::image::open_root(state_root, reference)
                 .map(Some)
-                .map_err(|e| match (&e, policy) {
-                    (crate::image::ImageError::NotFound { .. }, crate::config::PullPolicy::Never) => {
-                        format!(
-                            "{e}; with --pull never (or the config's pull.policy) nothing is pulled — hint: `nsbox pull {reference}` fetches it, or leave out --pull never"
-                        )
+                .map_err(|e| {
+                    let failure = Failure::of(&e);
+                    match (&e, policy) {
+                        (
+                            crate::image::ImageError::NotFound { .. },
+                            crate::registry::pull::PullPolicy::Never,
+                        ) => failure.with_hint(format!(
+                            "`nsbox pull {reference}` fetches it (with --pull never, or the config's pull.policy = \"never\", nothing is pulled)"
+                        )),
+                        _ => failure,
                     }
-                    _ => e.to_string(),
                 })
         }
         None => Ok(None),
@@ -133,9 +147,9 @@ pub(super) fn build_spec(
     extra: ExecExtras,
     image: Option<crate::spec::ImageSpec>,
     config: &crate::config::Config,
-) -> Result<SandboxSpec, String> {
+) -> Result<SandboxSpec, Failure> {
     if let Some(message) = verbose_after_command(&args) {
-        return Err(message);
+        return Err(usage(message));
     }
     let profile = Profile::load_layered(
         args.profile.as_deref().unwrap_or("default"),
@@ -143,11 +157,9 @@ pub(super) fn build_spec(
     )
     .map_err(|e| config_or_profile_error(e, config))?;
     let user = match &args.user {
-        Some(text) => Some(super::user::resolve(
-            text,
-            args.rootfs.as_deref(),
-            image.as_ref(),
-        )?),
+        Some(text) => Some(
+            super::user::resolve(text, args.rootfs.as_deref(), image.as_ref()).map_err(usage)?,
+        ),
         None => None,
     };
     let explicit_sandbox_size = args.sandbox_size;
@@ -186,13 +198,13 @@ pub(super) fn build_spec(
         timings: extra.timings,
     };
     let host_env: BTreeMap<String, String> = std::env::vars().collect();
-    let mut spec = SandboxSpec::build(request, &profile, &host_env).map_err(|e| e.to_string())?;
-    spec.tmpfs = tmpfs_mounts(&tmpfs, &spec)?;
+    let mut spec = SandboxSpec::build(request, &profile, &host_env).map_err(|e| Failure::of(&e))?;
+    spec.tmpfs = tmpfs_mounts(&tmpfs, &spec).map_err(usage)?;
     if let (Some(size), Some(memory)) = (explicit_sandbox_size, spec.limits.memory) {
         if size.bytes() > memory.bytes() {
-            return Err(format!(
+            return Err(usage(format!(
                 "--sandbox-size {size} is larger than the memory limit {memory}: /sandbox is a tmpfs whose contents count against the sandbox's memory, so the command would be killed for out of memory before it filled it — hint: raise --memory (-m) or lower --sandbox-size"
-            ));
+            )));
         }
     }
     Ok(spec)
@@ -268,6 +280,15 @@ fn tmpfs_mounts(
     Ok(out)
 }
 
+/// A usage error the command line finds itself, its text split at " — hint: " like every
+/// nsbox error's.
+fn usage(text: String) -> Failure {
+    match text.split_once(" — hint: ") {
+        Some((message, hint)) => Failure::usage(message).with_hint(hint),
+        None => Failure::usage(text),
+    }
+}
+
 /// `nsbox run -vv ...`: after the command `-v` is --volume, so `-vv` is a mount of "v".
 fn verbose_after_command(args: &SandboxArgs) -> Option<String> {
     args.mounts
@@ -285,7 +306,7 @@ fn verbose_after_command(args: &SandboxArgs) -> Option<String> {
 fn config_or_profile_error(
     e: crate::profile::ProfileError,
     config: &crate::config::Config,
-) -> String {
+) -> Failure {
     use crate::profile::ProfileError;
     let from_config = |origin: &str| config.defaults.iter().any(|l| l.origin == origin);
     match &e {
@@ -294,16 +315,16 @@ fn config_or_profile_error(
             key,
             source,
         } if from_config(origin) => {
-            format!("config {origin}: defaults.{key}: {source}")
+            Failure::usage(format!("config {origin}: defaults.{key}: {source}"))
         }
         ProfileError::Value {
             origin,
             key,
             message,
         } if from_config(origin) => {
-            format!("config {origin}: defaults.{key}: {message}")
+            Failure::usage(format!("config {origin}: defaults.{key}: {message}"))
         }
-        _ => e.to_string(),
+        _ => Failure::of(&e),
     }
 }
 
@@ -313,7 +334,7 @@ fn config_or_profile_error(
 pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
     let json = args.json;
     if let Some(message) = verbose_after_command(&args.sandbox) {
-        return fail(json, "usage", &message, t0);
+        return fail(json, &usage(message), t0);
     }
     let mut used = args.sandbox.defining_flags();
     if args.entrypoint.is_some() {
@@ -322,10 +343,12 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
     if !used.is_empty() {
         return fail(
             json,
-            "setup",
-            &format!(
-                "{} do not apply with --session (the session was created with its own); with --session use -e, -w, -i, -t, --json, --timeout, --max-output, --secret, --secret-env",
+            &Failure::usage(format!(
+                "{} do not apply with --session (the session was created with its own)",
                 used.join(", ")
+            ))
+            .with_hint(
+                "with --session use -e, -w, -i, -t, --json, --timeout, --max-output, --secret, --secret-env",
             ),
             t0,
         );
@@ -333,19 +356,19 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
     if args.command.is_empty() {
         return fail(
             json,
-            "setup",
-            "no command given — usage: nsbox exec --session ID [OPTIONS] -- CMD [ARGS...]",
+            &Failure::usage("no command given")
+                .with_hint("usage: nsbox exec --session ID [OPTIONS] -- CMD [ARGS...]"),
             t0,
         );
     }
     let early_masker = raw_secret_masker(&args.sandbox);
     let mut env = match session_env(&args.sandbox.env, args.tty) {
         Ok(env) => env,
-        Err(message) => return fail(json, "setup", &early_masker.mask_str(&message), t0),
+        Err(failure) => return fail(json, &failure.map_text(|t| early_masker.mask_str(t)), t0),
     };
     let secrets = match session_secrets(&args.sandbox.secrets, &args.sandbox.secret_env) {
         Ok(secrets) => secrets,
-        Err(message) => return fail(json, "setup", &early_masker.mask_str(&message), t0),
+        Err(message) => return fail(json, &usage(early_masker.mask_str(&message)), t0),
     };
     let secret_values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
     let masker = Masker::new(&secret_values);
@@ -353,7 +376,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
     let store = SessionStore::system();
     let client = match SessionClient::connect(&store, session) {
         Ok(c) => c,
-        Err(e) => return fail(json, e.phase(), &e.to_string(), t0),
+        Err(e) => return fail(json, &Failure::of(&e), t0),
     };
     if json {
         start_event(
@@ -378,7 +401,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
     };
     match client.exec(exec, t0) {
         Ok(outcome) => finish(json, args.timings, &outcome, &masker),
-        Err(e) => fail(json, e.phase(), &masker.mask_str(&e.to_string()), t0),
+        Err(e) => fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     }
 }
 
@@ -423,7 +446,7 @@ fn session_secrets(
 
 /// `-e` flags of a session exec, parsed as for a new sandbox: NAME=VALUE, or NAME copied from
 /// nsbox's environment; TERM added with a terminal.
-pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, String)>, String> {
+pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, String)>, Failure> {
     let host_env: BTreeMap<String, String> = std::env::vars().collect();
     let mut env = Vec::new();
     if tty {
@@ -431,7 +454,7 @@ pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, 
     }
     for entry in entries {
         if let Some(kv) =
-            crate::spec::parse_env_entry("--env", entry, &host_env).map_err(|e| e.to_string())?
+            crate::spec::parse_env_entry("--env", entry, &host_env).map_err(|e| Failure::of(&e))?
         {
             env.push(kv);
         }
@@ -439,25 +462,16 @@ pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, 
     Ok(env)
 }
 
-fn describe(e: &SandboxError) -> String {
-    match e {
-        SandboxError::Setup { step, message } if message.contains("Operation not permitted") => {
-            format!(
-                "{e} — hint: run as root; `nsbox doctor` shows what this host is missing ({step})"
-            )
-        }
-        _ => e.to_string(),
-    }
-}
-
-/// Reports an nsbox failure (exit code 125).
-pub(super) fn fail(json: bool, phase: &str, message: &str, t0: u64) -> i32 {
-    let code = exit::NSBOX_FAILED;
+/// Reports an nsbox failure: its message and hint on stderr, or an `error` event and an
+/// `exit` event with `--json`. Returns the failure's exit code.
+pub(super) fn fail(json: bool, failure: &Failure, t0: u64) -> i32 {
+    let code = failure.exit_code();
     if json {
         let events = [
             Event::Error {
-                phase,
-                message: message.to_string(),
+                phase: failure.phase.as_str(),
+                message: failure.message.clone(),
+                hint: failure.hint.clone(),
                 code,
             },
             Event::Exit {
@@ -475,7 +489,7 @@ pub(super) fn fail(json: bool, phase: &str, message: &str, t0: u64) -> i32 {
         }
         let _ = out.flush();
     } else {
-        error(message);
+        error(&failure.to_string());
     }
     code
 }
@@ -501,8 +515,9 @@ pub(super) fn finish(json: bool, timings: bool, outcome: &Outcome, masker: &Mask
         if let (Some(message), sandbox::Ending::ExecFailed { .. }) = (&message, &outcome.ending) {
             let _ = out.write_all(
                 &Event::Error {
-                    phase: "setup",
+                    phase: Phase::Setup.as_str(),
                     message: message.clone(),
+                    hint: None,
                     code,
                 }
                 .to_line(),

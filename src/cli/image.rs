@@ -1,14 +1,15 @@
 //! The image commands: `load`, `import`, `images`, `tag`, `rmi`, `save`, `image prune`.
-//! Every failure exits 125 with a message on stderr; listings go to stdout.
+//! Every failure exits with its code (see `crate::exit`: 123 for an image the store lacks,
+//! 121 for a bad name, 125 otherwise) and a message on stderr; listings go to stdout.
 
 use std::path::{Path, PathBuf};
 
 use super::error;
-use crate::exit;
-use crate::image::load::{self, LoadOptions};
+use crate::image::ingest::LoadOptions;
 use crate::image::store::{self, ImageRecord, Store};
+use crate::image::{import, load};
 use crate::image::{ImageError, Limits};
-use crate::spec::units::ByteSize;
+use crate::units::ByteSize;
 
 const LOAD_HELP: &str = "\
 Accepted: an OCI image layout directory (skopeo copy ... oci:DIR:TAG, umoci), an OCI archive
@@ -139,9 +140,10 @@ pub enum ImageCommand {
     Prune,
 }
 
-fn fail(e: impl std::fmt::Display) -> i32 {
-    error(&e.to_string());
-    exit::NSBOX_FAILED
+fn fail(e: impl Into<crate::report::Failure>) -> i32 {
+    let failure = e.into();
+    error(&failure.to_string());
+    failure.exit_code()
 }
 
 fn open_store(root: &Path) -> Result<Store, ImageError> {
@@ -203,7 +205,7 @@ pub fn import(args: ImportArgs, state_root: &Path) -> i32 {
         progress: show_progress(args.quiet),
         threads: 1,
     };
-    match load::import(&store, &args.path, &args.tag, &opts) {
+    match import::import(&store, &args.path, &args.tag, &opts) {
         Ok(image) => {
             println!(
                 "imported {} ({}, {})",

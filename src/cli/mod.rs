@@ -12,6 +12,8 @@ mod prune;
 mod pull;
 mod session;
 mod settings;
+#[cfg(test)]
+mod spec_tests;
 mod user;
 
 use std::ffi::OsString;
@@ -21,8 +23,8 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
 use crate::profile::NetworkMode;
-use crate::spec::units::{ByteSize, CpuQuota};
-use crate::spec::{Limit, Timeout};
+use crate::units::{ByteSize, CpuQuota};
+use crate::units::{Limit, Timeout};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -39,9 +41,9 @@ Examples:
   S=$(nsbox create --image devbox:latest) && nsbox exec --session $S -- git status
   nsbox doctor                                    check that this host can run sandboxes
 
-Exit codes: the command's own status; 124 timeout; 125 nsbox failed; 126 not executable;
-127 not found; 128+N killed by signal N (137 also for out of memory); `nsbox` alone prints
-this help on stderr and exits 2.
+Exit codes: the command's own status; 121 bad usage; 122 host cannot run sandboxes; 123 image
+not found; 124 timeout; 125 nsbox failed; 126 not executable; 127 not found; 128+N killed by
+signal N (137 also for out of memory). `nsbox` alone prints this help on stderr and exits 121.
 
 Docker habits: `run` is `exec` without --session; -m is --memory, -v is --mount (also
 --volume; host paths are read-only unless :rw); --network is --net; -p is --profile (nsbox
@@ -206,7 +208,7 @@ pub struct SandboxArgs {
         requires = "image",
         help_heading = "Filesystem"
     )]
-    pull: Option<crate::config::PullPolicy>,
+    pull: Option<crate::registry::pull::PullPolicy>,
     /// Let the command write anywhere in the root; writes go to an ephemeral layer.
     #[arg(long, help_heading = "Filesystem")]
     writable_root: bool,
@@ -428,10 +430,6 @@ fn parse_memory(s: &str) -> Result<Limit<ByteSize>, String> {
     })
 }
 
-/// The exit status of a usage error that is not nsbox failing: `nsbox` alone, a command
-/// group without its command.
-const USAGE: i32 = 2;
-
 /// The subcommands whose own short `-v` is --volume (the global --verbose stays `-v` before
 /// the command, and `--verbose` everywhere).
 const VOLUME_COMMANDS: &[&str] = &["run", "exec", "create"];
@@ -472,20 +470,29 @@ pub fn command() -> clap::Command {
     hide_in(root, &globals, true)
 }
 
+/// Parses a command line with [`command`] (never `Cli::parse`: the derived definition alone
+/// has `-v` twice below `run`, `exec` and `create`).
+pub fn parse_from<I, T>(argv: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    command()
+        .try_get_matches_from(argv)
+        .and_then(|m| Cli::from_arg_matches(&m))
+}
+
 /// Runs nsbox with the process's arguments; returns the exit status.
 pub fn main() -> i32 {
     let t0 = crate::sandbox::supervisor::now_ns();
-    let parsed = command()
-        .try_get_matches()
-        .and_then(|m| Cli::from_arg_matches(&m));
+    let parsed = parse_from(std::env::args_os());
     let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let code = match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
                 // `nsbox` alone: the help, on stderr, as a usage error (like git).
-                clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => USAGE,
-                _ => exit::NSBOX_FAILED,
+                _ => exit::USAGE,
             };
             let _ = e.print();
             return code;
@@ -605,7 +612,7 @@ fn man(args: ManArgs) -> i32 {
     }
 }
 
-/// Runs `f` with the configuration, or reports why it could not be read (exit 125).
+/// Runs `f` with the configuration, or reports why it could not be read (a usage error).
 fn with_config(
     config: Result<crate::config::Config, crate::config::ConfigError>,
     f: impl FnOnce(&crate::config::Config) -> i32,
@@ -613,8 +620,9 @@ fn with_config(
     match config {
         Ok(c) => f(&c),
         Err(e) => {
-            error(&e.to_string());
-            exit::NSBOX_FAILED
+            let failure = crate::report::Failure::of(&e);
+            error(&failure.to_string());
+            failure.exit_code()
         }
     }
 }
@@ -645,4 +653,12 @@ fn init_logging(verbose: u8, format: LogFormat) {
 /// Prints a user-facing error on stderr.
 fn error(message: &str) {
     eprintln!("nsbox: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::command().debug_assert();
+    }
 }

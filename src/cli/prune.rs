@@ -10,7 +10,8 @@ use super::error;
 use crate::cgroup::{self, CgroupLayout};
 use crate::exit;
 
-/// A cgroup this young may belong to a sandbox that is being created right now.
+/// A cgroup this young may belong to a sandbox that is being created right now (its
+/// supervisor made it but does not hold it yet). `--min-age` changes it.
 const MIN_AGE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, clap::Args)]
@@ -22,7 +23,11 @@ pub struct PruneArgs {
     /// whose supervisor was killed are removed regardless. Default: the config's
     /// cleanup.prune_older_than.
     #[arg(long, value_name = "DURATION")]
-    older_than: Option<crate::spec::Timeout>,
+    older_than: Option<crate::units::Timeout>,
+    /// Leave leftover cgroups younger than this alone: one that young may belong to a sandbox
+    /// being created right now. Default: 1s; 0 when nothing else creates sandboxes (tests).
+    #[arg(long, value_name = "DURATION")]
+    min_age: Option<crate::units::Timeout>,
 }
 
 pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {
@@ -52,6 +57,7 @@ pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {
     } else {
         leftovers
     };
+    let min_age = args.min_age.map_or(MIN_AGE, |t| t.0);
     for leftover in leftovers {
         let path = leftover.path.display();
         if cgroup::in_use(&leftover) {
@@ -62,8 +68,11 @@ pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {
             println!("skipped  {path}: processes still run in it (a sandbox without its supervisor?); kill them, then prune again");
             continue;
         }
-        if leftover.age.is_some_and(|age| age < MIN_AGE) {
-            println!("skipped  {path}: created less than a second ago");
+        if leftover.age.is_some_and(|age| age < min_age) {
+            println!(
+                "skipped  {path}: created less than {} ago (--min-age)",
+                crate::units::format_duration(min_age)
+            );
             continue;
         }
         if args.dry_run {
@@ -86,6 +95,11 @@ pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {
         let layers = crate::rootfs::mask::prune();
         if layers > 0 {
             println!("removed  {layers} unused cached mask layer(s)");
+        }
+        // The kernel released the ranges of ended sandboxes with their locks; drop the files.
+        let ranges = crate::idrange::prune(crate::idrange::run_dir());
+        if ranges > 0 {
+            println!("removed  {ranges} idle host id range lock(s)");
         }
         println!("{removed} leftover(s) removed");
     }

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use super::error;
 use super::image::Bounds;
-use crate::config::{Config, PullPolicy};
-use crate::exit;
+use crate::config::Config;
 use crate::image::store::Store;
 use crate::registry::auth::{CredentialStore, Credentials, Found};
 use crate::registry::client::Client;
+use crate::registry::pull::{EnsureError, PullPolicy};
 use crate::registry::{self, PullOptions, RemoteRef};
 
 const PULL_HELP: &str = "\
@@ -79,9 +79,10 @@ pub struct LogoutArgs {
     registry: String,
 }
 
-fn fail(e: impl std::fmt::Display) -> i32 {
-    error(&e.to_string());
-    exit::NSBOX_FAILED
+fn fail(e: impl Into<crate::report::Failure>) -> i32 {
+    let failure = e.into();
+    error(&failure.to_string());
+    failure.exit_code()
 }
 
 fn tty_progress(quiet: bool) -> bool {
@@ -95,7 +96,7 @@ fn pull_options(
     insecure_http: bool,
     progress: bool,
 ) -> PullOptions {
-    let mut opts = PullOptions::from_config(config, state_root, registry, progress);
+    let mut opts = config.pull_options(state_root, registry, progress);
     opts.settings.insecure_http |= insecure_http;
     opts
 }
@@ -150,8 +151,10 @@ pub(super) fn ensure_image(
     policy: PullPolicy,
     state_root: &Path,
     config: &Config,
-) -> Result<(), String> {
-    registry::pull::ensure(reference, policy, state_root, config, tty_progress(false))
+) -> Result<(), EnsureError> {
+    registry::pull::ensure(reference, policy, state_root, |registry| {
+        config.pull_options(state_root, registry, tty_progress(false))
+    })
 }
 
 pub fn login(args: LoginArgs, state_root: &Path, config: &Config) -> i32 {

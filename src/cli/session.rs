@@ -11,14 +11,15 @@ use super::exec::{build_spec, fail, open_image, raw_secret_masker, start_event, 
 use super::{error, SandboxArgs};
 use crate::exit;
 use crate::relay::{Event, Masker};
+use crate::report::{Class, Failure, Phase};
 use crate::session::client::{SessionClient, SessionExec};
 use crate::session::copy::{
     copy_in, copy_in_tar, copy_out, copy_out_tar, parse_endpoint, Endpoint,
 };
 use crate::session::daemon;
 use crate::session::state::{SessionRecord, SessionState, SessionStore};
-use crate::spec::units::{ByteSize, CpuQuota};
-use crate::spec::{Limit, Timeout};
+use crate::units::{ByteSize, CpuQuota};
+use crate::units::{Limit, Timeout};
 
 /// Flags of `nsbox create`.
 #[derive(Debug, Args)]
@@ -67,10 +68,12 @@ pub fn create(
         if !crate::session::state::valid_name(name) {
             return fail(
                 json,
-                "usage",
-                &format!(
-                    "--name '{}': not a valid session name — use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                &Failure::usage(format!(
+                    "--name '{}': not a valid session name",
                     name.escape_debug()
+                ))
+                .with_hint(
+                    "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
                 ),
                 t0,
             );
@@ -86,8 +89,7 @@ pub fn create(
             Err(e) => {
                 return fail(
                     json,
-                    "setup",
-                    &format!("--setup-file {}: {e}", path.display()),
+                    &Failure::usage(format!("--setup-file {}: {e}", path.display())),
                     t0,
                 )
             }
@@ -113,28 +115,47 @@ pub fn create(
     // and holds them for the session's life.
     let image = match open_image(&args.sandbox, state_root, config) {
         Ok(image) => image,
-        Err(message) => return fail(json, "setup", &message, t0),
+        Err(failure) => return fail(json, &failure, t0),
     };
-    let spec = match build_spec(
+    let mut spec = match build_spec(
         args.sandbox,
         extras,
         image.as_ref().map(|i| i.spec()),
         config,
     ) {
         Ok(spec) => spec,
-        Err(message) => return fail(json, "setup", &masker.mask_str(&message), t0),
+        Err(failure) => return fail(json, &failure.map_text(|t| masker.mask_str(t)), t0),
+    };
+    // The session's own host id range; its supervisor (forked below) holds it for its life.
+    let _ids = match crate::idrange::assign(&mut spec) {
+        Ok(range) => range,
+        Err(e) => {
+            return fail(
+                json,
+                &Failure::new(Class::Failed, Phase::Setup, e.to_string()),
+                t0,
+            )
+        }
     };
     let masker = Masker::new(&spec.secrets);
     let store = SessionStore::system();
     let (record, pending) = match daemon::start(&spec, args.name.as_deref(), max_age, &store) {
         Ok(started) => started,
-        Err(e) => return fail(json, e.phase(), &masker.mask_str(&e.to_string()), t0),
+        Err(e) => return fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     };
     if !labels.is_empty() {
         if let Err(e) = write_labels(&store, &record.id, &labels) {
             pending.abort();
             wait_gone(&store, &record.id);
-            return fail(json, "setup", &format!("saving the labels: {e}"), t0);
+            return fail(
+                json,
+                &Failure::new(
+                    crate::report::Class::Failed,
+                    crate::report::Phase::Setup,
+                    format!("saving the labels: {e}"),
+                ),
+                t0,
+            );
         }
     }
     if json {
@@ -178,6 +199,7 @@ pub fn create(
                     &Event::Error {
                         phase: "setup",
                         message: masker.mask_str(&message),
+                        hint: None,
                         code,
                     }
                     .to_line(),
@@ -614,11 +636,19 @@ pub struct CpArgs {
     /// A host path, SESSION:PATH, or `-`: SRC as a tar stream on stdout.
     #[arg(value_name = "DST")]
     destination: String,
+    /// Copying out: write at most this much file data (holes and hard links cost nothing;
+    /// `none` lifts the bound). A copy that would write more fails and leaves nothing behind.
+    #[arg(long, value_name = "SIZE", default_value = "8g")]
+    max_size: Limit<ByteSize>,
 }
 
 pub fn cp(args: CpArgs) -> i32 {
     let store = SessionStore::system();
     let stdio = Path::new("-");
+    let max_bytes = match args.max_size {
+        Limit::Value(size) => Some(size.bytes()),
+        Limit::Unlimited => None,
+    };
     let result = match (
         parse_endpoint(&args.source),
         parse_endpoint(&args.destination),
@@ -633,13 +663,14 @@ pub fn cp(args: CpArgs) -> i32 {
                 return exit::NSBOX_FAILED;
             }
             SessionClient::connect(&store, &session)
-                .and_then(|c| copy_out_tar(&c, &path, std::io::stdout().lock()))
+                .and_then(|c| copy_out_tar(&c, &path, std::io::stdout().lock(), max_bytes))
         }
         (Endpoint::Host(src), Endpoint::Session { session, path }) => {
             SessionClient::connect(&store, &session).and_then(|c| copy_in(&c, &src, &path))
         }
         (Endpoint::Session { session, path }, Endpoint::Host(dst)) => {
-            SessionClient::connect(&store, &session).and_then(|c| copy_out(&c, &path, &dst))
+            SessionClient::connect(&store, &session)
+                .and_then(|c| copy_out(&c, &path, &dst, max_bytes))
         }
         _ => {
             error("exactly one of SRC and DST must be SESSION:PATH — e.g. nsbox cp ./repo mysession:/sandbox/repo");

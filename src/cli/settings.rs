@@ -4,7 +4,6 @@ use std::path::Path;
 
 use super::error;
 use crate::config::{Config, ConfigError, Discovery};
-use crate::exit;
 
 /// `nsbox config`.
 #[derive(Debug, clap::Args)]
@@ -23,24 +22,21 @@ pub(super) fn load(flag: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 pub fn show(args: ConfigArgs, flag: Option<&Path>) -> i32 {
+    let fail = |failure: crate::report::Failure| {
+        error(&failure.to_string());
+        failure.exit_code()
+    };
     let config = match load(flag) {
         Ok(c) => c,
-        Err(e) => {
-            error(&e.to_string());
-            return exit::NSBOX_FAILED;
-        }
+        Err(e) => return fail(e.into()),
     };
     // The defaults must also make a valid profile (values are checked there).
     if let Err(e) = crate::profile::Profile::load_layered("default", &config.defaults) {
-        error(&e.to_string());
-        return exit::NSBOX_FAILED;
+        return fail(e.into());
     }
     let settings = match config.settings() {
         Ok(s) => s,
-        Err(e) => {
-            error(&e.to_string());
-            return exit::NSBOX_FAILED;
-        }
+        Err(e) => return fail(e.into()),
     };
     if args.json {
         let rows: Vec<serde_json::Value> = settings

@@ -72,7 +72,7 @@ pub(super) fn resolve(
                     };
                     return Err(format!(
                         "--user '{text}': {} — hint: names are looked up in {root} /etc/passwd and /etc/group; give UID[:GID] instead",
-                        e.replace("the image's", &root)
+                        e.to_string().replace("the image's", &root)
                     ));
                 }
             },

@@ -19,8 +19,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::profile::{ProfileFile, ProfileLayer};
+use crate::registry::pull::{PullOptions, PullPolicy};
 use crate::registry::RegistrySettings;
-use crate::spec::units;
+use crate::units;
 
 /// Where the system-wide configuration lives.
 pub const SYSTEM_CONFIG: &str = "/etc/nsbox/config.toml";
@@ -95,31 +96,6 @@ struct ImageFile {
 struct CleanupFile {
     session_max_age: Option<String>,
     prune_older_than: Option<String>,
-}
-
-/// When `--image` pulls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PullPolicy {
-    /// Pull when the store does not have the image.
-    Missing,
-    /// Pull every time (layers the store has are not downloaded again).
-    Always,
-    /// Never pull.
-    Never,
-}
-
-impl std::str::FromStr for PullPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "missing" => Ok(PullPolicy::Missing),
-            "always" => Ok(PullPolicy::Always),
-            "never" => Ok(PullPolicy::Never),
-            other => Err(format!(
-                "'{other}' is not a pull policy: use \"missing\", \"always\" or \"never\""
-            )),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -366,6 +342,17 @@ impl Config {
     /// How to talk to `registry` (host[:port]).
     pub fn registry_settings(&self, registry: &str) -> RegistrySettings {
         self.registries.get(registry).cloned().unwrap_or_default()
+    }
+
+    /// Options for pulling from `registry` (credentials under `state_root`).
+    pub fn pull_options(&self, state_root: &Path, registry: &str, progress: bool) -> PullOptions {
+        PullOptions {
+            limits: Default::default(),
+            progress,
+            jobs: self.pull.jobs,
+            settings: self.registry_settings(registry),
+            credentials: crate::registry::auth::CredentialStore::new(state_root),
+        }
     }
 
     /// The built-in configuration: [`BUILTIN`]'s values (a test keeps them equal).

@@ -7,6 +7,8 @@ use std::io::{self, Read, Write};
 
 use sha2::{Digest as _, Sha256};
 
+use super::reference::ReferenceError;
+
 /// A validated sha256 digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
@@ -16,18 +18,12 @@ pub struct Digest {
 impl Digest {
     /// Parses `sha256:<hex>`; anything else (other algorithms, wrong length, upper case,
     /// separators) is refused.
-    pub fn parse(text: &str) -> Result<Digest, String> {
-        let hex = text.strip_prefix("sha256:").ok_or_else(|| {
-            format!(
-                "'{}' is not a sha256 digest (sha256:<64 hex digits>)",
-                printable(text)
-            )
-        })?;
+    pub fn parse(text: &str) -> Result<Digest, ReferenceError> {
+        let hex = text
+            .strip_prefix("sha256:")
+            .ok_or_else(|| ReferenceError::NotSha256(printable(text)))?;
         if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(format!(
-                "'{}' is not a valid sha256 digest (64 lowercase hex digits)",
-                printable(text)
-            ));
+            return Err(ReferenceError::BadDigest(printable(text)));
         }
         Ok(Digest {
             hex: hex.to_string(),

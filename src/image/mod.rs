@@ -8,10 +8,13 @@
 //! its own namespaces, from the layer directories this module leaves behind.
 
 pub mod digest;
+pub mod import;
+pub mod ingest;
 pub mod load;
 pub mod oci;
 pub mod reference;
 pub mod save;
+mod source;
 pub mod store;
 pub mod tar;
 pub mod unpack;
@@ -57,7 +60,15 @@ pub enum ImageError {
     #[error("image '{reference}' not found — hint: `nsbox images` lists the loaded images; `nsbox load` and `nsbox import` add some")]
     NotFound { reference: String },
     #[error("{0}")]
-    Reference(String),
+    Reference(#[from] reference::ReferenceError),
+    #[error(
+        "image '{reference}': User '{user}': {source} — hint: override it with --user UID[:GID]"
+    )]
+    User {
+        reference: String,
+        user: String,
+        source: ImageUserError,
+    },
     #[error("image store {}: {reason}", path.display())]
     Store { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -114,12 +125,15 @@ pub fn open_root(state_root: &Path, reference: &str) -> Result<ImageRoot, ImageE
     let lease = store.lease(image)?;
     let user = match image.run.user.as_deref() {
         None | Some("") => None,
-        Some(spec) => Some(resolve_user(&lease.layers, spec).map_err(|reason| {
-            ImageError::Invalid(format!(
-                "image '{reference}': User '{}': {reason} — hint: override it with --user UID[:GID]",
-                digest::printable(spec)
-            ))
-        })?),
+        Some(spec) => {
+            Some(
+                resolve_user(&lease.layers, spec).map_err(|source| ImageError::User {
+                    reference: reference.to_string(),
+                    user: digest::printable(spec),
+                    source,
+                })?,
+            )
+        }
     };
     Ok(ImageRoot {
         spec: ImageSpec {
@@ -133,9 +147,20 @@ pub fn open_root(state_root: &Path, reference: &str) -> Result<ImageRoot, ImageE
     })
 }
 
+/// Why an image's `User` does not name ids nsbox can run as.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageUserError {
+    #[error("no user '{0}' in the image's /etc/passwd")]
+    NoUser(String),
+    #[error("no group '{0}' in the image's /etc/group")]
+    NoGroup(String),
+    #[error("ids above {max} cannot be mapped into the sandbox")]
+    Unmappable { max: u32 },
+}
+
 /// Resolves an image `User` ("uid", "uid:gid", "name", "name:group") against the image's own
 /// /etc/passwd and /etc/group, read from its layers (top first) without following symlinks.
-pub fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<(u32, u32), String> {
+pub fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<(u32, u32), ImageUserError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -171,12 +196,8 @@ pub fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<(u32, u32), String
                 .unwrap_or(0);
             (uid, gid)
         }
-        Err(_) => lookup(&passwd, user, true).ok_or_else(|| {
-            format!(
-                "no user '{}' in the image's /etc/passwd",
-                digest::printable(user)
-            )
-        })?,
+        Err(_) => lookup(&passwd, user, true)
+            .ok_or_else(|| ImageUserError::NoUser(digest::printable(user)))?,
     };
     let gid = match group {
         None => primary_gid,
@@ -186,21 +207,13 @@ pub fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<(u32, u32), String
                 let groups = read_image_file(layers, "etc/group");
                 lookup(&groups, g, false)
                     .map(|(gid, _)| gid)
-                    .ok_or_else(|| {
-                        format!(
-                            "no group '{}' in the image's /etc/group",
-                            digest::printable(g)
-                        )
-                    })?
+                    .ok_or_else(|| ImageUserError::NoGroup(digest::printable(g)))?
             }
         },
     };
-    let max = crate::spec::IDS_IN_SANDBOX;
+    let max = crate::ids::IDS_IN_SANDBOX;
     if uid >= max || gid >= max {
-        return Err(format!(
-            "ids above {} cannot be mapped into the sandbox",
-            max - 1
-        ));
+        return Err(ImageUserError::Unmappable { max: max - 1 });
     }
     Ok((uid, gid))
 }
@@ -285,9 +298,10 @@ mod tests {
         assert_eq!(resolve_user(&layers, "1000").unwrap(), (1000, 1001));
         assert_eq!(resolve_user(&layers, "4242").unwrap(), (4242, 0));
         assert_eq!(resolve_user(&layers, "7:8").unwrap(), (7, 8));
-        assert!(resolve_user(&layers, "ghost")
-            .unwrap_err()
-            .contains("ghost"));
+        assert_eq!(
+            resolve_user(&layers, "ghost").unwrap_err(),
+            ImageUserError::NoUser("ghost".into())
+        );
         assert!(resolve_user(&layers, "70000").is_err());
         // A file in a higher layer wins.
         std::fs::create_dir_all(top.path().join("etc")).unwrap();

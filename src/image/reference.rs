@@ -14,8 +14,26 @@ pub enum Reference {
     Prefix(String),
 }
 
+/// Why a text is not an image name, reference or digest. Each names the text (made printable)
+/// and what a valid one looks like.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("'{0}' is not a sha256 digest (sha256:<64 hex digits>)")]
+    NotSha256(String),
+    #[error("'{0}' is not a valid sha256 digest (64 lowercase hex digits)")]
+    BadDigest(String),
+    #[error("'{0}': a tag is 1-128 letters, digits, '_', '.', '-' (not starting with '.' or '-')")]
+    BadTag(String),
+    #[error("'{0}': a bad registry host")]
+    BadHost(String),
+    #[error("'{0}' is not a valid image name: use lowercase letters, digits, '.', '_', '-' and '/' (e.g. devbox:1.0, registry.example:5000/team/devbox)")]
+    BadName(String),
+    #[error("'{prefix}' matches {count} images — give more digits of the digest")]
+    Ambiguous { prefix: String, count: usize },
+}
+
 impl Reference {
-    pub fn parse(text: &str) -> Result<Reference, String> {
+    pub fn parse(text: &str) -> Result<Reference, ReferenceError> {
         if let Some((name, digest)) = text.split_once('@') {
             check_repository(name)?;
             return Digest::parse(digest).map(Reference::Digest);
@@ -35,7 +53,7 @@ impl Reference {
 
 /// `repo` → `repo:latest`; checks the characters of both parts. Docker Hub names are kept
 /// in their familiar form (`docker.io/library/alpine` is `alpine`), as `docker save` does.
-pub fn normalize_name(text: &str) -> Result<String, String> {
+pub fn normalize_name(text: &str) -> Result<String, ReferenceError> {
     let text = [
         "docker.io/library/",
         "index.docker.io/library/",
@@ -58,15 +76,12 @@ pub fn normalize_name(text: &str) -> Result<String, String> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         && !tag.starts_with(['.', '-']);
     if !tag_ok {
-        return Err(format!(
-            "'{}': a tag is 1-128 letters, digits, '_', '.', '-' (not starting with '.' or '-')",
-            super::digest::printable(text)
-        ));
+        return Err(ReferenceError::BadTag(super::digest::printable(text)));
     }
     Ok(format!("{repo}:{tag}"))
 }
 
-fn check_repository(repo: &str) -> Result<(), String> {
+fn check_repository(repo: &str) -> Result<(), ReferenceError> {
     // An optional registry host (may carry a port) before the first '/'.
     let path = match repo.split_once('/') {
         Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => {
@@ -81,10 +96,7 @@ fn check_repository(repo: &str) -> Result<(), String> {
                         && !label.starts_with('-')
                 });
             if !host_ok {
-                return Err(format!(
-                    "'{}': a bad registry host",
-                    super::digest::printable(repo)
-                ));
+                return Err(ReferenceError::BadHost(super::digest::printable(repo)));
             }
             rest
         }
@@ -102,10 +114,7 @@ fn check_repository(repo: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "'{}' is not a valid image name: use lowercase letters, digits, '.', '_', '-' and '/' (e.g. devbox:1.0, registry.example:5000/team/devbox)",
-            super::digest::printable(repo)
-        ))
+        Err(ReferenceError::BadName(super::digest::printable(repo)))
     }
 }
 

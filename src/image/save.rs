@@ -21,7 +21,7 @@ pub fn save(store: &Store, image: &ImageRecord, out: &Path) -> Result<u64, Image
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.nsbox-{}", crate::spec::new_id()));
+    let tmp = dir.join(format!(".{name}.nsbox-{}", crate::ids::new_id()));
     let io = |what: String| move |source: std::io::Error| ImageError::Io { what, source };
     let result = (|| {
         let file = File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
@@ -64,8 +64,10 @@ pub fn save(store: &Store, image: &ImageRecord, out: &Path) -> Result<u64, Image
             media_type: Some(oci::OCI_INDEX.to_string()),
             manifests,
         };
-        let index_bytes =
-            serde_json::to_vec(&index).map_err(|e| ImageError::Invalid(e.to_string()))?;
+        let index_bytes = serde_json::to_vec(&index).map_err(|e| ImageError::Io {
+            what: "encode an image document".into(),
+            source: e.into(),
+        })?;
         tar.file(
             "index.json",
             index_bytes.len() as u64,

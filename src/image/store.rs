@@ -262,7 +262,7 @@ impl Store {
     pub fn tmp_path(&self, what: &str) -> PathBuf {
         self.root
             .join("tmp")
-            .join(format!("{what}-{}", crate::spec::new_id()))
+            .join(format!("{what}-{}", crate::ids::new_id()))
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -394,10 +394,12 @@ impl Store {
                             .find(|i| i.names.contains(&name))
                             .ok_or_else(not_found)
                     }
-                    many => Err(ImageError::Reference(format!(
-                        "'{text}' matches {} images — give more digits of the digest",
-                        many.len()
-                    ))),
+                    many => Err(ImageError::Reference(
+                        super::reference::ReferenceError::Ambiguous {
+                            prefix: text.to_string(),
+                            count: many.len(),
+                        },
+                    )),
                 }
             }
         }

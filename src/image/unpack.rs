@@ -42,7 +42,7 @@ use rustix::fs::{
 
 use super::digest::{Digest, Hasher};
 use super::tar::{Header, Kind, TarError, TarReader};
-use crate::spec::IDS_IN_SANDBOX;
+use crate::ids::IDS_IN_SANDBOX;
 
 /// Bounds on one layer (a decompression bomb stops here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

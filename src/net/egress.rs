@@ -29,12 +29,11 @@ use rustix::fs::{Mode, OFlags};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use tokio::sync::Semaphore;
 
+use super::addresses::{PROXY_PORT, RESOLVER_ADDR};
 use super::events::NetEvent;
 use super::netlink::NetlinkSocket;
 use super::nft::{self, Ruleset};
 use super::policy::{self, EgressPolicy};
-use super::proxy::PROXY_PORT;
-use super::resolver::RESOLVER_ADDR;
 use super::{rtnl, NetError};
 
 /// How long an accept or receive loop pauses after an error (say, out of descriptors).

@@ -6,12 +6,13 @@
 //!
 //! With `--net filtered` the namespace then also gets routes through loopback, an nftables
 //! ruleset and nsbox's resolver and egress proxy ([`egress`]), which enforce [`policy`]:
-//! [`nft`], [`netlink`] and [`rtnl`] speak to the kernel; [`resolver`] with [`dnswire`], and
+//! [`addresses`] is the address plan they share; [`nft`], [`netlink`] and [`rtnl`] speak to the kernel; [`resolver`] with [`dnswire`], and
 //! [`proxy`] with [`sniff`], serve the sandbox; [`events`] reports their decisions.
 //!
 //! This module never changes the host's network: everything it makes lives inside the
 //! sandbox's namespace and dies with it.
 
+pub mod addresses;
 pub mod dnswire;
 pub mod egress;
 pub mod events;

@@ -32,7 +32,7 @@ use std::time::Duration;
 use super::netlink::{
     MessageBuf, NetlinkSocket, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
-use super::policy::Cidr;
+use super::ranges::Cidr;
 
 /// The table's name inside the sandbox's namespace.
 pub const TABLE: &str = "nsbox";
@@ -350,7 +350,7 @@ fn own_addresses() -> [(u8, u32, u32, Vec<u8>); 3] {
             NFPROTO_IPV6,
             24,
             16,
-            super::rtnl::SANDBOX_V6.octets().to_vec(),
+            super::addresses::SANDBOX_V6.octets().to_vec(),
         ),
     ]
 }

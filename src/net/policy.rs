@@ -15,9 +15,9 @@
 //!
 //! This module parses and decides; it performs no I/O.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
-use super::ranges;
+use super::ranges::{self, Cidr};
 
 /// The port DNS upstreams use when none is given.
 pub const DNS_PORT: u16 = 53;
@@ -37,79 +37,6 @@ pub enum PolicyError {
         text: String,
         reason: String,
     },
-}
-
-/// An IP range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    /// A range; `addr` is used as given (host bits are the caller's business).
-    pub const fn new(addr: IpAddr, prefix: u8) -> Cidr {
-        Cidr { addr, prefix }
-    }
-
-    /// A range holding exactly `addr`.
-    pub fn host(addr: IpAddr) -> Cidr {
-        let prefix = if addr.is_ipv4() { 32 } else { 128 };
-        Cidr { addr, prefix }
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = prefix_mask_32(self.prefix);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = prefix_mask_128(self.prefix);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-
-    /// The network mask as bytes (4 or 16), for the kernel rules.
-    pub fn mask_bytes(&self) -> Vec<u8> {
-        match self.addr {
-            IpAddr::V4(_) => prefix_mask_32(self.prefix).to_be_bytes().to_vec(),
-            IpAddr::V6(_) => prefix_mask_128(self.prefix).to_be_bytes().to_vec(),
-        }
-    }
-
-    /// True for a single address (/32 or /128).
-    pub fn is_host(&self) -> bool {
-        self.prefix == if self.addr.is_ipv4() { 32 } else { 128 }
-    }
-}
-
-fn prefix_mask_32(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix.min(32)))
-    }
-}
-
-fn prefix_mask_128(prefix: u8) -> u128 {
-    if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(prefix.min(128)))
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.is_host() {
-            write!(f, "{}", self.addr)
-        } else {
-            write!(f, "{}/{}", self.addr, self.prefix)
-        }
-    }
 }
 
 /// What a rule matches.
@@ -285,10 +212,7 @@ fn parse_cidr(text: &str) -> Result<Option<Cidr>, String> {
         },
     };
     let cidr = Cidr::new(ip, prefix);
-    let network = match ip {
-        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & prefix_mask_32(prefix))),
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & prefix_mask_128(prefix))),
-    };
+    let network = cidr.network();
     if network != ip {
         return Err(format!(
             "{ip}/{prefix} has host bits set (did you mean {network}/{prefix}?)"

@@ -24,9 +24,6 @@ use super::events::{Decision, NetEvent};
 use super::policy::ConnectionVerdict;
 use super::sniff::{self, Sniffed, MAX_SNIFF};
 
-/// The proxy's port on the sandbox's loopback addresses (below 1024: the workload could not
-/// take it even if it were free).
-pub const PROXY_PORT: u16 = 888;
 /// Time a client has to send its ClientHello or request head.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -4,12 +4,97 @@
 //! translate IPv4 addresses (mapped, compatible, NAT64, 6to4, Teredo), so an allowed name can
 //! never be pointed at the inside of the host's network (DNS rebinding).
 //!
+//! Also [`Cidr`], the IP range type the policy and the nftables rules use.
+//!
 //! Pure data and arithmetic; the host's own addresses are checked separately (they are found
 //! at run time, see `rtnl::host_addresses`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::policy::Cidr;
+/// An IP range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// A range; `addr` is used as given (host bits are the caller's business).
+    pub const fn new(addr: IpAddr, prefix: u8) -> Cidr {
+        Cidr { addr, prefix }
+    }
+
+    /// A range holding exactly `addr`.
+    pub fn host(addr: IpAddr) -> Cidr {
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        Cidr { addr, prefix }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = prefix_mask_32(self.prefix);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = prefix_mask_128(self.prefix);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+
+    /// The network mask as bytes (4 or 16), for the kernel rules.
+    pub fn mask_bytes(&self) -> Vec<u8> {
+        match self.addr {
+            IpAddr::V4(_) => prefix_mask_32(self.prefix).to_be_bytes().to_vec(),
+            IpAddr::V6(_) => prefix_mask_128(self.prefix).to_be_bytes().to_vec(),
+        }
+    }
+
+    /// The range's first address: `addr` with the host bits cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(v4) => {
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & prefix_mask_32(self.prefix)))
+            }
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & prefix_mask_128(self.prefix),
+            )),
+        }
+    }
+
+    /// True for a single address (/32 or /128).
+    pub fn is_host(&self) -> bool {
+        self.prefix == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+}
+
+fn prefix_mask_32(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    }
+}
+
+fn prefix_mask_128(prefix: u8) -> u128 {
+    if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix.min(128)))
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_host() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
 
 /// (network, prefix length, what it is). Order does not matter: ranges are checked one by one.
 const BLOCKED_V4: &[([u8; 4], u8, &str)] = &[

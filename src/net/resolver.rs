@@ -32,11 +32,6 @@ use super::egress::Shared;
 use super::events::{Decision, NetEvent};
 use super::policy::{normalize_name, AnswerVerdict, EgressPolicy, NameVerdict};
 
-/// Where the resolver listens inside the sandbox.
-pub const RESOLVER_ADDR: [u8; 4] = [127, 0, 0, 53];
-/// The sandbox's /etc/resolv.conf in filtered mode.
-pub const RESOLV_CONF: &str = "# nsbox --net filtered: nsbox's resolver answers names the policy allows\nnameserver 127.0.0.53\n";
-
 /// Longest TTL handed to the sandbox (its caches must not outlive the kernel's set entries).
 pub const MAX_TTL: u32 = 3600;
 /// Shortest time an address stays reachable after an answer, whatever its TTL.

@@ -5,6 +5,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::addresses::SANDBOX_V6;
 use super::netlink::{
     attributes, MessageBuf, NetlinkSocket, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
@@ -69,9 +70,6 @@ pub fn add_loopback_default_routes(sock: &mut NetlinkSocket) -> io::Result<bool>
     }
 }
 
-/// The sandbox's own IPv6 address on loopback (a unique-local address: "nsbox" in hex).
-pub const SANDBOX_V6: Ipv6Addr = Ipv6Addr::new(0xfd6e, 0x7362, 0x6f78, 0, 0, 0, 0, 0x53);
-
 /// Gives loopback an IPv4 address other than 127.0.0.1 (the resolver's, 127.0.0.53) and, with
 /// IPv6, [`SANDBOX_V6`]. The C library's `getaddrinfo(AI_ADDRCONFIG)` (used by `getent ahosts`
 /// and many programs) returns no addresses of a family for which the host has nothing but
@@ -86,7 +84,7 @@ pub fn add_loopback_addresses(sock: &mut NetlinkSocket, ipv6: bool) -> io::Resul
             family, prefix, flags, scope, index[0], index[1], index[2], index[3],
         ]
     };
-    let v4 = super::resolver::RESOLVER_ADDR;
+    let v4 = super::addresses::RESOLVER_ADDR;
     m.begin(
         RTM_NEWADDR,
         flags,

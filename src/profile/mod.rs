@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::spec::units::{self, ByteSize, CpuQuota, UnitError};
+use crate::units::{self, ByteSize, CpuQuota, UnitError};
 
 mod precompiled;
 
@@ -637,7 +637,7 @@ fn apply(profile: &mut Profile, origin: &str, file: ProfileFile) -> Result<(), P
     }
     let p = file.process;
     if let Some(user) = p.user {
-        profile.user = parse_user(&user).map_err(|m| value("process.user", m))?;
+        profile.user = parse_user(&user).map_err(|e| value("process.user", e.to_string()))?;
     }
     if let Some(w) = p.workdir {
         if !w.starts_with('/') {
@@ -673,18 +673,34 @@ fn optional<T, E>(text: &str, parse: impl Fn(&str) -> Result<T, E>) -> Result<Op
     }
 }
 
+/// Why a `UID[:GID]` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserIdError {
+    #[error("'{text}': the {what} must be a number (UID[:GID]), names are not resolved")]
+    NotANumber { text: String, what: &'static str },
+    #[error("'{text}': the {what} must be below {max} (the sandbox maps 65536 ids)")]
+    OutOfRange {
+        text: String,
+        what: &'static str,
+        max: u32,
+    },
+}
+
 /// Parses "UID[:GID]". Without a GID the group is the uid's own number, except for the
 /// sandbox user 100, whose group is 101.
-pub fn parse_user(text: &str) -> Result<(u32, u32), String> {
-    let parse_id = |s: &str, what: &str| -> Result<u32, String> {
-        let id: u32 = s.parse().map_err(|_| {
-            format!("'{text}': the {what} must be a number (UID[:GID]), names are not resolved")
+pub fn parse_user(text: &str) -> Result<(u32, u32), UserIdError> {
+    let parse_id = |s: &str, what: &'static str| -> Result<u32, UserIdError> {
+        let id: u32 = s.parse().map_err(|_| UserIdError::NotANumber {
+            text: text.to_string(),
+            what,
         })?;
-        if id >= crate::spec::IDS_IN_SANDBOX {
-            return Err(format!(
-                "'{text}': the {what} must be below {} (the sandbox maps 65536 ids)",
-                crate::spec::IDS_IN_SANDBOX
-            ));
+        let max = crate::ids::IDS_IN_SANDBOX;
+        if id >= max {
+            return Err(UserIdError::OutOfRange {
+                text: text.to_string(),
+                what,
+                max,
+            });
         }
         Ok(id)
     };
@@ -729,7 +745,7 @@ mod tests {
                  //! does not run the TOML parser; `precompiled_default_is_current` fails when stale.\n\n\
                  use std::collections::BTreeMap;\nuse std::path::PathBuf;\n#[allow(unused_imports)]\nuse std::time::Duration;\n\n\
                  #[allow(unused_imports)]\nuse super::{{NetworkMode, Profile, RootChoice, SysMode}};\n\
-                 #[allow(unused_imports)]\nuse crate::spec::units::{{ByteSize, CpuQuota}};\n\n\
+                 #[allow(unused_imports)]\nuse crate::units::{{ByteSize, CpuQuota}};\n\n\
                  /// FNV-1a of the profile text this was made from.\n\
                  pub(super) const SOURCE_FNV: u64 = {DEFAULT_SOURCE_FNV:#018x};\n\n\
                  /// The default profile.\n\

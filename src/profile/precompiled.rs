@@ -10,7 +10,7 @@ use std::time::Duration;
 #[allow(unused_imports)]
 use super::{NetworkMode, Profile, RootChoice, SysMode};
 #[allow(unused_imports)]
-use crate::spec::units::{ByteSize, CpuQuota};
+use crate::units::{ByteSize, CpuQuota};
 
 /// FNV-1a of the profile text this was made from.
 pub(super) const SOURCE_FNV: u64 = 0x177720eaad1e9655;

@@ -247,7 +247,7 @@ fn write_file(path: &Path, file: &AuthFile) -> Result<(), RegistryError> {
         RegistryError::Credentials(format!("cannot write {}: {e}", path.display()))
     };
     let bytes = serde_json::to_vec_pretty(file).map_err(|e| fail(std::io::Error::other(e)))?;
-    let tmp = path.with_extension(format!("tmp-{}", crate::spec::new_id()));
+    let tmp = path.with_extension(format!("tmp-{}", crate::ids::new_id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)

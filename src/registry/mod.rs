@@ -39,7 +39,7 @@ pub struct RegistrySettings {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{0}")]
-    Reference(String),
+    Reference(#[from] reference::RemoteRefError),
     #[error("cannot reach registry {registry}: {reason} — hint: check the address and that the registry is up; a pull run again reuses the layers already verified")]
     Unreachable { registry: String, reason: String },
     #[error("registry {registry}: {reason} — hint: {hint}")]

@@ -19,7 +19,7 @@ use super::client::{is_index, Client};
 use super::reference::RemoteRef;
 use super::{RegistryError, RegistrySettings};
 use crate::image::digest::{printable, Digest};
-use crate::image::load::{
+use crate::image::ingest::{
     add_to_index, check_config, check_config_type, known_unpacked_bytes, parse_json, store_doc,
     unpack_all, LayerJob, LoadOptions, MAX_CONFIG, MAX_MANIFEST,
 };
@@ -43,35 +43,60 @@ pub struct PullOptions {
     pub credentials: CredentialStore,
 }
 
-impl PullOptions {
-    /// Options for pulling from `registry`, from the config (credentials under `state_root`).
-    pub fn from_config(
-        config: &crate::config::Config,
-        state_root: &Path,
-        registry: &str,
-        progress: bool,
-    ) -> PullOptions {
-        PullOptions {
-            limits: Limits::default(),
-            progress,
-            jobs: config.pull.jobs,
-            settings: config.registry_settings(registry),
-            credentials: CredentialStore::new(state_root),
+/// When `--image` pulls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// Pull when the store does not have the image.
+    Missing,
+    /// Pull every time (layers the store has are not downloaded again).
+    Always,
+    /// Never pull.
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "missing" => Ok(PullPolicy::Missing),
+            "always" => Ok(PullPolicy::Always),
+            "never" => Ok(PullPolicy::Never),
+            other => Err(format!(
+                "'{other}' is not a pull policy: use \"missing\", \"always\" or \"never\""
+            )),
         }
     }
 }
 
+/// Why [`ensure`] could not make an image present.
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureError {
+    #[error("{0}")]
+    Reference(Box<RegistryError>),
+    #[error("image '{reference}' not found in the store (`nsbox images` lists what is there), and pulling it from {registry} failed: {source}")]
+    NotFound {
+        reference: String,
+        registry: String,
+        source: Box<RegistryError>,
+    },
+    #[error("pulling {reference}: {source}")]
+    Pull {
+        reference: String,
+        source: Box<RegistryError>,
+    },
+    #[error(transparent)]
+    Store(#[from] ImageError),
+}
+
 /// Makes sure `reference` is in the store as `policy` says: pulls it when missing
 /// (`missing`), every time (`always`), or never. A bare digest or digest prefix names a
-/// stored image only. Errors are messages for the user.
+/// stored image only. `options` gives the pull options for a registry.
 pub fn ensure(
     reference: &str,
-    policy: crate::config::PullPolicy,
+    policy: PullPolicy,
     state_root: &Path,
-    config: &crate::config::Config,
-    progress: bool,
-) -> Result<(), String> {
-    use crate::config::PullPolicy;
+    options: impl FnOnce(&str) -> PullOptions,
+) -> Result<(), EnsureError> {
     use crate::image::reference::Reference;
     let present = || -> Result<bool, ImageError> {
         let Some(store) = Store::open_existing(state_root)? else {
@@ -87,7 +112,7 @@ pub fn ensure(
     let wanted = match policy {
         PullPolicy::Never => false,
         PullPolicy::Always => true,
-        PullPolicy::Missing => !present().map_err(|e| e.to_string())?,
+        PullPolicy::Missing => !present()?,
     };
     let pullable = matches!(
         Reference::parse(reference),
@@ -96,15 +121,20 @@ pub fn ensure(
     if !wanted || !pullable {
         return Ok(());
     }
-    let remote = RemoteRef::parse(reference)?;
-    let store = Store::open(state_root).map_err(|e| e.to_string())?;
-    let opts = PullOptions::from_config(config, state_root, &remote.registry, progress);
-    let report = pull(&store, reference, &opts).map_err(|e| match policy {
-        PullPolicy::Missing => format!(
-            "image '{reference}' not found in the store (`nsbox images` lists what is there), and pulling it from {} failed: {e}",
-            remote.registry
-        ),
-        _ => format!("pulling {reference}: {e}"),
+    let remote = RemoteRef::parse(reference)
+        .map_err(|e| EnsureError::Reference(Box::new(RegistryError::Reference(e))))?;
+    let store = Store::open(state_root)?;
+    let opts = options(&remote.registry);
+    let report = pull(&store, reference, &opts).map_err(|source| match policy {
+        PullPolicy::Missing => EnsureError::NotFound {
+            reference: reference.to_string(),
+            registry: remote.registry.clone(),
+            source: Box::new(source),
+        },
+        _ => EnsureError::Pull {
+            reference: reference.to_string(),
+            source: Box::new(source),
+        },
     })?;
     tracing::info!(
         image = %report.image.digest,

@@ -4,7 +4,27 @@
 //! manifest (or index) digest.
 
 use crate::image::digest::{printable, Digest};
-use crate::image::reference::normalize_name;
+use crate::image::reference::{normalize_name, ReferenceError};
+
+/// Why a text is not a reference nsbox can pull.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{text}' is not a valid image reference: {problem} — hint: write NAME[:TAG] or NAME@sha256:DIGEST, e.g. python:3.12, ghcr.io/org/devbox:1, localhost:5000/app@sha256:...")]
+pub struct RemoteRefError {
+    /// The reference, made printable.
+    pub text: String,
+    pub problem: RemoteRefProblem,
+}
+
+/// What is wrong with a remote reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteRefProblem {
+    #[error("it is empty")]
+    Empty,
+    #[error("no tag")]
+    NoTag,
+    #[error(transparent)]
+    Invalid(#[from] ReferenceError),
+}
 
 /// Docker Hub as users write it, and the host its API lives on.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -24,28 +44,27 @@ pub struct RemoteRef {
 }
 
 impl RemoteRef {
-    pub fn parse(text: &str) -> Result<RemoteRef, String> {
-        let bad = |why: String| {
-            format!(
-                "'{}' is not a valid image reference: {why} — hint: write NAME[:TAG] or NAME@sha256:DIGEST, e.g. python:3.12, ghcr.io/org/devbox:1, localhost:5000/app@sha256:...",
-                printable(text)
-            )
+    pub fn parse(text: &str) -> Result<RemoteRef, RemoteRefError> {
+        let bad = |problem: RemoteRefProblem| RemoteRefError {
+            text: printable(text),
+            problem,
         };
+        let invalid = |e: ReferenceError| bad(RemoteRefProblem::Invalid(e));
         if text.is_empty() {
-            return Err(bad("it is empty".into()));
+            return Err(bad(RemoteRefProblem::Empty));
         }
         let (name, digest) = match text.split_once('@') {
-            Some((name, d)) => (name, Some(Digest::parse(d).map_err(bad)?)),
+            Some((name, d)) => (name, Some(Digest::parse(d).map_err(invalid)?)),
             None => (text, None),
         };
         // The full name with its tag, checked by the store's rules (lowercase repository,
         // valid host, tag characters).
-        let normalized = normalize_name(name).map_err(bad)?;
+        let normalized = normalize_name(name).map_err(invalid)?;
         let last_slash = name.rfind('/').map_or(0, |i| i + 1);
         let explicit_tag = name[last_slash..].contains(':');
         let (path, tag) = normalized
             .rsplit_once(':')
-            .ok_or_else(|| bad("no tag".into()))?;
+            .ok_or_else(|| bad(RemoteRefProblem::NoTag))?;
         let (registry, repository) = match path.split_once('/') {
             Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => {
                 let host = if host == "index.docker.io" {
@@ -196,7 +215,7 @@ mod tests {
             "-x",
             "x y",
         ] {
-            let e = RemoteRef::parse(bad).unwrap_err();
+            let e = RemoteRef::parse(bad).unwrap_err().to_string();
             assert!(e.contains("hint"), "{bad}: {e}");
         }
     }

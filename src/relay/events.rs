@@ -28,10 +28,12 @@ pub enum Event<'a> {
     Truncated { limit: u64 },
     /// Something the user should know that did not stop the run.
     Warning { phase: &'a str, message: String },
-    /// nsbox failed; `phase` is "setup" (before the command ran) or "run".
+    /// nsbox failed. `phase` is "usage", "image", "setup" (before the command ran) or "run";
+    /// `hint` says what to do (null when there is nothing to add); `code` is the exit code.
     Error {
         phase: &'a str,
         message: String,
+        hint: Option<String>,
         code: i32,
     },
     /// The sandbox ended. `code` is nsbox's exit status.

@@ -11,7 +11,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::fs::OFlags;
 
 use super::{Event, Masker, Sink, Utf8Chunker};
-use crate::spec::units::ByteSize;
+use crate::units::ByteSize;
 
 /// How the relay presents output.
 #[derive(Debug, Clone, Copy)]

@@ -185,7 +185,7 @@ pub fn prepare(ops: &[UpperOp], ids: IdMap) -> Result<MaskLayer, MaskError> {
     if let Some(layer) = use_existing(&path)? {
         return Ok(layer);
     }
-    let scratch = masks.join(format!(".build-{}", crate::spec::new_id()));
+    let scratch = masks.join(format!(".build-{}", crate::ids::new_id()));
     rfs::mkdir(&scratch, Mode::from_raw_mode(0o755)).map_err(io_err("create", &scratch))?;
     let built = build(&scratch, ops, ids);
     if let Err(e) = built {
@@ -279,7 +279,7 @@ pub fn collect_garbage(masks: &Path, keep: &str) -> usize {
         if rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_err() {
             continue; // in use
         }
-        let trash = masks.join(format!(".trash-{}", crate::spec::new_id()));
+        let trash = masks.join(format!(".trash-{}", crate::ids::new_id()));
         if rfs::rename(&path, &trash).is_ok() {
             drop(fd);
             if remove_tree(&trash).is_ok() {

@@ -3,8 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::profile::{NetworkMode, RootChoice, SysMode};
-use crate::spec::units::ByteSize;
 use crate::spec::SandboxSpec;
+use crate::units::ByteSize;
+
+/// Ptys one sandbox's devpts may hold (`max=`). The host's `kernel.pty.max` is shared by every
+/// devpts instance (less `kernel.pty.reserve`, kept for the host's own), so without a bound one
+/// sandbox could take every pty the other sandboxes would get.
+pub const DEVPTS_MAX: u32 = 256;
 
 /// Everything the setup child does to build the sandbox's filesystem, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,8 +19,9 @@ pub struct RootfsPlan {
     /// Size of the tmpfs holding the overlay's upper and work directories.
     pub scratch_size: ByteSize,
     /// Changes that are the same for every sandbox with this profile on this host (what the
-    /// host root hides, the accounts). The supervisor builds them once into a cached lower layer
-    /// (see [`super::mask`]); when it cannot, they are moved to `upper`.
+    /// host root hides, the accounts). [`super::final_plan`] builds them once into a cached
+    /// lower layer (see [`super::mask`]) or, when it cannot, moves them to `upper`: a final
+    /// plan has none left.
     pub shared: Vec<UpperOp>,
     /// Prepared in the upper directory before the overlay is mounted (per sandbox).
     pub upper: Vec<UpperOp>,
@@ -27,6 +33,22 @@ pub struct RootfsPlan {
     /// A host directory whose `upper/` and `work/` hold the overlay's writes instead of the
     /// scratch tmpfs (`nsbox build` captures them as a layer).
     pub upper_dir: Option<PathBuf>,
+}
+
+impl RootfsPlan {
+    /// The shared changes are already made in the cached layer at `layer`: it becomes the
+    /// top lower layer, and nothing of them is left to do.
+    pub fn use_mask_layer(&mut self, layer: PathBuf) {
+        self.lowers.insert(0, layer);
+        self.shared.clear();
+    }
+
+    /// No cached layer: the shared changes are made in this sandbox's upper layer, before its
+    /// own ones.
+    pub fn make_shared_in_upper(&mut self) {
+        let shared = std::mem::take(&mut self.shared);
+        self.upper.splice(0..0, shared);
+    }
 }
 
 /// A change to the overlay's upper directory, made before the overlay exists.
@@ -109,7 +131,7 @@ pub enum MountOp {
     Cgroup2 {
         target: PathBuf,
     },
-    /// A private devpts instance.
+    /// A private devpts instance, holding at most [`DEVPTS_MAX`] ptys.
     Devpts {
         target: PathBuf,
         tty_gid: u32,
@@ -154,7 +176,8 @@ pub enum MountOp {
         uid: u32,
         gid: u32,
     },
-    /// Make sure the working directory exists (created as uid:gid when missing).
+    /// Make sure the working directory exists (created as uid:gid when missing; the plan
+    /// decides the owner).
     Workdir {
         target: PathBuf,
         uid: u32,
@@ -198,6 +221,9 @@ pub struct HostFacts {
     /// sandbox at nsbox's resolver instead).
     pub resolv_conf: Option<Vec<u8>>,
 }
+
+/// The sandbox user's own writable directory (a tmpfs), its default working directory.
+pub const SANDBOX_DIR: &str = "/sandbox";
 
 /// The tty group inside the sandbox (Debian's number).
 pub const TTY_GID: u32 = 5;
@@ -285,7 +311,7 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         (NetworkMode::Host, Some(text)) => text.clone(),
         (NetworkMode::Host, None) => b"# nsbox: the host has no /etc/resolv.conf\n".to_vec(),
         (NetworkMode::None, _) => b"# nsbox: --net none: no network, no DNS\n".to_vec(),
-        (NetworkMode::Filtered, _) => crate::net::resolver::RESOLV_CONF.as_bytes().to_vec(),
+        (NetworkMode::Filtered, _) => crate::net::addresses::RESOLV_CONF.as_bytes().to_vec(),
     };
     upper.push(UpperOp::WriteFile {
         path: "/etc/resolv.conf".into(),
@@ -334,7 +360,7 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         flags: Flags::SCRATCH,
     });
     mounts.push(MountOp::Tmpfs {
-        target: "/sandbox".into(),
+        target: SANDBOX_DIR.into(),
         size: spec.sizes.sandbox,
         mode: 0o755,
         uid: spec.uid,
@@ -375,10 +401,17 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
             gid: spec.gid,
         });
     }
+    // A working directory the command creates under its own /sandbox is its own; anywhere
+    // else in the root it belongs to the sandbox's root, like the rest of the system.
+    let (uid, gid) = if spec.workdir.starts_with(SANDBOX_DIR) {
+        (spec.uid, spec.gid)
+    } else {
+        (0, 0)
+    };
     mounts.push(MountOp::Workdir {
         target: spec.workdir.clone(),
-        uid: spec.uid,
-        gid: spec.gid,
+        uid,
+        gid,
     });
     mounts.push(MountOp::RemountReadOnly {
         target: "/dev".into(),
@@ -682,6 +715,54 @@ mod tests {
         assert!(!plan.mounts.iter().any(
             |op| matches!(op, MountOp::RemountReadOnly { target, .. } if target == Path::new("/"))
         ));
+    }
+
+    #[test]
+    fn the_plan_decides_the_workdirs_owner() {
+        let owner = |workdir: &str| {
+            let spec = spec_with(|r| {
+                r.user = Some((1000, 1001));
+                r.workdir = Some(workdir.into());
+            });
+            build(&spec, &HostFacts::default())
+                .mounts
+                .iter()
+                .find_map(|op| match op {
+                    MountOp::Workdir { uid, gid, .. } => Some((*uid, *gid)),
+                    _ => None,
+                })
+                .expect("a workdir step")
+        };
+        assert_eq!(owner("/sandbox/project"), (1000, 1001));
+        assert_eq!(owner("/sandbox"), (1000, 1001));
+        assert_eq!(owner("/opt/project"), (0, 0));
+        assert_eq!(
+            owner("/sandboxes"),
+            (0, 0),
+            "a prefix of the name is not inside"
+        );
+    }
+
+    #[test]
+    fn a_final_plan_has_no_shared_changes_left() {
+        let spec = spec_with(|_| {});
+        let draft = build(&spec, &HostFacts::default());
+        assert!(!draft.shared.is_empty());
+
+        let mut cached = draft.clone();
+        cached.use_mask_layer("/run/nsbox/masks/k".into());
+        assert!(cached.shared.is_empty());
+        assert_eq!(cached.lowers[0], PathBuf::from("/run/nsbox/masks/k"));
+        assert_eq!(cached.lowers[1..], draft.lowers[..]);
+        assert_eq!(cached.upper, draft.upper);
+
+        let mut uncached = draft.clone();
+        uncached.make_shared_in_upper();
+        assert!(uncached.shared.is_empty());
+        assert_eq!(uncached.lowers, draft.lowers);
+        // The shared changes come first: the sandbox's own files may sit inside hidden dirs.
+        assert_eq!(uncached.upper[..draft.shared.len()], draft.shared[..]);
+        assert_eq!(uncached.upper[draft.shared.len()..], draft.upper[..]);
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Typed messages between the supervisor (host side) and the sandbox's setup child / init,
 //! over a SOCK_SEQPACKET socket pair: one JSON message per packet, file descriptors attached
 //! with SCM_RIGHTS where a message carries one (the pty master).
+//!
+//! Where one side must wait for one particular message before it can go on, it calls a typed
+//! wait ([`wait_for_net_namespace`], [`wait_for_identity`] in the child; [`wait_ready`] on the
+//! host) that returns that message's contents or a [`ChannelError`] naming what was expected
+//! and what came instead; call sites do not match raw messages.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -84,6 +89,163 @@ pub enum ToSandbox {
     Broadcast { signal: i32 },
 }
 
+impl ToSupervisor {
+    /// The message's name on the wire, for errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ToSupervisor::SetupFailed { .. } => "setup_failed",
+            ToSupervisor::Started { .. } => "started",
+            ToSupervisor::Exited { .. } => "exited",
+            ToSupervisor::Ready { .. } => "ready",
+            ToSupervisor::ExecStarted { .. } => "exec_started",
+            ToSupervisor::ExecEnded { .. } => "exec_ended",
+            ToSupervisor::ExecRefused { .. } => "exec_refused",
+        }
+    }
+}
+
+impl ToSandbox {
+    /// The message's name on the wire, for errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ToSandbox::Identity => "identity",
+            ToSandbox::NetNamespace => "net_namespace",
+            ToSandbox::NetFailed { .. } => "net_failed",
+            ToSandbox::IdentityFailed { .. } => "identity_failed",
+            ToSandbox::Exec(_) => "exec",
+            ToSandbox::Signal { .. } => "signal",
+            ToSandbox::Broadcast { .. } => "broadcast",
+        }
+    }
+}
+
+/// Why a typed wait did not return the message it waited for.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("expected {expected} from the other side, got {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("the other side ended while {expected} was awaited")]
+    Closed { expected: &'static str },
+    /// The other side reported that `step` failed (and gives up).
+    #[error("{step}: {message}")]
+    Failed { step: String, message: String },
+    #[error("{expected} came without its descriptor")]
+    MissingFd { expected: &'static str },
+    #[error("control channel: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What the init reports once a sandbox is built and waits for commands.
+#[derive(Debug, PartialEq)]
+pub struct Ready {
+    pub marks: Vec<(String, u64)>,
+    pub warnings: Vec<String>,
+}
+
+/// The sandbox's identity, as the setup child receives it: the mapped user namespace and, on
+/// cgroup v1 hosts, the cgroup's `tasks` descriptors to join first.
+#[derive(Debug)]
+pub struct Identity {
+    pub userns: OwnedFd,
+    pub cgroup_tasks: Vec<OwnedFd>,
+}
+
+/// Receives one message, waiting for it on a blocking or non-blocking socket alike.
+fn recv_waiting<T: DeserializeOwned>(
+    socket: BorrowedFd<'_>,
+    expected: &'static str,
+) -> Result<(T, Vec<OwnedFd>), ChannelError> {
+    loop {
+        match recv::<T>(socket) {
+            Ok(Some(received)) => return Ok(received),
+            Ok(None) => return Err(ChannelError::Closed { expected }),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [rustix::event::PollFd::new(
+                    &socket,
+                    rustix::event::PollFlags::IN,
+                )];
+                match rustix::event::poll(&mut fds, None) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error()).into()),
+                }
+            }
+            // The peer ended with our messages unread: reported once, ahead of what it had
+            // already sent (say, why setup failed). Keep reading.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// (Child) Waits for the network namespace the supervisor creates in parallel.
+pub fn wait_for_net_namespace(socket: BorrowedFd<'_>) -> Result<OwnedFd, ChannelError> {
+    const EXPECTED: &str = "net_namespace";
+    match recv_waiting::<ToSandbox>(socket, EXPECTED)? {
+        (ToSandbox::NetNamespace, fds) => fds
+            .into_iter()
+            .next()
+            .ok_or(ChannelError::MissingFd { expected: EXPECTED }),
+        (ToSandbox::NetFailed { message }, _) => Err(ChannelError::Failed {
+            step: "create network namespace".into(),
+            message,
+        }),
+        (other, _) => Err(ChannelError::Unexpected {
+            expected: EXPECTED,
+            got: other.kind(),
+        }),
+    }
+}
+
+/// (Child) Waits for the sandbox's identity: its user namespace and, on cgroup v1 hosts, the
+/// cgroup to join. The supervisor sends a failure instead when it could not make either, or
+/// when the filtered network could not be set up.
+pub fn wait_for_identity(socket: BorrowedFd<'_>) -> Result<Identity, ChannelError> {
+    const EXPECTED: &str = "identity";
+    match recv_waiting::<ToSandbox>(socket, EXPECTED)? {
+        (ToSandbox::Identity, fds) => {
+            let mut fds = fds.into_iter();
+            let userns = fds
+                .next()
+                .ok_or(ChannelError::MissingFd { expected: EXPECTED })?;
+            Ok(Identity {
+                userns,
+                cgroup_tasks: fds.collect(),
+            })
+        }
+        (ToSandbox::IdentityFailed { message }, _) => Err(ChannelError::Failed {
+            step: "prepare user namespace".into(),
+            message,
+        }),
+        (ToSandbox::NetFailed { message }, _) => Err(ChannelError::Failed {
+            step: "set up the filtered network".into(),
+            message,
+        }),
+        (other, _) => Err(ChannelError::Unexpected {
+            expected: EXPECTED,
+            got: other.kind(),
+        }),
+    }
+}
+
+/// (Host) Waits until a sandbox created to serve commands is built, or for the reason its
+/// setup failed.
+pub fn wait_ready(socket: BorrowedFd<'_>) -> Result<Ready, ChannelError> {
+    const EXPECTED: &str = "ready";
+    match recv_waiting::<ToSupervisor>(socket, EXPECTED)? {
+        (ToSupervisor::Ready { marks, warnings }, _) => Ok(Ready { marks, warnings }),
+        (ToSupervisor::SetupFailed { step, message }, _) => {
+            Err(ChannelError::Failed { step, message })
+        }
+        (other, _) => Err(ChannelError::Unexpected {
+            expected: EXPECTED,
+            got: other.kind(),
+        }),
+    }
+}
+
 /// Largest message accepted (marks and warnings are small).
 const MAX_MESSAGE: usize = 64 * 1024;
 /// Most descriptors one message carries (the user namespace and up to three v1 cgroups).
@@ -151,6 +313,119 @@ pub fn peer_gone(socket: BorrowedFd<'_>) -> bool {
 mod tests {
     use super::*;
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn wait_ready_returns_the_ready_message() {
+        let (host, child) = pair();
+        let ready = ToSupervisor::Ready {
+            marks: vec![("seccomp loaded".into(), 7)],
+            warnings: vec!["w".into()],
+        };
+        send(child.as_fd(), &ready, &[]).unwrap();
+        let got = wait_ready(host.as_fd()).unwrap();
+        assert_eq!(got.marks, vec![("seccomp loaded".to_string(), 7)]);
+        assert_eq!(got.warnings, vec!["w".to_string()]);
+    }
+
+    #[test]
+    fn wait_ready_names_what_came_instead() {
+        let (host, child) = pair();
+        send(
+            child.as_fd(),
+            &ToSupervisor::ExecStarted { exec_id: 1 },
+            &[],
+        )
+        .unwrap();
+        match wait_ready(host.as_fd()) {
+            Err(ChannelError::Unexpected { expected, got }) => {
+                assert_eq!((expected, got), ("ready", "exec_started"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn wait_ready_reports_setup_failure_and_hang_up() {
+        let (host, child) = pair();
+        rustix::io::ioctl_fionbio(&host, true).unwrap();
+        let failed = ToSupervisor::SetupFailed {
+            step: "mount".into(),
+            message: "denied".into(),
+        };
+        send(child.as_fd(), &failed, &[]).unwrap();
+        match wait_ready(host.as_fd()) {
+            Err(ChannelError::Failed { step, message }) => {
+                assert_eq!((step.as_str(), message.as_str()), ("mount", "denied"))
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(child);
+        assert!(matches!(
+            wait_ready(host.as_fd()),
+            Err(ChannelError::Closed { expected: "ready" })
+        ));
+    }
+
+    #[test]
+    fn wait_for_identity_takes_the_namespace_and_cgroup_descriptors() {
+        let (host, child) = pair();
+        let (a, b) = rustix::pipe::pipe().unwrap();
+        send(host.as_fd(), &ToSandbox::Identity, &[a.as_fd(), b.as_fd()]).unwrap();
+        let identity = wait_for_identity(child.as_fd()).unwrap();
+        assert_eq!(identity.cgroup_tasks.len(), 1);
+
+        send(host.as_fd(), &ToSandbox::Identity, &[]).unwrap();
+        assert!(matches!(
+            wait_for_identity(child.as_fd()),
+            Err(ChannelError::MissingFd { .. })
+        ));
+        send(host.as_fd(), &ToSandbox::NetNamespace, &[a.as_fd()]).unwrap();
+        assert!(matches!(
+            wait_for_identity(child.as_fd()),
+            Err(ChannelError::Unexpected {
+                expected: "identity",
+                got: "net_namespace"
+            })
+        ));
+        let refused = ToSandbox::NetFailed {
+            message: "no nft".into(),
+        };
+        send(host.as_fd(), &refused, &[]).unwrap();
+        match wait_for_identity(child.as_fd()) {
+            Err(ChannelError::Failed { step, .. }) => {
+                assert_eq!(step, "set up the filtered network")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn wait_for_net_namespace_takes_its_descriptor() {
+        let (host, child) = pair();
+        let (a, _b) = rustix::pipe::pipe().unwrap();
+        send(host.as_fd(), &ToSandbox::NetNamespace, &[a.as_fd()]).unwrap();
+        assert!(wait_for_net_namespace(child.as_fd()).is_ok());
+        send(host.as_fd(), &ToSandbox::Identity, &[a.as_fd()]).unwrap();
+        assert!(matches!(
+            wait_for_net_namespace(child.as_fd()),
+            Err(ChannelError::Unexpected { .. })
+        ));
+        drop(host);
+        assert!(matches!(
+            wait_for_net_namespace(child.as_fd()),
+            Err(ChannelError::Closed { .. })
+        ));
+    }
 
     #[test]
     fn messages_and_descriptors_round_trip() {

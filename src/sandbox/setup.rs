@@ -1,36 +1,10 @@
 //! The sandbox side: the setup child created by clone3, which becomes the sandbox's init
 //! (pid 1), and the workload process it forks.
 //!
-//! Setup order (each step says why it is where it is). The supervisor meanwhile creates the
+//! The order of the steps below is the one in `docs/setup-order.md` (the only numbered list
+//! of it); each step here says why it is where it is. The supervisor meanwhile creates the
 //! network namespace, on v1 hosts the cgroup, and the user namespace, and sends them over the
 //! control socket (see `supervisor.rs`).
-//!
-//!  1. parent-death signal, then check the supervisor is still alive — so a killed supervisor
-//!     never leaves a sandbox running;
-//!  2. stdio onto 0-2 and every other inherited descriptor closed — nothing of the
-//!     supervisor's (pipe ends, signalfd, terminal) stays reachable;
-//!  3. cgroup v2: clone3 placed us in the cgroup; unshare the cgroup namespace now, so its
-//!     root is the sandbox's own cgroup (v1 hosts: step 9);
-//!  4. non-dumpable, arguments and environment wiped — nothing in the sandbox can read or
-//!     ptrace this process or see the supervisor's command line (which may hold secrets);
-//!  5. open host sources (bind mounts, copies) — the last moment host paths are reachable;
-//!  6. build the overlay root, pivot_root into it and detach the host's root;
-//!  7. join the network namespace (loopback already up) — before /sys, which shows the
-//!     mounting process's network devices;
-//!  8. mount /proc, /dev, /sys, masks, /tmp, /sandbox, user binds, copies; root read-only;
-//!     hostname — the mount and UTS namespaces are ours;
-//!  9. v1 hosts: join the cgroup (write "0" to its `tasks` files, still as real root) and
-//!     unshare the cgroup namespace; then join the user namespace (it owns none of the other
-//!     namespaces) — from here on this process is never host root;
-//! 10. drop to the sandbox uid/gid: bounding set emptied, securebits locked, capabilities
-//!     cleared, no_new_privs — shared by init and workload;
-//! 11. seccomp last: nothing privileged is left to do, so the filter goes on now, once, in the
-//!     init; the workload inherits it through fork (one install instead of two: loading a
-//!     filter costs the kernel a pass over every syscall number);
-//! 12. fork the workload: new session, its stdio, working directory, SIGPIPE back to default,
-//!     every descriptor close-on-exec, then execve — all calls the filter allows;
-//! 13. init reports the start, reaps zombies, forwards signals, and exits when the workload
-//!     does (which kills every other process of the sandbox).
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -57,7 +31,7 @@ use crate::sys;
 pub struct ChildSetup<'a> {
     pub spec: &'a SandboxSpec,
     /// Run the spec's command now, or wait for commands (sessions).
-    pub mode: super::supervisor::InitMode,
+    pub mode: super::handle::InitMode,
     pub plan: &'a RootfsPlan,
     pub seccomp: &'a BpfProgram,
     pub control: BorrowedFd<'a>,
@@ -103,11 +77,15 @@ const FORWARDED: &[i32] = &[
 /// Monotonic clock in nanoseconds (shared with the supervisor's clock).
 pub fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    // The monotonic clock is never negative.
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 /// Entry point of the setup child. Never returns: ends as the sandbox's init.
 pub fn child_main(setup: ChildSetup<'_>) -> ! {
+    // A panic here, in the init or in a process it forks must not unwind into the
+    // supervisor's frames copied with the fork (their destructors own host resources).
+    let _abort = sys::process::AbortOnPanic;
     match run(&setup) {
         Ok(never) => match never {},
         Err(f) => {
@@ -126,42 +104,53 @@ pub fn child_main(setup: ChildSetup<'_>) -> ! {
 
 enum Never {}
 
+#[allow(unsafe_code)] // descriptor renumbering and forks; each block says why it is sound
 fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let mut marks: Vec<(String, u64)> = vec![("child started".into(), now_ns())];
     let warnings: Vec<String> = Vec::new();
 
-    // 1. Die with the supervisor. The supervisor may have died between clone and here, so
-    //    check the control socket too.
+    // First, die with the supervisor: a killed supervisor must never leave a sandbox
+    // running. It may have died between clone and here, so check the control socket too.
     sys::process::set_parent_death_signal(libc::SIGKILL).map_err(at("set parent-death signal"))?;
     if control::peer_gone(s.control) {
         sys::process::exit_now(exit::NSBOX_FAILED);
     }
     rustix::process::umask(Mode::empty());
 
-    // 2. Standard streams, then close everything we do not need.
-    for (target, fd) in s.stdio.iter().enumerate() {
-        dup_onto(*fd, target as RawFd).map_err(at("set up standard streams"))?;
+    // Standard streams, then close everything else: nothing of the supervisor's may stay
+    // reachable from inside.
+    for (target, fd) in (0..).zip(s.stdio) {
+        // SAFETY: this forked child owns nothing on 0-2 (it ends through exit_now or execve,
+        // never dropping the supervisor's owners copied with the fork).
+        unsafe { dup_onto(fd, target) }.map_err(at("set up standard streams"))?;
     }
     let mut keep: Vec<RawFd> = vec![s.control.as_raw_fd(), s.exec_status.as_raw_fd()];
     keep.extend(s.cgroup_tasks.iter().map(|fd| fd.as_raw_fd()));
-    close_all_except(&keep).map_err(at("close inherited descriptors"))?;
+    // SAFETY: the owners of the descriptors closed here are the supervisor's, copied with the
+    // fork; this child never drops or uses them (it ends through exit_now, aborts on panic).
+    unsafe { close_all_except(&keep) }.map_err(at("close inherited descriptors"))?;
 
-    // 3-4. cgroups (on v1 hosts this happens with the id maps, step 10).
+    // Cgroups now on v2 (clone3 placed us already); on v1 hosts with the identity below,
+    // while still real root.
     if !s.late_cgroup {
         join_cgroup(s.cgroup_tasks)?;
         // These belong to the supervisor's memory, copied into ours and never dropped here:
         // close them by number, they are root-opened handles on host cgroup files.
         for fd in s.cgroup_tasks {
-            let _ = sys::fs::close_range(fd.as_raw_fd() as u32, fd.as_raw_fd() as u32);
+            let n = fd.as_raw_fd().unsigned_abs();
+            // SAFETY: as above: their owner is the supervisor's copy, never dropped here.
+            let _ = unsafe { sys::fs::close_range(n, n) };
         }
     }
 
-    // 5. Nothing inside may inspect this process.
+    // Before anything of the sandbox exists: nothing inside may inspect this process.
     sys::process::set_non_dumpable().map_err(at("make init non-dumpable"))?;
-    sys::process::hide_arguments().map_err(at("replace init's arguments"))?;
+    // SAFETY: this child is single-threaded (cloned from a single-threaded supervisor) and
+    // never reads std::env.
+    unsafe { sys::process::hide_arguments() }.map_err(at("replace init's arguments"))?;
     marks.push(("namespaces joined".into(), now_ns()));
 
-    // 6-8. The filesystem.
+    // The filesystem: host sources first, while host paths are still reachable.
     let ids = IdMap {
         base: s.spec.uid_base,
     };
@@ -186,57 +175,14 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         .map_err(at("mount sandbox filesystems"))?;
     drop(sources);
 
-    // 9. Hostname.
+    // Hostname: the UTS namespace is ours.
     rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
     marks.push(("hostname set".into(), now_ns()));
 
-    // 10. Identity: join the cgroup (on v1 hosts, while still real root), then the user
-    //     namespace the supervisor created and mapped in parallel. It owns none of the
-    //     sandbox's other namespaces, so even a process that regained every capability inside
-    //     it could not touch the mounts, the network or the hostname.
-    match control::recv::<ToSandbox>(s.control) {
-        Ok(Some((ToSandbox::Identity, fds))) => {
-            let mut fds = fds.into_iter();
-            let userns = fds
-                .next()
-                .ok_or_else(|| at("join user namespace")("no descriptor attached"))?;
-            if s.late_cgroup {
-                let tasks: Vec<OwnedFd> = fds.collect();
-                join_cgroup(&tasks)?;
-            }
-            sys::process::setns(userns.as_fd(), sys::process::flags::NEWUSER)
-                .map_err(at("join user namespace"))?;
-        }
-        Ok(Some((ToSandbox::IdentityFailed { message }, _))) => {
-            return Err(at("prepare user namespace")(message))
-        }
-        Ok(Some((ToSandbox::NetFailed { message }, _))) => {
-            return Err(at("set up the filtered network")(message))
-        }
-        Ok(Some((other, _))) => {
-            return Err(at("join user namespace")(format!(
-                "unexpected message {other:?}"
-            )))
-        }
-        Ok(None) => sys::process::exit_now(exit::NSBOX_FAILED),
-        Err(e) => return Err(at("join user namespace")(e)),
-    }
-    marks.push(("user namespace mapped".into(), now_ns()));
-
-    // 11. Become the sandbox user for good.
-    drop_privileges(s.spec.uid, s.spec.gid)?;
-    // The credential change cleared the parent-death signal: set it again and re-check.
-    sys::process::set_parent_death_signal(libc::SIGKILL).map_err(at("set parent-death signal"))?;
-    if control::peer_gone(s.control) {
-        sys::process::exit_now(exit::NSBOX_FAILED);
-    }
-
-    let serve = s.mode == super::supervisor::InitMode::Serve;
-    let tty = if s.spec.io.tty && !serve {
-        Some(open_pty(s.winsize).map_err(at("allocate a terminal"))?)
-    } else {
-        None
-    };
+    // What needs no identity is done before waiting for it: the supervisor is still making
+    // it, so this costs the start nothing. Privileges change nothing here (the signal mask,
+    // a descriptor the init keeps, plain memory).
+    let serve = s.mode == super::handle::InitMode::Serve;
     let command = if serve {
         None
     } else {
@@ -245,9 +191,38 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let signals = sys::signal::SignalSet::new(&[&[libc::SIGCHLD][..], FORWARDED].concat());
     sys::signal::block(&signals).map_err(at("block signals"))?;
     let signalfd = sys::signal::signalfd(&signals).map_err(at("create signalfd"))?;
+    let last_capability = sys::process::last_capability();
+
+    // Identity, once nothing needs real root: join the cgroup (on v1 hosts), then the user
+    // namespace the supervisor created and mapped in parallel. It owns none of the
+    // sandbox's other namespaces, so even a process that regained every capability inside
+    // it could not touch the mounts, the network or the hostname.
+    let identity = control::wait_for_identity(s.control)
+        .map_err(|e| channel_failure("join user namespace", e))?;
+    if s.late_cgroup {
+        join_cgroup(&identity.cgroup_tasks)?;
+    }
+    sys::process::setns(identity.userns.as_fd(), sys::process::flags::NEWUSER)
+        .map_err(at("join user namespace"))?;
+    marks.push(("user namespace mapped".into(), now_ns()));
+
+    // Become the sandbox user for good, before any code of the sandbox runs.
+    drop_privileges(s.spec.uid, s.spec.gid, last_capability)?;
+    // The credential change cleared the parent-death signal: set it again and re-check.
+    sys::process::set_parent_death_signal(libc::SIGKILL).map_err(at("set parent-death signal"))?;
+    if control::peer_gone(s.control) {
+        sys::process::exit_now(exit::NSBOX_FAILED);
+    }
+
+    // As the sandbox user, so the user owns the terminal.
+    let tty = if s.spec.io.tty && !serve {
+        Some(open_pty(s.winsize).map_err(at("allocate a terminal"))?)
+    } else {
+        None
+    };
     marks.push(("privileges dropped".into(), now_ns()));
 
-    // 12. Seccomp, inherited by the workload.
+    // Seccomp last: nothing privileged is left; the workload inherits it through fork.
     crate::sys::seccomp::install_filter(s.seccomp).map_err(at("load the seccomp filter"))?;
     marks.push(("seccomp loaded".into(), now_ns()));
 
@@ -258,11 +233,13 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
             .map_err(at("report ready"))?;
         // The start-up code is done with; the idle loop needs little of it.
         sys::mem::release_code_pages();
-        serve_loop(s.control, signalfd.as_fd());
+        init_loop(s.control, signalfd.as_fd(), InitRole::Serve, Vec::new());
     };
 
-    // 13. The workload.
-    let workload = sys::process::fork().map_err(at("fork workload"))?;
+    // The workload.
+    // SAFETY: the init is single-threaded; the workload ends through execve or exit_now, and
+    // the guard in `child_main` aborts a panic.
+    let workload = unsafe { sys::process::fork() }.map_err(at("fork workload"))?;
     if workload == 0 {
         let failure = exec_workload(&command, tty.as_ref().map(|t| t.slave.as_fd()));
         let _ = rustix::io::write(
@@ -272,7 +249,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         sys::process::exit_now(failure.code);
     }
 
-    // 14. Init.
+    // Init: what is left of this process is the sandbox's pid 1.
     detach_streams(s.exec_status)?;
     marks.push(("workload forked".into(), now_ns()));
     let master = tty.map(|t| {
@@ -287,21 +264,28 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     )
     .map_err(at("report start"))?;
     drop(master);
-    init_loop(s.control, signalfd.as_fd(), workload)
+    init_loop(
+        s.control,
+        signalfd.as_fd(),
+        InitRole::OneCommand,
+        vec![(0, workload)],
+    )
 }
 
 /// The init keeps none of the command's streams (so they end when the command's processes
 /// do) and not the exec-status pipe (so its end of file means "exec happened").
+#[allow(unsafe_code)] // descriptors renumbered in the init; each block says why it is sound
 fn detach_streams(exec_status: BorrowedFd<'_>) -> Result<(), Failure> {
     let devnull = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(at("open /dev/null"))?;
     for target in 0..3 {
-        dup_onto(devnull.as_fd(), target).map_err(at("detach init's streams"))?;
+        // SAFETY: the init owns nothing on 0-2 (its stdio was set up by number).
+        unsafe { dup_onto(devnull.as_fd(), target) }.map_err(at("detach init's streams"))?;
     }
-    let _ = sys::fs::close_range(
-        exec_status.as_raw_fd() as u32,
-        exec_status.as_raw_fd() as u32,
-    );
+    let n = exec_status.as_raw_fd().unsigned_abs();
+    // SAFETY: the pipe's owner is the supervisor's copy, never dropped in this process; the
+    // `exec_status` borrow is not used after this.
+    let _ = unsafe { sys::fs::close_range(n, n) };
     Ok(())
 }
 
@@ -315,39 +299,48 @@ fn join_cgroup(tasks: &[OwnedFd]) -> Result<(), Failure> {
 
 /// Waits for the network namespace the supervisor creates in parallel, and joins it.
 fn join_network_namespace(control_fd: BorrowedFd<'_>) -> Result<(), Failure> {
-    match control::recv::<ToSandbox>(control_fd) {
-        Ok(Some((ToSandbox::NetNamespace, fds))) => {
-            let ns = fds
-                .first()
-                .ok_or_else(|| at("join network namespace")("no descriptor attached"))?;
-            sys::process::setns(ns.as_fd(), sys::process::flags::NEWNET)
-                .map_err(at("join network namespace"))
-        }
-        Ok(Some((ToSandbox::NetFailed { message }, _))) => {
-            Err(at("create network namespace")(message))
-        }
-        Ok(Some((other, _))) => Err(at("join network namespace")(format!(
-            "unexpected message {other:?}"
-        ))),
-        Ok(None) => sys::process::exit_now(exit::NSBOX_FAILED),
-        Err(e) => Err(at("join network namespace")(e)),
+    let ns = control::wait_for_net_namespace(control_fd)
+        .map_err(|e| channel_failure("join network namespace", e))?;
+    sys::process::setns(ns.as_fd(), sys::process::flags::NEWNET)
+        .map_err(at("join network namespace"))
+}
+
+/// A typed wait that failed: the supervisor's own report of a failed step keeps its step; a
+/// supervisor that is gone ends the child quietly (its parent-death signal is on its way).
+fn channel_failure(step: &str, e: control::ChannelError) -> Failure {
+    match e {
+        control::ChannelError::Failed { step, message } => Failure { step, message },
+        control::ChannelError::Closed { .. } => sys::process::exit_now(exit::NSBOX_FAILED),
+        other => at(step)(other),
     }
 }
 
-fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+/// Puts `fd` on `target` (a standard stream) without close-on-exec.
+///
+/// # Safety
+/// As `sys::fs::dup_onto`: nothing may rely on `target`'s previous file. Called only in the
+/// processes forked for the sandbox, whose standard streams nothing owns.
+#[allow(unsafe_code)]
+unsafe fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     if fd.as_raw_fd() == target {
         // dup2 onto itself would keep CLOEXEC; clear it explicitly.
         return rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
             .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()));
     }
-    sys::fs::dup_onto(fd, target)
+    // SAFETY: the caller's guarantee is the one `sys::fs::dup_onto` needs.
+    unsafe { sys::fs::dup_onto(fd, target) }
 }
 
 /// Closes every descriptor >= 3 that is not in `keep`.
-fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+///
+/// # Safety
+/// As `sys::fs::close_range`: the closed descriptors' owners must never be used or dropped
+/// afterwards (in the setup child they are the supervisor's, copied with the fork).
+#[allow(unsafe_code)]
+unsafe fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
     let mut keep: Vec<u32> = keep
         .iter()
-        .map(|&fd| fd as u32)
+        .filter_map(|&fd| u32::try_from(fd).ok())
         .filter(|&fd| fd >= 3)
         .collect();
     keep.sort_unstable();
@@ -355,17 +348,19 @@ fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
     let mut next = 3u32;
     for fd in keep {
         if fd > next {
-            sys::fs::close_range(next, fd - 1)?;
+            // SAFETY: the caller's guarantee covers every descriptor not kept.
+            unsafe { sys::fs::close_range(next, fd - 1) }?;
         }
         next = fd + 1;
     }
-    sys::fs::close_range(next, u32::MAX)
+    // SAFETY: as above.
+    unsafe { sys::fs::close_range(next, u32::MAX) }
 }
 
-fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
+fn drop_privileges(uid: u32, gid: u32, last_capability: libc::c_ulong) -> Result<(), Failure> {
     use rustix::process::{Gid, Uid};
     use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
-    sys::process::drop_bounding_set().map_err(at("drop bounding capabilities"))?;
+    sys::process::drop_bounding_set(last_capability).map_err(at("drop bounding capabilities"))?;
     sys::process::lock_securebits().map_err(at("lock securebits"))?;
     let g = Gid::from_raw(gid);
     set_thread_groups(&[g]).map_err(at("set supplementary groups"))?;
@@ -469,6 +464,7 @@ impl Command {
 }
 
 /// The workload side of the fork: returns only when the command could not be started.
+#[allow(unsafe_code)] // the terminal onto 0-2; the block says why it is sound
 fn exec_workload(cmd: &Command, tty: Option<BorrowedFd<'_>>) -> ExecFailure {
     let setup_failure = |what: &str, e: io::Error| ExecFailure {
         code: exit::NSBOX_FAILED,
@@ -485,7 +481,8 @@ fn exec_workload(cmd: &Command, tty: Option<BorrowedFd<'_>>) -> ExecFailure {
             return setup_failure("attach the terminal", errno(e));
         }
         for target in 0..3 {
-            if let Err(e) = dup_onto(slave, target) {
+            // SAFETY: a freshly forked workload: nothing in it owns 0-2.
+            if let Err(e) = unsafe { dup_onto(slave, target) } {
                 return setup_failure("attach the terminal", e);
             }
         }
@@ -576,92 +573,44 @@ fn wait_init_events(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>) -> [bo
     }
 }
 
-/// pid 1: reap every child, forward signals to the workload's process group, report the
-/// workload's end and exit (the kernel then kills whatever is left in the namespace).
-fn init_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>, workload: i32) -> ! {
-    loop {
-        let [_, control_ready] = wait_init_events(control_fd, signalfd);
-        if control_ready && control::peer_gone(control_fd) {
-            // The supervisor is gone; the parent-death signal is on its way. End now.
-            sys::process::exit_now(exit::NSBOX_FAILED);
-        }
-        while let Ok(Some(signal)) = sys::signal::read_signal(signalfd) {
-            if signal == libc::SIGCHLD {
-                continue;
-            }
-            // The workload leads its own session and process group.
-            let _ = sys::signal::kill(-workload, signal);
-        }
-        loop {
-            let mut status = 0;
-            let pid = sys::process::wait_any_nohang(&mut status);
-            if pid <= 0 {
-                break;
-            }
-            if pid == workload {
-                let (code, signal) = sys::process::decode_wait_status(status);
-                let _ = control::send(control_fd, &ToSupervisor::Exited { code, signal }, &[]);
-                sys::process::exit_now(0);
-            }
-        }
-    }
+/// What the init runs: the spec's one command (its end ends the sandbox), or the commands the
+/// supervisor sends (a session; the sandbox ends when the supervisor goes away).
+enum InitRole {
+    OneCommand,
+    Serve,
 }
 
-/// pid 1 of a session: runs the commands the supervisor sends, reports each one's end, reaps
-/// every other process, passes signals on, and exits when the supervisor goes away (which ends
-/// every process of the sandbox).
-fn serve_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>) -> ! {
-    // (exec id, pid) of the commands still running.
-    let mut running: Vec<(u64, i32)> = Vec::new();
+/// pid 1: runs the commands (`running`, by exec id and pid; the one-shot's command has id 0),
+/// reaps every child, forwards signals to the commands' process groups and reports each
+/// command's end. A one-shot init exits when its command does; the kernel then kills whatever
+/// is left in the namespace.
+fn init_loop(
+    control_fd: BorrowedFd<'_>,
+    signalfd: BorrowedFd<'_>,
+    role: InitRole,
+    mut running: Vec<(u64, i32)>,
+) -> ! {
     loop {
         let [_, control_ready] = wait_init_events(control_fd, signalfd);
         if control_ready {
             match control::recv::<ToSandbox>(control_fd) {
-                Ok(Some((ToSandbox::Exec(request), attached))) => {
-                    let exec_id = request.exec_id;
-                    match spawn_command(&request, attached) {
-                        Ok((pid, master)) => {
-                            running.push((exec_id, pid));
-                            let fds: Vec<BorrowedFd<'_>> =
-                                master.iter().map(|m| m.as_fd()).collect();
-                            let _ = control::send(
-                                control_fd,
-                                &ToSupervisor::ExecStarted { exec_id },
-                                &fds,
-                            );
-                        }
-                        Err(e) => {
-                            let _ = control::send(
-                                control_fd,
-                                &ToSupervisor::ExecRefused {
-                                    exec_id,
-                                    message: e.to_string(),
-                                },
-                                &[],
-                            );
-                        }
+                Ok(Some((request, attached))) => {
+                    if let InitRole::Serve = role {
+                        serve_request(control_fd, request, attached, &mut running);
                     }
                 }
-                Ok(Some((ToSandbox::Signal { exec_id, signal }, _))) => {
-                    if let Some((_, pid)) = running.iter().find(|(id, _)| *id == exec_id) {
-                        // Each command leads its own session and process group.
-                        let _ = sys::signal::kill(-*pid, signal);
-                    }
-                }
-                Ok(Some((ToSandbox::Broadcast { signal }, _))) => {
-                    // -1: every process this one may signal, which is every process of the
-                    // sandbox but the init itself.
-                    let _ = sys::signal::kill(-1, signal);
-                }
-                Ok(Some(_)) => {}
-                // The supervisor is gone (its parent-death signal reaches us too).
-                Ok(None) | Err(_) => sys::process::exit_now(0),
+                // The supervisor is gone (its parent-death signal reaches us too). End now.
+                Ok(None) | Err(_) => sys::process::exit_now(match role {
+                    InitRole::OneCommand => exit::NSBOX_FAILED,
+                    InitRole::Serve => 0,
+                }),
             }
         }
         while let Ok(Some(signal)) = sys::signal::read_signal(signalfd) {
             if signal == libc::SIGCHLD {
                 continue;
             }
+            // Each command leads its own session and process group.
             for (_, pid) in &running {
                 let _ = sys::signal::kill(-*pid, signal);
             }
@@ -672,24 +621,77 @@ fn serve_loop(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>) -> ! {
             if pid <= 0 {
                 break;
             }
-            if let Some(index) = running.iter().position(|(_, p)| *p == pid) {
-                let (exec_id, _) = running.swap_remove(index);
-                let (code, signal) = sys::process::decode_wait_status(status);
-                let _ = control::send(
-                    control_fd,
-                    &ToSupervisor::ExecEnded {
-                        exec_id,
-                        code,
-                        signal,
-                    },
-                    &[],
-                );
+            let Some(index) = running.iter().position(|(_, p)| *p == pid) else {
+                continue;
+            };
+            let (exec_id, _) = running.swap_remove(index);
+            let (code, signal) = sys::process::decode_wait_status(status);
+            match role {
+                InitRole::OneCommand => {
+                    let _ = control::send(control_fd, &ToSupervisor::Exited { code, signal }, &[]);
+                    sys::process::exit_now(0);
+                }
+                InitRole::Serve => {
+                    let _ = control::send(
+                        control_fd,
+                        &ToSupervisor::ExecEnded {
+                            exec_id,
+                            code,
+                            signal,
+                        },
+                        &[],
+                    );
+                }
             }
         }
     }
 }
 
+/// One request to a session's init.
+fn serve_request(
+    control_fd: BorrowedFd<'_>,
+    request: ToSandbox,
+    attached: Vec<OwnedFd>,
+    running: &mut Vec<(u64, i32)>,
+) {
+    match request {
+        ToSandbox::Exec(request) => {
+            let exec_id = request.exec_id;
+            match spawn_command(&request, attached) {
+                Ok((pid, master)) => {
+                    running.push((exec_id, pid));
+                    let fds: Vec<BorrowedFd<'_>> = master.iter().map(|m| m.as_fd()).collect();
+                    let _ = control::send(control_fd, &ToSupervisor::ExecStarted { exec_id }, &fds);
+                }
+                Err(e) => {
+                    let _ = control::send(
+                        control_fd,
+                        &ToSupervisor::ExecRefused {
+                            exec_id,
+                            message: e.to_string(),
+                        },
+                        &[],
+                    );
+                }
+            }
+        }
+        ToSandbox::Signal { exec_id, signal } => {
+            if let Some((_, pid)) = running.iter().find(|(id, _)| *id == exec_id) {
+                // Each command leads its own session and process group.
+                let _ = sys::signal::kill(-*pid, signal);
+            }
+        }
+        ToSandbox::Broadcast { signal } => {
+            // -1: every process this one may signal, which is every process of the sandbox
+            // but the init itself.
+            let _ = sys::signal::kill(-1, signal);
+        }
+        _ => {}
+    }
+}
+
 /// Forks one session command. Returns its pid and, with a terminal, the pty master.
+#[allow(unsafe_code)] // the fork and the command's streams; each block says why it is sound
 fn spawn_command(
     request: &ExecRequest,
     attached: Vec<OwnedFd>,
@@ -716,11 +718,14 @@ fn spawn_command(
     let status = attached
         .last()
         .ok_or_else(|| io::Error::other("no status pipe"))?;
-    let pid = sys::process::fork()?;
+    // SAFETY: the init is single-threaded; the child ends through execve or exit_now, and the
+    // guard in `child_main` aborts a panic.
+    let pid = unsafe { sys::process::fork() }?;
     if pid == 0 {
         if pty.is_none() {
-            for (target, fd) in attached.iter().take(3).enumerate() {
-                if let Err(e) = dup_onto(fd.as_fd(), target as RawFd) {
+            for (target, fd) in (0..).zip(attached.iter().take(3)) {
+                // SAFETY: a freshly forked command: nothing in it owns 0-2.
+                if let Err(e) = unsafe { dup_onto(fd.as_fd(), target) } {
                     let failure = ExecFailure {
                         code: exit::NSBOX_FAILED,
                         message: format!("set up standard streams: {e}"),

@@ -1,10 +1,14 @@
 //! Seccomp: nsbox's syscall policy, as data, compiled to classic BPF in pure Rust.
 //!
 //! Owns: the profile format (`profiles/seccomp/*.toml`), the built-in profiles, the syscall
-//! name table, and the compiler from a validated [`SeccompPolicy`] to a [`BpfProgram`].
-//! Must not: install anything or touch the process (that is [`crate::sys::seccomp`], called by
-//! the sandbox init as its very last step before `execve`, after `PR_SET_NO_NEW_PRIVS`), use
-//! `unsafe`, or link libseccomp (1.2–1.5 ms per filter; this compiler targets < 50 µs).
+//! name table, the compiler from a validated [`SeccompPolicy`] to a [`BpfProgram`], and the
+//! built-in default compiled ahead of time (`precompiled.rs`, generated; a test fails when it
+//! is stale), so a sandbox start neither parses nor compiles it.
+//! Must not: install anything or touch the process. That is [`crate::sys::seccomp`], called
+//! once by the sandbox's init after it dropped every privilege and set `PR_SET_NO_NEW_PRIVS`,
+//! as the last step of setup; the workload inherits the filter through fork (see
+//! `docs/setup-order.md`). Nor use `unsafe`, or link libseccomp (1.2–1.5 ms per filter; this
+//! compiler targets < 50 µs).
 //!
 //! # Profile format
 //!

@@ -1,6 +1,13 @@
 //! Talking to a session from an nsbox command: run a command in it (relayed, masked and capped
 //! exactly like a one-shot exec), ask for its stats, stop it, or get its root for copies.
 
+// Stricter than the crate: no silently truncating or sign-losing `as` casts here.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::error_impl_error
+)]
+
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -17,10 +24,10 @@ use super::state::{SessionRecord, SessionState, SessionStore};
 use super::SessionError;
 use crate::relay::stream::{Relay, RelayConfig, RelayFd};
 use crate::sandbox::control;
-use crate::sandbox::setup::ExecFailure;
-use crate::sandbox::supervisor::{arm_timer, now_ns, Ending, Outcome, PollSet, STOP_GRACE};
-use crate::spec::units::ByteSize;
+use crate::sandbox::event_loop::{self, arm_timer, ExecStatus, Policy, PollSet, StatusPipe};
+use crate::sandbox::supervisor::{now_ns, CommandFacts, Ending, Outcome, STOP_GRACE};
 use crate::sys;
+use crate::units::ByteSize;
 
 /// After a command ended, how long output still held open by its background children is
 /// relayed before the exec returns.
@@ -95,6 +102,7 @@ impl SessionClient {
             id: record.id.clone(),
             why: format!("its socket does not answer ({e})"),
         })?;
+        super::state::check_supervisor_peer(socket.as_fd(), &record, &path)?;
         Ok(SessionClient { socket, record })
     }
 
@@ -131,7 +139,7 @@ impl SessionClient {
     pub fn stop(self, grace: Duration, reason: &str) -> Result<(), SessionError> {
         self.send(
             &Request::Stop {
-                grace_ms: grace.as_millis() as u64,
+                grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
                 reason: reason.to_string(),
             },
             &[],
@@ -220,20 +228,18 @@ impl SessionClient {
         let mut run = ClientRun {
             client: &self,
             ex: &ex,
+            signalfd: signalfd.as_fd(),
+            timer,
             relay: None,
             pending: Some((out, err, stdin_dst)),
-            status: Some(status_read),
-            status_buf: Vec::new(),
-            ended: None,
+            status: StatusPipe::new(Some(status_read)),
+            facts: CommandFacts::default(),
             ended_at: None,
-            exec_failure: None,
-            timed_out: false,
-            interrupted: None,
             stop_deadline: None,
             refused: None,
             socket_open: true,
         };
-        let result = run.event_loop(signalfd.as_fd(), timer.as_ref().map(|t| t.as_fd()));
+        let result = event_loop::drive(&mut run);
         let relay_truncated = run.relay.as_ref().is_some_and(|r| r.truncated());
         if let Some(relay) = run.relay.as_mut() {
             relay.finish();
@@ -242,28 +248,10 @@ impl SessionClient {
         if let Some(message) = run.refused {
             return Err(SessionError::Refused(message));
         }
-        let (ending, oom) = if let Some(f) = run.exec_failure.take() {
-            (
-                Ending::ExecFailed {
-                    code: f.code,
-                    message: f.message,
-                },
-                false,
-            )
-        } else if let Some((code, signal, oom)) = run.ended {
-            match (code, signal) {
-                (Some(code), _) => (Ending::Exited(code), oom),
-                (None, Some(sig)) if run.timed_out => {
-                    let _ = sig;
-                    (Ending::TimedOut(ex.timeout.unwrap_or_default()), oom)
-                }
-                (None, Some(sig)) => match run.interrupted {
-                    Some(by) if sig == libc::SIGKILL => (Ending::Interrupted(by), oom),
-                    _ => (Ending::Signaled(sig), oom),
-                },
-                (None, None) => (Ending::Signaled(libc::SIGKILL), oom),
-            }
-        } else {
+        let facts = std::mem::take(&mut run.facts);
+        // An exec failure is the command's own; the OOM flag covers commands that ran.
+        let oom = facts.oom && facts.exec_failure.is_none();
+        let Some(ending) = Ending::of_session_command(facts, ex.timeout.unwrap_or_default()) else {
             return Err(SessionError::NotRunning {
                 id: self.record.id.clone(),
                 why: "it ended while the command ran".into(),
@@ -285,19 +273,19 @@ impl SessionClient {
 
 type PendingStreams = (Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>);
 
+/// A command running in a session, seen from the `nsbox exec --session` that runs it: the
+/// client's policy in the shared event loop.
 struct ClientRun<'a> {
     client: &'a SessionClient,
     ex: &'a SessionExec,
+    signalfd: BorrowedFd<'a>,
+    timer: Option<OwnedFd>,
     relay: Option<Relay>,
     /// The streams, until the command started (and the relay knows the secrets).
     pending: Option<PendingStreams>,
-    status: Option<OwnedFd>,
-    status_buf: Vec<u8>,
-    ended: Option<(Option<i32>, Option<i32>, bool)>,
+    status: StatusPipe,
+    facts: CommandFacts,
     ended_at: Option<Instant>,
-    exec_failure: Option<ExecFailure>,
-    timed_out: bool,
-    interrupted: Option<i32>,
     stop_deadline: Option<Instant>,
     refused: Option<String>,
     socket_open: bool,
@@ -312,78 +300,92 @@ enum Tag {
     Relay(RelayFd),
 }
 
-impl ClientRun<'_> {
+impl Policy for ClientRun<'_> {
+    type Tag = Tag;
+    type Error = SessionError;
+
     fn done(&self) -> bool {
-        if self.refused.is_some() || !self.socket_open && self.ended.is_none() {
+        let ended = self.facts.status.is_some();
+        if self.refused.is_some() || !self.socket_open && !ended {
             return true;
         }
         let streams_done = self.relay.as_ref().is_none_or(|r| r.streams_closed())
             || self
                 .ended_at
                 .is_some_and(|t| t.elapsed() >= DRAIN_AFTER_END);
-        self.ended.is_some() && self.status.is_none() && streams_done
+        ended && !self.status.is_open() && streams_done
     }
 
-    fn event_loop(
-        &mut self,
-        signalfd: BorrowedFd<'_>,
-        mut timer: Option<BorrowedFd<'_>>,
-    ) -> Result<(), SessionError> {
-        while !self.done() {
-            let mut set = PollSet::new();
-            set.add(Tag::Signal, signalfd, PollFlags::IN);
-            if self.socket_open {
-                set.add(Tag::Socket, self.client.socket.as_fd(), PollFlags::IN);
+    fn before_wait(&mut self) -> Result<(), SessionError> {
+        if let Some(deadline) = self.stop_deadline {
+            if Instant::now() >= deadline && self.facts.status.is_none() {
+                self.stop_deadline = None;
+                self.signal(libc::SIGKILL)?;
             }
-            if let Some(fd) = &self.status {
-                set.add(Tag::Status, fd.as_fd(), PollFlags::IN);
-            }
-            if let Some(fd) = timer {
-                set.add(Tag::Timer, fd, PollFlags::IN);
-            }
-            if let Some(relay) = &self.relay {
-                relay.register(&mut set.tags, &mut set.fds, Tag::Relay);
-            }
-            let mut wait: Option<Duration> = None;
-            if let Some(deadline) = self.stop_deadline {
-                wait = Some(deadline.saturating_duration_since(Instant::now()));
-            }
-            if let Some(at) = self.ended_at {
-                let left = DRAIN_AFTER_END.saturating_sub(at.elapsed());
-                wait = Some(wait.map_or(left, |w| w.min(left)));
-            }
-            let ready = set.wait(wait).map_err(errno("wait for events"))?;
-            for (tag, revents) in ready {
-                match tag {
-                    Tag::Signal => self.on_signals(signalfd)?,
-                    Tag::Socket => self.on_reply()?,
-                    Tag::Status => self.on_status()?,
-                    Tag::Timer => {
-                        timer = None;
-                        if self.ended.is_none() {
-                            self.timed_out = true;
-                            self.signal(libc::SIGKILL)?;
-                        }
-                    }
-                    Tag::Relay(which) => {
-                        if let Some(relay) = self.relay.as_mut() {
-                            relay
-                                .handle(which, revents)
-                                .map_err(|e| SessionError::Io(e.what, e.source))?;
-                        }
-                    }
+        }
+        Ok(())
+    }
+
+    fn register<'a>(&'a self, set: &mut PollSet<'a, Tag>) {
+        set.add(Tag::Signal, self.signalfd, PollFlags::IN);
+        if self.socket_open {
+            set.add(Tag::Socket, self.client.socket.as_fd(), PollFlags::IN);
+        }
+        if let Some(fd) = self.status.fd() {
+            set.add(Tag::Status, fd, PollFlags::IN);
+        }
+        if let Some(fd) = &self.timer {
+            set.add(Tag::Timer, fd.as_fd(), PollFlags::IN);
+        }
+        if let Some(relay) = &self.relay {
+            relay.register(&mut set.tags, &mut set.fds, Tag::Relay);
+        }
+    }
+
+    fn wait_at_most(&self) -> Option<Duration> {
+        let mut wait: Option<Duration> = None;
+        if let Some(deadline) = self.stop_deadline {
+            wait = Some(deadline.saturating_duration_since(Instant::now()));
+        }
+        if let Some(at) = self.ended_at {
+            let left = DRAIN_AFTER_END.saturating_sub(at.elapsed());
+            wait = Some(wait.map_or(left, |w| w.min(left)));
+        }
+        wait
+    }
+
+    fn on_ready(&mut self, tag: Tag, revents: PollFlags) -> Result<(), SessionError> {
+        match tag {
+            Tag::Signal => self.on_signals()?,
+            Tag::Socket => self.on_reply()?,
+            Tag::Status => match self.status.read().map_err(io_err("read exec status"))? {
+                Some(ExecStatus::Failed(f)) => self.facts.exec_failure = Some(f),
+                Some(ExecStatus::Executed) | None => {}
+            },
+            Tag::Timer => {
+                self.timer = None;
+                if self.facts.status.is_none() {
+                    self.facts.timed_out = true;
+                    self.signal(libc::SIGKILL)?;
                 }
             }
-            if let Some(deadline) = self.stop_deadline {
-                if Instant::now() >= deadline && self.ended.is_none() {
-                    self.stop_deadline = None;
-                    self.signal(libc::SIGKILL)?;
+            Tag::Relay(which) => {
+                if let Some(relay) = self.relay.as_mut() {
+                    relay
+                        .handle(which, revents)
+                        .map_err(|e| SessionError::Io(e.what, e.source))?;
                 }
             }
         }
         Ok(())
     }
 
+    fn poll_failed(&mut self, e: rustix::io::Errno) -> SessionError {
+        errno("wait for events")(e)
+    }
+}
+
+impl ClientRun<'_> {
     fn signal(&self, signal: i32) -> Result<(), SessionError> {
         if self.socket_open {
             self.client.send(&Request::Signal { signal }, &[])?;
@@ -391,20 +393,18 @@ impl ClientRun<'_> {
         Ok(())
     }
 
-    fn on_signals(&mut self, signalfd: BorrowedFd<'_>) -> Result<(), SessionError> {
-        while let Some(signal) =
-            sys::signal::read_signal(signalfd).map_err(io_err("read signals"))?
-        {
+    fn on_signals(&mut self) -> Result<(), SessionError> {
+        for signal in event_loop::pending_signals(self.signalfd).map_err(io_err("read signals"))? {
             match signal {
                 libc::SIGWINCH => {
                     if let Some(relay) = &self.relay {
                         relay.resize_terminal();
                     }
                 }
-                _ if self.ended.is_some() => {}
+                _ if self.facts.status.is_some() => {}
                 _ => {
-                    let first = self.interrupted.is_none();
-                    self.interrupted.get_or_insert(signal);
+                    let first = self.facts.interrupted.is_none();
+                    self.facts.interrupted.get_or_insert(signal);
                     if first {
                         self.signal(signal)?;
                         self.stop_deadline = Some(Instant::now() + STOP_GRACE);
@@ -416,7 +416,6 @@ impl ClientRun<'_> {
         }
         Ok(())
     }
-
     fn on_reply(&mut self) -> Result<(), SessionError> {
         let Some((reply, fds)) = self.client.recv()? else {
             self.socket_open = false;
@@ -453,34 +452,13 @@ impl ClientRun<'_> {
                 self.relay = Some(relay);
             }
             Reply::ExecEnded { code, signal, oom } => {
-                self.ended = Some((code, signal, oom));
+                self.facts.status = Some((code, signal));
+                self.facts.oom = oom;
                 self.ended_at = Some(Instant::now());
             }
             Reply::Refused { message } => self.refused = Some(message),
             other => return Err(SessionError::Protocol(format!("{other:?}"))),
         }
         Ok(())
-    }
-
-    fn on_status(&mut self) -> Result<(), SessionError> {
-        let Some(fd) = &self.status else {
-            return Ok(());
-        };
-        let mut buf = [0u8; 4096];
-        loop {
-            match rustix::io::read(fd, &mut buf) {
-                Ok(0) => {
-                    if !self.status_buf.is_empty() {
-                        self.exec_failure = serde_json::from_slice(&self.status_buf).ok();
-                    }
-                    self.status = None;
-                    return Ok(());
-                }
-                Ok(n) => self.status_buf.extend_from_slice(&buf[..n]),
-                Err(rustix::io::Errno::AGAIN) => return Ok(()),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(errno("read exec status")(e)),
-            }
-        }
     }
 }

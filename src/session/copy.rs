@@ -10,18 +10,20 @@
 //! inside ([`copy_out_tar`]), or read from stdin into a directory inside ([`copy_in_tar`],
 //! through the same writer that unpacks image layers, with its rules for hostile archives).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, CWD};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use super::client::SessionClient;
 use super::state::valid_name;
 use super::SessionError;
+use crate::host::path::{open_no_follow, Access, HostPathError};
 use crate::image::tar::{EntryMeta, Kind, TarWriter};
-use crate::rootfs::copy::{walk, TreeCopy, TreeVisitor};
+use crate::rootfs::copy::{over_budget, remove_entry, walk, TreeCopy, TreeVisitor};
 
 /// One side of `nsbox cp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,18 +192,10 @@ pub fn copy_in(client: &SessionClient, src: &Path, dst: &Path) -> Result<CopyRep
             "the source has no file name (use a path such as ./dir)",
         )
     })?;
-    let src_parent = match src.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let src_dir = rfs::open(
-        src_parent,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| copy_err(src_parent.display(), e))?;
-    rfs::statat(&src_dir, src_name, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| copy_err(src.display(), e))?;
+    // No link in the host path is followed (crate::host::path): an earlier sandbox may have
+    // planted it where this copy reads.
+    let (src_fd, _) =
+        open_no_follow(src, Access::Read).map_err(|e| copy_err(src.display(), e.reason()))?;
     // Into an existing directory, or as the named path?
     let existing_dir = inside_dir(root.as_fd(), &inside, None).ok();
     let (dst_dir, name) = match existing_dir {
@@ -221,7 +215,7 @@ pub fn copy_in(client: &SessionClient, src: &Path, dst: &Path) -> Result<CopyRep
         }
     };
     let mut copy = TreeCopy::new(Some(owner), true);
-    copy.entry(src_dir.as_fd(), src_name, dst_dir.as_fd(), &name)
+    copy.open_entry(src_fd, dst_dir.as_fd(), &name)
         .map_err(|e| {
             copy_err(
                 format!("copy {} to {}", src.display(), inside.display()),
@@ -237,10 +231,15 @@ pub fn copy_in(client: &SessionClient, src: &Path, dst: &Path) -> Result<CopyRep
 /// Copies `src` inside the session to the host path `dst`. An existing directory at `dst`
 /// receives it under its own name. Symlinks inside the sandbox are copied as symlinks: a link
 /// the workload planted never makes nsbox read what it points at.
+///
+/// At most `max_bytes` of data are written (holes and hard links cost nothing, see
+/// [`crate::rootfs::copy`]); a copy that would write more fails, and what it created is
+/// removed again.
 pub fn copy_out(
     client: &SessionClient,
     src: &Path,
     dst: &Path,
+    max_bytes: Option<u64>,
 ) -> Result<CopyReport, SessionError> {
     let (root, _, _, _) = client.open_root()?;
     let inside = inside_path(src, &client.record.workdir)?;
@@ -248,37 +247,64 @@ pub fn copy_out(
     let name = name.as_os_str();
     rfs::statat(&src_dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| copy_err(format!("{} (in the sandbox)", inside.display()), e))?;
-    let dst_is_dir = std::fs::metadata(dst).is_ok_and(|m| m.is_dir());
-    let (host_dir, out_name) = if dst_is_dir {
-        (dst.to_path_buf(), name.to_os_string())
-    } else {
-        let host_parent = match dst.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&host_parent).map_err(|e| copy_err(host_parent.display(), e))?;
-        let out = dst
-            .file_name()
-            .ok_or_else(|| copy_err(dst.display(), "not a file name"))?;
-        (host_parent, out.to_os_string())
-    };
-    let host_fd = rfs::openat(
-        CWD,
-        &host_dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| copy_err(host_dir.display(), e))?;
+    let (host_fd, dst_is_dir, out_name) = host_destination(dst, name)?;
     if !dst_is_dir && is_dir_at(host_fd.as_fd(), &out_name) && !is_dir_at(src_dir.as_fd(), name) {
         return Err(copy_err(dst.display(), "is a directory"));
     }
-    let mut copy = TreeCopy::new(None, true);
-    copy.entry(src_dir.as_fd(), name, host_fd.as_fd(), &out_name)
-        .map_err(|e| copy_err(format!("copy {} to {}", inside.display(), dst.display()), e))?;
+    let existed = rfs::statat(&host_fd, &out_name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    let mut copy = TreeCopy::new(None, true).with_max_bytes(max_bytes);
+    if let Err(e) = copy.entry(src_dir.as_fd(), name, host_fd.as_fd(), &out_name) {
+        if !existed {
+            let _ = remove_entry(host_fd.as_fd(), &out_name);
+        }
+        return Err(copy_err(
+            format!("copy {} to {}", inside.display(), dst.display()),
+            e,
+        ));
+    }
     Ok(CopyReport {
         written: copy.written,
         skipped: copy.skipped,
     })
+}
+
+/// Where a copy out lands on the host: an existing directory at `dst` (which receives the
+/// entry under its own `name`), or `dst`'s parent (created if missing) and `dst`'s name. No link
+/// in the host path is followed, as for sources: writing as root through a link planted in an
+/// earlier sandbox's workspace would put files wherever it points.
+fn host_destination(
+    dst: &Path,
+    name: &OsStr,
+) -> Result<(OwnedFd, bool, std::ffi::OsString), SessionError> {
+    let refuse = |e: HostPathError| copy_err(dst.display(), e.reason());
+    match open_no_follow(dst, Access::Path) {
+        Ok((fd, st)) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            return Ok((fd, true, name.to_os_string()))
+        }
+        Ok(_) => {}
+        Err(HostPathError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refuse(e)),
+    }
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let out = dst
+        .file_name()
+        .ok_or_else(|| copy_err(dst.display(), "not a file name"))?;
+    let fd = match open_no_follow(&parent, Access::Path) {
+        Ok((fd, _)) => fd,
+        // A link before the missing part is found first (the path is walked in order), so
+        // creating the rest cannot go through one.
+        Err(HostPathError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&parent).map_err(|e| copy_err(parent.display(), e))?;
+            open_no_follow(&parent, Access::Path)
+                .map_err(|e| copy_err(parent.display(), e.reason()))?
+                .0
+        }
+        Err(e) => return Err(copy_err(parent.display(), e.reason())),
+    };
+    Ok((fd, false, out.to_os_string()))
 }
 
 /// Extracts a tar stream (plain, gzip or zstd) from `input` into the directory `dst` inside
@@ -322,10 +348,14 @@ pub fn copy_in_tar(
 
 /// Writes `src` inside the session (a file, or a tree) as a tar stream to `out`; entry names
 /// start with `src`'s own name, owners are the ids inside the sandbox.
+///
+/// Hard links are written as tar hard-link entries; the file data in the stream (holes
+/// included: tar has no portable way to leave them out) is bounded by `max_bytes`.
 pub fn copy_out_tar(
     client: &SessionClient,
     src: &Path,
     out: impl io::Write,
+    max_bytes: Option<u64>,
 ) -> Result<CopyReport, SessionError> {
     let (root, _, _, base) = client.open_root()?;
     let inside = inside_path(src, &client.record.workdir)?;
@@ -336,6 +366,9 @@ pub fn copy_out_tar(
         base,
         written: 0,
         skipped: 0,
+        links: HashMap::new(),
+        max_bytes,
+        bytes: 0,
     };
     walk(&mut visitor, src_dir.as_fd(), name, &Vec::new(), name)
         .and_then(|()| visitor.tar.finish().map(drop))
@@ -358,6 +391,11 @@ struct TarOut<W: io::Write> {
     base: u32,
     written: usize,
     skipped: usize,
+    /// Source (device, inode) of a file with several links → the path of its first entry.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    max_bytes: Option<u64>,
+    /// File data written so far.
+    bytes: u64,
 }
 
 impl<W: io::Write> TarOut<W> {
@@ -365,7 +403,7 @@ impl<W: io::Write> TarOut<W> {
         let inside = |id: u32| {
             u64::from(
                 id.checked_sub(self.base)
-                    .filter(|i| *i < crate::spec::IDS_IN_SANDBOX)
+                    .filter(|i| *i < crate::ids::IDS_IN_SANDBOX)
                     .unwrap_or(65534),
             )
         };
@@ -411,9 +449,30 @@ impl<W: io::Write> TreeVisitor for TarOut<W> {
 
     fn file(&mut self, at: &Vec<u8>, name: &OsStr, src: OwnedFd, st: &rfs::Stat) -> io::Result<()> {
         let path = joined(at, name);
+        let key = (st.st_dev, st.st_ino);
+        if st.st_nlink > 1 {
+            if let Some(first) = self.links.get(&key) {
+                let meta = EntryMeta {
+                    link: first,
+                    ..self.meta(&path, Kind::HardLink, st)
+                };
+                self.tar.entry(&meta, None)?;
+                self.written += 1;
+                return Ok(());
+            }
+        }
         let meta = self.meta(&path, Kind::File, st);
+        if let Some(max) = self.max_bytes {
+            if self.bytes.saturating_add(meta.size) > max {
+                return Err(over_budget(max));
+            }
+        }
+        self.bytes += meta.size;
         let mut file = std::fs::File::from(src);
         self.tar.entry(&meta, Some(&mut file))?;
+        if st.st_nlink > 1 && self.links.len() < 1 << 20 {
+            self.links.insert(key, path);
+        }
         self.written += 1;
         Ok(())
     }

@@ -3,8 +3,21 @@
 //! sessions: `nsbox create` forks one supervisor per session, which detaches and is found
 //! through the session's directory (lock, socket, record).
 //!
+//! The sandbox itself is a [`Handle`] created to serve ([`Handle::create`]: built, init
+//! waiting); the supervisor is the session's policy over it in the shared event loop
+//! (`crate::sandbox::event_loop`), as `nsbox exec` is the one-shot's: it accepts clients,
+//! turns their requests into exec requests on the handle, reports each command's end, and
+//! stops the session when asked, when idle past `--max-age`, or when the sandbox ends.
+//!
 //! If the supervisor dies, the sandbox's init gets its parent-death signal and every process
 //! of the sandbox dies with it; `nsbox prune` then removes what is left (cgroup, directory).
+
+// Stricter than the crate: no silently truncating or sign-losing `as` casts here.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::error_impl_error
+)]
 
 use std::collections::BTreeMap;
 use std::io;
@@ -14,15 +27,16 @@ use std::time::{Duration, Instant};
 
 use rustix::event::PollFlags;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use rustix::process::WaitIdOptions;
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{Reply, Request, SessionStats};
 use super::state::{now_secs, SessionRecord, SessionStore, Stopped};
 use super::SessionError;
 use crate::profile::RootChoice;
-use crate::sandbox::control::{self, ExecRequest, ToSandbox, ToSupervisor};
-use crate::sandbox::supervisor::{launch, now_ns, InitMode, Launched, PollSet};
+use crate::sandbox::control::{self, ExecRequest, ToSupervisor};
+use crate::sandbox::event_loop::{self, Policy, PollSet};
+use crate::sandbox::handle::{Handle, HandleEvent, HandleSource};
+use crate::sandbox::supervisor::now_ns;
 use crate::spec::SandboxSpec;
 use crate::sys;
 
@@ -54,6 +68,7 @@ impl PendingSession {
 }
 
 /// Starts a session for `spec`: forks its supervisor, waits until the sandbox is ready.
+#[allow(unsafe_code)] // the fork; the block says why it is sound
 pub fn start(
     spec: &SandboxSpec,
     name: Option<&str>,
@@ -70,9 +85,12 @@ pub fn start(
     };
     let (ready_r, ready_w) = pipe()?;
     let (ack_r, ack_w) = pipe()?;
-    let pid =
-        sys::process::fork().map_err(|e| SessionError::Io("fork the session supervisor", e))?;
+    // SAFETY: nsbox is single-threaded here (sessions are created before any thread starts),
+    // and the child ends through `exit_now`, never returning into the caller's frames.
+    let pid = unsafe { sys::process::fork() }
+        .map_err(|e| SessionError::Io("fork the session supervisor", e))?;
     if pid == 0 {
+        let _abort = sys::process::AbortOnPanic;
         drop(ready_r);
         drop(ack_w);
         let code = supervise(spec, name, max_age, store, ready_w, ack_r);
@@ -112,6 +130,7 @@ fn report(ready: &OwnedFd, message: &ReadyMessage) {
 }
 
 /// The supervisor process: returns its exit code.
+#[allow(unsafe_code)] // standard streams renumbered; each block says why it is sound
 fn supervise(
     spec: &SandboxSpec,
     name: Option<&str>,
@@ -129,7 +148,9 @@ fn supervise(
         rustix::fs::Mode::empty(),
     ) {
         for target in 0..3 {
-            let _ = sys::fs::dup_onto(null.as_fd(), target);
+            // SAFETY: 0-2 are this detached process's standard streams, replaced on purpose;
+            // nothing here holds them as owned descriptors.
+            let _ = unsafe { sys::fs::dup_onto(null.as_fd(), target) };
         }
     }
     let signals =
@@ -178,7 +199,8 @@ fn supervise(
             | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::from_raw_mode(0o600),
     ) {
-        let _ = sys::fs::dup_onto(log.as_fd(), 2);
+        // SAFETY: stderr (already /dev/null) becomes the session's log; nothing owns fd 2.
+        let _ = unsafe { sys::fs::dup_onto(log.as_fd(), 2) };
     }
     let mut record = SessionRecord {
         id: spec.id.clone(),
@@ -211,17 +233,14 @@ fn supervise(
         Ok(l) => l,
         Err(e) => return cleanup(format!("listen on {}: {e}", socket_path.display())),
     };
-    let mut launched = match launch(spec, InitMode::Serve, Vec::new()) {
-        Ok(l) => l,
+    // On failure the handle's drop tears down whatever was made.
+    let handle = match Handle::create(spec) {
+        Ok(created) => created.handle,
         Err(e) => return cleanup(e.to_string()),
     };
-    if let Err(message) = wait_ready(&mut launched) {
-        drop(launched);
-        return cleanup(message);
-    }
-    record.init_pid = launched.pid;
+    record.init_pid = handle.pid();
     if let Err(e) = store.write_record(&record) {
-        drop(launched);
+        drop(handle);
         return cleanup(e.to_string());
     }
     report(
@@ -239,7 +258,8 @@ fn supervise(
         spec,
         store,
         record,
-        launched,
+        handle,
+        signalfd: signalfd.as_fd(),
         listener,
         socket_path,
         clients: Vec::new(),
@@ -251,11 +271,14 @@ fn supervise(
         last_activity: Instant::now(),
         stopping: None,
         remove_on_exit: false,
-        init_gone: false,
         stop_reason: None,
         _lock: lock,
     };
-    daemon.run(signalfd.as_fd());
+    if let Err(e) = event_loop::drive(&mut daemon) {
+        tracing::error!("poll: {e}");
+        daemon.stop("the supervisor failed");
+        daemon.handle.kill();
+    }
     daemon.finish();
     0
 }
@@ -276,41 +299,6 @@ fn listen(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Waits for the init's "ready" (or the reason setup failed).
-fn wait_ready(launched: &mut Launched) -> Result<(), String> {
-    let control = launched.control.as_ref().ok_or("no control socket")?;
-    loop {
-        let mut set = PollSet::new();
-        set.add(0, control.as_fd(), PollFlags::IN);
-        if let Some(pidfd) = &launched.pidfd {
-            set.add(1, pidfd.as_fd(), PollFlags::IN);
-        }
-        let ready = set.wait(None).map_err(|e| e.to_string())?;
-        for (tag, _) in ready {
-            if tag == 1 {
-                // The init ended; drain what it said first.
-                if let Ok(Some((ToSupervisor::SetupFailed { step, message }, _))) =
-                    control::recv::<ToSupervisor>(control.as_fd())
-                {
-                    return Err(format!("sandbox setup failed: {step}: {message}"));
-                }
-                return Err("the sandbox ended before it was ready".into());
-            }
-            match control::recv::<ToSupervisor>(control.as_fd()) {
-                Ok(Some((ToSupervisor::Ready { .. }, _))) => return Ok(()),
-                Ok(Some((ToSupervisor::SetupFailed { step, message }, _))) => {
-                    return Err(format!("sandbox setup failed: {step}: {message}"))
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return Err("the sandbox ended before it was ready".into()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    }
-}
-
 struct Client {
     id: u64,
     fd: OwnedFd,
@@ -327,7 +315,8 @@ struct Daemon<'a> {
     spec: &'a SandboxSpec,
     store: &'a SessionStore,
     record: SessionRecord,
-    launched: Launched,
+    handle: Handle,
+    signalfd: BorrowedFd<'a>,
     listener: OwnedFd,
     socket_path: PathBuf,
     clients: Vec<Client>,
@@ -341,88 +330,77 @@ struct Daemon<'a> {
     /// When stopping: the deadline for the processes to end by themselves.
     stopping: Option<Instant>,
     remove_on_exit: bool,
-    init_gone: bool,
     stop_reason: Option<String>,
     _lock: OwnedFd,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Tag {
+    Signal,
+    Sandbox(HandleSource),
     Listener,
     Client(u64),
-    Control,
-    Init,
-    Signal,
     Ack,
-    Network,
 }
 
-impl Daemon<'_> {
-    fn control(&self) -> Option<BorrowedFd<'_>> {
-        self.launched.control.as_ref().map(|c| c.as_fd())
+impl Policy for Daemon<'_> {
+    type Tag = Tag;
+    type Error = rustix::io::Errno;
+
+    /// The session ends with its sandbox.
+    fn done(&self) -> bool {
+        !self.handle.state().init_alive()
     }
 
-    fn run(&mut self, signalfd: BorrowedFd<'_>) {
-        while !self.init_gone {
-            if let Some(deadline) = self.stopping {
-                let quiet = self.execs.is_empty() && self.processes_left() <= 1;
-                if quiet || Instant::now() >= deadline {
-                    self.kill_sandbox();
-                }
+    fn before_wait(&mut self) -> Result<(), rustix::io::Errno> {
+        if self.stopping.is_none() && self.idle_expired() {
+            self.stop("idle longer than --max-age");
+        }
+        if let Some(deadline) = self.stopping {
+            let quiet = self.execs.is_empty() && self.processes_left() <= 1;
+            if quiet || Instant::now() >= deadline {
+                self.handle.kill();
             }
-            let mut set = PollSet::new();
-            set.add(Tag::Signal, signalfd, PollFlags::IN);
-            set.add(Tag::Listener, self.listener.as_fd(), PollFlags::IN);
-            for c in &self.clients {
-                set.add(Tag::Client(c.id), c.fd.as_fd(), PollFlags::IN);
-            }
-            if let Some(control) = self.launched.control.as_ref() {
-                set.add(Tag::Control, control.as_fd(), PollFlags::IN);
-            }
-            if let Some(pidfd) = &self.launched.pidfd {
-                set.add(Tag::Init, pidfd.as_fd(), PollFlags::IN);
-            }
-            if let Some(ack) = &self.ack {
-                set.add(Tag::Ack, ack.as_fd(), PollFlags::IN);
-            }
-            if let Some(egress) = &self.launched.egress {
-                set.add(Tag::Network, egress.wake_fd(), PollFlags::IN);
-            }
-            let timeout = self.next_wakeup();
-            let ready = match set.wait(timeout) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("poll: {e}");
-                    self.stop("the supervisor failed");
-                    self.kill_sandbox();
-                    break;
-                }
-            };
-            for (tag, _) in ready {
-                match tag {
-                    Tag::Signal => self.on_signal(signalfd),
-                    Tag::Listener => self.accept(),
-                    Tag::Client(id) => self.on_client(id),
-                    Tag::Control => self.on_control(),
-                    Tag::Init => self.reap_init(),
-                    Tag::Ack => self.on_ack(),
-                    Tag::Network => {
-                        let events = self
-                            .launched
-                            .egress
-                            .as_mut()
-                            .map(|e| e.take_events())
-                            .unwrap_or_default();
-                        self.log_network(events);
-                    }
-                }
-            }
-            if self.stopping.is_none() && self.idle_expired() {
-                self.stop("idle longer than --max-age");
-            }
+        }
+        Ok(())
+    }
+
+    fn register<'a>(&'a self, set: &mut PollSet<'a, Tag>) {
+        set.add(Tag::Signal, self.signalfd, PollFlags::IN);
+        set.add(Tag::Listener, self.listener.as_fd(), PollFlags::IN);
+        for c in &self.clients {
+            set.add(Tag::Client(c.id), c.fd.as_fd(), PollFlags::IN);
+        }
+        self.handle.register(set, Tag::Sandbox);
+        if let Some(ack) = &self.ack {
+            set.add(Tag::Ack, ack.as_fd(), PollFlags::IN);
         }
     }
 
+    fn wait_at_most(&self) -> Option<Duration> {
+        self.next_wakeup()
+    }
+
+    fn on_ready(&mut self, tag: Tag, _: PollFlags) -> Result<(), rustix::io::Errno> {
+        match tag {
+            Tag::Signal => self.on_signal(),
+            Tag::Listener => self.accept(),
+            Tag::Client(id) => self.on_client(id),
+            Tag::Sandbox(source) => match self.handle.on_ready(source) {
+                Ok(events) => events.into_iter().for_each(|e| self.on_sandbox(e)),
+                Err(e) => tracing::warn!("{e}"),
+            },
+            Tag::Ack => self.on_ack(),
+        }
+        Ok(())
+    }
+
+    fn poll_failed(&mut self, e: rustix::io::Errno) -> rustix::io::Errno {
+        e
+    }
+}
+
+impl Daemon<'_> {
     fn next_wakeup(&self) -> Option<Duration> {
         if self.stopping.is_some() {
             return Some(STOP_POLL);
@@ -447,10 +425,8 @@ impl Daemon<'_> {
 
     /// Processes in the sandbox's cgroup (init included), from its pids controller.
     fn processes_left(&self) -> u64 {
-        self.launched
-            .cgroup
-            .as_ref()
-            .and_then(|c| c.stats().ok())
+        self.handle
+            .stats()
             .and_then(|s| s.pids_current)
             .unwrap_or(0)
     }
@@ -466,26 +442,11 @@ impl Daemon<'_> {
         tracing::info!(reason, "stopping the session");
         self.stop_reason.get_or_insert_with(|| reason.to_string());
         self.stopping = Some(Instant::now() + grace);
-        if let Some(control) = self.control() {
-            let _ = control::send(
-                control,
-                &ToSandbox::Broadcast {
-                    signal: libc::SIGTERM,
-                },
-                &[],
-            );
-        }
+        self.handle.broadcast(libc::SIGTERM);
     }
 
-    fn kill_sandbox(&mut self) {
-        if let Some(pidfd) = &self.launched.pidfd {
-            // Killing the pid namespace's init kills every process in the namespace.
-            let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
-        }
-    }
-
-    fn on_signal(&mut self, signalfd: BorrowedFd<'_>) {
-        while let Ok(Some(signal)) = sys::signal::read_signal(signalfd) {
+    fn on_signal(&mut self) {
+        for signal in event_loop::pending_signals(self.signalfd).unwrap_or_default() {
             if signal != libc::SIGPIPE {
                 self.stop(&format!("the supervisor got {}", sys::signal::name(signal)));
             }
@@ -557,8 +518,8 @@ impl Daemon<'_> {
                     .iter()
                     .find(|c| c.id == id)
                     .and_then(|c| c.exec);
-                if let (Some(exec_id), Some(control)) = (exec, self.control()) {
-                    let _ = control::send(control, &ToSandbox::Signal { exec_id, signal }, &[]);
+                if let Some(exec_id) = exec {
+                    self.handle.signal_command(exec_id, signal);
                 }
             }
             (Request::Stats, _) => {
@@ -585,16 +546,12 @@ impl Daemon<'_> {
     }
 
     fn open_root(&self) -> Result<OwnedFd, String> {
-        if self.launched.pidfd.is_none() || self.stopping.is_some() {
+        if self.stopping.is_some() {
             return Err("the session is stopping".into());
         }
-        // The init is alive (we hold its pidfd and have not reaped it), so the pid is its.
-        rustix::fs::open(
-            format!("/proc/{}/root", self.launched.pid).as_str(),
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| format!("cannot open the sandbox's root: {e}"))
+        self.handle
+            .open_root()
+            .map_err(|e| format!("cannot open the sandbox's root: {e}"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -647,27 +604,21 @@ impl Daemon<'_> {
             winsize,
         };
         let attached: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        let sent = self
-            .control()
-            .map(|control| control::send(control, &ToSandbox::Exec(request), &attached));
+        let sent = self.handle.exec(request, &attached);
+        drop(attached);
         drop(fds);
         match sent {
-            Some(Ok(())) => {
-                let oom_before = self
-                    .launched
-                    .cgroup
-                    .as_ref()
-                    .and_then(|c| c.oom_kills().ok())
-                    .unwrap_or(0);
+            Ok(()) => {
+                let oom_before = self.handle.oom_kills();
                 self.execs.insert(exec_id, ExecState { client, oom_before });
                 if let Some(c) = self.clients.iter_mut().find(|c| c.id == client) {
                     c.exec = Some(exec_id);
                 }
             }
-            _ => self.reply(
+            Err(e) => self.reply(
                 client,
                 &Reply::Refused {
-                    message: "the sandbox is gone".into(),
+                    message: e.to_string(),
                 },
                 &[],
             ),
@@ -680,111 +631,73 @@ impl Daemon<'_> {
         };
         let client = self.clients.swap_remove(index);
         // A command outlives nothing of its caller's: `nsbox exec` killed, command killed.
-        if let (Some(exec_id), Some(control)) = (client.exec, self.control()) {
-            let _ = control::send(
-                control,
-                &ToSandbox::Signal {
-                    exec_id,
-                    signal: libc::SIGKILL,
-                },
-                &[],
-            );
+        if let Some(exec_id) = client.exec {
+            self.handle.signal_command(exec_id, libc::SIGKILL);
         }
         self.last_activity = Instant::now();
     }
 
-    fn on_control(&mut self) {
-        loop {
-            let Some(control) = self.control() else {
-                return;
-            };
-            let received = match control::recv::<ToSupervisor>(control) {
-                Ok(Some(m)) => m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => continue,
-                Ok(None) | Err(_) => {
-                    self.launched.control = None;
-                    return;
+    fn on_sandbox(&mut self, event: HandleEvent) {
+        match event {
+            HandleEvent::Message(ToSupervisor::ExecStarted { exec_id }, fds) => {
+                if let Some(state) = self.execs.get(&exec_id) {
+                    let attached: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+                    self.reply(
+                        state.client,
+                        &Reply::ExecStarted {
+                            secrets: self.spec.secrets.clone(),
+                        },
+                        &attached,
+                    );
                 }
-            };
-            match received {
-                (ToSupervisor::ExecStarted { exec_id }, fds) => {
-                    if let Some(state) = self.execs.get(&exec_id) {
-                        let attached: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-                        self.reply(
-                            state.client,
-                            &Reply::ExecStarted {
-                                secrets: self.spec.secrets.clone(),
-                            },
-                            &attached,
-                        );
-                    }
-                }
-                (
-                    ToSupervisor::ExecEnded {
-                        exec_id,
-                        code,
-                        signal,
-                    },
-                    _,
-                ) => {
-                    if let Some(state) = self.execs.remove(&exec_id) {
-                        let oom_now = self
-                            .launched
-                            .cgroup
-                            .as_ref()
-                            .and_then(|c| c.oom_kills().ok())
-                            .unwrap_or(0);
-                        let oom = oom_now > state.oom_before && signal == Some(libc::SIGKILL);
-                        self.reply(state.client, &Reply::ExecEnded { code, signal, oom }, &[]);
-                        if let Some(c) = self.clients.iter_mut().find(|c| c.id == state.client) {
-                            c.exec = None;
-                        }
-                    }
-                    self.last_activity = Instant::now();
-                }
-                (ToSupervisor::ExecRefused { exec_id, message }, _) => {
-                    if let Some(state) = self.execs.remove(&exec_id) {
-                        self.reply(state.client, &Reply::Refused { message }, &[]);
-                        if let Some(c) = self.clients.iter_mut().find(|c| c.id == state.client) {
-                            c.exec = None;
-                        }
-                    }
-                }
-                _ => {}
             }
+            HandleEvent::Message(
+                ToSupervisor::ExecEnded {
+                    exec_id,
+                    code,
+                    signal,
+                },
+                _,
+            ) => {
+                if let Some(state) = self.execs.remove(&exec_id) {
+                    let oom =
+                        self.handle.oom_kills() > state.oom_before && signal == Some(libc::SIGKILL);
+                    self.reply(state.client, &Reply::ExecEnded { code, signal, oom }, &[]);
+                    self.command_done(state.client);
+                }
+                self.last_activity = Instant::now();
+            }
+            HandleEvent::Message(ToSupervisor::ExecRefused { exec_id, message }, _) => {
+                if let Some(state) = self.execs.remove(&exec_id) {
+                    self.reply(state.client, &Reply::Refused { message }, &[]);
+                    self.command_done(state.client);
+                }
+            }
+            HandleEvent::Message(other, _) => {
+                tracing::warn!("unexpected message from the sandbox: {}", other.kind())
+            }
+            HandleEvent::ControlClosed => {}
+            HandleEvent::InitEnded => {
+                if self.stop_reason.is_none() {
+                    self.stop_reason = Some(if self.handle.oom_kills() > 0 {
+                        "the sandbox ran out of memory".into()
+                    } else {
+                        "the sandbox ended unexpectedly".into()
+                    });
+                }
+            }
+            HandleEvent::Network(events) => self.log_network(events),
         }
     }
 
-    fn reap_init(&mut self) {
-        let Some(pidfd) = &self.launched.pidfd else {
-            return;
-        };
-        if let Ok(Some(_)) = rustix::process::waitid(
-            rustix::process::WaitId::PidFd(pidfd.as_fd()),
-            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-        ) {
-            self.launched.pidfd = None;
-            self.init_gone = true;
-            if self.stop_reason.is_none() {
-                let oom = self
-                    .launched
-                    .cgroup
-                    .as_ref()
-                    .and_then(|c| c.oom_kills().ok())
-                    .unwrap_or(0)
-                    > 0;
-                self.stop_reason = Some(if oom {
-                    "the sandbox ran out of memory".into()
-                } else {
-                    "the sandbox ended unexpectedly".into()
-                });
-            }
+    fn command_done(&mut self, client: u64) {
+        if let Some(c) = self.clients.iter_mut().find(|c| c.id == client) {
+            c.exec = None;
         }
     }
 
     fn stats(&self) -> SessionStats {
-        let cg = self.launched.cgroup.as_ref().and_then(|c| c.stats().ok());
+        let cg = self.handle.stats();
         SessionStats {
             memory_current_bytes: cg.as_ref().and_then(|s| s.memory_current_bytes),
             memory_peak_bytes: cg.as_ref().and_then(|s| s.memory_peak_bytes),
@@ -801,8 +714,6 @@ impl Daemon<'_> {
         }
     }
 
-    /// After the sandbox ended: tell the remaining clients, remove the cgroup and the socket,
-    /// record how it ended (or remove everything, for an interrupted create).
     /// Appends network events to the session's network log (text lines, secrets masked):
     /// commands of a session share its network, so its events belong to no one command.
     fn log_network(&mut self, events: Vec<crate::net::NetEvent>) {
@@ -825,11 +736,11 @@ impl Daemon<'_> {
         }
     }
 
+    /// After the sandbox ended: tell the remaining clients, remove the cgroup and the socket,
+    /// record how it ended (or remove everything, for an interrupted create).
     fn finish(&mut self) {
-        if let Some(mut egress) = self.launched.egress.take() {
-            let events = egress.stop();
-            self.log_network(events);
-        }
+        let events = self.handle.stop_network();
+        self.log_network(events);
         for (_, state) in std::mem::take(&mut self.execs) {
             self.reply(
                 state.client,
@@ -841,7 +752,7 @@ impl Daemon<'_> {
                 &[],
             );
         }
-        let warning = self.launched.teardown();
+        let warning = self.handle.teardown();
         if let Some(w) = warning {
             tracing::warn!("{w}");
         }

@@ -40,6 +40,8 @@ pub enum StateError {
     },
     #[error("session record {path} is not valid: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error("refusing to talk to {path}: {message} — hint: something other than the session's supervisor listens there; `nsbox stop` the session and report it")]
+    NotTheSupervisor { path: PathBuf, message: String },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
@@ -254,7 +256,14 @@ impl SessionStore {
         std::fs::rename(&tmp, &path).map_err(io_err("write", &path))
     }
 
+    /// Reads the record of session `id`. `id` must be a name (never a path: a reference such
+    /// as `../../tmp/x` would read a record planted outside the store), and the record must
+    /// name the directory it was read from: an id read back from disk is used to build paths
+    /// (the control socket, the directory `rm` deletes), so a forged one is refused here.
     pub fn read_record(&self, id: &str) -> Result<SessionRecord, StateError> {
+        if !valid_name(id) {
+            return Err(StateError::Unknown(id.to_string()));
+        }
         let path = self.record_path(id);
         let text = match std::fs::read(&path) {
             Ok(t) => t,
@@ -263,10 +272,13 @@ impl SessionStore {
             }
             Err(e) => return Err(io_err("read", &path)(e)),
         };
-        serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
-            path,
-            message: e.to_string(),
-        })
+        let record: SessionRecord =
+            serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        check_record_names(&record, id).map_err(|message| StateError::Corrupt { path, message })?;
+        Ok(record)
     }
 
     /// Whether a live supervisor holds the session's lock.
@@ -317,17 +329,19 @@ impl SessionStore {
         entries
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|id| self.read_record(id).is_err() && !self.is_live(id))
+            .filter(|id| valid_name(id) && self.read_record(id).is_err() && !self.is_live(id))
             .collect()
     }
 
     /// Finds a session by id, id prefix (unique) or name.
+    /// A reference is a name, never a path: anything else is unknown.
     pub fn resolve(&self, id_or_name: &str) -> Result<SessionRecord, StateError> {
-        if valid_name(id_or_name) {
-            if let Ok(id) = std::fs::read_to_string(self.names().join(id_or_name)) {
-                if let Ok(record) = self.read_record(id.trim()) {
-                    return Ok(record);
-                }
+        if !valid_name(id_or_name) {
+            return Err(StateError::Unknown(id_or_name.to_string()));
+        }
+        if let Ok(id) = std::fs::read_to_string(self.names().join(id_or_name)) {
+            if let Ok(record) = self.read_record(id.trim()) {
+                return Ok(record);
             }
         }
         if let Ok(record) = self.read_record(id_or_name) {
@@ -357,6 +371,9 @@ impl SessionStore {
 
     /// Frees `name` if it still stands for `id`.
     pub fn release_name(&self, name: &str, id: &str) {
+        if !valid_name(name) {
+            return;
+        }
         let path = self.names().join(name);
         if std::fs::read_to_string(&path).is_ok_and(|owner| owner.trim() == id) {
             let _ = std::fs::remove_file(&path);
@@ -365,6 +382,11 @@ impl SessionStore {
 
     /// Removes a session directory (its files are plain files; no link is followed).
     pub fn remove_dir(&self, id: &str) -> Result<(), StateError> {
+        // The last line of defence: whatever the caller read, only a name below sessions/ is
+        // ever removed.
+        if !valid_name(id) {
+            return Err(StateError::BadName(id.to_string()));
+        }
         let dir = self.dir(id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -388,6 +410,53 @@ impl SessionStore {
         };
         Duration::from_secs(now_secs().saturating_sub(at))
     }
+}
+
+/// Checks who accepted a connection to a session's control socket, before anything (argv,
+/// environment, stdio descriptors) is sent there: it must run as root, as nsbox's supervisors
+/// do, and be the supervisor the record names (the process that bound and listens on the
+/// socket; SO_PEERCRED reports the listener's credentials as of `listen`). A stale record
+/// whose pid was reused by a root process still fails the pid check unless that process also
+/// listens on this very path, which only root could arrange.
+pub fn check_supervisor_peer(
+    socket: std::os::fd::BorrowedFd<'_>,
+    record: &SessionRecord,
+    path: &Path,
+) -> Result<(), StateError> {
+    let refuse = |message: String| StateError::NotTheSupervisor {
+        path: path.to_path_buf(),
+        message,
+    };
+    let cred = rustix::net::sockopt::socket_peercred(socket)
+        .map_err(|e| refuse(format!("cannot read its credentials ({e})")))?;
+    let (pid, uid) = (cred.pid.as_raw_nonzero().get(), cred.uid.as_raw());
+    if uid != 0 {
+        return Err(refuse(format!("its listener runs as uid {uid}, not root")));
+    }
+    if u32::try_from(pid).ok() != Some(record.supervisor_pid) {
+        return Err(refuse(format!(
+            "its listener is pid {pid}, not the session's supervisor (pid {})",
+            record.supervisor_pid
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that a record read from `sessions/<dir_name>/` names that directory, and that its
+/// session name (used as a path under names/) is a name.
+fn check_record_names(record: &SessionRecord, dir_name: &str) -> Result<(), String> {
+    if record.id != dir_name {
+        return Err(format!(
+            "its id {:?} is not the name of its directory {dir_name:?}",
+            record.id
+        ));
+    }
+    if let Some(name) = &record.name {
+        if !valid_name(name) {
+            return Err(format!("its session name {name:?} is not a valid name"));
+        }
+    }
+    Ok(())
 }
 
 /// Session names: like sandbox ids and file names, nothing that could be a path.
@@ -489,6 +558,44 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn references_and_ids_on_disk_are_names_never_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path().join("run"));
+        drop(store.create("eeeeeeeeeeee", None).unwrap());
+        // A record planted outside the store, reachable with `..`.
+        let outside = tmp.path().join("planted");
+        std::fs::create_dir(&outside).unwrap();
+        let hostile = record("../../victim", None);
+        std::fs::write(
+            outside.join("session.json"),
+            serde_json::to_vec(&hostile).unwrap(),
+        )
+        .unwrap();
+        for bad in ["../../planted", "../sessions/eeeeeeeeeeee", "/etc", ""] {
+            assert!(
+                matches!(store.resolve(bad), Err(StateError::Unknown(_))),
+                "{bad}"
+            );
+        }
+        // A record whose id is not its directory's name is corrupt, not obeyed.
+        std::fs::write(
+            store.dir("eeeeeeeeeeee").join("session.json"),
+            serde_json::to_vec(&hostile).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            store.read_record("eeeeeeeeeeee"),
+            Err(StateError::Corrupt { .. })
+        ));
+        assert!(store.list().is_empty());
+        assert!(matches!(
+            store.remove_dir("../../victim"),
+            Err(StateError::BadName(_))
+        ));
+        assert_eq!(store.orphan_dirs(), vec!["eeeeeeeeeeee".to_string()]);
     }
 
     #[test]

@@ -4,105 +4,26 @@
 //! This module reads the host only to validate user input (does a --mount source exist, read an
 //! --env-file). It creates nothing.
 
-pub mod units;
-
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use crate::ids::{new_id, DEFAULT_UID_BASE};
 pub use crate::image::ImageSpec;
 use crate::net::{EgressPolicy, PolicyError};
 use crate::profile::{self, NetworkMode, Profile, RootChoice, SysMode};
 use crate::seccomp::{PolicyRef, SeccompError, SeccompPolicy};
-use units::{ByteSize, CpuQuota};
+use crate::units::{ByteSize, CpuQuota, Limit};
 
-/// How many ids the sandbox's user namespace maps (inside 0..65536).
-pub const IDS_IN_SANDBOX: u32 = 65536;
+mod env;
+mod paths;
+mod request;
 
-/// First host uid/gid of the range nsbox maps into every sandbox (inside id N is host id
-/// `DEFAULT_UID_BASE + N`). Chosen far above the ranges that /etc/subuid, systemd (dynamic
-/// users, nspawn) and distributions hand out, so no host user or other engine owns these ids.
-/// Host uid 0 is never mapped.
-pub const DEFAULT_UID_BASE: u32 = 0x6e73_0000; // 1853030400 ("ns")
-
-/// A limit given on the command line: a value, or "none" to switch the profile's limit off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit<T> {
-    Unlimited,
-    Value(T),
-}
-
-impl<T: std::str::FromStr> std::str::FromStr for Limit<T> {
-    type Err = T::Err;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if units::is_unlimited(s) {
-            Ok(Limit::Unlimited)
-        } else {
-            s.parse().map(Limit::Value)
-        }
-    }
-}
-
-impl<T> Limit<T> {
-    /// The value, or None for `none` (no limit).
-    pub fn into_option(self) -> Option<T> {
-        match self {
-            Limit::Unlimited => None,
-            Limit::Value(v) => Some(v),
-        }
-    }
-}
-
-/// A wall-clock limit in a form clap can parse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeout(pub Duration);
-
-impl std::str::FromStr for Timeout {
-    type Err = units::UnitError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        units::parse_duration(s).map(Timeout)
-    }
-}
-
-/// What the command line asked for. `None` / empty means "the profile decides".
-#[derive(Debug, Default, Clone)]
-pub struct ExecRequest {
-    pub command: Vec<OsString>,
-    pub rootfs: Option<PathBuf>,
-    /// An image from the store (resolved and locked by the caller).
-    pub image: Option<ImageSpec>,
-    /// With an image: replaces its Entrypoint ("" clears it).
-    pub entrypoint: Option<String>,
-    pub network: Option<NetworkMode>,
-    /// `--allow` / `--deny` patterns and `--dns-upstream` addresses (filtered network).
-    pub allow: Vec<String>,
-    pub deny: Vec<String>,
-    pub dns_upstream: Vec<String>,
-    pub log_network: bool,
-    pub hostname: Option<String>,
-    pub user: Option<(u32, u32)>,
-    pub workdir: Option<PathBuf>,
-    pub writable_root: bool,
-    pub sandbox_size: Option<ByteSize>,
-    pub tmp_size: Option<ByteSize>,
-    pub root_size: Option<ByteSize>,
-    pub mounts: Vec<String>,
-    pub copies: Vec<String>,
-    pub memory: Option<Limit<ByteSize>>,
-    pub cpus: Option<Limit<CpuQuota>>,
-    pub pids: Option<Limit<u64>>,
-    pub timeout: Option<Limit<Timeout>>,
-    pub max_output: Option<Limit<ByteSize>>,
-    pub env: Vec<String>,
-    pub env_files: Vec<PathBuf>,
-    pub secrets: Vec<String>,
-    pub secret_env: Vec<String>,
-    pub interactive: bool,
-    pub tty: bool,
-    pub json: bool,
-    pub timings: bool,
-}
+use env::{check_env_name, mask_all, read_env_file};
+pub(crate) use env::{parse_env_entry, tty_term};
+pub use paths::{normalize_inside, parse_copy, parse_mount, BindMount, CopyIn};
+pub use request::ExecRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -134,22 +55,6 @@ pub enum SpecError {
     Egress(#[from] PolicyError),
     #[error("{0}")]
     Invalid(String),
-}
-
-/// A host path bound into the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindMount {
-    pub source: PathBuf,
-    pub target: PathBuf,
-    pub readonly: bool,
-}
-
-/// A host file or tree copied into the sandbox before the command starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyIn {
-    pub source: PathBuf,
-    /// Absolute path inside the sandbox, below the working tmpfs.
-    pub target: PathBuf,
 }
 
 /// The resource limits of one sandbox. `None` means unlimited.
@@ -196,6 +101,9 @@ pub struct SandboxSpec {
     pub uid: u32,
     pub gid: u32,
     pub uid_base: u32,
+    /// The host uid that creates (owns) the sandbox's user namespace; None: root
+    /// (see [`crate::idrange`]).
+    pub userns_owner: Option<u32>,
     pub workdir: PathBuf,
     pub network: NetworkMode,
     /// What a filtered network allows (empty unless `network` is `Filtered`).
@@ -232,9 +140,6 @@ pub struct TmpfsMount {
     pub target: PathBuf,
     pub size: ByteSize,
 }
-
-/// Mount targets the sandbox's own filesystems own; user mounts may not go there.
-const RESERVED_TARGETS: &[&str] = &["/proc", "/dev", "/sys"];
 
 impl SandboxSpec {
     /// Validates `req` against `profile` and produces the plan. `host_env` is nsbox's own
@@ -415,6 +320,7 @@ impl SandboxSpec {
             uid,
             gid,
             uid_base: DEFAULT_UID_BASE,
+            userns_owner: None,
             workdir,
             network,
             egress,
@@ -570,22 +476,6 @@ fn load_seccomp(name_or_path: &str) -> Result<PolicyRef, SpecError> {
     }
 }
 
-/// A fresh sandbox id: 12 lowercase hex digits from the kernel's random pool.
-pub fn new_id() -> String {
-    let mut bytes = [0u8; 6];
-    // getrandom only fails before the pool is initialised at early boot; fall back to time+pid
-    // so an id is still unique enough on this host.
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let mixed = nanos ^ (u128::from(std::process::id()) << 64);
-        bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn valid_hostname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -594,217 +484,10 @@ fn valid_hostname(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-/// Normalizes an absolute in-sandbox path: no `..`, no `.`, no trailing slash.
-pub fn normalize_inside(path: &Path) -> Option<PathBuf> {
-    if !path.is_absolute() {
-        return None;
-    }
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
-/// Parses "SRC:DST[:ro|rw]". SRC is a host path (it must exist); DST an absolute path inside.
-pub fn parse_mount(spec: &str) -> Result<BindMount, SpecError> {
-    let err = |reason: &str| SpecError::Mount {
-        spec: spec.to_string(),
-        reason: reason.to_string(),
-    };
-    let (rest, readonly) = if let Some(r) = spec.strip_suffix(":ro") {
-        (r, true)
-    } else if let Some(r) = spec.strip_suffix(":rw") {
-        (r, false)
-    } else {
-        (spec, true)
-    };
-    let (src, dst) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| err("expected SRC:DST[:ro|rw]"))?;
-    if src.is_empty() || dst.is_empty() {
-        return Err(err("expected SRC:DST[:ro|rw]"));
-    }
-    let target = normalize_inside(Path::new(dst))
-        .ok_or_else(|| err("the destination must be an absolute path without '..'"))?;
-    if target == Path::new("/") {
-        return Err(err(
-            "the destination cannot be / (use --rootfs for a different root)",
-        ));
-    }
-    if let Some(reserved) = RESERVED_TARGETS.iter().find(|r| target.starts_with(r)) {
-        return Err(err(&format!(
-            "the destination is inside {reserved}, which the sandbox provides itself"
-        )));
-    }
-    let source = absolute(Path::new(src));
-    match std::fs::symlink_metadata(&source) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(err(&format!(
-                "the source {} does not exist",
-                source.display()
-            )))
-        }
-        Err(e) => return Err(err(&format!("the source {}: {e}", source.display()))),
-    }
-    Ok(BindMount {
-        source,
-        target,
-        readonly,
-    })
-}
-
-/// Parses "SRC:DST" for --copy. A relative DST is relative to /sandbox; a DST ending in '/'
-/// (or /sandbox itself) receives SRC under its own name.
-pub fn parse_copy(spec: &str, sandbox_dir: &Path) -> Result<CopyIn, SpecError> {
-    let err = |reason: &str| SpecError::Copy {
-        spec: spec.to_string(),
-        reason: reason.to_string(),
-    };
-    let (src, dst) = spec
-        .rsplit_once(':')
-        .ok_or_else(|| err("expected SRC:DST (DST relative to /sandbox)"))?;
-    if src.is_empty() {
-        return Err(err("the source is empty"));
-    }
-    let source = absolute(Path::new(src));
-    let meta = std::fs::symlink_metadata(&source).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            err(&format!("the source {} does not exist", source.display()))
-        } else {
-            err(&format!("the source {}: {e}", source.display()))
-        }
-    })?;
-    if !(meta.is_file() || meta.is_dir() || meta.file_type().is_symlink()) {
-        return Err(err(
-            "only regular files, directories and symlinks can be copied",
-        ));
-    }
-    let joined = if dst.starts_with('/') {
-        PathBuf::from(dst)
-    } else {
-        sandbox_dir.join(dst)
-    };
-    let mut target =
-        normalize_inside(&joined).ok_or_else(|| err("the destination must not contain '..'"))?;
-    if !target.starts_with(sandbox_dir) {
-        return Err(err(&format!(
-            "the destination {} is outside {} (copies go into the sandbox's working tmpfs)",
-            target.display(),
-            sandbox_dir.display()
-        )));
-    }
-    if dst.ends_with('/') || dst.is_empty() || dst == "." || target == sandbox_dir {
-        let name = source
-            .file_name()
-            .ok_or_else(|| err("the source has no file name to copy under"))?;
-        target.push(name);
-    }
-    Ok(CopyIn { source, target })
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|cwd| cwd.join(path))
-            .unwrap_or_else(|_| path.to_path_buf())
-    }
-}
-
-fn check_env_name(flag: &'static str, name: &str) -> Result<(), SpecError> {
-    if profile::valid_env_name(name) {
-        Ok(())
-    } else {
-        Err(SpecError::Env {
-            flag,
-            entry: name.to_string(),
-            reason: "not a valid variable name (letters, digits, '_')".into(),
-        })
-    }
-}
-
-fn mask_all(entry: &str) -> String {
-    match entry.split_once('=') {
-        Some((k, _)) => format!("{k}=***"),
-        None => "***".to_string(),
-    }
-}
-
-/// TERM for a command given a terminal: nsbox's own, unless unset or dumb.
-pub(crate) fn tty_term(host_env: &BTreeMap<String, String>) -> String {
-    host_env
-        .get("TERM")
-        .filter(|t| !t.is_empty() && t.as_str() != "dumb")
-        .cloned()
-        .unwrap_or_else(|| "xterm-256color".to_string())
-}
-
-/// `K=V` sets K; a bare `K` copies K from nsbox's environment (skipped when unset).
-pub(crate) fn parse_env_entry(
-    flag: &'static str,
-    entry: &str,
-    host_env: &BTreeMap<String, String>,
-) -> Result<Option<(String, String)>, SpecError> {
-    match entry.split_once('=') {
-        Some((k, v)) => {
-            check_env_name(flag, k)?;
-            if v.contains('\0') {
-                return Err(SpecError::Env {
-                    flag,
-                    entry: k.to_string(),
-                    reason: "the value contains a NUL byte".into(),
-                });
-            }
-            Ok(Some((k.to_string(), v.to_string())))
-        }
-        None => {
-            check_env_name(flag, entry)?;
-            Ok(host_env.get(entry).map(|v| (entry.to_string(), v.clone())))
-        }
-    }
-}
-
-/// Reads a docker-style env file: `K=V` lines, `#` comments, blank lines, bare `K` copied from
-/// nsbox's environment, an optional leading `export `.
-fn read_env_file(
-    path: &Path,
-    host_env: &BTreeMap<String, String>,
-) -> Result<Vec<(String, String)>, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SpecError::EnvFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        match parse_env_entry("--env-file", line, host_env) {
-            Ok(Some(kv)) => out.push(kv),
-            Ok(None) => {}
-            Err(_) => {
-                return Err(SpecError::EnvFile {
-                    path: path.to_path_buf(),
-                    reason: format!("line {}: expected NAME=VALUE or NAME", n + 1),
-                })
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::Timeout;
 
     fn req(cmd: &[&str]) -> ExecRequest {
         ExecRequest {
@@ -1009,38 +692,6 @@ mod tests {
     }
 
     #[test]
-    fn mounts_parse_and_validate() {
-        let m = parse_mount("/usr:/opt/usr").unwrap();
-        assert_eq!(m.target, PathBuf::from("/opt/usr"));
-        assert!(m.readonly);
-        assert!(!parse_mount("/usr:/data:rw").unwrap().readonly);
-        assert!(parse_mount("/usr:/data:ro").unwrap().readonly);
-        assert!(parse_mount("/nonexistent-nsbox-src:/x")
-            .unwrap_err()
-            .to_string()
-            .contains("does not exist"));
-        assert!(parse_mount("/usr:relative").is_err());
-        assert!(parse_mount("/usr:/").is_err());
-        assert!(parse_mount("/usr:/proc/x").is_err());
-        assert!(parse_mount("/usr:/a/../b").is_err());
-        assert!(parse_mount("/usr").is_err());
-    }
-
-    #[test]
-    fn copies_land_under_the_sandbox_dir() {
-        let sb = Path::new("/sandbox");
-        let c = parse_copy("/etc/hostname:notes.txt", sb).unwrap();
-        assert_eq!(c.target, PathBuf::from("/sandbox/notes.txt"));
-        let c = parse_copy("/etc/hostname:/sandbox/", sb).unwrap();
-        assert_eq!(c.target, PathBuf::from("/sandbox/hostname"));
-        let c = parse_copy("/etc/hostname:.", sb).unwrap();
-        assert_eq!(c.target, PathBuf::from("/sandbox/hostname"));
-        assert!(parse_copy("/etc/hostname:/etc/x", sb).is_err());
-        assert!(parse_copy("/etc/hostname:../x", sb).is_err());
-        assert!(parse_copy("/nonexistent-nsbox:x", sb).is_err());
-    }
-
-    #[test]
     fn hostnames_and_workdirs_are_checked() {
         let mut r = req(&["true"]);
         r.hostname = Some("bad_name".into());
@@ -1051,15 +702,5 @@ mod tests {
         let mut r = req(&["true"]);
         r.rootfs = Some(PathBuf::from("/nonexistent-rootfs"));
         assert!(build(r).unwrap_err().to_string().contains("does not exist"));
-    }
-
-    #[test]
-    fn normalize_rejects_escapes() {
-        assert_eq!(
-            normalize_inside(Path::new("/a/./b/")).unwrap(),
-            PathBuf::from("/a/b")
-        );
-        assert!(normalize_inside(Path::new("/a/../b")).is_none());
-        assert!(normalize_inside(Path::new("a")).is_none());
     }
 }

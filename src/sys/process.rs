@@ -81,7 +81,7 @@ pub fn clone3_fork(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<
     if let Some(fd) = cgroup {
         use std::os::fd::AsRawFd;
         args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = fd.as_raw_fd() as u64;
+        args.cgroup = u64::from(fd.as_raw_fd().unsigned_abs());
     }
     // SAFETY: clone3 with stack = 0 behaves like fork: the child continues on a copy-on-write
     // copy of this thread's stack. `args` and `pidfd` outlive the call. The process is
@@ -100,7 +100,7 @@ pub fn clone3_fork(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<
             // SAFETY: with CLONE_PIDFD the kernel stored a new, owned file descriptor in `pidfd`.
             let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
             Ok(Forked::Parent {
-                pid: pid as i32,
+                pid: i32::try_from(pid).map_err(|_| invalid("pid"))?,
                 pidfd,
             })
         }
@@ -108,12 +108,37 @@ pub fn clone3_fork(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<
 }
 
 /// Plain fork(2). Returns 0 in the child, the child's pid in the parent.
-/// The caller (the sandbox init) is single-threaded.
-pub fn fork() -> io::Result<i32> {
-    // SAFETY: the caller is single-threaded (the sandbox init never starts threads), so the child
-    // may keep running Rust code after fork.
+///
+/// # Safety
+/// The caller must be single-threaded: the child is a copy of the calling thread alone, and
+/// running arbitrary Rust code there (allocating, locking) is sound only if no other thread
+/// could have held a lock at the fork. The child must end through [`exit_now`] or execve,
+/// never by returning into frames whose destructors own the parent's resources; an
+/// [`AbortOnPanic`] guard keeps a panic from unwinding into them.
+pub unsafe fn fork() -> io::Result<i32> {
+    // SAFETY: the caller guarantees this process is single-threaded (see above).
     let ret = unsafe { libc::fork() };
-    check(ret as libc::c_long).map(|pid| pid as i32)
+    check(libc::c_long::from(ret)).and_then(|pid| i32::try_from(pid).map_err(|_| invalid("pid")))
+}
+
+/// The error for a value the kernel interface cannot take (or gave back out of range).
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("{what} out of range"))
+}
+
+/// Held by a forked child for its whole life: a panic there aborts the process instead of
+/// unwinding, which would run the parent's destructors (say, a cgroup's removal or a session
+/// record's write) in the child. Dropping the guard during an unwind aborts; a child that ends
+/// normally leaves through [`exit_now`], so the guard is never dropped outside an unwind.
+#[derive(Debug)]
+pub struct AbortOnPanic;
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::process::abort();
+        }
+    }
 }
 
 /// execve(2). Returns only on failure.
@@ -130,8 +155,9 @@ pub fn execve(path: &CString, argv: &[CString], envp: &[CString]) -> io::Error {
 
 /// unshare(2) for namespace flags.
 pub fn unshare(ns_flags: u64) -> io::Result<()> {
+    let ns_flags = libc::c_int::try_from(ns_flags).map_err(|_| invalid("namespace flags"))?;
     // SAFETY: unshare takes plain flags and touches no memory of ours.
-    let ret = unsafe { libc::unshare(ns_flags as libc::c_int) };
+    let ret = unsafe { libc::unshare(ns_flags) };
     check(ret as libc::c_long).map(drop)
 }
 
@@ -142,12 +168,18 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Drops every capability from the bounding set (needs CAP_SETPCAP in the current user ns).
-pub fn drop_bounding_set() -> io::Result<()> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+/// The highest capability number this kernel knows (63 when it cannot tell: capabilities it
+/// does not know are refused one by one, harmlessly).
+pub fn last_capability() -> libc::c_ulong {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
-        .unwrap_or(63);
+        .unwrap_or(63)
+}
+
+/// Drops every capability up to `last` (see [`last_capability`]) from the bounding set (needs
+/// CAP_SETPCAP in the current user ns).
+pub fn drop_bounding_set(last: libc::c_ulong) -> io::Result<()> {
     for cap in 0..=last {
         // SAFETY: PR_CAPBSET_DROP takes an integer argument; no memory is passed.
         let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
@@ -232,8 +264,9 @@ pub fn set_no_new_privs() -> io::Result<()> {
 
 /// Sends `signal` to us when the parent (the thread that forked us) dies.
 pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    let signal = libc::c_ulong::try_from(signal).map_err(|_| invalid("signal"))?;
     // SAFETY: integer-only prctl.
-    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) };
+    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) };
     check(ret as libc::c_long).map(drop)
 }
 
@@ -250,9 +283,12 @@ const INIT_TITLE: &[u8] = b"nsbox-init";
 
 /// Overwrites this process's argument and environment strings in place, so pid 1 of the sandbox
 /// never shows the supervisor's command line or environment (which may hold --secret values)
-/// in /proc/1/cmdline. Needs no capability (unlike PR_SET_MM). Call only in a forked child that
-/// no longer needs `std::env`.
-pub fn hide_arguments() -> io::Result<()> {
+/// in /proc/1/cmdline. Needs no capability (unlike PR_SET_MM).
+///
+/// # Safety
+/// Call only in a single-threaded process that no longer reads `std::env` (the arguments and
+/// environment std captured point into the memory overwritten here).
+pub unsafe fn hide_arguments() -> io::Result<()> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     let after_comm = stat
         .rsplit_once(')')
@@ -292,8 +328,8 @@ pub fn hide_arguments() -> io::Result<()> {
         let len = end - start;
         // SAFETY: [start, end) is this process's own argument (or environment) string area, set
         // up by the kernel at exec and mapped writable for the process's whole life. Nothing
-        // reads these strings concurrently: the process is single-threaded, and the caller does
-        // not use std::env afterwards.
+        // reads these strings concurrently or later: the caller guarantees the process is
+        // single-threaded and does not use std::env afterwards.
         unsafe {
             let area = start as *mut u8;
             std::ptr::write_bytes(area, 0, len);
@@ -324,8 +360,9 @@ pub fn decode_wait_status(status: libc::c_int) -> (Option<i32>, Option<i32>) {
 /// setns(2): moves the calling thread into the namespace `fd` refers to.
 pub fn setns(fd: std::os::fd::BorrowedFd<'_>, ns_flag: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    let ns_flag = libc::c_int::try_from(ns_flag).map_err(|_| invalid("namespace flag"))?;
     // SAFETY: setns takes a descriptor we borrow for the call and a flag; no memory is passed.
-    let ret = unsafe { libc::setns(fd.as_raw_fd(), ns_flag as libc::c_int) };
+    let ret = unsafe { libc::setns(fd.as_raw_fd(), ns_flag) };
     check(ret as libc::c_long).map(drop)
 }
 
@@ -352,16 +389,35 @@ pub fn restore_affinity(original: Option<rustix::thread::CpuSet>) {
     }
 }
 
+/// The throw-away process a user namespace was made with: told to end when this is created,
+/// reaped when this is dropped — after the namespace was handed on, so its exit is off the
+/// sandbox's start path.
+#[derive(Debug)]
+pub struct UsernsHelper {
+    pidfd: OwnedFd,
+}
+
+impl Drop for UsernsHelper {
+    fn drop(&mut self) {
+        use std::os::fd::AsFd;
+        let _ = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(self.pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        );
+    }
+}
+
 /// Creates a user namespace mapping inside ids 0..`count` to host ids `base`.. and returns a
 /// descriptor for it. A user namespace needs a process to be created and mapped, so a
-/// throw-away child is cloned into one, mapped, referenced, and ended. The caller must be
-/// single-threaded (see [`clone3_fork`]).
-pub fn create_user_namespace(base: u32, count: u32) -> io::Result<OwnedFd> {
-    use std::os::fd::AsFd;
+/// throw-away child is cloned into one, mapped, referenced, and ended (reaped when the
+/// returned [`UsernsHelper`] is dropped). The caller must be single-threaded (see
+/// [`clone3_fork`]).
+pub fn create_user_namespace(base: u32, count: u32) -> io::Result<(OwnedFd, UsernsHelper)> {
     let (wait_read, wait_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
     match clone3_fork(flags::NEWUSER, None)? {
         Forked::Child => {
+            let _abort = AbortOnPanic;
             // Wait until the parent has what it needs (the pipe closes), then vanish.
             drop(wait_write);
             let mut byte = [0u8; 1];
@@ -381,12 +437,10 @@ pub fn create_user_namespace(base: u32, count: u32) -> io::Result<OwnedFd> {
                     )
                     .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
                 });
+            // The helper ends now; the caller reaps it by dropping the helper handle.
             drop(wait_write);
-            let _ = rustix::process::waitid(
-                rustix::process::WaitId::PidFd(pidfd.as_fd()),
-                rustix::process::WaitIdOptions::EXITED,
-            );
-            result
+            let helper = UsernsHelper { pidfd };
+            result.map(|ns| (ns, helper))
         }
     }
 }

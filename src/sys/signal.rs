@@ -101,10 +101,12 @@ pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
         }
         return Err(err);
     }
-    if n as usize != size {
+    if usize::try_from(n).ok() != Some(size) {
         return Ok(None);
     }
-    Ok(Some(info.ssi_signo as i32))
+    i32::try_from(info.ssi_signo)
+        .map(Some)
+        .map_err(io::Error::other)
 }
 
 /// Sends a signal to a process (or, with a negative pid, a process group).

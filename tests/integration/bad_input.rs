@@ -1,12 +1,13 @@
-//! Bad input gets a clear error, the documented code (125 for nsbox's own failures) and leaves
-//! nothing behind.
+//! Bad input gets a clear error, the documented code (121 for bad usage, 122 for a host that
+//! cannot run sandboxes, 125 for other failures of nsbox's own) and leaves nothing behind.
 
 use crate::require_root;
 use crate::support::*;
 
+/// A usage error: exit 121, `needle` on stderr, nothing on stdout.
 fn fails_with(args: &[&str], needle: &str) {
     let run = nsbox(args);
-    assert_eq!(run.code, 125, "{args:?}: {run:?}");
+    assert_eq!(run.code, 121, "{args:?}: {run:?}");
     assert!(
         run.stderr.contains(needle),
         "{args:?}: expected {needle:?} in {:?}",
@@ -100,7 +101,7 @@ fn secrets_in_bad_flags_are_not_echoed() {
         "--",
         "true",
     ]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(!run.stderr.contains("hunter2-secret"), "{}", run.stderr);
     // An error nsbox itself writes, naming a flag's value that contains the secret: masked.
     let run = nsbox(&[
@@ -112,7 +113,7 @@ fn secrets_in_bad_flags_are_not_echoed() {
         "--",
         "true",
     ]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(
         run.stderr.contains("--env-file /nonexistent/***"),
         "{}",
@@ -124,7 +125,7 @@ fn secrets_in_bad_flags_are_not_echoed() {
 #[test]
 fn a_session_takes_no_entrypoint_and_checks_its_env_names() {
     let run = nsbox(&["create", "--image", "nosuch:1", "--entrypoint", "x"]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(
         run.stderr.contains("unexpected argument '--entrypoint'"),
         "{}",
@@ -140,7 +141,7 @@ fn a_session_takes_no_entrypoint_and_checks_its_env_names() {
         "--",
         "true",
     ]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(
         run.stderr.contains("not a valid variable name"),
         "{}",
@@ -196,7 +197,11 @@ fn without_root_exec_says_so() {
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(
+        out.status.code(),
+        Some(122),
+        "the host (no root) cannot run it"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("need root") && stderr.contains("sudo"),

@@ -221,7 +221,7 @@ fn flags_build_without_a_recipe_file_and_a_new_tag_of_a_built_recipe_is_a_retag(
     assert_eq!(ctx.digest_of("flags:1"), ctx.digest_of("flags:2"));
     // Without a tag: a clear error.
     let run = ctx.run(&["build", "--base", "base:1", "--setup", "true"]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121, "a usage error");
     assert!(run.stderr.contains("--tag"), "{}", run.stderr);
 }
 
@@ -272,7 +272,7 @@ fn bad_recipes_are_refused_naming_key_and_file() {
     ] {
         let recipe = ctx.recipe("r.toml", text);
         let run = ctx.build(&recipe);
-        assert_eq!(run.code, 125, "{text}");
+        assert_eq!(run.code, 121, "{text}");
         assert!(
             run.stderr.contains(needle) && run.stderr.contains("r.toml"),
             "{text}: {}",
@@ -410,10 +410,10 @@ fn installs_on_a_base_without_a_package_manager_are_refused_before_any_sandbox()
         "base = \"base:1\"\ntag = \"x:1\"\ninstall = [\"git\"]\n",
     );
     let run = ctx.build(&recipe);
-    assert_eq!(run.code, 125, "{run:?}");
+    assert_eq!(run.code, 121, "{run:?}");
     assert!(
         run.stderr.contains(
-            "base image: base:1 has no package manager nsbox knows (apt-get, apk, dnf, yum) to install git"
+            "the base base:1 has no package manager nsbox knows (apt-get, apk, dnf, yum) to install git"
         ),
         "{}",
         run.stderr

@@ -36,18 +36,18 @@ fn all_commands() -> Vec<(String, Vec<String>)> {
 }
 
 #[test]
-fn nsbox_alone_prints_help_on_stderr_and_exits_2() {
+fn nsbox_alone_prints_help_on_stderr_as_a_usage_error() {
     let run = nsbox(&[]);
-    assert_eq!(run.code, 2, "a usage error, like git: {run:?}");
+    assert_eq!(run.code, 121, "a usage error: {run:?}");
     assert!(run.stdout.is_empty(), "{run:?}");
     assert!(run.stderr.contains("Usage: nsbox"), "{}", run.stderr);
-    assert!(run.stderr.contains("exits 2"), "the help says so");
+    assert!(run.stderr.contains("exits 121"), "the help says so");
 }
 
 #[test]
 fn unknown_commands_get_a_suggestion() {
     let run = nsbox(&["imgaes"]);
-    assert_eq!(run.code, 125, "{run:?}");
+    assert_eq!(run.code, 121, "{run:?}");
     assert!(run.stderr.contains("similar subcommand"), "{}", run.stderr);
     assert!(run.stderr.contains("'images'"), "{}", run.stderr);
     let run = nsbox(&["runn", "--", "true"]);
@@ -111,7 +111,7 @@ fn help_tells_docker_users_what_differs() {
     assert!(run.stdout.contains("Docker habits"), "{}", run.stdout);
     // The old `-m SRC:DST` says what changed.
     let run = nsbox(&["run", "-m", "/tmp:/x", "--", "true"]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(
         run.stderr
             .contains("-m is --memory (as in Docker); bind a host path with -v/--mount SRC:DST"),
@@ -120,7 +120,7 @@ fn help_tells_docker_users_what_differs() {
     );
     // `-vv` after the command is a mount of "v": said so.
     let run = nsbox(&["exec", "-vv", "--", "true"]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(
         run.stderr
             .contains("-vv is a mount of 'v': after the command, -v is --volume (as in Docker)"),
@@ -129,7 +129,7 @@ fn help_tells_docker_users_what_differs() {
     );
     // `run` starts a new sandbox only.
     let run = nsbox(&["run", "--session", "x", "--", "true"]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(
         run.stderr.contains("unexpected argument '--session'"),
         "{}",
@@ -146,7 +146,7 @@ fn run_is_the_one_shot_verb_and_exec_still_works() {
         assert_eq!(run.stdout, "hi\n", "{verb}");
     }
     let run = nsbox(&["run", "--network", "wifi", "--", "true"]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(run.stderr.contains("wifi"), "{}", run.stderr);
 }
 
@@ -193,7 +193,7 @@ fn u_name_is_resolved_in_the_sandboxs_own_passwd() {
     assert_eq!(run.stdout, "100\n", "{run:?}");
     // A host account never resolves: the sandbox's /etc/passwd on the host's root is nsbox's.
     let run = nsbox(&["run", "-u", "daemon", "--", "true"]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(
         run.stderr
             .contains("--user 'daemon': no user 'daemon' in the sandbox's /etc/passwd"),
@@ -231,7 +231,7 @@ fn u_name_is_resolved_in_the_sandboxs_own_passwd() {
     assert_eq!(ids("app").stdout, "1234\n1300\n", "{:?}", ids("app"));
     assert_eq!(ids("app:staff").stdout, "1234\n1400\n");
     let run = ids("ghost");
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(
         run.stderr.contains("no user 'ghost'") && run.stderr.contains("--rootfs"),
         "{}",
@@ -433,7 +433,7 @@ fn a_session_exec_takes_a_secret_for_one_command() {
             "true",
         ],
     );
-    assert_eq!(unset.code, 125);
+    assert_eq!(unset.code, 121);
     assert!(
         unset
             .stderr
@@ -505,8 +505,9 @@ fn version_completions_and_man_pages_cover_every_command() {
 
 // The small errors of issue 14, each pinned.
 
+/// A usage error (exit 121) saying `needle`.
 fn fails(run: &Run, needle: &str) {
-    assert_eq!(run.code, 125, "{run:?}");
+    assert_eq!(run.code, 121, "{run:?}");
     assert!(
         run.stderr.contains(needle),
         "expected {needle:?} in {:?}",
@@ -570,7 +571,7 @@ fn a_bad_session_name_is_a_usage_error_not_a_setup_failure() {
     let run = in_store(store.path(), &["create", "--name", "bad name!"]);
     fails(
         &run,
-        "--name 'bad name!': not a valid session name — use 1-64 letters",
+        "--name 'bad name!': not a valid session name — hint: use 1-64 letters",
     );
     assert!(!run.stderr.contains("setup"), "{}", run.stderr);
     let run = in_store(store.path(), &["create", "--json", "--name", "../x"]);
@@ -605,7 +606,7 @@ fn config_errors_name_the_config_and_keep_the_parsers_layout() {
     let syntax = dir.path().join("syntax.toml");
     std::fs::write(&syntax, "[pull]\npolicy = \"never\n").unwrap();
     let run = nsbox(&["--config", syntax.to_str().unwrap(), "run", "--", "true"]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert!(
         lines.len() >= 4,
@@ -633,7 +634,7 @@ fn config_errors_name_the_config_and_keep_the_parsers_layout() {
     let profile = dir.path().join("p.toml");
     std::fs::write(&profile, "[limits\n").unwrap();
     let run = nsbox(&["run", "--profile", profile.to_str().unwrap(), "--", "true"]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(run.stderr.lines().count() >= 3, "{}", run.stderr);
 }
 
@@ -651,7 +652,13 @@ fn pull_never_suggests_nsbox_pull() {
         "--",
         "true",
     ]);
-    fails(&run, "hint: `nsbox pull nosuch:1` fetches it");
+    assert_eq!(run.code, 123, "image not found: {run:?}");
+    assert!(
+        run.stderr
+            .contains("hint: `nsbox pull nosuch:1` fetches it"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -113,7 +113,7 @@ fn unknown_keys_and_bad_values_are_errors_naming_key_and_file() {
         std::fs::write(&config, text).unwrap();
         for args in [&["config"][..], &["exec", "--", "true"][..]] {
             let run = with_config(&config, args);
-            assert_eq!(run.code, 125, "{text} {args:?}");
+            assert_eq!(run.code, 121, "{text} {args:?}");
             assert!(
                 run.stderr.contains(needle) && run.stderr.contains("c.toml"),
                 "{text} {args:?}: {}",
@@ -122,7 +122,7 @@ fn unknown_keys_and_bad_values_are_errors_naming_key_and_file() {
         }
     }
     let run = with_config(&tmp.path().join("missing.toml"), &["config"]);
-    assert_eq!(run.code, 125);
+    assert_eq!(run.code, 121);
     assert!(run.stderr.contains("missing.toml"), "{}", run.stderr);
 }
 

@@ -310,8 +310,20 @@ fn copies_land_in_the_sandbox_with_modes_and_owner() {
 #[test]
 fn writable_root_goes_to_an_ephemeral_layer() {
     require_root!();
-    let run = exec(&["--user", "0", "--", "/bin/sh", "-c", "echo x >> /etc/hosts"]);
-    assert_ne!(run.code, 0, "read-only by default");
+    // Read-only by default, and for that reason: uid 0 inside is not refused for permissions.
+    let run = exec(&[
+        "--user",
+        "0",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x >> /etc/hosts; echo status=$?",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.trim() != "status=0" && run.stderr.contains("Read-only file system"),
+        "{run:?}"
+    );
     let run = exec(&[
         "--user",
         "0",
@@ -329,6 +341,17 @@ fn writable_root_goes_to_an_ephemeral_layer() {
             .contains("203.0.113.9"),
         "the host's file is untouched"
     );
+    // The layer went with its sandbox: the next writable root starts from the host's file.
+    let run = exec(&[
+        "--user",
+        "0",
+        "--writable-root",
+        "--",
+        "/bin/sh",
+        "-c",
+        "grep -c extra /etc/hosts; echo $?",
+    ]);
+    assert_eq!(run.stdout, "0\n1\n", "{run:?}");
 }
 
 #[test]

@@ -315,21 +315,78 @@ fn no_network_but_loopback() {
 #[test]
 fn host_network_is_opt_in() {
     require_root!();
-    let host_ifaces = std::fs::read_to_string("/proc/net/dev")
-        .unwrap()
-        .lines()
-        .count();
-    let run = exec(&[
-        "--net",
-        "host",
-        "--",
-        "/bin/sh",
-        "-c",
-        "cat /proc/net/dev | wc -l; cat /etc/resolv.conf | head -1",
-    ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    // A service on the host's loopback: only a sandbox with --net host reaches it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    listener.set_nonblocking(true).unwrap();
+    let server = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut served = 0;
+        while std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    let mut request = String::new();
+                    let _ = std::io::Read::read_to_string(&mut conn, &mut request);
+                    let _ = std::io::Write::write_all(&mut conn, b"host-loopback");
+                    served += 1;
+                    if request == "last" {
+                        break;
+                    }
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        served
+    });
+    let script = format!(
+        "{PROBE} tcp {addr}; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; \
+         echo ---; cat /etc/resolv.conf"
+    );
+    let mount = probe_mount();
+    let run_with = |net: &[&str]| {
+        let mut args: Vec<&str> = vec!["exec"];
+        args.extend(mount.iter().map(String::as_str));
+        args.extend_from_slice(net);
+        args.extend(["--", "/bin/sh", "-c", &script]);
+        nsbox(&args)
+    };
+
+    let isolated = run_with(&[]);
+    assert_eq!(isolated.code, 0, "{isolated:?}");
+    let mut lines = isolated.stdout.lines();
+    assert!(
+        lines.next().unwrap().starts_with("error"),
+        "the host's loopback is out of reach by default: {isolated:?}"
+    );
+    assert_eq!(lines.next(), Some("lo"), "{isolated:?}");
+    assert_eq!(lines.next(), Some("---"), "only a loopback: {isolated:?}");
+
+    let host = run_with(&["--net", "host"]);
+    assert_eq!(host.code, 0, "{host:?}");
+    let (network, resolv) = host.stdout.split_once("---\n").unwrap();
     assert_eq!(
-        run.stdout.lines().next().unwrap().trim(),
-        host_ifaces.to_string()
+        network.lines().next(),
+        Some("ok host-loopback"),
+        "--net host reaches the host's loopback: {host:?}"
+    );
+    assert!(
+        network.lines().skip(1).any(|i| i != "lo"),
+        "and sees the host's interfaces: {host:?}"
+    );
+    assert_eq!(
+        resolv,
+        std::fs::read_to_string("/etc/resolv.conf").unwrap(),
+        "and the host's resolver configuration"
+    );
+    // End the server (the isolated run never reached it).
+    if let Ok(mut last) = std::net::TcpStream::connect(&addr) {
+        let _ = std::io::Write::write_all(&mut last, b"last");
+        let _ = last.shutdown(std::net::Shutdown::Write);
+    }
+    assert_eq!(
+        server.join().unwrap(),
+        2,
+        "one sandbox connection, then ours"
     );
 }

@@ -67,9 +67,21 @@ fn a_killed_supervisor_takes_its_sandbox_along_and_prune_cleans_up() {
         !leftover_cgroups(&id).is_empty(),
         "the killed supervisor could not remove its cgroup"
     );
-    // Prune leaves cgroups younger than a second alone (a sandbox may be starting).
-    std::thread::sleep(Duration::from_millis(1100));
-    let dry = nsbox(&["prune", "--dry-run"]);
+    // Prune leaves cgroups younger than --min-age alone (a sandbox may be starting)...
+    let young = nsbox(&["prune", "--min-age", "1h"]);
+    assert_eq!(young.code, 0, "{young:?}");
+    assert!(
+        young
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("skipped") && l.contains(&id) && l.contains("1h")),
+        "{}",
+        young.stdout
+    );
+    assert!(!leftover_cgroups(&id).is_empty());
+    // ...by default those younger than a second; nothing else here creates this sandbox's
+    // cgroup, so no minimum age.
+    let dry = nsbox(&["prune", "--dry-run", "--min-age", "0"]);
     assert_eq!(dry.code, 0, "{dry:?}");
     assert!(
         dry.stdout.contains("would remove") && dry.stdout.contains(&id),
@@ -80,7 +92,7 @@ fn a_killed_supervisor_takes_its_sandbox_along_and_prune_cleans_up() {
         !leftover_cgroups(&id).is_empty(),
         "a dry run removes nothing"
     );
-    let run = nsbox(&["prune"]);
+    let run = nsbox(&["prune", "--min-age", "0"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         leftover_cgroups(&id).is_empty(),
@@ -92,26 +104,97 @@ fn a_killed_supervisor_takes_its_sandbox_along_and_prune_cleans_up() {
 #[test]
 fn concurrent_sandboxes_do_not_see_each_other() {
     require_root!();
-    let script = "echo $(hostname) > /tmp/mine; echo $(hostname) > /sandbox/mine; sleep 1; cat /tmp/mine /sandbox/mine; ls /tmp /sandbox | grep -c mine; ls /proc | grep -c '^[0-9]'";
-    let a =
-        std::thread::spawn(move || exec(&["--hostname", "box-a", "--", "/bin/sh", "-c", script]));
-    let b =
-        std::thread::spawn(move || exec(&["--hostname", "box-b", "--", "/bin/sh", "-c", script]));
-    let (a, b) = (a.join().unwrap(), b.join().unwrap());
-    assert_eq!(
-        a.stdout.lines().take(2).collect::<Vec<_>>(),
-        ["box-a", "box-a"],
-        "{a:?}"
-    );
-    assert_eq!(
-        b.stdout.lines().take(2).collect::<Vec<_>>(),
-        ["box-b", "box-b"],
-        "{b:?}"
-    );
-    for run in [&a, &b] {
-        let procs: u32 = run.stdout.lines().last().unwrap().parse().unwrap();
+    // Each sandbox writes files named after itself in /tmp and /sandbox, says so, then waits on
+    // its stdin: the test lets both go on only once both have written, so the two run at the
+    // same time by construction (not by a sleep), and each then lists what it sees.
+    let script = "h=$(hostname); echo $h > /tmp/mine-$h; echo $h > /sandbox/mine-$h; \
+                  echo written; read go; \
+                  cat /tmp/mine-* /sandbox/mine-*; ls /tmp /sandbox | grep -c mine; \
+                  ls /proc | grep -c '^[0-9]'";
+    let start = |name: &str| {
+        nsbox_cmd(&[
+            "exec",
+            "-i",
+            "--hostname",
+            name,
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nsbox")
+    };
+    let mut boxes = [start("box-a"), start("box-b")];
+    for child in &mut boxes {
+        let mut line = String::new();
+        let stdout = child.stdout.as_mut().unwrap();
+        // One byte at a time: nothing beyond the line may be consumed here.
+        let mut byte = [0u8; 1];
+        while !line.ends_with('\n') {
+            let n = std::io::Read::read(stdout, &mut byte).unwrap();
+            assert_eq!(n, 1, "the sandbox ended before writing: {line}");
+            line.push(byte[0] as char);
+        }
+        assert_eq!(line, "written\n");
+    }
+    // Both have written and both still run: let them look.
+    let outputs: Vec<Run> = boxes
+        .into_iter()
+        .map(|mut child| {
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+            drop(child.stdin.take());
+            child.wait_with_output().unwrap().into()
+        })
+        .collect();
+    for (run, name) in outputs.iter().zip(["box-a", "box-b"]) {
+        assert_eq!(run.code, 0, "{run:?}");
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [name, name, "2"],
+            "only its own files in /tmp and /sandbox: {run:?}"
+        );
+        let procs: u32 = lines[3].parse().unwrap();
         assert!(procs <= 5, "only its own processes: {run:?}");
     }
+}
+
+#[test]
+fn a_sandbox_created_now_runs_its_commands_later_and_tears_down() {
+    require_root!();
+    // examples/lifecycle.rs drives the library's sandbox::Handle without a supervisor:
+    // create (the init waits), two commands one after the other, kill, reap, teardown.
+    let out = std::process::Command::new(probe_dir().join("lifecycle"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run examples/lifecycle (cargo build --examples)");
+    let run = Run::from(out);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines[..8],
+        [
+            "state created",
+            "first one",
+            "state running",
+            "second left-by-the-first",
+            "state killed",
+            "state stopped",
+            "state torn down",
+            lines[7],
+        ],
+        "{run:?}"
+    );
+    let id = lines[7].strip_prefix("id ").expect("the sandbox's id");
+    assert!(
+        leftover_cgroups(id).is_empty(),
+        "{:?}",
+        leftover_cgroups(id)
+    );
 }
 
 #[test]
@@ -120,8 +203,8 @@ fn prune_never_touches_a_running_sandbox() {
     let _serial = prune_lock();
     let (mut child, id) = start_json(&["--", "sleep", "31342"]);
     assert!(eventually(5.0, || !host_processes_matching("sleep 31342").is_empty()));
-    std::thread::sleep(Duration::from_millis(1100));
-    let run = nsbox(&["prune"]);
+    // No minimum age: the lock, not the cgroup's age, is what protects a running sandbox.
+    let run = nsbox(&["prune", "--min-age", "0"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("in use"), "{}", run.stdout);
     assert!(!leftover_cgroups(&id).is_empty());

@@ -13,6 +13,8 @@ mod cli;
 mod config;
 mod egress;
 mod exec_basics;
+mod exit_codes;
+mod hostside;
 mod images;
 mod isolation;
 mod lifecycle;

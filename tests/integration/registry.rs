@@ -497,7 +497,7 @@ fn malformed_references_are_refused_with_a_hint() {
         "bad host/x",
     ] {
         let run = ctx.run(&["pull", bad]);
-        assert_eq!(run.code, 125, "{bad}");
+        assert_eq!(run.code, 121, "{bad}: a usage error");
         assert!(
             run.stderr.contains("not a valid") && run.stderr.contains("hint"),
             "{bad}: {}",

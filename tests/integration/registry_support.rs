@@ -39,8 +39,9 @@ pub fn tools_present() -> bool {
     .iter()
     .all(|p| Path::new(p).exists());
     if !ok && std::env::var("NSBOX_TEST_REQUIRE_ROOT").as_deref() != Ok("1") {
-        eprintln!(
-            "SKIP registry tests: apt-get install docker-registry skopeo apache2-utils openssl"
+        crate::support::skip(
+            module_path!(),
+            "registry tests need docker-registry, skopeo, apache2-utils and openssl",
         );
     }
     assert!(

@@ -11,10 +11,33 @@ pub fn have_root(test: &str) -> bool {
         return true;
     }
     if std::env::var("NSBOX_TEST_REQUIRE_ROOT").as_deref() == Ok("1") {
-        panic!("{test} needs root, and NSBOX_TEST_REQUIRE_ROOT=1 forbids skipping it");
+        panic!(
+            "{} needs root, and NSBOX_TEST_REQUIRE_ROOT=1 forbids skipping it",
+            test_name(test)
+        );
     }
-    eprintln!("SKIP {test}: needs root (set NSBOX_TEST_REQUIRE_ROOT=1 to make this a failure)");
+    skip(
+        test,
+        "needs root (set NSBOX_TEST_REQUIRE_ROOT=1 to make this a failure)",
+    );
     false
+}
+
+/// The running test's name: libtest names each test's thread after it ("module::test").
+/// `fallback` (say, `module_path!()`) where the thread has no name.
+pub fn test_name(fallback: &str) -> String {
+    std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .map_or_else(|| fallback.to_string(), str::to_string)
+}
+
+/// Says loudly that the running test is skipped, and why: "SKIP module::test: why". Written
+/// straight to file descriptor 2, because the test harness captures `eprintln!` and shows it
+/// only for failing tests — a skipped test passes, and its SKIP line would vanish.
+pub fn skip(fallback: &str, why: &str) {
+    let line = format!("SKIP {}: {why}\n", test_name(fallback));
+    let _ = rustix::io::write(rustix::stdio::stderr(), line.as_bytes());
 }
 
 /// Returns early from a test that needs root (see [`have_root`]).

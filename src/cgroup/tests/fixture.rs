@@ -48,6 +48,7 @@ const V1_COMMON: &[&str] = &["tasks", "cgroup.procs", "notify_on_release"];
 const V1_MEMORY: &[&str] = &[
     "memory.limit_in_bytes",
     "memory.memsw.limit_in_bytes",
+    "memory.kmem.tcp.limit_in_bytes",
     "memory.oom_control",
     "memory.usage_in_bytes",
     "memory.max_usage_in_bytes",

@@ -162,6 +162,11 @@ fn create_on_hybrid_host_writes_v1_limits_and_opens_tasks_fds() {
     assert_eq!(cg.paths(), vec![mem.clone(), pids.clone(), cpu.clone()]);
     assert_eq!(read(&mem.join("memory.limit_in_bytes")), "268435456");
     assert_eq!(read(&mem.join("memory.memsw.limit_in_bytes")), "268435456");
+    assert_eq!(
+        read(&mem.join("memory.kmem.tcp.limit_in_bytes")),
+        "268435456",
+        "v1 charges TCP buffers only with a tcp limit"
+    );
     assert_eq!(read(&pids.join("pids.max")), "64");
     assert_eq!(read(&cpu.join("cpu.cfs_period_us")), "100000");
     assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "150000");
@@ -255,6 +260,19 @@ fn none_limits_write_nothing_but_still_track() {
             assert_eq!(read(&e.path()), "", "{}", e.path().display());
         }
     }
+}
+
+#[test]
+fn absent_v1_tcp_accounting_is_a_warning_not_an_error() {
+    let host = hybrid();
+    host.remove("/sys/fs/cgroup/memory/memory.kmem.tcp.limit_in_bytes");
+    let cg = SandboxCgroup::create(&host.layout(), "t", &all_limits()).expect("create");
+    assert_eq!(cg.warnings().len(), 1);
+    assert!(
+        cg.warnings()[0].contains("TCP buffers"),
+        "{:?}",
+        cg.warnings()
+    );
 }
 
 #[test]

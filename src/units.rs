@@ -220,6 +220,45 @@ pub fn is_unlimited(input: &str) -> bool {
     )
 }
 
+/// A limit given on the command line: a value, or "none" to switch the profile's limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit<T> {
+    Unlimited,
+    Value(T),
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for Limit<T> {
+    type Err = T::Err;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if is_unlimited(s) {
+            Ok(Limit::Unlimited)
+        } else {
+            s.parse().map(Limit::Value)
+        }
+    }
+}
+
+impl<T> Limit<T> {
+    /// The value, or None for `none` (no limit).
+    pub fn into_option(self) -> Option<T> {
+        match self {
+            Limit::Unlimited => None,
+            Limit::Value(v) => Some(v),
+        }
+    }
+}
+
+/// A wall-clock limit in a form clap can parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout(pub Duration);
+
+impl std::str::FromStr for Timeout {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_duration(s).map(Timeout)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

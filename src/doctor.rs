@@ -279,7 +279,7 @@ fn check_cgroups() -> Vec<Check> {
         },
         Err(_) => CgroupLimits::default(),
     };
-    let id = format!("doctor{}", crate::spec::new_id());
+    let id = format!("doctor{}", crate::ids::new_id());
     match SandboxCgroup::create(&layout, &id, &limits) {
         Ok(cgroup) => {
             let warnings = cgroup.warnings().to_vec();

@@ -1,0 +1,28 @@
+//! Identifiers and id ranges every layer shares: the sandbox's user-namespace id range, the
+//! host ids it maps to, and fresh random ids for sandboxes and scratch names. A leaf: imports
+//! nothing from nsbox.
+
+/// How many ids the sandbox's user namespace maps (inside 0..65536).
+pub const IDS_IN_SANDBOX: u32 = 65536;
+
+/// First host uid/gid of the range nsbox maps into every sandbox (inside id N is host id
+/// `DEFAULT_UID_BASE + N`). Chosen far above the ranges that /etc/subuid, systemd (dynamic
+/// users, nspawn) and distributions hand out, so no host user or other engine owns these ids.
+/// Host uid 0 is never mapped.
+pub const DEFAULT_UID_BASE: u32 = 0x6e73_0000; // 1853030400 ("ns")
+
+/// A fresh sandbox id: 12 lowercase hex digits from the kernel's random pool.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    // getrandom only fails before the pool is initialised at early boot; fall back to time+pid
+    // so an id is still unique enough on this host.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let mixed = nanos ^ (u128::from(std::process::id()) << 64);
+        bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
