@@ -131,9 +131,16 @@ pub(super) fn open_image(
                         (
                             crate::image::ImageError::NotFound { .. },
                             crate::registry::pull::PullPolicy::Never,
-                        ) => failure.with_hint(format!(
-                            "`nsbox pull {reference}` fetches it (with --pull never, or the config's pull.policy = \"never\", nothing is pulled)"
-                        )),
+                        ) => {
+                            let pull = format!(
+                                "`nsbox pull {reference}` fetches it (with --pull never, or the config's pull.policy = \"never\", nothing is pulled)"
+                            );
+                            let hint = match &failure.hint {
+                                Some(other) => format!("{pull}; {other}"),
+                                None => pull,
+                            };
+                            failure.with_hint(hint)
+                        }
                         _ => failure,
                     }
                 })
