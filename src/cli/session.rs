@@ -33,6 +33,10 @@ pub struct CreateArgs {
     /// (default 1h, or the config's cleanup.session_max_age; `none` keeps it until `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
     max_age: Option<Limit<Timeout>>,
+    /// Stop and remove the session this long after it was created, even while commands run
+    /// (a hard lifetime; --max-age is the idle one).
+    #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
+    ttl: Option<Limit<Timeout>>,
     /// A shell script run in the new session before it is handed over (its own phase; if it
     /// fails, create fails with its output and exit code and the session is removed).
     #[arg(
@@ -139,7 +143,8 @@ pub fn create(
     };
     let masker = Masker::new(&spec.secrets);
     let store = SessionStore::system();
-    let (record, pending) = match daemon::start(&spec, args.name.as_deref(), max_age, &store) {
+    let ttl = args.ttl.and_then(Limit::into_option).map(|t| t.0);
+    let (record, pending) = match daemon::start(&spec, args.name.as_deref(), max_age, ttl, &store) {
         Ok(started) => started,
         Err(e) => return fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     };

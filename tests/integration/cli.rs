@@ -740,3 +740,41 @@ fn tmpfs_mounts_a_sized_scratch_directory() {
         "is larger than the memory limit 16 MiB",
     );
 }
+
+#[test]
+fn a_ttl_session_is_stopped_and_removed_at_its_deadline_even_while_busy() {
+    require_root!();
+    let store = tempfile::tempdir().unwrap();
+    let created = in_store(store.path(), &["create", "--ttl", "2s", "--name", "short"]);
+    assert_eq!(created.code, 0, "{created:?}");
+    let mut busy = nsbox_cmd(&["exec", "--session", "short", "--", "sleep", "600"])
+        .env("NSBOX_RUN_DIR", store.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ended = eventually(60.0, || busy.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = busy.kill();
+        let _ = busy.wait();
+    }
+    assert!(ended, "the running command ended with the session");
+    assert!(
+        eventually(30.0, || in_store(store.path(), &["ps", "-q"])
+            .stdout
+            .is_empty()),
+        "the session was removed"
+    );
+    let gone = in_store(store.path(), &["exec", "--session", "short", "--", "true"]);
+    assert_ne!(gone.code, 0);
+    assert!(gone.stderr.contains("no session 'short'"), "{gone:?}");
+    // Without --ttl a session has no deadline of its own.
+    let kept = in_store(store.path(), &["create", "--name", "kept"]);
+    assert_eq!(kept.code, 0);
+    assert_eq!(
+        in_store(store.path(), &["exec", "--session", "kept", "--", "true"]).code,
+        0
+    );
+    assert_eq!(in_store(store.path(), &["rm", "-f", "kept"]).code, 0);
+}
