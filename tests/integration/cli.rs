@@ -338,12 +338,14 @@ fn labels_filters_quiet_format_inspect_and_stop_t() {
     // stop -t SECONDS (Docker's spelling of --grace).
     assert_eq!(s(&["stop", "-t", "1", "la"]).code, 0);
     assert_eq!(s(&["stop", "--time", "1", &b]).code, 0);
-    assert_eq!(
-        s(&["ps", "-q", "--filter", "state=stopped"])
+    // `stop` returns when the supervisor closed its socket; its lock goes a moment later.
+    assert!(
+        eventually(10.0, || s(&["ps", "-q", "--filter", "state=stopped"])
             .stdout
             .lines()
-            .count(),
-        2
+            .count()
+            == 2),
+        "both stopped"
     );
     assert_eq!(s(&["rm", "la", &b]).code, 0);
 }
