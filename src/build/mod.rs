@@ -154,6 +154,16 @@ pub fn build(
     let started = Instant::now();
     let _guard = store.load_guard()?;
     let root = crate::image::open_root(state_root, &base.digest.to_string())?;
+    if !req.recipe.install.is_empty() && !has_package_manager(&root.spec().layers) {
+        return Err(BuildError::Recipe {
+            origin: req.origin.clone(),
+            message: format!(
+                "the base {} has no package manager nsbox knows (apt-get, apk, dnf, yum) to install {} — hint: choose a base that has one (debian, ubuntu, alpine, fedora), or add the programs with `setup` commands",
+                req.recipe.base,
+                req.recipe.install.join(" ")
+            ),
+        });
+    }
     let workdir = store.tmp_path("build");
     let result = run_and_capture(req, &store, config, &root, &base, &workdir, &hash, &tag, t0);
     let _ = remove_tree(&workdir);
@@ -179,6 +189,26 @@ pub fn build(
         seconds: started.elapsed().as_secs_f64(),
         entries,
     })
+}
+
+/// Whether the base has one of the package managers the build script knows, checked in its
+/// layers before any sandbox starts (a base without one would fail only inside the build).
+/// Files are looked up as the overlay shows them, without following symlinks: the places
+/// distributions install the real programs.
+fn has_package_manager(layers: &[PathBuf]) -> bool {
+    const PROGRAMS: &[&str] = &[
+        "usr/bin/apt-get",
+        "sbin/apk",
+        "usr/sbin/apk",
+        "usr/bin/apk",
+        "usr/bin/dnf",
+        "usr/bin/dnf-3",
+        "usr/bin/dnf5",
+        "usr/bin/yum",
+    ];
+    PROGRAMS
+        .iter()
+        .any(|p| crate::image::read_image_file(layers, p).is_some())
 }
 
 #[allow(clippy::too_many_arguments)]

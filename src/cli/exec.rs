@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use super::{error, ExecArgs, SandboxArgs};
+use super::{error, RunArgs, SandboxArgs};
 use crate::profile::Profile;
 use crate::relay::{Event, Masker};
 use crate::report::{Class, Failure, Phase};
@@ -15,7 +15,7 @@ use crate::units::ByteSize;
 use crate::units::{Limit, Timeout};
 
 pub fn run(
-    args: ExecArgs,
+    args: RunArgs,
     state_root: &std::path::Path,
     config: &crate::config::Config,
     t0: u64,
@@ -23,6 +23,7 @@ pub fn run(
     let json = args.json;
     // Until the spec exists, secrets are known only from the raw flags: mask them anyway.
     let early_masker = raw_secret_masker(&args.sandbox);
+    let labels: BTreeMap<String, String> = args.sandbox.labels.iter().cloned().collect();
     // The image's layers stay locked (shared) for as long as this process supervises the
     // sandbox, so `nsbox image prune` and `rmi` never delete them under it.
     let image = match open_image(&args.sandbox, state_root, config) {
@@ -31,6 +32,7 @@ pub fn run(
     };
     let command = ExecExtras {
         command: args.command,
+        entrypoint: args.entrypoint,
         timeout: args.timeout,
         max_output: args.max_output,
         interactive: args.interactive,
@@ -60,7 +62,7 @@ pub fn run(
     };
     let masker = Masker::new(&spec.secrets);
     if json {
-        start_event(&spec.id, &spec.profile_name, spec.network.as_str());
+        start_event(&spec.id, &spec.profile_name, spec.network.as_str(), &labels);
     }
     tracing::info!(id = %spec.id, profile = %spec.profile_name, "starting sandbox");
     match sandbox::run(&spec, t0) {
@@ -80,11 +82,17 @@ pub(super) fn raw_secret_masker(sandbox: &SandboxArgs) -> Masker {
     )
 }
 
-pub(super) fn start_event(id: &str, profile: &str, network: &str) {
+pub(super) fn start_event(
+    id: &str,
+    profile: &str,
+    network: &str,
+    labels: &BTreeMap<String, String>,
+) {
     let start = Event::Start {
         id,
         profile,
         network,
+        labels: (!labels.is_empty()).then_some(labels),
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(&start.to_line());
@@ -94,6 +102,7 @@ pub(super) fn start_event(id: &str, profile: &str, network: &str) {
 /// The flags of an exec that are not about the sandbox itself.
 pub(super) struct ExecExtras {
     pub command: Vec<std::ffi::OsString>,
+    pub entrypoint: Option<String>,
     pub timeout: Option<Limit<Timeout>>,
     pub max_output: Option<Limit<ByteSize>>,
     pub interactive: bool,
@@ -116,7 +125,25 @@ pub(super) fn open_image(
                 .map_err(|e| Failure::of(&e))?;
             crate::image::open_root(state_root, reference)
                 .map(Some)
-                .map_err(|e| Failure::of(&e))
+                .map_err(|e| {
+                    let failure = Failure::of(&e);
+                    match (&e, policy) {
+                        (
+                            crate::image::ImageError::NotFound { .. },
+                            crate::registry::pull::PullPolicy::Never,
+                        ) => {
+                            let pull = format!(
+                                "`nsbox pull {reference}` fetches it (with --pull never, or the config's pull.policy = \"never\", nothing is pulled)"
+                            );
+                            let hint = match &failure.hint {
+                                Some(other) => format!("{pull}; {other}"),
+                                None => pull,
+                            };
+                            failure.with_hint(hint)
+                        }
+                        _ => failure,
+                    }
+                })
         }
         None => Ok(None),
     }
@@ -128,23 +155,34 @@ pub(super) fn build_spec(
     image: Option<crate::spec::ImageSpec>,
     config: &crate::config::Config,
 ) -> Result<SandboxSpec, Failure> {
+    if let Some(message) = verbose_after_command(&args) {
+        return Err(usage(message));
+    }
     let profile = Profile::load_layered(
         args.profile.as_deref().unwrap_or("default"),
         &config.defaults,
     )
-    .map_err(|e| Failure::of(&e))?;
+    .map_err(|e| config_or_profile_error(e, config))?;
+    let user = match &args.user {
+        Some(text) => Some(
+            super::user::resolve(text, args.rootfs.as_deref(), image.as_ref()).map_err(usage)?,
+        ),
+        None => None,
+    };
+    let explicit_sandbox_size = args.sandbox_size;
+    let tmpfs = args.tmpfs.clone();
     let request = ExecRequest {
         command: extra.command,
         rootfs: args.rootfs,
         image,
-        entrypoint: args.entrypoint,
+        entrypoint: extra.entrypoint,
         network: args.net,
         allow: args.allow,
         deny: args.deny,
         dns_upstream: args.dns_upstream,
         log_network: args.log_network,
         hostname: args.hostname,
-        user: args.user,
+        user,
         workdir: args.workdir,
         writable_root: args.writable_root,
         sandbox_size: args.sandbox_size,
@@ -167,15 +205,148 @@ pub(super) fn build_spec(
         timings: extra.timings,
     };
     let host_env: BTreeMap<String, String> = std::env::vars().collect();
-    SandboxSpec::build(request, &profile, &host_env).map_err(|e| Failure::of(&e))
+    let mut spec = SandboxSpec::build(request, &profile, &host_env).map_err(|e| Failure::of(&e))?;
+    spec.tmpfs = tmpfs_mounts(&tmpfs, &spec).map_err(usage)?;
+    if let (Some(size), Some(memory)) = (explicit_sandbox_size, spec.limits.memory) {
+        if size.bytes() > memory.bytes() {
+            return Err(usage(format!(
+                "--sandbox-size {size} is larger than the memory limit {memory}: /sandbox is a tmpfs whose contents count against the sandbox's memory, so the command would be killed for out of memory before it filled it — hint: raise --memory (-m) or lower --sandbox-size"
+            )));
+        }
+    }
+    Ok(spec)
 }
 
-/// `nsbox exec --session ID -- CMD`.
-/// `nsbox exec --session ID`: the session was made with its own flags and configuration, so
-/// nothing of the config file is read here.
-pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
+/// `--tmpfs PATH[:SIZE]` (also Docker's `PATH:size=SIZE`), checked against the spec: an
+/// absolute path, not /, not where the sandbox mounts its own filesystems, and not inside a
+/// bind mount (which would cover it).
+fn tmpfs_mounts(
+    entries: &[String],
+    spec: &SandboxSpec,
+) -> Result<Vec<crate::spec::TmpfsMount>, String> {
+    use std::path::{Component, Path, PathBuf};
+    let mut out: Vec<crate::spec::TmpfsMount> = Vec::new();
+    for entry in entries {
+        let err = |reason: &str| format!("--tmpfs '{entry}': {reason}");
+        let (path, size) = match entry.split_once(':') {
+            Some((path, size)) => {
+                let text = size.strip_prefix("size=").unwrap_or(size);
+                let size: ByteSize = text
+                    .parse()
+                    .map_err(|e| err(&format!("{e} (the only option is a size: PATH:64m)")))?;
+                (path, size)
+            }
+            None => (entry.as_str(), spec.sizes.tmp),
+        };
+        let mut target = PathBuf::from("/");
+        if !path.starts_with('/') {
+            return Err(err("the path must be absolute"));
+        }
+        for c in Path::new(path).components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(part) => target.push(part),
+                _ => return Err(err("the path must not contain '..'")),
+            }
+        }
+        if target == Path::new("/") {
+            return Err(err("the path cannot be / (use --writable-root)"));
+        }
+        for own in ["/proc", "/dev", "/sys"] {
+            if target.starts_with(own) {
+                return Err(err(&format!(
+                    "{own} is the sandbox's own; nothing can be mounted inside it"
+                )));
+            }
+        }
+        for (own, flag) in [("/tmp", "--tmp-size"), ("/sandbox", "--sandbox-size")] {
+            if target == Path::new(own) {
+                return Err(err(&format!(
+                    "{own} is a tmpfs already — hint: size it with {flag}"
+                )));
+            }
+        }
+        if let Some(bind) = spec.mounts.iter().find(|m| target.starts_with(&m.target)) {
+            return Err(err(&format!(
+                "it is inside the bind mount at {}, which would cover it",
+                bind.target.display()
+            )));
+        }
+        if out.iter().any(|t| t.target == target) {
+            return Err(err("given twice"));
+        }
+        if let Some(memory) = spec.limits.memory {
+            if size.bytes() > memory.bytes() {
+                return Err(err(&format!(
+                    "its size {size} is larger than the memory limit {memory}, which its contents count against — hint: a smaller PATH:SIZE, or raise --memory"
+                )));
+            }
+        }
+        out.push(crate::spec::TmpfsMount { target, size });
+    }
+    Ok(out)
+}
+
+/// A usage error the command line finds itself, its text split at " — hint: " like every
+/// nsbox error's.
+fn usage(text: String) -> Failure {
+    match text.split_once(" — hint: ") {
+        Some((message, hint)) => Failure::usage(message).with_hint(hint),
+        None => Failure::usage(text),
+    }
+}
+
+/// `nsbox run -vv ...`: after the command `-v` is --volume, so `-vv` is a mount of "v".
+fn verbose_after_command(args: &SandboxArgs) -> Option<String> {
+    args.mounts
+        .iter()
+        .find(|m| !m.is_empty() && m.chars().all(|c| c == 'v'))
+        .map(|m| {
+            format!(
+                "-v{m} is a mount of '{m}': after the command, -v is --volume (as in Docker) — hint: give nsbox's own -v/-vv before the command (nsbox -v{m} run ...) or write --verbose"
+            )
+        })
+}
+
+/// A profile error about a value the config file's `[defaults]` set is the config's error:
+/// it names the file and the key as written there.
+fn config_or_profile_error(
+    e: crate::profile::ProfileError,
+    config: &crate::config::Config,
+) -> Failure {
+    use crate::profile::ProfileError;
+    let from_config = |origin: &str| config.defaults.iter().any(|l| l.origin == origin);
+    match &e {
+        ProfileError::Unit {
+            origin,
+            key,
+            source,
+        } if from_config(origin) => {
+            Failure::usage(format!("config {origin}: defaults.{key}: {source}"))
+        }
+        ProfileError::Value {
+            origin,
+            key,
+            message,
+        } if from_config(origin) => {
+            Failure::usage(format!("config {origin}: defaults.{key}: {message}"))
+        }
+        _ => Failure::of(&e),
+    }
+}
+
+/// `nsbox exec --session ID -- CMD`: the session was made with its own flags and
+/// configuration, so nothing of the config file is read here. `--secret` and `--secret-env`
+/// add variables for this one command, masked in its output like the session's own.
+pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
     let json = args.json;
-    let used = args.sandbox.defining_flags();
+    if let Some(message) = verbose_after_command(&args.sandbox) {
+        return fail(json, &usage(message), t0);
+    }
+    let mut used = args.sandbox.defining_flags();
+    if args.entrypoint.is_some() {
+        used.push("--entrypoint");
+    }
     if !used.is_empty() {
         return fail(
             json,
@@ -183,7 +354,9 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
                 "{} do not apply with --session (the session was created with its own)",
                 used.join(", ")
             ))
-            .with_hint("with --session use -e, -w, -i, -t, --json, --timeout, --max-output"),
+            .with_hint(
+                "with --session use -e, -w, -i, -t, --json, --timeout, --max-output, --secret, --secret-env",
+            ),
             t0,
         );
     }
@@ -195,10 +368,18 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
             t0,
         );
     }
-    let env = match session_env(&args.sandbox.env, args.tty) {
+    let early_masker = raw_secret_masker(&args.sandbox);
+    let mut env = match session_env(&args.sandbox.env, args.tty) {
         Ok(env) => env,
-        Err(failure) => return fail(json, &failure, t0),
+        Err(failure) => return fail(json, &failure.map_text(|t| early_masker.mask_str(t)), t0),
     };
+    let secrets = match session_secrets(&args.sandbox.secrets, &args.sandbox.secret_env) {
+        Ok(secrets) => secrets,
+        Err(message) => return fail(json, &usage(early_masker.mask_str(&message)), t0),
+    };
+    let secret_values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
+    let masker = Masker::new(&secret_values);
+    env.extend(secrets);
     let store = SessionStore::system();
     let client = match SessionClient::connect(&store, session) {
         Ok(c) => c,
@@ -209,6 +390,7 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
             &client.record.id,
             &client.record.profile,
             &client.record.network,
+            &super::session::read_labels(&store, &client.record.id),
         );
     }
     let exec = SessionExec {
@@ -222,11 +404,51 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
         max_output: args.max_output.map(Limit::into_option),
         phase: None,
         output_to_stderr: false,
+        secrets: secret_values,
     };
     match client.exec(exec, t0) {
-        Ok(outcome) => finish(json, args.timings, &outcome, &Masker::new::<&str>(&[])),
-        Err(e) => fail(json, &Failure::of(&e), t0),
+        Ok(outcome) => finish(json, args.timings, &outcome, &masker),
+        Err(e) => fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     }
+}
+
+/// `--secret NAME=VALUE` and `--secret-env NAME` of a session exec, checked as for a new
+/// sandbox (a value comes from nsbox's environment with --secret-env; an empty value is refused,
+/// there would be nothing to mask).
+fn session_secrets(
+    secrets: &[String],
+    secret_env: &[String],
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let check = |flag: &str, name: &str, value: Option<&str>| -> Result<(), String> {
+        if !crate::profile::valid_env_name(name) {
+            return Err(format!(
+                "{flag} '{name}': not a valid variable name (letters, digits and '_')"
+            ));
+        }
+        match value {
+            Some(v) if !v.is_empty() => Ok(()),
+            Some(_) => Err(format!(
+                "{flag} '{name}': the value is empty; there is nothing to mask"
+            )),
+            None => Err(format!(
+                "{flag} '{name}': {name} is not set (or empty) in nsbox's environment"
+            )),
+        }
+    };
+    for entry in secrets {
+        let Some((name, value)) = entry.split_once('=') else {
+            return Err("--secret: expected NAME=VALUE".to_string());
+        };
+        check("--secret", name, Some(value))?;
+        out.push((name.to_string(), value.to_string()));
+    }
+    for name in secret_env {
+        let value = std::env::var(name).ok().filter(|v| !v.is_empty());
+        check("--secret-env", name, value.as_deref())?;
+        out.push((name.clone(), value.unwrap_or_default()));
+    }
+    Ok(out)
 }
 
 /// `-e` flags of a session exec, parsed as for a new sandbox: NAME=VALUE, or NAME copied from

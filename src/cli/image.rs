@@ -87,9 +87,16 @@ pub struct ImportArgs {
 /// `nsbox images`.
 #[derive(Debug, clap::Args)]
 pub struct ImagesArgs {
-    /// One JSON array on stdout instead of a table.
-    #[arg(long)]
+    /// Same as --format json: one JSON array on stdout instead of a table.
+    #[arg(long, conflicts_with = "format")]
     json: bool,
+    /// Print only the image ids (short digests, usable wherever an image is named).
+    #[arg(long, short = 'q', conflicts_with_all = ["json", "format"])]
+    quiet: bool,
+    /// table (default), json, or a template over the JSON fields, e.g.
+    /// '{{.Names}}\t{{.Size}}'.
+    #[arg(long, value_name = "json|table|TEMPLATE")]
+    format: Option<super::listing::Format>,
 }
 
 /// `nsbox tag IMAGE NAME`.
@@ -109,6 +116,7 @@ pub struct TagArgs {
     after_help = "A NAME[:TAG] removes that name; the image goes when no name is left. A digest removes\nthe image with all its names. Layers no other image uses are deleted unless a running\nsandbox uses them (`nsbox image prune` removes those later)."
 )]
 pub struct RmiArgs {
+    /// Images to remove: NAME[:TAG] (that name), or a digest or its prefix (the image).
     #[arg(value_name = "IMAGE", required = true)]
     images: Vec<String>,
 }
@@ -116,6 +124,7 @@ pub struct RmiArgs {
 /// `nsbox save IMAGE -o FILE`.
 #[derive(Debug, clap::Args)]
 pub struct SaveArgs {
+    /// The image to write: NAME[:TAG], NAME@sha256:..., or a digest (prefix).
     #[arg(value_name = "IMAGE")]
     image: String,
     /// The OCI archive to write (replaced atomically if it exists).
@@ -241,7 +250,17 @@ pub fn images(args: ImagesArgs, state_root: &Path) -> i32 {
         Ok(None) => Default::default(),
         Err(e) => return fail(e),
     };
-    if args.json {
+    if args.quiet {
+        for image in &index.images {
+            println!("{}", image.digest.short());
+        }
+        return 0;
+    }
+    let format = match args.json {
+        true => super::listing::Format::Json,
+        false => args.format.unwrap_or(super::listing::Format::Table),
+    };
+    if format != super::listing::Format::Table {
         let list: Vec<serde_json::Value> = index
             .images
             .iter()
@@ -259,7 +278,14 @@ pub fn images(args: ImagesArgs, state_root: &Path) -> i32 {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        match format {
+            super::listing::Format::Template(template) => {
+                for row in &list {
+                    println!("{}", super::listing::render(&template, row));
+                }
+            }
+            _ => println!("{}", serde_json::Value::Array(list)),
+        }
         return 0;
     }
     println!(

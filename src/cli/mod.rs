@@ -6,17 +6,20 @@ mod build;
 mod doctor;
 mod exec;
 mod image;
+mod inspect;
+mod listing;
 mod prune;
 mod pull;
 mod session;
 mod settings;
 #[cfg(test)]
 mod spec_tests;
+mod user;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
 use crate::profile::NetworkMode;
@@ -25,10 +28,11 @@ use crate::units::{Limit, Timeout};
 
 const AFTER_HELP: &str = "\
 Examples:
-  nsbox exec -- uname -a                          run on the host's root, read-only, no network
-  nsbox exec -it -- bash                          an interactive shell in a throwaway sandbox
-  nsbox exec --copy ./repo:repo -w /sandbox/repo -- make test
-  nsbox exec --memory 512m --pids 64 --timeout 30s -- ./untrusted
+  nsbox run -- uname -a                           run on the host's root, read-only, no network
+  nsbox run -it -- bash                           an interactive shell in a throwaway sandbox
+  nsbox run --copy ./repo:repo -w /sandbox/repo -- make test
+  nsbox run -m 512m --pids 64 --timeout 30s -- ./untrusted
+  nsbox run -v $PWD:/work:rw -w /work -- make     a host directory, writable (default: read-only)
   nsbox exec --secret API_KEY=sk-123 -- ./agent   API_KEY is masked as *** in all output
   nsbox exec --image python:3.12 -- python3 -V    pulled from Docker Hub when missing
   nsbox load devbox-oci && nsbox exec --image devbox-oci:1.0 -- make test
@@ -39,11 +43,20 @@ Examples:
 
 Exit codes: the command's own status; 121 bad usage; 122 host cannot run sandboxes; 123 image
 not found; 124 timeout; 125 nsbox failed; 126 not executable; 127 not found; 128+N killed by
-signal N (137 also for out of memory).";
+signal N (137 also for out of memory). `nsbox` alone prints this help on stderr and exits 121.
+
+Docker habits: `run` is `exec` without --session; -m is --memory, -v is --mount (also
+--volume; host paths are read-only unless :rw); --network is --net; -p is --profile (nsbox
+publishes no ports).";
 
 /// nsbox: a disposable, locked-down Linux sandbox per command. One binary, no daemon.
 #[derive(Debug, Parser)]
-#[command(name = "nsbox", version, after_help = AFTER_HELP, propagate_version = true)]
+#[command(
+    name = "nsbox",
+    version,
+    after_help = AFTER_HELP,
+    arg_required_else_help = true
+)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). NSBOX_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -70,13 +83,18 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a command in a new sandbox, then remove the sandbox.
+    /// Run a command in a new sandbox, then remove the sandbox (Docker's `run`).
+    #[command(after_help = AFTER_HELP)]
+    Run(Box<RunArgs>),
+    /// Run a command in a new sandbox like `run`, or with --session in a living session.
     #[command(after_help = AFTER_HELP)]
     Exec(Box<ExecArgs>),
     /// Start a sandbox that stays up (a session); prints its id.
     Create(Box<session::CreateArgs>),
     /// List sessions.
     Ps(session::PsArgs),
+    /// Print sessions and images as one JSON array (what nsbox knows about each).
+    Inspect(inspect::InspectArgs),
     /// A session's resource usage (memory, CPU, processes).
     Stats(session::StatsArgs),
     /// Stop a session: TERM to every process, KILL after a grace period.
@@ -119,6 +137,43 @@ enum Command {
     Build(build::BuildArgs),
     /// Build every image the config lists (unchanged ones are skipped).
     Setup(build::SetupArgs),
+    /// Print nsbox's version (also `nsbox --version`).
+    Version(VersionArgs),
+    /// Print a shell completion script: nsbox completion bash|zsh|fish.
+    #[command(
+        after_help = "Examples:\n  nsbox completion bash > /etc/bash_completion.d/nsbox\n  nsbox completion zsh > \"${fpath[1]}/_nsbox\"\n  nsbox completion fish > ~/.config/fish/completions/nsbox.fish"
+    )]
+    Completion(CompletionArgs),
+    /// Print nsbox's man page (roff), or write one page per command into a directory.
+    #[command(
+        after_help = "Examples:\n  nsbox man | man -l -\n  nsbox man --dir /usr/local/share/man/man1 && mandb"
+    )]
+    Man(ManArgs),
+}
+
+/// Flags of `nsbox version`.
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags of `nsbox completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_name = "SHELL")]
+    shell: clap_complete::Shell,
+}
+
+/// Flags of `nsbox man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write nsbox.1 and one nsbox-COMMAND.1 per command into DIR instead of printing
+    /// nsbox.1.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 /// What defines a sandbox: the flags of `nsbox exec` (without `--session`) and `nsbox create`.
@@ -144,14 +199,6 @@ pub struct SandboxArgs {
         help_heading = "Filesystem"
     )]
     image: Option<String>,
-    /// With --image: run PROG instead of the image's Entrypoint ('' clears it).
-    #[arg(
-        long,
-        value_name = "PROG",
-        requires = "image",
-        help_heading = "Filesystem"
-    )]
-    entrypoint: Option<String>,
     /// With --image: pull it from its registry when missing (default, or the config's
     /// pull.policy), always, or never.
     #[arg(
@@ -165,10 +212,13 @@ pub struct SandboxArgs {
     /// Let the command write anywhere in the root; writes go to an ephemeral layer.
     #[arg(long, help_heading = "Filesystem")]
     writable_root: bool,
-    /// Bind a host path into the sandbox, read-only unless :rw. Repeatable.
+    /// Bind a host path into the sandbox: READ-ONLY unless :rw (Docker's -v is writable by
+    /// default; nsbox's is not). -v/--volume is the Docker spelling; -m is --memory.
+    /// Repeatable.
     #[arg(
         long = "mount",
-        short = 'm',
+        short = 'v',
+        visible_alias = "volume",
         value_name = "SRC:DST[:ro|rw]",
         help_heading = "Filesystem"
     )]
@@ -177,6 +227,14 @@ pub struct SandboxArgs {
     /// /sandbox; a DST ending in / keeps SRC's name). Repeatable.
     #[arg(long = "copy", value_name = "SRC:DST", help_heading = "Filesystem")]
     copies: Vec<String>,
+    /// Mount a fresh tmpfs at PATH (writable by all like /tmp, nosuid, nodev; SIZE defaults
+    /// to --tmp-size's; its contents count against --memory). Repeatable.
+    #[arg(
+        long = "tmpfs",
+        value_name = "PATH[:SIZE]",
+        help_heading = "Filesystem"
+    )]
+    tmpfs: Vec<String>,
     /// Size of the writable /sandbox tmpfs (the working directory and HOME).
     #[arg(long, value_name = "SIZE", help_heading = "Filesystem")]
     sandbox_size: Option<ByteSize>,
@@ -187,8 +245,9 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "SIZE", help_heading = "Filesystem")]
     root_size: Option<ByteSize>,
 
-    /// Memory limit for the whole sandbox (e.g. 512m, 2g, none). Swap is always off.
-    #[arg(long, value_name = "SIZE", help_heading = "Limits")]
+    /// Memory limit for the whole sandbox (e.g. 512m, 2g, none). Swap is always off; the
+    /// /sandbox and /tmp tmpfs count against it.
+    #[arg(long, short = 'm', value_name = "SIZE", value_parser = parse_memory, help_heading = "Limits")]
     memory: Option<Limit<ByteSize>>,
     /// CPU time limit in cores (e.g. 0.5, 2, none).
     #[arg(long, value_name = "CORES", help_heading = "Limits")]
@@ -198,8 +257,8 @@ pub struct SandboxArgs {
     pids: Option<Limit<u64>>,
 
     /// Network: none (loopback only, the default), filtered (only what --allow lists) or host
-    /// (the host's network, opt-in).
-    #[arg(long, value_name = "MODE", value_parser = parse_network, help_heading = "Network")]
+    /// (the host's network, opt-in). --network is the Docker spelling.
+    #[arg(long, visible_alias = "network", value_name = "MODE", value_parser = parse_network, help_heading = "Network")]
     net: Option<NetworkMode>,
     /// Allow a host (api.github.com), a wildcard (*.pypi.org), an IP or CIDR range
     /// (203.0.113.7, 2001:db8::/64), each with an optional :PORT, or re:REGEX (whole names).
@@ -222,9 +281,15 @@ pub struct SandboxArgs {
     #[arg(long, help_heading = "Network")]
     log_network: bool,
 
-    /// User inside the sandbox (default 100:101, `sandbox`). Never has capabilities.
-    #[arg(long, short = 'u', value_name = "UID[:GID]", value_parser = crate::profile::parse_user, help_heading = "Process")]
-    user: Option<(u32, u32)>,
+    /// User inside the sandbox (default 100:101, `sandbox`): numbers, or names looked up in the
+    /// sandbox root's own /etc/passwd and /etc/group. Never has capabilities.
+    #[arg(
+        long,
+        short = 'u',
+        value_name = "UID[:GID]|NAME[:GROUP]",
+        help_heading = "Process"
+    )]
+    user: Option<String>,
     /// Working directory inside the sandbox (default /sandbox; created if missing).
     #[arg(long, short = 'w', value_name = "DIR", help_heading = "Process")]
     workdir: Option<PathBuf>,
@@ -242,6 +307,10 @@ pub struct SandboxArgs {
     /// Read variables from a file of NAME=VALUE lines. Repeatable.
     #[arg(long = "env-file", value_name = "FILE", help_heading = "Process")]
     env_files: Vec<PathBuf>,
+    /// Attach a label (a job id, a PR): in the --json start event, and for a session in `ps`
+    /// and `inspect`, selected with `ps --filter label=KEY[=VALUE]`. Repeatable.
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = session::parse_label, help_heading = "Process")]
+    labels: Vec<(String, String)>,
     /// Set a secret variable: its value is masked as *** in everything nsbox relays. Repeatable.
     #[arg(long = "secret", value_name = "NAME=VALUE", help_heading = "Process")]
     secrets: Vec<String>,
@@ -262,11 +331,11 @@ impl SandboxArgs {
         check(self.profile.is_some(), "--profile");
         check(self.rootfs.is_some(), "--rootfs");
         check(self.image.is_some(), "--image");
-        check(self.entrypoint.is_some(), "--entrypoint");
         check(self.pull.is_some(), "--pull");
         check(self.writable_root, "--writable-root");
         check(!self.mounts.is_empty(), "--mount");
         check(!self.copies.is_empty(), "--copy");
+        check(!self.tmpfs.is_empty(), "--tmpfs");
         check(self.sandbox_size.is_some(), "--sandbox-size");
         check(self.tmp_size.is_some(), "--tmp-size");
         check(self.root_size.is_some(), "--root-size");
@@ -281,22 +350,38 @@ impl SandboxArgs {
         check(self.user.is_some(), "--user");
         check(self.hostname.is_some(), "--hostname");
         check(!self.env_files.is_empty(), "--env-file");
-        check(!self.secrets.is_empty(), "--secret");
-        check(!self.secret_env.is_empty(), "--secret-env");
+        check(!self.labels.is_empty(), "--label");
         used
     }
 }
 
-/// Flags of `nsbox exec`.
+/// Flags of `nsbox exec`: those of `run`, and --session.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Run the command in this living session (see `nsbox create`) instead of a new sandbox.
-    /// With it, only -e, -w, -i, -t, --json, --timeout and --max-output apply.
+    /// With it, only -e, -w, -i, -t, --json, --timeout, --max-output, --secret and
+    /// --secret-env apply.
     #[arg(long, short = 's', value_name = "ID|NAME", help_heading = "Sessions")]
     session: Option<String>,
 
     #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Flags of `nsbox run` (a new sandbox for one command).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
     sandbox: SandboxArgs,
+
+    /// With --image: run PROG instead of the image's Entrypoint ('' clears it).
+    #[arg(
+        long,
+        value_name = "PROG",
+        requires = "image",
+        help_heading = "Filesystem"
+    )]
+    entrypoint: Option<String>,
 
     /// Kill every process of the sandbox after this long (e.g. 30s, 5m, 1h; or none). Exit 124.
     /// With --session: kill the command (and its process group).
@@ -333,16 +418,80 @@ fn parse_network(s: &str) -> Result<NetworkMode, String> {
     s.parse()
 }
 
+/// `--memory`, with a hint for the old `-m SRC:DST` (`-m` was `--mount` before it became
+/// Docker's memory letter).
+fn parse_memory(s: &str) -> Result<Limit<ByteSize>, String> {
+    s.parse::<Limit<ByteSize>>().map_err(|e| {
+        if s.contains(':') || s.starts_with('/') || s.starts_with('.') {
+            format!("{e} — hint: '{s}' looks like a mount: -m is --memory (as in Docker); bind a host path with -v/--mount SRC:DST")
+        } else {
+            e.to_string()
+        }
+    })
+}
+
+/// The subcommands whose own short `-v` is --volume (the global --verbose stays `-v` before
+/// the command, and `--verbose` everywhere).
+const VOLUME_COMMANDS: &[&str] = &["run", "exec", "create"];
+
+/// The command line's definition: the derived one, with the global options hidden below the
+/// top level, so each command's --help shows its own options and `nsbox --help` the global
+/// ones once. They still work after the command (`nsbox exec --state-root X ...`).
+pub fn command() -> clap::Command {
+    let root = Cli::command();
+    let globals: Vec<clap::Arg> = root
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .cloned()
+        .collect();
+    fn hide_in(cmd: clap::Command, globals: &[clap::Arg], top: bool) -> clap::Command {
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        let mut cmd = cmd;
+        for name in names {
+            let volume = top && VOLUME_COMMANDS.contains(&name.as_str());
+            cmd = cmd.mut_subcommand(&name, |mut sub| {
+                for arg in globals {
+                    // A copy of the global option under the same id: clap does not propagate
+                    // the visible one where this exists, and the value still reaches the top.
+                    let mut hidden = arg.clone().hide(true);
+                    if volume && arg.get_short() == Some('v') {
+                        hidden = hidden.short(None);
+                    }
+                    sub = sub.arg(hidden);
+                }
+                hide_in(sub, globals, false)
+            });
+        }
+        cmd
+    }
+    hide_in(root, &globals, true)
+}
+
+/// Parses a command line with [`command`] (never `Cli::parse`: the derived definition alone
+/// has `-v` twice below `run`, `exec` and `create`).
+pub fn parse_from<I, T>(argv: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    command()
+        .try_get_matches_from(argv)
+        .and_then(|m| Cli::from_arg_matches(&m))
+}
+
 /// Runs nsbox with the process's arguments; returns the exit status.
 pub fn main() -> i32 {
     let t0 = crate::sandbox::supervisor::now_ns();
-    let cli = match Cli::try_parse() {
+    let parsed = parse_from(std::env::args_os());
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let code = match e.kind() {
-                clap::error::ErrorKind::DisplayHelp
-                | clap::error::ErrorKind::DisplayVersion
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                // `nsbox` alone: the help, on stderr, as a usage error (like git).
                 _ => exit::USAGE,
             };
             let _ = e.print();
@@ -355,14 +504,16 @@ pub fn main() -> i32 {
     // `ps`, `stop` or `rm`).
     let config = || settings::load(cli.config.as_deref());
     match cli.command {
+        Command::Run(args) => with_config(config(), |c| exec::run(*args, &state_root, c, t0)),
         Command::Exec(args) => match args.session.clone() {
-            Some(session) => exec::run_in_session(*args, &session, t0),
-            None => with_config(config(), |c| exec::run(*args, &state_root, c, t0)),
+            Some(session) => exec::run_in_session(args.run, &session, t0),
+            None => with_config(config(), |c| exec::run(args.run, &state_root, c, t0)),
         },
         Command::Create(args) => {
             with_config(config(), |c| session::create(*args, &state_root, c, t0))
         }
         Command::Ps(args) => session::ps(args),
+        Command::Inspect(args) => inspect::run(args, &state_root),
         Command::Stats(args) => session::stats(args),
         Command::Stop(args) => session::stop(args),
         Command::Rm(args) => session::rm(args),
@@ -391,6 +542,73 @@ pub fn main() -> i32 {
         Command::Config(args) => settings::show(args, cli.config.as_deref()),
         Command::Build(args) => with_config(config(), |c| build::build(args, &state_root, c, t0)),
         Command::Setup(args) => with_config(config(), |c| build::setup(args, &state_root, c, t0)),
+        Command::Version(args) => version(args),
+        Command::Completion(args) => {
+            let mut cmd = command();
+            clap_complete::generate(args.shell, &mut cmd, "nsbox", &mut std::io::stdout());
+            0
+        }
+        Command::Man(args) => man(args),
+    }
+}
+
+fn version(args: VersionArgs) -> i32 {
+    let version = env!("CARGO_PKG_VERSION");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "version": version,
+                "arch": std::env::consts::ARCH,
+                "os": std::env::consts::OS,
+            })
+        );
+    } else {
+        println!(
+            "nsbox {version} ({} {})",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
+    }
+    0
+}
+
+/// `nsbox man`: the top page on stdout, or every page (nsbox.1, nsbox-COMMAND.1, and
+/// nsbox-image-prune.1 for nested commands) into `--dir`.
+fn man(args: ManArgs) -> i32 {
+    let cmd = command();
+    let Some(dir) = args.dir else {
+        let mut out = std::io::stdout().lock();
+        return match clap_mangen::Man::new(cmd).render(&mut out) {
+            Ok(()) => 0,
+            Err(e) => {
+                error(&format!("writing the man page: {e}"));
+                exit::NSBOX_FAILED
+            }
+        };
+    };
+    // After `build`, every command's display name is its page's name (nsbox-image-prune).
+    fn write_pages(cmd: &clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+        let name = cmd.get_display_name().unwrap_or(cmd.get_name());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.1")), page)?;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            write_pages(sub, dir)?;
+        }
+        Ok(())
+    }
+    let mut cmd = cmd;
+    cmd.build();
+    match std::fs::create_dir_all(&dir).and_then(|()| write_pages(&cmd, &dir)) {
+        Ok(()) => {
+            println!("wrote the man pages to {}", dir.display());
+            0
+        }
+        Err(e) => {
+            error(&format!("writing the man pages to {}: {e}", dir.display()));
+            exit::NSBOX_FAILED
+        }
     }
 }
 
@@ -435,4 +653,12 @@ fn init_logging(verbose: u8, format: LogFormat) {
 /// Prints a user-facing error on stderr.
 fn error(message: &str) {
     eprintln!("nsbox: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::command().debug_assert();
+    }
 }

@@ -74,6 +74,7 @@ pub struct LoginArgs {
 /// `nsbox logout REGISTRY`.
 #[derive(Debug, clap::Args)]
 pub struct LogoutArgs {
+    /// The registry whose saved credentials to delete (e.g. ghcr.io, docker.io).
     #[arg(value_name = "REGISTRY")]
     registry: String,
 }

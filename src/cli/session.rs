@@ -33,6 +33,10 @@ pub struct CreateArgs {
     /// (default 1h, or the config's cleanup.session_max_age; `none` keeps it until `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
     max_age: Option<Limit<Timeout>>,
+    /// Stop and remove the session this long after it was created, even while commands run
+    /// (a hard lifetime; --max-age is the idle one).
+    #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
+    ttl: Option<Limit<Timeout>>,
     /// A shell script run in the new session before it is handed over (its own phase; if it
     /// fails, create fails with its output and exit code and the session is removed).
     #[arg(
@@ -64,17 +68,24 @@ pub fn create(
     t0: u64,
 ) -> i32 {
     let json = args.json;
-    if args.sandbox.entrypoint.is_some() {
-        return fail(
-            json,
-            &Failure::usage(
-                "--entrypoint applies to a command, and a session runs none of its own",
-            )
-            .with_hint("name the program in each `nsbox exec --session ID -- PROG ...`"),
-            t0,
-        );
+    if let Some(name) = &args.name {
+        if !crate::session::state::valid_name(name) {
+            return fail(
+                json,
+                &Failure::usage(format!(
+                    "--name '{}': not a valid session name",
+                    name.escape_debug()
+                ))
+                .with_hint(
+                    "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                ),
+                t0,
+            );
+        }
     }
     let masker = raw_secret_masker(&args.sandbox);
+    let labels: std::collections::BTreeMap<String, String> =
+        args.sandbox.labels.iter().cloned().collect();
     let script = match (&args.setup, &args.setup_file) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(path)) => match std::fs::read_to_string(path) {
@@ -96,6 +107,7 @@ pub fn create(
     let extras = ExecExtras {
         // A session runs no command of its own; this one is never executed.
         command: vec!["/bin/sh".into()],
+        entrypoint: None,
         timeout: None,
         max_output: args.max_output,
         interactive: false,
@@ -131,12 +143,28 @@ pub fn create(
     };
     let masker = Masker::new(&spec.secrets);
     let store = SessionStore::system();
-    let (record, pending) = match daemon::start(&spec, args.name.as_deref(), max_age, &store) {
+    let ttl = args.ttl.and_then(Limit::into_option).map(|t| t.0);
+    let (record, pending) = match daemon::start(&spec, args.name.as_deref(), max_age, ttl, &store) {
         Ok(started) => started,
         Err(e) => return fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     };
+    if !labels.is_empty() {
+        if let Err(e) = write_labels(&store, &record.id, &labels) {
+            pending.abort();
+            wait_gone(&store, &record.id);
+            return fail(
+                json,
+                &Failure::new(
+                    crate::report::Class::Failed,
+                    crate::report::Phase::Setup,
+                    format!("saving the labels: {e}"),
+                ),
+                t0,
+            );
+        }
+    }
     if json {
-        start_event(&record.id, &spec.profile_name, &record.network);
+        start_event(&record.id, &spec.profile_name, &record.network, &labels);
     }
     if let Some(script) = script {
         let outcome = SessionClient::connect(&store, &record.id).and_then(|client| {
@@ -152,6 +180,7 @@ pub fn create(
                     max_output: None,
                     phase: Some("setup"),
                     output_to_stderr: !json,
+                    secrets: Vec::new(),
                 },
                 t0,
             )
@@ -212,9 +241,138 @@ fn wait_gone(store: &SessionStore, id: &str) {
 /// Flags of `nsbox ps`.
 #[derive(Debug, Args)]
 pub struct PsArgs {
-    /// Print a JSON array.
+    /// Print only the ids (one per line).
+    #[arg(long, short = 'q', conflicts_with_all = ["json", "format"])]
+    quiet: bool,
+    /// table (default), json (one array), or a template over the JSON fields, e.g.
+    /// '{{.ID}}\t{{.Name}}\t{{.Labels.job}}'.
+    #[arg(long, value_name = "json|table|TEMPLATE", conflicts_with = "json")]
+    format: Option<super::listing::Format>,
+    /// Same as --format json.
     #[arg(long)]
     json: bool,
+    /// Only sessions that match: label=KEY, label=KEY=VALUE, name=NAME, id=PREFIX,
+    /// state=running|stopped|dead. Repeatable; all must match.
+    #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
+    filter: Vec<Filter>,
+}
+
+/// A `ps --filter`.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    Label(String, Option<String>),
+    Name(String),
+    Id(String),
+    State(String),
+}
+
+fn parse_filter(text: &str) -> Result<Filter, String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| {
+        format!("'{text}': expected KEY=VALUE (label=job=42, name=NAME, id=PREFIX, state=running)")
+    })?;
+    match key {
+        "label" => Ok(match value.split_once('=') {
+            Some((k, v)) => Filter::Label(k.to_string(), Some(v.to_string())),
+            None => Filter::Label(value.to_string(), None),
+        }),
+        "name" => Ok(Filter::Name(value.to_string())),
+        "id" => Ok(Filter::Id(value.to_string())),
+        "state" if ["running", "stopped", "dead"].contains(&value) => {
+            Ok(Filter::State(value.to_string()))
+        }
+        "state" => Err(format!(
+            "'{value}': the states are running, stopped and dead"
+        )),
+        other => Err(format!(
+            "'{other}' is not a filter: use label, name, id or state"
+        )),
+    }
+}
+
+/// `--label KEY=VALUE` (a bare KEY has an empty value, as in Docker).
+pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').unwrap_or((text, ""));
+    let key_ok = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+    if !key_ok {
+        return Err(format!(
+            "'{key}' is not a label key: use 1-128 letters, digits, '.', '_', '-' or '/'"
+        ));
+    }
+    if value.len() > 4096 || value.contains('\n') {
+        return Err(format!(
+            "the value of label '{key}' must be one line of at most 4096 bytes"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// A session's labels live beside its record, in a file only `create` writes.
+fn labels_path(store: &SessionStore, id: &str) -> PathBuf {
+    store.dir(id).join("labels.json")
+}
+
+fn write_labels(
+    store: &SessionStore,
+    id: &str,
+    map: &std::collections::BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(labels_path(store, id))?;
+    file.write_all(serde_json::to_string(&map).unwrap_or_default().as_bytes())
+}
+
+pub(super) fn read_labels(
+    store: &SessionStore,
+    id: &str,
+) -> std::collections::BTreeMap<String, String> {
+    std::fs::read(labels_path(store, id))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+impl Filter {
+    fn matches(
+        &self,
+        r: &SessionRecord,
+        state: SessionState,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        match self {
+            Filter::Label(k, None) => labels.contains_key(k),
+            Filter::Label(k, Some(v)) => labels.get(k) == Some(v),
+            Filter::Name(n) => r.name.as_deref() == Some(n.as_str()),
+            Filter::Id(prefix) => r.id.starts_with(prefix.as_str()),
+            Filter::State(s) => state_name(state) == s,
+        }
+    }
+}
+
+/// What `ps --format json` and `inspect` say about a session.
+pub(super) fn session_json(store: &SessionStore, r: &SessionRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "name": r.name,
+        "root": r.root,
+        "state": state_name(store.state(r)),
+        "age_secs": SessionStore::age(r, false).as_secs(),
+        "network": r.network,
+        "memory": r.memory,
+        "cpus": r.cpu_millis.map(|c| c as f64 / 1000.0),
+        "pids": r.pids,
+        "max_age_secs": r.max_age,
+        "stopped": r.stopped,
+        "labels": read_labels(store, &r.id),
+    })
 }
 
 fn state_name(state: SessionState) -> &'static str {
@@ -245,48 +403,62 @@ fn limits_text(r: &SessionRecord) -> String {
 }
 
 pub fn ps(args: PsArgs) -> i32 {
+    use super::listing::{render, Format};
     let store = SessionStore::system();
-    let records = store.list();
-    if args.json {
-        let rows: Vec<serde_json::Value> = records
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.id,
-                    "name": r.name,
-                    "root": r.root,
-                    "state": state_name(store.state(r)),
-                    "age_secs": SessionStore::age(r, false).as_secs(),
-                    "network": r.network,
-                    "memory": r.memory,
-                    "cpus": r.cpu_millis.map(|c| c as f64 / 1000.0),
-                    "pids": r.pids,
-                    "max_age_secs": r.max_age,
-                    "stopped": r.stopped,
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
-        );
+    let records: Vec<SessionRecord> = store
+        .list()
+        .into_iter()
+        .filter(|r| {
+            if args.filter.is_empty() {
+                return true;
+            }
+            let labels = read_labels(&store, &r.id);
+            let state = store.state(r);
+            args.filter.iter().all(|f| f.matches(r, state, &labels))
+        })
+        .collect();
+    if args.quiet {
+        for r in &records {
+            println!("{}", r.id);
+        }
         return 0;
     }
-    println!(
-        "{:<12}  {:<16}  {:<24}  {:<8}  {:>5}  {:<8}  LIMITS",
-        "ID", "NAME", "ROOT", "STATE", "AGE", "NET"
-    );
-    for r in &records {
-        println!(
-            "{:<12}  {:<16}  {:<24}  {:<8}  {:>5}  {:<8}  {}",
-            r.id,
-            shorten(r.name.as_deref().unwrap_or("-"), 16),
-            shorten(&r.root, 24),
-            state_name(store.state(r)),
-            age_text(SessionStore::age(r, false).as_secs()),
-            r.network,
-            limits_text(r),
-        );
+    let format = match (args.json, args.format) {
+        (true, _) => Format::Json,
+        (false, format) => format.unwrap_or(Format::Table),
+    };
+    match format {
+        Format::Json => {
+            let rows: Vec<serde_json::Value> =
+                records.iter().map(|r| session_json(&store, r)).collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&rows).unwrap_or_default()
+            );
+        }
+        Format::Template(template) => {
+            for r in &records {
+                println!("{}", render(&template, &session_json(&store, r)));
+            }
+        }
+        Format::Table => {
+            println!(
+                "{:<12}  {:<16}  {:<24}  {:<8}  {:>5}  {:<8}  LIMITS",
+                "ID", "NAME", "ROOT", "STATE", "AGE", "NET"
+            );
+            for r in &records {
+                println!(
+                    "{:<12}  {:<16}  {:<24}  {:<8}  {:>5}  {:<8}  {}",
+                    r.id,
+                    shorten(r.name.as_deref().unwrap_or("-"), 16),
+                    shorten(&r.root, 24),
+                    state_name(store.state(r)),
+                    age_text(SessionStore::age(r, false).as_secs()),
+                    r.network,
+                    limits_text(r),
+                );
+            }
+        }
     }
     0
 }
@@ -366,8 +538,15 @@ pub struct StopArgs {
     /// Sessions (ids or names).
     #[arg(value_name = "ID|NAME", required = true)]
     sessions: Vec<String>,
-    /// How long processes get between SIGTERM and SIGKILL.
-    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    /// How long processes get between SIGTERM and SIGKILL (a bare number is seconds:
+    /// Docker's `stop -t 10`).
+    #[arg(
+        long,
+        short = 't',
+        visible_alias = "time",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
     grace: Timeout,
 }
 

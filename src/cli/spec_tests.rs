@@ -5,10 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
-
 use super::exec::{build_spec, ExecExtras};
-use super::{Cli, Command};
+use super::Command;
 use crate::config::Config;
 use crate::exit;
 use crate::profile::NetworkMode;
@@ -19,13 +17,14 @@ use crate::units::ByteSize;
 fn spec_from(args: &[&str]) -> Result<SandboxSpec, Failure> {
     let mut argv = vec!["nsbox", "exec"];
     argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).map_err(|e| Failure::usage(e.to_string()))?;
+    let cli = super::parse_from(argv).map_err(|e| Failure::usage(e.to_string()))?;
     let Command::Exec(args) = cli.command else {
         panic!("not an exec")
     };
-    let args = *args;
+    let args = args.run;
     let extras = ExecExtras {
         command: args.command,
+        entrypoint: args.entrypoint,
         timeout: args.timeout,
         max_output: args.max_output,
         interactive: args.interactive,
@@ -106,7 +105,7 @@ fn bad_arguments_are_usage_failures_with_code_121() {
         &["--"],
         &["--hostname", "bad_name", "--", "true"],
         &["--mount", "/usr:/proc/x", "--", "true"],
-        &["--user", "root", "--", "true"],
+        &["--user", "nosuchuser", "--", "true"],
         &["--net", "host", "--allow", "example.com", "--", "true"],
         &["--profile", "no-such-profile", "--", "true"],
     ] {

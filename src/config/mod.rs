@@ -394,14 +394,16 @@ fn relative_to(config: &Path, value: &str) -> PathBuf {
         .map_or_else(|| p.to_path_buf(), |d| d.join(p))
 }
 
-fn one_line(e: &toml::de::Error) -> String {
-    e.to_string().trim_end().replace('\n', " ")
+/// A TOML error as the parser lays it out (a line, the source line and a caret under the
+/// spot), its continuation lines indented under nsbox's own "config FILE:" prefix.
+fn toml_message(e: &toml::de::Error) -> String {
+    e.to_string().trim_end().replace('\n', "\n    ")
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Invalid {
         path: path.to_path_buf(),
-        message: one_line(&e),
+        message: toml_message(&e),
     })
 }
 
@@ -409,7 +411,7 @@ fn parse_table(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>()
         .map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
-            message: one_line(&e),
+            message: toml_message(&e),
         })
 }
 

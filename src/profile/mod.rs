@@ -417,7 +417,8 @@ pub fn builtin_text(name: &str) -> Option<&'static str> {
 fn parse_file(origin: &str, text: &str) -> Result<ProfileFile, ProfileError> {
     toml::from_str(text).map_err(|e| ProfileError::Parse {
         origin: origin.to_string(),
-        message: e.to_string().trim_end().replace('\n', " "),
+        // Kept on several lines: the parser points at the spot with a caret.
+        message: e.to_string().trim_end().replace('\n', "\n    "),
     })
 }
 

@@ -13,6 +13,9 @@ pub enum Event<'a> {
         id: &'a str,
         profile: &'a str,
         network: &'a str,
+        /// The sandbox's `--label`s (absent when it has none).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        labels: Option<&'a std::collections::BTreeMap<String, String>>,
     },
     /// `nsbox create` made a session (after its setup script, if any, succeeded).
     Created { id: &'a str, name: Option<&'a str> },

@@ -367,6 +367,18 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         gid: spec.gid,
         flags: Flags::SCRATCH,
     });
+    // `--tmpfs`: like /tmp. The command line refused targets inside a bind mount, so the
+    // binds below never cover one.
+    for t in &spec.tmpfs {
+        mounts.push(MountOp::Tmpfs {
+            target: t.target.clone(),
+            size: t.size,
+            mode: 0o1777,
+            uid: 0,
+            gid: 0,
+            flags: Flags::SCRATCH,
+        });
+    }
 
     let mut host_sources = Vec::new();
     // Parents before children, so a mount inside another user mount lands on top of it.

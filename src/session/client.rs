@@ -57,6 +57,9 @@ pub struct SessionExec {
     pub phase: Option<&'static str>,
     /// Raw output of the command goes to stderr (see `RelayConfig::stdout_to_stderr`).
     pub output_to_stderr: bool,
+    /// Values masked in this command's output besides the session's own secrets (the
+    /// values of `exec --session --secret`).
+    pub secrets: Vec<String>,
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SessionError {
@@ -419,7 +422,8 @@ impl ClientRun<'_> {
             return Ok(());
         };
         match reply {
-            Reply::ExecStarted { secrets } => {
+            Reply::ExecStarted { mut secrets } => {
+                secrets.extend(self.ex.secrets.iter().cloned());
                 let (out, err, stdin) = self.pending.take().unwrap_or((None, None, None));
                 let max_output = self
                     .ex

@@ -69,10 +69,13 @@ impl PendingSession {
 
 /// Starts a session for `spec`: forks its supervisor, waits until the sandbox is ready.
 #[allow(unsafe_code)] // the fork; the block says why it is sound
+/// `ttl` is the session's hard lifetime (`create --ttl`): at that deadline it is stopped,
+/// busy or not, and removed.
 pub fn start(
     spec: &SandboxSpec,
     name: Option<&str>,
     max_age: Option<Duration>,
+    ttl: Option<Duration>,
     store: &SessionStore,
 ) -> Result<(SessionRecord, PendingSession), SessionError> {
     let pipe = || {
@@ -93,7 +96,7 @@ pub fn start(
         let _abort = sys::process::AbortOnPanic;
         drop(ready_r);
         drop(ack_w);
-        let code = supervise(spec, name, max_age, store, ready_w, ack_r);
+        let code = supervise(spec, name, max_age, ttl, store, ready_w, ack_r);
         sys::process::exit_now(code);
     }
     drop(ready_w);
@@ -135,6 +138,7 @@ fn supervise(
     spec: &SandboxSpec,
     name: Option<&str>,
     max_age: Option<Duration>,
+    ttl: Option<Duration>,
     store: &SessionStore,
     ready: OwnedFd,
     ack: OwnedFd,
@@ -268,6 +272,7 @@ fn supervise(
         next_exec: 1,
         ack: Some(ack),
         max_age,
+        expires: ttl.map(|t| Instant::now() + t),
         last_activity: Instant::now(),
         stopping: None,
         remove_on_exit: false,
@@ -326,6 +331,8 @@ struct Daemon<'a> {
     /// `nsbox create` has not confirmed yet.
     ack: Option<OwnedFd>,
     max_age: Option<Duration>,
+    /// The end of the session's hard lifetime (`--ttl`).
+    expires: Option<Instant>,
     last_activity: Instant,
     /// When stopping: the deadline for the processes to end by themselves.
     stopping: Option<Instant>,
@@ -353,6 +360,11 @@ impl Policy for Daemon<'_> {
     }
 
     fn before_wait(&mut self) -> Result<(), rustix::io::Errno> {
+        if self.stopping.is_none() && self.expires.is_some_and(|at| Instant::now() >= at) {
+            // Busy or not: every command is ended with the session, which is then removed.
+            self.remove_on_exit = true;
+            self.stop("its --ttl ran out");
+        }
         if self.stopping.is_none() && self.idle_expired() {
             self.stop("idle longer than --max-age");
         }
@@ -378,7 +390,14 @@ impl Policy for Daemon<'_> {
     }
 
     fn wait_at_most(&self) -> Option<Duration> {
-        self.next_wakeup()
+        let until_expiry = self.expires.map(|at| {
+            at.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10))
+        });
+        match (self.next_wakeup(), until_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_ready(&mut self, tag: Tag, _: PollFlags) -> Result<(), rustix::io::Errno> {

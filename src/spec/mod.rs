@@ -129,6 +129,16 @@ pub struct SandboxSpec {
     /// caller on the store's filesystem) instead of a tmpfs: `nsbox build` turns them into an
     /// image layer. None for every other sandbox.
     pub upper_dir: Option<PathBuf>,
+    /// Extra tmpfs mounts (`--tmpfs PATH[:SIZE]`), checked and added by the command line
+    /// after `build`.
+    pub tmpfs: Vec<TmpfsMount>,
+}
+
+/// A scratch tmpfs the command line asked for, mounted like /tmp (mode 1777, nosuid, nodev).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmpfsMount {
+    pub target: PathBuf,
+    pub size: ByteSize,
 }
 
 impl SandboxSpec {
@@ -332,6 +342,7 @@ impl SandboxSpec {
             seccomp,
             timings: req.timings,
             upper_dir: None,
+            tmpfs: Vec::new(),
         })
     }
 }

@@ -400,3 +400,26 @@ echo only-the-named-host
         run.stderr
     );
 }
+
+#[test]
+fn installs_on_a_base_without_a_package_manager_are_refused_before_any_sandbox() {
+    require_root!();
+    let ctx = Ctx::new(); // busybox only
+    let recipe = ctx.recipe(
+        "r.toml",
+        "base = \"base:1\"\ntag = \"x:1\"\ninstall = [\"git\"]\n",
+    );
+    let run = ctx.build(&recipe);
+    assert_eq!(run.code, 121, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "the base base:1 has no package manager nsbox knows (apt-get, apk, dnf, yum) to install git"
+        ),
+        "{}",
+        run.stderr
+    );
+    // Not the script's own complaint from inside a started sandbox, nor a "setup" failure.
+    assert!(!run.stderr.contains("nsbox build:"), "{}", run.stderr);
+    assert!(!run.stderr.contains("setup failed"), "{}", run.stderr);
+    assert_eq!(ctx.image_count(), 1, "only the base");
+}

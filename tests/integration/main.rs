@@ -9,6 +9,7 @@ mod support;
 
 mod bad_input;
 mod build;
+mod cli;
 mod config;
 mod egress;
 mod exec_basics;

@@ -855,7 +855,7 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(dup.code, 125);
     assert!(dup.stderr.contains("'taken' is taken"), "{dup:?}");
     let bad_name = store.run(&["create", "--name", "no/slashes"]);
-    assert_eq!(bad_name.code, 125, "{bad_name:?}");
+    assert_eq!(bad_name.code, 121, "a usage error: {bad_name:?}");
     assert_eq!(store.ids().len(), 1, "failed creates leave nothing");
 
     // Copies name places inside the sandbox: no climbing out.
