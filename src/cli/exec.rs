@@ -6,7 +6,7 @@ use std::io::Write;
 use super::{error, RunArgs, SandboxArgs};
 use crate::profile::Profile;
 use crate::relay::{Event, Masker};
-use crate::report::{Class, Failure, Phase};
+use crate::report::{Failure, Phase};
 use crate::sandbox::{self, Outcome};
 use crate::session::client::{SessionClient, SessionExec};
 use crate::session::state::SessionStore;
@@ -52,13 +52,7 @@ pub fn run(
     // The sandbox's own host id range, held until it ends (crate::idrange).
     let _ids = match crate::idrange::assign(&mut spec) {
         Ok(range) => range,
-        Err(e) => {
-            return fail(
-                json,
-                &Failure::new(Class::Failed, Phase::Setup, e.to_string()),
-                t0,
-            )
-        }
+        Err(e) => return fail(json, &Failure::of(&e), t0),
     };
     let masker = Masker::new(&spec.secrets);
     if json {

@@ -11,7 +11,7 @@ use super::exec::{build_spec, fail, open_image, raw_secret_masker, start_event, 
 use super::{error, SandboxArgs};
 use crate::exit;
 use crate::relay::{Event, Masker};
-use crate::report::{Class, Failure, Phase};
+use crate::report::Failure;
 use crate::session::client::{SessionClient, SessionExec};
 use crate::session::copy::{
     copy_in, copy_in_tar, copy_out, copy_out_tar, parse_endpoint, Endpoint,
@@ -133,13 +133,7 @@ pub fn create(
     // The session's own host id range; its supervisor (forked below) holds it for its life.
     let _ids = match crate::idrange::assign(&mut spec) {
         Ok(range) => range,
-        Err(e) => {
-            return fail(
-                json,
-                &Failure::new(Class::Failed, Phase::Setup, e.to_string()),
-                t0,
-            )
-        }
+        Err(e) => return fail(json, &Failure::of(&e), t0),
     };
     let masker = Masker::new(&spec.secrets);
     let store = SessionStore::system();

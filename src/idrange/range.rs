@@ -25,6 +25,15 @@ pub enum IdRangeError {
     Exhausted,
 }
 
+impl crate::report::Diagnose for IdRangeError {
+    fn class(&self) -> crate::report::Class {
+        crate::report::Class::Failed
+    }
+    fn phase(&self) -> crate::report::Phase {
+        crate::report::Phase::Setup
+    }
+}
+
 fn io_err<'a>(
     what: &'static str,
     path: &'a Path,
