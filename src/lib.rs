@@ -16,6 +16,7 @@ pub mod relay;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
+pub mod serve;
 pub mod session;
 pub mod spec;
 pub mod sys;

@@ -8,6 +8,7 @@ mod exec;
 mod image;
 mod prune;
 mod pull;
+mod serve;
 mod session;
 mod settings;
 
@@ -116,6 +117,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Build every image the config lists (unchanged ones are skipped).
     Setup(build::SetupArgs),
+    /// Serve sandboxes over a REST API (unix socket; TCP with API keys); `serve key` manages keys.
+    Serve(serve::ServeArgs),
 }
 
 /// What defines a sandbox: the flags of `nsbox exec` (without `--session`) and `nsbox create`.
@@ -388,6 +391,7 @@ pub fn main() -> i32 {
         Command::Config(args) => settings::show(args, cli.config.as_deref()),
         Command::Build(args) => with_config(config(), |c| build::build(args, &state_root, c, t0)),
         Command::Setup(args) => with_config(config(), |c| build::setup(args, &state_root, c, t0)),
+        Command::Serve(args) => serve::run(args, &state_root, cli.config.as_deref()),
     }
 }
 

@@ -1,0 +1,916 @@
+//! The HTTP side: listeners, authentication, routing, the JSON error shape, the audit log, and
+//! shutdown. Handlers turn requests into calls of [`super::sandboxes`], [`super::exec`] and
+//! [`super::files`]; blocking work runs on the runtime's blocking pool.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::mpsc;
+
+use super::audit::{AuditEntry, AuditLog};
+use super::exec::{CommandEvent, CommandRequest, StartError};
+use super::keys::KeyStore;
+use super::sandboxes::{self, CreateRequest, Owned, Registry};
+use super::{ServeError, ServeOptions};
+use crate::relay::Event;
+use crate::session::client::SessionClient;
+use crate::session::state::{now_secs, SessionState, SessionStore};
+
+/// Largest JSON request body.
+pub const MAX_JSON: usize = 1 << 20;
+/// Largest file read through the API.
+const MAX_FILE_READ: usize = 64 << 20;
+/// Most entries a directory listing returns.
+const MAX_LIST: usize = 10_000;
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// On SIGTERM, how long running commands get to finish before the sandboxes are removed.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// The OpenAPI document (also in the repository as docs/openapi.json).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+type RespBody = BoxBody<Bytes, Infallible>;
+
+struct Server {
+    options: ServeOptions,
+    keys: KeyStore,
+    audit: AuditLog,
+    registry: Registry,
+    store: SessionStore,
+    commands: AtomicUsize,
+    draining: std::sync::atomic::AtomicBool,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+struct Caller {
+    /// The key's name, or "local" (unix socket, no key).
+    name: String,
+    max_sandboxes: Option<usize>,
+    /// Sees every sandbox the server owns (unix socket without a key).
+    all: bool,
+}
+
+impl Caller {
+    fn scope(&self) -> Option<&str> {
+        (!self.all).then_some(self.name.as_str())
+    }
+}
+
+/// An error answer: `{"code", "message", "hint"}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    hint: Option<String>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            hint: None,
+            retry_after: None,
+        }
+    }
+    fn hint(mut self, hint: impl Into<String>) -> ApiError {
+        self.hint = Some(hint.into());
+        self
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    fn not_found(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "sandbox_not_found",
+            format!("no sandbox {id} (of this key)"),
+        )
+        .hint("GET /v1/sandboxes lists the sandboxes this key owns")
+    }
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+    fn response(&self) -> Response<RespBody> {
+        let body = serde_json::json!({
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+        });
+        let mut resp = json_response(self.status, &body);
+        resp.headers_mut()
+            .insert("x-nsbox-error", HeaderValue::from_static(self.code));
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> RespBody {
+    Full::new(bytes.into()).boxed()
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<RespBody> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// A response body fed by a channel: the stream of a running command.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Decodes `%XX` and `+` in a query value.
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::bad("a bad %-escape in the query"))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad("the query is not UTF-8"))
+}
+
+fn query(req: &Request<Incoming>) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs = Vec::new();
+    for part in req.uri().query().unwrap_or("").split('&') {
+        if part.is_empty() {
+            continue;
+        }
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        pairs.push((percent_decode(k)?, percent_decode(v)?));
+    }
+    Ok(pairs)
+}
+
+fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn flag(q: &[(String, String)], name: &str) -> bool {
+    matches!(param(q, name), Some("" | "1" | "true" | "yes"))
+}
+
+/// Reads the body, at most `cap` bytes (413 beyond).
+async fn body_bytes(req: Request<Incoming>, cap: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), cap).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {cap} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad(format!("reading the body: {e}"))),
+    }
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = body_bytes(req, MAX_JSON).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("the request body: {e}"),
+        )
+        .hint("see /v1/openapi.json for the fields each request takes")
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
+}
+
+/// The audit action and sandbox of a request, from its method and path.
+fn action_of(method: &Method, parts: &[&str]) -> (&'static str, Option<String>) {
+    let sandbox = parts.get(2).map(|s| s.to_string());
+    let action = match (method, parts) {
+        (&Method::POST, ["v1", "sandboxes"]) => "sandbox.create",
+        (&Method::GET, ["v1", "sandboxes"]) => "sandbox.list",
+        (&Method::GET, ["v1", "sandboxes", _]) => "sandbox.get",
+        (&Method::DELETE, ["v1", "sandboxes", _]) => "sandbox.delete",
+        (&Method::GET, ["v1", "sandboxes", _, "stats"]) => "sandbox.stats",
+        (&Method::POST, ["v1", "sandboxes", _, "commands"]) => "command.run",
+        (&Method::GET, ["v1", "sandboxes", _, "files"]) => "file.read",
+        (&Method::PUT, ["v1", "sandboxes", _, "files"]) => "file.write",
+        (&Method::DELETE, ["v1", "sandboxes", _, "files"]) => "file.remove",
+        (&Method::GET, ["v1", "sandboxes", _, "files", "list"]) => "file.list",
+        (&Method::GET, ["v1", "sandboxes", _, "files", "stat"]) => "file.stat",
+        (&Method::POST, ["v1", "sandboxes", _, "files", "mkdir"]) => "file.mkdir",
+        _ => "other",
+    };
+    let sandbox = if parts.len() >= 3 { sandbox } else { None };
+    (action, sandbox)
+}
+
+impl Server {
+    /// The caller, from the bearer token (required on TCP; optional on the unix socket).
+    fn authenticate(&self, req: &Request<Incoming>, tcp: bool) -> Result<Caller, ApiError> {
+        let unauthorized = |m: &str| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m).hint(
+                "send `Authorization: Bearer TOKEN` with a key from `nsbox serve key add NAME`",
+            )
+        };
+        let Some(header) = req.headers().get(AUTHORIZATION) else {
+            if tcp {
+                return Err(unauthorized("an API key is required"));
+            }
+            return Ok(Caller {
+                name: "local".into(),
+                max_sandboxes: None,
+                all: true,
+            });
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| unauthorized("the Authorization header is not `Bearer TOKEN`"))?;
+        match self.keys.verify(token) {
+            Ok(Some(key)) => Ok(Caller {
+                name: key.name,
+                max_sandboxes: key.max_sandboxes,
+                all: false,
+            }),
+            Ok(None) => Err(unauthorized("unknown or removed API key")),
+            Err(e) => Err(ApiError::internal(e.to_string())),
+        }
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, tcp: bool) -> Response<RespBody> {
+        let path = req.uri().path().to_string();
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let (action, sandbox) = action_of(req.method(), &parts);
+        let caller = self.authenticate(&req, tcp);
+        let key_name = caller.as_ref().map_or("-".to_string(), |c| c.name.clone());
+        let result = match caller {
+            Err(e) => Err(e),
+            Ok(caller) => self.route(req, &parts, caller).await,
+        };
+        let resp = result.unwrap_or_else(|e| e.response());
+        let error_code = (!resp.status().is_success()).then(|| {
+            resp.headers()
+                .get("x-nsbox-error")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        });
+        // The sandbox a create made is named in its answer's Location header.
+        let created = resp
+            .headers()
+            .get(hyper::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.rsplit('/').next())
+            .map(str::to_string);
+        if action != "other" {
+            self.audit.record(&AuditEntry {
+                time_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or_default(),
+                key: &key_name,
+                action,
+                sandbox: created.as_deref().or(sandbox.as_deref()),
+                status: resp.status().as_u16(),
+                error: error_code.as_deref().filter(|c| !c.is_empty()),
+            });
+        }
+        resp
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        parts: &[&str],
+        caller: Caller,
+    ) -> Result<Response<RespBody>, ApiError> {
+        let method = req.method().clone();
+        let q = query(&req)?;
+        match (&method, parts) {
+            (&Method::GET, ["v1", "openapi.json"]) => {
+                let mut resp = Response::new(full(OPENAPI));
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Ok(resp)
+            }
+            (&Method::GET, ["v1", "health"]) => Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": if self.draining.load(Ordering::Relaxed) {"draining"} else {"ok"}}),
+            )),
+            (&Method::POST, ["v1", "sandboxes"]) => self.create(req, &caller).await,
+            (&Method::GET, ["v1", "sandboxes"]) => Ok(self.list(&caller, &q)),
+            (&Method::GET, ["v1", "sandboxes", id]) => {
+                let owned = self.owned(id, &caller)?;
+                Ok(json_response(StatusCode::OK, &self.view(&owned)))
+            }
+            (&Method::DELETE, ["v1", "sandboxes", id]) => {
+                let owned = self.owned(id, &caller)?;
+                self.delete(&owned.id).await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"id": owned.id, "deleted": true}),
+                ))
+            }
+            (&Method::GET, ["v1", "sandboxes", id, "stats"]) => {
+                let owned = self.owned(id, &caller)?;
+                let client = self.client(&owned.id).await?;
+                let stats = blocking(move || {
+                    client
+                        .stats()
+                        .map_err(|e| ApiError::internal(e.to_string()))
+                })
+                .await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(stats).unwrap_or_default(),
+                ))
+            }
+            (&Method::POST, ["v1", "sandboxes", id, "commands"]) => {
+                let owned = self.owned(id, &caller)?;
+                let wait = flag(&q, "wait");
+                let sse = req
+                    .headers()
+                    .get(ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| a.contains("text/event-stream"));
+                let body: CommandRequest = json_body(req).await?;
+                self.run_command(&owned.id, body, wait, sse).await
+            }
+            (_, ["v1", "sandboxes", id, "files", rest @ ..]) => {
+                let owned = self.owned(id, &caller)?;
+                let path = param(&q, "path")
+                    .ok_or_else(|| ApiError::bad("the `path` query parameter is required"))?
+                    .to_string();
+                self.files(req, &owned.id, rest, path).await
+            }
+            (_, ["v1", ..]) | (_, ["metrics"]) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                format!("no {method} {}", parts.join("/")),
+            )
+            .hint("see /v1/openapi.json")),
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "the API lives under /v1",
+            )),
+        }
+    }
+
+    fn owned(&self, id: &str, caller: &Caller) -> Result<Owned, ApiError> {
+        self.registry
+            .get(id, caller.scope())
+            .ok_or_else(|| ApiError::not_found(id))
+    }
+
+    fn view(&self, owned: &Owned) -> serde_json::Value {
+        let record = self.store.read_record(&owned.id).ok();
+        let state = record
+            .as_ref()
+            .map_or("gone", |r| match self.store.state(r) {
+                SessionState::Running => "running",
+                SessionState::Stopped => "stopped",
+                SessionState::Dead => "dead",
+            });
+        sandboxes::view(owned, record.as_ref(), state)
+    }
+
+    fn list(&self, caller: &Caller, q: &[(String, String)]) -> Response<RespBody> {
+        let filters: Vec<(&str, &str)> = q
+            .iter()
+            .filter(|(k, _)| k == "label")
+            .map(|(_, v)| v.split_once('=').unwrap_or((v.as_str(), "")))
+            .collect();
+        let rows: Vec<serde_json::Value> = self
+            .registry
+            .list(caller.scope())
+            .iter()
+            .filter(|o| {
+                filters
+                    .iter()
+                    .all(|(k, v)| o.labels.get(*k).is_some_and(|have| have == v))
+            })
+            .map(|o| self.view(o))
+            .collect();
+        json_response(StatusCode::OK, &serde_json::json!({ "sandboxes": rows }))
+    }
+
+    async fn client(&self, id: &str) -> Result<SessionClient, ApiError> {
+        let store = self.store.clone();
+        let id = id.to_string();
+        blocking(move || {
+            SessionClient::connect(&store, &id).map_err(|e| {
+                ApiError::new(StatusCode::CONFLICT, "not_running", e.to_string()).hint(
+                    "the sandbox ended (idle timeout, or its processes were killed); DELETE it",
+                )
+            })
+        })
+        .await
+    }
+
+    async fn create(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        caller: &Caller,
+    ) -> Result<Response<RespBody>, ApiError> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "the server is shutting down",
+            ));
+        }
+        let body: CreateRequest = json_body(req).await?;
+        let plan = body
+            .plan()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0))?;
+        let reservation = self
+            .registry
+            .reserve(
+                &caller.name,
+                caller.max_sandboxes,
+                self.options.max_sandboxes,
+            )
+            .map_err(|over| ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: if over.per_key {
+                    "key_limit"
+                } else {
+                    "server_full"
+                },
+                message: format!(
+                    "{} {} sandboxes at once",
+                    if over.per_key {
+                        "this key may hold"
+                    } else {
+                        "the server holds at most"
+                    },
+                    over.limit
+                ),
+                hint: Some("delete a sandbox, or retry later".into()),
+                retry_after: Some(1),
+            })?;
+        let options = self.options.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            sandboxes::create_session(&options, &plan).map(|id| (id, plan.expires_in))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?;
+        let (id, expires_in) = created.map_err(|f| {
+            let mut e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "create_failed",
+                f.message.clone(),
+            );
+            if f.phase == "setup" && f.code != crate::exit::NSBOX_FAILED {
+                e.message = format!("the setup script failed: {}", f.message);
+                e.code = "setup_failed";
+            }
+            e
+        })?;
+        let now = now_secs();
+        let owned = Owned {
+            id: id.clone(),
+            key: caller.name.clone(),
+            labels: body.labels,
+            created: now,
+            expires_at: expires_in.map(|d| now + d.as_secs()),
+            image: body.image,
+        };
+        if let Err(e) = self.registry.insert(owned.clone(), reservation) {
+            // Not recorded, so not adoptable: better gone than leaked.
+            let store = self.store.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || sandboxes::remove_session(&store, &id)).await;
+            return Err(ApiError::internal(format!("record the sandbox: {e}")));
+        }
+        let mut resp = json_response(StatusCode::CREATED, &self.view(&owned));
+        if let Ok(v) = HeaderValue::from_str(&format!("/v1/sandboxes/{}", owned.id)) {
+            resp.headers_mut().insert(hyper::header::LOCATION, v);
+        }
+        Ok(resp)
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), ApiError> {
+        let store = self.store.clone();
+        let sid = id.to_string();
+        let removed =
+            blocking(move || sandboxes::remove_session(&store, &sid).map_err(ApiError::internal))
+                .await;
+        match removed {
+            Ok(()) => {
+                self.registry.forget(id);
+                Ok(())
+            }
+            // Already gone (prune, rm): forget it too.
+            Err(_) if self.store.read_record(id).is_err() => {
+                self.registry.forget(id);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn run_command(
+        self: &Arc<Self>,
+        id: &str,
+        body: CommandRequest,
+        wait: bool,
+        sse: bool,
+    ) -> Result<Response<RespBody>, ApiError> {
+        let cmd = body
+            .prepare()
+            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m))?;
+        let record = self
+            .store
+            .read_record(id)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "not_running", e.to_string()))?;
+        let mut running = super::exec::start(&self.store, &record, cmd)
+            .await
+            .map_err(|e| match e {
+                StartError::Exec(f) => {
+                    let mut e = ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        if f.code == crate::exit::NOT_FOUND {
+                            "command_not_found"
+                        } else {
+                            "exec_failed"
+                        },
+                        f.message,
+                    );
+                    e.hint = Some(format!("exit code {}", f.code));
+                    e
+                }
+                StartError::NotRunning(m) => ApiError::new(StatusCode::CONFLICT, "not_running", m),
+                StartError::Refused(m) => ApiError::new(StatusCode::CONFLICT, "refused", m),
+                StartError::Io(m) => ApiError::internal(m),
+            })?;
+        let guard = CommandGuard::new(self.clone());
+        if wait {
+            let mut stdout = Vec::new();
+            let mut stderr = Vec::new();
+            let mut result = serde_json::json!({});
+            while let Some(event) = running.events.recv().await {
+                match event {
+                    CommandEvent::Stdout(c) => push_chunk(&mut stdout, c),
+                    CommandEvent::Stderr(c) => push_chunk(&mut stderr, c),
+                    CommandEvent::Truncated { .. } => {}
+                    CommandEvent::Ended(o) => {
+                        result = serde_json::json!({
+                            "exit_code": o.exit_code(),
+                            "signal": o.signal_name(),
+                            "oom": o.oom,
+                            "timeout": matches!(o.ending, crate::sandbox::supervisor::Ending::TimedOut(_)),
+                            "truncated": o.truncated,
+                            "duration_ms": o.duration.as_secs_f64() * 1000.0,
+                            "message": o.message(),
+                        })
+                    }
+                    CommandEvent::Failed(m) => {
+                        return Err(ApiError::new(StatusCode::CONFLICT, "not_running", m))
+                    }
+                }
+            }
+            drop(guard);
+            result["stdout"] = String::from_utf8_lossy(&stdout).into_owned().into();
+            result["stderr"] = String::from_utf8_lossy(&stderr).into_owned().into();
+            return Ok(json_response(StatusCode::OK, &result));
+        }
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let start = Event::Start {
+            id: &record.id,
+            profile: &record.profile,
+            network: &record.network,
+        }
+        .to_line();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let frame = |line: Vec<u8>| -> Bytes {
+                if !sse {
+                    return Bytes::from(line);
+                }
+                let kind = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["type"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let data = String::from_utf8_lossy(&line);
+                Bytes::from(format!("event: {kind}\ndata: {}\n\n", data.trim_end()))
+            };
+            if tx.send(frame(start)).await.is_err() {
+                return;
+            }
+            while let Some(event) = running.events.recv().await {
+                let line = match event {
+                    CommandEvent::Stdout(c) => Event::Stdout(c).to_line(),
+                    CommandEvent::Stderr(c) => Event::Stderr(c).to_line(),
+                    CommandEvent::Truncated { limit } => Event::Truncated { limit }.to_line(),
+                    CommandEvent::Ended(o) => Event::Exit {
+                        code: o.exit_code(),
+                        signal: o.signal_name(),
+                        oom: o.oom,
+                        timeout: matches!(
+                            o.ending,
+                            crate::sandbox::supervisor::Ending::TimedOut(_)
+                        ),
+                        truncated: o.truncated,
+                        duration_ms: o.duration.as_secs_f64() * 1000.0,
+                    }
+                    .to_line(),
+                    CommandEvent::Failed(message) => Event::Error {
+                        phase: "run",
+                        message,
+                        code: crate::exit::NSBOX_FAILED,
+                    }
+                    .to_line(),
+                };
+                // A client gone: dropping the events kills the command.
+                if tx.send(frame(line)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut resp = Response::new(ChannelBody { rx }.boxed());
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(if sse {
+                "text/event-stream"
+            } else {
+                "application/x-ndjson"
+            }),
+        );
+        Ok(resp)
+    }
+
+    async fn files(
+        &self,
+        req: Request<Incoming>,
+        id: &str,
+        rest: &[&str],
+        path: String,
+    ) -> Result<Response<RespBody>, ApiError> {
+        let method = req.method().clone();
+        let client = self.client(id).await?;
+        let fe = |e: super::files::FileError| ApiError {
+            status: StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            code: e.code,
+            message: e.message,
+            hint: None,
+            retry_after: None,
+        };
+        let ok = || json_response(StatusCode::OK, &serde_json::json!({"ok": true}));
+        match (&method, rest) {
+            (&Method::GET, []) => {
+                let data =
+                    blocking(move || super::files::read(&client, &path, MAX_FILE_READ).map_err(fe))
+                        .await?;
+                let mut resp = Response::new(full(data));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                Ok(resp)
+            }
+            (&Method::PUT, []) => {
+                let data = body_bytes(req, self.options.max_body).await?;
+                blocking(move || super::files::write(&client, &path, &data).map_err(fe)).await?;
+                Ok(ok())
+            }
+            (&Method::DELETE, []) => {
+                blocking(move || super::files::remove(&client, &path).map_err(fe)).await?;
+                Ok(ok())
+            }
+            (&Method::GET, ["stat"]) => {
+                let v = blocking(move || super::files::stat(&client, &path).map_err(fe)).await?;
+                Ok(json_response(StatusCode::OK, &v))
+            }
+            (&Method::GET, ["list"]) => {
+                let v = blocking(move || super::files::list(&client, &path, MAX_LIST).map_err(fe))
+                    .await?;
+                Ok(json_response(StatusCode::OK, &v))
+            }
+            (&Method::POST, ["mkdir"]) => {
+                blocking(move || super::files::mkdir(&client, &path).map_err(fe)).await?;
+                Ok(ok())
+            }
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                format!("no {method} on files/{}", rest.join("/")),
+            )),
+        }
+    }
+}
+
+fn push_chunk(out: &mut Vec<u8>, chunk: crate::relay::Chunk) {
+    use base64::Engine;
+    if let Some(text) = chunk.data {
+        out.extend_from_slice(text.as_bytes());
+    } else if let Some(b64) = chunk.data_b64 {
+        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b64) {
+            out.extend_from_slice(&bytes);
+        }
+    }
+}
+
+/// Counts a running command (shutdown waits for them).
+struct CommandGuard(Arc<Server>);
+
+impl CommandGuard {
+    fn new(server: Arc<Server>) -> CommandGuard {
+        server.commands.fetch_add(1, Ordering::SeqCst);
+        CommandGuard(server)
+    }
+}
+
+impl Drop for CommandGuard {
+    fn drop(&mut self) {
+        self.0.commands.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves one connection.
+fn serve_connection<S>(server: Arc<Server>, stream: S, tcp: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |req| {
+            let server = server.clone();
+            async move { Ok::<_, Infallible>(server.handle(req, tcp).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        if let Err(e) = conn.await {
+            tracing::debug!("connection: {e}");
+        }
+    });
+}
+
+/// Binds the unix socket: a stale one is replaced; the socket is 0600 (root's, like the run
+/// directory it lives in).
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        super::private_dir(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ServeError::Io("remove a stale socket", e)),
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(|e| ServeError::Io("bind the socket", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ServeError::Io("chmod the socket", e))?;
+    Ok(listener)
+}
+
+/// The server's main loop: listeners, the time-to-live reaper, and shutdown.
+pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    let audit =
+        AuditLog::open(&options.serve_dir).map_err(|e| ServeError::Io("open the audit log", e))?;
+    let server = Arc::new(Server {
+        keys: KeyStore::new(&options.serve_dir),
+        registry: Registry::new(&options.serve_dir),
+        store: SessionStore::system(),
+        audit,
+        commands: AtomicUsize::new(0),
+        draining: std::sync::atomic::AtomicBool::new(false),
+        options,
+    });
+    {
+        let s = server.clone();
+        let adopted = tokio::task::spawn_blocking(move || s.registry.adopt(&s.store))
+            .await
+            .unwrap_or(0);
+        if adopted > 0 {
+            tracing::info!("adopted {adopted} sandboxes of a previous server");
+        }
+    }
+    let unix = bind_unix(&server.options.socket)?;
+    let tcp = match server.options.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Io("bind the TCP address", e))?,
+        ),
+        None => None,
+    };
+    // One line on stdout when ready (tests and scripts wait for it).
+    println!(
+        "{}",
+        serde_json::json!({
+            "type": "listening",
+            "socket": server.options.socket,
+            "tcp": tcp.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+            "pid": std::process::id(),
+        })
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ServeError::Io("catch SIGTERM", e))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| ServeError::Io("catch SIGINT", e))?;
+    let mut reaper = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            conn = unix.accept() => {
+                if let Ok((stream, _)) = conn {
+                    serve_connection(server.clone(), stream, false);
+                }
+            }
+            conn = async {
+                match &tcp {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Ok((stream, _)) = conn {
+                    let _ = stream.set_nodelay(true);
+                    serve_connection(server.clone(), stream, true);
+                }
+            }
+            _ = reaper.tick() => {
+                for id in server.registry.expired() {
+                    tracing::info!("sandbox {id}: time to live is over");
+                    let _ = server.delete(&id).await;
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // Drain: no new sandboxes; running commands get a grace period; then the sandboxes go.
+    server.draining.store(true, Ordering::SeqCst);
+    drop(unix);
+    drop(tcp);
+    let _ = std::fs::remove_file(&server.options.socket);
+    let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+    while server.commands.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !server.options.keep {
+        for owned in server.registry.list(None) {
+            if let Err(e) = server.delete(&owned.id).await {
+                tracing::warn!("sandbox {}: {}", owned.id, e.message);
+            }
+        }
+    }
+    Ok(())
+}
