@@ -1,0 +1,626 @@
+//! `nsbox serve`: a real server, real sandboxes, real HTTP clients (curl, and Python's
+//! urllib from the standard library). Every test kills its server by pid and checks that
+//! nothing it made is left.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::require_root;
+use crate::support::nsbox_cmd;
+
+/// One server with its own state root, socket and loopback port.
+struct TestServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    tcp: String,
+}
+
+impl TestServer {
+    fn start(extra: &[&str]) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("nsbox-serve-")
+            .tempdir()
+            .unwrap();
+        TestServer::start_in(dir, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
+        let socket = dir.path().join("serve.sock");
+        let state = dir.path().join("state");
+        let mut args = vec![
+            "--state-root",
+            state.to_str().unwrap(),
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = nsbox_cmd(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nsbox serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        let tcp = ready["tcp"].as_str().unwrap().to_string();
+        TestServer {
+            child: Some(child),
+            dir,
+            socket,
+            tcp,
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn key(&self, name: &str, max: Option<usize>) -> String {
+        let max = max.map(|m| m.to_string());
+        let state = self.state();
+        let mut args = vec![
+            "--state-root",
+            state.to_str().unwrap(),
+            "serve",
+            "key",
+            "add",
+            name,
+        ];
+        if let Some(m) = &max {
+            args.extend(["--max-sandboxes", m.as_str()]);
+        }
+        let out = nsbox_cmd(&args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn remove_key(&self, name: &str) {
+        let st = self.state();
+        let out = nsbox_cmd(&[
+            "--state-root",
+            st.to_str().unwrap(),
+            "serve",
+            "key",
+            "rm",
+            name,
+        ])
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// curl over the unix socket (no key): (status, headers, body).
+    fn local(&self, args: &[&str]) -> (u16, String, String) {
+        let mut full = vec!["--unix-socket", self.socket.to_str().unwrap()];
+        full.extend_from_slice(args);
+        curl(&full)
+    }
+
+    /// curl over TCP, with `token` as the bearer if given.
+    fn remote(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, String, String) {
+        let url = format!("http://{}{path}", self.tcp);
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["-X", method, url.as_str()];
+        if let Some(a) = &auth {
+            args.extend(["-H", a.as_str()]);
+        }
+        if let Some(b) = body {
+            args.extend(["--data-binary", b]);
+        }
+        curl(&args)
+    }
+
+    /// The sandboxes the server has on record (its own bookkeeping, on disk).
+    fn recorded(&self) -> Vec<String> {
+        std::fs::read_dir(self.state().join("serve/sandboxes"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()?
+                            .strip_suffix(".json")
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGTERM by pid, and wait: the server removes what it made.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+                rustix::process::Signal::TERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL by pid (the sandboxes stay, for the next server to adopt).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let ids = self.recorded();
+        self.stop();
+        // Whatever a failed test left: removed like `nsbox rm -f` would.
+        for id in ids {
+            let _ = nsbox_cmd(&["rm", "-f", &id]).output();
+        }
+    }
+}
+
+fn curl(args: &[&str]) -> (u16, String, String) {
+    let head = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "-D",
+            head.path().to_str().unwrap(),
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let headers = std::fs::read_to_string(head.path()).unwrap_or_default();
+    (code.trim().parse().unwrap_or(0), headers, body.to_string())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?}: {e}"))
+}
+
+fn session_ids() -> Vec<String> {
+    let out = nsbox_cmd(&["ps", "--json"]).output().unwrap();
+    json(&String::from_utf8_lossy(&out.stdout))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const PYTHON_CLIENT: &str = r#"
+import base64, json, os, sys, urllib.request, urllib.error
+base = os.environ["NSBOX_URL"]
+key = os.environ["NSBOX_KEY"]
+
+def call(method, path, body=None, raw=None, stream=False):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Authorization", "Bearer " + key)
+    try:
+        resp = urllib.request.urlopen(req)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    if stream:
+        return resp.status, [json.loads(line) for line in resp]
+    payload = resp.read()
+    if resp.headers.get("Content-Type") == "application/json":
+        return resp.status, json.loads(payload)
+    return resp.status, payload
+
+out = {}
+status, sb = call("POST", "/v1/sandboxes", {
+    "network": {"mode": "filtered", "allow": ["api.example.com"], "deny": ["evil.example.com"]},
+    "secrets": {"GH_TOKEN": "ghp_secretvalue123"},
+    "env": {"JOB": "minion-7"},
+    "labels": {"job": "minion-7"},
+    "limits": {"memory": "256m", "pids": 128},
+})
+assert status == 201, (status, sb)
+sid = sb["id"]
+out["id"] = sid
+out["network"] = sb["network"]
+status, listed = call("GET", "/v1/sandboxes?label=job%3Dminion-7")
+out["listed"] = [s["id"] for s in listed["sandboxes"]]
+status, _ = call("PUT", "/v1/sandboxes/%s/files?path=repo/build.sh" % sid,
+                 raw=b"echo building $JOB\necho token=$GH_TOKEN\necho artifact > out.txt\necho warn >&2\n")
+out["put"] = status
+status, events = call("POST", "/v1/sandboxes/%s/commands" % sid,
+                      {"argv": ["sh", "build.sh"], "cwd": "/sandbox/repo"}, stream=True)
+out["step1_status"] = status
+out["step1_types"] = [e["type"] for e in events]
+out["step1_stdout"] = "".join(e.get("data", "") for e in events if e["type"] == "stdout")
+out["step1_stderr"] = "".join(e.get("data", "") for e in events if e["type"] == "stderr")
+out["step1_exit"] = events[-1]
+status, events = call("POST", "/v1/sandboxes/%s/commands" % sid,
+                      {"shell": "echo linting; exit 2"}, stream=True)
+out["step2_exit"] = events[-1]
+status, res = call("POST", "/v1/sandboxes/%s/commands?wait=true" % sid,
+                   {"shell": "getent hosts evil.example.com || echo refused"})
+out["dns"] = res["stdout"]
+status, res = call("POST", "/v1/sandboxes/%s/commands?wait=true" % sid,
+                   {"argv": ["cat"], "stdin": "from stdin"})
+out["stdin"] = res["stdout"]
+status, res = call("POST", "/v1/sandboxes/%s/commands?wait=true" % sid,
+                   {"argv": ["sleep", "30"], "timeout": "1s"})
+out["timeout"] = [res["exit_code"], res["timeout"]]
+status, artifact = call("GET", "/v1/sandboxes/%s/files?path=/sandbox/repo/out.txt" % sid)
+out["artifact"] = artifact.decode()
+status, stats = call("GET", "/v1/sandboxes/%s/stats" % sid)
+out["stats_pids"] = stats["pids_limit"]
+status, gone = call("DELETE", "/v1/sandboxes/%s" % sid)
+out["delete"] = status
+status, after = call("GET", "/v1/sandboxes/%s" % sid)
+out["after_delete"] = status
+print(json.dumps(out))
+"#;
+
+/// The agent-pipeline flow through Python's urllib over TCP with a key: create with a
+/// filtered network and a secret, put a file in, run steps with streamed output, see a
+/// failing step's code, fetch an artifact, delete.
+#[test]
+fn serve_minions_flow_over_tcp_with_python() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let key = server.key("minions", None);
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_CLIENT])
+        .env("NSBOX_URL", format!("http://{}", server.tcp))
+        .env("NSBOX_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    let id = r["id"].as_str().unwrap();
+    assert_eq!(r["network"], "filtered");
+    assert_eq!(r["listed"], serde_json::json!([id]));
+    assert_eq!(r["put"], 200);
+    assert_eq!(r["step1_status"], 200);
+    assert_eq!(r["step1_types"][0], "start");
+    assert_eq!(r["step1_stdout"], "building minion-7\ntoken=***\n");
+    assert_eq!(r["step1_stderr"], "warn\n");
+    assert_eq!(r["step1_exit"]["type"], "exit");
+    assert_eq!(r["step1_exit"]["code"], 0);
+    assert_eq!(r["step2_exit"]["code"], 2);
+    assert_eq!(r["dns"], "refused\n");
+    assert_eq!(r["stdin"], "from stdin");
+    assert_eq!(r["timeout"], serde_json::json!([124, true]));
+    assert_eq!(r["artifact"], "artifact\n");
+    assert_eq!(r["stats_pids"], 128);
+    assert_eq!(r["delete"], 200);
+    assert_eq!(r["after_delete"], 404);
+    assert!(!session_ids().contains(&id.to_string()));
+    assert!(server.recorded().is_empty());
+    // The audit log names what was done, never the secret or the token.
+    let audit = std::fs::read_to_string(server.state().join("serve/audit.log")).unwrap();
+    assert!(audit.contains("\"action\":\"sandbox.create\""));
+    assert!(audit.contains("\"key\":\"minions\""));
+    assert!(!audit.contains("ghp_secretvalue123") && !audit.contains(&key));
+}
+
+/// curl on the unix socket: SSE, the file operations, and paths that try to leave the root.
+#[test]
+fn serve_files_and_streams_over_the_unix_socket_with_curl() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let mode = std::fs::metadata(&server.socket).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    let (code, headers, body) = server.local(&["-XPOST", "localhost/v1/sandboxes", "-d", "{}"]);
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    assert!(headers
+        .to_lowercase()
+        .contains(&format!("location: /v1/sandboxes/{id}")));
+    assert!(
+        session_ids().contains(&id),
+        "`nsbox ps` lists the server's sandbox"
+    );
+    let url = |p: &str| format!("localhost/v1/sandboxes/{id}{p}");
+
+    // Server-sent events when the client asks for them.
+    let (code, headers, body) = server.local(&[
+        "-XPOST",
+        &url("/commands"),
+        "-H",
+        "Accept: text/event-stream",
+        "-d",
+        r#"{"shell":"echo one; echo two"}"#,
+    ]);
+    assert_eq!(code, 200);
+    assert!(headers.contains("text/event-stream"));
+    assert!(body.contains("event: start\n"));
+    assert!(body.contains("event: stdout\ndata: {\"type\":\"stdout\""));
+    assert!(body.contains("event: exit\n"));
+
+    // Files: write (parents made), read, stat, list, mkdir, remove.
+    let (code, _, _) = server.local(&[
+        "-XPUT",
+        &url("/files?path=/sandbox/w/a.txt"),
+        "--data-binary",
+        "hello",
+    ]);
+    assert_eq!(code, 200);
+    let (code, _, body) = server.local(&[&url("/files?path=/sandbox/w/a.txt")]);
+    assert_eq!((code, body.as_str()), (200, "hello"));
+    let (_, _, body) = server.local(&[&url("/files/stat?path=w/a.txt")]);
+    let st = json(&body);
+    assert_eq!(
+        (st["type"].as_str(), st["size"].as_u64(), st["uid"].as_u64()),
+        (Some("file"), Some(5), Some(100))
+    );
+    let (code, _, _) = server.local(&["-XPOST", &url("/files/mkdir?path=/sandbox/w/d/e")]);
+    assert_eq!(code, 200);
+    let (_, _, body) = server.local(&[&url("/files/list?path=/sandbox/w")]);
+    let names: Vec<String> = json(&body)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["a.txt", "d"]);
+    let (code, _, _) = server.local(&["-XDELETE", &url("/files?path=/sandbox/w/a.txt")]);
+    assert_eq!(code, 200);
+    let (code, _, _) = server.local(&[&url("/files?path=/sandbox/w/a.txt")]);
+    assert_eq!(code, 404);
+    let (code, _, body) = server.local(&["-XDELETE", &url("/files?path=/sandbox/w")]);
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (409, Some("not_empty"))
+    );
+
+    // Escapes: `..` is refused; symlinks planted inside resolve inside the sandbox's root.
+    let host_dir = tempfile::tempdir().unwrap();
+    let host = host_dir.path().display().to_string();
+    let (code, _, body) = server.local(&[&url("/files?path=../../etc/shadow")]);
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (400, Some("bad_path"))
+    );
+    let plant = format!(
+        r#"{{"shell":"ln -s {host} /sandbox/dirlink && ln -s {host}/f /sandbox/filelink && mkfifo /sandbox/fifo"}}"#
+    );
+    let (code, _, body) = server.local(&["-XPOST", &url("/commands?wait=true"), "-d", &plant]);
+    assert_eq!(
+        (code, json(&body)["exit_code"].as_i64()),
+        (200, Some(0)),
+        "{body}"
+    );
+    server.local(&[
+        "-XPUT",
+        &url("/files?path=/sandbox/dirlink/pwned"),
+        "--data-binary",
+        "x",
+    ]);
+    server.local(&[
+        "-XPUT",
+        &url("/files?path=/sandbox/filelink"),
+        "--data-binary",
+        "x",
+    ]);
+    server.local(&["-XPOST", &url("/files/mkdir?path=/sandbox/dirlink/newdir")]);
+    assert_eq!(
+        std::fs::read_dir(host_dir.path()).unwrap().count(),
+        0,
+        "nothing written on the host"
+    );
+    // A FIFO planted at the path neither hangs nor feeds the server.
+    let (code, _, body) = server.local(&[&url("/files?path=/sandbox/fifo")]);
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (400, Some("not_a_file"))
+    );
+
+    let (code, _, _) = server.local(&["-XDELETE", &url("")]);
+    assert_eq!(code, 200);
+    assert!(!session_ids().contains(&id));
+}
+
+/// No key, a wrong key, a removed key: 401 and nothing created; a key over its limit: 429
+/// with Retry-After; a key does not see another key's sandboxes.
+#[test]
+fn serve_auth_refuses_bad_keys_and_enforces_key_limits() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let one = server.key("one", Some(1));
+    let other = server.key("other", None);
+    let gone = server.key("gone", None);
+    server.remove_key("gone");
+    for token in [None, Some("nsbox_0000"), Some(gone.as_str()), Some("")] {
+        let (code, _, body) = server.remote(token, "POST", "/v1/sandboxes", Some("{}"));
+        assert_eq!(code, 401, "{token:?}: {body}");
+        assert_eq!(json(&body)["code"], "unauthorized");
+    }
+    assert!(
+        server.recorded().is_empty(),
+        "nothing created without a key"
+    );
+    let (code, _, body) = server.remote(Some(&one), "POST", "/v1/sandboxes", Some("{}"));
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let (code, headers, body) = server.remote(Some(&one), "POST", "/v1/sandboxes", Some("{}"));
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (429, Some("key_limit"))
+    );
+    assert!(headers.to_lowercase().contains("retry-after: 1"));
+    assert_eq!(server.recorded(), std::slice::from_ref(&id));
+    let (code, _, _) = server.remote(Some(&other), "GET", &format!("/v1/sandboxes/{id}"), None);
+    assert_eq!(code, 404, "another key's sandbox is invisible");
+    let (_, _, body) = server.remote(Some(&other), "GET", "/v1/sandboxes", None);
+    assert_eq!(json(&body)["sandboxes"], serde_json::json!([]));
+    // Removing a key takes effect at once.
+    server.remove_key("one");
+    let (code, _, _) = server.remote(Some(&one), "GET", &format!("/v1/sandboxes/{id}"), None);
+    assert_eq!(code, 401);
+}
+
+/// Malformed, oversized and unknown-field bodies, an unknown sandbox, a program that does not
+/// exist: each a 4xx with a JSON error, and nothing made or changed.
+#[test]
+fn serve_bad_input_is_refused_with_json_errors() {
+    require_root!();
+    let server = TestServer::start(&["--max-body", "4096"]);
+    let cases: &[(&str, &str, &str, u16, &str)] = &[
+        ("POST", "/v1/sandboxes", "{\"image\":", 400, "bad_json"),
+        ("POST", "/v1/sandboxes", "[1,2]", 400, "bad_json"),
+        ("POST", "/v1/sandboxes", r#"{"imag":"x"}"#, 400, "bad_json"),
+        (
+            "POST",
+            "/v1/sandboxes",
+            r#"{"limits":{"memroy":"1g"}}"#,
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes",
+            r#"{"network":{"mode":"open"}}"#,
+            400,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes",
+            r#"{"secrets":{"NSBOX_RUN_DIR":"/"}}"#,
+            400,
+            "invalid",
+        ),
+        (
+            "GET",
+            "/v1/sandboxes/doesnotexist",
+            "",
+            404,
+            "sandbox_not_found",
+        ),
+        (
+            "POST",
+            "/v1/sandboxes/doesnotexist/commands",
+            r#"{"argv":["true"]}"#,
+            404,
+            "sandbox_not_found",
+        ),
+        ("GET", "/v1/nothing", "", 404, "no_route"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let body = (!body.is_empty()).then_some(*body);
+        let (got, _, text) = server.local(&[
+            "-X",
+            method,
+            &format!("localhost{path}"),
+            "--data-binary",
+            body.unwrap_or(""),
+        ]);
+        assert_eq!(
+            (got, json(&text)["code"].as_str()),
+            (*status, Some(*code)),
+            "{method} {path} {body:?}: {text}"
+        );
+    }
+    let big = format!(r#"{{"labels":{{"a":"{}"}}}}"#, "x".repeat(2 << 20));
+    let big_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(big_file.path(), &big).unwrap();
+    let at = format!("@{}", big_file.path().display());
+    let (code, _, text) = server.local(&["-XPOST", "localhost/v1/sandboxes", "--data-binary", &at]);
+    assert_eq!(
+        (code, json(&text)["code"].as_str()),
+        (413, Some("body_too_large"))
+    );
+    assert!(server.recorded().is_empty(), "no bad create made a sandbox");
+
+    let (_, _, body) = server.local(&["-XPOST", "localhost/v1/sandboxes", "-d", "{}"]);
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let cmd = format!("localhost/v1/sandboxes/{id}/commands");
+    for (body, status, code) in [
+        (r#"{"argv":["/no/such/program"]}"#, 422, "command_not_found"),
+        (r#"{"argv":[]}"#, 400, "invalid"),
+        (r#"{"argv":["true"],"shell":"true"}"#, 400, "invalid"),
+        (r#"{"argv":["true"],"timeout":"soon"}"#, 400, "invalid"),
+        (r#"{"argv":["true"],"tty":true}"#, 400, "bad_json"),
+    ] {
+        let (got, _, text) = server.local(&["-XPOST", &cmd, "-d", body]);
+        assert_eq!(
+            (got, json(&text)["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {text}"
+        );
+    }
+    // An upload over --max-body is refused and writes nothing.
+    let file = format!("localhost/v1/sandboxes/{id}/files?path=/sandbox/big");
+    let (code, _, _) = server.local(&["-XPUT", &file, "--data-binary", &at]);
+    assert_eq!(code, 413);
+    let (code, _, _) = server.local(&[&file]);
+    assert_eq!(code, 404, "the refused upload left no file");
+}
+
+/// A server killed with SIGKILL leaves its sandboxes running; the next server on the same
+/// state root adopts them, and its SIGTERM removes them.
+#[test]
+fn serve_restarted_server_adopts_living_sandboxes() {
+    require_root!();
+    let mut first = TestServer::start(&[]);
+    let (code, _, body) = first.local(&[
+        "-XPOST",
+        "localhost/v1/sandboxes",
+        "-d",
+        r#"{"labels":{"run":"1"}}"#,
+    ]);
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let pid = first.pid();
+    first.kill();
+    assert!(
+        rustix::process::test_kill_process(rustix::process::Pid::from_raw(pid).unwrap()).is_err()
+    );
+    assert!(
+        session_ids().contains(&id),
+        "the sandbox outlives a killed server"
+    );
+    let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().unwrap());
+    drop(first);
+    let mut second = TestServer::start_in(dir, &[]);
+    let (code, _, body) = second.local(&[&format!("localhost/v1/sandboxes/{id}")]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["labels"]["run"], "1");
+    let (_, _, body) = second.local(&[
+        "-XPOST",
+        &format!("localhost/v1/sandboxes/{id}/commands?wait=true"),
+        "-d",
+        r#"{"argv":["echo","still here"]}"#,
+    ]);
+    assert_eq!(json(&body)["stdout"], "still here\n");
+    second.stop();
+    assert!(
+        !session_ids().contains(&id),
+        "SIGTERM removed the adopted sandbox"
+    );
+    assert!(second.recorded().is_empty());
+}
