@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// On SIGTERM, leave the sandboxes running (the next server adopts them).
     #[arg(long)]
     keep: bool,
+    /// Keep N idle sandboxes of IMAGE ready (`host` for the host's root); creates that match
+    /// take one. Options after commas: net=MODE, allow=HOST, deny=HOST, profile=NAME.
+    #[arg(long = "pool", value_name = "IMAGE=N[,net=..][,allow=..]", value_parser = crate::serve::pool::parse_entry)]
+    pool: Vec<(crate::serve::sandboxes::PoolKey, String, usize)>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +84,7 @@ pub fn run(args: ServeArgs, state_root: &Path, config: Option<&Path>) -> i32 {
                 max_sandboxes: args.max_sandboxes,
                 max_body: args.max_body,
                 keep: args.keep,
+                pool: args.pool,
             };
             match serve::run(options) {
                 Ok(()) => 0,

@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use super::audit::{AuditEntry, AuditLog};
 use super::exec::{CommandEvent, CommandRequest, StartError};
 use super::keys::KeyStore;
+use super::metrics::Metrics;
+use super::pool::{Claim, Pool};
 use super::sandboxes::{self, CreateRequest, Owned, Registry};
 use super::{ServeError, ServeOptions};
 use crate::relay::Event;
@@ -49,6 +51,8 @@ struct Server {
     store: SessionStore,
     commands: AtomicUsize,
     draining: std::sync::atomic::AtomicBool,
+    pool: Pool,
+    metrics: Metrics,
 }
 
 /// Who is asking.
@@ -252,6 +256,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/sandboxes/{id}/files/list", "file.list"),
     ("GET", "/v1/sandboxes/{id}/files/stat", "file.stat"),
     ("POST", "/v1/sandboxes/{id}/files/mkdir", "file.mkdir"),
+    ("GET", "/metrics", "metrics"),
 ];
 
 /// The audit action and sandbox of a request, from its method and path.
@@ -334,7 +339,7 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .and_then(|l| l.rsplit('/').next())
             .map(str::to_string);
-        if !matches!(action, "other" | "health" | "openapi") {
+        if !matches!(action, "other" | "health" | "openapi" | "metrics") {
             self.audit.record(&AuditEntry {
                 time_ms: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -369,6 +374,17 @@ impl Server {
                 StatusCode::OK,
                 &serde_json::json!({"status": if self.draining.load(Ordering::Relaxed) {"draining"} else {"ok"}}),
             )),
+            (&Method::GET, ["metrics"]) => {
+                let text = self
+                    .metrics
+                    .render(&self.pool.sizes(), self.registry.list(None).len());
+                let mut resp = Response::new(full(text));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                Ok(resp)
+            }
             (&Method::POST, ["v1", "sandboxes"]) => self.create(req, &caller).await,
             (&Method::GET, ["v1", "sandboxes"]) => Ok(self.list(&caller, &q)),
             (&Method::GET, ["v1", "sandboxes", id]) => {
@@ -496,6 +512,7 @@ impl Server {
         let plan = body
             .plan()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0))?;
+        let plan_expires = plan.expires_in;
         let reservation = self
             .registry
             .reserve(
@@ -522,24 +539,41 @@ impl Server {
                 hint: Some("delete a sandbox, or retry later".into()),
                 retry_after: Some(1),
             })?;
-        let options = self.options.clone();
-        let created = tokio::task::spawn_blocking(move || {
-            sandboxes::create_session(&options, &plan).map(|id| (id, plan.expires_in))
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?;
-        let (id, expires_in) = created.map_err(|f| {
-            let mut e = ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "create_failed",
-                f.message.clone(),
-            );
-            if f.phase == "setup" && f.code != crate::exit::NSBOX_FAILED {
-                e.message = format!("the setup script failed: {}", f.message);
-                e.code = "setup_failed";
+        let t0 = std::time::Instant::now();
+        let pool_key = body.pool_key();
+        let claim = pool_key
+            .as_ref()
+            .map_or(Claim::NoEntry, |k| self.pool.claim(k));
+        let (id, pooled) = match claim {
+            Claim::Hit(id) => (id, true),
+            other => {
+                if other == Claim::Miss {
+                    self.metrics.claims_miss.fetch_add(1, Ordering::Relaxed);
+                }
+                let options = self.options.clone();
+                let created =
+                    tokio::task::spawn_blocking(move || sandboxes::create_session(&options, &plan))
+                        .await
+                        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?;
+                self.metrics.cold_create_latency.observe(t0.elapsed());
+                let id = created.map_err(|f| {
+                    self.metrics.create_failures.fetch_add(1, Ordering::Relaxed);
+                    let mut e = ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "create_failed",
+                        f.message.clone(),
+                    );
+                    if f.phase == "setup" && f.code != crate::exit::NSBOX_FAILED {
+                        e.message = format!("the setup script failed: {}", f.message);
+                        e.code = "setup_failed";
+                    }
+                    e
+                })?;
+                self.metrics.creates.fetch_add(1, Ordering::Relaxed);
+                (id, false)
             }
-            e
-        })?;
+        };
+        let expires_in = plan_expires;
         let now = now_secs();
         let owned = Owned {
             id: id.clone(),
@@ -548,6 +582,18 @@ impl Server {
             created: now,
             expires_at: expires_in.map(|d| now + d.as_secs()),
             image: body.image,
+            // A pooled sandbox was made before this request: its env and secrets are added
+            // by the server to every command (a cold one has them from `nsbox create`).
+            env: if pooled {
+                body.env.into_iter().collect()
+            } else {
+                Vec::new()
+            },
+            secrets: if pooled {
+                body.secrets.into_iter().collect()
+            } else {
+                Vec::new()
+            },
         };
         if let Err(e) = self.registry.insert(owned.clone(), reservation) {
             // Not recorded, so not adoptable: better gone than leaked.
@@ -556,11 +602,74 @@ impl Server {
                 tokio::task::spawn_blocking(move || sandboxes::remove_session(&store, &id)).await;
             return Err(ApiError::internal(format!("record the sandbox: {e}")));
         }
+        if pooled {
+            if let Some(script) = body.setup {
+                self.claim_setup(&owned, script).await?;
+            }
+            self.metrics.claims_hit.fetch_add(1, Ordering::Relaxed);
+            self.metrics.claim_latency.observe(t0.elapsed());
+        }
         let mut resp = json_response(StatusCode::CREATED, &self.view(&owned));
         if let Ok(v) = HeaderValue::from_str(&format!("/v1/sandboxes/{}", owned.id)) {
             resp.headers_mut().insert(hyper::header::LOCATION, v);
         }
         Ok(resp)
+    }
+
+    /// Runs a create request's setup script in a sandbox claimed from the pool; if it fails
+    /// the sandbox is deleted and the create fails, as `nsbox create --setup` does.
+    async fn claim_setup(&self, owned: &Owned, script: String) -> Result<(), ApiError> {
+        let cmd = CommandRequest {
+            shell: Some(script),
+            ..Default::default()
+        }
+        .prepare()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m))?;
+        let result = self.run_collected(owned, cmd).await;
+        let failure = match result {
+            Ok((code, _, stderr)) if code != 0 => Some(format!(
+                "the setup script failed (exit {code}): {}",
+                String::from_utf8_lossy(&stderr).trim_end()
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!("the setup script could not run: {}", e.message)),
+        };
+        if let Some(message) = failure {
+            let _ = self.delete(&owned.id).await;
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "setup_failed",
+                message,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs a command to its end: (exit code, stdout, stderr).
+    async fn run_collected(
+        &self,
+        owned: &Owned,
+        cmd: super::exec::PreparedCommand,
+    ) -> Result<(i32, Vec<u8>, Vec<u8>), ApiError> {
+        let record = self
+            .store
+            .read_record(&owned.id)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "not_running", e.to_string()))?;
+        let cmd = personalised(owned, cmd);
+        let mut running = super::exec::start(&self.store, &record, cmd)
+            .await
+            .map_err(start_error)?;
+        self.metrics.commands.fetch_add(1, Ordering::Relaxed);
+        let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), crate::exit::NSBOX_FAILED);
+        while let Some(event) = running.events.recv().await {
+            match event {
+                CommandEvent::Stdout(c) => push_chunk(&mut out, c),
+                CommandEvent::Stderr(c) => push_chunk(&mut err, c),
+                CommandEvent::Ended(o) => code = o.exit_code(),
+                CommandEvent::Truncated { .. } | CommandEvent::Failed(_) => {}
+            }
+        }
+        Ok((code, out, err))
     }
 
     async fn delete(&self, id: &str) -> Result<(), ApiError> {
@@ -597,26 +706,15 @@ impl Server {
             .store
             .read_record(id)
             .map_err(|e| ApiError::new(StatusCode::CONFLICT, "not_running", e.to_string()))?;
+        let owned = self
+            .registry
+            .get(id, None)
+            .ok_or_else(|| ApiError::not_found(id))?;
+        let cmd = personalised(&owned, cmd);
         let mut running = super::exec::start(&self.store, &record, cmd)
             .await
-            .map_err(|e| match e {
-                StartError::Exec(f) => {
-                    let mut e = ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        if f.code == crate::exit::NOT_FOUND {
-                            "command_not_found"
-                        } else {
-                            "exec_failed"
-                        },
-                        f.message,
-                    );
-                    e.hint = Some(format!("exit code {}", f.code));
-                    e
-                }
-                StartError::NotRunning(m) => ApiError::new(StatusCode::CONFLICT, "not_running", m),
-                StartError::Refused(m) => ApiError::new(StatusCode::CONFLICT, "refused", m),
-                StartError::Io(m) => ApiError::internal(m),
-            })?;
+            .map_err(start_error)?;
+        self.metrics.commands.fetch_add(1, Ordering::Relaxed);
         let guard = CommandGuard::new(self.clone());
         if wait {
             let mut stdout = Vec::new();
@@ -624,8 +722,18 @@ impl Server {
             let mut result = serde_json::json!({});
             while let Some(event) = running.events.recv().await {
                 match event {
-                    CommandEvent::Stdout(c) => push_chunk(&mut stdout, c),
-                    CommandEvent::Stderr(c) => push_chunk(&mut stderr, c),
+                    CommandEvent::Stdout(c) => {
+                        self.metrics
+                            .bytes_relayed
+                            .fetch_add(chunk_len(&c), Ordering::Relaxed);
+                        push_chunk(&mut stdout, c)
+                    }
+                    CommandEvent::Stderr(c) => {
+                        self.metrics
+                            .bytes_relayed
+                            .fetch_add(chunk_len(&c), Ordering::Relaxed);
+                        push_chunk(&mut stderr, c)
+                    }
                     CommandEvent::Truncated { .. } => {}
                     CommandEvent::Ended(o) => {
                         result = serde_json::json!({
@@ -655,6 +763,7 @@ impl Server {
             network: &record.network,
         }
         .to_line();
+        let server = self.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let frame = |line: Vec<u8>| -> Bytes {
@@ -672,6 +781,12 @@ impl Server {
                 return;
             }
             while let Some(event) = running.events.recv().await {
+                if let CommandEvent::Stdout(c) | CommandEvent::Stderr(c) = &event {
+                    server
+                        .metrics
+                        .bytes_relayed
+                        .fetch_add(chunk_len(c), Ordering::Relaxed);
+                }
                 let line = match event {
                     CommandEvent::Stdout(c) => Event::Stdout(c).to_line(),
                     CommandEvent::Stderr(c) => Event::Stderr(c).to_line(),
@@ -773,6 +888,53 @@ impl Server {
     }
 }
 
+/// A command with the env and secrets a pooled sandbox received at claim time (the
+/// request's own env wins).
+fn personalised(
+    owned: &Owned,
+    mut cmd: super::exec::PreparedCommand,
+) -> super::exec::PreparedCommand {
+    if owned.env.is_empty() && owned.secrets.is_empty() {
+        return cmd;
+    }
+    let mut env: Vec<(String, String)> = owned.env.clone();
+    env.extend(owned.secrets.iter().cloned());
+    env.append(&mut cmd.env);
+    cmd.env = env;
+    cmd.secrets
+        .extend(owned.secrets.iter().map(|(_, v)| v.clone()));
+    cmd
+}
+
+fn start_error(e: StartError) -> ApiError {
+    match e {
+        StartError::Exec(f) => {
+            let mut e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                if f.code == crate::exit::NOT_FOUND {
+                    "command_not_found"
+                } else {
+                    "exec_failed"
+                },
+                f.message,
+            );
+            e.hint = Some(format!("exit code {}", f.code));
+            e
+        }
+        StartError::NotRunning(m) => ApiError::new(StatusCode::CONFLICT, "not_running", m),
+        StartError::Refused(m) => ApiError::new(StatusCode::CONFLICT, "refused", m),
+        StartError::Io(m) => ApiError::internal(m),
+    }
+}
+
+fn chunk_len(chunk: &crate::relay::Chunk) -> u64 {
+    chunk.data.as_ref().map_or(0, |d| d.len() as u64)
+        + chunk
+            .data_b64
+            .as_ref()
+            .map_or(0, |d| d.len() as u64 * 3 / 4)
+}
+
 fn push_chunk(out: &mut Vec<u8>, chunk: crate::relay::Chunk) {
     use base64::Engine;
     if let Some(text) = chunk.data {
@@ -820,6 +982,67 @@ where
     });
 }
 
+/// Keeps the warm pool filled: one create at a time per entry, woken by claims.
+async fn refill(server: Arc<Server>) {
+    loop {
+        if server.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        for (index, key) in server.pool.wanted() {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let plan = match super::pool::request_for(&key).plan() {
+                    Ok(plan) => plan,
+                    Err(e) => {
+                        tracing::warn!("pool entry: {}", e.0);
+                        server.pool.filled(index, None);
+                        return;
+                    }
+                };
+                let options = server.options.clone();
+                let t0 = std::time::Instant::now();
+                let made =
+                    tokio::task::spawn_blocking(move || sandboxes::create_session(&options, &plan))
+                        .await;
+                server.metrics.cold_create_latency.observe(t0.elapsed());
+                match made {
+                    Ok(Ok(id)) => {
+                        server.metrics.creates.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = server.registry.record_pool_member(&id) {
+                            tracing::warn!("pool: record {id}: {e}");
+                        }
+                        if server.draining.load(Ordering::Relaxed) {
+                            let store = server.store.clone();
+                            let sid = id.clone();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                sandboxes::remove_session(&store, &sid)
+                            })
+                            .await;
+                            server.registry.forget_pool_member(&id);
+                        } else {
+                            server.pool.filled(index, Some(id));
+                        }
+                    }
+                    Ok(Err(f)) => {
+                        server
+                            .metrics
+                            .create_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("pool: create failed: {}", f.message);
+                        server.pool.filled(index, None);
+                    }
+                    Err(_) => server.pool.filled(index, None),
+                }
+                server.pool.wake.notify_one();
+            });
+        }
+        tokio::select! {
+            _ = server.pool.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
 /// Binds the unix socket: a stale one is replaced; the socket is 0600 (root's, like the run
 /// directory it lives in).
 fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServeError> {
@@ -850,6 +1073,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         audit,
         commands: AtomicUsize::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
+        pool: Pool::new(options.pool.clone()),
+        metrics: Metrics::default(),
         options,
     });
     {
@@ -884,6 +1109,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Io("catch SIGTERM", e))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| ServeError::Io("catch SIGINT", e))?;
+    if !server.pool.is_empty() {
+        tokio::spawn(refill(server.clone()));
+    }
     let mut reaper = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -921,6 +1149,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
     while server.commands.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in server.pool.drain() {
+        let store = server.store.clone();
+        let sid = id.clone();
+        let _ = tokio::task::spawn_blocking(move || sandboxes::remove_session(&store, &sid)).await;
+        server.registry.forget_pool_member(&id);
     }
     if !server.options.keep {
         for owned in server.registry.list(None) {

@@ -65,6 +65,9 @@ pub struct PreparedCommand {
     pub timeout: Option<Duration>,
     pub stdin: Option<Vec<u8>>,
     pub max_output: u64,
+    /// Values masked on top of the session's own secrets (secrets a pooled sandbox received
+    /// when it was claimed).
+    pub secrets: Vec<String>,
 }
 
 impl CommandRequest {
@@ -107,6 +110,7 @@ impl CommandRequest {
             timeout,
             stdin,
             max_output: self.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
+            secrets: Vec::new(),
         })
     }
 }
@@ -259,7 +263,8 @@ pub async fn start(
             return Err(StartError::Exec(failure));
         }
     }
-    let secrets = secrets.unwrap_or_default();
+    let mut secrets = secrets.unwrap_or_default();
+    secrets.extend(cmd.secrets.iter().cloned());
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let run = Run {
         session,

@@ -20,6 +20,8 @@ pub mod audit;
 pub mod exec;
 pub mod files;
 pub mod keys;
+pub mod metrics;
+pub mod pool;
 pub mod sandboxes;
 
 use std::net::SocketAddr;
@@ -61,6 +63,8 @@ pub struct ServeOptions {
     pub max_body: usize,
     /// On SIGTERM, leave the sandboxes running (a restarted server adopts them).
     pub keep: bool,
+    /// Warm-pool entries: what their sandboxes match, a name for metrics, the size.
+    pub pool: Vec<(sandboxes::PoolKey, String, usize)>,
 }
 
 /// The run directory's serve socket (same run directory as the sessions).

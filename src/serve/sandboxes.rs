@@ -66,6 +66,9 @@ pub struct NetworkRequest {
     pub deny: Vec<String>,
 }
 
+/// The owner recorded for idle warm-pool sandboxes.
+pub const POOL_KEY: &str = "@pool";
+
 /// The server's record of a sandbox it owns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Owned {
@@ -77,6 +80,20 @@ pub struct Owned {
     /// Unix seconds after which the server deletes it.
     pub expires_at: Option<u64>,
     pub image: Option<String>,
+    /// Environment and secrets given at claim time to a sandbox from the warm pool: the
+    /// server adds them to every command (the session itself was made before the request).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<(String, String)>,
+}
+
+/// What a warm-pool sandbox must match to serve a create: image, profile, network policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub image: Option<String>,
+    pub profile: Option<String>,
+    pub network: Option<(String, Vec<String>, Vec<String>)>,
 }
 
 /// A request the server refuses before running anything.
@@ -131,6 +148,28 @@ pub struct CreatePlan {
 }
 
 impl CreateRequest {
+    /// The pool this request can be served from: only requests whose other settings are
+    /// applied at claim time (env, secrets, labels, setup script, time to live) qualify.
+    pub fn pool_key(&self) -> Option<PoolKey> {
+        let l = &self.limits;
+        let plain = l.memory.is_none()
+            && l.cpus.is_none()
+            && l.pids.is_none()
+            && l.max_output.is_none()
+            && self.idle_timeout.is_none()
+            && self.setup_timeout.is_none()
+            && self.name.is_none()
+            && self.workdir.is_none();
+        plain.then(|| PoolKey {
+            image: self.image.clone(),
+            profile: self.profile.clone(),
+            network: self
+                .network
+                .as_ref()
+                .map(|n| (n.mode.clone(), n.allow.clone(), n.deny.clone())),
+        })
+    }
+
     pub fn plan(&self) -> Result<CreatePlan, Invalid> {
         let mut args = vec!["create".to_string(), "--json".to_string()];
         if let Some(image) = &self.image {
@@ -377,9 +416,11 @@ impl Registry {
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
-            let running = store
-                .read_record(&owned.id)
-                .is_ok_and(|r| store.state(&r) == SessionState::Running);
+            // A previous server's idle pool members are not adopted: a fresh pool is made.
+            let running = owned.key != POOL_KEY
+                && store
+                    .read_record(&owned.id)
+                    .is_ok_and(|r| store.state(&r) == SessionState::Running);
             if running {
                 self.lock().owned.insert(owned.id.clone(), owned);
                 adopted += 1;
@@ -423,11 +464,33 @@ impl Registry {
         })
     }
 
+    /// Records an idle pool member on disk only (so a killed server's pool is cleaned up by
+    /// the next one); it is owned, and counted, once claimed.
+    pub fn record_pool_member(&self, id: &str) -> std::io::Result<()> {
+        super::private_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let owned = Owned {
+            id: id.to_string(),
+            key: POOL_KEY.into(),
+            labels: BTreeMap::new(),
+            created: now_secs(),
+            expires_at: None,
+            image: None,
+            env: Vec::new(),
+            secrets: Vec::new(),
+        };
+        let bytes = serde_json::to_vec(&owned).map_err(std::io::Error::other)?;
+        write_private(&self.record_path(id), &bytes)
+    }
+
+    pub fn forget_pool_member(&self, id: &str) {
+        let _ = std::fs::remove_file(self.record_path(id));
+    }
+
     /// Records a new sandbox (on disk first, so a crash right after still leaves it adoptable).
     pub fn insert(&self, owned: Owned, _reservation: Reservation<'_>) -> std::io::Result<()> {
         super::private_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
         let bytes = serde_json::to_vec(&owned).map_err(std::io::Error::other)?;
-        std::fs::write(self.record_path(&owned.id), bytes)?;
+        write_private(&self.record_path(&owned.id), &bytes)?;
         self.lock().owned.insert(owned.id.clone(), owned);
         Ok(())
     }
@@ -467,6 +530,21 @@ impl Registry {
             .map(|o| o.id.clone())
             .collect()
     }
+}
+
+/// Writes a file only root reads (records may hold a claimed sandbox's secrets).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The JSON view of a sandbox.

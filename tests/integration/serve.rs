@@ -624,3 +624,88 @@ fn serve_restarted_server_adopts_living_sandboxes() {
     );
     assert!(second.recorded().is_empty());
 }
+
+/// The value of one metric line (`NAME{LABELS}` exactly as written).
+fn metric(server: &TestServer, series: &str) -> f64 {
+    let (_, _, text) = server.local(&["localhost/metrics"]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// The warm pool: a matching create is a hit (personalised at claim time: env, secret,
+/// setup script, labels), an entry with nothing ready is a miss, a request with its own
+/// limits is not a claim at all; the pool refills; the metrics count exactly that; SIGTERM
+/// removes pool members too.
+#[test]
+fn serve_warm_pool_hits_misses_refills_and_metrics() {
+    require_root!();
+    let mut server = TestServer::start(&[
+        "--pool",
+        "host=1",
+        "--pool",
+        "host=0,net=filtered,allow=api.example.com",
+    ]);
+    let ready = r#"nsbox_pool_size{entry="host"}"#;
+    assert!(crate::support::eventually(60.0, || metric(&server, ready) == 1.0));
+    assert_eq!(metric(&server, r#"nsbox_pool_target{entry="host"}"#), 1.0);
+    let create = |body: &str| {
+        let (code, _, text) = server.local(&["-XPOST", "localhost/v1/sandboxes", "-d", body]);
+        assert_eq!(code, 201, "{body}: {text}");
+        json(&text)["id"].as_str().unwrap().to_string()
+    };
+    let hit = create(
+        r#"{"env":{"STEP":"lint"},"secrets":{"TOKEN":"pool-secret-42"},"labels":{"job":"p"},"setup":"echo prepared > /sandbox/ready"}"#,
+    );
+    assert_eq!(
+        metric(&server, r#"nsbox_pool_claims_total{result="hit"}"#),
+        1.0
+    );
+    let (_, _, body) = server.local(&[
+        "-XPOST",
+        &format!("localhost/v1/sandboxes/{hit}/commands?wait=true"),
+        "-d",
+        r#"{"shell":"echo $STEP $TOKEN; cat /sandbox/ready"}"#,
+    ]);
+    assert_eq!(json(&body)["stdout"], "lint ***\nprepared\n");
+    let (_, _, body) = server.local(&["localhost/v1/sandboxes?label=job%3Dp"]);
+    assert_eq!(json(&body)["sandboxes"][0]["id"], hit.as_str());
+
+    let miss = create(r#"{"network":{"mode":"filtered","allow":["api.example.com"]}}"#);
+    assert_eq!(
+        metric(&server, r#"nsbox_pool_claims_total{result="miss"}"#),
+        1.0
+    );
+    assert!(
+        crate::support::eventually(60.0, || metric(&server, ready) == 1.0),
+        "refilled"
+    );
+    let second = create("{}");
+    let cold = create(r#"{"limits":{"pids":64}}"#);
+    assert_eq!(
+        metric(&server, r#"nsbox_pool_claims_total{result="hit"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric(&server, r#"nsbox_pool_claims_total{result="miss"}"#),
+        1.0
+    );
+    assert_eq!(metric(&server, "nsbox_pool_claim_seconds_count"), 2.0);
+    assert_eq!(metric(&server, "nsbox_sandboxes_alive"), 4.0);
+    assert!(metric(&server, "nsbox_commands_total") >= 2.0);
+    // A claimed sandbox is never handed out again.
+    let ids = [&hit, &miss, &second, &cold];
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 4);
+    assert!(crate::support::eventually(60.0, || metric(&server, ready) == 1.0));
+    let pool_member = server
+        .recorded()
+        .into_iter()
+        .find(|id| !ids.contains(&id))
+        .expect("the refilled pool member is recorded");
+    server.stop();
+    let left = session_ids();
+    for id in ids.into_iter().chain([&pool_member]) {
+        assert!(!left.contains(id), "{id} left after SIGTERM");
+    }
+}
