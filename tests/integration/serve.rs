@@ -709,3 +709,69 @@ fn serve_warm_pool_hits_misses_refills_and_metrics() {
         assert!(!left.contains(id), "{id} left after SIGTERM");
     }
 }
+
+fn vm_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A client that starts a flood of output and never reads it: the command is held back
+/// (back-pressure), the server's memory stays bounded, other clients are served meanwhile,
+/// and when the stalled client goes away its command is killed.
+#[test]
+fn serve_stalled_stream_neither_stalls_others_nor_grows_memory() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let (_, _, body) = server.local(&["-XPOST", "localhost/v1/sandboxes", "-d", "{}"]);
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let before = vm_rss_kib(server.pid());
+    // 256 MiB of output requested by a client that reads nothing.
+    let request = format!(
+        "POST /v1/sandboxes/{id}/commands HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{body}",
+        body = r#"{"shell":"head -c 268435456 /dev/zero | tr '\\0' x"}"#,
+        len = r#"{"shell":"head -c 268435456 /dev/zero | tr '\\0' x"}"#.len()
+    );
+    let mut stalled = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+    std::io::Write::write_all(&mut stalled, request.as_bytes()).unwrap();
+    let stats = format!("localhost/v1/sandboxes/{id}/stats");
+    assert!(crate::support::eventually(30.0, || {
+        let (_, _, body) = server.local(&[&stats]);
+        json(&body)["commands_running"] == 1
+    }));
+    // Other clients, and other commands in the same sandbox, are answered meanwhile.
+    for _ in 0..3 {
+        let (code, _, body) = server.local(&[
+            "-XPOST",
+            &format!("localhost/v1/sandboxes/{id}/commands?wait=true"),
+            "-d",
+            r#"{"argv":["echo","served"]}"#,
+        ]);
+        assert_eq!(
+            (code, json(&body)["stdout"].as_str()),
+            (200, Some("served\n"))
+        );
+    }
+    let (code, _, _) = server.local(&["localhost/v1/sandboxes"]);
+    assert_eq!(code, 200);
+    // Nothing of the 256 MiB piles up in the server.
+    let after = vm_rss_kib(server.pid());
+    assert!(
+        after < before + 32 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB"
+    );
+    let relayed = metric(&server, "nsbox_relayed_bytes_total");
+    assert!(
+        relayed < 64.0 * 1024.0 * 1024.0,
+        "{relayed} bytes relayed to a client that reads nothing"
+    );
+    // The client goes away: its command is killed.
+    drop(stalled);
+    assert!(crate::support::eventually(30.0, || {
+        let (_, _, body) = server.local(&[&stats]);
+        json(&body)["commands_running"] == 0
+    }));
+}
