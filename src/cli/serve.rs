@@ -19,9 +19,15 @@ pub struct ServeArgs {
     /// The unix socket to listen on (default: serve.sock in the run directory, mode 0600).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Also listen on TCP (loopback only; every request needs an API key).
+    /// Also listen on TCP (every request needs an API key; plain HTTP on loopback only).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
+    /// Serve TCP over TLS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "listen"])]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Most sandboxes at once, over all keys (more: 429).
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_sandboxes: usize,
@@ -77,6 +83,7 @@ pub fn run(args: ServeArgs, state_root: &Path, config: Option<&Path>) -> i32 {
             let options = ServeOptions {
                 socket: args.socket.unwrap_or_else(serve::default_socket),
                 listen: args.listen,
+                tls: args.tls_cert.zip(args.tls_key),
                 serve_dir,
                 state_root: state_root.to_path_buf(),
                 config: config.map(Path::to_path_buf),

@@ -1102,9 +1102,16 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             "type": "listening",
             "socket": server.options.socket,
             "tcp": tcp.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+            "tls": server.options.tls.is_some(),
             "pid": std::process::id(),
         })
     );
+    let tls = match &server.options.tls {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            super::tls_config(cert, key)?,
+        ))),
+        None => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServeError::Io("catch SIGTERM", e))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -1128,7 +1135,22 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             } => {
                 if let Ok((stream, _)) = conn {
                     let _ = stream.set_nodelay(true);
-                    serve_connection(server.clone(), stream, true);
+                    match &tls {
+                        None => serve_connection(server.clone(), stream, true),
+                        Some(acceptor) => {
+                            let acceptor = acceptor.clone();
+                            let server = server.clone();
+                            tokio::spawn(async move {
+                                let handshake =
+                                    tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await;
+                                match handshake {
+                                    Ok(Ok(stream)) => serve_connection(server, stream, true),
+                                    Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
+                                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
             }
             _ = reaper.tick() => {

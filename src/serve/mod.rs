@@ -38,8 +38,10 @@ pub enum ServeError {
     KeyExists(String),
     #[error("{0:?} is not a key name — hint: use letters, digits, '-', '_' and '.' (at most 64)")]
     BadKeyName(String),
-    #[error("refusing to serve plain HTTP on {0}, which is not a loopback address — hint: listen on 127.0.0.1 or [::1] and put a TLS proxy in front (TLS in nsbox itself is not built yet)")]
+    #[error("refusing to serve plain HTTP on {0}, which is not a loopback address — hint: give --tls-cert and --tls-key, or listen on 127.0.0.1 or [::1]")]
     PlainRemote(SocketAddr),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("{path}: {message}")]
     Unsafe { path: PathBuf, message: String },
 }
@@ -50,6 +52,8 @@ pub struct ServeOptions {
     /// The unix socket (default: `serve.sock` in the run directory).
     pub socket: PathBuf,
     pub listen: Option<SocketAddr>,
+    /// TLS on the TCP listener: certificate chain and private key, PEM files.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Where keys, the audit log and the records of owned sandboxes live (`STATE_ROOT/serve`).
     pub serve_dir: PathBuf,
     /// Passed to every `nsbox create` the server runs.
@@ -99,14 +103,45 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// The TLS settings of the TCP listener (HTTP/1.1 only; TLS 1.2 and 1.3 with ring's defaults).
+pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect())
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "{}: no certificate (PEM) in it",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", key.display())))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ServeError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| ServeError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(options: ServeOptions) -> Result<(), ServeError> {
     if let Some(addr) = options.listen {
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && options.tls.is_none() {
             return Err(ServeError::PlainRemote(addr));
         }
     }
     private_dir(&options.serve_dir)?;
+    if let Some((cert, key)) = &options.tls {
+        // Checked before anything listens, so a bad file is a clear start-up error.
+        tls_config(cert, key)?;
+    }
     // A current-thread runtime: blocking work (creates, copies, stops) goes to its blocking
     // pool; nothing in this process forks.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -775,3 +775,66 @@ fn serve_stalled_stream_neither_stalls_others_nor_grows_memory() {
         json(&body)["commands_running"] == 0
     }));
 }
+
+/// TCP with TLS: a client that trusts the certificate is served (with a key); plain HTTP on
+/// the TLS port gets nothing; plain HTTP on a non-loopback address is refused at start.
+#[test]
+fn serve_tls_listener_and_plain_remote_refusal() {
+    require_root!();
+    let refused = nsbox_cmd(&[
+        "serve",
+        "--socket",
+        "/nonexistent/x.sock",
+        "--listen",
+        "0.0.0.0:0",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--tls-cert"));
+
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let server = TestServer::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let token = server.key("tls", None);
+    let url = format!("https://{}/v1/sandboxes", server.tcp);
+    let auth = format!("Authorization: Bearer {token}");
+    let (code, _, body) = curl(&["--cacert", cert.to_str().unwrap(), "-H", &auth, &url]);
+    assert_eq!(
+        (code, body.contains("\"sandboxes\"")),
+        (200, true),
+        "{body}"
+    );
+    let (code, _, _) = curl(&["--cacert", cert.to_str().unwrap(), &url]);
+    assert_eq!(code, 401);
+    let (code, _, _) = curl(&["-H", &auth, &format!("http://{}/v1/sandboxes", server.tcp)]);
+    assert_ne!(code, 200, "plain HTTP on the TLS port");
+}
