@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod client;
 pub mod exec;
 pub mod files;
 pub mod keys;

@@ -838,3 +838,65 @@ fn serve_tls_listener_and_plain_remote_refusal() {
     let (code, _, _) = curl(&["-H", &auth, &format!("http://{}/v1/sandboxes", server.tcp)]);
     assert_ne!(code, 200, "plain HTTP on the TLS port");
 }
+
+/// The crate's own client type drives a sandbox over the unix socket and over TCP.
+#[test]
+fn serve_rust_client_type_drives_a_sandbox() {
+    require_root!();
+    use nsbox::serve::client::{ClientError, ServeClient};
+    let server = TestServer::start(&[]);
+    let local = ServeClient::unix(&server.socket);
+    let sb = local
+        .create(&serde_json::json!({"labels": {"via": "rust"}, "secrets": {"K": "rust-secret"}}))
+        .unwrap();
+    let id = sb["id"].as_str().unwrap();
+    local
+        .write_file(id, "dir/in file.txt", b"bytes\x00\xff")
+        .unwrap();
+    assert_eq!(
+        local.read_file(id, "/sandbox/dir/in file.txt").unwrap(),
+        b"bytes\x00\xff"
+    );
+    let r = local
+        .run(id, &serde_json::json!({"shell": "echo $K; exit 4"}))
+        .unwrap();
+    assert_eq!(
+        (r["exit_code"].as_i64(), r["stdout"].as_str()),
+        (Some(4), Some("***\n"))
+    );
+    let mut lines = Vec::new();
+    let last = local
+        .run_streaming(id, &serde_json::json!({"argv": ["seq", "3"]}), |e| {
+            if e["type"] == "stdout" {
+                lines.push(e["data"].as_str().unwrap().to_string());
+            }
+        })
+        .unwrap();
+    assert_eq!(lines.concat(), "1\n2\n3\n");
+    assert_eq!(
+        (last["type"].as_str(), last["code"].as_i64()),
+        (Some("exit"), Some(0))
+    );
+    assert_eq!(local.list(Some("via=rust")).unwrap().len(), 1);
+    match local.run(id, &serde_json::json!({"argv": ["no-such-program"]})) {
+        Err(ClientError::Api {
+            status: 422, code, ..
+        }) => assert_eq!(code, "command_not_found"),
+        other => panic!("{other:?}"),
+    }
+    let token = server.key("rust", None);
+    let remote = ServeClient::tcp(server.tcp.clone(), token);
+    assert!(
+        remote.list(None).unwrap().is_empty(),
+        "a key sees only its own sandboxes"
+    );
+    assert!(matches!(
+        ServeClient::tcp(server.tcp.clone(), "nsbox_nope").list(None),
+        Err(ClientError::Api { status: 401, .. })
+    ));
+    local.delete(id).unwrap();
+    assert!(matches!(
+        local.get(id),
+        Err(ClientError::Api { status: 404, .. })
+    ));
+}
