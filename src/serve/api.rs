@@ -1156,7 +1156,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             _ = reaper.tick() => {
                 for id in server.registry.expired() {
                     tracing::info!("sandbox {id}: time to live is over");
-                    let _ = server.delete(&id).await;
+                    let server = server.clone();
+                    // Deleted beside the accept loop, which must not wait for it.
+                    tokio::spawn(async move {
+                        if let Err(e) = server.delete(&id).await {
+                            tracing::warn!("sandbox {id}: {}", e.message);
+                        }
+                    });
                 }
             }
             _ = term.recv() => break,

@@ -520,15 +520,19 @@ impl Registry {
         let _ = std::fs::remove_file(self.record_path(id));
     }
 
-    /// Sandboxes whose time to live is over.
+    /// Sandboxes whose time to live is over, each returned once (their deadline is cleared,
+    /// so a deletion under way is not started again).
     pub fn expired(&self) -> Vec<String> {
         let now = now_secs();
-        self.lock()
-            .owned
-            .values()
-            .filter(|o| o.expires_at.is_some_and(|t| t <= now))
-            .map(|o| o.id.clone())
-            .collect()
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        for owned in state.owned.values_mut() {
+            if owned.expires_at.is_some_and(|t| t <= now) {
+                owned.expires_at = None;
+                out.push(owned.id.clone());
+            }
+        }
+        out
     }
 }
 

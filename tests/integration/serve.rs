@@ -442,6 +442,18 @@ fn serve_files_and_streams_over_the_unix_socket_with_curl() {
     let (code, _, _) = server.local(&["-XDELETE", &url("")]);
     assert_eq!(code, 200);
     assert!(!session_ids().contains(&id));
+
+    // A time to live: the server deletes the sandbox by itself.
+    let (code, _, body) =
+        server.local(&["-XPOST", "localhost/v1/sandboxes", "-d", r#"{"ttl":"1s"}"#]);
+    assert_eq!(code, 201, "{body}");
+    let short = json(&body)["id"].as_str().unwrap().to_string();
+    assert!(json(&body)["expires_at"].as_u64().is_some());
+    assert!(crate::support::eventually(30.0, || {
+        !session_ids().contains(&short) && server.recorded().is_empty()
+    }));
+    let (code, _, _) = server.local(&[&format!("localhost/v1/sandboxes/{short}")]);
+    assert_eq!(code, 404);
 }
 
 /// No key, a wrong key, a removed key: 401 and nothing created; a key over its limit: 429
