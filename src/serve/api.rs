@@ -249,6 +249,11 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/sandboxes/{id}", "sandbox.get"),
     ("DELETE", "/v1/sandboxes/{id}", "sandbox.delete"),
     ("GET", "/v1/sandboxes/{id}/stats", "sandbox.stats"),
+    (
+        "GET",
+        "/v1/sandboxes/{id}/network-log",
+        "sandbox.network_log",
+    ),
     ("POST", "/v1/sandboxes/{id}/commands", "command.run"),
     ("GET", "/v1/sandboxes/{id}/files", "file.read"),
     ("PUT", "/v1/sandboxes/{id}/files", "file.write"),
@@ -412,6 +417,17 @@ impl Server {
                     StatusCode::OK,
                     &serde_json::to_value(stats).unwrap_or_default(),
                 ))
+            }
+            (&Method::GET, ["v1", "sandboxes", id, "network-log"]) => {
+                let owned = self.owned(id, &caller)?;
+                let path = self.store.network_log(&owned.id);
+                let text = blocking(move || read_tail(&path, MAX_JSON)).await?;
+                let mut resp = Response::new(full(text));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                Ok(resp)
             }
             (&Method::POST, ["v1", "sandboxes", id, "commands"]) => {
                 let owned = self.owned(id, &caller)?;
@@ -944,6 +960,27 @@ fn push_chunk(out: &mut Vec<u8>, chunk: crate::relay::Chunk) {
             out.extend_from_slice(&bytes);
         }
     }
+}
+
+/// The last `cap` bytes of a log file (empty if there is none yet), from its first whole line.
+fn read_tail(path: &std::path::Path, cap: usize) -> Result<Vec<u8>, ApiError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(cap as u64);
+    let mut data = Vec::new();
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.take(cap as u64).read_to_end(&mut data))
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    if start > 0 {
+        let first_line = data.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+        data.drain(..first_line);
+    }
+    Ok(data)
 }
 
 /// Counts a running command (shutdown waits for them).

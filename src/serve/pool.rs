@@ -98,6 +98,7 @@ pub fn request_for(key: &PoolKey) -> CreateRequest {
                 mode: mode.clone(),
                 allow: allow.clone(),
                 deny: deny.clone(),
+                log: false,
             }),
         ..Default::default()
     }

@@ -64,6 +64,9 @@ pub struct NetworkRequest {
     pub allow: Vec<String>,
     #[serde(default)]
     pub deny: Vec<String>,
+    /// Record every network decision (`GET /v1/sandboxes/{id}/network-log`).
+    #[serde(default)]
+    pub log: bool,
 }
 
 /// The owner recorded for idle warm-pool sandboxes.
@@ -159,7 +162,8 @@ impl CreateRequest {
             && self.idle_timeout.is_none()
             && self.setup_timeout.is_none()
             && self.name.is_none()
-            && self.workdir.is_none();
+            && self.workdir.is_none()
+            && !self.network.as_ref().is_some_and(|n| n.log);
         plain.then(|| PoolKey {
             image: self.image.clone(),
             profile: self.profile.clone(),
@@ -206,6 +210,9 @@ impl CreateRequest {
             }
             for d in &net.deny {
                 flag(&mut args, "deny", d)?;
+            }
+            if net.log {
+                args.push("--log-network".into());
             }
         }
         for (k, v) in &self.env {

@@ -232,7 +232,7 @@ def call(method, path, body=None, raw=None, stream=False):
 
 out = {}
 status, sb = call("POST", "/v1/sandboxes", {
-    "network": {"mode": "filtered", "allow": ["api.example.com"], "deny": ["evil.example.com"]},
+    "network": {"mode": "filtered", "allow": ["api.example.com"], "deny": ["evil.example.com"], "log": True},
     "secrets": {"GH_TOKEN": "ghp_secretvalue123"},
     "env": {"JOB": "minion-7"},
     "labels": {"job": "minion-7"},
@@ -260,6 +260,8 @@ out["step2_exit"] = events[-1]
 status, res = call("POST", "/v1/sandboxes/%s/commands?wait=true" % sid,
                    {"shell": "getent hosts evil.example.com || echo refused"})
 out["dns"] = res["stdout"]
+status, log = call("GET", "/v1/sandboxes/%s/network-log" % sid)
+out["netlog"] = log.decode()
 status, res = call("POST", "/v1/sandboxes/%s/commands?wait=true" % sid,
                    {"argv": ["cat"], "stdin": "from stdin"})
 out["stdin"] = res["stdout"]
@@ -309,6 +311,11 @@ fn serve_minions_flow_over_tcp_with_python() {
     assert_eq!(r["step1_exit"]["code"], 0);
     assert_eq!(r["step2_exit"]["code"], 2);
     assert_eq!(r["dns"], "refused\n");
+    assert!(
+        r["netlog"].as_str().unwrap().contains("evil.example.com"),
+        "the network log records the refusal: {}",
+        r["netlog"]
+    );
     assert_eq!(r["stdin"], "from stdin");
     assert_eq!(r["timeout"], serde_json::json!([124, true]));
     assert_eq!(r["artifact"], "artifact\n");
@@ -911,4 +918,80 @@ fn serve_rust_client_type_drives_a_sandbox() {
         local.get(id),
         Err(ClientError::Api { status: 404, .. })
     ));
+}
+
+const PYTHON_LOAD: &str = r#"
+import json, os, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+base, key = os.environ["NSBOX_URL"], os.environ["NSBOX_KEY"]
+SANDBOXES, COMMANDS, LINES = 16, 6, 3000
+
+def call(method, path, body=None):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode() if body is not None else None, method=method)
+    req.add_header("Authorization", "Bearer " + key)
+    with urllib.request.urlopen(req) as resp:
+        if "ndjson" in resp.headers.get("Content-Type", ""):
+            return [json.loads(l) for l in resp]
+        return json.loads(resp.read())
+
+def job(i):
+    sid = call("POST", "/v1/sandboxes", {"labels": {"load": str(i)}})["id"]
+    bad = []
+    for j in range(COMMANDS):
+        tag = "S%dC%d" % (i, j)
+        want = "".join("%s %d\n" % (tag, n) for n in range(1, LINES + 1))
+        cmd = {"shell": "seq %d | sed 's/^/%s /'; echo %s >&2" % (LINES, tag, tag)}
+        if j % 2:
+            r = call("POST", "/v1/sandboxes/%s/commands?wait=true" % sid, cmd)
+            out, err, code = r["stdout"], r["stderr"], r["exit_code"]
+        else:
+            ev = call("POST", "/v1/sandboxes/%s/commands" % sid, cmd)
+            out = "".join(e.get("data", "") for e in ev if e["type"] == "stdout")
+            err = "".join(e.get("data", "") for e in ev if e["type"] == "stderr")
+            code = ev[-1]["code"]
+        if out != want or err != tag + "\n" or code != 0:
+            bad.append(tag)
+    call("DELETE", "/v1/sandboxes/%s" % sid)
+    return sid, bad
+
+with ThreadPoolExecutor(SANDBOXES) as pool:
+    results = list(pool.map(job, range(SANDBOXES)))
+print(json.dumps({"ids": [r[0] for r in results], "bad": sum((r[1] for r in results), [])}))
+"#;
+
+/// Many sandboxes at once, several commands each, half streamed and half waited for: every
+/// output complete and in its own response, nothing left after the deletes.
+#[test]
+fn serve_concurrent_sandboxes_keep_outputs_apart() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let key = server.key("load", None);
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_LOAD])
+        .env("NSBOX_URL", format!("http://{}", server.tcp))
+        .env("NSBOX_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        r["bad"],
+        serde_json::json!([]),
+        "outputs mixed or incomplete"
+    );
+    let ids: std::collections::HashSet<&str> = r["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 16);
+    let left = session_ids();
+    assert!(ids.iter().all(|id| !left.iter().any(|l| l == id)));
+    assert!(server.recorded().is_empty());
+    assert_eq!(metric(&server, "nsbox_sandboxes_alive"), 0.0);
 }
