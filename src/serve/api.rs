@@ -33,6 +33,10 @@ pub const MAX_JSON: usize = 1 << 20;
 const MAX_FILE_READ: usize = 64 << 20;
 /// Most entries a directory listing returns.
 const MAX_LIST: usize = 10_000;
+/// The longest `wait_for_capacity` honoured.
+const MAX_CAPACITY_WAIT: Duration = Duration::from_secs(300);
+/// How often a create waiting for capacity looks again.
+const CAPACITY_POLL: Duration = Duration::from_millis(50);
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// On SIGTERM, how long running commands get to finish before the sandboxes are removed.
@@ -445,7 +449,14 @@ impl Server {
                 let path = param(&q, "path")
                     .ok_or_else(|| ApiError::bad("the `path` query parameter is required"))?
                     .to_string();
-                self.files(req, &owned.id, rest, path).await
+                // A tar stream: `?format=tar` (read) or a tar body (write).
+                let tar = param(&q, "format") == Some("tar")
+                    || req
+                        .headers()
+                        .get(CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|t| t.starts_with("application/x-tar"));
+                self.files(req, &owned.id, rest, path, tar).await
             }
             (_, ["v1", ..]) | (_, ["metrics"]) => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -529,32 +540,50 @@ impl Server {
             .plan()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0))?;
         let plan_expires = plan.expires_in;
-        let reservation = self
-            .registry
-            .reserve(
+        let wait = body
+            .wait_for_capacity
+            .as_deref()
+            .map(|w| sandboxes::duration("wait_for_capacity", w))
+            .transpose()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0))?
+            .unwrap_or_default()
+            .min(MAX_CAPACITY_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let reservation = loop {
+            match self.registry.reserve(
                 &caller.name,
                 caller.max_sandboxes,
                 self.options.max_sandboxes,
-            )
-            .map_err(|over| ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                code: if over.per_key {
-                    "key_limit"
+            ) {
+                Ok(r) => break Ok(r),
+                Err(_)
+                    if tokio::time::Instant::now() < deadline
+                        && !self.draining.load(Ordering::Relaxed) =>
+                {
+                    tokio::time::sleep(CAPACITY_POLL).await
+                }
+                Err(over) => break Err(over),
+            }
+        }
+        .map_err(|over| ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: if over.per_key {
+                "key_limit"
+            } else {
+                "server_full"
+            },
+            message: format!(
+                "{} {} sandboxes at once",
+                if over.per_key {
+                    "this key may hold"
                 } else {
-                    "server_full"
+                    "the server holds at most"
                 },
-                message: format!(
-                    "{} {} sandboxes at once",
-                    if over.per_key {
-                        "this key may hold"
-                    } else {
-                        "the server holds at most"
-                    },
-                    over.limit
-                ),
-                hint: Some("delete a sandbox, or retry later".into()),
-                retry_after: Some(1),
-            })?;
+                over.limit
+            ),
+            hint: Some("delete a sandbox, or retry later".into()),
+            retry_after: Some(1),
+        })?;
         let t0 = std::time::Instant::now();
         let pool_key = body.pool_key();
         let claim = pool_key
@@ -850,6 +879,7 @@ impl Server {
         id: &str,
         rest: &[&str],
         path: String,
+        tar: bool,
     ) -> Result<Response<RespBody>, ApiError> {
         let method = req.method().clone();
         let client = self.client(id).await?;
@@ -862,6 +892,26 @@ impl Server {
         };
         let ok = || json_response(StatusCode::OK, &serde_json::json!({"ok": true}));
         match (&method, rest) {
+            (&Method::GET, []) if tar => {
+                let data = blocking(move || {
+                    super::files::read_tar(&client, &path, MAX_FILE_READ).map_err(fe)
+                })
+                .await?;
+                let mut resp = Response::new(full(data));
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+                Ok(resp)
+            }
+            (&Method::PUT, []) if tar => {
+                let data = body_bytes(req, self.options.max_body).await?;
+                let written =
+                    blocking(move || super::files::write_tar(&client, &path, &data).map_err(fe))
+                        .await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"ok": true, "entries": written}),
+                ))
+            }
             (&Method::GET, []) => {
                 let data =
                     blocking(move || super::files::read(&client, &path, MAX_FILE_READ).map_err(fe))

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::session::client::SessionClient;
-use crate::session::copy::{copy_in_tar, inside_path};
+use crate::session::copy::{copy_in_tar, copy_out_tar, inside_path};
 use crate::session::SessionError;
 
 /// Why a file operation failed; `status` is the HTTP status it maps to.
@@ -271,5 +271,51 @@ pub fn remove(client: &SessionClient, path: &str) -> Result<(), FileError> {
             rfs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(|e| from_errno(&t.inside, e))
         }
         Err(e) => Err(from_errno(&t.inside, e)),
+    }
+}
+
+/// Extracts a tar stream (plain, gzip or zstd) into the directory `path` (made if missing),
+/// through `nsbox cp -`'s extractor and its rules for hostile archives.
+pub fn write_tar(client: &SessionClient, path: &str, data: &[u8]) -> Result<usize, FileError> {
+    let inside = inside_path(Path::new(path), &client.record.workdir).map_err(session_err)?;
+    copy_in_tar(client, data, &inside)
+        .map(|report| report.written)
+        .map_err(session_err)
+}
+
+/// A writer that refuses more than `cap` bytes.
+struct Capped {
+    out: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.cap {
+            return Err(std::io::Error::other("too large"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `path` (a file or a tree) as a tar stream, as `nsbox cp ID:PATH -` writes it; at most
+/// `cap` bytes (more: 413).
+pub fn read_tar(client: &SessionClient, path: &str, cap: usize) -> Result<Vec<u8>, FileError> {
+    let mut out = Capped {
+        out: Vec::new(),
+        cap,
+    };
+    match copy_out_tar(client, Path::new(path), &mut out) {
+        Ok(_) => Ok(out.out),
+        Err(_) if out.out.len() + 512 * 1024 > cap => Err(FileError {
+            status: 413,
+            code: "too_large",
+            message: format!("{path}: the tar stream is larger than {cap} bytes"),
+        }),
+        Err(e) => Err(session_err(e)),
     }
 }

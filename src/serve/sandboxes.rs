@@ -42,6 +42,8 @@ pub struct CreateRequest {
     pub setup_timeout: Option<String>,
     pub name: Option<String>,
     pub workdir: Option<String>,
+    /// Over a sandbox limit, wait this long for a place before answering 429 (at most 5m).
+    pub wait_for_capacity: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

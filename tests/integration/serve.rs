@@ -404,6 +404,80 @@ fn serve_files_and_streams_over_the_unix_socket_with_curl() {
         (409, Some("not_empty"))
     );
 
+    // Trees as tar streams, in and out; a hostile archive is refused and writes nothing.
+    let tars = tempfile::tempdir().unwrap();
+    let made = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import io, sys, tarfile
+def tar(path, entries):
+    with tarfile.open(path, "w") as t:
+        for name, data in entries:
+            info = tarfile.TarInfo(name); info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+tar(sys.argv[1] + "/good.tar", [("repo/a.txt", b"A"), ("repo/src/b.txt", b"BB")])
+tar(sys.argv[1] + "/evil.tar", [("../../../../../../" + sys.argv[1].lstrip("/") + "/escaped", b"x")])
+"#,
+        )
+        .arg(tars.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let good = format!("@{}/good.tar", tars.path().display());
+    let evil = format!("@{}/evil.tar", tars.path().display());
+    let (code, _, body) = server.local(&[
+        "-XPUT",
+        "-H",
+        "Content-Type: application/x-tar",
+        &url("/files?path=/sandbox/t"),
+        "--data-binary",
+        &good,
+    ]);
+    assert_eq!(
+        (code, json(&body)["entries"].as_u64().is_some()),
+        (200, true),
+        "{body}"
+    );
+    let (_, _, body) = server.local(&[&url("/files?path=/sandbox/t/repo/src/b.txt")]);
+    assert_eq!(body, "BB");
+    let (code, _, _) = server.local(&[
+        "-XPUT",
+        "-H",
+        "Content-Type: application/x-tar",
+        &url("/files?path=/sandbox/t"),
+        "--data-binary",
+        &evil,
+    ]);
+    assert!((400..500).contains(&code), "hostile tar: {code}");
+    assert!(
+        !tars.path().join("escaped").exists(),
+        "nothing written on the host"
+    );
+    let out_tar = tars.path().join("out.tar");
+    let got = Command::new("curl")
+        .args([
+            "-sS",
+            "--unix-socket",
+            server.socket.to_str().unwrap(),
+            "-o",
+        ])
+        .arg(&out_tar)
+        .arg(url("/files?path=/sandbox/t/repo&format=tar"))
+        .status()
+        .unwrap();
+    assert!(got.success());
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&out_tar)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(
+        names.contains("repo/a.txt") && names.contains("repo/src/b.txt"),
+        "{names}"
+    );
+
     // Escapes: `..` is refused; symlinks planted inside resolve inside the sandbox's root.
     let host_dir = tempfile::tempdir().unwrap();
     let host = host_dir.path().display().to_string();
@@ -496,6 +570,33 @@ fn serve_auth_refuses_bad_keys_and_enforces_key_limits() {
     assert_eq!(code, 404, "another key's sandbox is invisible");
     let (_, _, body) = server.remote(Some(&other), "GET", "/v1/sandboxes", None);
     assert_eq!(json(&body)["sandboxes"], serde_json::json!([]));
+    // A create that may wait for capacity: 429 when no place frees in time...
+    let (code, _, body) = server.remote(
+        Some(&one),
+        "POST",
+        "/v1/sandboxes",
+        Some(r#"{"wait_for_capacity":"300ms"}"#),
+    );
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (429, Some("key_limit"))
+    );
+    // ...and the place a delete frees when one does.
+    let waiter = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "-XPOST", "-H"])
+        .arg(format!("Authorization: Bearer {one}"))
+        .arg(format!("http://{}/v1/sandboxes", server.tcp))
+        .args(["-d", r#"{"wait_for_capacity":"60s"}"#])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, _, _) = server.remote(Some(&one), "DELETE", &format!("/v1/sandboxes/{id}"), None);
+    assert_eq!(code, 200);
+    let out = waiter.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "201", "{body}");
+    let id = json(body)["id"].as_str().unwrap().to_string();
     // Removing a key takes effect at once.
     server.remove_key("one");
     let (code, _, _) = server.remote(Some(&one), "GET", &format!("/v1/sandboxes/{id}"), None);
