@@ -57,6 +57,45 @@ struct Server {
     draining: std::sync::atomic::AtomicBool,
     pool: Pool,
     metrics: Metrics,
+    /// Commands running through the API, by command id.
+    running: std::sync::Mutex<std::collections::HashMap<String, RunningInfo>>,
+}
+
+/// What the server knows of a running command.
+#[derive(Debug, Clone)]
+struct RunningInfo {
+    sandbox: String,
+    argv: Vec<String>,
+    started_ms: u128,
+    signals: mpsc::Sender<i32>,
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
+}
+
+/// A signal by name ("TERM", "SIGKILL") or number.
+fn parse_signal(v: &serde_json::Value) -> Option<i32> {
+    if let Some(n) = v.as_i64() {
+        return i32::try_from(n).ok().filter(|n| (1..=64).contains(n));
+    }
+    let name = v.as_str()?.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Some(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        _ => return None,
+    })
 }
 
 /// Who is asking.
@@ -259,6 +298,12 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "sandbox.network_log",
     ),
     ("POST", "/v1/sandboxes/{id}/commands", "command.run"),
+    ("GET", "/v1/sandboxes/{id}/commands", "command.list"),
+    (
+        "POST",
+        "/v1/sandboxes/{id}/commands/{cid}/signal",
+        "command.signal",
+    ),
     ("GET", "/v1/sandboxes/{id}/files", "file.read"),
     ("PUT", "/v1/sandboxes/{id}/files", "file.write"),
     ("DELETE", "/v1/sandboxes/{id}/files", "file.remove"),
@@ -432,6 +477,57 @@ impl Server {
                     HeaderValue::from_static("text/plain; charset=utf-8"),
                 );
                 Ok(resp)
+            }
+            (&Method::GET, ["v1", "sandboxes", id, "commands"]) => {
+                let owned = self.owned(id, &caller)?;
+                let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+                let mut rows: Vec<serde_json::Value> = running
+                    .iter()
+                    .filter(|(_, r)| r.sandbox == owned.id)
+                    .map(|(cid, r)| {
+                        serde_json::json!({"id": cid, "argv": r.argv, "started_ms": r.started_ms})
+                    })
+                    .collect();
+                rows.sort_by_key(|r| r["started_ms"].as_u64());
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({ "commands": rows }),
+                ))
+            }
+            (&Method::POST, ["v1", "sandboxes", id, "commands", cid, "signal"]) => {
+                let owned = self.owned(id, &caller)?;
+                let body: serde_json::Value = json_body(req).await?;
+                let keys_ok = body
+                    .as_object()
+                    .is_some_and(|o| o.keys().all(|k| k == "signal"));
+                let signal = parse_signal(&body["signal"])
+                    .filter(|_| keys_ok)
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid",
+                            "expected {\"signal\": NAME or NUMBER} (TERM, KILL, INT, HUP, QUIT, USR1, USR2, CONT, STOP)",
+                        )
+                    })?;
+                let sender = self
+                    .running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(*cid)
+                    .filter(|r| r.sandbox == owned.id)
+                    .map(|r| r.signals.clone())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "no_such_command",
+                            format!("no running command {cid} in sandbox {}", owned.id),
+                        )
+                    })?;
+                let _ = sender.send(signal).await;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"ok": true}),
+                ))
             }
             (&Method::POST, ["v1", "sandboxes", id, "commands"]) => {
                 let owned = self.owned(id, &caller)?;
@@ -756,11 +852,25 @@ impl Server {
             .get(id, None)
             .ok_or_else(|| ApiError::not_found(id))?;
         let cmd = personalised(&owned, cmd);
+        let argv = cmd.argv.clone();
         let mut running = super::exec::start(&self.store, &record, cmd)
             .await
             .map_err(start_error)?;
         self.metrics.commands.fetch_add(1, Ordering::Relaxed);
-        let guard = CommandGuard::new(self.clone());
+        let command_id = new_command_id();
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                command_id.clone(),
+                RunningInfo {
+                    sandbox: id.to_string(),
+                    argv: argv.clone(),
+                    started_ms: unix_ms(),
+                    signals: running.signals.clone(),
+                },
+            );
+        let guard = CommandGuard::new(self.clone(), command_id.clone());
         if wait {
             let mut stdout = Vec::new();
             let mut stderr = Vec::new();
@@ -797,6 +907,7 @@ impl Server {
                 }
             }
             drop(guard);
+            result["command_id"] = command_id.clone().into();
             result["stdout"] = String::from_utf8_lossy(&stdout).into_owned().into();
             result["stderr"] = String::from_utf8_lossy(&stderr).into_owned().into();
             return Ok(json_response(StatusCode::OK, &result));
@@ -862,6 +973,9 @@ impl Server {
             }
         });
         let mut resp = Response::new(ChannelBody { rx }.boxed());
+        if let Ok(v) = HeaderValue::from_str(&command_id) {
+            resp.headers_mut().insert("x-nsbox-command", v);
+        }
         resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static(if sse {
@@ -1033,20 +1147,32 @@ fn read_tail(path: &std::path::Path, cap: usize) -> Result<Vec<u8>, ApiError> {
     Ok(data)
 }
 
-/// Counts a running command (shutdown waits for them).
-struct CommandGuard(Arc<Server>);
+/// Counts a running command (shutdown waits for them) and keeps it listed while it runs.
+struct CommandGuard(Arc<Server>, String);
 
 impl CommandGuard {
-    fn new(server: Arc<Server>) -> CommandGuard {
+    fn new(server: Arc<Server>, command_id: String) -> CommandGuard {
         server.commands.fetch_add(1, Ordering::SeqCst);
-        CommandGuard(server)
+        CommandGuard(server, command_id)
     }
 }
 
 impl Drop for CommandGuard {
     fn drop(&mut self) {
         self.0.commands.fetch_sub(1, Ordering::SeqCst);
+        self.0
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
+}
+
+/// 12 random hex digits.
+fn new_command_id() -> String {
+    let mut bytes = [0u8; 6];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Serves one connection.
@@ -1161,6 +1287,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         commands: AtomicUsize::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
         pool: Pool::new(options.pool.clone()),
+        running: std::sync::Mutex::new(std::collections::HashMap::new()),
         metrics: Metrics::default(),
         options,
     });

@@ -148,6 +148,8 @@ fn errno(what: &str) -> impl FnOnce(rustix::io::Errno) -> StartError + '_ {
 /// away) kills the command.
 pub struct RunningCommand {
     pub events: mpsc::Receiver<CommandEvent>,
+    /// Signals for the command's process group (`POST .../commands/{cid}/signal`).
+    pub signals: mpsc::Sender<i32>,
 }
 
 struct Session {
@@ -266,9 +268,11 @@ pub async fn start(
     let mut secrets = secrets.unwrap_or_default();
     secrets.extend(cmd.secrets.iter().cloned());
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (signals, signal_rx) = mpsc::channel(4);
     let run = Run {
         session,
         tx,
+        signals: signal_rx,
         id: record.id.clone(),
         memory_limit: record.memory,
         masks: [Masker::new(&secrets), Masker::new(&secrets)],
@@ -296,12 +300,16 @@ pub async fn start(
     let out = reg(out_r)?;
     let err = reg(err_r)?;
     tokio::spawn(run.drive(out, err, early_end));
-    Ok(RunningCommand { events: rx })
+    Ok(RunningCommand {
+        events: rx,
+        signals,
+    })
 }
 
 struct Run {
     session: Session,
     tx: mpsc::Sender<CommandEvent>,
+    signals: mpsc::Receiver<i32>,
     id: String,
     memory_limit: Option<u64>,
     masks: [Masker; 2],
@@ -421,6 +429,9 @@ impl Run {
                     if n == 0 { open[1] = false; }
                     let data = buf_err[..n].to_vec();
                     self.output(1, &data, n == 0).await;
+                }
+                Some(signal) = self.signals.recv(), if ended.is_none() => {
+                    let _ = self.session.send(&Request::Signal { signal }, &[]);
                 }
                 reply = self.session.recv(), if socket_open && ended.is_none() => {
                     match reply {

@@ -368,6 +368,67 @@ fn serve_files_and_streams_over_the_unix_socket_with_curl() {
     assert!(body.contains("event: stdout\ndata: {\"type\":\"stdout\""));
     assert!(body.contains("event: exit\n"));
 
+    // A running command is listed and can be signalled; its stream then ends with 128+15.
+    let stream = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--unix-socket",
+            server.socket.to_str().unwrap(),
+            "-XPOST",
+        ])
+        .arg(url("/commands"))
+        .args(["-d", r#"{"argv":["sleep","300"]}"#])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cid = String::new();
+    assert!(crate::support::eventually(30.0, || {
+        let (_, _, body) = server.local(&[&url("/commands")]);
+        match json(&body)["commands"][0]["id"].as_str() {
+            Some(c) => {
+                cid = c.to_string();
+                true
+            }
+            None => false,
+        }
+    }));
+    let (_, _, body) = server.local(&[&url("/commands")]);
+    assert_eq!(
+        json(&body)["commands"][0]["argv"],
+        serde_json::json!(["sleep", "300"])
+    );
+    let (code, _, body) = server.local(&[
+        "-XPOST",
+        &url("/commands/nope/signal"),
+        "-d",
+        r#"{"signal":"TERM"}"#,
+    ]);
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (404, Some("no_such_command"))
+    );
+    let (code, _, _) = server.local(&[
+        "-XPOST",
+        &url(&format!("/commands/{cid}/signal")),
+        "-d",
+        r#"{"signal":"BOGUS"}"#,
+    ]);
+    assert_eq!(code, 400);
+    let (code, _, _) = server.local(&[
+        "-XPOST",
+        &url(&format!("/commands/{cid}/signal")),
+        "-d",
+        r#"{"signal":"TERM"}"#,
+    ]);
+    assert_eq!(code, 200);
+    let out = stream.wait_with_output().unwrap();
+    let events = crate::support::events(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(events.last().unwrap()["code"], 143, "{events:?}");
+    assert_eq!(events.last().unwrap()["signal"], "SIGTERM");
+    let (_, _, body) = server.local(&[&url("/commands")]);
+    assert_eq!(json(&body)["commands"], serde_json::json!([]));
+
     // Files: write (parents made), read, stat, list, mkdir, remove.
     let (code, _, _) = server.local(&[
         "-XPUT",
