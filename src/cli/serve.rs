@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Largest request body, in bytes (file uploads).
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     max_body: usize,
+    /// Most connections open at once, over both listeners (more are closed on accept).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
     /// On SIGTERM, leave the sandboxes running (the next server adopts them).
     #[arg(long)]
     keep: bool,
@@ -90,6 +93,7 @@ pub fn run(args: ServeArgs, state_root: &Path, config: Option<&Path>) -> i32 {
                 exe,
                 max_sandboxes: args.max_sandboxes,
                 max_body: args.max_body,
+                max_connections: args.max_connections,
                 keep: args.keep,
                 pool: args.pool,
             };

@@ -37,6 +37,8 @@ const MAX_LIST: usize = 10_000;
 const MAX_CAPACITY_WAIT: Duration = Duration::from_secs(300);
 /// How often a create waiting for capacity looks again.
 const CAPACITY_POLL: Duration = Duration::from_millis(50);
+/// How long a client may take to send a request body (uploads included).
+const BODY_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// On SIGTERM, how long running commands get to finish before the sandboxes are removed.
@@ -57,6 +59,8 @@ struct Server {
     draining: std::sync::atomic::AtomicBool,
     pool: Pool,
     metrics: Metrics,
+    /// Open connections (at most `--max-connections`).
+    connections: Arc<tokio::sync::Semaphore>,
     /// Commands running through the API, by command id.
     running: std::sync::Mutex<std::collections::HashMap<String, RunningInfo>>,
 }
@@ -251,7 +255,18 @@ fn flag(q: &[(String, String)], name: &str) -> bool {
 
 /// Reads the body, at most `cap` bytes (413 beyond).
 async fn body_bytes(req: Request<Incoming>, cap: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), cap).collect().await {
+    let collect = Limited::new(req.into_body(), cap).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {}s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -1175,12 +1190,20 @@ fn new_command_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Serves one connection.
+/// Serves one connection, if the server has room for another (else it is closed at once).
 fn serve_connection<S>(server: Arc<Server>, stream: S, tcp: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Ok(permit) = server.connections.clone().try_acquire_owned() else {
+        tracing::warn!(
+            "connection refused: {} connections open",
+            server.options.max_connections
+        );
+        return;
+    };
     tokio::spawn(async move {
+        let _permit = permit;
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
             async move { Ok::<_, Infallible>(server.handle(req, tcp).await) }
@@ -1288,6 +1311,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         draining: std::sync::atomic::AtomicBool::new(false),
         pool: Pool::new(options.pool.clone()),
         running: std::sync::Mutex::new(std::collections::HashMap::new()),
+        connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
         metrics: Metrics::default(),
         options,
     });

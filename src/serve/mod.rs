@@ -66,6 +66,8 @@ pub struct ServeOptions {
     pub max_sandboxes: usize,
     /// Largest request body (file uploads); JSON bodies are capped at [`api::MAX_JSON`].
     pub max_body: usize,
+    /// Most connections open at once (more are closed on accept).
+    pub max_connections: usize,
     /// On SIGTERM, leave the sandboxes running (a restarted server adopts them).
     pub keep: bool,
     /// Warm-pool entries: what their sandboxes match, a name for metrics, the size.

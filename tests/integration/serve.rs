@@ -1157,3 +1157,23 @@ fn serve_concurrent_sandboxes_keep_outputs_apart() {
     assert!(server.recorded().is_empty());
     assert_eq!(metric(&server, "nsbox_sandboxes_alive"), 0.0);
 }
+
+/// Connections beyond --max-connections are closed at once; a freed slot is usable again.
+#[test]
+fn serve_connection_cap_closes_extra_connections() {
+    require_root!();
+    let server = TestServer::start(&["--max-connections", "2"]);
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::os::unix::net::UnixStream::connect(&server.socket).unwrap())
+        .collect();
+    // The two idle connections hold both slots (accepted in order, before the next one).
+    assert!(crate::support::eventually(30.0, || server
+        .local(&["localhost/v1/health"])
+        .0
+        == 0));
+    drop(idle);
+    assert!(crate::support::eventually(30.0, || server
+        .local(&["localhost/v1/health"])
+        .0
+        == 200));
+}
