@@ -72,6 +72,7 @@ struct RunningInfo {
     argv: Vec<String>,
     started_ms: u128,
     signals: mpsc::Sender<i32>,
+    stdin: Option<super::exec::StdinPipe>,
 }
 
 fn unix_ms() -> u128 {
@@ -544,6 +545,65 @@ impl Server {
                     &serde_json::json!({"ok": true}),
                 ))
             }
+            (&Method::POST, ["v1", "sandboxes", id, "commands", cid, "stdin"]) => {
+                let owned = self.owned(id, &caller)?;
+                let close = flag(&q, "close");
+                let pipe = self
+                    .running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(*cid)
+                    .filter(|r| r.sandbox == owned.id)
+                    .map(|r| r.stdin.clone())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "no_such_command",
+                            format!("no running command {cid} in sandbox {}", owned.id),
+                        )
+                    })?
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::CONFLICT,
+                            "stdin_closed",
+                            "the command's stdin is not open",
+                        )
+                        .hint("start the command with \"stdin_open\": true")
+                    })?;
+                let data = body_bytes(req, self.options.max_body).await?;
+                let write = async {
+                    use tokio::io::AsyncWriteExt;
+                    let mut guard = pipe.lock().await;
+                    let Some(w) = guard.as_mut() else {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            "stdin_closed",
+                            "the command's stdin was closed",
+                        ));
+                    };
+                    w.write_all(&data).await.map_err(|e| {
+                        ApiError::new(StatusCode::CONFLICT, "stdin_closed", e.to_string())
+                    })?;
+                    if close {
+                        *guard = None;
+                    }
+                    Ok(())
+                };
+                // A command that does not read its input cannot hold the request forever.
+                tokio::time::timeout(BODY_TIMEOUT, write)
+                    .await
+                    .map_err(|_| {
+                        ApiError::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "stdin_timeout",
+                            "the command did not read its input",
+                        )
+                    })??;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"ok": true}),
+                ))
+            }
             (&Method::POST, ["v1", "sandboxes", id, "commands"]) => {
                 let owned = self.owned(id, &caller)?;
                 let wait = flag(&q, "wait");
@@ -883,6 +943,7 @@ impl Server {
                     argv: argv.clone(),
                     started_ms: unix_ms(),
                     signals: running.signals.clone(),
+                    stdin: running.stdin.clone(),
                 },
             );
         let guard = CommandGuard::new(self.clone(), command_id.clone());

@@ -54,6 +54,9 @@ pub struct CommandRequest {
     pub stdin_b64: Option<String>,
     /// Bytes of output kept (stdout and stderr together); the rest is dropped.
     pub max_output: Option<u64>,
+    /// Keep stdin open after `stdin`/`stdin_b64` for `POST .../commands/{cid}/stdin`.
+    #[serde(default)]
+    pub stdin_open: bool,
 }
 
 /// A command checked and ready to send.
@@ -68,6 +71,7 @@ pub struct PreparedCommand {
     /// Values masked on top of the session's own secrets (secrets a pooled sandbox received
     /// when it was claimed).
     pub secrets: Vec<String>,
+    pub stdin_open: bool,
 }
 
 impl CommandRequest {
@@ -111,6 +115,7 @@ impl CommandRequest {
             stdin,
             max_output: self.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
             secrets: Vec::new(),
+            stdin_open: self.stdin_open,
         })
     }
 }
@@ -150,7 +155,12 @@ pub struct RunningCommand {
     pub events: mpsc::Receiver<CommandEvent>,
     /// Signals for the command's process group (`POST .../commands/{cid}/signal`).
     pub signals: mpsc::Sender<i32>,
+    /// Its stdin, when the request kept it open (`POST .../commands/{cid}/stdin`).
+    pub stdin: Option<StdinPipe>,
 }
+
+/// A command's stdin kept open for later writes; `None` inside once closed.
+pub type StdinPipe = std::sync::Arc<tokio::sync::Mutex<Option<pipe::Sender>>>;
 
 struct Session {
     socket: AsyncFd<OwnedFd>,
@@ -287,22 +297,36 @@ pub async fn start(
         t0,
     };
     // Input is written by its own task, so a command that does not read it cannot stall
-    // the output; with no input the pipe closes at once (end of file).
-    if let Some(input) = cmd.stdin {
-        let mut writer = pipe::Sender::from_owned_fd(stdin_w)
+    // the output; with no input the pipe closes at once (end of file), unless the client
+    // keeps it open to send more later (`stdin_open`).
+    let stdin = if cmd.stdin.is_some() || cmd.stdin_open {
+        let writer = pipe::Sender::from_owned_fd(stdin_w)
             .map_err(|e| StartError::Io(format!("pipe: {e}")))?;
+        let shared: StdinPipe = std::sync::Arc::new(tokio::sync::Mutex::new(Some(writer)));
+        let input = cmd.stdin.unwrap_or_default();
+        let keep = cmd.stdin_open;
+        let task_pipe = shared.clone();
         tokio::spawn(async move {
-            let _ = writer.write_all(&input).await;
+            let mut guard = task_pipe.lock().await;
+            if let Some(w) = guard.as_mut() {
+                let _ = w.write_all(&input).await;
+            }
+            if !keep {
+                *guard = None;
+            }
         });
+        keep.then_some(shared)
     } else {
         drop(stdin_w);
-    }
+        None
+    };
     let out = reg(out_r)?;
     let err = reg(err_r)?;
     tokio::spawn(run.drive(out, err, early_end));
     Ok(RunningCommand {
         events: rx,
         signals,
+        stdin,
     })
 }
 

@@ -429,6 +429,51 @@ fn serve_files_and_streams_over_the_unix_socket_with_curl() {
     let (_, _, body) = server.local(&[&url("/commands")]);
     assert_eq!(json(&body)["commands"], serde_json::json!([]));
 
+    // Input sent to a running command, then closed.
+    let stream = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--unix-socket",
+            server.socket.to_str().unwrap(),
+            "-XPOST",
+        ])
+        .arg(url("/commands"))
+        .args([
+            "-d",
+            r#"{"argv":["cat"],"stdin":"first\n","stdin_open":true}"#,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cid = String::new();
+    assert!(crate::support::eventually(30.0, || {
+        let (_, _, body) = server.local(&[&url("/commands")]);
+        json(&body)["commands"][0]["id"]
+            .as_str()
+            .map(|c| cid = c.to_string())
+            .is_some()
+    }));
+    let stdin = url(&format!("/commands/{cid}/stdin"));
+    let (code, _, _) = server.local(&["-XPOST", &stdin, "--data-binary", "second\n"]);
+    assert_eq!(code, 200);
+    let (code, _, _) = server.local(&[
+        "-XPOST",
+        &format!("{stdin}?close=true"),
+        "--data-binary",
+        "third\n",
+    ]);
+    assert_eq!(code, 200);
+    let out = stream.wait_with_output().unwrap();
+    let events = crate::support::events(&String::from_utf8_lossy(&out.stdout));
+    let text: String = events
+        .iter()
+        .filter(|e| e["type"] == "stdout")
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "first\nsecond\nthird\n");
+    assert_eq!(events.last().unwrap()["code"], 0);
+
     // Files: write (parents made), read, stat, list, mkdir, remove.
     let (code, _, _) = server.local(&[
         "-XPUT",
