@@ -455,7 +455,14 @@ impl Server {
                 );
                 Ok(resp)
             }
-            (&Method::POST, ["v1", "sandboxes"]) => self.create(req, &caller).await,
+            (&Method::POST, ["v1", "sandboxes"]) => {
+                // Run to the end even if the client goes away meanwhile: a sandbox made by a
+                // create is then still recorded (and listed for its key), never leaked.
+                let server = self.clone();
+                tokio::spawn(async move { server.create(req, &caller).await })
+                    .await
+                    .map_err(|e| ApiError::internal(format!("create: {e}")))?
+            }
             (&Method::GET, ["v1", "sandboxes"]) => Ok(self.list(&caller, &q)),
             (&Method::GET, ["v1", "sandboxes", id]) => {
                 let owned = self.owned(id, &caller)?;
@@ -463,7 +470,11 @@ impl Server {
             }
             (&Method::DELETE, ["v1", "sandboxes", id]) => {
                 let owned = self.owned(id, &caller)?;
-                self.delete(&owned.id).await?;
+                let server = self.clone();
+                let sid = owned.id.clone();
+                tokio::spawn(async move { server.delete(&sid).await })
+                    .await
+                    .map_err(|e| ApiError::internal(format!("delete: {e}")))??;
                 Ok(json_response(
                     StatusCode::OK,
                     &serde_json::json!({"id": owned.id, "deleted": true}),

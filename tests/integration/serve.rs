@@ -805,6 +805,24 @@ fn serve_bad_input_is_refused_with_json_errors() {
     assert_eq!(code, 413);
     let (code, _, _) = server.local(&[&file]);
     assert_eq!(code, 404, "the refused upload left no file");
+
+    // A client that gives up during a create: the sandbox is still recorded and listed, so
+    // nothing leaks.
+    let (code, _, _) = server.local(&[
+        "-m",
+        "0.5",
+        "-XPOST",
+        "localhost/v1/sandboxes",
+        "-d",
+        r#"{"labels":{"gave":"up"},"setup":"sleep 2"}"#,
+    ]);
+    assert_ne!(code, 201, "the client gave up before the answer");
+    assert!(crate::support::eventually(30.0, || {
+        let (_, _, body) = server.local(&["localhost/v1/sandboxes?label=gave%3Dup"]);
+        json(&body)["sandboxes"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    }));
 }
 
 /// A server killed with SIGKILL leaves its sandboxes running; the next server on the same
