@@ -59,6 +59,8 @@ struct Server {
     draining: std::sync::atomic::AtomicBool,
     pool: Pool,
     metrics: Metrics,
+    /// Detached commands' events, by command id.
+    detached: std::sync::Mutex<std::collections::HashMap<String, Arc<Detached>>>,
     /// Open connections (at most `--max-connections`).
     connections: Arc<tokio::sync::Semaphore>,
     /// Commands running through the API, by command id.
@@ -320,6 +322,16 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/v1/sandboxes/{id}/commands/{cid}/signal",
         "command.signal",
     ),
+    (
+        "POST",
+        "/v1/sandboxes/{id}/commands/{cid}/stdin",
+        "command.stdin",
+    ),
+    (
+        "GET",
+        "/v1/sandboxes/{id}/commands/{cid}/events",
+        "command.attach",
+    ),
     ("GET", "/v1/sandboxes/{id}/files", "file.read"),
     ("PUT", "/v1/sandboxes/{id}/files", "file.write"),
     ("DELETE", "/v1/sandboxes/{id}/files", "file.remove"),
@@ -556,6 +568,60 @@ impl Server {
                     &serde_json::json!({"ok": true}),
                 ))
             }
+            (&Method::GET, ["v1", "sandboxes", id, "commands", cid, "events"]) => {
+                let owned = self.owned(id, &caller)?;
+                let sse = req
+                    .headers()
+                    .get(ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| a.contains("text/event-stream"));
+                let entry = self
+                    .detached
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(*cid)
+                    .filter(|d| d.sandbox == owned.id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "no_such_command",
+                            format!("no detached command {cid} in sandbox {}", owned.id),
+                        )
+                        .hint("start it with POST .../commands?detach=true; events are kept 10 minutes after it ended")
+                    })?;
+                let (tx, rx) = mpsc::channel::<Bytes>(4);
+                tokio::spawn(async move {
+                    let mut progress = entry.progress.subscribe();
+                    let mut from = 0;
+                    loop {
+                        progress.borrow_and_update();
+                        let (lines, done) = {
+                            let log = entry.lock();
+                            (log.lines[from..].to_vec(), log.done)
+                        };
+                        from += lines.len();
+                        for line in lines {
+                            if tx.send(frame(line.to_vec(), sse)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if done || progress.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut resp = Response::new(ChannelBody { rx }.boxed());
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(if sse {
+                        "text/event-stream"
+                    } else {
+                        "application/x-ndjson"
+                    }),
+                );
+                Ok(resp)
+            }
             (&Method::POST, ["v1", "sandboxes", id, "commands", cid, "stdin"]) => {
                 let owned = self.owned(id, &caller)?;
                 let close = flag(&q, "close");
@@ -623,8 +689,10 @@ impl Server {
                     .get(ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|a| a.contains("text/event-stream"));
+                let detach = flag(&q, "detach");
                 let body: CommandRequest = json_body(req).await?;
-                self.run_command(&owned.id, body, wait, sse).await
+                self.run_command(&owned.id, body, wait && !detach, sse, detach)
+                    .await
             }
             (_, ["v1", "sandboxes", id, "files", rest @ ..]) => {
                 let owned = self.owned(id, &caller)?;
@@ -843,6 +911,14 @@ impl Server {
         Ok(resp)
     }
 
+    fn count_output(&self, event: &CommandEvent) {
+        if let CommandEvent::Stdout(c) | CommandEvent::Stderr(c) = event {
+            self.metrics
+                .bytes_relayed
+                .fetch_add(chunk_len(c), Ordering::Relaxed);
+        }
+    }
+
     /// Runs a create request's setup script in a sandbox claimed from the pool; if it fails
     /// the sandbox is deleted and the create fails, as `nsbox create --setup` does.
     async fn claim_setup(&self, owned: &Owned, script: String) -> Result<(), ApiError> {
@@ -925,6 +1001,7 @@ impl Server {
         body: CommandRequest,
         wait: bool,
         sse: bool,
+        detach: bool,
     ) -> Result<Response<RespBody>, ApiError> {
         let cmd = body
             .prepare()
@@ -999,62 +1076,52 @@ impl Server {
             result["stderr"] = String::from_utf8_lossy(&stderr).into_owned().into();
             return Ok(json_response(StatusCode::OK, &result));
         }
-        let (tx, rx) = mpsc::channel::<Bytes>(4);
         let start = Event::Start {
             id: &record.id,
             profile: &record.profile,
             network: &record.network,
         }
         .to_line();
+        if detach {
+            let entry = Arc::new(Detached::new(id));
+            self.detached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(command_id.clone(), entry.clone());
+            let server = self.clone();
+            let cid = command_id.clone();
+            tokio::spawn(async move {
+                entry.push(Bytes::from(start));
+                while let Some(event) = running.events.recv().await {
+                    server.count_output(&event);
+                    entry.push(Bytes::from(event_line(event)));
+                }
+                entry.finish();
+                drop(guard);
+                // Kept a while for a client that attaches late, then forgotten.
+                tokio::time::sleep(DETACHED_KEEP).await;
+                server
+                    .detached
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&cid);
+            });
+            return Ok(json_response(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "command_id": command_id }),
+            ));
+        }
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
         let server = self.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let frame = |line: Vec<u8>| -> Bytes {
-                if !sse {
-                    return Bytes::from(line);
-                }
-                let kind = serde_json::from_slice::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v["type"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let data = String::from_utf8_lossy(&line);
-                Bytes::from(format!("event: {kind}\ndata: {}\n\n", data.trim_end()))
-            };
-            if tx.send(frame(start)).await.is_err() {
+            if tx.send(frame(start, sse)).await.is_err() {
                 return;
             }
             while let Some(event) = running.events.recv().await {
-                if let CommandEvent::Stdout(c) | CommandEvent::Stderr(c) = &event {
-                    server
-                        .metrics
-                        .bytes_relayed
-                        .fetch_add(chunk_len(c), Ordering::Relaxed);
-                }
-                let line = match event {
-                    CommandEvent::Stdout(c) => Event::Stdout(c).to_line(),
-                    CommandEvent::Stderr(c) => Event::Stderr(c).to_line(),
-                    CommandEvent::Truncated { limit } => Event::Truncated { limit }.to_line(),
-                    CommandEvent::Ended(o) => Event::Exit {
-                        code: o.exit_code(),
-                        signal: o.signal_name(),
-                        oom: o.oom,
-                        timeout: matches!(
-                            o.ending,
-                            crate::sandbox::supervisor::Ending::TimedOut(_)
-                        ),
-                        truncated: o.truncated,
-                        duration_ms: o.duration.as_secs_f64() * 1000.0,
-                    }
-                    .to_line(),
-                    CommandEvent::Failed(message) => Event::Error {
-                        phase: "run",
-                        message,
-                        code: crate::exit::NSBOX_FAILED,
-                    }
-                    .to_line(),
-                };
+                server.count_output(&event);
                 // A client gone: dropping the events kills the command.
-                if tx.send(frame(line)).await.is_err() {
+                if tx.send(frame(event_line(event), sse)).await.is_err() {
                     return;
                 }
             }
@@ -1152,6 +1219,109 @@ impl Server {
                 format!("no {method} on files/{}", rest.join("/")),
             )),
         }
+    }
+}
+
+/// One event as a line of the `--json` stream.
+fn event_line(event: CommandEvent) -> Vec<u8> {
+    match event {
+        CommandEvent::Stdout(c) => Event::Stdout(c).to_line(),
+        CommandEvent::Stderr(c) => Event::Stderr(c).to_line(),
+        CommandEvent::Truncated { limit } => Event::Truncated { limit }.to_line(),
+        CommandEvent::Ended(o) => Event::Exit {
+            code: o.exit_code(),
+            signal: o.signal_name(),
+            oom: o.oom,
+            timeout: matches!(o.ending, crate::sandbox::supervisor::Ending::TimedOut(_)),
+            truncated: o.truncated,
+            duration_ms: o.duration.as_secs_f64() * 1000.0,
+        }
+        .to_line(),
+        CommandEvent::Failed(message) => Event::Error {
+            phase: "run",
+            message,
+            code: crate::exit::NSBOX_FAILED,
+        }
+        .to_line(),
+    }
+}
+
+/// An event line as sent: as is (NDJSON), or as a server-sent event.
+fn frame(line: Vec<u8>, sse: bool) -> Bytes {
+    if !sse {
+        return Bytes::from(line);
+    }
+    let kind = serde_json::from_slice::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| v["type"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let data = String::from_utf8_lossy(&line);
+    Bytes::from(format!("event: {kind}\ndata: {}\n\n", data.trim_end()))
+}
+
+/// Output a detached command keeps for clients that attach (more: dropped, with one
+/// `truncated` event).
+const DETACHED_BUFFER: usize = 4 << 20;
+/// How long a detached command's events are kept after it ended.
+const DETACHED_KEEP: Duration = Duration::from_secs(600);
+
+/// A detached command's events, for clients that attach (`GET .../commands/{cid}/events`).
+struct Detached {
+    sandbox: String,
+    log: std::sync::Mutex<DetachedLog>,
+    /// Bumped on every new line (attached clients wait on it).
+    progress: tokio::sync::watch::Sender<usize>,
+}
+
+#[derive(Default)]
+struct DetachedLog {
+    lines: Vec<Bytes>,
+    bytes: usize,
+    truncated: bool,
+    done: bool,
+}
+
+impl Detached {
+    fn new(sandbox: &str) -> Detached {
+        Detached {
+            sandbox: sandbox.to_string(),
+            log: std::sync::Mutex::new(DetachedLog::default()),
+            progress: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DetachedLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, line: Bytes) {
+        let mut log = self.lock();
+        let output =
+            line.starts_with(b"{\"type\":\"stdout\"") || line.starts_with(b"{\"type\":\"stderr\"");
+        if output && log.bytes + line.len() > DETACHED_BUFFER {
+            if !log.truncated {
+                log.truncated = true;
+                let limit = DETACHED_BUFFER as u64;
+                log.lines
+                    .push(Bytes::from(Event::Truncated { limit }.to_line()));
+            }
+        } else {
+            log.bytes += line.len();
+            log.lines.push(line);
+        }
+        let n = log.lines.len();
+        drop(log);
+        self.progress.send_replace(n);
+    }
+
+    fn finish(&self) {
+        let n = {
+            let mut log = self.lock();
+            log.done = true;
+            log.lines.len()
+        };
+        // A change even when no line was added, so waiting clients see the end.
+        self.progress.send_replace(n + 1);
     }
 }
 
@@ -1383,6 +1553,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         draining: std::sync::atomic::AtomicBool::new(false),
         pool: Pool::new(options.pool.clone()),
         running: std::sync::Mutex::new(std::collections::HashMap::new()),
+        detached: std::sync::Mutex::new(std::collections::HashMap::new()),
         connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
         metrics: Metrics::default(),
         options,

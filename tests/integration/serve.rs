@@ -474,6 +474,30 @@ fn serve_files_and_streams_over_the_unix_socket_with_curl() {
     assert_eq!(text, "first\nsecond\nthird\n");
     assert_eq!(events.last().unwrap()["code"], 0);
 
+    // A detached command: its id at once, its events for whoever attaches, as often as asked.
+    let (code, _, body) = server.local(&[
+        "-XPOST",
+        &url("/commands?detach=true"),
+        "-d",
+        r#"{"shell":"echo a; sleep 1; echo b >&2; exit 3"}"#,
+    ]);
+    assert_eq!(code, 202, "{body}");
+    let cid = json(&body)["command_id"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        let (code, _, body) = server.local(&[&url(&format!("/commands/{cid}/events"))]);
+        assert_eq!(code, 200);
+        let events = crate::support::events(&body);
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["start", "stdout", "stderr", "exit"], "{body}");
+        assert_eq!(
+            (events[1]["data"].as_str(), events[2]["data"].as_str()),
+            (Some("a\n"), Some("b\n"))
+        );
+        assert_eq!(events[3]["code"], 3);
+    }
+    let (code, _, _) = server.local(&[&url("/commands/nope/events")]);
+    assert_eq!(code, 404);
+
     // Files: write (parents made), read, stat, list, mkdir, remove.
     let (code, _, _) = server.local(&[
         "-XPUT",
