@@ -1264,3 +1264,78 @@ fn serve_connection_cap_closes_extra_connections() {
         .0
         == 200));
 }
+
+/// SIGKILL mid-load: sandboxes with commands streaming when the server dies are adopted by
+/// the next server, their orphaned commands end, and everything goes on SIGTERM.
+#[test]
+fn serve_sigkill_mid_stream_then_restart_adopts_and_cleans() {
+    require_root!();
+    let mut first = TestServer::start(&[]);
+    let mut ids = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let (_, _, body) = first.local(&["-XPOST", "localhost/v1/sandboxes", "-d", "{}"]);
+        let id = json(&body)["id"].as_str().unwrap().to_string();
+        streams.push(
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "-N",
+                    "--unix-socket",
+                    first.socket.to_str().unwrap(),
+                    "-XPOST",
+                ])
+                .arg(format!("localhost/v1/sandboxes/{id}/commands"))
+                .args([
+                    "-d",
+                    r#"{"shell":"while :; do echo tick; sleep 0.05; done"}"#,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        ids.push(id);
+    }
+    for id in &ids {
+        let stats = format!("localhost/v1/sandboxes/{id}/stats");
+        assert!(crate::support::eventually(30.0, || {
+            json(&first.local(&[&stats]).2)["commands_running"] == 1
+        }));
+    }
+    first.kill();
+    for mut s in streams {
+        let _ = s.wait();
+    }
+    let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().unwrap());
+    drop(first);
+    let mut second = TestServer::start_in(dir, &[]);
+    let (_, _, body) = second.local(&["localhost/v1/sandboxes"]);
+    let adopted: Vec<String> = json(&body)["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        assert!(adopted.contains(id), "{id} adopted");
+        // The command whose client died with the server does not run on forever.
+        let stats = format!("localhost/v1/sandboxes/{id}/stats");
+        assert!(crate::support::eventually(30.0, || {
+            json(&second.local(&[&stats]).2)["commands_running"] == 0
+        }));
+        let (_, _, body) = second.local(&[
+            "-XPOST",
+            &format!("localhost/v1/sandboxes/{id}/commands?wait=true"),
+            "-d",
+            r#"{"argv":["echo","ok"]}"#,
+        ]);
+        assert_eq!(json(&body)["stdout"], "ok\n");
+    }
+    second.stop();
+    let left = session_ids();
+    assert!(
+        ids.iter().all(|id| !left.contains(id)),
+        "SIGTERM removed every adopted sandbox"
+    );
+}
