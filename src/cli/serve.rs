@@ -23,20 +23,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
     /// Serve TCP over TLS with this certificate chain (PEM).
-    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "listen"])]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The TLS private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Most sandboxes at once, over all keys (more: 429).
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    max_sandboxes: usize,
-    /// Largest request body, in bytes (file uploads).
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
-    max_body: usize,
-    /// Most connections open at once, over both listeners (more are closed on accept).
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    max_connections: usize,
+    /// Most sandboxes at once, over all keys (more: 429) [default: 64].
+    #[arg(long, value_name = "N")]
+    max_sandboxes: Option<usize>,
+    /// Largest request body, in bytes (file uploads) [default: 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_body: Option<usize>,
+    /// Most connections open at once, over both listeners (more are closed on accept)
+    /// [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// On SIGTERM, leave the sandboxes running (the next server adopts them).
     #[arg(long)]
     keep: bool,
@@ -76,26 +77,12 @@ pub fn run(args: ServeArgs, state_root: &Path, config: Option<&Path>) -> i32 {
     match args.command {
         Some(ServeCommand::Key(cmd)) => keys(cmd, &serve_dir),
         None => {
-            let exe = match std::env::current_exe() {
-                Ok(exe) => exe,
-                Err(e) => {
-                    error(&format!("find nsbox's own binary: {e}"));
+            let options = match options(args, serve_dir, state_root, config) {
+                Ok(options) => options,
+                Err(message) => {
+                    error(&message);
                     return exit::NSBOX_FAILED;
                 }
-            };
-            let options = ServeOptions {
-                socket: args.socket.unwrap_or_else(serve::default_socket),
-                listen: args.listen,
-                tls: args.tls_cert.zip(args.tls_key),
-                serve_dir,
-                state_root: state_root.to_path_buf(),
-                config: config.map(Path::to_path_buf),
-                exe,
-                max_sandboxes: args.max_sandboxes,
-                max_body: args.max_body,
-                max_connections: args.max_connections,
-                keep: args.keep,
-                pool: args.pool,
             };
             match serve::run(options) {
                 Ok(()) => 0,
@@ -106,6 +93,75 @@ pub fn run(args: ServeArgs, state_root: &Path, config: Option<&Path>) -> i32 {
             }
         }
     }
+}
+
+/// The server's settings: flags first, then the config's `[serve]`, then the built-in
+/// defaults.
+fn options(
+    args: ServeArgs,
+    serve_dir: PathBuf,
+    state_root: &Path,
+    config: Option<&Path>,
+) -> Result<ServeOptions, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("find nsbox's own binary: {e}"))?;
+    let file = super::settings::load(config)
+        .map_err(|e| e.to_string())?
+        .serve;
+    let listen = match (args.listen, &file.listen) {
+        (Some(a), _) => Some(a),
+        (None, Some(text)) => Some(text.parse::<SocketAddr>().map_err(|e| {
+            format!(
+                "config serve.listen = {text:?}: {e} — hint: ADDR:PORT, e.g. \"127.0.0.1:8080\""
+            )
+        })?),
+        (None, None) => None,
+    };
+    let tls = match (
+        args.tls_cert.zip(args.tls_key),
+        file.tls_cert.zip(file.tls_key),
+    ) {
+        (Some(flags), _) => Some(flags),
+        (None, from_file) => from_file,
+    };
+    if tls.is_some() && listen.is_none() {
+        return Err(
+            "TLS is for the TCP listener — hint: give --listen ADDR:PORT (or serve.listen)".into(),
+        );
+    }
+    let pool = if args.pool.is_empty() {
+        file.pool
+            .iter()
+            .map(|entry| {
+                crate::serve::pool::parse_entry(entry)
+                    .map_err(|e| format!("config serve.pool: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        args.pool
+    };
+    Ok(ServeOptions {
+        socket: args
+            .socket
+            .or(file.socket)
+            .unwrap_or_else(serve::default_socket),
+        listen,
+        tls,
+        serve_dir,
+        state_root: state_root.to_path_buf(),
+        config: config.map(Path::to_path_buf),
+        exe,
+        max_sandboxes: args.max_sandboxes.or(file.max_sandboxes).unwrap_or(64),
+        max_body: args
+            .max_body
+            .or(file.max_body.and_then(|b| usize::try_from(b).ok()))
+            .unwrap_or(64 << 20),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(1024),
+        keep: args.keep,
+        pool,
+    })
 }
 
 fn keys(cmd: KeyCommand, serve_dir: &Path) -> i32 {

@@ -1339,3 +1339,53 @@ fn serve_sigkill_mid_stream_then_restart_adopts_and_cleans() {
         "SIGTERM removed every adopted sandbox"
     );
 }
+
+/// `[serve]` in the config file sets the server's defaults (flags win); unknown keys are
+/// refused.
+#[test]
+fn serve_config_section_sets_defaults() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nsbox.toml");
+    std::fs::write(
+        &config,
+        "[pull]\npolicy = \"never\"\n[serve]\nmax_sandboxes = 1\npool = [\"host=1\"]\nmax_body = \"1k\"\n",
+    )
+    .unwrap();
+    let server = TestServer::start(&["--config", config.to_str().unwrap()]);
+    assert!(crate::support::eventually(60.0, || {
+        metric(&server, r#"nsbox_pool_size{entry="host"}"#) == 1.0
+    }));
+    let (code, _, body) = server.local(&["-XPOST", "localhost/v1/sandboxes", "-d", "{}"]);
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let (code, _, body) = server.local(&["-XPOST", "localhost/v1/sandboxes", "-d", "{}"]);
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (429, Some("server_full"))
+    );
+    let big = "x".repeat(2048);
+    let (code, _, _) = server.local(&[
+        "-XPUT",
+        &format!("localhost/v1/sandboxes/{id}/files?path=f"),
+        "--data-binary",
+        &big,
+    ]);
+    assert_eq!(code, 413, "serve.max_body applies");
+
+    std::fs::write(&config, "[serve]\nmax_sandbox = 1\n").unwrap();
+    let out = nsbox_cmd(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--socket",
+        "/nonexistent/s.sock",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_sandbox"),
+        "{out:?}"
+    );
+}
