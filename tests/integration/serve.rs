@@ -739,6 +739,11 @@ fn serve_auth_refuses_bad_keys_and_enforces_key_limits() {
 fn serve_bad_input_is_refused_with_json_errors() {
     require_root!();
     let server = TestServer::start(&["--max-body", "4096"]);
+    // The document the server serves is the one the repository keeps.
+    let (code, _, served) = server.local(&["localhost/v1/openapi.json"]);
+    let kept =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).unwrap();
+    assert_eq!((code, served.trim_end()), (200, kept.trim_end()));
     let cases: &[(&str, &str, &str, u16, &str)] = &[
         ("POST", "/v1/sandboxes", "{\"image\":", 400, "bad_json"),
         ("POST", "/v1/sandboxes", "[1,2]", 400, "bad_json"),
