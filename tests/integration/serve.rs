@@ -608,48 +608,6 @@ tar(sys.argv[1] + "/evil.tar", [("../../../../../../" + sys.argv[1].lstrip("/") 
         "{names}"
     );
 
-    // Escapes: `..` is refused; symlinks planted inside resolve inside the sandbox's root.
-    let host_dir = tempfile::tempdir().unwrap();
-    let host = host_dir.path().display().to_string();
-    let (code, _, body) = server.local(&[&url("/files?path=../../etc/shadow")]);
-    assert_eq!(
-        (code, json(&body)["code"].as_str()),
-        (400, Some("bad_path"))
-    );
-    let plant = format!(
-        r#"{{"shell":"ln -s {host} /sandbox/dirlink && ln -s {host}/f /sandbox/filelink && mkfifo /sandbox/fifo"}}"#
-    );
-    let (code, _, body) = server.local(&["-XPOST", &url("/commands?wait=true"), "-d", &plant]);
-    assert_eq!(
-        (code, json(&body)["exit_code"].as_i64()),
-        (200, Some(0)),
-        "{body}"
-    );
-    server.local(&[
-        "-XPUT",
-        &url("/files?path=/sandbox/dirlink/pwned"),
-        "--data-binary",
-        "x",
-    ]);
-    server.local(&[
-        "-XPUT",
-        &url("/files?path=/sandbox/filelink"),
-        "--data-binary",
-        "x",
-    ]);
-    server.local(&["-XPOST", &url("/files/mkdir?path=/sandbox/dirlink/newdir")]);
-    assert_eq!(
-        std::fs::read_dir(host_dir.path()).unwrap().count(),
-        0,
-        "nothing written on the host"
-    );
-    // A FIFO planted at the path neither hangs nor feeds the server.
-    let (code, _, body) = server.local(&[&url("/files?path=/sandbox/fifo")]);
-    assert_eq!(
-        (code, json(&body)["code"].as_str()),
-        (400, Some("not_a_file"))
-    );
-
     let (code, _, _) = server.local(&["-XDELETE", &url("")]);
     assert_eq!(code, 200);
     assert!(!session_ids().contains(&id));
@@ -1393,4 +1351,68 @@ fn serve_config_section_sets_defaults() {
         String::from_utf8_lossy(&out.stderr).contains("max_sandbox"),
         "{out:?}"
     );
+}
+
+/// Path escapes through the file API (docker cp CVE-2018-15664 class): `..` is refused, and
+/// symlinks the workload plants (to a host directory, a host file) resolve inside the
+/// sandbox's root for writes, mkdir and reads; a FIFO planted at a path neither hangs nor
+/// feeds the server.
+#[test]
+fn serve_file_api_path_escapes_are_denied() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let (code, _, body) = server.local(&["-XPOST", "localhost/v1/sandboxes", "-d", "{}"]);
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let url = |p: &str| format!("localhost/v1/sandboxes/{id}{p}");
+    // Escapes: `..` is refused; symlinks planted inside resolve inside the sandbox's root.
+    let host_dir = tempfile::tempdir().unwrap();
+    let host = host_dir.path().display().to_string();
+    let (code, _, body) = server.local(&[&url("/files?path=../../etc/shadow")]);
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (400, Some("bad_path"))
+    );
+    let plant = format!(
+        r#"{{"shell":"ln -s {host} /sandbox/dirlink && ln -s {host}/f /sandbox/filelink && mkfifo /sandbox/fifo"}}"#
+    );
+    let (code, _, body) = server.local(&["-XPOST", &url("/commands?wait=true"), "-d", &plant]);
+    assert_eq!(
+        (code, json(&body)["exit_code"].as_i64()),
+        (200, Some(0)),
+        "{body}"
+    );
+    server.local(&[
+        "-XPUT",
+        &url("/files?path=/sandbox/dirlink/pwned"),
+        "--data-binary",
+        "x",
+    ]);
+    server.local(&[
+        "-XPUT",
+        &url("/files?path=/sandbox/filelink"),
+        "--data-binary",
+        "x",
+    ]);
+    server.local(&["-XPOST", &url("/files/mkdir?path=/sandbox/dirlink/newdir")]);
+    assert_eq!(
+        std::fs::read_dir(host_dir.path()).unwrap().count(),
+        0,
+        "nothing written on the host"
+    );
+    // A FIFO planted at the path neither hangs nor feeds the server.
+    let (code, _, body) = server.local(&[&url("/files?path=/sandbox/fifo")]);
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (400, Some("not_a_file"))
+    );
+
+    // A host file behind a planted symlink is not read.
+    std::fs::write(host_dir.path().join("secret"), "host-secret").unwrap();
+    let plant = format!(r#"{{"shell":"ln -s {host}/secret /sandbox/secretlink"}}"#);
+    server.local(&["-XPOST", &url("/commands?wait=true"), "-d", &plant]);
+    let (code, _, body) = server.local(&[&url("/files?path=/sandbox/secretlink")]);
+    assert!(!body.contains("host-secret"), "{code}: {body}");
+    let (code, _, body) = server.local(&[&url("/files/list?path=/sandbox/dirlink")]);
+    assert!(!body.contains("secret"), "{code}: {body}");
 }
