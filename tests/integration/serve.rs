@@ -1416,3 +1416,47 @@ fn serve_file_api_path_escapes_are_denied() {
     let (code, _, body) = server.local(&[&url("/files/list?path=/sandbox/dirlink")]);
     assert!(!body.contains("secret"), "{code}: {body}");
 }
+
+/// A second server on the same state root or socket refuses to start (it would adopt, and
+/// remove, the first one's sandboxes).
+#[test]
+fn serve_second_server_on_the_same_state_refuses() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let state = server.state();
+    let other_socket = server.dir.path().join("other.sock");
+    let out = nsbox_cmd(&[
+        "--state-root",
+        state.to_str().unwrap(),
+        "serve",
+        "--socket",
+        other_socket.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another nsbox serve"),
+        "{out:?}"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = nsbox_cmd(&[
+        "--state-root",
+        elsewhere.path().to_str().unwrap(),
+        "serve",
+        "--socket",
+        server.socket.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another server listens"),
+        "{out:?}"
+    );
+    assert_eq!(
+        server.local(&["localhost/v1/health"]).0,
+        200,
+        "the first server still serves"
+    );
+}

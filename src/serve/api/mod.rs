@@ -811,12 +811,44 @@ async fn refill(server: Arc<Server>) {
     }
 }
 
+/// Takes `serve/lock` (an exclusive flock) or says who holds it.
+fn lock_serve_dir(dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| ServeError::Io("open the server's lock", e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ServeError::Busy(format!(
+            "another nsbox serve uses {} (it holds {})",
+            dir.display(),
+            path.display()
+        ))),
+        Err(e) => Err(ServeError::Io(
+            "lock the server's directory",
+            std::io::Error::from_raw_os_error(e.raw_os_error()),
+        )),
+    }
+}
+
 /// Binds the unix socket: a stale one is replaced; the socket is 0600 (root's, like the run
 /// directory it lives in).
 fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServeError> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         super::private_dir(dir)?;
+    }
+    // A socket someone answers on belongs to a running server: never take it over.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ServeError::Busy(format!(
+            "another server listens on {}",
+            path.display()
+        )));
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -832,6 +864,9 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServeEr
 
 /// The server's main loop: listeners, the time-to-live reaper, and shutdown.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    // One server per state root: a second would adopt, and on SIGTERM remove, the first's
+    // sandboxes. The lock is held until this function returns.
+    let _lock = lock_serve_dir(&options.serve_dir)?;
     let audit =
         AuditLog::open(&options.serve_dir).map_err(|e| ServeError::Io("open the audit log", e))?;
     let server = Arc::new(Server {
