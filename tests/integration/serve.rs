@@ -934,9 +934,21 @@ fn serve_warm_pool_hits_misses_refills_and_metrics() {
         .into_iter()
         .find(|id| !ids.contains(&id))
         .expect("the refilled pool member is recorded");
+    // A pool member that ended while idle is dropped at claim time, never handed out.
+    let stopped = nsbox_cmd(&["stop", &pool_member]).output().unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    let fresh = create("{}");
+    assert_ne!(fresh, pool_member);
+    let (_, _, body) = server.local(&[
+        "-XPOST",
+        &format!("localhost/v1/sandboxes/{fresh}/commands?wait=true"),
+        "-d",
+        r#"{"argv":["true"]}"#,
+    ]);
+    assert_eq!(json(&body)["exit_code"], 0);
     server.stop();
     let left = session_ids();
-    for id in ids.into_iter().chain([&pool_member]) {
+    for id in ids.into_iter().chain([&pool_member, &fresh]) {
         assert!(!left.contains(id), "{id} left after SIGTERM");
     }
 }

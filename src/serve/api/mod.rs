@@ -626,9 +626,22 @@ impl Server {
         })?;
         let t0 = std::time::Instant::now();
         let pool_key = body.pool_key();
-        let claim = pool_key
-            .as_ref()
-            .map_or(Claim::NoEntry, |k| self.pool.claim(k));
+        let claim = match &pool_key {
+            None => Claim::NoEntry,
+            Some(k) => loop {
+                // A pool member that ended meanwhile (killed, say) is dropped, not handed out.
+                match self.pool.claim(k) {
+                    Claim::Hit(id) if !self.alive(&id) => {
+                        let server = self.clone();
+                        tokio::spawn(async move {
+                            let _ = server.delete(&id).await;
+                            server.registry.forget_pool_member(&id);
+                        });
+                    }
+                    other => break other,
+                }
+            },
+        };
         let (id, pooled) = match claim {
             Claim::Hit(id) => (id, true),
             other => {
@@ -701,6 +714,12 @@ impl Server {
         Ok(resp)
     }
 
+    fn alive(&self, id: &str) -> bool {
+        self.store
+            .read_record(id)
+            .is_ok_and(|r| self.store.state(&r) == SessionState::Running)
+    }
+
     async fn delete(&self, id: &str) -> Result<(), ApiError> {
         let store = self.store.clone();
         let sid = id.to_string();
@@ -760,7 +779,12 @@ async fn refill(server: Arc<Server>) {
             let server = server.clone();
             tokio::spawn(async move {
                 let plan = match super::pool::request_for(&key).plan() {
-                    Ok(plan) => plan,
+                    // Idle in the pool as long as it takes: no idle timeout (a claimed one
+                    // keeps none; its ttl, if any, applies).
+                    Ok(mut plan) => {
+                        plan.args.push("--max-age=none".into());
+                        plan
+                    }
                     Err(e) => {
                         tracing::warn!("pool entry: {}", e.0);
                         server.pool.filled(index, None);
