@@ -35,6 +35,7 @@ pub mod report;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
+pub mod serve;
 pub mod session;
 pub mod spec;
 pub mod sys;

@@ -10,6 +10,7 @@ mod inspect;
 mod listing;
 mod prune;
 mod pull;
+mod serve;
 mod session;
 mod settings;
 #[cfg(test)]
@@ -137,6 +138,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Build every image the config lists (unchanged ones are skipped).
     Setup(build::SetupArgs),
+    /// Serve sandboxes over a REST API (unix socket; TCP with API keys); `serve key` manages keys.
+    Serve(serve::ServeArgs),
     /// Print nsbox's version (also `nsbox --version`).
     Version(VersionArgs),
     /// Print a shell completion script: nsbox completion bash|zsh|fish.
@@ -549,6 +552,7 @@ pub fn main() -> i32 {
             0
         }
         Command::Man(args) => man(args),
+        Command::Serve(args) => serve::run(args, &state_root, cli.config.as_deref()),
     }
 }
 

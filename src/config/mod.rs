@@ -67,6 +67,7 @@ struct ConfigFile {
     #[serde(default)]
     images: BTreeMap<String, ImageFile>,
     cleanup: Option<CleanupFile>,
+    serve: Option<ServeFile>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -96,6 +97,34 @@ struct ImageFile {
 struct CleanupFile {
     session_max_age: Option<String>,
     prune_older_than: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    socket: Option<String>,
+    listen: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    max_sandboxes: Option<usize>,
+    max_connections: Option<usize>,
+    max_body: Option<String>,
+    pool: Option<Vec<String>>,
+}
+
+/// `[serve]`: defaults of `nsbox serve`'s flags (a flag given wins). Values are checked by
+/// the server (addresses, pool entries), not here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServeSettings {
+    pub socket: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_sandboxes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_body: Option<u64>,
+    /// `--pool` entries (`IMAGE=N[,...]`).
+    pub pool: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +169,7 @@ pub struct Config {
     pub pull: PullConfig,
     pub images: BTreeMap<String, ImageEntry>,
     pub cleanup: Cleanup,
+    pub serve: ServeSettings,
     /// The files' texts, for [`Config::settings`].
     sources: Vec<(PathBuf, String)>,
 }
@@ -336,6 +366,30 @@ impl Config {
                 self.cleanup.prune_older_than = duration("cleanup.prune_older_than", &t)?;
             }
         }
+        if let Some(sv) = file.serve {
+            let s = &mut self.serve;
+            if let Some(v) = sv.socket {
+                s.socket = Some(relative_to(path, &v));
+            }
+            s.listen = sv.listen.or(s.listen.take());
+            if let Some(v) = sv.tls_cert {
+                s.tls_cert = Some(relative_to(path, &v));
+            }
+            if let Some(v) = sv.tls_key {
+                s.tls_key = Some(relative_to(path, &v));
+            }
+            s.max_sandboxes = sv.max_sandboxes.or(s.max_sandboxes);
+            s.max_connections = sv.max_connections.or(s.max_connections);
+            if let Some(v) = sv.max_body {
+                let size: units::ByteSize = v
+                    .parse()
+                    .map_err(|e: units::UnitError| invalid("serve.max_body", e.to_string()))?;
+                s.max_body = Some(size.0);
+            }
+            if let Some(pool) = sv.pool {
+                s.pool = pool;
+            }
+        }
         Ok(())
     }
 
@@ -377,6 +431,7 @@ impl Config {
                 session_max_age: None,
                 prune_older_than: None,
             },
+            serve: ServeSettings::default(),
             sources: Vec::new(),
         }
     }

@@ -21,4 +21,5 @@ mod lifecycle;
 mod limits;
 mod registry;
 mod registry_support;
+mod serve;
 mod sessions;
