@@ -58,6 +58,7 @@ enum ServeCommand {
 enum KeyCommand {
     /// Make a key; prints its token once (only a hash is kept).
     Add {
+        /// The key's name (in `key ls`, the audit log and limits).
         name: String,
         /// Most sandboxes this key may hold at once.
         #[arg(long, value_name = "N")]
@@ -65,11 +66,15 @@ enum KeyCommand {
     },
     /// List the keys (names and limits; tokens are not kept).
     Ls {
+        /// One JSON document instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Remove a key (its requests are refused at once).
-    Rm { name: String },
+    Rm {
+        /// The name given to `key add`.
+        name: String,
+    },
 }
 
 pub fn run(args: ServeArgs, state_root: &Path, config: Option<&Path>) -> i32 {
@@ -79,9 +84,10 @@ pub fn run(args: ServeArgs, state_root: &Path, config: Option<&Path>) -> i32 {
         None => {
             let options = match options(args, serve_dir, state_root, config) {
                 Ok(options) => options,
+                // Flags and the config's [serve] section: a usage error.
                 Err(message) => {
                     error(&message);
-                    return exit::NSBOX_FAILED;
+                    return exit::USAGE;
                 }
             };
             match serve::run(options) {

@@ -1358,7 +1358,7 @@ fn serve_config_section_sets_defaults() {
     ])
     .output()
     .unwrap();
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.status.code(), Some(nsbox::exit::USAGE));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("max_sandbox"),
         "{out:?}"
