@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{error, ExecArgs, SandboxArgs};
 use crate::profile::Profile;
-use crate::relay::{Event, Masker};
+use crate::relay::result::{text_or_base64, ResultDoc, ResultError};
+use crate::relay::{Event, Masker, Usage};
 use crate::report::{Class, Failure, Phase};
 use crate::sandbox::{self, Outcome};
 use crate::session::client::{SessionClient, SessionExec};
@@ -20,7 +22,7 @@ pub fn run(
     config: &crate::config::Config,
     t0: u64,
 ) -> i32 {
-    let json = args.json;
+    let json = result_mode(&args);
     // Until the spec exists, secrets are known only from the raw flags: mask them anyway.
     let early_masker = raw_secret_masker(&args.sandbox);
     // The image's layers stay locked (shared) for as long as this process supervises the
@@ -35,7 +37,7 @@ pub fn run(
         max_output: args.max_output,
         interactive: args.interactive,
         tty: args.tty,
-        json: args.json,
+        json,
         timings: args.timings,
     };
     let mut spec = match build_spec(
@@ -58,6 +60,7 @@ pub fn run(
             )
         }
     };
+    spec.io.result = args.result_json;
     let masker = Masker::new(&spec.secrets);
     if json {
         start_event(&spec.id, &spec.profile_name, spec.network.as_str());
@@ -80,7 +83,30 @@ pub(super) fn raw_secret_masker(sandbox: &SandboxArgs) -> Masker {
     )
 }
 
+/// `--result-json`: remembered for the whole process, since every way out of `exec` (the
+/// failures before a spec exists too) must end in the one document instead of events.
+static RESULT_DOCUMENT: AtomicBool = AtomicBool::new(false);
+
+/// Notes `--result-json` and returns whether JSON (events or the document) is wanted.
+fn result_mode(args: &ExecArgs) -> bool {
+    RESULT_DOCUMENT.store(args.result_json, Ordering::Relaxed);
+    args.json || args.result_json
+}
+
+fn result_document() -> bool {
+    RESULT_DOCUMENT.load(Ordering::Relaxed)
+}
+
+fn write_stdout(line: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line);
+    let _ = out.flush();
+}
+
 pub(super) fn start_event(id: &str, profile: &str, network: &str) {
+    if result_document() {
+        return;
+    }
     let start = Event::Start {
         id,
         profile,
@@ -174,8 +200,10 @@ pub(super) fn build_spec(
 /// `nsbox exec --session ID`: the session was made with its own flags and configuration, so
 /// nothing of the config file is read here.
 pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
-    let json = args.json;
-    let used = args.sandbox.defining_flags();
+    let json = result_mode(&args);
+    let mut used = args.sandbox.defining_flags();
+    // A secret for this one command (a token minted after `create`) is fine.
+    used.retain(|flag| *flag != "--secret-env");
     if !used.is_empty() {
         return fail(
             json,
@@ -183,7 +211,9 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
                 "{} do not apply with --session (the session was created with its own)",
                 used.join(", ")
             ))
-            .with_hint("with --session use -e, -w, -i, -t, --json, --timeout, --max-output"),
+            .with_hint(
+                "with --session use -e, --secret-env, -w, -i, -t, --json, --result-json, --timeout, --max-output",
+            ),
             t0,
         );
     }
@@ -195,22 +225,21 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
             t0,
         );
     }
-    let env = match session_env(&args.sandbox.env, args.tty) {
+    let mut env = match session_env(&args.sandbox.env, args.tty) {
         Ok(env) => env,
         Err(failure) => return fail(json, &failure, t0),
     };
+    let secrets = match session_secrets(&args.sandbox.secret_env) {
+        Ok(secrets) => secrets,
+        Err(failure) => return fail(json, &failure, t0),
+    };
+    env.extend(secrets.iter().cloned());
     let store = SessionStore::system();
     let client = match SessionClient::connect(&store, session) {
         Ok(c) => c,
         Err(e) => return fail(json, &Failure::of(&e), t0),
     };
-    if json {
-        start_event(
-            &client.record.id,
-            &client.record.profile,
-            &client.record.network,
-        );
-    }
+    // The start event waits for the command to run, so that it carries the exec id.
     let exec = SessionExec {
         argv: args.command,
         env,
@@ -222,6 +251,9 @@ pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
         max_output: args.max_output.map(Limit::into_option),
         phase: None,
         output_to_stderr: false,
+        result: args.result_json,
+        start_event: true,
+        secrets: secrets.into_iter().map(|(_, value)| value).collect(),
     };
     match client.exec(exec, t0) {
         Ok(outcome) => finish(json, args.timings, &outcome, &Masker::new::<&str>(&[])),
@@ -247,11 +279,40 @@ pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, 
     Ok(env)
 }
 
+/// `--secret-env NAME` of a session exec: NAME=value from nsbox's environment, for this command
+/// only, masked in its output like the session's own secrets (the client masks it; the session
+/// never records it).
+fn session_secrets(names: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    let host_env: BTreeMap<String, String> = std::env::vars().collect();
+    names
+        .iter()
+        .map(|name| {
+            let set = crate::spec::parse_env_entry("--secret-env", name, &host_env)
+                .map_err(|e| Failure::of(&e))?;
+            match set {
+                Some(kv) if !name.contains('=') && !kv.1.is_empty() => Ok(kv),
+                _ => Err(Failure::usage(format!(
+                    // Never the part after '=': it may be the secret itself.
+                    "--secret-env {}: takes the NAME of a variable set (not empty) in nsbox's environment",
+                    name.split('=').next().unwrap_or_default()
+                ))),
+            }
+        })
+        .collect()
+}
+
 /// Reports an nsbox failure: its message and hint on stderr, or an `error` event and an
 /// `exit` event with `--json`. Returns the failure's exit code.
 pub(super) fn fail(json: bool, failure: &Failure, t0: u64) -> i32 {
     let code = failure.exit_code();
-    if json {
+    if result_document() {
+        let error = ResultError {
+            phase: failure.phase.as_str().to_string(),
+            message: failure.message.clone(),
+            hint: failure.hint.clone(),
+        };
+        write_stdout(&ResultDoc::failed(code, error, elapsed_ms(t0)).to_line());
+    } else if json {
         let events = [
             Event::Error {
                 phase: failure.phase.as_str(),
@@ -266,6 +327,7 @@ pub(super) fn fail(json: bool, failure: &Failure, t0: u64) -> i32 {
                 timeout: false,
                 truncated: false,
                 duration_ms: elapsed_ms(t0),
+                usage: Usage::default(),
             },
         ];
         let mut out = std::io::stdout().lock();
@@ -286,7 +348,9 @@ fn elapsed_ms(t0: u64) -> f64 {
 pub(super) fn finish(json: bool, timings: bool, outcome: &Outcome, masker: &Masker) -> i32 {
     let code = outcome.exit_code();
     let message = outcome.message().map(|m| masker.mask_str(&m));
-    if json {
+    if result_document() {
+        write_stdout(&result_doc(outcome, message, masker).to_line());
+    } else if json {
         let mut out = std::io::stdout().lock();
         for warning in &outcome.warnings {
             let _ = out.write_all(
@@ -315,8 +379,9 @@ pub(super) fn finish(json: bool, timings: bool, outcome: &Outcome, masker: &Mask
             timeout: matches!(outcome.ending, sandbox::Ending::TimedOut(_)),
             truncated: outcome.truncated,
             duration_ms: outcome.duration.as_secs_f64() * 1e3,
+            usage: outcome.usage,
         };
-        let _ = out.write_all(&exit.to_line());
+        let _ = out.write_all(&exit.to_line_for(outcome.exec_id));
         let _ = out.flush();
     } else {
         for warning in &outcome.warnings {
@@ -330,6 +395,49 @@ pub(super) fn finish(json: bool, timings: bool, outcome: &Outcome, masker: &Mask
         print_timings(outcome);
     }
     code
+}
+
+/// The `--result-json` document of a command that ran (or failed to start).
+fn result_doc(outcome: &Outcome, message: Option<String>, masker: &Masker) -> ResultDoc {
+    let capture = outcome.capture.clone();
+    let (stdout, stdout_b64) = text_or_base64(capture.stdout);
+    let (stderr, stderr_b64) = text_or_base64(capture.stderr);
+    let error = match (&message, &outcome.ending) {
+        (Some(message), sandbox::Ending::ExecFailed { .. }) => Some(ResultError {
+            phase: Phase::Setup.as_str().to_string(),
+            message: message.clone(),
+            hint: None,
+        }),
+        _ => None,
+    };
+    let mut warnings: Vec<String> = outcome
+        .warnings
+        .iter()
+        .map(|w| masker.mask_str(w))
+        .collect();
+    // The human message of an ending (a timeout, an OOM kill) is a warning in the document.
+    if let (Some(message), None) = (message, &error) {
+        warnings.push(message);
+    }
+    ResultDoc {
+        id: Some(outcome.id.clone()),
+        exec_id: outcome.exec_id,
+        code: outcome.exit_code(),
+        signal: outcome.signal_name(),
+        oom: outcome.oom,
+        timeout: matches!(outcome.ending, sandbox::Ending::TimedOut(_)),
+        stdout,
+        stdout_b64,
+        stderr,
+        stderr_b64,
+        truncated: outcome.truncated,
+        duration_ms: outcome.duration.as_secs_f64() * 1e3,
+        usage: outcome.usage,
+        error,
+        warnings,
+        network: capture.network,
+        ts: crate::relay::events::rfc3339_now(),
+    }
 }
 
 fn print_timings(outcome: &Outcome) {

@@ -320,6 +320,10 @@ pub struct ExecArgs {
     /// Write one JSON event per line (output chunks, exit, errors) instead of raw output.
     #[arg(long, help_heading = "Input/output")]
     json: bool,
+    /// Print ONE JSON document when the command ended instead of its output: exit code,
+    /// signal/oom/timeout, stdout and stderr (masked, capped), truncation, timings, resource use.
+    #[arg(long, conflicts_with_all = ["json", "tty"], help_heading = "Input/output")]
+    result_json: bool,
     /// Print where the time went, phase by phase, on stderr.
     #[arg(long, help_heading = "Input/output")]
     timings: bool,

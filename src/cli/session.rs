@@ -152,6 +152,9 @@ pub fn create(
                     max_output: None,
                     phase: Some("setup"),
                     output_to_stderr: !json,
+                    result: false,
+                    start_event: false,
+                    secrets: Vec::new(),
                 },
                 t0,
             )

@@ -4,9 +4,10 @@
 
 pub mod events;
 pub mod mask;
+pub mod result;
 pub mod sink;
 pub mod stream;
 
-pub use events::{Chunk, Event, Utf8Chunker};
+pub use events::{Chunk, Event, Usage, Utf8Chunker};
 pub use mask::Masker;
 pub use sink::Sink;

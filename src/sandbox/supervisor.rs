@@ -20,8 +20,9 @@ use super::event_loop::{self, ExecStatus, Policy, PollSet, StatusPipe};
 use super::handle::{Handle, HandleEvent, HandleSource, InitMode};
 use super::setup::{self, ExecFailure};
 use crate::cgroup::CgroupError;
+use crate::relay::result::Capture;
 use crate::relay::stream::{Relay, RelayConfig, RelayError, RelayFd};
-use crate::relay::Masker;
+use crate::relay::{Masker, Usage};
 use crate::seccomp::SeccompError;
 use crate::spec::SandboxSpec;
 use crate::units::{format_duration, ByteSize};
@@ -98,6 +99,12 @@ pub struct Outcome {
     /// The command ran in a session: a timeout or interrupt ended the command's process
     /// group, not the sandbox.
     pub in_session: bool,
+    /// A session command's exec id.
+    pub exec_id: Option<u64>,
+    /// What the command used, where the cgroup tells (see [`Usage`]).
+    pub usage: Usage,
+    /// The output kept for `--result-json`.
+    pub capture: Capture,
 }
 
 impl Outcome {
@@ -254,6 +261,9 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         None => None,
     };
 
+    // Where the cgroup cannot tell the CPU time (cgroup v1 without cpuacct beside cpu), the
+    // reaped sandbox can: its init reaps everything in it, and this process reaps the init.
+    let cpu_before = sys::process::children_cpu_usec().ok();
     let launch = Handle::launch(spec, InitMode::RunCommand, marks)?;
     let streams = launch.streams;
     let relay = Relay::new(
@@ -264,6 +274,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
             max_output: spec.limits.max_output,
             phase: None,
             stdout_to_stderr: false,
+            result: spec.io.result,
+            exec_id: None,
         },
         &spec.secrets,
         streams.stdout,
@@ -286,6 +298,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         inner_marks: Vec::new(),
         warnings: launch.warnings,
         event_masker: Masker::for_network_events(&spec.secrets),
+        cpu_before,
     };
     let result = event_loop::drive(&mut sandbox);
     sandbox.finish(result)
@@ -315,6 +328,8 @@ struct Running<'a> {
     warnings: Vec<String>,
     /// Masks secrets in network events (a name looked up may carry one).
     event_masker: Masker,
+    /// This process's children's CPU time before the sandbox started.
+    cpu_before: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -463,7 +478,7 @@ impl Running<'_> {
             if self.spec.io.json {
                 let line = String::from_utf8_lossy(&event.to_json_line()).into_owned();
                 self.relay
-                    .push_line(false, self.event_masker.mask_str(&line).as_bytes());
+                    .push_json(self.event_masker.mask_str(&line).as_bytes());
             } else if self.spec.log_network {
                 let line = event.to_text_line();
                 self.relay
@@ -481,7 +496,18 @@ impl Running<'_> {
         self.emit_network(events);
         self.relay.finish();
         self.facts.oom = self.handle.oom_kills() > 0;
+        // The sandbox's cgroup is the command's (and its children's): read before it goes.
+        let mut usage = self.handle.stats().map_or_else(Usage::default, |s| Usage {
+            memory_peak_bytes: s.memory_peak_bytes,
+            cpu_usage_usec: s.cpu_usage_usec,
+        });
         self.teardown();
+        if usage.cpu_usage_usec.is_none() && !self.handle.state().init_alive() {
+            usage.cpu_usage_usec = sys::process::children_cpu_usec()
+                .ok()
+                .zip(self.cpu_before)
+                .map(|(now, before)| now.saturating_sub(before));
+        }
         loop_result?;
         self.marks.push(("cleaned up".into(), now_ns()));
 
@@ -509,6 +535,9 @@ impl Running<'_> {
             warnings: std::mem::take(&mut self.warnings),
             memory_limit: self.spec.limits.memory,
             in_session: false,
+            exec_id: None,
+            usage,
+            capture: self.relay.take_capture(),
         })
     }
 

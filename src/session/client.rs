@@ -23,6 +23,7 @@ use super::protocol::{Reply, Request, SessionStats};
 use super::state::{SessionRecord, SessionState, SessionStore};
 use super::SessionError;
 use crate::relay::stream::{Relay, RelayConfig, RelayFd};
+use crate::relay::{Event, Usage};
 use crate::sandbox::control;
 use crate::sandbox::event_loop::{self, arm_timer, ExecStatus, Policy, PollSet, StatusPipe};
 use crate::sandbox::supervisor::{now_ns, CommandFacts, Ending, Outcome, STOP_GRACE};
@@ -57,6 +58,12 @@ pub struct SessionExec {
     pub phase: Option<&'static str>,
     /// Raw output of the command goes to stderr (see `RelayConfig::stdout_to_stderr`).
     pub output_to_stderr: bool,
+    /// With `json`: one `--result-json` document instead of events.
+    pub result: bool,
+    /// Write the `start` event once the command runs (it then carries the exec id).
+    pub start_event: bool,
+    /// Values to mask on top of the session's own secrets (this command's `--secret-env`).
+    pub secrets: Vec<String>,
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SessionError {
@@ -235,9 +242,16 @@ impl SessionClient {
             stop_deadline: None,
             refused: None,
             socket_open: true,
+            exec_id: None,
+            usage: Usage::default(),
         };
         let result = event_loop::drive(&mut run);
         let relay_truncated = run.relay.as_ref().is_some_and(|r| r.truncated());
+        let capture = run
+            .relay
+            .as_mut()
+            .map(|r| r.take_capture())
+            .unwrap_or_default();
         if let Some(relay) = run.relay.as_mut() {
             relay.finish();
         }
@@ -264,6 +278,9 @@ impl SessionClient {
             warnings: Vec::new(),
             memory_limit: self.record.memory.map(ByteSize),
             in_session: true,
+            exec_id: run.exec_id,
+            usage: run.usage,
+            capture,
         })
     }
 }
@@ -286,6 +303,8 @@ struct ClientRun<'a> {
     stop_deadline: Option<Instant>,
     refused: Option<String>,
     socket_open: bool,
+    exec_id: Option<u64>,
+    usage: Usage,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -419,7 +438,12 @@ impl ClientRun<'_> {
             return Ok(());
         };
         match reply {
-            Reply::ExecStarted { secrets } => {
+            Reply::ExecStarted {
+                mut secrets,
+                exec_id,
+            } => {
+                self.exec_id = Some(exec_id);
+                secrets.extend(self.ex.secrets.iter().cloned());
                 let (out, err, stdin) = self.pending.take().unwrap_or((None, None, None));
                 let max_output = self
                     .ex
@@ -433,6 +457,8 @@ impl ClientRun<'_> {
                         max_output,
                         phase: self.ex.phase,
                         stdout_to_stderr: self.ex.output_to_stderr,
+                        result: self.ex.json && self.ex.result,
+                        exec_id: Some(exec_id),
                     },
                     &secrets,
                     out,
@@ -445,11 +471,25 @@ impl ClientRun<'_> {
                         .attach_terminal(master)
                         .map_err(|e| SessionError::Io(e.what, e.source))?;
                 }
+                if self.ex.json && self.ex.start_event {
+                    let record = &self.client.record;
+                    relay.event(&Event::Start {
+                        id: &record.id,
+                        profile: &record.profile,
+                        network: &record.network,
+                    });
+                }
                 self.relay = Some(relay);
             }
-            Reply::ExecEnded { code, signal, oom } => {
+            Reply::ExecEnded {
+                code,
+                signal,
+                oom,
+                usage,
+            } => {
                 self.facts.status = Some((code, signal));
                 self.facts.oom = oom;
+                self.usage = usage;
                 self.ended_at = Some(Instant::now());
             }
             Reply::Refused { message } => self.refused = Some(message),

@@ -33,6 +33,7 @@ use super::protocol::{Reply, Request, SessionStats};
 use super::state::{now_secs, SessionRecord, SessionStore, Stopped};
 use super::SessionError;
 use crate::profile::RootChoice;
+use crate::relay::Usage;
 use crate::sandbox::control::{self, ExecRequest, ToSupervisor};
 use crate::sandbox::event_loop::{self, Policy, PollSet};
 use crate::sandbox::handle::{Handle, HandleEvent, HandleSource};
@@ -309,6 +310,8 @@ struct Client {
 struct ExecState {
     client: u64,
     oom_before: u64,
+    /// The session cgroup's CPU usage when the command started: its exit reports the delta.
+    cpu_before: Option<u64>,
 }
 
 struct Daemon<'a> {
@@ -610,7 +613,15 @@ impl Daemon<'_> {
         match sent {
             Ok(()) => {
                 let oom_before = self.handle.oom_kills();
-                self.execs.insert(exec_id, ExecState { client, oom_before });
+                let cpu_before = self.handle.stats().and_then(|s| s.cpu_usage_usec);
+                self.execs.insert(
+                    exec_id,
+                    ExecState {
+                        client,
+                        oom_before,
+                        cpu_before,
+                    },
+                );
                 if let Some(c) = self.clients.iter_mut().find(|c| c.id == client) {
                     c.exec = Some(exec_id);
                 }
@@ -646,6 +657,7 @@ impl Daemon<'_> {
                         state.client,
                         &Reply::ExecStarted {
                             secrets: self.spec.secrets.clone(),
+                            exec_id,
                         },
                         &attached,
                     );
@@ -662,7 +674,26 @@ impl Daemon<'_> {
                 if let Some(state) = self.execs.remove(&exec_id) {
                     let oom =
                         self.handle.oom_kills() > state.oom_before && signal == Some(libc::SIGKILL);
-                    self.reply(state.client, &Reply::ExecEnded { code, signal, oom }, &[]);
+                    // The session's cgroup is all there is to measure: CPU time over the
+                    // command's life (with whatever else ran then), the session's memory peak.
+                    let stats = self.handle.stats();
+                    let usage = Usage {
+                        memory_peak_bytes: stats.and_then(|s| s.memory_peak_bytes),
+                        cpu_usage_usec: stats
+                            .and_then(|s| s.cpu_usage_usec)
+                            .zip(state.cpu_before)
+                            .map(|(now, before)| now.saturating_sub(before)),
+                    };
+                    self.reply(
+                        state.client,
+                        &Reply::ExecEnded {
+                            code,
+                            signal,
+                            oom,
+                            usage,
+                        },
+                        &[],
+                    );
                     self.command_done(state.client);
                 }
                 self.last_activity = Instant::now();
@@ -748,6 +779,7 @@ impl Daemon<'_> {
                     code: None,
                     signal: Some(libc::SIGKILL),
                     oom: false,
+                    usage: Usage::default(),
                 },
                 &[],
             );

@@ -85,6 +85,8 @@ pub struct IoMode {
     pub tty: bool,
     /// Write JSON events instead of raw output (--json).
     pub json: bool,
+    /// With `json`: one result document at the end instead of events (--result-json).
+    pub result: bool,
 }
 
 /// Everything needed to build and run one sandbox, validated.
@@ -328,6 +330,7 @@ impl SandboxSpec {
                 stdin: req.interactive,
                 tty: req.tty,
                 json: req.json,
+                result: false,
             },
             seccomp,
             timings: req.timings,
