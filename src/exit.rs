@@ -59,6 +59,7 @@ mod tests {
             exec_id: None,
             usage: Default::default(),
             capture: Default::default(),
+            kept: None,
         }
     }
 

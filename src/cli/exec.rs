@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{error, ExecArgs, SandboxArgs};
@@ -29,6 +31,10 @@ pub fn run(
     // sandbox, so `nsbox image prune` and `rmi` never delete them under it.
     let image = match open_image(&args.sandbox, state_root, config) {
         Ok(image) => image,
+        Err(failure) => return fail(json, &failure, t0),
+    };
+    let outs = match parse_outs(&args.outs) {
+        Ok(outs) => outs,
         Err(failure) => return fail(json, &failure, t0),
     };
     let command = ExecExtras {
@@ -61,14 +67,93 @@ pub fn run(
         }
     };
     spec.io.result = args.result_json;
+    spec.keep_filesystem = !outs.is_empty();
     let masker = Masker::new(&spec.secrets);
     if json {
         start_event(&spec.id, &spec.profile_name, spec.network.as_str());
     }
     tracing::info!(id = %spec.id, profile = %spec.profile_name, "starting sandbox");
     match sandbox::run(&spec, t0) {
-        Ok(outcome) => finish(spec.io.json, spec.timings, &outcome, &masker),
+        Ok(mut outcome) => {
+            copy_outs(&mut outcome, &outs, &spec.workdir);
+            finish(spec.io.json, spec.timings, &outcome, &masker)
+        }
         Err(e) => fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
+    }
+}
+
+/// `--out PATH:HOSTDIR` flags, checked before anything runs.
+fn parse_outs(outs: &[String]) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
+    outs.iter()
+        .map(|text| match text.split_once(':') {
+            Some((inside, host)) if !inside.is_empty() && !host.is_empty() => {
+                let inside = PathBuf::from(inside);
+                crate::session::copy::inside_path(&inside, Path::new("/"))
+                    .map_err(|e| Failure::usage(format!("--out {text}: {e}")))?;
+                Ok((inside, PathBuf::from(host)))
+            }
+            _ => Err(Failure::usage(format!(
+                "--out {text}: expected PATH:HOSTDIR (a path inside the sandbox, a host directory)"
+            ))
+            .with_hint("e.g. --out /sandbox/dist:./artifacts")),
+        })
+        .collect()
+}
+
+/// Copies each `--out` from the sandbox's filesystem (kept past its end) to the host, with
+/// `nsbox cp`'s rules (no link followed on either side, holes and hard links kept, 8g of data
+/// at most per copy), then lets the filesystem go. A failed copy is a warning: a command that
+/// failed may not have made what it was to leave behind; the exit status stays the command's.
+fn copy_outs(outcome: &mut Outcome, outs: &[(PathBuf, PathBuf)], workdir: &Path) {
+    let Some(kept) = outcome.kept.take() else {
+        if !outs.is_empty() && outcome.warnings.iter().all(|w| !w.contains("--out")) {
+            outcome
+                .warnings
+                .push("--out: nothing copied (the command did not run to its end)".into());
+        }
+        return;
+    };
+    for (inside, host) in outs {
+        let result = ensure_host_dir(host).and_then(|()| {
+            crate::session::copy::copy_out_of_root(
+                kept.root.as_fd(),
+                workdir,
+                inside,
+                host,
+                Some(OUT_MAX_BYTES),
+            )
+            .map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(report) if report.skipped > 0 => outcome.warnings.push(format!(
+                "--out {}: {} device, fifo or socket entries were not copied",
+                inside.display(),
+                report.skipped
+            )),
+            Ok(_) => {}
+            Err(e) => outcome.warnings.push(format!(
+                "--out {}:{}: {e}",
+                inside.display(),
+                host.display()
+            )),
+        }
+    }
+}
+
+/// The bound of one `--out` copy's file data (as `nsbox cp`'s default `--max-size`).
+const OUT_MAX_BYTES: u64 = 8 << 30;
+
+/// Creates the host directory of an `--out` when missing. The existing part is checked for
+/// links first (crate::host::path), so the directories created cannot land behind one.
+fn ensure_host_dir(dir: &Path) -> Result<(), String> {
+    use crate::host::path::{open_no_follow, Access, HostPathError};
+    match open_no_follow(dir, Access::Path) {
+        Ok((_, st)) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => Ok(()),
+        Ok(_) => Err(format!("{}: not a directory", dir.display())),
+        Err(HostPathError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
+        }
+        Err(e) => Err(format!("{}: {}", dir.display(), e.reason())),
     }
 }
 
@@ -202,6 +287,9 @@ pub(super) fn build_spec(
 pub fn run_in_session(args: ExecArgs, session: &str, t0: u64) -> i32 {
     let json = result_mode(&args);
     let mut used = args.sandbox.defining_flags();
+    if !args.outs.is_empty() {
+        used.push("--out (use `nsbox cp` with a session)");
+    }
     // A secret for this one command (a token minted after `create`) is fine.
     used.retain(|flag| *flag != "--secret-env");
     if !used.is_empty() {

@@ -327,6 +327,11 @@ pub struct ExecArgs {
     /// Print where the time went, phase by phase, on stderr.
     #[arg(long, help_heading = "Input/output")]
     timings: bool,
+    /// After the command ended, copy PATH (inside; relative to the working directory) into
+    /// the host directory HOSTDIR (created if missing) before the sandbox is removed.
+    /// Repeatable. Not with --session (use `nsbox cp`).
+    #[arg(long = "out", value_name = "PATH:HOSTDIR", help_heading = "Filesystem")]
+    outs: Vec<String>,
 
     /// The command and its arguments.
     #[arg(value_name = "CMD", trailing_var_arg = true, num_args = 0..)]

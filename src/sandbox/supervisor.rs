@@ -17,7 +17,7 @@ use rustix::event::PollFlags;
 
 use super::control::ToSupervisor;
 use super::event_loop::{self, ExecStatus, Policy, PollSet, StatusPipe};
-use super::handle::{Handle, HandleEvent, HandleSource, InitMode};
+use super::handle::{Handle, HandleEvent, HandleSource, InitMode, KeptFilesystem};
 use super::setup::{self, ExecFailure};
 use crate::cgroup::CgroupError;
 use crate::relay::result::Capture;
@@ -105,6 +105,8 @@ pub struct Outcome {
     pub usage: Usage,
     /// The output kept for `--result-json`.
     pub capture: Capture,
+    /// With `exec --out`: the sandbox's filesystem, still mounted, to copy from.
+    pub kept: Option<std::sync::Arc<KeptFilesystem>>,
 }
 
 impl Outcome {
@@ -299,6 +301,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         warnings: launch.warnings,
         event_masker: Masker::for_network_events(&spec.secrets),
         cpu_before,
+        kept: None,
     };
     let result = event_loop::drive(&mut sandbox);
     sandbox.finish(result)
@@ -330,6 +333,8 @@ struct Running<'a> {
     event_masker: Masker,
     /// This process's children's CPU time before the sandbox started.
     cpu_before: Option<u64>,
+    /// The sandbox's filesystem, kept for `exec --out`.
+    kept: Option<KeptFilesystem>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -457,6 +462,17 @@ impl Running<'_> {
             HandleEvent::Message(ToSupervisor::Exited { code, signal }, _) => {
                 self.marks.push(("command exited".into(), now_ns()));
                 self.facts.status = Some((code, signal));
+                if self.spec.keep_filesystem {
+                    // The init waits for this (see `setup::InitRole`): take the filesystem,
+                    // then end every process of the sandbox before anything is copied.
+                    match self.handle.keep_filesystem() {
+                        Ok(kept) => self.kept = Some(kept),
+                        Err(e) => self
+                            .warnings
+                            .push(format!("cannot keep the sandbox's files for --out: {e}")),
+                    }
+                    self.handle.kill();
+                }
             }
             HandleEvent::Message(other, _) => {
                 return Err(SandboxError::Died(format!(
@@ -538,6 +554,7 @@ impl Running<'_> {
             exec_id: None,
             usage,
             capture: self.relay.take_capture(),
+            kept: self.kept.take().map(std::sync::Arc::new),
         })
     }
 

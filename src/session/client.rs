@@ -281,6 +281,7 @@ impl SessionClient {
             exec_id: run.exec_id,
             usage: run.usage,
             capture,
+            kept: None,
         })
     }
 }

@@ -102,6 +102,10 @@ pub struct SandboxSpec {
     pub hostname: String,
     pub uid: u32,
     pub gid: u32,
+    /// The workload's umask (the profile's process.umask).
+    pub umask: u32,
+    /// Keep the filesystem after the command ended, for `exec --out` copies.
+    pub keep_filesystem: bool,
     pub uid_base: u32,
     /// The host uid that creates (owns) the sandbox's user namespace; None: root
     /// (see [`crate::idrange`]).
@@ -311,6 +315,8 @@ impl SandboxSpec {
             hostname,
             uid,
             gid,
+            umask: profile.umask,
+            keep_filesystem: false,
             uid_base: DEFAULT_UID_BASE,
             userns_owner: None,
             workdir,

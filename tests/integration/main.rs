@@ -13,6 +13,7 @@ mod config;
 mod egress;
 mod exec_basics;
 mod exit_codes;
+mod files;
 mod hostside;
 mod images;
 mod isolation;
