@@ -107,7 +107,7 @@ enum Never {}
 #[allow(unsafe_code)] // descriptor renumbering and forks; each block says why it is sound
 fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let mut marks: Vec<(String, u64)> = vec![("child started".into(), now_ns())];
-    let warnings: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
 
     // First, die with the supervisor: a killed supervisor must never leave a sandbox
     // running. It may have died between clone and here, so check the control socket too.
@@ -154,7 +154,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let ids = IdMap {
         base: s.spec.uid_base,
     };
-    let mut sources: Vec<Option<HostSource>> = apply::open_host_sources(s.plan)
+    let mut sources: Vec<Option<HostSource>> = apply::open_host_sources(s.plan, &mut warnings)
         .map_err(at("open host paths"))?
         .into_iter()
         .map(Some)

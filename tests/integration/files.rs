@@ -1,7 +1,7 @@
 //! Files in and out: the workload's umask, `exec --out` copying a one-shot's files back, and
 //! writable host mounts that write as the directory's owner.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::require_root;
@@ -114,4 +114,168 @@ fn exec_out_returns_files_with_sane_modes() {
     let sess = exec(&["--session", "nosuch", "--out", "a:/tmp", "--", "true"]);
     assert_eq!(sess.code, 121, "{sess:?}");
     assert!(sess.stderr.contains("--out"), "{sess:?}");
+}
+
+/// A host directory owned by `uid`:`gid`, writable only by its owner.
+fn owned_dir(uid: u32, gid: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn writable_mounts_write_as_the_directory_owner() {
+    require_root!();
+    // An ordinary host user (no account needed) and root.
+    let user = owned_dir(4242, 4343);
+    std::fs::write(user.path().join("existing"), "old\n").unwrap();
+    std::os::unix::fs::chown(user.path().join("existing"), Some(4242), Some(4343)).unwrap();
+    let rooted = owned_dir(0, 0);
+    let readonly = owned_dir(4242, 4343);
+    let m_user = format!("{}:/work:rw", user.path().display());
+    let m_root = format!("{}:/rootws:rw", rooted.path().display());
+    let m_ro = format!("{}:/ro", readonly.path().display());
+    let r = exec(&[
+        "-m",
+        &m_user,
+        "-m",
+        &m_root,
+        "-m",
+        &m_ro,
+        "--",
+        "/bin/sh",
+        "-c",
+        "set -e; echo made > /work/new; mkdir /work/dir; echo more >> /work/existing; \
+         echo r > /rootws/file; stat -c '%u:%g' /work /work/existing /rootws; \
+         if echo x > /ro/x 2>/dev/null; then echo ro-written; else echo ro-refused; fi",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Inside, the owner's files are the sandbox user's.
+    assert_eq!(r.stdout, "100:101\n100:101\n100:101\nro-refused\n", "{r:?}");
+    assert!(!r.stderr.contains("idmapped"), "no fallback here: {r:?}");
+    let owner = |p: &Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(owner(&user.path().join("new")), (4242, 4343, 0o644));
+    assert_eq!(owner(&user.path().join("dir")), (4242, 4343, 0o755));
+    assert_eq!(
+        std::fs::read_to_string(user.path().join("existing")).unwrap(),
+        "old\nmore\n"
+    );
+    assert_eq!(owner(&rooted.path().join("file")), (0, 0, 0o644));
+    assert!(!readonly.path().join("x").exists());
+}
+
+#[test]
+fn writable_mounts_map_only_the_owner() {
+    require_root!();
+    // A file of another host user in the workspace stays theirs: unmapped inside, not writable.
+    let ws = owned_dir(4242, 4343);
+    let other = ws.path().join("others");
+    std::fs::write(&other, "theirs\n").unwrap();
+    std::os::unix::fs::chown(&other, Some(4545), Some(4545)).unwrap();
+    let m = format!("{}:/work:rw", ws.path().display());
+    let r = exec(&[
+        "-m",
+        &m,
+        "--",
+        "/bin/sh",
+        "-c",
+        "stat -c '%u' /work/others; echo x >> /work/others && echo written; \
+         chown 0 /work/. 2>/dev/null && echo chowned; true",
+    ]);
+    assert_eq!(r.stdout, "65534\n", "{r:?}");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "theirs\n");
+    assert_eq!(std::fs::metadata(ws.path()).unwrap().uid(), 4242);
+
+    // A shared directory (sticky and world-writable, like /tmp) is no one's to write as: a
+    // plain bind, where the sandbox writes as its own host uid, never as root.
+    let shared = owned_dir(0, 0);
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let m = format!("{}:/shared:rw", shared.path().display());
+    let r = exec(&["-m", &m, "--", "/bin/sh", "-c", "echo x > /shared/f"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let uid = std::fs::metadata(shared.path().join("f")).unwrap().uid();
+    assert!(uid > nsbox::ids::DEFAULT_UID_BASE, "written as {uid}");
+}
+
+#[test]
+fn writable_mounts_fall_back_with_a_warning_where_idmapping_is_unsupported() {
+    require_root!();
+    // ramfs cannot be idmapped: the bind stays plain, and the sandbox is told.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "ramfs", "nsbox-test-ramfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _unmount = Unmount(dir.path().to_path_buf());
+    std::os::unix::fs::chown(dir.path(), Some(4242), Some(4242)).unwrap();
+    let m = format!("{}:/work:rw", dir.path().display());
+    let r = exec(&["-m", &m, "--", "/bin/sh", "-c", "stat -c %u /work"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "65534\n", "{r:?}");
+    assert!(
+        r.stderr.contains("is not idmapped") && r.stderr.contains("cannot idmap"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn git_trusts_a_writable_mount_and_needs_safe_directory_read_only() {
+    require_root!();
+    if std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skip("git_trusts_a_writable_mount", "git is not installed");
+        return;
+    }
+    let repo = owned_dir(4242, 4242);
+    let init = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .arg(repo.path())
+        .status()
+        .unwrap();
+    assert!(init.success());
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "4242:4242"])
+        .arg(repo.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let rw = format!("{}:/work:rw", repo.path().display());
+    let ok = exec(&["-m", &rw, "-w", "/work", "--", "git", "status", "--short"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let ro = format!("{}:/work", repo.path().display());
+    let refused = exec(&["-m", &ro, "-w", "/work", "--", "git", "status"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("dubious ownership"), "{refused:?}");
+    let trusted = exec(&[
+        "-m",
+        &ro,
+        "-w",
+        "/work",
+        "-e",
+        "GIT_CONFIG_COUNT=1",
+        "-e",
+        "GIT_CONFIG_KEY_0=safe.directory",
+        "-e",
+        "GIT_CONFIG_VALUE_0=/work",
+        "--",
+        "git",
+        "status",
+        "--short",
+    ]);
+    assert_eq!(trusted.code, 0, "{trusted:?}");
 }
