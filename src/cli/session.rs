@@ -33,6 +33,23 @@ pub struct CreateArgs {
     /// (default 1h, or the config's cleanup.session_max_age; `none` keeps it until `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
     max_age: Option<Limit<Timeout>>,
+    /// A hard lifetime: stop the session this long after it started, even while commands run
+    /// (they are ended like by `nsbox stop`).
+    #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
+    ttl: Option<Timeout>,
+    /// Remove the session once it stopped (by `stop`, --max-age, --ttl or its own end), after
+    /// --rm-grace; until then `ps` shows it stopped, with why.
+    #[arg(long, help_heading = "Sessions")]
+    rm: bool,
+    /// With --rm: how long a stopped session stays listed before it is removed.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "60s",
+        requires = "rm",
+        help_heading = "Sessions"
+    )]
+    rm_grace: Timeout,
     /// A shell script run in the new session before it is handed over (its own phase; if it
     /// fails, create fails with its output and exit code and the session is removed).
     #[arg(
@@ -131,7 +148,13 @@ pub fn create(
     };
     let masker = Masker::new(&spec.secrets);
     let store = SessionStore::system();
-    let (record, pending) = match daemon::start(&spec, args.name.as_deref(), max_age, &store) {
+    let lifetimes = daemon::Lifetimes {
+        max_age,
+        ttl: args.ttl.map(|t| t.0),
+        remove_after: args.rm.then_some(args.rm_grace.0),
+    };
+    let (record, pending) = match daemon::start_with(&spec, args.name.as_deref(), lifetimes, &store)
+    {
         Ok(started) => started,
         Err(e) => return fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     };

@@ -68,12 +68,37 @@ impl PendingSession {
     pub fn abort(self) {}
 }
 
+/// How long a session lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Stop once idle this long (`--max-age`).
+    pub max_age: Option<Duration>,
+    /// Stop this long after it started, busy or not (`--ttl`).
+    pub ttl: Option<Duration>,
+    /// Remove the stopped session this long after it stopped (`--rm`, `--rm-grace`).
+    pub remove_after: Option<Duration>,
+}
+
 /// Starts a session for `spec`: forks its supervisor, waits until the sandbox is ready.
-#[allow(unsafe_code)] // the fork; the block says why it is sound
 pub fn start(
     spec: &SandboxSpec,
     name: Option<&str>,
     max_age: Option<Duration>,
+    store: &SessionStore,
+) -> Result<(SessionRecord, PendingSession), SessionError> {
+    let lifetimes = Lifetimes {
+        max_age,
+        ..Lifetimes::default()
+    };
+    start_with(spec, name, lifetimes, store)
+}
+
+/// [`start`] with every lifetime setting.
+#[allow(unsafe_code)] // the fork; the block says why it is sound
+pub fn start_with(
+    spec: &SandboxSpec,
+    name: Option<&str>,
+    lifetimes: Lifetimes,
     store: &SessionStore,
 ) -> Result<(SessionRecord, PendingSession), SessionError> {
     let pipe = || {
@@ -94,7 +119,7 @@ pub fn start(
         let _abort = sys::process::AbortOnPanic;
         drop(ready_r);
         drop(ack_w);
-        let code = supervise(spec, name, max_age, store, ready_w, ack_r);
+        let code = supervise(spec, name, lifetimes, store, ready_w, ack_r);
         sys::process::exit_now(code);
     }
     drop(ready_w);
@@ -135,7 +160,7 @@ fn report(ready: &OwnedFd, message: &ReadyMessage) {
 fn supervise(
     spec: &SandboxSpec,
     name: Option<&str>,
-    max_age: Option<Duration>,
+    lifetimes: Lifetimes,
     store: &SessionStore,
     ready: OwnedFd,
     ack: OwnedFd,
@@ -219,7 +244,7 @@ fn supervise(
         pids: spec.limits.pids,
         uid: spec.uid,
         gid: spec.gid,
-        max_age: max_age.map(|d| d.as_secs().max(1)),
+        max_age: lifetimes.max_age.map(|d| d.as_secs().max(1)),
         supervisor_pid: std::process::id(),
         init_pid: 0,
         workdir: spec.workdir.clone(),
@@ -268,7 +293,8 @@ fn supervise(
         execs: BTreeMap::new(),
         next_exec: 1,
         ack: Some(ack),
-        max_age,
+        max_age: lifetimes.max_age,
+        deadline: lifetimes.ttl.map(|ttl| Instant::now() + ttl),
         last_activity: Instant::now(),
         stopping: None,
         remove_on_exit: false,
@@ -281,7 +307,28 @@ fn supervise(
         daemon.handle.kill();
     }
     daemon.finish();
+    let record = daemon.record.clone();
+    let removed = daemon.remove_on_exit;
+    // The session is over: `ps` shows it stopped (with why) from here on.
+    drop(daemon);
+    if let (Some(grace), false) = (lifetimes.remove_after, removed) {
+        remove_after_grace(store, &record, grace);
+    }
     0
+}
+
+/// `--rm`: waits out the grace period (the record says why the session stopped meanwhile),
+/// then removes the session — unless someone removed it already, or it is another one now.
+fn remove_after_grace(store: &SessionStore, record: &SessionRecord, grace: Duration) {
+    std::thread::sleep(grace);
+    match store.read_record(&record.id) {
+        Ok(now) if now.created == record.created && now.stopped.is_some() => {
+            if let Err(e) = store.remove(&now) {
+                tracing::warn!("--rm: could not remove the session: {e}");
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Binds the session's socket (root only: its directory is 0700).
@@ -329,6 +376,8 @@ struct Daemon<'a> {
     /// `nsbox create` has not confirmed yet.
     ack: Option<OwnedFd>,
     max_age: Option<Duration>,
+    /// `--ttl`: stopped at this moment, busy or not.
+    deadline: Option<Instant>,
     last_activity: Instant,
     /// When stopping: the deadline for the processes to end by themselves.
     stopping: Option<Instant>,
@@ -358,6 +407,9 @@ impl Policy for Daemon<'_> {
     fn before_wait(&mut self) -> Result<(), rustix::io::Errno> {
         if self.stopping.is_none() && self.idle_expired() {
             self.stop("idle longer than --max-age");
+        }
+        if self.stopping.is_none() && self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.stop("reached its --ttl");
         }
         if let Some(deadline) = self.stopping {
             let quiet = self.execs.is_empty() && self.processes_left() <= 1;
@@ -408,15 +460,22 @@ impl Daemon<'_> {
         if self.stopping.is_some() {
             return Some(STOP_POLL);
         }
-        let max_age = self.max_age?;
-        if !self.execs.is_empty() {
-            return None;
+        let floor = Duration::from_millis(10);
+        let ttl = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()).max(floor));
+        let idle = match self.max_age {
+            Some(max_age) if self.execs.is_empty() => Some(
+                max_age
+                    .saturating_sub(self.last_activity.elapsed())
+                    .max(floor),
+            ),
+            _ => None,
+        };
+        match (ttl, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        Some(
-            max_age
-                .saturating_sub(self.last_activity.elapsed())
-                .max(Duration::from_millis(10)),
-        )
     }
 
     fn idle_expired(&self) -> bool {

@@ -18,6 +18,7 @@ mod hostside;
 mod images;
 mod isolation;
 mod lifecycle;
+mod lifetimes;
 mod limits;
 mod registry;
 mod registry_support;

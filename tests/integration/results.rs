@@ -8,13 +8,13 @@ use crate::require_root;
 use crate::support::*;
 
 /// A session store of this test's own (sessions of concurrent tests never meet).
-struct Sessions {
+pub(crate) struct Sessions {
     dir: tempfile::TempDir,
     made: std::cell::RefCell<Vec<String>>,
 }
 
 impl Sessions {
-    fn new() -> Sessions {
+    pub(crate) fn new() -> Sessions {
         Sessions {
             dir: tempfile::Builder::new()
                 .prefix("nsbox-run-")
@@ -24,18 +24,18 @@ impl Sessions {
         }
     }
 
-    fn cmd(&self, args: &[&str]) -> std::process::Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = nsbox_cmd(args);
         cmd.env("NSBOX_RUN_DIR", self.dir.path());
         cmd.stdin(Stdio::null());
         cmd
     }
 
-    fn run(&self, args: &[&str]) -> Run {
+    pub(crate) fn run(&self, args: &[&str]) -> Run {
         self.cmd(args).output().expect("run nsbox").into()
     }
 
-    fn create(&self, args: &[&str]) -> String {
+    pub(crate) fn create(&self, args: &[&str]) -> String {
         let mut full = vec!["create"];
         full.extend_from_slice(args);
         let r = self.run(&full);
