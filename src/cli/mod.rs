@@ -77,6 +77,8 @@ enum Command {
     Create(Box<session::CreateArgs>),
     /// List sessions.
     Ps(session::PsArgs),
+    /// The output of a session's commands (kept masked, at most 16 MiB per session).
+    Logs(session::LogsArgs),
     /// A session's resource usage (memory, CPU, processes).
     Stats(session::StatsArgs),
     /// Stop a session: TERM to every process, KILL after a grace period.
@@ -372,6 +374,7 @@ pub fn main() -> i32 {
             with_config(config(), |c| session::create(*args, &state_root, c, t0))
         }
         Command::Ps(args) => session::ps(args),
+        Command::Logs(args) => session::logs(args),
         Command::Stats(args) => session::stats(args),
         Command::Stop(args) => session::stop(args),
         Command::Rm(args) => session::rm(args),

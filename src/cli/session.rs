@@ -592,3 +592,108 @@ pub(super) fn prune_sessions(older_than: Option<Duration>, dry_run: bool) -> (us
     }
     (removed, failed)
 }
+
+/// Flags of `nsbox logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The session (id, unique id prefix, or name); running or stopped.
+    #[arg(value_name = "ID|NAME")]
+    session: String,
+    /// Keep printing new output until the session stops.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Print the kept events (JSON lines, with `ts` and `exec_id`) instead of the output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `nsbox logs`: the output the session's commands relayed (masked and capped as their callers
+/// got it), kept by each `exec --session` in the session's `output.log`.
+pub fn logs(args: LogsArgs) -> i32 {
+    let store = SessionStore::system();
+    let record = match store.resolve(&args.session) {
+        Ok(r) => r,
+        Err(e) => {
+            error(&e.to_string());
+            return exit::USAGE;
+        }
+    };
+    let path = store.output_log(&record.id);
+    let mut offset = 0u64;
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let running = store.state(&record) == SessionState::Running;
+        // Read what is new; an absent log is a session that kept nothing (yet).
+        let grown = match read_from(&path, offset) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                error(&format!("{}: {e}", path.display()));
+                return exit::NSBOX_FAILED;
+            }
+        };
+        offset += grown.len() as u64;
+        pending.extend_from_slice(&grown);
+        // Whole lines only: a writer may be in the middle of one.
+        if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
+            let lines: Vec<u8> = pending.drain(..=end).collect();
+            if !print_log_lines(&lines, args.json) {
+                return 0;
+            }
+        }
+        if !args.follow || (!running && grown.is_empty()) {
+            return 0;
+        }
+        if grown.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Prints kept events: raw output to stdout/stderr, or the lines themselves with `--json`.
+/// False once stdout is gone.
+fn print_log_lines(lines: &[u8], json: bool) -> bool {
+    let mut out = std::io::stdout().lock();
+    if json {
+        return out.write_all(lines).and_then(|()| out.flush()).is_ok();
+    }
+    let mut err = std::io::stderr().lock();
+    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(event) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        let data = match (event["data"].as_str(), event["data_b64"].as_str()) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(b64)) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap_or_default()
+            }
+            (None, None) => Vec::new(),
+        };
+        let written = match event["type"].as_str() {
+            Some("stdout") => out.write_all(&data),
+            Some("stderr") => err.write_all(&data),
+            Some("truncated") => writeln!(
+                err,
+                "nsbox: the session's output log is full ({} bytes); later output was not kept",
+                event["limit"]
+            ),
+            _ => Ok(()),
+        };
+        if written.is_err() {
+            return false;
+        }
+    }
+    out.flush().is_ok()
+}

@@ -3,6 +3,7 @@
 //! owns the descriptors and calls in here.
 
 pub mod events;
+pub mod log;
 pub mod mask;
 pub mod result;
 pub mod sink;

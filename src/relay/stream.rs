@@ -117,6 +117,7 @@ pub struct Relay {
     terminal: Option<RawTerminal>,
     buf: Vec<u8>,
     capture: Capture,
+    log: Option<super::log::OutputLog>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -160,6 +161,7 @@ impl Relay {
             terminal: None,
             buf: vec![0u8; READ_CHUNK],
             capture: Capture::default(),
+            log: None,
         })
     }
 
@@ -316,6 +318,11 @@ impl Relay {
         }
     }
 
+    /// Also keeps the output (as relayed: masked, capped) in a session's output log.
+    pub fn keep_in(&mut self, log: super::log::OutputLog) {
+        self.log = Some(log);
+    }
+
     /// What was kept for `--result-json` (empty otherwise).
     pub fn take_capture(&mut self) -> Capture {
         std::mem::take(&mut self.capture)
@@ -379,6 +386,9 @@ impl Relay {
             }
         }
         self.relayed += data.len() as u64;
+        if let Some(log) = self.log.as_mut() {
+            log.record(stream, self.cfg.phase.unwrap_or("run"), data);
+        }
         if self.cfg.json && self.cfg.result {
             let kept = if stream == 0 {
                 &mut self.capture.stdout

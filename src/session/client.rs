@@ -39,6 +39,8 @@ const DRAIN_AFTER_END: Duration = Duration::from_millis(100);
 pub struct SessionClient {
     socket: OwnedFd,
     pub record: SessionRecord,
+    /// Where the session's commands' output is kept (`nsbox logs`).
+    output_log: PathBuf,
 }
 
 /// A command to run in a session.
@@ -107,7 +109,12 @@ impl SessionClient {
             why: format!("its socket does not answer ({e})"),
         })?;
         super::state::check_supervisor_peer(socket.as_fd(), &record, &path)?;
-        Ok(SessionClient { socket, record })
+        let output_log = store.output_log(&record.id);
+        Ok(SessionClient {
+            socket,
+            record,
+            output_log,
+        })
     }
 
     fn send(&self, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), SessionError> {
@@ -471,6 +478,10 @@ impl ClientRun<'_> {
                     relay
                         .attach_terminal(master)
                         .map_err(|e| SessionError::Io(e.what, e.source))?;
+                }
+                match crate::relay::log::OutputLog::open(&self.client.output_log, exec_id) {
+                    Ok(log) => relay.keep_in(log),
+                    Err(e) => tracing::warn!("the session's output is not kept: {e}"),
                 }
                 if self.ex.json && self.ex.start_event {
                     let record = &self.client.record;

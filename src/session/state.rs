@@ -6,6 +6,7 @@
 //! <run dir>/sessions/<id>/control.sock   the supervisor's socket (root only)
 //! <run dir>/sessions/<id>/supervisor.log the supervisor's own messages
 //! <run dir>/sessions/<id>/network.log    DNS and connection decisions (--log-network)
+//! <run dir>/sessions/<id>/output.log     the commands' output, masked, bounded (`nsbox logs`)
 //! <run dir>/names/<name>                 the id a name stands for (claimed with O_EXCL)
 //! ```
 //!
@@ -165,6 +166,11 @@ impl SessionStore {
     /// The session's network decisions, one line each (`--net filtered --log-network`).
     pub fn network_log(&self, id: &str) -> PathBuf {
         self.dir(id).join("network.log")
+    }
+
+    /// The commands' relayed output, JSON lines (see `relay::log`).
+    pub fn output_log(&self, id: &str) -> PathBuf {
+        self.dir(id).join("output.log")
     }
 
     fn record_path(&self, id: &str) -> PathBuf {

@@ -284,3 +284,50 @@ fn a_secret_for_one_session_command_is_masked_and_not_kept() {
     let other = s.run(&["exec", "--session", &id, "--secret", "A=b", "--", "true"]);
     assert_eq!(other.code, 121, "{other:?}");
 }
+
+#[test]
+fn logs_show_a_sessions_output_masked_and_follow_until_it_stops() {
+    require_root!();
+    let s = Sessions::new();
+    let id = s.create(&["--secret", "TOKEN=hunter2-secret", "--setup", "echo set up"]);
+    let r = s.run(&[
+        "exec",
+        "--session",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo out $TOKEN; echo err >&2",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let logs = s.run(&["logs", &id]);
+    assert_eq!(logs.code, 0, "{logs:?}");
+    assert_eq!(logs.stdout, "set up\nout ***\n");
+    assert_eq!(logs.stderr, "err\n");
+    let json = s.run(&["logs", "--json", &id]);
+    let ev = events(&json.stdout);
+    assert_eq!(ev[0]["phase"], "setup");
+    assert_eq!(ev[1]["phase"], "run");
+    assert!(ev
+        .iter()
+        .all(|e| is_timestamp(&e["ts"]) && e["exec_id"].is_u64()));
+    assert!(!json.stdout.contains("hunter2"));
+
+    // -f prints what comes later, and ends when the session stops.
+    let follower = s
+        .cmd(&["logs", "-f", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = s.run(&["exec", "--session", &id, "--", "echo", "later"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s.run(&["stop", &id]).code, 0);
+    let out = follower.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "set up\nout ***\nlater\n"
+    );
+    // A stopped session's output stays readable until it is removed.
+    assert_eq!(s.run(&["logs", &id]).stdout, "set up\nout ***\nlater\n");
+    assert_eq!(s.run(&["logs", "nosuch-31409"]).code, 121);
+}
