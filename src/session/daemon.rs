@@ -811,9 +811,13 @@ impl Daemon<'_> {
             return;
         }
         let masker = crate::relay::Masker::for_network_events(&self.spec.secrets);
+        // JSON lines, the `--json` stream's network events with their time.
         let text: String = events
             .iter()
-            .map(|e| masker.mask_str(&e.to_text_line()))
+            .map(|e| {
+                let line = crate::relay::events::stamp_line(&e.to_json_line(), None);
+                masker.mask_str(&String::from_utf8_lossy(&line))
+            })
             .collect();
         let path = self.store.network_log(&self.record.id);
         let written = std::fs::OpenOptions::new()
