@@ -27,14 +27,14 @@ pub fn run(
     let json = result_mode(&args);
     // Until the spec exists, secrets are known only from the raw flags: mask them anyway.
     let early_masker = raw_secret_masker(&args.sandbox);
+    let outs = match parse_outs(&args.outs) {
+        Ok(outs) => outs,
+        Err(failure) => return fail(json, &failure, t0),
+    };
     // The image's layers stay locked (shared) for as long as this process supervises the
     // sandbox, so `nsbox image prune` and `rmi` never delete them under it.
     let image = match open_image(&args.sandbox, state_root, config) {
         Ok(image) => image,
-        Err(failure) => return fail(json, &failure, t0),
-    };
-    let outs = match parse_outs(&args.outs) {
-        Ok(outs) => outs,
         Err(failure) => return fail(json, &failure, t0),
     };
     let command = ExecExtras {
@@ -109,7 +109,7 @@ fn copy_outs(outcome: &mut Outcome, outs: &[(PathBuf, PathBuf)], workdir: &Path)
         if !outs.is_empty() && outcome.warnings.iter().all(|w| !w.contains("--out")) {
             outcome
                 .warnings
-                .push("--out: nothing copied (the command did not run to its end)".into());
+                .push("--out: nothing copied (the sandbox ended before its command did)".into());
         }
         return;
     };

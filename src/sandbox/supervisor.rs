@@ -407,6 +407,10 @@ impl Policy for Running<'_> {
                 self.timer = None;
                 if self.handle.state().init_alive() {
                     self.facts.timed_out = true;
+                    // What a timed-out command left (test reports) is what --out is for too.
+                    if self.spec.keep_filesystem {
+                        self.keep_filesystem();
+                    }
                     self.handle.kill();
                 }
             }
@@ -465,12 +469,7 @@ impl Running<'_> {
                 if self.spec.keep_filesystem {
                     // The init waits for this (see `setup::InitRole`): take the filesystem,
                     // then end every process of the sandbox before anything is copied.
-                    match self.handle.keep_filesystem() {
-                        Ok(kept) => self.kept = Some(kept),
-                        Err(e) => self
-                            .warnings
-                            .push(format!("cannot keep the sandbox's files for --out: {e}")),
-                    }
+                    self.keep_filesystem();
                     self.handle.kill();
                 }
             }
@@ -500,6 +499,19 @@ impl Running<'_> {
                 self.relay
                     .push_line(true, self.event_masker.mask_str(&line).as_bytes());
             }
+        }
+    }
+
+    /// Takes hold of the sandbox's filesystem for `exec --out` (while its init lives).
+    fn keep_filesystem(&mut self) {
+        if self.kept.is_some() {
+            return;
+        }
+        match self.handle.keep_filesystem() {
+            Ok(kept) => self.kept = Some(kept),
+            Err(e) => self
+                .warnings
+                .push(format!("cannot keep the sandbox's files for --out: {e}")),
         }
     }
 

@@ -108,6 +108,22 @@ fn exec_out_returns_files_with_sane_modes() {
         missing.stderr.contains("warning: --out nothere"),
         "{missing:?}"
     );
+    // A command killed at its --timeout still hands back what it made.
+    let timed = exec(&[
+        "--timeout",
+        "500ms",
+        "--out",
+        &format!("report.xml:{}", artifacts.display()),
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo '<testsuite/>' > report.xml; exec sleep 31410",
+    ]);
+    assert_eq!(timed.code, 124, "{timed:?}");
+    assert_eq!(
+        std::fs::read_to_string(artifacts.join("report.xml")).unwrap(),
+        "<testsuite/>\n"
+    );
     // Malformed, and not with a session.
     assert_eq!(exec(&["--out", "nohostdir", "--", "true"]).code, 121);
     assert_eq!(exec(&["--out", "../x:/tmp", "--", "true"]).code, 121);
