@@ -267,7 +267,10 @@ fn limits_text(r: &SessionRecord) -> String {
         .map_or("-".into(), |m| ByteSize(m).to_string().replace(' ', ""));
     let cpus = r.cpu_millis.map_or("-".into(), |c| CpuQuota(c).to_string());
     let pids = r.pids.map_or("-".into(), |p| p.to_string());
-    format!("mem={memory} cpus={cpus} pids={pids}")
+    let ttl = r
+        .ttl
+        .map_or(String::new(), |t| format!(" ttl={}", age_text(t)));
+    format!("mem={memory} cpus={cpus} pids={pids}{ttl}")
 }
 
 pub fn ps(args: PsArgs) -> i32 {
@@ -288,6 +291,8 @@ pub fn ps(args: PsArgs) -> i32 {
                     "cpus": r.cpu_millis.map(|c| c as f64 / 1000.0),
                     "pids": r.pids,
                     "max_age_secs": r.max_age,
+                    "ttl_secs": r.ttl,
+                    "rm_after_secs": r.remove_after,
                     "stopped": r.stopped,
                 })
             })

@@ -245,6 +245,8 @@ fn supervise(
         uid: spec.uid,
         gid: spec.gid,
         max_age: lifetimes.max_age.map(|d| d.as_secs().max(1)),
+        ttl: lifetimes.ttl.map(|d| d.as_secs()),
+        remove_after: lifetimes.remove_after.map(|d| d.as_secs()),
         supervisor_pid: std::process::id(),
         init_pid: 0,
         workdir: spec.workdir.clone(),

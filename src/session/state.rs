@@ -84,6 +84,12 @@ pub struct SessionRecord {
     pub gid: u32,
     /// Idle sessions are stopped after this many seconds.
     pub max_age: Option<u64>,
+    /// `--ttl`: stopped this many seconds after `created`, busy or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    /// `--rm`: removed this many seconds after it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_after: Option<u64>,
     pub supervisor_pid: u32,
     /// The sandbox's init, as a host pid (0 until it runs).
     pub init_pid: i32,
@@ -496,6 +502,8 @@ mod tests {
             uid: 100,
             gid: 101,
             max_age: None,
+            ttl: None,
+            remove_after: None,
             supervisor_pid: std::process::id(),
             init_pid: 0,
             workdir: PathBuf::from("/sandbox"),

@@ -32,6 +32,9 @@ fn a_ttl_session_is_stopped_at_its_deadline_even_while_busy_and_removed_with_rm(
         "--max-age",
         "none",
     ]);
+    let listed = find(&s, &id).unwrap();
+    assert_eq!(listed["ttl_secs"], 1, "{listed}");
+    assert_eq!(listed["rm_after_secs"], 1, "{listed}");
     // Busy past the deadline: the command is ended with the session.
     let r = s.run(&["exec", "--session", &id, "--", "sleep", "31408"]);
     assert_eq!(r.code, 143, "ended by the stop's SIGTERM: {r:?}");
