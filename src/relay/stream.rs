@@ -308,13 +308,13 @@ impl Relay {
     /// Queues one JSON object of nsbox's own (a network event) in the event stream, stamped
     /// like the relay's events; kept for the document with `--result-json`.
     pub fn push_json(&mut self, object: &[u8]) {
+        let line = super::events::stamp_line(object, self.cfg.exec_id);
         if self.cfg.result {
-            if let Ok(value) = serde_json::from_slice(object) {
+            if let Ok(value) = serde_json::from_slice(&line) {
                 self.capture.network.push(value);
             }
         } else {
-            self.stdout
-                .push(&super::events::stamp_line(object, self.cfg.exec_id));
+            self.stdout.push(&line);
         }
     }
 

@@ -177,6 +177,29 @@ fn result_json_prints_one_document() {
 }
 
 #[test]
+fn network_events_are_stamped_and_kept_in_the_result() {
+    require_root!();
+    // A name off the allowlist is refused by nsbox's resolver itself: nothing leaves the host.
+    let flags = ["--net", "filtered", "--allow", "only.example"];
+    let cmd = ["--", "getent", "hosts", "refused-31411.example"];
+    let r = exec(&[&["--json"][..], &flags, &cmd].concat());
+    let ev = events(&r.stdout);
+    let dns: Vec<_> = ev.iter().filter(|e| e["type"] == "dns").collect();
+    assert!(!dns.is_empty(), "{r:?}");
+    for e in &dns {
+        assert!(is_timestamp(&e["ts"]), "{e}");
+        assert_eq!(e["decision"], "refused");
+    }
+    let r = exec(&[&["--result-json"][..], &flags, &cmd].concat());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let network = doc["network"].as_array().unwrap();
+    assert!(!network.is_empty(), "{doc}");
+    assert!(network.iter().all(|e| e["type"] == "dns"
+        && e["name"] == "refused-31411.example"
+        && is_timestamp(&e["ts"])));
+}
+
+#[test]
 fn session_results_carry_the_exec_id_and_session_usage() {
     require_root!();
     let s = Sessions::new();
