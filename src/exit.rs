@@ -56,6 +56,10 @@ mod tests {
             warnings: Vec::new(),
             memory_limit: None,
             in_session: false,
+            exec_id: None,
+            usage: Default::default(),
+            capture: Default::default(),
+            kept: None,
         }
     }
 

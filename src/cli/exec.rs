@@ -2,10 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{error, RunArgs, SandboxArgs};
 use crate::profile::Profile;
-use crate::relay::{Event, Masker};
+use crate::relay::result::{text_or_base64, ResultDoc, ResultError};
+use crate::relay::{Event, Masker, Usage};
 use crate::report::{Failure, Phase};
 use crate::sandbox::{self, Outcome};
 use crate::session::client::{SessionClient, SessionExec};
@@ -20,10 +24,14 @@ pub fn run(
     config: &crate::config::Config,
     t0: u64,
 ) -> i32 {
-    let json = args.json;
+    let json = result_mode(&args);
     // Until the spec exists, secrets are known only from the raw flags: mask them anyway.
     let early_masker = raw_secret_masker(&args.sandbox);
     let labels: BTreeMap<String, String> = args.sandbox.labels.iter().cloned().collect();
+    let outs = match parse_outs(&args.outs) {
+        Ok(outs) => outs,
+        Err(failure) => return fail(json, &failure, t0),
+    };
     // The image's layers stay locked (shared) for as long as this process supervises the
     // sandbox, so `nsbox image prune` and `rmi` never delete them under it.
     let image = match open_image(&args.sandbox, state_root, config) {
@@ -37,7 +45,7 @@ pub fn run(
         max_output: args.max_output,
         interactive: args.interactive,
         tty: args.tty,
-        json: args.json,
+        json,
         timings: args.timings,
     };
     let mut spec = match build_spec(
@@ -54,14 +62,94 @@ pub fn run(
         Ok(range) => range,
         Err(e) => return fail(json, &Failure::of(&e), t0),
     };
+    spec.io.result = args.result_json;
+    spec.keep_filesystem = !outs.is_empty();
     let masker = Masker::new(&spec.secrets);
     if json {
         start_event(&spec.id, &spec.profile_name, spec.network.as_str(), &labels);
     }
     tracing::info!(id = %spec.id, profile = %spec.profile_name, "starting sandbox");
     match sandbox::run(&spec, t0) {
-        Ok(outcome) => finish(spec.io.json, spec.timings, &outcome, &masker),
+        Ok(mut outcome) => {
+            copy_outs(&mut outcome, &outs, &spec.workdir);
+            finish(spec.io.json, spec.timings, &outcome, &masker)
+        }
         Err(e) => fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
+    }
+}
+
+/// `--out PATH:HOSTDIR` flags, checked before anything runs.
+fn parse_outs(outs: &[String]) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
+    outs.iter()
+        .map(|text| match text.split_once(':') {
+            Some((inside, host)) if !inside.is_empty() && !host.is_empty() => {
+                let inside = PathBuf::from(inside);
+                crate::session::copy::inside_path(&inside, Path::new("/"))
+                    .map_err(|e| Failure::usage(format!("--out {text}: {e}")))?;
+                Ok((inside, PathBuf::from(host)))
+            }
+            _ => Err(Failure::usage(format!(
+                "--out {text}: expected PATH:HOSTDIR (a path inside the sandbox, a host directory)"
+            ))
+            .with_hint("e.g. --out /sandbox/dist:./artifacts")),
+        })
+        .collect()
+}
+
+/// Copies each `--out` from the sandbox's filesystem (kept past its end) to the host, with
+/// `nsbox cp`'s rules (no link followed on either side, holes and hard links kept, 8g of data
+/// at most per copy), then lets the filesystem go. A failed copy is a warning: a command that
+/// failed may not have made what it was to leave behind; the exit status stays the command's.
+fn copy_outs(outcome: &mut Outcome, outs: &[(PathBuf, PathBuf)], workdir: &Path) {
+    let Some(kept) = outcome.kept.take() else {
+        if !outs.is_empty() && outcome.warnings.iter().all(|w| !w.contains("--out")) {
+            outcome
+                .warnings
+                .push("--out: nothing copied (the sandbox ended before its command did)".into());
+        }
+        return;
+    };
+    for (inside, host) in outs {
+        let result = ensure_host_dir(host).and_then(|()| {
+            crate::session::copy::copy_out_of_root(
+                kept.root.as_fd(),
+                workdir,
+                inside,
+                host,
+                Some(OUT_MAX_BYTES),
+            )
+            .map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(report) if report.skipped > 0 => outcome.warnings.push(format!(
+                "--out {}: {} device, fifo or socket entries were not copied",
+                inside.display(),
+                report.skipped
+            )),
+            Ok(_) => {}
+            Err(e) => outcome.warnings.push(format!(
+                "--out {}:{}: {e}",
+                inside.display(),
+                host.display()
+            )),
+        }
+    }
+}
+
+/// The bound of one `--out` copy's file data (as `nsbox cp`'s default `--max-size`).
+const OUT_MAX_BYTES: u64 = 8 << 30;
+
+/// Creates the host directory of an `--out` when missing. The existing part is checked for
+/// links first (crate::host::path), so the directories created cannot land behind one.
+fn ensure_host_dir(dir: &Path) -> Result<(), String> {
+    use crate::host::path::{open_no_follow, Access, HostPathError};
+    match open_no_follow(dir, Access::Path) {
+        Ok((_, st)) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => Ok(()),
+        Ok(_) => Err(format!("{}: not a directory", dir.display())),
+        Err(HostPathError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
+        }
+        Err(e) => Err(format!("{}: {}", dir.display(), e.reason())),
     }
 }
 
@@ -76,12 +164,35 @@ pub(super) fn raw_secret_masker(sandbox: &SandboxArgs) -> Masker {
     )
 }
 
+/// `--result-json`: remembered for the whole process, since every way out of `exec` (the
+/// failures before a spec exists too) must end in the one document instead of events.
+static RESULT_DOCUMENT: AtomicBool = AtomicBool::new(false);
+
+/// Notes `--result-json` and returns whether JSON (events or the document) is wanted.
+fn result_mode(args: &RunArgs) -> bool {
+    RESULT_DOCUMENT.store(args.result_json, Ordering::Relaxed);
+    args.json || args.result_json
+}
+
+fn result_document() -> bool {
+    RESULT_DOCUMENT.load(Ordering::Relaxed)
+}
+
+fn write_stdout(line: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line);
+    let _ = out.flush();
+}
+
 pub(super) fn start_event(
     id: &str,
     profile: &str,
     network: &str,
     labels: &BTreeMap<String, String>,
 ) {
+    if result_document() {
+        return;
+    }
     let start = Event::Start {
         id,
         profile,
@@ -333,13 +444,16 @@ fn config_or_profile_error(
 /// configuration, so nothing of the config file is read here. `--secret` and `--secret-env`
 /// add variables for this one command, masked in its output like the session's own.
 pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
-    let json = args.json;
+    let json = result_mode(&args);
     if let Some(message) = verbose_after_command(&args.sandbox) {
         return fail(json, &usage(message), t0);
     }
     let mut used = args.sandbox.defining_flags();
     if args.entrypoint.is_some() {
         used.push("--entrypoint");
+    }
+    if !args.outs.is_empty() {
+        used.push("--out (use `nsbox cp` with a session)");
     }
     if !used.is_empty() {
         return fail(
@@ -349,7 +463,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
                 used.join(", ")
             ))
             .with_hint(
-                "with --session use -e, -w, -i, -t, --json, --timeout, --max-output, --secret, --secret-env",
+                "with --session use -e, -w, -i, -t, --json, --result-json, --timeout, --max-output, --secret, --secret-env",
             ),
             t0,
         );
@@ -379,14 +493,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(json, &Failure::of(&e), t0),
     };
-    if json {
-        start_event(
-            &client.record.id,
-            &client.record.profile,
-            &client.record.network,
-            &super::session::read_labels(&store, &client.record.id),
-        );
-    }
+    // The start event waits for the command to run, so that it carries the exec id.
     let exec = SessionExec {
         argv: args.command,
         env,
@@ -398,6 +505,10 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
         max_output: args.max_output.map(Limit::into_option),
         phase: None,
         output_to_stderr: false,
+        result: args.result_json,
+        start_event: true,
+        labels: Some(super::session::read_labels(&store, &client.record.id))
+            .filter(|l| !l.is_empty()),
         secrets: secret_values,
     };
     match client.exec(exec, t0) {
@@ -467,7 +578,14 @@ pub(super) fn session_env(entries: &[String], tty: bool) -> Result<Vec<(String, 
 /// `exit` event with `--json`. Returns the failure's exit code.
 pub(super) fn fail(json: bool, failure: &Failure, t0: u64) -> i32 {
     let code = failure.exit_code();
-    if json {
+    if result_document() {
+        let error = ResultError {
+            phase: failure.phase.as_str().to_string(),
+            message: failure.message.clone(),
+            hint: failure.hint.clone(),
+        };
+        write_stdout(&ResultDoc::failed(code, error, elapsed_ms(t0)).to_line());
+    } else if json {
         let events = [
             Event::Error {
                 phase: failure.phase.as_str(),
@@ -482,6 +600,7 @@ pub(super) fn fail(json: bool, failure: &Failure, t0: u64) -> i32 {
                 timeout: false,
                 truncated: false,
                 duration_ms: elapsed_ms(t0),
+                usage: Usage::default(),
             },
         ];
         let mut out = std::io::stdout().lock();
@@ -502,7 +621,9 @@ fn elapsed_ms(t0: u64) -> f64 {
 pub(super) fn finish(json: bool, timings: bool, outcome: &Outcome, masker: &Masker) -> i32 {
     let code = outcome.exit_code();
     let message = outcome.message().map(|m| masker.mask_str(&m));
-    if json {
+    if result_document() {
+        write_stdout(&result_doc(outcome, message, masker).to_line());
+    } else if json {
         let mut out = std::io::stdout().lock();
         for warning in &outcome.warnings {
             let _ = out.write_all(
@@ -531,8 +652,9 @@ pub(super) fn finish(json: bool, timings: bool, outcome: &Outcome, masker: &Mask
             timeout: matches!(outcome.ending, sandbox::Ending::TimedOut(_)),
             truncated: outcome.truncated,
             duration_ms: outcome.duration.as_secs_f64() * 1e3,
+            usage: outcome.usage,
         };
-        let _ = out.write_all(&exit.to_line());
+        let _ = out.write_all(&exit.to_line_for(outcome.exec_id));
         let _ = out.flush();
     } else {
         for warning in &outcome.warnings {
@@ -546,6 +668,49 @@ pub(super) fn finish(json: bool, timings: bool, outcome: &Outcome, masker: &Mask
         print_timings(outcome);
     }
     code
+}
+
+/// The `--result-json` document of a command that ran (or failed to start).
+fn result_doc(outcome: &Outcome, message: Option<String>, masker: &Masker) -> ResultDoc {
+    let capture = outcome.capture.clone();
+    let (stdout, stdout_b64) = text_or_base64(capture.stdout);
+    let (stderr, stderr_b64) = text_or_base64(capture.stderr);
+    let error = match (&message, &outcome.ending) {
+        (Some(message), sandbox::Ending::ExecFailed { .. }) => Some(ResultError {
+            phase: Phase::Setup.as_str().to_string(),
+            message: message.clone(),
+            hint: None,
+        }),
+        _ => None,
+    };
+    let mut warnings: Vec<String> = outcome
+        .warnings
+        .iter()
+        .map(|w| masker.mask_str(w))
+        .collect();
+    // The human message of an ending (a timeout, an OOM kill) is a warning in the document.
+    if let (Some(message), None) = (message, &error) {
+        warnings.push(message);
+    }
+    ResultDoc {
+        id: Some(outcome.id.clone()),
+        exec_id: outcome.exec_id,
+        code: outcome.exit_code(),
+        signal: outcome.signal_name(),
+        oom: outcome.oom,
+        timeout: matches!(outcome.ending, sandbox::Ending::TimedOut(_)),
+        stdout,
+        stdout_b64,
+        stderr,
+        stderr_b64,
+        truncated: outcome.truncated,
+        duration_ms: outcome.duration.as_secs_f64() * 1e3,
+        usage: outcome.usage,
+        error,
+        warnings,
+        network: capture.network,
+        ts: crate::relay::events::rfc3339_now(),
+    }
 }
 
 fn print_timings(outcome: &Outcome) {

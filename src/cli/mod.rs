@@ -96,6 +96,8 @@ enum Command {
     Ps(session::PsArgs),
     /// Print sessions and images as one JSON array (what nsbox knows about each).
     Inspect(inspect::InspectArgs),
+    /// The output of a session's commands (kept masked, at most 16 MiB per session).
+    Logs(session::LogsArgs),
     /// A session's resource usage (memory, CPU, processes).
     Stats(session::StatsArgs),
     /// Stop a session: TERM to every process, KILL after a grace period.
@@ -408,9 +410,18 @@ pub struct RunArgs {
     /// Write one JSON event per line (output chunks, exit, errors) instead of raw output.
     #[arg(long, help_heading = "Input/output")]
     json: bool,
+    /// Print ONE JSON document when the command ended instead of its output: exit code,
+    /// signal/oom/timeout, stdout and stderr (masked, capped), truncation, timings, resource use.
+    #[arg(long, conflicts_with_all = ["json", "tty"], help_heading = "Input/output")]
+    result_json: bool,
     /// Print where the time went, phase by phase, on stderr.
     #[arg(long, help_heading = "Input/output")]
     timings: bool,
+    /// After the command ended, copy PATH (inside; relative to the working directory) into
+    /// the host directory HOSTDIR (created if missing) before the sandbox is removed.
+    /// Repeatable. Not with --session (use `nsbox cp`).
+    #[arg(long = "out", value_name = "PATH:HOSTDIR", help_heading = "Filesystem")]
+    outs: Vec<String>,
 
     /// The command and its arguments.
     #[arg(value_name = "CMD", trailing_var_arg = true, num_args = 0..)]
@@ -517,6 +528,7 @@ pub fn main() -> i32 {
         }
         Command::Ps(args) => session::ps(args),
         Command::Inspect(args) => inspect::run(args, &state_root),
+        Command::Logs(args) => session::logs(args),
         Command::Stats(args) => session::stats(args),
         Command::Stop(args) => session::stop(args),
         Command::Rm(args) => session::rm(args),

@@ -33,10 +33,23 @@ pub struct CreateArgs {
     /// (default 1h, or the config's cleanup.session_max_age; `none` keeps it until `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
     max_age: Option<Limit<Timeout>>,
-    /// Stop and remove the session this long after it was created, even while commands run
-    /// (a hard lifetime; --max-age is the idle one).
+    /// A hard lifetime: stop the session this long after it started, even while commands run
+    /// (they are ended like by `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
-    ttl: Option<Limit<Timeout>>,
+    ttl: Option<Timeout>,
+    /// Remove the session once it stopped (by `stop`, --max-age, --ttl or its own end), after
+    /// --rm-grace; until then `ps` shows it stopped, with why.
+    #[arg(long, help_heading = "Sessions")]
+    rm: bool,
+    /// With --rm: how long a stopped session stays listed before it is removed.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "60s",
+        requires = "rm",
+        help_heading = "Sessions"
+    )]
+    rm_grace: Timeout,
     /// A shell script run in the new session before it is handed over (its own phase; if it
     /// fails, create fails with its output and exit code and the session is removed).
     #[arg(
@@ -137,8 +150,13 @@ pub fn create(
     };
     let masker = Masker::new(&spec.secrets);
     let store = SessionStore::system();
-    let ttl = args.ttl.and_then(Limit::into_option).map(|t| t.0);
-    let (record, pending) = match daemon::start(&spec, args.name.as_deref(), max_age, ttl, &store) {
+    let lifetimes = daemon::Lifetimes {
+        max_age,
+        ttl: args.ttl.map(|t| t.0),
+        remove_after: args.rm.then_some(args.rm_grace.0),
+    };
+    let (record, pending) = match daemon::start_with(&spec, args.name.as_deref(), lifetimes, &store)
+    {
         Ok(started) => started,
         Err(e) => return fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     };
@@ -174,6 +192,9 @@ pub fn create(
                     max_output: None,
                     phase: Some("setup"),
                     output_to_stderr: !json,
+                    result: false,
+                    start_event: false,
+                    labels: None,
                     secrets: Vec::new(),
                 },
                 t0,
@@ -364,6 +385,8 @@ pub(super) fn session_json(store: &SessionStore, r: &SessionRecord) -> serde_jso
         "cpus": r.cpu_millis.map(|c| c as f64 / 1000.0),
         "pids": r.pids,
         "max_age_secs": r.max_age,
+        "ttl_secs": r.ttl,
+        "rm_after_secs": r.remove_after,
         "stopped": r.stopped,
         "labels": read_labels(store, &r.id),
     })
@@ -393,7 +416,10 @@ fn limits_text(r: &SessionRecord) -> String {
         .map_or("-".into(), |m| ByteSize(m).to_string().replace(' ', ""));
     let cpus = r.cpu_millis.map_or("-".into(), |c| CpuQuota(c).to_string());
     let pids = r.pids.map_or("-".into(), |p| p.to_string());
-    format!("mem={memory} cpus={cpus} pids={pids}")
+    let ttl = r
+        .ttl
+        .map_or(String::new(), |t| format!(" ttl={}", age_text(t)));
+    format!("mem={memory} cpus={cpus} pids={pids}{ttl}")
 }
 
 pub fn ps(args: PsArgs) -> i32 {
@@ -738,4 +764,109 @@ pub(super) fn prune_sessions(older_than: Option<Duration>, dry_run: bool) -> (us
         store.remove_if_empty();
     }
     (removed, failed)
+}
+
+/// Flags of `nsbox logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The session (id, unique id prefix, or name); running or stopped.
+    #[arg(value_name = "ID|NAME")]
+    session: String,
+    /// Keep printing new output until the session stops.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Print the kept events (JSON lines, with `ts` and `exec_id`) instead of the output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `nsbox logs`: the output the session's commands relayed (masked and capped as their callers
+/// got it), kept by each `exec --session` in the session's `output.log`.
+pub fn logs(args: LogsArgs) -> i32 {
+    let store = SessionStore::system();
+    let record = match store.resolve(&args.session) {
+        Ok(r) => r,
+        Err(e) => {
+            error(&e.to_string());
+            return exit::USAGE;
+        }
+    };
+    let path = store.output_log(&record.id);
+    let mut offset = 0u64;
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let running = store.state(&record) == SessionState::Running;
+        // Read what is new; an absent log is a session that kept nothing (yet).
+        let grown = match read_from(&path, offset) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                error(&format!("{}: {e}", path.display()));
+                return exit::NSBOX_FAILED;
+            }
+        };
+        offset += grown.len() as u64;
+        pending.extend_from_slice(&grown);
+        // Whole lines only: a writer may be in the middle of one.
+        if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
+            let lines: Vec<u8> = pending.drain(..=end).collect();
+            if !print_log_lines(&lines, args.json) {
+                return 0;
+            }
+        }
+        if !args.follow || (!running && grown.is_empty()) {
+            return 0;
+        }
+        if grown.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Prints kept events: raw output to stdout/stderr, or the lines themselves with `--json`.
+/// False once stdout is gone.
+fn print_log_lines(lines: &[u8], json: bool) -> bool {
+    let mut out = std::io::stdout().lock();
+    if json {
+        return out.write_all(lines).and_then(|()| out.flush()).is_ok();
+    }
+    let mut err = std::io::stderr().lock();
+    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(event) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        let data = match (event["data"].as_str(), event["data_b64"].as_str()) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(b64)) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap_or_default()
+            }
+            (None, None) => Vec::new(),
+        };
+        let written = match event["type"].as_str() {
+            Some("stdout") => out.write_all(&data),
+            Some("stderr") => err.write_all(&data),
+            Some("truncated") => writeln!(
+                err,
+                "nsbox: the session's output log is full ({} bytes); later output was not kept",
+                event["limit"]
+            ),
+            _ => Ok(()),
+        };
+        if written.is_err() {
+            return false;
+        }
+    }
+    out.flush().is_ok()
 }

@@ -25,10 +25,12 @@
 //! Elsewhere image sandboxes keep mapping the shared range, with namespace owners of their
 //! own still.
 
+mod binds;
 mod layers;
 mod range;
 mod userns;
 
+pub use binds::idmap_writable_binds;
 pub use layers::{idmap_lowers, supported as idmapped_layers_supported};
 pub use range::{prune, IdRange, IdRangeError, SLOTS};
 pub use userns::create_user_namespace;

@@ -61,6 +61,12 @@ fn mapped_below(base: u32, count: u32, owner: u32) -> u32 {
 /// Like [`create_user_namespace`] with any mapping: ids `first`.. to host ids `base`.. (for
 /// idmapped mounts, where the "inside" ids are the ones on disk). No fallback.
 pub(super) fn create_mapping(first: u32, base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
+    let map = format!("{first} {base} {count}\n");
+    create_with_maps(&map, &map, owner)
+}
+
+/// Like [`create_mapping`] with the uid and gid maps given as written to `/proc/PID/*_map`.
+pub(super) fn create_with_maps(uid_map: &str, gid_map: &str, owner: u32) -> io::Result<OwnedFd> {
     let (to_parent_read, to_parent) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
     let (from_parent, to_child) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
     match clone3_fork(0, None)? {
@@ -129,9 +135,8 @@ pub(super) fn create_mapping(first: u32, base: u32, count: u32, owner: u32) -> i
             };
             let result = heard("create it")
                 .and_then(|()| {
-                    let map = format!("{first} {base} {count}\n");
-                    std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
-                    std::fs::write(format!("/proc/{pid}/gid_map"), &map)
+                    std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)?;
+                    std::fs::write(format!("/proc/{pid}/gid_map"), gid_map)
                 })
                 .and_then(|()| rustix::io::write(&to_child, &[OK]).map(drop).map_err(errno))
                 .and_then(|()| heard("set its limits"))

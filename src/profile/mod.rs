@@ -108,6 +108,7 @@ struct NetworkFile {
 struct ProcessFile {
     user: Option<String>,
     workdir: Option<String>,
+    umask: Option<String>,
     seccomp: Option<String>,
     env: Option<BTreeMap<String, String>>,
 }
@@ -207,6 +208,8 @@ pub struct Profile {
     pub dns_upstream: Vec<String>,
     pub user: (u32, u32),
     pub workdir: PathBuf,
+    /// The file mode creation mask of the workload (process.umask, octal).
+    pub umask: u32,
     pub seccomp: String,
     pub env: BTreeMap<String, String>,
 }
@@ -343,6 +346,7 @@ fn profile_source(p: &Profile) -> String {
         dns_upstream: vec![{}],
         user: {:?},
         workdir: PathBuf::from({:?}),
+        umask: 0o{:o},
         seccomp: {:?}.into(),
         env: BTreeMap::from([{}]),
     }}",
@@ -385,6 +389,7 @@ fn profile_source(p: &Profile) -> String {
         strings(&p.dns_upstream),
         p.user,
         p.workdir.display().to_string(),
+        p.umask,
         p.seccomp,
         p.env
             .iter()
@@ -457,6 +462,7 @@ fn resolve_base(file: ProfileFile) -> Result<Profile, ProfileError> {
         dns_upstream: Vec::new(),
         user: (100, 101),
         workdir: PathBuf::from("/sandbox"),
+        umask: 0o022,
         seccomp: String::new(),
         env: BTreeMap::new(),
     };
@@ -484,6 +490,7 @@ fn resolve_base(file: ProfileFile) -> Result<Profile, ProfileError> {
         && file.network.dns_upstream.is_some()
         && p.user.is_some()
         && p.workdir.is_some()
+        && p.umask.is_some()
         && p.seccomp.is_some()
         && p.env.is_some();
     if !complete {
@@ -648,6 +655,9 @@ fn apply(profile: &mut Profile, origin: &str, file: ProfileFile) -> Result<(), P
         }
         profile.workdir = PathBuf::from(w);
     }
+    if let Some(mask) = p.umask {
+        profile.umask = parse_umask(&mask).map_err(|e| value("process.umask", e))?;
+    }
     if let Some(s) = p.seccomp {
         profile.seccomp = s;
     }
@@ -663,6 +673,17 @@ fn apply(profile: &mut Profile, origin: &str, file: ProfileFile) -> Result<(), P
         profile.env = env;
     }
     Ok(())
+}
+
+/// Parses an octal umask ("022", "0027"); only permission bits.
+fn parse_umask(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mask) if mask <= 0o777 && !digits.is_empty() => Ok(mask),
+        _ => Err(format!(
+            "'{text}' must be an octal file mode mask up to 0777 (e.g. \"022\", \"077\")"
+        )),
+    }
 }
 
 fn optional<T, E>(text: &str, parse: impl Fn(&str) -> Result<T, E>) -> Result<Option<T>, E> {
@@ -723,6 +744,18 @@ pub fn valid_env_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn umask_is_octal_and_bounded() {
+        assert_eq!(Profile::default_profile().unwrap().umask, 0o022);
+        let p = Profile::from_text("t.toml", "[process]\numask = \"077\"\n").unwrap();
+        assert_eq!(p.umask, 0o077);
+        for bad in ["999", "", "01777", "22x", "-1"] {
+            let text = format!("[process]\numask = {bad:?}\n");
+            let e = Profile::from_text("t.toml", &text).unwrap_err().to_string();
+            assert!(e.contains("process.umask"), "{bad}: {e}");
+        }
+    }
 
     /// Keeps `precompiled.rs` equal to the parsed default profile. After changing
     /// profiles/default.toml (or the Profile type):

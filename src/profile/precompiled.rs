@@ -13,7 +13,7 @@ use super::{NetworkMode, Profile, RootChoice, SysMode};
 use crate::units::{ByteSize, CpuQuota};
 
 /// FNV-1a of the profile text this was made from.
-pub(super) const SOURCE_FNV: u64 = 0x177720eaad1e9655;
+pub(super) const SOURCE_FNV: u64 = 0xb539f80a47173b0d;
 
 /// The default profile.
 #[rustfmt::skip]
@@ -42,6 +42,7 @@ pub(super) fn default_profile() -> Profile {
         dns_upstream: vec![],
         user: (100, 101),
         workdir: PathBuf::from("/sandbox"),
+        umask: 0o22,
         seccomp: "default".into(),
         env: BTreeMap::from([("HOME".into(), "/sandbox".into()), ("LANG".into(), "C.UTF-8".into()), ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into())]),
     }

@@ -45,13 +45,29 @@ pub enum Event<'a> {
         timeout: bool,
         truncated: bool,
         duration_ms: f64,
+        /// The command's resource use as the cgroup tells it (null where it does not): see
+        /// [`Usage`].
+        #[serde(flatten)]
+        usage: Usage,
     },
+}
+
+/// What a command used, read from a cgroup. A one-shot's numbers are its sandbox's cgroup (the
+/// whole sandbox, which is the command). A session command's are the session's cgroup: CPU time
+/// is the session's usage between the command's start and end (other commands running at the
+/// same time count too), the memory peak is the session's high-water mark since it was created.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    /// v2 `memory.peak`, v1 `memory.max_usage_in_bytes`.
+    pub memory_peak_bytes: Option<u64>,
+    /// v2 `cpu.stat` `usage_usec`, v1 `cpuacct.usage`.
+    pub cpu_usage_usec: Option<u64>,
 }
 
 /// A piece of output, as text when it is valid UTF-8.
 #[derive(Debug, Serialize)]
 pub struct Chunk {
-    /// "setup" for the output of a session's setup script; absent otherwise.
+    /// "setup" for the output of a session's setup script, "run" for the command's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,15 +77,71 @@ pub struct Chunk {
 }
 
 impl Event<'_> {
-    /// The event as one line of JSON (with the trailing newline).
+    /// The event as one line of JSON (with the trailing newline), stamped with the time.
     pub fn to_line(&self) -> Vec<u8> {
-        let mut line = serde_json::to_vec(self).unwrap_or_else(|e| {
+        self.to_line_for(None)
+    }
+
+    /// The event as one line of JSON, stamped with the time and, in a session, the exec id.
+    pub fn to_line_for(&self, exec_id: Option<u64>) -> Vec<u8> {
+        let line = serde_json::to_vec(self).unwrap_or_else(|e| {
             format!("{{\"type\":\"error\",\"phase\":\"run\",\"message\":\"cannot encode event: {e}\",\"code\":125}}")
                 .into_bytes()
         });
-        line.push(b'\n');
-        line
+        stamp_line(&line, exec_id)
     }
+}
+
+/// Adds `ts` (the wall clock, RFC 3339 UTC with milliseconds) and `exec_id` (when given) to one
+/// JSON object, keeping its own fields first; the result ends with a newline. Network events
+/// (`net::events`) go through here too, so every line of the stream carries the same stamp.
+pub fn stamp_line(object: &[u8], exec_id: Option<u64>) -> Vec<u8> {
+    let trimmed = object.trim_ascii_end();
+    let Some(body) = trimmed.strip_suffix(b"}") else {
+        let mut line = trimmed.to_vec();
+        line.push(b'\n');
+        return line;
+    };
+    let mut line = Vec::with_capacity(trimmed.len() + 64);
+    line.extend_from_slice(body);
+    let empty = body.trim_ascii_end().ends_with(b"{");
+    line.extend_from_slice(if empty { b"\"ts\":\"" } else { b",\"ts\":\"" });
+    line.extend_from_slice(rfc3339_now().as_bytes());
+    line.push(b'"');
+    if let Some(id) = exec_id {
+        line.extend_from_slice(format!(",\"exec_id\":{id}").as_bytes());
+    }
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// The wall clock now as "2026-12-04T14:52:01.123Z".
+pub fn rfc3339_now() -> String {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(since.as_secs(), since.subsec_millis())
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (the civil-from-days algorithm of H. Hinnant).
+fn rfc3339(secs: u64, millis: u32) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Cuts a byte stream into chunks at UTF-8 character boundaries, so a character split across
@@ -141,17 +213,38 @@ mod tests {
             timeout: false,
             truncated: false,
             duration_ms: 1.5,
+            usage: Usage {
+                memory_peak_bytes: Some(4096),
+                cpu_usage_usec: None,
+            },
         }
-        .to_line();
+        .to_line_for(Some(7));
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["type"], "exit");
         assert_eq!(v["code"], 3);
+        assert_eq!(v["memory_peak_bytes"], 4096);
+        assert!(v["cpu_usage_usec"].is_null());
+        assert_eq!(v["exec_id"], 7);
+        assert!(v["ts"].as_str().unwrap().ends_with('Z'));
         assert!(line.ends_with(b"\n"));
         let chunk = Utf8Chunker::default().push(b"hi").pop().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&Event::Stdout(chunk).to_line()).unwrap();
         assert_eq!(v["type"], "stdout");
         assert_eq!(v["data"], "hi");
         assert!(v.get("data_b64").is_none());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(1_796_395_921, 123), "2026-12-04T14:52:01.123Z");
+        let line = stamp_line(b"{\"type\":\"dns\"}\n", None);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["type"], "dns");
+        assert!(v.get("exec_id").is_none());
+        let v: serde_json::Value = serde_json::from_slice(&stamp_line(b"{}", Some(1))).unwrap();
+        assert_eq!(v["exec_id"], 1);
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! owns the descriptors and calls in here.
 
 pub mod events;
+pub mod log;
 pub mod mask;
+pub mod result;
 pub mod sink;
 pub mod stream;
 
-pub use events::{Chunk, Event, Utf8Chunker};
+pub use events::{Chunk, Event, Usage, Utf8Chunker};
 pub use mask::Masker;
 pub use sink::Sink;

@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::event::{PollFd, PollFlags};
 use rustix::fs::OFlags;
 
+use super::result::Capture;
 use super::{Event, Masker, Sink, Utf8Chunker};
 use crate::units::ByteSize;
 
@@ -24,8 +25,13 @@ pub struct RelayConfig {
     pub stdin: bool,
     /// Relay at most this many bytes of output.
     pub max_output: Option<ByteSize>,
-    /// Marks output events ("setup" for a session's setup script).
+    /// Marks output events ("setup" for a session's setup script; "run" when None).
     pub phase: Option<&'static str>,
+    /// With `json`: keep the output (masked, capped) for the `--result-json` document instead
+    /// of writing events.
+    pub result: bool,
+    /// A session command's exec id, stamped on every event.
+    pub exec_id: Option<u64>,
     /// In raw mode, the command's stdout goes to nsbox's stderr too (a setup script's output,
     /// so that stdout carries only the session id).
     pub stdout_to_stderr: bool,
@@ -110,6 +116,8 @@ pub struct Relay {
     truncated: bool,
     terminal: Option<RawTerminal>,
     buf: Vec<u8>,
+    capture: Capture,
+    log: Option<super::log::OutputLog>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -152,6 +160,8 @@ impl Relay {
             truncated: false,
             terminal: None,
             buf: vec![0u8; READ_CHUNK],
+            capture: Capture::default(),
+            log: None,
         })
     }
 
@@ -277,9 +287,12 @@ impl Relay {
         }
     }
 
-    /// Queues a JSON event line on stdout (in order with the command's output events).
+    /// Queues a JSON event line on stdout (in order with the command's output events). With
+    /// `--result-json` nothing is written: the document says it all at the end.
     pub fn event(&mut self, event: &Event<'_>) {
-        self.stdout.push(&event.to_line());
+        if !self.cfg.result {
+            self.stdout.push(&event.to_line_for(self.cfg.exec_id));
+        }
     }
 
     /// Queues a line of nsbox's own (a network event) on stdout or stderr, in order with the
@@ -290,6 +303,29 @@ impl Relay {
         } else {
             self.stdout.push(line);
         }
+    }
+
+    /// Queues one JSON object of nsbox's own (a network event) in the event stream, stamped
+    /// like the relay's events; kept for the document with `--result-json`.
+    pub fn push_json(&mut self, object: &[u8]) {
+        let line = super::events::stamp_line(object, self.cfg.exec_id);
+        if self.cfg.result {
+            if let Ok(value) = serde_json::from_slice(&line) {
+                self.capture.network.push(value);
+            }
+        } else {
+            self.stdout.push(&line);
+        }
+    }
+
+    /// Also keeps the output (as relayed: masked, capped) in a session's output log.
+    pub fn keep_in(&mut self, log: super::log::OutputLog) {
+        self.log = Some(log);
+    }
+
+    /// What was kept for `--result-json` (empty otherwise).
+    pub fn take_capture(&mut self) -> Capture {
+        std::mem::take(&mut self.capture)
     }
 
     /// Queues one of nsbox's own messages on stderr (raw mode only).
@@ -350,7 +386,17 @@ impl Relay {
             }
         }
         self.relayed += data.len() as u64;
-        if self.cfg.json {
+        if let Some(log) = self.log.as_mut() {
+            log.record(stream, self.cfg.phase.unwrap_or("run"), data);
+        }
+        if self.cfg.json && self.cfg.result {
+            let kept = if stream == 0 {
+                &mut self.capture.stdout
+            } else {
+                &mut self.capture.stderr
+            };
+            kept.extend_from_slice(data);
+        } else if self.cfg.json {
             let mut chunks = Vec::new();
             if !data.is_empty() {
                 chunks = self.chunkers[stream].push(data);
@@ -359,13 +405,13 @@ impl Relay {
                 chunks.extend(self.chunkers[stream].finish());
             }
             for mut chunk in chunks {
-                chunk.phase = self.cfg.phase;
+                chunk.phase = Some(self.cfg.phase.unwrap_or("run"));
                 let event = if stream == 0 {
                     Event::Stdout(chunk)
                 } else {
                     Event::Stderr(chunk)
                 };
-                self.stdout.push(&event.to_line());
+                self.stdout.push(&event.to_line_for(self.cfg.exec_id));
             }
         } else if stream == 0 && !self.cfg.stdout_to_stderr {
             self.stdout.push(data);

@@ -32,6 +32,7 @@ use crate::spec::SandboxSpec;
 pub struct PlanHold {
     _mask_layer: Option<mask::MaskLayer>,
     _idmapped_layers: Vec<std::os::fd::OwnedFd>,
+    _bind_idmaps: Vec<std::os::fd::OwnedFd>,
 }
 
 /// The root filesystem plan for `spec`, final: what the profile hides of the host root is the
@@ -47,6 +48,8 @@ pub fn final_plan(spec: &SandboxSpec, host: &HostFacts) -> std::io::Result<(Root
     if spec.image.is_some() && spec.uid_base != crate::ids::DEFAULT_UID_BASE {
         hold._idmapped_layers = crate::idrange::idmap_lowers(&mut plan, spec.uid_base)?;
     }
+    // Writable binds write as their directory's owner where the kernel can idmap them.
+    hold._bind_idmaps = crate::idrange::idmap_writable_binds(&mut plan, spec);
     if plan.shared.is_empty() {
         return Ok((plan, hold));
     }

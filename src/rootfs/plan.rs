@@ -30,6 +30,10 @@ pub struct RootfsPlan {
     pub host_sources: Vec<PathBuf>,
     /// Applied inside the new root after pivot_root, in order.
     pub mounts: Vec<MountOp>,
+    /// Writable binds (by index into `host_sources`) shown through an idmapped mount that
+    /// writes as the source's owner (see `crate::idrange::idmap_writable_binds`); filled in by
+    /// [`super::final_plan`].
+    pub bind_idmaps: std::collections::BTreeMap<usize, BindIdmap>,
     /// A host directory whose `upper/` and `work/` hold the overlay's writes instead of the
     /// scratch tmpfs (`nsbox build` captures them as a layer).
     pub upper_dir: Option<PathBuf>,
@@ -446,8 +450,18 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         upper,
         host_sources,
         mounts,
+        bind_idmaps: Default::default(),
         upper_dir: spec.upper_dir.clone(),
     }
+}
+
+/// The id mapping of one writable bind: a user namespace (a path to its descriptor, held by
+/// the supervisor) mapping the source's owner, `uid`:`gid` on disk, to the sandbox user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindIdmap {
+    pub userns: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The minimal /dev: a small tmpfs with the usual nodes, a private devpts and /dev/shm.

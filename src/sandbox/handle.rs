@@ -366,6 +366,28 @@ impl Handle {
         .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
     }
 
+    /// The sandbox's filesystem as it is, kept past the end of its processes: its root
+    /// directory and its mount namespace. While the namespace descriptor is open the kernel
+    /// keeps every mount of the sandbox attached, so the root still leads into /sandbox, /tmp
+    /// and the mounts (a root directory alone would be left without them). For `exec --out`.
+    pub fn keep_filesystem(&self) -> io::Result<KeptFilesystem> {
+        let root = self.open_root()?;
+        let mount_ns = rustix::fs::open(
+            format!("/proc/{}/ns/mnt", self.pid).as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
+        // Still the init's: it was alive when the root was opened and is not reaped yet.
+        if !self.state.init_alive() {
+            return Err(io::Error::other("the sandbox has ended"));
+        }
+        Ok(KeptFilesystem {
+            root,
+            _mount_ns: mount_ns,
+        })
+    }
+
     /// Adds the handle's descriptors to a poll: the control socket first (so a report the
     /// init sent before it exited is read before its end), then the init, then the network.
     pub fn register<'a, T: Copy>(
@@ -444,6 +466,15 @@ impl Handle {
             format!("could not remove the sandbox's cgroup: {e} — `nsbox prune` removes it later")
         })
     }
+}
+
+/// A sandbox's filesystem held open after its processes ended (see
+/// [`Handle::keep_filesystem`]); released when dropped.
+#[derive(Debug)]
+pub struct KeptFilesystem {
+    /// The sandbox's root directory (O_PATH).
+    pub root: OwnedFd,
+    _mount_ns: OwnedFd,
 }
 
 impl Drop for Handle {

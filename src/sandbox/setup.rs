@@ -107,7 +107,7 @@ enum Never {}
 #[allow(unsafe_code)] // descriptor renumbering and forks; each block says why it is sound
 fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let mut marks: Vec<(String, u64)> = vec![("child started".into(), now_ns())];
-    let warnings: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
 
     // First, die with the supervisor: a killed supervisor must never leave a sandbox
     // running. It may have died between clone and here, so check the control socket too.
@@ -154,7 +154,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let ids = IdMap {
         base: s.spec.uid_base,
     };
-    let mut sources: Vec<Option<HostSource>> = apply::open_host_sources(s.plan)
+    let mut sources: Vec<Option<HostSource>> = apply::open_host_sources(s.plan, &mut warnings)
         .map_err(at("open host paths"))?
         .into_iter()
         .map(Some)
@@ -221,6 +221,9 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         None
     };
     marks.push(("privileges dropped".into(), now_ns()));
+    // The workload's umask (until here 0, so nsbox's own files got exactly the modes it
+    // chose); the command, or a session's every command, inherits it through fork.
+    rustix::process::umask(Mode::from_bits_truncate(s.spec.umask));
 
     // Seccomp last: nothing privileged is left; the workload inherits it through fork.
     crate::sys::seccomp::install_filter(s.seccomp).map_err(at("load the seccomp filter"))?;
@@ -267,7 +270,9 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     init_loop(
         s.control,
         signalfd.as_fd(),
-        InitRole::OneCommand,
+        InitRole::OneCommand {
+            hold_after_exit: s.spec.keep_filesystem,
+        },
         vec![(0, workload)],
     )
 }
@@ -576,7 +581,11 @@ fn wait_init_events(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>) -> [bo
 /// What the init runs: the spec's one command (its end ends the sandbox), or the commands the
 /// supervisor sends (a session; the sandbox ends when the supervisor goes away).
 enum InitRole {
-    OneCommand,
+    /// `hold_after_exit` (`exec --out`): after reporting the command's end, stay until the
+    /// supervisor has taken hold of the filesystem (it then kills the init).
+    OneCommand {
+        hold_after_exit: bool,
+    },
     Serve,
 }
 
@@ -601,7 +610,7 @@ fn init_loop(
                 }
                 // The supervisor is gone (its parent-death signal reaches us too). End now.
                 Ok(None) | Err(_) => sys::process::exit_now(match role {
-                    InitRole::OneCommand => exit::NSBOX_FAILED,
+                    InitRole::OneCommand { .. } => exit::NSBOX_FAILED,
                     InitRole::Serve => 0,
                 }),
             }
@@ -627,8 +636,19 @@ fn init_loop(
             let (exec_id, _) = running.swap_remove(index);
             let (code, signal) = sys::process::decode_wait_status(status);
             match role {
-                InitRole::OneCommand => {
+                InitRole::OneCommand { hold_after_exit } => {
                     let _ = control::send(control_fd, &ToSupervisor::Exited { code, signal }, &[]);
+                    if hold_after_exit {
+                        // Until the supervisor kills us or goes away (signals stay blocked:
+                        // nothing else needs an answer now).
+                        let mut fds = [rustix::event::PollFd::new(
+                            &control_fd,
+                            rustix::event::PollFlags::IN,
+                        )];
+                        while let Err(rustix::io::Errno::INTR) = rustix::event::poll(&mut fds, None)
+                        {
+                        }
+                    }
                     sys::process::exit_now(0);
                 }
                 InitRole::Serve => {

@@ -17,11 +17,12 @@ use rustix::event::PollFlags;
 
 use super::control::ToSupervisor;
 use super::event_loop::{self, ExecStatus, Policy, PollSet, StatusPipe};
-use super::handle::{Handle, HandleEvent, HandleSource, InitMode};
+use super::handle::{Handle, HandleEvent, HandleSource, InitMode, KeptFilesystem};
 use super::setup::{self, ExecFailure};
 use crate::cgroup::CgroupError;
+use crate::relay::result::Capture;
 use crate::relay::stream::{Relay, RelayConfig, RelayError, RelayFd};
-use crate::relay::Masker;
+use crate::relay::{Masker, Usage};
 use crate::seccomp::SeccompError;
 use crate::spec::SandboxSpec;
 use crate::units::{format_duration, ByteSize};
@@ -98,6 +99,14 @@ pub struct Outcome {
     /// The command ran in a session: a timeout or interrupt ended the command's process
     /// group, not the sandbox.
     pub in_session: bool,
+    /// A session command's exec id.
+    pub exec_id: Option<u64>,
+    /// What the command used, where the cgroup tells (see [`Usage`]).
+    pub usage: Usage,
+    /// The output kept for `--result-json`.
+    pub capture: Capture,
+    /// With `exec --out`: the sandbox's filesystem, still mounted, to copy from.
+    pub kept: Option<std::sync::Arc<KeptFilesystem>>,
 }
 
 impl Outcome {
@@ -254,6 +263,9 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         None => None,
     };
 
+    // Where the cgroup cannot tell the CPU time (cgroup v1 without cpuacct beside cpu), the
+    // reaped sandbox can: its init reaps everything in it, and this process reaps the init.
+    let cpu_before = sys::process::children_cpu_usec().ok();
     let launch = Handle::launch(spec, InitMode::RunCommand, marks)?;
     let streams = launch.streams;
     let relay = Relay::new(
@@ -264,6 +276,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
             max_output: spec.limits.max_output,
             phase: None,
             stdout_to_stderr: false,
+            result: spec.io.result,
+            exec_id: None,
         },
         &spec.secrets,
         streams.stdout,
@@ -286,6 +300,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         inner_marks: Vec::new(),
         warnings: launch.warnings,
         event_masker: Masker::for_network_events(&spec.secrets),
+        cpu_before,
+        kept: None,
     };
     let result = event_loop::drive(&mut sandbox);
     sandbox.finish(result)
@@ -315,6 +331,10 @@ struct Running<'a> {
     warnings: Vec<String>,
     /// Masks secrets in network events (a name looked up may carry one).
     event_masker: Masker,
+    /// This process's children's CPU time before the sandbox started.
+    cpu_before: Option<u64>,
+    /// The sandbox's filesystem, kept for `exec --out`.
+    kept: Option<KeptFilesystem>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -387,6 +407,10 @@ impl Policy for Running<'_> {
                 self.timer = None;
                 if self.handle.state().init_alive() {
                     self.facts.timed_out = true;
+                    // What a timed-out command left (test reports) is what --out is for too.
+                    if self.spec.keep_filesystem {
+                        self.keep_filesystem();
+                    }
                     self.handle.kill();
                 }
             }
@@ -442,6 +466,12 @@ impl Running<'_> {
             HandleEvent::Message(ToSupervisor::Exited { code, signal }, _) => {
                 self.marks.push(("command exited".into(), now_ns()));
                 self.facts.status = Some((code, signal));
+                if self.spec.keep_filesystem {
+                    // The init waits for this (see `setup::InitRole`): take the filesystem,
+                    // then end every process of the sandbox before anything is copied.
+                    self.keep_filesystem();
+                    self.handle.kill();
+                }
             }
             HandleEvent::Message(other, _) => {
                 return Err(SandboxError::Died(format!(
@@ -463,12 +493,25 @@ impl Running<'_> {
             if self.spec.io.json {
                 let line = String::from_utf8_lossy(&event.to_json_line()).into_owned();
                 self.relay
-                    .push_line(false, self.event_masker.mask_str(&line).as_bytes());
+                    .push_json(self.event_masker.mask_str(&line).as_bytes());
             } else if self.spec.log_network {
                 let line = event.to_text_line();
                 self.relay
                     .push_line(true, self.event_masker.mask_str(&line).as_bytes());
             }
+        }
+    }
+
+    /// Takes hold of the sandbox's filesystem for `exec --out` (while its init lives).
+    fn keep_filesystem(&mut self) {
+        if self.kept.is_some() {
+            return;
+        }
+        match self.handle.keep_filesystem() {
+            Ok(kept) => self.kept = Some(kept),
+            Err(e) => self
+                .warnings
+                .push(format!("cannot keep the sandbox's files for --out: {e}")),
         }
     }
 
@@ -481,7 +524,18 @@ impl Running<'_> {
         self.emit_network(events);
         self.relay.finish();
         self.facts.oom = self.handle.oom_kills() > 0;
+        // The sandbox's cgroup is the command's (and its children's): read before it goes.
+        let mut usage = self.handle.stats().map_or_else(Usage::default, |s| Usage {
+            memory_peak_bytes: s.memory_peak_bytes,
+            cpu_usage_usec: s.cpu_usage_usec,
+        });
         self.teardown();
+        if usage.cpu_usage_usec.is_none() && !self.handle.state().init_alive() {
+            usage.cpu_usage_usec = sys::process::children_cpu_usec()
+                .ok()
+                .zip(self.cpu_before)
+                .map(|(now, before)| now.saturating_sub(before));
+        }
         loop_result?;
         self.marks.push(("cleaned up".into(), now_ns()));
 
@@ -509,6 +563,10 @@ impl Running<'_> {
             warnings: std::mem::take(&mut self.warnings),
             memory_limit: self.spec.limits.memory,
             in_session: false,
+            exec_id: None,
+            usage,
+            capture: self.relay.take_capture(),
+            kept: self.kept.take().map(std::sync::Arc::new),
         })
     }
 

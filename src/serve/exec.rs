@@ -128,7 +128,7 @@ pub enum CommandEvent {
     Truncated {
         limit: u64,
     },
-    Ended(Outcome),
+    Ended(Box<Outcome>),
     /// The session went away or the socket failed while the command ran.
     Failed(String),
 }
@@ -253,9 +253,9 @@ pub async fn start(
         tokio::select! {
             reply = session.recv(), if secrets.is_none() || early_end.is_none() => {
                 match reply.map_err(|e| StartError::Io(format!("talk to the session: {e}")))? {
-                    Some(Reply::ExecStarted { secrets: s }) => secrets = Some(s),
+                    Some(Reply::ExecStarted { secrets: s, .. }) => secrets = Some(s),
                     Some(Reply::Refused { message }) => return Err(StartError::Refused(message)),
-                    Some(Reply::ExecEnded { code, signal, oom }) => early_end = Some((code, signal, oom)),
+                    Some(Reply::ExecEnded { code, signal, oom, .. }) => early_end = Some((code, signal, oom)),
                     Some(other) => return Err(StartError::Io(format!("unexpected answer: {other:?}"))),
                     None => return Err(StartError::NotRunning("it ended".into())),
                 }
@@ -459,7 +459,7 @@ impl Run {
                 }
                 reply = self.session.recv(), if socket_open && ended.is_none() => {
                     match reply {
-                        Ok(Some(Reply::ExecEnded { code, signal, oom })) => {
+                        Ok(Some(Reply::ExecEnded { code, signal, oom, .. })) => {
                             ended = Some((code, signal, oom));
                             drain_until = Some(drain_deadline());
                         }
@@ -498,8 +498,12 @@ impl Run {
             warnings: Vec::new(),
             memory_limit: self.memory_limit.map(crate::units::ByteSize),
             in_session: true,
+            exec_id: None,
+            usage: crate::relay::Usage::default(),
+            capture: Default::default(),
+            kept: None,
         };
-        self.emit(CommandEvent::Ended(outcome)).await;
+        self.emit(CommandEvent::Ended(Box::new(outcome))).await;
     }
 }
 

@@ -23,6 +23,7 @@ use super::protocol::{Reply, Request, SessionStats};
 use super::state::{SessionRecord, SessionState, SessionStore};
 use super::SessionError;
 use crate::relay::stream::{Relay, RelayConfig, RelayFd};
+use crate::relay::{Event, Usage};
 use crate::sandbox::control;
 use crate::sandbox::event_loop::{self, arm_timer, ExecStatus, Policy, PollSet, StatusPipe};
 use crate::sandbox::supervisor::{now_ns, CommandFacts, Ending, Outcome, STOP_GRACE};
@@ -38,6 +39,8 @@ const DRAIN_AFTER_END: Duration = Duration::from_millis(100);
 pub struct SessionClient {
     socket: OwnedFd,
     pub record: SessionRecord,
+    /// Where the session's commands' output is kept (`nsbox logs`).
+    output_log: PathBuf,
 }
 
 /// A command to run in a session.
@@ -57,8 +60,13 @@ pub struct SessionExec {
     pub phase: Option<&'static str>,
     /// Raw output of the command goes to stderr (see `RelayConfig::stdout_to_stderr`).
     pub output_to_stderr: bool,
-    /// Values masked in this command's output besides the session's own secrets (the
-    /// values of `exec --session --secret`).
+    /// With `json`: one `--result-json` document instead of events.
+    pub result: bool,
+    /// Write the `start` event once the command runs (it then carries the exec id).
+    pub start_event: bool,
+    /// The session's `--label`s, for the start event.
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Values to mask on top of the session's own secrets (this command's `--secret-env`).
     pub secrets: Vec<String>,
 }
 
@@ -103,7 +111,12 @@ impl SessionClient {
             why: format!("its socket does not answer ({e})"),
         })?;
         super::state::check_supervisor_peer(socket.as_fd(), &record, &path)?;
-        Ok(SessionClient { socket, record })
+        let output_log = store.output_log(&record.id);
+        Ok(SessionClient {
+            socket,
+            record,
+            output_log,
+        })
     }
 
     fn send(&self, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), SessionError> {
@@ -238,9 +251,16 @@ impl SessionClient {
             stop_deadline: None,
             refused: None,
             socket_open: true,
+            exec_id: None,
+            usage: Usage::default(),
         };
         let result = event_loop::drive(&mut run);
         let relay_truncated = run.relay.as_ref().is_some_and(|r| r.truncated());
+        let capture = run
+            .relay
+            .as_mut()
+            .map(|r| r.take_capture())
+            .unwrap_or_default();
         if let Some(relay) = run.relay.as_mut() {
             relay.finish();
         }
@@ -267,6 +287,10 @@ impl SessionClient {
             warnings: Vec::new(),
             memory_limit: self.record.memory.map(ByteSize),
             in_session: true,
+            exec_id: run.exec_id,
+            usage: run.usage,
+            capture,
+            kept: None,
         })
     }
 }
@@ -289,6 +313,8 @@ struct ClientRun<'a> {
     stop_deadline: Option<Instant>,
     refused: Option<String>,
     socket_open: bool,
+    exec_id: Option<u64>,
+    usage: Usage,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -422,7 +448,11 @@ impl ClientRun<'_> {
             return Ok(());
         };
         match reply {
-            Reply::ExecStarted { mut secrets } => {
+            Reply::ExecStarted {
+                mut secrets,
+                exec_id,
+            } => {
+                self.exec_id = Some(exec_id);
                 secrets.extend(self.ex.secrets.iter().cloned());
                 let (out, err, stdin) = self.pending.take().unwrap_or((None, None, None));
                 let max_output = self
@@ -437,6 +467,8 @@ impl ClientRun<'_> {
                         max_output,
                         phase: self.ex.phase,
                         stdout_to_stderr: self.ex.output_to_stderr,
+                        result: self.ex.json && self.ex.result,
+                        exec_id: Some(exec_id),
                     },
                     &secrets,
                     out,
@@ -449,11 +481,30 @@ impl ClientRun<'_> {
                         .attach_terminal(master)
                         .map_err(|e| SessionError::Io(e.what, e.source))?;
                 }
+                match crate::relay::log::OutputLog::open(&self.client.output_log, exec_id) {
+                    Ok(log) => relay.keep_in(log),
+                    Err(e) => tracing::warn!("the session's output is not kept: {e}"),
+                }
+                if self.ex.json && self.ex.start_event {
+                    let record = &self.client.record;
+                    relay.event(&Event::Start {
+                        id: &record.id,
+                        profile: &record.profile,
+                        network: &record.network,
+                        labels: self.ex.labels.as_ref(),
+                    });
+                }
                 self.relay = Some(relay);
             }
-            Reply::ExecEnded { code, signal, oom } => {
+            Reply::ExecEnded {
+                code,
+                signal,
+                oom,
+                usage,
+            } => {
                 self.facts.status = Some((code, signal));
                 self.facts.oom = oom;
+                self.usage = usage;
                 self.ended_at = Some(Instant::now());
             }
             Reply::Refused { message } => self.refused = Some(message),

@@ -242,8 +242,20 @@ pub fn copy_out(
     max_bytes: Option<u64>,
 ) -> Result<CopyReport, SessionError> {
     let (root, _, _, _) = client.open_root()?;
-    let inside = inside_path(src, &client.record.workdir)?;
-    let (src_dir, name) = inside_entry(root.as_fd(), &inside)?;
+    copy_out_of_root(root.as_fd(), &client.record.workdir, src, dst, max_bytes)
+}
+
+/// [`copy_out`] from a sandbox's root directory `root` (relative `src` paths start at
+/// `workdir`): a session's, or a one-shot's kept past its end for `exec --out`.
+pub fn copy_out_of_root(
+    root: BorrowedFd<'_>,
+    workdir: &Path,
+    src: &Path,
+    dst: &Path,
+    max_bytes: Option<u64>,
+) -> Result<CopyReport, SessionError> {
+    let inside = inside_path(src, workdir)?;
+    let (src_dir, name) = inside_entry(root, &inside)?;
     let name = name.as_os_str();
     rfs::statat(&src_dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| copy_err(format!("{} (in the sandbox)", inside.display()), e))?;

@@ -33,6 +33,7 @@ use super::protocol::{Reply, Request, SessionStats};
 use super::state::{now_secs, SessionRecord, SessionStore, Stopped};
 use super::SessionError;
 use crate::profile::RootChoice;
+use crate::relay::Usage;
 use crate::sandbox::control::{self, ExecRequest, ToSupervisor};
 use crate::sandbox::event_loop::{self, Policy, PollSet};
 use crate::sandbox::handle::{Handle, HandleEvent, HandleSource};
@@ -67,15 +68,37 @@ impl PendingSession {
     pub fn abort(self) {}
 }
 
+/// How long a session lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Stop once idle this long (`--max-age`).
+    pub max_age: Option<Duration>,
+    /// Stop this long after it started, busy or not (`--ttl`).
+    pub ttl: Option<Duration>,
+    /// Remove the stopped session this long after it stopped (`--rm`, `--rm-grace`).
+    pub remove_after: Option<Duration>,
+}
+
 /// Starts a session for `spec`: forks its supervisor, waits until the sandbox is ready.
-#[allow(unsafe_code)] // the fork; the block says why it is sound
-/// `ttl` is the session's hard lifetime (`create --ttl`): at that deadline it is stopped,
-/// busy or not, and removed.
 pub fn start(
     spec: &SandboxSpec,
     name: Option<&str>,
     max_age: Option<Duration>,
-    ttl: Option<Duration>,
+    store: &SessionStore,
+) -> Result<(SessionRecord, PendingSession), SessionError> {
+    let lifetimes = Lifetimes {
+        max_age,
+        ..Lifetimes::default()
+    };
+    start_with(spec, name, lifetimes, store)
+}
+
+/// [`start`] with every lifetime setting.
+#[allow(unsafe_code)] // the fork; the block says why it is sound
+pub fn start_with(
+    spec: &SandboxSpec,
+    name: Option<&str>,
+    lifetimes: Lifetimes,
     store: &SessionStore,
 ) -> Result<(SessionRecord, PendingSession), SessionError> {
     let pipe = || {
@@ -96,7 +119,7 @@ pub fn start(
         let _abort = sys::process::AbortOnPanic;
         drop(ready_r);
         drop(ack_w);
-        let code = supervise(spec, name, max_age, ttl, store, ready_w, ack_r);
+        let code = supervise(spec, name, lifetimes, store, ready_w, ack_r);
         sys::process::exit_now(code);
     }
     drop(ready_w);
@@ -137,8 +160,7 @@ fn report(ready: &OwnedFd, message: &ReadyMessage) {
 fn supervise(
     spec: &SandboxSpec,
     name: Option<&str>,
-    max_age: Option<Duration>,
-    ttl: Option<Duration>,
+    lifetimes: Lifetimes,
     store: &SessionStore,
     ready: OwnedFd,
     ack: OwnedFd,
@@ -222,7 +244,9 @@ fn supervise(
         pids: spec.limits.pids,
         uid: spec.uid,
         gid: spec.gid,
-        max_age: max_age.map(|d| d.as_secs().max(1)),
+        max_age: lifetimes.max_age.map(|d| d.as_secs().max(1)),
+        ttl: lifetimes.ttl.map(|d| d.as_secs()),
+        remove_after: lifetimes.remove_after.map(|d| d.as_secs()),
         supervisor_pid: std::process::id(),
         init_pid: 0,
         workdir: spec.workdir.clone(),
@@ -271,8 +295,8 @@ fn supervise(
         execs: BTreeMap::new(),
         next_exec: 1,
         ack: Some(ack),
-        max_age,
-        expires: ttl.map(|t| Instant::now() + t),
+        max_age: lifetimes.max_age,
+        deadline: lifetimes.ttl.map(|ttl| Instant::now() + ttl),
         last_activity: Instant::now(),
         stopping: None,
         remove_on_exit: false,
@@ -285,7 +309,28 @@ fn supervise(
         daemon.handle.kill();
     }
     daemon.finish();
+    let record = daemon.record.clone();
+    let removed = daemon.remove_on_exit;
+    // The session is over: `ps` shows it stopped (with why) from here on.
+    drop(daemon);
+    if let (Some(grace), false) = (lifetimes.remove_after, removed) {
+        remove_after_grace(store, &record, grace);
+    }
     0
+}
+
+/// `--rm`: waits out the grace period (the record says why the session stopped meanwhile),
+/// then removes the session — unless someone removed it already, or it is another one now.
+fn remove_after_grace(store: &SessionStore, record: &SessionRecord, grace: Duration) {
+    std::thread::sleep(grace);
+    match store.read_record(&record.id) {
+        Ok(now) if now.created == record.created && now.stopped.is_some() => {
+            if let Err(e) = store.remove(&now) {
+                tracing::warn!("--rm: could not remove the session: {e}");
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Binds the session's socket (root only: its directory is 0700).
@@ -314,6 +359,8 @@ struct Client {
 struct ExecState {
     client: u64,
     oom_before: u64,
+    /// The session cgroup's CPU usage when the command started: its exit reports the delta.
+    cpu_before: Option<u64>,
 }
 
 struct Daemon<'a> {
@@ -331,8 +378,8 @@ struct Daemon<'a> {
     /// `nsbox create` has not confirmed yet.
     ack: Option<OwnedFd>,
     max_age: Option<Duration>,
-    /// The end of the session's hard lifetime (`--ttl`).
-    expires: Option<Instant>,
+    /// `--ttl`: stopped at this moment, busy or not.
+    deadline: Option<Instant>,
     last_activity: Instant,
     /// When stopping: the deadline for the processes to end by themselves.
     stopping: Option<Instant>,
@@ -360,13 +407,11 @@ impl Policy for Daemon<'_> {
     }
 
     fn before_wait(&mut self) -> Result<(), rustix::io::Errno> {
-        if self.stopping.is_none() && self.expires.is_some_and(|at| Instant::now() >= at) {
-            // Busy or not: every command is ended with the session, which is then removed.
-            self.remove_on_exit = true;
-            self.stop("its --ttl ran out");
-        }
         if self.stopping.is_none() && self.idle_expired() {
             self.stop("idle longer than --max-age");
+        }
+        if self.stopping.is_none() && self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.stop("reached its --ttl");
         }
         if let Some(deadline) = self.stopping {
             let quiet = self.execs.is_empty() && self.processes_left() <= 1;
@@ -390,14 +435,7 @@ impl Policy for Daemon<'_> {
     }
 
     fn wait_at_most(&self) -> Option<Duration> {
-        let until_expiry = self.expires.map(|at| {
-            at.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(10))
-        });
-        match (self.next_wakeup(), until_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.next_wakeup()
     }
 
     fn on_ready(&mut self, tag: Tag, _: PollFlags) -> Result<(), rustix::io::Errno> {
@@ -424,15 +462,22 @@ impl Daemon<'_> {
         if self.stopping.is_some() {
             return Some(STOP_POLL);
         }
-        let max_age = self.max_age?;
-        if !self.execs.is_empty() {
-            return None;
+        let floor = Duration::from_millis(10);
+        let ttl = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()).max(floor));
+        let idle = match self.max_age {
+            Some(max_age) if self.execs.is_empty() => Some(
+                max_age
+                    .saturating_sub(self.last_activity.elapsed())
+                    .max(floor),
+            ),
+            _ => None,
+        };
+        match (ttl, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        Some(
-            max_age
-                .saturating_sub(self.last_activity.elapsed())
-                .max(Duration::from_millis(10)),
-        )
     }
 
     fn idle_expired(&self) -> bool {
@@ -629,7 +674,15 @@ impl Daemon<'_> {
         match sent {
             Ok(()) => {
                 let oom_before = self.handle.oom_kills();
-                self.execs.insert(exec_id, ExecState { client, oom_before });
+                let cpu_before = self.handle.stats().and_then(|s| s.cpu_usage_usec);
+                self.execs.insert(
+                    exec_id,
+                    ExecState {
+                        client,
+                        oom_before,
+                        cpu_before,
+                    },
+                );
                 if let Some(c) = self.clients.iter_mut().find(|c| c.id == client) {
                     c.exec = Some(exec_id);
                 }
@@ -665,6 +718,7 @@ impl Daemon<'_> {
                         state.client,
                         &Reply::ExecStarted {
                             secrets: self.spec.secrets.clone(),
+                            exec_id,
                         },
                         &attached,
                     );
@@ -681,7 +735,26 @@ impl Daemon<'_> {
                 if let Some(state) = self.execs.remove(&exec_id) {
                     let oom =
                         self.handle.oom_kills() > state.oom_before && signal == Some(libc::SIGKILL);
-                    self.reply(state.client, &Reply::ExecEnded { code, signal, oom }, &[]);
+                    // The session's cgroup is all there is to measure: CPU time over the
+                    // command's life (with whatever else ran then), the session's memory peak.
+                    let stats = self.handle.stats();
+                    let usage = Usage {
+                        memory_peak_bytes: stats.and_then(|s| s.memory_peak_bytes),
+                        cpu_usage_usec: stats
+                            .and_then(|s| s.cpu_usage_usec)
+                            .zip(state.cpu_before)
+                            .map(|(now, before)| now.saturating_sub(before)),
+                    };
+                    self.reply(
+                        state.client,
+                        &Reply::ExecEnded {
+                            code,
+                            signal,
+                            oom,
+                            usage,
+                        },
+                        &[],
+                    );
                     self.command_done(state.client);
                 }
                 self.last_activity = Instant::now();
@@ -740,9 +813,13 @@ impl Daemon<'_> {
             return;
         }
         let masker = crate::relay::Masker::for_network_events(&self.spec.secrets);
+        // JSON lines, the `--json` stream's network events with their time.
         let text: String = events
             .iter()
-            .map(|e| masker.mask_str(&String::from_utf8_lossy(&e.to_json_line())))
+            .map(|e| {
+                let line = crate::relay::events::stamp_line(&e.to_json_line(), None);
+                masker.mask_str(&String::from_utf8_lossy(&line))
+            })
             .collect();
         let path = self.store.network_log(&self.record.id);
         let written = std::fs::OpenOptions::new()
@@ -767,6 +844,7 @@ impl Daemon<'_> {
                     code: None,
                     signal: Some(libc::SIGKILL),
                     oom: false,
+                    usage: Usage::default(),
                 },
                 &[],
             );

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::relay::Usage;
+
 /// From a client to the supervisor.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
 #[serde(tag = "msg", rename_all = "snake_case")]
@@ -37,6 +39,9 @@ pub enum Reply {
     ExecStarted {
         /// Values to mask in the command's output.
         secrets: Vec<String>,
+        /// The command's id in the session (stamped on `--json` events).
+        #[serde(default)]
+        exec_id: u64,
     },
     /// The command ended.
     ExecEnded {
@@ -44,6 +49,9 @@ pub enum Reply {
         signal: Option<i32>,
         /// The OOM killer killed a process of the session while the command ran.
         oom: bool,
+        /// Measured on the session's cgroup (see `relay::Usage`).
+        #[serde(default)]
+        usage: Usage,
     },
     /// The request was refused.
     Refused {

@@ -6,6 +6,7 @@
 //! <run dir>/sessions/<id>/control.sock   the supervisor's socket (root only)
 //! <run dir>/sessions/<id>/supervisor.log the supervisor's own messages
 //! <run dir>/sessions/<id>/network.log    DNS and connection decisions (--log-network)
+//! <run dir>/sessions/<id>/output.log     the commands' output, masked, bounded (`nsbox logs`)
 //! <run dir>/names/<name>                 the id a name stands for (claimed with O_EXCL)
 //! ```
 //!
@@ -83,6 +84,12 @@ pub struct SessionRecord {
     pub gid: u32,
     /// Idle sessions are stopped after this many seconds.
     pub max_age: Option<u64>,
+    /// `--ttl`: stopped this many seconds after `created`, busy or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    /// `--rm`: removed this many seconds after it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_after: Option<u64>,
     pub supervisor_pid: u32,
     /// The sandbox's init, as a host pid (0 until it runs).
     pub init_pid: i32,
@@ -165,6 +172,11 @@ impl SessionStore {
     /// The session's network decisions, one line each (`--net filtered --log-network`).
     pub fn network_log(&self, id: &str) -> PathBuf {
         self.dir(id).join("network.log")
+    }
+
+    /// The commands' relayed output, JSON lines (see `relay::log`).
+    pub fn output_log(&self, id: &str) -> PathBuf {
+        self.dir(id).join("output.log")
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -490,6 +502,8 @@ mod tests {
             uid: 100,
             gid: 101,
             max_age: None,
+            ttl: None,
+            remove_after: None,
             supervisor_pid: std::process::id(),
             init_pid: 0,
             workdir: PathBuf::from("/sandbox"),

@@ -85,6 +85,8 @@ pub struct IoMode {
     pub tty: bool,
     /// Write JSON events instead of raw output (--json).
     pub json: bool,
+    /// With `json`: one result document at the end instead of events (--result-json).
+    pub result: bool,
 }
 
 /// Everything needed to build and run one sandbox, validated.
@@ -100,6 +102,10 @@ pub struct SandboxSpec {
     pub hostname: String,
     pub uid: u32,
     pub gid: u32,
+    /// The workload's umask (the profile's process.umask).
+    pub umask: u32,
+    /// Keep the filesystem after the command ended, for `exec --out` copies.
+    pub keep_filesystem: bool,
     pub uid_base: u32,
     /// The host uid that creates (owns) the sandbox's user namespace; None: root
     /// (see [`crate::idrange`]).
@@ -319,6 +325,8 @@ impl SandboxSpec {
             hostname,
             uid,
             gid,
+            umask: profile.umask,
+            keep_filesystem: false,
             uid_base: DEFAULT_UID_BASE,
             userns_owner: None,
             workdir,
@@ -338,6 +346,7 @@ impl SandboxSpec {
                 stdin: req.interactive,
                 tty: req.tty,
                 json: req.json,
+                result: false,
             },
             seccomp,
             timings: req.timings,

@@ -444,3 +444,20 @@ pub fn create_user_namespace(base: u32, count: u32) -> io::Result<(OwnedFd, User
         }
     }
 }
+
+/// CPU time (user + system, microseconds) of this process's reaped children and of the
+/// children they reaped in turn (`getrusage(RUSAGE_CHILDREN)`).
+pub fn children_cpu_usec() -> io::Result<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid, writable rusage; the kernel fills it in whole on success.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getrusage succeeded, so the struct is initialised (and it was zeroed before).
+    let usage = unsafe { usage.assume_init() };
+    let micros = |tv: libc::timeval| {
+        u64::try_from(tv.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(tv.tv_usec).unwrap_or(0)
+    };
+    Ok(micros(usage.ru_utime) + micros(usage.ru_stime))
+}

@@ -859,6 +859,10 @@ fn filtered_session_keeps_its_allowlist_and_logs_its_decisions() {
         );
     }
     assert!(!log.contains("tokensecret42"), "secrets are masked: {log}");
+    for l in log.lines() {
+        let event: serde_json::Value = serde_json::from_str(l).expect("JSON lines");
+        assert!(event["type"].is_string() && event["ts"].is_string(), "{l}");
+    }
     assert!(log.contains("***.evil.example"), "{log}");
 
     // A killed supervisor takes the sandbox and its network along; prune removes the rest.

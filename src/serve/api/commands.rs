@@ -54,6 +54,7 @@ pub(super) fn event_line(event: CommandEvent) -> Vec<u8> {
             timeout: matches!(o.ending, crate::sandbox::supervisor::Ending::TimedOut(_)),
             truncated: o.truncated,
             duration_ms: o.duration.as_secs_f64() * 1000.0,
+            usage: o.usage,
         }
         .to_line(),
         CommandEvent::Failed(message) => Event::Error {
