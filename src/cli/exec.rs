@@ -526,6 +526,13 @@ fn session_secrets(
 ) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     let check = |flag: &str, name: &str, value: Option<&str>| -> Result<(), String> {
+        if flag == "--secret-env" && name.contains('=') {
+            // Never the part after '=': it may be the secret itself.
+            return Err(format!(
+                "--secret-env '{}': takes the NAME of a variable set in nsbox's environment, not NAME=VALUE",
+                name.split('=').next().unwrap_or_default()
+            ));
+        }
         if !crate::profile::valid_env_name(name) {
             return Err(format!(
                 "{flag} '{name}': not a valid variable name (letters, digits and '_')"

@@ -747,7 +747,20 @@ fn tmpfs_mounts_a_sized_scratch_directory() {
 fn a_ttl_session_is_stopped_and_removed_at_its_deadline_even_while_busy() {
     require_root!();
     let store = tempfile::tempdir().unwrap();
-    let created = in_store(store.path(), &["create", "--ttl", "2s", "--name", "short"]);
+    // --ttl stops the session; --rm (with no grace) removes it once stopped.
+    let created = in_store(
+        store.path(),
+        &[
+            "create",
+            "--ttl",
+            "2s",
+            "--rm",
+            "--rm-grace",
+            "0s",
+            "--name",
+            "short",
+        ],
+    );
     assert_eq!(created.code, 0, "{created:?}");
     let mut busy = nsbox_cmd(&["exec", "--session", "short", "--", "sleep", "600"])
         .env("NSBOX_RUN_DIR", store.path())

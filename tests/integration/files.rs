@@ -153,11 +153,11 @@ fn writable_mounts_write_as_the_directory_owner() {
     let m_root = format!("{}:/rootws:rw", rooted.path().display());
     let m_ro = format!("{}:/ro", readonly.path().display());
     let r = exec(&[
-        "-m",
+        "-v",
         &m_user,
-        "-m",
+        "-v",
         &m_root,
-        "-m",
+        "-v",
         &m_ro,
         "--",
         "/bin/sh",
@@ -194,7 +194,7 @@ fn writable_mounts_map_only_the_owner() {
     std::os::unix::fs::chown(&other, Some(4545), Some(4545)).unwrap();
     let m = format!("{}:/work:rw", ws.path().display());
     let r = exec(&[
-        "-m",
+        "-v",
         &m,
         "--",
         "/bin/sh",
@@ -211,7 +211,7 @@ fn writable_mounts_map_only_the_owner() {
     let shared = owned_dir(0, 0);
     std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let m = format!("{}:/shared:rw", shared.path().display());
-    let r = exec(&["-m", &m, "--", "/bin/sh", "-c", "echo x > /shared/f"]);
+    let r = exec(&["-v", &m, "--", "/bin/sh", "-c", "echo x > /shared/f"]);
     assert_eq!(r.code, 0, "{r:?}");
     let uid = std::fs::metadata(shared.path().join("f")).unwrap().uid();
     assert!(uid > nsbox::ids::DEFAULT_UID_BASE, "written as {uid}");
@@ -237,7 +237,7 @@ fn writable_mounts_fall_back_with_a_warning_where_idmapping_is_unsupported() {
     let _unmount = Unmount(dir.path().to_path_buf());
     std::os::unix::fs::chown(dir.path(), Some(4242), Some(4242)).unwrap();
     let m = format!("{}:/work:rw", dir.path().display());
-    let r = exec(&["-m", &m, "--", "/bin/sh", "-c", "stat -c %u /work"]);
+    let r = exec(&["-v", &m, "--", "/bin/sh", "-c", "stat -c %u /work"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout, "65534\n", "{r:?}");
     assert!(
@@ -271,14 +271,14 @@ fn git_trusts_a_writable_mount_and_needs_safe_directory_read_only() {
         .unwrap();
     assert!(chown.success());
     let rw = format!("{}:/work:rw", repo.path().display());
-    let ok = exec(&["-m", &rw, "-w", "/work", "--", "git", "status", "--short"]);
+    let ok = exec(&["-v", &rw, "-w", "/work", "--", "git", "status", "--short"]);
     assert_eq!(ok.code, 0, "{ok:?}");
     let ro = format!("{}:/work", repo.path().display());
-    let refused = exec(&["-m", &ro, "-w", "/work", "--", "git", "status"]);
+    let refused = exec(&["-v", &ro, "-w", "/work", "--", "git", "status"]);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("dubious ownership"), "{refused:?}");
     let trusted = exec(&[
-        "-m",
+        "-v",
         &ro,
         "-w",
         "/work",
