@@ -36,6 +36,7 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
 pub mod session;
+pub mod snapshot;
 pub mod spec;
 pub mod sys;
 pub mod units;

@@ -217,8 +217,9 @@ pub struct PsArgs {
     json: bool,
 }
 
-fn state_name(state: SessionState) -> &'static str {
+fn state_name(state: SessionState, record: &SessionRecord) -> &'static str {
     match state {
+        SessionState::Running if record.paused => "paused",
         SessionState::Running => "running",
         SessionState::Stopped => "stopped",
         SessionState::Dead => "dead",
@@ -255,7 +256,7 @@ pub fn ps(args: PsArgs) -> i32 {
                     "id": r.id,
                     "name": r.name,
                     "root": r.root,
-                    "state": state_name(store.state(r)),
+                    "state": state_name(store.state(r), r),
                     "age_secs": SessionStore::age(r, false).as_secs(),
                     "network": r.network,
                     "memory": r.memory,
@@ -282,7 +283,7 @@ pub fn ps(args: PsArgs) -> i32 {
             r.id,
             shorten(r.name.as_deref().unwrap_or("-"), 16),
             shorten(&r.root, 24),
-            state_name(store.state(r)),
+            state_name(store.state(r), r),
             age_text(SessionStore::age(r, false).as_secs()),
             r.network,
             limits_text(r),
@@ -539,13 +540,13 @@ pub(super) fn prune_sessions(older_than: Option<Duration>, dry_run: bool) -> (us
             continue;
         }
         if dry_run {
-            println!("would remove session {} ({})", r.id, state_name(state));
+            println!("would remove session {} ({})", r.id, state_name(state, &r));
             continue;
         }
         match remove_session(&store, &r) {
             Ok(()) => {
                 removed += 1;
-                println!("removed  session {} ({})", r.id, state_name(state));
+                println!("removed  session {} ({})", r.id, state_name(state, &r));
             }
             Err(e) => {
                 failed = true;

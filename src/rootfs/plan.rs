@@ -115,6 +115,16 @@ pub enum MountOp {
     Proc {
         target: PathBuf,
     },
+    /// The root's own directory (from the image) bound onto itself, so it stays writable when
+    /// the root is made read-only: /sandbox of an image made by `nsbox commit`. Created (owned
+    /// by uid:gid) if missing. Its writes go to the overlay's upper layer, so they are bounded
+    /// by the root's scratch size and charged to the sandbox's memory like the rest.
+    KeepDir {
+        target: PathBuf,
+        uid: u32,
+        gid: u32,
+        flags: Flags,
+    },
     Tmpfs {
         target: PathBuf,
         size: ByteSize,
@@ -204,7 +214,7 @@ impl MountOp {
             MountOp::MaskFile { .. } | MountOp::MaskDir { .. } | MountOp::ReadOnlyBind { .. } => {
                 "/proc and /sys masked"
             }
-            MountOp::Tmpfs { .. } => "/tmp and /sandbox mounted",
+            MountOp::Tmpfs { .. } | MountOp::KeepDir { .. } => "/tmp and /sandbox mounted",
             MountOp::Bind { .. } => "bind mounts attached",
             MountOp::CopyIn { .. } => "files copied in",
             MountOp::Workdir { .. } | MountOp::RemountReadOnly { .. } => "root made read-only",
@@ -359,14 +369,28 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         gid: 0,
         flags: Flags::SCRATCH,
     });
-    mounts.push(MountOp::Tmpfs {
-        target: SANDBOX_DIR.into(),
-        size: spec.sizes.sandbox,
-        mode: 0o755,
-        uid: spec.uid,
-        gid: spec.gid,
-        flags: Flags::SCRATCH,
-    });
+    if spec
+        .image
+        .as_ref()
+        .is_some_and(|i| i.run.sandbox_dir_in_image())
+    {
+        // A committed session's image brings its /sandbox: keep it, in the root's overlay.
+        mounts.push(MountOp::KeepDir {
+            target: SANDBOX_DIR.into(),
+            uid: spec.uid,
+            gid: spec.gid,
+            flags: Flags::SCRATCH,
+        });
+    } else {
+        mounts.push(MountOp::Tmpfs {
+            target: SANDBOX_DIR.into(),
+            size: spec.sizes.sandbox,
+            mode: 0o755,
+            uid: spec.uid,
+            gid: spec.gid,
+            flags: Flags::SCRATCH,
+        });
+    }
 
     let mut host_sources = Vec::new();
     // Parents before children, so a mount inside another user mount lands on top of it.

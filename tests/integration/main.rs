@@ -21,3 +21,4 @@ mod limits;
 mod registry;
 mod registry_support;
 mod sessions;
+mod snapshots;

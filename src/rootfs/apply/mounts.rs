@@ -211,6 +211,19 @@ impl<S: Syscalls> Interpreter<'_, S> {
                 };
                 absent_is_fine(result).map_err(fail("mask", target))
             }
+            MountOp::KeepDir {
+                target,
+                uid,
+                gid,
+                flags,
+            } => {
+                sys.make_dirs(target, (*uid, *gid))
+                    .map_err(fail("create directory", target))?;
+                sys.bind(target, target, false)
+                    .map_err(fail("bind onto itself", target))?;
+                sys.remount(target, mount_flags(*flags) | MountFlags::BIND)
+                    .map_err(fail("set mount flags of", target))
+            }
             MountOp::ReadOnlyBind { target } => {
                 match sys.bind(target, target, true) {
                     Ok(()) => {}
