@@ -786,6 +786,41 @@ mod tests {
     }
 
     #[test]
+    fn a_committed_image_keeps_its_sandbox_dir_instead_of_a_tmpfs() {
+        let with_labels = |labels: Option<BTreeMap<String, String>>| {
+            let spec = spec_with(|r| {
+                r.image = Some(crate::image::ImageSpec {
+                    reference: "snap:1".into(),
+                    digest: crate::image::Digest::of(b"manifest"),
+                    layers: vec![PathBuf::from("/store/layers/top")],
+                    run: crate::image::RunConfig {
+                        labels,
+                        ..Default::default()
+                    },
+                    user: None,
+                })
+            });
+            build(&spec, &HostFacts::default())
+        };
+        let is_sandbox_tmpfs = |op: &MountOp| matches!(op, MountOp::Tmpfs { target, .. } if target == Path::new("/sandbox"));
+        let is_kept = |op: &MountOp| matches!(op, MountOp::KeepDir { target, .. } if target == Path::new("/sandbox"));
+        let label = |v: &str| {
+            Some(BTreeMap::from([(
+                crate::image::oci::SANDBOX_DIR_LABEL.to_string(),
+                v.to_string(),
+            )]))
+        };
+        let committed = with_labels(label(crate::image::oci::SANDBOX_DIR_IN_IMAGE));
+        assert!(committed.mounts.iter().any(is_kept));
+        assert!(!committed.mounts.iter().any(is_sandbox_tmpfs));
+        for other in [None, label("something-else")] {
+            let plan = with_labels(other);
+            assert!(plan.mounts.iter().any(is_sandbox_tmpfs));
+            assert!(!plan.mounts.iter().any(is_kept));
+        }
+    }
+
+    #[test]
     fn user_mounts_come_after_system_mounts_parents_first() {
         let spec = spec_with(|r| {
             r.mounts = vec!["/usr:/sandbox/a/b".into(), "/etc:/sandbox/a:rw".into()];

@@ -328,3 +328,35 @@ fn a_commit_killed_halfway_leaves_no_image_and_a_running_session() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn sandbox_dir_label_on_a_symlink_is_refused() {
+    // An image may carry the label `nsbox commit` sets without being a commit: with /sandbox a
+    // symlink to /etc, keeping "/sandbox" writable would make /etc of the read-only root
+    // writable. Attempt it and expect the sandbox to be refused.
+    require_root!();
+    let ctx = StoreCtx::new();
+    let mut layout = Layout::new(&ctx.path("hostile"));
+    let mut t = Tar::default();
+    t.symlink("sandbox", "etc");
+    layout.image(
+        Some("1"),
+        &[(base_layer(), Comp::Gzip), (t.finish(), Comp::Gzip)],
+        serde_json::json!({"Env": ["PATH=/bin"], "Labels": {"org.nsbox.sandbox-dir": "in-image"}}),
+    );
+    ctx.ok(&["load", ctx.path("hostile").to_str().unwrap()]);
+    let r = ctx.run(&[
+        "exec",
+        "--image",
+        "hostile:1",
+        "-u",
+        "0:0",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo pwned > /etc/pwned && echo wrote",
+    ]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(!r.stdout.contains("wrote"), "{r:?}");
+    assert!(r.stderr.contains("symbolic link"), "{r:?}");
+}
