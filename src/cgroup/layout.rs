@@ -371,6 +371,22 @@ impl CgroupLayout {
             };
             out.push_str(&format!("  {:<8}{line}\n", format!("{c}:")));
         }
+        // Where `nsbox pause` freezes a session (see `SandboxCgroup::create_with_freezer`).
+        let on_v2 = Controller::ALL
+            .iter()
+            .any(|c| matches!(self.placement(*c), Placement::V2 { enabled: true, .. }));
+        let freezer = match (&self.freezer_v1, on_v2) {
+            (_, true) => "cgroup v2 (cgroup.freeze)".to_string(),
+            (Some(h), false) if !h.read_only => {
+                format!("cgroup v1 at {}", h.mount_point.display())
+            }
+            (Some(h), false) => format!(
+                "UNAVAILABLE: cgroup v1 at {} is read-only (`nsbox pause` fails)",
+                h.mount_point.display()
+            ),
+            (None, false) => "UNAVAILABLE: no controller of nsbox's on cgroup v2 and no cgroup v1 freezer mount (`nsbox pause` fails)".to_string(),
+        };
+        out.push_str(&format!("  {:<8}{freezer}\n", "freezer:"));
         // Where nsbox itself runs (`/proc/self/cgroup`), for `nsbox doctor`.
         let self_cgroups = read_self_cgroups(&self.fs_root);
         if !self_cgroups.is_empty() {
