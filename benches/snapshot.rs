@@ -102,8 +102,10 @@ fn main() {
             &format!("dd if=/dev/urandom of=/sandbox/data bs=1M count={mb} 2>/dev/null"),
         ]);
         let t = Instant::now();
-        ok(&["commit", &id, &format!("snap{mb}:1")]);
+        let done = ok(&["commit", "--json", &id, &format!("snap{mb}:1")]);
         let commit = t.elapsed();
+        let done: serde_json::Value = serde_json::from_str(&done).unwrap();
+        let frozen = done["frozen_secs"].as_f64().unwrap_or(f64::NAN) * 1000.0;
 
         // The same files into a fresh session, the way without commit.
         let host_copy = tmp.path().join(format!("data{mb}"));
@@ -141,7 +143,7 @@ fn main() {
         ]);
         let start = t.elapsed();
         println!(
-            "{mb:>5} MB: commit {:>8.1} ms | create + cp in {:>8.1} ms | create from the committed image {:>7.1} ms",
+            "{mb:>5} MB: commit {:>8.1} ms (frozen {frozen:>8.1} ms) | create + cp in {:>8.1} ms | create from the committed image {:>7.1} ms",
             ms(commit),
             ms(copy),
             ms(start)

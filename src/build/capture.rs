@@ -79,15 +79,22 @@ pub fn capture(
     uid_base: u32,
     out: &Path,
 ) -> io::Result<Captured> {
-    capture_with(upper, lowers, uid_base, &[], out)
+    capture_with(upper, lowers, uid_base, &[], BUILD_LEVEL, out)
 }
 
-/// [`capture`], plus `extras` put in whole (see [`Extra`]).
+/// gzip level of a build's layer: built once, pulled and saved many times.
+const BUILD_LEVEL: u32 = 6;
+/// gzip level of a commit's layer: the session is frozen while it is written, and level 1 is
+/// several times faster for little more size.
+pub const COMMIT_LEVEL: u32 = 1;
+
+/// [`capture`], plus `extras` put in whole (see [`Extra`]), compressed at gzip `level`.
 pub fn capture_with(
     upper: &Path,
     lowers: &[PathBuf],
     uid_base: u32,
     extras: &[Extra<'_>],
+    level: u32,
     out: &Path,
 ) -> io::Result<Captured> {
     let file = File::create(out)?;
@@ -96,7 +103,7 @@ pub fn capture_with(
         hasher: Hasher::default(),
         count: 0,
     };
-    let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::new(6));
+    let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::new(level));
     let tar_stream = HashingWriter {
         inner: gz,
         hasher: Hasher::default(),
@@ -137,11 +144,10 @@ pub fn capture_with(
     compressed.flush()?;
     let size = compressed.count;
     let digest = compressed.hasher.finish();
-    compressed
-        .inner
-        .into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()?;
+    // No fsync: the file is a temporary, read back at once by the caller, which stores the
+    // blob the way `load` does. (Syncing it made a 500 MB commit wait seconds for writeback,
+    // with the session frozen.)
+    compressed.inner.into_inner().map_err(|e| e.into_error())?;
     Ok(Captured {
         digest,
         size,

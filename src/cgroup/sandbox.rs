@@ -372,7 +372,7 @@ impl SandboxCgroup {
                     after: FREEZE_PATIENCE,
                 });
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

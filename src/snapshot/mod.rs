@@ -213,8 +213,15 @@ fn capture_session(
         }],
         _ => Vec::new(),
     };
-    capture::capture_with(&upper_path, &info.layers, info.uid_base, &extras, out)
-        .map_err(io("write the layer"))
+    capture::capture_with(
+        &upper_path,
+        &info.layers,
+        info.uid_base,
+        &extras,
+        capture::COMMIT_LEVEL,
+        out,
+    )
+    .map_err(io("write the layer"))
 }
 
 /// The base's config plus the layer, a history entry, the session's env, working directory
