@@ -187,6 +187,8 @@ fn commit_makes_an_image_with_the_sessions_files_and_modes() {
             "0:0",
             "-e",
             "FROM_SESSION=yes",
+            "--secret",
+            "API_TOKEN=tok-31415926",
         ],
     );
     let made = s.sh("mkdir -p /sandbox/work && chmod 750 /sandbox/work \
@@ -243,6 +245,23 @@ fn commit_makes_an_image_with_the_sessions_files_and_modes() {
         "pwd; echo $FROM_SESSION; test -e /tmp/scratch && echo kept-tmp; true",
     ]);
     assert_eq!(cfg.stdout, "/sandbox\nyes\n", "{cfg:?}");
+    // A secret is never written into the image (its config is in the store's blobs).
+    let leaked = std::process::Command::new("grep")
+        .args(["-rl", "tok-31415926"])
+        .arg(ctx.store().join("blobs"))
+        .output()
+        .unwrap();
+    assert!(leaked.stdout.is_empty(), "{leaked:?}");
+    let env = ctx.run(&[
+        "exec",
+        "--image",
+        "snapimg:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo ${API_TOKEN:-unset}",
+    ]);
+    assert_eq!(env.stdout, "unset\n", "{env:?}");
     // The image's /sandbox stays writable in a sandbox of it.
     let w = ctx.run(&[
         "exec",
