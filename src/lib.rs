@@ -37,6 +37,7 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod serve;
 pub mod session;
+pub mod snapshot;
 pub mod spec;
 pub mod sys;
 pub mod units;

@@ -445,7 +445,7 @@ fn history_line(recipe: &Recipe) -> String {
 }
 
 /// Now as RFC 3339 (UTC), as image configs write times.
-fn rfc3339_now() -> String {
+pub(crate) fn rfc3339_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

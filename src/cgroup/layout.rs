@@ -28,6 +28,9 @@ const V1_CONTROLLERS: &[&str] = &[
     "misc",
 ];
 
+/// The v1 controller that freezes a cgroup's tasks (`nsbox pause`).
+pub(crate) const FREEZER: &str = "freezer";
+
 /// How the host arranges its cgroups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupKind {
@@ -102,6 +105,9 @@ pub struct CgroupLayout {
     memory: Placement,
     pids: Placement,
     cpu: Placement,
+    /// The v1 hierarchy carrying the freezer, used to pause sandboxes that have no cgroup v2
+    /// directory (on v2, `cgroup.freeze` is in every cgroup and needs no controller).
+    freezer_v1: Option<Hierarchy>,
     /// The root every file access is prefixed with (for reading `/proc/self/cgroup` later).
     fs_root: PathBuf,
     /// Mounts that were ignored and why (shown by `summary`).
@@ -144,6 +150,7 @@ impl CgroupLayout {
                 && !Controller::ALL
                     .iter()
                     .any(|c| entry.has_super_option(c.name()))
+                && !entry.has_super_option(FREEZER)
             {
                 continue;
             }
@@ -252,6 +259,11 @@ impl CgroupLayout {
             }
         }
 
+        let freezer_v1 = v1_all
+            .iter()
+            .find(|h| h.controllers.iter().any(|c| c == FREEZER))
+            .cloned();
+
         Ok(CgroupLayout {
             kind,
             v2,
@@ -259,6 +271,7 @@ impl CgroupLayout {
             memory,
             pids,
             cpu,
+            freezer_v1,
             // Only `summary` (nsbox doctor) shows these: read them there, not on every start.
             fs_root: fs_root.to_path_buf(),
             notes,
@@ -298,9 +311,20 @@ impl CgroupLayout {
         }
     }
 
+    /// The v1 freezer hierarchy, if one is mounted (see [`crate::cgroup::Freezer`]).
+    pub fn freezer_v1(&self) -> Option<&Hierarchy> {
+        self.freezer_v1.as_ref()
+    }
+
     /// Every hierarchy nsbox may create directories in (v2 first), for leftover scans.
     pub fn hierarchies(&self) -> Vec<&Hierarchy> {
-        self.v2.iter().chain(self.v1.iter()).collect()
+        let mut all: Vec<&Hierarchy> = self.v2.iter().chain(self.v1.iter()).collect();
+        if let Some(f) = &self.freezer_v1 {
+            if !all.iter().any(|h| h.path == f.path) {
+                all.push(f);
+            }
+        }
+        all
     }
 
     /// A few lines for `nsbox doctor`: the kind, where each controller lives and why.
@@ -347,6 +371,22 @@ impl CgroupLayout {
             };
             out.push_str(&format!("  {:<8}{line}\n", format!("{c}:")));
         }
+        // Where `nsbox pause` freezes a session (see `SandboxCgroup::create_with_freezer`).
+        let on_v2 = Controller::ALL
+            .iter()
+            .any(|c| matches!(self.placement(*c), Placement::V2 { enabled: true, .. }));
+        let freezer = match (&self.freezer_v1, on_v2) {
+            (_, true) => "cgroup v2 (cgroup.freeze)".to_string(),
+            (Some(h), false) if !h.read_only => {
+                format!("cgroup v1 at {}", h.mount_point.display())
+            }
+            (Some(h), false) => format!(
+                "UNAVAILABLE: cgroup v1 at {} is read-only (`nsbox pause` fails)",
+                h.mount_point.display()
+            ),
+            (None, false) => "UNAVAILABLE: no controller of nsbox's on cgroup v2 and no cgroup v1 freezer mount (`nsbox pause` fails)".to_string(),
+        };
+        out.push_str(&format!("  {:<8}{freezer}\n", "freezer:"));
         // Where nsbox itself runs (`/proc/self/cgroup`), for `nsbox doctor`.
         let self_cgroups = read_self_cgroups(&self.fs_root);
         if !self_cgroups.is_empty() {

@@ -194,6 +194,16 @@ pub enum CgroupError {
         hint: Option<String>,
     },
 
+    #[error("the sandbox cannot be paused: it has no cgroup v2 directory (cgroup.freeze) and no cgroup v1 freezer directory — hint: pausing needs cgroup v2, or the freezer controller mounted on cgroup v1 (`mount -t cgroup -o freezer cgroup /sys/fs/cgroup/freezer`)")]
+    NoFreezer,
+
+    #[error("cgroup {} did not become {state} within {after:?} — hint: a process may be stuck in the kernel (uninterruptible sleep); try again", path.display())]
+    FreezeTimeout {
+        path: PathBuf,
+        state: &'static str,
+        after: std::time::Duration,
+    },
+
     #[error("leftover cgroup {} still has processes — hint: a sandbox may still be running in it; stop it first (its pids are in {}/cgroup.procs)", path.display(), path.display())]
     LeftoverBusy { path: PathBuf },
 }

@@ -21,6 +21,8 @@ pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 const REMOVE_PATIENCE: Duration = Duration::from_secs(1);
 /// Drop runs on error paths; it must not stall them for long.
 const DROP_PATIENCE: Duration = Duration::from_millis(250);
+/// How long freezing or thawing may take before it is reported as failed.
+const FREEZE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The cgroup(s) of one sandbox: `nsbox-<id>` in each hierarchy used. Removed by
 /// [`SandboxCgroup::remove`], or best-effort on drop.
@@ -41,6 +43,8 @@ struct CgroupDir {
     path: PathBuf,
     version: CgroupVersion,
     controllers: Vec<Controller>,
+    /// The v1 freezer directory (made only to pause the sandbox; no limits in it).
+    freezer: bool,
 }
 
 /// What `create` will do, decided before touching anything.
@@ -56,6 +60,7 @@ pub(crate) struct DirPlan {
     pub(crate) path: PathBuf,
     pub(crate) controllers: Vec<Controller>,
     pub(crate) writes: Vec<LimitWrite>,
+    pub(crate) freezer: bool,
 }
 
 /// One value for one control file.
@@ -98,7 +103,20 @@ impl SandboxCgroup {
         id: &str,
         limits: &CgroupLimits,
     ) -> Result<Self, CgroupError> {
-        let plan = plan(layout, id, limits)?;
+        Self::create_with_freezer(layout, id, limits, false)
+    }
+
+    /// [`SandboxCgroup::create`], and with `freezable` for a sandbox that can be paused ([`SandboxCgroup::freeze`]):
+    /// when none of its directories is on cgroup v2 (whose `cgroup.freeze` every cgroup has),
+    /// it also gets a directory in the v1 freezer hierarchy, joined at start like the others,
+    /// so that every process it ever has is in it. Only sessions pay that extra directory.
+    pub fn create_with_freezer(
+        layout: &CgroupLayout,
+        id: &str,
+        limits: &CgroupLimits,
+        freezable: bool,
+    ) -> Result<Self, CgroupError> {
+        let plan = plan(layout, id, limits, freezable)?;
         let mut cgroup = SandboxCgroup {
             id: id.to_string(),
             dirs: Vec::new(),
@@ -127,6 +145,7 @@ impl SandboxCgroup {
             path: path.clone(),
             version: plan.hierarchy.version,
             controllers: plan.controllers,
+            freezer: plan.freezer,
         });
         if !plan.hierarchy.on_cgroupfs {
             populate_fixture(&plan.hierarchy.path, &path).map_err(|source| {
@@ -290,6 +309,73 @@ impl SandboxCgroup {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Where this sandbox can be frozen: its v2 directory (`cgroup.freeze`), else its v1
+    /// freezer directory (`freezer.state`).
+    fn freezer_dir(&self) -> Option<&CgroupDir> {
+        self.dirs
+            .iter()
+            .find(|d| d.version == CgroupVersion::V2)
+            .or_else(|| self.dirs.iter().find(|d| d.freezer))
+    }
+
+    /// True when [`SandboxCgroup::freeze`] can work.
+    pub fn can_freeze(&self) -> bool {
+        self.freezer_dir().is_some()
+    }
+
+    /// Freezes every process of the sandbox (they stop being scheduled, use no CPU, and see no
+    /// signal until thawed; SIGKILL included, so thaw before killing) and returns once the
+    /// kernel reports the cgroup frozen.
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        self.set_frozen(true)
+    }
+
+    /// Lets the sandbox's processes run again.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        self.set_frozen(false)
+    }
+
+    /// Whether the cgroup is frozen now (`None` without a freezer).
+    pub fn is_frozen(&self) -> Result<Option<bool>, CgroupError> {
+        let Some(dir) = self.freezer_dir() else {
+            return Ok(None);
+        };
+        freezer_state(dir).map(Some)
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        let dir = self.freezer_dir().ok_or(CgroupError::NoFreezer)?;
+        let (file, value) = match (dir.version, frozen) {
+            (CgroupVersion::V2, true) => ("cgroup.freeze", "1"),
+            (CgroupVersion::V2, false) => ("cgroup.freeze", "0"),
+            (CgroupVersion::V1, true) => ("freezer.state", "FROZEN"),
+            (CgroupVersion::V1, false) => ("freezer.state", "THAWED"),
+        };
+        let deadline = std::time::Instant::now() + FREEZE_PATIENCE;
+        loop {
+            // v1 may stay FREEZING when a task is in an uninterruptible sleep; writing FROZEN
+            // again retries the tasks that were not frozen yet.
+            std::fs::write(dir.path.join(file), value).map_err(|source| {
+                CgroupError::WriteLimit {
+                    file: dir.path.join(file),
+                    value: value.to_string(),
+                    source,
+                }
+            })?;
+            if freezer_state(dir)? == frozen {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(CgroupError::FreezeTimeout {
+                    path: dir.path.clone(),
+                    state: if frozen { "frozen" } else { "thawed" },
+                    after: FREEZE_PATIENCE,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn dir_with(&self, c: Controller) -> Option<&CgroupDir> {
         self.dirs.iter().find(|d| d.controllers.contains(&c))
     }
@@ -303,6 +389,18 @@ impl Drop for SandboxCgroup {
         if let Err(e) = self.remove_all(DROP_PATIENCE) {
             tracing::warn!(id = %self.id, "sandbox cgroup not removed: {e}");
         }
+    }
+}
+
+/// v2 `cgroup.events` `frozen`, v1 `freezer.state` == FROZEN (FREEZING counts as not yet).
+fn freezer_state(dir: &CgroupDir) -> Result<bool, CgroupError> {
+    match dir.version {
+        CgroupVersion::V2 => {
+            let file = dir.path.join("cgroup.events");
+            let text = read_required(&file)?;
+            Ok(keyed_number(&file, &text, "frozen")? == Some(1))
+        }
+        CgroupVersion::V1 => Ok(read_required(&dir.path.join("freezer.state"))?.trim() == "FROZEN"),
     }
 }
 
@@ -326,6 +424,7 @@ pub(crate) fn plan(
     layout: &CgroupLayout,
     id: &str,
     limits: &CgroupLimits,
+    freezable: bool,
 ) -> Result<Plan, CgroupError> {
     validate_id(id)?;
     validate_limits(limits)?;
@@ -345,7 +444,27 @@ pub(crate) fn plan(
                 hierarchy: hierarchy.clone(),
                 controllers: vec![c],
                 writes: Vec::new(),
+                freezer: false,
             }),
+        }
+    }
+    let has_v2 = dirs
+        .iter()
+        .any(|d| d.hierarchy.version == CgroupVersion::V2);
+    if freezable && !has_v2 {
+        // A freezer that cannot be used is not an error here: `freeze` says so when asked.
+        match layout.freezer_v1() {
+            Some(h) if !h.read_only => match dirs.iter_mut().find(|d| d.hierarchy.path == h.path) {
+                Some(d) => d.freezer = true,
+                None => dirs.push(DirPlan {
+                    path: h.path.join(&dir_name),
+                    hierarchy: h.clone(),
+                    controllers: Vec::new(),
+                    writes: Vec::new(),
+                    freezer: true,
+                }),
+            },
+            _ => {}
         }
     }
     // v2 first: it is the directory the sandbox is cloned into, and the one that tracks all

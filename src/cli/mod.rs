@@ -13,6 +13,7 @@ mod pull;
 mod serve;
 mod session;
 mod settings;
+mod snapshot;
 #[cfg(test)]
 mod spec_tests;
 mod user;
@@ -107,6 +108,14 @@ enum Command {
     /// Copy files or trees between the host and a session: SRC SESSION:DST or SESSION:SRC DST
     /// (`-` for a tar stream on stdin/stdout).
     Cp(session::CpArgs),
+    /// Freeze every process of a session (cgroup freezer): no CPU used, memory kept; commands
+    /// are refused until `nsbox resume`.
+    Pause(snapshot::FreezeArgs),
+    /// Let a paused session's processes run again.
+    Resume(snapshot::FreezeArgs),
+    /// Make an image of a session's files (its root's changes and /sandbox) on top of its
+    /// image; the session is frozen while they are read and goes on afterwards.
+    Commit(snapshot::CommitArgs),
     /// Check that this host can run sandboxes, and say what to fix if not.
     Doctor(doctor::DoctorArgs),
     /// Remove what killed nsbox processes left behind (cgroups, sessions, cached layers).
@@ -533,6 +542,9 @@ pub fn main() -> i32 {
         Command::Stop(args) => session::stop(args),
         Command::Rm(args) => session::rm(args),
         Command::Cp(args) => session::cp(args),
+        Command::Pause(args) => snapshot::freeze(args, true),
+        Command::Resume(args) => snapshot::freeze(args, false),
+        Command::Commit(args) => snapshot::commit(args, &state_root),
         Command::Doctor(args) => doctor::run(args),
         Command::Prune(args) => with_config(config(), |c| prune::run(args, c)),
         Command::Profiles => {

@@ -367,7 +367,7 @@ impl Filter {
             Filter::Label(k, Some(v)) => labels.get(k) == Some(v),
             Filter::Name(n) => r.name.as_deref() == Some(n.as_str()),
             Filter::Id(prefix) => r.id.starts_with(prefix.as_str()),
-            Filter::State(s) => state_name(state) == s,
+            Filter::State(s) => state_name(state, r) == s,
         }
     }
 }
@@ -378,7 +378,7 @@ pub(super) fn session_json(store: &SessionStore, r: &SessionRecord) -> serde_jso
         "id": r.id,
         "name": r.name,
         "root": r.root,
-        "state": state_name(store.state(r)),
+        "state": state_name(store.state(r), r),
         "age_secs": SessionStore::age(r, false).as_secs(),
         "network": r.network,
         "memory": r.memory,
@@ -392,8 +392,9 @@ pub(super) fn session_json(store: &SessionStore, r: &SessionRecord) -> serde_jso
     })
 }
 
-fn state_name(state: SessionState) -> &'static str {
+fn state_name(state: SessionState, record: &SessionRecord) -> &'static str {
     match state {
+        SessionState::Running if record.paused => "paused",
         SessionState::Running => "running",
         SessionState::Stopped => "stopped",
         SessionState::Dead => "dead",
@@ -472,7 +473,7 @@ pub fn ps(args: PsArgs) -> i32 {
                     r.id,
                     shorten(r.name.as_deref().unwrap_or("-"), 16),
                     shorten(&r.root, 24),
-                    state_name(store.state(r)),
+                    state_name(store.state(r), r),
                     age_text(SessionStore::age(r, false).as_secs()),
                     r.network,
                     limits_text(r),
@@ -738,13 +739,13 @@ pub(super) fn prune_sessions(older_than: Option<Duration>, dry_run: bool) -> (us
             continue;
         }
         if dry_run {
-            println!("would remove session {} ({})", r.id, state_name(state));
+            println!("would remove session {} ({})", r.id, state_name(state, &r));
             continue;
         }
         match remove_session(&store, &r) {
             Ok(()) => {
                 removed += 1;
-                println!("removed  session {} ({})", r.id, state_name(state));
+                println!("removed  session {} ({})", r.id, state_name(state, &r));
             }
             Err(e) => {
                 failed = true;

@@ -119,6 +119,25 @@ pub struct RunConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub working_dir: Option<String>,
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Image label set by `nsbox commit`: the image carries a sandbox's /sandbox (a committed
+/// session's working tree), so a sandbox of it keeps that directory (writable, in its root's
+/// overlay) instead of mounting an empty tmpfs over it.
+pub const SANDBOX_DIR_LABEL: &str = "org.nsbox.sandbox-dir";
+/// [`SANDBOX_DIR_LABEL`]'s value.
+pub const SANDBOX_DIR_IN_IMAGE: &str = "in-image";
+
+impl RunConfig {
+    /// The image's /sandbox is to be kept (see [`SANDBOX_DIR_LABEL`]).
+    pub fn sandbox_dir_in_image(&self) -> bool {
+        self.labels
+            .as_ref()
+            .and_then(|l| l.get(SANDBOX_DIR_LABEL))
+            .is_some_and(|v| v == SANDBOX_DIR_IN_IMAGE)
+    }
 }
 
 /// One image of a `docker save` archive's manifest.json.

@@ -119,6 +119,16 @@ pub enum MountOp {
     Proc {
         target: PathBuf,
     },
+    /// The root's own directory (from the image) bound onto itself, so it stays writable when
+    /// the root is made read-only: /sandbox of an image made by `nsbox commit`. Created (owned
+    /// by uid:gid) if missing. Its writes go to the overlay's upper layer, so they are bounded
+    /// by the root's scratch size and charged to the sandbox's memory like the rest.
+    KeepDir {
+        target: PathBuf,
+        uid: u32,
+        gid: u32,
+        flags: Flags,
+    },
     Tmpfs {
         target: PathBuf,
         size: ByteSize,
@@ -208,7 +218,7 @@ impl MountOp {
             MountOp::MaskFile { .. } | MountOp::MaskDir { .. } | MountOp::ReadOnlyBind { .. } => {
                 "/proc and /sys masked"
             }
-            MountOp::Tmpfs { .. } => "/tmp and /sandbox mounted",
+            MountOp::Tmpfs { .. } | MountOp::KeepDir { .. } => "/tmp and /sandbox mounted",
             MountOp::Bind { .. } => "bind mounts attached",
             MountOp::CopyIn { .. } => "files copied in",
             MountOp::Workdir { .. } | MountOp::RemountReadOnly { .. } => "root made read-only",
@@ -363,14 +373,28 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         gid: 0,
         flags: Flags::SCRATCH,
     });
-    mounts.push(MountOp::Tmpfs {
-        target: SANDBOX_DIR.into(),
-        size: spec.sizes.sandbox,
-        mode: 0o755,
-        uid: spec.uid,
-        gid: spec.gid,
-        flags: Flags::SCRATCH,
-    });
+    if spec
+        .image
+        .as_ref()
+        .is_some_and(|i| i.run.sandbox_dir_in_image())
+    {
+        // A committed session's image brings its /sandbox: keep it, in the root's overlay.
+        mounts.push(MountOp::KeepDir {
+            target: SANDBOX_DIR.into(),
+            uid: spec.uid,
+            gid: spec.gid,
+            flags: Flags::SCRATCH,
+        });
+    } else {
+        mounts.push(MountOp::Tmpfs {
+            target: SANDBOX_DIR.into(),
+            size: spec.sizes.sandbox,
+            mode: 0o755,
+            uid: spec.uid,
+            gid: spec.gid,
+            flags: Flags::SCRATCH,
+        });
+    }
     // `--tmpfs`: like /tmp. The command line refused targets inside a bind mount, so the
     // binds below never cover one.
     for t in &spec.tmpfs {
@@ -785,6 +809,41 @@ mod tests {
         let plan = build(&spec, &HostFacts::default());
         assert!(plan.mounts.iter().any(|op| matches!(op,
             MountOp::Tmpfs { target, uid: 1000, gid: 1000, mode: 0o755, .. } if target == Path::new("/sandbox"))));
+    }
+
+    #[test]
+    fn a_committed_image_keeps_its_sandbox_dir_instead_of_a_tmpfs() {
+        let with_labels = |labels: Option<BTreeMap<String, String>>| {
+            let spec = spec_with(|r| {
+                r.image = Some(crate::image::ImageSpec {
+                    reference: "snap:1".into(),
+                    digest: crate::image::Digest::of(b"manifest"),
+                    layers: vec![PathBuf::from("/store/layers/top")],
+                    run: crate::image::RunConfig {
+                        labels,
+                        ..Default::default()
+                    },
+                    user: None,
+                })
+            });
+            build(&spec, &HostFacts::default())
+        };
+        let is_sandbox_tmpfs = |op: &MountOp| matches!(op, MountOp::Tmpfs { target, .. } if target == Path::new("/sandbox"));
+        let is_kept = |op: &MountOp| matches!(op, MountOp::KeepDir { target, .. } if target == Path::new("/sandbox"));
+        let label = |v: &str| {
+            Some(BTreeMap::from([(
+                crate::image::oci::SANDBOX_DIR_LABEL.to_string(),
+                v.to_string(),
+            )]))
+        };
+        let committed = with_labels(label(crate::image::oci::SANDBOX_DIR_IN_IMAGE));
+        assert!(committed.mounts.iter().any(is_kept));
+        assert!(!committed.mounts.iter().any(is_sandbox_tmpfs));
+        for other in [None, label("something-else")] {
+            let plan = with_labels(other);
+            assert!(plan.mounts.iter().any(is_sandbox_tmpfs));
+            assert!(!plan.mounts.iter().any(is_kept));
+        }
     }
 
     #[test]

@@ -139,10 +139,12 @@ pub enum ChannelError {
 }
 
 /// What the init reports once a sandbox is built and waits for commands.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Ready {
     pub marks: Vec<(String, u64)>,
     pub warnings: Vec<String>,
+    /// The overlay's upper directory (O_PATH), attached by sandboxes that serve.
+    pub upper: Option<OwnedFd>,
 }
 
 /// The sandbox's identity, as the setup child receives it: the mapped user namespace and, on
@@ -235,7 +237,11 @@ pub fn wait_for_identity(socket: BorrowedFd<'_>) -> Result<Identity, ChannelErro
 pub fn wait_ready(socket: BorrowedFd<'_>) -> Result<Ready, ChannelError> {
     const EXPECTED: &str = "ready";
     match recv_waiting::<ToSupervisor>(socket, EXPECTED)? {
-        (ToSupervisor::Ready { marks, warnings }, _) => Ok(Ready { marks, warnings }),
+        (ToSupervisor::Ready { marks, warnings }, fds) => Ok(Ready {
+            marks,
+            warnings,
+            upper: fds.into_iter().next(),
+        }),
         (ToSupervisor::SetupFailed { step, message }, _) => {
             Err(ChannelError::Failed { step, message })
         }

@@ -33,7 +33,7 @@ use super::event_loop::PollSet;
 use super::setup::{self, ChildSetup};
 use super::supervisor::{now_ns, SandboxError};
 use crate::cgroup::{
-    CgroupLayout, CgroupLimits, CgroupStats, Controller, Placement, SandboxCgroup,
+    CgroupError, CgroupLayout, CgroupLimits, CgroupStats, Controller, Placement, SandboxCgroup,
 };
 use crate::ids::IDS_IN_SANDBOX;
 use crate::net::NetEvent;
@@ -173,6 +173,8 @@ pub struct Handle {
     /// The control socket to the init (non-blocking), until the init closed it.
     control: Option<OwnedFd>,
     cgroup: Option<SandboxCgroup>,
+    /// The overlay's upper directory (O_PATH), for sandboxes that serve (`nsbox commit`).
+    upper: Option<OwnedFd>,
     /// The filtered network's resolver and proxy (`--net filtered`).
     egress: Option<crate::net::Egress>,
     state: Lifecycle,
@@ -243,7 +245,8 @@ impl Handle {
             .as_ref()
             .ok_or_else(|| SandboxError::Died("the sandbox's control socket is closed".into()))?;
         match control::wait_ready(control.as_fd()) {
-            Ok(ready) => {
+            Ok(mut ready) => {
+                self.upper = ready.upper.take();
                 self.advance(Transition::Ready);
                 Ok(ready)
             }
@@ -303,7 +306,37 @@ impl Handle {
     pub fn kill(&mut self) {
         if let (true, Some(pidfd)) = (self.state.init_alive(), &self.pidfd) {
             let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+            self.thaw_to_die();
             self.advance(Transition::Kill);
+        }
+    }
+
+    /// Freezes every process of the sandbox (`nsbox pause`): they keep their memory but are
+    /// not scheduled. Commands cannot be started meanwhile (the init is frozen too).
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        self.cgroup.as_ref().ok_or(CgroupError::NoFreezer)?.freeze()
+    }
+
+    /// Lets a frozen sandbox run again.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        self.cgroup.as_ref().ok_or(CgroupError::NoFreezer)?.thaw()
+    }
+
+    /// Whether the sandbox is frozen now (`false` without a freezer or once it ended).
+    pub fn is_frozen(&self) -> bool {
+        self.cgroup
+            .as_ref()
+            .and_then(|c| c.is_frozen().ok().flatten())
+            .unwrap_or(false)
+    }
+
+    /// A frozen task acts on a SIGKILL only once thawed (cgroup v1), and the pid namespace's
+    /// init must run to kill the rest: thaw after the kill was sent, so no user code runs.
+    fn thaw_to_die(&self) {
+        if let Some(c) = &self.cgroup {
+            if c.is_frozen().ok().flatten().unwrap_or(false) {
+                let _ = c.thaw();
+            }
         }
     }
 
@@ -388,6 +421,17 @@ impl Handle {
         })
     }
 
+    /// The overlay's upper directory (O_PATH), while the init lives: what the sandbox changed
+    /// in its root (whiteouts and all), for `nsbox commit`.
+    pub fn open_upper(&self) -> io::Result<OwnedFd> {
+        match &self.upper {
+            Some(upper) if self.state.init_alive() => upper.try_clone(),
+            _ => Err(io::Error::other(
+                "the sandbox's upper layer is not available",
+            )),
+        }
+    }
+
     /// Adds the handle's descriptors to a poll: the control socket first (so a report the
     /// init sent before it exited is read before its end), then the init, then the network.
     pub fn register<'a, T: Copy>(
@@ -454,6 +498,7 @@ impl Handle {
         drop(self.egress.take());
         if let Some(pidfd) = self.pidfd.take() {
             let _ = sys::signal::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+            self.thaw_to_die();
             let _ = rustix::process::waitid(
                 rustix::process::WaitId::PidFd(pidfd.as_fd()),
                 WaitIdOptions::EXITED,
@@ -498,6 +543,8 @@ impl Handle {
             return Err(SandboxError::NotRoot);
         }
         let layout = CgroupLayout::detect()?;
+        // Sandboxes that serve (sessions) can be paused; one-shots skip the freezer's directory.
+        let freezable = matches!(mode, InitMode::Serve);
         let limits = CgroupLimits {
             memory_bytes: spec.limits.memory.map(ByteSize::bytes),
             cpu_millis: spec.limits.cpus.map(|c| c.0),
@@ -510,7 +557,7 @@ impl Handle {
             .iter()
             .any(|c| matches!(layout.placement(*c), Placement::V2 { enabled: true, .. }));
         let early_cgroup = if uses_v2 {
-            let cgroup = SandboxCgroup::create(&layout, &spec.id, &limits)?;
+            let cgroup = SandboxCgroup::create_with_freezer(&layout, &spec.id, &limits, freezable)?;
             // While this supervisor lives, `nsbox prune` sees the cgroup as in use.
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
@@ -603,6 +650,7 @@ impl Handle {
             pid,
             pidfd: Some(pidfd),
             cgroup: early_cgroup,
+            upper: None,
             control: Some(control_parent),
             egress: None,
             state: Lifecycle::Creating,
@@ -640,7 +688,7 @@ impl Handle {
         }
         if handle.cgroup.is_none() {
             // On failure, dropping the handle kills and reaps the child.
-            let cgroup = SandboxCgroup::create(&layout, &spec.id, &limits)?;
+            let cgroup = SandboxCgroup::create_with_freezer(&layout, &spec.id, &limits, freezable)?;
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
             handle.cgroup = Some(cgroup);

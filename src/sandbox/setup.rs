@@ -161,8 +161,11 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         .collect();
     marks.push(("host paths opened".into(), now_ns()));
     let mut mark = |phase: &'static str| marks.push((phase.to_string(), now_ns()));
-    let new_root =
+    let (new_root, upper) =
         apply::build_new_root(s.plan, ids, &mut mark).map_err(at("build root filesystem"))?;
+    // A session's supervisor gets the overlay's upper directory with the ready report (for
+    // `nsbox commit`); nothing of the sandbox keeps it.
+    let upper = (s.mode == super::handle::InitMode::Serve).then_some(upper);
     apply::pivot_into(&new_root).map_err(at("enter root filesystem"))?;
     mark("pivoted into the new root");
     // Except with --net host, the network namespace arrives as a message: the supervisor
@@ -232,8 +235,15 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     let Some(command) = command else {
         // Sessions: the init waits for commands instead of running one.
         detach_streams(s.exec_status)?;
-        control::send(s.control, &ToSupervisor::Ready { marks, warnings }, &[])
-            .map_err(at("report ready"))?;
+        let attached: Vec<BorrowedFd<'_>> = upper.iter().map(|u| u.as_fd()).collect();
+        control::send(
+            s.control,
+            &ToSupervisor::Ready { marks, warnings },
+            &attached,
+        )
+        .map_err(at("report ready"))?;
+        drop(attached);
+        drop(upper);
         // The start-up code is done with; the idle loop needs little of it.
         sys::mem::release_code_pages();
         init_loop(s.control, signalfd.as_fd(), InitRole::Serve, Vec::new());

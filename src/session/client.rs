@@ -19,7 +19,7 @@ use rustix::event::PollFlags;
 use rustix::fs::{Mode, OFlags};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
-use super::protocol::{Reply, Request, SessionStats};
+use super::protocol::{Reply, Request, SessionStats, SnapshotInfo};
 use super::state::{SessionRecord, SessionState, SessionStore};
 use super::SessionError;
 use crate::relay::stream::{Relay, RelayConfig, RelayFd};
@@ -160,6 +160,31 @@ impl SessionClient {
         // The supervisor answers, then closes the socket when everything is gone.
         while self.recv()?.is_some() {}
         Ok(())
+    }
+
+    /// Freezes (`nsbox pause`) or thaws (`nsbox resume`) the session; true when it changed.
+    pub fn set_frozen(&self, frozen: bool) -> Result<bool, SessionError> {
+        match self.request(&Request::Freeze { frozen })? {
+            (Reply::Frozen { changed, .. }, _) => Ok(changed),
+            (Reply::Refused { message }, _) => Err(SessionError::Refused(message)),
+            (other, _) => Err(SessionError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Freezes the session until this client is dropped, and returns its root and upper
+    /// directories (O_PATH) with what a commit needs to know.
+    pub fn snapshot(&self) -> Result<(SnapshotInfo, OwnedFd, OwnedFd), SessionError> {
+        match self.request(&Request::Snapshot)? {
+            (Reply::Snapshot(info), fds) => {
+                let mut fds = fds.into_iter();
+                match (fds.next(), fds.next()) {
+                    (Some(root), Some(upper)) => Ok((info, root, upper)),
+                    _ => Err(SessionError::Protocol("no snapshot descriptors".into())),
+                }
+            }
+            (Reply::Refused { message }, _) => Err(SessionError::Refused(message)),
+            (other, _) => Err(SessionError::Protocol(format!("{other:?}"))),
+        }
     }
 
     /// The sandbox's root directory (O_PATH), the sandbox user and the uid base.

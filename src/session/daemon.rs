@@ -29,7 +29,7 @@ use rustix::event::PollFlags;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use serde::{Deserialize, Serialize};
 
-use super::protocol::{Reply, Request, SessionStats};
+use super::protocol::{Reply, Request, SessionStats, SnapshotInfo};
 use super::state::{now_secs, SessionRecord, SessionStore, Stopped};
 use super::SessionError;
 use crate::profile::RootChoice;
@@ -252,6 +252,7 @@ fn supervise(
         workdir: spec.workdir.clone(),
         max_output: spec.limits.max_output.map(|m| m.bytes()),
         stopped: None,
+        paused: false,
     };
     if let Err(e) = store.write_record(&record) {
         return cleanup(e.to_string());
@@ -354,6 +355,8 @@ struct Client {
     fd: OwnedFd,
     /// The command this connection runs, if any.
     exec: Option<u64>,
+    /// The connection holds the session frozen for a snapshot (`nsbox commit`).
+    snapshot: bool,
 }
 
 struct ExecState {
@@ -504,6 +507,15 @@ impl Daemon<'_> {
 
     fn stop_with_grace(&mut self, reason: &str, grace: Duration) {
         tracing::info!(reason, "stopping the session");
+        // A paused session is thawed first: its init must run to pass the TERM on, and its
+        // processes to act on it.
+        if self.frozen() {
+            if let Err(e) = self.handle.thaw() {
+                tracing::warn!("thaw before stopping: {e}");
+            }
+            self.record.paused = false;
+            self.clients.iter_mut().for_each(|c| c.snapshot = false);
+        }
         self.stop_reason.get_or_insert_with(|| reason.to_string());
         self.stopping = Some(Instant::now() + grace);
         self.handle.broadcast(libc::SIGTERM);
@@ -541,6 +553,7 @@ impl Daemon<'_> {
                 id: self.next_client,
                 fd,
                 exec: None,
+                snapshot: false,
             });
             self.last_activity = Instant::now();
         }
@@ -594,6 +607,19 @@ impl Daemon<'_> {
                 self.stop_with_grace(&reason, Duration::from_millis(grace_ms));
                 self.reply(id, &Reply::Stopping, &[]);
             }
+            (Request::Freeze { frozen }, _) => {
+                let reply = match self.set_frozen(frozen) {
+                    Ok(changed) => Reply::Frozen { frozen, changed },
+                    Err(message) => Reply::Refused { message },
+                };
+                self.reply(id, &reply, &[]);
+            }
+            (Request::Snapshot, _) => match self.snapshot(id) {
+                Ok((info, root, upper)) => {
+                    self.reply(id, &Reply::Snapshot(info), &[root.as_fd(), upper.as_fd()])
+                }
+                Err(message) => self.reply(id, &Reply::Refused { message }, &[]),
+            },
             (Request::OpenRoot, _) => match self.open_root() {
                 Ok(root) => self.reply(
                     id,
@@ -607,6 +633,93 @@ impl Daemon<'_> {
                 Err(e) => self.reply(id, &Reply::Refused { message: e }, &[]),
             },
         }
+    }
+
+    /// Whether a connection holds the session frozen for a snapshot.
+    fn snapshot_held(&self) -> bool {
+        self.clients.iter().any(|c| c.snapshot)
+    }
+
+    /// Frozen by `nsbox pause` or for a snapshot.
+    fn frozen(&self) -> bool {
+        self.record.paused || self.snapshot_held()
+    }
+
+    /// Freezes the session for connection `client` and opens its root and upper directory.
+    fn snapshot(&mut self, client: u64) -> Result<(SnapshotInfo, OwnedFd, OwnedFd), String> {
+        if self.stopping.is_some() {
+            return Err("the session is stopping".into());
+        }
+        if !self.frozen() {
+            if let Err(e) = self.handle.freeze() {
+                let _ = self.handle.thaw();
+                return Err(e.to_string());
+            }
+        }
+        if let Some(c) = self.clients.iter_mut().find(|c| c.id == client) {
+            c.snapshot = true;
+        }
+        let root = self.open_root()?;
+        let upper = self
+            .handle
+            .open_upper()
+            .map_err(|e| format!("cannot open the sandbox's upper layer: {e}"))?;
+        let secrets = &self.spec.secrets;
+        let info = SnapshotInfo {
+            image: self.spec.image.as_ref().map(|i| i.digest.to_string()),
+            layers: self
+                .spec
+                .image
+                .as_ref()
+                .map(|i| i.layers.clone())
+                .unwrap_or_default(),
+            env: self
+                .spec
+                .env
+                .iter()
+                .filter(|(_, v)| {
+                    !secrets
+                        .iter()
+                        .any(|s| !s.is_empty() && v.contains(s.as_str()))
+                })
+                .cloned()
+                .collect(),
+            workdir: self.spec.workdir.clone(),
+            uid: self.spec.uid,
+            gid: self.spec.gid,
+            uid_base: self.spec.uid_base,
+        };
+        Ok((info, root, upper))
+    }
+
+    /// `nsbox pause` / `nsbox resume`. Returns whether anything changed. The record says it,
+    /// for `nsbox ps`. While a snapshot holds the session frozen, only the record changes.
+    fn set_frozen(&mut self, frozen: bool) -> Result<bool, String> {
+        if self.stopping.is_some() {
+            return Err("the session is stopping".into());
+        }
+        if self.record.paused == frozen {
+            return Ok(false);
+        }
+        let done = if self.snapshot_held() {
+            Ok(())
+        } else if frozen {
+            self.handle.freeze()
+        } else {
+            self.handle.thaw()
+        };
+        if let Err(e) = done {
+            // A half-done freeze is undone: a session is either running or paused.
+            if frozen {
+                let _ = self.handle.thaw();
+            }
+            return Err(e.to_string());
+        }
+        self.record.paused = frozen;
+        if let Err(e) = self.store.write_record(&self.record) {
+            tracing::warn!("{e}");
+        }
+        Ok(true)
     }
 
     fn open_root(&self) -> Result<OwnedFd, String> {
@@ -633,21 +746,24 @@ impl Daemon<'_> {
             .clients
             .iter()
             .any(|c| c.id == client && c.exec.is_some());
-        if self.stopping.is_some() || busy || argv.is_empty() {
+        if self.stopping.is_some() || busy || argv.is_empty() || self.frozen() {
+            // A paused session refuses commands instead of queueing them: its init is frozen
+            // and could not start one, and a caller left waiting would look hung.
             let message = if argv.is_empty() {
-                "no command given"
+                "no command given".to_string()
             } else if busy {
-                "this connection already runs a command"
+                "this connection already runs a command".to_string()
+            } else if self.stopping.is_some() {
+                "the session is stopping".to_string()
+            } else if !self.record.paused {
+                "the session is frozen while `nsbox commit` captures it — hint: try again when the commit is done".to_string()
             } else {
-                "the session is stopping"
+                format!(
+                    "the session is paused — hint: `nsbox resume {}` first",
+                    self.record.name.as_deref().unwrap_or(&self.record.id)
+                )
             };
-            self.reply(
-                client,
-                &Reply::Refused {
-                    message: message.into(),
-                },
-                &[],
-            );
+            self.reply(client, &Reply::Refused { message }, &[]);
             return;
         }
         let mut full_env = self.spec.env.clone();
@@ -702,6 +818,12 @@ impl Daemon<'_> {
             return;
         };
         let client = self.clients.swap_remove(index);
+        // A snapshot's freeze ends with its connection (also when `nsbox commit` was killed).
+        if client.snapshot && !self.frozen() && self.stopping.is_none() {
+            if let Err(e) = self.handle.thaw() {
+                tracing::warn!("thaw after a snapshot: {e}");
+            }
+        }
         // A command outlives nothing of its caller's: `nsbox exec` killed, command killed.
         if let Some(exec_id) = client.exec {
             self.handle.signal_command(exec_id, libc::SIGKILL);
@@ -803,6 +925,7 @@ impl Daemon<'_> {
             } else {
                 0
             },
+            paused: self.record.paused,
         }
     }
 

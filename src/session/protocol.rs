@@ -29,6 +29,12 @@ pub enum Request {
     Stop { grace_ms: u64, reason: String },
     /// A descriptor for the sandbox's root directory (for `nsbox cp`).
     OpenRoot,
+    /// Freeze (`true`, `nsbox pause`) or thaw (`false`, `nsbox resume`) every process.
+    Freeze { frozen: bool },
+    /// Freeze the session while this connection lasts and attach its root and its overlay's
+    /// upper directory (for `nsbox commit`): it thaws when the connection closes, however
+    /// the client ends.
+    Snapshot,
 }
 
 /// From the supervisor to a client.
@@ -60,6 +66,14 @@ pub enum Reply {
     Stats(SessionStats),
     /// The session is stopping; the socket closes when it has.
     Stopping,
+    /// The session is now frozen (`true`) or running (`false`); `changed` is false when it
+    /// already was.
+    Frozen {
+        frozen: bool,
+        changed: bool,
+    },
+    /// The session is frozen for this connection; attached: [root, upper directory].
+    Snapshot(SnapshotInfo),
     /// The sandbox's root directory is attached; files copied in belong to uid:gid (inside ids,
     /// host ids are these plus `uid_base`).
     Root {
@@ -80,4 +94,25 @@ pub struct SessionStats {
     pub cpu_usage_usec: Option<u64>,
     pub commands_running: usize,
     pub idle_secs: u64,
+    /// Frozen by `nsbox pause`.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// What `nsbox commit` needs besides the two directories.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
+pub struct SnapshotInfo {
+    /// The image the session started from (manifest digest), `None` for a host or directory
+    /// root.
+    pub image: Option<String>,
+    /// The image's layer directories, top first.
+    pub layers: Vec<PathBuf>,
+    /// The session's environment, without any variable that holds a secret.
+    pub env: Vec<(String, String)>,
+    pub workdir: PathBuf,
+    /// The sandbox user (inside ids).
+    pub uid: u32,
+    pub gid: u32,
+    /// Host id of the sandbox's root.
+    pub uid_base: u32,
 }

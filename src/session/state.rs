@@ -99,6 +99,9 @@ pub struct SessionRecord {
     pub max_output: Option<u64>,
     /// Set when the session ended.
     pub stopped: Option<Stopped>,
+    /// `nsbox pause` froze its processes (until `nsbox resume`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// How a session ended.
@@ -509,6 +512,7 @@ mod tests {
             workdir: PathBuf::from("/sandbox"),
             max_output: None,
             stopped: None,
+            paused: false,
         }
     }
 

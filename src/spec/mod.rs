@@ -539,6 +539,7 @@ mod tests {
                 entrypoint: list(entrypoint),
                 cmd: list(cmd),
                 working_dir: Some("/app".into()),
+                labels: None,
             },
             user: Some((1000, 1000)),
         }

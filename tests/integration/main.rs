@@ -26,3 +26,4 @@ mod registry_support;
 mod results;
 mod serve;
 mod sessions;
+mod snapshots;

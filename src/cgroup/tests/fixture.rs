@@ -56,7 +56,14 @@ const V1_MEMORY: &[&str] = &[
 const V1_PIDS: &[&str] = &["pids.max", "pids.current"];
 const V1_CPU: &[&str] = &["cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.shares"];
 const V1_CPUACCT: &[&str] = &["cpuacct.usage", "cpuacct.stat"];
-const V2_CORE: &[&str] = &["cgroup.procs", "cgroup.events", "cgroup.type", "cpu.stat"];
+const V1_FREEZER: &[&str] = &["freezer.state"];
+const V2_CORE: &[&str] = &[
+    "cgroup.procs",
+    "cgroup.events",
+    "cgroup.type",
+    "cgroup.freeze",
+    "cpu.stat",
+];
 const V2_MEMORY: &[&str] = &[
     "memory.max",
     "memory.swap.max",
@@ -94,6 +101,7 @@ impl FakeHost {
                         ("pids", V1_PIDS),
                         ("cpu", V1_CPU),
                         ("cpuacct", V1_CPUACCT),
+                        ("freezer", V1_FREEZER),
                     ] {
                         if e.has_super_option(ctl) {
                             files.extend(set);

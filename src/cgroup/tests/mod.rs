@@ -181,6 +181,49 @@ fn create_on_hybrid_host_writes_v1_limits_and_opens_tasks_fds() {
 }
 
 #[test]
+fn freezable_sandbox_on_hybrid_host_joins_the_v1_freezer_and_freezes_there() {
+    let host = hybrid();
+    let layout = host.layout();
+    let freezer = host.path("/sys/fs/cgroup/freezer/nsbox-fz");
+    // One-shot sandboxes skip the freezer's directory.
+    let plain = SandboxCgroup::create(&layout, "plain", &CgroupLimits::default()).expect("create");
+    assert!(!plain.can_freeze());
+    assert!(matches!(plain.freeze(), Err(CgroupError::NoFreezer)));
+    assert!(nsbox_dirs_below(&host.path("/sys/fs/cgroup/freezer")).is_empty());
+
+    let cg = SandboxCgroup::create_with_freezer(&layout, "fz", &CgroupLimits::default(), true)
+        .expect("create");
+    assert!(cg.paths().contains(&freezer), "{:?}", cg.paths());
+    assert_eq!(
+        cg.self_join_fds().len(),
+        4,
+        "the sandbox joins the freezer at start"
+    );
+    cg.freeze().expect("freeze");
+    assert_eq!(read(&freezer.join("freezer.state")), "FROZEN");
+    assert_eq!(cg.is_frozen().unwrap(), Some(true));
+    cg.thaw().expect("thaw");
+    assert_eq!(read(&freezer.join("freezer.state")), "THAWED");
+    assert_eq!(cg.is_frozen().unwrap(), Some(false));
+    cg.remove().expect("remove");
+    assert!(!freezer.exists());
+}
+
+#[test]
+fn freezable_sandbox_on_pure_v2_uses_cgroup_freeze_in_its_own_dir() {
+    let host = pure_v2();
+    let cg = SandboxCgroup::create_with_freezer(&host.layout(), "fz", &all_limits(), true)
+        .expect("create");
+    let dir = host.path("/sys/fs/cgroup/nsbox-fz");
+    assert_eq!(cg.paths(), vec![dir.clone()], "no extra directory on v2");
+    // The kernel reports the state in cgroup.events; the fake says frozen already.
+    host.write(&dir.join("cgroup.events"), "populated 1\nfrozen 1\n");
+    cg.freeze().expect("freeze");
+    assert_eq!(read(&dir.join("cgroup.freeze")), "1");
+    assert_eq!(cg.is_frozen().unwrap(), Some(true));
+}
+
+#[test]
 fn join_self_writes_zero_to_each_tasks_fd() {
     let host = hybrid();
     let cg = SandboxCgroup::create(&host.layout(), "j", &CgroupLimits::default()).expect("create");

@@ -211,6 +211,27 @@ impl<S: Syscalls> Interpreter<'_, S> {
                 };
                 absent_is_fine(result).map_err(fail("mask", target))
             }
+            MountOp::KeepDir {
+                target,
+                uid,
+                gid,
+                flags,
+            } => {
+                // The image decides what is there: a symlink (say, to /etc) would make another
+                // directory of the read-only root writable. Only a real directory is kept.
+                // (Pivoted already: the path is the new root's; its parent is the root.)
+                if sys.is_symlink(target) {
+                    return Err(fail("keep the image's directory", target)(
+                        io::Error::other("it is a symbolic link in the image"),
+                    ));
+                }
+                sys.make_dirs(target, (*uid, *gid))
+                    .map_err(fail("create directory", target))?;
+                sys.bind(target, target, false)
+                    .map_err(fail("bind onto itself", target))?;
+                sys.remount(target, mount_flags(*flags) | MountFlags::BIND)
+                    .map_err(fail("set mount flags of", target))
+            }
             MountOp::ReadOnlyBind { target } => {
                 match sys.bind(target, target, true) {
                     Ok(()) => {}

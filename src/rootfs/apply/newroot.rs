@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io::{self};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, Mode, CWD};
@@ -28,12 +28,14 @@ fn scratch_dir() -> &'static Path {
 }
 
 /// Builds the new root before pivot_root: makes every mount private, mounts a scratch tmpfs,
-/// prepares the overlay's upper directory and mounts the overlay. Returns the new root's path.
+/// prepares the overlay's upper directory and mounts the overlay. Returns the new root's path
+/// and the upper directory (O_PATH): a session's supervisor keeps it for `nsbox commit`, since
+/// after pivot_root no path leads to it.
 pub fn build_new_root(
     plan: &RootfsPlan,
     ids: IdMap,
     mark: Marker<'_>,
-) -> Result<PathBuf, RootfsError> {
+) -> Result<(PathBuf, OwnedFd), RootfsError> {
     let root = Path::new("/");
     // Nothing we mount may propagate back to the host's mount namespace.
     rmount::mount_change(
@@ -99,6 +101,7 @@ pub fn build_new_root(
         upper_layer.apply(op)?;
     }
     mark("upper layer prepared");
+    drop(upper_layer);
 
     let lower_fds: Vec<i32> = lowers.iter().map(|fd| fd.as_raw_fd()).collect();
     let (options, relative) = overlay_options(&lower_fds, &upper, &work);
@@ -126,7 +129,7 @@ pub fn build_new_root(
     }
     mounted.map_err(|e| fail("mount overlay", &new_root)(rustix_err(e)))?;
     mark("overlay mounted");
-    Ok(new_root)
+    Ok((new_root, upper_fd))
 }
 
 /// mount(2) copies at most one page of options; stay below it.

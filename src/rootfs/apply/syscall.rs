@@ -56,6 +56,8 @@ pub trait Syscalls {
     ) -> io::Result<()>;
     /// Binds `source` (a path inside the root, or /dev/null) on the existing `target`.
     fn bind(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()>;
+    /// Whether the last component of `target` is a symbolic link.
+    fn is_symlink(&self, target: &Path) -> bool;
     /// mount(2) by path on an existing `target` (no creation; ENOENT when absent).
     fn mount_on_existing(
         &self,
@@ -240,6 +242,10 @@ impl Syscalls for InRoot<'_> {
             MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
         )
         .map_err(rustix_err)
+    }
+
+    fn is_symlink(&self, target: &Path) -> bool {
+        std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink())
     }
 
     fn bind(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
@@ -436,6 +442,10 @@ pub mod fake {
                 attrs,
             })
         }
+        fn is_symlink(&self, _target: &Path) -> bool {
+            false
+        }
+
         fn bind(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
             self.record(Call::Bind {
                 source: source.into(),

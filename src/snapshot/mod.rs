@@ -1,0 +1,281 @@
+//! Snapshots of sessions: `nsbox commit` turns a living session's filesystem into an image in
+//! the store. (`nsbox pause`/`resume` are the session supervisor's cgroup freezer, see
+//! `session::daemon`; this module is what happens outside it.)
+//!
+//! # What a commit captures
+//! One new layer on top of the session's image: the overlay's upper directory (what the
+//! session changed in its root, deletions as OCI whiteouts — with `--writable-root`; without
+//! it only /sandbox can change) and the whole working tree /sandbox, which is a mount of its
+//! own and not part of the overlay, as an opaque directory. /tmp (scratch) and what nsbox
+//! itself writes into every sandbox (hostname, hosts, resolv.conf, its account lines) are left
+//! out, as in `nsbox build` (whose capture this reuses). The config is the base image's, plus
+//! a history entry, the session's environment (without any variable that holds a `--secret`),
+//! its working directory, and the label [`SANDBOX_IN_IMAGE_LABEL`], which makes sandboxes of
+//! the image start with the image's /sandbox instead of an empty tmpfs.
+//!
+//! A session on the host root or a `--rootfs` directory has no image to stack on: its changes
+//! alone would not be a root filesystem, so commit refuses it (say so, rather than make an
+//! image that cannot run).
+//!
+//! # Consistency and faults
+//! The supervisor freezes the session for the connection that asked for the snapshot and
+//! thaws it when that connection closes — after the capture, or when `nsbox commit` dies — so
+//! a killed commit never leaves a session frozen. The layer is written into the store's
+//! `tmp/`, unpacked through the same verified path as `load`, and the image only exists once
+//! the index names it (the last step): a commit killed before that leaves no image, only
+//! unreferenced files that `nsbox prune` removes.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::build::capture::{self, Extra};
+use crate::image::digest::Digest;
+use crate::image::ingest::{self, add_to_index, store_doc, unpack_stream, Expect};
+use crate::image::oci;
+use crate::image::store::{remove_tree, ImageRecord, LayerRecord, Store};
+use crate::image::{ImageError, Limits};
+use crate::session::client::SessionClient;
+use crate::session::protocol::SnapshotInfo;
+use crate::session::state::SessionStore;
+use crate::session::SessionError;
+
+pub use crate::image::oci::{
+    SANDBOX_DIR_IN_IMAGE as SANDBOX_IN_IMAGE, SANDBOX_DIR_LABEL as SANDBOX_IN_IMAGE_LABEL,
+};
+
+/// Why a commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0}")]
+    Session(#[from] SessionError),
+    #[error("invalid image name {name:?}: {message}")]
+    Name { name: String, message: String },
+    #[error("session {session} runs on {root}, not on an image: its changes alone are no root filesystem — hint: commit sessions created with --image (`nsbox create --image IMAGE`)")]
+    NoImage { session: String, root: String },
+    #[error("the session's image {digest} is no longer in the store — hint: it was removed while the session ran; `nsbox cp` the files out instead")]
+    BaseGone { digest: String },
+    #[error("the session's image: {0}")]
+    BaseConfig(String),
+    #[error("capturing the session's files: {what}: {source}")]
+    Capture {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+/// A committed image and what it took.
+#[derive(Debug)]
+pub struct Committed {
+    pub image: ImageRecord,
+    pub entries: u64,
+    /// How long the session was frozen.
+    pub frozen_secs: f64,
+    pub seconds: f64,
+}
+
+/// `nsbox commit SESSION NAME[:TAG]`.
+pub fn commit(
+    sessions: &SessionStore,
+    session: &str,
+    name: &str,
+    state_root: &Path,
+) -> Result<Committed, SnapshotError> {
+    let started = Instant::now();
+    let tag = crate::image::reference::normalize_name(name).map_err(|e| SnapshotError::Name {
+        name: name.to_string(),
+        message: e.to_string(),
+    })?;
+    let client = SessionClient::connect(sessions, session)?;
+    if !client.record.root.starts_with("image:") {
+        return Err(SnapshotError::NoImage {
+            session: session.to_string(),
+            root: client.record.root.clone(),
+        });
+    }
+    let store = Store::open(state_root)?;
+    let _guard = store.load_guard()?;
+    let workdir = store.tmp_path("commit");
+    std::fs::create_dir(&workdir).map_err(io("create the commit directory"))?;
+    let result = commit_in(&store, client, &tag, session, &workdir, started);
+    let _ = remove_tree(&workdir);
+    result
+}
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let what = what.to_string();
+    move |source| SnapshotError::Capture { what, source }
+}
+
+fn commit_in(
+    store: &Store,
+    client: SessionClient,
+    tag: &str,
+    session: &str,
+    workdir: &Path,
+    started: Instant,
+) -> Result<Committed, SnapshotError> {
+    // Frozen from here until `client` is dropped.
+    let frozen_at = Instant::now();
+    let (info, root, upper) = client.snapshot()?;
+    let digest = info.image.clone().ok_or_else(|| SnapshotError::NoImage {
+        session: session.to_string(),
+        root: client.record.root.clone(),
+    })?;
+    let index = store.index()?;
+    let base = index
+        .images
+        .iter()
+        .find(|i| i.digest.to_string() == digest)
+        .cloned()
+        .ok_or(SnapshotError::BaseGone { digest })?;
+    let blob_file = workdir.join("layer.tar.gz");
+    let captured = capture_session(&info, &root, &upper, &blob_file)?;
+    drop((root, upper));
+    // The session goes on.
+    drop(client);
+    let frozen_secs = frozen_at.elapsed().as_secs_f64();
+
+    let layer = unpack_stream(
+        store,
+        File::open(&blob_file).map_err(io("read the layer"))?,
+        &Expect {
+            blob: Some((captured.digest.clone(), captured.size)),
+            diff_id: Some(captured.diff_id.clone()),
+        },
+        Limits::default(),
+        &captured.diff_id.to_string(),
+    )?;
+
+    let base_config = std::fs::read(store.blob_path(&base.config))
+        .map_err(io("read the session image's config"))?;
+    let config_bytes = commit_config(&base_config, &info, &layer.diff_id, session, tag)?;
+    let config_digest = Digest::of(&config_bytes);
+    let parsed: oci::ImageConfig = ingest::parse_json("the committed image config", &config_bytes)?;
+    let mut layers = base.layers.clone();
+    layers.push(LayerRecord {
+        blob: layer.blob.clone(),
+        media_type: oci::OCI_LAYER_GZIP.to_string(),
+        size: layer.size,
+        diff_id: layer.diff_id.clone(),
+        unpacked_bytes: layer.unpacked_bytes,
+    });
+    let (manifest_digest, manifest_bytes) =
+        ingest::synthesize_manifest(&(config_digest.clone(), config_bytes.clone()), &layers)?;
+    store_doc(store, &config_digest, &config_bytes)?;
+    store_doc(store, &manifest_digest, &manifest_bytes)?;
+    let record = ImageRecord {
+        digest: manifest_digest,
+        names: vec![tag.to_string()],
+        manifest_size: manifest_bytes.len() as u64,
+        config: config_digest,
+        config_size: config_bytes.len() as u64,
+        layers,
+        run: parsed.config.unwrap_or_default(),
+        architecture: base.architecture.clone(),
+        os: base.os.clone(),
+        loaded: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        index_digest: None,
+        build_hash: None,
+    };
+    // The commit point: before this, no image names the layer.
+    add_to_index(store, std::slice::from_ref(&record))?;
+    Ok(Committed {
+        image: record,
+        entries: captured.entries,
+        frozen_secs,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The layer: the upper directory, and /sandbox in whole. Both are read through the
+/// descriptors the supervisor sent (no path of the host leads there).
+fn capture_session(
+    info: &SnapshotInfo,
+    root: &OwnedFd,
+    upper: &OwnedFd,
+    out: &Path,
+) -> Result<capture::Captured, SnapshotError> {
+    let upper_path = PathBuf::from(format!("/proc/self/fd/{}", upper.as_raw_fd()));
+    let sandbox = PathBuf::from(format!("/proc/self/fd/{}/sandbox", root.as_raw_fd()));
+    // /sandbox is a mount point the sandbox cannot replace (it does not own its mount
+    // namespace), but never follow a link there all the same.
+    let extras: Vec<Extra<'_>> = match std::fs::symlink_metadata(&sandbox) {
+        Ok(m) if m.is_dir() => vec![Extra {
+            at: "sandbox",
+            dir: &sandbox,
+        }],
+        _ => Vec::new(),
+    };
+    capture::capture_with(
+        &upper_path,
+        &info.layers,
+        info.uid_base,
+        &extras,
+        capture::COMMIT_LEVEL,
+        out,
+    )
+    .map_err(io("write the layer"))
+}
+
+/// The base's config plus the layer, a history entry, the session's env, working directory
+/// and the /sandbox label.
+fn commit_config(
+    base_config: &[u8],
+    info: &SnapshotInfo,
+    diff_id: &Digest,
+    session: &str,
+    tag: &str,
+) -> Result<Vec<u8>, SnapshotError> {
+    let mut config: serde_json::Value = serde_json::from_slice(base_config)
+        .map_err(|e| SnapshotError::BaseConfig(format!("its config is not valid JSON: {e}")))?;
+    let now = crate::build::rfc3339_now();
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| SnapshotError::BaseConfig("its config is not a JSON object".into()))?;
+    obj.insert("created".into(), now.clone().into());
+    obj.remove("container_config");
+    obj.remove("container");
+    let rootfs = obj
+        .entry("rootfs")
+        .or_insert_with(|| serde_json::json!({"type": "layers", "diff_ids": []}));
+    if let Some(ids) = rootfs.get_mut("diff_ids").and_then(|v| v.as_array_mut()) {
+        ids.push(diff_id.to_string().into());
+    }
+    let history = obj
+        .entry("history")
+        .or_insert_with(|| serde_json::json!([]));
+    if let Some(h) = history.as_array_mut() {
+        h.push(serde_json::json!({
+            "created": now,
+            "created_by": format!("nsbox commit {session}"),
+            "comment": format!("nsbox commit {session} {tag}"),
+        }));
+    }
+    let run = obj.entry("config").or_insert_with(|| serde_json::json!({}));
+    if !run.is_object() {
+        *run = serde_json::json!({});
+    }
+    if let Some(run) = run.as_object_mut() {
+        let env: Vec<String> = info.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        run.insert("Env".into(), env.into());
+        run.insert(
+            "WorkingDir".into(),
+            info.workdir.to_string_lossy().into_owned().into(),
+        );
+        let labels = run.entry("Labels").or_insert_with(|| serde_json::json!({}));
+        if !labels.is_object() {
+            *labels = serde_json::json!({});
+        }
+        if let Some(l) = labels.as_object_mut() {
+            l.insert(SANDBOX_IN_IMAGE_LABEL.into(), SANDBOX_IN_IMAGE.into());
+        }
+    }
+    serde_json::to_vec(&config).map_err(|e| io("write the image config")(std::io::Error::other(e)))
+}
