@@ -47,14 +47,14 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// The OpenAPI document (also in the repository as docs/openapi.json).
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
-type RespBody = BoxBody<Bytes, Infallible>;
+pub(super) type RespBody = BoxBody<Bytes, Infallible>;
 
-struct Server {
-    options: ServeOptions,
-    keys: KeyStore,
+pub(super) struct Server {
+    pub(super) options: ServeOptions,
+    pub(super) keys: KeyStore,
     audit: AuditLog,
-    registry: Registry,
-    store: SessionStore,
+    pub(super) registry: Registry,
+    pub(super) store: SessionStore,
     commands: AtomicUsize,
     draining: std::sync::atomic::AtomicBool,
     pool: Pool,
@@ -107,32 +107,36 @@ fn parse_signal(v: &serde_json::Value) -> Option<i32> {
 
 /// Who is asking.
 #[derive(Debug, Clone)]
-struct Caller {
+pub(super) struct Caller {
     /// The key's name, or "local" (unix socket, no key).
-    name: String,
-    max_sandboxes: Option<usize>,
+    pub(super) name: String,
+    pub(super) max_sandboxes: Option<usize>,
     /// Sees every sandbox the server owns (unix socket without a key).
-    all: bool,
+    pub(super) all: bool,
 }
 
 impl Caller {
-    fn scope(&self) -> Option<&str> {
+    pub(super) fn scope(&self) -> Option<&str> {
         (!self.all).then_some(self.name.as_str())
     }
 }
 
 /// An error answer: `{"code", "message", "hint"}`.
 #[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+pub(super) struct ApiError {
+    pub(super) status: StatusCode,
+    pub(super) code: &'static str,
+    pub(super) message: String,
     hint: Option<String>,
     retry_after: Option<u64>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -148,7 +152,7 @@ impl ApiError {
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
-    fn not_found(id: &str) -> ApiError {
+    pub(super) fn not_found(id: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "sandbox_not_found",
@@ -156,7 +160,7 @@ impl ApiError {
         )
         .hint("GET /v1/sandboxes lists the sandboxes this key owns")
     }
-    fn internal(message: impl Into<String>) -> ApiError {
+    pub(super) fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
     fn response(&self) -> Response<RespBody> {
@@ -177,11 +181,11 @@ impl ApiError {
     }
 }
 
-fn full(bytes: impl Into<Bytes>) -> RespBody {
+pub(super) fn full(bytes: impl Into<Bytes>) -> RespBody {
     Full::new(bytes.into()).boxed()
 }
 
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<RespBody> {
+pub(super) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<RespBody> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
     let mut resp = Response::new(full(body));
@@ -192,8 +196,8 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Resp
 }
 
 /// A response body fed by a channel: the stream of a running command.
-struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
+pub(super) struct ChannelBody {
+    pub(super) rx: mpsc::Receiver<Bytes>,
 }
 
 impl Body for ChannelBody {
@@ -257,7 +261,7 @@ fn flag(q: &[(String, String)], name: &str) -> bool {
 }
 
 /// Reads the body, at most `cap` bytes (413 beyond).
-async fn body_bytes(req: Request<Incoming>, cap: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn body_bytes(req: Request<Incoming>, cap: usize) -> Result<Bytes, ApiError> {
     let collect = Limited::new(req.into_body(), cap).collect();
     let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
         return Err(ApiError::new(
@@ -292,7 +296,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
     })
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -397,6 +401,10 @@ impl Server {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>, tcp: bool) -> Response<RespBody> {
+        // E2B's control API and in-sandbox API (docs/e2b.md) share this listener.
+        if super::e2b::claims(&req) {
+            return super::e2b::handle(self, req, tcp).await;
+        }
         let path = req.uri().path().to_string();
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let (action, sandbox) = action_of(req.method(), &parts);
@@ -722,13 +730,13 @@ impl Server {
         }
     }
 
-    fn owned(&self, id: &str, caller: &Caller) -> Result<Owned, ApiError> {
+    pub(super) fn owned(&self, id: &str, caller: &Caller) -> Result<Owned, ApiError> {
         self.registry
             .get(id, caller.scope())
             .ok_or_else(|| ApiError::not_found(id))
     }
 
-    fn view(&self, owned: &Owned) -> serde_json::Value {
+    pub(super) fn view(&self, owned: &Owned) -> serde_json::Value {
         let record = self.store.read_record(&owned.id).ok();
         let state = record
             .as_ref()
@@ -760,7 +768,7 @@ impl Server {
         json_response(StatusCode::OK, &serde_json::json!({ "sandboxes": rows }))
     }
 
-    async fn client(&self, id: &str) -> Result<SessionClient, ApiError> {
+    pub(super) async fn client(&self, id: &str) -> Result<SessionClient, ApiError> {
         let store = self.store.clone();
         let id = id.to_string();
         blocking(move || {
@@ -786,6 +794,20 @@ impl Server {
             ));
         }
         let body: CreateRequest = json_body(req).await?;
+        let owned = self.create_owned(body, caller).await?;
+        let mut resp = json_response(StatusCode::CREATED, &self.view(&owned));
+        if let Ok(v) = HeaderValue::from_str(&format!("/v1/sandboxes/{}", owned.id)) {
+            resp.headers_mut().insert(hyper::header::LOCATION, v);
+        }
+        Ok(resp)
+    }
+
+    /// Makes (or claims from the pool) and records a sandbox for `caller`.
+    pub(super) async fn create_owned(
+        self: &Arc<Self>,
+        body: CreateRequest,
+        caller: &Caller,
+    ) -> Result<Owned, ApiError> {
         let plan = body
             .plan()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0))?;
@@ -904,11 +926,7 @@ impl Server {
             self.metrics.claims_hit.fetch_add(1, Ordering::Relaxed);
             self.metrics.claim_latency.observe(t0.elapsed());
         }
-        let mut resp = json_response(StatusCode::CREATED, &self.view(&owned));
-        if let Ok(v) = HeaderValue::from_str(&format!("/v1/sandboxes/{}", owned.id)) {
-            resp.headers_mut().insert(hyper::header::LOCATION, v);
-        }
-        Ok(resp)
+        Ok(owned)
     }
 
     fn count_output(&self, event: &CommandEvent) {
@@ -975,7 +993,7 @@ impl Server {
         Ok((code, out, err))
     }
 
-    async fn delete(&self, id: &str) -> Result<(), ApiError> {
+    pub(super) async fn delete(&self, id: &str) -> Result<(), ApiError> {
         let store = self.store.clone();
         let sid = id.to_string();
         let removed =
@@ -1327,7 +1345,7 @@ impl Detached {
 
 /// A command with the env and secrets a pooled sandbox received at claim time (the
 /// request's own env wins).
-fn personalised(
+pub(super) fn personalised(
     owned: &Owned,
     mut cmd: super::exec::PreparedCommand,
 ) -> super::exec::PreparedCommand {
@@ -1343,7 +1361,7 @@ fn personalised(
     cmd
 }
 
-fn start_error(e: StartError) -> ApiError {
+pub(super) fn start_error(e: StartError) -> ApiError {
     match e {
         StartError::Exec(f) => {
             let mut e = ApiError::new(
@@ -1372,7 +1390,7 @@ fn chunk_len(chunk: &crate::relay::Chunk) -> u64 {
             .map_or(0, |d| d.len() as u64 * 3 / 4)
 }
 
-fn push_chunk(out: &mut Vec<u8>, chunk: crate::relay::Chunk) {
+pub(super) fn push_chunk(out: &mut Vec<u8>, chunk: crate::relay::Chunk) {
     use base64::Engine;
     if let Some(text) = chunk.data {
         out.extend_from_slice(text.as_bytes());

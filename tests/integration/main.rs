@@ -10,6 +10,7 @@ mod support;
 mod bad_input;
 mod build;
 mod config;
+mod e2b;
 mod egress;
 mod exec_basics;
 mod images;
