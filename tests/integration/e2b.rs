@@ -174,6 +174,21 @@ out["exists"] = [sbx.files.exists("notes/a.txt"), sbx.files.exists("notes/none")
 out["mkdir"] = [sbx.files.make_dir("notes/sub"), sbx.files.make_dir("notes/sub")]
 sbx.files.remove("notes/a.txt")
 out["removed"] = not sbx.files.exists("notes/a.txt")
+h = sbx.commands.run("echo bg; sleep 0.2; echo done", background=True)
+out["bg"] = h.wait().stdout
+h = sbx.commands.run("sleep 30", background=True)
+out["running"] = [[p.cmd, p.args] for p in sbx.commands.list()]
+out["bg_kill"] = [h.kill()]
+try:
+    h.wait()
+    out["killed_wait"] = "exit 0"
+except CommandExitException as e:
+    out["killed_wait"] = e.exit_code
+out["bg_kill"].append(sbx.commands.kill(h.pid))
+h = sbx.commands.run("head -c 5; echo", background=True, stdin=True)
+sbx.commands.send_stdin(h.pid, "hello")
+sbx.commands.close_stdin(h.pid)
+out["stdin"] = h.wait().stdout
 out["listed"] = [s.sandbox_id for s in Sandbox.list().next_items()]
 sbx.set_timeout(60)
 second = Sandbox.connect(sbx.sandbox_id)
@@ -190,9 +205,10 @@ print(json.dumps(out))
 "#;
 
 /// The SDK's everyday calls: create, commands with streamed callbacks, a failing command's
-/// exit exception, files (text, bytes, a 3 MiB file), list, exists, make_dir, remove,
-/// list of sandboxes, set_timeout, connect from a second client, kill; the sandbox is an
-/// nsbox session while it lives and gone from `nsbox ps` after the kill.
+/// exit exception, cwd and envs, background commands (wait, list, kill, stdin), files (text,
+/// bytes, a 3 MiB file), list, exists, make_dir, remove, the list of sandboxes, set_timeout,
+/// connect from a second client, kill; the sandbox is an nsbox session while it lives and gone
+/// from `nsbox ps` after the kill.
 #[test]
 fn e2b_python_sdk_drives_a_sandbox() {
     require_root!();
@@ -224,6 +240,14 @@ fn e2b_python_sdk_drives_a_sandbox() {
     assert_eq!(out["exists"], serde_json::json!([true, false]));
     assert_eq!(out["mkdir"], serde_json::json!([true, false]));
     assert_eq!(out["removed"], true);
+    assert_eq!(out["bg"], "bg\ndone\n");
+    assert_eq!(
+        out["running"],
+        serde_json::json!([["/bin/bash", ["-l", "-c", "sleep 30"]]])
+    );
+    assert_eq!(out["bg_kill"], serde_json::json!([true, false]));
+    assert_eq!(out["killed_wait"], 128 + 9);
+    assert_eq!(out["stdin"], "hello\n");
     assert_eq!(out["listed"], serde_json::json!([id]));
     assert_eq!(out["second"], "from-second\n");
     assert_eq!(out["info_metadata"], serde_json::json!({"job": "e2b-test"}));

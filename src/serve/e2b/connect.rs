@@ -23,6 +23,7 @@ pub enum Code {
     AlreadyExists,
     PermissionDenied,
     ResourceExhausted,
+    FailedPrecondition,
     Unimplemented,
     Internal,
     Unavailable,
@@ -37,6 +38,7 @@ impl Code {
             Code::AlreadyExists => "already_exists",
             Code::PermissionDenied => "permission_denied",
             Code::ResourceExhausted => "resource_exhausted",
+            Code::FailedPrecondition => "failed_precondition",
             Code::Unimplemented => "unimplemented",
             Code::Internal => "internal",
             Code::Unavailable => "unavailable",
@@ -46,7 +48,7 @@ impl Code {
 
     fn status(self) -> StatusCode {
         match self {
-            Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            Code::InvalidArgument | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::AlreadyExists => StatusCode::CONFLICT,
             Code::PermissionDenied => StatusCode::FORBIDDEN,

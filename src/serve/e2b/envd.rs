@@ -2,8 +2,9 @@
 //! (Start), `filesystem.Filesystem` (Stat, ListDir, MakeDir, Remove) and `/files`.
 //! Which sandbox: the `E2b-Sandbox-Id` header; its access token: `X-Access-Token`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -29,6 +30,55 @@ const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(50);
 /// Process ids the SDK sees: nsbox does not expose the sandbox's pids, so each started
 /// command gets a number of its own (only unique within this server).
 static NEXT_PID: AtomicU32 = AtomicU32::new(1000);
+
+/// A command started through `process.Process/Start`, while it runs.
+struct Process {
+    sandbox: String,
+    config: serde_json::Value,
+    tag: Option<String>,
+    signals: mpsc::Sender<i32>,
+    stdin: Option<super::super::exec::StdinPipe>,
+}
+
+fn processes() -> &'static std::sync::Mutex<HashMap<u32, Process>> {
+    static PROCESSES: OnceLock<std::sync::Mutex<HashMap<u32, Process>>> = OnceLock::new();
+    PROCESSES.get_or_init(Default::default)
+}
+
+fn lock_processes() -> std::sync::MutexGuard<'static, HashMap<u32, Process>> {
+    processes().lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forgets a process when its stream task ends (however it ends).
+struct Registered(u32);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock_processes().remove(&self.0);
+    }
+}
+
+/// The pid a `ProcessSelector` names in sandbox `sandbox` (by pid or by tag).
+fn select(sandbox: &str, selector: &serde_json::Value) -> Result<u32, RpcError> {
+    let table = lock_processes();
+    let found = if let Some(pid) = selector["pid"].as_u64() {
+        table
+            .get_key_value(&(pid as u32))
+            .filter(|(_, p)| p.sandbox == sandbox)
+            .map(|(k, _)| *k)
+    } else if let Some(tag) = selector["tag"].as_str() {
+        table
+            .iter()
+            .find(|(_, p)| p.sandbox == sandbox && p.tag.as_deref() == Some(tag))
+            .map(|(k, _)| *k)
+    } else {
+        return Err(RpcError::new(
+            Code::InvalidArgument,
+            "process: a pid or a tag is required",
+        ));
+    };
+    found.ok_or_else(|| RpcError::new(Code::NotFound, "no such process (it ended, or never ran)"))
+}
 
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
@@ -86,6 +136,18 @@ pub(super) async fn handle(
             return resp;
         }
         (Method::POST, "/process.Process/Start") => start(&server, &owned, req).await,
+        (Method::POST, p)
+            if matches!(
+                p,
+                "/process.Process/SendSignal"
+                    | "/process.Process/SendInput"
+                    | "/process.Process/CloseStdin"
+                    | "/process.Process/List"
+            ) =>
+        {
+            let method = p.trim_start_matches("/process.Process/").to_string();
+            process_unary(&owned, req, &method).await
+        }
         (Method::POST, p) if p.starts_with("/filesystem.Filesystem/") => {
             let method = p.trim_start_matches("/filesystem.Filesystem/").to_string();
             filesystem(&server, &owned, req, &method).await
@@ -198,10 +260,18 @@ async fn start(
         .as_str()
         .filter(|c| !c.is_empty())
         .map(str::to_string);
+    let stdin_open = request["stdin"].as_bool() == Some(true);
+    let config = serde_json::json!({
+        "cmd": argv[0],
+        "args": argv[1..],
+        "envs": env,
+        "cwd": cwd,
+    });
     let prepared = CommandRequest {
         argv: Some(argv),
         cwd,
         env,
+        stdin_open,
         ..Default::default()
     }
     .prepare()
@@ -223,8 +293,20 @@ async fn start(
             RpcError::new(code, e.message)
         })?;
     let pid = NEXT_PID.fetch_add(1, Ordering::Relaxed);
+    lock_processes().insert(
+        pid,
+        Process {
+            sandbox: owned.id.clone(),
+            config,
+            tag: request["tag"].as_str().map(str::to_string),
+            signals: running.signals.clone(),
+            stdin: running.stdin.clone(),
+        },
+    );
+    let registered = Registered(pid);
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
+        let mut registered = Some(registered);
         let start = serde_json::json!({"event": {"start": {"pid": pid}}});
         if tx.send(connect::frame(&start)).await.is_err() {
             return;
@@ -254,6 +336,9 @@ async fn start(
                 CommandEvent::Stderr(c) => data_event("stderr", c),
                 CommandEvent::Truncated { .. } => continue,
                 CommandEvent::Ended(o) => {
+                    // Forgotten before the client hears of the end: a kill after `wait`
+                    // finds nothing.
+                    drop(registered.take());
                     let code = o.exit_code();
                     let status = match o.signal_name() {
                         Some(sig) => format!("signal: {sig}"),
@@ -284,6 +369,101 @@ async fn start(
         HeaderValue::from_static("application/connect+json"),
     );
     Ok(resp)
+}
+
+/// `SendSignal`, `SendInput`, `CloseStdin` and `List` of `process.Process`.
+async fn process_unary(
+    owned: &Owned,
+    req: Request<Incoming>,
+    method: &str,
+) -> Result<Response<RespBody>, RpcError> {
+    use base64::Engine;
+    let request = unary_request(req).await?;
+    if method == "List" {
+        let table = lock_processes();
+        let mut rows: Vec<(u32, serde_json::Value)> = table
+            .iter()
+            .filter(|(_, p)| p.sandbox == owned.id)
+            .map(|(pid, p)| {
+                let mut info = serde_json::json!({"config": p.config, "pid": pid});
+                if let Some(tag) = &p.tag {
+                    info["tag"] = tag.clone().into();
+                }
+                (*pid, info)
+            })
+            .collect();
+        rows.sort_by_key(|(pid, _)| *pid);
+        let processes: Vec<serde_json::Value> = rows.into_iter().map(|(_, v)| v).collect();
+        return unary_answer(serde_json::json!({ "processes": processes }));
+    }
+    let pid = select(&owned.id, &request["process"])?;
+    let (signals, stdin) = {
+        let table = lock_processes();
+        let p = table
+            .get(&pid)
+            .ok_or_else(|| RpcError::new(Code::NotFound, "the process ended"))?;
+        (p.signals.clone(), p.stdin.clone())
+    };
+    match method {
+        "SendSignal" => {
+            let signal = match request["signal"].as_str() {
+                Some("SIGNAL_SIGKILL") => libc::SIGKILL,
+                Some("SIGNAL_SIGTERM") => libc::SIGTERM,
+                _ => match request["signal"].as_i64() {
+                    Some(9) => libc::SIGKILL,
+                    Some(15) => libc::SIGTERM,
+                    _ => {
+                        return Err(RpcError::new(
+                            Code::InvalidArgument,
+                            "signal: SIGNAL_SIGKILL or SIGNAL_SIGTERM",
+                        ))
+                    }
+                },
+            };
+            signals
+                .send(signal)
+                .await
+                .map_err(|_| RpcError::new(Code::NotFound, "the process ended"))?;
+        }
+        "SendInput" | "CloseStdin" => {
+            use tokio::io::AsyncWriteExt;
+            let pipe = stdin.ok_or_else(|| {
+                RpcError::new(
+                    Code::FailedPrecondition,
+                    "the process was started without stdin (start it with stdin=True)",
+                )
+            })?;
+            let mut guard = pipe.lock().await;
+            if method == "CloseStdin" {
+                *guard = None;
+            } else {
+                if request["input"]["pty"].is_string() {
+                    return Err(RpcError::new(
+                        Code::Unimplemented,
+                        "PTY input is not served",
+                    ));
+                }
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(request["input"]["stdin"].as_str().unwrap_or(""))
+                    .map_err(|e| {
+                        RpcError::new(Code::InvalidArgument, format!("input.stdin: {e}"))
+                    })?;
+                let w = guard.as_mut().ok_or_else(|| {
+                    RpcError::new(Code::FailedPrecondition, "the process's stdin was closed")
+                })?;
+                w.write_all(&data)
+                    .await
+                    .map_err(|e| RpcError::new(Code::FailedPrecondition, e.to_string()))?;
+            }
+        }
+        other => {
+            return Err(RpcError::new(
+                Code::Unimplemented,
+                format!("process.Process/{other} is not served"),
+            ))
+        }
+    }
+    unary_answer(serde_json::json!({}))
 }
 
 fn data_event(stream: &str, chunk: crate::relay::Chunk) -> serde_json::Value {
