@@ -337,3 +337,46 @@ fn e2b_sdk_auth_and_bad_input_are_refused() {
     );
     assert_ne!(out["escape"], "read");
 }
+
+const SDK_NETWORK: &str = r#"
+import json, os, subprocess
+from e2b import Sandbox, ALL_TRAFFIC, InvalidArgumentException, SandboxException
+
+def network(sid):
+    out = subprocess.run([os.environ["NSBOX_BIN"], "ps", "--json"], capture_output=True, check=True)
+    return [r.get("network") for r in json.loads(out.stdout) if r["id"] == sid]
+
+out = {}
+sbx = Sandbox.create(network={"allow_out": ["api.example.com"], "deny_out": [ALL_TRAFFIC]})
+out["allow_list"] = network(sbx.sandbox_id)
+out["denied_name"] = sbx.commands.run("getent hosts other.example.com || echo refused").stdout
+sbx.kill()
+sbx = Sandbox.create(allow_internet_access=False)
+out["no_internet"] = network(sbx.sandbox_id)
+sbx.kill()
+try:
+    # Everything but one host: an open network, which nsbox's E2B API does not give.
+    Sandbox.create(network={"deny_out": ["198.51.100.7"]})
+    out["open"] = "created"
+except SandboxException as e:
+    out["open"] = [type(e).__name__, "allow-lists" in str(e)]
+print(json.dumps(out))
+"#;
+
+/// E2B's egress options on nsbox's networks: an allow-list (`deny_out=[ALL_TRAFFIC]`) is the
+/// filtered network (a name outside it is refused inside the sandbox), no internet access is
+/// `none`, and an option that would open the network is refused by the create.
+#[test]
+fn e2b_sdk_network_options_map_to_nsbox_networks() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_network_options_map_to_nsbox_networks") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_NETWORK);
+    assert_eq!(out["allow_list"], serde_json::json!(["filtered"]), "{out}");
+    assert_eq!(out["denied_name"], "refused\n");
+    assert_eq!(out["no_internet"], serde_json::json!(["none"]), "{out}");
+    assert_eq!(out["open"][1], true, "{out}");
+}

@@ -26,7 +26,7 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::api::{json_response, ApiError, Caller, RespBody, Server};
-use super::sandboxes::{CreateRequest, Owned};
+use super::sandboxes::{CreateRequest, NetworkRequest, Owned};
 use crate::session::state::now_secs;
 
 /// The envd version the server claims: the SDK turns features on by it (0.5.7: stdin,
@@ -348,17 +348,13 @@ async fn create(server: Arc<Server>, body: serde_json::Value, caller: Caller) ->
             ));
         }
     }
-    if body["network"].is_object() {
-        return Err(control_error(
-            StatusCode::BAD_REQUEST,
-            "per-sandbox network options are not served yet by nsbox's E2B API: the server's network policy applies (docs/e2b.md)",
-        ));
-    }
+    let network = network_of(&body)?;
     let request = CreateRequest {
         image,
         env,
         labels,
         ttl: Some(format!("{secs}s")),
+        network,
         ..Default::default()
     };
     let owned = server
@@ -376,6 +372,65 @@ async fn create(server: Arc<Server>, body: serde_json::Value, caller: Caller) ->
         resp.headers_mut().insert(hyper::header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// E2B's egress options on nsbox's networks. Served: `allow_internet_access=False` (no
+/// network), and an allow-list (`deny_out=[ALL_TRAFFIC]` with `allow_out`, plus more
+/// `deny_out` entries) as the filtered network. Anything that would need an open network, or
+/// that nsbox has no equivalent for, is refused; no option: the server's policy.
+fn network_of(body: &serde_json::Value) -> Result<Option<NetworkRequest>, Refusal> {
+    const ALL_TRAFFIC: &str = "0.0.0.0/0";
+    let refuse = |m: &str| {
+        Err(control_error(
+            StatusCode::BAD_REQUEST,
+            format!("{m} (docs/e2b.md: what nsbox serves of E2B's network options)"),
+        ))
+    };
+    let net = &body["network"];
+    if body["allow_internet_access"].as_bool() == Some(false) {
+        if !net.is_null() {
+            return refuse("allow_internet_access=False with network options");
+        }
+        return Ok(Some(NetworkRequest {
+            mode: "none".into(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            log: false,
+        }));
+    }
+    let Some(options) = net.as_object() else {
+        return Ok(None);
+    };
+    if let Some(other) = options
+        .keys()
+        .find(|k| !matches!(k.as_str(), "allowOut" | "denyOut"))
+    {
+        return refuse(&format!("network.{other} is not served by nsbox"));
+    }
+    let list = |field: &str| -> Option<Vec<String>> {
+        match &options.get(field) {
+            None => Some(Vec::new()),
+            Some(v) => v
+                .as_array()?
+                .iter()
+                .map(|e| e.as_str().map(str::to_string))
+                .collect(),
+        }
+    };
+    let (Some(allow), Some(deny)) = (list("allowOut"), list("denyOut")) else {
+        return refuse("network.allowOut and network.denyOut: lists of strings");
+    };
+    if !deny.iter().any(|d| d == ALL_TRAFFIC) {
+        return refuse(
+            "only allow-lists are served: give deny_out=[ALL_TRAFFIC] and the allowed hosts in allow_out",
+        );
+    }
+    Ok(Some(NetworkRequest {
+        mode: "filtered".into(),
+        allow,
+        deny: deny.into_iter().filter(|d| d != ALL_TRAFFIC).collect(),
+        log: false,
+    }))
 }
 
 fn template_of(owned: &Owned) -> String {
