@@ -172,6 +172,9 @@ out["cat"] = sbx.commands.run("cat notes/a.txt").stdout
 out["list"] = sorted([e.name, e.type.value] for e in sbx.files.list("notes"))
 out["exists"] = [sbx.files.exists("notes/a.txt"), sbx.files.exists("notes/none")]
 out["mkdir"] = [sbx.files.make_dir("notes/sub"), sbx.files.make_dir("notes/sub")]
+moved = sbx.files.rename("notes/a.txt", "notes/sub/b.txt")
+out["moved"] = [moved.path, sbx.files.read("notes/sub/b.txt"), sbx.files.exists("notes/a.txt")]
+sbx.files.rename("notes/sub/b.txt", "notes/a.txt")
 sbx.files.remove("notes/a.txt")
 out["removed"] = not sbx.files.exists("notes/a.txt")
 h = sbx.commands.run("echo bg; sleep 0.2; echo done", background=True)
@@ -239,6 +242,10 @@ fn e2b_python_sdk_drives_a_sandbox() {
     );
     assert_eq!(out["exists"], serde_json::json!([true, false]));
     assert_eq!(out["mkdir"], serde_json::json!([true, false]));
+    assert_eq!(
+        out["moved"],
+        serde_json::json!(["/sandbox/notes/sub/b.txt", "some text\n", false])
+    );
     assert_eq!(out["removed"], true);
     assert_eq!(out["bg"], "bg\ndone\n");
     assert_eq!(
@@ -304,6 +311,11 @@ try:
     out["escape"] = "read"
 except Exception as e:
     out["escape"] = type(e).__name__
+try:
+    sbx.files.rename("/sandbox/secret.txt", "/../../../../tmp/nsbox-e2b-escaped")
+    out["rename_escape"] = os.path.exists("/tmp/nsbox-e2b-escaped")
+except Exception as e:
+    out["rename_escape"] = type(e).__name__
 sbx.kill()
 print(json.dumps(out))
 "#;
@@ -336,6 +348,11 @@ fn e2b_sdk_auth_and_bad_input_are_refused() {
         "{out}"
     );
     assert_ne!(out["escape"], "read");
+    assert_ne!(
+        out["rename_escape"], true,
+        "a rename leaves the sandbox's root"
+    );
+    assert!(!std::path::Path::new("/tmp/nsbox-e2b-escaped").exists());
 }
 
 const SDK_NETWORK: &str = r#"

@@ -1,5 +1,6 @@
 //! The in-sandbox API of E2B's daemon, answered from outside the sandbox: `process.Process`
-//! (Start), `filesystem.Filesystem` (Stat, ListDir, MakeDir, Remove) and `/files`.
+//! (Start, List, SendSignal, SendInput, CloseStdin), `filesystem.Filesystem` (Stat, ListDir,
+//! MakeDir, Move, Remove) and `/files`.
 //! Which sandbox: the `E2b-Sandbox-Id` header; its access token: `X-Access-Token`.
 
 use std::collections::HashMap;
@@ -539,6 +540,16 @@ async fn filesystem(
                 }
                 files::mkdir(c, &path)?;
                 files::stat(c, &path)
+            }))
+            .await?;
+            serde_json::json!({"entry": entry_info(&st, None)})
+        }
+        "Move" => {
+            let source = path_of(&request, "source")?;
+            let destination = path_of(&request, "destination")?;
+            let st = run(Box::new(move |c| {
+                files::rename(c, &source, &destination)?;
+                files::stat(c, &destination)
             }))
             .await?;
             serde_json::json!({"entry": entry_info(&st, None)})
