@@ -44,6 +44,8 @@ pub enum ServeError {
     PlainRemote(SocketAddr),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0} — hint: stop it first, or give this one its own --state-root and --socket")]
+    Busy(String),
     #[error("{path}: {message}")]
     Unsafe { path: PathBuf, message: String },
 }

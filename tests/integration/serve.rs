@@ -934,9 +934,21 @@ fn serve_warm_pool_hits_misses_refills_and_metrics() {
         .into_iter()
         .find(|id| !ids.contains(&id))
         .expect("the refilled pool member is recorded");
+    // A pool member that ended while idle is dropped at claim time, never handed out.
+    let stopped = nsbox_cmd(&["stop", &pool_member]).output().unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    let fresh = create("{}");
+    assert_ne!(fresh, pool_member);
+    let (_, _, body) = server.local(&[
+        "-XPOST",
+        &format!("localhost/v1/sandboxes/{fresh}/commands?wait=true"),
+        "-d",
+        r#"{"argv":["true"]}"#,
+    ]);
+    assert_eq!(json(&body)["exit_code"], 0);
     server.stop();
     let left = session_ids();
-    for id in ids.into_iter().chain([&pool_member]) {
+    for id in ids.into_iter().chain([&pool_member, &fresh]) {
         assert!(!left.contains(id), "{id} left after SIGTERM");
     }
 }
@@ -1415,4 +1427,48 @@ fn serve_file_api_path_escapes_are_denied() {
     assert!(!body.contains("host-secret"), "{code}: {body}");
     let (code, _, body) = server.local(&[&url("/files/list?path=/sandbox/dirlink")]);
     assert!(!body.contains("secret"), "{code}: {body}");
+}
+
+/// A second server on the same state root or socket refuses to start (it would adopt, and
+/// remove, the first one's sandboxes).
+#[test]
+fn serve_second_server_on_the_same_state_refuses() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let state = server.state();
+    let other_socket = server.dir.path().join("other.sock");
+    let out = nsbox_cmd(&[
+        "--state-root",
+        state.to_str().unwrap(),
+        "serve",
+        "--socket",
+        other_socket.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another nsbox serve"),
+        "{out:?}"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = nsbox_cmd(&[
+        "--state-root",
+        elsewhere.path().to_str().unwrap(),
+        "serve",
+        "--socket",
+        server.socket.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another server listens"),
+        "{out:?}"
+    );
+    assert_eq!(
+        server.local(&["localhost/v1/health"]).0,
+        200,
+        "the first server still serves"
+    );
 }

@@ -1,6 +1,12 @@
 //! The HTTP side: listeners, authentication, routing, the JSON error shape, the audit log, and
 //! shutdown. Handlers turn requests into calls of [`super::sandboxes`], [`super::exec`] and
-//! [`super::files`]; blocking work runs on the runtime's blocking pool.
+//! [`super::files`]; blocking work runs on the runtime's blocking pool. Children: `http` (the
+//! error shape, bodies, queries), `commands` (running, detached, signals, stdin), `files` (the
+//! file routes and the network log).
+
+mod commands;
+mod files;
+mod http;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -27,6 +33,13 @@ use crate::relay::Event;
 use crate::session::client::SessionClient;
 use crate::session::state::{now_secs, SessionState, SessionStore};
 
+use commands::*;
+use files::read_tail;
+use http::*;
+// What the E2B API (super::e2b) builds on.
+pub(super) use commands::{personalised, push_chunk, start_error};
+pub(super) use http::{body_bytes, full, json_response, ApiError, ChannelBody, RespBody};
+
 /// Largest JSON request body.
 pub const MAX_JSON: usize = 1 << 20;
 /// Largest file read through the API.
@@ -43,11 +56,8 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(300);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// On SIGTERM, how long running commands get to finish before the sandboxes are removed.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
-
 /// The OpenAPI document (also in the repository as docs/openapi.json).
-pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
-
-pub(super) type RespBody = BoxBody<Bytes, Infallible>;
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
 pub(super) struct Server {
     pub(super) options: ServeOptions,
@@ -67,44 +77,6 @@ pub(super) struct Server {
     running: std::sync::Mutex<std::collections::HashMap<String, RunningInfo>>,
 }
 
-/// What the server knows of a running command.
-#[derive(Debug, Clone)]
-struct RunningInfo {
-    sandbox: String,
-    argv: Vec<String>,
-    started_ms: u128,
-    signals: mpsc::Sender<i32>,
-    stdin: Option<super::exec::StdinPipe>,
-}
-
-fn unix_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default()
-}
-
-/// A signal by name ("TERM", "SIGKILL") or number.
-fn parse_signal(v: &serde_json::Value) -> Option<i32> {
-    if let Some(n) = v.as_i64() {
-        return i32::try_from(n).ok().filter(|n| (1..=64).contains(n));
-    }
-    let name = v.as_str()?.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    Some(match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TERM" => libc::SIGTERM,
-        "CONT" => libc::SIGCONT,
-        "STOP" => libc::SIGSTOP,
-        _ => return None,
-    })
-}
-
 /// Who is asking.
 #[derive(Debug, Clone)]
 pub(super) struct Caller {
@@ -119,189 +91,6 @@ impl Caller {
     pub(super) fn scope(&self) -> Option<&str> {
         (!self.all).then_some(self.name.as_str())
     }
-}
-
-/// An error answer: `{"code", "message", "hint"}`.
-#[derive(Debug)]
-pub(super) struct ApiError {
-    pub(super) status: StatusCode,
-    pub(super) code: &'static str,
-    pub(super) message: String,
-    hint: Option<String>,
-    retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub(super) fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            hint: None,
-            retry_after: None,
-        }
-    }
-    fn hint(mut self, hint: impl Into<String>) -> ApiError {
-        self.hint = Some(hint.into());
-        self
-    }
-    fn bad(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-    pub(super) fn not_found(id: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "sandbox_not_found",
-            format!("no sandbox {id} (of this key)"),
-        )
-        .hint("GET /v1/sandboxes lists the sandboxes this key owns")
-    }
-    pub(super) fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
-    fn response(&self) -> Response<RespBody> {
-        let body = serde_json::json!({
-            "code": self.code,
-            "message": self.message,
-            "hint": self.hint,
-        });
-        let mut resp = json_response(self.status, &body);
-        resp.headers_mut()
-            .insert("x-nsbox-error", HeaderValue::from_static(self.code));
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(RETRY_AFTER, v);
-            }
-        }
-        resp
-    }
-}
-
-pub(super) fn full(bytes: impl Into<Bytes>) -> RespBody {
-    Full::new(bytes.into()).boxed()
-}
-
-pub(super) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<RespBody> {
-    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    body.push(b'\n');
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-/// A response body fed by a channel: the stream of a running command.
-pub(super) struct ChannelBody {
-    pub(super) rx: mpsc::Receiver<Bytes>,
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// Decodes `%XX` and `+` in a query value.
-fn percent_decode(s: &str) -> Result<String, ApiError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| ApiError::bad("a bad %-escape in the query"))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| ApiError::bad("the query is not UTF-8"))
-}
-
-fn query(req: &Request<Incoming>) -> Result<Vec<(String, String)>, ApiError> {
-    let mut pairs = Vec::new();
-    for part in req.uri().query().unwrap_or("").split('&') {
-        if part.is_empty() {
-            continue;
-        }
-        let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        pairs.push((percent_decode(k)?, percent_decode(v)?));
-    }
-    Ok(pairs)
-}
-
-fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-fn flag(q: &[(String, String)], name: &str) -> bool {
-    matches!(param(q, name), Some("" | "1" | "true" | "yes"))
-}
-
-/// Reads the body, at most `cap` bytes (413 beyond).
-pub(super) async fn body_bytes(req: Request<Incoming>, cap: usize) -> Result<Bytes, ApiError> {
-    let collect = Limited::new(req.into_body(), cap).collect();
-    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "the request body did not arrive within {}s",
-                BODY_TIMEOUT.as_secs()
-            ),
-        ));
-    };
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than {cap} bytes"),
-        )),
-        Err(e) => Err(ApiError::bad(format!("reading the body: {e}"))),
-    }
-}
-
-async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let bytes = body_bytes(req, MAX_JSON).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("the request body: {e}"),
-        )
-        .hint("see /v1/openapi.json for the fields each request takes")
-    })
-}
-
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
 }
 
 /// Every route: method, path template (as in the OpenAPI document), audit action. The
@@ -786,13 +575,6 @@ impl Server {
         req: Request<Incoming>,
         caller: &Caller,
     ) -> Result<Response<RespBody>, ApiError> {
-        if self.draining.load(Ordering::Relaxed) {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "draining",
-                "the server is shutting down",
-            ));
-        }
         let body: CreateRequest = json_body(req).await?;
         let owned = self.create_owned(body, caller).await?;
         let mut resp = json_response(StatusCode::CREATED, &self.view(&owned));
@@ -802,12 +584,20 @@ impl Server {
         Ok(resp)
     }
 
-    /// Makes (or claims from the pool) and records a sandbox for `caller`.
+    /// Makes (or claims from the pool) and records a sandbox for `caller` (also the E2B
+    /// API's create).
     pub(super) async fn create_owned(
         self: &Arc<Self>,
         body: CreateRequest,
         caller: &Caller,
     ) -> Result<Owned, ApiError> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "the server is shutting down",
+            ));
+        }
         let plan = body
             .plan()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0))?;
@@ -858,9 +648,22 @@ impl Server {
         })?;
         let t0 = std::time::Instant::now();
         let pool_key = body.pool_key();
-        let claim = pool_key
-            .as_ref()
-            .map_or(Claim::NoEntry, |k| self.pool.claim(k));
+        let claim = match &pool_key {
+            None => Claim::NoEntry,
+            Some(k) => loop {
+                // A pool member that ended meanwhile (killed, say) is dropped, not handed out.
+                match self.pool.claim(k) {
+                    Claim::Hit(id) if !self.alive(&id) => {
+                        let server = self.clone();
+                        tokio::spawn(async move {
+                            let _ = server.delete(&id).await;
+                            server.registry.forget_pool_member(&id);
+                        });
+                    }
+                    other => break other,
+                }
+            },
+        };
         let (id, pooled) = match claim {
             Claim::Hit(id) => (id, true),
             other => {
@@ -929,68 +732,10 @@ impl Server {
         Ok(owned)
     }
 
-    fn count_output(&self, event: &CommandEvent) {
-        if let CommandEvent::Stdout(c) | CommandEvent::Stderr(c) = event {
-            self.metrics
-                .bytes_relayed
-                .fetch_add(chunk_len(c), Ordering::Relaxed);
-        }
-    }
-
-    /// Runs a create request's setup script in a sandbox claimed from the pool; if it fails
-    /// the sandbox is deleted and the create fails, as `nsbox create --setup` does.
-    async fn claim_setup(&self, owned: &Owned, script: String) -> Result<(), ApiError> {
-        let cmd = CommandRequest {
-            shell: Some(script),
-            ..Default::default()
-        }
-        .prepare()
-        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m))?;
-        let result = self.run_collected(owned, cmd).await;
-        let failure = match result {
-            Ok((code, _, stderr)) if code != 0 => Some(format!(
-                "the setup script failed (exit {code}): {}",
-                String::from_utf8_lossy(&stderr).trim_end()
-            )),
-            Ok(_) => None,
-            Err(e) => Some(format!("the setup script could not run: {}", e.message)),
-        };
-        if let Some(message) = failure {
-            let _ = self.delete(&owned.id).await;
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "setup_failed",
-                message,
-            ));
-        }
-        Ok(())
-    }
-
-    /// Runs a command to its end: (exit code, stdout, stderr).
-    async fn run_collected(
-        &self,
-        owned: &Owned,
-        cmd: super::exec::PreparedCommand,
-    ) -> Result<(i32, Vec<u8>, Vec<u8>), ApiError> {
-        let record = self
-            .store
-            .read_record(&owned.id)
-            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "not_running", e.to_string()))?;
-        let cmd = personalised(owned, cmd);
-        let mut running = super::exec::start(&self.store, &record, cmd)
-            .await
-            .map_err(start_error)?;
-        self.metrics.commands.fetch_add(1, Ordering::Relaxed);
-        let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), crate::exit::NSBOX_FAILED);
-        while let Some(event) = running.events.recv().await {
-            match event {
-                CommandEvent::Stdout(c) => push_chunk(&mut out, c),
-                CommandEvent::Stderr(c) => push_chunk(&mut err, c),
-                CommandEvent::Ended(o) => code = o.exit_code(),
-                CommandEvent::Truncated { .. } | CommandEvent::Failed(_) => {}
-            }
-        }
-        Ok((code, out, err))
+    fn alive(&self, id: &str) -> bool {
+        self.store
+            .read_record(id)
+            .is_ok_and(|r| self.store.state(&r) == SessionState::Running)
     }
 
     pub(super) async fn delete(&self, id: &str) -> Result<(), ApiError> {
@@ -1012,442 +757,6 @@ impl Server {
             Err(e) => Err(e),
         }
     }
-
-    async fn run_command(
-        self: &Arc<Self>,
-        id: &str,
-        body: CommandRequest,
-        wait: bool,
-        sse: bool,
-        detach: bool,
-    ) -> Result<Response<RespBody>, ApiError> {
-        let cmd = body
-            .prepare()
-            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m))?;
-        let record = self
-            .store
-            .read_record(id)
-            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "not_running", e.to_string()))?;
-        let owned = self
-            .registry
-            .get(id, None)
-            .ok_or_else(|| ApiError::not_found(id))?;
-        let cmd = personalised(&owned, cmd);
-        let argv = cmd.argv.clone();
-        let mut running = super::exec::start(&self.store, &record, cmd)
-            .await
-            .map_err(start_error)?;
-        self.metrics.commands.fetch_add(1, Ordering::Relaxed);
-        let command_id = new_command_id();
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                command_id.clone(),
-                RunningInfo {
-                    sandbox: id.to_string(),
-                    argv: argv.clone(),
-                    started_ms: unix_ms(),
-                    signals: running.signals.clone(),
-                    stdin: running.stdin.clone(),
-                },
-            );
-        let guard = CommandGuard::new(self.clone(), command_id.clone());
-        if wait {
-            let mut stdout = Vec::new();
-            let mut stderr = Vec::new();
-            let mut result = serde_json::json!({});
-            while let Some(event) = running.events.recv().await {
-                match event {
-                    CommandEvent::Stdout(c) => {
-                        self.metrics
-                            .bytes_relayed
-                            .fetch_add(chunk_len(&c), Ordering::Relaxed);
-                        push_chunk(&mut stdout, c)
-                    }
-                    CommandEvent::Stderr(c) => {
-                        self.metrics
-                            .bytes_relayed
-                            .fetch_add(chunk_len(&c), Ordering::Relaxed);
-                        push_chunk(&mut stderr, c)
-                    }
-                    CommandEvent::Truncated { .. } => {}
-                    CommandEvent::Ended(o) => {
-                        result = serde_json::json!({
-                            "exit_code": o.exit_code(),
-                            "signal": o.signal_name(),
-                            "oom": o.oom,
-                            "timeout": matches!(o.ending, crate::sandbox::supervisor::Ending::TimedOut(_)),
-                            "truncated": o.truncated,
-                            "duration_ms": o.duration.as_secs_f64() * 1000.0,
-                            "message": o.message(),
-                        })
-                    }
-                    CommandEvent::Failed(m) => {
-                        return Err(ApiError::new(StatusCode::CONFLICT, "not_running", m))
-                    }
-                }
-            }
-            drop(guard);
-            result["command_id"] = command_id.clone().into();
-            result["stdout"] = String::from_utf8_lossy(&stdout).into_owned().into();
-            result["stderr"] = String::from_utf8_lossy(&stderr).into_owned().into();
-            return Ok(json_response(StatusCode::OK, &result));
-        }
-        let start = Event::Start {
-            id: &record.id,
-            profile: &record.profile,
-            network: &record.network,
-        }
-        .to_line();
-        if detach {
-            let entry = Arc::new(Detached::new(id));
-            self.detached
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(command_id.clone(), entry.clone());
-            let server = self.clone();
-            let cid = command_id.clone();
-            tokio::spawn(async move {
-                entry.push(Bytes::from(start));
-                while let Some(event) = running.events.recv().await {
-                    server.count_output(&event);
-                    entry.push(Bytes::from(event_line(event)));
-                }
-                entry.finish();
-                drop(guard);
-                // Kept a while for a client that attaches late, then forgotten.
-                tokio::time::sleep(DETACHED_KEEP).await;
-                server
-                    .detached
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&cid);
-            });
-            return Ok(json_response(
-                StatusCode::ACCEPTED,
-                &serde_json::json!({ "command_id": command_id }),
-            ));
-        }
-        let (tx, rx) = mpsc::channel::<Bytes>(4);
-        let server = self.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            if tx.send(frame(start, sse)).await.is_err() {
-                return;
-            }
-            while let Some(event) = running.events.recv().await {
-                server.count_output(&event);
-                // A client gone: dropping the events kills the command.
-                if tx.send(frame(event_line(event), sse)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let mut resp = Response::new(ChannelBody { rx }.boxed());
-        if let Ok(v) = HeaderValue::from_str(&command_id) {
-            resp.headers_mut().insert("x-nsbox-command", v);
-        }
-        resp.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(if sse {
-                "text/event-stream"
-            } else {
-                "application/x-ndjson"
-            }),
-        );
-        Ok(resp)
-    }
-
-    async fn files(
-        &self,
-        req: Request<Incoming>,
-        id: &str,
-        rest: &[&str],
-        path: String,
-        tar: bool,
-    ) -> Result<Response<RespBody>, ApiError> {
-        let method = req.method().clone();
-        let client = self.client(id).await?;
-        let fe = |e: super::files::FileError| ApiError {
-            status: StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-            code: e.code,
-            message: e.message,
-            hint: None,
-            retry_after: None,
-        };
-        let ok = || json_response(StatusCode::OK, &serde_json::json!({"ok": true}));
-        match (&method, rest) {
-            (&Method::GET, []) if tar => {
-                let data = blocking(move || {
-                    super::files::read_tar(&client, &path, MAX_FILE_READ).map_err(fe)
-                })
-                .await?;
-                let mut resp = Response::new(full(data));
-                resp.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
-                Ok(resp)
-            }
-            (&Method::PUT, []) if tar => {
-                let data = body_bytes(req, self.options.max_body).await?;
-                let written =
-                    blocking(move || super::files::write_tar(&client, &path, &data).map_err(fe))
-                        .await?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    &serde_json::json!({"ok": true, "entries": written}),
-                ))
-            }
-            (&Method::GET, []) => {
-                let data =
-                    blocking(move || super::files::read(&client, &path, MAX_FILE_READ).map_err(fe))
-                        .await?;
-                let mut resp = Response::new(full(data));
-                resp.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                Ok(resp)
-            }
-            (&Method::PUT, []) => {
-                let data = body_bytes(req, self.options.max_body).await?;
-                blocking(move || super::files::write(&client, &path, &data).map_err(fe)).await?;
-                Ok(ok())
-            }
-            (&Method::DELETE, []) => {
-                blocking(move || super::files::remove(&client, &path).map_err(fe)).await?;
-                Ok(ok())
-            }
-            (&Method::GET, ["stat"]) => {
-                let v = blocking(move || super::files::stat(&client, &path).map_err(fe)).await?;
-                Ok(json_response(StatusCode::OK, &v))
-            }
-            (&Method::GET, ["list"]) => {
-                let v = blocking(move || super::files::list(&client, &path, MAX_LIST).map_err(fe))
-                    .await?;
-                Ok(json_response(StatusCode::OK, &v))
-            }
-            (&Method::POST, ["mkdir"]) => {
-                blocking(move || super::files::mkdir(&client, &path).map_err(fe)).await?;
-                Ok(ok())
-            }
-            _ => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no_route",
-                format!("no {method} on files/{}", rest.join("/")),
-            )),
-        }
-    }
-}
-
-/// One event as a line of the `--json` stream.
-fn event_line(event: CommandEvent) -> Vec<u8> {
-    match event {
-        CommandEvent::Stdout(c) => Event::Stdout(c).to_line(),
-        CommandEvent::Stderr(c) => Event::Stderr(c).to_line(),
-        CommandEvent::Truncated { limit } => Event::Truncated { limit }.to_line(),
-        CommandEvent::Ended(o) => Event::Exit {
-            code: o.exit_code(),
-            signal: o.signal_name(),
-            oom: o.oom,
-            timeout: matches!(o.ending, crate::sandbox::supervisor::Ending::TimedOut(_)),
-            truncated: o.truncated,
-            duration_ms: o.duration.as_secs_f64() * 1000.0,
-        }
-        .to_line(),
-        CommandEvent::Failed(message) => Event::Error {
-            phase: "run",
-            message,
-            code: crate::exit::NSBOX_FAILED,
-        }
-        .to_line(),
-    }
-}
-
-/// An event line as sent: as is (NDJSON), or as a server-sent event.
-fn frame(line: Vec<u8>, sse: bool) -> Bytes {
-    if !sse {
-        return Bytes::from(line);
-    }
-    let kind = serde_json::from_slice::<serde_json::Value>(&line)
-        .ok()
-        .and_then(|v| v["type"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    let data = String::from_utf8_lossy(&line);
-    Bytes::from(format!("event: {kind}\ndata: {}\n\n", data.trim_end()))
-}
-
-/// Output a detached command keeps for clients that attach (more: dropped, with one
-/// `truncated` event).
-const DETACHED_BUFFER: usize = 4 << 20;
-/// How long a detached command's events are kept after it ended.
-const DETACHED_KEEP: Duration = Duration::from_secs(600);
-
-/// A detached command's events, for clients that attach (`GET .../commands/{cid}/events`).
-struct Detached {
-    sandbox: String,
-    log: std::sync::Mutex<DetachedLog>,
-    /// Bumped on every new line (attached clients wait on it).
-    progress: tokio::sync::watch::Sender<usize>,
-}
-
-#[derive(Default)]
-struct DetachedLog {
-    lines: Vec<Bytes>,
-    bytes: usize,
-    truncated: bool,
-    done: bool,
-}
-
-impl Detached {
-    fn new(sandbox: &str) -> Detached {
-        Detached {
-            sandbox: sandbox.to_string(),
-            log: std::sync::Mutex::new(DetachedLog::default()),
-            progress: tokio::sync::watch::channel(0).0,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, DetachedLog> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, line: Bytes) {
-        let mut log = self.lock();
-        let output =
-            line.starts_with(b"{\"type\":\"stdout\"") || line.starts_with(b"{\"type\":\"stderr\"");
-        if output && log.bytes + line.len() > DETACHED_BUFFER {
-            if !log.truncated {
-                log.truncated = true;
-                let limit = DETACHED_BUFFER as u64;
-                log.lines
-                    .push(Bytes::from(Event::Truncated { limit }.to_line()));
-            }
-        } else {
-            log.bytes += line.len();
-            log.lines.push(line);
-        }
-        let n = log.lines.len();
-        drop(log);
-        self.progress.send_replace(n);
-    }
-
-    fn finish(&self) {
-        let n = {
-            let mut log = self.lock();
-            log.done = true;
-            log.lines.len()
-        };
-        // A change even when no line was added, so waiting clients see the end.
-        self.progress.send_replace(n + 1);
-    }
-}
-
-/// A command with the env and secrets a pooled sandbox received at claim time (the
-/// request's own env wins).
-pub(super) fn personalised(
-    owned: &Owned,
-    mut cmd: super::exec::PreparedCommand,
-) -> super::exec::PreparedCommand {
-    if owned.env.is_empty() && owned.secrets.is_empty() {
-        return cmd;
-    }
-    let mut env: Vec<(String, String)> = owned.env.clone();
-    env.extend(owned.secrets.iter().cloned());
-    env.append(&mut cmd.env);
-    cmd.env = env;
-    cmd.secrets
-        .extend(owned.secrets.iter().map(|(_, v)| v.clone()));
-    cmd
-}
-
-pub(super) fn start_error(e: StartError) -> ApiError {
-    match e {
-        StartError::Exec(f) => {
-            let mut e = ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                if f.code == crate::exit::NOT_FOUND {
-                    "command_not_found"
-                } else {
-                    "exec_failed"
-                },
-                f.message,
-            );
-            e.hint = Some(format!("exit code {}", f.code));
-            e
-        }
-        StartError::NotRunning(m) => ApiError::new(StatusCode::CONFLICT, "not_running", m),
-        StartError::Refused(m) => ApiError::new(StatusCode::CONFLICT, "refused", m),
-        StartError::Io(m) => ApiError::internal(m),
-    }
-}
-
-fn chunk_len(chunk: &crate::relay::Chunk) -> u64 {
-    chunk.data.as_ref().map_or(0, |d| d.len() as u64)
-        + chunk
-            .data_b64
-            .as_ref()
-            .map_or(0, |d| d.len() as u64 * 3 / 4)
-}
-
-pub(super) fn push_chunk(out: &mut Vec<u8>, chunk: crate::relay::Chunk) {
-    use base64::Engine;
-    if let Some(text) = chunk.data {
-        out.extend_from_slice(text.as_bytes());
-    } else if let Some(b64) = chunk.data_b64 {
-        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b64) {
-            out.extend_from_slice(&bytes);
-        }
-    }
-}
-
-/// The last `cap` bytes of a log file (empty if there is none yet), from its first whole line.
-fn read_tail(path: &std::path::Path, cap: usize) -> Result<Vec<u8>, ApiError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(cap as u64);
-    let mut data = Vec::new();
-    file.seek(SeekFrom::Start(start))
-        .and_then(|_| file.take(cap as u64).read_to_end(&mut data))
-        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
-    if start > 0 {
-        let first_line = data.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
-        data.drain(..first_line);
-    }
-    Ok(data)
-}
-
-/// Counts a running command (shutdown waits for them) and keeps it listed while it runs.
-struct CommandGuard(Arc<Server>, String);
-
-impl CommandGuard {
-    fn new(server: Arc<Server>, command_id: String) -> CommandGuard {
-        server.commands.fetch_add(1, Ordering::SeqCst);
-        CommandGuard(server, command_id)
-    }
-}
-
-impl Drop for CommandGuard {
-    fn drop(&mut self) {
-        self.0.commands.fetch_sub(1, Ordering::SeqCst);
-        self.0
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.1);
-    }
-}
-
-/// 12 random hex digits.
-fn new_command_id() -> String {
-    let mut bytes = [0u8; 6];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Serves one connection, if the server has room for another (else it is closed at once).
@@ -1488,7 +797,12 @@ async fn refill(server: Arc<Server>) {
             let server = server.clone();
             tokio::spawn(async move {
                 let plan = match super::pool::request_for(&key).plan() {
-                    Ok(plan) => plan,
+                    // Idle in the pool as long as it takes: no idle timeout (a claimed one
+                    // keeps none; its ttl, if any, applies).
+                    Ok(mut plan) => {
+                        plan.args.push("--max-age=none".into());
+                        plan
+                    }
                     Err(e) => {
                         tracing::warn!("pool entry: {}", e.0);
                         server.pool.filled(index, None);
@@ -1539,12 +853,44 @@ async fn refill(server: Arc<Server>) {
     }
 }
 
+/// Takes `serve/lock` (an exclusive flock) or says who holds it.
+fn lock_serve_dir(dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| ServeError::Io("open the server's lock", e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ServeError::Busy(format!(
+            "another nsbox serve uses {} (it holds {})",
+            dir.display(),
+            path.display()
+        ))),
+        Err(e) => Err(ServeError::Io(
+            "lock the server's directory",
+            std::io::Error::from_raw_os_error(e.raw_os_error()),
+        )),
+    }
+}
+
 /// Binds the unix socket: a stale one is replaced; the socket is 0600 (root's, like the run
 /// directory it lives in).
 fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServeError> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         super::private_dir(dir)?;
+    }
+    // A socket someone answers on belongs to a running server: never take it over.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ServeError::Busy(format!(
+            "another server listens on {}",
+            path.display()
+        )));
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -1560,6 +906,9 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServeEr
 
 /// The server's main loop: listeners, the time-to-live reaper, and shutdown.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    // One server per state root: a second would adopt, and on SIGTERM remove, the first's
+    // sandboxes. The lock is held until this function returns.
+    let _lock = lock_serve_dir(&options.serve_dir)?;
     let audit =
         AuditLog::open(&options.serve_dir).map_err(|e| ServeError::Io("open the audit log", e))?;
     let server = Arc::new(Server {
