@@ -260,7 +260,7 @@ fn e2b_python_sdk_drives_a_sandbox() {
     assert_eq!(out["info_metadata"], serde_json::json!({"job": "e2b-test"}));
     assert_eq!(out["kill"], true);
     assert_eq!(out["killed_again"], false, "a second kill finds nothing");
-    assert_ne!(out["after_kill"], "ran");
+    assert_eq!(out["after_kill"], "SandboxNotRunningException");
     assert!(
         !session_ids().contains(&id),
         "the killed sandbox is gone from `nsbox ps`"
@@ -312,6 +312,12 @@ try:
 except Exception as e:
     out["escape"] = type(e).__name__
 try:
+    sbx.commands.run("id -u", user="root")
+    out["as_root"] = "ran"
+except Exception as e:
+    out["as_root"] = [type(e).__name__, "not served" in str(e)]
+out["as_user"] = sbx.commands.run("echo ok", user="user").stdout
+try:
     sbx.files.rename("/sandbox/secret.txt", "/../../../../tmp/nsbox-e2b-escaped")
     out["rename_escape"] = os.path.exists("/tmp/nsbox-e2b-escaped")
 except Exception as e:
@@ -347,6 +353,8 @@ fn e2b_sdk_auth_and_bad_input_are_refused() {
         out["other_key_connect"], "SandboxNotFoundException",
         "{out}"
     );
+    assert_eq!(out["as_root"][1], true, "{out}");
+    assert_eq!(out["as_user"], "ok\n");
     assert_ne!(out["escape"], "read");
     assert_ne!(
         out["rename_escape"], true,
@@ -396,4 +404,47 @@ fn e2b_sdk_network_options_map_to_nsbox_networks() {
     assert_eq!(out["denied_name"], "refused\n");
     assert_eq!(out["no_internet"], serde_json::json!(["none"]), "{out}");
     assert_eq!(out["open"][1], true, "{out}");
+}
+
+const SDK_TIMEOUT: &str = r#"
+import json, os, subprocess, time
+from e2b import Sandbox
+
+def ps():
+    out = subprocess.run([os.environ["NSBOX_BIN"], "ps", "--json"], capture_output=True, check=True)
+    return [r["id"] for r in json.loads(out.stdout)]
+
+out = {}
+sbx = Sandbox.create(timeout=1)
+sid = sbx.sandbox_id
+out["listed_first"] = sid in ps()
+# Waits for the server's reaper (it looks every second); bounded, not timed.
+for _ in range(600):
+    if sid not in ps():
+        break
+    time.sleep(0.1)
+out["gone"] = sid not in ps()
+out["sdk_list"] = [s.sandbox_id for s in Sandbox.list().next_items()]
+try:
+    out["is_running"] = sbx.is_running()
+except Exception as e:
+    out["is_running"] = type(e).__name__
+print(json.dumps(out))
+"#;
+
+/// A sandbox's E2B timeout is its time to live: after it, the sandbox is gone from `nsbox ps`
+/// and from the SDK's list, and the SDK sees it as not running.
+#[test]
+fn e2b_sandbox_is_gone_after_its_timeout() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sandbox_is_gone_after_its_timeout") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_TIMEOUT);
+    assert_eq!(out["listed_first"], true, "{out}");
+    assert_eq!(out["gone"], true, "{out}");
+    assert_eq!(out["sdk_list"], serde_json::json!([]));
+    assert_eq!(out["is_running"], false, "{out}");
 }

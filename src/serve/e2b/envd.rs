@@ -85,6 +85,29 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The user E2B's SDKs run as by default; nsbox runs everything as the sandbox's user.
+const DEFAULT_USER: &str = "user";
+
+/// The user a request asks for: `Authorization: Basic base64("NAME:")` (RPCs and files) or
+/// `?username=` (files).
+fn requested_user(req: &Request<Incoming>) -> Option<String> {
+    use base64::Engine;
+    if let Some(basic) = header(req, "authorization").and_then(|h| h.strip_prefix("Basic ")) {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.trim())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&decoded).into_owned();
+        return Some(text.split(':').next().unwrap_or("").to_string());
+    }
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "username")
+        .map(|(_, v)| super::decode(v))
+}
+
 /// An error of the plain HTTP endpoints (`/files`, `/health`), in envd's shape.
 fn http_error(status: StatusCode, message: impl Into<String>) -> Response<RespBody> {
     json_response(
@@ -118,16 +141,24 @@ pub(super) async fn handle(
         }
     };
     let Some(owned) = server.registry.get(&id, None) else {
-        return fail(RpcError::new(
-            Code::NotFound,
-            format!("sandbox {id} not found (killed or timed out)"),
-        ));
+        // As E2B's proxy answers for a sandbox that is gone, for RPCs too: the SDKs turn this
+        // into "not running" (`is_running()` False, SandboxNotRunningException).
+        return http_error(
+            StatusCode::BAD_GATEWAY,
+            format!("The sandbox {id} was not found (killed, or its timeout passed)"),
+        );
     };
     let token = header(&req, "x-access-token").unwrap_or("");
     if !super::token_matches(&owned.id, token.as_bytes()) {
         return fail(RpcError::new(
             Code::Unauthenticated,
             "missing or wrong X-Access-Token for this sandbox (connect to the sandbox again to get one)",
+        ));
+    }
+    if let Some(user) = requested_user(&req).filter(|u| u != DEFAULT_USER) {
+        return fail(RpcError::new(
+            Code::Unimplemented,
+            format!("running as {user:?} is not served by nsbox yet: commands and files use the sandbox's own user (E2B's \"user\")"),
         ));
     }
     let result = match (req.method().clone(), path.as_str()) {
