@@ -265,6 +265,26 @@ fn e2b_python_sdk_drives_a_sandbox() {
         !session_ids().contains(&id),
         "the killed sandbox is gone from `nsbox ps`"
     );
+    // Audited under the key, in-sandbox requests under the key that owns the sandbox.
+    let log = std::fs::read_to_string(server.dir.path().join("state/serve/audit.log")).unwrap();
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (action, status) in [
+        ("e2b.sandbox.create", 201),
+        ("e2b.command.run", 200),
+        ("e2b.file.write", 200),
+        ("e2b.sandbox.delete", 204),
+    ] {
+        assert!(
+            entries.iter().any(|e| e["action"] == action
+                && e["key"] == "e2b"
+                && e["sandbox"] == id.as_str()
+                && e["status"] == status),
+            "{action} {status} in {log}"
+        );
+    }
 }
 
 const SDK_REFUSALS: &str = r#"

@@ -62,7 +62,7 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 pub(super) struct Server {
     pub(super) options: ServeOptions,
     pub(super) keys: KeyStore,
-    audit: AuditLog,
+    pub(super) audit: AuditLog,
     pub(super) registry: Registry,
     pub(super) store: SessionStore,
     commands: AtomicUsize,

@@ -120,26 +120,90 @@ fn from_api(e: ApiError) -> Refusal {
     control_error(e.status, e.message)
 }
 
+/// Answers an E2B request and writes it to the audit log (as `e2b.*` actions; in-sandbox
+/// requests under the key that owns the sandbox).
 pub(super) async fn handle(
     server: Arc<Server>,
     req: Request<Incoming>,
     tcp: bool,
 ) -> Response<RespBody> {
-    if let Some(id) = req
+    let path = req.uri().path().to_string();
+    let envd_id = req
         .headers()
         .get("e2b-sandbox-id")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-    {
-        return envd::handle(server, req, id).await;
-    }
-    let caller = match authenticate(&server, &req, tcp) {
-        Ok(c) => c,
-        Err(refusal) => return refusal.response(),
+        .map(str::to_string);
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != "v2")
+        .collect();
+    let action = action_of(req.method(), &parts, envd_id.is_some());
+    let mut sandbox = envd_id
+        .clone()
+        .or_else(|| parts.get(1).map(|s| s.to_string()));
+    let mut key = envd_id
+        .as_deref()
+        .and_then(|id| server.registry.get(id, None))
+        .map_or_else(|| "-".to_string(), |o| o.key);
+    let resp = match envd_id {
+        Some(id) => envd::handle(server.clone(), req, id).await,
+        None => match authenticate(&server, &req, tcp) {
+            Err(refusal) => refusal.response(),
+            Ok(caller) => {
+                key = caller.name.clone();
+                control(server.clone(), req, caller)
+                    .await
+                    .unwrap_or_else(|refusal| refusal.response())
+            }
+        },
     };
-    control(server, req, caller)
-        .await
-        .unwrap_or_else(|refusal| refusal.response())
+    if action != "e2b.health" {
+        if action == "e2b.sandbox.create" {
+            sandbox = resp
+                .headers()
+                .get(hyper::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.rsplit('/').next())
+                .map(str::to_string);
+        }
+        server.audit.record(&super::audit::AuditEntry {
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default(),
+            key: &key,
+            action,
+            sandbox: sandbox.as_deref(),
+            status: resp.status().as_u16(),
+            error: None,
+        });
+    }
+    resp
+}
+
+/// The audit action of an E2B request.
+fn action_of(method: &Method, parts: &[&str], envd: bool) -> &'static str {
+    if envd {
+        return match (method, parts) {
+            (_, ["health"]) => "e2b.health",
+            (&Method::GET, ["files"]) => "e2b.file.read",
+            (&Method::POST, ["files"]) => "e2b.file.write",
+            (_, ["process.Process", "Start"]) => "e2b.command.run",
+            (_, ["process.Process", _]) => "e2b.command.control",
+            (_, ["filesystem.Filesystem", "ListDir" | "Stat"]) => "e2b.file.list",
+            (_, ["filesystem.Filesystem", _]) => "e2b.file.change",
+            _ => "e2b.other",
+        };
+    }
+    match (method, parts) {
+        (&Method::POST, ["sandboxes"]) => "e2b.sandbox.create",
+        (&Method::GET, ["sandboxes"]) => "e2b.sandbox.list",
+        (&Method::GET, ["sandboxes", _]) => "e2b.sandbox.get",
+        (&Method::DELETE, ["sandboxes", _]) => "e2b.sandbox.delete",
+        (&Method::POST, ["sandboxes", _, "timeout"]) => "e2b.sandbox.timeout",
+        (&Method::POST, ["sandboxes", _, "connect"]) => "e2b.sandbox.connect",
+        _ => "e2b.other",
+    }
 }
 
 /// The caller, from `X-API-Key` (required on TCP; the unix socket without one is local).
