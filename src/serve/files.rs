@@ -274,6 +274,18 @@ pub fn remove(client: &SessionClient, path: &str) -> Result<(), FileError> {
     }
 }
 
+/// A directory of the sandbox, opened inside its root (for watching it from outside), and its
+/// path inside.
+pub fn open_dir(client: &SessionClient, path: &str) -> Result<(OwnedFd, PathBuf), FileError> {
+    let t = target(client, path)?;
+    let fd = open_in(
+        t.root.as_fd(),
+        &t.inside,
+        OFlags::RDONLY | OFlags::DIRECTORY,
+    )?;
+    Ok((fd, t.inside))
+}
+
 /// Renames `from` to `to` inside the sandbox (both resolved inside its root; the parent of
 /// `to` must exist; a file at `to` is replaced, as rename(2) does). Used by the E2B API.
 pub fn rename(client: &SessionClient, from: &str, to: &str) -> Result<(), FileError> {

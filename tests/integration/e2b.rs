@@ -172,6 +172,10 @@ out["cat"] = sbx.commands.run("cat notes/a.txt").stdout
 out["list"] = sorted([e.name, e.type.value] for e in sbx.files.list("notes"))
 out["exists"] = [sbx.files.exists("notes/a.txt"), sbx.files.exists("notes/none")]
 out["mkdir"] = [sbx.files.make_dir("notes/sub"), sbx.files.make_dir("notes/sub")]
+watcher = sbx.files.watch_dir("notes")
+sbx.commands.run("echo new > notes/made-by-a-command.txt")
+out["watched"] = sorted(set((e.name, e.type.name) for e in watcher.get_new_events()))
+watcher.stop()
 moved = sbx.files.rename("notes/a.txt", "notes/sub/b.txt")
 out["moved"] = [moved.path, sbx.files.read("notes/sub/b.txt"), sbx.files.exists("notes/a.txt")]
 sbx.files.rename("notes/sub/b.txt", "notes/a.txt")
@@ -209,7 +213,8 @@ print(json.dumps(out))
 
 /// The SDK's everyday calls: create, commands with streamed callbacks, a failing command's
 /// exit exception, cwd and envs, background commands (wait, list, kill, stdin), files (text,
-/// bytes, a 3 MiB file), list, exists, make_dir, remove, the list of sandboxes, set_timeout,
+/// bytes, a 3 MiB file), list, exists, make_dir, rename, remove, watch_dir seeing a command's
+/// change, the list of sandboxes, set_timeout,
 /// connect from a second client, kill; the sandbox is an nsbox session while it lives and gone
 /// from `nsbox ps` after the kill.
 #[test]
@@ -245,6 +250,13 @@ fn e2b_python_sdk_drives_a_sandbox() {
     assert_eq!(
         out["moved"],
         serde_json::json!(["/sandbox/notes/sub/b.txt", "some text\n", false])
+    );
+    assert!(
+        out["watched"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["made-by-a-command.txt", "CREATE"])),
+        "{out}"
     );
     assert_eq!(out["removed"], true);
     assert_eq!(out["bg"], "bg\ndone\n");

@@ -585,6 +585,34 @@ async fn filesystem(
             .await?;
             serde_json::json!({"entry": entry_info(&st, None)})
         }
+        "CreateWatcher" => {
+            let path = path_of(&request, "path")?;
+            if request["recursive"].as_bool() == Some(true) {
+                return Err(RpcError::new(
+                    Code::Unimplemented,
+                    "recursive watchers are not served by nsbox yet",
+                ));
+            }
+            let client = session(server, owned).await?;
+            let (dir, _) = tokio::task::spawn_blocking(move || files::open_dir(&client, &path))
+                .await
+                .map_err(|e| RpcError::new(Code::Internal, e.to_string()))?
+                .map_err(file_rpc_error)?;
+            let id = super::watch::create(&owned.id, dir, &|id| {
+                server.registry.get(id, None).is_some()
+            })?;
+            return unary_answer(serde_json::json!({ "watcherId": id }));
+        }
+        "GetWatcherEvents" => {
+            let id = path_of(&request, "watcherId")?;
+            let events = super::watch::events(&owned.id, &id)?;
+            return unary_answer(serde_json::json!({ "events": events }));
+        }
+        "RemoveWatcher" => {
+            let id = path_of(&request, "watcherId")?;
+            super::watch::remove(&owned.id, &id)?;
+            return unary_answer(serde_json::json!({}));
+        }
         "Remove" => {
             let path = path_of(&request, "path")?;
             run(Box::new(move |c| {

@@ -17,6 +17,7 @@
 
 mod connect;
 mod envd;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -292,6 +293,7 @@ async fn control(server: Arc<Server>, req: Request<Incoming>, caller: Caller) ->
                 .map_err(|e| control_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
                 .map_err(from_api)?;
             forget_token(&owned.id);
+            watch::forget_sandbox(&owned.id);
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (&Method::POST, ["sandboxes", id, "timeout"]) => {
