@@ -214,9 +214,8 @@ print(json.dumps(out))
 /// The SDK's everyday calls: create, commands with streamed callbacks, a failing command's
 /// exit exception, cwd and envs, background commands (wait, list, kill, stdin), files (text,
 /// bytes, a 3 MiB file), list, exists, make_dir, rename, remove, watch_dir seeing a command's
-/// change, the list of sandboxes, set_timeout,
-/// connect from a second client, kill; the sandbox is an nsbox session while it lives and gone
-/// from `nsbox ps` after the kill.
+/// change, the list of sandboxes, set_timeout, connect from a second client, kill; the sandbox
+/// is an nsbox session while it lives and gone from `nsbox ps` after the kill.
 #[test]
 fn e2b_python_sdk_drives_a_sandbox() {
     require_root!();

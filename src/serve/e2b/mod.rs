@@ -433,6 +433,11 @@ async fn create(server: Arc<Server>, body: serde_json::Value, caller: Caller) ->
             }
             _ => from_api(e),
         })?;
+    // Tokens of sandboxes that ended meanwhile (time to live, removed elsewhere) go.
+    tokens()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|id, _| server.registry.get(id, None).is_some());
     let mut resp = json_response(StatusCode::CREATED, &created_view(&owned));
     if let Ok(v) = HeaderValue::from_str(&format!("/sandboxes/{}", owned.id)) {
         resp.headers_mut().insert(hyper::header::LOCATION, v);
