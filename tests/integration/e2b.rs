@@ -479,3 +479,63 @@ fn e2b_sandbox_is_gone_after_its_timeout() {
     assert_eq!(out["sdk_list"], serde_json::json!([]));
     assert_eq!(out["is_running"], false, "{out}");
 }
+
+const SDK_PROTOBUF: &str = r#"
+import json, os
+from e2b import Sandbox
+from e2b.envd.process import process_connect, process_pb
+from e2b.envd.filesystem import filesystem_connect, filesystem_pb
+
+out = {}
+sbx = Sandbox.create(timeout=60)
+sbx.files.write("/sandbox/p/a.txt", "abc")
+hdrs = {"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": sbx._envd_access_token}
+base = os.environ["E2B_SANDBOX_URL"]
+# The generated clients with connectrpc's default codec: binary protobuf.
+pc = process_connect.ProcessClientSync(base, send_compression=None)
+stdout, end = b"", None
+for r in pc.start(process_pb.StartRequest(process=process_pb.ProcessConfig(
+        cmd="/bin/sh", args=["-c", "echo proto; exit 3"])), headers=hdrs):
+    ev = r.event.event
+    if ev.field == "data" and ev.value.output.field == "stdout":
+        stdout += ev.value.output.value
+    if ev.field == "end":
+        end = [ev.value.exit_code, ev.value.exited]
+out["proto_run"] = [stdout.decode(), end]
+fc = filesystem_connect.FilesystemClientSync(base, send_compression=None)
+st = fc.stat(filesystem_pb.StatRequest(path="/sandbox/p/a.txt"), headers=hdrs)
+out["proto_stat"] = [st.entry.name, st.entry.size, st.entry.type.name]
+ls = fc.list_dir(filesystem_pb.ListDirRequest(path="/sandbox/p", depth=1), headers=hdrs)
+out["proto_list"] = [e.name for e in ls.entries]
+try:
+    fc.stat(filesystem_pb.StatRequest(path="/sandbox/p/none"), headers=hdrs)
+except Exception as e:
+    out["proto_missing"] = [type(e).__name__, str(getattr(e, "code", ""))]
+sbx.kill()
+print(json.dumps(out))
+"#;
+
+/// The envd services with the protobuf codec, through the SDK's own generated Connect clients
+/// with connectrpc's default (binary) codec: a streamed command with its exit code, Stat,
+/// ListDir, and a missing path as Connect's not_found.
+#[test]
+fn e2b_envd_services_speak_protobuf_too() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_envd_services_speak_protobuf_too") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_PROTOBUF);
+    assert_eq!(
+        out["proto_run"],
+        serde_json::json!(["proto\n", [3, true]]),
+        "{out}"
+    );
+    assert_eq!(out["proto_stat"], serde_json::json!(["a.txt", 3, "FILE"]));
+    assert_eq!(out["proto_list"], serde_json::json!(["a.txt"]));
+    assert_eq!(
+        out["proto_missing"],
+        serde_json::json!(["ConnectError", "Code.NOT_FOUND"])
+    );
+}

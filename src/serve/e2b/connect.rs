@@ -1,5 +1,5 @@
 //! The Connect protocol (connectrpc.com/docs/protocol) as E2B's in-sandbox daemon speaks
-//! it, JSON codec only: a unary call is a plain JSON body answered by a JSON body (errors:
+//! it, JSON or protobuf codec (errors are JSON in both): a unary call is a plain JSON body answered by a JSON body (errors:
 //! an HTTP status and `{"code", "message"}`); a server-streaming call sends one enveloped
 //! message and gets enveloped messages back, the last one flagged end-of-stream and carrying
 //! the error, if any. An envelope is one flag byte and a big-endian u32 length.
@@ -116,33 +116,56 @@ impl RpcError {
     }
 }
 
-/// Whether the request uses the JSON codec (the only one served); `streaming` selects the
-/// `application/connect+json` form.
-pub fn check_codec(content_type: Option<&str>, streaming: bool) -> Result<(), RpcError> {
+/// The message codec of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Json,
+    Proto,
+}
+
+/// The codec a request's content type names (`streaming`: the `application/connect+…` form).
+pub fn codec(content_type: Option<&str>, streaming: bool) -> Result<Codec, RpcError> {
     let ct = content_type
         .unwrap_or("")
         .split(';')
         .next()
         .unwrap_or("")
         .trim();
-    let ok = if streaming {
-        ct == "application/connect+json"
+    let name = if streaming {
+        ct.strip_prefix("application/connect+")
     } else {
-        ct == "application/json"
+        ct.strip_prefix("application/")
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(RpcError::new(
+    match name {
+        Some("json") => Ok(Codec::Json),
+        Some("proto") => Ok(Codec::Proto),
+        _ => Err(RpcError::new(
             Code::Unimplemented,
-            format!("content type {ct:?} is not served: nsbox speaks the Connect protocol with the JSON codec only (the Python SDK's default)"),
-        ))
+            format!("content type {ct:?} is not served: the Connect protocol with the JSON or protobuf codec is"),
+        )),
+    }
+}
+
+impl Codec {
+    /// The content type of answers.
+    pub fn content_type(self, streaming: bool) -> &'static str {
+        match (self, streaming) {
+            (Codec::Json, false) => "application/json",
+            (Codec::Proto, false) => "application/proto",
+            (Codec::Json, true) => "application/connect+json",
+            (Codec::Proto, true) => "application/connect+proto",
+        }
     }
 }
 
 /// One message frame.
 pub fn frame(message: &serde_json::Value) -> Bytes {
     envelope(0, message.to_string().as_bytes())
+}
+
+/// One message frame of already encoded bytes.
+pub fn frame_bytes(message: &[u8]) -> Bytes {
+    envelope(0, message)
 }
 
 /// The end-of-stream frame (with the error, if the call failed).
@@ -201,10 +224,24 @@ mod tests {
     }
 
     #[test]
-    fn only_the_json_codec_is_served() {
-        assert!(check_codec(Some("application/connect+json"), true).is_ok());
-        assert!(check_codec(Some("application/json; charset=utf-8"), false).is_ok());
-        assert!(check_codec(Some("application/connect+proto"), true).is_err());
-        assert!(check_codec(Some("application/proto"), false).is_err());
+    fn codecs_by_content_type() {
+        assert_eq!(
+            codec(Some("application/connect+json"), true).unwrap(),
+            Codec::Json
+        );
+        assert_eq!(
+            codec(Some("application/json; charset=utf-8"), false).unwrap(),
+            Codec::Json
+        );
+        assert_eq!(
+            codec(Some("application/connect+proto"), true).unwrap(),
+            Codec::Proto
+        );
+        assert_eq!(
+            codec(Some("application/proto"), false).unwrap(),
+            Codec::Proto
+        );
+        assert!(codec(Some("application/json"), true).is_err());
+        assert!(codec(Some("application/grpc"), false).is_err());
     }
 }

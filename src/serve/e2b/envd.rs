@@ -18,7 +18,8 @@ use super::super::api::{self, full, json_response, ChannelBody, RespBody, Server
 use super::super::exec::{CommandEvent, CommandRequest};
 use super::super::files::{self, FileError};
 use super::super::sandboxes::Owned;
-use super::connect::{self, Code, RpcError};
+use super::connect::{self, Code, Codec, RpcError};
+use super::proto;
 use crate::session::client::SessionClient;
 
 /// Largest file read through `/files`.
@@ -217,22 +218,41 @@ async fn read_body(req: Request<Incoming>, cap: usize) -> Result<Bytes, RpcError
         .map_err(|e| RpcError::new(Code::from_status(e.status.as_u16()), e.message))
 }
 
-async fn unary_request(req: Request<Incoming>) -> Result<serde_json::Value, RpcError> {
-    connect::check_codec(header(&req, "content-type"), false)?;
-    let body = read_body(req, api::MAX_JSON).await?;
-    let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
-    serde_json::from_slice(body).map_err(|e| {
-        RpcError::new(
-            Code::InvalidArgument,
-            format!("the request is not JSON: {e}"),
-        )
-    })
+/// A unary call: its codec and `service/Method`.
+struct Call {
+    codec: Codec,
+    method: String,
 }
 
-fn unary_answer(value: serde_json::Value) -> Result<Response<RespBody>, RpcError> {
-    let mut resp = Response::new(full(value.to_string()));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+async fn unary_request(req: Request<Incoming>) -> Result<(serde_json::Value, Call), RpcError> {
+    let codec = connect::codec(header(&req, "content-type"), false)?;
+    let method = req.uri().path().trim_start_matches('/').to_string();
+    let body = read_body(req, api::MAX_JSON).await?;
+    let value = match codec {
+        Codec::Proto => proto::request(&method, &body)?,
+        Codec::Json => {
+            let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+            serde_json::from_slice(body).map_err(|e| {
+                RpcError::new(
+                    Code::InvalidArgument,
+                    format!("the request is not JSON: {e}"),
+                )
+            })?
+        }
+    };
+    Ok((value, Call { codec, method }))
+}
+
+fn unary_answer(call: &Call, value: serde_json::Value) -> Result<Response<RespBody>, RpcError> {
+    let body = match call.codec {
+        Codec::Json => Bytes::from(value.to_string()),
+        Codec::Proto => Bytes::from(proto::answer(&call.method, &value)),
+    };
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(call.codec.content_type(false)),
+    );
     Ok(resp)
 }
 
@@ -249,19 +269,26 @@ async fn start(
     owned: &Owned,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, RpcError> {
-    connect::check_codec(header(&req, "content-type"), true)?;
+    let codec = connect::codec(header(&req, "content-type"), true)?;
     let keepalive = header(&req, "keepalive-ping-interval")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|s| *s > 0)
         .map_or(DEFAULT_KEEPALIVE, Duration::from_secs);
     let body = read_body(req, api::MAX_JSON).await?;
     let message = connect::unwrap_request(&body)?;
-    let request: serde_json::Value = serde_json::from_slice(message).map_err(|e| {
-        RpcError::new(
-            Code::InvalidArgument,
-            format!("the request is not JSON: {e}"),
-        )
-    })?;
+    let request: serde_json::Value = match codec {
+        Codec::Proto => proto::request("process.Process/Start", message)?,
+        Codec::Json => serde_json::from_slice(message).map_err(|e| {
+            RpcError::new(
+                Code::InvalidArgument,
+                format!("the request is not JSON: {e}"),
+            )
+        })?,
+    };
+    let encode = move |v: &serde_json::Value| match codec {
+        Codec::Json => connect::frame(v),
+        Codec::Proto => connect::frame_bytes(&proto::event(v)),
+    };
     if !request["pty"].is_null() {
         return Err(RpcError::new(
             Code::Unimplemented,
@@ -340,7 +367,7 @@ async fn start(
     tokio::spawn(async move {
         let mut registered = Some(registered);
         let start = serde_json::json!({"event": {"start": {"pid": pid}}});
-        if tx.send(connect::frame(&start)).await.is_err() {
+        if tx.send(encode(&start)).await.is_err() {
             return;
         }
         let mut tick = tokio::time::interval(keepalive);
@@ -351,7 +378,7 @@ async fn start(
                 e = running.events.recv() => e,
                 _ = tick.tick() => {
                     let ka = serde_json::json!({"event": {"keepalive": {}}});
-                    if tx.send(connect::frame(&ka)).await.is_err() {
+                    if tx.send(encode(&ka)).await.is_err() {
                         return;
                     }
                     continue;
@@ -389,7 +416,7 @@ async fn start(
                 }
             };
             // A client gone: dropping the events kills the command.
-            if tx.send(connect::frame(&message)).await.is_err() {
+            if tx.send(encode(&message)).await.is_err() {
                 return;
             }
         }
@@ -398,7 +425,7 @@ async fn start(
     let mut resp = Response::new(ChannelBody { rx }.boxed());
     resp.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("application/connect+json"),
+        HeaderValue::from_static(codec.content_type(true)),
     );
     Ok(resp)
 }
@@ -410,7 +437,7 @@ async fn process_unary(
     method: &str,
 ) -> Result<Response<RespBody>, RpcError> {
     use base64::Engine;
-    let request = unary_request(req).await?;
+    let (request, call) = unary_request(req).await?;
     if method == "List" {
         let table = lock_processes();
         let mut rows: Vec<(u32, serde_json::Value)> = table
@@ -426,7 +453,7 @@ async fn process_unary(
             .collect();
         rows.sort_by_key(|(pid, _)| *pid);
         let processes: Vec<serde_json::Value> = rows.into_iter().map(|(_, v)| v).collect();
-        return unary_answer(serde_json::json!({ "processes": processes }));
+        return unary_answer(&call, serde_json::json!({ "processes": processes }));
     }
     let pid = select(&owned.id, &request["process"])?;
     let (signals, stdin) = {
@@ -495,7 +522,7 @@ async fn process_unary(
             ))
         }
     }
-    unary_answer(serde_json::json!({}))
+    unary_answer(&call, serde_json::json!({}))
 }
 
 fn data_event(stream: &str, chunk: crate::relay::Chunk) -> serde_json::Value {
@@ -523,7 +550,7 @@ async fn filesystem(
     req: Request<Incoming>,
     method: &str,
 ) -> Result<Response<RespBody>, RpcError> {
-    let request = unary_request(req).await?;
+    let (request, call) = unary_request(req).await?;
     let client = session(server, owned).await?;
     // Each method makes one blocking call with the session.
     let run = |f: FsCall| async move {
@@ -601,17 +628,17 @@ async fn filesystem(
             let id = super::watch::create(&owned.id, dir, &|id| {
                 server.registry.get(id, None).is_some()
             })?;
-            return unary_answer(serde_json::json!({ "watcherId": id }));
+            return unary_answer(&call, serde_json::json!({ "watcherId": id }));
         }
         "GetWatcherEvents" => {
             let id = path_of(&request, "watcherId")?;
             let events = super::watch::events(&owned.id, &id)?;
-            return unary_answer(serde_json::json!({ "events": events }));
+            return unary_answer(&call, serde_json::json!({ "events": events }));
         }
         "RemoveWatcher" => {
             let id = path_of(&request, "watcherId")?;
             super::watch::remove(&owned.id, &id)?;
-            return unary_answer(serde_json::json!({}));
+            return unary_answer(&call, serde_json::json!({}));
         }
         "Remove" => {
             let path = path_of(&request, "path")?;
@@ -627,7 +654,7 @@ async fn filesystem(
             ))
         }
     };
-    unary_answer(answer)
+    unary_answer(&call, answer)
 }
 
 /// nsbox's stat JSON as E2B's `EntryInfo` (protobuf JSON: camelCase, int64 as a string,

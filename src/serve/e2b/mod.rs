@@ -17,6 +17,7 @@
 
 mod connect;
 mod envd;
+mod proto;
 mod watch;
 
 use std::collections::HashMap;
