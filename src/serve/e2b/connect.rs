@@ -46,7 +46,8 @@ impl Code {
         }
     }
 
-    fn status(self) -> StatusCode {
+    /// The HTTP status of a unary answer (and of the plain `/files` endpoints).
+    pub fn status(self) -> StatusCode {
         match self {
             Code::InvalidArgument | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
             Code::NotFound => StatusCode::NOT_FOUND,

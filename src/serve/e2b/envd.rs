@@ -135,10 +135,7 @@ pub(super) async fn handle(
         } else if rpc {
             e.unary()
         } else {
-            http_error(
-                StatusCode::from_u16(e.code_status()).unwrap_or(StatusCode::BAD_REQUEST),
-                e.message,
-            )
+            http_error(e.code.status(), e.message)
         }
     };
     let Some(owned) = server.registry.get(&id, None) else {
@@ -199,17 +196,6 @@ pub(super) async fn handle(
         }
     };
     result.unwrap_or_else(fail)
-}
-
-impl RpcError {
-    fn code_status(&self) -> u16 {
-        match self.code {
-            Code::NotFound => 404,
-            Code::Unauthenticated => 401,
-            Code::InvalidArgument => 400,
-            _ => 500,
-        }
-    }
 }
 
 async fn read_body(req: Request<Incoming>, cap: usize) -> Result<Bytes, RpcError> {
