@@ -539,3 +539,48 @@ fn e2b_envd_services_speak_protobuf_too() {
         serde_json::json!(["ConnectError", "Code.NOT_FOUND"])
     );
 }
+
+const SDK_UNSERVED: &str = r#"
+import json
+from e2b import Sandbox
+out = {}
+sbx = Sandbox.create(timeout=60)
+h = sbx.commands.run("sleep 5", background=True)
+for name, f in [("connect", lambda: sbx.commands.connect(h.pid).wait()),
+                ("pty", lambda: sbx.pty.create(size=__import__("e2b").PtySize(rows=24, cols=80))),
+                ("pause", lambda: sbx.pause()),
+                ("list_depth", lambda: sbx.files.list("/sandbox", depth=3)),
+                ("read_root", lambda: sbx.files.read("/etc/hostname", user="root")),
+                ("metrics", lambda: sbx.get_metrics())]:
+    try:
+        r = f()
+        out[name] = ["ok", str(r)[:60]]
+    except Exception as e:
+        out[name] = [type(e).__name__, str(e)[:90]]
+h.kill()
+sbx.kill()
+print(json.dumps(out))
+"#;
+
+/// What nsbox does not serve fails at once with the SDK's own error and a message saying so
+/// (never a hang or a silent success): reattaching to a command, PTYs, pause, deep listings,
+/// running as root.
+#[test]
+fn e2b_unserved_features_fail_with_the_sdks_errors() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_unserved_features_fail_with_the_sdks_errors") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_UNSERVED);
+    for name in ["connect", "pty", "pause", "list_depth", "read_root"] {
+        assert_eq!(out[name][0], "SandboxException", "{name}: {out}");
+        let message = out[name][1].as_str().unwrap();
+        assert!(
+            message.contains("not served") || message.contains("does not"),
+            "{name}: {message}"
+        );
+    }
+    assert_eq!(out["metrics"], serde_json::json!(["ok", "[]"]));
+}
