@@ -274,6 +274,35 @@ pub fn remove(client: &SessionClient, path: &str) -> Result<(), FileError> {
     }
 }
 
+/// A directory of the sandbox, opened inside its root (for watching it from outside), and its
+/// path inside.
+pub fn open_dir(client: &SessionClient, path: &str) -> Result<(OwnedFd, PathBuf), FileError> {
+    let t = target(client, path)?;
+    let fd = open_in(
+        t.root.as_fd(),
+        &t.inside,
+        OFlags::RDONLY | OFlags::DIRECTORY,
+    )?;
+    Ok((fd, t.inside))
+}
+
+/// Renames `from` to `to` inside the sandbox (both resolved inside its root; the parent of
+/// `to` must exist; a file at `to` is replaced, as rename(2) does). Used by the E2B API.
+pub fn rename(client: &SessionClient, from: &str, to: &str) -> Result<(), FileError> {
+    let src = target(client, from)?;
+    if to.is_empty() || to.contains('\0') {
+        return Err(bad("bad_path", "the path is empty or has a NUL byte"));
+    }
+    let dst = inside_path(Path::new(to), &client.record.workdir).map_err(session_err)?;
+    let (src_parent, src_name) = parent_and_name(&src.inside)?;
+    let (dst_parent, dst_name) = parent_and_name(&dst)?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+    let src_dir = open_in(src.root.as_fd(), src_parent, flags)?;
+    let dst_dir = open_in(src.root.as_fd(), dst_parent, flags)?;
+    // Single names under directories opened inside the root: nothing on the way is followed.
+    rfs::renameat(&src_dir, src_name, &dst_dir, dst_name).map_err(|e| from_errno(&src.inside, e))
+}
+
 /// Extracts a tar stream (plain, gzip or zstd) into the directory `path` (made if missing),
 /// through `nsbox cp -`'s extractor and its rules for hostile archives.
 pub fn write_tar(client: &SessionClient, path: &str, data: &[u8]) -> Result<usize, FileError> {

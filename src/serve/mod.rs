@@ -18,6 +18,7 @@
 pub mod api;
 pub mod audit;
 pub mod client;
+pub mod e2b;
 pub mod exec;
 pub mod files;
 pub mod keys;

@@ -522,6 +522,17 @@ impl Registry {
         all
     }
 
+    /// Sets when the server deletes the sandbox (unix seconds; None: never), on disk too.
+    pub fn set_expiry(&self, id: &str, expires_at: Option<u64>) -> std::io::Result<()> {
+        let mut state = self.lock();
+        let Some(owned) = state.owned.get_mut(id) else {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        };
+        owned.expires_at = expires_at;
+        let bytes = serde_json::to_vec(&*owned).map_err(std::io::Error::other)?;
+        write_private(&self.record_path(id), &bytes)
+    }
+
     /// Forgets a sandbox (after it was removed).
     pub fn forget(&self, id: &str) {
         self.lock().owned.remove(id);

@@ -149,7 +149,7 @@ impl Detached {
 
 /// A command with the env and secrets a pooled sandbox received at claim time (the
 /// request's own env wins).
-pub(super) fn personalised(
+pub(in crate::serve) fn personalised(
     owned: &Owned,
     mut cmd: crate::serve::exec::PreparedCommand,
 ) -> crate::serve::exec::PreparedCommand {
@@ -165,7 +165,7 @@ pub(super) fn personalised(
     cmd
 }
 
-pub(super) fn start_error(e: StartError) -> ApiError {
+pub(in crate::serve) fn start_error(e: StartError) -> ApiError {
     match e {
         StartError::Exec(f) => {
             let mut e = ApiError::new(
@@ -194,7 +194,7 @@ pub(super) fn chunk_len(chunk: &crate::relay::Chunk) -> u64 {
             .map_or(0, |d| d.len() as u64 * 3 / 4)
 }
 
-pub(super) fn push_chunk(out: &mut Vec<u8>, chunk: crate::relay::Chunk) {
+pub(in crate::serve) fn push_chunk(out: &mut Vec<u8>, chunk: crate::relay::Chunk) {
     use base64::Engine;
     if let Some(text) = chunk.data {
         out.extend_from_slice(text.as_bytes());

@@ -2,20 +2,20 @@
 
 use super::*;
 
-pub(super) type RespBody = BoxBody<Bytes, Infallible>;
+pub(in crate::serve) type RespBody = BoxBody<Bytes, Infallible>;
 
 /// An error answer: `{"code", "message", "hint"}`.
 #[derive(Debug)]
-pub(super) struct ApiError {
-    pub(super) status: StatusCode,
-    pub(super) code: &'static str,
-    pub(super) message: String,
+pub(in crate::serve) struct ApiError {
+    pub(in crate::serve) status: StatusCode,
+    pub(in crate::serve) code: &'static str,
+    pub(in crate::serve) message: String,
     pub(super) hint: Option<String>,
     pub(super) retry_after: Option<u64>,
 }
 
 impl ApiError {
-    pub(super) fn new(
+    pub(in crate::serve) fn new(
         status: StatusCode,
         code: &'static str,
         message: impl Into<String>,
@@ -64,11 +64,14 @@ impl ApiError {
     }
 }
 
-pub(super) fn full(bytes: impl Into<Bytes>) -> RespBody {
+pub(in crate::serve) fn full(bytes: impl Into<Bytes>) -> RespBody {
     Full::new(bytes.into()).boxed()
 }
 
-pub(super) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<RespBody> {
+pub(in crate::serve) fn json_response(
+    status: StatusCode,
+    value: &serde_json::Value,
+) -> Response<RespBody> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
     let mut resp = Response::new(full(body));
@@ -79,8 +82,8 @@ pub(super) fn json_response(status: StatusCode, value: &serde_json::Value) -> Re
 }
 
 /// A response body fed by a channel: the stream of a running command.
-pub(super) struct ChannelBody {
-    pub(super) rx: mpsc::Receiver<Bytes>,
+pub(in crate::serve) struct ChannelBody {
+    pub(in crate::serve) rx: mpsc::Receiver<Bytes>,
 }
 
 impl Body for ChannelBody {
@@ -144,7 +147,10 @@ pub(super) fn flag(q: &[(String, String)], name: &str) -> bool {
 }
 
 /// Reads the body, at most `cap` bytes (413 beyond).
-pub(super) async fn body_bytes(req: Request<Incoming>, cap: usize) -> Result<Bytes, ApiError> {
+pub(in crate::serve) async fn body_bytes(
+    req: Request<Incoming>,
+    cap: usize,
+) -> Result<Bytes, ApiError> {
     let collect = Limited::new(req.into_body(), cap).collect();
     let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
         return Err(ApiError::new(

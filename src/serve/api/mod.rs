@@ -36,6 +36,9 @@ use crate::session::state::{now_secs, SessionState, SessionStore};
 use commands::*;
 use files::read_tail;
 use http::*;
+// What the E2B API (super::e2b) builds on.
+pub(super) use commands::{personalised, push_chunk, start_error};
+pub(super) use http::{body_bytes, full, json_response, ApiError, ChannelBody, RespBody};
 
 /// Largest JSON request body.
 pub const MAX_JSON: usize = 1 << 20;
@@ -56,12 +59,12 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// The OpenAPI document (also in the repository as docs/openapi.json).
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
-struct Server {
-    options: ServeOptions,
-    keys: KeyStore,
-    audit: AuditLog,
-    registry: Registry,
-    store: SessionStore,
+pub(super) struct Server {
+    pub(super) options: ServeOptions,
+    pub(super) keys: KeyStore,
+    pub(super) audit: AuditLog,
+    pub(super) registry: Registry,
+    pub(super) store: SessionStore,
     commands: AtomicUsize,
     draining: std::sync::atomic::AtomicBool,
     pool: Pool,
@@ -76,16 +79,16 @@ struct Server {
 
 /// Who is asking.
 #[derive(Debug, Clone)]
-struct Caller {
+pub(super) struct Caller {
     /// The key's name, or "local" (unix socket, no key).
-    name: String,
-    max_sandboxes: Option<usize>,
+    pub(super) name: String,
+    pub(super) max_sandboxes: Option<usize>,
     /// Sees every sandbox the server owns (unix socket without a key).
-    all: bool,
+    pub(super) all: bool,
 }
 
 impl Caller {
-    fn scope(&self) -> Option<&str> {
+    pub(super) fn scope(&self) -> Option<&str> {
         (!self.all).then_some(self.name.as_str())
     }
 }
@@ -187,6 +190,10 @@ impl Server {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>, tcp: bool) -> Response<RespBody> {
+        // E2B's control API and in-sandbox API (docs/e2b.md) share this listener.
+        if super::e2b::claims(&req) {
+            return super::e2b::handle(self, req, tcp).await;
+        }
         let path = req.uri().path().to_string();
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let (action, sandbox) = action_of(req.method(), &parts);
@@ -512,13 +519,13 @@ impl Server {
         }
     }
 
-    fn owned(&self, id: &str, caller: &Caller) -> Result<Owned, ApiError> {
+    pub(super) fn owned(&self, id: &str, caller: &Caller) -> Result<Owned, ApiError> {
         self.registry
             .get(id, caller.scope())
             .ok_or_else(|| ApiError::not_found(id))
     }
 
-    fn view(&self, owned: &Owned) -> serde_json::Value {
+    pub(super) fn view(&self, owned: &Owned) -> serde_json::Value {
         let record = self.store.read_record(&owned.id).ok();
         let state = record
             .as_ref()
@@ -550,7 +557,7 @@ impl Server {
         json_response(StatusCode::OK, &serde_json::json!({ "sandboxes": rows }))
     }
 
-    async fn client(&self, id: &str) -> Result<SessionClient, ApiError> {
+    pub(super) async fn client(&self, id: &str) -> Result<SessionClient, ApiError> {
         let store = self.store.clone();
         let id = id.to_string();
         blocking(move || {
@@ -568,6 +575,22 @@ impl Server {
         req: Request<Incoming>,
         caller: &Caller,
     ) -> Result<Response<RespBody>, ApiError> {
+        let body: CreateRequest = json_body(req).await?;
+        let owned = self.create_owned(body, caller).await?;
+        let mut resp = json_response(StatusCode::CREATED, &self.view(&owned));
+        if let Ok(v) = HeaderValue::from_str(&format!("/v1/sandboxes/{}", owned.id)) {
+            resp.headers_mut().insert(hyper::header::LOCATION, v);
+        }
+        Ok(resp)
+    }
+
+    /// Makes (or claims from the pool) and records a sandbox for `caller` (also the E2B
+    /// API's create).
+    pub(super) async fn create_owned(
+        self: &Arc<Self>,
+        body: CreateRequest,
+        caller: &Caller,
+    ) -> Result<Owned, ApiError> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -575,7 +598,6 @@ impl Server {
                 "the server is shutting down",
             ));
         }
-        let body: CreateRequest = json_body(req).await?;
         let plan = body
             .plan()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0))?;
@@ -707,11 +729,7 @@ impl Server {
             self.metrics.claims_hit.fetch_add(1, Ordering::Relaxed);
             self.metrics.claim_latency.observe(t0.elapsed());
         }
-        let mut resp = json_response(StatusCode::CREATED, &self.view(&owned));
-        if let Ok(v) = HeaderValue::from_str(&format!("/v1/sandboxes/{}", owned.id)) {
-            resp.headers_mut().insert(hyper::header::LOCATION, v);
-        }
-        Ok(resp)
+        Ok(owned)
     }
 
     fn alive(&self, id: &str) -> bool {
@@ -720,7 +738,7 @@ impl Server {
             .is_ok_and(|r| self.store.state(&r) == SessionState::Running)
     }
 
-    async fn delete(&self, id: &str) -> Result<(), ApiError> {
+    pub(super) async fn delete(&self, id: &str) -> Result<(), ApiError> {
         let store = self.store.clone();
         let sid = id.to_string();
         let removed =

@@ -1,0 +1,586 @@
+//! E2B compatibility (src/serve/e2b/): the real E2B Python SDK, from PyPI, drives `nsbox
+//! serve` on loopback with only `E2B_API_URL`, `E2B_SANDBOX_URL` and `E2B_API_KEY` set.
+//!
+//! The SDK lives in a private virtual environment at `.venv-e2b` in the repository, made by
+//! .ci/run (`python3 -m venv .venv-e2b && .venv-e2b/bin/pip install e2b`). Without it the
+//! tests skip loudly, or fail under NSBOX_TEST_REQUIRE_ROOT=1 (as in CI).
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::require_root;
+use crate::support::{nsbox_bin, nsbox_cmd, test_config, test_run_dir};
+
+/// The virtual environment's Python, if .ci/run (or a developer) made it.
+fn sdk_python(test: &str) -> Option<PathBuf> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-e2b/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    let how = "make it with `python3 -m venv .venv-e2b && .venv-e2b/bin/pip install e2b` in the repository (.ci/run does)";
+    if std::env::var("NSBOX_TEST_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!(
+            "{test}: the E2B SDK's virtual environment {} is missing — {how}",
+            python.display()
+        );
+    }
+    eprintln!("SKIP {test}: no E2B SDK at {} — {how}", python.display());
+    None
+}
+
+/// `nsbox serve` on a loopback port of its own, with a state root of its own.
+struct Server {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("nsbox-e2b-")
+            .tempdir()
+            .unwrap();
+        let state = dir.path().join("state");
+        let socket = dir.path().join("serve.sock");
+        let mut child = nsbox_cmd(&[
+            "--state-root",
+            state.to_str().unwrap(),
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start nsbox serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        let url = format!("http://{}", ready["tcp"].as_str().unwrap());
+        Server {
+            child: Some(child),
+            dir,
+            url,
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        let state = self.dir.path().join("state");
+        let out = nsbox_cmd(&[
+            "--state-root",
+            state.to_str().unwrap(),
+            "serve",
+            "key",
+            "add",
+            name,
+        ])
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Runs a Python program with the SDK pointed at this server; its last stdout line is JSON.
+    fn sdk(&self, python: &PathBuf, key: &str, program: &str) -> serde_json::Value {
+        let out = Command::new(python)
+            .args(["-c", program])
+            .env("E2B_API_URL", &self.url)
+            .env("E2B_SANDBOX_URL", &self.url)
+            .env("E2B_API_KEY", key)
+            .env_remove("E2B_DOMAIN")
+            .env_remove("E2B_DEBUG")
+            // `nsbox ps` from the program sees the test's sessions.
+            .env("NSBOX_BIN", nsbox_bin())
+            .env("NSBOX_RUN_DIR", test_run_dir())
+            .env("NSBOX_CONFIG", test_config())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = stdout.lines().last().unwrap_or("");
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{stdout:?}: {e}"))
+    }
+}
+
+impl Drop for Server {
+    /// SIGTERM by pid, and wait: the server removes what it made.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+                rustix::process::Signal::TERM,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+fn session_ids() -> Vec<String> {
+    let out = nsbox_cmd(&["ps", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const SDK_FLOW: &str = r#"
+import json, os, subprocess
+from e2b import Sandbox, CommandExitException
+
+def ps():
+    out = subprocess.run([os.environ["NSBOX_BIN"], "ps", "--json"], capture_output=True, check=True)
+    return [r["id"] for r in json.loads(out.stdout)]
+
+out = {}
+sbx = Sandbox.create(timeout=120, metadata={"job": "e2b-test"}, envs={"GREETING": "hello"})
+out["id"] = sbx.sandbox_id
+out["in_ps"] = sbx.sandbox_id in ps()
+seen = []
+r = sbx.commands.run("echo hi; echo $GREETING; echo oops >&2",
+                     on_stdout=lambda s: seen.append(["out", s]),
+                     on_stderr=lambda s: seen.append(["err", s]))
+out["stdout"], out["stderr"], out["code"] = r.stdout, r.stderr, r.exit_code
+out["callbacks"] = "".join(s for k, s in seen if k == "out"), "".join(s for k, s in seen if k == "err")
+r = sbx.commands.run("pwd; echo $X", cwd="/tmp", envs={"X": "from-envs"})
+out["cwd_envs"] = r.stdout
+try:
+    sbx.commands.run("echo failing; exit 7")
+    out["exit"] = "no exception"
+except CommandExitException as e:
+    out["exit"] = [e.exit_code, e.stdout]
+info = sbx.files.write("notes/a.txt", "some text\n")
+out["write_path"] = info.path
+out["read"] = sbx.files.read("notes/a.txt")
+big = bytes(range(256)) * 12288
+sbx.files.write("notes/big.bin", big)
+out["big_same"] = sbx.files.read("notes/big.bin", format="bytes") == big
+out["cat"] = sbx.commands.run("cat notes/a.txt").stdout
+out["list"] = sorted([e.name, e.type.value] for e in sbx.files.list("notes"))
+out["exists"] = [sbx.files.exists("notes/a.txt"), sbx.files.exists("notes/none")]
+out["mkdir"] = [sbx.files.make_dir("notes/sub"), sbx.files.make_dir("notes/sub")]
+watcher = sbx.files.watch_dir("notes")
+sbx.commands.run("echo new > notes/made-by-a-command.txt")
+out["watched"] = sorted(set((e.name, e.type.name) for e in watcher.get_new_events()))
+watcher.stop()
+moved = sbx.files.rename("notes/a.txt", "notes/sub/b.txt")
+out["moved"] = [moved.path, sbx.files.read("notes/sub/b.txt"), sbx.files.exists("notes/a.txt")]
+sbx.files.rename("notes/sub/b.txt", "notes/a.txt")
+sbx.files.remove("notes/a.txt")
+out["removed"] = not sbx.files.exists("notes/a.txt")
+h = sbx.commands.run("echo bg; sleep 0.2; echo done", background=True)
+out["bg"] = h.wait().stdout
+h = sbx.commands.run("sleep 30", background=True)
+out["running"] = [[p.cmd, p.args] for p in sbx.commands.list()]
+out["bg_kill"] = [h.kill()]
+try:
+    h.wait()
+    out["killed_wait"] = "exit 0"
+except CommandExitException as e:
+    out["killed_wait"] = e.exit_code
+out["bg_kill"].append(sbx.commands.kill(h.pid))
+h = sbx.commands.run("head -c 5; echo", background=True, stdin=True)
+sbx.commands.send_stdin(h.pid, "hello")
+sbx.commands.close_stdin(h.pid)
+out["stdin"] = h.wait().stdout
+out["listed"] = [s.sandbox_id for s in Sandbox.list().next_items()]
+sbx.set_timeout(60)
+second = Sandbox.connect(sbx.sandbox_id)
+out["second"] = second.commands.run("echo from-second").stdout
+out["info_metadata"] = sbx.get_info().metadata
+out["kill"] = sbx.kill()
+out["killed_again"] = Sandbox.kill(sbx.sandbox_id)
+try:
+    sbx.commands.run("true")
+    out["after_kill"] = "ran"
+except Exception as e:
+    out["after_kill"] = type(e).__name__
+print(json.dumps(out))
+"#;
+
+/// The SDK's everyday calls: create, commands with streamed callbacks, a failing command's
+/// exit exception, cwd and envs, background commands (wait, list, kill, stdin), files (text,
+/// bytes, a 3 MiB file), list, exists, make_dir, rename, remove, watch_dir seeing a command's
+/// change, the list of sandboxes, set_timeout, connect from a second client, kill; the sandbox
+/// is an nsbox session while it lives and gone from `nsbox ps` after the kill.
+#[test]
+fn e2b_python_sdk_drives_a_sandbox() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_python_sdk_drives_a_sandbox") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_FLOW);
+    let id = out["id"].as_str().unwrap().to_string();
+    assert_eq!(out["in_ps"], true, "{out}");
+    assert_eq!(out["stdout"], "hi\nhello\n");
+    assert_eq!(out["stderr"], "oops\n");
+    assert_eq!(out["code"], 0);
+    assert_eq!(
+        out["callbacks"],
+        serde_json::json!(["hi\nhello\n", "oops\n"])
+    );
+    assert_eq!(out["cwd_envs"], "/tmp\nfrom-envs\n");
+    assert_eq!(out["exit"], serde_json::json!([7, "failing\n"]));
+    assert_eq!(out["write_path"], "/sandbox/notes/a.txt");
+    assert_eq!(out["read"], "some text\n");
+    assert_eq!(out["big_same"], true);
+    assert_eq!(out["cat"], "some text\n");
+    assert_eq!(
+        out["list"],
+        serde_json::json!([["a.txt", "file"], ["big.bin", "file"]])
+    );
+    assert_eq!(out["exists"], serde_json::json!([true, false]));
+    assert_eq!(out["mkdir"], serde_json::json!([true, false]));
+    assert_eq!(
+        out["moved"],
+        serde_json::json!(["/sandbox/notes/sub/b.txt", "some text\n", false])
+    );
+    assert!(
+        out["watched"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["made-by-a-command.txt", "CREATE"])),
+        "{out}"
+    );
+    assert_eq!(out["removed"], true);
+    assert_eq!(out["bg"], "bg\ndone\n");
+    assert_eq!(
+        out["running"],
+        serde_json::json!([["/bin/bash", ["-l", "-c", "sleep 30"]]])
+    );
+    assert_eq!(out["bg_kill"], serde_json::json!([true, false]));
+    assert_eq!(out["killed_wait"], 128 + 9);
+    assert_eq!(out["stdin"], "hello\n");
+    assert_eq!(out["listed"], serde_json::json!([id]));
+    assert_eq!(out["second"], "from-second\n");
+    assert_eq!(out["info_metadata"], serde_json::json!({"job": "e2b-test"}));
+    assert_eq!(out["kill"], true);
+    assert_eq!(out["killed_again"], false, "a second kill finds nothing");
+    assert_eq!(out["after_kill"], "SandboxNotRunningException");
+    assert!(
+        !session_ids().contains(&id),
+        "the killed sandbox is gone from `nsbox ps`"
+    );
+    // Audited under the key, in-sandbox requests under the key that owns the sandbox.
+    let log = std::fs::read_to_string(server.dir.path().join("state/serve/audit.log")).unwrap();
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (action, status) in [
+        ("e2b.sandbox.create", 201),
+        ("e2b.command.run", 200),
+        ("e2b.file.write", 200),
+        ("e2b.sandbox.delete", 204),
+    ] {
+        assert!(
+            entries.iter().any(|e| e["action"] == action
+                && e["key"] == "e2b"
+                && e["sandbox"] == id.as_str()
+                && e["status"] == status),
+            "{action} {status} in {log}"
+        );
+    }
+}
+
+const SDK_REFUSALS: &str = r#"
+import json, os, urllib.request, urllib.error
+from e2b import Sandbox, AuthenticationException
+
+out = {}
+try:
+    Sandbox.create(api_key="nsbox_not_a_key")
+    out["bad_key"] = "accepted"
+except AuthenticationException:
+    out["bad_key"] = "AuthenticationException"
+try:
+    Sandbox.create("no-such-template-here")
+    out["template"] = "created"
+except Exception as e:
+    out["template"] = [type(e).__name__, "no-such-template-here" in str(e)]
+
+sbx = Sandbox.create(timeout=60)
+base = os.environ["E2B_SANDBOX_URL"]
+def envd(path, headers):
+    req = urllib.request.Request(base + path, headers=headers)
+    try:
+        return urllib.request.urlopen(req).status
+    except urllib.error.HTTPError as e:
+        return e.code
+sbx.files.write("/sandbox/secret.txt", "s3cret")
+# The sandbox id alone opens nothing: the access token is required.
+out["no_token"] = envd("/files?path=/sandbox/secret.txt", {"E2b-Sandbox-Id": sbx.sandbox_id})
+out["wrong_token"] = envd("/files?path=/sandbox/secret.txt",
+                          {"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": "0" * 48})
+out["right_token"] = envd("/files?path=/sandbox/secret.txt",
+                          {"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": sbx._envd_access_token})
+# Another key's client does not see the sandbox.
+other = Sandbox.list(api_key=os.environ["OTHER_KEY"]).next_items()
+out["other_key_sees"] = [s.sandbox_id for s in other]
+try:
+    Sandbox.connect(sbx.sandbox_id, api_key=os.environ["OTHER_KEY"])
+    out["other_key_connect"] = "connected"
+except Exception as e:
+    out["other_key_connect"] = type(e).__name__
+try:
+    sbx.files.read("/../../../../etc/shadow")
+    out["escape"] = "read"
+except Exception as e:
+    out["escape"] = type(e).__name__
+try:
+    sbx.commands.run("id -u", user="root")
+    out["as_root"] = "ran"
+except Exception as e:
+    out["as_root"] = [type(e).__name__, "not served" in str(e)]
+out["as_user"] = sbx.commands.run("echo ok", user="user").stdout
+try:
+    sbx.files.rename("/sandbox/secret.txt", "/../../../../tmp/nsbox-e2b-escaped")
+    out["rename_escape"] = os.path.exists("/tmp/nsbox-e2b-escaped")
+except Exception as e:
+    out["rename_escape"] = type(e).__name__
+sbx.kill()
+print(json.dumps(out))
+"#;
+
+/// Bad input through the SDK: a wrong API key is the SDK's authentication error, an unknown
+/// template a create error naming it; in-sandbox requests without the sandbox's access
+/// token, or from another key, are refused (attempt and expect denial).
+#[test]
+fn e2b_sdk_auth_and_bad_input_are_refused() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_auth_and_bad_input_are_refused") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let other = server.key("other");
+    let program = format!("import os; os.environ['OTHER_KEY'] = {other:?}\n{SDK_REFUSALS}");
+    let out = server.sdk(&python, &key, &program);
+    assert_eq!(out["bad_key"], "AuthenticationException");
+    assert_eq!(
+        out["template"],
+        serde_json::json!(["SandboxException", true])
+    );
+    assert_eq!(out["no_token"], 401);
+    assert_eq!(out["wrong_token"], 401);
+    assert_eq!(out["right_token"], 200);
+    assert_eq!(out["other_key_sees"], serde_json::json!([]));
+    assert_eq!(
+        out["other_key_connect"], "SandboxNotFoundException",
+        "{out}"
+    );
+    assert_eq!(out["as_root"][1], true, "{out}");
+    assert_eq!(out["as_user"], "ok\n");
+    assert_ne!(out["escape"], "read");
+    assert_ne!(
+        out["rename_escape"], true,
+        "a rename leaves the sandbox's root"
+    );
+    assert!(!std::path::Path::new("/tmp/nsbox-e2b-escaped").exists());
+}
+
+const SDK_NETWORK: &str = r#"
+import json, os, subprocess
+from e2b import Sandbox, ALL_TRAFFIC, InvalidArgumentException, SandboxException
+
+def network(sid):
+    out = subprocess.run([os.environ["NSBOX_BIN"], "ps", "--json"], capture_output=True, check=True)
+    return [r.get("network") for r in json.loads(out.stdout) if r["id"] == sid]
+
+out = {}
+sbx = Sandbox.create(network={"allow_out": ["api.example.com"], "deny_out": [ALL_TRAFFIC]})
+out["allow_list"] = network(sbx.sandbox_id)
+out["denied_name"] = sbx.commands.run("getent hosts other.example.com || echo refused").stdout
+sbx.kill()
+sbx = Sandbox.create(allow_internet_access=False)
+out["no_internet"] = network(sbx.sandbox_id)
+sbx.kill()
+try:
+    # Everything but one host: an open network, which nsbox's E2B API does not give.
+    Sandbox.create(network={"deny_out": ["198.51.100.7"]})
+    out["open"] = "created"
+except SandboxException as e:
+    out["open"] = [type(e).__name__, "allow-lists" in str(e)]
+print(json.dumps(out))
+"#;
+
+/// E2B's egress options on nsbox's networks: an allow-list (`deny_out=[ALL_TRAFFIC]`) is the
+/// filtered network (a name outside it is refused inside the sandbox), no internet access is
+/// `none`, and an option that would open the network is refused by the create.
+#[test]
+fn e2b_sdk_network_options_map_to_nsbox_networks() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_network_options_map_to_nsbox_networks") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_NETWORK);
+    assert_eq!(out["allow_list"], serde_json::json!(["filtered"]), "{out}");
+    assert_eq!(out["denied_name"], "refused\n");
+    assert_eq!(out["no_internet"], serde_json::json!(["none"]), "{out}");
+    assert_eq!(out["open"][1], true, "{out}");
+}
+
+const SDK_TIMEOUT: &str = r#"
+import json, os, subprocess, time
+from e2b import Sandbox
+
+def ps():
+    out = subprocess.run([os.environ["NSBOX_BIN"], "ps", "--json"], capture_output=True, check=True)
+    return [r["id"] for r in json.loads(out.stdout)]
+
+out = {}
+sbx = Sandbox.create(timeout=1)
+sid = sbx.sandbox_id
+out["listed_first"] = sid in ps()
+# Waits for the server's reaper (it looks every second); bounded, not timed.
+for _ in range(600):
+    if sid not in ps():
+        break
+    time.sleep(0.1)
+out["gone"] = sid not in ps()
+out["sdk_list"] = [s.sandbox_id for s in Sandbox.list().next_items()]
+try:
+    out["is_running"] = sbx.is_running()
+except Exception as e:
+    out["is_running"] = type(e).__name__
+print(json.dumps(out))
+"#;
+
+/// A sandbox's E2B timeout is its time to live: after it, the sandbox is gone from `nsbox ps`
+/// and from the SDK's list, and the SDK sees it as not running.
+#[test]
+fn e2b_sandbox_is_gone_after_its_timeout() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sandbox_is_gone_after_its_timeout") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_TIMEOUT);
+    assert_eq!(out["listed_first"], true, "{out}");
+    assert_eq!(out["gone"], true, "{out}");
+    assert_eq!(out["sdk_list"], serde_json::json!([]));
+    assert_eq!(out["is_running"], false, "{out}");
+}
+
+const SDK_PROTOBUF: &str = r#"
+import json, os
+from e2b import Sandbox
+from e2b.envd.process import process_connect, process_pb
+from e2b.envd.filesystem import filesystem_connect, filesystem_pb
+
+out = {}
+sbx = Sandbox.create(timeout=60)
+sbx.files.write("/sandbox/p/a.txt", "abc")
+hdrs = {"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": sbx._envd_access_token}
+base = os.environ["E2B_SANDBOX_URL"]
+# The generated clients with connectrpc's default codec: binary protobuf.
+pc = process_connect.ProcessClientSync(base, send_compression=None)
+stdout, end = b"", None
+for r in pc.start(process_pb.StartRequest(process=process_pb.ProcessConfig(
+        cmd="/bin/sh", args=["-c", "echo proto; exit 3"])), headers=hdrs):
+    ev = r.event.event
+    if ev.field == "data" and ev.value.output.field == "stdout":
+        stdout += ev.value.output.value
+    if ev.field == "end":
+        end = [ev.value.exit_code, ev.value.exited]
+out["proto_run"] = [stdout.decode(), end]
+fc = filesystem_connect.FilesystemClientSync(base, send_compression=None)
+st = fc.stat(filesystem_pb.StatRequest(path="/sandbox/p/a.txt"), headers=hdrs)
+out["proto_stat"] = [st.entry.name, st.entry.size, st.entry.type.name]
+ls = fc.list_dir(filesystem_pb.ListDirRequest(path="/sandbox/p", depth=1), headers=hdrs)
+out["proto_list"] = [e.name for e in ls.entries]
+try:
+    fc.stat(filesystem_pb.StatRequest(path="/sandbox/p/none"), headers=hdrs)
+except Exception as e:
+    out["proto_missing"] = [type(e).__name__, str(getattr(e, "code", ""))]
+sbx.kill()
+print(json.dumps(out))
+"#;
+
+/// The envd services with the protobuf codec, through the SDK's own generated Connect clients
+/// with connectrpc's default (binary) codec: a streamed command with its exit code, Stat,
+/// ListDir, and a missing path as Connect's not_found.
+#[test]
+fn e2b_envd_services_speak_protobuf_too() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_envd_services_speak_protobuf_too") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_PROTOBUF);
+    assert_eq!(
+        out["proto_run"],
+        serde_json::json!(["proto\n", [3, true]]),
+        "{out}"
+    );
+    assert_eq!(out["proto_stat"], serde_json::json!(["a.txt", 3, "FILE"]));
+    assert_eq!(out["proto_list"], serde_json::json!(["a.txt"]));
+    assert_eq!(
+        out["proto_missing"],
+        serde_json::json!(["ConnectError", "Code.NOT_FOUND"])
+    );
+}
+
+const SDK_UNSERVED: &str = r#"
+import json
+from e2b import Sandbox
+out = {}
+sbx = Sandbox.create(timeout=60)
+h = sbx.commands.run("sleep 5", background=True)
+for name, f in [("connect", lambda: sbx.commands.connect(h.pid).wait()),
+                ("pty", lambda: sbx.pty.create(size=__import__("e2b").PtySize(rows=24, cols=80))),
+                ("pause", lambda: sbx.pause()),
+                ("list_depth", lambda: sbx.files.list("/sandbox", depth=3)),
+                ("read_root", lambda: sbx.files.read("/etc/hostname", user="root")),
+                ("metrics", lambda: sbx.get_metrics())]:
+    try:
+        r = f()
+        out[name] = ["ok", str(r)[:60]]
+    except Exception as e:
+        out[name] = [type(e).__name__, str(e)[:90]]
+h.kill()
+sbx.kill()
+print(json.dumps(out))
+"#;
+
+/// What nsbox does not serve fails at once with the SDK's own error and a message saying so
+/// (never a hang or a silent success): reattaching to a command, PTYs, pause, deep listings,
+/// running as root.
+#[test]
+fn e2b_unserved_features_fail_with_the_sdks_errors() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_unserved_features_fail_with_the_sdks_errors") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_UNSERVED);
+    for name in ["connect", "pty", "pause", "list_depth", "read_root"] {
+        assert_eq!(out[name][0], "SandboxException", "{name}: {out}");
+        let message = out[name][1].as_str().unwrap();
+        assert!(
+            message.contains("not served") || message.contains("does not"),
+            "{name}: {message}"
+        );
+    }
+    assert_eq!(out["metrics"], serde_json::json!(["ok", "[]"]));
+}
