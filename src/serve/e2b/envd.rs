@@ -121,6 +121,13 @@ fn file_rpc_error(e: FileError) -> RpcError {
     RpcError::new(Code::from_status(e.status), e.message)
 }
 
+/// Reads what is left of a refused request's body (bounded in size and time), so a client
+/// still sending it reads the refusal instead of a reset connection.
+async fn drain(req: Request<Incoming>) {
+    let body = http_body_util::Limited::new(req.into_body(), 1 << 20);
+    let _ = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
+}
+
 pub(super) async fn handle(
     server: Arc<Server>,
     req: Request<Incoming>,
@@ -148,12 +155,14 @@ pub(super) async fn handle(
     };
     let token = header(&req, "x-access-token").unwrap_or("");
     if !super::token_matches(&owned.id, token.as_bytes()) {
+        drain(req).await;
         return fail(RpcError::new(
             Code::Unauthenticated,
             "missing or wrong X-Access-Token for this sandbox (connect to the sandbox again to get one)",
         ));
     }
     if let Some(user) = requested_user(&req).filter(|u| u != DEFAULT_USER) {
+        drain(req).await;
         return fail(RpcError::new(
             Code::Unimplemented,
             format!("running as {user:?} is not served by nsbox yet: commands and files use the sandbox's own user (E2B's \"user\")"),
