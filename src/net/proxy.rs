@@ -259,9 +259,25 @@ async fn handle(mut client: TcpStream, shared: &Shared, reservation: Reservation
                     Ok(rule) => rule.text.clone(),
                     Err(reason) => return refuse(&client, Some(name), format!("{what}: {reason}")),
                 };
+                let credentials = shared.policy.credentials.as_deref();
                 match http {
-                    None => (Some(name), rule, head, None),
+                    None => {
+                        if let Some(creds) = credentials.filter(|c| c.binds(&name)) {
+                            return super::credential::intercept(
+                                client, head, dst, name, rule, shared, creds,
+                            )
+                            .await;
+                        }
+                        (Some(name), rule, head, None)
+                    }
                     Some(request) => {
+                        // Plain HTTP is never rewritten: a placeholder in it is reported.
+                        for e in credentials
+                            .map(|c| super::credential::report_stray(c, &head, &name, "plain http"))
+                            .unwrap_or_default()
+                        {
+                            shared.events.send(e);
+                        }
                         // Bytes of the body (or beyond) already read with the head.
                         let extra = (head.len() - request.head_len) as u64;
                         let limit = match request.body {

@@ -54,6 +54,8 @@ pub enum SpecError {
     #[error("{0}")]
     Egress(#[from] PolicyError),
     #[error("{0}")]
+    Credential(#[from] crate::net::credential::CredentialError),
+    #[error("{0}")]
     Invalid(String),
 }
 
@@ -307,7 +309,42 @@ impl SandboxSpec {
         }
 
         let seccomp = load_seccomp(&profile.seccomp)?;
-        let (network, egress) = network_policy(&req, profile)?;
+        let (network, mut egress) = network_policy(&req, profile)?;
+        if !req.credentials.is_empty() {
+            if network != NetworkMode::Filtered {
+                return Err(SpecError::Invalid(format!(
+                    "--credential applies to --net filtered (the proxy injects the value), but the network is '{}' — hint: add --net filtered and --allow for its hosts",
+                    network.as_str()
+                )));
+            }
+            let mut bindings = Vec::new();
+            for entry in &req.credentials {
+                let c = crate::net::credential::Credential::parse(entry, host_env)?;
+                if let Some(host) = c
+                    .hosts
+                    .iter()
+                    .find(|h| !egress.allow.iter().any(|r| r.matches_name(h)))
+                {
+                    return Err(SpecError::Invalid(format!(
+                        "--credential {}: {host} is not on the allowlist — hint: add --allow {host}",
+                        c.name
+                    )));
+                }
+                // Masked too, should the value reach nsbox's output some other way.
+                secrets.push(c.value().to_string());
+                set(&mut env, c.name.clone(), c.placeholder.clone());
+                bindings.push(c);
+            }
+            let extra_ca = host_env
+                .get(crate::net::credential::EGRESS_CA_FILE_ENV)
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from);
+            let creds = crate::net::credential::Credentials::new(bindings, extra_ca.as_deref())?;
+            for (k, v) in crate::net::credential::Credentials::trust_env() {
+                set(&mut env, k, v);
+            }
+            egress.credentials = Some(std::sync::Arc::new(creds));
+        }
 
         Ok(SandboxSpec {
             id,

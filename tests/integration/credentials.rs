@@ -1,0 +1,301 @@
+//! Secretless credentials (`--credential`, docs/credentials.md) in the fake internet: the real
+//! key reaches only the host it is bound to, on the wire; inside the sandbox there is only a
+//! placeholder, and a placeholder sent elsewhere arrives unchanged and is reported.
+
+use std::process::Stdio;
+
+use crate::networld::*;
+use crate::require_root;
+use crate::support::*;
+
+/// HTTPS with the world's test CA on 9443, HTTPS with a certificate from a CA nobody trusts on
+/// 9444 and plain HTTP on 9080 (all addresses): each request (port, method, path, headers,
+/// body) is appended to a log the sandbox cannot see; the answer is only "ok".
+const ECHO_PY: &str = r#"
+import http.server, socket, ssl, sys, threading
+log, cert, key, bad_cert, bad_key = sys.argv[1:6]
+lock = threading.Lock()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        with lock, open(log, "a") as f:
+            f.write("%d %s %s\n%s%s\n--\n" % (self.server.server_port, self.command, self.path,
+                    str(self.headers), body.decode("latin-1")))
+        out = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    do_GET = do_POST = answer
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+def tls(port, c, k):
+    s = S(("::", port), H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(c, k)
+    s.socket = ctx.wrap_socket(s.socket, server_side=True)
+    return s
+for s in (tls(9443, cert, key), tls(9444, bad_cert, bad_key), S(("::", 9080), H)):
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+struct Echo {
+    /// Outside every sandbox's view (not under the world's directory, which is at /world).
+    dir: tempfile::TempDir,
+}
+
+impl Echo {
+    fn start(w: &mut World) -> Echo {
+        let dir = tempfile::Builder::new()
+            .prefix("nsb-cred-")
+            .tempdir()
+            .expect("temp dir");
+        let d = dir.path().display().to_string();
+        let script = format!(
+            "set -e; cd '{d}'; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout bad.key -out bad.pem -days 2 -subj '/CN=web.allowed.example' -addext subjectAltName=DNS:web.allowed.example 2>/dev/null"
+        );
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .status()
+            .expect("openssl");
+        assert!(ok.success());
+        let wd = w.dir.path().display().to_string();
+        let (log, cert, key) = (
+            format!("{d}/requests.log"),
+            format!("{wd}/server.pem"),
+            format!("{wd}/server.key"),
+        );
+        let (bad_cert, bad_key) = (format!("{d}/bad.pem"), format!("{d}/bad.key"));
+        let ns = w.inet_ns.clone();
+        w.spawn_server(
+            &ns,
+            &[
+                "/usr/bin/python3",
+                "-c",
+                ECHO_PY,
+                &log,
+                &cert,
+                &key,
+                &bad_cert,
+                &bad_key,
+            ],
+        );
+        Echo { dir }
+    }
+
+    /// The request whose first line has `path`, as the server received it.
+    fn request(&self, path: &str) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("requests.log")).unwrap_or_default();
+        log.split("\n--\n")
+            .find(|r| r.lines().next().is_some_and(|l| l.contains(path)))
+            .unwrap_or_else(|| panic!("no request for {path} in:\n{log}"))
+            .to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("requests.log")).unwrap_or_default()
+    }
+}
+
+/// A value no file or program here contains by chance.
+fn real_key() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("sk-real-{}x{nanos}", std::process::id())
+}
+
+/// A grep pattern that matches `key` but not itself (its own command line is readable too).
+fn pattern(key: &str) -> String {
+    let (head, last) = key.split_at(key.len() - 1);
+    format!("{head}[{last}]")
+}
+
+fn run(w: &World, key: &str, extra: &[&str], script: &str) -> Run {
+    let flags = w.filtered_flags();
+    let mut args: Vec<&str> = vec!["exec", "--json"];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    w.nsbox_cmd(&args)
+        .env("LLM_KEY", key)
+        .env(
+            "NSBOX_EGRESS_CA_FILE",
+            w.dir.path().join("ca.pem").display().to_string(),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nsbox")
+        .into()
+}
+
+/// The workload's stdout from `--json` output events.
+fn output(events: &[serde_json::Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == "stdout")
+        .filter_map(|e| e["data"].as_str())
+        .collect()
+}
+
+#[test]
+fn credential_real_key_reaches_only_its_host_and_never_the_sandbox() {
+    require_root!();
+    let mut w = World::start();
+    let echo = Echo::start(&mut w);
+    let key = real_key();
+    let pat = pattern(&key);
+    let script = format!(
+        r#"echo "env=$LLM_KEY"
+curl -sS -m 10 -H "x-api-key: $LLM_KEY" -H "Authorization: Bearer $LLM_KEY" https://web.allowed.example:9443/v1/messages
+curl -sS -m 10 "https://web.allowed.example:9443/inurl?k=$LLM_KEY"
+curl -sS -m 10 -H "x-api-key: $LLM_KEY" http://cdn.allowed.example:9080/plain
+curl -sS -m 10 --cacert /world/ca.pem -H "x-api-key: $LLM_KEY" https://cdn.allowed.example:9443/otherhost
+echo "found=$( (env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline) 2>/dev/null | tr '\0' '\n' | grep -c '{pat}')"
+echo "files=$(grep -rIl '{pat}' /etc /sandbox /tmp /root /home /run /var /world 2>/dev/null | wc -l)"
+echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
+"#
+    );
+    let r = run(
+        &w,
+        &key,
+        &[
+            "--allow",
+            "web.allowed.example",
+            "--allow",
+            "cdn.allowed.example",
+            "--credential",
+            "LLM_KEY=web.allowed.example",
+        ],
+        &script,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // Nothing nsbox printed holds the value (not even masked: it never came back).
+    assert!(
+        !r.stdout.contains(&key) && !r.stderr.contains(&key),
+        "{r:?}"
+    );
+    let events = events(&r.stdout);
+    let out = output(&events);
+    assert!(!out.contains("***"), "{out}");
+    let placeholder = out
+        .lines()
+        .find_map(|l| l.strip_prefix("env="))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    assert!(
+        placeholder.starts_with("nsbox-cred-llm_key-"),
+        "{placeholder}"
+    );
+    assert!(out.contains("found=0\n"), "{out}");
+    assert!(out.contains("files=0\n"), "{out}");
+    assert!(out.contains("bundle=/etc/nsbox-ca-bundle.pem "), "{out}");
+    assert_eq!(out.matches("ok\n").count(), 4, "{out}");
+
+    // The bound host got the real key in both headers, over TLS curl trusted with no flags.
+    let api = echo.request("/v1/messages");
+    assert!(api.contains(&format!("x-api-key: {key}\n")), "{api}");
+    assert!(
+        api.contains(&format!("Authorization: Bearer {key}\n")),
+        "{api}"
+    );
+    // In the URL, and to another host (plain or end-to-end TLS), only the placeholder went.
+    assert!(echo.request("/inurl").contains(&placeholder));
+    assert!(echo
+        .request("/plain")
+        .contains(&format!("x-api-key: {placeholder}")));
+    assert!(echo
+        .request("/otherhost")
+        .contains(&format!("x-api-key: {placeholder}")));
+    assert_eq!(echo.log().matches(&key).count(), 2, "{}", echo.log());
+
+    let has = |ty: &str, host: &str, field: &str, value: &str| {
+        events.iter().any(|e| {
+            e["type"] == ty
+                && e["credential"] == "LLM_KEY"
+                && e["host"] == host
+                && e[field] == value
+        })
+    };
+    assert!(
+        has(
+            "credential_injected",
+            "web.allowed.example",
+            "header",
+            "x-api-key"
+        ),
+        "{events:#?}"
+    );
+    assert!(
+        has(
+            "credential_injected",
+            "web.allowed.example",
+            "header",
+            "authorization"
+        ),
+        "{events:#?}"
+    );
+    assert!(
+        has("credential_refused", "web.allowed.example", "place", "url"),
+        "{events:#?}"
+    );
+    assert!(
+        has(
+            "credential_refused",
+            "cdn.allowed.example",
+            "place",
+            "plain http"
+        ),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn credential_upstream_with_an_unknown_ca_is_refused() {
+    require_root!();
+    let mut w = World::start();
+    let echo = Echo::start(&mut w);
+    let key = real_key();
+    let r = run(
+        &w,
+        &key,
+        &[
+            "--allow",
+            "web.allowed.example",
+            "--credential",
+            "LLM_KEY=web.allowed.example",
+        ],
+        r#"curl -sS -m 10 -H "x-api-key: $LLM_KEY" https://web.allowed.example:9444/impostor; echo "code=$?""#,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let events = events(&r.stdout);
+    let out = output(&events);
+    assert!(
+        out.contains("nsbox: refused: upstream web.allowed.example"),
+        "{out}"
+    );
+    // Nothing reached the impostor, and the failure is reported.
+    assert!(!echo.log().contains("/impostor"), "{}", echo.log());
+    assert!(
+        events.iter().any(|e| e["type"] == "connection"
+            && e["decision"] == "failed"
+            && e["port"] == 9444
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("certificate"))),
+        "{events:#?}"
+    );
+    assert!(!r.stdout.contains(&key) && !r.stderr.contains(&key));
+}
