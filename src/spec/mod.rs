@@ -729,6 +729,37 @@ mod tests {
     }
 
     #[test]
+    fn credentials_put_a_placeholder_inside_and_keep_the_value_out() {
+        // A filtered network with the hosts allowed is required; errors never show the value.
+        let mut r = req(&["env"]);
+        r.credentials = vec!["TOKEN=api.example.com".into()];
+        let e = build(r).unwrap_err().to_string();
+        assert!(e.contains("--net filtered") && !e.contains("s3cr3t"), "{e}");
+        let mut r = req(&["env"]);
+        r.network = Some(NetworkMode::Filtered);
+        r.allow = vec!["other.example.com".into()];
+        r.credentials = vec!["TOKEN=api.example.com".into()];
+        let e = build(r).unwrap_err().to_string();
+        assert!(e.contains("api.example.com is not on the allowlist"), "{e}");
+        if !std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+            return; // No system roots to trust upstream hosts with here.
+        }
+        let mut r = req(&["env"]);
+        r.network = Some(NetworkMode::Filtered);
+        r.allow = vec!["api.example.com".into()];
+        r.credentials = vec!["TOKEN=api.example.com".into()];
+        let s = build(r).unwrap();
+        let get = |k: &str| s.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert!(get("TOKEN").unwrap().starts_with("nsbox-cred-token-"));
+        assert!(!s.env.iter().any(|(_, v)| v.contains("s3cr3t")));
+        assert_eq!(get("SSL_CERT_FILE").unwrap(), "/etc/nsbox-ca-bundle.pem");
+        assert_eq!(s.secrets, ["s3cr3t-value"]);
+        let creds = s.egress.credentials.as_ref().unwrap();
+        assert!(creds.binds("api.example.com") && !creds.binds("other.example.com"));
+        assert!(!format!("{:?}", s.egress).contains("s3cr3t-value"));
+    }
+
+    #[test]
     fn hostnames_and_workdirs_are_checked() {
         let mut r = req(&["true"]);
         r.hostname = Some("bad_name".into());

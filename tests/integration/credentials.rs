@@ -161,6 +161,8 @@ fn credential_real_key_reaches_only_its_host_and_never_the_sandbox() {
         r#"echo "env=$LLM_KEY"
 curl -sS -m 10 -H "x-api-key: $LLM_KEY" -H "Authorization: Bearer $LLM_KEY" https://web.allowed.example:9443/v1/messages
 curl -sS -m 10 "https://web.allowed.example:9443/inurl?k=$LLM_KEY"
+curl -sS -m 10 -u "x-access-token:$LLM_KEY" https://web.allowed.example:9443/basic
+python3 -c 'import os, urllib.request as u; r = u.Request("https://web.allowed.example:9443/py", headers={{"x-api-key": os.environ["LLM_KEY"]}}); print(u.urlopen(r, timeout=10).read().decode(), end="")'
 curl -sS -m 10 -H "x-api-key: $LLM_KEY" http://cdn.allowed.example:9080/plain
 curl -sS -m 10 --cacert /world/ca.pem -H "x-api-key: $LLM_KEY" https://cdn.allowed.example:9443/otherhost
 echo "found=$( (env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline) 2>/dev/null | tr '\0' '\n' | grep -c '{pat}')"
@@ -202,7 +204,7 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     assert!(out.contains("found=0\n"), "{out}");
     assert!(out.contains("files=0\n"), "{out}");
     assert!(out.contains("bundle=/etc/nsbox-ca-bundle.pem "), "{out}");
-    assert_eq!(out.matches("ok\n").count(), 4, "{out}");
+    assert_eq!(out.matches("ok\n").count(), 6, "{out}");
 
     // The bound host got the real key in both headers, over TLS curl trusted with no flags.
     let api = echo.request("/v1/messages");
@@ -210,6 +212,21 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     assert!(
         api.contains(&format!("Authorization: Bearer {key}\n")),
         "{api}"
+    );
+    // Inside Basic auth's base64 (as git sends a token), and from Python with no CA flag.
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("x-access-token:{key}"),
+    );
+    let b = echo.request("/basic");
+    assert!(
+        b.contains(&format!("Authorization: Basic {basic}\n")),
+        "{b}"
+    );
+    let py = echo.request("/py");
+    assert!(
+        py.to_lowercase().contains(&format!("x-api-key: {key}\n")),
+        "{py}"
     );
     // In the URL, and to another host (plain or end-to-end TLS), only the placeholder went.
     assert!(echo.request("/inurl").contains(&placeholder));
@@ -219,7 +236,7 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     assert!(echo
         .request("/otherhost")
         .contains(&format!("x-api-key: {placeholder}")));
-    assert_eq!(echo.log().matches(&key).count(), 2, "{}", echo.log());
+    assert_eq!(echo.log().matches(&key).count(), 3, "{}", echo.log());
 
     let has = |ty: &str, host: &str, field: &str, value: &str| {
         events.iter().any(|e| {
