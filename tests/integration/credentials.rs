@@ -165,6 +165,7 @@ curl -sS -m 10 -u "x-access-token:$LLM_KEY" https://web.allowed.example:9443/bas
 python3 -c 'import os, urllib.request as u; r = u.Request("https://web.allowed.example:9443/py", headers={{"x-api-key": os.environ["LLM_KEY"]}}); print(u.urlopen(r, timeout=10).read().decode(), end="")'
 curl -sS -m 10 -H "x-api-key: $LLM_KEY" http://cdn.allowed.example:9080/plain
 curl -sS -m 10 --cacert /world/ca.pem -H "x-api-key: $LLM_KEY" https://cdn.allowed.example:9443/otherhost
+git clone -q https://web.allowed.example/repo.git /tmp/repo && echo "git=$(cat /tmp/repo/README)"
 echo "found=$( (env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline) 2>/dev/null | tr '\0' '\n' | grep -c '{pat}')"
 echo "files=$(grep -rIl '{pat}' /etc /sandbox /tmp /root /home /run /var /world 2>/dev/null | wc -l)"
 echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
@@ -180,6 +181,8 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
             "cdn.allowed.example",
             "--credential",
             "LLM_KEY=web.allowed.example",
+            "--env",
+            "HOME=/tmp",
         ],
         &script,
     );
@@ -203,6 +206,8 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     );
     assert!(out.contains("found=0\n"), "{out}");
     assert!(out.contains("files=0\n"), "{out}");
+    // git (many requests, one connection each) trusts the sandbox CA with no flags.
+    assert!(out.contains("git=cloned through nsbox\n"), "{out}");
     assert!(out.contains("bundle=/etc/nsbox-ca-bundle.pem "), "{out}");
     assert_eq!(out.matches("ok\n").count(), 6, "{out}");
 
