@@ -13,8 +13,8 @@
 //!
 //! A placeholder seen anywhere else — a header to a host the credential is not for, the
 //! request line, the body bytes that came with the head, a plain HTTP request — goes on
-//! unchanged (it is useless there) and is reported as `credential_refused`. Body bytes after
-//! the head are relayed without a scan.
+//! unchanged (it is useless there) and is reported as `credential_refused`; so is one in a DNS
+//! query ([`super::resolver`]). Body bytes after the head are relayed without a scan.
 
 use std::collections::HashMap;
 use std::fmt;
