@@ -333,4 +333,26 @@ fn credential_upstream_with_an_unknown_ca_is_refused() {
         "{events:#?}"
     );
     assert!(!r.stdout.contains(&key) && !r.stderr.contains(&key));
+
+    // A certificate from the trusted CA but for other names: refused too.
+    let r = run(
+        &w,
+        &key,
+        &[
+            "--allow",
+            "goodalias.allowed.example",
+            "--allow",
+            "web.allowed.example",
+            "--credential",
+            "LLM_KEY=goodalias.allowed.example",
+        ],
+        r#"curl -sS -m 10 -H "x-api-key: $LLM_KEY" https://goodalias.allowed.example:9443/wrongname"#,
+    );
+    let events = crate::support::events(&r.stdout);
+    let out = output(&events);
+    assert!(
+        out.contains("nsbox: refused: upstream goodalias.allowed.example"),
+        "{r:?}"
+    );
+    assert!(!echo.log().contains("/wrongname"), "{}", echo.log());
 }
