@@ -356,3 +356,110 @@ fn credential_upstream_with_an_unknown_ca_is_refused() {
     );
     assert!(!echo.log().contains("/wrongname"), "{}", echo.log());
 }
+
+/// A session made with `create --credential` injects in every command, and neither its
+/// commands nor the files nsbox keeps for it (logs, state) hold the value.
+#[test]
+fn credential_session_injects_and_keeps_the_value_out_of_its_files() {
+    require_root!();
+    let mut w = World::start();
+    let echo = Echo::start(&mut w);
+    let key = real_key();
+    let run_dir = tempfile::tempdir().unwrap();
+    let ca = w.dir.path().join("ca.pem").display().to_string();
+    let nsbox = |args: &[&str]| -> Run {
+        w.nsbox_cmd(args)
+            .env("NSBOX_RUN_DIR", run_dir.path())
+            .env("LLM_KEY", &key)
+            .env("NSBOX_EGRESS_CA_FILE", &ca)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsbox")
+            .into()
+    };
+    let mut create: Vec<String> = vec!["create".into()];
+    create.extend(w.filtered_flags());
+    create.extend(
+        [
+            "--allow",
+            "web.allowed.example",
+            "--credential",
+            "LLM_KEY=web.allowed.example",
+            "--log-network",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = create.iter().map(String::as_str).collect();
+    let r = nsbox(&args);
+    assert_eq!(r.code, 0, "{r:?}");
+    let id = r.stdout.trim().to_string();
+    let _rm = RmOnDrop {
+        w: &w,
+        run_dir: run_dir.path(),
+        id: id.clone(),
+    };
+    for n in 1..=2 {
+        let r = nsbox(&[
+            "exec",
+            "--session",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                r#"curl -sS -m 10 -H "Authorization: Bearer $LLM_KEY" https://web.allowed.example:9443/session{n}"#
+            ),
+        ]);
+        assert_eq!(r.stdout, "ok\n", "{r:?}");
+        let got = echo.request(&format!("/session{n}"));
+        assert!(
+            got.contains(&format!("Authorization: Bearer {key}\n")),
+            "{got}"
+        );
+    }
+    let session_dir = run_dir.path().join("sessions").join(&id);
+    let log_path = session_dir.join("network.log");
+    assert!(
+        eventually(5.0, || std::fs::read_to_string(&log_path)
+            .is_ok_and(|l| l.contains("credential_injected"))),
+        "{:?}",
+        std::fs::read_to_string(&log_path)
+    );
+    // Whatever nsbox keeps for the session (state, logs, the network log) is free of it.
+    let mut files = 0;
+    let mut stack = vec![run_dir.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files += 1;
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(&key),
+                    "{} holds the value",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 0);
+}
+
+/// Removes a session however the test ends (a failed assertion must not leave it running).
+struct RmOnDrop<'a> {
+    w: &'a World,
+    run_dir: &'a std::path::Path,
+    id: String,
+}
+
+impl Drop for RmOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .w
+            .nsbox_cmd(&["rm", "-f", &self.id])
+            .env("NSBOX_RUN_DIR", self.run_dir)
+            .stdin(Stdio::null())
+            .output();
+    }
+}
