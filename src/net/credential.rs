@@ -725,13 +725,83 @@ pub(crate) async fn intercept(
         // The request is through; the response decides when the connection ends.
         std::future::pending::<()>().await
     };
+    // A server that reflects a request header (an echo endpoint, an error message quoting
+    // the key) would hand the value to the sandbox: it comes back as asterisks instead.
     let response = async {
-        let _ = tokio::io::copy(&mut up_read, &mut in_write).await;
+        let mut mask = ValueMask::new(creds.bindings.iter().map(|c| c.value.as_bytes()));
+        let mut chunk = vec![0u8; 16 << 10];
+        loop {
+            let n = match up_read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let out = mask.push(&chunk[..n]);
+            if in_write.write_all(&out).await.is_err() || in_write.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = in_write.write_all(&mask.finish()).await;
         let _ = in_write.shutdown().await;
     };
     tokio::select! {
         () = request => {}
         () = response => {}
+    }
+}
+
+/// Replaces real values in a byte stream with as many asterisks (lengths, hence HTTP framing,
+/// stay). Bytes that may be the start of a value split across reads are held back until the
+/// next read decides; anything else goes on at once (a streamed response is not delayed).
+/// A compressed body is not looked into.
+struct ValueMask {
+    values: Vec<Vec<u8>>,
+    searcher: Option<aho_corasick::AhoCorasick>,
+    held: Vec<u8>,
+}
+
+impl ValueMask {
+    fn new<'a>(values: impl Iterator<Item = &'a [u8]>) -> ValueMask {
+        let values: Vec<Vec<u8>> = values
+            .filter(|v| !v.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        let searcher = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(&values)
+            .ok();
+        ValueMask {
+            values,
+            searcher,
+            held: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.held);
+        buf.extend_from_slice(data);
+        if let Some(searcher) = &self.searcher {
+            let found: Vec<_> = searcher.find_iter(&buf).map(|m| m.range()).collect();
+            for range in found {
+                buf[range].fill(b'*');
+            }
+        }
+        let keep = self
+            .values
+            .iter()
+            .map(|v| {
+                (1..v.len().min(buf.len() + 1))
+                    .rev()
+                    .find(|&k| buf.ends_with(&v[..k]))
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        self.held = buf.split_off(buf.len() - keep);
+        buf
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
     }
 }
 
@@ -768,6 +838,17 @@ mod tests {
             placeholder: placeholder(name).unwrap(),
             value: value.into(),
         }
+    }
+
+    #[test]
+    fn values_in_a_response_become_asterisks_even_split_across_reads() {
+        let mut m = ValueMask::new([&b"sk-real"[..]].into_iter());
+        let mut out = m.push(b"key=sk-re");
+        // Only the possible start of the value waits.
+        assert_eq!(out, b"key=");
+        out.extend(m.push(b"al; again sk-real, done s"));
+        out.extend(m.finish());
+        assert_eq!(out, b"key=*******; again *******, done s");
     }
 
     #[test]

