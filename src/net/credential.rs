@@ -655,6 +655,7 @@ pub(crate) async fn intercept(
         .position(|w| w == b"\r\n\r\n")
         .map_or(one.len(), |p| p + 4);
     let (new_head, findings) = inject(&one[..head_end], &host, &creds.bindings);
+    let new_head = identity_encoding(&new_head);
     let body_start = &one[head_end..];
 
     // Upstream: a TLS connection the proxy verifies, to the address the sandbox chose.
@@ -747,6 +748,22 @@ pub(crate) async fn intercept(
         () = request => {}
         () = response => {}
     }
+}
+
+/// `head` (a complete request head, CRLF line ends) asking for an uncompressed response: its
+/// `Accept-Encoding` lines become one `Accept-Encoding: identity`, so the response mask
+/// ([`ValueMask`]) sees the bytes a server sends.
+fn identity_encoding(head: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len() + 32);
+    let body = head.strip_suffix(b"\r\n").unwrap_or(head);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if !name.eq_ignore_ascii_case(b"accept-encoding") {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"Accept-Encoding: identity\r\n\r\n");
+    out
 }
 
 /// Replaces real values in a byte stream with as many asterisks (lengths, hence HTTP framing,
@@ -849,6 +866,16 @@ mod tests {
         out.extend(m.push(b"al; again sk-real, done s"));
         out.extend(m.finish());
         assert_eq!(out, b"key=*******; again *******, done s");
+    }
+
+    #[test]
+    fn intercepted_requests_ask_for_identity_encoding() {
+        let head =
+            b"GET / HTTP/1.1\r\nHost: a.example\r\naccept-encoding: gzip, br\r\nX: y\r\n\r\n";
+        assert_eq!(
+            identity_encoding(head),
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nX: y\r\nAccept-Encoding: identity\r\n\r\n"
+        );
     }
 
     #[test]

