@@ -127,19 +127,24 @@ fn pattern(key: &str) -> String {
     format!("{head}[{last}]")
 }
 
-fn run(w: &World, key: &str, extra: &[&str], script: &str) -> Run {
+fn command(w: &World, key: &str, extra: &[&str], script: &str) -> std::process::Command {
     let flags = w.filtered_flags();
     let mut args: Vec<&str> = vec!["exec", "--json"];
     args.extend(flags.iter().map(String::as_str));
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "sh", "-c", script]);
-    w.nsbox_cmd(&args)
-        .env("LLM_KEY", key)
+    let mut cmd = w.nsbox_cmd(&args);
+    cmd.env("LLM_KEY", key)
         .env(
             "NSBOX_EGRESS_CA_FILE",
             w.dir.path().join("ca.pem").display().to_string(),
         )
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(w: &World, key: &str, extra: &[&str], script: &str) -> Run {
+    command(w, key, extra, script)
         .output()
         .expect("run nsbox")
         .into()
@@ -380,6 +385,54 @@ fn credential_upstream_with_an_unknown_ca_is_refused() {
         "{r:?}"
     );
     assert!(!echo.log().contains("/wrongname"), "{}", echo.log());
+}
+
+/// Two sandboxes alive at once with different values for the same host each send their own.
+#[test]
+fn credential_two_sandboxes_send_their_own_values_to_the_same_host() {
+    require_root!();
+    let mut w = World::start();
+    let echo = Echo::start(&mut w);
+    let keys = [
+        format!("{}-first", real_key()),
+        format!("{}-second", real_key()),
+    ];
+    let children: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            // The pause makes the two sandboxes' proxies likely to be alive at once; nothing
+            // depends on it.
+            let script = format!(
+                r#"sleep 1; curl -sS -m 10 -H "x-api-key: $LLM_KEY" https://web.allowed.example:9443/two{i}"#
+            );
+            command(
+                &w,
+                key,
+                &[
+                    "--allow",
+                    "web.allowed.example",
+                    "--credential",
+                    "LLM_KEY=web.allowed.example",
+                ],
+                &script,
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nsbox")
+        })
+        .collect();
+    for child in children {
+        let r: Run = child.wait_with_output().expect("nsbox").into();
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let got = echo.request(&format!("/two{i}"));
+        assert!(got.contains(&format!("x-api-key: {key}\n")), "{got}");
+        let other = &keys[1 - i];
+        assert!(!got.contains(other.as_str()), "{got}");
+    }
 }
 
 /// A session made with `create --credential` injects in every command, and neither its
