@@ -11,6 +11,10 @@
 //! only when the name's rule says `tcp:`. Then connect from the host's namespace and relay both
 //! ways, passing half-closes on. A refused connection is reset at once and reported.
 //!
+//! A TLS connection whose SNI is a host bound to a credential (`--credential`) is not relayed
+//! but served by [`super::credential::intercept`]: TLS ends here, the real value goes into the
+//! request's headers, and a new verified TLS connection goes upstream.
+//!
 //! Plain HTTP carries one request per connection: the checked request goes out with
 //! `Connection: close` (so the server serves no other), and when its body length is known the
 //! proxy relays exactly that body; a client that sends more (a second request) is reset.
