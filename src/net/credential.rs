@@ -555,6 +555,8 @@ pub(crate) async fn intercept(
             return;
         }
     };
+    // TLS flights and the response's records are small writes: Nagle would hold them back.
+    let _ = client.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let stream = Prefixed {
         prefix: head,
