@@ -2,7 +2,9 @@
 //! (`time_total`: connect, TLS, request, response; no process start-up) through the injecting
 //! path (TLS ended and re-made by the proxy), through the plain proxied path (end-to-end TLS,
 //! spliced) and direct (no nsbox), and the throughput of a large download through each. In
-//! the fake internet of the integration tests (tests/integration/networld.rs). Every request
+//! the fake internet of the integration tests (tests/integration/networld.rs). Each path
+//! trusts one CA file, except the last row: the sandbox's whole bundle, as curl with no flag
+//! reads it. Every request
 //! says `Connection: close`, as the injecting path makes it (the test server's keep-alive
 //! answers otherwise meet delayed ACKs that swamp the rest).
 //!
@@ -125,7 +127,7 @@ fn main() {
     let inject = ["--credential", "LLM_KEY=web.allowed.example"];
     let plain_ca = "--cacert /world/ca.pem";
     type Path<'a> = (&'a str, Box<dyn Fn(&str) -> String + 'a>);
-    let paths: [Path; 3] = [
+    let paths: [Path; 4] = [
         ("direct (no nsbox)", Box::new(|s: &str| direct(s))),
         (
             "proxied (end-to-end TLS)",
@@ -133,6 +135,12 @@ fn main() {
         ),
         (
             "injecting (--credential)",
+            Box::new(|s: &str| sandbox(&inject, "--cacert /etc/nsbox-ca.pem", s)),
+        ),
+        // With no flag curl reads SSL_CERT_FILE, the system roots + the sandbox CA, at every
+        // start: a client-side cost a long-lived client pays once.
+        (
+            "injecting, whole bundle",
             Box::new(|s: &str| sandbox(&inject, "", s)),
         ),
     ];
