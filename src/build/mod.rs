@@ -415,6 +415,7 @@ fn sandbox_spec(
         env_files: Vec::new(),
         secrets: Vec::new(),
         secret_env: Vec::new(),
+        credentials: Vec::new(),
         interactive: false,
         tty: false,
         json: false,

@@ -304,6 +304,7 @@ pub(super) fn build_spec(
         env_files: args.env_files,
         secrets: args.secrets,
         secret_env: args.secret_env,
+        credentials: args.credentials,
         interactive: extra.interactive,
         tty: extra.tty,
         json: extra.json,

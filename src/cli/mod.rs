@@ -331,6 +331,15 @@ pub struct SandboxArgs {
     /// Like --secret, with the value taken from nsbox's own environment. Repeatable.
     #[arg(long = "secret-env", value_name = "NAME", help_heading = "Process")]
     secret_env: Vec<String>,
+    /// A secretless credential (filtered network): the sandbox's NAME holds a placeholder, and
+    /// the egress proxy puts the real value (NAME in nsbox's environment) into request headers
+    /// to these hosts only. Repeatable.
+    #[arg(
+        long = "credential",
+        value_name = "NAME=HOST[,HOST...]",
+        help_heading = "Network"
+    )]
+    credentials: Vec<String>,
 }
 
 impl SandboxArgs {
@@ -360,6 +369,7 @@ impl SandboxArgs {
         check(!self.allow.is_empty(), "--allow");
         check(!self.deny.is_empty(), "--deny");
         check(!self.dns_upstream.is_empty(), "--dns-upstream");
+        check(!self.credentials.is_empty(), "--credential");
         check(self.log_network, "--log-network");
         check(self.user.is_some(), "--user");
         check(self.hostname.is_some(), "--hostname");

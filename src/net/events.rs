@@ -80,6 +80,23 @@ pub enum NetEvent {
         port: Option<u16>,
         reason: String,
     },
+    /// The proxy put a credential's real value into a request to a host bound to it
+    /// ([`super::credential`]); never the value itself.
+    CredentialInjected {
+        /// The credential's name (its variable).
+        credential: String,
+        host: String,
+        /// The header it went into.
+        header: String,
+    },
+    /// A credential's placeholder was on its way somewhere the credential is not for (another
+    /// host, the URL, the body): it went on unchanged, useless, and this reports the attempt.
+    CredentialRefused {
+        credential: String,
+        host: String,
+        /// Where it was: "header NAME", "url", "body", "dns".
+        place: String,
+    },
     /// Events were dropped because the supervisor could not keep up.
     NetworkEventsDropped { count: u64 },
 }
@@ -146,6 +163,24 @@ impl NetEvent {
                 protocol, reason, ..
             } => {
                 for s in [protocol, reason] {
+                    escape_owned(s);
+                }
+            }
+            NetEvent::CredentialInjected {
+                credential,
+                host,
+                header,
+            } => {
+                for s in [credential, host, header] {
+                    escape_owned(s);
+                }
+            }
+            NetEvent::CredentialRefused {
+                credential,
+                host,
+                place,
+            } => {
+                for s in [credential, host, place] {
                     escape_owned(s);
                 }
             }
@@ -221,6 +256,18 @@ impl NetEvent {
                 };
                 format!("nsbox: {protocol} {} {dst} ({reason})\n", decision.as_str())
             }
+            NetEvent::CredentialInjected {
+                credential,
+                host,
+                header,
+            } => format!("nsbox: credential {credential} injected for {host} ({header})\n"),
+            NetEvent::CredentialRefused {
+                credential,
+                host,
+                place,
+            } => format!(
+                "nsbox: credential {credential} refused: its placeholder went to {host} ({place}), which it is not for; sent unchanged\n"
+            ),
             NetEvent::NetworkEventsDropped { count } => {
                 format!("nsbox: {count} network events dropped (too many at once)\n")
             }

@@ -15,6 +15,7 @@
 //! sandbox's namespace and dies with it.
 
 pub mod addresses;
+pub mod credential;
 pub mod dnswire;
 pub mod egress;
 pub mod events;

@@ -303,6 +303,8 @@ pub struct EgressPolicy {
     pub dns_upstream: Vec<SocketAddr>,
     /// Connections the egress proxy carries for the sandbox at once.
     pub max_connections: usize,
+    /// Secretless credentials and the sandbox's CA (`--credential`), if any.
+    pub credentials: Option<std::sync::Arc<super::credential::Credentials>>,
 }
 
 impl Default for EgressPolicy {
@@ -312,6 +314,7 @@ impl Default for EgressPolicy {
             deny: Vec::new(),
             dns_upstream: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            credentials: None,
         }
     }
 }
@@ -366,6 +369,7 @@ impl EgressPolicy {
         };
         Ok(EgressPolicy {
             max_connections,
+            credentials: None,
             allow,
             deny: deny
                 .iter()

@@ -11,6 +11,10 @@
 //! only when the name's rule says `tcp:`. Then connect from the host's namespace and relay both
 //! ways, passing half-closes on. A refused connection is reset at once and reported.
 //!
+//! A TLS connection whose SNI is a host bound to a credential (`--credential`) is not relayed
+//! but served by [`super::credential::intercept`]: TLS ends here, the real value goes into the
+//! request's headers, and a new verified TLS connection goes upstream.
+//!
 //! Plain HTTP carries one request per connection: the checked request goes out with
 //! `Connection: close` (so the server serves no other), and when its body length is known the
 //! proxy relays exactly that body; a client that sends more (a second request) is reset.
@@ -259,9 +263,25 @@ async fn handle(mut client: TcpStream, shared: &Shared, reservation: Reservation
                     Ok(rule) => rule.text.clone(),
                     Err(reason) => return refuse(&client, Some(name), format!("{what}: {reason}")),
                 };
+                let credentials = shared.policy.credentials.as_deref();
                 match http {
-                    None => (Some(name), rule, head, None),
+                    None => {
+                        if let Some(creds) = credentials.filter(|c| c.binds(&name)) {
+                            return super::credential::intercept(
+                                client, head, dst, name, rule, shared, creds,
+                            )
+                            .await;
+                        }
+                        (Some(name), rule, head, None)
+                    }
                     Some(request) => {
+                        // Plain HTTP is never rewritten: a placeholder in it is reported.
+                        for e in credentials
+                            .map(|c| super::credential::report_stray(c, &head, &name, "plain http"))
+                            .unwrap_or_default()
+                        {
+                            shared.events.send(e);
+                        }
                         // Bytes of the body (or beyond) already read with the head.
                         let extra = (head.len() - request.head_len) as u64;
                         let limit = match request.body {

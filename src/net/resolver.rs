@@ -335,6 +335,13 @@ pub fn check_answer(
 
 /// Answers one query from the sandbox; `None` when nothing is to be sent back.
 pub(crate) async fn answer(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
+    // A credential's placeholder as a label of a name: an exfiltration attempt to report (the
+    // query is decided as any other; the placeholder is useless to whoever sees it).
+    if let Some(creds) = shared.policy.credentials.as_deref() {
+        for e in super::credential::report_stray(creds, bytes, "the resolver", "dns name") {
+            shared.events.send(e);
+        }
+    }
     let fwd = match plan_query(&shared.policy, bytes, udp) {
         QueryPlan::Drop => return None,
         QueryPlan::Respond(bytes, event) => {

@@ -332,6 +332,20 @@ pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
         contents: resolv,
         mode: 0o644,
     });
+    // Secretless credentials: the sandbox's CA, alone and with the system roots (the
+    // variables of `Credentials::trust_env` point TLS clients at them).
+    if let Some(creds) = &spec.egress.credentials {
+        upper.push(UpperOp::WriteFile {
+            path: crate::net::credential::SANDBOX_CA_PATH.into(),
+            contents: creds.ca_pem.clone().into_bytes(),
+            mode: 0o644,
+        });
+        upper.push(UpperOp::WriteFile {
+            path: crate::net::credential::SANDBOX_BUNDLE_PATH.into(),
+            contents: creds.bundle.clone(),
+            mode: 0o644,
+        });
+    }
 
     let mut mounts = vec![MountOp::Proc {
         target: "/proc".into(),

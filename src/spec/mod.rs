@@ -54,6 +54,8 @@ pub enum SpecError {
     #[error("{0}")]
     Egress(#[from] PolicyError),
     #[error("{0}")]
+    Credential(#[from] crate::net::credential::CredentialError),
+    #[error("{0}")]
     Invalid(String),
 }
 
@@ -313,7 +315,42 @@ impl SandboxSpec {
         }
 
         let seccomp = load_seccomp(&profile.seccomp)?;
-        let (network, egress) = network_policy(&req, profile)?;
+        let (network, mut egress) = network_policy(&req, profile)?;
+        if !req.credentials.is_empty() {
+            if network != NetworkMode::Filtered {
+                return Err(SpecError::Invalid(format!(
+                    "--credential applies to --net filtered (the proxy injects the value), but the network is '{}' — hint: add --net filtered and --allow for its hosts",
+                    network.as_str()
+                )));
+            }
+            let mut bindings = Vec::new();
+            for entry in &req.credentials {
+                let c = crate::net::credential::Credential::parse(entry, host_env)?;
+                if let Some(host) = c
+                    .hosts
+                    .iter()
+                    .find(|h| !egress.allow.iter().any(|r| r.matches_name(h)))
+                {
+                    return Err(SpecError::Invalid(format!(
+                        "--credential {}: {host} is not on the allowlist — hint: add --allow {host}",
+                        c.name
+                    )));
+                }
+                // Masked too, should the value reach nsbox's output some other way.
+                secrets.push(c.value().to_string());
+                set(&mut env, c.name.clone(), c.placeholder.clone());
+                bindings.push(c);
+            }
+            let extra_ca = host_env
+                .get(crate::net::credential::EGRESS_CA_FILE_ENV)
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from);
+            let creds = crate::net::credential::Credentials::new(bindings, extra_ca.as_deref())?;
+            for (k, v) in crate::net::credential::Credentials::trust_env() {
+                set(&mut env, k, v);
+            }
+            egress.credentials = Some(std::sync::Arc::new(creds));
+        }
 
         Ok(SandboxSpec {
             id,
@@ -699,6 +736,37 @@ mod tests {
         let mut r = req(&["env"]);
         r.env_files = vec![PathBuf::from("/nonexistent/env")];
         assert!(matches!(build(r), Err(SpecError::EnvFile { .. })));
+    }
+
+    #[test]
+    fn credentials_put_a_placeholder_inside_and_keep_the_value_out() {
+        // A filtered network with the hosts allowed is required; errors never show the value.
+        let mut r = req(&["env"]);
+        r.credentials = vec!["TOKEN=api.example.com".into()];
+        let e = build(r).unwrap_err().to_string();
+        assert!(e.contains("--net filtered") && !e.contains("s3cr3t"), "{e}");
+        let mut r = req(&["env"]);
+        r.network = Some(NetworkMode::Filtered);
+        r.allow = vec!["other.example.com".into()];
+        r.credentials = vec!["TOKEN=api.example.com".into()];
+        let e = build(r).unwrap_err().to_string();
+        assert!(e.contains("api.example.com is not on the allowlist"), "{e}");
+        if !std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+            return; // No system roots to trust upstream hosts with here.
+        }
+        let mut r = req(&["env"]);
+        r.network = Some(NetworkMode::Filtered);
+        r.allow = vec!["api.example.com".into()];
+        r.credentials = vec!["TOKEN=api.example.com".into()];
+        let s = build(r).unwrap();
+        let get = |k: &str| s.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert!(get("TOKEN").unwrap().starts_with("nsbox-cred-token-"));
+        assert!(!s.env.iter().any(|(_, v)| v.contains("s3cr3t")));
+        assert_eq!(get("SSL_CERT_FILE").unwrap(), "/etc/nsbox-ca-bundle.pem");
+        assert_eq!(s.secrets, ["s3cr3t-value"]);
+        let creds = s.egress.credentials.as_ref().unwrap();
+        assert!(creds.binds("api.example.com") && !creds.binds("other.example.com"));
+        assert!(!format!("{:?}", s.egress).contains("s3cr3t-value"));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct ExecRequest {
     pub env_files: Vec<PathBuf>,
     pub secrets: Vec<String>,
     pub secret_env: Vec<String>,
+    /// `--credential NAME=HOST[,HOST...]`: secretless credentials (filtered network).
+    pub credentials: Vec<String>,
     pub interactive: bool,
     pub tty: bool,
     pub json: bool,

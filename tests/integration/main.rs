@@ -11,6 +11,7 @@ mod bad_input;
 mod build;
 mod cli;
 mod config;
+mod credentials;
 mod e2b;
 mod egress;
 mod exec_basics;
