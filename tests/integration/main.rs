@@ -20,4 +20,5 @@ mod lifecycle;
 mod limits;
 mod registry;
 mod registry_support;
+mod runtime;
 mod sessions;
