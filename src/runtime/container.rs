@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -215,7 +215,16 @@ fn create_in(
         phase: None,
         output_to_stderr: false,
     };
-    let pid = match fork_waiter(&fifo, &store, &session.id, exec) {
+    // Opened here, before `create` returns, so a `start` that follows at once finds a
+    // reader. Read-write: the waiter's reads block until `start` writes, never see an EOF.
+    let start_fd =
+        rustix::fs::open(&fifo, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
+            RuntimeError::Io {
+                what: format!("open {}", fifo.display()),
+                source: std::io::Error::from_raw_os_error(e.raw_os_error()),
+            }
+        });
+    let pid = match start_fd.and_then(|fd| fork_waiter(fd, &fifo, &store, &session.id, exec)) {
         Ok(pid) => pid,
         Err(e) => {
             stop_session(&store, &session.id);
@@ -260,6 +269,7 @@ fn e_pid(pid: i32) -> RuntimeError {
 /// Forks the waiter (see the module docs of [`super`]); returns its pid.
 #[allow(unsafe_code)] // the fork; the block says why it is sound
 fn fork_waiter(
+    start_fd: OwnedFd,
     fifo: &Path,
     store: &SessionStore,
     session: &str,
@@ -270,21 +280,28 @@ fn fork_waiter(
     let pid = unsafe { sys::process::fork() }.map_err(RuntimeError::io("fork the waiter"))?;
     if pid == 0 {
         let _abort = sys::process::AbortOnPanic;
-        let code = waiter(fifo, store, session, exec);
+        let code = waiter(start_fd, fifo, store, session, exec);
         sys::process::exit_now(code);
     }
+    drop(start_fd);
     Ok(pid)
 }
 
 /// The waiter: waits for `start`, runs the container's process in the session with the
 /// streams `create` was given, stops the session, and exits with the process's status.
-fn waiter(fifo: &Path, store: &SessionStore, session: &str, exec: SessionExec) -> i32 {
+fn waiter(
+    start_fd: OwnedFd,
+    fifo: &Path,
+    store: &SessionStore,
+    session: &str,
+    exec: SessionExec,
+) -> i32 {
     // Out of the caller's process group: a Ctrl-C meant for the engine is not the container's.
     let _ = rustix::process::setsid();
-    // Blocks until `start` opens the FIFO for writing.
-    let mut go = Vec::new();
-    let opened = std::fs::File::open(fifo).and_then(|mut f| f.read_to_end(&mut go));
-    if opened.is_err() || go.as_slice() != b"start" {
+    // Blocks until `start` writes.
+    let mut go = [0u8; 5];
+    let read = std::fs::File::from(start_fd).read_exact(&mut go);
+    if read.is_err() || &go != b"start" {
         stop_session(store, session);
         return crate::exit::NSBOX_FAILED;
     }
@@ -410,7 +427,11 @@ fn signal_waiter(record: &Record, signal: i32) -> Result<(), RuntimeError> {
 /// `delete`: ends what is left (with --force, or of a container never started) and removes the
 /// container's directory.
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuntimeError> {
-    let (dir, record) = read_record(root, id)?;
+    let (dir, record) = match read_record(root, id) {
+        // Like runc: a forced delete of what is already gone succeeds (the shim's cleanup).
+        Err(RuntimeError::NotFound(_)) if force => return Ok(()),
+        other => other?,
+    };
     let status = status(&dir, &record);
     if status == Status::Running && !force {
         return Err(RuntimeError::WrongState {
@@ -450,7 +471,7 @@ fn wait_gone(record: &Record) {
 }
 
 /// Seconds since the epoch as RFC 3339 UTC (`2026-12-04T14:58:03Z`), as runc's state has it.
-fn rfc3339(secs: u64) -> String {
+pub(crate) fn rfc3339(secs: u64) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -245,9 +245,9 @@ pub struct Log {
 impl Log {
     pub fn write(&self, level: &str, msg: &str) {
         let Some(path) = &self.path else { return };
-        let time = crate::session::state::now_secs();
+        let time = container::rfc3339(crate::session::state::now_secs());
         let line = if self.json {
-            serde_json::json!({"level": level, "msg": msg, "time": time.to_string()}).to_string()
+            serde_json::json!({"level": level, "msg": msg, "time": time}).to_string()
         } else {
             format!("time={time} level={level} msg={msg:?}")
         };

@@ -303,3 +303,108 @@ fn runtime_answers_as_nsbox_runc_by_its_name() {
         .unwrap()
         .contains(&serde_json::json!("user")));
 }
+
+/// A containerd of the test's own (root, state, sockets under a temp dir; never the system
+/// service), stopped when dropped.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        assert!(
+            Path::new("/usr/bin/containerd").exists() && Path::new("/usr/bin/ctr").exists(),
+            "containerd is needed for this test (apt-get install containerd)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n\
+             [ttrpc]\n  address = \"{d}/containerd-ttrpc.sock\"\n"
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("/usr/bin/containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let ctrd = Containerd { dir, child };
+        assert!(
+            eventually(30.0, || ctrd.ctr(&["version"]).code == 0),
+            "containerd did not come up: {}",
+            std::fs::read_to_string(ctrd.dir.path().join("containerd.log")).unwrap_or_default()
+        );
+        ctrd
+    }
+
+    fn ctr(&self, args: &[&str]) -> Run {
+        Command::new("/usr/bin/ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["-n", "nsbox-test"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn runtime_runs_under_containerd_with_ctr_run() {
+    require_root!();
+    // The bundle's rootfs serves as ctr's --rootfs; its config.json is not used (ctr makes one).
+    let b = Bundle::new(config(&["/bin/true"]));
+    let rootfs = b.path("bundle/rootfs");
+    for d in ["proc", "dev", "sys", "run", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let runc = b.path("nsbox-runc");
+    std::os::unix::fs::symlink(nsbox_bin(), &runc).unwrap();
+    let runc_root = b.path("runc-root");
+    let fifos = b.path("fifos");
+    let ctrd = Containerd::start();
+    // (The shim's own socket still goes to /run/containerd/s/, which containerd fixes.)
+    let run = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--fifo-dir",
+        fifos.to_str().unwrap(),
+        "--rootfs",
+        "--runc-binary",
+        runc.to_str().unwrap(),
+        "--runc-root",
+        runc_root.to_str().unwrap(),
+        rootfs.to_str().unwrap(),
+        "hello1",
+        "/bin/sh",
+        "-c",
+        "echo hello; exit 7",
+    ]);
+    assert_eq!(run.code, 7, "stdout {} stderr {}", run.stdout, run.stderr);
+    assert_eq!(run.stdout.trim(), "hello", "{}", run.stderr);
+    assert!(
+        ctrd.ctr(&["task", "ls", "-q"]).stdout.trim().is_empty(),
+        "no task left"
+    );
+    // The runtime's state for the container is gone (the shim deleted it).
+    let left: Vec<_> = std::fs::read_dir(runc_root.join("nsbox-test"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime state left: {left:?}");
+}
