@@ -33,6 +33,7 @@ pub mod registry;
 pub mod relay;
 pub mod report;
 pub mod rootfs;
+pub mod runtime;
 pub mod sandbox;
 pub mod seccomp;
 pub mod serve;

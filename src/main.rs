@@ -1,3 +1,17 @@
 fn main() {
+    // Called as `nsbox-runc` (a link to this binary) or as `nsbox runtime ...`: runc's command
+    // line, for container engines (see nsbox::runtime).
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let as_runc = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|name| name == "nsbox-runc");
+    if as_runc {
+        std::process::exit(nsbox::runtime::main(args));
+    }
+    if args.get(1).is_some_and(|a| a == "runtime") {
+        args.remove(1);
+        std::process::exit(nsbox::runtime::main(args));
+    }
     std::process::exit(nsbox::cli::main());
 }

@@ -26,6 +26,7 @@ mod limits;
 mod registry;
 mod registry_support;
 mod results;
+mod runtime;
 mod serve;
 mod sessions;
 mod snapshots;

@@ -1,0 +1,357 @@
+//! An OCI bundle's `config.json`, mapped onto nsbox's request ([`ExecRequest`]): what nsbox can
+//! honour becomes flags; what its floor forbids is refused with the field's name; what nsbox
+//! provides itself (its /proc, /dev, /sys, capabilities, seccomp, user namespace) is noted and
+//! ignored. docs/runtime.md lists every field. This module reads only the bundle; it creates
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Capability, LinuxNamespaceType, Mount, Spec};
+
+use super::RuntimeError;
+use crate::profile::NetworkMode;
+use crate::spec::ExecRequest;
+use crate::units::{ByteSize, CpuQuota, Limit};
+
+/// What `create` needs from a bundle.
+#[derive(Debug)]
+pub struct BundlePlan {
+    pub request: ExecRequest,
+    pub annotations: BTreeMap<String, String>,
+    /// Fields accepted but not honoured (logged at `create`).
+    pub ignored: Vec<String>,
+}
+
+/// Mount destinations nsbox provides itself, with the types an engine uses for them.
+const PROVIDED: &[(&str, &[&str])] = &[
+    ("/proc", &["proc"]),
+    ("/dev", &["tmpfs", "devtmpfs"]),
+    ("/dev/pts", &["devpts"]),
+    ("/dev/shm", &["tmpfs", "shm"]),
+    ("/dev/mqueue", &["mqueue"]),
+    ("/sys", &["sysfs"]),
+    ("/sys/fs/cgroup", &["cgroup", "cgroup2"]),
+];
+
+fn refuse(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Refused {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads `bundle/config.json`.
+pub fn load(bundle: &Path) -> Result<Spec, RuntimeError> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|e| RuntimeError::Bundle {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// Maps `spec` (of the bundle in `bundle`) onto a request, or says which field nsbox refuses.
+pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
+    let mut req = ExecRequest::default();
+    let mut ignored = Vec::new();
+
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| refuse("process", "missing: nothing to run"))?;
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(refuse("process.args", "empty: nothing to run"));
+    }
+    req.command = args.into_iter().map(Into::into).collect();
+    req.env = process.env().clone().unwrap_or_default();
+    req.workdir = Some(process.cwd().clone());
+    if process.terminal().unwrap_or(false) {
+        return Err(refuse(
+            "process.terminal",
+            "a terminal (console socket) is not supported yet; run without -t",
+        ));
+    }
+    let user = process.user();
+    req.user = Some((user.uid(), user.gid()));
+    if let Some(caps) = process.capabilities() {
+        if caps
+            .bounding()
+            .as_ref()
+            .is_some_and(|b| b.contains(&Capability::SysAdmin))
+        {
+            return Err(refuse(
+                "process.capabilities.bounding",
+                "CAP_SYS_ADMIN (a privileged container) is refused: the workload keeps no capability",
+            ));
+        }
+        ignored.push("process.capabilities (the workload has none)".into());
+    }
+    if process.rlimits().as_ref().is_some_and(|r| !r.is_empty()) {
+        ignored.push("process.rlimits".into());
+    }
+    if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
+        ignored.push("process.apparmorProfile/selinuxLabel".into());
+    }
+
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| refuse("root", "missing: nsbox needs the bundle's root filesystem"))?;
+    let root_path = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    req.rootfs = Some(root_path);
+    req.writable_root = !root.readonly().unwrap_or(false);
+    req.hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+
+    for (i, mount) in spec.mounts().iter().flatten().enumerate() {
+        match mount_flag(i, mount)? {
+            MountPlan::Provided => {}
+            MountPlan::Bind(flag) => req.mounts.push(flag),
+            MountPlan::Ignored(what) => ignored.push(what),
+        }
+    }
+
+    if spec.hooks().is_some() {
+        return Err(refuse(
+            "hooks",
+            "hooks run on the host as root; nsbox runs none",
+        ));
+    }
+
+    let linux = spec.linux().as_ref();
+    let namespaces = linux
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for (i, ns) in namespaces.iter().enumerate() {
+        if ns.path().is_some() {
+            return Err(refuse(
+                format!("linux.namespaces[{i}].path"),
+                "joining an existing namespace is not supported yet",
+            ));
+        }
+    }
+    let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
+    if !has(LinuxNamespaceType::Pid) {
+        return Err(refuse(
+            "linux.namespaces",
+            "no pid namespace: the host's PID namespace is refused",
+        ));
+    }
+    if !has(LinuxNamespaceType::Mount) {
+        return Err(refuse(
+            "linux.namespaces",
+            "no mount namespace: the host's mount namespace is refused",
+        ));
+    }
+    // No network namespace in the spec: the host's network, as asked (podman --network host).
+    req.network = Some(if has(LinuxNamespaceType::Network) {
+        NetworkMode::None
+    } else {
+        NetworkMode::Host
+    });
+    if let Some(linux) = linux {
+        if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(refuse(
+                "linux.devices",
+                "host devices are refused; the sandbox has nsbox's minimal /dev",
+            ));
+        }
+        if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(refuse("linux.sysctl", "sysctls are not supported"));
+        }
+        if linux.uid_mappings().is_some() || linux.gid_mappings().is_some() {
+            ignored.push("linux.uidMappings/gidMappings (nsbox maps its own range)".into());
+        }
+        if linux.seccomp().is_some() {
+            ignored.push("linux.seccomp (nsbox's own filter applies)".into());
+        }
+        if linux.cgroups_path().is_some() {
+            ignored.push("linux.cgroupsPath (nsbox names its own cgroup)".into());
+        }
+        if let Some(resources) = linux.resources() {
+            if let Some(limit) = resources.memory().as_ref().and_then(|m| m.limit()) {
+                if limit > 0 {
+                    req.memory = Some(Limit::Value(ByteSize(limit.unsigned_abs())));
+                }
+            }
+            if let Some(cpu) = resources.cpu() {
+                if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
+                    if quota > 0 && period > 0 {
+                        let millis = quota.unsigned_abs().saturating_mul(1000) / period;
+                        req.cpus = Some(Limit::Value(CpuQuota(millis.max(1))));
+                    }
+                }
+            }
+            if let Some(pids) = resources.pids() {
+                if pids.limit() > 0 {
+                    req.pids = Some(Limit::Value(pids.limit().unsigned_abs()));
+                }
+            }
+        }
+    }
+    if !has(LinuxNamespaceType::User) {
+        ignored.push("linux.namespaces without user (nsbox adds one)".into());
+    }
+    // The engine's limits, not the profile's: unlimited unless the spec sets them.
+    req.memory.get_or_insert(Limit::Unlimited);
+    req.cpus.get_or_insert(Limit::Unlimited);
+    req.pids.get_or_insert(Limit::Unlimited);
+    req.max_output = Some(Limit::Unlimited);
+
+    let annotations = spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    Ok(BundlePlan {
+        request: req,
+        annotations,
+        ignored,
+    })
+}
+
+enum MountPlan {
+    /// nsbox mounts its own there.
+    Provided,
+    /// A `--mount SRC:DST:ro|rw` value.
+    Bind(String),
+    Ignored(String),
+}
+
+fn mount_flag(i: usize, mount: &Mount) -> Result<MountPlan, RuntimeError> {
+    let dst = mount.destination();
+    let typ = mount.typ().clone().unwrap_or_default();
+    let options = mount.options().clone().unwrap_or_default();
+    let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+    if !is_bind {
+        if let Some((_, types)) = PROVIDED.iter().find(|(d, _)| Path::new(d) == dst) {
+            if types.contains(&typ.as_str()) {
+                return Ok(MountPlan::Provided);
+            }
+        }
+        if typ == "tmpfs" {
+            // nsbox's writable places are its own /tmp, /sandbox and (root.readonly false)
+            // the root's overlay.
+            return Ok(MountPlan::Ignored(format!(
+                "mounts[{i}] (tmpfs at {})",
+                dst.display()
+            )));
+        }
+        return Err(refuse(
+            format!("mounts[{i}].type"),
+            format!("a '{typ}' mount at {} is not supported", dst.display()),
+        ));
+    }
+    let source: PathBuf = mount
+        .source()
+        .clone()
+        .ok_or_else(|| refuse(format!("mounts[{i}].source"), "a bind mount needs a source"))?;
+    let mode = if options.iter().any(|o| o == "ro") {
+        "ro"
+    } else {
+        "rw"
+    };
+    Ok(MountPlan::Bind(format!(
+        "{}:{}:{mode}",
+        source.display(),
+        dst.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).expect("test spec")
+    }
+
+    const BASE: &str = r#"{
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/echo", "hi"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                    "env": ["PATH=/bin"]},
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "box",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                   {"destination": "/run", "type": "tmpfs", "source": "tmpfs"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}],
+                  "resources": {"memory": {"limit": 67108864}, "pids": {"limit": 50},
+                                "cpu": {"quota": 50000, "period": 100000}}}
+    }"#;
+
+    fn with(patch: impl FnOnce(&mut serde_json::Value)) -> Spec {
+        let mut v: serde_json::Value = serde_json::from_str(BASE).expect("base");
+        patch(&mut v);
+        spec(&v.to_string())
+    }
+
+    fn refused_field(s: &Spec) -> String {
+        match plan(s, Path::new("/b")) {
+            Err(RuntimeError::Refused { field, .. }) => field,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_spec_maps_onto_flags() {
+        let p = plan(&spec(BASE), Path::new("/b")).expect("plan");
+        let r = &p.request;
+        assert_eq!(r.command, vec!["/bin/echo", "hi"]);
+        assert_eq!(r.rootfs.as_deref(), Some(Path::new("/b/rootfs")));
+        assert!(!r.writable_root);
+        assert_eq!(r.hostname.as_deref(), Some("box"));
+        assert_eq!(r.user, Some((0, 0)));
+        assert_eq!(r.network, Some(NetworkMode::None));
+        assert!(matches!(r.memory, Some(Limit::Value(ByteSize(67108864)))));
+        assert!(matches!(r.cpus, Some(Limit::Value(CpuQuota(500)))));
+        assert!(matches!(r.pids, Some(Limit::Value(50))));
+        assert!(r.mounts.is_empty(), "proc is nsbox's own, tmpfs ignored");
+        assert!(p.ignored.iter().any(|i| i.contains("tmpfs at /run")));
+    }
+
+    #[test]
+    fn the_floor_refuses_naming_the_field() {
+        let privileged = with(|v| {
+            v["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_SYS_ADMIN"]})
+        });
+        assert_eq!(refused_field(&privileged), "process.capabilities.bounding");
+        let host_pid = with(|v| {
+            v["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}]);
+        });
+        assert_eq!(refused_field(&host_pid), "linux.namespaces");
+        let join = with(|v| {
+            v["linux"]["namespaces"][2] =
+                serde_json::json!({"type": "network", "path": "/proc/1/ns/net"});
+        });
+        assert_eq!(refused_field(&join), "linux.namespaces[2].path");
+        let devices = with(|v| {
+            v["linux"]["devices"] =
+                serde_json::json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}]);
+        });
+        assert_eq!(refused_field(&devices), "linux.devices");
+        let sysfs_rw = with(|v| {
+            v["mounts"][1] =
+                serde_json::json!({"destination": "/host", "type": "sysfs", "source": "sysfs"});
+        });
+        assert_eq!(refused_field(&sysfs_rw), "mounts[1].type");
+        let tty = with(|v| v["process"]["terminal"] = serde_json::json!(true));
+        assert_eq!(refused_field(&tty), "process.terminal");
+    }
+
+    #[test]
+    fn bind_mounts_keep_their_mode_and_no_netns_means_the_host_network() {
+        let s = with(|v| {
+            v["mounts"][1] = serde_json::json!({"destination": "/data", "type": "bind",
+                "source": "/srv/data", "options": ["rbind", "ro"]});
+            v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "mount"}]);
+        });
+        let p = plan(&s, Path::new("/b")).expect("plan");
+        assert_eq!(p.request.mounts, vec!["/srv/data:/data:ro"]);
+        assert_eq!(p.request.network, Some(NetworkMode::Host));
+    }
+}

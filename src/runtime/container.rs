@@ -1,0 +1,526 @@
+//! One container's life under `--root`: `<root>/<id>/` holds `state.json` (what `create`
+//! decided), `start.fifo` (the waiter blocks on it until `start`), `started` (a marker) and
+//! `run/` (the session store of the container's one session). The status is never stored: it
+//! is read from the waiter's process (alive and started: running; alive: created; gone:
+//! stopped), so a killed engine or shim can never leave a stale status behind.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::{Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use super::{bundle, Log, RuntimeError};
+use crate::profile::Profile;
+use crate::session::client::{SessionClient, SessionExec};
+use crate::session::daemon;
+use crate::session::state::SessionStore;
+use crate::spec::SandboxSpec;
+use crate::sys;
+
+/// What `create` recorded (`state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// The waiter: the pid the engine knows the container by.
+    pub pid: i32,
+    /// Its start time (clock ticks since boot), so a reused pid is not mistaken for it.
+    pub pid_start: u64,
+    /// The nsbox id of the container's session (its sandbox and cgroup name).
+    pub session: String,
+    /// The sandbox's init, in the host's pid namespace.
+    pub init_pid: i32,
+    pub created: u64,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A container's status, as the runtime spec names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// `state`'s answer (the runtime spec's state, plus runc's `created` and `rootfs`).
+#[derive(Debug, Serialize)]
+pub struct State {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: &'static str,
+    pub id: String,
+    pub status: &'static str,
+    pub pid: i32,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn check_id(id: &str) -> Result<(), RuntimeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::BadId(id.into()))
+    }
+}
+
+fn dir(root: &Path, id: &str) -> Result<PathBuf, RuntimeError> {
+    check_id(id)?;
+    Ok(root.join(id))
+}
+
+fn store(dir: &Path) -> SessionStore {
+    SessionStore::new(dir.join("run"))
+}
+
+fn read_record(root: &Path, id: &str) -> Result<(PathBuf, Record), RuntimeError> {
+    let dir = dir(root, id)?;
+    let text = match std::fs::read(dir.join("state.json")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RuntimeError::NotFound(id.into()))
+        }
+        Err(e) => return Err(RuntimeError::io(format!("read {}", dir.display()))(e)),
+    };
+    let record = serde_json::from_slice(&text).map_err(|e| RuntimeError::Io {
+        what: format!("{}/state.json", dir.display()),
+        source: std::io::Error::other(e),
+    })?;
+    Ok((dir, record))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename (readers never see half).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(RuntimeError::io(format!("write {}", path.display())))
+}
+
+/// A process's start time from /proc (None when gone, a zombie, or unreadable).
+fn live_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is the state (field 3); the start time is field 22.
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn status(dir: &Path, record: &Record) -> Status {
+    match live_start_time(record.pid) {
+        Some(start) if start == record.pid_start => {
+            if dir.join("started").exists() {
+                Status::Running
+            } else {
+                Status::Created
+            }
+        }
+        _ => Status::Stopped,
+    }
+}
+
+/// `create`: builds the sandbox (its init waiting), forks the waiter, writes the pid file.
+pub fn create(
+    root: &Path,
+    id: &str,
+    bundle_dir: &Path,
+    pid_file: Option<&Path>,
+    log: &Log,
+) -> Result<(), RuntimeError> {
+    let dir = dir(root, id)?;
+    let bundle_dir = std::fs::canonicalize(bundle_dir)
+        .map_err(RuntimeError::io(format!("bundle {}", bundle_dir.display())))?;
+    // Read and check everything before anything is made.
+    let oci = bundle::load(&bundle_dir)?;
+    let plan = bundle::plan(&oci, &bundle_dir)?;
+    let profile = Profile::load("default").map_err(|e| RuntimeError::Profile(e.to_string()))?;
+    let spec = SandboxSpec::build(plan.request, &profile, &BTreeMap::new())?;
+    for what in &plan.ignored {
+        log.write("warning", &format!("config.json: {what}: not honoured"));
+    }
+
+    std::fs::create_dir_all(root)
+        .map_err(RuntimeError::io(format!("create {}", root.display())))?;
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(RuntimeError::Exists(id.into()))
+        }
+        Err(e) => return Err(RuntimeError::io(format!("create {}", dir.display()))(e)),
+    }
+    let result = create_in(&dir, id, &bundle_dir, &spec, plan.annotations, pid_file);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn create_in(
+    dir: &Path,
+    id: &str,
+    bundle_dir: &Path,
+    spec: &SandboxSpec,
+    annotations: BTreeMap<String, String>,
+    pid_file: Option<&Path>,
+) -> Result<(), RuntimeError> {
+    let fifo = dir.join("start.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(|e| RuntimeError::Io {
+        what: format!("create {}", fifo.display()),
+        source: std::io::Error::from_raw_os_error(e.raw_os_error()),
+    })?;
+    let store = store(dir);
+    let (session, pending) = daemon::start(spec, None, None, &store)?;
+    pending.commit();
+    let exec = SessionExec {
+        argv: spec.command.clone(),
+        env: Vec::new(),
+        workdir: None,
+        stdin: true,
+        tty: false,
+        json: false,
+        timeout: None,
+        max_output: None,
+        phase: None,
+        output_to_stderr: false,
+        result: false,
+        start_event: false,
+        labels: None,
+        secrets: Vec::new(),
+    };
+    // Opened here, before `create` returns, so a `start` that follows at once finds a
+    // reader. Read-write: the waiter's reads block until `start` writes, never see an EOF.
+    let start_fd =
+        rustix::fs::open(&fifo, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
+            RuntimeError::Io {
+                what: format!("open {}", fifo.display()),
+                source: std::io::Error::from_raw_os_error(e.raw_os_error()),
+            }
+        });
+    let pid = match start_fd.and_then(|fd| fork_waiter(fd, &fifo, &store, &session.id, exec)) {
+        Ok(pid) => pid,
+        Err(e) => {
+            stop_session(&store, &session.id);
+            return Err(e);
+        }
+    };
+    let record = Record {
+        id: id.into(),
+        bundle: bundle_dir.to_path_buf(),
+        pid,
+        pid_start: live_start_time(pid).unwrap_or(0),
+        session: session.id.clone(),
+        init_pid: session.init_pid,
+        created: session.created,
+        annotations,
+    };
+    let written = serde_json::to_vec_pretty(&record)
+        .map_err(|e| RuntimeError::io("encode state.json")(std::io::Error::other(e)))
+        .and_then(|bytes| write_atomic(&dir.join("state.json"), &bytes))
+        .and_then(|()| match pid_file {
+            Some(path) => write_atomic(path, pid.to_string().as_bytes()),
+            None => Ok(()),
+        });
+    if let Err(e) = written {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).ok_or_else(|| e_pid(pid))?,
+            rustix::process::Signal::KILL,
+        );
+        stop_session(&store, &session.id);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn e_pid(pid: i32) -> RuntimeError {
+    RuntimeError::Io {
+        what: format!("pid {pid}"),
+        source: std::io::Error::other("not a pid"),
+    }
+}
+
+/// Forks the waiter (see the module docs of [`super`]); returns its pid.
+#[allow(unsafe_code)] // the fork; the block says why it is sound
+fn fork_waiter(
+    start_fd: OwnedFd,
+    fifo: &Path,
+    store: &SessionStore,
+    session: &str,
+    exec: SessionExec,
+) -> Result<i32, RuntimeError> {
+    // SAFETY: the runtime is single-threaded (the session's supervisor was forked, no thread
+    // was started here), and the child ends through `exit_now`, never returning.
+    let pid = unsafe { sys::process::fork() }.map_err(RuntimeError::io("fork the waiter"))?;
+    if pid == 0 {
+        let _abort = sys::process::AbortOnPanic;
+        let code = waiter(start_fd, fifo, store, session, exec);
+        sys::process::exit_now(code);
+    }
+    drop(start_fd);
+    Ok(pid)
+}
+
+/// The waiter: waits for `start`, runs the container's process in the session with the
+/// streams `create` was given, stops the session, and exits with the process's status.
+fn waiter(
+    start_fd: OwnedFd,
+    fifo: &Path,
+    store: &SessionStore,
+    session: &str,
+    exec: SessionExec,
+) -> i32 {
+    // Out of the caller's process group: a Ctrl-C meant for the engine is not the container's.
+    let _ = rustix::process::setsid();
+    // Blocks until `start` writes.
+    let mut go = [0u8; 5];
+    let read = std::fs::File::from(start_fd).read_exact(&mut go);
+    if read.is_err() || &go != b"start" {
+        stop_session(store, session);
+        return crate::exit::NSBOX_FAILED;
+    }
+    let code = match SessionClient::connect(store, session)
+        .and_then(|c| c.exec(exec, crate::sandbox::supervisor::now_ns()))
+    {
+        Ok(outcome) => {
+            if let Some(message) = outcome.message() {
+                eprintln!("nsbox-runc: {message}");
+            }
+            outcome.exit_code()
+        }
+        Err(e) => {
+            eprintln!("nsbox-runc: {e}");
+            crate::exit::NSBOX_FAILED
+        }
+    };
+    // The container ends with its process: whatever else runs in the sandbox goes too.
+    stop_session(store, session);
+    // For `delete` and for callers that are not the waiter's parent (tests, debugging).
+    let _ = std::fs::write(fifo.with_file_name("exit"), code.to_string());
+    code
+}
+
+/// Stops the session now and waits until its sandbox and cgroup are gone (no-op if it ended).
+fn stop_session(store: &SessionStore, session: &str) {
+    if let Ok(client) = SessionClient::connect(store, session) {
+        let _ = client.stop(Duration::ZERO, "the container stopped");
+    }
+}
+
+/// `start`: lets the waiter run the container's process.
+pub fn start(root: &Path, id: &str) -> Result<(), RuntimeError> {
+    let (dir, record) = read_record(root, id)?;
+    let status = status(&dir, &record);
+    if status != Status::Created {
+        return Err(RuntimeError::WrongState {
+            id: id.into(),
+            status: status.as_str(),
+            what: "only a created container can be started",
+        });
+    }
+    std::fs::write(dir.join("started"), b"").map_err(RuntimeError::io("mark the start"))?;
+    // Non-blocking: fails (ENXIO) instead of hanging if the waiter is gone.
+    let fifo = rustix::fs::open(
+        dir.join("start.fifo"),
+        OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| RuntimeError::Io {
+        what: "signal the container's start".into(),
+        source: std::io::Error::from_raw_os_error(e.raw_os_error()),
+    })?;
+    rustix::io::write(&fifo, b"start").map_err(|e| RuntimeError::Io {
+        what: "signal the container's start".into(),
+        source: std::io::Error::from_raw_os_error(e.raw_os_error()),
+    })?;
+    Ok(())
+}
+
+/// `state`.
+pub fn state(root: &Path, id: &str) -> Result<State, RuntimeError> {
+    let (dir, record) = read_record(root, id)?;
+    let status = status(&dir, &record);
+    let rootfs = bundle::load(&record.bundle)
+        .ok()
+        .and_then(|s| s.root().as_ref().map(|r| record.bundle.join(r.path())))
+        .unwrap_or_default();
+    Ok(State {
+        oci_version: "1.0.2",
+        id: record.id,
+        status: status.as_str(),
+        pid: if status == Status::Stopped {
+            0
+        } else {
+            record.pid
+        },
+        bundle: record.bundle,
+        rootfs,
+        created: rfc3339(record.created),
+        annotations: record.annotations,
+    })
+}
+
+/// Sends `signal` to the container's process (through the waiter, which passes INT, TERM,
+/// HUP and QUIT on to it). SIGKILL, and `--all`, end the whole sandbox.
+pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
+    let (dir, record) = read_record(root, id)?;
+    if status(&dir, &record) == Status::Stopped {
+        return Err(RuntimeError::WrongState {
+            id: id.into(),
+            status: "stopped",
+            what: "there is nothing to signal",
+        });
+    }
+    signal_waiter(&record, signal)?;
+    if signal == libc::SIGKILL || all {
+        stop_session(&store(&dir), &record.session);
+    }
+    Ok(())
+}
+
+fn signal_waiter(record: &Record, signal: i32) -> Result<(), RuntimeError> {
+    let pid = rustix::process::Pid::from_raw(record.pid).ok_or_else(|| e_pid(record.pid))?;
+    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(()),
+        Err(e) => {
+            return Err(RuntimeError::Io {
+                what: "open the container's process".into(),
+                source: std::io::Error::from_raw_os_error(e.raw_os_error()),
+            })
+        }
+    };
+    // Checked after the pidfd is held: the pid cannot be reused under it any more.
+    if live_start_time(record.pid) != Some(record.pid_start) {
+        return Ok(());
+    }
+    sys::signal::pidfd_kill(pidfd.as_fd(), signal)
+        .map_err(RuntimeError::io("signal the container's process"))
+}
+
+/// `delete`: ends what is left (with --force, or of a container never started) and removes the
+/// container's directory.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuntimeError> {
+    let (dir, record) = match read_record(root, id) {
+        // Like runc: a forced delete of what is already gone succeeds (the shim's cleanup).
+        Err(RuntimeError::NotFound(_)) if force => return Ok(()),
+        other => other?,
+    };
+    let status = status(&dir, &record);
+    if status == Status::Running && !force {
+        return Err(RuntimeError::WrongState {
+            id: id.into(),
+            status: "running",
+            what: "stop it first, or use --force",
+        });
+    }
+    if status != Status::Stopped {
+        signal_waiter(&record, libc::SIGKILL)?;
+    }
+    stop_session(&store(&dir), &record.session);
+    wait_gone(&record);
+    std::fs::remove_dir_all(&dir).map_err(RuntimeError::io(format!("remove {}", dir.display())))
+}
+
+/// Waits (up to 10 s) until the waiter has exited.
+fn wait_gone(record: &Record) {
+    let Some(pid) = rustix::process::Pid::from_raw(record.pid) else {
+        return;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    if live_start_time(record.pid) != Some(record.pid_start) {
+        return;
+    }
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::event::Timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    };
+    let _ = rustix::event::poll(&mut fds, Some(&timeout));
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (`2026-12-04T14:58:03Z`), as runc's state has it.
+pub(crate) fn rfc3339(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_is_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_396_288), "2026-12-04T14:58:08Z");
+    }
+
+    #[test]
+    fn ids_are_names_not_paths() {
+        for bad in ["", ".", "..", "a/b", "../x", "a b"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+        for good in ["c1", "abc_DEF-1.2", &"x".repeat(128)] {
+            assert!(check_id(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn this_process_is_alive_and_has_a_start_time() {
+        let me = i32::try_from(std::process::id()).expect("pid");
+        assert!(live_start_time(me).is_some());
+        assert!(live_start_time(i32::MAX).is_none());
+    }
+}

@@ -1,0 +1,376 @@
+//! nsbox as an OCI runtime: runc's command line (`create`, `start`, `state`, `kill`, `delete`,
+//! `features`), so containerd's runc shim and podman can run nsbox sandboxes. The same binary
+//! answers as `nsbox-runc` (argv[0]) or as `nsbox runtime ...`.
+//!
+//! A container is a session ([`crate::session`]): `create` maps the bundle's `config.json` onto
+//! a [`crate::spec::SandboxSpec`] ([`bundle`]), starts the session's supervisor (the one that
+//! owns the sandbox's [`crate::sandbox::Handle`]), and forks the container's **waiter** — the
+//! process whose pid `create` writes to the pid file. The waiter keeps `create`'s standard
+//! streams, blocks on the container's start FIFO, and on `start` runs the process in the session
+//! as a session client, exits with its status and stops the session. The engine's shim is a
+//! subreaper, so once `create` exits the waiter becomes its child and the shim sees the
+//! container's exit status as the waiter's ([`container`]). docs/runtime.md has the details.
+
+// Stricter than the crate: no silently truncating or sign-losing `as` casts here.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::error_impl_error
+)]
+
+pub mod bundle;
+pub mod container;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::session::SessionError;
+use crate::spec::SpecError;
+
+/// The state directory when `--root` is not given (runc's is /run/runc).
+pub const DEFAULT_ROOT: &str = "/run/nsbox-runc";
+
+/// Why a runtime command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("config.json: {field}: {reason}")]
+    Refused { field: String, reason: String },
+    #[error("{}: {reason}", path.display())]
+    Bundle { path: PathBuf, reason: String },
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("container {id} is {status}: {what}")]
+    WrongState {
+        id: String,
+        status: &'static str,
+        what: &'static str,
+    },
+    #[error("'{0}': not a container id (use letters, digits, '_', '-', '.', at most 128)")]
+    BadId(String),
+    #[error("unknown signal '{0}'")]
+    BadSignal(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    #[error("{0}")]
+    Session(#[from] SessionError),
+    #[error("{0}")]
+    Profile(String),
+}
+
+impl RuntimeError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let what = what.into();
+        move |source| RuntimeError::Io { what, source }
+    }
+}
+
+/// runc's global flags and commands.
+#[derive(Debug, Parser)]
+#[command(
+    name = "nsbox-runc",
+    version,
+    about = "nsbox as an OCI runtime (runc's command line)"
+)]
+pub struct RuntimeCli {
+    /// Where container state is kept.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Append errors (and warnings) to this file.
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// The format of --log lines: JSON lines with "level", "msg" and "time", or text.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Accepted for runc compatibility and ignored: nsbox places the sandbox in its own cgroup.
+    #[arg(long)]
+    systemd_cgroup: bool,
+    /// Accepted for runc compatibility and ignored.
+    #[arg(long)]
+    debug: bool,
+    #[command(subcommand)]
+    command: RuntimeCommand,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum RuntimeCommand {
+    /// Create a container: its sandbox is built and waits for `start`.
+    Create(CreateArgs),
+    /// Start the process of a created container.
+    Start(IdArg),
+    /// Print a container's state (runtime-spec JSON).
+    State(IdArg),
+    /// Send a signal to a container's process (default SIGTERM).
+    Kill(KillArgs),
+    /// Remove a container (--force: kill it first).
+    Delete(DeleteArgs),
+    /// Print what this runtime supports (JSON).
+    Features,
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// The bundle directory (config.json and the root filesystem).
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    bundle: PathBuf,
+    /// Write the container process's pid here before returning.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// A unix socket for the terminal's master (not supported yet: refused).
+    #[arg(long, value_name = "SOCKET")]
+    console_socket: Option<PathBuf>,
+    /// Accepted and ignored (nsbox always pivots into the new root).
+    #[arg(long)]
+    no_pivot: bool,
+    /// Accepted and ignored (the sandbox has no session keyring of the host's).
+    #[arg(long)]
+    no_new_keyring: bool,
+    id: String,
+}
+
+#[derive(Debug, Args)]
+struct IdArg {
+    id: String,
+}
+
+#[derive(Debug, Args)]
+struct KillArgs {
+    /// Signal every process of the container (its whole sandbox).
+    #[arg(short, long)]
+    all: bool,
+    id: String,
+    /// A number or a name, with or without SIG.
+    #[arg(default_value = "SIGTERM")]
+    signal: String,
+}
+
+#[derive(Debug, Args)]
+struct DeleteArgs {
+    /// Kill a running container first.
+    #[arg(short, long)]
+    force: bool,
+    id: String,
+}
+
+/// Runs the runtime command line (`args[0]` is the program name); returns the exit code.
+pub fn main<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match RuntimeCli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                crate::exit::USAGE
+            } else {
+                0
+            };
+        }
+    };
+    let log = Log {
+        path: cli.log.clone(),
+        json: cli.log_format == LogFormat::Json,
+    };
+    match run(&cli, &log) {
+        Ok(()) => 0,
+        Err(e) => {
+            let message = e.to_string();
+            log.write("error", &message);
+            eprintln!("nsbox-runc: {message}");
+            1
+        }
+    }
+}
+
+fn run(cli: &RuntimeCli, log: &Log) -> Result<(), RuntimeError> {
+    let root = &cli.root;
+    match &cli.command {
+        RuntimeCommand::Create(a) => {
+            if a.console_socket.is_some() {
+                return Err(RuntimeError::Unsupported(
+                    "--console-socket: terminals are not supported yet".into(),
+                ));
+            }
+            container::create(root, &a.id, &a.bundle, a.pid_file.as_deref(), log)
+        }
+        RuntimeCommand::Start(a) => container::start(root, &a.id),
+        RuntimeCommand::State(a) => {
+            let state = container::state(root, &a.id)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&state).unwrap_or_default()
+            );
+            Ok(())
+        }
+        RuntimeCommand::Kill(a) => {
+            let signal = parse_signal(&a.signal)?;
+            container::kill(root, &a.id, signal, a.all)
+        }
+        RuntimeCommand::Delete(a) => container::delete(root, &a.id, a.force),
+        RuntimeCommand::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&features()).unwrap_or_default()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Where errors and warnings go: `--log FILE` (runc's format), besides stderr.
+#[derive(Debug, Clone)]
+pub struct Log {
+    path: Option<PathBuf>,
+    json: bool,
+}
+
+impl Log {
+    pub fn write(&self, level: &str, msg: &str) {
+        let Some(path) = &self.path else { return };
+        let time = container::rfc3339(crate::session::state::now_secs());
+        let line = if self.json {
+            serde_json::json!({"level": level, "msg": msg, "time": time}).to_string()
+        } else {
+            format!("time={time} level={level} msg={msg:?}")
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
+
+/// A signal as runc takes it: `9`, `KILL`, `SIGKILL` (any case).
+pub fn parse_signal(s: &str) -> Result<i32, RuntimeError> {
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(RuntimeError::BadSignal(s.into()))
+        };
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, sig)| *sig)
+        .ok_or_else(|| RuntimeError::BadSignal(s.into()))
+}
+
+/// `features`: the runtime-spec features document, for what nsbox honours.
+fn features() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": [],
+        "mountOptions": ["bind", "rbind", "ro", "rw"],
+        "linux": {
+            "namespaces": ["pid", "mount", "network", "uts", "ipc", "user"],
+            "capabilities": [],
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {"enabled": false},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        },
+        "annotations": {"io.nsbox.runtime.floor": "user namespace, no capabilities, nsbox's seccomp filter"}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_number_and_name() {
+        assert_eq!(parse_signal("9").ok(), Some(libc::SIGKILL));
+        assert_eq!(parse_signal("KILL").ok(), Some(libc::SIGKILL));
+        assert_eq!(parse_signal("sigterm").ok(), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("SIGUSR1").ok(), Some(libc::SIGUSR1));
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("NOPE").is_err());
+    }
+
+    #[test]
+    fn runc_global_flags_come_before_the_command() {
+        let cli = RuntimeCli::try_parse_from([
+            "nsbox-runc",
+            "--root",
+            "/tmp/r",
+            "--log",
+            "/tmp/l.json",
+            "--log-format",
+            "json",
+            "--systemd-cgroup",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+            "--no-pivot",
+            "--no-new-keyring",
+            "c1",
+        ])
+        .expect("parse");
+        assert_eq!(cli.root, PathBuf::from("/tmp/r"));
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(matches!(cli.command, RuntimeCommand::Create(ref a) if a.id == "c1"));
+        let kill = RuntimeCli::try_parse_from(["nsbox-runc", "kill", "--all", "c1", "9"])
+            .expect("parse kill");
+        assert!(matches!(kill.command, RuntimeCommand::Kill(ref a) if a.all && a.signal == "9"));
+    }
+}

@@ -1,0 +1,410 @@
+//! nsbox as an OCI runtime: runc's command sequence (create, state, start, state, delete; kill)
+//! driven directly against bundles built here from busybox, as containerd's runc shim drives
+//! it. The runtime's waiter is not this process's child, so its exit status is read from the
+//! `exit` file it leaves in the container's state directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::require_root;
+use crate::support::{eventually, host_processes_matching, leftover_cgroups, nsbox_bin, Run};
+
+/// A bundle (config.json + busybox rootfs) and a state root, in one temp dir.
+struct Bundle {
+    dir: tempfile::TempDir,
+}
+
+impl Bundle {
+    fn new(config: serde_json::Value) -> Bundle {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox-static is needed for this test (apt-get install busybox-static)");
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bundle/rootfs/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(busybox, bin.join("busybox")).unwrap();
+        let installed = Command::new("chroot")
+            .arg(dir.path().join("bundle/rootfs"))
+            .args(["/bin/busybox", "--install", "-s", "/bin"])
+            .status()
+            .unwrap();
+        assert!(installed.success());
+        std::fs::write(
+            dir.path().join("bundle/config.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
+        Bundle { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `nsbox runtime --root R --log L --log-format json ARGS`, stdin from /dev/null.
+    fn runtime(&self, args: &[&str]) -> Run {
+        self.runtime_cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+            .into()
+    }
+
+    fn runtime_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(nsbox_bin());
+        cmd.arg("runtime")
+            .arg("--root")
+            .arg(self.path("state"))
+            .arg("--log")
+            .arg(self.path("log.json"))
+            .args(["--log-format", "json"])
+            .args(args)
+            .env_remove("NSBOX_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `create` with the container's streams in files (as a shim passes its FIFOs).
+    fn create(&self, id: &str) -> Run {
+        let out = std::fs::File::create(self.path(&format!("{id}.out"))).unwrap();
+        let err = std::fs::File::create(self.path(&format!("{id}.err"))).unwrap();
+        let bundle = self.path("bundle");
+        let pid_file = self.path(&format!("{id}.pid"));
+        let status = self
+            .runtime_cmd(&[
+                "create",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                id,
+            ])
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .unwrap();
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::new(),
+            stderr: std::fs::read_to_string(self.path(&format!("{id}.err"))).unwrap_or_default(),
+        }
+    }
+
+    fn state(&self, id: &str) -> serde_json::Value {
+        let run = self.runtime(&["state", id]);
+        assert_eq!(run.code, 0, "state {id}: {}", run.stderr);
+        serde_json::from_str(&run.stdout).unwrap()
+    }
+
+    fn status(&self, id: &str) -> String {
+        self.state(id)["status"].as_str().unwrap().to_string()
+    }
+
+    /// The nsbox id of the container's sandbox (its cgroup's name).
+    fn session(&self, id: &str) -> String {
+        let text = std::fs::read(self.path(&format!("state/{id}/state.json"))).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        v["session"].as_str().unwrap().to_string()
+    }
+}
+
+fn config(args: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": args, "cwd": "/", "user": {"uid": 0, "gid": 0},
+                    "env": ["PATH=/bin"], "terminal": false,
+                    "capabilities": {"bounding": ["CAP_CHOWN", "CAP_KILL"]}},
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "oci-box",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts"},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs"},
+            {"destination": "/run", "type": "tmpfs", "source": "tmpfs"}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"},
+                           {"type": "ipc"}, {"type": "uts"}],
+            "resources": {"pids": {"limit": 64}}
+        },
+        "annotations": {"io.example.team": "agents"}
+    })
+}
+
+#[test]
+fn runtime_runs_a_bundle_through_runcs_sequence() {
+    require_root!();
+    let b = Bundle::new(config(&[
+        "/bin/sh",
+        "-c",
+        "echo hello from $(hostname); cat /proc/self/uid_map; exit 3",
+    ]));
+    let created = b.create("c1");
+    assert_eq!(created.code, 0, "create: {}", created.stderr);
+    let pid: i32 = std::fs::read_to_string(b.path("c1.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let state = b.state("c1");
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["pid"], pid, "state's pid is the pid file's");
+    assert_eq!(state["ociVersion"], "1.0.2");
+    assert_eq!(state["annotations"]["io.example.team"], "agents");
+    assert!(state["bundle"].as_str().unwrap().ends_with("/bundle"));
+    let session = b.session("c1");
+    assert!(
+        !leftover_cgroups(&session).is_empty(),
+        "the created sandbox has its cgroup"
+    );
+    assert!(
+        std::fs::read_to_string(b.path("c1.out"))
+            .unwrap()
+            .is_empty(),
+        "nothing runs before start"
+    );
+
+    let started = b.runtime(&["start", "c1"]);
+    assert_eq!(started.code, 0, "start: {}", started.stderr);
+    assert!(
+        eventually(30.0, || b.status("c1") == "stopped"),
+        "the container stops when its process ends"
+    );
+    assert_eq!(b.state("c1")["pid"], 0);
+    let out = std::fs::read_to_string(b.path("c1.out")).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("hello from oci-box"), "{out}");
+    // uid 0 inside is not host uid 0: the map's first line maps 0 to a high host id.
+    let map: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(map.first(), Some(&"0"), "{out}");
+    assert_ne!(map.get(1), Some(&"0"), "never host root: {out}");
+    assert_eq!(
+        std::fs::read_to_string(b.path("state/c1/exit")).unwrap(),
+        "3",
+        "the process's exit status"
+    );
+    let again = b.runtime(&["start", "c1"]);
+    assert_ne!(again.code, 0, "a stopped container does not start again");
+
+    let deleted = b.runtime(&["delete", "c1"]);
+    assert_eq!(deleted.code, 0, "delete: {}", deleted.stderr);
+    assert!(!b.path("state/c1").exists(), "no state left");
+    assert!(leftover_cgroups(&session).is_empty(), "no cgroup left");
+    let gone = b.runtime(&["state", "c1"]);
+    assert_ne!(gone.code, 0);
+    assert!(gone.stderr.contains("does not exist"), "{}", gone.stderr);
+}
+
+#[test]
+fn runtime_kill_ends_a_long_running_container() {
+    require_root!();
+    let b = Bundle::new(config(&["/bin/sleep", "4711"]));
+    assert_eq!(b.create("term").code, 0);
+    assert_eq!(b.runtime(&["start", "term"]).code, 0);
+    assert_eq!(b.status("term"), "running");
+    assert!(eventually(30.0, || !host_processes_matching(
+        "/bin/sleep 4711"
+    )
+    .is_empty()));
+    let refused = b.runtime(&["delete", "term"]);
+    assert_ne!(refused.code, 0, "a running container needs --force");
+    assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
+    let kill = b.runtime(&["kill", "term", "TERM"]);
+    assert_eq!(kill.code, 0, "kill: {}", kill.stderr);
+    assert!(eventually(30.0, || b.status("term") == "stopped"));
+    assert_eq!(
+        std::fs::read_to_string(b.path("state/term/exit")).unwrap(),
+        "143",
+        "ended by SIGTERM"
+    );
+    let session = b.session("term");
+    assert_eq!(b.runtime(&["delete", "term"]).code, 0);
+    assert!(leftover_cgroups(&session).is_empty());
+
+    // SIGKILL by number, to a container never started; then delete --force of a running one.
+    assert_eq!(b.create("never").code, 0);
+    let session = b.session("never");
+    assert_eq!(b.runtime(&["kill", "never", "9"]).code, 0);
+    assert!(eventually(30.0, || b.status("never") == "stopped"));
+    assert_eq!(b.runtime(&["delete", "never"]).code, 0);
+    assert!(leftover_cgroups(&session).is_empty());
+
+    assert_eq!(b.create("forced").code, 0);
+    assert_eq!(b.runtime(&["start", "forced"]).code, 0);
+    let session = b.session("forced");
+    let forced = b.runtime(&["delete", "--force", "forced"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(!b.path("state/forced").exists());
+    assert!(leftover_cgroups(&session).is_empty());
+    assert!(
+        eventually(10.0, || host_processes_matching("/bin/sleep 4711")
+            .is_empty()),
+        "no process of the containers is left"
+    );
+}
+
+#[test]
+fn runtime_refuses_a_privileged_spec_naming_the_field_in_its_json_log() {
+    require_root!();
+    let mut cfg = config(&["/bin/true"]);
+    cfg["process"]["capabilities"]["bounding"] = serde_json::json!(["CAP_SYS_ADMIN"]);
+    let b = Bundle::new(cfg);
+    let run = b.create("priv");
+    assert_ne!(run.code, 0, "a privileged spec is refused");
+    assert!(
+        run.stderr.contains("process.capabilities.bounding"),
+        "{}",
+        run.stderr
+    );
+    assert!(!b.path("state/priv").exists(), "nothing was made");
+    // containerd's shim reads the last error from --log as a JSON line.
+    let log = std::fs::read_to_string(b.path("log.json")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error");
+    assert!(
+        last["msg"]
+            .as_str()
+            .unwrap()
+            .contains("process.capabilities.bounding"),
+        "{log}"
+    );
+
+    let mut host_pid = config(&["/bin/true"]);
+    host_pid["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}]);
+    std::fs::write(
+        b.path("bundle/config.json"),
+        serde_json::to_vec(&host_pid).unwrap(),
+    )
+    .unwrap();
+    let run = b.create("hostpid");
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("linux.namespaces") && run.stderr.contains("PID namespace"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn runtime_answers_as_nsbox_runc_by_its_name() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("nsbox-runc");
+    std::os::unix::fs::symlink(nsbox_bin(), &link).unwrap();
+    let out = Command::new(&link).arg("features").output().unwrap();
+    assert!(out.status.success());
+    let features: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(features["ociVersionMax"].as_str().is_some());
+    assert!(features["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("user")));
+}
+
+/// A containerd of the test's own (root, state, sockets under a temp dir; never the system
+/// service), stopped when dropped.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        assert!(
+            Path::new("/usr/bin/containerd").exists() && Path::new("/usr/bin/ctr").exists(),
+            "containerd is needed for this test (apt-get install containerd)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n\
+             [ttrpc]\n  address = \"{d}/containerd-ttrpc.sock\"\n"
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("/usr/bin/containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let ctrd = Containerd { dir, child };
+        assert!(
+            eventually(30.0, || ctrd.ctr(&["version"]).code == 0),
+            "containerd did not come up: {}",
+            std::fs::read_to_string(ctrd.dir.path().join("containerd.log")).unwrap_or_default()
+        );
+        ctrd
+    }
+
+    fn ctr(&self, args: &[&str]) -> Run {
+        Command::new("/usr/bin/ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["-n", "nsbox-test"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn runtime_runs_under_containerd_with_ctr_run() {
+    require_root!();
+    // The bundle's rootfs serves as ctr's --rootfs; its config.json is not used (ctr makes one).
+    let b = Bundle::new(config(&["/bin/true"]));
+    let rootfs = b.path("bundle/rootfs");
+    for d in ["proc", "dev", "sys", "run", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let runc = b.path("nsbox-runc");
+    std::os::unix::fs::symlink(nsbox_bin(), &runc).unwrap();
+    let runc_root = b.path("runc-root");
+    let fifos = b.path("fifos");
+    let ctrd = Containerd::start();
+    // (The shim's own socket still goes to /run/containerd/s/, which containerd fixes.)
+    let run = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--fifo-dir",
+        fifos.to_str().unwrap(),
+        "--rootfs",
+        "--runc-binary",
+        runc.to_str().unwrap(),
+        "--runc-root",
+        runc_root.to_str().unwrap(),
+        rootfs.to_str().unwrap(),
+        "hello1",
+        "/bin/sh",
+        "-c",
+        "echo hello; exit 7",
+    ]);
+    assert_eq!(run.code, 7, "stdout {} stderr {}", run.stdout, run.stderr);
+    assert_eq!(run.stdout.trim(), "hello", "{}", run.stderr);
+    assert!(
+        ctrd.ctr(&["task", "ls", "-q"]).stdout.trim().is_empty(),
+        "no task left"
+    );
+    // The runtime's state for the container is gone (the shim deleted it).
+    let left: Vec<_> = std::fs::read_dir(runc_root.join("nsbox-test"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime state left: {left:?}");
+}
