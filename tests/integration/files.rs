@@ -295,3 +295,50 @@ fn git_trusts_a_writable_mount_and_needs_safe_directory_read_only() {
     ]);
     assert_eq!(trusted.code, 0, "{trusted:?}");
 }
+
+/// A writable mount of a root-owned directory writes as root on the host, so a setuid or
+/// setgid file made there would hand root (or the owner) to whoever runs it on the host. Every
+/// way to set those bits from inside is refused (seccomp), and none lands on the host.
+#[test]
+fn setuid_files_on_writable_mounts_are_refused() {
+    require_root!();
+    let rooted = owned_dir(0, 0);
+    let user = owned_dir(4242, 4343);
+    let m_root = format!("{}:/rootws:rw", rooted.path().display());
+    let m_user = format!("{}:/work:rw", user.path().display());
+    let script = "\
+        for d in /rootws /work; do \
+          cp /bin/true $d/t; \
+          chmod u+s $d/t 2>/dev/null && echo chmod-suid-ran; \
+          chmod g+s $d/t 2>/dev/null && echo chmod-sgid-ran; \
+          chmod 4755 $d/t 2>/dev/null && echo chmod-4755-ran; \
+          install -m 4755 /bin/true $d/i 2>/dev/null && echo install-ran; \
+          python3 -c \"import os,sys; d=sys.argv[1]; \
+fd=os.open(d+'/o', os.O_CREAT|os.O_WRONLY, 0o4755); print('open-created')\" $d 2>/dev/null; \
+          python3 -c \"import os,sys,stat; d=sys.argv[1]; \
+os.mknod(d+'/n', 0o6755|stat.S_IFREG); print('mknod-created')\" $d 2>/dev/null; \
+        done; echo done";
+    let r = exec(&["-v", &m_root, "-v", &m_user, "--", "/bin/sh", "-c", script]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for refused in [
+        "chmod-suid-ran",
+        "chmod-sgid-ran",
+        "chmod-4755-ran",
+        "install-ran",
+        "open-created",
+        "mknod-created",
+    ] {
+        assert!(!r.stdout.contains(refused), "{refused}: {r:?}");
+    }
+    assert!(r.stdout.ends_with("done\n"), "{r:?}");
+    for dir in [rooted.path(), user.path()] {
+        for (mode, _, path) in listing(dir) {
+            assert_eq!(
+                mode & 0o6000,
+                0,
+                "{path} has a setuid/setgid bit on the host"
+            );
+        }
+        assert!(dir.join("t").exists(), "the plain copy was made");
+    }
+}
