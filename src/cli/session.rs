@@ -81,6 +81,19 @@ pub fn create(
     t0: u64,
 ) -> i32 {
     let json = args.json;
+    // Run by `nsbox serve` (which names itself here): if the server dies before this create
+    // is done, so does the create, and the session it was making removes itself (it was never
+    // confirmed) instead of living on with nobody who knows of it.
+    if let Some(parent) = std::env::var(crate::serve::CREATE_PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    {
+        let parent_alive = crate::sys::process::set_parent_death_signal(libc::SIGKILL).is_ok()
+            && rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) == Some(parent);
+        if !parent_alive {
+            return crate::exit::NSBOX_FAILED;
+        }
+    }
     if let Some(name) = &args.name {
         if !crate::session::state::valid_name(name) {
             return fail(

@@ -79,20 +79,35 @@ impl IdRange {
     /// Takes the lowest free range, writing `owner` (a sandbox id) into its lock file.
     pub fn allocate(run_dir: &Path, owner: &str) -> Result<IdRange, IdRangeError> {
         let dir = Self::dir(run_dir);
-        private_dir(run_dir)?;
-        private_dir(&dir)?;
-        for slot in 1..SLOTS {
-            if let Some(lock) = try_lock(&dir, slot)? {
-                let _ = rfs::ftruncate(&lock, 0);
-                let _ = rustix::io::pwrite(&lock, owner.as_bytes(), 0);
-                return Ok(IdRange {
-                    slot,
-                    base: Self::base_of(slot),
-                    _lock: lock,
-                });
+        // `prune` removes the directories once no range is held; one removed between our
+        // mkdir and open is made again.
+        let mut attempts = 0;
+        'again: loop {
+            attempts += 1;
+            private_dir(run_dir)?;
+            private_dir(&dir)?;
+            for slot in 1..SLOTS {
+                let lock = match try_lock(&dir, slot) {
+                    Ok(lock) => lock,
+                    Err(IdRangeError::Io { source, .. })
+                        if attempts < 3 && source.raw_os_error() == Some(libc::ENOENT) =>
+                    {
+                        continue 'again
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(lock) = lock {
+                    let _ = rfs::ftruncate(&lock, 0);
+                    let _ = rustix::io::pwrite(&lock, owner.as_bytes(), 0);
+                    return Ok(IdRange {
+                        slot,
+                        base: Self::base_of(slot),
+                        _lock: lock,
+                    });
+                }
             }
+            return Err(IdRangeError::Exhausted);
         }
-        Err(IdRangeError::Exhausted)
     }
 }
 
@@ -163,6 +178,23 @@ pub fn prune(run_dir: &Path) -> usize {
         {
             removed += 1;
         }
+    }
+    // No range held any more: the kernel probe's cached answer goes too (the next sandbox asks
+    // again, once), and so do the directories, so a pruned host keeps nothing of nsbox's.
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.iter().all(|n| n.starts_with("idmapped-layers-")) {
+        for name in &names {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(run_dir);
     }
     removed
 }

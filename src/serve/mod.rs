@@ -15,6 +15,10 @@
 //!
 //! Design notes: docs/serve.md. The API: docs/openapi.json (served at /v1/openapi.json).
 
+/// Set by the server on each `nsbox create` it runs, to its own pid: the create dies with the
+/// server (see `cli::session::create`), so a server killed mid-create leaves no session.
+pub const CREATE_PARENT_ENV: &str = "NSBOX_CREATE_PARENT";
+
 pub mod api;
 pub mod audit;
 pub mod client;

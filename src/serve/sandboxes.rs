@@ -298,6 +298,7 @@ pub fn create_session(options: &ServeOptions, plan: &CreatePlan) -> Result<Strin
     }
     cmd.args(&plan.args)
         .envs(plan.env.iter().map(|(k, v)| (k, v)))
+        .env(super::CREATE_PARENT_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
