@@ -259,6 +259,46 @@ impl std::str::FromStr for Timeout {
     }
 }
 
+/// Unix seconds as RFC 3339 UTC (`2026-12-04T14:58:03Z`), the form OCI configs, runc's state
+/// and E2B's API use. Civil date from days since 1970-01-01 by Howard Hinnant's algorithm (no
+/// calendar crate for one function).
+pub fn rfc3339(secs: u64) -> String {
+    let (date, rem) = civil(secs);
+    format!(
+        "{date}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// [`rfc3339`] with milliseconds (`2026-12-04T14:58:03.042Z`), for event time stamps.
+pub fn rfc3339_millis(secs: u64, millis: u32) -> String {
+    let (date, rem) = civil(secs);
+    format!(
+        "{date}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The date (`YYYY-MM-DD`) of `secs` and the seconds since its midnight.
+fn civil(secs: u64) -> (String, u64) {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (format!("{year:04}-{month:02}-{day:02}"), rem)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

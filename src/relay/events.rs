@@ -120,28 +120,7 @@ pub fn rfc3339_now() -> String {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    rfc3339(since.as_secs(), since.subsec_millis())
-}
-
-/// Seconds since the epoch as RFC 3339 UTC (the civil-from-days algorithm of H. Hinnant).
-fn rfc3339(secs: u64, millis: u32) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::units::rfc3339_millis(since.as_secs(), since.subsec_millis())
 }
 
 /// Cuts a byte stream into chunks at UTF-8 character boundaries, so a character split across
@@ -236,9 +215,18 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
-        assert_eq!(rfc3339(1_796_395_921, 123), "2026-12-04T14:52:01.123Z");
+        assert_eq!(
+            crate::units::rfc3339_millis(0, 0),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            crate::units::rfc3339_millis(951_782_400, 5),
+            "2000-02-29T00:00:00.005Z"
+        );
+        assert_eq!(
+            crate::units::rfc3339_millis(1_796_395_921, 123),
+            "2026-12-04T14:52:01.123Z"
+        );
         let line = stamp_line(b"{\"type\":\"dns\"}\n", None);
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["type"], "dns");

@@ -385,7 +385,7 @@ pub fn state(root: &Path, id: &str) -> Result<State, RuntimeError> {
         },
         bundle: record.bundle,
         rootfs,
-        created: rfc3339(record.created),
+        created: crate::units::rfc3339(record.created),
         annotations: record.annotations,
     })
 }
@@ -474,37 +474,15 @@ fn wait_gone(record: &Record) {
     let _ = rustix::event::poll(&mut fds, Some(&timeout));
 }
 
-/// Seconds since the epoch as RFC 3339 UTC (`2026-12-04T14:58:03Z`), as runc's state has it.
-pub(crate) fn rfc3339(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn created_is_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_796_396_288), "2026-12-04T14:58:08Z");
+        assert_eq!(crate::units::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(crate::units::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(crate::units::rfc3339(1_796_396_288), "2026-12-04T14:58:08Z");
     }
 
     #[test]

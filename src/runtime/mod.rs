@@ -245,7 +245,7 @@ pub struct Log {
 impl Log {
     pub fn write(&self, level: &str, msg: &str) {
         let Some(path) = &self.path else { return };
-        let time = container::rfc3339(crate::session::state::now_secs());
+        let time = crate::units::rfc3339(crate::session::state::now_secs());
         let line = if self.json {
             serde_json::json!({"level": level, "msg": msg, "time": time}).to_string()
         } else {

@@ -686,7 +686,7 @@ fn entry_info(st: &serde_json::Value, dir: Option<&str>) -> serde_json::Value {
         "permissions": permissions(kind, mode),
         "owner": owner(&st["uid"]),
         "group": owner(&st["gid"]),
-        "modifiedTime": super::rfc3339(st["mtime"].as_i64().unwrap_or(0).max(0) as u64),
+        "modifiedTime": crate::units::rfc3339(st["mtime"].as_i64().unwrap_or(0).max(0) as u64),
     })
 }
 

@@ -549,8 +549,8 @@ fn detail(server: &Server, owned: &Owned) -> serde_json::Value {
         "templateID": template_of(owned),
         "sandboxID": owned.id,
         "clientID": "nsbox",
-        "startedAt": rfc3339(owned.created),
-        "endAt": rfc3339(end),
+        "startedAt": crate::units::rfc3339(owned.created),
+        "endAt": crate::units::rfc3339(end),
         "cpuCount": cpus,
         "memoryMB": memory_mb,
         "diskSizeMB": 0,
@@ -626,37 +626,15 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Unix seconds as RFC 3339 (UTC).
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn timestamps_are_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_796_428_799), "2026-12-04T23:59:59Z");
+        assert_eq!(crate::units::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(crate::units::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(crate::units::rfc3339(1_796_428_799), "2026-12-04T23:59:59Z");
     }
 
     #[test]

@@ -345,7 +345,7 @@ pub fn request(method: &str, bytes: &[u8]) -> Result<Value, RpcError> {
     })
 }
 
-/// "YYYY-MM-DDTHH:MM:SSZ" (as `super::rfc3339` writes it) in Unix seconds.
+/// "YYYY-MM-DDTHH:MM:SSZ" (as `crate::units::rfc3339` writes it) in Unix seconds.
 fn unix_seconds(t: &str) -> Option<i64> {
     let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
     let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
@@ -520,7 +520,7 @@ mod tests {
     #[test]
     fn timestamps_round_trip() {
         for t in [0, 951_782_400, 1_796_428_799] {
-            assert_eq!(unix_seconds(&super::super::rfc3339(t)), Some(t as i64));
+            assert_eq!(unix_seconds(&crate::units::rfc3339(t)), Some(t as i64));
         }
     }
 
