@@ -26,9 +26,8 @@ pub use recipe::{Recipe, RecipeFile};
 use crate::config::Config;
 use crate::ids::DEFAULT_UID_BASE;
 use crate::image::digest::Digest;
-use crate::image::ingest::{self, add_to_index, store_doc, unpack_stream, Expect};
-use crate::image::oci;
-use crate::image::store::{remove_tree, ImageRecord, LayerRecord, Store};
+use crate::image::ingest::{self, add_to_index, unpack_stream, Expect};
+use crate::image::store::{remove_tree, ImageRecord, Store};
 use crate::image::{ImageError, Limits};
 use crate::profile::{NetworkMode, Profile};
 use crate::registry::pull::PullPolicy;
@@ -325,39 +324,14 @@ fn run_and_capture(
     }
     let config_bytes = serde_json::to_vec(&config_json)
         .map_err(|e| io("write the image config")(std::io::Error::other(e)))?;
-    let config_digest = Digest::of(&config_bytes);
-    let parsed: oci::ImageConfig = ingest::parse_json("the built image config", &config_bytes)?;
-
-    let mut layers = base.layers.clone();
-    layers.push(LayerRecord {
-        blob: layer.blob.clone(),
-        media_type: oci::OCI_LAYER_GZIP.to_string(),
-        size: layer.size,
-        diff_id: layer.diff_id.clone(),
-        unpacked_bytes: layer.unpacked_bytes,
-    });
-    let (manifest_digest, manifest_bytes) =
-        ingest::synthesize_manifest(&(config_digest.clone(), config_bytes.clone()), &layers)?;
-    store_doc(store, &config_digest, &config_bytes)?;
-    store_doc(store, &manifest_digest, &manifest_bytes)?;
-    let record = ImageRecord {
-        digest: manifest_digest,
-        names: vec![tag.to_string()],
-        manifest_size: manifest_bytes.len() as u64,
-        config: config_digest,
-        config_size: config_bytes.len() as u64,
-        layers,
-        run: parsed.config.unwrap_or_default(),
-        architecture: base.architecture.clone(),
-        os: base.os.clone(),
-        loaded: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        index_digest: None,
-        build_hash: Some(hash.to_string()),
-    };
-    add_to_index(store, std::slice::from_ref(&record))?;
+    let record = ingest::store_image_on(
+        store,
+        base,
+        &layer,
+        config_bytes,
+        tag,
+        Some(hash.to_string()),
+    )?;
     Ok((record, captured.entries))
 }
 

@@ -133,6 +133,52 @@ pub(crate) fn store_doc(store: &Store, digest: &Digest, bytes: &[u8]) -> Result<
     store.install_blob(&tmp, digest)
 }
 
+/// Stores an image made of `base`'s layers plus `layer` (gzip, already in the store) with
+/// `config_bytes` as its config, named `tag`, and adds it to the index — the last step, so an
+/// interrupted caller leaves no image. What `nsbox build` and `nsbox commit` share.
+pub(crate) fn store_image_on(
+    store: &Store,
+    base: &ImageRecord,
+    layer: &LayerDone,
+    config_bytes: Vec<u8>,
+    tag: &str,
+    build_hash: Option<String>,
+) -> Result<ImageRecord, ImageError> {
+    let config_digest = Digest::of(&config_bytes);
+    let parsed: oci::ImageConfig = parse_json("the new image's config", &config_bytes)?;
+    let mut layers = base.layers.clone();
+    layers.push(LayerRecord {
+        blob: layer.blob.clone(),
+        media_type: oci::OCI_LAYER_GZIP.to_string(),
+        size: layer.size,
+        diff_id: layer.diff_id.clone(),
+        unpacked_bytes: layer.unpacked_bytes,
+    });
+    let (manifest_digest, manifest_bytes) =
+        synthesize_manifest(&(config_digest.clone(), config_bytes.clone()), &layers)?;
+    store_doc(store, &config_digest, &config_bytes)?;
+    store_doc(store, &manifest_digest, &manifest_bytes)?;
+    let record = ImageRecord {
+        digest: manifest_digest,
+        names: vec![tag.to_string()],
+        manifest_size: manifest_bytes.len() as u64,
+        config: config_digest,
+        config_size: config_bytes.len() as u64,
+        layers,
+        run: parsed.config.unwrap_or_default(),
+        architecture: base.architecture.clone(),
+        os: base.os.clone(),
+        loaded: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        index_digest: None,
+        build_hash,
+    };
+    add_to_index(store, std::slice::from_ref(&record))?;
+    Ok(record)
+}
+
 /// Adds `records` to the index: a name moves to the image that now carries it; an image
 /// loaded again keeps its old names and gains the new ones.
 pub fn add_to_index(store: &Store, records: &[ImageRecord]) -> Result<(), ImageError> {

@@ -28,13 +28,12 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::build::capture::{self, Extra};
 use crate::image::digest::Digest;
-use crate::image::ingest::{self, add_to_index, store_doc, unpack_stream, Expect};
-use crate::image::oci;
-use crate::image::store::{remove_tree, ImageRecord, LayerRecord, Store};
+use crate::image::ingest::{self, unpack_stream, Expect};
+use crate::image::store::{remove_tree, ImageRecord, Store};
 use crate::image::{ImageError, Limits};
 use crate::session::client::SessionClient;
 use crate::session::protocol::SnapshotInfo;
@@ -153,39 +152,8 @@ fn commit_in(
     let base_config = std::fs::read(store.blob_path(&base.config))
         .map_err(io("read the session image's config"))?;
     let config_bytes = commit_config(&base_config, &info, &layer.diff_id, session, tag)?;
-    let config_digest = Digest::of(&config_bytes);
-    let parsed: oci::ImageConfig = ingest::parse_json("the committed image config", &config_bytes)?;
-    let mut layers = base.layers.clone();
-    layers.push(LayerRecord {
-        blob: layer.blob.clone(),
-        media_type: oci::OCI_LAYER_GZIP.to_string(),
-        size: layer.size,
-        diff_id: layer.diff_id.clone(),
-        unpacked_bytes: layer.unpacked_bytes,
-    });
-    let (manifest_digest, manifest_bytes) =
-        ingest::synthesize_manifest(&(config_digest.clone(), config_bytes.clone()), &layers)?;
-    store_doc(store, &config_digest, &config_bytes)?;
-    store_doc(store, &manifest_digest, &manifest_bytes)?;
-    let record = ImageRecord {
-        digest: manifest_digest,
-        names: vec![tag.to_string()],
-        manifest_size: manifest_bytes.len() as u64,
-        config: config_digest,
-        config_size: config_bytes.len() as u64,
-        layers,
-        run: parsed.config.unwrap_or_default(),
-        architecture: base.architecture.clone(),
-        os: base.os.clone(),
-        loaded: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        index_digest: None,
-        build_hash: None,
-    };
-    // The commit point: before this, no image names the layer.
-    add_to_index(store, std::slice::from_ref(&record))?;
+    // The commit point is the index entry: before it, no image names the layer.
+    let record = ingest::store_image_on(store, &base, &layer, config_bytes, tag, None)?;
     Ok(Committed {
         image: record,
         entries: captured.entries,
