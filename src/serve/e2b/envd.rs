@@ -121,8 +121,9 @@ fn file_rpc_error(e: FileError) -> RpcError {
     RpcError::new(Code::from_status(e.status), e.message)
 }
 
-/// Reads what is left of a refused request's body (bounded in size and time), so a client
-/// still sending it reads the refusal instead of a reset connection.
+/// Reads what is left of a refused request's body (bounded in size and time): hyper closes a
+/// connection whose request body was not read, and a client that reuses it from its pool (the
+/// SDKs do) then fails with "error sending request" instead of reading the refusal.
 async fn drain(req: Request<Incoming>) {
     let body = http_body_util::Limited::new(req.into_body(), 1 << 20);
     let _ = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
@@ -193,15 +194,18 @@ pub(super) async fn handle(
         }
         (Method::GET, "/files") => return download(&server, &owned, req).await,
         (Method::POST, "/files") => return upload(&server, &owned, req).await,
-        (_, p) if rpc => Err(RpcError::new(
-            Code::Unimplemented,
-            format!("{p} is not served by nsbox yet (docs/e2b.md lists what is)"),
-        )),
+        (_, p) if rpc => {
+            // Read before answering, so the connection stays usable (see `drain`).
+            let message = format!("{p} is not served by nsbox yet (docs/e2b.md lists what is)");
+            drain(req).await;
+            Err(RpcError::new(Code::Unimplemented, message))
+        }
         (m, p) => {
+            drain(req).await;
             return http_error(
                 StatusCode::NOT_FOUND,
                 format!("no {m} {p} in nsbox's in-sandbox API"),
-            )
+            );
         }
     };
     result.unwrap_or_else(fail)

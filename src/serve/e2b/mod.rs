@@ -243,14 +243,11 @@ fn authenticate(server: &Server, req: &Request<Incoming>, tcp: bool) -> Result<C
 
 type Answer = Result<Response<RespBody>, Refusal>;
 
-async fn json_body(req: Request<Incoming>) -> Result<serde_json::Value, Refusal> {
-    let bytes = super::api::body_bytes(req, super::api::MAX_JSON)
-        .await
-        .map_err(from_api)?;
+fn json_body(bytes: &[u8]) -> Result<serde_json::Value, Refusal> {
     if bytes.is_empty() {
         return Ok(serde_json::json!({}));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         control_error(
             StatusCode::BAD_REQUEST,
             format!("the body is not JSON: {e}"),
@@ -263,13 +260,19 @@ async fn control(server: Arc<Server>, req: Request<Incoming>, caller: Caller) ->
     let query = req.uri().query().unwrap_or("").to_string();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let method = req.method().clone();
+    // Every body is read (JSON, capped) before any answer: hyper closes a connection whose
+    // request body was left unread, and the SDKs' pooled clients would then fail their next
+    // request on it instead of reading this one's refusal.
+    let bytes = super::api::body_bytes(req, super::api::MAX_JSON)
+        .await
+        .map_err(from_api)?;
     let parts = match parts.as_slice() {
         ["v2", rest @ ..] => rest.to_vec(),
         other => other.to_vec(),
     };
     match (&method, parts.as_slice()) {
         (&Method::POST, ["sandboxes"]) => {
-            let body = json_body(req).await?;
+            let body = json_body(&bytes)?;
             // To the end even if the client goes away: a made sandbox is recorded, not leaked.
             let s = server.clone();
             tokio::spawn(async move { create(s, body, caller).await })
@@ -299,14 +302,14 @@ async fn control(server: Arc<Server>, req: Request<Incoming>, caller: Caller) ->
         }
         (&Method::POST, ["sandboxes", id, "timeout"]) => {
             let owned = owned(&server, id, &caller)?;
-            let body = json_body(req).await?;
+            let body = json_body(&bytes)?;
             let secs = timeout_of(&body)?;
             set_timeout(&server, &owned, secs)?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (&Method::POST, ["sandboxes", id, "connect"]) => {
             let owned = owned(&server, id, &caller)?;
-            let body = json_body(req).await?;
+            let body = json_body(&bytes)?;
             let secs = timeout_of(&body)?;
             // Connecting never shortens a sandbox's life (as E2B does).
             let wanted = now_secs() + secs;
