@@ -41,6 +41,75 @@ fn refuse(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
     }
 }
 
+/// The process of `exec --process FILE` (the runtime spec's `process` object) as a command for
+/// the container's session. `user` is the session's: another user is refused, as are a
+/// terminal and CAP_SYS_ADMIN, each naming the field.
+pub fn exec_of(
+    process: &oci_spec::runtime::Process,
+    user: (u32, u32),
+) -> Result<crate::session::client::SessionExec, RuntimeError> {
+    let refuse = |field: &str, reason: &str| RuntimeError::ProcessRefused {
+        field: field.into(),
+        reason: reason.into(),
+    };
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(refuse("args", "empty: nothing to run"));
+    }
+    if process.terminal().unwrap_or(false) {
+        return Err(refuse(
+            "terminal",
+            "a terminal (console socket) is not supported yet; run without -t",
+        ));
+    }
+    let asked = (process.user().uid(), process.user().gid());
+    if asked != user {
+        return Err(refuse(
+            "user",
+            &format!(
+                "uid:gid {}:{} differs from the container's {}:{}; nsbox runs every process of a container as its user",
+                asked.0, asked.1, user.0, user.1
+            ),
+        ));
+    }
+    if process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().as_ref())
+        .is_some_and(|b| b.contains(&Capability::SysAdmin))
+    {
+        return Err(refuse(
+            "capabilities.bounding",
+            "CAP_SYS_ADMIN (a privileged process) is refused: the workload keeps no capability",
+        ));
+    }
+    let env = process
+        .env()
+        .iter()
+        .flatten()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    Ok(crate::session::client::SessionExec {
+        argv: args.into_iter().map(Into::into).collect(),
+        env,
+        workdir: Some(process.cwd().clone()),
+        stdin: true,
+        tty: false,
+        json: false,
+        timeout: None,
+        max_output: None,
+        phase: None,
+        output_to_stderr: false,
+        result: false,
+        start_event: false,
+        labels: None,
+        secrets: Vec::new(),
+    })
+}
+
 /// Reads `bundle/config.json`.
 pub fn load(bundle: &Path) -> Result<Spec, RuntimeError> {
     let path = bundle.join("config.json");

@@ -309,7 +309,18 @@ fn waiter(
         stop_session(store, session);
         return crate::exit::NSBOX_FAILED;
     }
-    let code = match SessionClient::connect(store, session)
+    let code = run_in_session(store, session, exec);
+    // The container ends with its process: whatever else runs in the sandbox goes too.
+    stop_session(store, session);
+    // For `delete` and for callers that are not the waiter's parent (tests, debugging).
+    let _ = std::fs::write(fifo.with_file_name("exit"), code.to_string());
+    code
+}
+
+/// Runs `exec` in the session with this process's streams; its exit status (128+N for a
+/// signal N), or nsbox's own failure code with the reason on stderr.
+fn run_in_session(store: &SessionStore, session: &str, exec: SessionExec) -> i32 {
+    match SessionClient::connect(store, session)
         .and_then(|c| c.exec(exec, crate::sandbox::supervisor::now_ns()))
     {
         Ok(outcome) => {
@@ -322,12 +333,7 @@ fn waiter(
             eprintln!("nsbox-runc: {e}");
             crate::exit::NSBOX_FAILED
         }
-    };
-    // The container ends with its process: whatever else runs in the sandbox goes too.
-    stop_session(store, session);
-    // For `delete` and for callers that are not the waiter's parent (tests, debugging).
-    let _ = std::fs::write(fifo.with_file_name("exit"), code.to_string());
-    code
+    }
 }
 
 /// Stops the session now and waits until its sandbox and cgroup are gone (no-op if it ended).
@@ -370,6 +376,11 @@ pub fn start(root: &Path, id: &str) -> Result<(), RuntimeError> {
 pub fn state(root: &Path, id: &str) -> Result<State, RuntimeError> {
     let (dir, record) = read_record(root, id)?;
     let status = status(&dir, &record);
+    let shown = if status != Status::Stopped && paused(&dir, &record) {
+        "paused"
+    } else {
+        status.as_str()
+    };
     let rootfs = bundle::load(&record.bundle)
         .ok()
         .and_then(|s| s.root().as_ref().map(|r| record.bundle.join(r.path())))
@@ -377,7 +388,7 @@ pub fn state(root: &Path, id: &str) -> Result<State, RuntimeError> {
     Ok(State {
         oci_version: "1.0.2",
         id: record.id,
-        status: status.as_str(),
+        status: shown,
         pid: if status == Status::Stopped {
             0
         } else {
@@ -472,6 +483,118 @@ fn wait_gone(record: &Record) {
         tv_nsec: 0,
     };
     let _ = rustix::event::poll(&mut fds, Some(&timeout));
+}
+
+fn running(root: &Path, id: &str, what: &'static str) -> Result<(PathBuf, Record), RuntimeError> {
+    let (dir, record) = read_record(root, id)?;
+    let status = status(&dir, &record);
+    if status != Status::Running {
+        return Err(RuntimeError::WrongState {
+            id: id.into(),
+            status: status.as_str(),
+            what,
+        });
+    }
+    Ok((dir, record))
+}
+
+/// `exec --process FILE`: runs another process in a running container's sandbox. Detached,
+/// a forked exec waiter (the pid in `pid_file`, re-parented to the engine's subreaper like the
+/// container's waiter) runs it and exits with its status; attached, this process does and the
+/// status is returned. The process runs as the container's user: a different
+/// `process.user` is refused.
+pub fn exec(
+    root: &Path,
+    id: &str,
+    process_file: &Path,
+    detach: bool,
+    pid_file: Option<&Path>,
+) -> Result<i32, RuntimeError> {
+    let text = std::fs::read(process_file)
+        .map_err(RuntimeError::io(format!("read {}", process_file.display())))?;
+    let process: oci_spec::runtime::Process =
+        serde_json::from_slice(&text).map_err(|e| RuntimeError::Bundle {
+            path: process_file.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let (dir, record) = running(root, id, "only a running container can run another process")?;
+    let store = store(&dir);
+    let session = SessionClient::connect(&store, &record.session)?;
+    let exec = bundle::exec_of(&process, (session.record.uid, session.record.gid))?;
+    drop(session);
+    if !detach {
+        if let Some(path) = pid_file {
+            write_atomic(path, std::process::id().to_string().as_bytes())?;
+        }
+        return Ok(run_in_session(&store, &record.session, exec));
+    }
+    let pid = fork_exec_waiter(&store, &record.session, exec)?;
+    if let Some(path) = pid_file {
+        write_atomic(path, pid.to_string().as_bytes())?;
+    }
+    Ok(0)
+}
+
+/// Forks a detached `exec`'s waiter; returns its pid.
+#[allow(unsafe_code)] // the fork; the block says why it is sound
+fn fork_exec_waiter(
+    store: &SessionStore,
+    session: &str,
+    exec: SessionExec,
+) -> Result<i32, RuntimeError> {
+    // SAFETY: the runtime is single-threaded (no thread was started here), and the child ends
+    // through `exit_now`, never returning.
+    let pid = unsafe { sys::process::fork() }.map_err(RuntimeError::io("fork the exec waiter"))?;
+    if pid == 0 {
+        let _abort = sys::process::AbortOnPanic;
+        let _ = rustix::process::setsid();
+        let code = run_in_session(store, session, exec);
+        sys::process::exit_now(code);
+    }
+    Ok(pid)
+}
+
+/// `ps`: the host pids of the container's processes (every process in its sandbox's pid
+/// namespace, the sandbox's init included), ascending.
+pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>, RuntimeError> {
+    let (dir, record) = read_record(root, id)?;
+    if status(&dir, &record) == Status::Stopped {
+        return Ok(Vec::new());
+    }
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let Some(theirs) = ns(&record.init_pid.to_string()) else {
+        return Ok(Vec::new());
+    };
+    let entries = std::fs::read_dir("/proc").map_err(RuntimeError::io("read /proc"))?;
+    let mut pids: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| ns(&pid.to_string()).as_ref() == Some(&theirs))
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// `pause` (`frozen`) and `resume`: freezes or thaws every process of the sandbox.
+pub fn set_paused(root: &Path, id: &str, frozen: bool) -> Result<(), RuntimeError> {
+    let (dir, record) = read_record(root, id)?;
+    let status = status(&dir, &record);
+    if status == Status::Stopped {
+        return Err(RuntimeError::WrongState {
+            id: id.into(),
+            status: status.as_str(),
+            what: "only a created or running container can be paused or resumed",
+        });
+    }
+    SessionClient::connect(&store(&dir), &record.session)?.set_frozen(frozen)?;
+    Ok(())
+}
+
+/// Whether the container's sandbox is frozen (`state` then says "paused").
+fn paused(dir: &Path, record: &Record) -> bool {
+    store(dir)
+        .read_record(&record.session)
+        .is_ok_and(|r| r.paused)
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub const DEFAULT_ROOT: &str = "/run/nsbox-runc";
 pub enum RuntimeError {
     #[error("config.json: {field}: {reason}")]
     Refused { field: String, reason: String },
+    #[error("--process file: {field}: {reason}")]
+    ProcessRefused { field: String, reason: String },
     #[error("{}: {reason}", path.display())]
     Bundle { path: PathBuf, reason: String },
     #[error("container {0} does not exist")]
@@ -120,8 +122,54 @@ enum RuntimeCommand {
     Kill(KillArgs),
     /// Remove a container (--force: kill it first).
     Delete(DeleteArgs),
+    /// Run another process in a running container.
+    Exec(ExecArgs),
+    /// List the container's processes (host pids).
+    Ps(PsArgs),
+    /// Freeze every process of a container.
+    Pause(IdArg),
+    /// Thaw a paused container.
+    Resume(IdArg),
+    /// Change a container's resources (not supported: refused).
+    Update(UpdateArgs),
     /// Print what this runtime supports (JSON).
     Features,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// The process to run (the runtime spec's `process` object, as JSON).
+    #[arg(short, long, value_name = "FILE")]
+    process: PathBuf,
+    /// Return at once; the process's pid (for the engine to wait on) goes to --pid-file.
+    #[arg(short, long)]
+    detach: bool,
+    /// Write the process's pid here.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// A unix socket for the terminal's master (not supported yet: refused).
+    #[arg(long, value_name = "SOCKET")]
+    console_socket: Option<PathBuf>,
+    /// Allocate a terminal (not supported yet: refused).
+    #[arg(short, long)]
+    tty: bool,
+    id: String,
+}
+
+#[derive(Debug, Args)]
+struct PsArgs {
+    /// `table` (one pid a line under a PID header) or `json` (an array of pids).
+    #[arg(short, long, default_value = "table")]
+    format: String,
+    id: String,
+}
+
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    /// The new resources (runtime-spec `linux.resources` JSON), `-` for stdin.
+    #[arg(short, long, value_name = "FILE")]
+    resources: Option<PathBuf>,
+    id: String,
 }
 
 #[derive(Debug, Args)]
@@ -190,7 +238,7 @@ where
         json: cli.log_format == LogFormat::Json,
     };
     match run(&cli, &log) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             let message = e.to_string();
             log.write("error", &message);
@@ -200,37 +248,70 @@ where
     }
 }
 
-fn run(cli: &RuntimeCli, log: &Log) -> Result<(), RuntimeError> {
+/// Runs one command; its exit code (an attached `exec` returns its process's).
+fn run(cli: &RuntimeCli, log: &Log) -> Result<i32, RuntimeError> {
     let root = &cli.root;
     match &cli.command {
+        RuntimeCommand::Exec(a) => {
+            if a.console_socket.is_some() || a.tty {
+                return Err(RuntimeError::Unsupported(
+                    "--tty/--console-socket: terminals are not supported yet".into(),
+                ));
+            }
+            container::exec(root, &a.id, &a.process, a.detach, a.pid_file.as_deref())
+        }
+        RuntimeCommand::Ps(a) => {
+            let pids = container::pids(root, &a.id)?;
+            match a.format.as_str() {
+                "json" => println!("{}", serde_json::json!(pids)),
+                "table" => {
+                    println!("PID");
+                    for pid in pids {
+                        println!("{pid}");
+                    }
+                }
+                other => {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "--format {other}: use table or json"
+                    )))
+                }
+            }
+            Ok(0)
+        }
+        RuntimeCommand::Pause(a) => container::set_paused(root, &a.id, true).map(|()| 0),
+        RuntimeCommand::Resume(a) => container::set_paused(root, &a.id, false).map(|()| 0),
+        RuntimeCommand::Update(a) => Err(RuntimeError::Unsupported(format!(
+            "update {}: --resources: changing a running container's limits is not supported yet",
+            a.id
+        ))),
         RuntimeCommand::Create(a) => {
             if a.console_socket.is_some() {
                 return Err(RuntimeError::Unsupported(
                     "--console-socket: terminals are not supported yet".into(),
                 ));
             }
-            container::create(root, &a.id, &a.bundle, a.pid_file.as_deref(), log)
+            container::create(root, &a.id, &a.bundle, a.pid_file.as_deref(), log).map(|()| 0)
         }
-        RuntimeCommand::Start(a) => container::start(root, &a.id),
+        RuntimeCommand::Start(a) => container::start(root, &a.id).map(|()| 0),
         RuntimeCommand::State(a) => {
             let state = container::state(root, &a.id)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&state).unwrap_or_default()
             );
-            Ok(())
+            Ok(0)
         }
         RuntimeCommand::Kill(a) => {
             let signal = parse_signal(&a.signal)?;
-            container::kill(root, &a.id, signal, a.all)
+            container::kill(root, &a.id, signal, a.all).map(|()| 0)
         }
-        RuntimeCommand::Delete(a) => container::delete(root, &a.id, a.force),
+        RuntimeCommand::Delete(a) => container::delete(root, &a.id, a.force).map(|()| 0),
         RuntimeCommand::Features => {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&features()).unwrap_or_default()
             );
-            Ok(())
+            Ok(0)
         }
     }
 }

@@ -246,6 +246,182 @@ fn runtime_kill_ends_a_long_running_container() {
     );
 }
 
+/// The runtime spec's `process` object for `exec --process`, written into the bundle's dir.
+fn process_file(
+    b: &Bundle,
+    name: &str,
+    args: &[&str],
+    patch: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let mut process = serde_json::json!({"args": args, "cwd": "/tmp", "user": {"uid": 0, "gid": 0},
+                                         "env": ["PATH=/bin", "GREETING=hi"], "terminal": false});
+    patch(&mut process);
+    let path = b.path(name);
+    std::fs::write(&path, serde_json::to_vec(&process).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn runtime_exec_ps_pause_and_resume_a_running_container() {
+    require_root!();
+    let b = Bundle::new(config(&["/bin/sleep", "4712"]));
+    assert_eq!(b.create("live").code, 0);
+    let refused = b.runtime(&["exec", "--process", "/nonexistent", "live"]);
+    assert_ne!(refused.code, 0, "exec in a created container is refused");
+    assert_eq!(b.runtime(&["start", "live"]).code, 0);
+    assert!(eventually(30.0, || !host_processes_matching(
+        "/bin/sleep 4712"
+    )
+    .is_empty()));
+
+    // Attached: the process's output and exit status are exec's; env and cwd are the file's.
+    let p = process_file(
+        &b,
+        "p1.json",
+        &["/bin/sh", "-c", "echo $GREETING in $(pwd); exit 5"],
+        |_| {},
+    );
+    let run = b.runtime(&["exec", "--process", p.to_str().unwrap(), "live"]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "hi in /tmp", "{}", run.stderr);
+
+    // Detached, as the shim runs it: the pid file names the process that exits with its status.
+    let p = process_file(
+        &b,
+        "p2.json",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo detached > /tmp/mark; exec sleep 4713",
+        ],
+        |_| {},
+    );
+    let pid_file = b.path("exec.pid");
+    // Its streams go to files (as the shim's FIFOs): a pipe would stay open while it runs.
+    let out = std::fs::File::create(b.path("exec.out")).unwrap();
+    let status = b
+        .runtime_cmd(&[
+            "exec",
+            "--process",
+            p.to_str().unwrap(),
+            "--detach",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "live",
+        ])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .status()
+        .unwrap();
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: std::fs::read_to_string(b.path("exec.out")).unwrap_or_default(),
+    };
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let exec_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        Path::new(&format!("/proc/{exec_pid}")).exists(),
+        "the exec's waiter lives"
+    );
+    assert!(eventually(30.0, || !host_processes_matching("sleep 4713").is_empty()));
+
+    // ps: the sandbox's processes, host pids, as a JSON array.
+    let ps = b.runtime(&["ps", "--format", "json", "live"]);
+    assert_eq!(ps.code, 0, "{}", ps.stderr);
+    let pids: Vec<i32> = serde_json::from_str(&ps.stdout).unwrap();
+    for cmd in ["/bin/sleep 4712", "sleep 4713"] {
+        for pid in host_processes_matching(cmd) {
+            let pid = i32::try_from(pid).unwrap();
+            assert!(pids.contains(&pid), "{cmd} ({pid}) in ps: {pids:?}");
+        }
+    }
+
+    // pause freezes (state says so), resume thaws.
+    assert_eq!(b.runtime(&["pause", "live"]).code, 0);
+    assert_eq!(b.status("live"), "paused");
+    let sleeper = host_processes_matching("/bin/sleep 4712")[0];
+    let frozen_state = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap();
+    let after_paren = &frozen_state[frozen_state.rfind(')').unwrap() + 2..];
+    assert!(
+        after_paren.starts_with('S') || after_paren.starts_with('D'),
+        "{frozen_state}"
+    );
+    assert_eq!(b.runtime(&["resume", "live"]).code, 0);
+    assert_eq!(b.status("live"), "running");
+    let run = b.runtime(&[
+        "exec",
+        "--process",
+        process_file(&b, "p3.json", &["/bin/cat", "/tmp/mark"], |_| {})
+            .to_str()
+            .unwrap(),
+        "live",
+    ]);
+    assert_eq!(
+        (run.code, run.stdout.trim()),
+        (0, "detached"),
+        "{}",
+        run.stderr
+    );
+
+    // Refusals name the field or the flag.
+    let tty = process_file(&b, "p4.json", &["/bin/true"], |p| {
+        p["terminal"] = serde_json::json!(true)
+    });
+    let run = b.runtime(&["exec", "--process", tty.to_str().unwrap(), "live"]);
+    assert!(
+        run.code != 0 && run.stderr.contains("terminal"),
+        "{}",
+        run.stderr
+    );
+    let other = process_file(&b, "p5.json", &["/bin/true"], |p| {
+        p["user"] = serde_json::json!({"uid": 1000, "gid": 1000})
+    });
+    let run = b.runtime(&["exec", "--process", other.to_str().unwrap(), "live"]);
+    assert!(
+        run.code != 0 && run.stderr.contains("user"),
+        "{}",
+        run.stderr
+    );
+    let run = b.runtime(&[
+        "exec",
+        "--tty",
+        "--process",
+        other.to_str().unwrap(),
+        "live",
+    ]);
+    assert!(
+        run.code != 0 && run.stderr.contains("--tty"),
+        "{}",
+        run.stderr
+    );
+    let run = b.runtime(&["update", "--resources", "-", "live"]);
+    assert!(
+        run.code != 0 && run.stderr.contains("--resources"),
+        "{}",
+        run.stderr
+    );
+
+    let session = b.session("live");
+    assert_eq!(b.runtime(&["delete", "--force", "live"]).code, 0);
+    assert!(leftover_cgroups(&session).is_empty());
+    assert!(eventually(10.0, || host_processes_matching("sleep 4713")
+        .is_empty()
+        && host_processes_matching("/bin/sleep 4712").is_empty()));
+    assert!(
+        eventually(10.0, || !Path::new(&format!("/proc/{exec_pid}/stat"))
+            .exists()
+            || std::fs::read_to_string(format!("/proc/{exec_pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")),
+        "the exec's waiter ended with the container"
+    );
+}
+
 #[test]
 fn runtime_refuses_a_privileged_spec_naming_the_field_in_its_json_log() {
     require_root!();
