@@ -200,8 +200,11 @@ impl Server {
         let caller = self.authenticate(&req, tcp);
         let key_name = caller.as_ref().map_or("-".to_string(), |c| c.name.clone());
         let result = match caller {
-            Err(e) => Err(e),
-            Ok(caller) => self.route(req, &parts, caller).await,
+            Err(e) => {
+                drain(req).await;
+                Err(e)
+            }
+            Ok(caller) => self.read_then_route(req, &parts, caller).await,
         };
         let resp = result.unwrap_or_else(|e| e.response());
         let error_code = (!resp.status().is_success()).then(|| {
@@ -234,9 +237,26 @@ impl Server {
         resp
     }
 
-    async fn route(
+    /// Reads the whole body (capped: 413 beyond) before any route may refuse: hyper closes a
+    /// connection whose request body was left unread, and a keep-alive client's next request
+    /// on it would then fail instead of this one reading its refusal. Every /v1 body is a
+    /// bounded JSON document, file or stdin chunk, so nothing is lost by reading it first.
+    async fn read_then_route(
         self: &Arc<Self>,
         req: Request<Incoming>,
+        parts: &[&str],
+        caller: Caller,
+    ) -> Result<Response<RespBody>, ApiError> {
+        let (head, body) = req.into_parts();
+        let cap = self.options.max_body.max(MAX_JSON);
+        let bytes = body_bytes(Request::new(body), cap).await?;
+        self.route(Request::from_parts(head, Full::new(bytes)), parts, caller)
+            .await
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        req: Req,
         parts: &[&str],
         caller: Caller,
     ) -> Result<Response<RespBody>, ApiError> {
@@ -572,7 +592,7 @@ impl Server {
 
     async fn create(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Req,
         caller: &Caller,
     ) -> Result<Response<RespBody>, ApiError> {
         let body: CreateRequest = json_body(req).await?;
