@@ -527,12 +527,18 @@ impl Running<'_> {
         self.relay.finish();
         self.facts.oom = self.handle.oom_kills() > 0;
         // The sandbox's cgroup is the command's (and its children's): read before it goes.
-        let mut usage = self.handle.stats().map_or_else(Usage::default, |s| Usage {
-            memory_peak_bytes: s.memory_peak_bytes,
-            cpu_usage_usec: s.cpu_usage_usec,
-        });
+        // Only the JSON exit event and the --result-json document show it; a plain run skips
+        // the reads (they are on the way out of every one-shot).
+        let wants_usage = self.spec.io.json || self.spec.io.result;
+        let mut usage = match wants_usage {
+            true => self.handle.stats().map_or_else(Usage::default, |s| Usage {
+                memory_peak_bytes: s.memory_peak_bytes,
+                cpu_usage_usec: s.cpu_usage_usec,
+            }),
+            false => Usage::default(),
+        };
         self.teardown();
-        if usage.cpu_usage_usec.is_none() && !self.handle.state().init_alive() {
+        if wants_usage && usage.cpu_usage_usec.is_none() && !self.handle.state().init_alive() {
             usage.cpu_usage_usec = sys::process::children_cpu_usec()
                 .ok()
                 .zip(self.cpu_before)
