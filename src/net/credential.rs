@@ -698,19 +698,15 @@ pub(crate) async fn intercept(
             creds,
         )
         .await;
-        match outcome {
-            Ok(()) => {
-                // The client is done sending: pass the half-close on and let the responses
-                // finish.
-                let _ = up_write.shutdown().await;
-                std::future::pending::<()>().await
-            }
-            Err(e) => {
-                if let Some(reason) = e {
-                    shared.events.send(event(Decision::Refused, reason));
-                }
-            }
+        if let Err(Some(reason)) = outcome {
+            // Nothing more goes upstream; the answers to the requests already forwarded
+            // still come back.
+            shared.events.send(event(Decision::Refused, reason));
         }
+        // The client is done sending (or refused): pass the half-close on and let the
+        // responses finish.
+        let _ = up_write.shutdown().await;
+        std::future::pending::<()>().await
     };
     let response = relay_responses(up_read, &mut in_write, creds, upgrade.then_some(verdict_tx));
     tokio::select! {
@@ -787,8 +783,8 @@ impl<R: AsyncRead + Unpin> Requests<'_, R> {
 /// and reported, and its body relayed to exactly its end (Content-Length or the chunked
 /// framing), so the next head is found where the server will find it. After a first request
 /// that asks to upgrade, `verdict` says whether the server switched protocols; if it did, the
-/// rest is relayed as it comes. `Ok` when the client ends; `Err` to drop the connection (with
-/// the reason to report, if any).
+/// rest is relayed as it comes. `Ok` when the client ends; `Err` when nothing more may go
+/// (with the reason to report, if any).
 async fn forward_requests<R, W>(
     reader: &mut Requests<'_, R>,
     up: &mut W,
