@@ -1067,6 +1067,36 @@ mod tests {
         assert_eq!(out, b"key=*******; again *******, done s");
     }
 
+    /// A keep-alive response that ends in what may be the start of a value (the value is
+    /// "sk-real", the body ends in "s") reaches the client without waiting for more bytes
+    /// that never come; a whole value in it is masked.
+    #[test]
+    fn a_response_ending_like_a_value_is_not_held_back() {
+        if !Path::new(SYSTEM_BUNDLES[0]).exists() {
+            return; // No system roots to make Credentials with here.
+        }
+        let creds = Credentials::new(vec![cred("KEY", &["a.example"], "sk-real")], None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut server, up) = tokio::io::duplex(4096);
+            let (mut inside, mut client) = tokio::io::duplex(4096);
+            let relay = tokio::spawn(async move {
+                relay_responses(up, &mut inside, &creds, None).await;
+            });
+            let response = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\nsk-real is hers";
+            server.write_all(response).await.unwrap();
+            let mut got = vec![0u8; response.len()];
+            // The server keeps the connection open: only the hold timer lets the "s" go.
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got.ends_with(b"\r\n\r\n******* is hers"), "{got:?}");
+            drop(server);
+            relay.await.unwrap();
+        });
+    }
+
     #[test]
     fn intercepted_requests_ask_for_identity_encoding() {
         let head =
