@@ -636,3 +636,62 @@ read -r _"#
     eprintln!("nsbox peak RSS during a 1 GiB intercepted upload: {peak_kib} KiB");
     assert!(peak_kib > 0 && peak_kib < 128 * 1024, "{peak_kib} KiB");
 }
+
+/// Bindings from a profile (`[network] credentials`), in the header form: the value goes into
+/// the named header only; the placeholder in another header arrives unchanged and is reported.
+#[test]
+fn credential_from_a_profile_goes_only_into_its_named_header() {
+    require_root!();
+    let mut w = World::start();
+    let key = real_key();
+    let server = Server::start(&mut w, &key);
+    let profile = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("profile");
+    std::fs::write(
+        profile.path(),
+        "[network]\nmode = \"filtered\"\nallow = [\"web.allowed.example\"]\ncredentials = [\"LLM_KEY:x-api-key=web.allowed.example\"]\n",
+    )
+    .unwrap();
+    let flags = w.filtered_flags();
+    let mut args: Vec<&str> = vec!["exec", "--json"];
+    args.extend(flags.iter().map(String::as_str));
+    let script = format!(
+        r#"curl -sS -m 20 -H "x-api-key: $LLM_KEY" -H "X-Debug: $LLM_KEY" https://web.allowed.example:{PORT}/named"#
+    );
+    let path = profile.path().display().to_string();
+    args.extend_from_slice(&["--profile", &path, "--", "sh", "-c", &script]);
+    let r: Run = w
+        .nsbox_cmd(&args)
+        .env("LLM_KEY", &key)
+        .env(
+            "NSBOX_EGRESS_CA_FILE",
+            w.dir.path().join("ca.pem").display().to_string(),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("nsbox")
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let events = events(&r.stdout);
+    let got = server.requests("/named");
+    assert_eq!(got.len(), 1, "{}", server.log());
+    assert!(
+        got[0].contains(&format!("x-api-key: {key}\n")),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[0].contains("X-Debug: nsbox-cred-llm_key-"),
+        "{}",
+        got[0]
+    );
+    assert_eq!(got[0].matches(&key).count(), 1, "{}", got[0]);
+    assert!(
+        events.iter().any(|e| e["type"] == "credential_refused"
+            && e["place"] == "header x-debug"
+            && e["host"] == "web.allowed.example"),
+        "{events:#?}"
+    );
+}
