@@ -889,6 +889,17 @@ mod tests {
         let e = Profile::from_text("p", "[network]\ncredentials = [\"K=*.example.com\"]\n")
             .unwrap_err();
         assert!(e.to_string().contains("network.credentials"), "{e}");
+        // The config file's [defaults] is the same shape: its bindings reach every profile.
+        let layer = ProfileLayer {
+            origin: "config".into(),
+            file: parse_file(
+                "config",
+                "[network]\ncredentials = [\"LLM_KEY=api.example.com\"]\n",
+            )
+            .unwrap(),
+        };
+        let p = Profile::load_layered("strict", &[layer]).unwrap();
+        assert_eq!(p.network_credentials, ["LLM_KEY=api.example.com"]);
         let e = Profile::from_text("p", "[network]\nallow = [\"a b\"]\n").unwrap_err();
         assert!(e.to_string().contains("network.allow"), "{e}");
         let e =
