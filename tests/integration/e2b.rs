@@ -548,8 +548,7 @@ sbx = Sandbox.create(timeout=60)
 h = sbx.commands.run("sleep 5", background=True)
 for name, f in [("connect", lambda: sbx.commands.connect(h.pid).wait()),
                 ("pty", lambda: sbx.pty.create(size=__import__("e2b").PtySize(rows=24, cols=80))),
-                ("pause", lambda: sbx.pause()),
-                ("list_depth", lambda: sbx.files.list("/sandbox", depth=3)),
+                ("pause_filesystem", lambda: sbx.pause(mode="filesystem")),
                 ("read_root", lambda: sbx.files.read("/etc/hostname", user="root")),
                 ("metrics", lambda: sbx.get_metrics())]:
     try:
@@ -563,8 +562,8 @@ print(json.dumps(out))
 "#;
 
 /// What nsbox does not serve fails at once with the SDK's own error and a message saying so
-/// (never a hang or a silent success): reattaching to a command, PTYs, pause, deep listings,
-/// running as root.
+/// (never a hang or a silent success): reattaching to a command, PTYs, a filesystem-only
+/// pause (nsbox's pause keeps memory), running as root.
 #[test]
 fn e2b_unserved_features_fail_with_the_sdks_errors() {
     require_root!();
@@ -574,7 +573,7 @@ fn e2b_unserved_features_fail_with_the_sdks_errors() {
     let server = Server::start();
     let key = server.key("e2b");
     let out = server.sdk(&python, &key, SDK_UNSERVED);
-    for name in ["connect", "pty", "pause", "list_depth", "read_root"] {
+    for name in ["connect", "pty", "pause_filesystem", "read_root"] {
         assert_eq!(out[name][0], "SandboxException", "{name}: {out}");
         let message = out[name][1].as_str().unwrap();
         assert!(
@@ -583,4 +582,85 @@ fn e2b_unserved_features_fail_with_the_sdks_errors() {
         );
     }
     assert_eq!(out["metrics"], serde_json::json!(["ok", "[]"]));
+}
+
+const SDK_PAUSE: &str = r#"
+import json, os, subprocess
+from e2b import Sandbox, SandboxQuery, SandboxState
+
+def ps():
+    out = subprocess.run([os.environ["NSBOX_BIN"], "ps", "--json"], capture_output=True, check=True)
+    return {r["id"]: r["state"] for r in json.loads(out.stdout)}
+
+def states(*wanted):
+    q = SandboxQuery(state=list(wanted))
+    return [s.sandbox_id for s in Sandbox.list(query=q).next_items()]
+
+out = {}
+sbx = Sandbox.create(timeout=120)
+sid = sbx.sandbox_id
+# A process that counts on: its count carries on after the resume (memory kept).
+sbx.commands.run("i=0; while :; do i=$((i+1)); echo $i > /sandbox/count; sleep 0.05; done", background=True)
+sbx.commands.run("mkdir -p t/a/b && echo x > t/a/b/deep.txt && echo y > t/top.txt")
+out["depth1"] = sorted(e.path for e in sbx.files.list("t"))
+out["depth3"] = sorted(e.path for e in sbx.files.list("t", depth=3))
+out["pause"] = [sbx.pause(), sbx.pause()]
+out["ps_state"] = ps().get(sid)
+out["info_state"] = sbx.get_info().state.value
+out["listed"] = [sid in states(SandboxState.PAUSED), sid in states(SandboxState.RUNNING)]
+out["is_running"] = sbx.is_running()
+try:
+    sbx.commands.run("true")
+    out["run_paused"] = "ran"
+except Exception as e:
+    out["run_paused"] = type(e).__name__
+again = Sandbox.connect(sid)
+out["after"] = [ps().get(sid), again.get_info().state.value, again.is_running()]
+before = int(again.files.read("/sandbox/count"))
+again.commands.run("sleep 0.3")
+out["counting"] = int(again.files.read("/sandbox/count")) > before
+again.kill()
+print(json.dumps(out))
+"#;
+
+/// E2B's pause is nsbox's freezer: `pause()` freezes the sandbox (a second pause answers
+/// False), `nsbox ps` and the SDK show it paused, in-sandbox calls see it not running, and
+/// `Sandbox.connect` resumes it with its processes carrying on. `files.list(depth=3)` lists
+/// the tree under a directory with full paths.
+#[test]
+fn e2b_sdk_pause_resume_and_deep_listing() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_pause_resume_and_deep_listing") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_PAUSE);
+    assert_eq!(
+        out["depth1"],
+        serde_json::json!(["/sandbox/t/a", "/sandbox/t/top.txt"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["depth3"],
+        serde_json::json!([
+            "/sandbox/t/a",
+            "/sandbox/t/a/b",
+            "/sandbox/t/a/b/deep.txt",
+            "/sandbox/t/top.txt"
+        ]),
+        "{out}"
+    );
+    assert_eq!(out["pause"], serde_json::json!([true, false]), "{out}");
+    assert_eq!(out["ps_state"], "paused", "{out}");
+    assert_eq!(out["info_state"], "paused", "{out}");
+    assert_eq!(out["listed"], serde_json::json!([true, false]), "{out}");
+    assert_eq!(out["is_running"], false, "{out}");
+    assert_ne!(out["run_paused"], "ran", "{out}");
+    assert_eq!(
+        out["after"],
+        serde_json::json!(["running", "running", true]),
+        "{out}"
+    );
+    assert_eq!(out["counting"], true, "{out}");
 }

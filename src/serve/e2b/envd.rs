@@ -154,6 +154,15 @@ pub(super) async fn handle(
             format!("The sandbox {id} was not found (killed, or its timeout passed)"),
         );
     };
+    if super::is_paused(&server, &owned.id) {
+        // As E2B's proxy answers for a paused sandbox: its processes are frozen, so nothing
+        // in it answers until a connect or resume.
+        drain(req).await;
+        return http_error(
+            StatusCode::BAD_GATEWAY,
+            format!("The sandbox {id} is paused — Sandbox.connect() resumes it"),
+        );
+    }
     let token = header(&req, "x-access-token").unwrap_or("");
     if !super::token_matches(&owned.id, token.as_bytes()) {
         drain(req).await;
@@ -566,21 +575,19 @@ async fn filesystem(
         }
         "ListDir" => {
             let path = path_of(&request, "path")?;
-            // Depth 1 only (the SDK's default): deeper listings are refused, not cut short.
-            if request["depth"].as_u64().is_some_and(|d| d > 1) {
-                return Err(RpcError::new(
-                    Code::Unimplemented,
-                    "ListDir deeper than 1 is not served by nsbox yet",
-                ));
-            }
-            let listing = run(Box::new(move |c| files::list(c, &path, MAX_LIST))).await?;
-            let dir = listing["path"].as_str().unwrap_or("/").to_string();
-            let entries: Vec<serde_json::Value> = listing["entries"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|e| entry_info(e, Some(&dir)))
-                .collect();
+            // envd's depth: 1 is the directory's own entries, each level more goes one
+            // directory further (symbolic links are listed, not followed).
+            let depth = match &request["depth"] {
+                serde_json::Value::Null => 1,
+                v => v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .filter(|d| *d >= 1)
+                    .ok_or_else(|| {
+                        RpcError::new(Code::InvalidArgument, "depth: a whole number from 1")
+                    })?,
+            };
+            let entries = run(Box::new(move |c| list_tree(c, &path, depth))).await?;
             serde_json::json!({ "entries": entries })
         }
         "MakeDir" => {
@@ -654,6 +661,47 @@ async fn filesystem(
         }
     };
     unary_answer(&call, answer)
+}
+
+/// The entries under `path` down to `depth` levels, each directory's entries after it (as
+/// a walk lists them), at most `MAX_LIST` in all: a bigger tree is refused, not cut short.
+fn list_tree(
+    client: &SessionClient,
+    path: &str,
+    depth: u64,
+) -> Result<serde_json::Value, FileError> {
+    fn walk(
+        client: &SessionClient,
+        dir: &str,
+        level: u64,
+        depth: u64,
+        out: &mut Vec<serde_json::Value>,
+    ) -> Result<(), FileError> {
+        let listing = files::list(client, dir, MAX_LIST + 1 - out.len().min(MAX_LIST))?;
+        let here = listing["path"].as_str().unwrap_or("/").to_string();
+        for e in listing["entries"].as_array().into_iter().flatten() {
+            let info = entry_info(e, Some(&here));
+            let sub = info["path"].as_str().unwrap_or("").to_string();
+            out.push(info);
+            if out.len() > MAX_LIST || listing["truncated"].as_bool() == Some(true) {
+                return Err(FileError {
+                    status: 400,
+                    code: "too_many",
+                    message: format!(
+                        "more than {MAX_LIST} entries under {path:?}: list a smaller depth",
+                        path = here
+                    ),
+                });
+            }
+            if level < depth && e["type"].as_str() == Some("directory") {
+                walk(client, &sub, level + 1, depth, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(client, path, 1, depth, &mut out)?;
+    Ok(serde_json::Value::Array(out))
 }
 
 /// nsbox's stat JSON as E2B's `EntryInfo` (protobuf JSON: camelCase, int64 as a string,
