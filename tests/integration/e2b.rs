@@ -604,6 +604,14 @@ sbx.commands.run("i=0; while :; do i=$((i+1)); echo $i > /sandbox/count; sleep 0
 sbx.commands.run("mkdir -p t/a/b && echo x > t/a/b/deep.txt && echo y > t/top.txt")
 out["depth1"] = sorted(e.path for e in sbx.files.list("t"))
 out["depth3"] = sorted(e.path for e in sbx.files.list("t", depth=3))
+w = sbx.files.watch_dir("t", recursive=True)
+sbx.commands.run("echo z > t/a/b/new.txt && mkdir t/a/c")
+first = sorted(set(e.name for e in w.get_new_events() if e.type.name == "CREATE"))
+# t/a/c is watched from the poll that reported it on.
+sbx.commands.run("echo w > t/a/c/in-new.txt")
+second = sorted(set(e.name for e in w.get_new_events() if e.type.name == "CREATE"))
+w.stop()
+out["rwatch"] = [first, second]
 out["pause"] = [sbx.pause(), sbx.pause()]
 out["ps_state"] = ps().get(sid)
 out["info_state"] = sbx.get_info().state.value
@@ -626,11 +634,12 @@ print(json.dumps(out))
 /// E2B's pause is nsbox's freezer: `pause()` freezes the sandbox (a second pause answers
 /// False), `nsbox ps` and the SDK show it paused, in-sandbox calls see it not running, and
 /// `Sandbox.connect` resumes it with its processes carrying on. `files.list(depth=3)` lists
-/// the tree under a directory with full paths.
+/// the tree under a directory with full paths; a recursive `watch_dir` sees changes in
+/// subdirectories, also in one made after the watch began.
 #[test]
-fn e2b_sdk_pause_resume_and_deep_listing() {
+fn e2b_sdk_pause_resume_and_recursive_files() {
     require_root!();
-    let Some(python) = sdk_python("e2b_sdk_pause_resume_and_deep_listing") else {
+    let Some(python) = sdk_python("e2b_sdk_pause_resume_and_recursive_files") else {
         return;
     };
     let server = Server::start();
@@ -649,6 +658,11 @@ fn e2b_sdk_pause_resume_and_deep_listing() {
             "/sandbox/t/a/b/deep.txt",
             "/sandbox/t/top.txt"
         ]),
+        "{out}"
+    );
+    assert_eq!(
+        out["rwatch"],
+        serde_json::json!([["a/b/new.txt", "a/c"], ["a/c/in-new.txt"]]),
         "{out}"
     );
     assert_eq!(out["pause"], serde_json::json!([true, false]), "{out}");

@@ -620,25 +620,44 @@ async fn filesystem(
         }
         "CreateWatcher" => {
             let path = path_of(&request, "path")?;
-            if request["recursive"].as_bool() == Some(true) {
-                return Err(RpcError::new(
-                    Code::Unimplemented,
-                    "recursive watchers are not served by nsbox yet",
-                ));
-            }
+            let recursive = request["recursive"].as_bool() == Some(true);
             let client = session(server, owned).await?;
-            let (dir, _) = tokio::task::spawn_blocking(move || files::open_dir(&client, &path))
-                .await
-                .map_err(|e| RpcError::new(Code::Internal, e.to_string()))?
-                .map_err(file_rpc_error)?;
-            let id = super::watch::create(&owned.id, dir, &|id| {
-                server.registry.get(id, None).is_some()
-            })?;
+            let (dir, inside) =
+                tokio::task::spawn_blocking(move || files::open_dir(&client, &path))
+                    .await
+                    .map_err(|e| RpcError::new(Code::Internal, e.to_string()))?
+                    .map_err(file_rpc_error)?;
+            let sid = owned.id.clone();
+            let live: std::collections::HashSet<String> = server
+                .registry
+                .list(None)
+                .into_iter()
+                .map(|o| o.id)
+                .collect();
+            // Blocking: a recursive watch reads the whole tree.
+            let id = tokio::task::spawn_blocking(move || {
+                let alive = |id: &str| live.contains(id);
+                super::watch::create(&sid, dir, recursive.then_some(inside), &alive)
+            })
+            .await
+            .map_err(|e| RpcError::new(Code::Internal, e.to_string()))??;
             return unary_answer(&call, serde_json::json!({ "watcherId": id }));
         }
         "GetWatcherEvents" => {
             let id = path_of(&request, "watcherId")?;
-            let events = super::watch::events(&owned.id, &id)?;
+            let store = server.store.clone();
+            let sid = owned.id.clone();
+            let events = tokio::task::spawn_blocking(move || {
+                let open = |path: &std::path::Path| {
+                    let client = SessionClient::connect(&store, &sid).ok()?;
+                    files::open_dir(&client, path.to_str()?)
+                        .ok()
+                        .map(|(fd, _)| fd)
+                };
+                super::watch::events(&sid, &id, &open)
+            })
+            .await
+            .map_err(|e| RpcError::new(Code::Internal, e.to_string()))??;
             return unary_answer(&call, serde_json::json!({ "events": events }));
         }
         "RemoveWatcher" => {
