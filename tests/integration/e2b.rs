@@ -2,8 +2,9 @@
 //! serve` on loopback with only `E2B_API_URL`, `E2B_SANDBOX_URL` and `E2B_API_KEY` set.
 //!
 //! The SDK lives in a private virtual environment at `.venv-e2b` in the repository, made by
-//! .ci/run (`python3 -m venv .venv-e2b && .venv-e2b/bin/pip install e2b`). Without it the
-//! tests skip loudly, or fail under NSBOX_TEST_REQUIRE_ROOT=1 (as in CI).
+//! .ci/run (`python3 -m venv .venv-e2b && .venv-e2b/bin/pip install e2b`); the JS SDK (`e2b`
+//! from npm) in `.npm-e2b/node_modules`, also made by .ci/run. Without them the tests skip
+//! loudly, or fail under NSBOX_TEST_REQUIRE_ROOT=1 (as in CI).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -26,6 +27,23 @@ fn sdk_python(test: &str) -> Option<PathBuf> {
         );
     }
     eprintln!("SKIP {test}: no E2B SDK at {} — {how}", python.display());
+    None
+}
+
+/// The directory with the JS SDK in its node_modules, if .ci/run (or a developer) made it.
+fn sdk_js(test: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".npm-e2b");
+    if dir.join("node_modules/e2b/package.json").exists() {
+        return Some(dir);
+    }
+    let how = "make it with `mkdir -p .npm-e2b && cd .npm-e2b && npm install e2b` in the repository (.ci/run does)";
+    if std::env::var("NSBOX_TEST_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!(
+            "{test}: the E2B JS SDK in {} is missing — {how}",
+            dir.display()
+        );
+    }
+    eprintln!("SKIP {test}: no E2B JS SDK in {} — {how}", dir.display());
     None
 }
 
@@ -90,8 +108,22 @@ impl Server {
 
     /// Runs a Python program with the SDK pointed at this server; its last stdout line is JSON.
     fn sdk(&self, python: &PathBuf, key: &str, program: &str) -> serde_json::Value {
-        let out = Command::new(python)
-            .args(["-c", program])
+        let mut cmd = Command::new(python);
+        cmd.args(["-c", program]);
+        self.run_sdk(cmd, key)
+    }
+
+    /// Runs a JavaScript module with the JS SDK (resolved from `dir`'s node_modules) pointed at
+    /// this server; its last stdout line is JSON.
+    fn sdk_js(&self, dir: &PathBuf, key: &str, program: &str) -> serde_json::Value {
+        let mut cmd = Command::new("node");
+        cmd.args(["--input-type=module", "-e", program])
+            .current_dir(dir);
+        self.run_sdk(cmd, key)
+    }
+
+    fn run_sdk(&self, mut cmd: Command, key: &str) -> serde_json::Value {
+        let out = cmd
             .env("E2B_API_URL", &self.url)
             .env("E2B_SANDBOX_URL", &self.url)
             .env("E2B_API_KEY", key)
@@ -677,4 +709,60 @@ fn e2b_sdk_pause_resume_and_recursive_files() {
         "{out}"
     );
     assert_eq!(out["counting"], true, "{out}");
+}
+
+const JS_FLOW: &str = r#"
+import { Sandbox } from 'e2b'
+const out = {}
+const sbx = await Sandbox.create({ timeoutMs: 60000, metadata: { job: 'js' }, envs: { GREETING: 'hello' } })
+let seen = ''
+const r = await sbx.commands.run('echo hi; echo $GREETING', { onStdout: (d) => { seen += d } })
+out.run = [r.stdout, r.exitCode, seen]
+try { await sbx.commands.run('echo no >&2; exit 5'); out.exit = 'none' } catch (e) { out.exit = [e.constructor.name, e.exitCode, e.stderr] }
+await sbx.files.write('js/a.txt', 'from js\n')
+out.read = await sbx.files.read('js/a.txt')
+out.list = (await sbx.files.list('js')).map((e) => e.name)
+const h = await sbx.commands.run('sleep 30', { background: true })
+out.kill = await h.kill()
+out.listed = (await Sandbox.list().nextItems()).map((s) => s.sandboxId).includes(sbx.sandboxId)
+out.metadata = (await sbx.getInfo()).metadata
+out.pause = await sbx.pause()
+const again = await Sandbox.connect(sbx.sandboxId)
+out.resumed = (await again.commands.run('echo resumed')).stdout
+out.killed = await sbx.kill()
+try { await sbx.commands.run('true'); out.after_kill = 'ran' } catch (e) { out.after_kill = e.constructor.name }
+console.log(JSON.stringify(out))
+"#;
+
+/// The JS SDK (`e2b` from npm) drives the same server: streamed output, a failing command's
+/// `CommandExitError`, files, a background command's kill, list, metadata, pause and
+/// connect-resumes, kill, and a killed sandbox's error.
+#[test]
+fn e2b_js_sdk_drives_a_sandbox() {
+    require_root!();
+    let Some(dir) = sdk_js("e2b_js_sdk_drives_a_sandbox") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b-js");
+    let out = server.sdk_js(&dir, &key, JS_FLOW);
+    assert_eq!(
+        out["run"],
+        serde_json::json!(["hi\nhello\n", 0, "hi\nhello\n"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["exit"],
+        serde_json::json!(["CommandExitError", 5, "no\n"]),
+        "{out}"
+    );
+    assert_eq!(out["read"], "from js\n", "{out}");
+    assert_eq!(out["list"], serde_json::json!(["a.txt"]), "{out}");
+    assert_eq!(out["kill"], true, "{out}");
+    assert_eq!(out["listed"], true, "{out}");
+    assert_eq!(out["metadata"], serde_json::json!({"job": "js"}), "{out}");
+    assert_eq!(out["pause"], true, "{out}");
+    assert_eq!(out["resumed"], "resumed\n", "{out}");
+    assert_eq!(out["killed"], true, "{out}");
+    assert_eq!(out["after_kill"], "SandboxNotFoundError", "{out}");
 }
