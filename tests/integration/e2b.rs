@@ -52,17 +52,47 @@ struct Server {
     child: Option<Child>,
     dir: tempfile::TempDir,
     url: String,
+    /// The network namespace (under /run/netns) the server and the SDK programs run in.
+    netns: Option<String>,
+}
+
+/// `cmd` run in network namespace `netns` (`nsenter --net`), or as it is.
+fn in_netns(cmd: Command, netns: Option<&str>) -> Command {
+    let Some(ns) = netns else {
+        return cmd;
+    };
+    let mut wrapped = Command::new("nsenter");
+    wrapped
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
 }
 
 impl Server {
     fn start() -> Server {
+        Server::start_in(None, &[])
+    }
+
+    /// The server in network namespace `netns`, with more `nsbox` flags (`--config`) first.
+    fn start_in(netns: Option<&str>, flags: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("nsbox-e2b-")
             .tempdir()
             .unwrap();
         let state = dir.path().join("state");
         let socket = dir.path().join("serve.sock");
-        let mut child = nsbox_cmd(&[
+        let mut args = flags.to_vec();
+        args.extend_from_slice(&[
             "--state-root",
             state.to_str().unwrap(),
             "serve",
@@ -70,12 +100,13 @@ impl Server {
             socket.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start nsbox serve");
+        ]);
+        let mut child = in_netns(nsbox_cmd(&args), netns)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nsbox serve");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -87,6 +118,7 @@ impl Server {
             child: Some(child),
             dir,
             url,
+            netns: netns.map(str::to_string),
         }
     }
 
@@ -123,8 +155,8 @@ impl Server {
     }
 
     fn run_sdk(&self, mut cmd: Command, key: &str) -> serde_json::Value {
-        let out = cmd
-            .env("E2B_API_URL", &self.url)
+        cmd.env("E2B_API_URL", &self.url);
+        let out = in_netns(cmd, self.netns.as_deref())
             .env("E2B_SANDBOX_URL", &self.url)
             .env("E2B_API_KEY", key)
             .env_remove("E2B_DOMAIN")
@@ -765,4 +797,117 @@ fn e2b_js_sdk_drives_a_sandbox() {
     assert_eq!(out["resumed"], "resumed\n", "{out}");
     assert_eq!(out["killed"], true, "{out}");
     assert_eq!(out["after_kill"], "SandboxNotFoundError", "{out}");
+}
+
+const SDK_WORLD: &str = r#"
+import json
+from e2b import Sandbox, ALL_TRAFFIC, CommandExitException
+
+out = {}
+sbx = Sandbox.create(timeout=120, network={"allow_out": ["web.allowed.example", "203.0.113.40"], "deny_out": [ALL_TRAFFIC]})
+run = lambda c, **k: sbx.commands.run(c, timeout=60, **k)
+out["allowed"] = run("curl -sS -m 10 http://web.allowed.example/").stdout
+out["other_name"] = run("curl -sS -m 10 http://other.example/ >/dev/null 2>&1 && echo reached || echo refused").stdout
+out["other_addr"] = run("curl -sS -m 10 http://203.0.113.20/ >/dev/null 2>&1 && echo reached || echo refused").stdout
+
+# The pipeline (plain TCP goes by address on nsbox's filtered network, names are for
+# HTTP(S)): clone from the git server in the fake internet, branch, edit, a failing then
+# a passing test step, commit -F, push; output streamed.
+git = "git -c user.name=Agent -c user.email=agent@example.invalid"
+streamed = []
+# The git daemon may still be starting: a bounded retry, not a timing.
+run("for i in $(seq 1 100); do git clone -q git://203.0.113.40/app.git app && exit 0; rm -rf app; sleep 0.1; done; exit 1")
+run("git checkout -q -b fix", cwd="/sandbox/app")
+try:
+    run("sh test.sh", cwd="/sandbox/app", on_stdout=lambda s: streamed.append(s))
+    out["first_test"] = "passed"
+except CommandExitException as e:
+    out["first_test"] = [e.exit_code, e.stdout]
+sbx.files.write("/sandbox/app/value.txt", "42\n")
+r = run("sh test.sh", cwd="/sandbox/app", on_stdout=lambda s: streamed.append(s))
+out["second_test"] = [r.exit_code, r.stdout]
+sbx.files.write("/sandbox/msg.txt", "Fix the value\n\nThe test wants 42.\n")
+run(git + " commit -q -a -F /sandbox/msg.txt && " + git + " push -q origin fix", cwd="/sandbox/app")
+out["streamed"] = "".join(streamed)
+sbx.kill()
+
+sbx = Sandbox.create(allow_internet_access=False)
+out["no_internet"] = sbx.commands.run("curl -sS -m 10 http://203.0.113.10/ >/dev/null 2>&1 && echo reached || echo refused").stdout
+sbx.kill()
+print(json.dumps(out))
+"#;
+
+/// Two scenarios through the SDK inside the fake internet of namespaces (networld.rs):
+/// egress — an allow-list reaches the allowed name and nothing else (another name, a bare
+/// address), no internet access reaches nothing; and a git pipeline — clone from a git server
+/// in the fake internet, branch, a failing then passing test step with streamed output, an
+/// edit through `files.write`, `git commit -F`, push; the server's repository has the commit.
+#[test]
+fn e2b_sdk_egress_and_git_pipeline_in_the_fake_internet() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_egress_and_git_pipeline_in_the_fake_internet") else {
+        return;
+    };
+    let mut w = crate::networld::World::start();
+    // A bare repository with one commit, served by git daemon (push allowed) on TCP4.
+    let repos = w.dir.path().join("git");
+    let seed = w.dir.path().join("seed");
+    let sh = |script: &str| {
+        let out = Command::new("sh").args(["-c", script]).output().unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let git = "git -c user.name=Test -c user.email=test@example.invalid -c init.defaultBranch=main";
+    sh(&format!(
+        "set -e; {git} init -q --bare {r}/app.git; {git} init -q {s}; cd {s}; \
+         printf '0\\n' > value.txt; \
+         printf 'v=$(cat value.txt); echo value $v; [ \"$v\" = 42 ] || {{ echo want 42; exit 1; }}\\n' > test.sh; \
+         {git} add .; {git} commit -q -m start; {git} push -q {r}/app.git HEAD:main",
+        r = repos.display(),
+        s = seed.display()
+    ));
+    let inet = w.inet_ns.clone();
+    let daemon = format!(
+        "echo ready; exec git daemon --reuseaddr --export-all --enable=receive-pack --listen={} --base-path={} {}",
+        crate::networld::TCP4,
+        repos.display(),
+        repos.display()
+    );
+    w.spawn_server(&inet, &["sh", "-c", &daemon]);
+    let config = w.dir.path().join("nsbox.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pull]\npolicy = \"never\"\n[defaults.network]\ndns_upstream = [\"{}\"]\n",
+            crate::networld::DNS
+        ),
+    )
+    .unwrap();
+    let host = w.host_ns.clone();
+    let server = Server::start_in(Some(&host), &["--config", config.to_str().unwrap()]);
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_WORLD);
+    assert_eq!(out["allowed"], "hello from the fake internet\n", "{out}");
+    assert_eq!(out["other_name"], "refused\n", "{out}");
+    assert_eq!(out["other_addr"], "refused\n", "{out}");
+    assert_eq!(out["no_internet"], "refused\n", "{out}");
+    assert_eq!(
+        out["first_test"],
+        serde_json::json!([1, "value 0\nwant 42\n"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["second_test"],
+        serde_json::json!([0, "value 42\n"]),
+        "{out}"
+    );
+    assert_eq!(out["streamed"], "value 0\nwant 42\nvalue 42\n", "{out}");
+    let log = sh(&format!(
+        "git --git-dir={}/app.git log --format='%s|%b|%an' fix",
+        repos.display()
+    ));
+    assert!(
+        log.starts_with("Fix the value|The test wants 42.\n|Agent"),
+        "{log}"
+    );
 }
