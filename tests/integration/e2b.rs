@@ -611,7 +611,6 @@ out = {}
 sbx = Sandbox.create(timeout=60)
 h = sbx.commands.run("sleep 5", background=True)
 for name, f in [("connect", lambda: sbx.commands.connect(h.pid).wait()),
-                ("pty", lambda: sbx.pty.create(size=__import__("e2b").PtySize(rows=24, cols=80))),
                 ("pause_filesystem", lambda: sbx.pause(mode="filesystem")),
                 ("read_root", lambda: sbx.files.read("/etc/hostname", user="root")),
                 ("metrics", lambda: sbx.get_metrics())]:
@@ -626,7 +625,7 @@ print(json.dumps(out))
 "#;
 
 /// What nsbox does not serve fails at once with the SDK's own error and a message saying so
-/// (never a hang or a silent success): reattaching to a command, PTYs, a filesystem-only
+/// (never a hang or a silent success): reattaching to a command, a filesystem-only
 /// pause (nsbox's pause keeps memory), running as root.
 #[test]
 fn e2b_unserved_features_fail_with_the_sdks_errors() {
@@ -637,7 +636,7 @@ fn e2b_unserved_features_fail_with_the_sdks_errors() {
     let server = Server::start();
     let key = server.key("e2b");
     let out = server.sdk(&python, &key, SDK_UNSERVED);
-    for name in ["connect", "pty", "pause_filesystem", "read_root"] {
+    for name in ["connect", "pause_filesystem", "read_root"] {
         assert_eq!(out[name][0], "SandboxException", "{name}: {out}");
         let message = out[name][1].as_str().unwrap();
         assert!(
@@ -910,4 +909,50 @@ fn e2b_sdk_egress_and_git_pipeline_in_the_fake_internet() {
         log.starts_with("Fix the value|The test wants 42.\n|Agent"),
         "{log}"
     );
+}
+
+const SDK_PTY: &str = r#"
+import json
+from e2b import Sandbox, PtySize, CommandExitException
+out = {}
+sbx = Sandbox.create(timeout=60, envs={"TOKEN": "x"})
+def run(h):
+    data = []
+    try:
+        h.wait(on_pty=lambda d: data.append(d))
+        code = 0
+    except CommandExitException as e:
+        code = e.exit_code
+    return [code, b"".join(data).decode(errors="replace")]
+h = sbx.pty.create(PtySize(rows=24, cols=80))
+sbx.pty.send_stdin(h.pid, b"stty size; tty; exit 3\n")
+out["first"] = run(h)
+# The resize is applied before input sent after it is written (one ordered channel).
+h = sbx.pty.create(PtySize(rows=24, cols=80))
+sbx.pty.resize(h.pid, PtySize(rows=30, cols=100))
+sbx.pty.send_stdin(h.pid, b"stty size; exit\n")
+out["resized"] = run(h)
+sbx.kill()
+print(json.dumps(out))
+"#;
+
+/// `pty.create` runs a shell on a terminal of the asked size (the supervisor's pty, read and
+/// written from outside): input reaches it, `pty.resize` changes its size, its exit code
+/// ends the handle.
+#[test]
+fn e2b_sdk_pty_create_input_resize() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_pty_create_input_resize") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_PTY);
+    assert_eq!(out["first"][0], 3, "{out}");
+    let first = out["first"][1].as_str().unwrap();
+    assert!(first.contains("24 80\r\n"), "{first:?}");
+    assert!(first.contains("/dev/pts/"), "{first:?}");
+    assert_eq!(out["resized"][0], 0, "{out}");
+    let resized = out["resized"][1].as_str().unwrap();
+    assert!(resized.contains("30 100\r\n"), "{resized:?}");
 }

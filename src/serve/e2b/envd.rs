@@ -40,6 +40,8 @@ struct Process {
     tag: Option<String>,
     signals: mpsc::Sender<i32>,
     stdin: Option<super::super::exec::StdinPipe>,
+    /// A command on a terminal: its input, size and signals.
+    pty: Option<mpsc::Sender<super::pty::PtyControl>>,
 }
 
 fn processes() -> &'static std::sync::Mutex<HashMap<u32, Process>> {
@@ -192,6 +194,7 @@ pub(super) async fn handle(
                     | "/process.Process/SendInput"
                     | "/process.Process/CloseStdin"
                     | "/process.Process/List"
+                    | "/process.Process/Update"
             ) =>
         {
             let method = p.trim_start_matches("/process.Process/").to_string();
@@ -297,12 +300,26 @@ async fn start(
         Codec::Json => connect::frame(v),
         Codec::Proto => connect::frame_bytes(&proto::event(v)),
     };
-    if !request["pty"].is_null() {
-        return Err(RpcError::new(
-            Code::Unimplemented,
-            "PTY commands are not served by nsbox yet",
-        ));
-    }
+    let pty_size = match &request["pty"] {
+        serde_json::Value::Null => None,
+        pty => {
+            let dim = |k: &str| {
+                pty["size"][k]
+                    .as_u64()
+                    .filter(|n| (1..=u16::MAX as u64).contains(n))
+                    .map(|n| n as u16)
+            };
+            match (dim("rows"), dim("cols")) {
+                (Some(rows), Some(cols)) => Some((rows, cols)),
+                _ => {
+                    return Err(RpcError::new(
+                        Code::InvalidArgument,
+                        "pty.size: rows and cols from 1 (PTYs are served over the JSON codec)",
+                    ))
+                }
+            }
+        }
+    };
     let process = &request["process"];
     let cmd = process["cmd"]
         .as_str()
@@ -348,6 +365,15 @@ async fn start(
         .read_record(&owned.id)
         .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
     let prepared = api::personalised(owned, prepared);
+    if let Some((rows, cols)) = pty_size {
+        let running = super::pty::start(&server.store, &record, prepared, rows, cols)
+            .await
+            .map_err(|m| RpcError::new(Code::FailedPrecondition, m))?;
+        let tag = request["tag"].as_str().map(str::to_string);
+        return Ok(pty_stream(
+            owned, config, tag, running, keepalive, encode, codec,
+        ));
+    }
     let mut running = super::super::exec::start(&server.store, &record, prepared)
         .await
         .map_err(|e| {
@@ -368,6 +394,7 @@ async fn start(
             tag: request["tag"].as_str().map(str::to_string),
             signals: running.signals.clone(),
             stdin: running.stdin.clone(),
+            pty: None,
         },
     );
     let registered = Registered(pid);
@@ -438,6 +465,96 @@ async fn start(
     Ok(resp)
 }
 
+/// The event stream of a command on a terminal: its output as `pty` data, then its end.
+fn pty_stream(
+    owned: &Owned,
+    config: serde_json::Value,
+    tag: Option<String>,
+    mut running: super::pty::PtyCommand,
+    keepalive: Duration,
+    encode: impl Fn(&serde_json::Value) -> Bytes + Send + 'static,
+    codec: Codec,
+) -> Response<RespBody> {
+    use super::pty::{PtyControl, PtyEvent};
+    use base64::Engine;
+    let pid = NEXT_PID.fetch_add(1, Ordering::Relaxed);
+    // Signals go to the terminal's command through its control channel.
+    let (signals, mut signal_rx) = mpsc::channel::<i32>(4);
+    let control = running.control.clone();
+    tokio::spawn(async move {
+        while let Some(s) = signal_rx.recv().await {
+            if control.send(PtyControl::Signal(s)).await.is_err() {
+                break;
+            }
+        }
+    });
+    lock_processes().insert(
+        pid,
+        Process {
+            sandbox: owned.id.clone(),
+            config,
+            tag,
+            signals,
+            stdin: None,
+            pty: Some(running.control.clone()),
+        },
+    );
+    let registered = Registered(pid);
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let mut registered = Some(registered);
+        let start = serde_json::json!({"event": {"start": {"pid": pid}}});
+        if tx.send(encode(&start)).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(keepalive);
+        tick.tick().await;
+        let mut failure = None;
+        loop {
+            let event = tokio::select! {
+                e = running.events.recv() => e,
+                _ = tick.tick() => {
+                    let ka = serde_json::json!({"event": {"keepalive": {}}});
+                    if tx.send(encode(&ka)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let message = match event {
+                Some(PtyEvent::Data(bytes)) => {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                    serde_json::json!({"event": {"data": {"pty": b64}}})
+                }
+                Some(PtyEvent::Ended { code, signal }) => {
+                    drop(registered.take());
+                    let status = match signal {
+                        Some(s) => format!("signal: {s}"),
+                        None => format!("exit status {code}"),
+                    };
+                    serde_json::json!({"event": {"end": {"exitCode": code, "exited": true, "status": status}}})
+                }
+                Some(PtyEvent::Failed(m)) => {
+                    failure = Some(RpcError::new(Code::Unavailable, m));
+                    break;
+                }
+                None => break,
+            };
+            // A client gone: dropping the events kills the command.
+            if tx.send(encode(&message)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(connect::end_frame(failure.as_ref())).await;
+    });
+    let mut resp = Response::new(ChannelBody { rx }.boxed());
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(codec.content_type(true)),
+    );
+    resp
+}
+
 /// `SendSignal`, `SendInput`, `CloseStdin` and `List` of `process.Process`.
 async fn process_unary(
     owned: &Owned,
@@ -464,12 +581,12 @@ async fn process_unary(
         return unary_answer(&call, serde_json::json!({ "processes": processes }));
     }
     let pid = select(&owned.id, &request["process"])?;
-    let (signals, stdin) = {
+    let (signals, stdin, pty) = {
         let table = lock_processes();
         let p = table
             .get(&pid)
             .ok_or_else(|| RpcError::new(Code::NotFound, "the process ended"))?;
-        (p.signals.clone(), p.stdin.clone())
+        (p.signals.clone(), p.stdin.clone(), p.pty.clone())
     };
     match method {
         "SendSignal" => {
@@ -492,6 +609,37 @@ async fn process_unary(
                 .await
                 .map_err(|_| RpcError::new(Code::NotFound, "the process ended"))?;
         }
+        "Update" => {
+            let pty = pty.ok_or_else(|| {
+                RpcError::new(Code::FailedPrecondition, "the process has no terminal")
+            })?;
+            let dim = |k: &str| {
+                request["pty"]["size"][k]
+                    .as_u64()
+                    .filter(|n| (1..=u16::MAX as u64).contains(n))
+                    .map(|n| n as u16)
+            };
+            let (Some(rows), Some(cols)) = (dim("rows"), dim("cols")) else {
+                return Err(RpcError::new(
+                    Code::InvalidArgument,
+                    "pty.size: rows and cols from 1",
+                ));
+            };
+            pty.send(super::pty::PtyControl::Resize { rows, cols })
+                .await
+                .map_err(|_| RpcError::new(Code::NotFound, "the process ended"))?;
+        }
+        "SendInput" if request["input"]["pty"].is_string() => {
+            let pty = pty.ok_or_else(|| {
+                RpcError::new(Code::FailedPrecondition, "the process has no terminal")
+            })?;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(request["input"]["pty"].as_str().unwrap_or(""))
+                .map_err(|e| RpcError::new(Code::InvalidArgument, format!("input.pty: {e}")))?;
+            pty.send(super::pty::PtyControl::Input(data))
+                .await
+                .map_err(|_| RpcError::new(Code::NotFound, "the process ended"))?;
+        }
         "SendInput" | "CloseStdin" => {
             use tokio::io::AsyncWriteExt;
             let pipe = stdin.ok_or_else(|| {
@@ -504,12 +652,6 @@ async fn process_unary(
             if method == "CloseStdin" {
                 *guard = None;
             } else {
-                if request["input"]["pty"].is_string() {
-                    return Err(RpcError::new(
-                        Code::Unimplemented,
-                        "PTY input is not served",
-                    ));
-                }
                 let data = base64::engine::general_purpose::STANDARD
                     .decode(request["input"]["stdin"].as_str().unwrap_or(""))
                     .map_err(|e| {

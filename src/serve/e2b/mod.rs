@@ -18,6 +18,7 @@
 mod connect;
 mod envd;
 mod proto;
+mod pty;
 mod watch;
 
 use std::collections::HashMap;
