@@ -956,3 +956,68 @@ fn e2b_sdk_pty_create_input_resize() {
     let resized = out["resized"][1].as_str().unwrap();
     assert!(resized.contains("30 100\r\n"), "{resized:?}");
 }
+
+const SDK_SNAPSHOT: &str = r#"
+import json
+from e2b import Sandbox, SandboxException
+out = {}
+sbx = Sandbox.create(template="e2bbase:1", timeout=60)
+sbx.files.write("/sandbox/state.txt", "before the snapshot\n")
+snap = sbx.create_snapshot()
+out["names"] = snap.names == [snap.snapshot_id]
+sbx.kill()
+copy = Sandbox.create(template=snap.snapshot_id, timeout=60)
+out["copied"] = copy.files.read("/sandbox/state.txt")
+out["template"] = copy.get_info().template_id == snap.snapshot_id
+copy.kill()
+host = Sandbox.create(timeout=60)
+try:
+    host.create_snapshot()
+    out["host_root"] = "snapshotted"
+except SandboxException as e:
+    out["host_root"] = [type(e).__name__, "image" in str(e)]
+host.kill()
+print(json.dumps(out))
+"#;
+
+/// `create_snapshot` is `nsbox commit`: the sandbox's files become an image whose name is a
+/// template, and a sandbox created from it has them; a sandbox on the host's root (no image
+/// to stack on) is refused with the SDK's error and a message.
+#[test]
+fn e2b_sdk_snapshot_is_an_image_template() {
+    use crate::oci_build::{base_layer, Comp, Layout};
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_snapshot_is_an_image_template") else {
+        return;
+    };
+    let server = Server::start();
+    let layout_dir = server.dir.path().join("layout");
+    let mut layout = Layout::new(&layout_dir);
+    layout.image(
+        Some("1"),
+        &[(base_layer(), Comp::Gzip)],
+        serde_json::json!({"Env": ["PATH=/bin"]}),
+    );
+    let state = server.dir.path().join("state");
+    let out = nsbox_cmd(&[
+        "--state-root",
+        state.to_str().unwrap(),
+        "load",
+        layout_dir.to_str().unwrap(),
+        "--tag",
+        "e2bbase:1",
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_SNAPSHOT);
+    assert_eq!(out["names"], true, "{out}");
+    assert_eq!(out["copied"], "before the snapshot\n", "{out}");
+    assert_eq!(out["template"], true, "{out}");
+    assert_eq!(
+        out["host_root"],
+        serde_json::json!(["SandboxException", true]),
+        "{out}"
+    );
+}

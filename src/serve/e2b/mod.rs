@@ -207,6 +207,7 @@ fn action_of(method: &Method, parts: &[&str], envd: bool) -> &'static str {
         (&Method::POST, ["sandboxes", _, "connect"]) => "e2b.sandbox.connect",
         (&Method::POST, ["sandboxes", _, "pause"]) => "e2b.sandbox.pause",
         (&Method::POST, ["sandboxes", _, "resume"]) => "e2b.sandbox.resume",
+        (&Method::POST, ["sandboxes", _, "snapshots"]) => "e2b.sandbox.snapshot",
         _ => "e2b.other",
     }
 }
@@ -358,9 +359,17 @@ async fn control(server: Arc<Server>, req: Request<Incoming>, caller: Caller) ->
             set_timeout(&server, &owned, secs)?;
             Ok(json_response(StatusCode::CREATED, &created_view(&owned)))
         }
-        (&Method::POST, ["sandboxes", _, "snapshots" | "fork"]) => Err(control_error(
+        (&Method::POST, ["sandboxes", id, "snapshots"]) => {
+            let owned = owned(&server, id, &caller)?;
+            let body = json_body(&bytes)?;
+            let s = server.clone();
+            tokio::spawn(async move { snapshot(&s, &owned, &body).await })
+                .await
+                .map_err(|e| control_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        }
+        (&Method::POST, ["sandboxes", _, "fork"]) => Err(control_error(
             StatusCode::NOT_IMPLEMENTED,
-            "nsbox serve does not snapshot or fork sandboxes through the E2B API (no memory snapshots); pause/resume freeze a sandbox in place",
+            "nsbox serve does not fork sandboxes (no memory snapshots): snapshot one and create from the snapshot",
         )),
         _ => Err(control_error(
             StatusCode::NOT_FOUND,
@@ -436,6 +445,45 @@ async fn resume_if_paused(
         ));
     }
     set_frozen(server, owned, false).await
+}
+
+/// `create_snapshot`: the sandbox's files as an nsbox image (`nsbox commit`; the sandbox is
+/// frozen meanwhile), whose name is a template for later creates. Files only: a memory
+/// snapshot asked for by name is refused.
+async fn snapshot(server: &Server, owned: &Owned, body: &serde_json::Value) -> Answer {
+    if body["memory"].as_bool() == Some(true) {
+        return Err(control_error(
+            StatusCode::BAD_REQUEST,
+            "memory snapshots are not served by nsbox: a snapshot is the sandbox's files (mode=\"filesystem\")",
+        ));
+    }
+    let name = match body["name"].as_str().filter(|n| !n.is_empty()) {
+        Some(n) => n.to_string(),
+        None => format!("e2b-snapshot-{}:{}", owned.id, now_secs()),
+    };
+    let store = server.store.clone();
+    let state_root = server.options.state_root.clone();
+    let id = owned.id.clone();
+    let image = name.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        crate::snapshot::commit(&store, &id, &image, &state_root)
+    })
+    .await
+    .map_err(|e| control_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match done {
+        Ok(_) => Ok(json_response(
+            StatusCode::CREATED,
+            &serde_json::json!({"snapshotID": name, "names": [name]}),
+        )),
+        Err(e @ crate::snapshot::SnapshotError::NoImage { .. }) => Err(control_error(
+            StatusCode::BAD_REQUEST,
+            format!("{e} (a snapshot needs a sandbox made from an image template)"),
+        )),
+        Err(e) => Err(control_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+    }
 }
 
 /// A string map from a JSON object (metadata, envVars); anything else is refused.
