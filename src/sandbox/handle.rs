@@ -561,6 +561,7 @@ impl Handle {
             // While this supervisor lives, `nsbox prune` sees the cgroup as in use.
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
+            crate::fault::phase("cgroup-created", &spec.id);
             Some(cgroup)
         } else {
             None
@@ -645,6 +646,7 @@ impl Handle {
             sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),
         };
         marks.push(("clone returned".into(), now_ns()));
+        crate::fault::phase("cloned", &spec.id);
         let mut handle = Handle {
             id: spec.id.clone(),
             pid,
@@ -692,7 +694,9 @@ impl Handle {
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
             handle.cgroup = Some(cgroup);
+            crate::fault::phase("cgroup-created", &spec.id);
         }
+        crate::fault::phase("network-prepared", &spec.id);
         let egress = match egress.transpose() {
             Ok(egress) => {
                 if let Some(cgroup) = &handle.cgroup {
@@ -751,6 +755,7 @@ impl Handle {
             crate::relay::stream::set_nonblocking(fd.as_fd())
                 .map_err(io_err("configure the sandbox's descriptors"))?;
         }
+        crate::fault::phase("launched", &spec.id);
         Ok(Launch {
             handle,
             streams,

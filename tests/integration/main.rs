@@ -16,6 +16,7 @@ mod e2b;
 mod egress;
 mod exec_basics;
 mod exit_codes;
+mod faults;
 mod files;
 mod hostside;
 mod images;
