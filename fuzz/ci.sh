@@ -25,7 +25,7 @@ for target in $(cargo +nightly fuzz list); do
   echo "fuzz $target: ${seconds}s" >&2
   status=0
   cargo +nightly fuzz run -s none "$target" "$scratch" -- \
-    -max_total_time="$seconds" -jobs=1 -rss_limit_mb=1024 -print_final_stats=1 \
+    -max_total_time="$seconds" -rss_limit_mb=1024 -print_final_stats=1 \
     >"$scratch.log" 2>&1 || status=$?
   grep -E '^(stat::number_of_executed_units|SUMMARY)|panicked' "$scratch.log" >&2 || true
   [ "$status" -eq 0 ] || tail -40 "$scratch.log" >&2

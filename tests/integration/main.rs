@@ -8,6 +8,7 @@ mod oci_build;
 mod support;
 
 mod bad_input;
+mod bombs;
 mod build;
 mod cli;
 mod config;
@@ -24,6 +25,7 @@ mod isolation;
 mod lifecycle;
 mod lifetimes;
 mod limits;
+mod load;
 mod registry;
 mod registry_support;
 mod results;
