@@ -491,6 +491,20 @@ impl Handle {
         Ok(events)
     }
 
+    /// Charges this process, the sandbox's own supervisor, to the sandbox's CPU limit and
+    /// usage where the host allows it safely (see `SandboxCgroup::charge_supervisor`). Never
+    /// for a process that supervises several sandboxes (`nsbox serve`).
+    pub fn charge_supervisor(&mut self) -> bool {
+        match self.cgroup.as_mut().map(SandboxCgroup::charge_supervisor) {
+            Some(Ok(charged)) => charged,
+            Some(Err(e)) => {
+                tracing::warn!(id = %self.id, "supervisor CPU not charged to the sandbox: {e}");
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Kills the sandbox if it still runs, reaps it, stops its network and removes its cgroup.
     /// Idempotent; returns a warning when the cgroup could not be removed.
     pub fn teardown(&mut self) -> Option<String> {

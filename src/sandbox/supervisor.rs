@@ -303,6 +303,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         cpu_before,
         kept: None,
     };
+    // The child sets itself up meanwhile: this is off its path.
+    sandbox.handle.charge_supervisor();
     crate::fault::phase("running", &spec.id);
     let result = event_loop::drive(&mut sandbox);
     sandbox.finish(result)

@@ -264,11 +264,13 @@ fn supervise(
         Err(e) => return cleanup(format!("listen on {}: {e}", socket_path.display())),
     };
     // On failure the handle's drop tears down whatever was made.
-    let handle = match Handle::create(spec) {
+    let mut handle = match Handle::create(spec) {
         Ok(created) => created.handle,
         Err(e) => return cleanup(e.to_string()),
     };
     record.init_pid = handle.pid();
+    // This supervisor serves this one session: its work is the session's.
+    handle.charge_supervisor();
     if let Err(e) = store.write_record(&record) {
         drop(handle);
         return cleanup(e.to_string());

@@ -255,3 +255,149 @@ fn bombs_output_flood_into_a_session_is_capped_and_the_session_lives() {
     assert!(r.stderr.contains("truncated"), "{}", r.stderr);
     neighbour.assert_unaffected("after 200 MB of output");
 }
+
+/// Each thread's cgroup path in the hierarchy whose controller list is exactly `controllers`
+/// ("cpu" or "cpu,cpuacct", as /proc/PID/cgroup names it), for every thread of `pid`.
+fn thread_cgroups(pid: u32, controller: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("cgroup")).unwrap_or_default();
+        for line in text.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, names, path) = (parts.next(), parts.next(), parts.next());
+            if names.is_some_and(|n| n.split(',').any(|c| c == controller)) {
+                paths.push(path.unwrap_or_default().to_string());
+            }
+        }
+    }
+    paths
+}
+
+/// Whether the cpu controller is on a cgroup v1 hierarchy of its own here (where nsbox
+/// charges its supervisors; see SandboxCgroup::charge_supervisor).
+fn cpu_on_v1() -> bool {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|n| n.split(',').any(|c| c == "cpu"))
+        })
+}
+
+/// Finding 7's second half: the supervisor's work for a sandbox (relay, resolver, proxy) runs
+/// under that sandbox's CPU limit — every thread of a one-shot's and of a session's
+/// supervisor is in the sandbox's cpu cgroup while it runs, in none of its memory, pids or
+/// freezer cgroups, and the cgroup is removed at the end as before.
+#[test]
+fn bombs_supervisor_cpu_is_charged_to_the_sandbox() {
+    require_root!();
+    if !cpu_on_v1() {
+        skip(
+            module_path!(),
+            "the cpu controller is on cgroup v2 here, where supervisors are not charged yet",
+        );
+        return;
+    }
+    // A filtered one-shot: its supervisor has resolver and proxy threads.
+    let mut child = nsbox_cmd(&[
+        "exec",
+        "--json",
+        "-i",
+        "--cpus",
+        "0.5",
+        "--allow",
+        "192.0.2.1:80",
+        "--",
+        "sh",
+        "-c",
+        "echo up; read x; exit 0",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut id = None;
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+        line.clear();
+        if e["type"] == "start" {
+            id = e["id"].as_str().map(str::to_string);
+        }
+        if e["type"] == "stdout" {
+            break;
+        }
+    }
+    let id = id.unwrap();
+    let cpu = thread_cgroups(child.id(), "cpu");
+    assert!(
+        cpu.len() >= 2,
+        "the supervisor and its network threads: {cpu:?}"
+    );
+    assert!(
+        cpu.iter().all(|p| p.ends_with(&format!("nsbox-{id}"))),
+        "every supervisor thread in the sandbox's cpu cgroup: {cpu:?}"
+    );
+    for other in ["memory", "pids", "freezer"] {
+        let paths = thread_cgroups(child.id(), other);
+        assert!(
+            paths.iter().all(|p| !p.contains(&id)),
+            "the supervisor is outside the sandbox's {other} cgroup: {paths:?}"
+        );
+    }
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(
+        leftover_cgroups(&id).is_empty(),
+        "{:?}",
+        leftover_cgroups(&id)
+    );
+
+    // A session's supervisor, too, for the session's life.
+    let neighbour = Neighbour::start();
+    let r = neighbour.run(&["inspect", "neighbour"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let listed: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let record = std::fs::read(
+        neighbour
+            .dir
+            .path()
+            .join("sessions")
+            .join(&id)
+            .join("session.json"),
+    )
+    .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+    let pid = u32::try_from(record["supervisor_pid"].as_u64().unwrap()).unwrap();
+    let cpu = thread_cgroups(pid, "cpu");
+    assert!(
+        !cpu.is_empty() && cpu.iter().all(|p| p.ends_with(&format!("nsbox-{id}"))),
+        "{cpu:?}"
+    );
+    assert!(thread_cgroups(pid, "freezer")
+        .iter()
+        .all(|p| !p.contains(&id)));
+    // Pausing the session freezes its processes, never its supervisor.
+    let r = neighbour.run(&["pause", "neighbour"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = neighbour.run(&["resume", "neighbour"]);
+    assert_eq!(
+        r.code, 0,
+        "the supervisor answered while its session was paused: {r:?}"
+    );
+    drop(neighbour);
+    assert!(
+        eventually(10.0, || leftover_cgroups(&id).is_empty()),
+        "{:?}",
+        leftover_cgroups(&id)
+    );
+}
