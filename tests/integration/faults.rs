@@ -458,3 +458,113 @@ fn faults_an_unreached_phase_changes_nothing() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "fine\n");
     assert!(!f.report().exists(), "nothing stopped");
 }
+
+/// `nsbox serve` killed (or interrupted) while a create it runs for an API client is at each
+/// phase: the create dies with the server, or the server removes it as it stops, and after
+/// prune nothing of that sandbox is left. The stopped create's supervisor is continued after
+/// the server's kill, as if the kill had landed at that moment.
+#[test]
+fn faults_server_killed_during_a_create_leaves_nothing() {
+    require_root!();
+    let _serial = prune_lock();
+    let mut phases = LAUNCH.to_vec();
+    phases.extend(["session-recorded", "session-ready"]);
+    let f = Faults::new();
+    let n = iterations(phases.len());
+    let mut adopted = 0;
+    let mut orphaned = 0;
+    for i in 0..n {
+        let phase = phases[i % phases.len()];
+        let signal = SIGNALS[(i / phases.len()) % SIGNALS.len()];
+        let what = format!("server create #{i}: {} at {phase}", signal_name(signal));
+        let socket = f.dir.path().join("serve.sock");
+        let state = f.dir.path().join("state");
+        let mut server = f
+            .armed(
+                phase,
+                &[
+                    "--state-root",
+                    state.to_str().unwrap(),
+                    "serve",
+                    "--socket",
+                    socket.to_str().unwrap(),
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert!(
+            ready.contains('{'),
+            "{what}: the server is ready: {ready:?}"
+        );
+        let mut client = std::process::Command::new("curl")
+            .args(["-sS", "--unix-socket", socket.to_str().unwrap()])
+            .args(["-XPOST", "localhost/v1/sandboxes", "-d", "{}"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (id, stopped) = f.stopped_at(phase, &mut client);
+        deliver(i32::try_from(server.id()).unwrap(), signal);
+        deliver(stopped, libc::SIGCONT);
+        reap(&mut server);
+        reap(&mut client);
+        if !eventually(2.0, || gone(stopped)) {
+            // The create was done (confirmed) before the server died: its sandbox lives on for
+            // the next server, which adopts it, and removes it when told to stop.
+            let mut next = f
+                .cmd(&[
+                    "--state-root",
+                    state.to_str().unwrap(),
+                    "serve",
+                    "--socket",
+                    socket.to_str().unwrap(),
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut ready = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(next.stdout.take().unwrap()),
+                &mut ready,
+            )
+            .unwrap();
+            deliver(i32::try_from(next.id()).unwrap(), libc::SIGTERM);
+            reap(&mut next);
+            if eventually(2.0, || gone(stopped)) {
+                adopted += 1;
+            }
+        }
+        if signal != libc::SIGKILL && !eventually(2.0, || gone(stopped)) {
+            // KNOWN (src/serve, reported in docs/hardening.md): a create that completes while
+            // the server shuts down on SIGTERM/SIGINT is neither removed nor recorded for the
+            // next server; the session runs on, visible in `nsbox ps`. Counted here, then
+            // removed as a user would, so the rest of the teardown is still checked.
+            let ps = f.run(&["ps"]);
+            assert!(
+                ps.stdout.contains(&id),
+                "{what}: the orphan is visible: {ps:?}"
+            );
+            orphaned += 1;
+            let r = f.run(&["rm", "-f", &id]);
+            assert_eq!(r.code, 0, "{what}: rm: {r:?}");
+        }
+        assert!(
+            eventually(60.0, || gone(stopped)),
+            "{what}: the create's supervisor did not end"
+        );
+        let _ = std::fs::remove_file(&socket);
+        assert_nothing_left(&f, &what, &id, false);
+    }
+    eprintln!(
+        "server create: {n} kills at {} phases ({adopted} adopted by the next server, \
+         {orphaned} orphaned by a shutdown: KNOWN), nothing left",
+        phases.len()
+    );
+}
