@@ -62,6 +62,10 @@ pub fn normalize_name(text: &str) -> Result<String, ReferenceError> {
     ]
     .iter()
     .find_map(|prefix| text.strip_prefix(prefix))
+    // Not when what is left starts with a registry host of its own (`docker.io/docker.io/x`
+    // is the repository `docker.io/x` on Docker Hub): stripped, it would name another image,
+    // and normalising the name again would change it (found by fuzz/image_reference).
+    .filter(|rest| !starts_with_host(rest))
     .unwrap_or(text);
     let last_slash = text.rfind('/').map_or(0, |i| i + 1);
     let (repo, tag) = match text[last_slash..].rfind(':') {
@@ -79,6 +83,13 @@ pub fn normalize_name(text: &str) -> Result<String, ReferenceError> {
         return Err(ReferenceError::BadTag(super::digest::printable(text)));
     }
     Ok(format!("{repo}:{tag}"))
+}
+
+/// Whether `name`'s first component is a registry host (`host.example/...`, `host:5000/...`,
+/// `localhost/...`), as [`check_repository`] reads it.
+fn starts_with_host(name: &str) -> bool {
+    name.split_once('/')
+        .is_some_and(|(host, _)| host.contains(['.', ':']) || host == "localhost")
 }
 
 fn check_repository(repo: &str) -> Result<(), ReferenceError> {
@@ -120,6 +131,33 @@ fn check_repository(repo: &str) -> Result<(), ReferenceError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn normalizing_a_name_twice_changes_nothing() {
+        // fuzz/image_reference found `docker.io/docker.io/r/ar/aest` normalised to
+        // `docker.io/r/ar/aest:latest`, which normalised again to `r/ar/aest:latest`.
+        for text in [
+            "docker.io/docker.io/r/ar/aest",
+            "index.docker.io/ghcr.io/org/x:1",
+            "docker.io/library/alpine",
+            "docker.io/team/app:2",
+        ] {
+            let once = super::normalize_name(text).unwrap();
+            assert_eq!(super::normalize_name(&once).unwrap(), once, "{text}");
+        }
+        assert_eq!(
+            super::normalize_name("docker.io/docker.io/r/x").unwrap(),
+            "docker.io/docker.io/r/x:latest"
+        );
+        assert_eq!(
+            super::normalize_name("docker.io/library/alpine").unwrap(),
+            "alpine:latest"
+        );
+        assert_eq!(
+            super::normalize_name("docker.io/team/app:2").unwrap(),
+            "team/app:2"
+        );
+    }
+
     use super::*;
 
     #[test]
