@@ -250,13 +250,10 @@ impl Handle {
                 self.advance(Transition::Ready);
                 Ok(ready)
             }
-            Err(control::ChannelError::Failed { step, message }) => {
-                Err(SandboxError::Setup { step, message })
-            }
-            Err(control::ChannelError::Closed { .. }) => Err(SandboxError::Setup {
-                step: "start".into(),
-                message: "the sandbox ended before it was ready".into(),
-            }),
+            Err(control::ChannelError::Failed(failure)) => Err(SandboxError::Setup(failure)),
+            Err(control::ChannelError::Closed { .. }) => Err(SandboxError::Setup(
+                control::StepFailure::new("start", "the sandbox ended before it was ready"),
+            )),
             Err(e) => Err(SandboxError::Died(e.to_string())),
         }
     }
@@ -786,9 +783,9 @@ fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgr
     // (crate::idrange); its creator is reaped before this returns.
     let result = match spec.userns_owner {
         Some(owner) => crate::idrange::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX, owner)
-            .map(|userns| (userns, None)),
+            .map(|(userns, creator)| (userns, (Some(creator), None))),
         None => sys::process::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX)
-            .map(|(userns, helper)| (userns, Some(helper))),
+            .map(|(userns, helper)| (userns, (None, Some(helper)))),
     };
     let _ = match result {
         Ok((userns, helper)) => {
@@ -797,7 +794,7 @@ fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgr
                 fds.extend(cgroup.self_join_fds().iter().map(|f| f.as_fd()));
             }
             let sent = control::send(socket, &ToSandbox::Identity, &fds);
-            // The helper's exit and reaping overlap the child's next steps.
+            // The creator's exit and reaping overlap the child's next steps.
             drop(helper);
             sent
         }
