@@ -132,6 +132,17 @@ impl Faults {
     }
 }
 
+impl Drop for Faults {
+    /// A failed test still removes the sessions of its store (a create orphaned by a killed
+    /// server would otherwise run on after the test).
+    fn drop(&mut self) {
+        let listed = self.run(&["ps", "-q"]);
+        for id in listed.stdout.split_whitespace() {
+            let _ = self.run(&["rm", "-f", id]);
+        }
+    }
+}
+
 fn is_stopped(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
