@@ -488,6 +488,20 @@ impl Handle {
         Ok(events)
     }
 
+    /// Charges this process, the sandbox's own supervisor, to the sandbox's CPU limit and
+    /// usage where the host allows it safely (see `SandboxCgroup::charge_supervisor`). Never
+    /// for a process that supervises several sandboxes (`nsbox serve`).
+    pub fn charge_supervisor(&mut self) -> bool {
+        match self.cgroup.as_mut().map(SandboxCgroup::charge_supervisor) {
+            Some(Ok(charged)) => charged,
+            Some(Err(e)) => {
+                tracing::warn!(id = %self.id, "supervisor CPU not charged to the sandbox: {e}");
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Kills the sandbox if it still runs, reaps it, stops its network and removes its cgroup.
     /// Idempotent; returns a warning when the cgroup could not be removed.
     pub fn teardown(&mut self) -> Option<String> {
@@ -558,6 +572,7 @@ impl Handle {
             // While this supervisor lives, `nsbox prune` sees the cgroup as in use.
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
+            crate::fault::phase("cgroup-created", &spec.id);
             Some(cgroup)
         } else {
             None
@@ -642,6 +657,7 @@ impl Handle {
             sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),
         };
         marks.push(("clone returned".into(), now_ns()));
+        crate::fault::phase("cloned", &spec.id);
         let mut handle = Handle {
             id: spec.id.clone(),
             pid,
@@ -689,7 +705,9 @@ impl Handle {
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
             handle.cgroup = Some(cgroup);
+            crate::fault::phase("cgroup-created", &spec.id);
         }
+        crate::fault::phase("network-prepared", &spec.id);
         let egress = match egress.transpose() {
             Ok(egress) => {
                 if let Some(cgroup) = &handle.cgroup {
@@ -748,6 +766,7 @@ impl Handle {
             crate::relay::stream::set_nonblocking(fd.as_fd())
                 .map_err(io_err("configure the sandbox's descriptors"))?;
         }
+        crate::fault::phase("launched", &spec.id);
         Ok(Launch {
             handle,
             streams,

@@ -305,6 +305,9 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         cpu_before,
         kept: None,
     };
+    // The child sets itself up meanwhile: this is off its path.
+    sandbox.handle.charge_supervisor();
+    crate::fault::phase("running", &spec.id);
     let result = event_loop::drive(&mut sandbox);
     sandbox.finish(result)
 }
@@ -519,6 +522,7 @@ impl Running<'_> {
 
     /// Tears down whatever is left, then turns the state into an outcome.
     fn finish(mut self, loop_result: Result<(), SandboxError>) -> Result<Outcome, SandboxError> {
+        crate::fault::phase("teardown", &self.spec.id);
         if loop_result.is_err() {
             self.teardown();
         }
@@ -544,6 +548,7 @@ impl Running<'_> {
                 .zip(self.cpu_before)
                 .map(|(now, before)| now.saturating_sub(before));
         }
+        crate::fault::phase("cleaned-up", &self.spec.id);
         loop_result?;
         self.marks.push(("cleaned up".into(), now_ns()));
 

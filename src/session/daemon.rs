@@ -257,17 +257,20 @@ fn supervise(
     if let Err(e) = store.write_record(&record) {
         return cleanup(e.to_string());
     }
+    crate::fault::phase("session-recorded", &spec.id);
     let socket_path = store.socket(&spec.id);
     let listener = match listen(&socket_path) {
         Ok(l) => l,
         Err(e) => return cleanup(format!("listen on {}: {e}", socket_path.display())),
     };
     // On failure the handle's drop tears down whatever was made.
-    let handle = match Handle::create(spec) {
+    let mut handle = match Handle::create(spec) {
         Ok(created) => created.handle,
         Err(e) => return cleanup(e.to_string()),
     };
     record.init_pid = handle.pid();
+    // This supervisor serves this one session: its work is the session's.
+    handle.charge_supervisor();
     if let Err(e) = store.write_record(&record) {
         drop(handle);
         return cleanup(e.to_string());
@@ -280,6 +283,7 @@ fn supervise(
     );
     drop(ready);
     tracing::info!(id = %spec.id, "session ready");
+    crate::fault::phase("session-ready", &spec.id);
     // The CLI's and the start-up's code pages are done with (see the function).
     sys::mem::release_code_pages();
 
@@ -789,6 +793,7 @@ impl Daemon<'_> {
         drop(fds);
         match sent {
             Ok(()) => {
+                crate::fault::phase("session-exec-sent", &self.spec.id);
                 let oom_before = self.handle.oom_kills();
                 let cpu_before = self.handle.stats().and_then(|s| s.cpu_usage_usec);
                 self.execs.insert(
@@ -958,6 +963,7 @@ impl Daemon<'_> {
     /// After the sandbox ended: tell the remaining clients, remove the cgroup and the socket,
     /// record how it ended (or remove everything, for an interrupted create).
     fn finish(&mut self) {
+        crate::fault::phase("session-teardown", &self.spec.id);
         let events = self.handle.stop_network();
         self.log_network(events);
         for (_, state) in std::mem::take(&mut self.execs) {
@@ -987,6 +993,7 @@ impl Daemon<'_> {
             let _ = self.store.write_record(&self.record);
         }
         tracing::info!(at = now_ns(), "session ended");
+        crate::fault::phase("session-ended", &self.record.id);
         // Clients waiting for the end (`nsbox stop`) see their socket close as we exit.
     }
 }
