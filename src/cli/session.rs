@@ -188,6 +188,25 @@ pub fn create(
             );
         }
     }
+    // Run by `nsbox serve`: recorded as the server's pending create before anything confirms
+    // the session, so a server killed from here on finds it (or its successor does).
+    if let Some(dir) = std::env::var_os(crate::serve::sandboxes::CREATE_RECORDS_ENV) {
+        if let Err(e) =
+            crate::serve::sandboxes::record_pending_create(std::path::Path::new(&dir), &record.id)
+        {
+            pending.abort();
+            wait_gone(&store, &record.id);
+            return fail(
+                json,
+                &Failure::new(
+                    crate::report::Class::Failed,
+                    crate::report::Phase::Setup,
+                    format!("recording the session for nsbox serve: {e}"),
+                ),
+                t0,
+            );
+        }
+    }
     if json {
         start_event(&record.id, &spec.profile_name, &record.network, &labels);
     }
