@@ -145,6 +145,43 @@ fn pause_freezes_cpu_refuses_exec_and_resume_continues() {
 }
 
 #[test]
+fn idle_action_pause_pauses_an_idle_session_and_resume_continues() {
+    require_root!();
+    let ctx = StoreCtx::new();
+    let s = Session::create(
+        &ctx,
+        "snap-idle",
+        &["--max-age", "1s", "--idle-action", "pause"],
+    );
+    let marker = format!("sleep 3{}", std::process::id() % 10000 + 1);
+    assert_eq!(s.sh(&format!("nohup {marker} >/dev/null 2>&1 &")).code, 0);
+    assert!(eventually(10.0, || !host_processes_matching(&marker).is_empty()));
+    // Idle past --max-age: paused, not stopped; its process is still there.
+    assert!(eventually(30.0, || s.state() == "paused"), "{}", s.state());
+    assert!(!host_processes_matching(&marker).is_empty());
+    let refused = s.sh("true");
+    assert!(refused.stderr.contains("nsbox resume"), "{refused:?}");
+    // Resume restarts the idle clock: it runs commands again, and stays a session.
+    ctx.ok(&["resume", &s.name]);
+    assert_eq!(s.sh("echo back").stdout, "back\n");
+    assert!(!host_processes_matching(&marker).is_empty());
+    assert!(eventually(30.0, || s.state() == "paused"), "{}", s.state());
+    ctx.ok(&["resume", &s.name]);
+    assert_eq!(s.state(), "running");
+
+    // The default (and `stop`) still stops it; an unknown action is a usage error.
+    let stopped = Session::create(&ctx, "snap-idle-stop", &["--max-age", "1s"]);
+    assert!(
+        eventually(30.0, || stopped.state() == "stopped"),
+        "{}",
+        stopped.state()
+    );
+    let bad = ctx.run(&["create", "--idle-action", "sleep"]);
+    assert_ne!(bad.code, 0, "{bad:?}");
+    assert!(bad.stderr.contains("pause"), "{bad:?}");
+}
+
+#[test]
 fn rm_of_a_paused_session_leaves_nothing() {
     require_root!();
     let ctx = StoreCtx::new();
