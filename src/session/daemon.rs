@@ -740,6 +740,22 @@ impl Daemon<'_> {
             uid: self.spec.uid,
             gid: self.spec.gid,
             uid_base: self.spec.uid_base,
+            network: self.spec.network.as_str().to_string(),
+            allow: self
+                .spec
+                .egress
+                .allow
+                .iter()
+                .map(|r| r.text.clone())
+                .collect(),
+            deny: self
+                .spec
+                .egress
+                .deny
+                .iter()
+                .map(|r| r.text.clone())
+                .collect(),
+            writable_root: self.spec.writable_root,
         };
         Ok((info, root, upper))
     }
