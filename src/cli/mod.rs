@@ -336,10 +336,10 @@ pub struct SandboxArgs {
     secret_env: Vec<String>,
     /// A secretless credential (filtered network): the sandbox's NAME holds a placeholder, and
     /// the egress proxy puts the real value (NAME in nsbox's environment) into request headers
-    /// to these hosts only. Repeatable.
+    /// to these hosts only; with :HEADER, only into those headers. Repeatable.
     #[arg(
         long = "credential",
-        value_name = "NAME=HOST[,HOST...]",
+        value_name = "NAME[:HEADER]=HOST[,HOST...]",
         help_heading = "Network"
     )]
     credentials: Vec<String>,

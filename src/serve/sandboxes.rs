@@ -31,6 +31,11 @@ pub struct CreateRequest {
     /// Set as environment and masked in all output.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// Secretless credentials (`nsbox create --credential`, docs/credentials.md; a filtered
+    /// network): the sandbox's NAME holds a placeholder, the value goes only into requests
+    /// to `hosts`.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialRequest>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// The sandbox is deleted this long after it was made ("30m").
@@ -69,6 +74,17 @@ pub struct NetworkRequest {
     /// Record every network decision (`GET /v1/sandboxes/{id}/network-log`).
     #[serde(default)]
     pub log: bool,
+}
+
+/// One secretless credential of a create request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRequest {
+    pub value: String,
+    pub hosts: Vec<String>,
+    /// Only these headers receive the value (`NAME:HEADER=HOST`); none: any header.
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 /// The owner recorded for idle warm-pool sandboxes.
@@ -164,6 +180,7 @@ impl CreateRequest {
             && self.setup_timeout.is_none()
             && self.name.is_none()
             && self.workdir.is_none()
+            && self.credentials.is_empty()
             && !self.network.as_ref().is_some_and(|n| n.log);
         plain.then(|| PoolKey {
             image: self.image.clone(),
@@ -198,6 +215,7 @@ impl CreateRequest {
         if let Some(m) = &self.limits.max_output {
             flag(&mut args, "max-output", m)?;
         }
+        let mut env = Vec::new();
         if let Some(net) = &self.network {
             if !["none", "filtered", "host"].contains(&net.mode.as_str()) {
                 return Err(Invalid(format!(
@@ -216,13 +234,30 @@ impl CreateRequest {
                 args.push("--log-network".into());
             }
         }
+        // The value travels in the subprocess's environment, as a secret does.
+        for (k, c) in &self.credentials {
+            if !env_name_ok(k) || k.starts_with("NSBOX_") || c.value.is_empty() {
+                return Err(Invalid(format!(
+                    "credentials: {k:?} is not a usable name (a variable name, not NSBOX_*), or its value is empty"
+                )));
+            }
+            let headers = if c.headers.is_empty() {
+                String::new()
+            } else {
+                format!(":{}", c.headers.join(","))
+            };
+            let entry = format!("{k}{headers}={}", c.hosts.join(","));
+            crate::net::credential::Credential::binding(&entry)
+                .map_err(|e| Invalid(format!("credentials: {e}")))?;
+            args.push(format!("--credential={entry}"));
+            env.push((k.clone(), c.value.clone()));
+        }
         for (k, v) in &self.env {
             if !env_name_ok(k) || v.contains('\0') {
                 return Err(Invalid(format!("env: {k:?} is not a variable name")));
             }
             args.push(format!("--env={k}={v}"));
         }
-        let mut env = Vec::new();
         for (k, v) in &self.secrets {
             // A secret travels in the subprocess's environment (never on its command line,
             // which every user can read); names nsbox itself reads are refused.
@@ -626,6 +661,28 @@ mod tests {
             secrets: [("NSBOX_RUN_DIR".to_string(), "/tmp".to_string())].into(),
             ..Default::default()
         };
+        assert!(bad.plan().is_err());
+    }
+
+    #[test]
+    fn credentials_become_flags_with_their_values_in_the_environment() {
+        let req: CreateRequest = serde_json::from_str(
+            r#"{"network": {"mode": "filtered", "allow": ["api.example.com"]},
+                "credentials": {"LLM_KEY": {"value": "sk-s3cr3t", "hosts": ["api.example.com"],
+                "headers": ["x-api-key"]}}}"#,
+        )
+        .unwrap();
+        assert!(req.pool_key().is_none());
+        let plan = req.plan().unwrap();
+        assert!(plan
+            .args
+            .contains(&"--credential=LLM_KEY:x-api-key=api.example.com".to_string()));
+        assert!(plan.args.iter().all(|a| !a.contains("s3cr3t")));
+        assert_eq!(plan.env, vec![("LLM_KEY".into(), "sk-s3cr3t".into())]);
+        let bad: CreateRequest = serde_json::from_str(
+            r#"{"network": {"mode": "filtered"}, "credentials": {"K": {"value": "v", "hosts": ["*.example.com"]}}}"#,
+        )
+        .unwrap();
         assert!(bad.plan().is_err());
     }
 

@@ -12,6 +12,7 @@ mod build;
 mod cli;
 mod config;
 mod credentials;
+mod credentials_http;
 mod e2b;
 mod egress;
 mod exec_basics;
