@@ -124,6 +124,9 @@ enum Command {
     /// Make an image of a session's files (its root's changes and /sandbox) on top of its
     /// image; the session is frozen while they are read and goes on afterwards.
     Commit(snapshot::CommitArgs),
+    /// New sessions from a session's files, copy-on-write on one frozen snapshot (processes
+    /// are not carried over; network policy is the parent's unless given; secrets never are).
+    Fork(snapshot::ForkArgs),
     /// Check that this host can run sandboxes, and say what to fix if not.
     Doctor(doctor::DoctorArgs),
     /// Remove what killed nsbox processes left behind (cgroups, sessions, cached layers).
@@ -587,6 +590,7 @@ pub fn main() -> i32 {
         Command::Pause(args) => snapshot::freeze(args, true),
         Command::Resume(args) => snapshot::freeze(args, false),
         Command::Commit(args) => snapshot::commit(args, &state_root),
+        Command::Fork(args) => snapshot::fork(args, &state_root),
         Command::Doctor(args) => doctor::run(args),
         Command::Prune(args) => with_config(config(), |c| prune::run(args, c)),
         Command::Profiles => {
