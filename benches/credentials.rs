@@ -4,9 +4,12 @@
 //! spliced) and direct (no nsbox), and the throughput of a large download through each. In
 //! the fake internet of the integration tests (tests/integration/networld.rs). Each path
 //! trusts one CA file, except the last row: the sandbox's whole bundle, as curl with no flag
-//! reads it. Every request
-//! says `Connection: close`, as the injecting path makes it (the test server's keep-alive
-//! answers otherwise meet delayed ACKs that swamp the rest).
+//! reads it. The first table's requests say `Connection: close` (one request per connection,
+//! each with its own TLS handshake); the keep-alive table sends them all on one connection
+//! (one curl, many URLs), which the injecting path now carries too, each request checked
+//! and injected. Those are HEAD requests: the test server (Python's http.server) writes a
+//! response's head and body separately, and on a reused connection Nagle's algorithm on its
+//! side meets the client's delayed ACK, 40 ms a request on every path, direct included.
 //!
 //!     sudo cargo bench --bench credentials   # NSBOX_BENCH_RUNS (requests, default 200),
 //!                                            # NSBOX_BENCH_MIB (download, default 256)
@@ -91,6 +94,9 @@ fn main() {
     let timing = format!(
         "for i in $(seq {runs}); do curl -sS -o /dev/null -w '%{{time_total}}\\n' $CA -H \"Connection: close\" -H \"x-api-key: $LLM_KEY\" {url}; done"
     );
+    let urls: String = (0..runs).map(|_| format!("-o /dev/null {url} ")).collect();
+    let keep_alive =
+        format!("curl -sS --head -w '%{{time_total}}\\n' $CA -H \"x-api-key: $LLM_KEY\" {urls}");
     let download = format!("curl -sS -o /dev/null -w '%{{speed_download}}\\n' $CA {big_url}");
     println!("nsbox credentials benchmark ({runs} sequential HTTPS requests; {mib} MiB download)");
     println!(
@@ -148,7 +154,16 @@ fn main() {
         "\nper request (ms)          {:>8} {:>8}   download (MiB/s)",
         "median", "p99"
     );
+    let mut kept = Vec::new();
     for (name, run) in &paths {
+        let mut ka: Vec<f64> = run(&keep_alive)
+            .lines()
+            .filter_map(|l| l.trim().parse::<f64>().ok())
+            .map(|s| s * 1e3)
+            .collect();
+        assert_eq!(ka.len(), runs, "{name}: some keep-alive requests failed");
+        ka.sort_by(|a, b| a.total_cmp(b));
+        kept.push((name, percentile(&ka, 0.5), percentile(&ka, 0.99)));
         let mut samples: Vec<f64> = run(&timing)
             .lines()
             .filter_map(|l| l.trim().parse::<f64>().ok())
@@ -164,5 +179,12 @@ fn main() {
             percentile(&samples, 0.99),
             speed / (1u64 << 20) as f64
         );
+    }
+    println!(
+        "\nkeep-alive, one connection (ms per request) {:>8} {:>8}",
+        "median", "p99"
+    );
+    for (name, median, p99) in kept {
+        println!("  {:<24} {:>26.2} {:>8.2}", name, median, p99);
     }
 }

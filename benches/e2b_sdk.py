@@ -4,7 +4,9 @@
 
 Run as root from the repository, after `cargo build` and with the SDK's virtual environment
 (.ci/run makes it):  .venv-e2b/bin/python benches/e2b_sdk.py [RUNS]
-Each run: create, run `true`, kill (the kill is not timed). Prints p50/p99 in milliseconds.
+Each run: create, run `true`, kill (the kill is not timed). Prints p50/p99 in milliseconds,
+beside, in the same run, `nsbox exec -- true` and `bwrap ... true` (the host's root read-only,
+every namespace unshared) as process baselines, and the SDK's p50 as a ratio to each.
 """
 import json, os, statistics, subprocess, sys, tempfile, time
 
@@ -20,6 +22,24 @@ def serve(state, extra):
                              "--listen", "127.0.0.1:0", *extra], stdout=subprocess.PIPE, text=True)
     ready = json.loads(proc.stdout.readline())
     return proc, key, "http://" + ready["tcp"]
+
+
+def summary(label, times):
+    times.sort()
+    p50 = statistics.median(times)
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    print(f"{label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(times)} runs")
+    return p50
+
+
+def measure_argv(label, argv):
+    times = []
+    for i in range(RUNS + 5):
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+        if i >= 5:
+            times.append((time.perf_counter() - t0) * 1000)
+    return summary(label, times)
 
 
 def measure(label, extra):
@@ -42,10 +62,14 @@ def measure(label, extra):
         finally:
             proc.terminate()
             proc.wait()
-        times.sort()
-        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-        print(f"{label}: p50 {statistics.median(times):.1f} ms, p99 {p99:.1f} ms over {len(times)} runs")
+        return summary(label, times)
 
 
-measure("cold (no pool)", [])
-measure("warm pool (--pool host=4)", ["--pool", "host=4"])
+cold = measure("SDK create + run (cold, no pool)", [])
+warm = measure("SDK create + run (warm pool, --pool host=4)", ["--pool", "host=4"])
+with tempfile.TemporaryDirectory(prefix="nsbox-e2b-bench-") as state:
+    exec_p50 = measure_argv("nsbox exec -- true", [NSBOX, "--state-root", state, "exec", "--", "true"])
+bwrap_p50 = measure_argv("bwrap -- true", ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                                            "--unshare-all", "--die-with-parent", "--", "true"])
+for label, p50 in [("cold", cold), ("warm pool", warm)]:
+    print(f"ratio {label}: {p50 / exec_p50:.2f}x nsbox exec, {p50 / bwrap_p50:.2f}x bwrap (p50)")

@@ -1,6 +1,7 @@
 //! Snapshots: `nsbox pause` + `nsbox resume` latency, and `nsbox commit` time for sessions
 //! holding 10 MB and 500 MB of files in /sandbox (2 GB with NSBOX_BENCH_BIG=1), against a fresh
-//! `nsbox create` plus `nsbox cp` of the same files in (what a user does without commit).
+//! `nsbox create` plus `nsbox cp` of the same files in (what a user does without commit), and
+//! `nsbox fork` of the same session with 1 and 10 forks.
 //!
 //!     sudo cargo bench --bench snapshot      # NSBOX_BENCH_RUNS=N (pause/resume pairs),
 //!                                            # NSBOX_BENCH_SIZES=10,500 (MB)
@@ -148,9 +149,25 @@ fn main() {
             ms(copy),
             ms(start)
         );
-        for s in [id.as_str(), fresh.trim(), from_image.trim()] {
+        for s in [fresh.trim(), from_image.trim()] {
             ok(&["rm", "-f", s]);
         }
+        // `nsbox fork` of the same session, 1 and 10 forks (each then removed).
+        for n in [1, 10] {
+            let t = Instant::now();
+            let out = ok(&["fork", "--json", &id, "--count", &n.to_string()]);
+            let took = t.elapsed();
+            let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let frozen = out["frozen_secs"].as_f64().unwrap_or(f64::NAN) * 1000.0;
+            println!(
+                "{mb:>5} MB: fork --count {n:>2} {:>8.1} ms (parent frozen {frozen:>8.1} ms)",
+                ms(took)
+            );
+            for f in out["forks"].as_array().unwrap() {
+                ok(&["rm", "-f", f.as_str().unwrap()]);
+            }
+        }
+        ok(&["rm", "-f", &id]);
         let _ = std::fs::remove_file(&host_copy);
     }
 }

@@ -13,8 +13,8 @@
 //! - [`spec`]: the validated plan of one sandbox, from a [`profile`], the [`config`] and the
 //!   command line; [`image`] and [`registry`]: the image store and pulls.
 //! - Leaves: [`units`] (sizes, durations), [`ids`] (id ranges, fresh ids), [`exit`],
-//!   [`fingerprint`], [`host`] (the mount table, read-only), and [`sys`], the only home of
-//!   `unsafe`.
+//!   [`fingerprint`], [`fault`] (the kill tests' phase hook), [`host`] (the mount table,
+//!   read-only), and [`sys`], the only home of `unsafe`.
 
 pub mod build;
 pub mod cgroup;
@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod exit;
+pub mod fault;
 pub mod fingerprint;
 pub mod host;
 pub mod idrange;

@@ -4,10 +4,11 @@
 //! error type; [`Failure`] carries them to the CLI, which prints `nsbox: MESSAGE — hint: HINT`
 //! or, with `--json`, an `error` event with `phase`, `message`, `hint` and `code` as fields.
 //!
-//! Hints: most errors write theirs into their message after " — hint: " (the one separator
-//! every nsbox error uses, so the text reads well wherever it is printed); [`Failure`] keeps the
-//! two apart. An error can also give a hint its message lacks ([`Diagnose::hint`]), decided from
-//! its fields (an errno), never from its text.
+//! Hints: many errors still write theirs into their message after " — hint: " (the one
+//! separator every nsbox error uses, so the text reads well wherever it is printed); [`Failure`]
+//! keeps the two apart. Errors that carry their hint as a field give it through
+//! [`Diagnose::hint`] instead (the sandbox's setup steps do: the setup child sends step,
+//! message, hint and errno apart), decided from their fields (an errno), never from their text.
 //!
 //! This module must not decide anything else: which error is which class is each impl's
 //! business, written next to the others below so the whole table is reviewed at once.
@@ -308,10 +309,20 @@ impl Diagnose for SandboxError {
             SandboxError::NotRoot => Class::HostNotCapable,
             SandboxError::Cgroup(e) => e.class(),
             SandboxError::Network(e) => e.class(),
-            // The setup child reports a failed step as text (its hint, when the step has one,
-            // is in it): telling "this host cannot" from other failures there needs the errno
-            // on the wire (`sandbox::control::ToSupervisor::SetupFailed`).
+            // The setup child sends the errno of a failed step along (never decided from the
+            // text): the host refused what the sandbox needs (a mount, a namespace, a
+            // capability the kernel or an LSM denies).
+            SandboxError::Setup(failure) => match failure.errno {
+                Some(libc::EPERM | libc::EACCES) => Class::HostNotCapable,
+                _ => Class::Failed,
+            },
             _ => Class::Failed,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            SandboxError::Setup(failure) => failure.hint.clone(),
+            _ => None,
         }
     }
     fn phase(&self) -> Phase {
@@ -388,6 +399,7 @@ mod tests {
 
     use super::*;
     use crate::cgroup::Controller;
+    use crate::sandbox::control::StepFailure;
 
     fn code_of(e: &impl Diagnose) -> i32 {
         Failure::of(e).exit_code()
@@ -459,15 +471,56 @@ mod tests {
             ))),
             exit::HOST_NOT_CAPABLE
         );
-        // A setup step's own hint travels in its message and is kept apart.
-        let refused = SandboxError::Setup {
-            step: "build root filesystem".into(),
-            message: "make mounts private /: Operation not permitted — hint: nsbox needs to run as root (nsbox doctor explains what is missing)".into(),
+        // A setup step the host refused (its errno travels with it): 122, with the step's
+        // own hint as a field.
+        for errno in [libc::EPERM, libc::EACCES] {
+            let refused = SandboxError::Setup(StepFailure {
+                step: "build root filesystem".into(),
+                message: "make mounts private /: Operation not permitted".into(),
+                hint: Some(
+                    "nsbox needs to run as root (nsbox doctor explains what is missing)".into(),
+                ),
+                errno: Some(errno),
+            });
+            let failure = Failure::of(&refused);
+            assert_eq!(failure.exit_code(), exit::HOST_NOT_CAPABLE, "errno {errno}");
+            assert!(failure.hint.unwrap().contains("nsbox doctor"));
+            assert!(!failure.message.contains("hint"));
+        }
+        // Other errnos, and none at all, stay 125 whatever the text says.
+        for errno in [Some(libc::ENOSPC), Some(libc::EINVAL), None] {
+            let failed = SandboxError::Setup(StepFailure {
+                step: "mount sandbox filesystems".into(),
+                message: "mount /proc: Operation not permitted".into(),
+                hint: None,
+                errno,
+            });
+            assert_eq!(code_of(&failed), exit::NSBOX_FAILED, "errno {errno:?}");
+        }
+    }
+
+    /// The setup child's errors keep errno and hint apart from the text they print.
+    #[test]
+    fn rootfs_errors_carry_errno_and_hint_as_fields() {
+        let e = crate::rootfs::apply::RootfsError {
+            step: "make mounts private",
+            path: "/".into(),
+            source: io::Error::from_raw_os_error(libc::EPERM),
         };
-        let failure = Failure::of(&refused);
-        assert_eq!(failure.exit_code(), exit::NSBOX_FAILED);
-        assert!(failure.hint.unwrap().contains("nsbox doctor"));
-        assert!(!failure.message.contains("hint"));
+        assert!(!e.to_string().contains("hint"), "{e}");
+        assert!(e.hint().unwrap().contains("nsbox doctor"));
+        let full = crate::rootfs::apply::RootfsError {
+            step: "mount overlay",
+            path: "/x".into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert!(full.hint().unwrap().contains("--sandbox-size"));
+        let plain = crate::rootfs::apply::RootfsError {
+            step: "mount overlay",
+            path: "/x".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert_eq!(plain.hint(), None);
     }
 
     #[test]
@@ -497,10 +550,12 @@ mod tests {
 
     #[test]
     fn everything_else_exits_125() {
-        let failed = SandboxError::Setup {
+        let failed = SandboxError::Setup(StepFailure {
             step: "mount sandbox filesystems".into(),
             message: "create working directory /etc/passwd/sub: Not a directory".into(),
-        };
+            hint: None,
+            errno: Some(libc::ENOTDIR),
+        });
         assert_eq!(code_of(&failed), exit::NSBOX_FAILED);
         assert_eq!(Failure::of(&failed).hint, None);
         assert_eq!(

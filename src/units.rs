@@ -113,7 +113,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
         if !(secs.is_finite() && secs >= 0.0) {
             return Err(err("it must be a positive number"));
         }
-        return Ok(Duration::from_secs_f64(secs));
+        // Too long for a Duration (about 584 billion years) is an error, not a panic
+        // (found by fuzz/recipe through a recipe's timeout).
+        return Duration::try_from_secs_f64(secs).map_err(|_| err("it is too long"));
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -138,7 +140,10 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
             "d" => value * 86400.0,
             other => return Err(err(&format!("unknown unit '{other}'"))),
         };
-        total += Duration::from_secs_f64(seconds);
+        total = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(|| err("it is too long"))?;
         rest = next;
     }
     Ok(total)
@@ -346,6 +351,20 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("5m3").is_err());
+    }
+
+    #[test]
+    fn durations_too_long_are_errors_not_panics() {
+        // fuzz/recipe found `timeout = "3044…4m"` panicking in Duration::from_secs_f64; the
+        // same text as `--timeout` crashed nsbox (exit 101).
+        let huge = format!("3{}m", "4".repeat(100));
+        assert!(parse_duration(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("too long"));
+        assert!(parse_duration(&"9".repeat(40)).is_err());
+        assert!(parse_duration("300000000000000000000d1s").is_err());
+        assert!(parse_duration("18446744073709551615s1s").is_err());
     }
 
     #[test]

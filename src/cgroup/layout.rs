@@ -453,7 +453,7 @@ fn read_list(path: &Path) -> Result<Vec<String>, CgroupError> {
 
 /// `/proc/self/cgroup` under `fs_root`, as `(controllers, path)`; empty when unreadable (fake
 /// roots without it, or no procfs), because it is only informational.
-fn read_self_cgroups(fs_root: &Path) -> Vec<(String, String)> {
+pub(crate) fn read_self_cgroups(fs_root: &Path) -> Vec<(String, String)> {
     let path = under_root(fs_root, Path::new("/proc/self/cgroup"));
     let Ok(Some(text)) = read_optional(&path) else {
         return Vec::new();

@@ -36,6 +36,10 @@ pub struct SandboxCgroup {
     /// One v1 `tasks` file per v1 directory, for [`join_self`].
     tasks_fds: Vec<OwnedFd>,
     warnings: Vec<String>,
+    /// While the supervisor is charged to this sandbox (see
+    /// [`SandboxCgroup::charge_supervisor`]): the `cgroup.procs` of its own cpu cgroup, to go
+    /// back to before the directories are removed.
+    charged: Option<OwnedFd>,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +49,9 @@ struct CgroupDir {
     controllers: Vec<Controller>,
     /// The v1 freezer directory (made only to pause the sandbox; no limits in it).
     freezer: bool,
+    /// The hierarchy's directory and its controllers (v1: as named in /proc/self/cgroup);
+    /// `None` for fake cgroupfs trees in unit tests.
+    hierarchy: Option<(PathBuf, Vec<String>)>,
 }
 
 /// What `create` will do, decided before touching anything.
@@ -123,6 +130,7 @@ impl SandboxCgroup {
             v2_fd: None,
             tasks_fds: Vec::new(),
             warnings: plan.warnings,
+            charged: None,
         };
         for dir in plan.dirs {
             // On error `cgroup` drops here, which removes the directories made so far.
@@ -146,6 +154,12 @@ impl SandboxCgroup {
             version: plan.hierarchy.version,
             controllers: plan.controllers,
             freezer: plan.freezer,
+            hierarchy: plan.hierarchy.on_cgroupfs.then(|| {
+                (
+                    plan.hierarchy.path.clone(),
+                    plan.hierarchy.controllers.clone(),
+                )
+            }),
         });
         if !plan.hierarchy.on_cgroupfs {
             populate_fixture(&plan.hierarchy.path, &path).map_err(|source| {
@@ -285,6 +299,7 @@ impl SandboxCgroup {
     }
 
     fn remove_all(&mut self, patience: Duration) -> Result<(), CgroupError> {
+        self.uncharge_supervisor();
         // Close our fds first: the kernel does not need it, but nothing of ours should keep
         // pointing at a directory that is going away.
         self.v2_fd = None;
@@ -373,6 +388,73 @@ impl SandboxCgroup {
                 });
             }
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Charges the calling process — the sandbox's own supervisor: its output relay, resolver
+    /// and proxy — to the sandbox's CPU limit and usage, by moving it into the sandbox's cpu
+    /// cgroup. Only where that is safe: a cgroup v1 hierarchy holding the cpu controller
+    /// alone (cpu,cpuacct), so the sandbox's memory and pids limits, its freezer and its kill
+    /// never reach the supervisor. Returns whether it was charged; undone before the
+    /// directories are removed (a killed supervisor leaves the cgroup by dying).
+    ///
+    /// On cgroup v2 a process has one cgroup for every controller, and the sandbox's freezes
+    /// and kills act on the directory its processes are in; charging there needs the workload
+    /// in a leaf of its own (docs/hardening.md), so v2 is not charged yet.
+    pub fn charge_supervisor(&mut self) -> Result<bool, CgroupError> {
+        if self.charged.is_some() {
+            return Ok(true);
+        }
+        let Some(dir) = self.dirs.iter().find(|d| {
+            d.version == CgroupVersion::V1 && !d.freezer && d.controllers == [Controller::Cpu]
+        }) else {
+            return Ok(false);
+        };
+        let Some((root, names)) = &dir.hierarchy else {
+            return Ok(false);
+        };
+        // This process's cpu cgroup now, from /proc/self/cgroup's line of the same hierarchy.
+        let mut wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+        wanted.sort_unstable();
+        let own = super::layout::read_self_cgroups(Path::new("/"))
+            .into_iter()
+            .find(|(controllers, _)| {
+                let mut have: Vec<&str> = controllers.split(',').collect();
+                have.sort_unstable();
+                have == wanted
+            })
+            .map(|(_, path)| root.join(path.trim_start_matches('/')));
+        let Some(own) = own.filter(|p| p.join("cgroup.procs").exists()) else {
+            return Ok(false);
+        };
+        let back_path = own.join("cgroup.procs");
+        let back = rustix::fs::open(
+            &back_path,
+            OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| CgroupError::Open {
+            path: back_path,
+            source: e.into(),
+        })?;
+        // "0": the writing process, all its threads (v1 and v2 alike).
+        let procs = dir.path.join("cgroup.procs");
+        std::fs::write(&procs, "0").map_err(|source| CgroupError::WriteLimit {
+            file: procs,
+            value: "0".into(),
+            source,
+        })?;
+        self.charged = Some(back);
+        Ok(true)
+    }
+
+    /// Moves the supervisor back to its own cpu cgroup (see
+    /// [`SandboxCgroup::charge_supervisor`]); a no-op when it was not charged.
+    pub fn uncharge_supervisor(&mut self) {
+        if let Some(back) = self.charged.take() {
+            if let Err(e) = rustix::io::write(&back, b"0") {
+                tracing::warn!(id = %self.id, "supervisor not moved back from the sandbox's cpu cgroup: {e}");
+            }
         }
     }
 

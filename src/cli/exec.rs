@@ -269,9 +269,11 @@ pub(super) fn build_spec(
     )
     .map_err(|e| config_or_profile_error(e, config))?;
     let user = match &args.user {
-        Some(text) => Some(
-            super::user::resolve(text, args.rootfs.as_deref(), image.as_ref()).map_err(usage)?,
-        ),
+        Some(text) => Some(super::user::resolve(
+            text,
+            args.rootfs.as_deref(),
+            image.as_ref(),
+        )?),
         None => None,
     };
     let explicit_sandbox_size = args.sandbox_size;
@@ -484,7 +486,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
     };
     let secrets = match session_secrets(&args.sandbox.secrets, &args.sandbox.secret_env) {
         Ok(secrets) => secrets,
-        Err(message) => return fail(json, &usage(early_masker.mask_str(&message)), t0),
+        Err(failure) => return fail(json, &failure.map_text(|t| early_masker.mask_str(t)), t0),
     };
     let secret_values: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
     let masker = Masker::new(&secret_values);
@@ -524,34 +526,34 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
 fn session_secrets(
     secrets: &[String],
     secret_env: &[String],
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, Failure> {
     let mut out = Vec::new();
-    let check = |flag: &str, name: &str, value: Option<&str>| -> Result<(), String> {
+    let check = |flag: &str, name: &str, value: Option<&str>| -> Result<(), Failure> {
         if flag == "--secret-env" && name.contains('=') {
             // Never the part after '=': it may be the secret itself.
-            return Err(format!(
+            return Err(Failure::usage(format!(
                 "--secret-env '{}': takes the NAME of a variable set in nsbox's environment, not NAME=VALUE",
                 name.split('=').next().unwrap_or_default()
-            ));
+            )));
         }
         if !crate::profile::valid_env_name(name) {
-            return Err(format!(
+            return Err(Failure::usage(format!(
                 "{flag} '{name}': not a valid variable name (letters, digits and '_')"
-            ));
+            )));
         }
         match value {
             Some(v) if !v.is_empty() => Ok(()),
-            Some(_) => Err(format!(
+            Some(_) => Err(Failure::usage(format!(
                 "{flag} '{name}': the value is empty; there is nothing to mask"
-            )),
-            None => Err(format!(
+            ))),
+            None => Err(Failure::usage(format!(
                 "{flag} '{name}': {name} is not set (or empty) in nsbox's environment"
-            )),
+            ))),
         }
     };
     for entry in secrets {
         let Some((name, value)) = entry.split_once('=') else {
-            return Err("--secret: expected NAME=VALUE".to_string());
+            return Err(Failure::usage("--secret: expected NAME=VALUE"));
         };
         check("--secret", name, Some(value))?;
         out.push((name.to_string(), value.to_string()));

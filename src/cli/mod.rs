@@ -60,6 +60,16 @@ publishes no ports).";
     arg_required_else_help = true
 )]
 pub struct Cli {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The options every command takes (declared apart so that [`parse_from`]'s fast path can
+/// build the root command without the subcommand tree).
+#[derive(Debug, Args)]
+struct Globals {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). NSBOX_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -73,8 +83,6 @@ pub struct Cli {
     /// $XDG_CONFIG_HOME/nsbox/config.toml, then ./nsbox.toml; NSBOX_CONFIG sets it too).
     #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -116,6 +124,9 @@ enum Command {
     /// Make an image of a session's files (its root's changes and /sandbox) on top of its
     /// image; the session is frozen while they are read and goes on afterwards.
     Commit(snapshot::CommitArgs),
+    /// New sessions from a session's files, copy-on-write on one frozen snapshot (processes
+    /// are not carried over; network policy is the parent's unless given; secrets never are).
+    Fork(snapshot::ForkArgs),
     /// Check that this host can run sandboxes, and say what to fix if not.
     Doctor(doctor::DoctorArgs),
     /// Remove what killed nsbox processes left behind (cgroups, sessions, cached layers).
@@ -333,10 +344,10 @@ pub struct SandboxArgs {
     secret_env: Vec<String>,
     /// A secretless credential (filtered network): the sandbox's NAME holds a placeholder, and
     /// the egress proxy puts the real value (NAME in nsbox's environment) into request headers
-    /// to these hosts only. Repeatable.
+    /// to these hosts only; with :HEADER, only into those headers. Repeatable.
     #[arg(
         long = "credential",
-        value_name = "NAME=HOST[,HOST...]",
+        value_name = "NAME[:HEADER]=HOST[,HOST...]",
         help_heading = "Network"
     )]
     credentials: Vec<String>,
@@ -471,7 +482,11 @@ const VOLUME_COMMANDS: &[&str] = &["run", "exec", "create"];
 /// top level, so each command's --help shows its own options and `nsbox --help` the global
 /// ones once. They still work after the command (`nsbox exec --state-root X ...`).
 pub fn command() -> clap::Command {
-    let root = Cli::command();
+    with_hidden_globals(Cli::command())
+}
+
+/// Copies `root`'s global options, hidden, into every command below it.
+fn with_hidden_globals(root: clap::Command) -> clap::Command {
     let globals: Vec<clap::Arg> = root
         .get_arguments()
         .filter(|a| a.is_global_set())
@@ -510,9 +525,29 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    if let Some(cli) = parse_one_shot(&argv) {
+        return Ok(cli);
+    }
     command()
         .try_get_matches_from(argv)
         .and_then(|m| Cli::from_arg_matches(&m))
+}
+
+/// The cold-start fast path: `nsbox run|exec ...` parsed with a root that holds only that one
+/// command (building all thirty commands' definitions took half of the parse, a tenth of a
+/// millisecond of every one-shot sandbox). Anything else, and any command line this parse
+/// refuses (including --help and --version), goes to the whole tree, so that help, errors and
+/// suggestions are the whole tree's, word for word.
+fn parse_one_shot(argv: &[OsString]) -> Option<Cli> {
+    let sub = match argv.get(1)?.to_str()? {
+        "run" => RunArgs::augment_args(clap::Command::new("run")),
+        "exec" => ExecArgs::augment_args(clap::Command::new("exec")),
+        _ => return None,
+    };
+    let root = Globals::augment_args(clap::Command::new("nsbox")).subcommand(sub);
+    let matches = with_hidden_globals(root).try_get_matches_from(argv).ok()?;
+    Cli::from_arg_matches(&matches).ok()
 }
 
 /// Runs nsbox with the process's arguments; returns the exit status.
@@ -531,11 +566,11 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_logging(cli.verbose, cli.log_format);
-    let state_root = image::state_root(cli.state_root.as_deref());
+    init_logging(cli.globals.verbose, cli.globals.log_format);
+    let state_root = image::state_root(cli.globals.state_root.as_deref());
     // Only the commands that use the configuration read it (a broken file does not stop
     // `ps`, `stop` or `rm`).
-    let config = || settings::load(cli.config.as_deref());
+    let config = || settings::load(cli.globals.config.as_deref());
     match cli.command {
         Command::Run(args) => with_config(config(), |c| exec::run(*args, &state_root, c, t0)),
         Command::Exec(args) => match args.session.clone() {
@@ -555,6 +590,7 @@ pub fn main() -> i32 {
         Command::Pause(args) => snapshot::freeze(args, true),
         Command::Resume(args) => snapshot::freeze(args, false),
         Command::Commit(args) => snapshot::commit(args, &state_root),
+        Command::Fork(args) => snapshot::fork(args, &state_root),
         Command::Doctor(args) => doctor::run(args),
         Command::Prune(args) => with_config(config(), |c| prune::run(args, c)),
         Command::Profiles => {
@@ -576,7 +612,7 @@ pub fn main() -> i32 {
         Command::Pull(args) => with_config(config(), |c| pull::pull(args, &state_root, c)),
         Command::Login(args) => with_config(config(), |c| pull::login(args, &state_root, c)),
         Command::Logout(args) => pull::logout(args, &state_root),
-        Command::Config(args) => settings::show(args, cli.config.as_deref()),
+        Command::Config(args) => settings::show(args, cli.globals.config.as_deref()),
         Command::Build(args) => with_config(config(), |c| build::build(args, &state_root, c, t0)),
         Command::Setup(args) => with_config(config(), |c| build::setup(args, &state_root, c, t0)),
         Command::Version(args) => version(args),
@@ -586,7 +622,7 @@ pub fn main() -> i32 {
             0
         }
         Command::Man(args) => man(args),
-        Command::Serve(args) => serve::run(args, &state_root, cli.config.as_deref()),
+        Command::Serve(args) => serve::run(args, &state_root, cli.globals.config.as_deref()),
     }
 }
 
@@ -698,5 +734,65 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         super::command().debug_assert();
+    }
+
+    fn argv(line: &str) -> Vec<std::ffi::OsString> {
+        line.split(' ').map(Into::into).collect()
+    }
+
+    fn full_parse(line: &str) -> Result<super::Cli, clap::Error> {
+        use clap::FromArgMatches;
+        super::command()
+            .try_get_matches_from(argv(line))
+            .and_then(|m| super::Cli::from_arg_matches(&m))
+    }
+
+    /// The one-shot fast path reads every accepted `run`/`exec` line exactly as the whole
+    /// tree does (global options before and after the command, `-v` as --volume, trailing
+    /// arguments that look like flags).
+    #[test]
+    fn the_fast_path_parses_like_the_whole_tree() {
+        for line in [
+            "nsbox exec -- /bin/true",
+            "nsbox run -- /bin/true",
+            "nsbox exec --timings --net none -m 256M -- sh -c true",
+            "nsbox exec -v /tmp:/data:rw --state-root /x --config /c.toml -- ls -la",
+            "nsbox run --verbose --log-format json --image devbox:latest -e A=1 -- env",
+            "nsbox exec --session s1 -- git status --short",
+            "nsbox exec --allow api.github.com -p strict -- curl -s https://x",
+            "nsbox run /bin/echo --not-a-flag-of-ours",
+        ] {
+            let fast = super::parse_one_shot(&argv(line))
+                .unwrap_or_else(|| panic!("no fast path for {line}"));
+            let full = full_parse(line).unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{full:?}"), "{line}");
+        }
+    }
+
+    /// Help, version, mistakes and other commands come from the whole tree, word for word.
+    #[test]
+    fn help_and_errors_are_the_whole_trees() {
+        for line in [
+            "nsbox exec --help",
+            "nsbox run -h",
+            "nsbox exec --version",
+            "nsbox exec --nett none -- true",
+            "nsbox run --memory lots -- true",
+            "nsbox exec --net sideways -- true",
+            "nsbox exec --session",
+            "nsbox exe -- true",
+            "nsbox ps --bogus",
+        ] {
+            let got = super::parse_from(argv(line)).unwrap_err();
+            let want = full_parse(line).unwrap_err();
+            assert_eq!(got.kind(), want.kind(), "{line}");
+            assert_eq!(
+                got.render().to_string(),
+                want.render().to_string(),
+                "{line}"
+            );
+        }
+        assert!(super::parse_one_shot(&argv("nsbox ps")).is_none());
+        assert!(super::parse_one_shot(&argv("nsbox -v exec -- true")).is_none());
     }
 }

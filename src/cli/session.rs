@@ -33,6 +33,10 @@ pub struct CreateArgs {
     /// (default 1h, or the config's cleanup.session_max_age; `none` keeps it until `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
     max_age: Option<Limit<Timeout>>,
+    /// What idleness past --max-age does: `stop` the session, or `pause` it (`nsbox resume`
+    /// goes on where it was; default stop, or the config's cleanup.session_idle_action).
+    #[arg(long, value_name = "ACTION", help_heading = "Sessions")]
+    idle_action: Option<daemon::IdleAction>,
     /// A hard lifetime: stop the session this long after it started, even while commands run
     /// (they are ended like by `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
@@ -167,6 +171,9 @@ pub fn create(
         max_age,
         ttl: args.ttl.map(|t| t.0),
         remove_after: args.rm.then_some(args.rm_grace.0),
+        idle_action: args
+            .idle_action
+            .unwrap_or(config.cleanup.session_idle_action),
     };
     let (record, pending) = match daemon::start_with(&spec, args.name.as_deref(), lifetimes, &store)
     {
@@ -183,6 +190,25 @@ pub fn create(
                     crate::report::Class::Failed,
                     crate::report::Phase::Setup,
                     format!("saving the labels: {e}"),
+                ),
+                t0,
+            );
+        }
+    }
+    // Run by `nsbox serve`: recorded as the server's pending create before anything confirms
+    // the session, so a server killed from here on finds it (or its successor does).
+    if let Some(dir) = std::env::var_os(crate::serve::sandboxes::CREATE_RECORDS_ENV) {
+        if let Err(e) =
+            crate::serve::sandboxes::record_pending_create(std::path::Path::new(&dir), &record.id)
+        {
+            pending.abort();
+            wait_gone(&store, &record.id);
+            return fail(
+                json,
+                &Failure::new(
+                    crate::report::Class::Failed,
+                    crate::report::Phase::Setup,
+                    format!("recording the session for nsbox serve: {e}"),
                 ),
                 t0,
             );

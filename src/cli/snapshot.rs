@@ -86,3 +86,160 @@ pub fn commit(args: CommitArgs, state_root: &Path) -> i32 {
         }
     }
 }
+
+/// Flags of `nsbox fork`.
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// The session (id or name).
+    #[arg(value_name = "ID|NAME")]
+    session: String,
+    /// How many forks (1 to 64).
+    #[arg(long, short = 'n', default_value_t = 1, value_name = "N")]
+    count: u32,
+    /// The forks' names: one per fork, or one for all (NAME-1 … NAME-N). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    name: Vec<String>,
+    /// The forks' network: none, filtered or host (default: the parent's, with its --allow
+    /// and --deny).
+    #[arg(long, visible_alias = "network", value_name = "MODE")]
+    net: Option<String>,
+    /// With --net filtered: what the forks may reach (replaces the parent's list).
+    #[arg(long, value_name = "PATTERN")]
+    allow: Vec<String>,
+    #[arg(long, value_name = "PATTERN")]
+    deny: Vec<String>,
+    /// A secret for the forks, NAME=VALUE (the parent's are never inherited). Repeatable.
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    secrets: Vec<String>,
+    /// A secret from nsbox's environment, NAME. Repeatable.
+    #[arg(long = "secret-env", value_name = "NAME")]
+    secret_env: Vec<String>,
+    /// Print the forks as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `nsbox fork`: the session's files, frozen once into a snapshot image, and N sessions
+/// stacked on it (copy-on-write: each has its own upper layer). Prints each fork's id.
+pub fn fork(args: ForkArgs, state_root: &Path) -> i32 {
+    let mut extra = Vec::new();
+    for s in &args.secrets {
+        extra.extend(["--secret".to_string(), s.clone()]);
+    }
+    for s in &args.secret_env {
+        extra.extend(["--secret-env".to_string(), s.clone()]);
+    }
+    let req = crate::snapshot::ForkRequest {
+        count: args.count,
+        names: args.name,
+        net: args.net,
+        allow: args.allow,
+        deny: args.deny,
+        extra,
+    };
+    let names = match crate::snapshot::fork_names(&req) {
+        Ok(n) => n,
+        Err(e) => {
+            error(&e.to_string());
+            return exit::USAGE;
+        }
+    };
+    let sessions = SessionStore::system();
+    let parent = match SessionClient::connect(&sessions, &args.session) {
+        Ok(c) => c.record.clone(),
+        Err(e) => {
+            error(&e.to_string());
+            return exit::NSBOX_FAILED;
+        }
+    };
+    let tag = format!(
+        "nsbox-fork-{}:{}-{}",
+        parent.id,
+        crate::session::state::now_secs(),
+        std::process::id()
+    );
+    let (committed, info) =
+        match crate::snapshot::commit_with_info(&sessions, &parent.id, &tag, state_root) {
+            Ok(done) => done,
+            Err(e) => {
+                error(&e.to_string());
+                return exit::NSBOX_FAILED;
+            }
+        };
+    let exe = std::env::current_exe().unwrap_or_else(|_| "nsbox".into());
+    // Each fork is an `nsbox create` of this binary, on this store.
+    let nsbox = || {
+        let mut c = std::process::Command::new(&exe);
+        c.arg("--state-root").arg(state_root);
+        c
+    };
+    let mut made: Vec<String> = Vec::new();
+    let mut code = 0;
+    for name in &names {
+        let create = crate::snapshot::fork_create_args(&req, &parent, &info, &tag, name.as_deref());
+        match nsbox()
+            .args(&create)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                made.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+            }
+            Ok(out) => {
+                error(&format!(
+                    "fork {} of {}: create failed ({}); the forks made are removed",
+                    made.len() + 1,
+                    names.len(),
+                    out.status
+                ));
+                code = exit::NSBOX_FAILED;
+                break;
+            }
+            Err(e) => {
+                error(&format!("run {}: {e}", exe.display()));
+                code = exit::NSBOX_FAILED;
+                break;
+            }
+        }
+    }
+    if code != 0 {
+        for id in &made {
+            let _ = nsbox()
+                .args(["rm", "-f", id])
+                .stdout(std::process::Stdio::null())
+                .status();
+        }
+        made.clear();
+    }
+    // The snapshot image is only the forks' lower layer: untagged now, its layers stay
+    // while a fork uses them (their lease) and `nsbox prune` removes them after.
+    let _ = nsbox()
+        .args(["rmi", &tag])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if code != 0 {
+        return code;
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "parent": parent.id,
+            "forks": made,
+            "frozen_secs": committed.frozen_secs,
+            "snapshot_secs": committed.seconds,
+        });
+        println!("{out}");
+    } else {
+        for id in &made {
+            println!("{id}");
+        }
+        eprintln!(
+            "nsbox: {} fork(s) of {} from its files (frozen {:.2}s); processes are not carried over — the forks start with no commands running",
+            made.len(),
+            parent.id,
+            committed.frozen_secs
+        );
+    }
+    0
+}

@@ -10,6 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::report::Failure;
+
 /// The accounts nsbox itself writes into every sandbox's /etc/passwd (see rootfs/plan.rs).
 const BUILTIN: &[(&str, (u32, u32))] = &[
     ("root", (0, 0)),
@@ -23,12 +25,12 @@ pub(super) fn resolve(
     text: &str,
     rootfs: Option<&Path>,
     image: Option<&crate::spec::ImageSpec>,
-) -> Result<(u32, u32), String> {
+) -> Result<(u32, u32), Failure> {
     let numeric = text
         .split(':')
         .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
     if numeric {
-        return crate::profile::parse_user(text).map_err(|e| format!("--user {e}"));
+        return crate::profile::parse_user(text).map_err(|e| Failure::usage(format!("--user {e}")));
     }
     let (user, group) = match text.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -70,20 +72,24 @@ pub(super) fn resolve(
                     } else {
                         format!("--rootfs {}'s", layers[0].display())
                     };
-                    return Err(format!(
-                        "--user '{text}': {} — hint: names are looked up in {root} /etc/passwd and /etc/group; give UID[:GID] instead",
+                    return Err(Failure::usage(format!(
+                        "--user '{text}': {}",
                         e.to_string().replace("the image's", &root)
-                    ));
+                    ))
+                    .with_hint(format!(
+                        "names are looked up in {root} /etc/passwd and /etc/group; give UID[:GID] instead"
+                    )));
                 }
             },
         }
     };
-    crate::profile::parse_user(&format!("{}:{}", ids.0, ids.1)).map_err(|e| format!("--user {e}"))
+    crate::profile::parse_user(&format!("{}:{}", ids.0, ids.1))
+        .map_err(|e| Failure::usage(format!("--user {e}")))
 }
 
-fn not_found(text: &str, what: &str, name: &str) -> String {
-    format!(
+fn not_found(text: &str, what: &str, name: &str) -> Failure {
+    Failure::usage(format!(
         "--user '{text}': no {what} '{name}' in the sandbox's /etc/{} — on the host's root it has only root, sandbox and nobody (host accounts never show inside); give UID[:GID] instead",
         if what == "user" { "passwd" } else { "group" }
-    )
+    ))
 }

@@ -40,6 +40,8 @@ jobs = 4
 [cleanup]
 # How long an idle session lives unless `create --max-age` says otherwise ("none": forever).
 session_max_age = "1h"
+# What an idle session does after that: "stop" or "pause" (`create --idle-action`).
+session_idle_action = "stop"
 # `nsbox prune` removes stopped sessions only once they stopped this long ago ("none": all).
 prune_older_than = "none"
 "#;
@@ -96,6 +98,7 @@ struct ImageFile {
 #[serde(deny_unknown_fields)]
 struct CleanupFile {
     session_max_age: Option<String>,
+    session_idle_action: Option<String>,
     prune_older_than: Option<String>,
 }
 
@@ -147,6 +150,7 @@ pub struct ImageEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cleanup {
     pub session_max_age: Option<Duration>,
+    pub session_idle_action: crate::session::daemon::IdleAction,
     pub prune_older_than: Option<Duration>,
 }
 
@@ -362,6 +366,11 @@ impl Config {
             if let Some(t) = c.session_max_age {
                 self.cleanup.session_max_age = duration("cleanup.session_max_age", &t)?;
             }
+            if let Some(t) = c.session_idle_action {
+                self.cleanup.session_idle_action = t
+                    .parse()
+                    .map_err(|e: String| invalid("cleanup.session_idle_action", e))?;
+            }
             if let Some(t) = c.prune_older_than {
                 self.cleanup.prune_older_than = duration("cleanup.prune_older_than", &t)?;
             }
@@ -429,6 +438,7 @@ impl Config {
             images: BTreeMap::new(),
             cleanup: Cleanup {
                 session_max_age: None,
+                session_idle_action: crate::session::daemon::IdleAction::Stop,
                 prune_older_than: None,
             },
             serve: ServeSettings::default(),

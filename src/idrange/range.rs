@@ -97,8 +97,17 @@ impl IdRange {
                     Err(e) => return Err(e),
                 };
                 if let Some(lock) = lock {
-                    let _ = rfs::ftruncate(&lock, 0);
+                    // Overwritten in place, and truncated only when the old owner's name was
+                    // longer (never, with sandbox ids of one length): /run may be a disk
+                    // filesystem, where a truncation waits on the journal for up to
+                    // milliseconds of every sandbox's start.
                     let _ = rustix::io::pwrite(&lock, owner.as_bytes(), 0);
+                    let len = owner.len() as u64;
+                    if rfs::fstat(&lock)
+                        .is_ok_and(|st| u64::try_from(st.st_size).unwrap_or(0) > len)
+                    {
+                        let _ = rfs::ftruncate(&lock, len);
+                    }
                     return Ok(IdRange {
                         slot,
                         base: Self::base_of(slot),
@@ -217,8 +226,13 @@ mod tests {
             "bbbb"
         );
         drop(a);
-        let c = IdRange::allocate(&run, "cccc").unwrap();
+        let c = IdRange::allocate(&run, "cc").unwrap();
         assert_eq!(c.slot(), 1, "a released slot is taken again");
+        assert_eq!(
+            std::fs::read_to_string(IdRange::dir(&run).join("1")).unwrap(),
+            "cc",
+            "a shorter owner replaces a longer one"
+        );
         // Only idle lock files are pruned.
         drop(b);
         assert_eq!(prune(&run), 1);

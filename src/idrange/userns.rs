@@ -26,7 +26,9 @@ const FAILED: u8 = 1;
 const LIMITS: &[(&str, &str)] = &[("/proc/sys/user/max_user_namespaces", "0")];
 
 /// Creates a user namespace mapping inside ids 0..`count` to host ids `base`.., owned by host
-/// uid/gid `owner` (not root), sets its [`LIMITS`], and returns a descriptor for it. An owner
+/// uid/gid `owner` (not root), sets its [`LIMITS`], and returns a descriptor for it, with its
+/// creator: the namespace is ready for use at once, and the creator is told to go and is
+/// reaped when that is dropped (after the descriptor is sent on, off the critical path). An owner
 /// inside the range ends the mapping below it: a process running as a namespace's owner in
 /// the parent namespace has every capability in it, so the sandbox must not be able to make
 /// a file (a setuid one, say, in a `:rw` mount) owned by that id.
@@ -34,20 +36,47 @@ const LIMITS: &[(&str, &str)] = &[("/proc/sys/user/max_user_namespaces", "0")];
 /// The owner is whoever creates the namespace, so a throw-away child drops to `owner` first
 /// and then unshares; the caller (root) writes the maps, which needs CAP_SETUID over the
 /// parent namespace only. The caller must be single-threaded (see [`clone3_fork`]).
-pub fn create_user_namespace(base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
-    match create_owned(base, count, owner) {
-        Ok(fd) => Ok(fd),
+pub fn create_user_namespace(base: u32, count: u32, owner: u32) -> io::Result<(OwnedFd, Creator)> {
+    match create_with_maps_deferred(&map_line(0, base, mapped_below(base, count, owner)), owner) {
+        Ok((fd, creator)) => Ok((fd, creator)),
         Err(e) => {
             // The sandbox still gets its own range; only the owner-level counters fall back
             // to root's, as before ranges existed.
             tracing::warn!("the sandbox's user namespace is owned by root: making it as host uid {owner} failed ({e})");
-            crate::sys::process::create_user_namespace(base, count).map(|(userns, _helper)| userns)
+            crate::sys::process::create_user_namespace(base, count)
+                .map(|(userns, helper)| (userns, Creator(CreatorKind::Root(helper))))
         }
     }
 }
 
-fn create_owned(base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
-    create_mapping(0, base, mapped_below(base, count, owner), owner)
+/// The throw-away process that made a user namespace: dropping this lets it exit and reaps it.
+#[derive(Debug)]
+pub struct Creator(CreatorKind);
+
+#[derive(Debug)]
+enum CreatorKind {
+    Owned {
+        /// Closing it tells the creator to exit.
+        to_child: Option<OwnedFd>,
+        pidfd: OwnedFd,
+    },
+    Root(#[allow(dead_code)] crate::sys::process::UsernsHelper),
+}
+
+impl Drop for Creator {
+    fn drop(&mut self) {
+        if let CreatorKind::Owned { to_child, pidfd } = &mut self.0 {
+            drop(to_child.take());
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+        }
+    }
+}
+
+fn map_line(first: u32, base: u32, count: u32) -> String {
+    format!("{first} {base} {count}\n")
 }
 
 /// How many ids from `base` to map so that `owner` is not among them.
@@ -61,12 +90,25 @@ fn mapped_below(base: u32, count: u32, owner: u32) -> u32 {
 /// Like [`create_user_namespace`] with any mapping: ids `first`.. to host ids `base`.. (for
 /// idmapped mounts, where the "inside" ids are the ones on disk). No fallback.
 pub(super) fn create_mapping(first: u32, base: u32, count: u32, owner: u32) -> io::Result<OwnedFd> {
-    let map = format!("{first} {base} {count}\n");
+    let map = map_line(first, base, count);
     create_with_maps(&map, &map, owner)
 }
 
 /// Like [`create_mapping`] with the uid and gid maps given as written to `/proc/PID/*_map`.
 pub(super) fn create_with_maps(uid_map: &str, gid_map: &str, owner: u32) -> io::Result<OwnedFd> {
+    // The creator is reaped here, before returning.
+    create_with_maps_apart(uid_map, gid_map, owner).map(|(fd, _creator)| fd)
+}
+
+fn create_with_maps_deferred(map: &str, owner: u32) -> io::Result<(OwnedFd, Creator)> {
+    create_with_maps_apart(map, map, owner)
+}
+
+fn create_with_maps_apart(
+    uid_map: &str,
+    gid_map: &str,
+    owner: u32,
+) -> io::Result<(OwnedFd, Creator)> {
     let (to_parent_read, to_parent) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
     let (from_parent, to_child) = pipe_with(PipeFlags::CLOEXEC).map_err(errno)?;
     match clone3_fork(0, None)? {
@@ -148,12 +190,13 @@ pub(super) fn create_with_maps(uid_map: &str, gid_map: &str, owner: u32) -> io::
                     )
                     .map_err(errno)
                 });
-            drop(to_child);
-            let _ = rustix::process::waitid(
-                rustix::process::WaitId::PidFd(pidfd.as_fd()),
-                rustix::process::WaitIdOptions::EXITED,
-            );
-            result
+            // On failure the creator is told to go and reaped here; on success when the
+            // caller drops it.
+            let creator = Creator(CreatorKind::Owned {
+                to_child: Some(to_child),
+                pidfd,
+            });
+            result.map(|fd| (fd, creator))
         }
     }
 }

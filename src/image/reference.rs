@@ -54,15 +54,22 @@ impl Reference {
 /// `repo` → `repo:latest`; checks the characters of both parts. Docker Hub names are kept
 /// in their familiar form (`docker.io/library/alpine` is `alpine`), as `docker save` does.
 pub fn normalize_name(text: &str) -> Result<String, ReferenceError> {
-    let text = [
-        "docker.io/library/",
-        "index.docker.io/library/",
-        "docker.io/",
-        "index.docker.io/",
-    ]
-    .iter()
-    .find_map(|prefix| text.strip_prefix(prefix))
-    .unwrap_or(text);
+    // `library/` goes only before an official image's one-component name: Docker Hub's
+    // `library/a/b` is a repository of its own, not `a/b`. And `docker.io/` stays when what
+    // follows starts with a registry host of its own (`docker.io/docker.io/x` is the Hub's
+    // repository `docker.io/x`): stripped, either would name another image, and normalising
+    // the result again would change it. Both found by fuzz/image_reference.
+    let official = ["docker.io/library/", "index.docker.io/library/"]
+        .iter()
+        .find_map(|prefix| text.strip_prefix(prefix))
+        .filter(|rest| !rest.contains('/'));
+    let hub = || {
+        ["docker.io/", "index.docker.io/"]
+            .iter()
+            .find_map(|prefix| text.strip_prefix(prefix))
+            .filter(|rest| !starts_with_host(rest))
+    };
+    let text = official.or_else(hub).unwrap_or(text);
     let last_slash = text.rfind('/').map_or(0, |i| i + 1);
     let (repo, tag) = match text[last_slash..].rfind(':') {
         Some(i) => (&text[..last_slash + i], &text[last_slash + i + 1..]),
@@ -79,6 +86,13 @@ pub fn normalize_name(text: &str) -> Result<String, ReferenceError> {
         return Err(ReferenceError::BadTag(super::digest::printable(text)));
     }
     Ok(format!("{repo}:{tag}"))
+}
+
+/// Whether `name`'s first component is a registry host (`host.example/...`, `host:5000/...`,
+/// `localhost/...`), as [`check_repository`] reads it.
+fn starts_with_host(name: &str) -> bool {
+    name.split_once('/')
+        .is_some_and(|(host, _)| host.contains(['.', ':']) || host == "localhost")
 }
 
 fn check_repository(repo: &str) -> Result<(), ReferenceError> {
@@ -120,6 +134,34 @@ fn check_repository(repo: &str) -> Result<(), ReferenceError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn normalizing_a_name_twice_changes_nothing() {
+        // fuzz/image_reference found `docker.io/docker.io/r/ar/aest` normalised to
+        // `docker.io/r/ar/aest:latest`, which normalised again to `r/ar/aest:latest`.
+        for text in [
+            "docker.io/docker.io/r/ar/aest",
+            "index.docker.io/ghcr.io/org/x:1",
+            "docker.io/library/alpine",
+            "docker.io/team/app:2",
+            "docker.io/library/ibrary/aa",
+        ] {
+            let once = super::normalize_name(text).unwrap();
+            assert_eq!(super::normalize_name(&once).unwrap(), once, "{text}");
+        }
+        assert_eq!(
+            super::normalize_name("docker.io/docker.io/r/x").unwrap(),
+            "docker.io/docker.io/r/x:latest"
+        );
+        assert_eq!(
+            super::normalize_name("docker.io/library/alpine").unwrap(),
+            "alpine:latest"
+        );
+        assert_eq!(
+            super::normalize_name("docker.io/team/app:2").unwrap(),
+            "team/app:2"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -8,7 +8,7 @@
 //! on the entry's own descriptor or with AT_SYMLINK_NOFOLLOW. So no entry name, symlink or
 //! hardlink can make a write land outside the layer, and a symlinked parent refuses the layer.
 //!
-//! The rules (documented in the README, tested by the hostile-layer corpus):
+//! The rules (documented in docs/images.md, tested by the hostile-layer corpus):
 //! - names: relative; `..`, absolute names, NUL and empty names are refused;
 //! - owners: image uid/gid N becomes host id `base + N` (the sandbox's mapping), so inside the
 //!   sandbox files have their image owners; ids beyond the sandbox's range become nobody;

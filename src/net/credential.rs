@@ -5,11 +5,15 @@
 //! recognisable. For a TLS connection whose SNI is a host bound to a credential, the proxy
 //! ([`intercept`]) terminates TLS with a certificate from a per-sandbox CA (made at start; its
 //! key never leaves the supervisor's memory; name-constrained to the bound hosts, so it can
-//! vouch for nothing else), reads the one request the connection carries with the strict
-//! parser of [`super::sniff`], puts the real value where a header holds a placeholder (and
-//! inside the base64 of `Authorization: Basic`), then opens a verified TLS connection upstream
-//! (the host's system roots plus [`EGRESS_CA_FILE_ENV`]) and relays. Other hosts stay end to
-//! end TLS.
+//! vouch for nothing else), opens a verified TLS connection upstream (the host's system roots
+//! plus [`EGRESS_CA_FILE_ENV`]), and forwards the connection's requests one by one
+//! (keep-alive and pipelining): each head through the strict parser of [`super::sniff`], its
+//! Host checked against the SNI, the real value put where a header holds a placeholder (and
+//! inside the base64 of `Authorization: Basic`; with `NAME:HEADER=...` only in that header),
+//! its body relayed to its end by its framing ([`super::credential_http`]). A first request
+//! that upgrades (WebSocket) turns the connection into a relay once the server answers 101.
+//! ALPN offers only `http/1.1`, so an HTTP/2 client falls back. Other hosts stay end to end
+//! TLS.
 //!
 //! A placeholder seen anywhere else — a header to a host the credential is not for, the
 //! request line, the body bytes that came with the head, a plain HTTP request — goes on
@@ -29,9 +33,10 @@ use base64::Engine;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::credential_http;
 use super::egress::Shared;
 use super::events::{Decision, NetEvent};
-use super::sniff::{self, Body, Opening, MAX_SNIFF};
+use super::sniff::{self, Body, MAX_SNIFF};
 
 /// What every placeholder starts with.
 pub const PLACEHOLDER_PREFIX: &str = "nsbox-cred-";
@@ -65,6 +70,8 @@ pub enum CredentialError {
 pub struct Credential {
     pub name: String,
     pub hosts: Vec<String>,
+    /// The headers the value may go into (lowercase); empty: any header.
+    pub headers: Vec<String>,
     pub placeholder: String,
     value: String,
 }
@@ -74,6 +81,7 @@ impl fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("name", &self.name)
             .field("hosts", &self.hosts)
+            .field("headers", &self.headers)
             .field("placeholder", &self.placeholder)
             .field("value", &"***")
             .finish()
@@ -81,7 +89,9 @@ impl fmt::Debug for Credential {
 }
 
 impl Credential {
-    /// `NAME=HOST[,HOST...]`, the value of NAME taken from `host_env`.
+    /// `NAME[:HEADER[,HEADER...]]=HOST[,HOST...]`, the value of NAME taken from `host_env`.
+    /// With headers, the value goes only into those (a placeholder in any other header
+    /// stays, and is reported).
     pub fn parse(
         entry: &str,
         host_env: &std::collections::BTreeMap<String, String>,
@@ -90,9 +100,59 @@ impl Credential {
             entry: entry.to_string(),
             reason,
         };
+        let (name, headers, hosts) = Credential::binding(entry)?;
+        let name = name.as_str();
+        // The value goes into header lines: a control byte would let it forge another.
+        let value = host_env
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                bad(format!(
+                    "{name} is not set (or empty) in nsbox's environment"
+                ))
+            })?;
+        if value.bytes().any(|b| b.is_ascii_control()) {
+            return Err(bad(format!(
+                "the value of {name} contains a control character (it cannot go into a header)"
+            )));
+        }
+        Ok(Credential {
+            name: name.to_string(),
+            hosts,
+            headers,
+            placeholder: placeholder(name)?,
+            value: value.clone(),
+        })
+    }
+
+    /// The parts of `NAME[:HEADER,...]=HOST[,HOST...]` (checked; no value needed): for a
+    /// profile or the config, checked when read.
+    pub fn binding(entry: &str) -> Result<(String, Vec<String>, Vec<String>), CredentialError> {
+        let bad = |reason: String| CredentialError::Binding {
+            entry: entry.to_string(),
+            reason,
+        };
         let (name, hosts) = entry
             .split_once('=')
-            .ok_or_else(|| bad("expected NAME=HOST[,HOST...]".into()))?;
+            .ok_or_else(|| bad("expected NAME[:HEADER]=HOST[,HOST...]".into()))?;
+        let (name, headers) = match name.split_once(':') {
+            None => (name, Vec::new()),
+            Some((name, headers)) => {
+                let headers: Vec<String> = headers
+                    .split(',')
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .collect();
+                if let Some(h) = headers.iter().find(|h| {
+                    h.is_empty()
+                        || !h
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                }) {
+                    return Err(bad(format!("'{h}' is not a header name")));
+                }
+                (name, headers)
+            }
+        };
         if !crate::profile::valid_env_name(name) {
             return Err(bad(
                 "not a valid variable name (letters, digits, '_')".into()
@@ -119,26 +179,7 @@ impl Credential {
                 )));
             }
         }
-        // The value goes into header lines: a control byte would let it forge another.
-        let value = host_env
-            .get(name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                bad(format!(
-                    "{name} is not set (or empty) in nsbox's environment"
-                ))
-            })?;
-        if value.bytes().any(|b| b.is_ascii_control()) {
-            return Err(bad(format!(
-                "the value of {name} contains a control character (it cannot go into a header)"
-            )));
-        }
-        Ok(Credential {
-            name: name.to_string(),
-            hosts,
-            placeholder: placeholder(name)?,
-            value: value.clone(),
-        })
+        Ok((name.to_string(), headers, hosts))
     }
 
     /// The real value (for masking nsbox's own output).
@@ -148,6 +189,11 @@ impl Credential {
 
     fn is_for(&self, host: &str) -> bool {
         self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    /// Whether the value may go into header `name` (to a host it is for).
+    fn goes_into(&self, name: &str) -> bool {
+        self.headers.is_empty() || self.headers.iter().any(|h| h.eq_ignore_ascii_case(name))
     }
 }
 
@@ -384,7 +430,7 @@ pub fn inject(head: &[u8], host: &str, creds: &[Credential]) -> (Vec<u8>, Vec<Fi
         let mut new_value = value_text.to_string();
         for c in creds {
             if new_value.contains(&c.placeholder) {
-                if c.is_for(host) {
+                if c.is_for(host) && c.goes_into(&name) {
                     new_value = new_value.replace(&c.placeholder, &c.value);
                     found.push(Finding::Injected {
                         credential: c.name.clone(),
@@ -436,7 +482,7 @@ fn basic(
     let mut changed = false;
     for c in creds {
         if text.contains(&c.placeholder) {
-            if c.is_for(host) {
+            if c.is_for(host) && c.goes_into(name) {
                 text = text.replace(&c.placeholder, &c.value);
                 changed = true;
                 found.push(Finding::Injected {
@@ -563,7 +609,7 @@ pub(crate) async fn intercept(
         at: 0,
         inner: client,
     };
-    let mut inside = match tokio::time::timeout(TIMEOUT, acceptor.accept(stream)).await {
+    let inside = match tokio::time::timeout(TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared.events.send(event(
@@ -580,85 +626,28 @@ pub(crate) async fn intercept(
             return;
         }
     };
-    // The request head, through the same strict parser as plain HTTP.
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 4096];
-    let request = loop {
-        let n = match tokio::time::timeout(TIMEOUT, inside.read(&mut chunk)).await {
-            Ok(Ok(n)) => n,
-            _ => 0,
-        };
-        if n == 0 {
+    // The first request head, through the same strict parser as plain HTTP, before anything
+    // goes upstream.
+    let (mut in_read, mut in_write) = tokio::io::split(inside);
+    let mut reader = Requests {
+        inner: &mut in_read,
+        buf: Vec::with_capacity(16 << 10),
+    };
+    let first = match reader.head(&host, Some(TIMEOUT)).await {
+        Ok(Some(request)) => request,
+        Ok(None) => {
             shared.events.send(event(
                 Decision::Refused,
                 "no complete HTTP request inside TLS".into(),
             ));
             return;
         }
-        buf.extend_from_slice(&chunk[..n]);
-        match sniff::opening(&buf) {
-            Opening::Http(request) => break request,
-            Opening::NeedMore if buf.len() < MAX_SNIFF => continue,
-            Opening::NeedMore => {
-                return refuse_inside(
-                    &mut inside,
-                    shared,
-                    event(Decision::Refused, "the request head is too large".into()),
-                )
-                .await
-            }
-            Opening::Refused(why) | Opening::Neither(why) => {
-                return refuse_inside(
-                    &mut inside,
-                    shared,
-                    event(Decision::Refused, format!("inside TLS: {why}")),
-                )
-                .await
-            }
-            Opening::Tls(_) => {
-                return refuse_inside(
-                    &mut inside,
-                    shared,
-                    event(Decision::Refused, "TLS inside TLS".into()),
-                )
-                .await
-            }
+        Err(reason) => {
+            shared.events.send(event(Decision::Refused, reason));
+            let _ = in_write.shutdown().await;
+            return;
         }
     };
-    if !request
-        .name
-        .as_deref()
-        .is_some_and(|h| h.eq_ignore_ascii_case(&host))
-    {
-        let reason = format!(
-            "the Host header ({}) is not the TLS SNI ({host})",
-            request.name.as_deref().unwrap_or("none")
-        );
-        return refuse_inside(&mut inside, shared, event(Decision::Refused, reason)).await;
-    }
-    let extra = (buf.len() - request.head_len) as u64;
-    let limit = match request.body {
-        Body::Length(n) if extra > n => return refuse_inside(
-            &mut inside,
-            shared,
-            event(
-                Decision::Refused,
-                "more than one HTTP request on a connection (the proxy carries one per connection)"
-                    .into(),
-            ),
-        )
-        .await,
-        Body::Length(n) => Some(n - extra),
-        Body::Chunked => None,
-    };
-    let one = sniff::one_request_only(&buf, &request);
-    let head_end = one
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(one.len(), |p| p + 4);
-    let (new_head, findings) = inject(&one[..head_end], &host, &creds.bindings);
-    let new_head = identity_encoding(&new_head);
-    let body_start = &one[head_end..];
 
     // Upstream: a TLS connection the proxy verifies, to the address the sandbox chose.
     let connect = async {
@@ -675,81 +664,289 @@ pub(crate) async fn intercept(
             .connect(server_name, tcp)
             .await
     };
-    let mut upstream = match tokio::time::timeout(TIMEOUT, connect).await {
+    let upstream = match tokio::time::timeout(TIMEOUT, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = format!("upstream {host} ({dst}): {e}");
-            return bad_gateway(&mut inside, shared, event(Decision::Failed, reason)).await;
+            return bad_gateway(&mut in_write, shared, event(Decision::Failed, reason)).await;
         }
         Err(_) => {
             let reason = format!(
                 "upstream {host} ({dst}): no answer in {}s",
                 TIMEOUT.as_secs()
             );
-            return bad_gateway(&mut inside, shared, event(Decision::Failed, reason)).await;
+            return bad_gateway(&mut in_write, shared, event(Decision::Failed, reason)).await;
         }
     };
     shared.events.send(event(
         Decision::Allowed,
         format!("allowed by '{rule}'; TLS intercepted for credentials"),
     ));
-    for finding in findings {
-        shared.events.send(match finding {
-            Finding::Injected { credential, header } => NetEvent::CredentialInjected {
-                credential,
-                host: host.clone(),
-                header,
-            },
-            Finding::Refused { credential, place } => NetEvent::CredentialRefused {
-                credential,
-                host: host.clone(),
-                place,
-            },
-        });
-    }
-    for e in report_stray(creds, body_start, &host, "body") {
-        shared.events.send(e);
-    }
-    if upstream.write_all(&new_head).await.is_err() || upstream.write_all(body_start).await.is_err()
-    {
-        return;
-    }
-    let (mut in_read, mut in_write) = tokio::io::split(inside);
-    let (mut up_read, mut up_write) = tokio::io::split(upstream);
-    let request = async {
-        let _ = match limit {
-            Some(n) => tokio::io::copy(&mut (&mut in_read).take(n), &mut up_write).await,
-            None => {
-                let r = tokio::io::copy(&mut in_read, &mut up_write).await;
-                let _ = up_write.shutdown().await;
-                r
-            }
-        };
-        // The request is through; the response decides when the connection ends.
+    let (up_read, mut up_write) = tokio::io::split(upstream);
+    // Only a connection's first request may switch protocols (WebSocket): its response is
+    // the first on the connection, so the response side can tell whether it did.
+    let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel::<bool>();
+    let upgrade = credential_http::asks_upgrade(&reader.buf[..first.head_len]);
+    let requests = async {
+        let outcome = forward_requests(
+            &mut reader,
+            &mut up_write,
+            first,
+            upgrade.then_some(verdict_rx),
+            &host,
+            shared,
+            creds,
+        )
+        .await;
+        if let Err(Some(reason)) = outcome {
+            // Nothing more goes upstream; the answers to the requests already forwarded
+            // still come back.
+            shared.events.send(event(Decision::Refused, reason));
+        }
+        // The client is done sending (or refused): pass the half-close on and let the
+        // responses finish.
+        let _ = up_write.shutdown().await;
         std::future::pending::<()>().await
     };
-    // A server that reflects a request header (an echo endpoint, an error message quoting
-    // the key) would hand the value to the sandbox: it comes back as asterisks instead.
-    let response = async {
-        let mut mask = ValueMask::new(creds.bindings.iter().map(|c| c.value.as_bytes()));
-        let mut chunk = vec![0u8; 16 << 10];
-        loop {
-            let n = match up_read.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let out = mask.push(&chunk[..n]);
-            if in_write.write_all(&out).await.is_err() || in_write.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = in_write.write_all(&mask.finish()).await;
-        let _ = in_write.shutdown().await;
-    };
+    let response = relay_responses(up_read, &mut in_write, creds, upgrade.then_some(verdict_tx));
     tokio::select! {
-        () = request => {}
+        () = requests => {}
         () = response => {}
     }
+}
+
+/// The client's side of an intercepted connection: bytes read and not yet forwarded.
+struct Requests<'a, R> {
+    inner: &'a mut R,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> Requests<'_, R> {
+    /// Reads more into `buf`: false at the end of the stream (or an error).
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 << 10];
+        match self.inner.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next request head at the start of `buf`, parsed strictly and for `host` (the
+    /// SNI): `Ok(None)` when the client ends cleanly between requests, `Err(reason)` for
+    /// anything refused (a request for another host included: the intercepting certificate
+    /// speaks for `host` only).
+    async fn head(
+        &mut self,
+        host: &str,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Option<sniff::HttpRequest>, String> {
+        let request = loop {
+            match sniff::http_request(&self.buf) {
+                sniff::HttpSniff::Request(r) => break r,
+                sniff::HttpSniff::Refused(why) => return Err(format!("inside TLS: {why}")),
+                sniff::HttpSniff::NeedMore if self.buf.len() >= MAX_SNIFF => {
+                    return Err("the request head is too large".into())
+                }
+                sniff::HttpSniff::NeedMore => {}
+            }
+            let more = match timeout {
+                Some(t) => tokio::time::timeout(t, self.fill()).await.unwrap_or(false),
+                None => self.fill().await,
+            };
+            if !more {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err("the client ended inside a request head".into())
+                };
+            }
+        };
+        if !request
+            .name
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(host))
+        {
+            return Err(format!(
+                "the Host header ({}) is not the TLS SNI ({host})",
+                request.name.as_deref().unwrap_or("none")
+            ));
+        }
+        Ok(Some(request))
+    }
+}
+
+/// Forwards the requests of an intercepted connection upstream, one at a time in order
+/// (keep-alive and pipelining): each head is parsed and checked, its placeholders replaced
+/// and reported, and its body relayed to exactly its end (Content-Length or the chunked
+/// framing), so the next head is found where the server will find it. After a first request
+/// that asks to upgrade, `verdict` says whether the server switched protocols; if it did, the
+/// rest is relayed as it comes. `Ok` when the client ends; `Err` when nothing more may go
+/// (with the reason to report, if any).
+async fn forward_requests<R, W>(
+    reader: &mut Requests<'_, R>,
+    up: &mut W,
+    first: sniff::HttpRequest,
+    mut verdict: Option<tokio::sync::oneshot::Receiver<bool>>,
+    host: &str,
+    shared: &Shared,
+    creds: &Credentials,
+) -> Result<(), Option<String>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut next = Some(first);
+    let mut first_request = true;
+    loop {
+        let request = match next.take() {
+            Some(r) => r,
+            None => match reader.head(host, None).await.map_err(Some)? {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+        };
+        let head = &reader.buf[..request.head_len];
+        if !std::mem::take(&mut first_request) && credential_http::asks_upgrade(head) {
+            return Err(Some(
+                "an Upgrade in a later request of a connection (only the first request may switch protocols)".into(),
+            ));
+        }
+        let (new_head, findings) = inject(head, host, &creds.bindings);
+        let new_head = identity_encoding(&new_head);
+        for finding in findings {
+            shared.events.send(match finding {
+                Finding::Injected { credential, header } => NetEvent::CredentialInjected {
+                    credential,
+                    host: host.to_string(),
+                    header,
+                },
+                Finding::Refused { credential, place } => NetEvent::CredentialRefused {
+                    credential,
+                    host: host.to_string(),
+                    place,
+                },
+            });
+        }
+        reader.buf.drain(..request.head_len);
+        // The body bytes that came with the head are looked at (cheaply); the rest is not.
+        let with_head = match request.body {
+            Body::Length(n) => &reader.buf[..reader.buf.len().min(n as usize)],
+            Body::Chunked => &reader.buf[..],
+        };
+        for e in report_stray(creds, with_head, host, "body") {
+            shared.events.send(e);
+        }
+        up.write_all(&new_head).await.map_err(|_| None)?;
+        match request.body {
+            Body::Length(mut left) => {
+                while left > 0 {
+                    if reader.buf.is_empty() && !reader.fill().await {
+                        return Err(None);
+                    }
+                    let take = reader
+                        .buf
+                        .len()
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
+                    up.write_all(&reader.buf[..take]).await.map_err(|_| None)?;
+                    reader.buf.drain(..take);
+                    left -= take as u64;
+                }
+            }
+            Body::Chunked => {
+                let mut framing = credential_http::Chunked::default();
+                loop {
+                    if reader.buf.is_empty() && !reader.fill().await {
+                        return Err(None);
+                    }
+                    let end = framing
+                        .feed(&reader.buf)
+                        .map_err(|why| Some(format!("inside TLS: chunked body: {why}")))?;
+                    let take = end.unwrap_or(reader.buf.len());
+                    up.write_all(&reader.buf[..take]).await.map_err(|_| None)?;
+                    reader.buf.drain(..take);
+                    if end.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        up.flush().await.map_err(|_| None)?;
+        let Some(rx) = verdict.take() else {
+            continue;
+        };
+        // The first request asked to upgrade: wait for the server's answer to it.
+        if rx.await.unwrap_or(false) {
+            // Switched (a WebSocket, say): from here the bytes are the new protocol's.
+            up.write_all(&reader.buf).await.map_err(|_| None)?;
+            reader.buf.clear();
+            let _ = tokio::io::copy(reader.inner, up).await;
+            return Ok(());
+        }
+    }
+}
+
+/// How long bytes that may begin a real value wait for the next read before they go on (a
+/// stream that pauses on them is not held up longer than this).
+const MASK_HOLD: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Relays the upstream's bytes to the sandbox through [`ValueMask`]. With `verdict`, the first
+/// response head is looked at and whether it switches protocols is sent.
+async fn relay_responses<R, W>(
+    mut up: R,
+    inside: &mut W,
+    creds: &Credentials,
+    mut verdict: Option<tokio::sync::oneshot::Sender<bool>>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // A server that reflects a request header (an echo endpoint, an error message quoting
+    // the key) would hand the value to the sandbox: it comes back as asterisks instead.
+    let mut mask = ValueMask::new(creds.bindings.iter().map(|c| c.value.as_bytes()));
+    let mut first_head = Vec::new();
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        let read = up.read(&mut chunk);
+        let n = if mask.holding() {
+            match tokio::time::timeout(MASK_HOLD, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let held = mask.finish();
+                    if inside.write_all(&held).await.is_err() || inside.flush().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            read.await
+        };
+        let n = match n {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(tx) = verdict.take() {
+            first_head.extend_from_slice(&chunk[..n]);
+            if let Some(end) = first_head.windows(4).position(|w| w == b"\r\n\r\n") {
+                let _ = tx.send(credential_http::switches_protocols(&first_head[..end + 4]));
+                first_head = Vec::new();
+            } else if first_head.len() >= MAX_SNIFF {
+                let _ = tx.send(false);
+                first_head = Vec::new();
+            } else {
+                verdict = Some(tx);
+            }
+        }
+        let out = mask.push(&chunk[..n]);
+        if inside.write_all(&out).await.is_err() || inside.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = inside.write_all(&mask.finish()).await;
+    let _ = inside.shutdown().await;
 }
 
 /// `head` (a complete request head, CRLF line ends) asking for an uncompressed response: its
@@ -822,12 +1019,11 @@ impl ValueMask {
     fn finish(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.held)
     }
-}
 
-/// Reports `e` and closes the sandbox's side of the TLS connection.
-async fn refuse_inside<S: AsyncWrite + Unpin>(inside: &mut S, shared: &Shared, e: NetEvent) {
-    shared.events.send(e);
-    let _ = inside.shutdown().await;
+    /// Whether bytes are held back.
+    fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
 }
 
 /// Reports `e` and answers the sandbox with a 502 saying why (no upstream bytes went out).
@@ -854,6 +1050,7 @@ mod tests {
         Credential {
             name: name.into(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            headers: Vec::new(),
             placeholder: placeholder(name).unwrap(),
             value: value.into(),
         }
@@ -868,6 +1065,36 @@ mod tests {
         out.extend(m.push(b"al; again sk-real, done s"));
         out.extend(m.finish());
         assert_eq!(out, b"key=*******; again *******, done s");
+    }
+
+    /// A keep-alive response that ends in what may be the start of a value (the value is
+    /// "sk-real", the body ends in "s") reaches the client without waiting for more bytes
+    /// that never come; a whole value in it is masked.
+    #[test]
+    fn a_response_ending_like_a_value_is_not_held_back() {
+        if !Path::new(SYSTEM_BUNDLES[0]).exists() {
+            return; // No system roots to make Credentials with here.
+        }
+        let creds = Credentials::new(vec![cred("KEY", &["a.example"], "sk-real")], None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut server, up) = tokio::io::duplex(4096);
+            let (mut inside, mut client) = tokio::io::duplex(4096);
+            let relay = tokio::spawn(async move {
+                relay_responses(up, &mut inside, &creds, None).await;
+            });
+            let response = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\nsk-real is hers";
+            server.write_all(response).await.unwrap();
+            let mut got = vec![0u8; response.len()];
+            // The server keeps the connection open: only the hold timer lets the "s" go.
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got.ends_with(b"\r\n\r\n******* is hers"), "{got:?}");
+            drop(server);
+            relay.await.unwrap();
+        });
     }
 
     #[test]
@@ -955,6 +1182,49 @@ mod tests {
         assert!(
             matches!(&found[0], Finding::Refused { place, .. } if place == "header authorization (basic)")
         );
+    }
+
+    #[test]
+    fn a_binding_with_a_header_injects_only_there() {
+        let env: std::collections::BTreeMap<String, String> =
+            [("KEY".to_string(), "sk-real".to_string())].into();
+        let c = Credential::parse("KEY:X-Api-Key=api.example.com", &env).unwrap();
+        assert_eq!(c.headers, ["x-api-key"]);
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: api.example.com\r\nx-api-key: {p}\r\nX-Debug: {p}\r\nAuthorization: Basic {b}\r\n\r\n",
+            p = c.placeholder,
+            b = base64::engine::general_purpose::STANDARD.encode(format!("u:{}", c.placeholder)),
+        );
+        let (out, found) = inject(head.as_bytes(), "api.example.com", std::slice::from_ref(&c));
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("x-api-key: sk-real\r\n"), "{out}");
+        assert!(
+            out.contains(&format!("X-Debug: {}\r\n", c.placeholder)),
+            "{out}"
+        );
+        assert_eq!(out.matches("sk-real").count(), 1, "{out}");
+        assert_eq!(
+            found[1..],
+            [
+                Finding::Refused {
+                    credential: "KEY".into(),
+                    place: "header x-debug".into()
+                },
+                Finding::Refused {
+                    credential: "KEY".into(),
+                    place: "header authorization (basic)".into()
+                },
+            ]
+        );
+        let two = Credential::parse("KEY:authorization,x-api-key=api.example.com", &env).unwrap();
+        assert_eq!(two.headers, ["authorization", "x-api-key"]);
+        for bad in [
+            "KEY:=a.example.com",
+            "KEY:x y=a.example.com",
+            "KEY:a,=a.example.com",
+        ] {
+            assert!(Credential::parse(bad, &env).is_err(), "{bad}");
+        }
     }
 
     #[test]

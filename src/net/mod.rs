@@ -16,6 +16,7 @@
 
 pub mod addresses;
 pub mod credential;
+pub mod credential_http;
 pub mod dnswire;
 pub mod egress;
 pub mod events;

@@ -336,6 +336,17 @@ pub fn parse_max_connections(text: &str) -> Result<usize, PolicyError> {
     }
 }
 
+/// Why a connection to a name and port is refused ([`EgressPolicy::check_name_port`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NamePortRefusal<'p> {
+    #[error("{name} is denied by '{}'", rule.text)]
+    Denied { name: String, rule: &'p Rule },
+    #[error("port {port} is not allowed for {name}")]
+    PortNotAllowed { name: String, port: u16 },
+    #[error("{name} is not on the allowlist")]
+    NotListed { name: String },
+}
+
 impl EgressPolicy {
     /// Parses allow/deny patterns and upstream addresses (flag names only label errors).
     pub fn parse(
@@ -398,13 +409,16 @@ impl EgressPolicy {
     }
 
     /// The allow rule for connecting to `name` on `port`, or why not.
-    pub fn check_name_port(&self, name: &str, port: u16) -> Result<&Rule, String> {
+    pub fn check_name_port(&self, name: &str, port: u16) -> Result<&Rule, NamePortRefusal<'_>> {
         if let Some(rule) = self
             .deny
             .iter()
             .find(|r| r.allows_port(port) && r.matches_name(name))
         {
-            return Err(format!("{name} is denied by '{}'", rule.text));
+            return Err(NamePortRefusal::Denied {
+                name: name.to_string(),
+                rule,
+            });
         }
         let mut listed = false;
         for rule in self.allow.iter().filter(|r| r.matches_name(name)) {
@@ -414,9 +428,14 @@ impl EgressPolicy {
             listed = true;
         }
         Err(if listed {
-            format!("port {port} is not allowed for {name}")
+            NamePortRefusal::PortNotAllowed {
+                name: name.to_string(),
+                port,
+            }
         } else {
-            format!("{name} is not on the allowlist")
+            NamePortRefusal::NotListed {
+                name: name.to_string(),
+            }
         })
     }
 
@@ -487,7 +506,7 @@ impl EgressPolicy {
                         .find(|r| r.raw_tcp && r.allows_port(port) && r.matches_name(name));
                     allowed.push((name.clone(), raw.unwrap_or(rule)));
                 }
-                Err(reason) => reasons.push(reason),
+                Err(reason) => reasons.push(reason.to_string()),
             }
         }
         if allowed.is_empty() {
@@ -731,9 +750,14 @@ mod tests {
             NameVerdict::Allowed(_)
         ));
         assert!(p.check_name_port("git.example.com", 443).is_ok());
+        assert!(matches!(
+            p.check_name_port("git.example.com", 22),
+            Err(NamePortRefusal::Denied { .. })
+        ));
         assert!(p
             .check_name_port("git.example.com", 22)
             .unwrap_err()
+            .to_string()
             .contains("denied"));
     }
 
@@ -741,14 +765,18 @@ mod tests {
     fn name_ports_are_enforced() {
         let p = policy(&["db.example.com:5432"], &[]);
         assert!(p.check_name_port("db.example.com", 5432).is_ok());
-        assert!(p
-            .check_name_port("db.example.com", 22)
-            .unwrap_err()
-            .contains("port 22"));
-        assert!(p
-            .check_name_port("other.example.com", 5432)
-            .unwrap_err()
-            .contains("not on the allowlist"));
+        assert_eq!(
+            p.check_name_port("db.example.com", 22)
+                .unwrap_err()
+                .to_string(),
+            "port 22 is not allowed for db.example.com"
+        );
+        assert_eq!(
+            p.check_name_port("other.example.com", 5432)
+                .unwrap_err()
+                .to_string(),
+            "other.example.com is not on the allowlist"
+        );
     }
 
     #[test]

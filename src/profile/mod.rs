@@ -101,6 +101,7 @@ struct NetworkFile {
     allow: Option<Vec<String>>,
     deny: Option<Vec<String>>,
     dns_upstream: Option<Vec<String>>,
+    credentials: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -206,6 +207,9 @@ pub struct Profile {
     pub network_allow: Vec<String>,
     pub network_deny: Vec<String>,
     pub dns_upstream: Vec<String>,
+    /// Secretless credentials (`--credential` bindings, as written; checked), whose values
+    /// come from nsbox's environment when a sandbox starts.
+    pub network_credentials: Vec<String>,
     pub user: (u32, u32),
     pub workdir: PathBuf,
     /// The file mode creation mask of the workload (process.umask, octal).
@@ -344,6 +348,7 @@ fn profile_source(p: &Profile) -> String {
         network_allow: vec![{}],
         network_deny: vec![{}],
         dns_upstream: vec![{}],
+        network_credentials: vec![{}],
         user: {:?},
         workdir: PathBuf::from({:?}),
         umask: 0o{:o},
@@ -387,6 +392,7 @@ fn profile_source(p: &Profile) -> String {
         strings(&p.network_allow),
         strings(&p.network_deny),
         strings(&p.dns_upstream),
+        strings(&p.network_credentials),
         p.user,
         p.workdir.display().to_string(),
         p.umask,
@@ -460,6 +466,7 @@ fn resolve_base(file: ProfileFile) -> Result<Profile, ProfileError> {
         network_allow: Vec::new(),
         network_deny: Vec::new(),
         dns_upstream: Vec::new(),
+        network_credentials: Vec::new(),
         user: (100, 101),
         workdir: PathBuf::from("/sandbox"),
         umask: 0o022,
@@ -641,6 +648,13 @@ fn apply(profile: &mut Profile, origin: &str, file: ProfileFile) -> Result<(), P
                 .map_err(|e| value("network.dns_upstream", e.to_string()))?;
         }
         profile.dns_upstream = list;
+    }
+    if let Some(list) = n.credentials {
+        for text in &list {
+            crate::net::credential::Credential::binding(text)
+                .map_err(|e| value("network.credentials", e.to_string()))?;
+        }
+        profile.network_credentials = list;
     }
     let p = file.process;
     if let Some(user) = p.user {
@@ -863,6 +877,29 @@ mod tests {
         assert_eq!(p.network_allow, ["*.pypi.org", "203.0.113.0/24:443"]);
         assert_eq!(p.network_deny, ["evil.pypi.org"]);
         assert_eq!(p.dns_upstream, ["192.0.2.53"]);
+        let p = Profile::from_text(
+            "p",
+            "[network]\ncredentials = [\"LLM_KEY=api.example.com\", \"GH:authorization=github.com\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.network_credentials,
+            ["LLM_KEY=api.example.com", "GH:authorization=github.com"]
+        );
+        let e = Profile::from_text("p", "[network]\ncredentials = [\"K=*.example.com\"]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("network.credentials"), "{e}");
+        // The config file's [defaults] is the same shape: its bindings reach every profile.
+        let layer = ProfileLayer {
+            origin: "config".into(),
+            file: parse_file(
+                "config",
+                "[network]\ncredentials = [\"LLM_KEY=api.example.com\"]\n",
+            )
+            .unwrap(),
+        };
+        let p = Profile::load_layered("strict", &[layer]).unwrap();
+        assert_eq!(p.network_credentials, ["LLM_KEY=api.example.com"]);
         let e = Profile::from_text("p", "[network]\nallow = [\"a b\"]\n").unwrap_err();
         assert!(e.to_string().contains("network.allow"), "{e}");
         let e =

@@ -40,6 +40,7 @@ pub(super) fn default_profile() -> Profile {
         network_allow: vec![],
         network_deny: vec![],
         dns_upstream: vec![],
+        network_credentials: vec![],
         user: (100, 101),
         workdir: PathBuf::from("/sandbox"),
         umask: 0o22,

@@ -17,12 +17,43 @@ use rustix::net::{
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+/// A failed setup step, as the sandbox reports it: which step, what went wrong, what to do
+/// about it, and the errno at its root (so the host tells "this host refused" from other
+/// failures by number, never by text).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepFailure {
+    pub step: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+}
+
+impl StepFailure {
+    /// A failure with neither hint nor errno.
+    pub fn new(step: impl Into<String>, message: impl Into<String>) -> StepFailure {
+        StepFailure {
+            step: step.into(),
+            message: message.into(),
+            hint: None,
+            errno: None,
+        }
+    }
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)
+    }
+}
+
 /// From the sandbox to the supervisor.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum ToSupervisor {
     /// Setup failed at `step`; the sandbox is about to exit.
-    SetupFailed { step: String, message: String },
+    SetupFailed(StepFailure),
     /// The workload process exists (its exec follows). A pty master may be attached.
     Started {
         /// (phase, monotonic nanoseconds) marks taken inside the sandbox.
@@ -130,8 +161,8 @@ pub enum ChannelError {
     #[error("the other side ended while {expected} was awaited")]
     Closed { expected: &'static str },
     /// The other side reported that `step` failed (and gives up).
-    #[error("{step}: {message}")]
-    Failed { step: String, message: String },
+    #[error("{0}")]
+    Failed(StepFailure),
     #[error("{expected} came without its descriptor")]
     MissingFd { expected: &'static str },
     #[error("control channel: {0}")]
@@ -190,10 +221,10 @@ pub fn wait_for_net_namespace(socket: BorrowedFd<'_>) -> Result<OwnedFd, Channel
             .into_iter()
             .next()
             .ok_or(ChannelError::MissingFd { expected: EXPECTED }),
-        (ToSandbox::NetFailed { message }, _) => Err(ChannelError::Failed {
-            step: "create network namespace".into(),
+        (ToSandbox::NetFailed { message }, _) => Err(ChannelError::Failed(StepFailure::new(
+            "create network namespace",
             message,
-        }),
+        ))),
         (other, _) => Err(ChannelError::Unexpected {
             expected: EXPECTED,
             got: other.kind(),
@@ -217,14 +248,14 @@ pub fn wait_for_identity(socket: BorrowedFd<'_>) -> Result<Identity, ChannelErro
                 cgroup_tasks: fds.collect(),
             })
         }
-        (ToSandbox::IdentityFailed { message }, _) => Err(ChannelError::Failed {
-            step: "prepare user namespace".into(),
+        (ToSandbox::IdentityFailed { message }, _) => Err(ChannelError::Failed(StepFailure::new(
+            "prepare user namespace",
             message,
-        }),
-        (ToSandbox::NetFailed { message }, _) => Err(ChannelError::Failed {
-            step: "set up the filtered network".into(),
+        ))),
+        (ToSandbox::NetFailed { message }, _) => Err(ChannelError::Failed(StepFailure::new(
+            "set up the filtered network",
             message,
-        }),
+        ))),
         (other, _) => Err(ChannelError::Unexpected {
             expected: EXPECTED,
             got: other.kind(),
@@ -242,9 +273,7 @@ pub fn wait_ready(socket: BorrowedFd<'_>) -> Result<Ready, ChannelError> {
             warnings,
             upper: fds.into_iter().next(),
         }),
-        (ToSupervisor::SetupFailed { step, message }, _) => {
-            Err(ChannelError::Failed { step, message })
-        }
+        (ToSupervisor::SetupFailed(failure), _) => Err(ChannelError::Failed(failure)),
         (other, _) => Err(ChannelError::Unexpected {
             expected: EXPECTED,
             got: other.kind(),
@@ -364,14 +393,21 @@ mod tests {
     fn wait_ready_reports_setup_failure_and_hang_up() {
         let (host, child) = pair();
         rustix::io::ioctl_fionbio(&host, true).unwrap();
-        let failed = ToSupervisor::SetupFailed {
+        let failed = ToSupervisor::SetupFailed(StepFailure {
             step: "mount".into(),
             message: "denied".into(),
-        };
+            hint: Some("run as root".into()),
+            errno: Some(libc::EPERM),
+        });
         send(child.as_fd(), &failed, &[]).unwrap();
         match wait_ready(host.as_fd()) {
-            Err(ChannelError::Failed { step, message }) => {
-                assert_eq!((step.as_str(), message.as_str()), ("mount", "denied"))
+            Err(ChannelError::Failed(f)) => {
+                assert_eq!((f.step.as_str(), f.message.as_str()), ("mount", "denied"));
+                // Hint and errno travel as fields.
+                assert_eq!(
+                    (f.hint.as_deref(), f.errno),
+                    (Some("run as root"), Some(libc::EPERM))
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -408,9 +444,7 @@ mod tests {
         };
         send(host.as_fd(), &refused, &[]).unwrap();
         match wait_for_identity(child.as_fd()) {
-            Err(ChannelError::Failed { step, .. }) => {
-                assert_eq!(step, "set up the filtered network")
-            }
+            Err(ChannelError::Failed(f)) => assert_eq!(f.step, "set up the filtered network"),
             other => panic!("{other:?}"),
         }
     }

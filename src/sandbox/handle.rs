@@ -250,13 +250,10 @@ impl Handle {
                 self.advance(Transition::Ready);
                 Ok(ready)
             }
-            Err(control::ChannelError::Failed { step, message }) => {
-                Err(SandboxError::Setup { step, message })
-            }
-            Err(control::ChannelError::Closed { .. }) => Err(SandboxError::Setup {
-                step: "start".into(),
-                message: "the sandbox ended before it was ready".into(),
-            }),
+            Err(control::ChannelError::Failed(failure)) => Err(SandboxError::Setup(failure)),
+            Err(control::ChannelError::Closed { .. }) => Err(SandboxError::Setup(
+                control::StepFailure::new("start", "the sandbox ended before it was ready"),
+            )),
             Err(e) => Err(SandboxError::Died(e.to_string())),
         }
     }
@@ -491,6 +488,20 @@ impl Handle {
         Ok(events)
     }
 
+    /// Charges this process, the sandbox's own supervisor, to the sandbox's CPU limit and
+    /// usage where the host allows it safely (see `SandboxCgroup::charge_supervisor`). Never
+    /// for a process that supervises several sandboxes (`nsbox serve`).
+    pub fn charge_supervisor(&mut self) -> bool {
+        match self.cgroup.as_mut().map(SandboxCgroup::charge_supervisor) {
+            Some(Ok(charged)) => charged,
+            Some(Err(e)) => {
+                tracing::warn!(id = %self.id, "supervisor CPU not charged to the sandbox: {e}");
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Kills the sandbox if it still runs, reaps it, stops its network and removes its cgroup.
     /// Idempotent; returns a warning when the cgroup could not be removed.
     pub fn teardown(&mut self) -> Option<String> {
@@ -561,6 +572,7 @@ impl Handle {
             // While this supervisor lives, `nsbox prune` sees the cgroup as in use.
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
+            crate::fault::phase("cgroup-created", &spec.id);
             Some(cgroup)
         } else {
             None
@@ -645,6 +657,7 @@ impl Handle {
             sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),
         };
         marks.push(("clone returned".into(), now_ns()));
+        crate::fault::phase("cloned", &spec.id);
         let mut handle = Handle {
             id: spec.id.clone(),
             pid,
@@ -692,7 +705,9 @@ impl Handle {
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
             handle.cgroup = Some(cgroup);
+            crate::fault::phase("cgroup-created", &spec.id);
         }
+        crate::fault::phase("network-prepared", &spec.id);
         let egress = match egress.transpose() {
             Ok(egress) => {
                 if let Some(cgroup) = &handle.cgroup {
@@ -751,6 +766,7 @@ impl Handle {
             crate::relay::stream::set_nonblocking(fd.as_fd())
                 .map_err(io_err("configure the sandbox's descriptors"))?;
         }
+        crate::fault::phase("launched", &spec.id);
         Ok(Launch {
             handle,
             streams,
@@ -767,9 +783,9 @@ fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgr
     // (crate::idrange); its creator is reaped before this returns.
     let result = match spec.userns_owner {
         Some(owner) => crate::idrange::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX, owner)
-            .map(|userns| (userns, None)),
+            .map(|(userns, creator)| (userns, (Some(creator), None))),
         None => sys::process::create_user_namespace(spec.uid_base, IDS_IN_SANDBOX)
-            .map(|(userns, helper)| (userns, Some(helper))),
+            .map(|(userns, helper)| (userns, (None, Some(helper)))),
     };
     let _ = match result {
         Ok((userns, helper)) => {
@@ -778,7 +794,7 @@ fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgr
                 fds.extend(cgroup.self_join_fds().iter().map(|f| f.as_fd()));
             }
             let sent = control::send(socket, &ToSandbox::Identity, &fds);
-            // The helper's exit and reaping overlap the child's next steps.
+            // The creator's exit and reaping overlap the child's next steps.
             drop(helper);
             sent
         }

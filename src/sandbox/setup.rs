@@ -52,15 +52,54 @@ pub struct ExecFailure {
 }
 
 /// A failed setup step.
-struct Failure {
-    step: String,
-    message: String,
+type Failure = control::StepFailure;
+
+/// What a setup step's error tells besides its text: the errno at its root (EPERM and EACCES
+/// say this host refused; see [`crate::report`]) and a hint of its own.
+pub(crate) trait StepError: std::fmt::Display {
+    fn errno(&self) -> Option<i32>;
+    fn hint(&self) -> Option<String> {
+        None
+    }
 }
 
-fn at<E: std::fmt::Display>(step: &str) -> impl FnOnce(E) -> Failure + '_ {
+impl StepError for io::Error {
+    fn errno(&self) -> Option<i32> {
+        self.raw_os_error()
+    }
+}
+
+impl StepError for rustix::io::Errno {
+    fn errno(&self) -> Option<i32> {
+        Some(self.raw_os_error())
+    }
+}
+
+impl StepError for crate::rootfs::apply::RootfsError {
+    fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+    fn hint(&self) -> Option<String> {
+        self.hint().map(str::to_string)
+    }
+}
+
+impl StepError for control::ChannelError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            control::ChannelError::Io(e) => e.raw_os_error(),
+            control::ChannelError::Failed(f) => f.errno,
+            _ => None,
+        }
+    }
+}
+
+fn at<E: StepError>(step: &str) -> impl FnOnce(E) -> Failure + '_ {
     move |e| Failure {
         step: step.to_string(),
         message: e.to_string(),
+        hint: e.hint(),
+        errno: e.errno(),
     }
 }
 
@@ -89,14 +128,7 @@ pub fn child_main(setup: ChildSetup<'_>) -> ! {
     match run(&setup) {
         Ok(never) => match never {},
         Err(f) => {
-            let _ = control::send(
-                setup.control,
-                &ToSupervisor::SetupFailed {
-                    step: f.step,
-                    message: f.message,
-                },
-                &[],
-            );
+            let _ = control::send(setup.control, &ToSupervisor::SetupFailed(f), &[]);
             sys::process::exit_now(exit::NSBOX_FAILED)
         }
     }
@@ -324,7 +356,7 @@ fn join_network_namespace(control_fd: BorrowedFd<'_>) -> Result<(), Failure> {
 /// supervisor that is gone ends the child quietly (its parent-death signal is on its way).
 fn channel_failure(step: &str, e: control::ChannelError) -> Failure {
     match e {
-        control::ChannelError::Failed { step, message } => Failure { step, message },
+        control::ChannelError::Failed(failure) => failure,
         control::ChannelError::Closed { .. } => sys::process::exit_now(exit::NSBOX_FAILED),
         other => at(step)(other),
     }

@@ -39,8 +39,8 @@ pub enum SandboxError {
     Cgroup(#[from] CgroupError),
     #[error("seccomp policy: {0}")]
     Seccomp(#[from] SeccompError),
-    #[error("sandbox setup failed: {step}: {message}")]
-    Setup { step: String, message: String },
+    #[error("sandbox setup failed: {0}")]
+    Setup(super::control::StepFailure),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -196,11 +196,11 @@ impl Ending {
     /// killed (timeout, OOM group kill, interrupt) or died.
     pub(crate) fn of_one_shot(
         facts: CommandFacts,
-        setup_failure: Option<(String, String)>,
+        setup_failure: Option<super::control::StepFailure>,
         timeout: Duration,
     ) -> Result<Ending, SandboxError> {
-        if let Some((step, message)) = setup_failure {
-            return Err(SandboxError::Setup { step, message });
+        if let Some(failure) = setup_failure {
+            return Err(SandboxError::Setup(failure));
         }
         if let Some(f) = facts.exec_failure {
             return Ok(Ending::ExecFailed {
@@ -220,10 +220,12 @@ impl Ending {
             None if facts.oom && facts.started => Ok(Ending::Signaled(libc::SIGKILL)),
             None => match facts.interrupted {
                 Some(sig) => Ok(Ending::Interrupted(sig)),
-                None if !facts.started => Err(SandboxError::Setup {
-                    step: "start".into(),
-                    message: "the sandbox's init exited before the command started".into(),
-                }),
+                None if !facts.started => {
+                    Err(SandboxError::Setup(super::control::StepFailure::new(
+                        "start",
+                        "the sandbox's init exited before the command started",
+                    )))
+                }
                 None => Err(SandboxError::Died(
                     "the sandbox's init exited without a status".into(),
                 )),
@@ -303,6 +305,9 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         cpu_before,
         kept: None,
     };
+    // The child sets itself up meanwhile: this is off its path.
+    sandbox.handle.charge_supervisor();
+    crate::fault::phase("running", &spec.id);
     let result = event_loop::drive(&mut sandbox);
     sandbox.finish(result)
 }
@@ -324,7 +329,7 @@ struct Running<'a> {
     status: StatusPipe,
     relay: Relay,
     facts: CommandFacts,
-    setup_failure: Option<(String, String)>,
+    setup_failure: Option<super::control::StepFailure>,
     stop_deadline: Option<u64>,
     marks: Vec<(String, u64)>,
     inner_marks: Vec<(String, u64)>,
@@ -451,8 +456,8 @@ impl Running<'_> {
 
     fn on_sandbox(&mut self, event: HandleEvent) -> Result<(), SandboxError> {
         match event {
-            HandleEvent::Message(ToSupervisor::SetupFailed { step, message }, _) => {
-                self.setup_failure = Some((step, message));
+            HandleEvent::Message(ToSupervisor::SetupFailed(failure), _) => {
+                self.setup_failure = Some(failure);
             }
             HandleEvent::Message(ToSupervisor::Started { marks, warnings }, fds) => {
                 self.facts.started = true;
@@ -517,6 +522,7 @@ impl Running<'_> {
 
     /// Tears down whatever is left, then turns the state into an outcome.
     fn finish(mut self, loop_result: Result<(), SandboxError>) -> Result<Outcome, SandboxError> {
+        crate::fault::phase("teardown", &self.spec.id);
         if loop_result.is_err() {
             self.teardown();
         }
@@ -525,17 +531,24 @@ impl Running<'_> {
         self.relay.finish();
         self.facts.oom = self.handle.oom_kills() > 0;
         // The sandbox's cgroup is the command's (and its children's): read before it goes.
-        let mut usage = self.handle.stats().map_or_else(Usage::default, |s| Usage {
-            memory_peak_bytes: s.memory_peak_bytes,
-            cpu_usage_usec: s.cpu_usage_usec,
-        });
+        // Only the JSON exit event and the --result-json document show it; a plain run skips
+        // the reads (they are on the way out of every one-shot).
+        let wants_usage = self.spec.io.json || self.spec.io.result;
+        let mut usage = match wants_usage {
+            true => self.handle.stats().map_or_else(Usage::default, |s| Usage {
+                memory_peak_bytes: s.memory_peak_bytes,
+                cpu_usage_usec: s.cpu_usage_usec,
+            }),
+            false => Usage::default(),
+        };
         self.teardown();
-        if usage.cpu_usage_usec.is_none() && !self.handle.state().init_alive() {
+        if wants_usage && usage.cpu_usage_usec.is_none() && !self.handle.state().init_alive() {
             usage.cpu_usage_usec = sys::process::children_cpu_usec()
                 .ok()
                 .zip(self.cpu_before)
                 .map(|(now, before)| now.saturating_sub(before));
         }
+        crate::fault::phase("cleaned-up", &self.spec.id);
         loop_result?;
         self.marks.push(("cleaned up".into(), now_ns()));
 
@@ -611,8 +624,12 @@ mod tests {
 
     #[test]
     fn one_shot_setup_and_exec_failures_come_first() {
-        let failed = Ending::of_one_shot(exited(0), Some(("mount".into(), "no".into())), LIMIT);
-        assert!(matches!(failed, Err(SandboxError::Setup { step, .. }) if step == "mount"));
+        let failed = Ending::of_one_shot(
+            exited(0),
+            Some(super::super::control::StepFailure::new("mount", "no")),
+            LIMIT,
+        );
+        assert!(matches!(failed, Err(SandboxError::Setup(f)) if f.step == "mount"));
         let facts = CommandFacts {
             exec_failure: Some(ExecFailure {
                 code: exit::NOT_FOUND,
@@ -655,7 +672,7 @@ mod tests {
         );
         assert!(matches!(
             Ending::of_one_shot(CommandFacts::default(), None, LIMIT),
-            Err(SandboxError::Setup { step, .. }) if step == "start"
+            Err(SandboxError::Setup(f)) if f.step == "start"
         ));
         let started = CommandFacts {
             started: true,

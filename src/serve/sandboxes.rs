@@ -31,6 +31,11 @@ pub struct CreateRequest {
     /// Set as environment and masked in all output.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// Secretless credentials (`nsbox create --credential`, docs/credentials.md; a filtered
+    /// network): the sandbox's NAME holds a placeholder, the value goes only into requests
+    /// to `hosts`.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialRequest>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// The sandbox is deleted this long after it was made ("30m").
@@ -71,8 +76,34 @@ pub struct NetworkRequest {
     pub log: bool,
 }
 
+/// One secretless credential of a create request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRequest {
+    pub value: String,
+    pub hosts: Vec<String>,
+    /// Only these headers receive the value (`NAME:HEADER=HOST`); none: any header.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
 /// The owner recorded for idle warm-pool sandboxes.
 pub const POOL_KEY: &str = "@pool";
+/// The owner recorded for a create under way: written when `nsbox create` names its id (its
+/// first event), replaced by the real record when the create is done. A record still pending
+/// when a server stops, or when the next server starts, is a create nobody will answer for:
+/// its session is removed.
+pub const PENDING_KEY: &str = "@pending";
+/// Names the server's directory to a create it runs, which records itself there as pending
+/// before it confirms its session: so no moment exists at which a confirmed session is
+/// unknown to the server's records, whenever the server is killed.
+pub const CREATE_RECORDS_ENV: &str = "NSBOX_CREATE_RECORDS";
+
+/// What a create run by `nsbox serve` does before it confirms its session (see
+/// [`CREATE_RECORDS_ENV`]).
+pub fn record_pending_create(serve_dir: &Path, id: &str) -> std::io::Result<()> {
+    Registry::new(serve_dir).record_placeholder(id, PENDING_KEY)
+}
 
 /// The server's record of a sandbox it owns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,6 +195,7 @@ impl CreateRequest {
             && self.setup_timeout.is_none()
             && self.name.is_none()
             && self.workdir.is_none()
+            && self.credentials.is_empty()
             && !self.network.as_ref().is_some_and(|n| n.log);
         plain.then(|| PoolKey {
             image: self.image.clone(),
@@ -198,6 +230,7 @@ impl CreateRequest {
         if let Some(m) = &self.limits.max_output {
             flag(&mut args, "max-output", m)?;
         }
+        let mut env = Vec::new();
         if let Some(net) = &self.network {
             if !["none", "filtered", "host"].contains(&net.mode.as_str()) {
                 return Err(Invalid(format!(
@@ -216,13 +249,30 @@ impl CreateRequest {
                 args.push("--log-network".into());
             }
         }
+        // The value travels in the subprocess's environment, as a secret does.
+        for (k, c) in &self.credentials {
+            if !env_name_ok(k) || k.starts_with("NSBOX_") || c.value.is_empty() {
+                return Err(Invalid(format!(
+                    "credentials: {k:?} is not a usable name (a variable name, not NSBOX_*), or its value is empty"
+                )));
+            }
+            let headers = if c.headers.is_empty() {
+                String::new()
+            } else {
+                format!(":{}", c.headers.join(","))
+            };
+            let entry = format!("{k}{headers}={}", c.hosts.join(","));
+            crate::net::credential::Credential::binding(&entry)
+                .map_err(|e| Invalid(format!("credentials: {e}")))?;
+            args.push(format!("--credential={entry}"));
+            env.push((k.clone(), c.value.clone()));
+        }
         for (k, v) in &self.env {
             if !env_name_ok(k) || v.contains('\0') {
                 return Err(Invalid(format!("env: {k:?} is not a variable name")));
             }
             args.push(format!("--env={k}={v}"));
         }
-        let mut env = Vec::new();
         for (k, v) in &self.secrets {
             // A secret travels in the subprocess's environment (never on its command line,
             // which every user can read); names nsbox itself reads are refused.
@@ -285,7 +335,12 @@ pub struct CreateFailed {
 
 /// Runs `nsbox create --json` and returns the new session's id. Blocking (run it on the
 /// blocking pool).
-pub fn create_session(options: &ServeOptions, plan: &CreatePlan) -> Result<String, CreateFailed> {
+pub fn create_session(
+    options: &ServeOptions,
+    plan: &CreatePlan,
+    registry: &Registry,
+) -> Result<String, CreateFailed> {
+    let _in_flight = registry.create_started();
     let failed = |message: String| CreateFailed {
         phase: "setup".into(),
         message,
@@ -299,6 +354,7 @@ pub fn create_session(options: &ServeOptions, plan: &CreatePlan) -> Result<Strin
     cmd.args(&plan.args)
         .envs(plan.env.iter().map(|(k, v)| (k, v)))
         .env(super::CREATE_PARENT_ENV, std::process::id().to_string())
+        .env(CREATE_RECORDS_ENV, &options.serve_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -307,6 +363,7 @@ pub fn create_session(options: &ServeOptions, plan: &CreatePlan) -> Result<Strin
         .map_err(|e| failed(format!("run {}: {e}", options.exe.display())))?;
     let mut id = None;
     let mut error = None;
+    let mut pending: Option<String> = None;
     if let Some(out) = child.stdout.take() {
         for line in std::io::BufReader::new(out).lines() {
             let Ok(line) = line else { break };
@@ -314,6 +371,14 @@ pub fn create_session(options: &ServeOptions, plan: &CreatePlan) -> Result<Strin
                 continue;
             };
             match event["type"].as_str() {
+                Some("start") => {
+                    if let Some(started) = event["id"].as_str() {
+                        if let Err(e) = registry.record_placeholder(started, PENDING_KEY) {
+                            tracing::warn!("create {started}: record it as pending: {e}");
+                        }
+                        pending = Some(started.to_string());
+                    }
+                }
                 Some("created") => id = event["id"].as_str().map(str::to_string),
                 Some("error") => {
                     error = Some(CreateFailed {
@@ -330,6 +395,11 @@ pub fn create_session(options: &ServeOptions, plan: &CreatePlan) -> Result<Strin
         }
     }
     let status = child.wait();
+    // A failed create removed its own session; its pending record goes too. A successful
+    // one keeps the record until the caller replaces it (insert, record_pool_member).
+    if let (Some(p), true) = (&pending, id.is_none() || error.is_some()) {
+        let _ = std::fs::remove_file(registry.record_path(p));
+    }
     match (id, error) {
         (Some(id), None) => Ok(id),
         (_, Some(e)) => Err(e),
@@ -375,6 +445,18 @@ struct RegistryState {
     owned: HashMap<String, Owned>,
     /// Creates under way, by key (counted against the limits).
     pending: HashMap<String, usize>,
+    /// `nsbox create` processes running (API creates and pool refills).
+    creates_running: usize,
+}
+
+/// A running `nsbox create`, counted while it lives (see `Registry::creates_running`).
+pub struct CreateInFlight<'a>(&'a Registry);
+
+impl Drop for CreateInFlight<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.creates_running = state.creates_running.saturating_sub(1);
+    }
 }
 
 /// A place under a limit, held while a create runs; given back when dropped.
@@ -425,8 +507,10 @@ impl Registry {
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
-            // A previous server's idle pool members are not adopted: a fresh pool is made.
+            // A previous server's idle pool members are not adopted: a fresh pool is made;
+            // nor are creates it never confirmed to anyone (pending).
             let running = owned.key != POOL_KEY
+                && owned.key != PENDING_KEY
                 && store
                     .read_record(&owned.id)
                     .is_ok_and(|r| store.state(&r) == SessionState::Running);
@@ -473,13 +557,46 @@ impl Registry {
         })
     }
 
+    fn create_started(&self) -> CreateInFlight<'_> {
+        self.lock().creates_running += 1;
+        CreateInFlight(self)
+    }
+
+    /// How many `nsbox create` processes are running for this server.
+    pub fn creates_running(&self) -> usize {
+        self.lock().creates_running
+    }
+
+    /// Removes the sessions of creates that were still pending (their record never replaced):
+    /// what a stopping server does last, and what `adopt` does for a killed one.
+    pub fn remove_pending(&self, store: &SessionStore) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let owned: Option<Owned> = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(owned) = owned.filter(|o| o.key == PENDING_KEY) {
+                let _ = remove_session(store, &owned.id);
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
     /// Records an idle pool member on disk only (so a killed server's pool is cleaned up by
     /// the next one); it is owned, and counted, once claimed.
     pub fn record_pool_member(&self, id: &str) -> std::io::Result<()> {
+        self.record_placeholder(id, POOL_KEY)
+    }
+
+    /// A record on disk only, owned by `key` (`POOL_KEY` or `PENDING_KEY`): never adopted.
+    fn record_placeholder(&self, id: &str, key: &str) -> std::io::Result<()> {
         super::private_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
         let owned = Owned {
             id: id.to_string(),
-            key: POOL_KEY.into(),
+            key: key.into(),
             labels: BTreeMap::new(),
             created: now_secs(),
             expires_at: None,
@@ -626,6 +743,28 @@ mod tests {
             secrets: [("NSBOX_RUN_DIR".to_string(), "/tmp".to_string())].into(),
             ..Default::default()
         };
+        assert!(bad.plan().is_err());
+    }
+
+    #[test]
+    fn credentials_become_flags_with_their_values_in_the_environment() {
+        let req: CreateRequest = serde_json::from_str(
+            r#"{"network": {"mode": "filtered", "allow": ["api.example.com"]},
+                "credentials": {"LLM_KEY": {"value": "sk-s3cr3t", "hosts": ["api.example.com"],
+                "headers": ["x-api-key"]}}}"#,
+        )
+        .unwrap();
+        assert!(req.pool_key().is_none());
+        let plan = req.plan().unwrap();
+        assert!(plan
+            .args
+            .contains(&"--credential=LLM_KEY:x-api-key=api.example.com".to_string()));
+        assert!(plan.args.iter().all(|a| !a.contains("s3cr3t")));
+        assert_eq!(plan.env, vec![("LLM_KEY".into(), "sk-s3cr3t".into())]);
+        let bad: CreateRequest = serde_json::from_str(
+            r#"{"network": {"mode": "filtered"}, "credentials": {"K": {"value": "v", "hosts": ["*.example.com"]}}}"#,
+        )
+        .unwrap();
         assert!(bad.plan().is_err());
     }
 

@@ -77,6 +77,39 @@ pub struct Lifetimes {
     pub ttl: Option<Duration>,
     /// Remove the stopped session this long after it stopped (`--rm`, `--rm-grace`).
     pub remove_after: Option<Duration>,
+    /// What `max_age` of idleness does (`--idle-action`).
+    pub idle_action: IdleAction,
+}
+
+/// What a session idle longer than its `--max-age` does (`--idle-action`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdleAction {
+    /// Stop it, like `nsbox stop` (its processes end; its files stay until `rm`).
+    #[default]
+    Stop,
+    /// Pause it, like `nsbox pause`: it keeps its processes and memory but uses no CPU until
+    /// `nsbox resume` (after which its idle clock starts again).
+    Pause,
+}
+
+impl IdleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdleAction::Stop => "stop",
+            IdleAction::Pause => "pause",
+        }
+    }
+}
+
+impl std::str::FromStr for IdleAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stop" => Ok(IdleAction::Stop),
+            "pause" => Ok(IdleAction::Pause),
+            _ => Err(format!("{s:?} is not an idle action (pause or stop)")),
+        }
+    }
 }
 
 /// Starts a session for `spec`: forks its supervisor, waits until the sandbox is ready.
@@ -257,17 +290,20 @@ fn supervise(
     if let Err(e) = store.write_record(&record) {
         return cleanup(e.to_string());
     }
+    crate::fault::phase("session-recorded", &spec.id);
     let socket_path = store.socket(&spec.id);
     let listener = match listen(&socket_path) {
         Ok(l) => l,
         Err(e) => return cleanup(format!("listen on {}: {e}", socket_path.display())),
     };
     // On failure the handle's drop tears down whatever was made.
-    let handle = match Handle::create(spec) {
+    let mut handle = match Handle::create(spec) {
         Ok(created) => created.handle,
         Err(e) => return cleanup(e.to_string()),
     };
     record.init_pid = handle.pid();
+    // This supervisor serves this one session: its work is the session's.
+    handle.charge_supervisor();
     if let Err(e) = store.write_record(&record) {
         drop(handle);
         return cleanup(e.to_string());
@@ -280,6 +316,7 @@ fn supervise(
     );
     drop(ready);
     tracing::info!(id = %spec.id, "session ready");
+    crate::fault::phase("session-ready", &spec.id);
     // The CLI's and the start-up's code pages are done with (see the function).
     sys::mem::release_code_pages();
 
@@ -297,6 +334,7 @@ fn supervise(
         next_exec: 1,
         ack: Some(ack),
         max_age: lifetimes.max_age,
+        idle_action: lifetimes.idle_action,
         deadline: lifetimes.ttl.map(|ttl| Instant::now() + ttl),
         last_activity: Instant::now(),
         stopping: None,
@@ -381,6 +419,7 @@ struct Daemon<'a> {
     /// `nsbox create` has not confirmed yet.
     ack: Option<OwnedFd>,
     max_age: Option<Duration>,
+    idle_action: IdleAction,
     /// `--ttl`: stopped at this moment, busy or not.
     deadline: Option<Instant>,
     last_activity: Instant,
@@ -411,7 +450,17 @@ impl Policy for Daemon<'_> {
 
     fn before_wait(&mut self) -> Result<(), rustix::io::Errno> {
         if self.stopping.is_none() && self.idle_expired() {
-            self.stop("idle longer than --max-age");
+            match self.idle_action {
+                IdleAction::Stop => self.stop("idle longer than --max-age"),
+                IdleAction::Pause => match self.set_frozen(true) {
+                    Ok(_) => tracing::info!("paused: idle longer than --max-age"),
+                    // Not retried in a loop: the idle clock starts again.
+                    Err(e) => {
+                        tracing::warn!("--idle-action pause: {e}");
+                        self.last_activity = Instant::now();
+                    }
+                },
+            }
         }
         if self.stopping.is_none() && self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.stop("reached its --ttl");
@@ -470,7 +519,7 @@ impl Daemon<'_> {
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()).max(floor));
         let idle = match self.max_age {
-            Some(max_age) if self.execs.is_empty() => Some(
+            Some(max_age) if self.idle_counts() => Some(
                 max_age
                     .saturating_sub(self.last_activity.elapsed())
                     .max(floor),
@@ -485,9 +534,16 @@ impl Daemon<'_> {
 
     fn idle_expired(&self) -> bool {
         match self.max_age {
-            Some(max_age) => self.execs.is_empty() && self.last_activity.elapsed() >= max_age,
+            Some(max_age) => self.idle_counts() && self.last_activity.elapsed() >= max_age,
             None => false,
         }
+    }
+
+    /// Whether the idle clock runs: no command is running, and the session is not already
+    /// paused when idleness would only pause it (a paused session idles on until `resume`,
+    /// which is a request and so restarts the clock; with `stop`, a paused session still stops).
+    fn idle_counts(&self) -> bool {
+        self.execs.is_empty() && !(self.idle_action == IdleAction::Pause && self.record.paused)
     }
 
     /// Processes in the sandbox's cgroup (init included), from its pids controller.
@@ -688,6 +744,22 @@ impl Daemon<'_> {
             uid: self.spec.uid,
             gid: self.spec.gid,
             uid_base: self.spec.uid_base,
+            network: self.spec.network.as_str().to_string(),
+            allow: self
+                .spec
+                .egress
+                .allow
+                .iter()
+                .map(|r| r.text.clone())
+                .collect(),
+            deny: self
+                .spec
+                .egress
+                .deny
+                .iter()
+                .map(|r| r.text.clone())
+                .collect(),
+            writable_root: self.spec.writable_root,
         };
         Ok((info, root, upper))
     }
@@ -789,6 +861,7 @@ impl Daemon<'_> {
         drop(fds);
         match sent {
             Ok(()) => {
+                crate::fault::phase("session-exec-sent", &self.spec.id);
                 let oom_before = self.handle.oom_kills();
                 let cpu_before = self.handle.stats().and_then(|s| s.cpu_usage_usec);
                 self.execs.insert(
@@ -958,6 +1031,7 @@ impl Daemon<'_> {
     /// After the sandbox ended: tell the remaining clients, remove the cgroup and the socket,
     /// record how it ended (or remove everything, for an interrupted create).
     fn finish(&mut self) {
+        crate::fault::phase("session-teardown", &self.spec.id);
         let events = self.handle.stop_network();
         self.log_network(events);
         for (_, state) in std::mem::take(&mut self.execs) {
@@ -987,6 +1061,7 @@ impl Daemon<'_> {
             let _ = self.store.write_record(&self.record);
         }
         tracing::info!(at = now_ns(), "session ended");
+        crate::fault::phase("session-ended", &self.record.id);
         // Clients waiting for the end (`nsbox stop`) see their socket close as we exit.
     }
 }

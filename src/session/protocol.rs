@@ -115,4 +115,13 @@ pub struct SnapshotInfo {
     pub gid: u32,
     /// Host id of the sandbox's root.
     pub uid_base: u32,
+    /// The network policy, for `nsbox fork`: the mode and the patterns as given.
+    #[serde(default)]
+    pub network: String,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub writable_root: bool,
 }

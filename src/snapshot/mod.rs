@@ -83,6 +83,17 @@ pub fn commit(
     name: &str,
     state_root: &Path,
 ) -> Result<Committed, SnapshotError> {
+    commit_with_info(sessions, session, name, state_root).map(|(c, _)| c)
+}
+
+/// [`commit`], also returning what the session's supervisor said about it (its network
+/// policy, for `nsbox fork`).
+pub fn commit_with_info(
+    sessions: &SessionStore,
+    session: &str,
+    name: &str,
+    state_root: &Path,
+) -> Result<(Committed, SnapshotInfo), SnapshotError> {
     let started = Instant::now();
     let tag = crate::image::reference::normalize_name(name).map_err(|e| SnapshotError::Name {
         name: name.to_string(),
@@ -116,7 +127,7 @@ fn commit_in(
     session: &str,
     workdir: &Path,
     started: Instant,
-) -> Result<Committed, SnapshotError> {
+) -> Result<(Committed, SnapshotInfo), SnapshotError> {
     // Frozen from here until `client` is dropped.
     let frozen_at = Instant::now();
     let (info, root, upper) = client.snapshot()?;
@@ -154,12 +165,13 @@ fn commit_in(
     let config_bytes = commit_config(&base_config, &info, &layer.diff_id, session, tag)?;
     // The commit point is the index entry: before it, no image names the layer.
     let record = ingest::store_image_on(store, &base, &layer, config_bytes, tag, None)?;
-    Ok(Committed {
+    let committed = Committed {
         image: record,
         entries: captured.entries,
         frozen_secs,
         seconds: started.elapsed().as_secs_f64(),
-    })
+    };
+    Ok((committed, info))
 }
 
 /// The layer: the upper directory, and /sandbox in whole. Both are read through the
@@ -246,4 +258,178 @@ fn commit_config(
         }
     }
     serde_json::to_vec(&config).map_err(|e| io("write the image config")(std::io::Error::other(e)))
+}
+
+/// What `nsbox fork` was asked for, besides the session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForkRequest {
+    pub count: u32,
+    /// One name per fork, or one name for all (`NAME-1` … `NAME-N`), or none.
+    pub names: Vec<String>,
+    /// A network policy for the forks; none given: the parent's.
+    pub net: Option<String>,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// Further `nsbox create` flags (secrets, environment), given to every fork.
+    pub extra: Vec<String>,
+}
+
+/// Why a fork request is refused before anything is made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ForkError {
+    #[error("--count must be 1 to {MAX_FORKS}, not {0}")]
+    Count(u32),
+    #[error("{given} --name values for --count {count} — hint: give one name per fork, or one name for all (they get -1, -2, … appended)")]
+    Names { given: usize, count: u32 },
+}
+
+/// The most forks one `nsbox fork` makes.
+pub const MAX_FORKS: u32 = 64;
+
+/// The forks' names (None: unnamed), checked against the count.
+pub fn fork_names(req: &ForkRequest) -> Result<Vec<Option<String>>, ForkError> {
+    if req.count == 0 || req.count > MAX_FORKS {
+        return Err(ForkError::Count(req.count));
+    }
+    let n = req.count as usize;
+    Ok(match req.names.len() {
+        0 => vec![None; n],
+        1 if n == 1 => vec![Some(req.names[0].clone())],
+        1 => (1..=n)
+            .map(|i| Some(format!("{}-{i}", req.names[0])))
+            .collect(),
+        given if given == n => req.names.iter().cloned().map(Some).collect(),
+        given => {
+            return Err(ForkError::Names {
+                given,
+                count: req.count,
+            })
+        }
+    })
+}
+
+/// The `nsbox create` arguments of one fork of a session (`parent`, `info` from its
+/// supervisor) stacked on the snapshot image `image`: the parent's profile, limits, user,
+/// writable root and network policy (unless the request gives one), and the request's
+/// extra flags. Secrets are never the parent's: only what `extra` gives again.
+pub fn fork_create_args(
+    req: &ForkRequest,
+    parent: &crate::session::state::SessionRecord,
+    info: &SnapshotInfo,
+    image: &str,
+    name: Option<&str>,
+) -> Vec<String> {
+    let mut args = vec!["create".to_string(), "--image".into(), image.to_string()];
+    if let Some(name) = name {
+        args.extend(["--name".into(), name.to_string()]);
+    }
+    args.extend(["--profile".into(), parent.profile.clone()]);
+    if let Some(m) = parent.memory {
+        args.extend(["--memory".into(), m.to_string()]);
+    }
+    if let Some(c) = parent.cpu_millis {
+        args.extend(["--cpus".into(), format!("{}", c as f64 / 1000.0)]);
+    }
+    if let Some(p) = parent.pids {
+        args.extend(["--pids".into(), p.to_string()]);
+    }
+    args.extend(["--user".into(), format!("{}:{}", info.uid, info.gid)]);
+    if info.writable_root {
+        args.push("--writable-root".into());
+    }
+    let own_policy = req.net.is_some() || !req.allow.is_empty() || !req.deny.is_empty();
+    let (net, allow, deny) = if own_policy {
+        (req.net.clone(), &req.allow, &req.deny)
+    } else {
+        (
+            Some(info.network.clone()).filter(|n| !n.is_empty()),
+            &info.allow,
+            &info.deny,
+        )
+    };
+    if let Some(net) = net {
+        args.extend(["--net".into(), net]);
+    }
+    for a in allow {
+        args.extend(["--allow".into(), a.clone()]);
+    }
+    for d in deny {
+        args.extend(["--deny".into(), d.clone()]);
+    }
+    args.extend(req.extra.iter().cloned());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> SnapshotInfo {
+        SnapshotInfo {
+            image: Some("sha256:x".into()),
+            layers: Vec::new(),
+            env: Vec::new(),
+            workdir: "/sandbox".into(),
+            uid: 1000,
+            gid: 1000,
+            uid_base: 100_000,
+            network: "filtered".into(),
+            allow: vec!["example.com".into()],
+            deny: vec!["bad.example.com".into()],
+            writable_root: true,
+        }
+    }
+
+    fn parent() -> crate::session::state::SessionRecord {
+        let mut r: crate::session::state::SessionRecord = serde_json::from_value(
+            serde_json::json!({"id": "p", "created": 0, "root": "image:x", "profile": "default",
+                "network": "filtered", "uid": 1000, "gid": 1000, "supervisor_pid": 1,
+                "init_pid": 2, "workdir": "/sandbox"}),
+        )
+        .unwrap();
+        r.memory = Some(1 << 30);
+        r.cpu_millis = Some(1500);
+        r
+    }
+
+    #[test]
+    fn names_follow_the_count() {
+        let req = |count, names: &[&str]| ForkRequest {
+            count,
+            names: names.iter().map(|s| s.to_string()).collect(),
+            ..ForkRequest::default()
+        };
+        assert_eq!(fork_names(&req(2, &[])).unwrap(), vec![None, None]);
+        assert_eq!(
+            fork_names(&req(2, &["t"])).unwrap(),
+            vec![Some("t-1".into()), Some("t-2".into())]
+        );
+        assert_eq!(fork_names(&req(1, &["t"])).unwrap(), vec![Some("t".into())]);
+        assert_eq!(
+            fork_names(&req(3, &["a", "b"])),
+            Err(ForkError::Names { given: 2, count: 3 })
+        );
+        assert_eq!(fork_names(&req(0, &[])), Err(ForkError::Count(0)));
+        assert_eq!(fork_names(&req(65, &[])), Err(ForkError::Count(65)));
+    }
+
+    #[test]
+    fn a_fork_gets_the_parents_policy_unless_given_and_never_its_secrets() {
+        let inherited = fork_create_args(&ForkRequest::default(), &parent(), &info(), "img", None);
+        let text = inherited.join(" ");
+        assert!(text.contains("--net filtered --allow example.com --deny bad.example.com"));
+        assert!(text.contains("--memory 1073741824 --cpus 1.5"), "{text}");
+        assert!(text.contains("--writable-root"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+        let own = ForkRequest {
+            net: Some("none".into()),
+            extra: vec!["--secret".into(), "K=v".into()],
+            ..ForkRequest::default()
+        };
+        let text = fork_create_args(&own, &parent(), &info(), "img", Some("f")).join(" ");
+        assert!(text.contains("--name f"), "{text}");
+        assert!(text.contains("--net none"), "{text}");
+        assert!(!text.contains("example.com"), "{text}");
+        assert!(text.ends_with("--secret K=v"), "{text}");
+    }
 }

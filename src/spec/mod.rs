@@ -316,7 +316,15 @@ impl SandboxSpec {
 
         let seccomp = load_seccomp(&profile.seccomp)?;
         let (network, mut egress) = network_policy(&req, profile)?;
-        if !req.credentials.is_empty() {
+        // The profile's (and the config's) bindings, then the flags'; a flag's binding of a
+        // NAME replaces the profile's.
+        let mut entries: Vec<&String> = Vec::new();
+        for entry in profile.network_credentials.iter().chain(&req.credentials) {
+            let name = |e: &str| e.split(['=', ':']).next().unwrap_or_default().to_string();
+            entries.retain(|e| name(e) != name(entry));
+            entries.push(entry);
+        }
+        if !entries.is_empty() {
             if network != NetworkMode::Filtered {
                 return Err(SpecError::Invalid(format!(
                     "--credential applies to --net filtered (the proxy injects the value), but the network is '{}' — hint: add --net filtered and --allow for its hosts",
@@ -324,7 +332,7 @@ impl SandboxSpec {
                 )));
             }
             let mut bindings = Vec::new();
-            for entry in &req.credentials {
+            for entry in entries {
                 let c = crate::net::credential::Credential::parse(entry, host_env)?;
                 if let Some(host) = c
                     .hosts
@@ -767,6 +775,34 @@ mod tests {
         let creds = s.egress.credentials.as_ref().unwrap();
         assert!(creds.binds("api.example.com") && !creds.binds("other.example.com"));
         assert!(!format!("{:?}", s.egress).contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn a_profiles_credentials_apply_and_a_flag_replaces_one_by_name() {
+        if !std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+            return; // No system roots to trust upstream hosts with here.
+        }
+        let mut profile = Profile::default_profile().unwrap();
+        profile.network = NetworkMode::Filtered;
+        profile.network_allow = vec!["api.example.com".into(), "b.example.com".into()];
+        profile.network_credentials = vec!["TOKEN=api.example.com".into()];
+        let env = BTreeMap::from([
+            ("TOKEN".to_string(), "s3cr3t-value".to_string()),
+            ("OTHER".to_string(), "0ther-value".to_string()),
+        ]);
+        let s = SandboxSpec::build(req(&["env"]), &profile, &env).unwrap();
+        let creds = s.egress.credentials.as_ref().unwrap();
+        assert!(creds.binds("api.example.com") && !creds.binds("b.example.com"));
+        let mut r = req(&["env"]);
+        r.credentials = vec![
+            "TOKEN:x-api-key=b.example.com".into(),
+            "OTHER=b.example.com".into(),
+        ];
+        let s = SandboxSpec::build(r, &profile, &env).unwrap();
+        let creds = s.egress.credentials.as_ref().unwrap();
+        assert_eq!(creds.bindings.len(), 2);
+        assert!(!creds.binds("api.example.com") && creds.binds("b.example.com"));
+        assert_eq!(creds.bindings[0].headers, ["x-api-key"]);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! serve` on loopback with only `E2B_API_URL`, `E2B_SANDBOX_URL` and `E2B_API_KEY` set.
 //!
 //! The SDK lives in a private virtual environment at `.venv-e2b` in the repository, made by
-//! .ci/run (`python3 -m venv .venv-e2b && .venv-e2b/bin/pip install e2b`). Without it the
-//! tests skip loudly, or fail under NSBOX_TEST_REQUIRE_ROOT=1 (as in CI).
+//! .ci/run (`python3 -m venv .venv-e2b && .venv-e2b/bin/pip install e2b`); the JS SDK (`e2b`
+//! from npm) in `.npm-e2b/node_modules`, also made by .ci/run. Without them the tests skip
+//! loudly, or fail under NSBOX_TEST_REQUIRE_ROOT=1 (as in CI).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -29,22 +30,69 @@ fn sdk_python(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The directory with the JS SDK in its node_modules, if .ci/run (or a developer) made it.
+fn sdk_js(test: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".npm-e2b");
+    if dir.join("node_modules/e2b/package.json").exists() {
+        return Some(dir);
+    }
+    let how = "make it with `mkdir -p .npm-e2b && cd .npm-e2b && npm install e2b` in the repository (.ci/run does)";
+    if std::env::var("NSBOX_TEST_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!(
+            "{test}: the E2B JS SDK in {} is missing — {how}",
+            dir.display()
+        );
+    }
+    eprintln!("SKIP {test}: no E2B JS SDK in {} — {how}", dir.display());
+    None
+}
+
 /// `nsbox serve` on a loopback port of its own, with a state root of its own.
 struct Server {
     child: Option<Child>,
     dir: tempfile::TempDir,
     url: String,
+    /// The network namespace (under /run/netns) the server and the SDK programs run in.
+    netns: Option<String>,
+}
+
+/// `cmd` run in network namespace `netns` (`nsenter --net`), or as it is.
+fn in_netns(cmd: Command, netns: Option<&str>) -> Command {
+    let Some(ns) = netns else {
+        return cmd;
+    };
+    let mut wrapped = Command::new("nsenter");
+    wrapped
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
 }
 
 impl Server {
     fn start() -> Server {
+        Server::start_in(None, &[])
+    }
+
+    /// The server in network namespace `netns`, with more `nsbox` flags (`--config`) first.
+    fn start_in(netns: Option<&str>, flags: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("nsbox-e2b-")
             .tempdir()
             .unwrap();
         let state = dir.path().join("state");
         let socket = dir.path().join("serve.sock");
-        let mut child = nsbox_cmd(&[
+        let mut args = flags.to_vec();
+        args.extend_from_slice(&[
             "--state-root",
             state.to_str().unwrap(),
             "serve",
@@ -52,12 +100,13 @@ impl Server {
             socket.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start nsbox serve");
+        ]);
+        let mut child = in_netns(nsbox_cmd(&args), netns)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nsbox serve");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -69,6 +118,7 @@ impl Server {
             child: Some(child),
             dir,
             url,
+            netns: netns.map(str::to_string),
         }
     }
 
@@ -90,9 +140,23 @@ impl Server {
 
     /// Runs a Python program with the SDK pointed at this server; its last stdout line is JSON.
     fn sdk(&self, python: &PathBuf, key: &str, program: &str) -> serde_json::Value {
-        let out = Command::new(python)
-            .args(["-c", program])
-            .env("E2B_API_URL", &self.url)
+        let mut cmd = Command::new(python);
+        cmd.args(["-c", program]);
+        self.run_sdk(cmd, key)
+    }
+
+    /// Runs a JavaScript module with the JS SDK (resolved from `dir`'s node_modules) pointed at
+    /// this server; its last stdout line is JSON.
+    fn sdk_js(&self, dir: &PathBuf, key: &str, program: &str) -> serde_json::Value {
+        let mut cmd = Command::new("node");
+        cmd.args(["--input-type=module", "-e", program])
+            .current_dir(dir);
+        self.run_sdk(cmd, key)
+    }
+
+    fn run_sdk(&self, mut cmd: Command, key: &str) -> serde_json::Value {
+        cmd.env("E2B_API_URL", &self.url);
+        let out = in_netns(cmd, self.netns.as_deref())
             .env("E2B_SANDBOX_URL", &self.url)
             .env("E2B_API_KEY", key)
             .env_remove("E2B_DOMAIN")
@@ -547,9 +611,7 @@ out = {}
 sbx = Sandbox.create(timeout=60)
 h = sbx.commands.run("sleep 5", background=True)
 for name, f in [("connect", lambda: sbx.commands.connect(h.pid).wait()),
-                ("pty", lambda: sbx.pty.create(size=__import__("e2b").PtySize(rows=24, cols=80))),
-                ("pause", lambda: sbx.pause()),
-                ("list_depth", lambda: sbx.files.list("/sandbox", depth=3)),
+                ("pause_filesystem", lambda: sbx.pause(mode="filesystem")),
                 ("read_root", lambda: sbx.files.read("/etc/hostname", user="root")),
                 ("metrics", lambda: sbx.get_metrics())]:
     try:
@@ -563,8 +625,8 @@ print(json.dumps(out))
 "#;
 
 /// What nsbox does not serve fails at once with the SDK's own error and a message saying so
-/// (never a hang or a silent success): reattaching to a command, PTYs, pause, deep listings,
-/// running as root.
+/// (never a hang or a silent success): reattaching to a command, a filesystem-only
+/// pause (nsbox's pause keeps memory), running as root.
 #[test]
 fn e2b_unserved_features_fail_with_the_sdks_errors() {
     require_root!();
@@ -574,7 +636,7 @@ fn e2b_unserved_features_fail_with_the_sdks_errors() {
     let server = Server::start();
     let key = server.key("e2b");
     let out = server.sdk(&python, &key, SDK_UNSERVED);
-    for name in ["connect", "pty", "pause", "list_depth", "read_root"] {
+    for name in ["connect", "pause_filesystem", "read_root"] {
         assert_eq!(out[name][0], "SandboxException", "{name}: {out}");
         let message = out[name][1].as_str().unwrap();
         assert!(
@@ -583,4 +645,379 @@ fn e2b_unserved_features_fail_with_the_sdks_errors() {
         );
     }
     assert_eq!(out["metrics"], serde_json::json!(["ok", "[]"]));
+}
+
+const SDK_PAUSE: &str = r#"
+import json, os, subprocess
+from e2b import Sandbox, SandboxQuery, SandboxState
+
+def ps():
+    out = subprocess.run([os.environ["NSBOX_BIN"], "ps", "--json"], capture_output=True, check=True)
+    return {r["id"]: r["state"] for r in json.loads(out.stdout)}
+
+def states(*wanted):
+    q = SandboxQuery(state=list(wanted))
+    return [s.sandbox_id for s in Sandbox.list(query=q).next_items()]
+
+out = {}
+sbx = Sandbox.create(timeout=120)
+sid = sbx.sandbox_id
+# A process that counts on: its count carries on after the resume (memory kept).
+sbx.commands.run("i=0; while :; do i=$((i+1)); echo $i > /sandbox/count; sleep 0.05; done", background=True)
+sbx.commands.run("mkdir -p t/a/b && echo x > t/a/b/deep.txt && echo y > t/top.txt")
+out["depth1"] = sorted(e.path for e in sbx.files.list("t"))
+out["depth3"] = sorted(e.path for e in sbx.files.list("t", depth=3))
+w = sbx.files.watch_dir("t", recursive=True)
+sbx.commands.run("echo z > t/a/b/new.txt && mkdir t/a/c")
+first = sorted(set(e.name for e in w.get_new_events() if e.type.name == "CREATE"))
+# t/a/c is watched from the poll that reported it on.
+sbx.commands.run("echo w > t/a/c/in-new.txt")
+second = sorted(set(e.name for e in w.get_new_events() if e.type.name == "CREATE"))
+w.stop()
+out["rwatch"] = [first, second]
+out["pause"] = [sbx.pause(), sbx.pause()]
+out["ps_state"] = ps().get(sid)
+out["info_state"] = sbx.get_info().state.value
+out["listed"] = [sid in states(SandboxState.PAUSED), sid in states(SandboxState.RUNNING)]
+out["is_running"] = sbx.is_running()
+try:
+    sbx.commands.run("true")
+    out["run_paused"] = "ran"
+except Exception as e:
+    out["run_paused"] = type(e).__name__
+again = Sandbox.connect(sid)
+out["after"] = [ps().get(sid), again.get_info().state.value, again.is_running()]
+before = int(again.files.read("/sandbox/count"))
+again.commands.run("sleep 0.3")
+out["counting"] = int(again.files.read("/sandbox/count")) > before
+again.kill()
+print(json.dumps(out))
+"#;
+
+/// E2B's pause is nsbox's freezer: `pause()` freezes the sandbox (a second pause answers
+/// False), `nsbox ps` and the SDK show it paused, in-sandbox calls see it not running, and
+/// `Sandbox.connect` resumes it with its processes carrying on. `files.list(depth=3)` lists
+/// the tree under a directory with full paths; a recursive `watch_dir` sees changes in
+/// subdirectories, also in one made after the watch began.
+#[test]
+fn e2b_sdk_pause_resume_and_recursive_files() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_pause_resume_and_recursive_files") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_PAUSE);
+    assert_eq!(
+        out["depth1"],
+        serde_json::json!(["/sandbox/t/a", "/sandbox/t/top.txt"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["depth3"],
+        serde_json::json!([
+            "/sandbox/t/a",
+            "/sandbox/t/a/b",
+            "/sandbox/t/a/b/deep.txt",
+            "/sandbox/t/top.txt"
+        ]),
+        "{out}"
+    );
+    assert_eq!(
+        out["rwatch"],
+        serde_json::json!([["a/b/new.txt", "a/c"], ["a/c/in-new.txt"]]),
+        "{out}"
+    );
+    assert_eq!(out["pause"], serde_json::json!([true, false]), "{out}");
+    assert_eq!(out["ps_state"], "paused", "{out}");
+    assert_eq!(out["info_state"], "paused", "{out}");
+    assert_eq!(out["listed"], serde_json::json!([true, false]), "{out}");
+    assert_eq!(out["is_running"], false, "{out}");
+    assert_ne!(out["run_paused"], "ran", "{out}");
+    assert_eq!(
+        out["after"],
+        serde_json::json!(["running", "running", true]),
+        "{out}"
+    );
+    assert_eq!(out["counting"], true, "{out}");
+}
+
+const JS_FLOW: &str = r#"
+import { Sandbox } from 'e2b'
+const out = {}
+const sbx = await Sandbox.create({ timeoutMs: 60000, metadata: { job: 'js' }, envs: { GREETING: 'hello' } })
+let seen = ''
+const r = await sbx.commands.run('echo hi; echo $GREETING', { onStdout: (d) => { seen += d } })
+out.run = [r.stdout, r.exitCode, seen]
+try { await sbx.commands.run('echo no >&2; exit 5'); out.exit = 'none' } catch (e) { out.exit = [e.constructor.name, e.exitCode, e.stderr] }
+await sbx.files.write('js/a.txt', 'from js\n')
+out.read = await sbx.files.read('js/a.txt')
+out.list = (await sbx.files.list('js')).map((e) => e.name)
+const h = await sbx.commands.run('sleep 30', { background: true })
+out.kill = await h.kill()
+out.listed = (await Sandbox.list().nextItems()).map((s) => s.sandboxId).includes(sbx.sandboxId)
+out.metadata = (await sbx.getInfo()).metadata
+out.pause = await sbx.pause()
+const again = await Sandbox.connect(sbx.sandboxId)
+out.resumed = (await again.commands.run('echo resumed')).stdout
+out.killed = await sbx.kill()
+try { await sbx.commands.run('true'); out.after_kill = 'ran' } catch (e) { out.after_kill = e.constructor.name }
+console.log(JSON.stringify(out))
+"#;
+
+/// The JS SDK (`e2b` from npm) drives the same server: streamed output, a failing command's
+/// `CommandExitError`, files, a background command's kill, list, metadata, pause and
+/// connect-resumes, kill, and a killed sandbox's error.
+#[test]
+fn e2b_js_sdk_drives_a_sandbox() {
+    require_root!();
+    let Some(dir) = sdk_js("e2b_js_sdk_drives_a_sandbox") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b-js");
+    let out = server.sdk_js(&dir, &key, JS_FLOW);
+    assert_eq!(
+        out["run"],
+        serde_json::json!(["hi\nhello\n", 0, "hi\nhello\n"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["exit"],
+        serde_json::json!(["CommandExitError", 5, "no\n"]),
+        "{out}"
+    );
+    assert_eq!(out["read"], "from js\n", "{out}");
+    assert_eq!(out["list"], serde_json::json!(["a.txt"]), "{out}");
+    assert_eq!(out["kill"], true, "{out}");
+    assert_eq!(out["listed"], true, "{out}");
+    assert_eq!(out["metadata"], serde_json::json!({"job": "js"}), "{out}");
+    assert_eq!(out["pause"], true, "{out}");
+    assert_eq!(out["resumed"], "resumed\n", "{out}");
+    assert_eq!(out["killed"], true, "{out}");
+    assert_eq!(out["after_kill"], "SandboxNotFoundError", "{out}");
+}
+
+const SDK_WORLD: &str = r#"
+import json
+from e2b import Sandbox, ALL_TRAFFIC, CommandExitException
+
+out = {}
+sbx = Sandbox.create(timeout=120, network={"allow_out": ["web.allowed.example", "203.0.113.40"], "deny_out": [ALL_TRAFFIC]})
+run = lambda c, **k: sbx.commands.run(c, timeout=60, **k)
+out["allowed"] = run("curl -sS -m 10 http://web.allowed.example/").stdout
+out["other_name"] = run("curl -sS -m 10 http://other.example/ >/dev/null 2>&1 && echo reached || echo refused").stdout
+out["other_addr"] = run("curl -sS -m 10 http://203.0.113.20/ >/dev/null 2>&1 && echo reached || echo refused").stdout
+
+# The pipeline (plain TCP goes by address on nsbox's filtered network, names are for
+# HTTP(S)): clone from the git server in the fake internet, branch, edit, a failing then
+# a passing test step, commit -F, push; output streamed.
+git = "git -c user.name=Agent -c user.email=agent@example.invalid"
+streamed = []
+# The git daemon may still be starting: a bounded retry, not a timing.
+run("for i in $(seq 1 100); do git clone -q git://203.0.113.40/app.git app && exit 0; rm -rf app; sleep 0.1; done; exit 1")
+run("git checkout -q -b fix", cwd="/sandbox/app")
+try:
+    run("sh test.sh", cwd="/sandbox/app", on_stdout=lambda s: streamed.append(s))
+    out["first_test"] = "passed"
+except CommandExitException as e:
+    out["first_test"] = [e.exit_code, e.stdout]
+sbx.files.write("/sandbox/app/value.txt", "42\n")
+r = run("sh test.sh", cwd="/sandbox/app", on_stdout=lambda s: streamed.append(s))
+out["second_test"] = [r.exit_code, r.stdout]
+sbx.files.write("/sandbox/msg.txt", "Fix the value\n\nThe test wants 42.\n")
+run(git + " commit -q -a -F /sandbox/msg.txt && " + git + " push -q origin fix", cwd="/sandbox/app")
+out["streamed"] = "".join(streamed)
+sbx.kill()
+
+sbx = Sandbox.create(allow_internet_access=False)
+out["no_internet"] = sbx.commands.run("curl -sS -m 10 http://203.0.113.10/ >/dev/null 2>&1 && echo reached || echo refused").stdout
+sbx.kill()
+print(json.dumps(out))
+"#;
+
+/// Two scenarios through the SDK inside the fake internet of namespaces (networld.rs):
+/// egress — an allow-list reaches the allowed name and nothing else (another name, a bare
+/// address), no internet access reaches nothing; and a git pipeline — clone from a git server
+/// in the fake internet, branch, a failing then passing test step with streamed output, an
+/// edit through `files.write`, `git commit -F`, push; the server's repository has the commit.
+#[test]
+fn e2b_sdk_egress_and_git_pipeline_in_the_fake_internet() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_egress_and_git_pipeline_in_the_fake_internet") else {
+        return;
+    };
+    let mut w = crate::networld::World::start();
+    // A bare repository with one commit, served by git daemon (push allowed) on TCP4.
+    let repos = w.dir.path().join("git");
+    let seed = w.dir.path().join("seed");
+    let sh = |script: &str| {
+        let out = Command::new("sh").args(["-c", script]).output().unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let git = "git -c user.name=Test -c user.email=test@example.invalid -c init.defaultBranch=main";
+    sh(&format!(
+        "set -e; {git} init -q --bare {r}/app.git; {git} init -q {s}; cd {s}; \
+         printf '0\\n' > value.txt; \
+         printf 'v=$(cat value.txt); echo value $v; [ \"$v\" = 42 ] || {{ echo want 42; exit 1; }}\\n' > test.sh; \
+         {git} add .; {git} commit -q -m start; {git} push -q {r}/app.git HEAD:main",
+        r = repos.display(),
+        s = seed.display()
+    ));
+    let inet = w.inet_ns.clone();
+    let daemon = format!(
+        "echo ready; exec git daemon --reuseaddr --export-all --enable=receive-pack --listen={} --base-path={} {}",
+        crate::networld::TCP4,
+        repos.display(),
+        repos.display()
+    );
+    w.spawn_server(&inet, &["sh", "-c", &daemon]);
+    let config = w.dir.path().join("nsbox.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pull]\npolicy = \"never\"\n[defaults.network]\ndns_upstream = [\"{}\"]\n",
+            crate::networld::DNS
+        ),
+    )
+    .unwrap();
+    let host = w.host_ns.clone();
+    let server = Server::start_in(Some(&host), &["--config", config.to_str().unwrap()]);
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_WORLD);
+    assert_eq!(out["allowed"], "hello from the fake internet\n", "{out}");
+    assert_eq!(out["other_name"], "refused\n", "{out}");
+    assert_eq!(out["other_addr"], "refused\n", "{out}");
+    assert_eq!(out["no_internet"], "refused\n", "{out}");
+    assert_eq!(
+        out["first_test"],
+        serde_json::json!([1, "value 0\nwant 42\n"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["second_test"],
+        serde_json::json!([0, "value 42\n"]),
+        "{out}"
+    );
+    assert_eq!(out["streamed"], "value 0\nwant 42\nvalue 42\n", "{out}");
+    let log = sh(&format!(
+        "git --git-dir={}/app.git log --format='%s|%b|%an' fix",
+        repos.display()
+    ));
+    assert!(
+        log.starts_with("Fix the value|The test wants 42.\n|Agent"),
+        "{log}"
+    );
+}
+
+const SDK_PTY: &str = r#"
+import json
+from e2b import Sandbox, PtySize, CommandExitException
+out = {}
+sbx = Sandbox.create(timeout=60, envs={"TOKEN": "x"})
+def run(h):
+    data = []
+    try:
+        h.wait(on_pty=lambda d: data.append(d))
+        code = 0
+    except CommandExitException as e:
+        code = e.exit_code
+    return [code, b"".join(data).decode(errors="replace")]
+h = sbx.pty.create(PtySize(rows=24, cols=80))
+sbx.pty.send_stdin(h.pid, b"stty size; tty; exit 3\n")
+out["first"] = run(h)
+# The resize is applied before input sent after it is written (one ordered channel).
+h = sbx.pty.create(PtySize(rows=24, cols=80))
+sbx.pty.resize(h.pid, PtySize(rows=30, cols=100))
+sbx.pty.send_stdin(h.pid, b"stty size; exit\n")
+out["resized"] = run(h)
+sbx.kill()
+print(json.dumps(out))
+"#;
+
+/// `pty.create` runs a shell on a terminal of the asked size (the supervisor's pty, read and
+/// written from outside): input reaches it, `pty.resize` changes its size, its exit code
+/// ends the handle.
+#[test]
+fn e2b_sdk_pty_create_input_resize() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_pty_create_input_resize") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_PTY);
+    assert_eq!(out["first"][0], 3, "{out}");
+    let first = out["first"][1].as_str().unwrap();
+    assert!(first.contains("24 80\r\n"), "{first:?}");
+    assert!(first.contains("/dev/pts/"), "{first:?}");
+    assert_eq!(out["resized"][0], 0, "{out}");
+    let resized = out["resized"][1].as_str().unwrap();
+    assert!(resized.contains("30 100\r\n"), "{resized:?}");
+}
+
+const SDK_SNAPSHOT: &str = r#"
+import json
+from e2b import Sandbox, SandboxException
+out = {}
+sbx = Sandbox.create(template="e2bbase:1", timeout=60)
+sbx.files.write("/sandbox/state.txt", "before the snapshot\n")
+snap = sbx.create_snapshot()
+out["names"] = snap.names == [snap.snapshot_id]
+sbx.kill()
+copy = Sandbox.create(template=snap.snapshot_id, timeout=60)
+out["copied"] = copy.files.read("/sandbox/state.txt")
+out["template"] = copy.get_info().template_id == snap.snapshot_id
+copy.kill()
+host = Sandbox.create(timeout=60)
+try:
+    host.create_snapshot()
+    out["host_root"] = "snapshotted"
+except SandboxException as e:
+    out["host_root"] = [type(e).__name__, "image" in str(e)]
+host.kill()
+print(json.dumps(out))
+"#;
+
+/// `create_snapshot` is `nsbox commit`: the sandbox's files become an image whose name is a
+/// template, and a sandbox created from it has them; a sandbox on the host's root (no image
+/// to stack on) is refused with the SDK's error and a message.
+#[test]
+fn e2b_sdk_snapshot_is_an_image_template() {
+    use crate::oci_build::{base_layer, Comp, Layout};
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_snapshot_is_an_image_template") else {
+        return;
+    };
+    let server = Server::start();
+    let layout_dir = server.dir.path().join("layout");
+    let mut layout = Layout::new(&layout_dir);
+    layout.image(
+        Some("1"),
+        &[(base_layer(), Comp::Gzip)],
+        serde_json::json!({"Env": ["PATH=/bin"]}),
+    );
+    let state = server.dir.path().join("state");
+    let out = nsbox_cmd(&[
+        "--state-root",
+        state.to_str().unwrap(),
+        "load",
+        layout_dir.to_str().unwrap(),
+        "--tag",
+        "e2bbase:1",
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_SNAPSHOT);
+    assert_eq!(out["names"], true, "{out}");
+    assert_eq!(out["copied"], "before the snapshot\n", "{out}");
+    assert_eq!(out["template"], true, "{out}");
+    assert_eq!(
+        out["host_root"],
+        serde_json::json!(["SandboxException", true]),
+        "{out}"
+    );
 }

@@ -1472,3 +1472,67 @@ fn serve_second_server_on_the_same_state_refuses() {
         "the first server still serves"
     );
 }
+
+/// One keep-alive connection: `refused` is sent with its body arriving only after the
+/// headers (as a slow or pooled client sends it), then a health check on the same
+/// connection. Both must be answered: a server that answered before reading the body would
+/// have the connection closed under it (hyper does so) and the second request would fail.
+fn refused_then_good(mut conn: impl std::io::Read + std::io::Write, refused: &str) -> String {
+    let body = r#"{"argv":["true"],"signal":"TERM"}"#;
+    write!(
+        conn,
+        "{refused} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    conn.flush().unwrap();
+    // Not a timed assertion: only makes the body a separate read on the server's side.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    conn.write_all(body.as_bytes()).unwrap();
+    conn.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text
+}
+
+/// Every /v1 refusal (no key, unknown sandbox, unknown command, unknown route) reads the
+/// request body first, so a keep-alive client's next request on the connection is answered.
+#[test]
+fn serve_early_refusals_keep_the_connection_usable() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let (code, _, body) = server.local(&["-XPOST", "http://x/v1/sandboxes", "-d", "{}"]);
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let refusals = [
+        "POST /v1/sandboxes/nope/commands".to_string(),
+        format!("POST /v1/sandboxes/{id}/commands/nope/signal"),
+        format!("POST /v1/sandboxes/{id}/commands/nope/stdin"),
+        "PUT /v1/sandboxes/nope/files?path=/x".to_string(),
+        format!("PUT /v1/sandboxes/{id}/files"),
+        "POST /v1/nothing-here".to_string(),
+    ];
+    for refused in &refusals {
+        let conn = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+        let text = refused_then_good(conn, refused);
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{refused}:\n{text}");
+        let last = text.rsplit("HTTP/1.1 ").next().unwrap();
+        assert!(
+            last.starts_with("200") && last.contains("ok"),
+            "{refused}:\n{text}"
+        );
+    }
+    // Over TCP without a key: the 401 too.
+    let conn = std::net::TcpStream::connect(&server.tcp).unwrap();
+    let text = refused_then_good(conn, "POST /v1/sandboxes");
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
+    assert_eq!(
+        server.recorded(),
+        std::slice::from_ref(&id),
+        "nothing else made"
+    );
+    let (code, _, _) = server.local(&["-XDELETE", &format!("http://x/v1/sandboxes/{id}")]);
+    assert_eq!(code, 200);
+}

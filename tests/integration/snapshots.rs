@@ -145,6 +145,43 @@ fn pause_freezes_cpu_refuses_exec_and_resume_continues() {
 }
 
 #[test]
+fn idle_action_pause_pauses_an_idle_session_and_resume_continues() {
+    require_root!();
+    let ctx = StoreCtx::new();
+    let s = Session::create(
+        &ctx,
+        "snap-idle",
+        &["--max-age", "1s", "--idle-action", "pause"],
+    );
+    let marker = format!("sleep 3{}", std::process::id() % 10000 + 1);
+    assert_eq!(s.sh(&format!("nohup {marker} >/dev/null 2>&1 &")).code, 0);
+    assert!(eventually(10.0, || !host_processes_matching(&marker).is_empty()));
+    // Idle past --max-age: paused, not stopped; its process is still there.
+    assert!(eventually(30.0, || s.state() == "paused"), "{}", s.state());
+    assert!(!host_processes_matching(&marker).is_empty());
+    let refused = s.sh("true");
+    assert!(refused.stderr.contains("nsbox resume"), "{refused:?}");
+    // Resume restarts the idle clock: it runs commands again, and stays a session.
+    ctx.ok(&["resume", &s.name]);
+    assert_eq!(s.sh("echo back").stdout, "back\n");
+    assert!(!host_processes_matching(&marker).is_empty());
+    assert!(eventually(30.0, || s.state() == "paused"), "{}", s.state());
+    ctx.ok(&["resume", &s.name]);
+    assert_eq!(s.state(), "running");
+
+    // The default (and `stop`) still stops it; an unknown action is a usage error.
+    let stopped = Session::create(&ctx, "snap-idle-stop", &["--max-age", "1s"]);
+    assert!(
+        eventually(30.0, || stopped.state() == "stopped"),
+        "{}",
+        stopped.state()
+    );
+    let bad = ctx.run(&["create", "--idle-action", "sleep"]);
+    assert_ne!(bad.code, 0, "{bad:?}");
+    assert!(bad.stderr.contains("pause"), "{bad:?}");
+}
+
+#[test]
 fn rm_of_a_paused_session_leaves_nothing() {
     require_root!();
     let ctx = StoreCtx::new();
@@ -378,4 +415,127 @@ fn sandbox_dir_label_on_a_symlink_is_refused() {
     assert_ne!(r.code, 0, "{r:?}");
     assert!(!r.stdout.contains("wrote"), "{r:?}");
     assert!(r.stderr.contains("symbolic link"), "{r:?}");
+}
+
+/// A session's fields in `nsbox ps --json`, by id or name.
+fn ps_row(ctx: &StoreCtx, who: &str) -> serde_json::Value {
+    let out = ctx.ok(&["ps", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == who || r["id"] == who)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
+    require_root!();
+    let ctx = store_with_base();
+    let parent = Session::create(
+        &ctx,
+        "snap-fork",
+        &[
+            "--image",
+            "base:1",
+            "--writable-root",
+            "-u",
+            "0:0",
+            "--net",
+            "filtered",
+            "--allow",
+            "192.0.2.1",
+            "--secret",
+            "API_TOKEN=tok-27182818",
+        ],
+    );
+    let made = parent.sh("mkdir -p /sandbox/w && echo parent > /sandbox/w/f \
+         && echo root > /data/new && { nohup sleep 3217 >/dev/null 2>&1 & }");
+    assert_eq!(made.code, 0, "{made:?}");
+    let forks_name = format!("{}-f", parent.name);
+    let out = ctx.run(&["fork", &parent.name, "--count", "2", "--name", &forks_name]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("not carried over"), "{out:?}");
+    let ids: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), 2, "{out:?}");
+    let forks: Vec<Session<'_>> = (1..=2)
+        .map(|i| Session {
+            ctx: &ctx,
+            name: format!("{forks_name}-{i}"),
+        })
+        .collect();
+    for f in &forks {
+        // The parent's files, in /sandbox and in its root; none of its processes or secrets.
+        let seen = f.sh("cat /sandbox/w/f /data/new; echo \"token=$API_TOKEN\"; \
+             for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | grep -c '^sleep$'");
+        assert_eq!(seen.stdout, "parent\nroot\ntoken=\n0\n", "{seen:?}");
+        let row = ps_row(&ctx, &f.name);
+        assert_eq!(row["network"], "filtered", "{row}");
+    }
+    // Writes diverge: each fork's, and the parent's after the fork, are its own.
+    assert_eq!(forks[0].sh("echo one > /sandbox/w/f").code, 0);
+    assert_eq!(forks[1].sh("echo two > /data/new").code, 0);
+    assert_eq!(parent.sh("echo later > /sandbox/w/g").code, 0);
+    assert_eq!(
+        parent.sh("cat /sandbox/w/f /data/new").stdout,
+        "parent\nroot\n"
+    );
+    assert_eq!(forks[1].sh("cat /sandbox/w/f").stdout, "parent\n");
+    assert_eq!(forks[0].sh("cat /data/new").stdout, "root\n");
+    assert_ne!(forks[0].sh("cat /sandbox/w/g").code, 0);
+    assert_eq!(parent.state(), "running");
+
+    // A policy and secrets given to fork are the forks'.
+    let own = ctx.run(&[
+        "fork",
+        &parent.name,
+        "--name",
+        &format!("{forks_name}-own"),
+        "--net",
+        "none",
+        "--secret",
+        "API_TOKEN=mine",
+    ]);
+    assert_eq!(own.code, 0, "{own:?}");
+    let own_fork = Session {
+        ctx: &ctx,
+        name: format!("{forks_name}-own"),
+    };
+    assert_eq!(ps_row(&ctx, &own_fork.name)["network"], "none");
+    assert_eq!(own_fork.sh("echo $API_TOKEN").stdout, "***\n");
+
+    // Removing the parent first leaves the forks working; then nothing is left.
+    let parent_id = parent.id();
+    drop(parent);
+    assert_eq!(forks[1].sh("cat /sandbox/w/f").stdout, "parent\n");
+    let fork_ids: Vec<String> = forks.iter().map(|f| f.id()).collect();
+    drop(forks);
+    drop(own_fork);
+    for id in fork_ids.iter().chain([&parent_id]) {
+        assert!(leftover_cgroups(id).is_empty(), "{id}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(id.as_str()), "{id} still mounted");
+    }
+    ctx.ok(&["prune"]);
+    let images = ctx.ok(&["images"]);
+    assert!(!images.contains("nsbox-fork"), "{images}");
+}
+
+#[test]
+fn fork_of_a_missing_session_or_a_bad_count_fails_clearly() {
+    require_root!();
+    let ctx = StoreCtx::new();
+    let missing = ctx.run(&["fork", "no-such-session-xyz"]);
+    assert_ne!(missing.code, 0, "{missing:?}");
+    assert!(
+        missing.stderr.contains("no-such-session-xyz"),
+        "{missing:?}"
+    );
+    let zero = ctx.run(&["fork", "no-such-session-xyz", "--count", "0"]);
+    assert_eq!(zero.code, 121, "{zero:?}");
+    assert!(zero.stderr.contains("--count"), "{zero:?}");
+    let names = ctx.run(&["fork", "x", "--count", "3", "--name", "a", "--name", "b"]);
+    assert_eq!(names.code, 121, "{names:?}");
+    assert!(names.stderr.contains("one name per fork"), "{names:?}");
 }

@@ -26,7 +26,7 @@ pub(super) fn read_tail(path: &std::path::Path, cap: usize) -> Result<Vec<u8>, A
 impl Server {
     pub(super) async fn files(
         &self,
-        req: Request<Incoming>,
+        req: Req,
         id: &str,
         rest: &[&str],
         path: String,

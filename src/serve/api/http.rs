@@ -4,6 +4,17 @@ use super::*;
 
 pub(in crate::serve) type RespBody = BoxBody<Bytes, Infallible>;
 
+/// A request whose body was read before routing (see `Server::handle`).
+pub(super) type Req = Request<Full<Bytes>>;
+
+/// Reads what is left of a refused request's body (bounded in size and time): hyper closes a
+/// connection whose request body was not read, and a client that reuses it from its pool then
+/// fails its next request instead of reading this refusal.
+pub(super) async fn drain(req: Request<Incoming>) {
+    let body = Limited::new(req.into_body(), 1 << 20);
+    let _ = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
+}
+
 /// An error answer: `{"code", "message", "hint"}`.
 #[derive(Debug)]
 pub(in crate::serve) struct ApiError {
@@ -126,7 +137,7 @@ pub(super) fn percent_decode(s: &str) -> Result<String, ApiError> {
     String::from_utf8(out).map_err(|_| ApiError::bad("the query is not UTF-8"))
 }
 
-pub(super) fn query(req: &Request<Incoming>) -> Result<Vec<(String, String)>, ApiError> {
+pub(super) fn query<B>(req: &Request<B>) -> Result<Vec<(String, String)>, ApiError> {
     let mut pairs = Vec::new();
     for part in req.uri().query().unwrap_or("").split('&') {
         if part.is_empty() {
@@ -147,10 +158,11 @@ pub(super) fn flag(q: &[(String, String)], name: &str) -> bool {
 }
 
 /// Reads the body, at most `cap` bytes (413 beyond).
-pub(in crate::serve) async fn body_bytes(
-    req: Request<Incoming>,
-    cap: usize,
-) -> Result<Bytes, ApiError> {
+pub(in crate::serve) async fn body_bytes<B>(req: Request<B>, cap: usize) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let collect = Limited::new(req.into_body(), cap).collect();
     let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
         return Err(ApiError::new(
@@ -173,9 +185,7 @@ pub(in crate::serve) async fn body_bytes(
     }
 }
 
-pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
-) -> Result<T, ApiError> {
+pub(super) async fn json_body<T: serde::de::DeserializeOwned>(req: Req) -> Result<T, ApiError> {
     let bytes = body_bytes(req, MAX_JSON).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(

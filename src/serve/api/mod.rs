@@ -200,8 +200,11 @@ impl Server {
         let caller = self.authenticate(&req, tcp);
         let key_name = caller.as_ref().map_or("-".to_string(), |c| c.name.clone());
         let result = match caller {
-            Err(e) => Err(e),
-            Ok(caller) => self.route(req, &parts, caller).await,
+            Err(e) => {
+                drain(req).await;
+                Err(e)
+            }
+            Ok(caller) => self.read_then_route(req, &parts, caller).await,
         };
         let resp = result.unwrap_or_else(|e| e.response());
         let error_code = (!resp.status().is_success()).then(|| {
@@ -234,9 +237,26 @@ impl Server {
         resp
     }
 
-    async fn route(
+    /// Reads the whole body (capped: 413 beyond) before any route may refuse: hyper closes a
+    /// connection whose request body was left unread, and a keep-alive client's next request
+    /// on it would then fail instead of this one reading its refusal. Every /v1 body is a
+    /// bounded JSON document, file or stdin chunk, so nothing is lost by reading it first.
+    async fn read_then_route(
         self: &Arc<Self>,
         req: Request<Incoming>,
+        parts: &[&str],
+        caller: Caller,
+    ) -> Result<Response<RespBody>, ApiError> {
+        let (head, body) = req.into_parts();
+        let cap = self.options.max_body.max(MAX_JSON);
+        let bytes = body_bytes(Request::new(body), cap).await?;
+        self.route(Request::from_parts(head, Full::new(bytes)), parts, caller)
+            .await
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        req: Req,
         parts: &[&str],
         caller: Caller,
     ) -> Result<Response<RespBody>, ApiError> {
@@ -572,7 +592,7 @@ impl Server {
 
     async fn create(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Req,
         caller: &Caller,
     ) -> Result<Response<RespBody>, ApiError> {
         let body: CreateRequest = json_body(req).await?;
@@ -670,11 +690,12 @@ impl Server {
                 if other == Claim::Miss {
                     self.metrics.claims_miss.fetch_add(1, Ordering::Relaxed);
                 }
-                let options = self.options.clone();
-                let created =
-                    tokio::task::spawn_blocking(move || sandboxes::create_session(&options, &plan))
-                        .await
-                        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?;
+                let server = self.clone();
+                let created = tokio::task::spawn_blocking(move || {
+                    sandboxes::create_session(&server.options, &plan, &server.registry)
+                })
+                .await
+                .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?;
                 self.metrics.cold_create_latency.observe(t0.elapsed());
                 let id = created.map_err(|f| {
                     self.metrics.create_failures.fetch_add(1, Ordering::Relaxed);
@@ -809,11 +830,12 @@ async fn refill(server: Arc<Server>) {
                         return;
                     }
                 };
-                let options = server.options.clone();
                 let t0 = std::time::Instant::now();
-                let made =
-                    tokio::task::spawn_blocking(move || sandboxes::create_session(&options, &plan))
-                        .await;
+                let creator = server.clone();
+                let made = tokio::task::spawn_blocking(move || {
+                    sandboxes::create_session(&creator.options, &plan, &creator.registry)
+                })
+                .await;
                 server.metrics.cold_create_latency.observe(t0.elapsed());
                 match made {
                     Ok(Ok(id)) => {
@@ -925,6 +947,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         metrics: Metrics::default(),
         options,
     });
+    // Caught before anything is adopted or announced: a SIGTERM from then on stops the server
+    // through its drain (which removes what it owns), never by the default action.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ServeError::Io("catch SIGTERM", e))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| ServeError::Io("catch SIGINT", e))?;
     {
         let s = server.clone();
         let adopted = tokio::task::spawn_blocking(move || s.registry.adopt(&s.store))
@@ -960,10 +988,6 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         ))),
         None => None,
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| ServeError::Io("catch SIGTERM", e))?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| ServeError::Io("catch SIGINT", e))?;
     if !server.pool.is_empty() {
         tokio::spawn(refill(server.clone()));
     }
@@ -1032,6 +1056,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         let _ = tokio::task::spawn_blocking(move || sandboxes::remove_session(&store, &sid)).await;
         server.registry.forget_pool_member(&id);
     }
+    // Creates under way finish (or fail) first: one that completed while the server stopped
+    // would otherwise be a session nobody answers for. A create that hangs is left to die
+    // with the server (it holds a parent-death signal) after the grace period.
+    let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+    while server.registry.creates_running() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     if !server.options.keep {
         for owned in server.registry.list(None) {
             if let Err(e) = server.delete(&owned.id).await {
@@ -1039,6 +1070,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             }
         }
     }
+    // Creates that finished but were never handed to a caller (even with --keep: no caller
+    // knows of them).
+    let s = server.clone();
+    let _ = tokio::task::spawn_blocking(move || s.registry.remove_pending(&s.store)).await;
     Ok(())
 }
 

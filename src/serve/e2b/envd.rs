@@ -40,6 +40,8 @@ struct Process {
     tag: Option<String>,
     signals: mpsc::Sender<i32>,
     stdin: Option<super::super::exec::StdinPipe>,
+    /// A command on a terminal: its input, size and signals.
+    pty: Option<mpsc::Sender<super::pty::PtyControl>>,
 }
 
 fn processes() -> &'static std::sync::Mutex<HashMap<u32, Process>> {
@@ -154,6 +156,15 @@ pub(super) async fn handle(
             format!("The sandbox {id} was not found (killed, or its timeout passed)"),
         );
     };
+    if super::is_paused(&server, &owned.id) {
+        // As E2B's proxy answers for a paused sandbox: its processes are frozen, so nothing
+        // in it answers until a connect or resume.
+        drain(req).await;
+        return http_error(
+            StatusCode::BAD_GATEWAY,
+            format!("The sandbox {id} is paused — Sandbox.connect() resumes it"),
+        );
+    }
     let token = header(&req, "x-access-token").unwrap_or("");
     if !super::token_matches(&owned.id, token.as_bytes()) {
         drain(req).await;
@@ -183,6 +194,7 @@ pub(super) async fn handle(
                     | "/process.Process/SendInput"
                     | "/process.Process/CloseStdin"
                     | "/process.Process/List"
+                    | "/process.Process/Update"
             ) =>
         {
             let method = p.trim_start_matches("/process.Process/").to_string();
@@ -288,12 +300,26 @@ async fn start(
         Codec::Json => connect::frame(v),
         Codec::Proto => connect::frame_bytes(&proto::event(v)),
     };
-    if !request["pty"].is_null() {
-        return Err(RpcError::new(
-            Code::Unimplemented,
-            "PTY commands are not served by nsbox yet",
-        ));
-    }
+    let pty_size = match &request["pty"] {
+        serde_json::Value::Null => None,
+        pty => {
+            let dim = |k: &str| {
+                pty["size"][k]
+                    .as_u64()
+                    .filter(|n| (1..=u16::MAX as u64).contains(n))
+                    .map(|n| n as u16)
+            };
+            match (dim("rows"), dim("cols")) {
+                (Some(rows), Some(cols)) => Some((rows, cols)),
+                _ => {
+                    return Err(RpcError::new(
+                        Code::InvalidArgument,
+                        "pty.size: rows and cols from 1 (PTYs are served over the JSON codec)",
+                    ))
+                }
+            }
+        }
+    };
     let process = &request["process"];
     let cmd = process["cmd"]
         .as_str()
@@ -339,6 +365,15 @@ async fn start(
         .read_record(&owned.id)
         .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
     let prepared = api::personalised(owned, prepared);
+    if let Some((rows, cols)) = pty_size {
+        let running = super::pty::start(&server.store, &record, prepared, rows, cols)
+            .await
+            .map_err(|m| RpcError::new(Code::FailedPrecondition, m))?;
+        let tag = request["tag"].as_str().map(str::to_string);
+        return Ok(pty_stream(
+            owned, config, tag, running, keepalive, encode, codec,
+        ));
+    }
     let mut running = super::super::exec::start(&server.store, &record, prepared)
         .await
         .map_err(|e| {
@@ -359,6 +394,7 @@ async fn start(
             tag: request["tag"].as_str().map(str::to_string),
             signals: running.signals.clone(),
             stdin: running.stdin.clone(),
+            pty: None,
         },
     );
     let registered = Registered(pid);
@@ -429,6 +465,96 @@ async fn start(
     Ok(resp)
 }
 
+/// The event stream of a command on a terminal: its output as `pty` data, then its end.
+fn pty_stream(
+    owned: &Owned,
+    config: serde_json::Value,
+    tag: Option<String>,
+    mut running: super::pty::PtyCommand,
+    keepalive: Duration,
+    encode: impl Fn(&serde_json::Value) -> Bytes + Send + 'static,
+    codec: Codec,
+) -> Response<RespBody> {
+    use super::pty::{PtyControl, PtyEvent};
+    use base64::Engine;
+    let pid = NEXT_PID.fetch_add(1, Ordering::Relaxed);
+    // Signals go to the terminal's command through its control channel.
+    let (signals, mut signal_rx) = mpsc::channel::<i32>(4);
+    let control = running.control.clone();
+    tokio::spawn(async move {
+        while let Some(s) = signal_rx.recv().await {
+            if control.send(PtyControl::Signal(s)).await.is_err() {
+                break;
+            }
+        }
+    });
+    lock_processes().insert(
+        pid,
+        Process {
+            sandbox: owned.id.clone(),
+            config,
+            tag,
+            signals,
+            stdin: None,
+            pty: Some(running.control.clone()),
+        },
+    );
+    let registered = Registered(pid);
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let mut registered = Some(registered);
+        let start = serde_json::json!({"event": {"start": {"pid": pid}}});
+        if tx.send(encode(&start)).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(keepalive);
+        tick.tick().await;
+        let mut failure = None;
+        loop {
+            let event = tokio::select! {
+                e = running.events.recv() => e,
+                _ = tick.tick() => {
+                    let ka = serde_json::json!({"event": {"keepalive": {}}});
+                    if tx.send(encode(&ka)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let message = match event {
+                Some(PtyEvent::Data(bytes)) => {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                    serde_json::json!({"event": {"data": {"pty": b64}}})
+                }
+                Some(PtyEvent::Ended { code, signal }) => {
+                    drop(registered.take());
+                    let status = match signal {
+                        Some(s) => format!("signal: {s}"),
+                        None => format!("exit status {code}"),
+                    };
+                    serde_json::json!({"event": {"end": {"exitCode": code, "exited": true, "status": status}}})
+                }
+                Some(PtyEvent::Failed(m)) => {
+                    failure = Some(RpcError::new(Code::Unavailable, m));
+                    break;
+                }
+                None => break,
+            };
+            // A client gone: dropping the events kills the command.
+            if tx.send(encode(&message)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(connect::end_frame(failure.as_ref())).await;
+    });
+    let mut resp = Response::new(ChannelBody { rx }.boxed());
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(codec.content_type(true)),
+    );
+    resp
+}
+
 /// `SendSignal`, `SendInput`, `CloseStdin` and `List` of `process.Process`.
 async fn process_unary(
     owned: &Owned,
@@ -455,12 +581,12 @@ async fn process_unary(
         return unary_answer(&call, serde_json::json!({ "processes": processes }));
     }
     let pid = select(&owned.id, &request["process"])?;
-    let (signals, stdin) = {
+    let (signals, stdin, pty) = {
         let table = lock_processes();
         let p = table
             .get(&pid)
             .ok_or_else(|| RpcError::new(Code::NotFound, "the process ended"))?;
-        (p.signals.clone(), p.stdin.clone())
+        (p.signals.clone(), p.stdin.clone(), p.pty.clone())
     };
     match method {
         "SendSignal" => {
@@ -483,6 +609,37 @@ async fn process_unary(
                 .await
                 .map_err(|_| RpcError::new(Code::NotFound, "the process ended"))?;
         }
+        "Update" => {
+            let pty = pty.ok_or_else(|| {
+                RpcError::new(Code::FailedPrecondition, "the process has no terminal")
+            })?;
+            let dim = |k: &str| {
+                request["pty"]["size"][k]
+                    .as_u64()
+                    .filter(|n| (1..=u16::MAX as u64).contains(n))
+                    .map(|n| n as u16)
+            };
+            let (Some(rows), Some(cols)) = (dim("rows"), dim("cols")) else {
+                return Err(RpcError::new(
+                    Code::InvalidArgument,
+                    "pty.size: rows and cols from 1",
+                ));
+            };
+            pty.send(super::pty::PtyControl::Resize { rows, cols })
+                .await
+                .map_err(|_| RpcError::new(Code::NotFound, "the process ended"))?;
+        }
+        "SendInput" if request["input"]["pty"].is_string() => {
+            let pty = pty.ok_or_else(|| {
+                RpcError::new(Code::FailedPrecondition, "the process has no terminal")
+            })?;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(request["input"]["pty"].as_str().unwrap_or(""))
+                .map_err(|e| RpcError::new(Code::InvalidArgument, format!("input.pty: {e}")))?;
+            pty.send(super::pty::PtyControl::Input(data))
+                .await
+                .map_err(|_| RpcError::new(Code::NotFound, "the process ended"))?;
+        }
         "SendInput" | "CloseStdin" => {
             use tokio::io::AsyncWriteExt;
             let pipe = stdin.ok_or_else(|| {
@@ -495,12 +652,6 @@ async fn process_unary(
             if method == "CloseStdin" {
                 *guard = None;
             } else {
-                if request["input"]["pty"].is_string() {
-                    return Err(RpcError::new(
-                        Code::Unimplemented,
-                        "PTY input is not served",
-                    ));
-                }
                 let data = base64::engine::general_purpose::STANDARD
                     .decode(request["input"]["stdin"].as_str().unwrap_or(""))
                     .map_err(|e| {
@@ -566,21 +717,19 @@ async fn filesystem(
         }
         "ListDir" => {
             let path = path_of(&request, "path")?;
-            // Depth 1 only (the SDK's default): deeper listings are refused, not cut short.
-            if request["depth"].as_u64().is_some_and(|d| d > 1) {
-                return Err(RpcError::new(
-                    Code::Unimplemented,
-                    "ListDir deeper than 1 is not served by nsbox yet",
-                ));
-            }
-            let listing = run(Box::new(move |c| files::list(c, &path, MAX_LIST))).await?;
-            let dir = listing["path"].as_str().unwrap_or("/").to_string();
-            let entries: Vec<serde_json::Value> = listing["entries"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|e| entry_info(e, Some(&dir)))
-                .collect();
+            // envd's depth: 1 is the directory's own entries, each level more goes one
+            // directory further (symbolic links are listed, not followed).
+            let depth = match &request["depth"] {
+                serde_json::Value::Null => 1,
+                v => v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .filter(|d| *d >= 1)
+                    .ok_or_else(|| {
+                        RpcError::new(Code::InvalidArgument, "depth: a whole number from 1")
+                    })?,
+            };
+            let entries = run(Box::new(move |c| list_tree(c, &path, depth))).await?;
             serde_json::json!({ "entries": entries })
         }
         "MakeDir" => {
@@ -613,25 +762,44 @@ async fn filesystem(
         }
         "CreateWatcher" => {
             let path = path_of(&request, "path")?;
-            if request["recursive"].as_bool() == Some(true) {
-                return Err(RpcError::new(
-                    Code::Unimplemented,
-                    "recursive watchers are not served by nsbox yet",
-                ));
-            }
+            let recursive = request["recursive"].as_bool() == Some(true);
             let client = session(server, owned).await?;
-            let (dir, _) = tokio::task::spawn_blocking(move || files::open_dir(&client, &path))
-                .await
-                .map_err(|e| RpcError::new(Code::Internal, e.to_string()))?
-                .map_err(file_rpc_error)?;
-            let id = super::watch::create(&owned.id, dir, &|id| {
-                server.registry.get(id, None).is_some()
-            })?;
+            let (dir, inside) =
+                tokio::task::spawn_blocking(move || files::open_dir(&client, &path))
+                    .await
+                    .map_err(|e| RpcError::new(Code::Internal, e.to_string()))?
+                    .map_err(file_rpc_error)?;
+            let sid = owned.id.clone();
+            let live: std::collections::HashSet<String> = server
+                .registry
+                .list(None)
+                .into_iter()
+                .map(|o| o.id)
+                .collect();
+            // Blocking: a recursive watch reads the whole tree.
+            let id = tokio::task::spawn_blocking(move || {
+                let alive = |id: &str| live.contains(id);
+                super::watch::create(&sid, dir, recursive.then_some(inside), &alive)
+            })
+            .await
+            .map_err(|e| RpcError::new(Code::Internal, e.to_string()))??;
             return unary_answer(&call, serde_json::json!({ "watcherId": id }));
         }
         "GetWatcherEvents" => {
             let id = path_of(&request, "watcherId")?;
-            let events = super::watch::events(&owned.id, &id)?;
+            let store = server.store.clone();
+            let sid = owned.id.clone();
+            let events = tokio::task::spawn_blocking(move || {
+                let open = |path: &std::path::Path| {
+                    let client = SessionClient::connect(&store, &sid).ok()?;
+                    files::open_dir(&client, path.to_str()?)
+                        .ok()
+                        .map(|(fd, _)| fd)
+                };
+                super::watch::events(&sid, &id, &open)
+            })
+            .await
+            .map_err(|e| RpcError::new(Code::Internal, e.to_string()))??;
             return unary_answer(&call, serde_json::json!({ "events": events }));
         }
         "RemoveWatcher" => {
@@ -654,6 +822,47 @@ async fn filesystem(
         }
     };
     unary_answer(&call, answer)
+}
+
+/// The entries under `path` down to `depth` levels, each directory's entries after it (as
+/// a walk lists them), at most `MAX_LIST` in all: a bigger tree is refused, not cut short.
+fn list_tree(
+    client: &SessionClient,
+    path: &str,
+    depth: u64,
+) -> Result<serde_json::Value, FileError> {
+    fn walk(
+        client: &SessionClient,
+        dir: &str,
+        level: u64,
+        depth: u64,
+        out: &mut Vec<serde_json::Value>,
+    ) -> Result<(), FileError> {
+        let listing = files::list(client, dir, MAX_LIST + 1 - out.len().min(MAX_LIST))?;
+        let here = listing["path"].as_str().unwrap_or("/").to_string();
+        for e in listing["entries"].as_array().into_iter().flatten() {
+            let info = entry_info(e, Some(&here));
+            let sub = info["path"].as_str().unwrap_or("").to_string();
+            out.push(info);
+            if out.len() > MAX_LIST || listing["truncated"].as_bool() == Some(true) {
+                return Err(FileError {
+                    status: 400,
+                    code: "too_many",
+                    message: format!(
+                        "more than {MAX_LIST} entries under {path:?}: list a smaller depth",
+                        path = here
+                    ),
+                });
+            }
+            if level < depth && e["type"].as_str() == Some("directory") {
+                walk(client, &sub, level + 1, depth, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(client, path, 1, depth, &mut out)?;
+    Ok(serde_json::Value::Array(out))
 }
 
 /// nsbox's stat JSON as E2B's `EntryInfo` (protobuf JSON: camelCase, int64 as a string,

@@ -18,6 +18,7 @@
 mod connect;
 mod envd;
 mod proto;
+mod pty;
 mod watch;
 
 use std::collections::HashMap;
@@ -204,6 +205,9 @@ fn action_of(method: &Method, parts: &[&str], envd: bool) -> &'static str {
         (&Method::DELETE, ["sandboxes", _]) => "e2b.sandbox.delete",
         (&Method::POST, ["sandboxes", _, "timeout"]) => "e2b.sandbox.timeout",
         (&Method::POST, ["sandboxes", _, "connect"]) => "e2b.sandbox.connect",
+        (&Method::POST, ["sandboxes", _, "pause"]) => "e2b.sandbox.pause",
+        (&Method::POST, ["sandboxes", _, "resume"]) => "e2b.sandbox.resume",
+        (&Method::POST, ["sandboxes", _, "snapshots"]) => "e2b.sandbox.snapshot",
         _ => "e2b.other",
     }
 }
@@ -311,17 +315,61 @@ async fn control(server: Arc<Server>, req: Request<Incoming>, caller: Caller) ->
             let owned = owned(&server, id, &caller)?;
             let body = json_body(&bytes)?;
             let secs = timeout_of(&body)?;
-            // Connecting never shortens a sandbox's life (as E2B does).
+            // Connecting resumes a paused sandbox (201, as E2B answers a resume) and never
+            // shortens a sandbox's life.
+            let resumed = resume_if_paused(&server, &owned, &body).await?;
             let wanted = now_secs() + secs;
             if owned.expires_at.is_some_and(|t| t < wanted) {
                 set_timeout(&server, &owned, secs)?;
             }
-            Ok(json_response(StatusCode::OK, &created_view(&owned)))
+            let status = if resumed {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(status, &created_view(&owned)))
         }
-        (&Method::POST, ["sandboxes", _, "pause" | "snapshots" | "fork"])
-        | (&Method::POST, ["sandboxes", _, "resume"]) => Err(control_error(
+        (&Method::POST, ["sandboxes", id, "pause"]) => {
+            let owned = owned(&server, id, &caller)?;
+            let body = json_body(&bytes)?;
+            if body["memory"].as_bool() == Some(false) {
+                return Err(control_error(
+                    StatusCode::BAD_REQUEST,
+                    "a filesystem-only pause (mode=\"filesystem\", a reboot on resume) is not served by nsbox: its pause freezes every process in memory (mode=\"full\")",
+                ));
+            }
+            if !set_frozen(&server, &owned, true).await? {
+                return Err(control_error(
+                    StatusCode::CONFLICT,
+                    format!("sandbox {} is already paused", owned.id),
+                ));
+            }
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&Method::POST, ["sandboxes", id, "resume"]) => {
+            let owned = owned(&server, id, &caller)?;
+            let body = json_body(&bytes)?;
+            let secs = timeout_of(&body)?;
+            if !resume_if_paused(&server, &owned, &body).await? {
+                return Err(control_error(
+                    StatusCode::CONFLICT,
+                    format!("sandbox {} is not paused", owned.id),
+                ));
+            }
+            set_timeout(&server, &owned, secs)?;
+            Ok(json_response(StatusCode::CREATED, &created_view(&owned)))
+        }
+        (&Method::POST, ["sandboxes", id, "snapshots"]) => {
+            let owned = owned(&server, id, &caller)?;
+            let body = json_body(&bytes)?;
+            let s = server.clone();
+            tokio::spawn(async move { snapshot(&s, &owned, &body).await })
+                .await
+                .map_err(|e| control_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        }
+        (&Method::POST, ["sandboxes", _, "fork"]) => Err(control_error(
             StatusCode::NOT_IMPLEMENTED,
-            "nsbox serve does not pause, resume, snapshot or fork sandboxes (no memory snapshots); kill and create instead",
+            "nsbox serve does not fork sandboxes (no memory snapshots): snapshot one and create from the snapshot",
         )),
         _ => Err(control_error(
             StatusCode::NOT_FOUND,
@@ -362,6 +410,80 @@ fn set_timeout(server: &Server, owned: &Owned, secs: u64) -> Result<(), Refusal>
         .registry
         .set_expiry(&owned.id, Some(now_secs() + secs))
         .map_err(|e| control_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Whether the sandbox's session is frozen (`nsbox pause`, or an E2B pause).
+fn is_paused(server: &Server, id: &str) -> bool {
+    server.store.read_record(id).is_ok_and(|r| r.paused)
+}
+
+/// Freezes (`true`) or thaws the sandbox's processes with the cgroup freezer, as `nsbox
+/// pause`/`resume` do; true when it changed.
+async fn set_frozen(server: &Server, owned: &Owned, frozen: bool) -> Result<bool, Refusal> {
+    let client = server.client(&owned.id).await.map_err(from_api)?;
+    tokio::task::spawn_blocking(move || client.set_frozen(frozen))
+        .await
+        .map_err(|e| control_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| control_error(StatusCode::CONFLICT, e.to_string()))
+}
+
+/// Thaws a paused sandbox (connect, resume); true when it was paused. A resume that asks for
+/// a reboot (`memory: false`, the SDK's `on_resume="reboot"`) is refused: a frozen sandbox
+/// can only carry on where it stopped.
+async fn resume_if_paused(
+    server: &Server,
+    owned: &Owned,
+    body: &serde_json::Value,
+) -> Result<bool, Refusal> {
+    if !is_paused(server, &owned.id) {
+        return Ok(false);
+    }
+    if body["memory"].as_bool() == Some(false) {
+        return Err(control_error(
+            StatusCode::BAD_REQUEST,
+            "a reboot on resume (on_resume=\"reboot\") is not served by nsbox: a paused sandbox carries on where it was frozen",
+        ));
+    }
+    set_frozen(server, owned, false).await
+}
+
+/// `create_snapshot`: the sandbox's files as an nsbox image (`nsbox commit`; the sandbox is
+/// frozen meanwhile), whose name is a template for later creates. Files only: a memory
+/// snapshot asked for by name is refused.
+async fn snapshot(server: &Server, owned: &Owned, body: &serde_json::Value) -> Answer {
+    if body["memory"].as_bool() == Some(true) {
+        return Err(control_error(
+            StatusCode::BAD_REQUEST,
+            "memory snapshots are not served by nsbox: a snapshot is the sandbox's files (mode=\"filesystem\")",
+        ));
+    }
+    let name = match body["name"].as_str().filter(|n| !n.is_empty()) {
+        Some(n) => n.to_string(),
+        None => format!("e2b-snapshot-{}:{}", owned.id, now_secs()),
+    };
+    let store = server.store.clone();
+    let state_root = server.options.state_root.clone();
+    let id = owned.id.clone();
+    let image = name.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        crate::snapshot::commit(&store, &id, &image, &state_root)
+    })
+    .await
+    .map_err(|e| control_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match done {
+        Ok(_) => Ok(json_response(
+            StatusCode::CREATED,
+            &serde_json::json!({"snapshotID": name, "names": [name]}),
+        )),
+        Err(e @ crate::snapshot::SnapshotError::NoImage { .. }) => Err(control_error(
+            StatusCode::BAD_REQUEST,
+            format!("{e} (a snapshot needs a sandbox made from an image template)"),
+        )),
+        Err(e) => Err(control_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+    }
 }
 
 /// A string map from a JSON object (metadata, envVars); anything else is refused.
@@ -557,15 +679,15 @@ fn detail(server: &Server, owned: &Owned) -> serde_json::Value {
         "cpuCount": cpus,
         "memoryMB": memory_mb,
         "diskSizeMB": 0,
-        "state": "running",
+        "state": if is_paused(server, &owned.id) { "paused" } else { "running" },
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": token_for(&owned.id),
         "metadata": metadata_of(owned),
     })
 }
 
-/// Lists the caller's sandboxes; `metadata=k%3Dv%26k2%3Dv2` filters, a `state` other than
-/// running matches none (nsbox has no paused sandboxes).
+/// Lists the caller's sandboxes; `metadata=k%3Dv%26k2%3Dv2` and `state=running,paused`
+/// filter.
 fn list(server: &Server, caller: &Caller, query: &str) -> Response<RespBody> {
     let mut wanted: Vec<(String, String)> = Vec::new();
     let mut states: Vec<String> = Vec::new();
@@ -583,9 +705,6 @@ fn list(server: &Server, caller: &Caller, query: &str) -> Response<RespBody> {
             _ => {}
         }
     }
-    if !states.is_empty() && !states.iter().any(|s| s == "running") {
-        return json_response(StatusCode::OK, &serde_json::json!([]));
-    }
     let rows: Vec<serde_json::Value> = server
         .registry
         .list(caller.scope())
@@ -596,6 +715,12 @@ fn list(server: &Server, caller: &Caller, query: &str) -> Response<RespBody> {
                 .all(|(k, v)| o.labels.get(k).is_some_and(|have| have == v))
         })
         .map(|o| detail(server, o))
+        .filter(|d| {
+            states.is_empty()
+                || states
+                    .iter()
+                    .any(|s| d["state"].as_str() == Some(s.as_str()))
+        })
         .collect();
     json_response(StatusCode::OK, &serde_json::Value::Array(rows))
 }
