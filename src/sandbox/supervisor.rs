@@ -304,9 +304,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         event_masker: Masker::for_network_events(&spec.secrets),
         cpu_before,
         kept: None,
+        charge_at: Some(now_ns() + u64::try_from(CHARGE_AFTER.as_nanos()).unwrap_or(u64::MAX)),
     };
-    // The child sets itself up meanwhile: this is off its path.
-    sandbox.handle.charge_supervisor();
     crate::fault::phase("running", &spec.id);
     let result = event_loop::drive(&mut sandbox);
     sandbox.finish(result)
@@ -318,6 +317,14 @@ fn relay_err(e: RelayError) -> SandboxError {
         source: e.source,
     }
 }
+
+/// How long a one-shot runs before its supervisor is charged to the sandbox's cpu cgroup
+/// (`Handle::charge_supervisor`). Moving a process between cgroups takes the kernel's
+/// threadgroup lock for writing, which waits for an RCU grace period when the lock was idle —
+/// milliseconds, and every fork on the host (the workload's own included) waits with it. A
+/// short command's supervisor does next to nothing, so only a sandbox that lives this long,
+/// the kind that can make its proxy, resolver or relay work hard, pays for the move.
+const CHARGE_AFTER: Duration = Duration::from_millis(250);
 
 /// A running one-shot sandbox, seen from the host: the policy `nsbox exec` runs the loop with.
 struct Running<'a> {
@@ -340,6 +347,8 @@ struct Running<'a> {
     cpu_before: Option<u64>,
     /// The sandbox's filesystem, kept for `exec --out`.
     kept: Option<KeptFilesystem>,
+    /// When the supervisor moves into the sandbox's cpu cgroup (see [`CHARGE_AFTER`]).
+    charge_at: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -363,6 +372,12 @@ impl Policy for Running<'_> {
     }
 
     fn before_wait(&mut self) -> Result<(), SandboxError> {
+        if self.charge_at.is_some_and(|at| now_ns() >= at) {
+            self.charge_at = None;
+            if self.handle.state().init_alive() {
+                self.handle.charge_supervisor();
+            }
+        }
         if let Some(deadline) = self.stop_deadline {
             if now_ns() >= deadline {
                 self.stop_deadline = None;
@@ -388,7 +403,10 @@ impl Policy for Running<'_> {
     }
 
     fn wait_at_most(&self) -> Option<Duration> {
-        self.stop_deadline
+        [self.stop_deadline, self.charge_at]
+            .into_iter()
+            .flatten()
+            .min()
             .map(|deadline| Duration::from_nanos(deadline.saturating_sub(now_ns())))
     }
 

@@ -336,7 +336,17 @@ fn bombs_supervisor_cpu_is_charged_to_the_sandbox() {
         }
     }
     let id = id.unwrap();
-    let cpu = thread_cgroups(child.id(), "cpu");
+    // The supervisor is moved once the sandbox has run a moment (a short command's is never
+    // moved: see CHARGE_AFTER in src/sandbox/supervisor.rs); wait for it, without a deadline
+    // that could make the test timing-dependent beyond a generous bound.
+    let mut cpu = thread_cgroups(child.id(), "cpu");
+    for _ in 0..200 {
+        if cpu.iter().all(|p| p.ends_with(&format!("nsbox-{id}"))) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        cpu = thread_cgroups(child.id(), "cpu");
+    }
     assert!(
         cpu.len() >= 2,
         "the supervisor and its network threads: {cpu:?}"
