@@ -136,7 +136,12 @@ fn concurrent_sandboxes_do_not_see_each_other() {
         let mut byte = [0u8; 1];
         while !line.ends_with('\n') {
             let n = std::io::Read::read(stdout, &mut byte).unwrap();
-            assert_eq!(n, 1, "the sandbox ended before writing: {line}");
+            if n == 0 {
+                // Say why: the sandbox's own error is on its stderr.
+                let mut stderr = String::new();
+                let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr);
+                panic!("the sandbox ended before writing: {line:?}; stderr: {stderr}");
+            }
             line.push(byte[0] as char);
         }
         assert_eq!(line, "written\n");
