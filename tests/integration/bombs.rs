@@ -2,8 +2,8 @@
 //! inside a sandbox under its limit and then HOLDS it, and while it holds, a neighbouring
 //! session, a fresh sandbox and the host itself keep working. Then the bomb is ended by its
 //! deadline and leaves nothing. limits.rs has the memory, fork, timeout and output bombs;
-//! these add disk (/sandbox, /tmp, /dev/shm), inodes, file descriptors, threads and a flood of
-//! output into a session.
+//! these add disk (/sandbox, /tmp, /dev/shm), inodes, file descriptors, threads, CPU (spinners
+//! held to their quota) and a flood of output into a session.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -410,4 +410,73 @@ fn bombs_supervisor_cpu_is_charged_to_the_sandbox() {
         "{:?}",
         leftover_cgroups(&id)
     );
+}
+
+/// CPU time (user + system, seconds) used so far by every process in a cgroup of sandbox `id`
+/// (whatever the hierarchy: the sum over /proc, which v1 and v2 hosts both have).
+fn sandbox_cpu_seconds(id: &str) -> f64 {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if !std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(id)) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command (which may hold spaces) in parentheses; utime and stime
+        // are the 14th and 15th fields of the whole line.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let utime: f64 = fields[11].parse().unwrap();
+        let stime: f64 = fields[12].parse().unwrap();
+        total += (utime + stime) / ticks;
+    }
+    total
+}
+
+/// A CPU bomb: four processes spinning (twice this machine's two cores) in a sandbox held to
+/// half a CPU use half a CPU, not the machine, for as long as they spin; the neighbour, a new
+/// sandbox and the host keep working meanwhile.
+#[test]
+fn bombs_cpu_spin_is_held_to_its_quota() {
+    require_root!();
+    const SPIN: &str = "import os, time\nfor _ in range(4):\n    if os.fork() == 0:\n        while True:\n            pass\nprint('spinning', flush=True)\ntime.sleep(3600)\n";
+    let neighbour = Neighbour::start();
+    let (bomb, id, said) = start_bomb(&["--cpus", "0.5", "--timeout", "10s"], SPIN);
+    assert_eq!(said, "spinning\n");
+    // Past the spinners' first period, then a window of two seconds.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (before, started) = (sandbox_cpu_seconds(&id), std::time::Instant::now());
+    neighbour.assert_unaffected("four processes spinning under --cpus 0.5");
+    std::thread::sleep(std::time::Duration::from_secs(2).saturating_sub(started.elapsed()));
+    let used = (sandbox_cpu_seconds(&id) - before) / started.elapsed().as_secs_f64();
+    // The quota is 50 ms per 100 ms period; a period's overrun and the window's edges are
+    // allowed for. Unlimited, four spinners take every core (2.0 here).
+    assert!(used < 0.65, "{used:.2} CPUs used under --cpus 0.5");
+    assert!(used > 0.1, "{used:.2} CPUs: the spinners did not run");
+    // And the kernel says why: the sandbox's cpu cgroup was throttled (v1 or v2 cpu.stat), so
+    // the figure above is the quota's doing, not a busy machine's.
+    let throttled: u64 = leftover_cgroups(&id)
+        .iter()
+        .filter_map(|dir| std::fs::read_to_string(dir.join("cpu.stat")).ok())
+        .filter_map(|stat| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix("nr_throttled "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .max()
+        .expect("the sandbox's cpu.stat");
+    assert!(
+        throttled > 0,
+        "the sandbox's cpu cgroup was never throttled"
+    );
+    end_bomb(bomb, &id);
 }

@@ -339,3 +339,16 @@ pub fn multi_arch_layout(dir: &Path, tag: &str) -> String {
     .unwrap();
     d
 }
+
+/// Bytes that do not compress, deterministic per seed.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -44,19 +44,6 @@ fn hello_layout(dir: &Path, greeting: &str) -> Built {
     )
 }
 
-/// Bytes that do not compress, deterministic per seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// An image of base + two multi-MiB uncompressed layers (for cutting downloads).
 fn big_layout(dir: &Path) -> Built {
     let mut layout = Layout::new(dir);

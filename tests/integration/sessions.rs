@@ -1046,19 +1046,6 @@ fn crash_safety_under_random_kills() {
     }
 }
 
-/// A small deterministic generator (no extra crate for one test).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
-
 /// Runs `nsbox cp ARGS` with `input` on stdin.
 fn cp_with_stdin(store: &Store, args: &[&str], input: &[u8]) -> Run {
     use std::io::Write;

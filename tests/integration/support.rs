@@ -307,9 +307,8 @@ impl StoreCtx {
         self.path("config.toml")
     }
 
-    /// `nsbox --state-root STORE --config CONFIG ARGS...` with `stdin` as its input.
-    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Run {
-        use std::io::Write;
+    /// `nsbox --state-root STORE --config CONFIG ARGS...`, not started.
+    pub fn cmd(&self, args: &[&str]) -> Command {
         let store = self.store();
         let config = self.config();
         let mut full = vec![
@@ -319,8 +318,16 @@ impl StoreCtx {
             config.to_str().unwrap(),
         ];
         full.extend_from_slice(args);
-        let mut child = nsbox_cmd(&full)
-            .env("DOCKER_CONFIG", self.path("docker"))
+        let mut cmd = nsbox_cmd(&full);
+        cmd.env("DOCKER_CONFIG", self.path("docker"));
+        cmd
+    }
+
+    /// `nsbox --state-root STORE --config CONFIG ARGS...` with `stdin` as its input.
+    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .cmd(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -419,4 +426,18 @@ pub fn checked_output(cmd: &mut Command) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// A small deterministic generator for tests that pick random moments (seed it and print the
+/// seed, so a failure can be replayed).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
 }
