@@ -83,6 +83,33 @@ pub fn take_relay_signals() -> io::Result<OwnedFd> {
 
 /// Reads one pending signal from a signalfd; `None` when none is pending.
 pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    Ok(read_signal_info(fd)?.map(|info| info.signal))
+}
+
+/// A signal read from a signalfd, with the value a [`queue`] sender attached to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalInfo {
+    pub signal: i32,
+    /// Set when the signal was sent with `sigqueue` (si_code SI_QUEUE) by root: its value.
+    pub queued_by_root: Option<u64>,
+}
+
+/// Sends `signal` to `pid` with a value (`sigqueue`); a signalfd reader sees it in
+/// [`SignalInfo::queued_by_root`]. `nsbox stop` passes a one-shot's grace period this way.
+pub fn queue(pid: i32, signal: i32, value: u64) -> io::Result<()> {
+    // The whole pointer-sized member carries the value (ssi_ptr reads it back), so no
+    // endianness question arises over which half the int member is.
+    let value = libc::sigval {
+        sival_ptr: usize::try_from(value).unwrap_or(usize::MAX) as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue takes plain integers and a sigval by value; the pointer member is
+    // never dereferenced, by us or by the kernel.
+    let ret = unsafe { libc::sigqueue(pid, signal, value) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// Reads one pending signal, with its sender's queued value; `None` when none is pending.
+pub fn read_signal_info(fd: BorrowedFd<'_>) -> io::Result<Option<SignalInfo>> {
     // SAFETY: signalfd_siginfo is plain data; zeroed is a valid value.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
@@ -104,9 +131,13 @@ pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     if usize::try_from(n).ok() != Some(size) {
         return Ok(None);
     }
-    i32::try_from(info.ssi_signo)
-        .map(Some)
-        .map_err(io::Error::other)
+    let signal = i32::try_from(info.ssi_signo).map_err(io::Error::other)?;
+    let queued_by_root =
+        (info.ssi_code == libc::SI_QUEUE && info.ssi_uid == 0).then_some(info.ssi_ptr);
+    Ok(Some(SignalInfo {
+        signal,
+        queued_by_root,
+    }))
 }
 
 /// Sends a signal to a process (or, with a negative pid, a process group).
