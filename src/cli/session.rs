@@ -697,10 +697,19 @@ pub fn stop(args: StopArgs) -> i32 {
     let oneshots = OneShotStore::system();
     let mut code = 0;
     for s in &args.sessions {
-        let one_shot = match store.resolve(s) {
-            Err(crate::session::StateError::Unknown(_)) => oneshots.resolve(s),
-            _ => None,
-        };
+        let unknown_session = matches!(
+            store.resolve(s),
+            Err(crate::session::StateError::Unknown(_))
+        );
+        let one_shot = unknown_session.then(|| oneshots.resolve(s)).flatten();
+        if unknown_session && one_shot.is_none() {
+            error(&format!(
+                "no session or running one-shot sandbox '{}' — hint: `nsbox ps -a` lists them",
+                s.escape_debug()
+            ));
+            code = exit::NSBOX_FAILED;
+            continue;
+        }
         if let Some(r) = one_shot {
             match stop_one_shot(&oneshots, &r, args.grace.0) {
                 Ok(true) => println!("{}", r.id),

@@ -34,3 +34,4 @@ mod runtime;
 mod serve;
 mod sessions;
 mod snapshots;
+mod watching;
