@@ -422,7 +422,8 @@ mod tests {
             journal.append(&sample(i, 0)).unwrap();
         }
         assert!(journal.old_path().exists(), "rotated");
-        assert!(std::fs::metadata(journal.path()).unwrap().len() <= 11_000);
+        // Absent right after a rotation, until the next event.
+        assert!(std::fs::metadata(journal.path()).map_or(0, |m| m.len()) <= 11_000);
         let seen: Vec<u64> = follower
             .next_events()
             .iter()
