@@ -835,6 +835,43 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_one_shot_ends_as_if_signalled() {
+        // The command died of the TERM: its own report, 143.
+        let termed = CommandFacts {
+            started: true,
+            stop_requested: true,
+            interrupted: Some(libc::SIGTERM),
+            status: Some((None, Some(libc::SIGTERM))),
+            ..Default::default()
+        };
+        let ending = Ending::of_one_shot(termed, None, LIMIT).unwrap();
+        assert_eq!(ending, Ending::Signaled(libc::SIGTERM));
+        // Killed after the grace, nobody left to report: SIGKILL, 137 (not "interrupted").
+        let killed = CommandFacts {
+            started: true,
+            stop_requested: true,
+            stop_killed: true,
+            interrupted: Some(libc::SIGTERM),
+            ..Default::default()
+        };
+        assert_eq!(
+            Ending::of_one_shot(killed, None, LIMIT).unwrap(),
+            Ending::Signaled(libc::SIGKILL)
+        );
+        // The init went down on the TERM itself before reporting: as if by the TERM.
+        let init_termed = CommandFacts {
+            started: true,
+            stop_requested: true,
+            interrupted: Some(libc::SIGTERM),
+            ..Default::default()
+        };
+        assert_eq!(
+            Ending::of_one_shot(init_termed, None, LIMIT).unwrap(),
+            Ending::Interrupted(libc::SIGTERM)
+        );
+    }
+
+    #[test]
     fn session_command_kills_are_named_for_their_cause() {
         let killed = |timed_out, interrupted| CommandFacts {
             status: Some((None, Some(libc::SIGKILL))),

@@ -924,10 +924,6 @@ impl Daemon<'_> {
         match event {
             HandleEvent::Message(ToSupervisor::ExecStarted { exec_id }, fds) => {
                 if let Some(state) = self.execs.get(&exec_id) {
-                    let mut event = self.store.lifecycle_event(&self.record, "exec");
-                    event.insert("exec_id".into(), exec_id.into());
-                    event.insert("command".into(), state.program.clone().into());
-                    self.store.emit(event);
                     let attached: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
                     self.reply(
                         state.client,
@@ -937,6 +933,11 @@ impl Daemon<'_> {
                         },
                         &attached,
                     );
+                    // After the reply: the caller's command never waits for the journal.
+                    let mut event = self.store.lifecycle_event(&self.record, "exec");
+                    event.insert("exec_id".into(), exec_id.into());
+                    event.insert("command".into(), state.program.clone().into());
+                    self.store.emit(event);
                 }
             }
             HandleEvent::Message(
@@ -948,14 +949,6 @@ impl Daemon<'_> {
                 _,
             ) => {
                 if let Some(state) = self.execs.remove(&exec_id) {
-                    let mut event = self.store.lifecycle_event(&self.record, "exit");
-                    event.insert("exec_id".into(), exec_id.into());
-                    let status = code.or(signal.map(|s| crate::exit::SIGNAL_BASE + s));
-                    event.insert("code".into(), status.into());
-                    if let Some(signal) = signal {
-                        event.insert("signal".into(), sys::signal::name(signal).into());
-                    }
-                    self.store.emit(event);
                     let oom =
                         self.handle.oom_kills() > state.oom_before && signal == Some(libc::SIGKILL);
                     // The session's cgroup is all there is to measure: CPU time over the
@@ -979,6 +972,19 @@ impl Daemon<'_> {
                         &[],
                     );
                     self.command_done(state.client);
+                    // After the reply (the caller waits for nothing else), before this
+                    // supervisor reads another request: events stay in order.
+                    let mut event = self.store.lifecycle_event(&self.record, "exit");
+                    event.insert("exec_id".into(), exec_id.into());
+                    let status = code.or(signal.map(|s| crate::exit::SIGNAL_BASE + s));
+                    event.insert("code".into(), status.into());
+                    if let Some(signal) = signal {
+                        event.insert("signal".into(), sys::signal::name(signal).into());
+                    }
+                    if oom {
+                        event.insert("oom".into(), true.into());
+                    }
+                    self.store.emit(event);
                 }
                 self.last_activity = Instant::now();
             }
