@@ -743,16 +743,29 @@ pub fn stop(args: StopArgs) -> i32 {
     code
 }
 
-/// Stops a one-shot sandbox: its nsbox gets a TERM carrying the grace period (sigqueue), sends
+/// Stops a one-shot sandbox: its nsbox gets a TERM carrying the grace period (queued), sends
 /// TERM to the command and KILL to the sandbox after the grace; waits until it is gone.
 /// False when it had ended already.
 fn stop_one_shot(store: &OneShotStore, r: &OneShotRecord, grace: Duration) -> Result<bool, String> {
+    use std::os::fd::AsFd;
+    let Some(pid) = i32::try_from(r.supervisor_pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Ok(false);
+    };
+    // The pidfd pins the process: checked after it is open, the start time proves the
+    // signal goes to the one-shot's nsbox and not to a process that reused its pid.
+    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(false),
+        Err(e) => return Err(format!("stopping one-shot {}: {e}", r.id)),
+    };
     if !store.is_live(r) {
         return Ok(false);
     }
-    let pid = i32::try_from(r.supervisor_pid).map_err(|e| e.to_string())?;
     let millis = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-    match crate::sys::signal::queue(pid, libc::SIGTERM, millis) {
+    match crate::sys::signal::pidfd_queue(pidfd.as_fd(), libc::SIGTERM, millis) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
         Err(e) => return Err(format!("stopping one-shot {}: {e}", r.id)),

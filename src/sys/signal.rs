@@ -90,22 +90,53 @@ pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignalInfo {
     pub signal: i32,
-    /// Set when the signal was sent with `sigqueue` (si_code SI_QUEUE) by root: its value.
+    /// Set when the signal was sent queued (si_code SI_QUEUE, by [`pidfd_queue`] or
+    /// `sigqueue`) by root: its value.
     pub queued_by_root: Option<u64>,
 }
 
-/// Sends `signal` to `pid` with a value (`sigqueue`); a signalfd reader sees it in
-/// [`SignalInfo::queued_by_root`]. `nsbox stop` passes a one-shot's grace period this way.
-pub fn queue(pid: i32, signal: i32, value: u64) -> io::Result<()> {
-    // The whole pointer-sized member carries the value (ssi_ptr reads it back), so no
-    // endianness question arises over which half the int member is.
-    let value = libc::sigval {
-        sival_ptr: usize::try_from(value).unwrap_or(usize::MAX) as *mut libc::c_void,
+/// The `siginfo_t` of a queued signal as the kernel reads it on 64-bit Linux: signo, errno,
+/// code, then (8-aligned) the sender's pid and uid and the value; 128 bytes in all.
+#[repr(C)]
+struct QueuedSigInfo {
+    signo: i32,
+    errno: i32,
+    code: i32,
+    _pad: i32,
+    pid: i32,
+    uid: u32,
+    value: u64,
+    _rest: [u8; 96],
+}
+
+/// Sends `signal` with a value through a pidfd (like `sigqueue`, without its pid-reuse race);
+/// a signalfd reader sees it in [`SignalInfo::queued_by_root`]. `nsbox stop` passes a
+/// one-shot's grace period this way.
+pub fn pidfd_queue(pidfd: BorrowedFd<'_>, signal: i32, value: u64) -> io::Result<()> {
+    const _: () = assert!(std::mem::size_of::<QueuedSigInfo>() == 128);
+    let info = QueuedSigInfo {
+        signo: signal,
+        errno: 0,
+        code: libc::SI_QUEUE,
+        _pad: 0,
+        pid: i32::try_from(std::process::id()).unwrap_or(0),
+        uid: rustix::process::getuid().as_raw(),
+        value,
+        _rest: [0; 96],
     };
-    // SAFETY: sigqueue takes plain integers and a sigval by value; the pointer member is
-    // never dereferenced, by us or by the kernel.
-    let ret = unsafe { libc::sigqueue(pid, signal, value) };
-    check(ret as libc::c_long).map(drop)
+    // SAFETY: pidfd_send_signal reads 128 bytes of siginfo from a valid pointer (the kernel
+    // accepts a caller-built one whose si_code is negative, as SI_QUEUE is); the fd is
+    // borrowed and valid.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            &info as *const QueuedSigInfo,
+            0,
+        )
+    };
+    check(ret).map(drop)
 }
 
 /// Reads one pending signal, with its sender's queued value; `None` when none is pending.
