@@ -161,7 +161,7 @@ pub fn events(args: EventsArgs) -> i32 {
 /// Flags of `nsbox wait`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Prints one exit code per line: a one-shot's is its command's (143 or 137 when `nsbox stop`\nended it); a session's is 0 when it was stopped (stop, --max-age, --ttl), 137 when it ran out of\nmemory or its supervisor was killed, 125 when its sandbox ended unexpectedly. A one-shot that\nalready ended is found in the event journal. Exits with the last one's code (121 if an id is\nunknown)."
+    after_help = "Prints one exit code per line: a one-shot's is its command's (143 or 137 when `nsbox stop`\nended it); a session's is 0 when it was stopped (stop, --max-age, --ttl), 137 when it ran out of\nmemory or its supervisor was killed, 125 when its sandbox ended unexpectedly. A one-shot\nor session that already ended (and was removed) is found in the event journal. Exits with the\nlast one's code (121 if an id is unknown)."
 )]
 pub struct WaitArgs {
     /// Sessions (id, unique id prefix or name) or one-shot sandboxes (id or unique prefix).
@@ -190,7 +190,7 @@ pub fn wait(args: WaitArgs) -> i32 {
                 exit::SIGNAL_BASE + libc::SIGKILL
             }))
         } else {
-            ended_one_shot_code(&journal, target)
+            ended_code(&journal, target)
         };
         match code {
             Some(code) => {
@@ -214,24 +214,35 @@ pub fn wait(args: WaitArgs) -> i32 {
     }
 }
 
-fn wait_session(store: &SessionStore, mut record: SessionRecord) -> i32 {
+fn wait_session(store: &SessionStore, record: SessionRecord) -> i32 {
     while store.state(&record) == SessionState::Running {
         std::thread::sleep(POLL);
     }
-    // Re-read: the supervisor recorded how it ended (gone: removed meanwhile, by --rm).
-    if let Ok(now) = store.read_record(&record.id) {
-        record = now;
+    // Re-read: the supervisor recorded how it ended; removed meanwhile (`--rm`), the journal
+    // still says.
+    match store.read_record(&record.id) {
+        Ok(now) => session_code(store.state(&now), &now),
+        Err(_) => ended_code(&store.journal(), &record.id).unwrap_or(0),
     }
-    session_code(store.state(&record), &record)
 }
 
 /// What `wait` reports for a session that is not running.
 fn session_code(state: SessionState, record: &SessionRecord) -> i32 {
     match (state, &record.stopped) {
         (SessionState::Dead, _) => exit::SIGNAL_BASE + libc::SIGKILL,
-        (_, Some(stopped)) if stopped.reason.contains("out of memory") => exit::OOM,
-        (_, Some(stopped)) if stopped.reason.contains("ended unexpectedly") => exit::NSBOX_FAILED,
-        _ => 0,
+        (_, Some(stopped)) => reason_code(&stopped.reason),
+        (_, None) => 0,
+    }
+}
+
+/// A stopped session's code, from why it stopped.
+fn reason_code(reason: &str) -> i32 {
+    if reason.contains("out of memory") {
+        exit::OOM
+    } else if reason.contains("ended unexpectedly") {
+        exit::NSBOX_FAILED
+    } else {
+        0
     }
 }
 
@@ -242,27 +253,46 @@ fn one_shot_code(journal: &Journal, id: &str) -> Option<i32> {
         .iter()
         .rev()
         .find(|e| e["kind"] == "one-shot" && e["type"] == "exit" && e["id"] == id)
-        .and_then(|e| e["code"].as_i64())
-        .and_then(|c| i32::try_from(c).ok())
+        .and_then(event_code)
 }
 
-/// A one-shot that ended before `wait` was called: its exit event, by id or unique prefix.
-fn ended_one_shot_code(journal: &Journal, reference: &str) -> Option<i32> {
-    if reference.len() < 3 {
-        return None;
-    }
-    let events = journal.read_all();
-    let mut ids: Vec<&str> = events
+/// A one-shot or session that ended (and is gone) before `wait` was called, found in the
+/// journal by id, unique id prefix or (a session's) name: its latest end's code.
+fn ended_code(journal: &Journal, reference: &str) -> Option<i32> {
+    let ends: Vec<Value> = journal.read_all().into_iter().filter(is_end).collect();
+    let named = |e: &&Value| {
+        let id = e["id"].as_str().unwrap_or_default();
+        id == reference
+            || (reference.len() >= 3 && id.starts_with(reference))
+            || e["name"].as_str() == Some(reference)
+    };
+    let mut ids: Vec<&str> = ends
         .iter()
-        .filter(|e| e["kind"] == "one-shot" && e["type"] == "exit")
+        .filter(named)
         .filter_map(|e| e["id"].as_str())
-        .filter(|id| id.starts_with(reference))
         .collect();
     ids.sort_unstable();
     ids.dedup();
     match ids.as_slice() {
-        [id] => one_shot_code(journal, id),
+        [id] => ends
+            .iter()
+            .rev()
+            .find(|e| e["id"] == *id)
+            .and_then(event_code),
         _ => None,
+    }
+}
+
+/// A one-shot's exit or a session's stop.
+fn is_end(event: &Value) -> bool {
+    (event["kind"] == "one-shot" && event["type"] == "exit")
+        || (event["kind"] == "session" && event["type"] == "stop")
+}
+
+fn event_code(event: &Value) -> Option<i32> {
+    match event["kind"].as_str() {
+        Some("session") => Some(reason_code(event["reason"].as_str().unwrap_or_default())),
+        _ => event["code"].as_i64().and_then(|c| i32::try_from(c).ok()),
     }
 }
 
@@ -306,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn ended_one_shots_are_found_in_the_journal() {
+    fn ended_sandboxes_are_found_in_the_journal() {
         let tmp = tempfile::tempdir().unwrap();
         let journal = Journal::new(tmp.path());
         for (id, code) in [("abc111", 3), ("abd222", 143), ("abc111", 4)] {
@@ -314,13 +344,25 @@ mod tests {
             e.insert("code".into(), code.into());
             journal.append(&Value::Object(e)).unwrap();
         }
-        assert_eq!(
-            ended_one_shot_code(&journal, "abc111"),
-            Some(4),
-            "the latest"
-        );
-        assert_eq!(ended_one_shot_code(&journal, "abd"), Some(143));
-        assert_eq!(ended_one_shot_code(&journal, "ab"), None, "too short");
-        assert_eq!(ended_one_shot_code(&journal, "zzz"), None);
+        for (id, name, reason) in [
+            ("fff111", "builder", "stopped by nsbox stop"),
+            ("eee222", "big", "the sandbox ran out of memory"),
+        ] {
+            let mut e = journal::event("stop", journal::Kind::Session, id, Some(name));
+            e.insert("reason".into(), reason.into());
+            journal.append(&Value::Object(e)).unwrap();
+            // A session's command's exit is not the session's end.
+            let mut e = journal::event("exit", journal::Kind::Session, id, Some(name));
+            e.insert("code".into(), 9.into());
+            journal.append(&Value::Object(e)).unwrap();
+        }
+        assert_eq!(ended_code(&journal, "abc111"), Some(4), "the latest");
+        assert_eq!(ended_code(&journal, "abd"), Some(143));
+        assert_eq!(ended_code(&journal, "ab"), None, "too short");
+        assert_eq!(ended_code(&journal, "zzz"), None);
+        assert_eq!(ended_code(&journal, "builder"), Some(0));
+        assert_eq!(ended_code(&journal, "eee"), Some(137));
+        assert_eq!(one_shot_code(&journal, "abd222"), Some(143));
+        assert_eq!(one_shot_code(&journal, "fff111"), None);
     }
 }
