@@ -368,6 +368,9 @@ fn wait_prints_exit_codes_and_refuses_unknown_ids() {
     assert_eq!(both.code, 7, "{both:?}");
     assert_eq!(both.stdout, "0\n7\n");
     host.ok(&["rm", &session]);
+    // Removed, it is still found in the journal.
+    let gone = host.run(&["wait", &session]);
+    assert_eq!((gone.code, gone.stdout.trim()), (0, "0"), "{gone:?}");
 
     // Unknown ids: a usage error naming the id, with where to look.
     for bad in ["nosuchid", "../etc", "ab"] {
