@@ -313,6 +313,7 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         cpu_before,
         kept: None,
         published: None,
+        announced: false,
         charge_at: Some(now_ns() + u64::try_from(CHARGE_AFTER.as_nanos()).unwrap_or(u64::MAX)),
     };
     crate::fault::phase("running", &spec.id);
@@ -360,6 +361,8 @@ struct Running<'a> {
     charge_at: Option<u64>,
     /// Where the one-shot's record was written once its command started (see `publish`).
     published: Option<OneShotStore>,
+    /// Its start event was written: an exit event follows.
+    announced: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -556,6 +559,7 @@ impl Running<'_> {
             Ok(()) => self.published = Some(store),
             Err(e) => tracing::warn!("recording the one-shot for nsbox ps: {e}"),
         }
+        self.announced = true;
         let mut event = self.lifecycle_event("start");
         event.insert("root".into(), record.root.into());
         event.insert("command".into(), serde_json::json!(record.command));
@@ -566,9 +570,9 @@ impl Running<'_> {
     /// The one-shot is over: its exit event, then its record goes (in that order, so `wait`
     /// finds the code once the record is gone).
     fn unpublish(&mut self, result: &Result<Outcome, SandboxError>, stopped: bool) {
-        let Some(store) = self.published.take() else {
+        if !std::mem::take(&mut self.announced) {
             return;
-        };
+        }
         let mut event = self.lifecycle_event("exit");
         let code = match result {
             Ok(outcome) => {
@@ -587,8 +591,10 @@ impl Running<'_> {
             event.insert("stopped".into(), true.into());
         }
         journal::emit(event);
-        if let Err(e) = store.remove(&self.spec.id) {
-            tracing::warn!("removing the one-shot's record: {e}");
+        if let Some(store) = self.published.take() {
+            if let Err(e) = store.remove(&self.spec.id) {
+                tracing::warn!("removing the one-shot's record: {e}");
+            }
         }
     }
 
