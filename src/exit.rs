@@ -14,7 +14,7 @@
 //! | 125 | nsbox failed: the sandbox could not be set up, or another failure of nsbox's own |
 //! | 126 | the command was found but could not be executed (permission, format) |
 //! | 127 | the command was not found |
-//! | 128+N | the command was killed by signal N (130 = SIGINT, 143 = SIGTERM) |
+//! | 128+N | the command was killed by signal N (130 = SIGINT, 143 = SIGTERM; a one-shot ended by `nsbox stop`: 143, or 137 when killed after the grace) |
 //! | 137 | also: killed by the kernel's OOM killer at the memory limit (stderr / the JSON exit event say so) |
 //!
 //! Before 121–123 existed, those failures exited with 125.

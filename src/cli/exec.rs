@@ -64,6 +64,7 @@ pub fn run(
     };
     spec.io.result = args.result_json;
     spec.keep_filesystem = !outs.is_empty();
+    spec.labels = labels.clone();
     let masker = Masker::new(&spec.secrets);
     if json {
         start_event(&spec.id, &spec.profile_name, spec.network.as_str(), &labels);

@@ -4,6 +4,7 @@
 
 mod build;
 mod doctor;
+mod events;
 mod exec;
 mod image;
 mod inspect;
@@ -101,16 +102,21 @@ enum Command {
     Exec(Box<ExecArgs>),
     /// Start a sandbox that stays up (a session); prints its id.
     Create(Box<session::CreateArgs>),
-    /// List sessions.
+    /// List sessions (-a: running one-shot sandboxes too).
     Ps(session::PsArgs),
-    /// Print sessions and images as one JSON array (what nsbox knows about each).
+    /// Print sessions, one-shot sandboxes and images as one JSON array (what nsbox knows).
     Inspect(inspect::InspectArgs),
     /// The output of a session's commands (kept masked, at most 16 MiB per session).
     Logs(session::LogsArgs),
     /// A session's resource usage (memory, CPU, processes).
     Stats(session::StatsArgs),
-    /// Stop a session: TERM to every process, KILL after a grace period.
+    /// Stop a session or a one-shot sandbox: TERM to its processes, KILL after a grace period.
     Stop(session::StopArgs),
+    /// Wait until sessions or one-shot sandboxes stopped; print each one's exit code.
+    Wait(events::WaitArgs),
+    /// Print lifecycle events of sessions and one-shot sandboxes as JSON lines, following new
+    /// ones (host-wide, from every nsbox process).
+    Events(events::EventsArgs),
     /// Remove stopped sessions (-f: stop them first).
     Rm(session::RmArgs),
     /// Copy files or trees between the host and a session: SRC SESSION:DST or SESSION:SRC DST
@@ -332,8 +338,8 @@ pub struct SandboxArgs {
     /// Read variables from a file of NAME=VALUE lines. Repeatable.
     #[arg(long = "env-file", value_name = "FILE", help_heading = "Process")]
     env_files: Vec<PathBuf>,
-    /// Attach a label (a job id, a PR): in the --json start event, and for a session in `ps`
-    /// and `inspect`, selected with `ps --filter label=KEY[=VALUE]`. Repeatable.
+    /// Attach a label (a job id, a PR): in the --json start event, `ps` (-a for a one-shot),
+    /// `inspect` and `events`, selected with `--filter label=KEY[=VALUE]`. Repeatable.
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = session::parse_label, help_heading = "Process")]
     labels: Vec<(String, String)>,
     /// Set a secret variable: its value is masked as *** in everything nsbox relays. Repeatable.
@@ -585,6 +591,8 @@ pub fn main() -> i32 {
         Command::Logs(args) => session::logs(args),
         Command::Stats(args) => session::stats(args),
         Command::Stop(args) => session::stop(args),
+        Command::Wait(args) => events::wait(args),
+        Command::Events(args) => events::events(args),
         Command::Rm(args) => session::rm(args),
         Command::Cp(args) => session::cp(args),
         Command::Pause(args) => snapshot::freeze(args, true),

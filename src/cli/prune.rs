@@ -1,6 +1,7 @@
 //! `nsbox prune`: removes stopped sessions, and what nsbox processes that were killed
-//! (SIGKILL, power loss) left on the host. A one-shot sandbox keeps nothing on the host but its cgroup (its mounts and
-//! namespaces die with its processes), so leftovers are `nsbox-<id>` cgroups that are empty
+//! (SIGKILL, power loss) left on the host. A one-shot sandbox keeps nothing on the host but its
+//! cgroup and its record (`ps -a`; its mounts and namespaces die with its processes), so
+//! leftovers are stale one-shot records and `nsbox-<id>` cgroups that are empty
 //! and not held by a live nsbox. It also removes cached mask layers (see
 //! `crate::rootfs::mask`) that no running sandbox uses.
 
@@ -51,6 +52,36 @@ pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {
             .or(config.cleanup.prune_older_than),
         args.dry_run,
     );
+    // Records of one-shots whose nsbox was killed (a live one removes its own).
+    let oneshots = crate::session::oneshot::OneShotStore::system();
+    for record in oneshots.list() {
+        if oneshots.is_live(&record) {
+            continue;
+        }
+        if args.dry_run {
+            println!(
+                "would remove one-shot record {} (its nsbox was killed)",
+                record.id
+            );
+            continue;
+        }
+        match oneshots.remove(&record.id) {
+            Ok(()) => {
+                removed += 1;
+                println!(
+                    "removed  one-shot record {} (its nsbox was killed)",
+                    record.id
+                );
+            }
+            Err(e) => {
+                failed = true;
+                error(&format!(
+                    "could not remove one-shot record {}: {e}",
+                    record.id
+                ));
+            }
+        }
+    }
     // Sessions removed above took their cgroups along; look again.
     let leftovers = if removed > 0 {
         cgroup::find_leftovers(&layout).unwrap_or_default()

@@ -17,6 +17,7 @@ use crate::session::copy::{
     copy_in, copy_in_tar, copy_out, copy_out_tar, parse_endpoint, Endpoint,
 };
 use crate::session::daemon;
+use crate::session::oneshot::{OneShotRecord, OneShotStore};
 use crate::session::state::{SessionRecord, SessionState, SessionStore};
 use crate::units::{ByteSize, CpuQuota};
 use crate::units::{Limit, Timeout};
@@ -309,6 +310,10 @@ pub struct PsArgs {
     /// state=running|stopped|dead. Repeatable; all must match.
     #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
     filter: Vec<Filter>,
+    /// Also list the running one-shot sandboxes (`nsbox run`, `exec` without --session; type
+    /// "one-shot", stoppable by id), and one-shots whose nsbox was killed (state dead).
+    #[arg(long, short = 'a')]
+    all: bool,
 }
 
 /// A `ps --filter`.
@@ -409,6 +414,18 @@ impl Filter {
             Filter::State(s) => state_name(state, r) == s,
         }
     }
+
+    /// The same filters over a one-shot (it has no name; it is running, or dead when its
+    /// nsbox was killed).
+    fn matches_one_shot(&self, r: &OneShotRecord, live: bool) -> bool {
+        match self {
+            Filter::Label(k, None) => r.labels.contains_key(k),
+            Filter::Label(k, Some(v)) => r.labels.get(k) == Some(v),
+            Filter::Name(_) => false,
+            Filter::Id(prefix) => r.id.starts_with(prefix.as_str()),
+            Filter::State(s) => (if live { "running" } else { "dead" }) == s,
+        }
+    }
 }
 
 /// What `ps --format json` and `inspect` say about a session.
@@ -416,6 +433,7 @@ pub(super) fn session_json(store: &SessionStore, r: &SessionRecord) -> serde_jso
     serde_json::json!({
         "id": r.id,
         "name": r.name,
+        "type": "session",
         "root": r.root,
         "state": state_name(store.state(r), r),
         "age_secs": SessionStore::age(r, false).as_secs(),
@@ -477,8 +495,24 @@ pub fn ps(args: PsArgs) -> i32 {
             args.filter.iter().all(|f| f.matches(r, state, &labels))
         })
         .collect();
+    let oneshots = OneShotStore::system();
+    let one_shot_records: Vec<(OneShotRecord, bool)> = match args.all {
+        true => oneshots
+            .list()
+            .into_iter()
+            .map(|r| {
+                let live = oneshots.is_live(&r);
+                (r, live)
+            })
+            .filter(|(r, live)| args.filter.iter().all(|f| f.matches_one_shot(r, *live)))
+            .collect(),
+        false => Vec::new(),
+    };
     if args.quiet {
         for r in &records {
+            println!("{}", r.id);
+        }
+        for (r, _) in &one_shot_records {
             println!("{}", r.id);
         }
         return 0;
@@ -487,30 +521,48 @@ pub fn ps(args: PsArgs) -> i32 {
         (true, _) => Format::Json,
         (false, format) => format.unwrap_or(Format::Table),
     };
+    let rows = || {
+        records.iter().map(|r| session_json(&store, r)).chain(
+            one_shot_records
+                .iter()
+                .map(|(r, live)| one_shot_json(r, *live)),
+        )
+    };
     match format {
         Format::Json => {
-            let rows: Vec<serde_json::Value> =
-                records.iter().map(|r| session_json(&store, r)).collect();
+            let rows: Vec<serde_json::Value> = rows().collect();
             println!(
                 "{}",
                 serde_json::to_string_pretty(&rows).unwrap_or_default()
             );
         }
         Format::Template(template) => {
-            for r in &records {
-                println!("{}", render(&template, &session_json(&store, r)));
+            for row in rows() {
+                println!("{}", render(&template, &row));
             }
         }
         Format::Table => {
+            // The TYPE column only with -a, where the two kinds meet.
+            let kind = |k: &str| match args.all {
+                true => format!("{k:<8}  "),
+                false => String::new(),
+            };
             println!(
-                "{:<12}  {:<16}  {:<24}  {:<8}  {:>5}  {:<8}  LIMITS",
-                "ID", "NAME", "ROOT", "STATE", "AGE", "NET"
+                "{:<12}  {:<16}  {}{:<24}  {:<8}  {:>5}  {:<8}  LIMITS",
+                "ID",
+                "NAME",
+                kind("TYPE"),
+                "ROOT",
+                "STATE",
+                "AGE",
+                "NET"
             );
             for r in &records {
                 println!(
-                    "{:<12}  {:<16}  {:<24}  {:<8}  {:>5}  {:<8}  {}",
+                    "{:<12}  {:<16}  {}{:<24}  {:<8}  {:>5}  {:<8}  {}",
                     r.id,
                     shorten(r.name.as_deref().unwrap_or("-"), 16),
+                    kind("session"),
                     shorten(&r.root, 24),
                     state_name(store.state(r), r),
                     age_text(SessionStore::age(r, false).as_secs()),
@@ -518,9 +570,39 @@ pub fn ps(args: PsArgs) -> i32 {
                     limits_text(r),
                 );
             }
+            for (r, live) in &one_shot_records {
+                println!(
+                    "{:<12}  {:<16}  {}{:<24}  {:<8}  {:>5}  {:<8}  {}",
+                    r.id,
+                    "-",
+                    kind("one-shot"),
+                    shorten(&r.root, 24),
+                    if *live { "running" } else { "dead" },
+                    age_text(crate::session::state::now_secs().saturating_sub(r.created)),
+                    r.network,
+                    shorten(&r.command.join(" "), 40),
+                );
+            }
         }
     }
     0
+}
+
+/// What `ps --format json` and `inspect` say about a one-shot sandbox.
+pub(super) fn one_shot_json(r: &OneShotRecord, live: bool) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "name": null,
+        "type": "one-shot",
+        "root": r.root,
+        "state": if live { "running" } else { "dead" },
+        "age_secs": crate::session::state::now_secs().saturating_sub(r.created),
+        "created": r.created,
+        "network": r.network,
+        "command": r.command,
+        "pid": r.supervisor_pid,
+        "labels": r.labels,
+    })
 }
 
 /// `text` cut to `width` characters, with an ellipsis when it was longer.
@@ -595,7 +677,7 @@ pub fn stats(args: StatsArgs) -> i32 {
 /// Flags of `nsbox stop`.
 #[derive(Debug, Args)]
 pub struct StopArgs {
-    /// Sessions (ids or names).
+    /// Sessions (ids or names) or one-shot sandboxes (ids, from `ps -a`).
     #[arg(value_name = "ID|NAME", required = true)]
     sessions: Vec<String>,
     /// How long processes get between SIGTERM and SIGKILL (a bare number is seconds:
@@ -612,8 +694,33 @@ pub struct StopArgs {
 
 pub fn stop(args: StopArgs) -> i32 {
     let store = SessionStore::system();
+    let oneshots = OneShotStore::system();
     let mut code = 0;
     for s in &args.sessions {
+        let unknown_session = matches!(
+            store.resolve(s),
+            Err(crate::session::StateError::Unknown(_))
+        );
+        let one_shot = unknown_session.then(|| oneshots.resolve(s)).flatten();
+        if unknown_session && one_shot.is_none() {
+            error(&format!(
+                "no session or running one-shot sandbox '{}' — hint: `nsbox ps -a` lists them",
+                s.escape_debug()
+            ));
+            code = exit::NSBOX_FAILED;
+            continue;
+        }
+        if let Some(r) = one_shot {
+            match stop_one_shot(&oneshots, &r, args.grace.0) {
+                Ok(true) => println!("{}", r.id),
+                Ok(false) => println!("{} (already stopped)", r.id),
+                Err(e) => {
+                    error(&e);
+                    code = exit::NSBOX_FAILED;
+                }
+            }
+            continue;
+        }
         match store.resolve(s) {
             Ok(r) if store.state(&r) != SessionState::Running => {
                 println!("{} (already stopped)", r.id);
@@ -634,6 +741,51 @@ pub fn stop(args: StopArgs) -> i32 {
         }
     }
     code
+}
+
+/// Stops a one-shot sandbox: its nsbox gets a TERM carrying the grace period (queued), sends
+/// TERM to the command and KILL to the sandbox after the grace; waits until it is gone.
+/// False when it had ended already.
+fn stop_one_shot(store: &OneShotStore, r: &OneShotRecord, grace: Duration) -> Result<bool, String> {
+    use std::os::fd::AsFd;
+    let Some(pid) = i32::try_from(r.supervisor_pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Ok(false);
+    };
+    // The pidfd pins the process: checked after it is open, the start time proves the
+    // signal goes to the one-shot's nsbox and not to a process that reused its pid.
+    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(false),
+        Err(e) => return Err(format!("stopping one-shot {}: {e}", r.id)),
+    };
+    if !store.is_live(r) {
+        return Ok(false);
+    }
+    let millis = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    match crate::sys::signal::pidfd_queue(pidfd.as_fd(), libc::SIGTERM, millis) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+        Err(e) => return Err(format!("stopping one-shot {}: {e}", r.id)),
+    }
+    // Its teardown takes the record away; a little longer than the grace for the kill and
+    // the teardown.
+    let deadline = Instant::now() + grace + Duration::from_secs(10);
+    while store.read(&r.id).is_some() && store.is_live(r) {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "one-shot {} did not end within {} of its stop — hint: its nsbox (pid {}) may be stuck; `kill -9 {}`, then `nsbox prune`",
+                r.id,
+                crate::units::format_duration(grace + Duration::from_secs(10)),
+                r.supervisor_pid,
+                r.supervisor_pid
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(true)
 }
 
 /// Flags of `nsbox rm`.

@@ -104,6 +104,17 @@ pub fn drive<P: Policy>(policy: &mut P) -> Result<(), P::Error> {
     Ok(())
 }
 
+/// Reads every pending signal from a signalfd, with the values queued senders attached.
+pub fn pending_signal_infos(
+    signalfd: BorrowedFd<'_>,
+) -> io::Result<Vec<crate::sys::signal::SignalInfo>> {
+    let mut signals = Vec::new();
+    while let Some(info) = crate::sys::signal::read_signal_info(signalfd)? {
+        signals.push(info);
+    }
+    Ok(signals)
+}
+
 /// Reads every pending signal from a signalfd.
 pub fn pending_signals(signalfd: BorrowedFd<'_>) -> io::Result<Vec<i32>> {
     let mut signals = Vec::new();

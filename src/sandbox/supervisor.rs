@@ -24,6 +24,8 @@ use crate::relay::result::Capture;
 use crate::relay::stream::{Relay, RelayConfig, RelayError, RelayFd};
 use crate::relay::{Masker, Usage};
 use crate::seccomp::SeccompError;
+use crate::session::journal;
+use crate::session::oneshot::{self, OneShotRecord, OneShotStore};
 use crate::spec::SandboxSpec;
 use crate::units::{format_duration, ByteSize};
 use crate::{exit, sys};
@@ -186,6 +188,10 @@ pub(crate) struct CommandFacts {
     pub timed_out: bool,
     /// The first signal nsbox received and passed on (or acted on).
     pub interrupted: Option<i32>,
+    /// `nsbox stop` asked the one-shot to stop (TERM now, KILL after its grace).
+    pub stop_requested: bool,
+    /// ...and its grace ran out: the sandbox was killed.
+    pub stop_killed: bool,
     /// The OOM killer killed a process of the sandbox.
     pub oom: bool,
 }
@@ -218,6 +224,8 @@ impl Ending {
             // With memory.oom.group (cgroup v2) the OOM killer ends every process of the
             // sandbox at once, init included, so nobody was left to report the status.
             None if facts.oom && facts.started => Ok(Ending::Signaled(libc::SIGKILL)),
+            // `nsbox stop` killed it after the grace: as if by SIGKILL (137), like Docker.
+            None if facts.stop_killed => Ok(Ending::Signaled(libc::SIGKILL)),
             None => match facts.interrupted {
                 Some(sig) => Ok(Ending::Interrupted(sig)),
                 None if !facts.started => {
@@ -304,6 +312,8 @@ pub fn run(spec: &SandboxSpec, t0: u64) -> Result<Outcome, SandboxError> {
         event_masker: Masker::for_network_events(&spec.secrets),
         cpu_before,
         kept: None,
+        published: None,
+        announced: false,
         charge_at: Some(now_ns() + u64::try_from(CHARGE_AFTER.as_nanos()).unwrap_or(u64::MAX)),
     };
     crate::fault::phase("running", &spec.id);
@@ -349,6 +359,10 @@ struct Running<'a> {
     kept: Option<KeptFilesystem>,
     /// When the supervisor moves into the sandbox's cpu cgroup (see [`CHARGE_AFTER`]).
     charge_at: Option<u64>,
+    /// Where the one-shot's record was written once its command started (see `publish`).
+    published: Option<OneShotStore>,
+    /// Its start event was written: an exit event follows.
+    announced: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -381,6 +395,7 @@ impl Policy for Running<'_> {
         if let Some(deadline) = self.stop_deadline {
             if now_ns() >= deadline {
                 self.stop_deadline = None;
+                self.facts.stop_killed = self.facts.stop_requested;
                 self.handle.kill();
             }
         }
@@ -451,10 +466,18 @@ impl Policy for Running<'_> {
 
 impl Running<'_> {
     fn on_signals(&mut self) -> Result<(), SandboxError> {
-        for signal in event_loop::pending_signals(self.signalfd).map_err(io_err("read signals"))? {
+        let signals =
+            event_loop::pending_signal_infos(self.signalfd).map_err(io_err("read signals"))?;
+        for info in signals {
+            let signal = info.signal;
             match signal {
                 libc::SIGWINCH => self.relay.resize_terminal(),
                 _ if !self.handle.state().init_alive() => {}
+                // `nsbox stop`: a TERM queued by root with the grace period in milliseconds.
+                libc::SIGTERM if self.facts.started && info.queued_by_root.is_some() => {
+                    let grace = Duration::from_millis(info.queued_by_root.unwrap_or_default());
+                    self.stop_requested(grace);
+                }
                 _ => {
                     let first = self.facts.interrupted.is_none();
                     self.facts.interrupted.get_or_insert(signal);
@@ -472,6 +495,109 @@ impl Running<'_> {
         Ok(())
     }
 
+    /// `nsbox stop ID`: TERM to the command now, KILL to the sandbox after `grace`; a second
+    /// request changes nothing.
+    fn stop_requested(&mut self, grace: Duration) {
+        if self.facts.stop_requested {
+            return;
+        }
+        self.facts.stop_requested = true;
+        self.facts.interrupted.get_or_insert(libc::SIGTERM);
+        self.handle.signal_init(libc::SIGTERM);
+        let grace_ns = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
+        self.stop_deadline = Some(now_ns().saturating_add(grace_ns));
+        let mut event = self.lifecycle_event("stop");
+        event.insert(
+            "grace_ms".into(),
+            u64::try_from(grace.as_millis()).unwrap_or(u64::MAX).into(),
+        );
+        journal::emit(event);
+    }
+
+    fn lifecycle_event(&self, action: &str) -> serde_json::Map<String, serde_json::Value> {
+        let mut event = journal::event(action, journal::Kind::OneShot, &self.spec.id, None);
+        if !self.spec.labels.is_empty() {
+            event.insert("labels".into(), serde_json::json!(self.spec.labels));
+        }
+        event
+    }
+
+    /// Makes the running one-shot visible to `ps -a`, `inspect`, `stop`, `wait` and `events`:
+    /// its record and its start event. Written once the command runs (the cold start's path
+    /// to the command never waits for them), one small file and one journal line.
+    fn publish(&mut self) {
+        let spec = self.spec;
+        let masker = (!spec.secrets.is_empty()).then(|| Masker::new(&spec.secrets));
+        let command: Vec<String> = spec
+            .command
+            .iter()
+            .map(|arg| {
+                let arg = arg.to_string_lossy();
+                masker
+                    .as_ref()
+                    .map_or(arg.to_string(), |m| m.mask_str(&arg))
+            })
+            .collect();
+        let pid = std::process::id();
+        let record = OneShotRecord {
+            id: spec.id.clone(),
+            supervisor_pid: pid,
+            supervisor_start: oneshot::process_start_ticks(std::path::Path::new("/proc"), pid)
+                .unwrap_or_default(),
+            created: crate::session::state::now_secs(),
+            root: match (&spec.image, &spec.root) {
+                (Some(image), _) => format!("image:{}", image.reference),
+                (None, crate::profile::RootChoice::Host) => "host".to_string(),
+                (None, crate::profile::RootChoice::Dir(d)) => format!("dir:{}", d.display()),
+            },
+            network: spec.network.as_str().to_string(),
+            command,
+            labels: spec.labels.clone(),
+        };
+        let store = OneShotStore::system();
+        match store.write(&record) {
+            Ok(()) => self.published = Some(store),
+            Err(e) => tracing::warn!("recording the one-shot for nsbox ps: {e}"),
+        }
+        self.announced = true;
+        let mut event = self.lifecycle_event("start");
+        event.insert("root".into(), record.root.into());
+        event.insert("command".into(), serde_json::json!(record.command));
+        event.insert("pid".into(), pid.into());
+        journal::emit(event);
+    }
+
+    /// The one-shot is over: its exit event, then its record goes (in that order, so `wait`
+    /// finds the code once the record is gone).
+    fn unpublish(&mut self, result: &Result<Outcome, SandboxError>, stopped: bool) {
+        if !std::mem::take(&mut self.announced) {
+            return;
+        }
+        let mut event = self.lifecycle_event("exit");
+        let code = match result {
+            Ok(outcome) => {
+                if let Some(signal) = outcome.signal_name() {
+                    event.insert("signal".into(), signal.into());
+                }
+                if outcome.oom {
+                    event.insert("oom".into(), true.into());
+                }
+                outcome.exit_code()
+            }
+            Err(e) => crate::report::Failure::of(e).exit_code(),
+        };
+        event.insert("code".into(), code.into());
+        if stopped {
+            event.insert("stopped".into(), true.into());
+        }
+        journal::emit(event);
+        if let Some(store) = self.published.take() {
+            if let Err(e) = store.remove(&self.spec.id) {
+                tracing::warn!("removing the one-shot's record: {e}");
+            }
+        }
+    }
+
     fn on_sandbox(&mut self, event: HandleEvent) -> Result<(), SandboxError> {
         match event {
             HandleEvent::Message(ToSupervisor::SetupFailed(failure), _) => {
@@ -485,6 +611,7 @@ impl Running<'_> {
                 if let Some(master) = fds.into_iter().next() {
                     self.relay.attach_terminal(master).map_err(relay_err)?;
                 }
+                self.publish();
             }
             HandleEvent::Message(ToSupervisor::Exited { code, signal }, _) => {
                 self.marks.push(("command exited".into(), now_ns()));
@@ -538,8 +665,19 @@ impl Running<'_> {
         }
     }
 
-    /// Tears down whatever is left, then turns the state into an outcome.
+    /// Tears down whatever is left, turns the state into an outcome, and takes the one-shot's
+    /// record down.
     fn finish(mut self, loop_result: Result<(), SandboxError>) -> Result<Outcome, SandboxError> {
+        let stopped = self.facts.stop_requested;
+        let result = self.finish_run(loop_result);
+        self.unpublish(&result, stopped);
+        result
+    }
+
+    fn finish_run(
+        &mut self,
+        loop_result: Result<(), SandboxError>,
+    ) -> Result<Outcome, SandboxError> {
         crate::fault::phase("teardown", &self.spec.id);
         if loop_result.is_err() {
             self.teardown();
@@ -700,6 +838,43 @@ mod tests {
             Ending::of_one_shot(started, None, LIMIT),
             Err(SandboxError::Died(_))
         ));
+    }
+
+    #[test]
+    fn a_stopped_one_shot_ends_as_if_signalled() {
+        // The command died of the TERM: its own report, 143.
+        let termed = CommandFacts {
+            started: true,
+            stop_requested: true,
+            interrupted: Some(libc::SIGTERM),
+            status: Some((None, Some(libc::SIGTERM))),
+            ..Default::default()
+        };
+        let ending = Ending::of_one_shot(termed, None, LIMIT).unwrap();
+        assert_eq!(ending, Ending::Signaled(libc::SIGTERM));
+        // Killed after the grace, nobody left to report: SIGKILL, 137 (not "interrupted").
+        let killed = CommandFacts {
+            started: true,
+            stop_requested: true,
+            stop_killed: true,
+            interrupted: Some(libc::SIGTERM),
+            ..Default::default()
+        };
+        assert_eq!(
+            Ending::of_one_shot(killed, None, LIMIT).unwrap(),
+            Ending::Signaled(libc::SIGKILL)
+        );
+        // The init went down on the TERM itself before reporting: as if by the TERM.
+        let init_termed = CommandFacts {
+            started: true,
+            stop_requested: true,
+            interrupted: Some(libc::SIGTERM),
+            ..Default::default()
+        };
+        assert_eq!(
+            Ending::of_one_shot(init_termed, None, LIMIT).unwrap(),
+            Ending::Interrupted(libc::SIGTERM)
+        );
     }
 
     #[test]

@@ -399,6 +399,8 @@ struct Client {
 
 struct ExecState {
     client: u64,
+    /// The program run (argv[0], secrets masked), for the exec event.
+    program: String,
     oom_before: u64,
     /// The session cgroup's CPU usage when the command started: its exit reports the delta.
     cpu_before: Option<u64>,
@@ -589,7 +591,14 @@ impl Daemon<'_> {
         let Some(ack) = &self.ack else { return };
         let mut buf = [0u8; 8];
         match rustix::io::read(ack, &mut buf) {
-            Ok(n) if n > 0 && &buf[..n] == b"ok" => self.ack = None,
+            Ok(n) if n > 0 && &buf[..n] == b"ok" => {
+                self.ack = None;
+                // Confirmed by its creator: the session exists for everyone from here on.
+                let mut event = self.store.lifecycle_event(&self.record, "create");
+                event.insert("root".into(), self.record.root.clone().into());
+                event.insert("network".into(), self.record.network.clone().into());
+                self.store.emit(event);
+            }
             Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
             _ => {
                 // `nsbox create` ended without taking the session: remove it.
@@ -791,6 +800,9 @@ impl Daemon<'_> {
         if let Err(e) = self.store.write_record(&self.record) {
             tracing::warn!("{e}");
         }
+        let action = if frozen { "pause" } else { "resume" };
+        self.store
+            .emit(self.store.lifecycle_event(&self.record, action));
         Ok(true)
     }
 
@@ -847,6 +859,9 @@ impl Daemon<'_> {
         }
         let exec_id = self.next_exec;
         self.next_exec += 1;
+        let program = crate::relay::Masker::new(&self.spec.secrets).mask_str(
+            &String::from_utf8_lossy(argv.first().map_or(&[][..], |a| a)),
+        );
         let request = ExecRequest {
             exec_id,
             argv,
@@ -868,6 +883,7 @@ impl Daemon<'_> {
                     exec_id,
                     ExecState {
                         client,
+                        program,
                         oom_before,
                         cpu_before,
                     },
@@ -917,6 +933,11 @@ impl Daemon<'_> {
                         },
                         &attached,
                     );
+                    // After the reply: the caller's command never waits for the journal.
+                    let mut event = self.store.lifecycle_event(&self.record, "exec");
+                    event.insert("exec_id".into(), exec_id.into());
+                    event.insert("command".into(), state.program.clone().into());
+                    self.store.emit(event);
                 }
             }
             HandleEvent::Message(
@@ -951,6 +972,19 @@ impl Daemon<'_> {
                         &[],
                     );
                     self.command_done(state.client);
+                    // After the reply (the caller waits for nothing else), before this
+                    // supervisor reads another request: events stay in order.
+                    let mut event = self.store.lifecycle_event(&self.record, "exit");
+                    event.insert("exec_id".into(), exec_id.into());
+                    let status = code.or(signal.map(|s| crate::exit::SIGNAL_BASE + s));
+                    event.insert("code".into(), status.into());
+                    if let Some(signal) = signal {
+                        event.insert("signal".into(), sys::signal::name(signal).into());
+                    }
+                    if oom {
+                        event.insert("oom".into(), true.into());
+                    }
+                    self.store.emit(event);
                 }
                 self.last_activity = Instant::now();
             }
@@ -1056,9 +1090,14 @@ impl Daemon<'_> {
             reason: self.stop_reason.clone().unwrap_or_else(|| "stopped".into()),
         });
         if self.remove_on_exit {
-            let _ = self.store.remove(&self.record);
+            let _ = self.store.remove_quietly(&self.record);
         } else {
             let _ = self.store.write_record(&self.record);
+            let mut event = self.store.lifecycle_event(&self.record, "stop");
+            if let Some(stopped) = &self.record.stopped {
+                event.insert("reason".into(), stopped.reason.clone().into());
+            }
+            self.store.emit(event);
         }
         tracing::info!(at = now_ns(), "session ended");
         crate::fault::phase("session-ended", &self.record.id);

@@ -5,7 +5,9 @@
 //! - [`daemon`]: its supervisor, one small process per session, forked by `nsbox create`;
 //! - [`client`]: what other nsbox commands use to run commands in it, stop it, read its stats;
 //! - [`copy`]: copying files and trees in and out, resolved inside the sandbox's root;
-//! - [`protocol`]: the messages between them.
+//! - [`protocol`]: the messages between them;
+//! - [`oneshot`]: the records that make running one-shot sandboxes visible and stoppable;
+//! - [`journal`]: the host-wide journal of lifecycle events (`nsbox events`).
 //!
 //! There is no daemon for all sessions, and nothing survives a session's supervisor: its
 //! death ends the sandbox, and `nsbox prune` removes what it could not.
@@ -13,6 +15,8 @@
 pub mod client;
 pub mod copy;
 pub mod daemon;
+pub mod journal;
+pub mod oneshot;
 pub mod protocol;
 pub mod state;
 

@@ -8,6 +8,8 @@
 //! <run dir>/sessions/<id>/network.log    DNS and connection decisions (--log-network)
 //! <run dir>/sessions/<id>/output.log     the commands' output, masked, bounded (`nsbox logs`)
 //! <run dir>/names/<name>                 the id a name stands for (claimed with O_EXCL)
+//! <run dir>/oneshots/<id>.json           a running one-shot sandbox (`crate::session::oneshot`)
+//! <run dir>/events.jsonl, events.jsonl.1 the lifecycle journal (`crate::session::journal`)
 //! ```
 //!
 //! The run directory is `/run/nsbox` (root-only), or `$NSBOX_RUN_DIR` when set (an absolute
@@ -124,6 +126,14 @@ pub enum SessionState {
     Dead,
 }
 
+/// `$NSBOX_RUN_DIR` if set to an absolute path, else [`RUN_DIR`].
+pub fn system_run_dir() -> PathBuf {
+    match std::env::var_os("NSBOX_RUN_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        _ => PathBuf::from(RUN_DIR),
+    }
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -144,12 +154,9 @@ impl SessionStore {
         }
     }
 
-    /// The store under `$NSBOX_RUN_DIR` if set to an absolute path, else [`RUN_DIR`].
+    /// The store under [`system_run_dir`].
     pub fn system() -> SessionStore {
-        match std::env::var_os("NSBOX_RUN_DIR") {
-            Some(dir) if Path::new(&dir).is_absolute() => SessionStore::new(dir),
-            _ => SessionStore::new(RUN_DIR),
-        }
+        SessionStore::new(system_run_dir())
     }
 
     fn sessions(&self) -> PathBuf {
@@ -376,12 +383,61 @@ impl SessionStore {
         }
     }
 
-    /// Removes a session's directory and name. The caller made sure it is not live.
+    /// Removes a session's directory and name (an `rm` event in the journal). The caller made
+    /// sure it is not live.
     pub fn remove(&self, record: &SessionRecord) -> Result<(), StateError> {
+        let event = self.lifecycle_event(record, "rm");
+        self.remove_quietly(record)?;
+        self.emit(event);
+        Ok(())
+    }
+
+    /// [`Self::remove`] without an event: for a session that was never announced (its
+    /// create was interrupted).
+    pub fn remove_quietly(&self, record: &SessionRecord) -> Result<(), StateError> {
         if let Some(name) = &record.name {
             self.release_name(name, &record.id);
         }
         self.remove_dir(&record.id)
+    }
+
+    /// The lifecycle journal beside the sessions (`nsbox events`).
+    pub fn journal(&self) -> super::journal::Journal {
+        super::journal::Journal::new(&self.run_dir)
+    }
+
+    /// A session's labels (`create --label`), kept beside its record.
+    pub fn labels(&self, id: &str) -> std::collections::BTreeMap<String, String> {
+        std::fs::read(self.dir(id).join("labels.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// A lifecycle event about `record`, with its labels; the caller adds its own fields.
+    pub fn lifecycle_event(
+        &self,
+        record: &SessionRecord,
+        action: &str,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut event = super::journal::event(
+            action,
+            super::journal::Kind::Session,
+            &record.id,
+            record.name.as_deref(),
+        );
+        let labels = self.labels(&record.id);
+        if !labels.is_empty() {
+            event.insert("labels".into(), serde_json::json!(labels));
+        }
+        event
+    }
+
+    /// Appends an event to the journal; a failure is logged, never fatal.
+    pub fn emit(&self, event: serde_json::Map<String, serde_json::Value>) {
+        if let Err(e) = self.journal().append(&serde_json::Value::Object(event)) {
+            tracing::warn!("recording a lifecycle event: {e}");
+        }
     }
 
     /// Frees `name` if it still stands for `id`.

@@ -140,6 +140,8 @@ pub struct SandboxSpec {
     /// Extra tmpfs mounts (`--tmpfs PATH[:SIZE]`), checked and added by the command line
     /// after `build`.
     pub tmpfs: Vec<TmpfsMount>,
+    /// `--label KEY=VALUE`s: a one-shot's record and lifecycle events carry them.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A scratch tmpfs the command line asked for, mounted like /tmp (mode 1777, nosuid, nodev).
@@ -397,6 +399,7 @@ impl SandboxSpec {
             timings: req.timings,
             upper_dir: None,
             tmpfs: Vec::new(),
+            labels: BTreeMap::new(),
         })
     }
 }

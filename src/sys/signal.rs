@@ -83,6 +83,64 @@ pub fn take_relay_signals() -> io::Result<OwnedFd> {
 
 /// Reads one pending signal from a signalfd; `None` when none is pending.
 pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    Ok(read_signal_info(fd)?.map(|info| info.signal))
+}
+
+/// A signal read from a signalfd, with the value a [`queue`] sender attached to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalInfo {
+    pub signal: i32,
+    /// Set when the signal was sent queued (si_code SI_QUEUE, by [`pidfd_queue`] or
+    /// `sigqueue`) by root: its value.
+    pub queued_by_root: Option<u64>,
+}
+
+/// The `siginfo_t` of a queued signal as the kernel reads it on 64-bit Linux: signo, errno,
+/// code, then (8-aligned) the sender's pid and uid and the value; 128 bytes in all.
+#[repr(C)]
+struct QueuedSigInfo {
+    signo: i32,
+    errno: i32,
+    code: i32,
+    _pad: i32,
+    pid: i32,
+    uid: u32,
+    value: u64,
+    _rest: [u8; 96],
+}
+
+/// Sends `signal` with a value through a pidfd (like `sigqueue`, without its pid-reuse race);
+/// a signalfd reader sees it in [`SignalInfo::queued_by_root`]. `nsbox stop` passes a
+/// one-shot's grace period this way.
+pub fn pidfd_queue(pidfd: BorrowedFd<'_>, signal: i32, value: u64) -> io::Result<()> {
+    const _: () = assert!(std::mem::size_of::<QueuedSigInfo>() == 128);
+    let info = QueuedSigInfo {
+        signo: signal,
+        errno: 0,
+        code: libc::SI_QUEUE,
+        _pad: 0,
+        pid: i32::try_from(std::process::id()).unwrap_or(0),
+        uid: rustix::process::getuid().as_raw(),
+        value,
+        _rest: [0; 96],
+    };
+    // SAFETY: pidfd_send_signal reads 128 bytes of siginfo from a valid pointer (the kernel
+    // accepts a caller-built one whose si_code is negative, as SI_QUEUE is); the fd is
+    // borrowed and valid.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            &info as *const QueuedSigInfo,
+            0,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Reads one pending signal, with its sender's queued value; `None` when none is pending.
+pub fn read_signal_info(fd: BorrowedFd<'_>) -> io::Result<Option<SignalInfo>> {
     // SAFETY: signalfd_siginfo is plain data; zeroed is a valid value.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
@@ -104,9 +162,13 @@ pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     if usize::try_from(n).ok() != Some(size) {
         return Ok(None);
     }
-    i32::try_from(info.ssi_signo)
-        .map(Some)
-        .map_err(io::Error::other)
+    let signal = i32::try_from(info.ssi_signo).map_err(io::Error::other)?;
+    let queued_by_root =
+        (info.ssi_code == libc::SI_QUEUE && info.ssi_uid == 0).then_some(info.ssi_ptr);
+    Ok(Some(SignalInfo {
+        signal,
+        queued_by_root,
+    }))
 }
 
 /// Sends a signal to a process (or, with a negative pid, a process group).

@@ -305,7 +305,7 @@ fn labels_filters_quiet_format_inspect_and_stop_t() {
     assert_eq!(missing.code, 125);
     assert!(missing
         .stderr
-        .contains("no session or image 'no-such-thing'"));
+        .contains("no session, one-shot sandbox or image 'no-such-thing'"));
     let partial: serde_json::Value = serde_json::from_str(&missing.stdout).unwrap();
     assert_eq!(
         partial.as_array().unwrap().len(),

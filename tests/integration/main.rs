@@ -35,3 +35,4 @@ mod serve;
 mod sessions;
 mod snapshots;
 mod store_faults;
+mod watching;
