@@ -74,7 +74,7 @@ fn global_options_are_shown_once_at_the_top_and_work_anywhere() {
         }
     }
     // Still accepted after the command (scripts and tests write them there).
-    let store = tempfile::tempdir().unwrap();
+    let store = RunDir::new();
     let run = nsbox(&[
         "images",
         "-q",
@@ -175,7 +175,7 @@ fn v_is_a_read_only_volume_and_m_is_memory() {
     }
     assert!(!dir.path().join("g").exists());
     // -m is the memory limit (it was --mount's letter before).
-    let store = tempfile::tempdir().unwrap();
+    let store = RunDir::new();
     let run = in_store(store.path(), &["create", "-m", "64m", "--name", "mem"]);
     assert_eq!(run.code, 0, "{run:?}");
     let ps = in_store(store.path(), &["ps", "--format", "{{.Memory}}"]);
@@ -242,7 +242,7 @@ fn u_name_is_resolved_in_the_sandboxs_own_passwd() {
 #[test]
 fn labels_filters_quiet_format_inspect_and_stop_t() {
     require_root!();
-    let store = tempfile::tempdir().unwrap();
+    let store = RunDir::new();
     let s = |args: &[&str]| in_store(store.path(), args);
     let a = s(&[
         "create", "--label", "job=42", "--label", "pr", "--name", "la",
@@ -380,7 +380,7 @@ fn images_quiet_format_and_inspect() {
 #[test]
 fn a_session_exec_takes_a_secret_for_one_command() {
     require_root!();
-    let store = tempfile::tempdir().unwrap();
+    let store = RunDir::new();
     let created = in_store(store.path(), &["create"]);
     assert_eq!(created.code, 0, "{created:?}");
     let id = created.stdout.trim().to_string();
@@ -569,7 +569,7 @@ fn every_argument_has_a_description() {
 
 #[test]
 fn a_bad_session_name_is_a_usage_error_not_a_setup_failure() {
-    let store = tempfile::tempdir().unwrap();
+    let store = RunDir::new();
     let run = in_store(store.path(), &["create", "--name", "bad name!"]);
     fails(
         &run,
@@ -642,7 +642,7 @@ fn config_errors_name_the_config_and_keep_the_parsers_layout() {
 
 #[test]
 fn pull_never_suggests_nsbox_pull() {
-    let store = tempfile::tempdir().unwrap();
+    let store = RunDir::new();
     let run = nsbox(&[
         "--state-root",
         store.path().join("s").to_str().unwrap(),
@@ -746,7 +746,7 @@ fn tmpfs_mounts_a_sized_scratch_directory() {
 #[test]
 fn a_ttl_session_is_stopped_and_removed_at_its_deadline_even_while_busy() {
     require_root!();
-    let store = tempfile::tempdir().unwrap();
+    let store = RunDir::new();
     // --ttl stops the session; --rm (with no grace) removes it once stopped.
     let created = in_store(
         store.path(),

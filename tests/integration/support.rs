@@ -441,3 +441,40 @@ impl Lcg {
         self.0 >> 33
     }
 }
+
+/// A run directory of a test's own (`NSBOX_RUN_DIR`) whose sessions are removed when it goes,
+/// also when the test failed half-way: a session left running would outlive its directory and
+/// fail the leftover check of every later run.
+pub struct RunDir(tempfile::TempDir);
+
+impl RunDir {
+    pub fn new() -> RunDir {
+        RunDir(tempfile::tempdir().unwrap())
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Default for RunDir {
+    fn default() -> Self {
+        RunDir::new()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let in_dir = |args: &[&str]| {
+            nsbox_cmd(args)
+                .env("NSBOX_RUN_DIR", self.path())
+                .stdin(Stdio::null())
+                .output()
+        };
+        if let Ok(listed) = in_dir(&["ps", "-q"]) {
+            for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+                let _ = in_dir(&["rm", "-f", id]);
+            }
+        }
+    }
+}
