@@ -354,31 +354,7 @@ pub fn rmi(args: RmiArgs, state_root: &Path) -> i32 {
         }
         Err(e) => return fail(e),
     };
-    let result = store.update_index(|index| {
-        let mut messages = Vec::new();
-        for text in &args.images {
-            let digest = store.resolve(index, text)?.digest.clone();
-            let by_name = matches!(
-                crate::image::reference::Reference::parse(text),
-                Ok(crate::image::reference::Reference::Name(_))
-            );
-            let Some(pos) = index.images.iter().position(|i| i.digest == digest) else {
-                continue;
-            };
-            if by_name {
-                let name =
-                    crate::image::reference::normalize_name(text).map_err(ImageError::Reference)?;
-                index.images[pos].names.retain(|n| *n != name);
-                messages.push(format!("untagged {name}"));
-                if !index.images[pos].names.is_empty() {
-                    continue;
-                }
-            }
-            index.images.remove(pos);
-            messages.push(format!("deleted {digest}"));
-        }
-        Ok(messages)
-    });
+    let result = store.remove_images(&args.images);
     match result {
         Ok(messages) => {
             for m in messages {

@@ -338,6 +338,37 @@ impl Store {
             .ok_or_else(|| ImageError::Invalid("could not lock the image store".into()))
     }
 
+    /// `nsbox rmi`: each of `images` by name loses that name (the image goes with its last
+    /// one); by digest, the image goes. What was done, a line each ("untagged NAME",
+    /// "deleted DIGEST"); the layers and blobs are left for [`Store::collect_garbage`].
+    pub fn remove_images(&self, images: &[String]) -> Result<Vec<String>, ImageError> {
+        self.update_index(|index| {
+            let mut messages = Vec::new();
+            for text in images {
+                let digest = self.resolve(index, text)?.digest.clone();
+                let by_name = matches!(
+                    crate::image::reference::Reference::parse(text),
+                    Ok(crate::image::reference::Reference::Name(_))
+                );
+                let Some(pos) = index.images.iter().position(|i| i.digest == digest) else {
+                    continue;
+                };
+                if by_name {
+                    let name = crate::image::reference::normalize_name(text)
+                        .map_err(ImageError::Reference)?;
+                    index.images[pos].names.retain(|n| *n != name);
+                    messages.push(format!("untagged {name}"));
+                    if !index.images[pos].names.is_empty() {
+                        continue;
+                    }
+                }
+                index.images.remove(pos);
+                messages.push(format!("deleted {digest}"));
+            }
+            Ok(messages)
+        })
+    }
+
     /// Moves a complete blob from `tmp` into place.
     pub fn install_blob(&self, tmp: &Path, digest: &Digest) -> Result<(), ImageError> {
         std::fs::rename(tmp, self.blob_path(digest)).map_err(io_err(format!("store blob {digest}")))

@@ -62,7 +62,7 @@ pub struct Limits {
     pub max_output: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkRequest {
     /// "none", "filtered" or "host".

@@ -1536,3 +1536,238 @@ fn serve_early_refusals_keep_the_connection_usable() {
     let (code, _, _) = server.local(&["-XDELETE", &format!("http://x/v1/sandboxes/{id}")]);
     assert_eq!(code, 200);
 }
+
+/// Snapshots through the API (`/v1/sandboxes/{id}/pause|resume|commit|fork`): a paused
+/// sandbox refuses commands until resumed; a commit is an image that runs with the sandbox's
+/// files; forks start from those files, diverge, and never get the parent's secret; a fork
+/// over the key's limit is a 429 that keeps nothing; another key cannot touch the sandbox.
+#[test]
+fn serve_pause_resume_commit_and_fork() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let state = server.state();
+    let layout = server.dir.path().join("layout");
+    let mut l = crate::oci_build::Layout::new(&layout);
+    l.image(
+        Some("1"),
+        &[(crate::oci_build::base_layer(), crate::oci_build::Comp::Gzip)],
+        serde_json::json!({"Env": ["PATH=/bin"]}),
+    );
+    let st = state.to_str().unwrap();
+    let loaded = nsbox_cmd(&[
+        "--state-root",
+        st,
+        "load",
+        layout.to_str().unwrap(),
+        "--tag",
+        "snapbase:1",
+    ])
+    .output()
+    .unwrap();
+    assert!(loaded.status.success(), "{loaded:?}");
+    let key = server.key("snap", Some(3));
+    let other = server.key("other", None);
+    let call = |token: &str, method: &str, path: &str, body: Option<&str>| {
+        server.remote(Some(token), method, path, body)
+    };
+    let run = |id: &str, shell: &str| {
+        let body = serde_json::json!({ "shell": shell }).to_string();
+        let (code, _, out) = call(
+            &key,
+            "POST",
+            &format!("/v1/sandboxes/{id}/commands?wait=true"),
+            Some(&body),
+        );
+        (code, out)
+    };
+    let (code, _, body) = call(
+        &key,
+        "POST",
+        "/v1/sandboxes",
+        Some(
+            r#"{"image":"snapbase:1","secrets":{"TOKEN":"s3cret-v4lue"},"labels":{"role":"parent"}}"#,
+        ),
+    );
+    assert_eq!(code, 201, "{body}");
+    let parent = json(&body)["id"].as_str().unwrap().to_string();
+    let (code, out) = run(&parent, "echo parent > /sandbox/f; echo ${TOKEN:-none}");
+    assert_eq!(
+        (code, json(&out)["stdout"].as_str()),
+        (200, Some("***\n")),
+        "{out}"
+    );
+
+    // Pause: commands are refused until resume; pausing twice or resuming a running one is a
+    // conflict.
+    let path = |what: &str| format!("/v1/sandboxes/{parent}/{what}");
+    let (code, _, body) = call(&key, "POST", &path("pause"), None);
+    assert_eq!(
+        (code, json(&body)["paused"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    let (code, _, body) = call(&key, "POST", &path("pause"), None);
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (409, Some("already_paused")),
+        "{body}"
+    );
+    let (code, out) = run(&parent, "echo while paused");
+    assert_eq!(code, 409, "a command in a paused sandbox: {out}");
+    assert!(out.contains("paused"), "{out}");
+    let (code, _, body) = call(&key, "POST", &path("resume"), None);
+    assert_eq!(
+        (code, json(&body)["paused"].as_bool()),
+        (200, Some(false)),
+        "{body}"
+    );
+    let (code, _, body) = call(&key, "POST", &path("resume"), None);
+    assert_eq!(
+        (code, json(&body)["code"].as_str()),
+        (409, Some("not_paused")),
+        "{body}"
+    );
+    let (code, out) = run(&parent, "echo resumed");
+    assert_eq!(
+        (code, json(&out)["stdout"].as_str()),
+        (200, Some("resumed\n")),
+        "{out}"
+    );
+
+    // Commit: an image of the sandbox's files, which runs anywhere nsbox runs.
+    let (code, _, body) = call(
+        &key,
+        "POST",
+        &path("commit"),
+        Some(r#"{"image":"snapped:1"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    assert!(
+        json(&body)["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{body}"
+    );
+    let shown = nsbox_cmd(&[
+        "--state-root",
+        st,
+        "run",
+        "--image",
+        "snapped:1",
+        "--",
+        "cat",
+        "/sandbox/f",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&shown.stdout),
+        "parent\n",
+        "{shown:?}"
+    );
+    let (code, _, body) = call(
+        &key,
+        "POST",
+        &path("commit"),
+        Some(r#"{"image":"Bad Name!"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, _, body) = call(
+        &key,
+        "POST",
+        &path("commit"),
+        Some(r#"{"image":"x","extra":1}"#),
+    );
+    assert_eq!(code, 400, "unknown fields are refused: {body}");
+
+    // Another key: the sandbox does not exist for it.
+    for what in ["pause", "resume", "fork"] {
+        let (code, _, body) = call(&other, "POST", &path(what), Some("{}"));
+        assert_eq!(code, 404, "{what} by another key: {body}");
+    }
+
+    // Fork twice (the key's limit of 3 is reached): each starts from the parent's files,
+    // without its secret, and their writes stay their own.
+    let (code, _, body) = call(
+        &key,
+        "POST",
+        &path("fork"),
+        Some(r#"{"count":2,"labels":{"role":"fork"}}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let forks: Vec<String> = json(&body)["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(forks.len(), 2);
+    for (i, fork) in forks.iter().enumerate() {
+        let (code, out) = run(
+            fork,
+            &format!("cat /sandbox/f; echo ${{TOKEN:-none}}; echo {i} > /sandbox/mine"),
+        );
+        assert_eq!(
+            (code, json(&out)["stdout"].as_str()),
+            (200, Some("parent\nnone\n")),
+            "{out}"
+        );
+    }
+    for (i, fork) in forks.iter().enumerate() {
+        let (_, out) = run(fork, "cat /sandbox/mine");
+        assert_eq!(
+            json(&out)["stdout"],
+            format!("{i}\n"),
+            "each fork keeps its own write"
+        );
+    }
+    let (_, out) = run(&parent, "cat /sandbox/mine 2>&1 || echo absent");
+    assert!(
+        json(&out)["stdout"].as_str().unwrap().ends_with("absent\n"),
+        "{out}"
+    );
+    // Over the limit: 429, and no fork is kept.
+    let (code, _, body) = call(&key, "POST", &path("fork"), Some(r#"{"count":1}"#));
+    assert_eq!(code, 429, "{body}");
+    let (_, _, body) = call(&key, "GET", "/v1/sandboxes", None);
+    assert_eq!(
+        json(&body)["sandboxes"].as_array().unwrap().len(),
+        3,
+        "{body}"
+    );
+    // The snapshot the forks stand on is nobody's image name (its layers stay while used).
+    let images = nsbox_cmd(&["--state-root", st, "images", "--json"])
+        .output()
+        .unwrap();
+    let images = String::from_utf8_lossy(&images.stdout);
+    assert!(!images.contains("nsbox-fork-"), "{images}");
+    // The forks outlive their parent.
+    let (code, _, _) = call(&key, "DELETE", &format!("/v1/sandboxes/{parent}"), None);
+    assert_eq!(code, 200);
+    let (code, out) = run(&forks[0], "cat /sandbox/f");
+    assert_eq!(
+        (code, json(&out)["stdout"].as_str()),
+        (200, Some("parent\n")),
+        "{out}"
+    );
+    for fork in &forks {
+        let (code, _, _) = call(&key, "DELETE", &format!("/v1/sandboxes/{fork}"), None);
+        assert_eq!(code, 200);
+    }
+    // The audit log names each operation.
+    let audit = std::fs::read_to_string(state.join("serve/audit.log")).unwrap();
+    for action in [
+        "sandbox.pause",
+        "sandbox.resume",
+        "sandbox.commit",
+        "sandbox.fork",
+    ] {
+        assert!(
+            audit.contains(&format!("\"action\":\"{action}\"")),
+            "{action}"
+        );
+    }
+    assert!(!audit.contains("s3cret-v4lue"));
+    assert!(server.recorded().is_empty());
+}

@@ -7,6 +7,7 @@
 mod commands;
 mod files;
 mod http;
+mod snapshots;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -36,6 +37,7 @@ use crate::session::state::{now_secs, SessionState, SessionStore};
 use commands::*;
 use files::read_tail;
 use http::*;
+use snapshots::{CommitRequest, ForkRequest};
 // What the E2B API (super::e2b) builds on.
 pub(super) use commands::{personalised, push_chunk, start_error};
 pub(super) use http::{body_bytes, full, json_response, ApiError, ChannelBody, RespBody};
@@ -103,6 +105,10 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/sandboxes/{id}", "sandbox.get"),
     ("DELETE", "/v1/sandboxes/{id}", "sandbox.delete"),
     ("GET", "/v1/sandboxes/{id}/stats", "sandbox.stats"),
+    ("POST", "/v1/sandboxes/{id}/pause", "sandbox.pause"),
+    ("POST", "/v1/sandboxes/{id}/resume", "sandbox.resume"),
+    ("POST", "/v1/sandboxes/{id}/commit", "sandbox.commit"),
+    ("POST", "/v1/sandboxes/{id}/fork", "sandbox.fork"),
     (
         "GET",
         "/v1/sandboxes/{id}/network-log",
@@ -322,6 +328,28 @@ impl Server {
                     StatusCode::OK,
                     &serde_json::to_value(stats).unwrap_or_default(),
                 ))
+            }
+            (&Method::POST, ["v1", "sandboxes", id, action @ ("pause" | "resume")]) => {
+                let owned = self.owned(id, &caller)?;
+                self.pause_or_resume(&owned, *action == "pause").await
+            }
+            (&Method::POST, ["v1", "sandboxes", id, "commit"]) => {
+                let owned = self.owned(id, &caller)?;
+                let body: CommitRequest = json_body(req).await?;
+                // To the end even if the client goes away: the freeze is released by then.
+                let server = self.clone();
+                tokio::spawn(async move { server.commit_route(&owned, body).await })
+                    .await
+                    .map_err(|e| ApiError::internal(format!("commit: {e}")))?
+            }
+            (&Method::POST, ["v1", "sandboxes", id, "fork"]) => {
+                let owned = self.owned(id, &caller)?;
+                let body: ForkRequest = json_body(req).await?;
+                // As a create: what is made is recorded (or removed), never leaked.
+                let server = self.clone();
+                tokio::spawn(async move { server.fork(&owned, body, &caller).await })
+                    .await
+                    .map_err(|e| ApiError::internal(format!("fork: {e}")))?
             }
             (&Method::GET, ["v1", "sandboxes", id, "network-log"]) => {
                 let owned = self.owned(id, &caller)?;

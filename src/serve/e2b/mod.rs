@@ -420,11 +420,7 @@ fn is_paused(server: &Server, id: &str) -> bool {
 /// Freezes (`true`) or thaws the sandbox's processes with the cgroup freezer, as `nsbox
 /// pause`/`resume` do; true when it changed.
 async fn set_frozen(server: &Server, owned: &Owned, frozen: bool) -> Result<bool, Refusal> {
-    let client = server.client(&owned.id).await.map_err(from_api)?;
-    tokio::task::spawn_blocking(move || client.set_frozen(frozen))
-        .await
-        .map_err(|e| control_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| control_error(StatusCode::CONFLICT, e.to_string()))
+    server.set_frozen(&owned.id, frozen).await.map_err(from_api)
 }
 
 /// Thaws a paused sandbox (connect, resume); true when it was paused. A resume that asks for
@@ -461,28 +457,19 @@ async fn snapshot(server: &Server, owned: &Owned, body: &serde_json::Value) -> A
         Some(n) => n.to_string(),
         None => format!("e2b-snapshot-{}:{}", owned.id, now_secs()),
     };
-    let store = server.store.clone();
-    let state_root = server.options.state_root.clone();
-    let id = owned.id.clone();
-    let image = name.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        crate::snapshot::commit(&store, &id, &image, &state_root)
-    })
-    .await
-    .map_err(|e| control_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    match done {
+    match server.commit(&owned.id, &name).await {
         Ok(_) => Ok(json_response(
             StatusCode::CREATED,
             &serde_json::json!({"snapshotID": name, "names": [name]}),
         )),
-        Err(e @ crate::snapshot::SnapshotError::NoImage { .. }) => Err(control_error(
+        Err(e) if e.code == "no_image" => Err(control_error(
             StatusCode::BAD_REQUEST,
-            format!("{e} (a snapshot needs a sandbox made from an image template)"),
+            format!(
+                "{} (a snapshot needs a sandbox made from an image template)",
+                e.message
+            ),
         )),
-        Err(e) => Err(control_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.to_string(),
-        )),
+        Err(e) => Err(from_api(e)),
     }
 }
 
