@@ -122,6 +122,7 @@ pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {
         }
     }
     if !args.dry_run {
+        oneshots.remove_dir_if_empty();
         // Cached mask layers no running sandbox uses (rebuilt on the next run when needed).
         let layers = crate::rootfs::mask::prune();
         if layers > 0 {

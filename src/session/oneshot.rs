@@ -100,6 +100,12 @@ impl OneShotStore {
     }
 
     /// Removes a record (gone already is fine).
+    /// Removes the records' directory when it holds none (`nsbox prune`: a run directory
+    /// left with nothing but the event journal).
+    pub fn remove_dir_if_empty(&self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+
     pub fn remove(&self, id: &str) -> io::Result<()> {
         if !valid_name(id) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not an id"));
