@@ -181,19 +181,23 @@ pub fn create(
         Ok(started) => started,
         Err(e) => return fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
     };
+    // Undone before the session is confirmed: the supervisor ends it, nothing is left.
+    let abandon = |pending: daemon::PendingSession, what: &str, e: &dyn std::fmt::Display| {
+        pending.abort();
+        wait_gone(&store, &record.id);
+        fail(
+            json,
+            &Failure::new(
+                crate::report::Class::Failed,
+                crate::report::Phase::Setup,
+                format!("{what}: {e}"),
+            ),
+            t0,
+        )
+    };
     if !labels.is_empty() {
         if let Err(e) = write_labels(&store, &record.id, &labels) {
-            pending.abort();
-            wait_gone(&store, &record.id);
-            return fail(
-                json,
-                &Failure::new(
-                    crate::report::Class::Failed,
-                    crate::report::Phase::Setup,
-                    format!("saving the labels: {e}"),
-                ),
-                t0,
-            );
+            return abandon(pending, "saving the labels", &e);
         }
     }
     // Run by `nsbox serve`: recorded as the server's pending create before anything confirms
@@ -202,17 +206,7 @@ pub fn create(
         if let Err(e) =
             crate::serve::sandboxes::record_pending_create(std::path::Path::new(&dir), &record.id)
         {
-            pending.abort();
-            wait_gone(&store, &record.id);
-            return fail(
-                json,
-                &Failure::new(
-                    crate::report::Class::Failed,
-                    crate::report::Phase::Setup,
-                    format!("recording the session for nsbox serve: {e}"),
-                ),
-                t0,
-            );
+            return abandon(pending, "recording the session for nsbox serve", &e);
         }
     }
     if json {

@@ -97,16 +97,7 @@ pub fn exec_of(
         env,
         workdir: Some(process.cwd().clone()),
         stdin: true,
-        tty: false,
-        json: false,
-        timeout: None,
-        max_output: None,
-        phase: None,
-        output_to_stderr: false,
-        result: false,
-        start_event: false,
-        labels: None,
-        secrets: Vec::new(),
+        ..Default::default()
     })
 }
 

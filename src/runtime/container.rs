@@ -205,19 +205,8 @@ fn create_in(
     pending.commit();
     let exec = SessionExec {
         argv: spec.command.clone(),
-        env: Vec::new(),
-        workdir: None,
         stdin: true,
-        tty: false,
-        json: false,
-        timeout: None,
-        max_output: None,
-        phase: None,
-        output_to_stderr: false,
-        result: false,
-        start_event: false,
-        labels: None,
-        secrets: Vec::new(),
+        ..Default::default()
     };
     // Opened here, before `create` returns, so a `start` that follows at once finds a
     // reader. Read-write: the waiter's reads block until `start` writes, never see an EOF.

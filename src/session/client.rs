@@ -43,8 +43,9 @@ pub struct SessionClient {
     output_log: PathBuf,
 }
 
-/// A command to run in a session.
-#[derive(Debug, Clone)]
+/// A command to run in a session. The default is the plain case: no stdin, no terminal, raw
+/// output, the session's own timeout and output cap.
+#[derive(Debug, Clone, Default)]
 pub struct SessionExec {
     pub argv: Vec<OsString>,
     /// Set on top of the session's environment.

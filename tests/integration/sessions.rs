@@ -12,38 +12,18 @@ use crate::require_root;
 use crate::support::*;
 
 /// One test's session store, cleaned when dropped.
-struct Store {
-    dir: tempfile::TempDir,
+struct Store(RunDir);
+
+impl std::ops::Deref for Store {
+    type Target = RunDir;
+    fn deref(&self) -> &RunDir {
+        &self.0
+    }
 }
 
 impl Store {
     fn new() -> Store {
-        Store {
-            dir: tempfile::Builder::new()
-                .prefix("nsbox-run-")
-                .tempdir()
-                .unwrap(),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Command {
-        let mut cmd = nsbox_cmd(args);
-        cmd.env("NSBOX_RUN_DIR", self.dir.path());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        self.cmd(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run nsbox")
-            .into()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let r = self.run(args);
-        assert_eq!(r.code, 0, "nsbox {args:?}: {r:?}");
-        r.stdout
+        Store(RunDir::new())
     }
 
     /// `nsbox create ARGS` → the session id.
@@ -76,34 +56,10 @@ impl Store {
             .map(|s| s["state"].as_str().unwrap().to_string())
     }
 
-    /// Every session id this store ever held a directory for.
-    fn ids(&self) -> BTreeSet<String> {
-        std::fs::read_dir(self.dir.path().join("sessions"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-
     fn record(&self, id: &str) -> Option<serde_json::Value> {
-        let text = std::fs::read(
-            self.dir
-                .path()
-                .join("sessions")
-                .join(id)
-                .join("session.json"),
-        )
-        .ok()?;
+        let text =
+            std::fs::read(self.path().join("sessions").join(id).join("session.json")).ok()?;
         serde_json::from_slice(&text).ok()
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        for id in self.ids() {
-            let _ = self.run(&["rm", "-f", &id]);
-        }
     }
 }
 
@@ -125,7 +81,7 @@ fn processes_in(id: &str) -> Vec<u32> {
 
 /// Host processes whose environment names this run directory (supervisors, CLIs).
 fn processes_of_store(store: &Store) -> Vec<u32> {
-    let needle = format!("NSBOX_RUN_DIR={}", store.dir.path().display());
+    let needle = format!("NSBOX_RUN_DIR={}", store.path().display());
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -711,7 +667,7 @@ fn stop_rm_and_prune_remove_sessions_completely() {
     assert!(p.contains(&a), "{p}");
     assert!(!store.ids().contains(&a));
     assert!(store.ids().contains(&c), "running sessions are not pruned");
-    assert!(!store.dir.path().join("names/alpha").exists());
+    assert!(!store.path().join("names/alpha").exists());
     // The name is free again.
     let again = store.create(&["--name", "alpha"]);
     store.ok(&["rm", "-f", "alpha"]);
@@ -812,7 +768,7 @@ fn setup_script_runs_as_its_own_phase() {
     assert_eq!(err["phase"], "setup");
     assert_eq!(err["code"], 9);
     assert_eq!(store.ids(), before, "the failed session left no directory");
-    assert!(!store.dir.path().join("names/broken").exists());
+    assert!(!store.path().join("names/broken").exists());
     assert!(processes_in(&failed_id).is_empty());
     assert!(leftover_cgroups(&failed_id).is_empty());
 
@@ -1032,7 +988,7 @@ fn crash_safety_under_random_kills() {
         "state dirs remain: {:?}",
         store.ids()
     );
-    let names: Vec<_> = std::fs::read_dir(store.dir.path().join("names"))
+    let names: Vec<_> = std::fs::read_dir(store.path().join("names"))
         .into_iter()
         .flatten()
         .flatten()

@@ -442,18 +442,56 @@ impl Lcg {
     }
 }
 
-/// A run directory of a test's own (`NSBOX_RUN_DIR`) whose sessions are removed when it goes,
-/// also when the test failed half-way: a session left running would outlive its directory and
-/// fail the leftover check of every later run.
+/// A run directory of a test's own (`NSBOX_RUN_DIR`), with nsbox run in it; its sessions
+/// are removed when it goes, also when the test failed half-way: a session left running would
+/// outlive its directory and fail the leftover check of every later run.
 pub struct RunDir(tempfile::TempDir);
 
 impl RunDir {
     pub fn new() -> RunDir {
-        RunDir(tempfile::tempdir().unwrap())
+        RunDir(
+            tempfile::Builder::new()
+                .prefix("nsbox-run-")
+                .tempdir()
+                .unwrap(),
+        )
     }
 
     pub fn path(&self) -> &std::path::Path {
         self.0.path()
+    }
+
+    /// `nsbox ARGS` in this run directory, not started.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = nsbox_cmd(args);
+        cmd.env("NSBOX_RUN_DIR", self.path());
+        cmd
+    }
+
+    /// Runs `nsbox ARGS` here with no input.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsbox")
+            .into()
+    }
+
+    /// Runs `nsbox ARGS` here, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "nsbox {args:?}: {r:?}");
+        r.stdout
+    }
+
+    /// Every session id this directory ever held state for.
+    pub fn ids(&self) -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(self.path().join("sessions"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
     }
 }
 
@@ -465,16 +503,16 @@ impl Default for RunDir {
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        let in_dir = |args: &[&str]| {
-            nsbox_cmd(args)
-                .env("NSBOX_RUN_DIR", self.path())
-                .stdin(Stdio::null())
-                .output()
-        };
-        if let Ok(listed) = in_dir(&["ps", "-q"]) {
-            for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
-                let _ = in_dir(&["rm", "-f", id]);
-            }
+        let mut ids = self.ids();
+        if let Ok(listed) = self.cmd(&["ps", "-q"]).stdin(Stdio::null()).output() {
+            ids.extend(
+                String::from_utf8_lossy(&listed.stdout)
+                    .split_whitespace()
+                    .map(str::to_string),
+            );
+        }
+        for id in ids {
+            let _ = self.run(&["rm", "-f", &id]);
         }
     }
 }

@@ -9,39 +9,19 @@ use std::sync::mpsc;
 use crate::require_root;
 use crate::support::*;
 
-/// One test's run directory.
-struct Host {
-    dir: tempfile::TempDir,
+/// One test's run directory (its sessions removed when it goes).
+struct Host(RunDir);
+
+impl std::ops::Deref for Host {
+    type Target = RunDir;
+    fn deref(&self) -> &RunDir {
+        &self.0
+    }
 }
 
 impl Host {
     fn new() -> Host {
-        Host {
-            dir: tempfile::Builder::new()
-                .prefix("nsbox-watch-")
-                .tempdir()
-                .unwrap(),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Command {
-        let mut cmd = nsbox_cmd(args);
-        cmd.env("NSBOX_RUN_DIR", self.dir.path());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        self.cmd(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run nsbox")
-            .into()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let r = self.run(args);
-        assert_eq!(r.code, 0, "nsbox {args:?}: {r:?}");
-        r.stdout
+        Host(RunDir::new())
     }
 
     fn json(&self, args: &[&str]) -> Vec<serde_json::Value> {
@@ -77,7 +57,7 @@ impl Host {
     }
 
     fn records(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("oneshots"))
+        std::fs::read_dir(self.path().join("oneshots"))
             .map(|d| d.count())
             .unwrap_or(0)
     }
