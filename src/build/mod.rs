@@ -359,6 +359,7 @@ fn sandbox_spec(
         } else {
             NetworkMode::Filtered
         }),
+        net_namespace: None,
         allow: recipe.hosts.clone(),
         deny: Vec::new(),
         dns_upstream: Vec::new(),

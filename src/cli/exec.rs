@@ -285,6 +285,7 @@ pub(super) fn build_spec(
         image,
         entrypoint: extra.entrypoint,
         network: args.net,
+        net_namespace: None,
         allow: args.allow,
         deny: args.deny,
         dns_upstream: args.dns_upstream,

@@ -57,10 +57,38 @@ pub enum NetError {
         step: &'static str,
         source: io::Error,
     },
+    #[error("cannot join the network namespace {}: {reason}", path.display())]
+    Join {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("no upstream DNS resolver: /etc/resolv.conf lists no nameserver — hint: give one with --dns-upstream ADDR (or [network] dns_upstream in the profile)")]
     NoUpstream,
     #[error("cannot start the filtered network's resolver and proxy: {0}")]
     Runtime(io::Error),
+}
+
+/// Opens the network namespace file at `path` (/run/netns/NAME, /proc/PID/ns/net) for a
+/// sandbox to join; anything that is not a namespace file is refused here, one of another
+/// type by the kernel when joined.
+pub fn open_namespace(path: &std::path::Path) -> Result<OwnedFd, NetError> {
+    let fail = |reason: String| NetError::Join {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| fail(io::Error::from_raw_os_error(e.raw_os_error()).to_string()))?;
+    // nsfs's magic number: the files of /proc/PID/ns and their bind mounts.
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let fs = rustix::fs::fstatfs(&fd)
+        .map_err(|e| fail(io::Error::from_raw_os_error(e.raw_os_error()).to_string()))?;
+    // f_type's width differs between architectures (i64 here).
+    #[allow(clippy::useless_conversion)]
+    let f_type = i64::from(fs.f_type);
+    if f_type != NSFS_MAGIC {
+        return Err(fail("not a namespace file".into()));
+    }
+    Ok(fd)
 }
 
 /// Creates a new network namespace with loopback up and returns a descriptor for it. The

@@ -187,11 +187,19 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
         .and_then(|l| l.namespaces().clone())
         .unwrap_or_default();
     for (i, ns) in namespaces.iter().enumerate() {
-        if ns.path().is_some() {
-            return Err(refuse(
-                format!("linux.namespaces[{i}].path"),
-                "joining an existing namespace is not supported yet",
-            ));
+        match ns.path() {
+            // A pod's network namespace (its sandbox container's, set up by the CNI): the
+            // container joins it, and keeps nsbox's own user, pid, mount, ipc and uts ones.
+            Some(path) if ns.typ() == LinuxNamespaceType::Network => {
+                req.net_namespace = Some(path.clone());
+            }
+            Some(_) => {
+                return Err(refuse(
+                    format!("linux.namespaces[{i}].path"),
+                    "joining an existing namespace other than the network's is not supported yet",
+                ))
+            }
+            None => {}
         }
     }
     let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
@@ -385,10 +393,10 @@ mod tests {
         });
         assert_eq!(refused_field(&host_pid), "linux.namespaces");
         let join = with(|v| {
-            v["linux"]["namespaces"][2] =
-                serde_json::json!({"type": "network", "path": "/proc/1/ns/net"});
+            v["linux"]["namespaces"][1] =
+                serde_json::json!({"type": "mount", "path": "/proc/1/ns/mnt"});
         });
-        assert_eq!(refused_field(&join), "linux.namespaces[2].path");
+        assert_eq!(refused_field(&join), "linux.namespaces[1].path");
         let devices = with(|v| {
             v["linux"]["devices"] =
                 serde_json::json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}]);
@@ -401,6 +409,20 @@ mod tests {
         assert_eq!(refused_field(&sysfs_rw), "mounts[1].type");
         let tty = with(|v| v["process"]["terminal"] = serde_json::json!(true));
         assert_eq!(refused_field(&tty), "process.terminal");
+    }
+
+    #[test]
+    fn a_network_namespace_path_is_joined() {
+        let s = with(|v| {
+            v["linux"]["namespaces"][2] =
+                serde_json::json!({"type": "network", "path": "/run/netns/pod-1"});
+        });
+        let p = plan(&s, Path::new("/b")).expect("plan");
+        assert_eq!(p.request.network, Some(NetworkMode::None));
+        assert_eq!(
+            p.request.net_namespace.as_deref(),
+            Some(std::path::Path::new("/run/netns/pod-1"))
+        );
     }
 
     #[test]

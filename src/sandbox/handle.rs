@@ -681,10 +681,17 @@ impl Handle {
             .ok_or_else(|| SandboxError::Died("control socket missing".into()))?;
         let mut egress = None;
         match spec.network {
-            NetworkMode::None => {
-                send_network_namespace(control_fd);
-                marks.push(("network namespace created".into(), now_ns()));
-            }
+            NetworkMode::None => match &spec.net_namespace {
+                // A pod's: joined, not made (its owner set it up and keeps it).
+                Some(path) => {
+                    send_joined_namespace(control_fd, path);
+                    marks.push(("network namespace opened".into(), now_ns()));
+                }
+                None => {
+                    send_network_namespace(control_fd);
+                    marks.push(("network namespace created".into(), now_ns()));
+                }
+            },
             NetworkMode::Filtered => {
                 // The child may join the namespace at once; the rules, routes and sockets follow
                 // while it builds its filesystem, all before the identity that lets it go on.
@@ -811,7 +818,21 @@ fn send_identity(socket: BorrowedFd<'_>, spec: &SandboxSpec, cgroup: &SandboxCgr
 /// Creates the sandbox's network namespace and sends it to the child; returns it (None when
 /// it could not be made: the child was told why).
 fn send_network_namespace(socket: BorrowedFd<'_>) -> Option<OwnedFd> {
-    match crate::net::create_isolated_namespace() {
+    send_namespace(socket, crate::net::create_isolated_namespace())
+}
+
+/// Opens the existing network namespace at `path` and sends it to the child, which joins it
+/// (`setns` with CLONE_NEWNET refuses a namespace of another type); a failure to open it is
+/// the child's failure to report, as for a new one.
+fn send_joined_namespace(socket: BorrowedFd<'_>, path: &std::path::Path) -> Option<OwnedFd> {
+    send_namespace(socket, crate::net::open_namespace(path))
+}
+
+fn send_namespace(
+    socket: BorrowedFd<'_>,
+    ns: Result<OwnedFd, crate::net::NetError>,
+) -> Option<OwnedFd> {
+    match ns {
         Ok(ns) => {
             let _ = control::send(socket, &ToSandbox::NetNamespace, &[ns.as_fd()]);
             Some(ns)

@@ -49,6 +49,8 @@ pub enum SpecError {
     },
     #[error("--env-file {path}: {reason}")]
     EnvFile { path: PathBuf, reason: String },
+    #[error("an existing network namespace can only be joined by an isolated sandbox, not with the network '{0}'")]
+    NetNamespace(&'static str),
     #[error("{0}")]
     Seccomp(#[from] SeccompError),
     #[error("{0}")]
@@ -114,6 +116,9 @@ pub struct SandboxSpec {
     pub userns_owner: Option<u32>,
     pub workdir: PathBuf,
     pub network: NetworkMode,
+    /// With `network` None: join this network namespace instead of a new one (see
+    /// [`ExecRequest::net_namespace`]).
+    pub net_namespace: Option<PathBuf>,
     /// What a filtered network allows (empty unless `network` is `Filtered`).
     pub egress: EgressPolicy,
     /// Report each DNS decision and connection on stderr (`--log-network`).
@@ -318,6 +323,9 @@ impl SandboxSpec {
 
         let seccomp = load_seccomp(&profile.seccomp)?;
         let (network, mut egress) = network_policy(&req, profile)?;
+        if req.net_namespace.is_some() && network != NetworkMode::None {
+            return Err(SpecError::NetNamespace(network.as_str()));
+        }
         // The profile's (and the config's) bindings, then the flags'; a flag's binding of a
         // NAME replaces the profile's.
         let mut entries: Vec<&String> = Vec::new();
@@ -378,6 +386,7 @@ impl SandboxSpec {
             userns_owner: None,
             workdir,
             network,
+            net_namespace: req.net_namespace,
             egress,
             log_network: req.log_network,
             limits,

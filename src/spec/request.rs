@@ -18,6 +18,10 @@ pub struct ExecRequest {
     /// With an image: replaces its Entrypoint ("" clears it).
     pub entrypoint: Option<String>,
     pub network: Option<NetworkMode>,
+    /// An existing network namespace to join instead of making one (with the isolated
+    /// network only): the OCI runtime's `linux.namespaces[].path` of a pod's sandbox, a file
+    /// such as /run/netns/NAME or /proc/PID/ns/net. Not a command-line flag.
+    pub net_namespace: Option<PathBuf>,
     /// `--allow` / `--deny` patterns and `--dns-upstream` addresses (filtered network).
     pub allow: Vec<String>,
     pub deny: Vec<String>,

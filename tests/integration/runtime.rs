@@ -585,3 +585,74 @@ fn runtime_runs_under_containerd_with_ctr_run() {
         .unwrap_or_default();
     assert!(left.is_empty(), "runtime state left: {left:?}");
 }
+
+/// A pod's network namespace (what Kubernetes' sandbox container and the CNI set up) is
+/// joined by path: the container sees the pod's interface and address, not a new empty
+/// namespace, and keeps nsbox's own other namespaces; the namespace outlives the container.
+/// A path for another namespace type, or a path that is no namespace, is refused.
+#[test]
+fn runtime_joins_a_pods_network_namespace_by_path() {
+    require_root!();
+    let name = format!("nsbox-pod-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip(&["netns", "add", &name]);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+    let _gone = Gone(name.clone());
+    ip(&[
+        "-n", &name, "link", "add", "pod0", "type", "veth", "peer", "name", "pod1",
+    ]);
+    ip(&["-n", &name, "addr", "add", "192.0.2.77/24", "dev", "pod0"]);
+    ip(&["-n", &name, "link", "set", "pod0", "up"]);
+    let netns = format!("/run/netns/{name}");
+    let mut spec = config(&["/bin/sh", "-c", "cat /proc/net/dev; cat /proc/net/fib_trie"]);
+    spec["linux"]["namespaces"][2] = serde_json::json!({"type": "network", "path": netns});
+    let b = Bundle::new(spec);
+    let created = b.create("pod");
+    assert_eq!(created.code, 0, "create: {}", created.stderr);
+    let session = b.session("pod");
+    assert_eq!(b.runtime(&["start", "pod"]).code, 0);
+    assert!(eventually(30.0, || b.status("pod") == "stopped"));
+    let out = std::fs::read_to_string(b.path("pod.out")).unwrap();
+    assert!(out.contains("pod0:"), "the pod's interface: {out}");
+    assert!(out.contains("192.0.2.77"), "the pod's address: {out}");
+    assert_eq!(b.runtime(&["delete", "pod"]).code, 0);
+    assert!(leftover_cgroups(&session).is_empty(), "no cgroup left");
+    // The pod's namespace is its owner's: still there, interface and all.
+    let still = Command::new("ip")
+        .args(["-n", &name, "link", "show", "pod0"])
+        .output()
+        .unwrap();
+    assert!(
+        still.status.success(),
+        "the namespace outlives the container"
+    );
+
+    // Another type of namespace by path, and a path that is no namespace file.
+    let mut spec = config(&["/bin/true"]);
+    spec["linux"]["namespaces"][3] = serde_json::json!({"type": "ipc", "path": "/proc/1/ns/ipc"});
+    let refused = Bundle::new(spec).create("ipc");
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("linux.namespaces[3].path"),
+        "{}",
+        refused.stderr
+    );
+    let mut spec = config(&["/bin/true"]);
+    spec["linux"]["namespaces"][2] =
+        serde_json::json!({"type": "network", "path": "/etc/hostname"});
+    let not_ns = Bundle::new(spec).create("notns");
+    assert_ne!(not_ns.code, 0);
+    assert!(
+        not_ns.stderr.contains("not a namespace file"),
+        "{}",
+        not_ns.stderr
+    );
+}
