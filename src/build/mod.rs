@@ -360,6 +360,8 @@ fn sandbox_spec(
             NetworkMode::Filtered
         }),
         net_namespace: None,
+        ipc_namespace: None,
+        uts_namespace: None,
         allow: recipe.hosts.clone(),
         deny: Vec::new(),
         dns_upstream: Vec::new(),

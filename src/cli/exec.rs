@@ -286,6 +286,8 @@ pub(super) fn build_spec(
         entrypoint: extra.entrypoint,
         network: args.net,
         net_namespace: None,
+        ipc_namespace: None,
+        uts_namespace: None,
         allow: args.allow,
         deny: args.deny,
         dns_upstream: args.dns_upstream,

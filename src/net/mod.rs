@@ -72,23 +72,10 @@ pub enum NetError {
 /// sandbox to join; anything that is not a namespace file is refused here, one of another
 /// type by the kernel when joined.
 pub fn open_namespace(path: &std::path::Path) -> Result<OwnedFd, NetError> {
-    let fail = |reason: String| NetError::Join {
+    crate::sys::process::open_namespace(path).map_err(|e| NetError::Join {
         path: path.to_path_buf(),
-        reason,
-    };
-    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| fail(io::Error::from_raw_os_error(e.raw_os_error()).to_string()))?;
-    // nsfs's magic number: the files of /proc/PID/ns and their bind mounts.
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    let fs = rustix::fs::fstatfs(&fd)
-        .map_err(|e| fail(io::Error::from_raw_os_error(e.raw_os_error()).to_string()))?;
-    // f_type's width differs between architectures (i64 here).
-    #[allow(clippy::useless_conversion)]
-    let f_type = i64::from(fs.f_type);
-    if f_type != NSFS_MAGIC {
-        return Err(fail("not a namespace file".into()));
-    }
-    Ok(fd)
+        reason: e.to_string(),
+    })
 }
 
 /// Creates a new network namespace with loopback up and returns a descriptor for it. The

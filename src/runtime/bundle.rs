@@ -193,10 +193,16 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
             Some(path) if ns.typ() == LinuxNamespaceType::Network => {
                 req.net_namespace = Some(path.clone());
             }
+            Some(path) if ns.typ() == LinuxNamespaceType::Ipc => {
+                req.ipc_namespace = Some(path.clone());
+            }
+            Some(path) if ns.typ() == LinuxNamespaceType::Uts => {
+                req.uts_namespace = Some(path.clone());
+            }
             Some(_) => {
                 return Err(refuse(
                     format!("linux.namespaces[{i}].path"),
-                    "joining an existing namespace other than the network's is not supported yet",
+                    "joining an existing namespace other than a pod's network, ipc or uts one is not supported yet",
                 ))
             }
             None => {}

@@ -632,6 +632,27 @@ impl Handle {
             None
         };
 
+        // A pod's IPC and UTS namespaces (the OCI runtime's paths), joined by the child at once.
+        let mut joined = Vec::new();
+        for (path, flag, what) in [
+            (
+                &spec.ipc_namespace,
+                sys::process::flags::NEWIPC,
+                "open the IPC namespace to join",
+            ),
+            (
+                &spec.uts_namespace,
+                sys::process::flags::NEWUTS,
+                "open the UTS namespace to join",
+            ),
+        ] {
+            if let Some(path) = path {
+                joined.push((
+                    sys::process::open_namespace(path).map_err(io_err(what))?,
+                    flag,
+                ));
+            }
+        }
         // No CLONE_NEWNET: the network namespace is made in parallel (see crate::net).
         let ns = sys::process::flags::NEWNS
             | sys::process::flags::NEWPID
@@ -653,6 +674,7 @@ impl Handle {
                 cgroup_tasks: early_cgroup.as_ref().map_or(&[][..], |c| c.self_join_fds()),
                 late_cgroup: early_cgroup.is_none(),
                 winsize,
+                join: &joined,
             }),
             sys::process::Forked::Parent { pid, pidfd } => (pid, pidfd),
         };

@@ -42,6 +42,9 @@ pub struct ChildSetup<'a> {
     /// The cgroup's `tasks` descriptors arrive with the id maps (cgroup v1 hosts).
     pub late_cgroup: bool,
     pub winsize: Option<Winsize>,
+    /// Namespaces to enter in place of the new ones clone made (a pod's IPC and UTS), with
+    /// their clone flag.
+    pub join: &'a [(OwnedFd, u64)],
 }
 
 /// Why the workload never ran, sent through the exec-status pipe.
@@ -158,6 +161,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     }
     let mut keep: Vec<RawFd> = vec![s.control.as_raw_fd(), s.exec_status.as_raw_fd()];
     keep.extend(s.cgroup_tasks.iter().map(|fd| fd.as_raw_fd()));
+    keep.extend(s.join.iter().map(|(fd, _)| fd.as_raw_fd()));
     // SAFETY: the owners of the descriptors closed here are the supervisor's, copied with the
     // fork; this child never drops or uses them (it ends through exit_now, aborts on panic).
     unsafe { close_all_except(&keep) }.map_err(at("close inherited descriptors"))?;
@@ -173,6 +177,15 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
             // SAFETY: as above: their owner is the supervisor's copy, never dropped here.
             let _ = unsafe { sys::fs::close_range(n, n) };
         }
+    }
+
+    // A pod's namespaces, entered while this process is still real root (their owner is the
+    // host's user namespace), before anything is mounted in them (/dev/mqueue follows IPC).
+    for (fd, flag) in s.join {
+        sys::process::setns(fd.as_fd(), *flag).map_err(at("join the pod's namespace"))?;
+        let n = fd.as_raw_fd().unsigned_abs();
+        // SAFETY: the owner is the supervisor's copy, never dropped in this child.
+        let _ = unsafe { sys::fs::close_range(n, n) };
     }
 
     // Before anything of the sandbox exists: nothing inside may inspect this process.
@@ -210,8 +223,10 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         .map_err(at("mount sandbox filesystems"))?;
     drop(sources);
 
-    // Hostname: the UTS namespace is ours.
-    rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
+    // Hostname: the UTS namespace is ours (a pod's keeps the pod's name).
+    if s.spec.uts_namespace.is_none() {
+        rustix::system::sethostname(s.spec.hostname.as_bytes()).map_err(at("set hostname"))?;
+    }
     marks.push(("hostname set".into(), now_ns()));
 
     // What needs no identity is done before waiting for it: the supervisor is still making

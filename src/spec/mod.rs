@@ -119,6 +119,9 @@ pub struct SandboxSpec {
     /// With `network` None: join this network namespace instead of a new one (see
     /// [`ExecRequest::net_namespace`]).
     pub net_namespace: Option<PathBuf>,
+    /// Join these IPC and UTS namespaces instead of new ones (see [`ExecRequest`]).
+    pub ipc_namespace: Option<PathBuf>,
+    pub uts_namespace: Option<PathBuf>,
     /// What a filtered network allows (empty unless `network` is `Filtered`).
     pub egress: EgressPolicy,
     /// Report each DNS decision and connection on stderr (`--log-network`).
@@ -387,6 +390,8 @@ impl SandboxSpec {
             workdir,
             network,
             net_namespace: req.net_namespace,
+            ipc_namespace: req.ipc_namespace,
+            uts_namespace: req.uts_namespace,
             egress,
             log_network: req.log_network,
             limits,

@@ -22,6 +22,10 @@ pub struct ExecRequest {
     /// network only): the OCI runtime's `linux.namespaces[].path` of a pod's sandbox, a file
     /// such as /run/netns/NAME or /proc/PID/ns/net. Not a command-line flag.
     pub net_namespace: Option<PathBuf>,
+    /// Existing IPC and UTS namespaces to join instead of new ones (a pod's, from the OCI
+    /// runtime; with the UTS one the pod's hostname is kept). Not command-line flags.
+    pub ipc_namespace: Option<PathBuf>,
+    pub uts_namespace: Option<PathBuf>,
     /// `--allow` / `--deny` patterns and `--dns-upstream` addresses (filtered network).
     pub allow: Vec<String>,
     pub deny: Vec<String>,

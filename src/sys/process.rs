@@ -358,6 +358,29 @@ pub fn decode_wait_status(status: libc::c_int) -> (Option<i32>, Option<i32>) {
 }
 
 /// setns(2): moves the calling thread into the namespace `fd` refers to.
+/// Opens a namespace file (/proc/PID/ns/KIND, or a bind mount of one such as /run/netns/NAME)
+/// for a later `setns`; a file that is not one (not on nsfs) is refused. Its type is checked
+/// by `setns` itself, which refuses a namespace of another type than the flag names.
+pub fn open_namespace(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let errno = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
+    let fd =
+        rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(errno)?;
+    // nsfs's magic number: the files of /proc/PID/ns and their bind mounts.
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let fs = rustix::fs::fstatfs(&fd).map_err(errno)?;
+    // f_type's width differs between architectures (i64 here).
+    #[allow(clippy::useless_conversion)]
+    let f_type = i64::from(fs.f_type);
+    if f_type != NSFS_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a namespace file",
+        ));
+    }
+    Ok(fd)
+}
+
 pub fn setns(fd: std::os::fd::BorrowedFd<'_>, ns_flag: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let ns_flag = libc::c_int::try_from(ns_flag).map_err(|_| invalid("namespace flag"))?;

@@ -637,11 +637,12 @@ fn runtime_joins_a_pods_network_namespace_by_path() {
 
     // Another type of namespace by path, and a path that is no namespace file.
     let mut spec = config(&["/bin/true"]);
-    spec["linux"]["namespaces"][3] = serde_json::json!({"type": "ipc", "path": "/proc/1/ns/ipc"});
-    let refused = Bundle::new(spec).create("ipc");
+    spec["linux"]["namespaces"][0] =
+        serde_json::json!({"type": "pid", "path": "/proc/self/ns/pid"});
+    let refused = Bundle::new(spec).create("pid");
     assert_ne!(refused.code, 0);
     assert!(
-        refused.stderr.contains("linux.namespaces[3].path"),
+        refused.stderr.contains("linux.namespaces[0].path"),
         "{}",
         refused.stderr
     );
@@ -655,4 +656,61 @@ fn runtime_joins_a_pods_network_namespace_by_path() {
         "{}",
         not_ns.stderr
     );
+}
+
+/// A pod's IPC and UTS namespaces by path: the container sees the pod's System V shared
+/// memory and keeps the pod's hostname (nsbox does not rename it), while its pid, mount and
+/// user namespaces stay its own.
+#[test]
+fn runtime_joins_a_pods_ipc_and_uts_namespaces_by_path() {
+    require_root!();
+    // The pod: a process in new IPC and UTS namespaces, with a hostname and a segment.
+    let mut pod = Command::new("unshare")
+        .args([
+            "--ipc",
+            "--uts",
+            "sh",
+            "-c",
+            "hostname pod-host && ipcmk -M 4096 >/dev/null && echo ready && exec sleep 120",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the pod");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(pod.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready, "ready\n");
+    let ns = |kind: &str| format!("/proc/{}/ns/{kind}", pod.id());
+    let mut spec = config(&[
+        "/bin/sh",
+        "-c",
+        "hostname; cat /proc/sysvipc/shm | wc -l; cat /proc/1/comm",
+    ]);
+    spec["linux"]["namespaces"][3] = serde_json::json!({"type": "ipc", "path": ns("ipc")});
+    spec["linux"]["namespaces"][4] = serde_json::json!({"type": "uts", "path": ns("uts")});
+    let b = Bundle::new(spec);
+    let created = b.create("pod2");
+    assert_eq!(created.code, 0, "create: {}", created.stderr);
+    assert_eq!(b.runtime(&["start", "pod2"]).code, 0);
+    assert!(eventually(30.0, || b.status("pod2") == "stopped"));
+    let out = std::fs::read_to_string(b.path("pod2.out")).unwrap();
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    let _ = pod.kill();
+    let _ = pod.wait();
+    assert_eq!(
+        lines.first(),
+        Some(&"pod-host"),
+        "the pod's hostname: {out}"
+    );
+    assert_eq!(
+        lines.get(1),
+        Some(&"2"),
+        "the pod's segment (a header and one line): {out}"
+    );
+    assert_ne!(lines.get(2), Some(&"sleep"), "its own pid namespace: {out}");
+    assert!(lines.len() == 3, "{out}");
+    assert_eq!(b.runtime(&["delete", "pod2"]).code, 0);
 }
