@@ -304,9 +304,33 @@ fn civil(secs: u64) -> (String, u64) {
     (format!("{year:04}-{month:02}-{day:02}"), rem)
 }
 
+/// Days since 1970-01-01 of a civil date (year, month 1-12, day 1-31), the inverse of the
+/// date [`rfc3339`] writes (Howard Hinnant's algorithm), for parsing RFC 3339 times.
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_from_civil_inverts_the_written_date() {
+        for secs in [0u64, 951_782_400, 1_796_412_514, 4_102_444_800] {
+            let date = rfc3339(secs);
+            let n = |r: std::ops::Range<usize>| date[r].parse::<i64>().unwrap();
+            assert_eq!(
+                days_from_civil(n(0..4), n(5..7), n(8..10)),
+                i64::try_from(secs / 86_400).unwrap(),
+                "{date}"
+            );
+        }
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {
