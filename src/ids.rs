@@ -20,7 +20,7 @@ pub fn new_id() -> String {
     // (or comes back short) before the pool is initialised at early boot; fall back to
     // time+pid so an id is still unique enough on this host.
     let filled = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
-    if filled.map_or(true, |n| n != bytes.len()) {
+    if !filled.is_ok_and(|n| n == bytes.len()) {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
