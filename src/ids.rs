@@ -14,9 +14,13 @@ pub const DEFAULT_UID_BASE: u32 = 0x6e73_0000; // 1853030400 ("ns")
 /// A fresh sandbox id: 12 lowercase hex digits from the kernel's random pool.
 pub fn new_id() -> String {
     let mut bytes = [0u8; 6];
-    // getrandom only fails before the pool is initialised at early boot; fall back to time+pid
-    // so an id is still unique enough on this host.
-    if getrandom::fill(&mut bytes).is_err() {
+    // The getrandom syscall itself, not the getrandom crate: in nsbox's static build the crate
+    // cannot find glibc's getrandom and falls back to polling /dev/random and reading
+    // /dev/urandom (five syscalls and an fd kept open on every sandbox's start). It only fails
+    // (or comes back short) before the pool is initialised at early boot; fall back to
+    // time+pid so an id is still unique enough on this host.
+    let filled = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
+    if !filled.is_ok_and(|n| n == bytes.len()) {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
