@@ -932,13 +932,17 @@ h = sbx.pty.create(PtySize(rows=24, cols=80))
 sbx.pty.resize(h.pid, PtySize(rows=30, cols=100))
 sbx.pty.send_stdin(h.pid, b"stty size; exit\n")
 out["resized"] = run(h)
+h = sbx.pty.create(PtySize(rows=24, cols=80))
+out["killed"] = sbx.pty.kill(h.pid)
+out["after_kill"] = run(h)[0]
+out["kill_gone"] = sbx.pty.kill(h.pid)
 sbx.kill()
 print(json.dumps(out))
 "#;
 
 /// `pty.create` runs a shell on a terminal of the asked size (the supervisor's pty, read and
 /// written from outside): input reaches it, `pty.resize` changes its size, its exit code
-/// ends the handle.
+/// ends the handle, and `pty.kill` ends it (a second kill finds nothing to kill).
 #[test]
 fn e2b_sdk_pty_create_input_resize() {
     require_root!();
@@ -955,6 +959,9 @@ fn e2b_sdk_pty_create_input_resize() {
     assert_eq!(out["resized"][0], 0, "{out}");
     let resized = out["resized"][1].as_str().unwrap();
     assert!(resized.contains("30 100\r\n"), "{resized:?}");
+    assert_eq!(out["killed"], true, "{out}");
+    assert_ne!(out["after_kill"], 0, "{out}");
+    assert_eq!(out["kill_gone"], false, "{out}");
 }
 
 const SDK_SNAPSHOT: &str = r#"
