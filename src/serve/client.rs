@@ -46,10 +46,7 @@ pub enum ClientError {
     },
     /// No server answers at the address.
     #[error("cannot reach nsbox serve at {to}: {source} — hint: is `nsbox serve` running there, and is the address right (--host or NSBOX_HOST)?")]
-    Connect {
-        to: String,
-        source: std::io::Error,
-    },
+    Connect { to: String, source: std::io::Error },
     /// The address is not one the client understands.
     #[error("{0}")]
     Address(String),
@@ -101,9 +98,9 @@ impl CommandStream {
         let mut line = String::new();
         match self.events.read_line(&mut line) {
             Ok(0) => None,
-            Ok(_) => Some(
-                serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string())),
-            ),
+            Ok(_) => {
+                Some(serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string())))
+            }
             Err(e) => Some(Err(e.into())),
         }
     }
@@ -235,9 +232,9 @@ impl ServeClient {
             Err(unreachable(last))
         };
         Ok(match &self.endpoint {
-            Endpoint::Unix(path) => Box::new(
-                std::os::unix::net::UnixStream::connect(path).map_err(unreachable)?,
-            ),
+            Endpoint::Unix(path) => {
+                Box::new(std::os::unix::net::UnixStream::connect(path).map_err(unreachable)?)
+            }
             Endpoint::Tcp(addr) => Box::new(tcp(addr)?),
             Endpoint::Tls { addr, name, config } => {
                 let conn = rustls::ClientConnection::new(config.clone(), name.clone())
@@ -245,13 +242,14 @@ impl ServeClient {
                 let mut stream = rustls::StreamOwned::new(conn, tcp(addr)?);
                 // The handshake now, so that a certificate that is not trusted is said as such.
                 while stream.conn.is_handshaking() {
-                    stream
-                        .conn
-                        .complete_io(&mut stream.sock)
-                        .map_err(|e| ClientError::Connect {
+                    stream.conn.complete_io(&mut stream.sock).map_err(|e| {
+                        ClientError::Connect {
                             to: self.endpoint.describe(),
-                            source: std::io::Error::other(format!("TLS handshake: {e} (NSBOX_CA_FILE names a CA to trust)")),
-                        })?;
+                            source: std::io::Error::other(format!(
+                                "TLS handshake: {e} (NSBOX_CA_FILE names a CA to trust)"
+                            )),
+                        }
+                    })?;
                 }
                 Box::new(stream)
             }
@@ -681,7 +679,10 @@ mod tests {
     #[test]
     fn addresses_parse_or_say_what_is_wrong() {
         let ok = |url: &str| ServeClient::from_url(url, None, None).unwrap().address();
-        assert_eq!(ok("unix:///run/nsbox/serve.sock"), "unix:///run/nsbox/serve.sock");
+        assert_eq!(
+            ok("unix:///run/nsbox/serve.sock"),
+            "unix:///run/nsbox/serve.sock"
+        );
         assert_eq!(ok("http://127.0.0.1:7070"), "http://127.0.0.1:7070");
         assert_eq!(ok("http://127.0.0.1:7070/"), "http://127.0.0.1:7070");
         assert_eq!(ok("http://box"), "http://box:80");

@@ -356,6 +356,8 @@ pub fn create_session(
     cmd.args(&plan.args)
         .envs(plan.env.iter().map(|(k, v)| (k, v)))
         .env(super::CREATE_PARENT_ENV, std::process::id().to_string())
+        // The create runs here, whatever server the server's own environment names.
+        .env_remove("NSBOX_HOST")
         .env(CREATE_RECORDS_ENV, &options.serve_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
