@@ -829,7 +829,17 @@ fn read_stream(mut stream: CommandStream, json: bool, result: bool) -> Result<St
                         capture.stderr.extend_from_slice(&data);
                     }
                 } else if json {
-                    write_line(&event);
+                    // Written again as the local relay writes it (with its phase).
+                    let chunk = crate::relay::Chunk {
+                        phase: Some("run"),
+                        data: event["data"].as_str().map(str::to_string),
+                        data_b64: event["data_b64"].as_str().map(str::to_string),
+                    };
+                    write_event(&if kind == "stdout" {
+                        crate::relay::Event::Stdout(chunk)
+                    } else {
+                        crate::relay::Event::Stderr(chunk)
+                    });
                 } else if kind == "stdout" {
                     let mut out = std::io::stdout().lock();
                     let _ = out.write_all(&data).and_then(|()| out.flush());
@@ -840,7 +850,8 @@ fn read_stream(mut stream: CommandStream, json: bool, result: bool) -> Result<St
             "truncated" => {
                 truncated = true;
                 if json && !result {
-                    write_line(&event);
+                    let limit = event["limit"].as_u64().unwrap_or_default();
+                    write_event(&crate::relay::Event::Truncated { limit });
                 }
             }
             "warning" => warnings.push(event["message"].as_str().unwrap_or_default().to_string()),
@@ -878,10 +889,9 @@ fn read_stream(mut stream: CommandStream, json: bool, result: bool) -> Result<St
     ))
 }
 
-fn write_line(event: &serde_json::Value) {
+fn write_event(event: &crate::relay::Event<'_>) {
     let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer(&mut out, event);
-    let _ = out.write_all(b"\n").and_then(|()| out.flush());
+    let _ = out.write_all(&event.to_line()).and_then(|()| out.flush());
 }
 
 fn labels_of(view: &serde_json::Value) -> BTreeMap<String, String> {
@@ -1133,7 +1143,10 @@ fn ps(client: &ServeClient, args: PsArgs) -> i32 {
                     text(&r["state"]),
                     session::age_text(r["age_secs"].as_u64().unwrap_or(0)),
                     text(&r["network"]),
-                    text(&r["cpus"]),
+                    r["cpus"].as_f64().map_or("-".into(), |c| crate::units::CpuQuota(
+                        (c * 1000.0).round() as u64
+                    )
+                    .to_string()),
                     text(&r["pids"]),
                 );
             }
@@ -1295,7 +1308,7 @@ fn copy_in(
     }
     // Into an existing directory under the source's name, or as the named path.
     let is_dir = match client.stat(session, &inside) {
-        Ok(st) => st["kind"] == "directory",
+        Ok(st) => st["type"] == "directory",
         Err(ClientError::Api { status: 404, .. }) => false,
         Err(e) => return Err(failure_of(e).to_string()),
     };

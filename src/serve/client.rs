@@ -490,7 +490,7 @@ impl ServeClient {
         )
     }
 
-    /// What is at `path` in the sandbox (`kind`, `size`, ...).
+    /// What is at `path` in the sandbox (`type`, `size`, `mode`, ...).
     pub fn stat(&self, id: &str, path: &str) -> Result<serde_json::Value, ClientError> {
         self.json(
             "GET",
