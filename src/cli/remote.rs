@@ -169,7 +169,7 @@ fn failure_of(e: ClientError) -> Failure {
             Some((m, h)) => Failure::usage(m).with_hint(h),
             None => Failure::usage(m),
         },
-        e @ ClientError::Connect { .. } => {
+        e @ (ClientError::Connect { .. } | ClientError::Tls { .. }) => {
             let text = e.to_string();
             match text.split_once(" — hint: ") {
                 Some((m, h)) => Failure::from(m).with_hint(h),

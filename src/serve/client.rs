@@ -47,6 +47,9 @@ pub enum ClientError {
     /// No server answers at the address.
     #[error("cannot reach nsbox serve at {to}: {source} — hint: is `nsbox serve` running there, and is the address right (--host or NSBOX_HOST)?")]
     Connect { to: String, source: std::io::Error },
+    /// The TLS handshake failed (most often: a certificate this client does not trust).
+    #[error("TLS with nsbox serve at {to} failed: {message} — hint: NSBOX_CA_FILE (or `ServeClient::from_url`'s CA file) names a PEM file of the CA to trust, besides the system's")]
+    Tls { to: String, message: String },
     /// The address is not one the client understands.
     #[error("{0}")]
     Address(String),
@@ -242,14 +245,13 @@ impl ServeClient {
                 let mut stream = rustls::StreamOwned::new(conn, tcp(addr)?);
                 // The handshake now, so that a certificate that is not trusted is said as such.
                 while stream.conn.is_handshaking() {
-                    stream.conn.complete_io(&mut stream.sock).map_err(|e| {
-                        ClientError::Connect {
+                    stream
+                        .conn
+                        .complete_io(&mut stream.sock)
+                        .map_err(|e| ClientError::Tls {
                             to: self.endpoint.describe(),
-                            source: std::io::Error::other(format!(
-                                "TLS handshake: {e} (NSBOX_CA_FILE names a CA to trust)"
-                            )),
-                        }
-                    })?;
+                            message: e.to_string(),
+                        })?;
                 }
                 Box::new(stream)
             }
