@@ -175,6 +175,29 @@ fn remote_run_over_the_unix_socket_behaves_like_local() {
     assert_eq!(there[1]["data"], "hi\n");
     assert_eq!(there.last().unwrap()["code"], 4);
 
+    // --out copies out of the sandbox before it is deleted.
+    let outdir = tempfile::tempdir().unwrap();
+    let spec = format!("/sandbox/made:{}", outdir.path().join("got").display());
+    let out = remote.run(&[
+        "run",
+        "--out",
+        &spec,
+        "--",
+        "sh",
+        "-c",
+        "mkdir made; echo x > made/f",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(outdir.path().join("got/made/f")).unwrap(),
+        "x\n"
+    );
+
+    // The server's own failures keep their code: an image it does not have.
+    let out = remote.run(&["run", "--image", "no-such-image-xyz:1", "--", "true"]);
+    assert_eq!(out.code, 123, "{out:?}");
+    assert!(out.stderr.contains("no-such-image-xyz"), "{out:?}");
+
     let out = remote.run(&["run", "--", "no-such-program-xyz"]);
     assert_eq!(out.code, 127, "{out:?}");
     assert!(out.stderr.contains("no-such-program-xyz"), "{out:?}");
@@ -324,6 +347,15 @@ fn remote_session_flow_over_tcp_with_a_key() {
     let out = remote.run(&["exec", "--session", &id, "--", "true"]);
     assert_eq!(out.code, 121, "{out:?}");
     assert!(out.stderr.contains("404 sandbox_not_found"), "{out:?}");
+
+    // A setup script that fails: its exit code, and nothing is left.
+    let out = remote.run(&["create", "--setup", "echo broken >&2; exit 7"]);
+    assert_eq!(out.code, 7, "{out:?}");
+    assert!(
+        out.stderr.contains("the setup script failed (exit 7)"),
+        "{out:?}"
+    );
+    assert!(remote.listed().is_empty());
 
     // Keys: wrong and missing; the server unreachable.
     let wrong = Remote::tcp(&server, "nsbox_not_a_key");

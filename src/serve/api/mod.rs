@@ -759,7 +759,10 @@ impl Server {
                     e.hint = f.hint.clone();
                     e.exit_code = Some(f.code);
                     if f.phase == "setup" && f.code != crate::exit::NSBOX_FAILED {
-                        e.message = format!("the setup script failed: {}", f.message);
+                        // `nsbox create` says so itself; the prefix is for other wordings.
+                        if !f.message.starts_with("the setup script") {
+                            e.message = format!("the setup script failed: {}", f.message);
+                        }
                         e.code = "setup_failed";
                     }
                     e
