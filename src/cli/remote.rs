@@ -510,9 +510,9 @@ fn run(client: &ServeClient, args: RunArgs, session: Option<String>, t0: u64) ->
             };
             let id = view["id"].as_str().unwrap_or_default().to_string();
             let labels = labels_of(&view);
-            if pending_signal(&signals).is_some() {
+            if let Some(signal) = pending_signal(&signals) {
                 let _ = client.delete(&id);
-                return interrupted(json, &id, false, &masker);
+                return interrupted(json, &id, signal, &masker);
             }
             if json {
                 start_event(
@@ -579,21 +579,7 @@ fn relay_command(
             );
         }
     };
-    let outcome = |ending: Ending| Outcome {
-        id: id.to_string(),
-        ending,
-        oom: false,
-        truncated: false,
-        duration: Duration::ZERO,
-        marks: Vec::new(),
-        warnings: Vec::new(),
-        memory_limit: relay.memory_limit,
-        in_session: !relay.one_shot,
-        exec_id: None,
-        usage: Usage::default(),
-        capture: Capture::default(),
-        kept: None,
-    };
+    let outcome = |ending: Ending| remote_outcome(id, ending, !relay.one_shot, relay.memory_limit);
     let stream = match client.start_command(id, command) {
         Ok(s) => s,
         Err(e) => {
@@ -735,24 +721,34 @@ fn pending_signal(signals: &std::os::fd::OwnedFd) -> Option<i32> {
     None
 }
 
-/// The report of a run ended by a signal before its command started.
-fn interrupted(json: bool, id: &str, in_session: bool, masker: &Masker) -> i32 {
-    let outcome = Outcome {
+/// The report of a run ended by `signal` before its command started.
+fn interrupted(json: bool, id: &str, signal: i32, masker: &Masker) -> i32 {
+    let outcome = remote_outcome(id, Ending::Interrupted(signal), false, None);
+    finish(json, false, &outcome, masker)
+}
+
+/// An [`Outcome`] for what the server reported (the rest is filled in by the caller).
+fn remote_outcome(
+    id: &str,
+    ending: Ending,
+    in_session: bool,
+    memory_limit: Option<ByteSize>,
+) -> Outcome {
+    Outcome {
         id: id.to_string(),
-        ending: Ending::Interrupted(libc::SIGINT),
+        ending,
         oom: false,
         truncated: false,
         duration: Duration::ZERO,
         marks: Vec::new(),
         warnings: Vec::new(),
-        memory_limit: None,
+        memory_limit,
         in_session,
         exec_id: None,
         usage: Usage::default(),
         capture: Capture::default(),
         kept: None,
-    };
-    finish(json, false, &outcome, masker)
+    }
 }
 
 /// Sends this process's stdin to the command, chunk by chunk, then closes it.
