@@ -170,12 +170,12 @@ pub(super) fn raw_secret_masker(sandbox: &SandboxArgs) -> Masker {
 static RESULT_DOCUMENT: AtomicBool = AtomicBool::new(false);
 
 /// Notes `--result-json` and returns whether JSON (events or the document) is wanted.
-fn result_mode(args: &RunArgs) -> bool {
+pub(super) fn result_mode(args: &RunArgs) -> bool {
     RESULT_DOCUMENT.store(args.result_json, Ordering::Relaxed);
     args.json || args.result_json
 }
 
-fn result_document() -> bool {
+pub(super) fn result_document() -> bool {
     RESULT_DOCUMENT.load(Ordering::Relaxed)
 }
 
@@ -401,7 +401,7 @@ fn tmpfs_mounts(
 
 /// A usage error the command line finds itself, its text split at " — hint: " like every
 /// nsbox error's.
-fn usage(text: String) -> Failure {
+pub(super) fn usage(text: String) -> Failure {
     match text.split_once(" — hint: ") {
         Some((message, hint)) => Failure::usage(message).with_hint(hint),
         None => Failure::usage(text),
@@ -409,7 +409,7 @@ fn usage(text: String) -> Failure {
 }
 
 /// `nsbox run -vv ...`: after the command `-v` is --volume, so `-vv` is a mount of "v".
-fn verbose_after_command(args: &SandboxArgs) -> Option<String> {
+pub(super) fn verbose_after_command(args: &SandboxArgs) -> Option<String> {
     args.mounts
         .iter()
         .find(|m| !m.is_empty() && m.chars().all(|c| c == 'v'))
@@ -527,7 +527,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
 /// `--secret NAME=VALUE` and `--secret-env NAME` of a session exec, checked as for a new
 /// sandbox (a value comes from nsbox's environment with --secret-env; an empty value is refused,
 /// there would be nothing to mask).
-fn session_secrets(
+pub(super) fn session_secrets(
     secrets: &[String],
     secret_env: &[String],
 ) -> Result<Vec<(String, String)>, Failure> {

@@ -18,14 +18,14 @@ use crate::session::state::SessionStore;
 pub struct InspectArgs {
     /// Sessions, one-shot sandboxes or images.
     #[arg(value_name = "SESSION|ONE-SHOT|IMAGE", required = true)]
-    targets: Vec<String>,
+    pub(super) targets: Vec<String>,
     /// Look only for this kind of object.
     #[arg(long = "type", value_name = "KIND", value_enum)]
-    kind: Option<Kind>,
+    pub(super) kind: Option<Kind>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Kind {
+pub(super) enum Kind {
     Session,
     /// A running one-shot sandbox (`ps -a`).
     OneShot,

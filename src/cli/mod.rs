@@ -11,6 +11,7 @@ mod inspect;
 mod listing;
 mod prune;
 mod pull;
+mod remote;
 mod serve;
 mod session;
 mod settings;
@@ -84,6 +85,11 @@ struct Globals {
     /// $XDG_CONFIG_HOME/nsbox/config.toml, then ./nsbox.toml; NSBOX_CONFIG sets it too).
     #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    /// Run run/exec/create/cp/ps/inspect/stop/rm on an `nsbox serve` server instead of this
+    /// machine: unix:///PATH, http://HOST:PORT or https://HOST:PORT (NSBOX_HOST sets it too;
+    /// NSBOX_API_KEY holds the key a TCP server needs).
+    #[arg(long, value_name = "URL", global = true)]
+    host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -573,6 +579,11 @@ pub fn main() -> i32 {
         }
     };
     init_logging(cli.globals.verbose, cli.globals.log_format);
+    if let Some(host) = remote::host(cli.globals.host.as_deref()) {
+        if !remote::runs_locally(&cli.command) {
+            return remote::main(&host, cli.command, t0);
+        }
+    }
     let state_root = image::state_root(cli.globals.state_root.as_deref());
     // Only the commands that use the configuration read it (a broken file does not stop
     // `ps`, `stop` or `rm`).

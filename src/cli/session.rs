@@ -26,26 +26,26 @@ use crate::units::{Limit, Timeout};
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     #[command(flatten)]
-    sandbox: SandboxArgs,
+    pub(super) sandbox: SandboxArgs,
     /// A name for the session, usable wherever an id is (unique on this host).
     #[arg(long, value_name = "NAME", help_heading = "Sessions")]
-    name: Option<String>,
+    pub(super) name: Option<String>,
     /// Stop the session once it was idle (no command running, nobody connected) this long
     /// (default 1h, or the config's cleanup.session_max_age; `none` keeps it until `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
-    max_age: Option<Limit<Timeout>>,
+    pub(super) max_age: Option<Limit<Timeout>>,
     /// What idleness past --max-age does: `stop` the session, or `pause` it (`nsbox resume`
     /// goes on where it was; default stop, or the config's cleanup.session_idle_action).
     #[arg(long, value_name = "ACTION", help_heading = "Sessions")]
-    idle_action: Option<daemon::IdleAction>,
+    pub(super) idle_action: Option<daemon::IdleAction>,
     /// A hard lifetime: stop the session this long after it started, even while commands run
     /// (they are ended like by `nsbox stop`).
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
-    ttl: Option<Timeout>,
+    pub(super) ttl: Option<Timeout>,
     /// Remove the session once it stopped (by `stop`, --max-age, --ttl or its own end), after
     /// --rm-grace; until then `ps` shows it stopped, with why.
     #[arg(long, help_heading = "Sessions")]
-    rm: bool,
+    pub(super) rm: bool,
     /// With --rm: how long a stopped session stays listed before it is removed.
     #[arg(
         long,
@@ -54,7 +54,7 @@ pub struct CreateArgs {
         requires = "rm",
         help_heading = "Sessions"
     )]
-    rm_grace: Timeout,
+    pub(super) rm_grace: Timeout,
     /// A shell script run in the new session before it is handed over (its own phase; if it
     /// fails, create fails with its output and exit code and the session is removed).
     #[arg(
@@ -63,20 +63,20 @@ pub struct CreateArgs {
         conflicts_with = "setup_file",
         help_heading = "Sessions"
     )]
-    setup: Option<String>,
+    pub(super) setup: Option<String>,
     /// Like --setup, with the script read from a host file.
     #[arg(long, value_name = "FILE", help_heading = "Sessions")]
-    setup_file: Option<PathBuf>,
+    pub(super) setup_file: Option<PathBuf>,
     /// Default output cap of each command run in the session (and of the setup script);
     /// `exec --max-output` overrides it per command.
     #[arg(long, value_name = "SIZE", help_heading = "Limits")]
-    max_output: Option<Limit<ByteSize>>,
+    pub(super) max_output: Option<Limit<ByteSize>>,
     /// Deadline for the setup script.
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
-    timeout: Option<Limit<Timeout>>,
+    pub(super) timeout: Option<Limit<Timeout>>,
     /// Write JSON events (setup output with "phase":"setup", then a "created" event).
     #[arg(long, help_heading = "Input/output")]
-    json: bool,
+    pub(super) json: bool,
 }
 
 pub fn create(
@@ -292,22 +292,22 @@ fn wait_gone(store: &SessionStore, id: &str) {
 pub struct PsArgs {
     /// Print only the ids (one per line).
     #[arg(long, short = 'q', conflicts_with_all = ["json", "format"])]
-    quiet: bool,
+    pub(super) quiet: bool,
     /// table (default), json (one array), or a template over the JSON fields, e.g.
     /// '{{.ID}}\t{{.Name}}\t{{.Labels.job}}'.
     #[arg(long, value_name = "json|table|TEMPLATE", conflicts_with = "json")]
-    format: Option<super::listing::Format>,
+    pub(super) format: Option<super::listing::Format>,
     /// Same as --format json.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Only sessions that match: label=KEY, label=KEY=VALUE, name=NAME, id=PREFIX,
     /// state=running|stopped|dead. Repeatable; all must match.
     #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
-    filter: Vec<Filter>,
+    pub(super) filter: Vec<Filter>,
     /// Also list the running one-shot sandboxes (`nsbox run`, `exec` without --session; type
     /// "one-shot", stoppable by id), and one-shots whose nsbox was killed (state dead).
     #[arg(long, short = 'a')]
-    all: bool,
+    pub(super) all: bool,
 }
 
 /// A `ps --filter`.
@@ -453,7 +453,7 @@ fn state_name(state: SessionState, record: &SessionRecord) -> &'static str {
 }
 
 /// A coarse age, as `ps` shows it: 42s, 5m, 3h, 2d.
-fn age_text(secs: u64) -> String {
+pub(super) fn age_text(secs: u64) -> String {
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m", secs / 60),
@@ -600,7 +600,7 @@ pub(super) fn one_shot_json(r: &OneShotRecord, live: bool) -> serde_json::Value 
 }
 
 /// `text` cut to `width` characters, with an ellipsis when it was longer.
-fn shorten(text: &str, width: usize) -> String {
+pub(super) fn shorten(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_string();
     }
@@ -673,7 +673,7 @@ pub fn stats(args: StatsArgs) -> i32 {
 pub struct StopArgs {
     /// Sessions (ids or names) or one-shot sandboxes (ids, from `ps -a`).
     #[arg(value_name = "ID|NAME", required = true)]
-    sessions: Vec<String>,
+    pub(super) sessions: Vec<String>,
     /// How long processes get between SIGTERM and SIGKILL (a bare number is seconds:
     /// Docker's `stop -t 10`).
     #[arg(
@@ -683,7 +683,7 @@ pub struct StopArgs {
         value_name = "DURATION",
         default_value = "5s"
     )]
-    grace: Timeout,
+    pub(super) grace: Timeout,
 }
 
 pub fn stop(args: StopArgs) -> i32 {
@@ -787,10 +787,10 @@ fn stop_one_shot(store: &OneShotStore, r: &OneShotRecord, grace: Duration) -> Re
 pub struct RmArgs {
     /// Sessions (ids or names).
     #[arg(value_name = "ID|NAME", required = true)]
-    sessions: Vec<String>,
+    pub(super) sessions: Vec<String>,
     /// Stop running sessions first.
     #[arg(long, short = 'f')]
-    force: bool,
+    pub(super) force: bool,
 }
 
 pub fn rm(args: RmArgs) -> i32 {
@@ -843,14 +843,14 @@ pub struct CpArgs {
     /// A host path, SESSION:PATH (relative paths inside start at the session's working
     /// directory), or `-`: a tar stream on stdin, extracted into the directory DST.
     #[arg(value_name = "SRC")]
-    source: String,
+    pub(super) source: String,
     /// A host path, SESSION:PATH, or `-`: SRC as a tar stream on stdout.
     #[arg(value_name = "DST")]
-    destination: String,
+    pub(super) destination: String,
     /// Copying out: write at most this much file data (holes and hard links cost nothing;
     /// `none` lifts the bound). A copy that would write more fails and leaves nothing behind.
     #[arg(long, value_name = "SIZE", default_value = "8g")]
-    max_size: Limit<ByteSize>,
+    pub(super) max_size: Limit<ByteSize>,
 }
 
 pub fn cp(args: CpArgs) -> i32 {
@@ -957,13 +957,13 @@ pub(super) fn prune_sessions(older_than: Option<Duration>, dry_run: bool) -> (us
 pub struct LogsArgs {
     /// The session (id, unique id prefix, or name); running or stopped.
     #[arg(value_name = "ID|NAME")]
-    session: String,
+    pub(super) session: String,
     /// Keep printing new output until the session stops.
     #[arg(long, short = 'f')]
-    follow: bool,
+    pub(super) follow: bool,
     /// Print the kept events (JSON lines, with `ts` and `exec_id`) instead of the output.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// `nsbox logs`: the output the session's commands relayed (masked and capped as their callers

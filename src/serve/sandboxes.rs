@@ -330,6 +330,7 @@ impl CreateRequest {
 pub struct CreateFailed {
     pub phase: String,
     pub message: String,
+    pub hint: Option<String>,
     pub code: i32,
 }
 
@@ -344,6 +345,7 @@ pub fn create_session(
     let failed = |message: String| CreateFailed {
         phase: "setup".into(),
         message,
+        hint: None,
         code: crate::exit::NSBOX_FAILED,
     };
     let mut cmd = Command::new(&options.exe);
@@ -354,6 +356,8 @@ pub fn create_session(
     cmd.args(&plan.args)
         .envs(plan.env.iter().map(|(k, v)| (k, v)))
         .env(super::CREATE_PARENT_ENV, std::process::id().to_string())
+        // The create runs here, whatever server the server's own environment names.
+        .env_remove("NSBOX_HOST")
         .env(CREATE_RECORDS_ENV, &options.serve_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -384,6 +388,7 @@ pub fn create_session(
                     error = Some(CreateFailed {
                         phase: event["phase"].as_str().unwrap_or("setup").to_string(),
                         message: event["message"].as_str().unwrap_or_default().to_string(),
+                        hint: event["hint"].as_str().map(str::to_string),
                         code: event["code"]
                             .as_i64()
                             .and_then(|c| i32::try_from(c).ok())

@@ -9,6 +9,10 @@
 //! With `-` instead of a host path the copy is a tar stream: written to stdout from a tree
 //! inside ([`copy_out_tar`]), or read from stdin into a directory inside ([`copy_in_tar`],
 //! through the same writer that unpacks image layers, with its rules for hostile archives).
+//!
+//! `nsbox --host URL cp` copies through a server's files API, as tar streams: [`host_tar`]
+//! writes a host tree as one, [`host_extract`] writes one to a host path, with the rules of
+//! the local copy on both sides (no host link followed; the same naming).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -23,7 +27,7 @@ use super::state::valid_name;
 use super::SessionError;
 use crate::host::path::{open_no_follow, Access, HostPathError};
 use crate::image::tar::{EntryMeta, Kind, TarWriter};
-use crate::rootfs::copy::{over_budget, remove_entry, walk, TreeCopy, TreeVisitor};
+use crate::rootfs::copy::{over_budget, remove_entry, walk, walk_open, TreeCopy, TreeVisitor};
 
 /// One side of `nsbox cp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -396,6 +400,103 @@ pub fn copy_out_tar(
     })
 }
 
+/// Writes the host file or tree `src` as a tar stream to `out`, its top entry named
+/// `name_out` (what `nsbox --host URL cp SRC ID:DST` sends). No link in `src`'s path is
+/// followed, and links in the tree are written as links, as [`copy_in`] does.
+pub fn host_tar(
+    src: &Path,
+    name_out: &OsStr,
+    out: impl io::Write,
+) -> Result<CopyReport, SessionError> {
+    let (fd, st) =
+        open_no_follow(src, Access::Read).map_err(|e| copy_err(src.display(), e.reason()))?;
+    let mut visitor = TarOut {
+        tar: TarWriter::new(io::BufWriter::with_capacity(256 << 10, out)),
+        base: 0,
+        written: 0,
+        skipped: 0,
+        links: HashMap::new(),
+        max_bytes: None,
+        bytes: 0,
+    };
+    walk_open(&mut visitor, fd, &st, &Vec::new(), name_out, 0)
+        .and_then(|()| visitor.tar.finish().map(drop))
+        .map_err(|e| copy_err(format!("read {}", src.display()), e))?;
+    Ok(CopyReport {
+        written: visitor.written,
+        skipped: visitor.skipped,
+    })
+}
+
+/// Writes a tar stream whose entries start with `name` (a server's tar of a path so named)
+/// to the host path `dst`, as [`copy_out`] would: an existing directory at `dst` receives
+/// `name`; otherwise the entry becomes `dst` (its parent made if missing). The stream goes
+/// through the image unpacker, with its rules for hostile archives; what is written belongs
+/// to the caller.
+pub fn host_extract(
+    input: impl io::Read + Send,
+    name: &OsStr,
+    dst: &Path,
+) -> Result<CopyReport, SessionError> {
+    let (host_fd, dst_is_dir, out_name) = host_destination(dst, name)?;
+    let owner = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let open_dir = |at: BorrowedFd<'_>, n: &OsStr| {
+        rfs::openat(
+            at,
+            n,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| copy_err(dst.display(), e))
+    };
+    let unpack = |into: BorrowedFd<'_>| {
+        crate::image::unpack::extract(input, into, owner, Default::default())
+            .map(|done| CopyReport {
+                written: done.entries as usize,
+                skipped: done.skipped_special as usize,
+            })
+            .map_err(|e| copy_err(format!("extract into {}", dst.display()), e))
+    };
+    if dst_is_dir {
+        let dir = open_dir(host_fd.as_fd(), OsStr::new("."))?;
+        return unpack(dir.as_fd());
+    }
+    // Elsewhere under another name: unpacked beside it first, then renamed into place, so
+    // that a stream that fails half-way leaves nothing at `dst`.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let staging = format!(".nsbox-cp-{}-{nanos}", std::process::id());
+    rfs::mkdirat(&host_fd, staging.as_str(), Mode::from_raw_mode(0o700))
+        .map_err(|e| copy_err(dst.display(), e))?;
+    let result = open_dir(host_fd.as_fd(), OsStr::new(&staging)).and_then(|dir| {
+        let report = unpack(dir.as_fd())?;
+        let st = rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+            copy_err(
+                dst.display(),
+                format!(
+                    "the server's stream holds no {}: {e}",
+                    name.to_string_lossy()
+                ),
+            )
+        })?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory
+            && is_dir_at(host_fd.as_fd(), &out_name)
+        {
+            return Err(copy_err(dst.display(), "is a directory"));
+        }
+        rfs::renameat(&dir, name, &host_fd, out_name.as_os_str())
+            .map_err(|e| copy_err(dst.display(), e))?;
+        Ok(report)
+    });
+    let _ = remove_entry(host_fd.as_fd(), OsStr::new(&staging));
+    result
+}
+
 /// Writes what a walk finds as tar entries; the place is the path prefix ("repo/src/").
 struct TarOut<W: io::Write> {
     tar: TarWriter<W>,
@@ -533,6 +634,47 @@ mod tests {
             Endpoint::Host("/abs:weird".into())
         );
         assert_eq!(parse_endpoint("c:"), Endpoint::Host("c:".into()));
+    }
+
+    /// A host tree goes out as tar and comes back under the names `cp` gives: into an
+    /// existing directory under its own name, or as the named path.
+    #[test]
+    fn host_tar_and_extract_round_trip() {
+        let src = tempfile::tempdir().unwrap();
+        let tree = src.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("sub/a.txt"), "alpha").unwrap();
+        std::os::unix::fs::symlink("sub/a.txt", tree.join("link")).unwrap();
+        let mut tar = Vec::new();
+        let report = host_tar(&tree, OsStr::new("renamed"), &mut tar).unwrap();
+        assert_eq!(report.written, 4);
+
+        let dst = tempfile::tempdir().unwrap();
+        host_extract(&tar[..], OsStr::new("renamed"), dst.path()).unwrap();
+        let into = dst.path().join("renamed");
+        assert_eq!(
+            std::fs::read_to_string(into.join("sub/a.txt")).unwrap(),
+            "alpha"
+        );
+        assert_eq!(
+            std::fs::read_link(into.join("link")).unwrap(),
+            Path::new("sub/a.txt")
+        );
+
+        let named = dst.path().join("new/place");
+        host_extract(&tar[..], OsStr::new("renamed"), &named).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(named.join("sub/a.txt")).unwrap(),
+            "alpha"
+        );
+        let left: Vec<_> = std::fs::read_dir(dst.path().join("new")).unwrap().collect();
+        assert_eq!(left.len(), 1, "no staging directory is left");
+
+        // A stream that lacks the named entry changes nothing at the destination.
+        let missing = dst.path().join("absent");
+        assert!(host_extract(&tar[..], OsStr::new("other"), &missing).is_err());
+        assert!(!missing.exists());
+        assert!(host_tar(Path::new("/nonexistent/x"), OsStr::new("x"), Vec::new()).is_err());
     }
 
     #[test]

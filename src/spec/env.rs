@@ -62,7 +62,7 @@ pub(crate) fn parse_env_entry(
 
 /// Reads a docker-style env file: `K=V` lines, `#` comments, blank lines, bare `K` copied from
 /// nsbox's environment, an optional leading `export `.
-pub(super) fn read_env_file(
+pub(crate) fn read_env_file(
     path: &Path,
     host_env: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, SpecError> {

@@ -20,8 +20,8 @@ mod env;
 mod paths;
 mod request;
 
-use env::{check_env_name, mask_all, read_env_file};
-pub(crate) use env::{parse_env_entry, tty_term};
+use env::{check_env_name, mask_all};
+pub(crate) use env::{parse_env_entry, read_env_file, tty_term};
 pub use paths::{normalize_inside, parse_copy, parse_mount, BindMount, CopyIn};
 pub use request::ExecRequest;
 

@@ -29,6 +29,7 @@ mod limits;
 mod load;
 mod registry;
 mod registry_support;
+mod remote;
 mod results;
 mod runtime;
 mod serve;

@@ -9,16 +9,16 @@ use std::process::{Child, Command, Stdio};
 use crate::require_root;
 use crate::support::nsbox_cmd;
 
-/// One server with its own state root, socket and loopback port.
-struct TestServer {
+/// One server with its own state root, socket and loopback port (also used by `remote`).
+pub(crate) struct TestServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
-    socket: PathBuf,
-    tcp: String,
+    pub(crate) socket: PathBuf,
+    pub(crate) tcp: String,
 }
 
 impl TestServer {
-    fn start(extra: &[&str]) -> TestServer {
+    pub(crate) fn start(extra: &[&str]) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("nsbox-serve-")
             .tempdir()
@@ -64,7 +64,7 @@ impl TestServer {
         self.dir.path().join("state")
     }
 
-    fn key(&self, name: &str, max: Option<usize>) -> String {
+    pub(crate) fn key(&self, name: &str, max: Option<usize>) -> String {
         let max = max.map(|m| m.to_string());
         let state = self.state();
         let mut args = vec![

@@ -178,6 +178,7 @@ pub(in crate::serve) fn start_error(e: StartError) -> ApiError {
                 f.message,
             );
             e.hint = Some(format!("exit code {}", f.code));
+            e.exit_code = Some(f.code);
             e
         }
         StartError::NotRunning(m) => ApiError::new(StatusCode::CONFLICT, "not_running", m),

@@ -40,6 +40,7 @@ impl Server {
             message: e.message,
             hint: None,
             retry_after: None,
+            exit_code: None,
         };
         let ok = || json_response(StatusCode::OK, &serde_json::json!({"ok": true}));
         match (&method, rest) {

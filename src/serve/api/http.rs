@@ -23,6 +23,9 @@ pub(in crate::serve) struct ApiError {
     pub(in crate::serve) message: String,
     pub(super) hint: Option<String>,
     pub(super) retry_after: Option<u64>,
+    /// The nsbox exit code of the failure, when there is one (a create that failed, a command
+    /// that could not start): `nsbox --host` exits with it, as the local run would have.
+    pub(super) exit_code: Option<i32>,
 }
 
 impl ApiError {
@@ -37,6 +40,7 @@ impl ApiError {
             message: message.into(),
             hint: None,
             retry_after: None,
+            exit_code: None,
         }
     }
     pub(super) fn hint(mut self, hint: impl Into<String>) -> ApiError {
@@ -58,11 +62,14 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
     pub(super) fn response(&self) -> Response<RespBody> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "code": self.code,
             "message": self.message,
             "hint": self.hint,
         });
+        if let Some(code) = self.exit_code {
+            body["exit_code"] = code.into();
+        }
         let mut resp = json_response(self.status, &body);
         resp.headers_mut()
             .insert("x-nsbox-error", HeaderValue::from_static(self.code));

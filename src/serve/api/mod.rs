@@ -56,6 +56,10 @@ const CAPACITY_POLL: Duration = Duration::from_millis(50);
 const BODY_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// `POST .../stop`: the grace between TERM and KILL when none is given (`nsbox stop`'s), and
+/// the longest honoured.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const MAX_STOP_GRACE: Duration = Duration::from_secs(300);
 /// On SIGTERM, how long running commands get to finish before the sandboxes are removed.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// The OpenAPI document (also in the repository as docs/openapi.json).
@@ -77,6 +81,14 @@ pub(super) struct Server {
     connections: Arc<tokio::sync::Semaphore>,
     /// Commands running through the API, by command id.
     running: std::sync::Mutex<std::collections::HashMap<String, RunningInfo>>,
+}
+
+/// The body of `POST /v1/sandboxes/{id}/stop`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopRequest {
+    /// Between TERM and KILL ("5s"; at most 5m).
+    grace: Option<String>,
 }
 
 /// Who is asking.
@@ -105,6 +117,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/sandboxes/{id}", "sandbox.get"),
     ("DELETE", "/v1/sandboxes/{id}", "sandbox.delete"),
     ("GET", "/v1/sandboxes/{id}/stats", "sandbox.stats"),
+    ("POST", "/v1/sandboxes/{id}/stop", "sandbox.stop"),
     ("POST", "/v1/sandboxes/{id}/pause", "sandbox.pause"),
     ("POST", "/v1/sandboxes/{id}/resume", "sandbox.resume"),
     ("POST", "/v1/sandboxes/{id}/commit", "sandbox.commit"),
@@ -314,6 +327,44 @@ impl Server {
                     StatusCode::OK,
                     &serde_json::json!({"id": owned.id, "deleted": true}),
                 ))
+            }
+            (&Method::POST, ["v1", "sandboxes", id, "stop"]) => {
+                let owned = self.owned(id, &caller)?;
+                // No body is the default grace.
+                let bytes = body_bytes(req, MAX_JSON).await?;
+                let body: StopRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+                    StopRequest::default()
+                } else {
+                    serde_json::from_slice(&bytes).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_json",
+                            format!("the request body: {e}"),
+                        )
+                        .hint("{\"grace\": \"5s\"}, or no body")
+                    })?
+                };
+                let grace = body
+                    .grace
+                    .as_deref()
+                    .map(|g| sandboxes::duration("grace", g))
+                    .transpose()
+                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.0))?
+                    .unwrap_or(STOP_GRACE)
+                    .min(MAX_STOP_GRACE);
+                let running = self.alive(&owned.id);
+                if running {
+                    let client = self.client(&owned.id).await?;
+                    blocking(move || {
+                        client
+                            .stop(grace, "stopped through the nsbox serve API")
+                            .map_err(|e| ApiError::internal(e.to_string()))
+                    })
+                    .await?;
+                }
+                let mut view = self.view(&owned);
+                view["was_running"] = running.into();
+                Ok(json_response(StatusCode::OK, &view))
             }
             (&Method::GET, ["v1", "sandboxes", id, "stats"]) => {
                 let owned = self.owned(id, &caller)?;
@@ -693,6 +744,7 @@ impl Server {
             ),
             hint: Some("delete a sandbox, or retry later".into()),
             retry_after: Some(1),
+            exit_code: None,
         })?;
         let t0 = std::time::Instant::now();
         let pool_key = body.pool_key();
@@ -732,8 +784,13 @@ impl Server {
                         "create_failed",
                         f.message.clone(),
                     );
+                    e.hint = f.hint.clone();
+                    e.exit_code = Some(f.code);
                     if f.phase == "setup" && f.code != crate::exit::NSBOX_FAILED {
-                        e.message = format!("the setup script failed: {}", f.message);
+                        // `nsbox create` says so itself; the prefix is for other wordings.
+                        if !f.message.starts_with("the setup script") {
+                            e.message = format!("the setup script failed: {}", f.message);
+                        }
                         e.code = "setup_failed";
                     }
                     e
