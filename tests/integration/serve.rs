@@ -18,6 +18,52 @@ pub(crate) struct TestServer {
 }
 
 impl TestServer {
+    /// A server whose TCP listener speaks TLS with a fresh self-signed certificate for
+    /// 127.0.0.1; the certificate's path, to trust (kept with the server's directory). An
+    /// end-entity certificate: rustls clients refuse a CA certificate as a server's.
+    pub(crate) fn start_tls() -> (TestServer, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("nsbox-serve-")
+            .tempdir()
+            .unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let server = TestServer::start_in(
+            dir,
+            &[
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+        );
+        (server, cert)
+    }
+
     pub(crate) fn start(extra: &[&str]) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("nsbox-serve-")
@@ -1036,37 +1082,7 @@ fn serve_tls_listener_and_plain_remote_refusal() {
     assert_eq!(refused.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--tls-cert"));
 
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let server = TestServer::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (server, cert) = TestServer::start_tls();
     let token = server.key("tls", None);
     let url = format!("https://{}/v1/sandboxes", server.tcp);
     let auth = format!("Authorization: Bearer {token}");
