@@ -96,6 +96,10 @@ pub struct ExecRequest {
     pub tty: bool,
     /// (rows, columns) of the caller's terminal.
     pub winsize: Option<(u16, u16)>,
+    /// As uid 0 of the sandbox, without capabilities (sessions only; E2B's `user="root"`),
+    /// instead of the sandbox user.
+    #[serde(default)]
+    pub as_root: bool,
 }
 
 /// From the supervisor to the sandbox.

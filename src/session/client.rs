@@ -69,6 +69,8 @@ pub struct SessionExec {
     pub labels: Option<std::collections::BTreeMap<String, String>>,
     /// Values to mask on top of the session's own secrets (this command's `--secret-env`).
     pub secrets: Vec<String>,
+    /// As root of the sandbox (uid 0, no capabilities) instead of its user.
+    pub as_root: bool,
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SessionError {
@@ -253,6 +255,7 @@ impl SessionClient {
                 workdir: ex.workdir.clone(),
                 tty: ex.tty,
                 winsize: winsize.flatten(),
+                as_root: ex.as_root,
             },
             &attached,
         )?;

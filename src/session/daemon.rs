@@ -651,9 +651,10 @@ impl Daemon<'_> {
                     workdir,
                     tty,
                     winsize,
+                    as_root,
                 },
                 fds,
-            ) => self.exec(id, argv, env, workdir, tty, winsize, fds),
+            ) => self.exec(id, argv, env, workdir, (tty, winsize), as_root, fds),
             (Request::Signal { signal }, _) => {
                 let exec = self
                     .clients
@@ -822,8 +823,8 @@ impl Daemon<'_> {
         argv: Vec<Vec<u8>>,
         env: Vec<(String, String)>,
         workdir: Option<PathBuf>,
-        tty: bool,
-        winsize: Option<(u16, u16)>,
+        (tty, winsize): (bool, Option<(u16, u16)>),
+        as_root: bool,
         fds: Vec<OwnedFd>,
     ) {
         let busy = self
@@ -851,6 +852,15 @@ impl Daemon<'_> {
             return;
         }
         let mut full_env = self.spec.env.clone();
+        if as_root {
+            // Root's own account, as a login would set it; the request's variables still win.
+            for (k, v) in [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")] {
+                match full_env.iter_mut().find(|(key, _)| key == k) {
+                    Some(slot) => slot.1 = v.to_string(),
+                    None => full_env.push((k.to_string(), v.to_string())),
+                }
+            }
+        }
         for (k, v) in env {
             match full_env.iter_mut().find(|(key, _)| *key == k) {
                 Some(slot) => slot.1 = v,
@@ -869,6 +879,7 @@ impl Daemon<'_> {
             workdir: workdir.unwrap_or_else(|| self.spec.workdir.clone()),
             tty,
             winsize,
+            as_root,
         };
         let attached: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         let sent = self.handle.exec(request, &attached);

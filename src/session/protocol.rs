@@ -20,6 +20,9 @@ pub enum Request {
         workdir: Option<PathBuf>,
         tty: bool,
         winsize: Option<(u16, u16)>,
+        /// As root of the sandbox (uid 0, no capabilities) instead of its user.
+        #[serde(default)]
+        as_root: bool,
     },
     /// A signal for this connection's command (its process group).
     Signal { signal: i32 },
