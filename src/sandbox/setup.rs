@@ -450,8 +450,9 @@ fn drop_privileges(uid: u32, gid: u32, last_capability: libc::c_ulong) -> Result
 
 /// The capabilities a session's init keeps (in the sandbox's user namespace only): setuid
 /// and setgid to start a command as the sandbox user, setpcap to empty the command's bounding
-/// set.
-const SERVING_CAPABILITIES: [u32; 3] = [
+/// set, kill to signal commands of another uid than its own (timeouts, Ctrl-C, stop).
+const SERVING_CAPABILITIES: [u32; 4] = [
+    sys::process::CAP_KILL,
     sys::process::CAP_SETGID,
     sys::process::CAP_SETUID,
     sys::process::CAP_SETPCAP,
@@ -761,8 +762,12 @@ fn init_loop(
                 }),
             }
         }
-        while let Ok(Some(signal)) = sys::signal::read_signal(signalfd) {
-            if signal == libc::SIGCHLD {
+        while let Ok(Some(info)) = sys::signal::read_signal_info(signalfd) {
+            // Only the supervisor's signals are relayed; it sends from outside the sandbox's
+            // pid namespace, so its pid reads as 0 here. A process of the sandbox that
+            // signals pid 1 (the init ignores nothing it has blocked) is not obeyed.
+            let signal = info.signal;
+            if signal == libc::SIGCHLD || info.sender_pid != 0 {
                 continue;
             }
             // Each command leads its own session and process group.

@@ -184,6 +184,7 @@ pub fn drop_bounding_set(last: libc::c_ulong) -> io::Result<()> {
 }
 
 /// Capability numbers (linux/capability.h).
+pub const CAP_KILL: u32 = 5;
 pub const CAP_SETGID: u32 = 6;
 pub const CAP_SETUID: u32 = 7;
 pub const CAP_SETPCAP: u32 = 8;

@@ -407,10 +407,10 @@ try:
 except Exception as e:
     out["escape"] = type(e).__name__
 try:
-    sbx.commands.run("id -u", user="root")
-    out["as_root"] = "ran"
+    sbx.commands.run("id -u", user="nobody")
+    out["as_other_user"] = "ran"
 except Exception as e:
-    out["as_root"] = [type(e).__name__, "not served" in str(e)]
+    out["as_other_user"] = [type(e).__name__, "not served" in str(e)]
 out["as_user"] = sbx.commands.run("echo ok", user="user").stdout
 try:
     sbx.files.rename("/sandbox/secret.txt", "/../../../../tmp/nsbox-e2b-escaped")
@@ -448,7 +448,7 @@ fn e2b_sdk_auth_and_bad_input_are_refused() {
         out["other_key_connect"], "SandboxNotFoundException",
         "{out}"
     );
-    assert_eq!(out["as_root"][1], true, "{out}");
+    assert_eq!(out["as_other_user"][1], true, "{out}");
     assert_eq!(out["as_user"], "ok\n");
     assert_ne!(out["escape"], "read");
     assert_ne!(
@@ -1043,7 +1043,8 @@ probe = "id -u; id -g; echo $HOME; grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status
 out["as_root"] = sbx.commands.run(probe, user="root").stdout.split()
 out["as_user"] = sbx.commands.run(probe).stdout.split()
 # Root without capabilities: it cannot become another user or mount.
-r = sbx.commands.run("python3 -c 'import os; os.setuid(100)' 2>&1; echo rc=$?; mount -t tmpfs t /mnt 2>&1; echo rc=$?", user="root")
+r = sbx.commands.run("python3 -c 'import os; os.setuid(100)' 2>&1; echo rc=$?; mount -t tmpfs t /mnt 2>&1; echo rc=$?; "
+                     "cat /proc/1/environ >/dev/null; echo rc=$?; ls /proc/1/root/ >/dev/null; echo rc=$?; kill -TERM 1; sleep 0.2; echo alive", user="root")
 out["root_attacks"] = r.stdout
 sbx.files.write("/tmp/by-root.txt", "r", user="root")
 sbx.files.write("/tmp/by-user.txt", "u")
@@ -1150,6 +1151,8 @@ fn e2b_sdk_root_user_connect_and_auto_pause() {
     let attacks = out["root_attacks"].as_str().unwrap();
     assert!(attacks.contains("PermissionError"), "{attacks}");
     assert!(!attacks.contains("rc=0"), "{attacks}");
+    assert_eq!(attacks.matches("rc=").count(), 4, "{attacks}");
+    assert!(attacks.ends_with("alive\n"), "{attacks}");
     assert_eq!(out["owners"], serde_json::json!(["0", "100", "0"]), "{out}");
     assert_eq!(out["user_vs_root_file"], "rc=1", "{out}");
     assert_eq!(out["pty_root"], true, "{out}");
