@@ -86,10 +86,13 @@ pub(super) fn main(host: &str, command: Command, t0: u64) -> i32 {
         Command::Stop(args) => stop(&client, args),
         Command::Rm(args) => rm(&client, args),
         Command::Cp(args) => cp(&client, args),
+        Command::Stats(args) => stats(&client, args),
+        Command::Pause(args) => freeze(&client, args, true),
+        Command::Resume(args) => freeze(&client, args, false),
         other => {
             let name = command_name(&other);
             error(&format!(
-                "`nsbox {name}` does not work with a server (--host or {HOST_ENV}): it works on this machine's own sessions and images — hint: unset {HOST_ENV} or drop --host to run it here; with a server use run, exec, create, cp, ps, inspect, stop and rm"
+                "`nsbox {name}` does not work with a server (--host or {HOST_ENV}): it works on this machine's own sessions and images — hint: unset {HOST_ENV} or drop --host to run it here; with a server use run, exec, create, cp, ps, inspect, stats, pause, resume, stop and rm"
             ));
             exit::USAGE
         }
@@ -1194,6 +1197,38 @@ fn stop(client: &ServeClient, args: StopArgs) -> i32 {
                     println!("{id}");
                 }
             }
+            Err(e) => {
+                error(&failure_of(e).to_string());
+                code = exit::NSBOX_FAILED;
+            }
+        }
+    }
+    code
+}
+
+/// `nsbox --host URL stats ID`: the server's numbers, printed as locally.
+fn stats(client: &ServeClient, args: super::session::StatsArgs) -> i32 {
+    let stats = client
+        .stats(&args.session)
+        .map_err(failure_of)
+        .and_then(|v| {
+            serde_json::from_value(v).map_err(|e| Failure::from(format!("the server's stats: {e}")))
+        });
+    match stats {
+        Ok(stats) => super::session::print_stats(&stats, args.json),
+        Err(failure) => {
+            error(&failure.to_string());
+            exit::NSBOX_FAILED
+        }
+    }
+}
+
+/// `nsbox --host URL pause|resume ID...`: each id, with a note when it already was so.
+fn freeze(client: &ServeClient, args: super::snapshot::FreezeArgs, frozen: bool) -> i32 {
+    let mut code = 0;
+    for s in &args.sessions {
+        match client.set_frozen(s, frozen) {
+            Ok(changed) => super::snapshot::print_frozen(s, frozen, changed),
             Err(e) => {
                 error(&failure_of(e).to_string());
                 code = exit::NSBOX_FAILED;

@@ -615,10 +615,10 @@ pub(super) fn shorten(text: &str, width: usize) -> String {
 pub struct StatsArgs {
     /// Session id or name.
     #[arg(value_name = "ID|NAME")]
-    session: String,
+    pub(super) session: String,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 pub fn stats(args: StatsArgs) -> i32 {
@@ -630,10 +630,15 @@ pub fn stats(args: StatsArgs) -> i32 {
             return exit::NSBOX_FAILED;
         }
     };
-    if args.json {
+    print_stats(&stats, args.json)
+}
+
+/// `nsbox stats`' output, here or from a server.
+pub(super) fn print_stats(stats: &crate::session::protocol::SessionStats, json: bool) -> i32 {
+    if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&stats).unwrap_or_default()
+            serde_json::to_string_pretty(stats).unwrap_or_default()
         );
         return 0;
     }

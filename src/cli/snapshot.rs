@@ -15,7 +15,7 @@ use crate::session::state::SessionStore;
 pub struct FreezeArgs {
     /// Sessions (ids or names).
     #[arg(value_name = "ID|NAME", required = true)]
-    sessions: Vec<String>,
+    pub(super) sessions: Vec<String>,
 }
 
 /// `nsbox pause` (`frozen`) or `nsbox resume`: prints each session's id, with a note when it
@@ -28,11 +28,7 @@ pub fn freeze(args: FreezeArgs, frozen: bool) -> i32 {
             let id = c.record.id.clone();
             c.set_frozen(frozen).map(|changed| (id, changed))
         }) {
-            Ok((id, true)) => println!("{id}"),
-            Ok((id, false)) => println!(
-                "{id} (already {})",
-                if frozen { "paused" } else { "running" }
-            ),
+            Ok((id, changed)) => print_frozen(&id, frozen, changed),
             Err(e) => {
                 error(&e.to_string());
                 code = exit::NSBOX_FAILED;
@@ -40,6 +36,18 @@ pub fn freeze(args: FreezeArgs, frozen: bool) -> i32 {
         }
     }
     code
+}
+
+/// A line of `nsbox pause`/`resume`.
+pub(super) fn print_frozen(id: &str, frozen: bool, changed: bool) {
+    if changed {
+        println!("{id}");
+    } else {
+        println!(
+            "{id} (already {})",
+            if frozen { "paused" } else { "running" }
+        );
+    }
 }
 
 /// Flags of `nsbox commit`.

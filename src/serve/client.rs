@@ -492,6 +492,27 @@ impl ServeClient {
         )
     }
 
+    /// Resource use of a sandbox (`nsbox stats`' numbers).
+    pub fn stats(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.json("GET", &format!("/v1/sandboxes/{}/stats", encode(id)), None)
+    }
+
+    /// Pauses (`frozen`) or resumes a sandbox; false when it already was so.
+    pub fn set_frozen(&self, id: &str, frozen: bool) -> Result<bool, ClientError> {
+        let action = if frozen { "pause" } else { "resume" };
+        match self.json(
+            "POST",
+            &format!("/v1/sandboxes/{}/{action}", encode(id)),
+            None,
+        ) {
+            Ok(_) => Ok(true),
+            Err(ClientError::Api {
+                status: 409, code, ..
+            }) if code == "already_paused" || code == "not_paused" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// What is at `path` in the sandbox (`type`, `size`, `mode`, ...).
     pub fn stat(&self, id: &str, path: &str) -> Result<serde_json::Value, ClientError> {
         self.json(

@@ -1031,7 +1031,7 @@ fn e2b_sdk_snapshot_is_an_image_template() {
 
 const SDK_ROOT_AND_CONNECT: &str = r#"
 import json, os, subprocess, time
-from e2b import Sandbox, PtySize, CommandExitException
+from e2b import Sandbox, PtySize, CommandExitException, TimeoutException
 
 def ps():
     out = subprocess.run([os.environ["NSBOX_BIN"], "ps", "--json"], capture_output=True, check=True)
@@ -1089,6 +1089,15 @@ try:
     out["connect_ended"] = "connected"
 except Exception as e:
     out["connect_ended"] = type(e).__name__
+# A command's timeout ends the client's wait, not the command (as under E2B): it is still
+# listed, and can be killed.
+try:
+    sbx.commands.run("sleep 31406", timeout=1)
+    out["cmd_timeout"] = "returned"
+except TimeoutException:
+    out["cmd_timeout"] = "TimeoutException"
+left = [p.pid for p in sbx.commands.list() if "sleep 31406" in " ".join(p.args)]
+out["after_timeout"] = [len(left), [sbx.commands.kill(p) for p in left]]
 sbx.kill()
 
 # Auto-pause: the timeout freezes the sandbox instead of killing it; connect resumes it
@@ -1170,6 +1179,12 @@ fn e2b_sdk_root_user_connect_and_auto_pause() {
         "{out}"
     );
     assert_eq!(out["connect_ended"], "NotFoundException", "{out}");
+    assert_eq!(out["cmd_timeout"], "TimeoutException", "{out}");
+    assert_eq!(
+        out["after_timeout"],
+        serde_json::json!([1, [true]]),
+        "{out}"
+    );
     assert_eq!(
         out["lifecycle"],
         serde_json::json!(["pause", false]),

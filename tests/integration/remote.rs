@@ -333,6 +333,44 @@ fn remote_session_flow_over_tcp_with_a_key() {
     assert_eq!(missing.code, 125, "{missing:?}");
     assert!(missing.stderr.contains("/sandbox/none"), "{missing:?}");
 
+    // stats, pause and resume, printed as locally.
+    let out = remote.run(&["stats", "--json", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let stats = json(&out.stdout);
+    assert!(stats["pids_current"].as_u64().is_some(), "{out:?}");
+    assert_eq!(stats["paused"], false, "{out:?}");
+    let out = remote.run(&["stats", &id]);
+    assert!(out.stdout.starts_with("memory "), "{out:?}");
+    let out = remote.run(&["pause", &id]);
+    assert_eq!((out.code, out.stdout.trim()), (0, id.as_str()), "{out:?}");
+    let out = remote.run(&["pause", &id]);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("{id} (already paused)"),
+        "{out:?}"
+    );
+    assert_eq!(
+        json(&remote.run(&["stats", "--json", &id]).stdout)["paused"],
+        true
+    );
+    let out = remote.run(&["exec", "--session", &id, "--", "true"]);
+    assert_ne!(out.code, 0, "a paused sandbox runs nothing: {out:?}");
+    let out = remote.run(&["resume", &id]);
+    assert_eq!((out.code, out.stdout.trim()), (0, id.as_str()), "{out:?}");
+    let out = remote.run(&["resume", &id]);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("{id} (already running)"),
+        "{out:?}"
+    );
+    assert_eq!(
+        remote.run(&["exec", "--session", &id, "--", "true"]).code,
+        0
+    );
+    let out = remote.run(&["stats", "no-such-sandbox"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("404"), "{out:?}");
+
     // rm refuses a running sandbox without -f; stop, then rm.
     let out = remote.run(&["rm", &id]);
     assert_eq!(out.code, 125, "{out:?}");
