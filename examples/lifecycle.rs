@@ -82,6 +82,7 @@ fn run(handle: &mut Handle, exec_id: u64, script: &str) -> Result<String, Failur
         workdir: "/".into(),
         tty: false,
         winsize: None,
+        gated: false,
     };
     handle.exec(request, &attached)?;
     drop((devnull, out_w, status_w));

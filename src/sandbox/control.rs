@@ -84,7 +84,8 @@ pub enum ToSupervisor {
 
 /// A command to run in a living sandbox (sessions). Its standard streams and the pipe its
 /// exec failure is reported on travel as attached descriptors: [stdin, stdout, stderr,
-/// status], or [status] alone with a terminal (the init then makes the pty).
+/// status], or [status] alone with a terminal (the init then makes the pty); a gated command's
+/// gate comes right before the status pipe.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
 pub struct ExecRequest {
     pub exec_id: u64,
@@ -96,6 +97,11 @@ pub struct ExecRequest {
     pub tty: bool,
     /// (rows, columns) of the caller's terminal.
     pub winsize: Option<(u16, u16)>,
+    /// The command is forked (its pty made and sent back) at once, but waits on the attached
+    /// gate until something can be read from it before its exec: the OCI runtime's `create`
+    /// with a terminal, whose `start` comes later.
+    #[serde(default)]
+    pub gated: bool,
 }
 
 /// From the supervisor to the sandbox.
@@ -283,8 +289,9 @@ pub fn wait_ready(socket: BorrowedFd<'_>) -> Result<Ready, ChannelError> {
 
 /// Largest message accepted (marks and warnings are small).
 const MAX_MESSAGE: usize = 64 * 1024;
-/// Most descriptors one message carries (the user namespace and up to three v1 cgroups).
-const MAX_FDS: usize = 4;
+/// Most descriptors one message carries (a gated command's three streams, gate and status
+/// pipe; the user namespace and up to three v1 cgroups).
+const MAX_FDS: usize = 5;
 
 /// Sends one message, with `fds` attached.
 pub fn send<T: Serialize>(

@@ -227,6 +227,7 @@ pub async fn start(
                 workdir: cmd.cwd.clone(),
                 tty: false,
                 winsize: None,
+                gated: false,
             },
             &[
                 stdin_r.as_fd(),

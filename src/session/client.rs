@@ -53,6 +53,8 @@ pub struct SessionExec {
     pub workdir: Option<PathBuf>,
     pub stdin: bool,
     pub tty: bool,
+    /// The terminal's (rows, columns); None: the size of this process's terminal.
+    pub winsize: Option<(u16, u16)>,
     pub json: bool,
     pub timeout: Option<Duration>,
     /// None: the session's default.
@@ -70,6 +72,21 @@ pub struct SessionExec {
     /// Values to mask on top of the session's own secrets (this command's `--secret-env`).
     pub secrets: Vec<String>,
 }
+
+/// What a command may take besides [`SessionExec`]'s plain data: descriptors and a hand-off.
+#[derive(Default)]
+pub struct ExecAttach {
+    /// The command is forked at once but waits, before its exec, until this can be read
+    /// (the OCI runtime's start FIFO: `create` makes the process, `start` lets it run).
+    pub gate: Option<OwnedFd>,
+    /// With a terminal: where the pty master goes instead of this process's relay (the OCI
+    /// runtime's console socket). Called once, as soon as the command exists; an error ends
+    /// the exec (and with it the command).
+    pub on_terminal: Option<TerminalHandoff>,
+}
+
+/// Takes a command's pty master (see [`ExecAttach::on_terminal`]).
+pub type TerminalHandoff = Box<dyn FnOnce(OwnedFd) -> Result<(), SessionError>>;
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SessionError {
     move |e| SessionError::Io(what, e)
@@ -205,6 +222,16 @@ impl SessionClient {
 
     /// Runs a command in the session and relays it to completion.
     pub fn exec(self, ex: SessionExec, t0: u64) -> Result<Outcome, SessionError> {
+        self.exec_with(ex, t0, ExecAttach::default())
+    }
+
+    /// [`SessionClient::exec`], with a gate and a terminal hand-off.
+    pub fn exec_with(
+        self,
+        ex: SessionExec,
+        t0: u64,
+        extra: ExecAttach,
+    ) -> Result<Outcome, SessionError> {
         let signalfd = sys::signal::take_relay_signals().map_err(io_err("take over signals"))?;
         let timer = ex
             .timeout
@@ -239,12 +266,17 @@ impl SessionClient {
             attached.extend(out_pipe.as_ref().map(|(_, w)| w.as_fd()));
             attached.extend(err_pipe.as_ref().map(|(_, w)| w.as_fd()));
         }
+        attached.extend(extra.gate.as_ref().map(|g| g.as_fd()));
         attached.push(status_write.as_fd());
         let winsize = ex.tty.then(|| {
-            [0, 1, 2]
-                .into_iter()
-                .find_map(|fd| rustix::termios::tcgetwinsize(crate::relay::stream::std_fd(fd)).ok())
-                .map(|ws| (ws.ws_row, ws.ws_col))
+            ex.winsize.or_else(|| {
+                [0, 1, 2]
+                    .into_iter()
+                    .find_map(|fd| {
+                        rustix::termios::tcgetwinsize(crate::relay::stream::std_fd(fd)).ok()
+                    })
+                    .map(|ws| (ws.ws_row, ws.ws_col))
+            })
         });
         self.send(
             &Request::Exec {
@@ -253,10 +285,13 @@ impl SessionClient {
                 workdir: ex.workdir.clone(),
                 tty: ex.tty,
                 winsize: winsize.flatten(),
+                gated: extra.gate.is_some(),
             },
             &attached,
         )?;
         drop(attached);
+        // The command holds the gate now; a copy here would keep it from ever ending.
+        drop(extra.gate);
         drop(status_write);
         let stdin_dst = stdin_pipe.map(|(_, w)| w);
         let out = out_pipe.map(|(r, _)| r);
@@ -279,6 +314,7 @@ impl SessionClient {
             socket_open: true,
             exec_id: None,
             usage: Usage::default(),
+            on_terminal: extra.on_terminal,
         };
         let result = event_loop::drive(&mut run);
         let relay_truncated = run.relay.as_ref().is_some_and(|r| r.truncated());
@@ -341,6 +377,7 @@ struct ClientRun<'a> {
     socket_open: bool,
     exec_id: Option<u64>,
     usage: Usage,
+    on_terminal: Option<TerminalHandoff>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -503,9 +540,12 @@ impl ClientRun<'_> {
                 )
                 .map_err(|e| SessionError::Io(e.what, e.source))?;
                 if let Some(master) = fds.into_iter().next() {
-                    relay
-                        .attach_terminal(master)
-                        .map_err(|e| SessionError::Io(e.what, e.source))?;
+                    match self.on_terminal.take() {
+                        Some(handoff) => handoff(master)?,
+                        None => relay
+                            .attach_terminal(master)
+                            .map_err(|e| SessionError::Io(e.what, e.source))?,
+                    }
                 }
                 match crate::relay::log::OutputLog::open(&self.client.output_log, exec_id) {
                     Ok(log) => relay.keep_in(log),

@@ -651,9 +651,10 @@ impl Daemon<'_> {
                     workdir,
                     tty,
                     winsize,
+                    gated,
                 },
                 fds,
-            ) => self.exec(id, argv, env, workdir, tty, winsize, fds),
+            ) => self.exec(id, argv, env, workdir, tty, winsize, gated, fds),
             (Request::Signal { signal }, _) => {
                 let exec = self
                     .clients
@@ -824,6 +825,7 @@ impl Daemon<'_> {
         workdir: Option<PathBuf>,
         tty: bool,
         winsize: Option<(u16, u16)>,
+        gated: bool,
         fds: Vec<OwnedFd>,
     ) {
         let busy = self
@@ -869,6 +871,7 @@ impl Daemon<'_> {
             workdir: workdir.unwrap_or_else(|| self.spec.workdir.clone()),
             tty,
             winsize,
+            gated,
         };
         let attached: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         let sent = self.handle.exec(request, &attached);

@@ -73,6 +73,7 @@ pub async fn start(
             workdir: cmd.cwd.clone(),
             tty: true,
             winsize: Some((rows, cols)),
+            gated: false,
         },
         &[status_w.as_fd()],
     )
