@@ -472,6 +472,7 @@ fn run_with_console(
     console: TerminalSender,
 ) -> i32 {
     let TerminalSender { socket, report } = console;
+    release_callers_streams();
     // Shared by the hand-off (which reports success) and this function (which reports a
     // failure if the hand-off never happened); the waiter is single-threaded.
     let report = Rc::new(RefCell::new(Some(report)));
@@ -508,6 +509,23 @@ fn run_with_console(
         let _ = rustix::io::write(&fd, why.as_bytes());
     }
     outcome_code(result)
+}
+
+/// In a waiter whose process has a terminal: /dev/null on 0-2 instead of the streams of the
+/// runtime command that forked it. With a console socket, the engine reads that command's
+/// output to its end (go-runc's `create` does), which would otherwise come only when the
+/// container ends. What goes wrong before the hand-off travels on the report pipe instead.
+#[allow(unsafe_code)] // dup2 onto 0-2; the block says why it is sound
+fn release_callers_streams() {
+    let Ok(devnull) = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+    else {
+        return;
+    };
+    for target in 0..3 {
+        // SAFETY: a freshly forked waiter: nothing in it relies on 0-2 naming the caller's
+        // files (std's handles write through the numbers, whatever they name).
+        let _ = unsafe { sys::fs::dup_onto(devnull.as_fd(), target) };
+    }
 }
 
 /// Stops the session now and waits until its sandbox and cgroup are gone (no-op if it ended).

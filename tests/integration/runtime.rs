@@ -573,6 +573,53 @@ fn runtime_runs_under_containerd_with_ctr_run() {
     assert!(left.is_empty(), "runtime state left: {left:?}");
 }
 
+/// `ctr run -t`: the shim hands nsbox its console socket, gets the pty master of a terminal
+/// made in the sandbox and relays it to ctr's own terminal (here `script`'s pty).
+#[test]
+fn runtime_runs_a_terminal_container_under_containerd_with_ctr_run_t() {
+    require_root!();
+    assert!(
+        Path::new("/usr/bin/script").exists(),
+        "script (util-linux) is needed for this test"
+    );
+    let b = Bundle::new(config(&["/bin/true"]));
+    let rootfs = b.path("bundle/rootfs");
+    for d in ["proc", "dev", "sys", "run", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let runc = b.path("nsbox-runc");
+    std::os::unix::fs::symlink(nsbox_bin(), &runc).unwrap();
+    let runc_root = b.path("runc-root");
+    let fifos = b.path("fifos");
+    let ctrd = Containerd::start();
+    // ctr -t needs a terminal of its own: `script` gives it one and passes its status on.
+    let ctr = format!(
+        "/usr/bin/ctr --address {} -n nsbox-test run -t --rm --fifo-dir {} --rootfs \
+         --runc-binary {} --runc-root {} {} tty1 /bin/sh -c 'echo in $(tty); exit 7'",
+        ctrd.dir.path().join("containerd.sock").display(),
+        fifos.display(),
+        runc.display(),
+        runc_root.display(),
+        rootfs.display(),
+    );
+    let run: Run = Command::new("/usr/bin/script")
+        .args(["-q", "-e", "-c", &ctr, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(run.code, 7, "stdout {} stderr {}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("in /dev/pts/"),
+        "the container's own terminal: {:?}",
+        run.stdout
+    );
+    assert!(
+        ctrd.ctr(&["task", "ls", "-q"]).stdout.trim().is_empty(),
+        "no task left"
+    );
+}
+
 /// A pod's network namespace (what Kubernetes' sandbox container and the CNI set up) is
 /// joined by path: the container sees the pod's interface and address, not a new empty
 /// namespace, and keeps nsbox's own other namespaces; the namespace outlives the container.
