@@ -618,6 +618,65 @@ fn runtime_runs_a_terminal_container_under_containerd_with_ctr_run_t() {
         ctrd.ctr(&["task", "ls", "-q"]).stdout.trim().is_empty(),
         "no task left"
     );
+
+    // `ctr task exec -t` into a running container: the shim's `exec --detach --tty
+    // --console-socket`; then a plain `ctr task exec`.
+    let socket = ctrd.dir.path().join("containerd.sock");
+    let run = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--fifo-dir",
+        fifos.to_str().unwrap(),
+        "--rootfs",
+        "--runc-binary",
+        runc.to_str().unwrap(),
+        "--runc-root",
+        runc_root.to_str().unwrap(),
+        rootfs.to_str().unwrap(),
+        "tty2",
+        "/bin/sleep",
+        "4716",
+    ]);
+    assert_eq!(run.code, 0, "ctr run -d: {}", run.stderr);
+    let exec = format!(
+        "/usr/bin/ctr --address {} -n nsbox-test task exec -t --fifo-dir {} --exec-id e1 tty2 \
+         /bin/sh -c 'echo in $(tty); exit 9'",
+        socket.display(),
+        fifos.display(),
+    );
+    let run: Run = Command::new("/usr/bin/script")
+        .args(["-q", "-e", "-c", &exec, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(run.code, 9, "stdout {} stderr {}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("in /dev/pts/"), "{:?}", run.stdout);
+    let run = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        fifos.to_str().unwrap(),
+        "--exec-id",
+        "e2",
+        "tty2",
+        "/bin/sh",
+        "-c",
+        "echo plain; exit 2",
+    ]);
+    assert_eq!(run.code, 2, "stdout {} stderr {}", run.stdout, run.stderr);
+    assert_eq!(run.stdout.trim(), "plain", "{}", run.stderr);
+    let killed = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "tty2"]);
+    assert_eq!(killed.code, 0, "{}", killed.stderr);
+    assert!(
+        eventually(30.0, || ctrd.ctr(&["task", "delete", "tty2"]).code == 0),
+        "the killed task is deleted"
+    );
+    assert_eq!(ctrd.ctr(&["container", "delete", "tty2"]).code, 0);
+    assert!(
+        host_processes_matching("/bin/sleep 4716").is_empty(),
+        "no process of the container is left"
+    );
 }
 
 /// A pod's network namespace (what Kubernetes' sandbox container and the CNI set up) is
