@@ -539,13 +539,19 @@ impl ClientRun<'_> {
                     stdin,
                 )
                 .map_err(|e| SessionError::Io(e.what, e.source))?;
-                if let Some(master) = fds.into_iter().next() {
-                    match self.on_terminal.take() {
-                        Some(handoff) => handoff(master)?,
-                        None => relay
-                            .attach_terminal(master)
-                            .map_err(|e| SessionError::Io(e.what, e.source))?,
+                match (fds.into_iter().next(), self.on_terminal.take()) {
+                    (Some(master), Some(handoff)) => handoff(master)?,
+                    (Some(master), None) => relay
+                        .attach_terminal(master)
+                        .map_err(|e| SessionError::Io(e.what, e.source))?,
+                    // A caller waiting for the hand-off (the runtime's `create`) must not wait
+                    // for a command that may be gated until it returns.
+                    (None, Some(_)) => {
+                        return Err(SessionError::Protocol(
+                            "the command started without its pty master".into(),
+                        ))
                     }
+                    (None, None) => {}
                 }
                 match crate::relay::log::OutputLog::open(&self.client.output_log, exec_id) {
                     Ok(log) => relay.keep_in(log),
