@@ -1007,6 +1007,25 @@ fn runtime_exec_with_a_tty_sends_its_master_to_the_console_socket() {
     );
     assert_eq!(b.status("execty"), "running", "the container goes on");
 
+    // The process file's own `terminal: true` asks for a terminal as --tty does.
+    let p = process_file(&b, "tty3.json", &["/bin/sh", "-c", "tty; exit 0"], |p| {
+        p["terminal"] = serde_json::json!(true)
+    });
+    let console = ConsoleReceiver::new(&b, "exec-console3.sock");
+    let run = b.runtime(&[
+        "exec",
+        "--detach",
+        "--console-socket",
+        console.path(),
+        "--process",
+        p.to_str().unwrap(),
+        "execty",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (_, master) = console.receive();
+    let shown = converse(master, "");
+    assert!(pts_name(&shown).is_some(), "tty names a pts: {shown:?}");
+
     // An attached `exec --tty` (no socket) relays the terminal on its own streams.
     let run = b.runtime(&[
         "exec",
