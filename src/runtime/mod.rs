@@ -9,7 +9,9 @@
 //! streams, blocks on the container's start FIFO, and on `start` runs the process in the session
 //! as a session client, exits with its status and stops the session. The engine's shim is a
 //! subreaper, so once `create` exits the waiter becomes its child and the shim sees the
-//! container's exit status as the waiter's ([`container`]). docs/runtime.md has the details.
+//! container's exit status as the waiter's ([`container`]). With `process.terminal` (or `exec
+//! --tty`), the process's pty, made in the sandbox, has its master sent to the engine's
+//! `--console-socket` ([`console`]). docs/runtime.md has the details.
 
 // Stricter than the crate: no silently truncating or sign-losing `as` casts here.
 #![deny(
