@@ -290,7 +290,8 @@ impl SessionClient {
             &attached,
         )?;
         drop(attached);
-        // The command holds the gate now; a copy here would keep it from ever ending.
+        // The command holds the gate now. Ours would outlive it: the runtime's `start` must
+        // find the start FIFO without a reader (ENXIO) once the gated command is gone.
         drop(extra.gate);
         drop(status_write);
         let stdin_dst = stdin_pipe.map(|(_, w)| w);
