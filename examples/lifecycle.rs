@@ -83,6 +83,7 @@ fn run(handle: &mut Handle, exec_id: u64, script: &str) -> Result<String, Failur
         tty: false,
         winsize: None,
         gated: false,
+        failure_on_terminal: false,
     };
     handle.exec(request, &attached)?;
     drop((devnull, out_w, status_w));

@@ -102,6 +102,10 @@ pub struct ExecRequest {
     /// with a terminal, whose `start` comes later.
     #[serde(default)]
     pub gated: bool,
+    /// With a terminal: an exec failure is also written on it, since the caller handed the
+    /// master on (the OCI runtime's console socket) and can show the failure nowhere else.
+    #[serde(default)]
+    pub failure_on_terminal: bool,
 }
 
 /// From the supervisor to the sandbox.

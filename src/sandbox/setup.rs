@@ -847,6 +847,12 @@ fn spawn_command(
             }
         }
         let failure = exec_workload(&command, pty.as_ref().map(|p| p.slave.as_fd()), gate);
+        if let (Some(pty), true) = (&pty, request.failure_on_terminal) {
+            let _ = rustix::io::write(
+                &pty.slave,
+                format!("nsbox: {}\n", failure.message).as_bytes(),
+            );
+        }
         let _ = rustix::io::write(status, &serde_json::to_vec(&failure).unwrap_or_default());
         sys::process::exit_now(failure.code);
     }

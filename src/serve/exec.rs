@@ -228,6 +228,7 @@ pub async fn start(
                 tty: false,
                 winsize: None,
                 gated: false,
+                failure_on_terminal: false,
             },
             &[
                 stdin_r.as_fd(),

@@ -286,6 +286,7 @@ impl SessionClient {
                 tty: ex.tty,
                 winsize: winsize.flatten(),
                 gated: extra.gate.is_some(),
+                failure_on_terminal: extra.on_terminal.is_some(),
             },
             &attached,
         )?;

@@ -652,9 +652,18 @@ impl Daemon<'_> {
                     tty,
                     winsize,
                     gated,
+                    failure_on_terminal,
                 },
                 fds,
-            ) => self.exec(id, argv, env, workdir, tty, winsize, gated, fds),
+            ) => self.exec(
+                id,
+                argv,
+                env,
+                workdir,
+                (tty, winsize, failure_on_terminal),
+                gated,
+                fds,
+            ),
             (Request::Signal { signal }, _) => {
                 let exec = self
                     .clients
@@ -823,8 +832,8 @@ impl Daemon<'_> {
         argv: Vec<Vec<u8>>,
         env: Vec<(String, String)>,
         workdir: Option<PathBuf>,
-        tty: bool,
-        winsize: Option<(u16, u16)>,
+        // (tty, winsize, failure_on_terminal): the command's terminal, if any.
+        (tty, winsize, failure_on_terminal): (bool, Option<(u16, u16)>, bool),
         gated: bool,
         fds: Vec<OwnedFd>,
     ) {
@@ -872,6 +881,7 @@ impl Daemon<'_> {
             tty,
             winsize,
             gated,
+            failure_on_terminal,
         };
         let attached: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         let sent = self.handle.exec(request, &attached);

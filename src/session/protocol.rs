@@ -23,6 +23,9 @@ pub enum Request {
         winsize: Option<(u16, u16)>,
         #[serde(default)]
         gated: bool,
+        /// See `sandbox::control::ExecRequest::failure_on_terminal`.
+        #[serde(default)]
+        failure_on_terminal: bool,
     },
     /// A signal for this connection's command (its process group).
     Signal { signal: i32 },

@@ -944,6 +944,32 @@ fn runtime_gives_a_terminal_process_its_pty_through_the_console_socket() {
     );
     drop(master);
     assert_eq!(b.runtime(&["delete", "tty2"]).code, 0);
+
+    // A program that is not there: the reason shows on the terminal (the engine's only view
+    // of the process), the status is 127.
+    let mut missing = config(&["/nonexistent"]);
+    missing["process"]["terminal"] = serde_json::json!(true);
+    std::fs::write(
+        b.path("bundle/config.json"),
+        serde_json::to_vec(&missing).unwrap(),
+    )
+    .unwrap();
+    let console = ConsoleReceiver::new(&b, "console3.sock");
+    let created = create_with_console(&b, "tty3", console.path());
+    assert_eq!(created.code, 0, "create: {}", created.stderr);
+    let (_, master) = console.receive();
+    assert_eq!(b.runtime(&["start", "tty3"]).code, 0);
+    let shown = converse(master, "");
+    assert!(
+        shown.contains("command not found") && shown.contains("/nonexistent"),
+        "{shown:?}"
+    );
+    assert!(eventually(30.0, || b.status("tty3") == "stopped"));
+    assert_eq!(
+        std::fs::read_to_string(b.path("state/tty3/exit")).unwrap(),
+        "127"
+    );
+    assert_eq!(b.runtime(&["delete", "tty3"]).code, 0);
 }
 
 /// `exec --detach --tty --console-socket` (the shim's `exec -t`): the master goes to the

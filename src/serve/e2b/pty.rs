@@ -74,6 +74,7 @@ pub async fn start(
             tty: true,
             winsize: Some((rows, cols)),
             gated: false,
+            failure_on_terminal: false,
         },
         &[status_w.as_fd()],
     )
