@@ -456,6 +456,12 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
         return fail(json, &usage(message), t0);
     }
     let mut used = args.sandbox.defining_flags();
+    // `-u root` runs this command as root of the sandbox (uid 0 without capabilities, as
+    // `docker exec -u root` would); another user cannot be started in a session.
+    let as_root = matches!(args.sandbox.user.as_deref(), Some("root" | "0" | "0:0"));
+    if as_root {
+        used.retain(|f| *f != "--user");
+    }
     if args.entrypoint.is_some() {
         used.push("--entrypoint");
     }
@@ -470,7 +476,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
                 used.join(", ")
             ))
             .with_hint(
-                "with --session use -e, -w, -i, -t, --json, --result-json, --timeout, --max-output, --secret, --secret-env",
+                "with --session use -e, -w, -i, -t, -u root, --json, --result-json, --timeout, --max-output, --secret, --secret-env",
             ),
             t0,
         );
@@ -518,6 +524,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
         labels: Some(super::session::read_labels(&store, &client.record.id))
             .filter(|l| !l.is_empty()),
         secrets: secret_values,
+        as_root,
     };
     match client.exec(exec, t0) {
         Ok(outcome) => finish(json, args.timings, &outcome, &masker),

@@ -231,6 +231,7 @@ pub fn create(
                     start_event: false,
                     labels: None,
                     secrets: Vec::new(),
+                    as_root: false,
                 },
                 t0,
             )

@@ -106,6 +106,10 @@ pub struct ExecRequest {
     /// master on (the OCI runtime's console socket) and can show the failure nowhere else.
     #[serde(default)]
     pub failure_on_terminal: bool,
+    /// As uid 0 of the sandbox, without capabilities (sessions only; E2B's `user="root"`),
+    /// instead of the sandbox user.
+    #[serde(default)]
+    pub as_root: bool,
 }
 
 /// From the supervisor to the sandbox.

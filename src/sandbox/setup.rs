@@ -256,8 +256,16 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         .map_err(at("join user namespace"))?;
     marks.push(("user namespace mapped".into(), now_ns()));
 
-    // Become the sandbox user for good, before any code of the sandbox runs.
-    drop_privileges(s.spec.uid, s.spec.gid, last_capability)?;
+    // Become the sandbox user for good, before any code of the sandbox runs. A session's
+    // init instead stays uid 0 of the sandbox's user namespace with the three capabilities
+    // it needs to start each command as its user (the sandbox's, or root without
+    // capabilities: E2B's `user="root"`); each command drops them for good (see
+    // `become_command_user`).
+    if serve {
+        drop_privileges_for_serving(last_capability)?;
+    } else {
+        drop_privileges(s.spec.uid, s.spec.gid, last_capability)?;
+    }
     // The credential change cleared the parent-death signal: set it again and re-check.
     sys::process::set_parent_death_signal(libc::SIGKILL).map_err(at("set parent-death signal"))?;
     if control::peer_gone(s.control) {
@@ -293,7 +301,12 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
         drop(upper);
         // The start-up code is done with; the idle loop needs little of it.
         sys::mem::release_code_pages();
-        init_loop(s.control, signalfd.as_fd(), InitRole::Serve, Vec::new());
+        let role = InitRole::Serve {
+            uid: s.spec.uid,
+            gid: s.spec.gid,
+            last_capability,
+        };
+        init_loop(s.control, signalfd.as_fd(), role, Vec::new());
     };
 
     // The workload.
@@ -433,6 +446,73 @@ fn drop_privileges(uid: u32, gid: u32, last_capability: libc::c_ulong) -> Result
     sys::process::clear_ambient().map_err(at("clear ambient capabilities"))?;
     sys::process::set_no_new_privs().map_err(at("set no_new_privs"))?;
     Ok(())
+}
+
+/// The capabilities a session's init keeps (in the sandbox's user namespace only): setuid
+/// and setgid to start a command as the sandbox user, setpcap to empty the command's bounding
+/// set, kill to signal commands of another uid than its own (timeouts, Ctrl-C, stop).
+const SERVING_CAPABILITIES: [u32; 4] = [
+    sys::process::CAP_KILL,
+    sys::process::CAP_SETGID,
+    sys::process::CAP_SETUID,
+    sys::process::CAP_SETPCAP,
+];
+
+/// A session's init: uid and gid 0 of the sandbox's user namespace (which owns none of the
+/// sandbox's other namespaces), the bounding, permitted and effective sets reduced to
+/// [`SERVING_CAPABILITIES`], nothing inheritable or ambient, securebits locked (uid 0 gains
+/// nothing at exec) and no_new_privs. The workload cannot reach it: a command as the sandbox
+/// user has another uid, and one as root lacks the capabilities the init holds, which
+/// ptrace, /proc/1/mem and signals all require.
+fn drop_privileges_for_serving(last_capability: libc::c_ulong) -> Result<(), Failure> {
+    use rustix::process::{Gid, Uid};
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    sys::process::drop_bounding_set_except(last_capability, &SERVING_CAPABILITIES)
+        .map_err(at("drop bounding capabilities"))?;
+    sys::process::lock_securebits().map_err(at("lock securebits"))?;
+    set_thread_groups(&[Gid::ROOT]).map_err(at("set supplementary groups"))?;
+    set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT).map_err(at("set gid"))?;
+    set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).map_err(at("set uid"))?;
+    sys::process::set_capabilities(&SERVING_CAPABILITIES).map_err(at("keep capabilities"))?;
+    sys::process::clear_ambient().map_err(at("clear ambient capabilities"))?;
+    sys::process::set_no_new_privs().map_err(at("set no_new_privs"))?;
+    Ok(())
+}
+
+/// In a command forked by a session's init: become `uid`:`gid` (root for E2B's
+/// `user="root"`) with no capability left in any set, the bounding set included, for good.
+fn become_command_user(uid: u32, gid: u32, last_capability: libc::c_ulong) -> io::Result<()> {
+    use rustix::process::{Gid, Uid};
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    let err = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
+    // The bounding set first: emptying it needs CAP_SETPCAP, which the uid change clears.
+    sys::process::drop_bounding_set(last_capability)?;
+    let g = Gid::from_raw(gid);
+    set_thread_groups(&[g]).map_err(err)?;
+    set_thread_res_gid(g, g, g).map_err(err)?;
+    let u = Uid::from_raw(uid);
+    set_thread_res_uid(u, u, u).map_err(err)?;
+    // Leaving uid 0 cleared them already; staying uid 0 (root) did not.
+    sys::process::clear_capabilities()
+}
+
+/// Runs `f` with the effective ids `uid`:`gid` (so what it creates belongs to them), then
+/// returns to root. The real and saved ids stay 0, so the way back needs no privilege, and
+/// the effective capabilities come back with the effective uid.
+fn as_effective_user<T>(uid: u32, gid: u32, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    use rustix::process::{Gid, Uid};
+    use rustix::thread::{set_thread_res_gid, set_thread_res_uid};
+    let err = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
+    set_thread_res_gid(Gid::ROOT, Gid::from_raw(gid), Gid::ROOT).map_err(err)?;
+    set_thread_res_uid(Uid::ROOT, Uid::from_raw(uid), Uid::ROOT).map_err(err)?;
+    let result = f();
+    let back = set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT)
+        .and_then(|()| set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT));
+    if back.is_err() {
+        // An init left with the wrong identity could start commands as it: stop instead.
+        sys::process::exit_now(exit::NSBOX_FAILED);
+    }
+    result
 }
 
 struct Pty {
@@ -666,10 +746,14 @@ fn wait_init_events(control_fd: BorrowedFd<'_>, signalfd: BorrowedFd<'_>) -> [bo
 enum InitRole {
     /// `hold_after_exit` (`exec --out`): after reporting the command's end, stay until the
     /// supervisor has taken hold of the filesystem (it then kills the init).
-    OneCommand {
-        hold_after_exit: bool,
+    OneCommand { hold_after_exit: bool },
+    /// A session's: commands are started as `uid`:`gid` or as root (see
+    /// [`drop_privileges_for_serving`]).
+    Serve {
+        uid: u32,
+        gid: u32,
+        last_capability: libc::c_ulong,
     },
-    Serve,
 }
 
 /// pid 1: runs the commands (`running`, by exec id and pid; the one-shot's command has id 0),
@@ -687,19 +771,29 @@ fn init_loop(
         if control_ready {
             match control::recv::<ToSandbox>(control_fd) {
                 Ok(Some((request, attached))) => {
-                    if let InitRole::Serve = role {
-                        serve_request(control_fd, request, attached, &mut running);
+                    if let InitRole::Serve {
+                        uid,
+                        gid,
+                        last_capability,
+                    } = role
+                    {
+                        let user = (uid, gid, last_capability);
+                        serve_request(control_fd, request, attached, &mut running, user);
                     }
                 }
                 // The supervisor is gone (its parent-death signal reaches us too). End now.
                 Ok(None) | Err(_) => sys::process::exit_now(match role {
                     InitRole::OneCommand { .. } => exit::NSBOX_FAILED,
-                    InitRole::Serve => 0,
+                    InitRole::Serve { .. } => 0,
                 }),
             }
         }
-        while let Ok(Some(signal)) = sys::signal::read_signal(signalfd) {
-            if signal == libc::SIGCHLD {
+        while let Ok(Some(info)) = sys::signal::read_signal_info(signalfd) {
+            // Only the supervisor's signals are relayed; it sends from outside the sandbox's
+            // pid namespace, so its pid reads as 0 here. A process of the sandbox that
+            // signals pid 1 (the init ignores nothing it has blocked) is not obeyed.
+            let signal = info.signal;
+            if signal == libc::SIGCHLD || info.sender_pid != 0 {
                 continue;
             }
             // Each command leads its own session and process group.
@@ -734,7 +828,7 @@ fn init_loop(
                     }
                     sys::process::exit_now(0);
                 }
-                InitRole::Serve => {
+                InitRole::Serve { .. } => {
                     let _ = control::send(
                         control_fd,
                         &ToSupervisor::ExecEnded {
@@ -756,11 +850,12 @@ fn serve_request(
     request: ToSandbox,
     attached: Vec<OwnedFd>,
     running: &mut Vec<(u64, i32)>,
+    user: (u32, u32, libc::c_ulong),
 ) {
     match request {
         ToSandbox::Exec(request) => {
             let exec_id = request.exec_id;
-            match spawn_command(&request, attached) {
+            match spawn_command(&request, attached, user) {
                 Ok((pid, master)) => {
                     running.push((exec_id, pid));
                     let fds: Vec<BorrowedFd<'_>> = master.iter().map(|m| m.as_fd()).collect();
@@ -798,7 +893,9 @@ fn serve_request(
 fn spawn_command(
     request: &ExecRequest,
     attached: Vec<OwnedFd>,
+    (uid, gid, last_capability): (u32, u32, libc::c_ulong),
 ) -> io::Result<(i32, Option<OwnedFd>)> {
+    let (uid, gid) = if request.as_root { (0, 0) } else { (uid, gid) };
     let command = Command::from_parts(&request.argv, &request.env, &request.workdir)?;
     let expected = if request.tty { 1 } else { 4 } + usize::from(request.gated);
     if attached.len() != expected {
@@ -814,7 +911,8 @@ fn spawn_command(
             ws_xpixel: 0,
             ws_ypixel: 0,
         });
-        Some(open_pty(winsize)?)
+        // Owned by the command's user, as after a login.
+        Some(as_effective_user(uid, gid, || open_pty(winsize))?)
     } else {
         None
     };
@@ -830,6 +928,14 @@ fn spawn_command(
     // guard in `child_main` aborts a panic.
     let pid = unsafe { sys::process::fork() }?;
     if pid == 0 {
+        if let Err(e) = become_command_user(uid, gid, last_capability) {
+            let failure = ExecFailure {
+                code: exit::NSBOX_FAILED,
+                message: format!("become the command's user: {e}"),
+            };
+            let _ = rustix::io::write(status, &serde_json::to_vec(&failure).unwrap_or_default());
+            sys::process::exit_now(failure.code);
+        }
         if pty.is_none() {
             for (target, fd) in (0..).zip(attached.iter().take(3)) {
                 // SAFETY: a freshly forked command: nothing in it owns 0-2.

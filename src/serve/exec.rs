@@ -72,6 +72,8 @@ pub struct PreparedCommand {
     /// when it was claimed).
     pub secrets: Vec<String>,
     pub stdin_open: bool,
+    /// As root of the sandbox (uid 0, no capabilities): E2B's `user="root"`.
+    pub as_root: bool,
 }
 
 impl CommandRequest {
@@ -116,6 +118,7 @@ impl CommandRequest {
             max_output: self.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
             secrets: Vec::new(),
             stdin_open: self.stdin_open,
+            as_root: false,
         })
     }
 }
@@ -229,6 +232,7 @@ pub async fn start(
                 winsize: None,
                 gated: false,
                 failure_on_terminal: false,
+                as_root: cmd.as_root,
             },
             &[
                 stdin_r.as_fd(),

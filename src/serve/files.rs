@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::session::client::SessionClient;
-use crate::session::copy::{copy_in_tar, copy_out_tar, inside_path};
+use crate::session::copy::{copy_in_tar, copy_in_tar_as, copy_out_tar, inside_path};
 use crate::session::SessionError;
 
 /// Why a file operation failed; `status` is the HTTP status it maps to.
@@ -229,8 +229,14 @@ fn parent_and_name(inside: &Path) -> Result<(&Path, &str), FileError> {
     }
 }
 
-/// Writes a file (replacing one that is there); missing parent directories are made.
-pub fn write(client: &SessionClient, path: &str, data: &[u8]) -> Result<(), FileError> {
+/// Writes a file (replacing one that is there); missing parent directories are made. It
+/// belongs to the sandbox user, or to root with `as_root`.
+pub fn write(
+    client: &SessionClient,
+    path: &str,
+    data: &[u8],
+    as_root: bool,
+) -> Result<(), FileError> {
     let inside = inside_path(Path::new(path), &client.record.workdir).map_err(session_err)?;
     let (parent, name) = parent_and_name(&inside)?;
     let mut tar = crate::image::tar::TarWriter::new(Vec::with_capacity(data.len() + 2048));
@@ -242,12 +248,13 @@ pub fn write(client: &SessionClient, path: &str, data: &[u8]) -> Result<(), File
     tar.file(name, data.len() as u64, &mut &data[..])
         .map_err(io)?;
     let tar = tar.finish().map_err(io)?;
-    copy_in_tar(client, &tar[..], parent).map_err(session_err)?;
+    copy_in_tar_as(client, &tar[..], parent, as_root).map_err(session_err)?;
     Ok(())
 }
 
-/// Makes a directory and its missing parents (owned by the sandbox user).
-pub fn mkdir(client: &SessionClient, path: &str) -> Result<(), FileError> {
+/// Makes a directory and its missing parents (owned by the sandbox user, or by root with
+/// `as_root`).
+pub fn mkdir(client: &SessionClient, path: &str, as_root: bool) -> Result<(), FileError> {
     let inside = inside_path(Path::new(path), &client.record.workdir).map_err(session_err)?;
     let tar = crate::image::tar::TarWriter::new(Vec::new())
         .finish()
@@ -256,7 +263,7 @@ pub fn mkdir(client: &SessionClient, path: &str) -> Result<(), FileError> {
             code: "io",
             message: e.to_string(),
         })?;
-    copy_in_tar(client, &tar[..], &inside).map_err(session_err)?;
+    copy_in_tar_as(client, &tar[..], &inside, as_root).map_err(session_err)?;
     Ok(())
 }
 

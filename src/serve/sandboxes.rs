@@ -49,6 +49,32 @@ pub struct CreateRequest {
     pub workdir: Option<String>,
     /// Over a sandbox limit, wait this long for a place before answering 429 (at most 5m).
     pub wait_for_capacity: Option<String>,
+    /// What the time to live's end does (E2B's lifecycle; not part of `/v1`).
+    #[serde(skip)]
+    pub on_expiry: OnExpiry,
+}
+
+/// What happens to a sandbox when its time to live is over.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExpiry {
+    /// Deleted.
+    #[default]
+    Delete,
+    /// Frozen (E2B's `on_timeout="pause"`) until a connect or resume; with `auto_resume`,
+    /// the next in-sandbox request thaws it too.
+    Pause {
+        auto_resume: bool,
+        /// Seconds a sandbox resumed by a request lives on (its create's time to live).
+        #[serde(default)]
+        resume_secs: u64,
+    },
+}
+
+impl OnExpiry {
+    fn is_delete(&self) -> bool {
+        *self == OnExpiry::Delete
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +148,8 @@ pub struct Owned {
     pub env: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "OnExpiry::is_delete")]
+    pub on_expiry: OnExpiry,
 }
 
 /// What a warm-pool sandbox must match to serve a create: image, profile, network policy.
@@ -608,6 +636,7 @@ impl Registry {
             image: None,
             env: Vec::new(),
             secrets: Vec::new(),
+            on_expiry: OnExpiry::Delete,
         };
         let bytes = serde_json::to_vec(&owned).map_err(std::io::Error::other)?;
         write_private(&self.record_path(id), &bytes)
@@ -662,16 +691,17 @@ impl Registry {
         let _ = std::fs::remove_file(self.record_path(id));
     }
 
-    /// Sandboxes whose time to live is over, each returned once (their deadline is cleared,
-    /// so a deletion under way is not started again).
-    pub fn expired(&self) -> Vec<String> {
+    /// Sandboxes whose time to live is over, each returned once with what to do (their
+    /// deadline is cleared, so a deletion under way is not started again, and a paused
+    /// sandbox waits without one until a connect sets a new one).
+    pub fn expired(&self) -> Vec<(String, OnExpiry)> {
         let now = now_secs();
         let mut state = self.lock();
         let mut out = Vec::new();
         for owned in state.owned.values_mut() {
             if owned.expires_at.is_some_and(|t| t <= now) {
                 owned.expires_at = None;
-                out.push(owned.id.clone());
+                out.push((owned.id.clone(), owned.on_expiry));
             }
         }
         out

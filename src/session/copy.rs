@@ -331,8 +331,22 @@ pub fn copy_in_tar(
     input: impl io::Read + Send,
     dst: &Path,
 ) -> Result<CopyReport, SessionError> {
+    copy_in_tar_as(client, input, dst, false)
+}
+
+/// [`copy_in_tar`], owned by root of the sandbox when `as_root` (E2B's `user="root"`).
+pub fn copy_in_tar_as(
+    client: &SessionClient,
+    input: impl io::Read + Send,
+    dst: &Path,
+    as_root: bool,
+) -> Result<CopyReport, SessionError> {
     let (root, uid, gid, base) = client.open_root()?;
-    let owner = (base + uid, base + gid);
+    let owner = if as_root {
+        (base, base)
+    } else {
+        (base + uid, base + gid)
+    };
     let inside = inside_path(dst, &client.record.workdir)?;
     let dir = inside_dir(root.as_fd(), &inside, Some(owner)).map_err(|e| {
         let e = if e.raw_os_error() == Some(libc::ENOTDIR) {

@@ -653,6 +653,7 @@ impl Daemon<'_> {
                     winsize,
                     gated,
                     failure_on_terminal,
+                    as_root,
                 },
                 fds,
             ) => self.exec(
@@ -661,6 +662,7 @@ impl Daemon<'_> {
                 env,
                 workdir,
                 (tty, winsize, failure_on_terminal),
+                as_root,
                 gated,
                 fds,
             ),
@@ -834,6 +836,7 @@ impl Daemon<'_> {
         workdir: Option<PathBuf>,
         // (tty, winsize, failure_on_terminal): the command's terminal, if any.
         (tty, winsize, failure_on_terminal): (bool, Option<(u16, u16)>, bool),
+        as_root: bool,
         gated: bool,
         fds: Vec<OwnedFd>,
     ) {
@@ -862,6 +865,15 @@ impl Daemon<'_> {
             return;
         }
         let mut full_env = self.spec.env.clone();
+        if as_root {
+            // Root's own account, as a login would set it; the request's variables still win.
+            for (k, v) in [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")] {
+                match full_env.iter_mut().find(|(key, _)| key == k) {
+                    Some(slot) => slot.1 = v.to_string(),
+                    None => full_env.push((k.to_string(), v.to_string())),
+                }
+            }
+        }
         for (k, v) in env {
             match full_env.iter_mut().find(|(key, _)| *key == k) {
                 Some(slot) => slot.1 = v,
@@ -882,6 +894,7 @@ impl Daemon<'_> {
             winsize,
             gated,
             failure_on_terminal,
+            as_root,
         };
         let attached: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         let sent = self.handle.exec(request, &attached);

@@ -26,6 +26,9 @@ pub enum Request {
         /// See `sandbox::control::ExecRequest::failure_on_terminal`.
         #[serde(default)]
         failure_on_terminal: bool,
+        /// As root of the sandbox (uid 0, no capabilities) instead of its user.
+        #[serde(default)]
+        as_root: bool,
     },
     /// A signal for this connection's command (its process group).
     Signal { signal: i32 },

@@ -180,18 +180,47 @@ pub fn last_capability() -> libc::c_ulong {
 /// Drops every capability up to `last` (see [`last_capability`]) from the bounding set (needs
 /// CAP_SETPCAP in the current user ns).
 pub fn drop_bounding_set(last: libc::c_ulong) -> io::Result<()> {
-    for cap in 0..=last {
+    drop_bounding_set_except(last, &[])
+}
+
+/// Capability numbers (linux/capability.h).
+pub const CAP_KILL: u32 = 5;
+pub const CAP_SETGID: u32 = 6;
+pub const CAP_SETUID: u32 = 7;
+pub const CAP_SETPCAP: u32 = 8;
+
+/// Drops every capability up to `last` but those in `keep` from the bounding set (needs
+/// CAP_SETPCAP in the current user ns).
+pub fn drop_bounding_set_except(last: libc::c_ulong, keep: &[u32]) -> io::Result<()> {
+    for cap in (0..=last).filter(|c| !keep.iter().any(|k| libc::c_ulong::from(*k) == *c)) {
         // SAFETY: PR_CAPBSET_DROP takes an integer argument; no memory is passed.
         let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
         if ret < 0 {
             let err = io::Error::last_os_error();
-            // Capabilities this kernel does not know are already absent.
             if err.raw_os_error() != Some(libc::EINVAL) {
                 return Err(err);
             }
         }
     }
     Ok(())
+}
+
+/// Sets the permitted and effective capability sets of this thread to `caps` (numbers below
+/// 64), the inheritable set to nothing.
+pub fn set_capabilities(caps: &[u32]) -> io::Result<()> {
+    let mut header = libc_cap_header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [libc_cap_data::default(); 2];
+    for &cap in caps {
+        let word = &mut data[(cap / 32) as usize % 2];
+        word.permitted |= 1 << (cap % 32);
+        word.effective |= 1 << (cap % 32);
+    }
+    // SAFETY: capset reads a v3 header and two data structs, both valid for the call.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_mut_ptr()) };
+    check(ret).map(drop)
 }
 
 /// Clears the permitted, effective and inheritable capability sets of this thread.

@@ -93,6 +93,10 @@ pub struct SignalInfo {
     /// Set when the signal was sent queued (si_code SI_QUEUE, by [`pidfd_queue`] or
     /// `sigqueue`) by root: its value.
     pub queued_by_root: Option<u64>,
+    /// The sender's pid as this process's pid namespace sees it: 0 for a sender outside it
+    /// (or the kernel), so a sandbox's init can tell the supervisor's signals from the
+    /// workload's.
+    pub sender_pid: u32,
 }
 
 /// The `siginfo_t` of a queued signal as the kernel reads it on 64-bit Linux: signo, errno,
@@ -168,6 +172,7 @@ pub fn read_signal_info(fd: BorrowedFd<'_>) -> io::Result<Option<SignalInfo>> {
     Ok(Some(SignalInfo {
         signal,
         queued_by_root,
+        sender_pid: info.ssi_pid,
     }))
 }
 

@@ -407,10 +407,10 @@ try:
 except Exception as e:
     out["escape"] = type(e).__name__
 try:
-    sbx.commands.run("id -u", user="root")
-    out["as_root"] = "ran"
+    sbx.commands.run("id -u", user="nobody")
+    out["as_other_user"] = "ran"
 except Exception as e:
-    out["as_root"] = [type(e).__name__, "not served" in str(e)]
+    out["as_other_user"] = [type(e).__name__, "not served" in str(e)]
 out["as_user"] = sbx.commands.run("echo ok", user="user").stdout
 try:
     sbx.files.rename("/sandbox/secret.txt", "/../../../../tmp/nsbox-e2b-escaped")
@@ -448,7 +448,7 @@ fn e2b_sdk_auth_and_bad_input_are_refused() {
         out["other_key_connect"], "SandboxNotFoundException",
         "{out}"
     );
-    assert_eq!(out["as_root"][1], true, "{out}");
+    assert_eq!(out["as_other_user"][1], true, "{out}");
     assert_eq!(out["as_user"], "ok\n");
     assert_ne!(out["escape"], "read");
     assert_ne!(
@@ -610,9 +610,9 @@ from e2b import Sandbox
 out = {}
 sbx = Sandbox.create(timeout=60)
 h = sbx.commands.run("sleep 5", background=True)
-for name, f in [("connect", lambda: sbx.commands.connect(h.pid).wait()),
+for name, f in [("other_user", lambda: sbx.commands.run("id", user="nobody")),
                 ("pause_filesystem", lambda: sbx.pause(mode="filesystem")),
-                ("read_root", lambda: sbx.files.read("/etc/hostname", user="root")),
+                ("read_other_user", lambda: sbx.files.read("/etc/hostname", user="nobody")),
                 ("metrics", lambda: sbx.get_metrics())]:
     try:
         r = f()
@@ -625,8 +625,8 @@ print(json.dumps(out))
 "#;
 
 /// What nsbox does not serve fails at once with the SDK's own error and a message saying so
-/// (never a hang or a silent success): reattaching to a command, a filesystem-only
-/// pause (nsbox's pause keeps memory), running as root.
+/// (never a hang or a silent success): a filesystem-only pause (nsbox's pause keeps memory),
+/// running as a user other than E2B's "user" and "root".
 #[test]
 fn e2b_unserved_features_fail_with_the_sdks_errors() {
     require_root!();
@@ -636,7 +636,7 @@ fn e2b_unserved_features_fail_with_the_sdks_errors() {
     let server = Server::start();
     let key = server.key("e2b");
     let out = server.sdk(&python, &key, SDK_UNSERVED);
-    for name in ["connect", "pause_filesystem", "read_root"] {
+    for name in ["other_user", "pause_filesystem", "read_other_user"] {
         assert_eq!(out[name][0], "SandboxException", "{name}: {out}");
         let message = out[name][1].as_str().unwrap();
         assert!(
@@ -1025,6 +1025,170 @@ fn e2b_sdk_snapshot_is_an_image_template() {
     assert_eq!(
         out["host_root"],
         serde_json::json!(["SandboxException", true]),
+        "{out}"
+    );
+}
+
+const SDK_ROOT_AND_CONNECT: &str = r#"
+import json, os, subprocess, time
+from e2b import Sandbox, PtySize, CommandExitException
+
+def ps():
+    out = subprocess.run([os.environ["NSBOX_BIN"], "ps", "--json"], capture_output=True, check=True)
+    return {r["id"]: r["state"] for r in json.loads(out.stdout)}
+
+out = {}
+sbx = Sandbox.create(timeout=60)
+probe = "id -u; id -g; echo $HOME; grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status | tr -d '\\t'"
+out["as_root"] = sbx.commands.run(probe, user="root").stdout.split()
+out["as_user"] = sbx.commands.run(probe).stdout.split()
+# Root without capabilities: it cannot become another user or mount.
+r = sbx.commands.run("python3 -c 'import os; os.setuid(100)' 2>&1; echo rc=$?; mount -t tmpfs t /mnt 2>&1; echo rc=$?; "
+                     "cat /proc/1/environ >/dev/null; echo rc=$?; ls /proc/1/root/ >/dev/null; echo rc=$?; kill -TERM 1; sleep 0.2; echo alive", user="root")
+out["root_attacks"] = r.stdout
+sbx.files.write("/tmp/by-root.txt", "r", user="root")
+sbx.files.write("/tmp/by-user.txt", "u")
+sbx.files.make_dir("/tmp/root-dir", user="root")
+out["owners"] = sbx.commands.run("stat -c %u /tmp/by-root.txt /tmp/by-user.txt /tmp/root-dir").stdout.split()
+# The user cannot change what root wrote.
+r = sbx.commands.run("echo x >> /tmp/by-root.txt 2>&1; echo rc=$?")
+out["user_vs_root_file"] = r.stdout.strip().splitlines()[-1]
+# A pty as root.
+term = []
+pty = sbx.pty.create(PtySize(rows=24, cols=80), user="root")
+sbx.pty.send_stdin(pty.pid, b"id -u; ls -l $(tty) | cut -d' ' -f3; exit\n")
+pty.wait(on_pty=lambda d: term.append(d))
+# `id -u` and the terminal's owner, each on its own line after the echoed input.
+out["pty_root"] = "\r0\r\nroot\r\n" in b"".join(term).decode(errors="replace")
+
+# commands.connect: the Start stream closes, the command goes on, a second client reattaches
+# and sees its later output and its exit.
+h = sbx.commands.run("for i in 1 2 3 4 5 6 7 8; do echo line$i; sleep 0.25; done; exit 3", background=True)
+time.sleep(0.4)
+h.disconnect()
+out["listed_after_disconnect"] = h.pid in [p.pid for p in sbx.commands.list()]
+other = Sandbox.connect(sbx.sandbox_id)
+c = other.commands.connect(h.pid)
+try:
+    c.wait()
+    out["connected"] = "exit 0"
+except CommandExitException as e:
+    out["connected"] = [e.exit_code, e.stdout]
+# Two watchers at once see the same output.
+h = sbx.commands.run("sleep 0.5; echo both; exit 4", background=True)
+c = other.commands.connect(h.pid)
+results = []
+for handle in (h, c):
+    try:
+        handle.wait()
+    except CommandExitException as e:
+        results.append([e.exit_code, e.stdout])
+out["two_watchers"] = results
+try:
+    other.commands.connect(h.pid)
+    out["connect_ended"] = "connected"
+except Exception as e:
+    out["connect_ended"] = type(e).__name__
+sbx.kill()
+
+# Auto-pause: the timeout freezes the sandbox instead of killing it; connect resumes it
+# with its processes carrying on and a new timeout.
+a = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"})
+aid = a.sandbox_id
+a.commands.run("i=0; while :; do i=$((i+1)); echo $i > /sandbox/count; sleep 0.05; done", background=True)
+info = a.get_info()
+out["lifecycle"] = [info.lifecycle["on_timeout"], info.lifecycle["auto_resume"]] if info.lifecycle else None
+time.sleep(4.5)
+out["auto_paused"] = [ps().get(aid), a.get_info().state.value]
+try:
+    a.commands.run("true")
+    out["run_while_paused"] = "ran"
+except Exception as e:
+    out["run_while_paused"] = type(e).__name__
+b = Sandbox.connect(aid, timeout=30)
+before = int(b.files.read("/sandbox/count"))
+b.commands.run("sleep 0.3")
+out["resumed"] = [ps().get(aid), b.get_info().state.value, int(b.files.read("/sandbox/count")) > before]
+b.kill()
+
+# Auto-resume: the next in-sandbox request thaws a sandbox its timeout paused.
+c = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause", "auto_resume": True})
+time.sleep(4.5)
+out["auto_resume"] = [ps().get(c.sandbox_id), c.commands.run("echo awake").stdout, ps().get(c.sandbox_id)]
+c.kill()
+print(json.dumps(out))
+"#;
+
+/// E2B's `user="root"` (commands, ptys and files as uid 0 of the sandbox, without
+/// capabilities; the default user cannot change root's files), `commands.connect` (a
+/// command outlives its Start stream, a second client reattaches, two watchers see the same
+/// output, an ended command is not found), and the lifecycle: `on_timeout="pause"` freezes
+/// the sandbox when its timeout is over, connect resumes it with its processes, and
+/// `auto_resume` lets the next request thaw it.
+#[test]
+fn e2b_sdk_root_user_connect_and_auto_pause() {
+    require_root!();
+    let Some(python) = sdk_python("e2b_sdk_root_user_connect_and_auto_pause") else {
+        return;
+    };
+    let server = Server::start();
+    let key = server.key("e2b");
+    let out = server.sdk(&python, &key, SDK_ROOT_AND_CONNECT);
+    assert_eq!(
+        out["as_root"],
+        serde_json::json!([
+            "0",
+            "0",
+            "/root",
+            "CapPrm:0000000000000000",
+            "CapEff:0000000000000000",
+            "CapBnd:0000000000000000"
+        ]),
+        "{out}"
+    );
+    assert_eq!(out["as_user"][0], "100", "{out}");
+    assert_eq!(out["as_user"][3], "CapPrm:0000000000000000", "{out}");
+    let attacks = out["root_attacks"].as_str().unwrap();
+    assert!(attacks.contains("PermissionError"), "{attacks}");
+    assert!(!attacks.contains("rc=0"), "{attacks}");
+    assert_eq!(attacks.matches("rc=").count(), 4, "{attacks}");
+    assert!(attacks.ends_with("alive\n"), "{attacks}");
+    assert_eq!(out["owners"], serde_json::json!(["0", "100", "0"]), "{out}");
+    assert_eq!(out["user_vs_root_file"], "rc=1", "{out}");
+    assert_eq!(out["pty_root"], true, "{out}");
+    assert_eq!(out["listed_after_disconnect"], true, "{out}");
+    assert_eq!(out["connected"][0], 3, "{out}");
+    let seen = out["connected"][1].as_str().unwrap();
+    assert!(seen.contains("line8"), "{out}");
+    assert!(
+        !seen.contains("line1\n"),
+        "only what came after the connect: {out}"
+    );
+    assert_eq!(
+        out["two_watchers"],
+        serde_json::json!([[4, "both\n"], [4, "both\n"]]),
+        "{out}"
+    );
+    assert_eq!(out["connect_ended"], "NotFoundException", "{out}");
+    assert_eq!(
+        out["lifecycle"],
+        serde_json::json!(["pause", false]),
+        "{out}"
+    );
+    assert_eq!(
+        out["auto_paused"],
+        serde_json::json!(["paused", "paused"]),
+        "{out}"
+    );
+    assert_ne!(out["run_while_paused"], "ran", "{out}");
+    assert_eq!(
+        out["resumed"],
+        serde_json::json!(["running", "running", true]),
+        "{out}"
+    );
+    assert_eq!(
+        out["auto_resume"],
+        serde_json::json!(["paused", "awake\n", "running"]),
         "{out}"
     );
 }

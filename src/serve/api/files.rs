@@ -79,8 +79,10 @@ impl Server {
             }
             (&Method::PUT, []) => {
                 let data = body_bytes(req, self.options.max_body).await?;
-                blocking(move || crate::serve::files::write(&client, &path, &data).map_err(fe))
-                    .await?;
+                blocking(move || {
+                    crate::serve::files::write(&client, &path, &data, false).map_err(fe)
+                })
+                .await?;
                 Ok(ok())
             }
             (&Method::DELETE, []) => {
@@ -100,7 +102,8 @@ impl Server {
                 Ok(json_response(StatusCode::OK, &v))
             }
             (&Method::POST, ["mkdir"]) => {
-                blocking(move || crate::serve::files::mkdir(&client, &path).map_err(fe)).await?;
+                blocking(move || crate::serve::files::mkdir(&client, &path, false).map_err(fe))
+                    .await?;
                 Ok(ok())
             }
             _ => Err(ApiError::new(

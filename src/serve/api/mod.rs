@@ -28,7 +28,7 @@ use super::exec::{CommandEvent, CommandRequest, StartError};
 use super::keys::KeyStore;
 use super::metrics::Metrics;
 use super::pool::{Claim, Pool};
-use super::sandboxes::{self, CreateRequest, Owned, Registry};
+use super::sandboxes::{self, CreateRequest, OnExpiry, Owned, Registry};
 use super::{ServeError, ServeOptions};
 use crate::relay::Event;
 use crate::session::client::SessionClient;
@@ -820,6 +820,7 @@ impl Server {
             } else {
                 Vec::new()
             },
+            on_expiry: body.on_expiry,
         };
         if let Err(e) = self.registry.insert(owned.clone(), reservation) {
             // Not recorded, so not adoptable: better gone than leaked.
@@ -1111,12 +1112,16 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                 }
             }
             _ = reaper.tick() => {
-                for id in server.registry.expired() {
+                for (id, action) in server.registry.expired() {
                     tracing::info!("sandbox {id}: time to live is over");
                     let server = server.clone();
-                    // Deleted beside the accept loop, which must not wait for it.
+                    // Deleted (or paused) beside the accept loop, which must not wait for it.
                     tokio::spawn(async move {
-                        if let Err(e) = server.delete(&id).await {
+                        let done = match action {
+                            OnExpiry::Delete => server.delete(&id).await.map(drop),
+                            OnExpiry::Pause { .. } => server.set_frozen(&id, true).await.map(drop),
+                        };
+                        if let Err(e) = done {
                             tracing::warn!("sandbox {id}: {}", e.message);
                         }
                     });

@@ -1,5 +1,5 @@
 //! The in-sandbox API of E2B's daemon, answered from outside the sandbox: `process.Process`
-//! (Start, List, SendSignal, SendInput, CloseStdin), `filesystem.Filesystem` (Stat, ListDir,
+//! (Start, Connect, List, SendSignal, SendInput, CloseStdin, Update), `filesystem.Filesystem` (Stat, ListDir,
 //! MakeDir, Move, Remove) and `/files`.
 //! Which sandbox: the `E2b-Sandbox-Id` header; its access token: `X-Access-Token`.
 
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::super::api::{self, full, json_response, ChannelBody, RespBody, Server};
 use super::super::exec::{CommandEvent, CommandRequest};
 use super::super::files::{self, FileError};
-use super::super::sandboxes::Owned;
+use super::super::sandboxes::{OnExpiry, Owned};
 use super::connect::{self, Code, Codec, RpcError};
 use super::proto;
 use crate::session::client::SessionClient;
@@ -42,6 +42,7 @@ struct Process {
     stdin: Option<super::super::exec::StdinPipe>,
     /// A command on a terminal: its input, size and signals.
     pty: Option<mpsc::Sender<super::pty::PtyControl>>,
+    watchers: Arc<Watchers>,
 }
 
 fn processes() -> &'static std::sync::Mutex<HashMap<u32, Process>> {
@@ -53,7 +54,7 @@ fn lock_processes() -> std::sync::MutexGuard<'static, HashMap<u32, Process>> {
     processes().lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Forgets a process when its stream task ends (however it ends).
+/// Forgets a process when it ends (however it ends).
 struct Registered(u32);
 
 impl Drop for Registered {
@@ -138,7 +139,7 @@ pub(super) async fn handle(
 ) -> Response<RespBody> {
     let path = req.uri().path().to_string();
     let rpc = path.starts_with("/process.Process/") || path.starts_with("/filesystem.Filesystem/");
-    let streaming = path == "/process.Process/Start";
+    let streaming = path == "/process.Process/Start" || path == "/process.Process/Connect";
     let fail = |e: RpcError| {
         if streaming {
             e.stream()
@@ -156,6 +157,21 @@ pub(super) async fn handle(
             format!("The sandbox {id} was not found (killed, or its timeout passed)"),
         );
     };
+    if let OnExpiry::Pause {
+        auto_resume: true,
+        resume_secs,
+    } = owned.on_expiry
+    {
+        // E2B's auto-resume: a request to a sandbox its timeout paused thaws it, for another
+        // timeout. (`set_frozen` is a no-op answer when it is running.)
+        if super::is_paused(&server, &owned.id) && server.set_frozen(&owned.id, false).await.is_ok()
+        {
+            let _ = server.registry.set_expiry(
+                &owned.id,
+                Some(crate::session::state::now_secs() + resume_secs),
+            );
+        }
+    }
     if super::is_paused(&server, &owned.id) {
         // As E2B's proxy answers for a paused sandbox: its processes are frozen, so nothing
         // in it answers until a connect or resume.
@@ -173,20 +189,23 @@ pub(super) async fn handle(
             "missing or wrong X-Access-Token for this sandbox (connect to the sandbox again to get one)",
         ));
     }
-    if let Some(user) = requested_user(&req).filter(|u| u != DEFAULT_USER) {
-        drain(req).await;
-        return fail(RpcError::new(
-            Code::Unimplemented,
-            format!("running as {user:?} is not served by nsbox yet: commands and files use the sandbox's own user (E2B's \"user\")"),
-        ));
-    }
+    let as_root = match requested_user(&req).as_deref() {
+        None | Some(DEFAULT_USER) => false,
+        Some("root") => true,
+        Some(other) => {
+            let message = format!("running as {other:?} is not served by nsbox: E2B's \"user\" is the sandbox's user, and \"root\" is uid 0 of the sandbox, without capabilities");
+            drain(req).await;
+            return fail(RpcError::new(Code::Unimplemented, message));
+        }
+    };
     let result = match (req.method().clone(), path.as_str()) {
         (Method::GET, "/health") => {
             let mut resp = Response::new(full(""));
             *resp.status_mut() = StatusCode::NO_CONTENT;
             return resp;
         }
-        (Method::POST, "/process.Process/Start") => start(&server, &owned, req).await,
+        (Method::POST, "/process.Process/Start") => start(&server, &owned, req, as_root).await,
+        (Method::POST, "/process.Process/Connect") => connect_process(&owned, req).await,
         (Method::POST, p)
             if matches!(
                 p,
@@ -202,10 +221,10 @@ pub(super) async fn handle(
         }
         (Method::POST, p) if p.starts_with("/filesystem.Filesystem/") => {
             let method = p.trim_start_matches("/filesystem.Filesystem/").to_string();
-            filesystem(&server, &owned, req, &method).await
+            filesystem(&server, &owned, req, &method, as_root).await
         }
         (Method::GET, "/files") => return download(&server, &owned, req).await,
-        (Method::POST, "/files") => return upload(&server, &owned, req).await,
+        (Method::POST, "/files") => return upload(&server, &owned, req, as_root).await,
         (_, p) if rpc => {
             // Read before answering, so the connection stays usable (see `drain`).
             let message = format!("{p} is not served by nsbox yet (docs/e2b.md lists what is)");
@@ -279,12 +298,10 @@ async fn start(
     server: &Arc<Server>,
     owned: &Owned,
     req: Request<Incoming>,
+    as_root: bool,
 ) -> Result<Response<RespBody>, RpcError> {
     let codec = connect::codec(header(&req, "content-type"), true)?;
-    let keepalive = header(&req, "keepalive-ping-interval")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|s| *s > 0)
-        .map_or(DEFAULT_KEEPALIVE, Duration::from_secs);
+    let keepalive = keepalive_of(&req);
     let body = read_body(req, api::MAX_JSON).await?;
     let message = connect::unwrap_request(&body)?;
     let request: serde_json::Value = match codec {
@@ -296,10 +313,7 @@ async fn start(
             )
         })?,
     };
-    let encode = move |v: &serde_json::Value| match codec {
-        Codec::Json => connect::frame(v),
-        Codec::Proto => connect::frame_bytes(&proto::event(v)),
-    };
+    let encode = encoder(codec);
     let pty_size = match &request["pty"] {
         serde_json::Value::Null => None,
         pty => {
@@ -364,7 +378,8 @@ async fn start(
         .store
         .read_record(&owned.id)
         .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
-    let prepared = api::personalised(owned, prepared);
+    let mut prepared = api::personalised(owned, prepared);
+    prepared.as_root = as_root;
     if let Some((rows, cols)) = pty_size {
         let running = super::pty::start(&server.store, &record, prepared, rows, cols)
             .await
@@ -385,54 +400,30 @@ async fn start(
             };
             RpcError::new(code, e.message)
         })?;
-    let pid = NEXT_PID.fetch_add(1, Ordering::Relaxed);
-    lock_processes().insert(
-        pid,
-        Process {
-            sandbox: owned.id.clone(),
-            config,
-            tag: request["tag"].as_str().map(str::to_string),
-            signals: running.signals.clone(),
-            stdin: running.stdin.clone(),
-            pty: None,
-        },
-    );
-    let registered = Registered(pid);
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let tag = request["tag"].as_str().map(str::to_string);
+    let watchers = Arc::<Watchers>::default();
+    let (pid, watcher) = register(Process {
+        sandbox: owned.id.clone(),
+        config,
+        tag,
+        signals: running.signals.clone(),
+        stdin: running.stdin.clone(),
+        pty: None,
+        watchers: watchers.clone(),
+    });
     tokio::spawn(async move {
-        let mut registered = Some(registered);
-        let start = serde_json::json!({"event": {"start": {"pid": pid}}});
-        if tx.send(encode(&start)).await.is_err() {
-            return;
-        }
-        let mut tick = tokio::time::interval(keepalive);
-        tick.tick().await;
-        let mut failure = None;
+        let mut registered = Some(Registered(pid));
         loop {
-            let event = tokio::select! {
-                e = running.events.recv() => e,
-                _ = tick.tick() => {
-                    let ka = serde_json::json!({"event": {"keepalive": {}}});
-                    if tx.send(encode(&ka)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let Some(event) = event else { break };
-            let message = match event {
-                CommandEvent::Stdout(c) | CommandEvent::Stderr(c)
+            let watched = match running.events.recv().await {
+                Some(CommandEvent::Stdout(c)) | Some(CommandEvent::Stderr(c))
                     if c.data.is_none() && c.data_b64.is_none() =>
                 {
                     continue
                 }
-                CommandEvent::Stdout(c) => data_event("stdout", c),
-                CommandEvent::Stderr(c) => data_event("stderr", c),
-                CommandEvent::Truncated { .. } => continue,
-                CommandEvent::Ended(o) => {
-                    // Forgotten before the client hears of the end: a kill after `wait`
-                    // finds nothing.
-                    drop(registered.take());
+                Some(CommandEvent::Stdout(c)) => Watched::Event(data_event("stdout", c)),
+                Some(CommandEvent::Stderr(c)) => Watched::Event(data_event("stderr", c)),
+                Some(CommandEvent::Truncated { .. }) => continue,
+                Some(CommandEvent::Ended(o)) => {
                     let code = o.exit_code();
                     let status = match o.signal_name() {
                         Some(sig) => format!("signal: {sig}"),
@@ -443,18 +434,120 @@ async fn start(
                     if let Some(m) = o.message() {
                         end["error"] = m.into();
                     }
-                    serde_json::json!({"event": {"end": end}})
+                    Watched::End(serde_json::json!({"event": {"end": end}}))
                 }
-                CommandEvent::Failed(m) => {
-                    failure = Some(RpcError::new(Code::Unavailable, m));
-                    break;
-                }
+                Some(CommandEvent::Failed(m)) => Watched::Failed(m),
+                None => Watched::Failed("the command's events ended without its status".into()),
             };
-            // A client gone: dropping the events kills the command.
-            if tx.send(encode(&message)).await.is_err() {
-                return;
+            let last = !matches!(watched, Watched::Event(_));
+            if last {
+                // Forgotten before anyone hears of the end: a kill after `wait` finds
+                // nothing, and no Connect can subscribe to a command that has ended.
+                drop(registered.take());
+            }
+            watchers.publish(Arc::new(watched)).await;
+            if last {
+                break;
             }
         }
+    });
+    Ok(watch_stream(pid, watcher, keepalive, encode, codec))
+}
+
+/// A running command's events, for every stream that watches it: the Start call's that made
+/// it and each Connect's. Each event reaches every watcher in order (the slowest one paces the
+/// command's output, as a pipe would); a watcher whose client went away is dropped. As under
+/// E2B's daemon, the command goes on without watchers: it ends by itself, by a signal, or
+/// with its sandbox.
+#[derive(Default)]
+struct Watchers(std::sync::Mutex<Vec<mpsc::Sender<Arc<Watched>>>>);
+
+/// What a watcher hears: an event to forward, then the end or the reason there is none.
+enum Watched {
+    Event(serde_json::Value),
+    End(serde_json::Value),
+    Failed(String),
+}
+
+impl Watchers {
+    fn subscribe(&self) -> mpsc::Receiver<Arc<Watched>> {
+        let (tx, rx) = mpsc::channel(4);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        rx
+    }
+
+    async fn publish(&self, watched: Arc<Watched>) {
+        let senders = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for tx in senders {
+            if tx.send(watched.clone()).await.is_err() {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|t| !t.same_channel(&tx));
+            }
+        }
+    }
+}
+
+/// Enters a started command in the process table under a new pid, with its first watcher
+/// (the Start call's stream).
+fn register(process: Process) -> (u32, mpsc::Receiver<Arc<Watched>>) {
+    let pid = NEXT_PID.fetch_add(1, Ordering::Relaxed);
+    let watcher = process.watchers.subscribe();
+    lock_processes().insert(pid, process);
+    (pid, watcher)
+}
+
+/// The stream one watcher of command `pid` answers with: the start event, the command's
+/// events from now on, keep-alives while it is quiet, and the end.
+fn watch_stream(
+    pid: u32,
+    mut watcher: mpsc::Receiver<Arc<Watched>>,
+    keepalive: Duration,
+    encode: impl Fn(&serde_json::Value) -> Bytes + Send + 'static,
+    codec: Codec,
+) -> Response<RespBody> {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let start = serde_json::json!({"event": {"start": {"pid": pid}}});
+        if tx.send(encode(&start)).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(keepalive);
+        tick.tick().await;
+        let failure = loop {
+            let watched = tokio::select! {
+                w = watcher.recv() => w,
+                _ = tick.tick() => {
+                    let ka = serde_json::json!({"event": {"keepalive": {}}});
+                    if tx.send(encode(&ka)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(watched) = watched else {
+                break Some(RpcError::new(
+                    Code::Unavailable,
+                    "the command's events ended",
+                ));
+            };
+            match &*watched {
+                Watched::Event(v) => {
+                    // A client gone: this watcher is dropped, the command goes on.
+                    if tx.send(encode(v)).await.is_err() {
+                        return;
+                    }
+                }
+                Watched::End(v) => {
+                    if tx.send(encode(v)).await.is_err() {
+                        return;
+                    }
+                    break None;
+                }
+                Watched::Failed(m) => break Some(RpcError::new(Code::Unavailable, m.clone())),
+            }
+        };
         let _ = tx.send(connect::end_frame(failure.as_ref())).await;
     });
     let mut resp = Response::new(ChannelBody { rx }.boxed());
@@ -462,10 +555,55 @@ async fn start(
         CONTENT_TYPE,
         HeaderValue::from_static(codec.content_type(true)),
     );
-    Ok(resp)
+    resp
 }
 
-/// The event stream of a command on a terminal: its output as `pty` data, then its end.
+/// `process.Process/Connect`: another stream of a running command's events, from now on
+/// (E2B's `commands.connect(pid)`).
+async fn connect_process(
+    owned: &Owned,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, RpcError> {
+    let codec = connect::codec(header(&req, "content-type"), true)?;
+    let keepalive = keepalive_of(&req);
+    let body = read_body(req, api::MAX_JSON).await?;
+    let message = connect::unwrap_request(&body)?;
+    let request: serde_json::Value = match codec {
+        Codec::Proto => proto::request("process.Process/Connect", message)?,
+        Codec::Json => serde_json::from_slice(message).map_err(|e| {
+            RpcError::new(
+                Code::InvalidArgument,
+                format!("the request is not JSON: {e}"),
+            )
+        })?,
+    };
+    let pid = select(&owned.id, &request["process"])?;
+    // Under the table's lock: a command still listed has not published its end yet, so this
+    // watcher hears it.
+    let watcher = lock_processes()
+        .get(&pid)
+        .map(|p| p.watchers.subscribe())
+        .ok_or_else(|| RpcError::new(Code::NotFound, "the process ended"))?;
+    Ok(watch_stream(pid, watcher, keepalive, encoder(codec), codec))
+}
+
+/// How a stream's events are written in `codec`.
+fn encoder(codec: Codec) -> impl Fn(&serde_json::Value) -> Bytes + Send + 'static {
+    move |v: &serde_json::Value| match codec {
+        Codec::Json => connect::frame(v),
+        Codec::Proto => connect::frame_bytes(&proto::event(v)),
+    }
+}
+
+/// The keep-alive period the client asks for (`Keepalive-Ping-Interval`, seconds).
+fn keepalive_of(req: &Request<Incoming>) -> Duration {
+    header(req, "keepalive-ping-interval")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(DEFAULT_KEEPALIVE, Duration::from_secs)
+}
+
+/// A command on a terminal: its output as `pty` data, then its end, to each watcher.
 fn pty_stream(
     owned: &Owned,
     config: serde_json::Value,
@@ -477,7 +615,6 @@ fn pty_stream(
 ) -> Response<RespBody> {
     use super::pty::{PtyControl, PtyEvent};
     use base64::Engine;
-    let pid = NEXT_PID.fetch_add(1, Ordering::Relaxed);
     // Signals go to the terminal's command through its control channel.
     let (signals, mut signal_rx) = mpsc::channel::<i32>(4);
     let control = running.control.clone();
@@ -488,71 +625,47 @@ fn pty_stream(
             }
         }
     });
-    lock_processes().insert(
-        pid,
-        Process {
-            sandbox: owned.id.clone(),
-            config,
-            tag,
-            signals,
-            stdin: None,
-            pty: Some(running.control.clone()),
-        },
-    );
-    let registered = Registered(pid);
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let watchers = Arc::<Watchers>::default();
+    let (pid, watcher) = register(Process {
+        sandbox: owned.id.clone(),
+        config,
+        tag,
+        signals,
+        stdin: None,
+        pty: Some(running.control.clone()),
+        watchers: watchers.clone(),
+    });
     tokio::spawn(async move {
-        let mut registered = Some(registered);
-        let start = serde_json::json!({"event": {"start": {"pid": pid}}});
-        if tx.send(encode(&start)).await.is_err() {
-            return;
-        }
-        let mut tick = tokio::time::interval(keepalive);
-        tick.tick().await;
-        let mut failure = None;
+        let mut registered = Some(Registered(pid));
         loop {
-            let event = tokio::select! {
-                e = running.events.recv() => e,
-                _ = tick.tick() => {
-                    let ka = serde_json::json!({"event": {"keepalive": {}}});
-                    if tx.send(encode(&ka)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let message = match event {
+            let watched = match running.events.recv().await {
                 Some(PtyEvent::Data(bytes)) => {
                     let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-                    serde_json::json!({"event": {"data": {"pty": b64}}})
+                    Watched::Event(serde_json::json!({"event": {"data": {"pty": b64}}}))
                 }
                 Some(PtyEvent::Ended { code, signal }) => {
-                    drop(registered.take());
                     let status = match signal {
                         Some(s) => format!("signal: {s}"),
                         None => format!("exit status {code}"),
                     };
-                    serde_json::json!({"event": {"end": {"exitCode": code, "exited": true, "status": status}}})
+                    Watched::End(
+                        serde_json::json!({"event": {"end": {"exitCode": code, "exited": true, "status": status}}}),
+                    )
                 }
-                Some(PtyEvent::Failed(m)) => {
-                    failure = Some(RpcError::new(Code::Unavailable, m));
-                    break;
-                }
-                None => break,
+                Some(PtyEvent::Failed(m)) => Watched::Failed(m),
+                None => Watched::Failed("the terminal's events ended without its status".into()),
             };
-            // A client gone: dropping the events kills the command.
-            if tx.send(encode(&message)).await.is_err() {
-                return;
+            let last = !matches!(watched, Watched::Event(_));
+            if last {
+                drop(registered.take());
+            }
+            watchers.publish(Arc::new(watched)).await;
+            if last {
+                break;
             }
         }
-        let _ = tx.send(connect::end_frame(failure.as_ref())).await;
     });
-    let mut resp = Response::new(ChannelBody { rx }.boxed());
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(codec.content_type(true)),
-    );
-    resp
+    watch_stream(pid, watcher, keepalive, encode, codec)
 }
 
 /// `SendSignal`, `SendInput`, `CloseStdin` and `List` of `process.Process`.
@@ -699,6 +812,7 @@ async fn filesystem(
     owned: &Owned,
     req: Request<Incoming>,
     method: &str,
+    as_root: bool,
 ) -> Result<Response<RespBody>, RpcError> {
     let (request, call) = unary_request(req).await?;
     let client = session(server, owned).await?;
@@ -744,7 +858,7 @@ async fn filesystem(
                         message: format!("{path} already exists"),
                     });
                 }
-                files::mkdir(c, &path)?;
+                files::mkdir(c, &path, as_root)?;
                 files::stat(c, &path)
             }))
             .await?;
@@ -965,7 +1079,12 @@ async fn download(server: &Server, owned: &Owned, req: Request<Incoming>) -> Res
 
 /// `POST /files`: an octet-stream body to `?path=`, or multipart/form-data parts (each to
 /// `?path=` when one part is sent, else to its filename). Answers E2B's `[WriteInfo]`.
-async fn upload(server: &Server, owned: &Owned, req: Request<Incoming>) -> Response<RespBody> {
+async fn upload(
+    server: &Server,
+    owned: &Owned,
+    req: Request<Incoming>,
+    as_root: bool,
+) -> Response<RespBody> {
     let query = query_path(&req);
     let content_type = header(&req, "content-type").unwrap_or("").to_string();
     if header(&req, "content-encoding").is_some_and(|e| e != "identity") {
@@ -1006,7 +1125,7 @@ async fn upload(server: &Server, owned: &Owned, req: Request<Incoming>) -> Respo
     let done = tokio::task::spawn_blocking(move || {
         let mut infos = Vec::new();
         for (path, data) in writes {
-            files::write(&client, &path, &data)?;
+            files::write(&client, &path, &data, as_root)?;
             let st = files::stat(&client, &path)?;
             infos.push(serde_json::json!({
                 "name": st["name"],

@@ -29,7 +29,7 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::api::{json_response, ApiError, Caller, RespBody, Server};
-use super::sandboxes::{CreateRequest, NetworkRequest, Owned};
+use super::sandboxes::{CreateRequest, NetworkRequest, OnExpiry, Owned};
 use crate::session::state::now_secs;
 
 /// The envd version the server claims: the SDK turns features on by it (0.5.7: stdin,
@@ -319,7 +319,9 @@ async fn control(server: Arc<Server>, req: Request<Incoming>, caller: Caller) ->
             // shortens a sandbox's life.
             let resumed = resume_if_paused(&server, &owned, &body).await?;
             let wanted = now_secs() + secs;
-            if owned.expires_at.is_some_and(|t| t < wanted) {
+            // A sandbox paused by its timeout has no deadline until it is resumed.
+            let paused_by_timeout = resumed && owned.expires_at.is_none();
+            if paused_by_timeout || owned.expires_at.is_some_and(|t| t < wanted) {
                 set_timeout(&server, &owned, secs)?;
             }
             let status = if resumed {
@@ -512,12 +514,9 @@ async fn create(server: Arc<Server>, body: serde_json::Value, caller: Caller) ->
     let mut labels = string_map(&body, "metadata")?;
     labels.insert(TEMPLATE_LABEL.into(), template);
     let env = string_map(&body, "envVars")?;
+    let on_expiry = lifecycle_of(&body, secs)?;
     // Refused rather than ignored: the caller would otherwise believe it has them.
-    for (field, what) in [
-        ("autoPause", "auto-pause"),
-        ("mcp", "MCP servers"),
-        ("volumeMounts", "volume mounts"),
-    ] {
+    for (field, what) in [("mcp", "MCP servers"), ("volumeMounts", "volume mounts")] {
         if body[field].as_bool() == Some(true)
             || (body[field].is_object() || body[field].as_array().is_some_and(|a| !a.is_empty()))
         {
@@ -534,6 +533,7 @@ async fn create(server: Arc<Server>, body: serde_json::Value, caller: Caller) ->
         labels,
         ttl: Some(format!("{secs}s")),
         network,
+        on_expiry,
         ..Default::default()
     };
     let owned = server
@@ -556,6 +556,48 @@ async fn create(server: Arc<Server>, body: serde_json::Value, caller: Caller) ->
         resp.headers_mut().insert(hyper::header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// E2B's lifecycle: `autoPause` (the SDK's `on_timeout="pause"`) freezes the sandbox when
+/// its timeout is over instead of killing it, and `autoResume.enabled` lets the next
+/// in-sandbox request thaw it. A pause that keeps only the filesystem (`autoPauseMemory:
+/// false`) is refused: nsbox's pause is the freezer, which keeps memory.
+fn lifecycle_of(body: &serde_json::Value, secs: u64) -> Result<OnExpiry, Refusal> {
+    let flag = |field: &str, v: &serde_json::Value| match v {
+        serde_json::Value::Null => Ok(false),
+        serde_json::Value::Bool(b) => Ok(*b),
+        _ => Err(control_error(
+            StatusCode::BAD_REQUEST,
+            format!("{field}: true or false"),
+        )),
+    };
+    let pause = flag("autoPause", &body["autoPause"])?;
+    let auto_resume = flag("autoResume.enabled", &body["autoResume"]["enabled"])?;
+    if !body["autoResume"].is_null() && !body["autoResume"].is_object() {
+        return Err(control_error(
+            StatusCode::BAD_REQUEST,
+            "autoResume: an object {\"enabled\": true|false}",
+        ));
+    }
+    if !pause {
+        if auto_resume {
+            return Err(control_error(
+                StatusCode::BAD_REQUEST,
+                "autoResume needs autoPause (on_timeout=\"pause\")",
+            ));
+        }
+        return Ok(OnExpiry::Delete);
+    }
+    if body["autoPauseMemory"].as_bool() == Some(false) {
+        return Err(control_error(
+            StatusCode::BAD_REQUEST,
+            "a filesystem-only auto-pause (mode=\"filesystem\") is not served by nsbox: its pause freezes every process in memory (mode=\"full\")",
+        ));
+    }
+    Ok(OnExpiry::Pause {
+        auto_resume,
+        resume_secs: secs,
+    })
 }
 
 /// E2B's egress options on nsbox's networks. Served: `allow_internet_access=False` (no
@@ -667,6 +709,10 @@ fn detail(server: &Server, owned: &Owned) -> serde_json::Value {
         "memoryMB": memory_mb,
         "diskSizeMB": 0,
         "state": if is_paused(server, &owned.id) { "paused" } else { "running" },
+        "lifecycle": {
+            "onTimeout": if owned.on_expiry == OnExpiry::Delete { "kill" } else { "pause" },
+            "autoResume": matches!(owned.on_expiry, OnExpiry::Pause { auto_resume: true, .. }),
+        },
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": token_for(&owned.id),
         "metadata": metadata_of(owned),

@@ -310,7 +310,8 @@ pub fn request(method: &str, bytes: &[u8]) -> Result<Value, RpcError> {
             };
             json!({"process": selector_json(r.process), "input": input})
         }
-        "process.Process/CloseStdin" => {
+        // ConnectRequest and CloseStdinRequest are both a selector in field 1.
+        "process.Process/CloseStdin" | "process.Process/Connect" => {
             let r = SelectRequest::decode(bytes).map_err(bad)?;
             json!({ "process": selector_json(r.process) })
         }

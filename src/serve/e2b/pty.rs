@@ -75,6 +75,7 @@ pub async fn start(
             winsize: Some((rows, cols)),
             gated: false,
             failure_on_terminal: false,
+            as_root: cmd.as_root,
         },
         &[status_w.as_fd()],
     )
