@@ -82,6 +82,8 @@ fn run(handle: &mut Handle, exec_id: u64, script: &str) -> Result<String, Failur
         workdir: "/".into(),
         tty: false,
         winsize: None,
+        gated: false,
+        failure_on_terminal: false,
         as_root: false,
     };
     handle.exec(request, &attached)?;

@@ -513,6 +513,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
         workdir: args.sandbox.workdir,
         stdin: args.interactive,
         tty: args.tty,
+        winsize: None,
         json,
         timeout: args.timeout.and_then(Limit::into_option).map(|t| t.0),
         max_output: args.max_output.map(Limit::into_option),

@@ -221,6 +221,7 @@ pub fn create(
                     workdir: None,
                     stdin: false,
                     tty: false,
+                    winsize: None,
                     json,
                     timeout: args.timeout.and_then(Limit::into_option).map(|t| t.0),
                     max_output: None,

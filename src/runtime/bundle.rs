@@ -21,6 +21,20 @@ pub struct BundlePlan {
     pub annotations: BTreeMap<String, String>,
     /// Fields accepted but not honoured (logged at `create`).
     pub ignored: Vec<String>,
+    /// `process.terminal`: the process gets a pty, whose master goes to `--console-socket`.
+    pub terminal: bool,
+    /// `process.consoleSize` as (rows, columns).
+    pub console_size: Option<(u16, u16)>,
+}
+
+/// `process.consoleSize` as (rows, columns); sizes beyond a terminal's range are clamped.
+fn console_size(process: &oci_spec::runtime::Process) -> Option<(u16, u16)> {
+    let clamp = |n: u64| u16::try_from(n).unwrap_or(u16::MAX);
+    process
+        .console_size()
+        .as_ref()
+        .map(|b| (clamp(b.height()), clamp(b.width())))
+        .filter(|&(rows, cols)| rows > 0 && cols > 0)
 }
 
 /// Mount destinations nsbox provides itself, with the types an engine uses for them.
@@ -42,8 +56,9 @@ fn refuse(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
 }
 
 /// The process of `exec --process FILE` (the runtime spec's `process` object) as a command for
-/// the container's session. `user` is the session's: another user is refused, as are a
-/// terminal and CAP_SYS_ADMIN, each naming the field.
+/// the container's session. `user` is the session's: another user is refused, as is
+/// CAP_SYS_ADMIN, each naming the field. `terminal` and `consoleSize` become the command's
+/// `tty` and `winsize`.
 pub fn exec_of(
     process: &oci_spec::runtime::Process,
     user: (u32, u32),
@@ -55,12 +70,6 @@ pub fn exec_of(
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err(refuse("args", "empty: nothing to run"));
-    }
-    if process.terminal().unwrap_or(false) {
-        return Err(refuse(
-            "terminal",
-            "a terminal (console socket) is not supported yet; run without -t",
-        ));
     }
     let asked = (process.user().uid(), process.user().gid());
     if asked != user {
@@ -97,6 +106,8 @@ pub fn exec_of(
         env,
         workdir: Some(process.cwd().clone()),
         stdin: true,
+        tty: process.terminal().unwrap_or(false),
+        winsize: console_size(process),
         ..Default::default()
     })
 }
@@ -126,12 +137,6 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
     req.command = args.into_iter().map(Into::into).collect();
     req.env = process.env().clone().unwrap_or_default();
     req.workdir = Some(process.cwd().clone());
-    if process.terminal().unwrap_or(false) {
-        return Err(refuse(
-            "process.terminal",
-            "a terminal (console socket) is not supported yet; run without -t",
-        ));
-    }
     let user = process.user();
     req.user = Some((user.uid(), user.gid()));
     if let Some(caps) = process.capabilities() {
@@ -286,6 +291,8 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
         request: req,
         annotations,
         ignored,
+        terminal: process.terminal().unwrap_or(false),
+        console_size: console_size(process),
     })
 }
 
@@ -413,8 +420,33 @@ mod tests {
                 serde_json::json!({"destination": "/host", "type": "sysfs", "source": "sysfs"});
         });
         assert_eq!(refused_field(&sysfs_rw), "mounts[1].type");
-        let tty = with(|v| v["process"]["terminal"] = serde_json::json!(true));
-        assert_eq!(refused_field(&tty), "process.terminal");
+    }
+
+    #[test]
+    fn a_terminal_and_its_size_are_planned() {
+        let plain = plan(&spec(BASE), Path::new("/b")).expect("plan");
+        assert!(!plain.terminal);
+        assert_eq!(plain.console_size, None);
+        let tty = with(|v| {
+            v["process"]["terminal"] = serde_json::json!(true);
+            v["process"]["consoleSize"] = serde_json::json!({"height": 40, "width": 132});
+        });
+        let p = plan(&tty, Path::new("/b")).expect("plan");
+        assert!(p.terminal);
+        assert_eq!(p.console_size, Some((40, 132)));
+        let huge = with(|v| {
+            v["process"]["consoleSize"] = serde_json::json!({"height": 70000, "width": 0});
+        });
+        let p = plan(&huge, Path::new("/b")).expect("plan");
+        assert_eq!(p.console_size, None, "a zero width is no size");
+        let process: oci_spec::runtime::Process = serde_json::from_value(serde_json::json!({
+            "args": ["/bin/sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+            "terminal": true, "consoleSize": {"height": 70000, "width": 80}
+        }))
+        .expect("process");
+        let ex = exec_of(&process, (0, 0)).expect("exec");
+        assert!(ex.tty);
+        assert_eq!(ex.winsize, Some((u16::MAX, 80)), "clamped");
     }
 
     #[test]

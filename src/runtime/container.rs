@@ -3,21 +3,30 @@
 //! `run/` (the session store of the container's one session). The status is never stored: it
 //! is read from the waiter's process (alive and started: running; alive: created; gone:
 //! stopped), so a killed engine or shim can never leave a stale status behind.
+//!
+//! With a terminal (`process.terminal`), the process must exist at `create`, since its pty
+//! master goes to the engine's console socket before `create` returns: the waiter then runs
+//! it at once, gated on the start FIFO (the command waits inside the sandbox, before its exec,
+//! until `start` writes), hands the master over and reports that to `create` on a pipe.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Duration;
 
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
+use super::console::ConsoleSocket;
 use super::{bundle, Log, RuntimeError};
 use crate::profile::Profile;
-use crate::session::client::{SessionClient, SessionExec};
+use crate::session::client::{ExecAttach, SessionClient, SessionExec, TerminalHandoff};
 use crate::session::daemon;
 use crate::session::state::SessionStore;
+use crate::session::SessionError;
 use crate::spec::SandboxSpec;
 use crate::sys;
 
@@ -144,12 +153,14 @@ fn status(dir: &Path, record: &Record) -> Status {
     }
 }
 
-/// `create`: builds the sandbox (its init waiting), forks the waiter, writes the pid file.
+/// `create`: builds the sandbox (its init waiting), forks the waiter, writes the pid file;
+/// with a terminal, returns once its pty master went to `console_socket`.
 pub fn create(
     root: &Path,
     id: &str,
     bundle_dir: &Path,
     pid_file: Option<&Path>,
+    console_socket: Option<&Path>,
     log: &Log,
 ) -> Result<(), RuntimeError> {
     let dir = dir(root, id)?;
@@ -163,6 +174,25 @@ pub fn create(
     for what in &plan.ignored {
         log.write("warning", &format!("config.json: {what}: not honoured"));
     }
+    // runc's rules: a terminal needs the socket (nothing else could take it once `create`
+    // returned), and a socket needs a terminal to send.
+    let console = match (plan.terminal, console_socket) {
+        (true, None) => {
+            return Err(RuntimeError::Refused {
+                field: "process.terminal".into(),
+                reason: "true, but no --console-socket was given: the terminal's pty master has nowhere to go — hint: pass --console-socket PATH (a listening unix socket), or set process.terminal to false".into(),
+            })
+        }
+        (false, Some(path)) => {
+            return Err(RuntimeError::TerminalFlags(format!(
+                "--console-socket {}: process.terminal is false, so there is no terminal to send — hint: set process.terminal to true, or leave out --console-socket",
+                path.display()
+            )))
+        }
+        (true, Some(path)) => Some(ConsoleSocket::connect(path)?),
+        (false, None) => None,
+    };
+    let terminal = console.map(|socket| (socket, plan.console_size));
 
     std::fs::create_dir_all(root)
         .map_err(RuntimeError::io(format!("create {}", root.display())))?;
@@ -173,7 +203,15 @@ pub fn create(
         }
         Err(e) => return Err(RuntimeError::io(format!("create {}", dir.display()))(e)),
     }
-    let result = create_in(&dir, id, &bundle_dir, &spec, plan.annotations, pid_file);
+    let result = create_in(
+        &dir,
+        id,
+        &bundle_dir,
+        &spec,
+        plan.annotations,
+        pid_file,
+        terminal,
+    );
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -187,6 +225,7 @@ fn create_in(
     spec: &SandboxSpec,
     annotations: BTreeMap<String, String>,
     pid_file: Option<&Path>,
+    terminal: Option<(ConsoleSocket, Option<(u16, u16)>)>,
 ) -> Result<(), RuntimeError> {
     let fifo = dir.join("start.fifo");
     rustix::fs::mknodat(
@@ -203,9 +242,16 @@ fn create_in(
     let store = store(dir);
     let (session, pending) = daemon::start(spec, None, None, &store)?;
     pending.commit();
+    let (console, winsize) = match terminal {
+        Some((socket, size)) => (Some(socket), size),
+        None => (None, None),
+    };
     let exec = SessionExec {
         argv: spec.command.clone(),
-        stdin: true,
+        // With a terminal, the engine writes to the pty master; there is no stdin to relay.
+        stdin: console.is_none(),
+        tty: console.is_some(),
+        winsize,
         ..Default::default()
     };
     // Opened here, before `create` returns, so a `start` that follows at once finds a
@@ -217,13 +263,14 @@ fn create_in(
                 source: std::io::Error::from_raw_os_error(e.raw_os_error()),
             }
         });
-    let pid = match start_fd.and_then(|fd| fork_waiter(fd, &fifo, &store, &session.id, exec)) {
-        Ok(pid) => pid,
-        Err(e) => {
-            stop_session(&store, &session.id);
-            return Err(e);
-        }
-    };
+    let pid =
+        match start_fd.and_then(|fd| fork_waiter(fd, &fifo, &store, &session.id, exec, console)) {
+            Ok(pid) => pid,
+            Err(e) => {
+                stop_session(&store, &session.id);
+                return Err(e);
+            }
+        };
     let record = Record {
         id: id.into(),
         bundle: bundle_dir.to_path_buf(),
@@ -259,7 +306,8 @@ fn e_pid(pid: i32) -> RuntimeError {
     }
 }
 
-/// Forks the waiter (see the module docs of [`super`]); returns its pid.
+/// Forks the waiter (see the module docs of [`super`]); returns its pid. With a `console`,
+/// returns once the terminal's master was sent there (or the error that kept it from it).
 #[allow(unsafe_code)] // the fork; the block says why it is sound
 fn fork_waiter(
     start_fd: OwnedFd,
@@ -267,38 +315,67 @@ fn fork_waiter(
     store: &SessionStore,
     session: &str,
     exec: SessionExec,
+    console: Option<ConsoleSocket>,
 ) -> Result<i32, RuntimeError> {
+    let handoff = console.map(TerminalReport::new).transpose()?;
     // SAFETY: the runtime is single-threaded (the session's supervisor was forked, no thread
     // was started here), and the child ends through `exit_now`, never returning.
     let pid = unsafe { sys::process::fork() }.map_err(RuntimeError::io("fork the waiter"))?;
     if pid == 0 {
         let _abort = sys::process::AbortOnPanic;
-        let code = waiter(start_fd, fifo, store, session, exec);
+        let code = waiter(
+            start_fd,
+            fifo,
+            store,
+            session,
+            exec,
+            handoff.map(|h| h.into_sender()),
+        );
         sys::process::exit_now(code);
     }
     drop(start_fd);
+    if let Some(handoff) = handoff {
+        if let Err(e) = handoff.wait() {
+            kill_pid(pid);
+            return Err(e);
+        }
+    }
     Ok(pid)
 }
 
+fn kill_pid(pid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
 /// The waiter: waits for `start`, runs the container's process in the session with the
-/// streams `create` was given, stops the session, and exits with the process's status.
+/// streams `create` was given, stops the session, and exits with the process's status. With a
+/// terminal, the process runs at once, gated on the start FIFO, and its master goes to the
+/// console socket.
 fn waiter(
     start_fd: OwnedFd,
     fifo: &Path,
     store: &SessionStore,
     session: &str,
     exec: SessionExec,
+    console: Option<TerminalSender>,
 ) -> i32 {
     // Out of the caller's process group: a Ctrl-C meant for the engine is not the container's.
     let _ = rustix::process::setsid();
-    // Blocks until `start` writes.
-    let mut go = [0u8; 5];
-    let read = std::fs::File::from(start_fd).read_exact(&mut go);
-    if read.is_err() || &go != b"start" {
-        stop_session(store, session);
-        return crate::exit::NSBOX_FAILED;
-    }
-    let code = run_in_session(store, session, exec);
+    let code = match console {
+        Some(console) => run_with_console(store, session, exec, Some(start_fd), console),
+        None => {
+            // Blocks until `start` writes.
+            let mut go = [0u8; 5];
+            let read = std::fs::File::from(start_fd).read_exact(&mut go);
+            if read.is_err() || &go != b"start" {
+                stop_session(store, session);
+                return crate::exit::NSBOX_FAILED;
+            }
+            run_in_session(store, session, exec)
+        }
+    };
     // The container ends with its process: whatever else runs in the sandbox goes too.
     stop_session(store, session);
     // For `delete` and for callers that are not the waiter's parent (tests, debugging).
@@ -309,9 +386,15 @@ fn waiter(
 /// Runs `exec` in the session with this process's streams; its exit status (128+N for a
 /// signal N), or nsbox's own failure code with the reason on stderr.
 fn run_in_session(store: &SessionStore, session: &str, exec: SessionExec) -> i32 {
-    match SessionClient::connect(store, session)
-        .and_then(|c| c.exec(exec, crate::sandbox::supervisor::now_ns()))
-    {
+    outcome_code(
+        SessionClient::connect(store, session)
+            .and_then(|c| c.exec(exec, crate::sandbox::supervisor::now_ns())),
+    )
+}
+
+/// A session command's exit status, or nsbox's own failure code with the reason on stderr.
+fn outcome_code(result: Result<crate::sandbox::supervisor::Outcome, SessionError>) -> i32 {
+    match result {
         Ok(outcome) => {
             if let Some(message) = outcome.message() {
                 eprintln!("nsbox-runc: {message}");
@@ -322,6 +405,126 @@ fn run_in_session(store: &SessionStore, session: &str, exec: SessionExec) -> i32
             eprintln!("nsbox-runc: {e}");
             crate::exit::NSBOX_FAILED
         }
+    }
+}
+
+/// The pipe on which a waiter tells the runtime command that forked it whether the terminal's
+/// master reached the console socket: `ok`, or why not, then end of file.
+struct TerminalReport {
+    read: OwnedFd,
+    sender: TerminalSender,
+}
+
+/// The waiter's side: the console socket and the write end of the report pipe.
+struct TerminalSender {
+    socket: ConsoleSocket,
+    report: OwnedFd,
+}
+
+impl TerminalReport {
+    fn new(socket: ConsoleSocket) -> Result<TerminalReport, RuntimeError> {
+        let (read, report) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
+                RuntimeError::Io {
+                    what: "create a pipe".into(),
+                    source: std::io::Error::from_raw_os_error(e.raw_os_error()),
+                }
+            })?;
+        Ok(TerminalReport {
+            read,
+            sender: TerminalSender { socket, report },
+        })
+    }
+
+    /// In the forked waiter: its part (the runtime command's copy of the socket and the
+    /// report pipe's read end go with the rest of its memory).
+    fn into_sender(self) -> TerminalSender {
+        self.sender
+    }
+
+    /// In the runtime command, after the fork: drops its copies of the waiter's ends, then
+    /// reads the report to its end.
+    fn wait(self) -> Result<(), RuntimeError> {
+        let TerminalReport { read, sender } = self;
+        drop(sender);
+        let mut text = String::new();
+        std::fs::File::from(read)
+            .read_to_string(&mut text)
+            .map_err(RuntimeError::io("read the terminal's report"))?;
+        match text.as_str() {
+            "ok" => Ok(()),
+            "" => Err(RuntimeError::Terminal(
+                "the waiter ended before it reported".into(),
+            )),
+            why => Err(RuntimeError::Terminal(why.to_string())),
+        }
+    }
+}
+
+/// Runs `exec` (with a terminal) in the session, its pty master handed to the console socket
+/// as soon as the command exists, and reports the hand-off (or why it failed) on the report
+/// pipe; then waits for the command like [`run_in_session`].
+fn run_with_console(
+    store: &SessionStore,
+    session: &str,
+    exec: SessionExec,
+    gate: Option<OwnedFd>,
+    console: TerminalSender,
+) -> i32 {
+    let TerminalSender { socket, report } = console;
+    release_callers_streams();
+    // Shared by the hand-off (which reports success) and this function (which reports a
+    // failure if the hand-off never happened); the waiter is single-threaded.
+    let report = Rc::new(RefCell::new(Some(report)));
+    let report_ok = Rc::clone(&report);
+    let handoff: TerminalHandoff = Box::new(move |master: OwnedFd| {
+        socket
+            .send_master(master.as_fd())
+            .map_err(|e| SessionError::Io("--console-socket", e))?;
+        // The engine holds the master now; ours would keep the terminal open after it closed.
+        drop(master);
+        if let Some(fd) = report_ok.borrow_mut().take() {
+            let _ = rustix::io::write(&fd, b"ok");
+        }
+        Ok(())
+    });
+    let result = SessionClient::connect(store, session).and_then(|c| {
+        c.exec_with(
+            exec,
+            crate::sandbox::supervisor::now_ns(),
+            ExecAttach {
+                gate,
+                on_terminal: Some(handoff),
+            },
+        )
+    });
+    let unsent = report.borrow_mut().take();
+    if let Some(fd) = unsent {
+        let why = match &result {
+            Err(e) => e.to_string(),
+            Ok(outcome) => outcome
+                .message()
+                .unwrap_or_else(|| "the process ended before its terminal existed".into()),
+        };
+        let _ = rustix::io::write(&fd, why.as_bytes());
+    }
+    outcome_code(result)
+}
+
+/// In a waiter whose process has a terminal: /dev/null on 0-2 instead of the streams of the
+/// runtime command that forked it. With a console socket, the engine reads that command's
+/// output to its end (go-runc's `create` does), which would otherwise come only when the
+/// container ends. What goes wrong before the hand-off travels on the report pipe instead.
+#[allow(unsafe_code)] // dup2 onto 0-2; the block says why it is sound
+fn release_callers_streams() {
+    let Ok(devnull) = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+    else {
+        return;
+    };
+    for target in 0..3 {
+        // SAFETY: a freshly forked waiter: nothing in it relies on 0-2 naming the caller's
+        // files (std's handles write through the numbers, whatever they name).
+        let _ = unsafe { sys::fs::dup_onto(devnull.as_fd(), target) };
     }
 }
 
@@ -487,18 +690,35 @@ fn running(root: &Path, id: &str, what: &'static str) -> Result<(PathBuf, Record
     Ok((dir, record))
 }
 
+/// How `exec` runs its process (its flags besides the container and the process file).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecMode<'a> {
+    pub detach: bool,
+    pub pid_file: Option<&'a Path>,
+    /// `--tty`: a terminal even if the process file does not ask for one.
+    pub tty: bool,
+    pub console_socket: Option<&'a Path>,
+}
+
 /// `exec --process FILE`: runs another process in a running container's sandbox. Detached,
 /// a forked exec waiter (the pid in `pid_file`, re-parented to the engine's subreaper like the
 /// container's waiter) runs it and exits with its status; attached, this process does and the
 /// status is returned. The process runs as the container's user: a different
-/// `process.user` is refused.
+/// `process.user` is refused. With a terminal (`--tty` or `process.terminal`), detached, the
+/// pty master goes to `--console-socket` before `exec` returns; attached, this process relays
+/// the terminal on its own streams (runc's rules, and runc's refusals of other mixes).
 pub fn exec(
     root: &Path,
     id: &str,
     process_file: &Path,
-    detach: bool,
-    pid_file: Option<&Path>,
+    mode: ExecMode<'_>,
 ) -> Result<i32, RuntimeError> {
+    let ExecMode {
+        detach,
+        pid_file,
+        tty,
+        console_socket,
+    } = mode;
     let text = std::fs::read(process_file)
         .map_err(RuntimeError::io(format!("read {}", process_file.display())))?;
     let process: oci_spec::runtime::Process =
@@ -509,36 +729,74 @@ pub fn exec(
     let (dir, record) = running(root, id, "only a running container can run another process")?;
     let store = store(&dir);
     let session = SessionClient::connect(&store, &record.session)?;
-    let exec = bundle::exec_of(&process, (session.record.uid, session.record.gid))?;
+    let mut exec = bundle::exec_of(&process, (session.record.uid, session.record.gid))?;
     drop(session);
+    exec.tty |= tty;
+    let console = match (exec.tty, detach, console_socket) {
+        (true, true, None) => {
+            return Err(RuntimeError::TerminalFlags(
+                "a terminal (--tty or process.terminal) with --detach needs --console-socket: the pty master has nowhere else to go — hint: pass --console-socket PATH, or leave out --tty and process.terminal".into(),
+            ))
+        }
+        (false, _, Some(path)) => {
+            return Err(RuntimeError::TerminalFlags(format!(
+                "--console-socket {}: the process has no terminal to send (neither --tty nor process.terminal) — hint: add --tty, or leave out --console-socket",
+                path.display()
+            )))
+        }
+        (true, false, Some(path)) => {
+            return Err(RuntimeError::TerminalFlags(format!(
+                "--console-socket {}: only with --detach; an attached exec relays its terminal itself — hint: add --detach, or leave out --console-socket",
+                path.display()
+            )))
+        }
+        (true, true, Some(path)) => Some(ConsoleSocket::connect(path)?),
+        (_, _, None) => None,
+    };
+    if console.is_some() {
+        // The engine writes to the pty master; there is no stdin to relay.
+        exec.stdin = false;
+    }
     if !detach {
         if let Some(path) = pid_file {
             write_atomic(path, std::process::id().to_string().as_bytes())?;
         }
         return Ok(run_in_session(&store, &record.session, exec));
     }
-    let pid = fork_exec_waiter(&store, &record.session, exec)?;
+    let pid = fork_exec_waiter(&store, &record.session, exec, console)?;
     if let Some(path) = pid_file {
         write_atomic(path, pid.to_string().as_bytes())?;
     }
     Ok(0)
 }
 
-/// Forks a detached `exec`'s waiter; returns its pid.
+/// Forks a detached `exec`'s waiter; returns its pid. With a `console`, returns once the
+/// terminal's master was sent there (or the error that kept it from it).
 #[allow(unsafe_code)] // the fork; the block says why it is sound
 fn fork_exec_waiter(
     store: &SessionStore,
     session: &str,
     exec: SessionExec,
+    console: Option<ConsoleSocket>,
 ) -> Result<i32, RuntimeError> {
+    let handoff = console.map(TerminalReport::new).transpose()?;
     // SAFETY: the runtime is single-threaded (no thread was started here), and the child ends
     // through `exit_now`, never returning.
     let pid = unsafe { sys::process::fork() }.map_err(RuntimeError::io("fork the exec waiter"))?;
     if pid == 0 {
         let _abort = sys::process::AbortOnPanic;
         let _ = rustix::process::setsid();
-        let code = run_in_session(store, session, exec);
+        let code = match handoff {
+            Some(handoff) => run_with_console(store, session, exec, None, handoff.into_sender()),
+            None => run_in_session(store, session, exec),
+        };
         sys::process::exit_now(code);
+    }
+    if let Some(handoff) = handoff {
+        if let Err(e) = handoff.wait() {
+            kill_pid(pid);
+            return Err(e);
+        }
     }
     Ok(pid)
 }

@@ -9,7 +9,9 @@
 //! streams, blocks on the container's start FIFO, and on `start` runs the process in the session
 //! as a session client, exits with its status and stops the session. The engine's shim is a
 //! subreaper, so once `create` exits the waiter becomes its child and the shim sees the
-//! container's exit status as the waiter's ([`container`]). docs/runtime.md has the details.
+//! container's exit status as the waiter's ([`container`]). With `process.terminal` (or `exec
+//! --tty`), the process's pty, made in the sandbox, has its master sent to the engine's
+//! `--console-socket` ([`console`]). docs/runtime.md has the details.
 
 // Stricter than the crate: no silently truncating or sign-losing `as` casts here.
 #![deny(
@@ -19,6 +21,7 @@
 )]
 
 pub mod bundle;
+pub mod console;
 pub mod container;
 
 use std::io::Write;
@@ -57,6 +60,16 @@ pub enum RuntimeError {
     BadSignal(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("--console-socket {}: cannot connect: {source} — hint: give the path of a listening unix socket (the engine's, which receives the terminal's pty master)", path.display())]
+    ConsoleSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `process.terminal`, `--tty` and `--console-socket` do not fit together (runc's rules).
+    #[error("{0}")]
+    TerminalFlags(String),
+    #[error("the process's terminal was not set up: {0}")]
+    Terminal(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -147,10 +160,10 @@ struct ExecArgs {
     /// Write the process's pid here.
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    /// A unix socket for the terminal's master (not supported yet: refused).
+    /// With a terminal and --detach: the unix socket that receives its pty master.
     #[arg(long, value_name = "SOCKET")]
     console_socket: Option<PathBuf>,
-    /// Allocate a terminal (not supported yet: refused).
+    /// Give the process a terminal (as process.terminal does).
     #[arg(short, long)]
     tty: bool,
     id: String,
@@ -180,7 +193,7 @@ struct CreateArgs {
     /// Write the container process's pid here before returning.
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    /// A unix socket for the terminal's master (not supported yet: refused).
+    /// With process.terminal: the unix socket that receives the terminal's pty master.
     #[arg(long, value_name = "SOCKET")]
     console_socket: Option<PathBuf>,
     /// Accepted and ignored (nsbox always pivots into the new root).
@@ -252,14 +265,17 @@ where
 fn run(cli: &RuntimeCli, log: &Log) -> Result<i32, RuntimeError> {
     let root = &cli.root;
     match &cli.command {
-        RuntimeCommand::Exec(a) => {
-            if a.console_socket.is_some() || a.tty {
-                return Err(RuntimeError::Unsupported(
-                    "--tty/--console-socket: terminals are not supported yet".into(),
-                ));
-            }
-            container::exec(root, &a.id, &a.process, a.detach, a.pid_file.as_deref())
-        }
+        RuntimeCommand::Exec(a) => container::exec(
+            root,
+            &a.id,
+            &a.process,
+            container::ExecMode {
+                detach: a.detach,
+                pid_file: a.pid_file.as_deref(),
+                tty: a.tty,
+                console_socket: a.console_socket.as_deref(),
+            },
+        ),
         RuntimeCommand::Ps(a) => {
             let pids = container::pids(root, &a.id)?;
             match a.format.as_str() {
@@ -284,14 +300,15 @@ fn run(cli: &RuntimeCli, log: &Log) -> Result<i32, RuntimeError> {
             "update {}: --resources: changing a running container's limits is not supported yet",
             a.id
         ))),
-        RuntimeCommand::Create(a) => {
-            if a.console_socket.is_some() {
-                return Err(RuntimeError::Unsupported(
-                    "--console-socket: terminals are not supported yet".into(),
-                ));
-            }
-            container::create(root, &a.id, &a.bundle, a.pid_file.as_deref(), log).map(|()| 0)
-        }
+        RuntimeCommand::Create(a) => container::create(
+            root,
+            &a.id,
+            &a.bundle,
+            a.pid_file.as_deref(),
+            a.console_socket.as_deref(),
+            log,
+        )
+        .map(|()| 0),
         RuntimeCommand::Start(a) => container::start(root, &a.id).map(|()| 0),
         RuntimeCommand::State(a) => {
             let state = container::state(root, &a.id)?;

@@ -84,7 +84,8 @@ pub enum ToSupervisor {
 
 /// A command to run in a living sandbox (sessions). Its standard streams and the pipe its
 /// exec failure is reported on travel as attached descriptors: [stdin, stdout, stderr,
-/// status], or [status] alone with a terminal (the init then makes the pty).
+/// status], or [status] alone with a terminal (the init then makes the pty); a gated command's
+/// gate comes right before the status pipe.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
 pub struct ExecRequest {
     pub exec_id: u64,
@@ -96,6 +97,15 @@ pub struct ExecRequest {
     pub tty: bool,
     /// (rows, columns) of the caller's terminal.
     pub winsize: Option<(u16, u16)>,
+    /// The command is forked (its pty made and sent back) at once, but waits on the attached
+    /// gate until something can be read from it before its exec: the OCI runtime's `create`
+    /// with a terminal, whose `start` comes later.
+    #[serde(default)]
+    pub gated: bool,
+    /// With a terminal: an exec failure is also written on it, since the caller handed the
+    /// master on (the OCI runtime's console socket) and can show the failure nowhere else.
+    #[serde(default)]
+    pub failure_on_terminal: bool,
     /// As uid 0 of the sandbox, without capabilities (sessions only; E2B's `user="root"`),
     /// instead of the sandbox user.
     #[serde(default)]
@@ -287,8 +297,9 @@ pub fn wait_ready(socket: BorrowedFd<'_>) -> Result<Ready, ChannelError> {
 
 /// Largest message accepted (marks and warnings are small).
 const MAX_MESSAGE: usize = 64 * 1024;
-/// Most descriptors one message carries (the user namespace and up to three v1 cgroups).
-const MAX_FDS: usize = 4;
+/// Most descriptors one message carries (a gated command's three streams, gate and status
+/// pipe; the user namespace and up to three v1 cgroups).
+const MAX_FDS: usize = 5;
 
 /// Sends one message, with `fds` attached.
 pub fn send<T: Serialize>(

@@ -314,7 +314,7 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     // the guard in `child_main` aborts a panic.
     let workload = unsafe { sys::process::fork() }.map_err(at("fork workload"))?;
     if workload == 0 {
-        let failure = exec_workload(&command, tty.as_ref().map(|t| t.slave.as_fd()));
+        let failure = exec_workload(&command, tty.as_ref().map(|t| t.slave.as_fd()), None);
         let _ = rustix::io::write(
             s.exec_status,
             &serde_json::to_vec(&failure).unwrap_or_default(),
@@ -605,9 +605,14 @@ impl Command {
     }
 }
 
-/// The workload side of the fork: returns only when the command could not be started.
+/// The workload side of the fork: returns only when the command could not be started. With a
+/// `gate`, the last step before the exec is waiting until the gate can be read.
 #[allow(unsafe_code)] // the terminal onto 0-2; the block says why it is sound
-fn exec_workload(cmd: &Command, tty: Option<BorrowedFd<'_>>) -> ExecFailure {
+fn exec_workload(
+    cmd: &Command,
+    tty: Option<BorrowedFd<'_>>,
+    gate: Option<BorrowedFd<'_>>,
+) -> ExecFailure {
     let setup_failure = |what: &str, e: io::Error| ExecFailure {
         code: exit::NSBOX_FAILED,
         message: format!("{what}: {e}"),
@@ -645,6 +650,13 @@ fn exec_workload(cmd: &Command, tty: Option<BorrowedFd<'_>>) -> ExecFailure {
     }
     if let Err(e) = sys::signal::reset_for_exec() {
         return setup_failure("reset signals", e);
+    }
+    // After the signal reset, so a signal for a command still at its gate (`kill` of a
+    // created container) ends it as it would end the program.
+    if let Some(gate) = gate {
+        if let Err(e) = wait_at_gate(gate) {
+            return setup_failure("wait for the start", e);
+        }
     }
     if let Err(e) = sys::fs::cloexec_from(3) {
         return setup_failure("close descriptors", e);
@@ -695,6 +707,20 @@ fn exec_workload(cmd: &Command, tty: Option<BorrowedFd<'_>>) -> ExecFailure {
                 cmd.name, cmd.search_path
             ),
         },
+    }
+}
+
+/// Blocks until the gate yields data (the runtime's `start` writes to it); its end without
+/// data means the command is not to run.
+fn wait_at_gate(gate: BorrowedFd<'_>) -> io::Result<()> {
+    let mut buf = [0u8; 16];
+    loop {
+        match rustix::io::read(gate, &mut buf) {
+            Ok(0) => return Err(io::Error::other("the gate closed without a start")),
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
+        }
     }
 }
 
@@ -871,7 +897,7 @@ fn spawn_command(
 ) -> io::Result<(i32, Option<OwnedFd>)> {
     let (uid, gid) = if request.as_root { (0, 0) } else { (uid, gid) };
     let command = Command::from_parts(&request.argv, &request.env, &request.workdir)?;
-    let expected = if request.tty { 1 } else { 4 };
+    let expected = if request.tty { 1 } else { 4 } + usize::from(request.gated);
     if attached.len() != expected {
         return Err(io::Error::other(format!(
             "expected {expected} descriptors with the request, got {}",
@@ -893,6 +919,11 @@ fn spawn_command(
     let status = attached
         .last()
         .ok_or_else(|| io::Error::other("no status pipe"))?;
+    let gate = request
+        .gated
+        .then(|| attached.get(attached.len().wrapping_sub(2)))
+        .flatten()
+        .map(|g| g.as_fd());
     // SAFETY: the init is single-threaded; the child ends through execve or exit_now, and the
     // guard in `child_main` aborts a panic.
     let pid = unsafe { sys::process::fork() }?;
@@ -921,7 +952,13 @@ fn spawn_command(
                 }
             }
         }
-        let failure = exec_workload(&command, pty.as_ref().map(|p| p.slave.as_fd()));
+        let failure = exec_workload(&command, pty.as_ref().map(|p| p.slave.as_fd()), gate);
+        if let (Some(pty), true) = (&pty, request.failure_on_terminal) {
+            let _ = rustix::io::write(
+                &pty.slave,
+                format!("nsbox: {}\n", failure.message).as_bytes(),
+            );
+        }
         let _ = rustix::io::write(status, &serde_json::to_vec(&failure).unwrap_or_default());
         sys::process::exit_now(failure.code);
     }

@@ -230,6 +230,8 @@ pub async fn start(
                 workdir: cmd.cwd.clone(),
                 tty: false,
                 winsize: None,
+                gated: false,
+                failure_on_terminal: false,
                 as_root: cmd.as_root,
             },
             &[

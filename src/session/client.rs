@@ -53,6 +53,8 @@ pub struct SessionExec {
     pub workdir: Option<PathBuf>,
     pub stdin: bool,
     pub tty: bool,
+    /// The terminal's (rows, columns); None: the size of this process's terminal.
+    pub winsize: Option<(u16, u16)>,
     pub json: bool,
     pub timeout: Option<Duration>,
     /// None: the session's default.
@@ -72,6 +74,21 @@ pub struct SessionExec {
     /// As root of the sandbox (uid 0, no capabilities) instead of its user.
     pub as_root: bool,
 }
+
+/// What a command may take besides [`SessionExec`]'s plain data: descriptors and a hand-off.
+#[derive(Default)]
+pub struct ExecAttach {
+    /// The command is forked at once but waits, before its exec, until this can be read
+    /// (the OCI runtime's start FIFO: `create` makes the process, `start` lets it run).
+    pub gate: Option<OwnedFd>,
+    /// With a terminal: where the pty master goes instead of this process's relay (the OCI
+    /// runtime's console socket). Called once, as soon as the command exists; an error ends
+    /// the exec (and with it the command).
+    pub on_terminal: Option<TerminalHandoff>,
+}
+
+/// Takes a command's pty master (see [`ExecAttach::on_terminal`]).
+pub type TerminalHandoff = Box<dyn FnOnce(OwnedFd) -> Result<(), SessionError>>;
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SessionError {
     move |e| SessionError::Io(what, e)
@@ -207,6 +224,16 @@ impl SessionClient {
 
     /// Runs a command in the session and relays it to completion.
     pub fn exec(self, ex: SessionExec, t0: u64) -> Result<Outcome, SessionError> {
+        self.exec_with(ex, t0, ExecAttach::default())
+    }
+
+    /// [`SessionClient::exec`], with a gate and a terminal hand-off.
+    pub fn exec_with(
+        self,
+        ex: SessionExec,
+        t0: u64,
+        extra: ExecAttach,
+    ) -> Result<Outcome, SessionError> {
         let signalfd = sys::signal::take_relay_signals().map_err(io_err("take over signals"))?;
         let timer = ex
             .timeout
@@ -241,12 +268,17 @@ impl SessionClient {
             attached.extend(out_pipe.as_ref().map(|(_, w)| w.as_fd()));
             attached.extend(err_pipe.as_ref().map(|(_, w)| w.as_fd()));
         }
+        attached.extend(extra.gate.as_ref().map(|g| g.as_fd()));
         attached.push(status_write.as_fd());
         let winsize = ex.tty.then(|| {
-            [0, 1, 2]
-                .into_iter()
-                .find_map(|fd| rustix::termios::tcgetwinsize(crate::relay::stream::std_fd(fd)).ok())
-                .map(|ws| (ws.ws_row, ws.ws_col))
+            ex.winsize.or_else(|| {
+                [0, 1, 2]
+                    .into_iter()
+                    .find_map(|fd| {
+                        rustix::termios::tcgetwinsize(crate::relay::stream::std_fd(fd)).ok()
+                    })
+                    .map(|ws| (ws.ws_row, ws.ws_col))
+            })
         });
         self.send(
             &Request::Exec {
@@ -255,11 +287,16 @@ impl SessionClient {
                 workdir: ex.workdir.clone(),
                 tty: ex.tty,
                 winsize: winsize.flatten(),
+                gated: extra.gate.is_some(),
+                failure_on_terminal: extra.on_terminal.is_some(),
                 as_root: ex.as_root,
             },
             &attached,
         )?;
         drop(attached);
+        // The command holds the gate now. Ours would outlive it: the runtime's `start` must
+        // find the start FIFO without a reader (ENXIO) once the gated command is gone.
+        drop(extra.gate);
         drop(status_write);
         let stdin_dst = stdin_pipe.map(|(_, w)| w);
         let out = out_pipe.map(|(r, _)| r);
@@ -282,6 +319,7 @@ impl SessionClient {
             socket_open: true,
             exec_id: None,
             usage: Usage::default(),
+            on_terminal: extra.on_terminal,
         };
         let result = event_loop::drive(&mut run);
         let relay_truncated = run.relay.as_ref().is_some_and(|r| r.truncated());
@@ -344,6 +382,7 @@ struct ClientRun<'a> {
     socket_open: bool,
     exec_id: Option<u64>,
     usage: Usage,
+    on_terminal: Option<TerminalHandoff>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -505,10 +544,19 @@ impl ClientRun<'_> {
                     stdin,
                 )
                 .map_err(|e| SessionError::Io(e.what, e.source))?;
-                if let Some(master) = fds.into_iter().next() {
-                    relay
+                match (fds.into_iter().next(), self.on_terminal.take()) {
+                    (Some(master), Some(handoff)) => handoff(master)?,
+                    (Some(master), None) => relay
                         .attach_terminal(master)
-                        .map_err(|e| SessionError::Io(e.what, e.source))?;
+                        .map_err(|e| SessionError::Io(e.what, e.source))?,
+                    // A caller waiting for the hand-off (the runtime's `create`) must not wait
+                    // for a command that may be gated until it returns.
+                    (None, Some(_)) => {
+                        return Err(SessionError::Protocol(
+                            "the command started without its pty master".into(),
+                        ))
+                    }
+                    (None, None) => {}
                 }
                 match crate::relay::log::OutputLog::open(&self.client.output_log, exec_id) {
                     Ok(log) => relay.keep_in(log),

@@ -651,10 +651,21 @@ impl Daemon<'_> {
                     workdir,
                     tty,
                     winsize,
+                    gated,
+                    failure_on_terminal,
                     as_root,
                 },
                 fds,
-            ) => self.exec(id, argv, env, workdir, (tty, winsize), as_root, fds),
+            ) => self.exec(
+                id,
+                argv,
+                env,
+                workdir,
+                (tty, winsize, failure_on_terminal),
+                as_root,
+                gated,
+                fds,
+            ),
             (Request::Signal { signal }, _) => {
                 let exec = self
                     .clients
@@ -823,8 +834,10 @@ impl Daemon<'_> {
         argv: Vec<Vec<u8>>,
         env: Vec<(String, String)>,
         workdir: Option<PathBuf>,
-        (tty, winsize): (bool, Option<(u16, u16)>),
+        // (tty, winsize, failure_on_terminal): the command's terminal, if any.
+        (tty, winsize, failure_on_terminal): (bool, Option<(u16, u16)>, bool),
         as_root: bool,
+        gated: bool,
         fds: Vec<OwnedFd>,
     ) {
         let busy = self
@@ -879,6 +892,8 @@ impl Daemon<'_> {
             workdir: workdir.unwrap_or_else(|| self.spec.workdir.clone()),
             tty,
             winsize,
+            gated,
+            failure_on_terminal,
             as_root,
         };
         let attached: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();

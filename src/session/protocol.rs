@@ -12,7 +12,8 @@ use crate::relay::Usage;
 #[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum Request {
-    /// Run a command. Attached: [stdin, stdout, stderr, status], or [status] with a terminal.
+    /// Run a command. Attached: [stdin, stdout, stderr, status], or [status] with a terminal;
+    /// `gated`: a gate before the status (see `sandbox::control::ExecRequest::gated`).
     Exec {
         argv: Vec<Vec<u8>>,
         /// Variables set on top of the session's environment.
@@ -20,6 +21,11 @@ pub enum Request {
         workdir: Option<PathBuf>,
         tty: bool,
         winsize: Option<(u16, u16)>,
+        #[serde(default)]
+        gated: bool,
+        /// See `sandbox::control::ExecRequest::failure_on_terminal`.
+        #[serde(default)]
+        failure_on_terminal: bool,
         /// As root of the sandbox (uid 0, no capabilities) instead of its user.
         #[serde(default)]
         as_root: bool,

@@ -68,19 +68,27 @@ impl Bundle {
 
     /// `create` with the container's streams in files (as a shim passes its FIFOs).
     fn create(&self, id: &str) -> Run {
+        self.create_with(id, &[])
+    }
+
+    /// `create` with `flags` besides the bundle and the pid file. (The waiter keeps create's
+    /// streams: pipes would stay open as long as the container.)
+    fn create_with(&self, id: &str, flags: &[&str]) -> Run {
         let out = std::fs::File::create(self.path(&format!("{id}.out"))).unwrap();
         let err = std::fs::File::create(self.path(&format!("{id}.err"))).unwrap();
         let bundle = self.path("bundle");
         let pid_file = self.path(&format!("{id}.pid"));
+        let mut args = vec![
+            "create",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        args.push(id);
         let status = self
-            .runtime_cmd(&[
-                "create",
-                "--bundle",
-                bundle.to_str().unwrap(),
-                "--pid-file",
-                pid_file.to_str().unwrap(),
-                id,
-            ])
+            .runtime_cmd(&args)
             .stdout(out)
             .stderr(err)
             .status()
@@ -370,33 +378,12 @@ fn runtime_exec_ps_pause_and_resume_a_running_container() {
     );
 
     // Refusals name the field or the flag.
-    let tty = process_file(&b, "p4.json", &["/bin/true"], |p| {
-        p["terminal"] = serde_json::json!(true)
-    });
-    let run = b.runtime(&["exec", "--process", tty.to_str().unwrap(), "live"]);
-    assert!(
-        run.code != 0 && run.stderr.contains("terminal"),
-        "{}",
-        run.stderr
-    );
     let other = process_file(&b, "p5.json", &["/bin/true"], |p| {
         p["user"] = serde_json::json!({"uid": 1000, "gid": 1000})
     });
     let run = b.runtime(&["exec", "--process", other.to_str().unwrap(), "live"]);
     assert!(
         run.code != 0 && run.stderr.contains("user"),
-        "{}",
-        run.stderr
-    );
-    let run = b.runtime(&[
-        "exec",
-        "--tty",
-        "--process",
-        other.to_str().unwrap(),
-        "live",
-    ]);
-    assert!(
-        run.code != 0 && run.stderr.contains("--tty"),
         "{}",
         run.stderr
     );
@@ -586,6 +573,112 @@ fn runtime_runs_under_containerd_with_ctr_run() {
     assert!(left.is_empty(), "runtime state left: {left:?}");
 }
 
+/// `ctr run -t`: the shim hands nsbox its console socket, gets the pty master of a terminal
+/// made in the sandbox and relays it to ctr's own terminal (here `script`'s pty).
+#[test]
+fn runtime_runs_a_terminal_container_under_containerd_with_ctr_run_t() {
+    require_root!();
+    assert!(
+        Path::new("/usr/bin/script").exists(),
+        "script (util-linux) is needed for this test"
+    );
+    let b = Bundle::new(config(&["/bin/true"]));
+    let rootfs = b.path("bundle/rootfs");
+    for d in ["proc", "dev", "sys", "run", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let runc = b.path("nsbox-runc");
+    std::os::unix::fs::symlink(nsbox_bin(), &runc).unwrap();
+    let runc_root = b.path("runc-root");
+    let fifos = b.path("fifos");
+    let ctrd = Containerd::start();
+    // ctr -t needs a terminal of its own: `script` gives it one and passes its status on.
+    let ctr = format!(
+        "/usr/bin/ctr --address {} -n nsbox-test run -t --rm --fifo-dir {} --rootfs \
+         --runc-binary {} --runc-root {} {} tty1 /bin/sh -c 'echo in $(tty); exit 7'",
+        ctrd.dir.path().join("containerd.sock").display(),
+        fifos.display(),
+        runc.display(),
+        runc_root.display(),
+        rootfs.display(),
+    );
+    let run: Run = Command::new("/usr/bin/script")
+        .args(["-q", "-e", "-c", &ctr, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(run.code, 7, "stdout {} stderr {}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("in /dev/pts/"),
+        "the container's own terminal: {:?}",
+        run.stdout
+    );
+    assert!(
+        ctrd.ctr(&["task", "ls", "-q"]).stdout.trim().is_empty(),
+        "no task left"
+    );
+
+    // `ctr task exec -t` into a running container: the shim's `exec --detach --tty
+    // --console-socket`; then a plain `ctr task exec`.
+    let socket = ctrd.dir.path().join("containerd.sock");
+    let run = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--fifo-dir",
+        fifos.to_str().unwrap(),
+        "--rootfs",
+        "--runc-binary",
+        runc.to_str().unwrap(),
+        "--runc-root",
+        runc_root.to_str().unwrap(),
+        rootfs.to_str().unwrap(),
+        "tty2",
+        "/bin/sleep",
+        "4716",
+    ]);
+    assert_eq!(run.code, 0, "ctr run -d: {}", run.stderr);
+    let exec = format!(
+        "/usr/bin/ctr --address {} -n nsbox-test task exec -t --fifo-dir {} --exec-id e1 tty2 \
+         /bin/sh -c 'echo in $(tty); exit 9'",
+        socket.display(),
+        fifos.display(),
+    );
+    let run: Run = Command::new("/usr/bin/script")
+        .args(["-q", "-e", "-c", &exec, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(run.code, 9, "stdout {} stderr {}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("in /dev/pts/"), "{:?}", run.stdout);
+    let run = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        fifos.to_str().unwrap(),
+        "--exec-id",
+        "e2",
+        "tty2",
+        "/bin/sh",
+        "-c",
+        "echo plain; exit 2",
+    ]);
+    assert_eq!(run.code, 2, "stdout {} stderr {}", run.stdout, run.stderr);
+    assert_eq!(run.stdout.trim(), "plain", "{}", run.stderr);
+    let killed = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "tty2"]);
+    assert_eq!(killed.code, 0, "{}", killed.stderr);
+    assert!(
+        eventually(30.0, || ctrd.ctr(&["task", "delete", "tty2"]).code == 0),
+        "the killed task is deleted"
+    );
+    assert_eq!(ctrd.ctr(&["container", "delete", "tty2"]).code, 0);
+    assert!(
+        host_processes_matching("/bin/sleep 4716").is_empty(),
+        "no process of the container is left"
+    );
+}
+
 /// A pod's network namespace (what Kubernetes' sandbox container and the CNI set up) is
 /// joined by path: the container sees the pod's interface and address, not a new empty
 /// namespace, and keeps nsbox's own other namespaces; the namespace outlives the container.
@@ -713,4 +806,370 @@ fn runtime_joins_a_pods_ipc_and_uts_namespaces_by_path() {
     assert_ne!(lines.get(2), Some(&"sleep"), "its own pid namespace: {out}");
     assert!(lines.len() == 3, "{out}");
     assert_eq!(b.runtime(&["delete", "pod2"]).code, 0);
+}
+
+/// The engine's side of `--console-socket` (go-runc's `NewTempConsoleSocket` and
+/// `ReceiveMaster`): a listening unix socket; the runtime sends one message, the master's name
+/// as the payload and the master as its one descriptor.
+struct ConsoleReceiver {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleReceiver {
+    fn new(b: &Bundle, name: &str) -> ConsoleReceiver {
+        let path = b.path(name);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        ConsoleReceiver { listener, path }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// Accepts the runtime's connection and reads its one message: (name, master).
+    fn receive(&self) -> (String, std::os::fd::OwnedFd) {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        use std::mem::MaybeUninit;
+        let (conn, _) = self.listener.accept().unwrap();
+        let mut name = [0u8; 4096];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [std::io::IoSliceMut::new(&mut name)];
+        let got =
+            rustix::net::recvmsg(&conn, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC).unwrap();
+        let mut fds = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
+            }
+        }
+        assert_eq!(fds.len(), 1, "exactly one descriptor");
+        let name = String::from_utf8_lossy(&name[..got.bytes]).into_owned();
+        (name, fds.pop().unwrap())
+    }
+}
+
+/// Types `input` into the terminal and reads everything it shows until the process behind it
+/// is gone (the master then reads EIO). A reader thread, so a process that never ends fails
+/// the test instead of hanging it.
+fn converse(master: std::os::fd::OwnedFd, input: &str) -> String {
+    use std::io::{Read, Write};
+    let mut terminal = std::fs::File::from(master);
+    terminal.write_all(input.as_bytes()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match terminal.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => shown.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = tx.send(String::from_utf8_lossy(&shown).into_owned());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the terminal's process did not end")
+}
+
+/// The first `/dev/pts/N` a terminal showed.
+fn pts_name(shown: &str) -> Option<&str> {
+    let start = shown.find("/dev/pts/")?;
+    let rest = &shown[start..];
+    let end = rest
+        .char_indices()
+        .skip("/dev/pts/".len())
+        .find(|(_, c)| !c.is_ascii_digit())
+        .map_or(rest.len(), |(i, _)| i);
+    Some(&rest[..end]).filter(|n| n.len() > "/dev/pts/".len())
+}
+
+fn create_with_console(b: &Bundle, id: &str, console: &str) -> Run {
+    b.create_with(id, &["--console-socket", console])
+}
+
+/// `process.terminal`: `create` sends the pty master of a terminal made in the sandbox's own
+/// devpts to the console socket before it returns; the process runs on it after `start`, as
+/// an interactive shell with a controlling terminal, and its exit status is the container's.
+#[test]
+fn runtime_gives_a_terminal_process_its_pty_through_the_console_socket() {
+    require_root!();
+    let mut cfg = config(&["/bin/sh"]);
+    cfg["process"]["terminal"] = serde_json::json!(true);
+    cfg["process"]["consoleSize"] = serde_json::json!({"height": 33, "width": 101});
+    let b = Bundle::new(cfg);
+    let console = ConsoleReceiver::new(&b, "console.sock");
+    let created = create_with_console(&b, "tty1", console.path());
+    assert_eq!(created.code, 0, "create: {}", created.stderr);
+    // `create` returned: the master is already waiting on the socket.
+    let (name, master) = console.receive();
+    assert_eq!(name, "/dev/ptmx", "runc's name for the master");
+    assert!(rustix::termios::isatty(&master), "a terminal's master");
+    let size = rustix::termios::tcgetwinsize(&master).unwrap();
+    assert_eq!((size.ws_row, size.ws_col), (33, 101), "process.consoleSize");
+    assert_eq!(b.status("tty1"), "created", "nothing runs before start");
+    let session = b.session("tty1");
+
+    let started = b.runtime(&["start", "tty1"]);
+    assert_eq!(started.code, 0, "start: {}", started.stderr);
+    let shown = converse(master, "echo hi$((6*7)); tty; exit 3\n");
+    assert!(shown.contains("hi42"), "the shell's output: {shown:?}");
+    let pts = pts_name(&shown).unwrap_or_else(|| panic!("tty names a pts: {shown:?}"));
+    assert!(!shown.contains("not a tty"), "{shown:?}");
+    assert!(eventually(30.0, || b.status("tty1") == "stopped"));
+    assert_eq!(
+        std::fs::read_to_string(b.path("state/tty1/exit")).unwrap(),
+        "3",
+        "the process's exit status ({pts})"
+    );
+    let deleted = b.runtime(&["delete", "tty1"]);
+    assert_eq!(deleted.code, 0, "delete: {}", deleted.stderr);
+    assert!(leftover_cgroups(&session).is_empty(), "no cgroup left");
+
+    // A created terminal container killed before its start: its process ends with the signal.
+    let console = ConsoleReceiver::new(&b, "console2.sock");
+    assert_eq!(
+        create_with_console(&b, "tty2", console.path()).code,
+        0,
+        "create tty2"
+    );
+    let (_, master) = console.receive();
+    assert_eq!(b.runtime(&["kill", "tty2", "TERM"]).code, 0);
+    assert!(eventually(30.0, || b.status("tty2") == "stopped"));
+    assert_eq!(
+        std::fs::read_to_string(b.path("state/tty2/exit")).unwrap(),
+        "143",
+        "ended by SIGTERM at its gate"
+    );
+    drop(master);
+    assert_eq!(b.runtime(&["delete", "tty2"]).code, 0);
+
+    // A program that is not there: the reason shows on the terminal (the engine's only view
+    // of the process), the status is 127.
+    let mut missing = config(&["/nonexistent"]);
+    missing["process"]["terminal"] = serde_json::json!(true);
+    std::fs::write(
+        b.path("bundle/config.json"),
+        serde_json::to_vec(&missing).unwrap(),
+    )
+    .unwrap();
+    let console = ConsoleReceiver::new(&b, "console3.sock");
+    let created = create_with_console(&b, "tty3", console.path());
+    assert_eq!(created.code, 0, "create: {}", created.stderr);
+    let (_, master) = console.receive();
+    assert_eq!(b.runtime(&["start", "tty3"]).code, 0);
+    let shown = converse(master, "");
+    assert!(
+        shown.contains("command not found") && shown.contains("/nonexistent"),
+        "{shown:?}"
+    );
+    assert!(eventually(30.0, || b.status("tty3") == "stopped"));
+    assert_eq!(
+        std::fs::read_to_string(b.path("state/tty3/exit")).unwrap(),
+        "127"
+    );
+    assert_eq!(b.runtime(&["delete", "tty3"]).code, 0);
+}
+
+/// `exec --detach --tty --console-socket` (the shim's `exec -t`): the master goes to the
+/// socket before `exec` returns; the process's exit status is its waiter's (read here by a
+/// subreaper, as the shim is one).
+#[test]
+fn runtime_exec_with_a_tty_sends_its_master_to_the_console_socket() {
+    require_root!();
+    let b = Bundle::new(config(&["/bin/sleep", "4714"]));
+    assert_eq!(b.create("execty").code, 0);
+    assert_eq!(b.runtime(&["start", "execty"]).code, 0);
+    let p = process_file(&b, "tty.json", &["/bin/sh"], |p| {
+        p["consoleSize"] = serde_json::json!({"height": 24, "width": 90})
+    });
+    let console = ConsoleReceiver::new(&b, "exec-console.sock");
+    let pid_file = b.path("exec-tty.pid");
+    // A subreaper runs `exec` and then waits for the waiter it leaves behind.
+    let reaper = "import ctypes, os, subprocess, sys\n\
+                  ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n\
+                  r = subprocess.run(sys.argv[2:])\n\
+                  if r.returncode != 0: sys.exit(100 + r.returncode)\n\
+                  pid = int(open(sys.argv[1]).read())\n\
+                  _, status = os.waitpid(pid, 0)\n\
+                  print(os.waitstatus_to_exitcode(status))\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", reaper])
+        .arg(&pid_file)
+        .arg(nsbox_bin())
+        .arg("runtime")
+        .arg("--root")
+        .arg(b.path("state"))
+        .args([
+            "exec",
+            "--detach",
+            "--tty",
+            "--console-socket",
+            console.path(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--process",
+            p.to_str().unwrap(),
+            "execty",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let reaper = cmd.spawn().expect("python3 is needed for this test");
+    let (name, master) = console.receive();
+    assert_eq!(name, "/dev/ptmx");
+    let size = rustix::termios::tcgetwinsize(&master).unwrap();
+    assert_eq!((size.ws_row, size.ws_col), (24, 90), "process.consoleSize");
+    let shown = converse(master, "echo ${GREETING}x; tty; exit 4\n");
+    assert!(shown.contains("hix"), "the process's env: {shown:?}");
+    assert!(pts_name(&shown).is_some(), "tty names a pts: {shown:?}");
+    let out = reaper.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "4",
+        "the exec's exit status: {out:?}"
+    );
+    assert_eq!(b.status("execty"), "running", "the container goes on");
+
+    // The process file's own `terminal: true` asks for a terminal as --tty does.
+    let p = process_file(&b, "tty3.json", &["/bin/sh", "-c", "tty; exit 0"], |p| {
+        p["terminal"] = serde_json::json!(true)
+    });
+    let console = ConsoleReceiver::new(&b, "exec-console3.sock");
+    let run = b.runtime(&[
+        "exec",
+        "--detach",
+        "--console-socket",
+        console.path(),
+        "--process",
+        p.to_str().unwrap(),
+        "execty",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (_, master) = console.receive();
+    let shown = converse(master, "");
+    assert!(pts_name(&shown).is_some(), "tty names a pts: {shown:?}");
+
+    // An attached `exec --tty` (no socket) relays the terminal on its own streams.
+    let run = b.runtime(&[
+        "exec",
+        "--tty",
+        "--process",
+        process_file(&b, "tty2.json", &["/bin/sh", "-c", "tty; exit 6"], |_| {})
+            .to_str()
+            .unwrap(),
+        "execty",
+    ]);
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(pts_name(&run.stdout).is_some(), "{:?}", run.stdout);
+    let session = b.session("execty");
+    assert_eq!(b.runtime(&["delete", "--force", "execty"]).code, 0);
+    assert!(leftover_cgroups(&session).is_empty());
+}
+
+/// runc's rules for terminals, each refusal naming the flag or field and making nothing.
+#[test]
+fn runtime_refuses_terminal_and_console_socket_mismatches() {
+    require_root!();
+    let mut cfg = config(&["/bin/sh"]);
+    cfg["process"]["terminal"] = serde_json::json!(true);
+    let b = Bundle::new(cfg);
+    // A terminal and no socket.
+    let run = b.create("nosock");
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("process.terminal") && run.stderr.contains("--console-socket"),
+        "{}",
+        run.stderr
+    );
+    assert!(!b.path("state/nosock").exists(), "nothing was made");
+    // A socket path where nothing listens, and one that does not exist.
+    let missing = b.path("no-such.sock");
+    let run = create_with_console(&b, "missing", missing.to_str().unwrap());
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("--console-socket") && run.stderr.contains("no-such.sock"),
+        "{}",
+        run.stderr
+    );
+    assert!(!b.path("state/missing").exists(), "nothing was made");
+    let file = b.path("not-a-socket");
+    std::fs::write(&file, b"").unwrap();
+    let run = create_with_console(&b, "notsock", file.to_str().unwrap());
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("--console-socket"), "{}", run.stderr);
+    assert!(!b.path("state/notsock").exists(), "nothing was made");
+
+    // A socket and no terminal.
+    let plain = Bundle::new(config(&["/bin/sleep", "4715"]));
+    let console = ConsoleReceiver::new(&plain, "console.sock");
+    let run = create_with_console(&plain, "noterm", console.path());
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("--console-socket") && run.stderr.contains("process.terminal"),
+        "{}",
+        run.stderr
+    );
+    assert!(!plain.path("state/noterm").exists());
+
+    // exec: --detach with a terminal needs the socket; an attached exec takes none; a socket
+    // needs a terminal.
+    assert_eq!(plain.create("live").code, 0);
+    assert_eq!(plain.runtime(&["start", "live"]).code, 0);
+    let p = process_file(&plain, "p.json", &["/bin/true"], |_| {});
+    let p = p.to_str().unwrap();
+    let run = plain.runtime(&["exec", "--detach", "--tty", "--process", p, "live"]);
+    assert!(
+        run.code != 0 && run.stderr.contains("--console-socket"),
+        "{}",
+        run.stderr
+    );
+    let run = plain.runtime(&[
+        "exec",
+        "--tty",
+        "--console-socket",
+        console.path(),
+        "--process",
+        p,
+        "live",
+    ]);
+    assert!(
+        run.code != 0 && run.stderr.contains("--detach"),
+        "{}",
+        run.stderr
+    );
+    let run = plain.runtime(&[
+        "exec",
+        "--detach",
+        "--console-socket",
+        console.path(),
+        "--process",
+        p,
+        "live",
+    ]);
+    assert!(
+        run.code != 0 && run.stderr.contains("--tty"),
+        "{}",
+        run.stderr
+    );
+    let run = plain.runtime(&[
+        "exec",
+        "--detach",
+        "--tty",
+        "--console-socket",
+        missing.to_str().unwrap(),
+        "--process",
+        p,
+        "live",
+    ]);
+    assert!(
+        run.code != 0 && run.stderr.contains("--console-socket"),
+        "{}",
+        run.stderr
+    );
+    let session = plain.session("live");
+    assert_eq!(plain.runtime(&["delete", "--force", "live"]).code, 0);
+    assert!(leftover_cgroups(&session).is_empty());
 }
