@@ -451,7 +451,7 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
         ],
     );
     let made = parent.sh("mkdir -p /sandbox/w && echo parent > /sandbox/w/f \
-         && echo root > /data/new && { nohup sleep 3217 >/dev/null 2>&1 & }");
+         && echo root > /data/new && rm /data/old && { nohup sleep 3217 >/dev/null 2>&1 & }");
     assert_eq!(made.code, 0, "{made:?}");
     let forks_name = format!("{}-f", parent.name);
     let out = ctx.run(&["fork", &parent.name, "--count", "2", "--name", &forks_name]);
@@ -468,8 +468,12 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
     for f in &forks {
         // The parent's files, in /sandbox and in its root; none of its processes or secrets.
         let seen = f.sh("cat /sandbox/w/f /data/new; echo \"token=$API_TOKEN\"; \
-             for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | grep -c '^sleep$'");
-        assert_eq!(seen.stdout, "parent\nroot\ntoken=\n0\n", "{seen:?}");
+             for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | grep -c '^sleep$'; \
+             test -e /data/old || echo deleted");
+        assert_eq!(
+            seen.stdout, "parent\nroot\ntoken=\n0\ndeleted\n",
+            "{seen:?}"
+        );
         let row = ps_row(&ctx, &f.name);
         assert_eq!(row["network"], "filtered", "{row}");
     }
@@ -505,6 +509,25 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
     assert_eq!(ps_row(&ctx, &own_fork.name)["network"], "none");
     assert_eq!(own_fork.sh("echo $API_TOKEN").stdout, "***\n");
 
+    // A fork of a fork: the first fork's files over its parent's.
+    let grand = ctx.run(&[
+        "fork",
+        &forks[0].name,
+        "--name",
+        &format!("{forks_name}-grand"),
+    ]);
+    assert_eq!(grand.code, 0, "{grand:?}");
+    let grand = Session {
+        ctx: &ctx,
+        name: format!("{forks_name}-grand"),
+    };
+    let seen = grand.sh("cat /sandbox/w/f /data/new; test -e /data/old || echo deleted");
+    assert_eq!(seen.stdout, "one\nroot\ndeleted\n", "{seen:?}");
+    // A fork's files are in no image: commit says so instead of losing them.
+    let commit = ctx.run(&["commit", &grand.name, "grand:1"]);
+    assert_ne!(commit.code, 0, "{commit:?}");
+    assert!(commit.stderr.contains("commit the parent"), "{commit:?}");
+
     // Removing the parent first leaves the forks working; then nothing is left.
     let parent_id = parent.id();
     drop(parent);
@@ -512,14 +535,21 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
     let fork_ids: Vec<String> = forks.iter().map(|f| f.id()).collect();
     drop(forks);
     drop(own_fork);
+    drop(grand);
     for id in fork_ids.iter().chain([&parent_id]) {
         assert!(leftover_cgroups(id).is_empty(), "{id}");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(id.as_str()), "{id} still mounted");
     }
+    // The snapshot layers went with their last fork.
     ctx.ok(&["prune"]);
-    let images = ctx.ok(&["images"]);
-    assert!(!images.contains("nsbox-fork"), "{images}");
+    let layers: Vec<_> = std::fs::read_dir(ctx.store().join("layers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    assert!(layers.is_empty(), "{layers:?}");
 }
 
 #[test]
