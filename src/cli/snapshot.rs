@@ -1,5 +1,6 @@
-//! Snapshot commands of sessions: `nsbox pause`, `nsbox resume` (the cgroup freezer) and
-//! `nsbox commit` (a session's filesystem as an image in the store).
+//! Snapshot commands of sessions: `nsbox pause`, `nsbox resume` (the cgroup freezer),
+//! `nsbox commit` (a session's filesystem as an image in the store) and `nsbox fork` (sessions
+//! stacked on a snapshot layer of one).
 
 use std::path::Path;
 

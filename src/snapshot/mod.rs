@@ -1,6 +1,7 @@
 //! Snapshots of sessions: `nsbox commit` turns a living session's filesystem into an image in
-//! the store. (`nsbox pause`/`resume` are the session supervisor's cgroup freezer, see
-//! `session::daemon`; this module is what happens outside it.)
+//! the store; `nsbox fork` copies it into a snapshot layer that forks are stacked on
+//! ([`snapshot_for_fork`], [`layer`]). (`nsbox pause`/`resume` are the session supervisor's
+//! cgroup freezer, see `session::daemon`; this module is what happens outside it.)
 //!
 //! # What a commit captures
 //! One new layer on top of the session's image: the overlay's upper directory (what the
@@ -443,7 +444,8 @@ pub fn fork_names(req: &ForkRequest) -> Result<Vec<Option<String>>, ForkError> {
 }
 
 /// The `nsbox create` arguments of one fork of a session (`parent`, `info` from its
-/// supervisor) stacked on the snapshot image `image`: the parent's profile, limits, user,
+/// supervisor) of the image `image` (the snapshot's layers go on top of it; `nsbox fork`
+/// parses these in its own process, the serve API runs them): the parent's profile, limits, user,
 /// writable root and network policy (unless the request gives one), and the request's
 /// extra flags. Secrets are never the parent's: only what `extra` gives again.
 pub fn fork_create_args(
