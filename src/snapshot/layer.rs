@@ -18,8 +18,7 @@
 //! process just created.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -236,9 +235,11 @@ impl Copy<'_> {
     }
 }
 
-/// Copies a regular file's bytes (the kernel's copy: `copy_file_range` or `sendfile`).
+/// Copies a regular file's data (the kernel's copy: `copy_file_range` or `sendfile`), and
+/// only its data: holes stay holes, so a sparse file the session made (which costs its tmpfs
+/// nothing) costs the store's disk nothing either. Returns the bytes of data copied.
 fn file(src: &Path, dst: &Path) -> io::Result<u64> {
-    let mut from = std::fs::OpenOptions::new()
+    let from = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(src)
@@ -250,14 +251,39 @@ fn file(src: &Path, dst: &Path) -> io::Result<u64> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(dst)
         .map_err(context("create", dst))?;
-    let n = io::copy(&mut from, &mut to).map_err(context("copy", src))?;
-    drop::<File>(to);
-    Ok(n)
+    let size = from.metadata()?.len();
+    let mut copied = 0;
+    let mut at = 0;
+    while at < size {
+        // The next data, and where it ends; ENXIO: only a hole is left.
+        let start = match rfs::seek(&from, rfs::SeekFrom::Data(at)) {
+            Ok(start) => start,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(context("read", src)(errno(e))),
+        };
+        let end = rfs::seek(&from, rfs::SeekFrom::Hole(start))
+            .map_err(errno)
+            .map_err(context("read", src))?
+            .min(size);
+        rfs::seek(&from, rfs::SeekFrom::Start(start)).map_err(errno)?;
+        rfs::seek(&to, rfs::SeekFrom::Start(start)).map_err(errno)?;
+        let n = io::copy(&mut (&from).take(end - start), &mut to).map_err(context("copy", src))?;
+        copied += n;
+        if n < end - start {
+            // The file shrank (it cannot while the session is frozen; stop all the same).
+            break;
+        }
+        at = end;
+    }
+    // A hole at the end.
+    to.set_len(size).map_err(context("size", dst))?;
+    Ok(copied)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::os::unix::fs::PermissionsExt;
 
     fn root() -> bool {
@@ -314,10 +340,28 @@ mod tests {
         std::fs::create_dir(upper.join("sandbox")).unwrap();
         std::fs::write(upper.join("sandbox/stale"), "x").unwrap();
         std::fs::write(sandbox.join("w"), "work").unwrap();
+        // 1 GiB that is all hole but 4 bytes in the middle.
+        let sparse = File::create(sandbox.join("sparse")).unwrap();
+        sparse.set_len(1 << 30).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sparse, b"mid!", 1 << 29).unwrap();
         rfs::chown(sandbox.join("w"), Some(Uid::from_raw(7)), None).unwrap();
 
         let copied = copy_session(&upper, Some(&sandbox), base, &[], &dst).unwrap();
-        assert_eq!(copied.bytes, 8, "f (once for both links) and w");
+        assert!(
+            (12..=8 + 8192).contains(&copied.bytes),
+            "f (once for both links), w and the sparse file's data: {copied:?}"
+        );
+        let sparse = std::fs::metadata(dst.join("sandbox/sparse")).unwrap();
+        assert_eq!(sparse.len(), 1 << 30);
+        assert!(sparse.blocks() * 512 < 1 << 20, "holes stay holes");
+        let mut mid = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &File::open(dst.join("sandbox/sparse")).unwrap(),
+            &mut mid,
+            1 << 29,
+        )
+        .unwrap();
+        assert_eq!(&mid, b"mid!");
 
         let st = std::fs::symlink_metadata(dst.join("gone")).unwrap();
         assert!(
