@@ -468,9 +468,11 @@ impl Store {
     pub fn lease_snapshot_layers(&self, dirs: &[PathBuf]) -> Result<Lease, ImageError> {
         let mut locks = Vec::with_capacity(dirs.len());
         for dir in dirs {
-            let gone = || ImageError::Store {
+            let gone = || {
+                ImageError::Store {
                 path: dir.clone(),
-                reason: "a snapshot layer of the session is missing or being removed".into(),
+                reason: "a snapshot layer of the session (a fork) is missing, being removed, or in another store — hint: fork with the --state-root the session was made with".into(),
+            }
             };
             if dir.parent() != Some(&self.root.join("layers"))
                 || !dir

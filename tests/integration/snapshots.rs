@@ -523,6 +523,13 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
     };
     let seen = grand.sh("cat /sandbox/w/f /data/new; test -e /data/old || echo deleted");
     assert_eq!(seen.stdout, "one\nroot\ndeleted\n", "{seen:?}");
+    // Its layers are in this store: a fork through another is refused, and the fork thawed.
+    let other = StoreCtx::new();
+    let r = other.run(&["fork", &forks[0].name]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("--state-root"), "{r:?}");
+    assert_eq!(forks[0].sh("echo alive").stdout, "alive\n");
+    assert_eq!(other.entries("tmp") + other.entries("layers"), 0, "{r:?}");
     // A fork's files are in no image: commit says so instead of losing them.
     let commit = ctx.run(&["commit", &grand.name, "grand:1"]);
     assert_ne!(commit.code, 0, "{commit:?}");
@@ -568,4 +575,10 @@ fn fork_of_a_missing_session_or_a_bad_count_fails_clearly() {
     let names = ctx.run(&["fork", "x", "--count", "3", "--name", "a", "--name", "b"]);
     assert_eq!(names.code, 121, "{names:?}");
     assert!(names.stderr.contains("one name per fork"), "{names:?}");
+    // A host-root session has no image to stack the snapshot on: refused, nothing made.
+    let host = Session::create(&ctx, "snap-fork-host", &[]);
+    let r = ctx.run(&["fork", &host.name]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("--image"), "{r:?}");
+    assert_eq!(ctx.entries("tmp") + ctx.entries("layers"), 0, "{r:?}");
 }
