@@ -72,7 +72,9 @@ fn store_with_base() -> StoreCtx {
     let mut t = Tar::default();
     t.dir("data/", 0o755)
         .file("data/old", 0o644, b"old\n")
-        .file("data/keep", 0o644, b"keep\n");
+        .file("data/keep", 0o644, b"keep\n")
+        .dir("data/gone/", 0o755)
+        .file("data/gone/f", 0o644, b"f\n");
     for applet in ["mkdir", "chmod", "rm", "ln", "true", "dd", "seq"] {
         t.symlink(&format!("bin/{applet}"), "busybox");
     }
@@ -451,7 +453,8 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
         ],
     );
     let made = parent.sh("mkdir -p /sandbox/w && echo parent > /sandbox/w/f \
-         && echo root > /data/new && rm /data/old && { nohup sleep 3217 >/dev/null 2>&1 & }");
+         && echo root > /data/new && rm /data/old && rm -r /data/gone && mkdir /data/gone \
+         && echo g > /data/gone/g && { nohup sleep 3217 >/dev/null 2>&1 & }");
     assert_eq!(made.code, 0, "{made:?}");
     let forks_name = format!("{}-f", parent.name);
     let out = ctx.run(&["fork", &parent.name, "--count", "2", "--name", &forks_name]);
@@ -469,9 +472,10 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
         // The parent's files, in /sandbox and in its root; none of its processes or secrets.
         let seen = f.sh("cat /sandbox/w/f /data/new; echo \"token=$API_TOKEN\"; \
              for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | grep -c '^sleep$'; \
-             test -e /data/old || echo deleted");
+             test -e /data/old || echo deleted; ls /data/gone");
+        // A deletion (a whiteout) and a directory made anew (opaque) are the parent's too.
         assert_eq!(
-            seen.stdout, "parent\nroot\ntoken=\n0\ndeleted\n",
+            seen.stdout, "parent\nroot\ntoken=\n0\ndeleted\ng\n",
             "{seen:?}"
         );
         let row = ps_row(&ctx, &f.name);
@@ -521,8 +525,9 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
         ctx: &ctx,
         name: format!("{forks_name}-grand"),
     };
-    let seen = grand.sh("cat /sandbox/w/f /data/new; test -e /data/old || echo deleted");
-    assert_eq!(seen.stdout, "one\nroot\ndeleted\n", "{seen:?}");
+    let seen =
+        grand.sh("cat /sandbox/w/f /data/new; test -e /data/old || echo deleted; ls /data/gone");
+    assert_eq!(seen.stdout, "one\nroot\ndeleted\ng\n", "{seen:?}");
     // Its layers are in this store: a fork through another is refused, and the fork thawed.
     let other = StoreCtx::new();
     let r = other.run(&["fork", &forks[0].name]);
