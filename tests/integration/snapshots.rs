@@ -540,10 +540,16 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
     assert_ne!(commit.code, 0, "{commit:?}");
     assert!(commit.stderr.contains("commit the parent"), "{commit:?}");
 
-    // Removing the parent first leaves the forks working; then nothing is left.
+    // Removing the parent first leaves the forks working, also after both prunes (the forks
+    // hold their snapshot layers' lease); then nothing is left.
     let parent_id = parent.id();
     drop(parent);
-    assert_eq!(forks[1].sh("cat /sandbox/w/f").stdout, "parent\n");
+    ctx.ok(&["prune"]);
+    ctx.ok(&["image", "prune"]);
+    assert_eq!(
+        forks[1].sh("cat /sandbox/w/f /data/keep").stdout,
+        "parent\nkeep\n"
+    );
     let fork_ids: Vec<String> = forks.iter().map(|f| f.id()).collect();
     drop(forks);
     drop(own_fork);
