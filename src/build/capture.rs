@@ -25,9 +25,9 @@ use crate::image::digest::{Digest, Hasher};
 use crate::image::tar::{EntryMeta, Kind, TarWriter};
 
 /// Files nsbox writes into every sandbox's root; never part of a built layer.
-const NSBOX_FILES: &[&str] = &["etc/hostname", "etc/hosts", "etc/resolv.conf"];
+pub(crate) const NSBOX_FILES: &[&str] = &["etc/hostname", "etc/hosts", "etc/resolv.conf"];
 /// Account files nsbox merges its users into (kept only when the build changed more).
-const ACCOUNT_FILES: &[&str] = &["etc/passwd", "etc/group"];
+pub(crate) const ACCOUNT_FILES: &[&str] = &["etc/passwd", "etc/group"];
 /// The accounts nsbox adds when an image lacks them.
 const NSBOX_ACCOUNTS: &[&str] = &["root", "tty", "nobody", "nogroup", "sandbox"];
 
@@ -319,14 +319,14 @@ fn open_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-fn is_opaque(dir: &Path) -> bool {
+pub(crate) fn is_opaque(dir: &Path) -> bool {
     let mut value = [0u8; 4];
     rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut value)
         .is_ok_and(|n| value[..n] == *b"y")
 }
 
 /// The `user.*` extended attributes of `path` (others are not part of a layer).
-fn user_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn user_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     let mut names = vec![0u8; 4096];
     let Ok(n) = rustix::fs::llistxattr(path, &mut names) else {
         return Vec::new();
@@ -349,7 +349,7 @@ fn user_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// Whether an account file in the upper layer differs from the layers below only by the
 /// lines nsbox merges in (then the build did not touch it).
-fn only_nsbox_accounts(upper_file: &Path, lowers: &[PathBuf], rel: &str) -> bool {
+pub(crate) fn only_nsbox_accounts(upper_file: &Path, lowers: &[PathBuf], rel: &str) -> bool {
     let Ok(mut f) = open_nofollow(upper_file) else {
         return false;
     };

@@ -609,9 +609,9 @@ pub fn main() -> i32 {
         Command::Pause(args) => snapshot::freeze(args, true),
         Command::Resume(args) => snapshot::freeze(args, false),
         Command::Commit(args) => snapshot::commit(args, &state_root),
-        Command::Fork(args) => snapshot::fork(args, &state_root),
+        Command::Fork(args) => with_config(config(), |c| snapshot::fork(args, &state_root, c)),
         Command::Doctor(args) => doctor::run(args),
-        Command::Prune(args) => with_config(config(), |c| prune::run(args, c)),
+        Command::Prune(args) => with_config(config(), |c| prune::run(args, c, &state_root)),
         Command::Profiles => {
             for name in crate::profile::builtin_names() {
                 let description = crate::profile::Profile::load(name)

@@ -3,7 +3,10 @@
 //! cgroup and its record (`ps -a`; its mounts and namespaces die with its processes), so
 //! leftovers are stale one-shot records and `nsbox-<id>` cgroups that are empty
 //! and not held by a live nsbox. It also removes cached mask layers (see
-//! `crate::rootfs::mask`) that no running sandbox uses.
+//! `crate::rootfs::mask`) that no running sandbox uses, and collects the image store's
+//! garbage as `nsbox image prune` does — unless a load is writing — which is what a killed
+//! `nsbox commit`, `fork` or load leaves there, and a fork's snapshot layer once its last
+//! fork is gone.
 
 use std::time::Duration;
 
@@ -31,7 +34,7 @@ pub struct PruneArgs {
     min_age: Option<crate::units::Timeout>,
 }
 
-pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {
+pub fn run(args: PruneArgs, config: &crate::config::Config, state_root: &std::path::Path) -> i32 {
     let layout = match CgroupLayout::detect() {
         Ok(layout) => layout,
         Err(e) => {
@@ -132,6 +135,30 @@ pub fn run(args: PruneArgs, config: &crate::config::Config) -> i32 {
         let ranges = crate::idrange::prune(crate::idrange::run_dir());
         if ranges > 0 {
             println!("removed  {ranges} idle host id range lock(s)");
+        }
+        // Sessions removed above released their layers' leases.
+        match crate::image::store::Store::open_existing(state_root) {
+            Ok(Some(store)) => match store.collect_garbage(false) {
+                Ok(Some(r)) => {
+                    removed += r.layers + r.temporaries;
+                    if r.layers + r.blobs + r.temporaries > 0 {
+                        println!(
+                            "removed  {} unused image layer(s), {} blob(s), {} unfinished write(s) of the image store",
+                            r.layers, r.blobs, r.temporaries
+                        );
+                    }
+                }
+                Ok(None) => println!(
+                    "skipped  the image store: a load is writing to it (`nsbox image prune` waits for it)"
+                ),
+                Err(e) => {
+                    failed = true;
+                    error(&format!("could not clean up the image store: {e}"));
+                }
+            },
+            Ok(None) => {}
+            // Not nsbox's own leftovers: say so, and leave the store to `nsbox image prune`.
+            Err(e) => error(&format!("warning: the image store was not cleaned up: {e}")),
         }
         println!("{removed} leftover(s) removed");
     }

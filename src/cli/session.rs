@@ -86,6 +86,54 @@ pub fn create(
     t0: u64,
 ) -> i32 {
     let json = args.json;
+    match create_session(args, state_root, config, t0, None) {
+        Ok(record) => {
+            if json {
+                let _ = std::io::stdout().lock().write_all(
+                    &Event::Created {
+                        id: &record.id,
+                        name: record.name.as_deref(),
+                    }
+                    .to_line(),
+                );
+            } else {
+                println!("{}", record.id);
+            }
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+/// One fork of `nsbox fork`, made in its process: a session from `args` (the `nsbox create`
+/// flags [`crate::snapshot::fork_create_args`] gives) stacked on the snapshot. Its supervisor
+/// is forked from this process and so inherits the snapshot's lease. Failures are printed;
+/// the error is the exit code.
+pub(super) fn create_fork(
+    args: CreateArgs,
+    state_root: &std::path::Path,
+    config: &crate::config::Config,
+    snapshot: &crate::snapshot::ForkSnapshot,
+) -> Result<SessionRecord, i32> {
+    create_session(
+        args,
+        state_root,
+        config,
+        crate::sandbox::supervisor::now_ns(),
+        Some(snapshot),
+    )
+}
+
+/// `nsbox create`'s work; the confirmed session's record, or the exit code of a failure
+/// (already reported).
+fn create_session(
+    args: CreateArgs,
+    state_root: &std::path::Path,
+    config: &crate::config::Config,
+    t0: u64,
+    fork: Option<&crate::snapshot::ForkSnapshot>,
+) -> Result<SessionRecord, i32> {
+    let json = args.json;
     // Run by `nsbox serve` (which names itself here): if the server dies before this create
     // is done, so does the create, and the session it was making removes itself (it was never
     // confirmed) instead of living on with nobody who knows of it.
@@ -96,12 +144,12 @@ pub fn create(
         let parent_alive = crate::sys::process::set_parent_death_signal(libc::SIGKILL).is_ok()
             && rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) == Some(parent);
         if !parent_alive {
-            return crate::exit::NSBOX_FAILED;
+            return Err(crate::exit::NSBOX_FAILED);
         }
     }
     if let Some(name) = &args.name {
         if !crate::session::state::valid_name(name) {
-            return fail(
+            return Err(fail(
                 json,
                 &Failure::usage(format!(
                     "--name '{}': not a valid session name",
@@ -111,7 +159,7 @@ pub fn create(
                     "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
                 ),
                 t0,
-            );
+            ));
         }
     }
     let masker = raw_secret_masker(&args.sandbox);
@@ -122,11 +170,11 @@ pub fn create(
         (None, Some(path)) => match std::fs::read_to_string(path) {
             Ok(s) => Some(s),
             Err(e) => {
-                return fail(
+                return Err(fail(
                     json,
                     &Failure::usage(format!("--setup-file {}: {e}", path.display())),
                     t0,
-                )
+                ))
             }
         },
         (None, None) => None,
@@ -150,21 +198,27 @@ pub fn create(
     // and holds them for the session's life.
     let image = match open_image(&args.sandbox, state_root, config) {
         Ok(image) => image,
-        Err(failure) => return fail(json, &failure, t0),
+        Err(failure) => return Err(fail(json, &failure, t0)),
     };
-    let mut spec = match build_spec(
-        args.sandbox,
-        extras,
-        image.as_ref().map(|i| i.spec()),
-        config,
-    ) {
+    // A fork: the parent's image with the parent's run config, under the snapshot layers.
+    let image_spec = image.as_ref().map(|i| {
+        let mut spec = i.spec();
+        if let Some(fork) = fork {
+            fork.fork_image(&mut spec);
+        }
+        spec
+    });
+    let mut spec = match build_spec(args.sandbox, extras, image_spec, config) {
         Ok(spec) => spec,
-        Err(failure) => return fail(json, &failure.map_text(|t| masker.mask_str(t)), t0),
+        Err(failure) => return Err(fail(json, &failure.map_text(|t| masker.mask_str(t)), t0)),
     };
+    if let Some(fork) = fork {
+        spec.extra_lowers = fork.layers.clone();
+    }
     // The session's own host id range; its supervisor (forked below) holds it for its life.
     let _ids = match crate::idrange::assign(&mut spec) {
         Ok(range) => range,
-        Err(e) => return fail(json, &Failure::of(&e), t0),
+        Err(e) => return Err(fail(json, &Failure::of(&e), t0)),
     };
     let masker = Masker::new(&spec.secrets);
     let store = SessionStore::system();
@@ -179,7 +233,13 @@ pub fn create(
     let (record, pending) = match daemon::start_with(&spec, args.name.as_deref(), lifetimes, &store)
     {
         Ok(started) => started,
-        Err(e) => return fail(json, &Failure::of(&e).map_text(|t| masker.mask_str(t)), t0),
+        Err(e) => {
+            return Err(fail(
+                json,
+                &Failure::of(&e).map_text(|t| masker.mask_str(t)),
+                t0,
+            ))
+        }
     };
     // Undone before the session is confirmed: the supervisor ends it, nothing is left.
     let abandon = |pending: daemon::PendingSession, what: &str, e: &dyn std::fmt::Display| {
@@ -197,7 +257,7 @@ pub fn create(
     };
     if !labels.is_empty() {
         if let Err(e) = write_labels(&store, &record.id, &labels) {
-            return abandon(pending, "saving the labels", &e);
+            return Err(abandon(pending, "saving the labels", &e));
         }
     }
     // Run by `nsbox serve`: recorded as the server's pending create before anything confirms
@@ -206,7 +266,11 @@ pub fn create(
         if let Err(e) =
             crate::serve::sandboxes::record_pending_create(std::path::Path::new(&dir), &record.id)
         {
-            return abandon(pending, "recording the session for nsbox serve", &e);
+            return Err(abandon(
+                pending,
+                "recording the session for nsbox serve",
+                &e,
+            ));
         }
     }
     if json {
@@ -263,22 +327,11 @@ pub fn create(
             } else {
                 error(&masker.mask_str(&message));
             }
-            return code;
+            return Err(code);
         }
     }
     pending.commit();
-    if json {
-        let _ = std::io::stdout().lock().write_all(
-            &Event::Created {
-                id: &record.id,
-                name: record.name.as_deref(),
-            }
-            .to_line(),
-        );
-    } else {
-        println!("{}", record.id);
-    }
-    0
+    Ok(record)
 }
 
 /// Waits (briefly) until an aborted session's supervisor removed it.

@@ -1,5 +1,6 @@
-//! Snapshot commands of sessions: `nsbox pause`, `nsbox resume` (the cgroup freezer) and
-//! `nsbox commit` (a session's filesystem as an image in the store).
+//! Snapshot commands of sessions: `nsbox pause`, `nsbox resume` (the cgroup freezer),
+//! `nsbox commit` (a session's filesystem as an image in the store) and `nsbox fork` (sessions
+//! stacked on a snapshot layer of one).
 
 use std::path::Path;
 
@@ -127,10 +128,20 @@ pub struct ForkArgs {
     json: bool,
 }
 
-/// `nsbox fork`: the session's files, frozen once into a snapshot image, and N sessions
-/// stacked on it (copy-on-write: each has its own upper layer). Prints each fork's id.
-pub fn fork(args: ForkArgs, state_root: &Path) -> i32 {
-    let mut extra = Vec::new();
+/// `nsbox create`'s flags, for parsing a fork's (see [`crate::snapshot::fork_create_args`]).
+#[derive(Debug, clap::Parser)]
+#[command(no_binary_name = true)]
+struct ForkCreate {
+    #[command(flatten)]
+    create: super::session::CreateArgs,
+}
+
+/// `nsbox fork`: the session's files, copied once into a snapshot layer while it is frozen,
+/// and N sessions stacked on it (copy-on-write: each has its own upper layer), made in this
+/// process. Prints each fork's id.
+pub fn fork(args: ForkArgs, state_root: &Path, config: &crate::config::Config) -> i32 {
+    let started = std::time::Instant::now();
+    let mut extra = vec!["--pull".to_string(), "never".into()];
     for s in &args.secrets {
         extra.extend(["--secret".to_string(), s.clone()]);
     }
@@ -160,82 +171,64 @@ pub fn fork(args: ForkArgs, state_root: &Path) -> i32 {
             return exit::NSBOX_FAILED;
         }
     };
-    let tag = format!(
-        "nsbox-fork-{}:{}-{}",
-        parent.id,
-        crate::session::state::now_secs(),
-        std::process::id()
-    );
-    let (committed, info) =
-        match crate::snapshot::commit_with_info(&sessions, &parent.id, &tag, state_root) {
-            Ok(done) => done,
-            Err(e) => {
-                error(&e.to_string());
-                return exit::NSBOX_FAILED;
-            }
-        };
-    let exe = std::env::current_exe().unwrap_or_else(|_| "nsbox".into());
-    // Each fork is an `nsbox create` of this binary, on this store.
-    let nsbox = || {
-        let mut c = std::process::Command::new(&exe);
-        c.arg("--state-root").arg(state_root);
-        c
+    // Leased until this process ends, and by every fork's supervisor (forked from here).
+    let snapshot = match crate::snapshot::snapshot_for_fork(&sessions, &parent.id, state_root) {
+        Ok(s) => s,
+        Err(e) => {
+            error(&e.to_string());
+            return exit::NSBOX_FAILED;
+        }
     };
+    let snapshot_secs = started.elapsed().as_secs_f64();
     let mut made: Vec<String> = Vec::new();
     let mut code = 0;
     for name in &names {
-        let create = crate::snapshot::fork_create_args(&req, &parent, &info, &tag, name.as_deref());
-        match nsbox()
-            .args(&create)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-        {
-            Ok(out) if out.status.success() => {
-                made.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
-            }
-            Ok(out) => {
-                error(&format!(
-                    "fork {} of {}: create failed ({}); the forks made are removed",
-                    made.len() + 1,
-                    names.len(),
-                    out.status
-                ));
-                code = exit::NSBOX_FAILED;
+        let argv = crate::snapshot::fork_create_args(
+            &req,
+            &parent,
+            &snapshot.info,
+            &snapshot.image,
+            name.as_deref(),
+        );
+        let parsed = match <ForkCreate as clap::Parser>::try_parse_from(argv.iter().skip(1)) {
+            Ok(p) => p,
+            Err(e) => {
+                error(&format!("fork {}: {e}", made.len() + 1));
+                code = exit::USAGE;
                 break;
             }
-            Err(e) => {
-                error(&format!("run {}: {e}", exe.display()));
-                code = exit::NSBOX_FAILED;
+        };
+        match super::session::create_fork(parsed.create, state_root, config, &snapshot) {
+            Ok(record) => made.push(record.id),
+            Err(failed) => {
+                error(&format!(
+                    "fork {} of {}: create failed; the forks made are removed",
+                    made.len() + 1,
+                    names.len()
+                ));
+                code = failed;
                 break;
             }
         }
     }
     if code != 0 {
+        let exe = std::env::current_exe().unwrap_or_else(|_| "nsbox".into());
         for id in &made {
-            let _ = nsbox()
+            let _ = std::process::Command::new(&exe)
                 .args(["rm", "-f", id])
                 .stdout(std::process::Stdio::null())
                 .status();
         }
-        made.clear();
-    }
-    // The snapshot image is only the forks' lower layer: untagged now, its layers stay
-    // while a fork uses them (their lease) and `nsbox prune` removes them after.
-    let _ = nsbox()
-        .args(["rmi", &tag])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if code != 0 {
         return code;
     }
     if args.json {
         let out = serde_json::json!({
             "parent": parent.id,
             "forks": made,
-            "frozen_secs": committed.frozen_secs,
-            "snapshot_secs": committed.seconds,
+            "frozen_secs": snapshot.frozen_secs,
+            "snapshot_secs": snapshot_secs,
+            "copied_bytes": snapshot.copied.bytes,
+            "seconds": started.elapsed().as_secs_f64(),
         });
         println!("{out}");
     } else {
@@ -246,7 +239,7 @@ pub fn fork(args: ForkArgs, state_root: &Path) -> i32 {
             "nsbox: {} fork(s) of {} from its files (frozen {:.2}s); processes are not carried over — the forks start with no commands running",
             made.len(),
             parent.id,
-            committed.frozen_secs
+            snapshot.frozen_secs
         );
     }
     0

@@ -7,6 +7,8 @@
 //!   gc.lock               flock: loads hold it shared, garbage collection exclusively
 //!   blobs/sha256/<hex>    manifests, configs and layer blobs exactly as loaded (for `save`)
 //!   layers/<hex>/         each layer unpacked once, by diff_id, shared by images and sandboxes
+//!   layers/snapshot-<id>/ a fork's snapshot layer (`crate::snapshot::layer`): in no image,
+//!                         kept only while a sandbox holds its lease
 //!   tmp/                  unpacks and downloads in progress (renamed into place when complete)
 //! ```
 //!
@@ -436,6 +438,57 @@ impl Store {
         }
     }
 
+    /// Where `nsbox fork` installs the snapshot layer `id`.
+    pub fn snapshot_layer_path(&self, id: &str) -> PathBuf {
+        self.root.join("layers").join(format!("snapshot-{id}"))
+    }
+
+    /// Moves a complete snapshot layer from `tmp` into place, leased: no image names it, so
+    /// garbage collection removes it as soon as nobody holds the lease (the lock is taken
+    /// before the rename, so there is no moment it could be collected while still wanted).
+    pub fn install_snapshot_layer(&self, tmp: &Path, id: &str) -> Result<Lease, ImageError> {
+        let path = self.snapshot_layer_path(id);
+        let fd = rfs::open(
+            tmp,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno(format!("open {}", tmp.display())))?;
+        rfs::flock(&fd, FlockOperation::LockShared)
+            .map_err(errno(format!("lock {}", tmp.display())))?;
+        rfs::rename(tmp, &path).map_err(errno(format!("store snapshot layer {id}")))?;
+        Ok(Lease {
+            layers: vec![path],
+            _locks: vec![fd],
+        })
+    }
+
+    /// Leases snapshot layers already in place (a fork of a fork stacks its parent's too);
+    /// fails when one is gone or being removed.
+    pub fn lease_snapshot_layers(&self, dirs: &[PathBuf]) -> Result<Lease, ImageError> {
+        let mut locks = Vec::with_capacity(dirs.len());
+        for dir in dirs {
+            let gone = || {
+                ImageError::Store {
+                path: dir.clone(),
+                reason: "a snapshot layer of the session (a fork) is missing, being removed, or in another store — hint: fork with the --state-root the session was made with".into(),
+            }
+            };
+            if dir.parent() != Some(&self.root.join("layers"))
+                || !dir
+                    .file_name()
+                    .is_some_and(|n| n.as_bytes().starts_with(b"snapshot-"))
+            {
+                return Err(gone());
+            }
+            locks.push(lock_layer_dir(dir).ok_or_else(gone)?);
+        }
+        Ok(Lease {
+            layers: dirs.to_vec(),
+            _locks: locks,
+        })
+    }
+
     /// Locks the image's layers (shared) for a sandbox's life; top layer first.
     pub fn lease(&self, image: &ImageRecord) -> Result<Lease, ImageError> {
         let mut layers = Vec::with_capacity(image.layers.len());
@@ -455,19 +508,7 @@ impl Store {
                     image.digest.short()
                 ),
             };
-            let fd = rfs::open(
-                &path,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|_| gone())?;
-            rfs::flock(&fd, FlockOperation::NonBlockingLockShared).map_err(|_| gone())?;
-            // Garbage collection renames a layer away before deleting it.
-            let ours = rfs::fstat(&fd).map_err(|_| gone())?;
-            match rfs::lstat(&path) {
-                Ok(now) if now.st_ino == ours.st_ino && now.st_dev == ours.st_dev => {}
-                _ => return Err(gone()),
-            }
+            let fd = lock_layer_dir(&path).ok_or_else(gone)?;
             layers.push(path);
             locks.push(fd);
         }
@@ -490,7 +531,9 @@ impl Store {
             return Ok(None);
         };
         let mut report = GcReport::default();
-        // No load runs now: everything under tmp/ is a leftover.
+        // No load runs now: everything under tmp/ is a leftover — but for an index being
+        // replaced (`tag` and `rmi` write it without gc.lock), so its lock is taken too.
+        let _index = lock(&self.root.join("index.lock"), FlockOperation::LockExclusive)?;
         for entry in read_dir(&self.root.join("tmp"))? {
             let path = self.root.join("tmp").join(&entry);
             let removed = match rfs::lstat(&path) {
@@ -504,6 +547,7 @@ impl Store {
                 report.temporaries += 1;
             }
         }
+        drop(_index);
         // The index cannot gain references while we hold gc.lock (only loads add images, and
         // `tag` only adds names), so a snapshot is enough.
         let index = self.index()?;
@@ -556,6 +600,23 @@ impl Store {
             }
         }
         Ok(Some(report))
+    }
+}
+
+/// A shared lock on the layer directory at `path`, or None when it is missing or being
+/// removed (garbage collection renames a layer away before deleting it).
+fn lock_layer_dir(path: &Path) -> Option<OwnedFd> {
+    let fd = rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    rfs::flock(&fd, FlockOperation::NonBlockingLockShared).ok()?;
+    let ours = rfs::fstat(&fd).ok()?;
+    match rfs::lstat(path) {
+        Ok(now) if now.st_ino == ours.st_ino && now.st_dev == ours.st_dev => Some(fd),
+        _ => None,
     }
 }
 

@@ -275,7 +275,12 @@ pub const PROC_READ_ONLY: &[&str] = &["/proc/sys", "/proc/irq", "/proc/bus", "/p
 pub fn build(spec: &SandboxSpec, host: &HostFacts) -> RootfsPlan {
     // An image root is treated like a chosen directory: shown whole, its accounts merged.
     let lowers = match (&spec.image, &spec.root) {
-        (Some(image), _) => image.layers.clone(),
+        (Some(image), _) => spec
+            .extra_lowers
+            .iter()
+            .chain(&image.layers)
+            .cloned()
+            .collect(),
         (None, RootChoice::Host) => vec![PathBuf::from("/")],
         (None, RootChoice::Dir(dir)) => vec![dir.clone()],
     };

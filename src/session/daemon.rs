@@ -781,6 +781,7 @@ impl Daemon<'_> {
                 .map(|r| r.text.clone())
                 .collect(),
             writable_root: self.spec.writable_root,
+            extra_layers: self.spec.extra_lowers.clone(),
         };
         Ok((info, root, upper))
     }

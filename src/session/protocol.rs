@@ -133,4 +133,7 @@ pub struct SnapshotInfo {
     pub deny: Vec<String>,
     #[serde(default)]
     pub writable_root: bool,
+    /// A fork's snapshot layers (above `layers`, top first): its parent's files, in no image.
+    #[serde(default)]
+    pub extra_layers: Vec<PathBuf>,
 }

@@ -1,6 +1,7 @@
 //! Snapshots of sessions: `nsbox commit` turns a living session's filesystem into an image in
-//! the store. (`nsbox pause`/`resume` are the session supervisor's cgroup freezer, see
-//! `session::daemon`; this module is what happens outside it.)
+//! the store; `nsbox fork` copies it into a snapshot layer that forks are stacked on
+//! ([`snapshot_for_fork`], [`layer`]). (`nsbox pause`/`resume` are the session supervisor's
+//! cgroup freezer, see `session::daemon`; this module is what happens outside it.)
 //!
 //! # What a commit captures
 //! One new layer on top of the session's image: the overlay's upper directory (what the
@@ -24,6 +25,8 @@
 //! `tmp/`, unpacked through the same verified path as `load`, and the image only exists once
 //! the index names it (the last step): a commit killed before that leaves no image, only
 //! unreferenced files that `nsbox prune` removes.
+
+pub mod layer;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -53,6 +56,8 @@ pub enum SnapshotError {
     Name { name: String, message: String },
     #[error("session {session} runs on {root}, not on an image: its changes alone are no root filesystem — hint: commit sessions created with --image (`nsbox create --image IMAGE`)")]
     NoImage { session: String, root: String },
+    #[error("session {session} is a fork: the files it started with are on its parent's snapshot layer, in no image, and a commit would lose them — hint: commit the parent instead, or `nsbox cp` the files out")]
+    Fork { session: String },
     #[error("the session's image {digest} is no longer in the store — hint: it was removed while the session ran; `nsbox cp` the files out instead")]
     BaseGone { digest: String },
     #[error("the session's image: {0}")]
@@ -135,6 +140,11 @@ fn commit_in(
         session: session.to_string(),
         root: client.record.root.clone(),
     })?;
+    if !info.extra_layers.is_empty() {
+        return Err(SnapshotError::Fork {
+            session: session.to_string(),
+        });
+    }
     let index = store.index()?;
     let base = index
         .images
@@ -202,6 +212,131 @@ fn capture_session(
         out,
     )
     .map_err(io("write the layer"))
+}
+
+/// A fork's snapshot of its parent: the parent's files in a snapshot layer of the store
+/// (see [`layer`]), leased while this lives — and by every fork's supervisor, which inherits
+/// the lease from the `nsbox fork` that made it.
+#[derive(Debug)]
+pub struct ForkSnapshot {
+    /// The forks' layers above their image's, top first: the new snapshot layer, then the
+    /// parent's own (a fork of a fork).
+    pub layers: Vec<PathBuf>,
+    /// The parent's image (manifest digest) and what its supervisor said of it.
+    pub image: String,
+    pub info: SnapshotInfo,
+    pub copied: layer::Copied,
+    /// How long the parent was frozen.
+    pub frozen_secs: f64,
+    _leases: Vec<crate::image::store::Lease>,
+}
+
+impl ForkSnapshot {
+    /// The image spec of a fork: the parent's image, with the parent's environment and
+    /// working directory and its /sandbox kept (it is in the snapshot layer), as a committed
+    /// image's config would have them.
+    pub fn fork_image(&self, image: &mut crate::image::ImageSpec) {
+        let run = &mut image.run;
+        run.env = Some(
+            self.info
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        );
+        run.working_dir = Some(self.info.workdir.to_string_lossy().into_owned());
+        run.labels
+            .get_or_insert_with(Default::default)
+            .insert(SANDBOX_IN_IMAGE_LABEL.into(), SANDBOX_IN_IMAGE.into());
+    }
+}
+
+/// The tar-free snapshot `nsbox fork` stacks its forks on: the session is frozen while its
+/// upper directory and /sandbox are copied into a new layer directory under the store's
+/// `tmp/` (held from garbage collection by the load guard), then thawed; the layer is moved
+/// into `layers/` already leased. A fork killed before that leaves a directory in `tmp/`, after
+/// it an unleased layer: both are garbage `nsbox prune` (and `image prune`) collect.
+pub fn snapshot_for_fork(
+    sessions: &SessionStore,
+    session: &str,
+    state_root: &Path,
+) -> Result<ForkSnapshot, SnapshotError> {
+    let client = SessionClient::connect(sessions, session)?;
+    if !client.record.root.starts_with("image:") {
+        return Err(SnapshotError::NoImage {
+            session: session.to_string(),
+            root: client.record.root.clone(),
+        });
+    }
+    let store = Store::open(state_root)?;
+    let _guard = store.load_guard()?;
+    let id = crate::ids::new_id();
+    let tmp = store.tmp_path("snapshot");
+    std::fs::create_dir(&tmp).map_err(io("create the snapshot directory"))?;
+    let copied = (|| {
+        // Frozen from here until `client` is dropped.
+        let frozen_at = Instant::now();
+        let (info, root, upper) = client.snapshot()?;
+        let image = info.image.clone().ok_or_else(|| SnapshotError::NoImage {
+            session: session.to_string(),
+            root: client.record.root.clone(),
+        })?;
+        // The parent's own snapshot layers stay below the new one.
+        let parents = store.lease_snapshot_layers(&info.extra_layers)?;
+        let upper_path = PathBuf::from(format!("/proc/self/fd/{}", upper.as_raw_fd()));
+        let sandbox = PathBuf::from(format!("/proc/self/fd/{}/sandbox", root.as_raw_fd()));
+        let sandbox = std::fs::symlink_metadata(&sandbox)
+            .is_ok_and(|m| m.is_dir())
+            .then_some(sandbox);
+        let lowers: Vec<PathBuf> = info
+            .extra_layers
+            .iter()
+            .chain(&info.layers)
+            .cloned()
+            .collect();
+        let copied = layer::copy_session(
+            &upper_path,
+            sandbox.as_deref(),
+            info.uid_base,
+            &lowers,
+            &tmp,
+        )
+        .map_err(io("copy the session's files"))?;
+        drop((root, upper));
+        // The parent goes on.
+        drop(client);
+        Ok((
+            image,
+            info,
+            parents,
+            copied,
+            frozen_at.elapsed().as_secs_f64(),
+        ))
+    })();
+    let (image, info, parents, copied, frozen_secs) = match copied {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = remove_tree(&tmp);
+            return Err(e);
+        }
+    };
+    let lease = match store.install_snapshot_layer(&tmp, &id) {
+        Ok(lease) => lease,
+        Err(e) => {
+            let _ = remove_tree(&tmp);
+            return Err(e.into());
+        }
+    };
+    let mut layers = lease.layers.clone();
+    layers.extend(info.extra_layers.iter().cloned());
+    Ok(ForkSnapshot {
+        layers,
+        image,
+        info,
+        copied,
+        frozen_secs,
+        _leases: vec![lease, parents],
+    })
 }
 
 /// The base's config plus the layer, a history entry, the session's env, working directory
@@ -309,7 +444,8 @@ pub fn fork_names(req: &ForkRequest) -> Result<Vec<Option<String>>, ForkError> {
 }
 
 /// The `nsbox create` arguments of one fork of a session (`parent`, `info` from its
-/// supervisor) stacked on the snapshot image `image`: the parent's profile, limits, user,
+/// supervisor) of the image `image` (the snapshot's layers go on top of it; `nsbox fork`
+/// parses these in its own process, the serve API runs them): the parent's profile, limits, user,
 /// writable root and network policy (unless the request gives one), and the request's
 /// extra flags. Secrets are never the parent's: only what `extra` gives again.
 pub fn fork_create_args(
@@ -377,6 +513,7 @@ mod tests {
             allow: vec!["example.com".into()],
             deny: vec!["bad.example.com".into()],
             writable_root: true,
+            extra_layers: Vec::new(),
         }
     }
 

@@ -145,6 +145,11 @@ pub struct SandboxSpec {
     /// caller on the store's filesystem) instead of a tmpfs: `nsbox build` turns them into an
     /// image layer. None for every other sandbox.
     pub upper_dir: Option<PathBuf>,
+    /// Lower layers stacked above the image's, top first: a fork's snapshot layers (its
+    /// parent's files, copied by `nsbox fork`, see `crate::snapshot::layer`), leased by whoever
+    /// made the spec. They carry the parent's /sandbox, which the fork keeps (the image's run
+    /// config then says so). Empty for every other sandbox.
+    pub extra_lowers: Vec<PathBuf>,
     /// Extra tmpfs mounts (`--tmpfs PATH[:SIZE]`), checked and added by the command line
     /// after `build`.
     pub tmpfs: Vec<TmpfsMount>,
@@ -412,6 +417,7 @@ impl SandboxSpec {
             seccomp,
             timings: req.timings,
             upper_dir: None,
+            extra_lowers: Vec::new(),
             tmpfs: Vec::new(),
             labels: BTreeMap::new(),
         })

@@ -72,7 +72,9 @@ fn store_with_base() -> StoreCtx {
     let mut t = Tar::default();
     t.dir("data/", 0o755)
         .file("data/old", 0o644, b"old\n")
-        .file("data/keep", 0o644, b"keep\n");
+        .file("data/keep", 0o644, b"keep\n")
+        .dir("data/gone/", 0o755)
+        .file("data/gone/f", 0o644, b"f\n");
     for applet in ["mkdir", "chmod", "rm", "ln", "true", "dd", "seq"] {
         t.symlink(&format!("bin/{applet}"), "busybox");
     }
@@ -451,7 +453,8 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
         ],
     );
     let made = parent.sh("mkdir -p /sandbox/w && echo parent > /sandbox/w/f \
-         && echo root > /data/new && { nohup sleep 3217 >/dev/null 2>&1 & }");
+         && echo root > /data/new && rm /data/old && rm -r /data/gone && mkdir /data/gone \
+         && echo g > /data/gone/g && { nohup sleep 3217 >/dev/null 2>&1 & }");
     assert_eq!(made.code, 0, "{made:?}");
     let forks_name = format!("{}-f", parent.name);
     let out = ctx.run(&["fork", &parent.name, "--count", "2", "--name", &forks_name]);
@@ -468,8 +471,13 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
     for f in &forks {
         // The parent's files, in /sandbox and in its root; none of its processes or secrets.
         let seen = f.sh("cat /sandbox/w/f /data/new; echo \"token=$API_TOKEN\"; \
-             for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | grep -c '^sleep$'");
-        assert_eq!(seen.stdout, "parent\nroot\ntoken=\n0\n", "{seen:?}");
+             for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | grep -c '^sleep$'; \
+             test -e /data/old || echo deleted; ls /data/gone");
+        // A deletion (a whiteout) and a directory made anew (opaque) are the parent's too.
+        assert_eq!(
+            seen.stdout, "parent\nroot\ntoken=\n0\ndeleted\ng\n",
+            "{seen:?}"
+        );
         let row = ps_row(&ctx, &f.name);
         assert_eq!(row["network"], "filtered", "{row}");
     }
@@ -505,21 +513,61 @@ fn fork_starts_sessions_from_the_parents_files_that_diverge_on_their_own() {
     assert_eq!(ps_row(&ctx, &own_fork.name)["network"], "none");
     assert_eq!(own_fork.sh("echo $API_TOKEN").stdout, "***\n");
 
-    // Removing the parent first leaves the forks working; then nothing is left.
+    // A fork of a fork: the first fork's files over its parent's.
+    let grand = ctx.run(&[
+        "fork",
+        &forks[0].name,
+        "--name",
+        &format!("{forks_name}-grand"),
+    ]);
+    assert_eq!(grand.code, 0, "{grand:?}");
+    let grand = Session {
+        ctx: &ctx,
+        name: format!("{forks_name}-grand"),
+    };
+    let seen =
+        grand.sh("cat /sandbox/w/f /data/new; test -e /data/old || echo deleted; ls /data/gone");
+    assert_eq!(seen.stdout, "one\nroot\ndeleted\ng\n", "{seen:?}");
+    // Its layers are in this store: a fork through another is refused, and the fork thawed.
+    let other = StoreCtx::new();
+    let r = other.run(&["fork", &forks[0].name]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("--state-root"), "{r:?}");
+    assert_eq!(forks[0].sh("echo alive").stdout, "alive\n");
+    assert_eq!(other.entries("tmp") + other.entries("layers"), 0, "{r:?}");
+    // A fork's files are in no image: commit says so instead of losing them.
+    let commit = ctx.run(&["commit", &grand.name, "grand:1"]);
+    assert_ne!(commit.code, 0, "{commit:?}");
+    assert!(commit.stderr.contains("commit the parent"), "{commit:?}");
+
+    // Removing the parent first leaves the forks working, also after both prunes (the forks
+    // hold their snapshot layers' lease); then nothing is left.
     let parent_id = parent.id();
     drop(parent);
-    assert_eq!(forks[1].sh("cat /sandbox/w/f").stdout, "parent\n");
+    ctx.ok(&["prune"]);
+    ctx.ok(&["image", "prune"]);
+    assert_eq!(
+        forks[1].sh("cat /sandbox/w/f /data/keep").stdout,
+        "parent\nkeep\n"
+    );
     let fork_ids: Vec<String> = forks.iter().map(|f| f.id()).collect();
     drop(forks);
     drop(own_fork);
+    drop(grand);
     for id in fork_ids.iter().chain([&parent_id]) {
         assert!(leftover_cgroups(id).is_empty(), "{id}");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(id.as_str()), "{id} still mounted");
     }
+    // The snapshot layers went with their last fork.
     ctx.ok(&["prune"]);
-    let images = ctx.ok(&["images"]);
-    assert!(!images.contains("nsbox-fork"), "{images}");
+    let layers: Vec<_> = std::fs::read_dir(ctx.store().join("layers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    assert!(layers.is_empty(), "{layers:?}");
 }
 
 #[test]
@@ -538,4 +586,10 @@ fn fork_of_a_missing_session_or_a_bad_count_fails_clearly() {
     let names = ctx.run(&["fork", "x", "--count", "3", "--name", "a", "--name", "b"]);
     assert_eq!(names.code, 121, "{names:?}");
     assert!(names.stderr.contains("one name per fork"), "{names:?}");
+    // A host-root session has no image to stack the snapshot on: refused, nothing made.
+    let host = Session::create(&ctx, "snap-fork-host", &[]);
+    let r = ctx.run(&["fork", &host.name]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("--image"), "{r:?}");
+    assert_eq!(ctx.entries("tmp") + ctx.entries("layers"), 0, "{r:?}");
 }

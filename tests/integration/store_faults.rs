@@ -295,3 +295,228 @@ echo built > /marker
     };
     kill_at_random_moments(&ctx, &writer);
 }
+
+/// Kills for the fork test (each costs a fork, a wait past prune's minimum age and checks);
+/// `NSBOX_FAULT_ITERATIONS` gives more.
+const FORK_KILLS: usize = 30;
+
+/// `nsbox fork` killed (SIGKILL) at random moments of its work: freezing the parent, copying its
+/// files, making the forks. After each kill, `nsbox prune` with its default minimum age (the
+/// test waits past it) must leave no half-made fork — no session directory, cgroup or mount
+/// (the forks' network namespaces live only in their processes and mounts) of a fork that
+/// `ps` does not show running — no snapshot image tagged, nothing in the store's tmp/, every
+/// blob its digest; the parent must run on with its files; a fork that `ps` shows running must
+/// be whole (the parent's files). Then the forks are removed, and after another prune no layer
+/// the index does not name is left (the snapshot layer went with its last fork). The test's
+/// own run directory, so `ps` and the session directories are only this test's.
+#[test]
+fn store_faults_fork_killed_at_random_moments_leaves_no_half_made_fork() {
+    require_root!();
+    let _serial = prune_lock();
+    let ctx = StoreCtx::new();
+    marked_layout(&ctx.path("base"), "base\n", 1);
+    ctx.ok(&[
+        "load",
+        ctx.path("base").to_str().unwrap(),
+        "--tag",
+        "base:1",
+    ]);
+    let run_dir = RunDir::new();
+    let nsbox = |args: &[&str]| -> std::process::Command {
+        let mut c = ctx.cmd(args);
+        c.env("NSBOX_RUN_DIR", run_dir.path());
+        c
+    };
+    let run = |args: &[&str]| -> Run {
+        nsbox(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsbox")
+            .into()
+    };
+    let ok = |args: &[&str]| -> String {
+        let r = run(args);
+        assert_eq!(r.code, 0, "nsbox {args:?}: {r:?}");
+        r.stdout
+    };
+    ok(&[
+        "create",
+        "--name",
+        "fparent",
+        "--image",
+        "base:1",
+        "--net",
+        "none",
+        "--sandbox-size",
+        "256m",
+        "--max-age",
+        "none",
+    ]);
+    // Enough data that copying it is a good part of the fork's time.
+    let fill = ok(&[
+        "exec",
+        "--session",
+        "fparent",
+        "--",
+        "/bin/sh",
+        "-c",
+        "head -c 40000000 /dev/urandom > /sandbox/data && echo forked > /sandbox/marker \
+         && busybox md5sum /sandbox/data",
+    ]);
+    let sum = fill.split_whitespace().next().unwrap().to_string();
+    let whole = format!("forked\n{sum}\n");
+    let shows_parents_files = |who: &str| -> Run {
+        run(&[
+            "exec",
+            "--session",
+            who,
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /sandbox/marker; busybox md5sum /sandbox/data | busybox cut -d' ' -f1",
+        ])
+    };
+    // Running sessions by name (ps of this run directory).
+    let running = || -> Vec<(String, String)> {
+        let rows: serde_json::Value = serde_json::from_str(&ok(&["ps", "--json"])).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["state"] == "running")
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["name"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let parent_id = running()
+        .into_iter()
+        .find(|(_, n)| n == "fparent")
+        .unwrap()
+        .0;
+    let fork_args = ["fork", "fparent", "--count", "2", "--name", "kf"];
+    // How long an uninterrupted fork takes.
+    let started = Instant::now();
+    ok(&fork_args);
+    let window = started.elapsed().as_micros() as u64 * 11 / 10;
+    for name in ["kf-1", "kf-2"] {
+        assert_eq!(
+            shows_parents_files(name).stdout,
+            whole,
+            "an uninterrupted fork"
+        );
+        ok(&["rm", "-f", name]);
+    }
+
+    let seed = seed();
+    eprintln!("fork: NSBOX_FAULT_SEED={seed}");
+    let mut rng = Lcg(seed);
+    let n = std::env::var("NSBOX_FAULT_ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(FORK_KILLS);
+    let (mut finished_first, mut killed, mut forks_left) = (0, 0, 0);
+    for i in 0..n {
+        let delay = rng.next() % window.max(1);
+        let what = format!("fork #{i} (killed after {delay} µs)");
+        let mut child = nsbox(&fork_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(delay));
+        match child.try_wait().unwrap() {
+            Some(_) => finished_first += 1,
+            None => {
+                let _ = child.kill(); // SIGKILL
+                killed += 1;
+            }
+        }
+        let _ = child.wait();
+        // Past prune's default minimum age (1 s) for what the kill left.
+        std::thread::sleep(Duration::from_millis(1500));
+        let seen_before = run_dir.ids();
+        let pruned = run(&["prune"]);
+        assert_eq!(pruned.code, 0, "{what}: prune: {pruned:?}");
+
+        let live = running();
+        let live_ids: Vec<&str> = live.iter().map(|(id, _)| id.as_str()).collect();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for id in seen_before.iter().chain(run_dir.ids().iter()) {
+            if live_ids.contains(&id.as_str()) {
+                continue;
+            }
+            assert!(
+                !run_dir.path().join("sessions").join(id).exists(),
+                "{what}: session directory of {id}, which is not running, after prune: {pruned:?}"
+            );
+            assert!(
+                leftover_cgroups(id).is_empty(),
+                "{what}: cgroups of {id}, which is not running: {:?}",
+                leftover_cgroups(id)
+            );
+            assert!(
+                !mounts.contains(id.as_str()),
+                "{what}: mounts of {id}, which is not running"
+            );
+        }
+        assert!(
+            live.iter().any(|(id, _)| *id == parent_id),
+            "{what}: the parent is gone"
+        );
+        assert_eq!(
+            shows_parents_files("fparent").stdout,
+            whole,
+            "{what}: the parent's files"
+        );
+        for (_, name) in live.iter().filter(|(id, _)| *id != parent_id) {
+            assert!(name.starts_with("kf-"), "{what}: an unknown session {name}");
+            assert_eq!(
+                shows_parents_files(name).stdout,
+                whole,
+                "{what}: fork {name}, which ps shows running"
+            );
+            forks_left += 1;
+        }
+        let images = ok(&["images"]);
+        assert!(
+            !images.contains("nsbox-fork"),
+            "{what}: a snapshot image is still tagged: {images}"
+        );
+        assert_nothing_half_made(&ctx, &what);
+
+        // The forks gone, the snapshot layer goes too.
+        for (_, name) in live.iter().filter(|(id, _)| *id != parent_id) {
+            ok(&["rm", "-f", name]);
+        }
+        ok(&["prune"]);
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ctx.store().join("index.json")).unwrap())
+                .unwrap();
+        let named: std::collections::BTreeSet<String> = index["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i["layers"].as_array().unwrap().iter())
+            .map(|l| l["diff_id"].as_str().unwrap().to_string())
+            .collect();
+        let layers: Vec<String> = std::fs::read_dir(ctx.store().join("layers"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|l| !named.iter().any(|d| d.ends_with(l.as_str())))
+            .collect();
+        assert!(
+            layers.is_empty(),
+            "{what}: layers no image names and no fork uses: {layers:?}"
+        );
+    }
+    ok(&["rm", "-f", "fparent"]);
+    eprintln!(
+        "fork: {killed} kills in {n} runs ({finished_first} ended before their moment, \
+         {forks_left} forks whole after a kill), nothing half-made"
+    );
+}

@@ -102,6 +102,9 @@ impl Server {
                 SnapshotError::NoImage { .. } => {
                     ApiError::new(StatusCode::BAD_REQUEST, "no_image", e.to_string())
                 }
+                SnapshotError::Fork { .. } => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "fork", e.to_string())
+                }
                 _ => ApiError::internal(e.to_string()),
             })
         })
