@@ -300,19 +300,7 @@ async fn start(
     req: Request<Incoming>,
     as_root: bool,
 ) -> Result<Response<RespBody>, RpcError> {
-    let codec = connect::codec(header(&req, "content-type"), true)?;
-    let keepalive = keepalive_of(&req);
-    let body = read_body(req, api::MAX_JSON).await?;
-    let message = connect::unwrap_request(&body)?;
-    let request: serde_json::Value = match codec {
-        Codec::Proto => proto::request("process.Process/Start", message)?,
-        Codec::Json => serde_json::from_slice(message).map_err(|e| {
-            RpcError::new(
-                Code::InvalidArgument,
-                format!("the request is not JSON: {e}"),
-            )
-        })?,
-    };
+    let (codec, keepalive, request) = stream_request(req, "process.Process/Start").await?;
     let encode = encoder(codec);
     let pty_size = match &request["pty"] {
         serde_json::Value::Null => None,
@@ -439,14 +427,7 @@ async fn start(
                 Some(CommandEvent::Failed(m)) => Watched::Failed(m),
                 None => Watched::Failed("the command's events ended without its status".into()),
             };
-            let last = !matches!(watched, Watched::Event(_));
-            if last {
-                // Forgotten before anyone hears of the end: a kill after `wait` finds
-                // nothing, and no Connect can subscribe to a command that has ended.
-                drop(registered.take());
-            }
-            watchers.publish(Arc::new(watched)).await;
-            if last {
+            if watchers.deliver(watched, &mut registered).await {
                 break;
             }
         }
@@ -474,6 +455,19 @@ impl Watchers {
         let (tx, rx) = mpsc::channel(4);
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
         rx
+    }
+
+    /// Hands `watched` to every watcher; true when it was the last (the end, or why there
+    /// is none). The command is forgotten (`registered`) before anyone hears of its end: a
+    /// kill after `wait` finds nothing, and no Connect can subscribe to a command that has
+    /// ended.
+    async fn deliver(&self, watched: Watched, registered: &mut Option<Registered>) -> bool {
+        let last = !matches!(watched, Watched::Event(_));
+        if last {
+            drop(registered.take());
+        }
+        self.publish(Arc::new(watched)).await;
+        last
     }
 
     async fn publish(&self, watched: Arc<Watched>) {
@@ -564,19 +558,7 @@ async fn connect_process(
     owned: &Owned,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, RpcError> {
-    let codec = connect::codec(header(&req, "content-type"), true)?;
-    let keepalive = keepalive_of(&req);
-    let body = read_body(req, api::MAX_JSON).await?;
-    let message = connect::unwrap_request(&body)?;
-    let request: serde_json::Value = match codec {
-        Codec::Proto => proto::request("process.Process/Connect", message)?,
-        Codec::Json => serde_json::from_slice(message).map_err(|e| {
-            RpcError::new(
-                Code::InvalidArgument,
-                format!("the request is not JSON: {e}"),
-            )
-        })?,
-    };
+    let (codec, keepalive, request) = stream_request(req, "process.Process/Connect").await?;
     let pid = select(&owned.id, &request["process"])?;
     // Under the table's lock: a command still listed has not published its end yet, so this
     // watcher hears it.
@@ -585,6 +567,28 @@ async fn connect_process(
         .map(|p| p.watchers.subscribe())
         .ok_or_else(|| RpcError::new(Code::NotFound, "the process ended"))?;
     Ok(watch_stream(pid, watcher, keepalive, encoder(codec), codec))
+}
+
+/// A server-streaming call's request: its codec, the keep-alive period the client asks for
+/// and its message (as protobuf-JSON).
+async fn stream_request(
+    req: Request<Incoming>,
+    method: &str,
+) -> Result<(Codec, Duration, serde_json::Value), RpcError> {
+    let codec = connect::codec(header(&req, "content-type"), true)?;
+    let keepalive = keepalive_of(&req);
+    let body = read_body(req, api::MAX_JSON).await?;
+    let message = connect::unwrap_request(&body)?;
+    let request = match codec {
+        Codec::Proto => proto::request(method, message)?,
+        Codec::Json => serde_json::from_slice(message).map_err(|e| {
+            RpcError::new(
+                Code::InvalidArgument,
+                format!("the request is not JSON: {e}"),
+            )
+        })?,
+    };
+    Ok((codec, keepalive, request))
 }
 
 /// How a stream's events are written in `codec`.
@@ -655,12 +659,7 @@ fn pty_stream(
                 Some(PtyEvent::Failed(m)) => Watched::Failed(m),
                 None => Watched::Failed("the terminal's events ended without its status".into()),
             };
-            let last = !matches!(watched, Watched::Event(_));
-            if last {
-                drop(registered.take());
-            }
-            watchers.publish(Arc::new(watched)).await;
-            if last {
+            if watchers.deliver(watched, &mut registered).await {
                 break;
             }
         }
