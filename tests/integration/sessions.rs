@@ -1188,3 +1188,74 @@ fn cp_refuses_hostile_tar_streams() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(store.sh(&id, "cat /sandbox/t/ok.txt").stdout, "fine");
 }
+
+/// `exec --session -u root`: uid 0 of the sandbox with no capability in any set; a command
+/// of the sandbox user cannot signal or trace the session's init (which holds the
+/// capabilities to start commands as either), and a signal to pid 1 from inside is not
+/// relayed to the session's commands; another user is refused.
+#[test]
+fn session_exec_as_root_has_no_capabilities_and_cannot_reach_the_init() {
+    require_root!();
+    let store = Store::new();
+    let id = store.create(&[]);
+    let status =
+        "id -u; id -g; echo $HOME; grep -E '^Cap(Prm|Eff|Bnd|Amb)' /proc/self/status | tr -d '\\t'";
+    let root = store.run(&[
+        "exec",
+        "--session",
+        &id,
+        "-u",
+        "root",
+        "--",
+        "sh",
+        "-c",
+        status,
+    ]);
+    assert_eq!(root.code, 0, "{root:?}");
+    assert_eq!(
+        root.stdout.split_whitespace().collect::<Vec<_>>(),
+        [
+            "0",
+            "0",
+            "/root",
+            "CapPrm:0000000000000000",
+            "CapEff:0000000000000000",
+            "CapBnd:0000000000000000",
+            "CapAmb:0000000000000000"
+        ],
+        "{root:?}"
+    );
+    let user = store.sh(&id, status);
+    assert!(user.stdout.starts_with("100\n101\n"), "{user:?}");
+    // The default user: another uid than the init's, no CAP_KILL.
+    let r = store.sh(
+        &id,
+        "kill -TERM 1; echo rc=$?; cat /proc/1/environ >/dev/null; echo rc=$?",
+    );
+    assert_eq!(
+        r.stdout
+            .lines()
+            .filter(|l| l.starts_with("rc="))
+            .collect::<Vec<_>>(),
+        ["rc=1", "rc=1"],
+        "{r:?}"
+    );
+    // Root may signal pid 1 (same uid), but the init relays only the supervisor's signals: the
+    // command that sent it carries on.
+    let r = store.run(&[
+        "exec",
+        "--session",
+        &id,
+        "-u",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "kill -TERM 1; sleep 0.3; echo alive",
+    ]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "alive\n"), "{r:?}");
+    let other = store.run(&["exec", "--session", &id, "-u", "1000", "--", "true"]);
+    assert_eq!(other.code, 121, "{other:?}");
+    assert!(other.stderr.contains("-u root"), "{other:?}");
+    assert_eq!(store.sh(&id, "true").code, 0, "the session runs on");
+}
