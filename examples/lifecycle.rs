@@ -84,7 +84,7 @@ fn run(handle: &mut Handle, exec_id: u64, script: &str) -> Result<String, Failur
         winsize: None,
         gated: false,
         failure_on_terminal: false,
-        as_root: false,
+        user: None,
     };
     handle.exec(request, &attached)?;
     drop((devnull, out_w, status_w));

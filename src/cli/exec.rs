@@ -456,10 +456,24 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
         return fail(json, &usage(message), t0);
     }
     let mut used = args.sandbox.defining_flags();
-    // `-u root` runs this command as root of the sandbox (uid 0 without capabilities, as
-    // `docker exec -u root` would); another user cannot be started in a session.
-    let as_root = matches!(args.sandbox.user.as_deref(), Some("root" | "0" | "0:0"));
-    if as_root {
+    // `-u` runs this one command as another user of the sandbox (`docker exec -u`), never
+    // with capabilities: numbers, or the accounts nsbox writes itself (root, sandbox,
+    // nobody); an image's own names are looked up at create only.
+    let user = match args.sandbox.user.as_deref() {
+        None => None,
+        Some(text) => match super::user::resolve(text, None, None) {
+            Ok(ids) => Some(ids),
+            Err(failure) => {
+                return fail(
+                    json,
+                    &failure
+                        .with_hint("with --session, -u takes UID[:GID] or root, sandbox, nobody"),
+                    t0,
+                )
+            }
+        },
+    };
+    if user.is_some() {
         used.retain(|f| *f != "--user");
     }
     if args.entrypoint.is_some() {
@@ -476,7 +490,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
                 used.join(", ")
             ))
             .with_hint(
-                "with --session use -e, -w, -i, -t, -u root, --json, --result-json, --timeout, --max-output, --secret, --secret-env",
+                "with --session use -e, -w, -i, -t, -u, --json, --result-json, --timeout, --max-output, --secret, --secret-env",
             ),
             t0,
         );
@@ -524,7 +538,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
         labels: Some(super::session::read_labels(&store, &client.record.id))
             .filter(|l| !l.is_empty()),
         secrets: secret_values,
-        as_root,
+        user,
     };
     match client.exec(exec, t0) {
         Ok(outcome) => finish(json, args.timings, &outcome, &masker),

@@ -295,7 +295,7 @@ fn create_session(
                     start_event: false,
                     labels: None,
                     secrets: Vec::new(),
-                    as_root: false,
+                    user: None,
                 },
                 t0,
             )

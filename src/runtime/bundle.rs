@@ -56,8 +56,9 @@ fn refuse(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
 }
 
 /// The process of `exec --process FILE` (the runtime spec's `process` object) as a command for
-/// the container's session. `user` is the session's: another user is refused, as is
-/// CAP_SYS_ADMIN, each naming the field. `terminal` and `consoleSize` become the command's
+/// the container's session. `user` is the session's; another uid:gid runs the command as that
+/// user of the container (never with capabilities, as every process of it). CAP_SYS_ADMIN is
+/// refused, naming the field. `terminal` and `consoleSize` become the command's
 /// `tty` and `winsize`.
 pub fn exec_of(
     process: &oci_spec::runtime::Process,
@@ -72,12 +73,14 @@ pub fn exec_of(
         return Err(refuse("args", "empty: nothing to run"));
     }
     let asked = (process.user().uid(), process.user().gid());
-    if asked != user {
+    if asked.0 >= crate::ids::IDS_IN_SANDBOX || asked.1 >= crate::ids::IDS_IN_SANDBOX {
         return Err(refuse(
             "user",
             &format!(
-                "uid:gid {}:{} differs from the container's {}:{}; nsbox runs every process of a container as its user",
-                asked.0, asked.1, user.0, user.1
+                "uid:gid {}:{} is outside the ids a container maps (0 to {})",
+                asked.0,
+                asked.1,
+                crate::ids::IDS_IN_SANDBOX - 1
             ),
         ));
     }
@@ -108,6 +111,7 @@ pub fn exec_of(
         stdin: true,
         tty: process.terminal().unwrap_or(false),
         winsize: console_size(process),
+        user: (asked != user).then_some(asked),
         ..Default::default()
     })
 }

@@ -106,10 +106,11 @@ pub struct ExecRequest {
     /// master on (the OCI runtime's console socket) and can show the failure nowhere else.
     #[serde(default)]
     pub failure_on_terminal: bool,
-    /// As uid 0 of the sandbox, without capabilities (sessions only; E2B's `user="root"`),
-    /// instead of the sandbox user.
+    /// uid:gid inside the sandbox to run as (sessions only: `exec --session -u`, E2B's
+    /// `user="root"`, an OCI `exec` of another user), never with capabilities; None: the
+    /// sandbox user.
     #[serde(default)]
-    pub as_root: bool,
+    pub user: Option<(u32, u32)>,
 }
 
 /// From the supervisor to the sandbox.

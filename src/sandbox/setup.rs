@@ -895,7 +895,7 @@ fn spawn_command(
     attached: Vec<OwnedFd>,
     (uid, gid, last_capability): (u32, u32, libc::c_ulong),
 ) -> io::Result<(i32, Option<OwnedFd>)> {
-    let (uid, gid) = if request.as_root { (0, 0) } else { (uid, gid) };
+    let (uid, gid) = request.user.unwrap_or((uid, gid));
     let command = Command::from_parts(&request.argv, &request.env, &request.workdir)?;
     let expected = if request.tty { 1 } else { 4 } + usize::from(request.gated);
     if attached.len() != expected {

@@ -72,8 +72,8 @@ pub struct PreparedCommand {
     /// when it was claimed).
     pub secrets: Vec<String>,
     pub stdin_open: bool,
-    /// As root of the sandbox (uid 0, no capabilities): E2B's `user="root"`.
-    pub as_root: bool,
+    /// Another uid:gid of the sandbox than its user's (E2B's `user="root"`: 0:0).
+    pub user: Option<(u32, u32)>,
 }
 
 impl CommandRequest {
@@ -118,7 +118,7 @@ impl CommandRequest {
             max_output: self.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
             secrets: Vec::new(),
             stdin_open: self.stdin_open,
-            as_root: false,
+            user: None,
         })
     }
 }
@@ -232,7 +232,7 @@ pub async fn start(
                 winsize: None,
                 gated: false,
                 failure_on_terminal: false,
-                as_root: cmd.as_root,
+                user: cmd.user,
             },
             &[
                 stdin_r.as_fd(),

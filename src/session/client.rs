@@ -71,8 +71,8 @@ pub struct SessionExec {
     pub labels: Option<std::collections::BTreeMap<String, String>>,
     /// Values to mask on top of the session's own secrets (this command's `--secret-env`).
     pub secrets: Vec<String>,
-    /// As root of the sandbox (uid 0, no capabilities) instead of its user.
-    pub as_root: bool,
+    /// Another uid:gid of the sandbox than its user's (never with capabilities).
+    pub user: Option<(u32, u32)>,
 }
 
 /// What a command may take besides [`SessionExec`]'s plain data: descriptors and a hand-off.
@@ -289,7 +289,7 @@ impl SessionClient {
                 winsize: winsize.flatten(),
                 gated: extra.gate.is_some(),
                 failure_on_terminal: extra.on_terminal.is_some(),
-                as_root: ex.as_root,
+                user: ex.user,
             },
             &attached,
         )?;

@@ -653,7 +653,7 @@ impl Daemon<'_> {
                     winsize,
                     gated,
                     failure_on_terminal,
-                    as_root,
+                    user,
                 },
                 fds,
             ) => self.exec(
@@ -662,7 +662,7 @@ impl Daemon<'_> {
                 env,
                 workdir,
                 (tty, winsize, failure_on_terminal),
-                as_root,
+                user,
                 gated,
                 fds,
             ),
@@ -837,7 +837,7 @@ impl Daemon<'_> {
         workdir: Option<PathBuf>,
         // (tty, winsize, failure_on_terminal): the command's terminal, if any.
         (tty, winsize, failure_on_terminal): (bool, Option<(u16, u16)>, bool),
-        as_root: bool,
+        user: Option<(u32, u32)>,
         gated: bool,
         fds: Vec<OwnedFd>,
     ) {
@@ -866,7 +866,7 @@ impl Daemon<'_> {
             return;
         }
         let mut full_env = self.spec.env.clone();
-        if as_root {
+        if user.is_some_and(|(uid, _)| uid == 0) {
             // Root's own account, as a login would set it; the request's variables still win.
             for (k, v) in [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")] {
                 match full_env.iter_mut().find(|(key, _)| key == k) {
@@ -895,7 +895,7 @@ impl Daemon<'_> {
             winsize,
             gated,
             failure_on_terminal,
-            as_root,
+            user,
         };
         let attached: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         let sent = self.handle.exec(request, &attached);

@@ -26,9 +26,9 @@ pub enum Request {
         /// See `sandbox::control::ExecRequest::failure_on_terminal`.
         #[serde(default)]
         failure_on_terminal: bool,
-        /// As root of the sandbox (uid 0, no capabilities) instead of its user.
+        /// Another uid:gid of the sandbox than its user's (never with capabilities).
         #[serde(default)]
-        as_root: bool,
+        user: Option<(u32, u32)>,
     },
     /// A signal for this connection's command (its process group).
     Signal { signal: i32 },

@@ -377,9 +377,28 @@ fn runtime_exec_ps_pause_and_resume_a_running_container() {
         run.stderr
     );
 
+    // Another user of the container (`podman exec -u`, `kubectl exec` of a pod whose
+    // container runs as another uid), without capabilities.
+    let other = process_file(
+        &b,
+        "p5.json",
+        &[
+            "/bin/sh",
+            "-c",
+            "id -u; id -g; grep CapEff /proc/self/status",
+        ],
+        |p| p["user"] = serde_json::json!({"uid": 1000, "gid": 1001}),
+    );
+    let run = b.runtime(&["exec", "--process", other.to_str().unwrap(), "live"]);
+    assert_eq!(
+        (run.code, run.stdout.split_whitespace().collect::<Vec<_>>()),
+        (0, vec!["1000", "1001", "CapEff:", "0000000000000000"]),
+        "{}",
+        run.stderr
+    );
     // Refusals name the field or the flag.
-    let other = process_file(&b, "p5.json", &["/bin/true"], |p| {
-        p["user"] = serde_json::json!({"uid": 1000, "gid": 1000})
+    let other = process_file(&b, "p6.json", &["/bin/true"], |p| {
+        p["user"] = serde_json::json!({"uid": 70000, "gid": 0})
     });
     let run = b.runtime(&["exec", "--process", other.to_str().unwrap(), "live"]);
     assert!(

@@ -1192,9 +1192,10 @@ fn cp_refuses_hostile_tar_streams() {
 /// `exec --session -u root`: uid 0 of the sandbox with no capability in any set; a command
 /// of the sandbox user cannot signal or trace the session's init (which holds the
 /// capabilities to start commands as either), and a signal to pid 1 from inside is not
-/// relayed to the session's commands; another user is refused.
+/// relayed to the session's commands; `-u UID:GID` runs as that user, a name nsbox did not
+/// write is refused.
 #[test]
-fn session_exec_as_root_has_no_capabilities_and_cannot_reach_the_init() {
+fn session_exec_as_another_user_has_no_capabilities_and_cannot_reach_the_init() {
     require_root!();
     let store = Store::new();
     let id = store.create(&[]);
@@ -1254,8 +1255,26 @@ fn session_exec_as_root_has_no_capabilities_and_cannot_reach_the_init() {
         "kill -TERM 1; sleep 0.3; echo alive",
     ]);
     assert_eq!((r.code, r.stdout.as_str()), (0, "alive\n"), "{r:?}");
-    let other = store.run(&["exec", "--session", &id, "-u", "1000", "--", "true"]);
-    assert_eq!(other.code, 121, "{other:?}");
-    assert!(other.stderr.contains("-u root"), "{other:?}");
+    // Another uid (docker exec -u): its own, without capabilities.
+    let other = store.run(&[
+        "exec",
+        "--session",
+        &id,
+        "-u",
+        "1000:1002",
+        "--",
+        "sh",
+        "-c",
+        status,
+    ]);
+    assert!(
+        other.stdout.starts_with("1000\n1002\n")
+            && other.stdout.contains("CapEff:0000000000000000"),
+        "{other:?}"
+    );
+    // A name nsbox did not write is not looked up in a running session.
+    let named = store.run(&["exec", "--session", &id, "-u", "postgres", "--", "true"]);
+    assert_eq!(named.code, 121, "{named:?}");
+    assert!(named.stderr.contains("UID[:GID]"), "{named:?}");
     assert_eq!(store.sh(&id, "true").code, 0, "the session runs on");
 }

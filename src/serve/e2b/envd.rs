@@ -367,7 +367,7 @@ async fn start(
         .read_record(&owned.id)
         .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
     let mut prepared = api::personalised(owned, prepared);
-    prepared.as_root = as_root;
+    prepared.user = as_root.then_some((0, 0));
     if let Some((rows, cols)) = pty_size {
         let running = super::pty::start(&server.store, &record, prepared, rows, cols)
             .await

@@ -75,7 +75,7 @@ pub async fn start(
             winsize: Some((rows, cols)),
             gated: false,
             failure_on_terminal: false,
-            as_root: cmd.as_root,
+            user: cmd.user,
         },
         &[status_w.as_fd()],
     )
