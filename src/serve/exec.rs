@@ -57,6 +57,8 @@ pub struct CommandRequest {
     /// Keep stdin open after `stdin`/`stdin_b64` for `POST .../commands/{cid}/stdin`.
     #[serde(default)]
     pub stdin_open: bool,
+    /// Another user of the sandbox: "root", "UID" or "UID:GID" (never with capabilities).
+    pub user: Option<String>,
 }
 
 /// A command checked and ready to send.
@@ -118,7 +120,14 @@ impl CommandRequest {
             max_output: self.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
             secrets: Vec::new(),
             stdin_open: self.stdin_open,
-            user: None,
+            user: self
+                .user
+                .as_deref()
+                .map(|u| match u {
+                    "root" => Ok((0, 0)),
+                    ids => crate::profile::parse_user(ids).map_err(|e| format!("user: {e}")),
+                })
+                .transpose()?,
         })
     }
 }

@@ -414,6 +414,43 @@ fn serve_files_and_streams_over_the_unix_socket_with_curl() {
     assert!(body.contains("event: stdout\ndata: {\"type\":\"stdout\""));
     assert!(body.contains("event: exit\n"));
 
+    // Another user of the sandbox for one command, never with capabilities; a bad one is a 400.
+    let (code, _, body) = server.local(&[
+        "-XPOST",
+        &format!("{}?wait=true", url("/commands")),
+        "-d",
+        r#"{"shell":"id -u; id -g; grep CapEff /proc/self/status","user":"root"}"#,
+    ]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&body)["stdout"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "0", "CapEff:", "0000000000000000"],
+        "{body}"
+    );
+    let (code, _, body) = server.local(&[
+        "-XPOST",
+        &format!("{}?wait=true", url("/commands")),
+        "-d",
+        r#"{"argv":["id","-u"],"user":"1234:1234"}"#,
+    ]);
+    assert_eq!(
+        (code, json(&body)["stdout"].as_str()),
+        (200, Some("1234\n")),
+        "{body}"
+    );
+    let (code, _, body) = server.local(&[
+        "-XPOST",
+        &url("/commands"),
+        "-d",
+        r#"{"argv":["true"],"user":"postgres"}"#,
+    ]);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("user"), "{body}");
+
     // A running command is listed and can be signalled; its stream then ends with 128+15.
     let stream = Command::new("curl")
         .args([
