@@ -441,6 +441,11 @@ fn run(client: &ServeClient, args: RunArgs, session: Option<String>, t0: u64) ->
     let (id, one_shot, outs) = match session {
         Some(session) => {
             let mut used = args.sandbox.defining_flags();
+            // `-u`: the command's user, which the API takes (root, UID or UID:GID).
+            if let Some(user) = &args.sandbox.user {
+                command["user"] = user.clone().into();
+                used.retain(|f| *f != "--user");
+            }
             if !args.outs.is_empty() {
                 used.push("--out (use `nsbox cp` with a session)");
             }
@@ -455,7 +460,7 @@ fn run(client: &ServeClient, args: RunArgs, session: Option<String>, t0: u64) ->
                         "{} do not apply with --session (the session was created with its own)",
                         used.join(", ")
                     ))
-                    .with_hint("with --session and --host use -e, -w, -i, --json, --result-json, --timeout, --max-output"),
+                    .with_hint("with --session and --host use -e, -w, -i, -u, --json, --result-json, --timeout, --max-output"),
                 );
             }
             let host_env: BTreeMap<String, String> = std::env::vars().collect();

@@ -333,6 +333,14 @@ fn remote_session_flow_over_tcp_with_a_key() {
     assert_eq!(missing.code, 125, "{missing:?}");
     assert!(missing.stderr.contains("/sandbox/none"), "{missing:?}");
 
+    // -u: another user of the sandbox for one command, as locally; a name the server does not
+    // know is its 400.
+    let out = remote.run(&["exec", "--session", &id, "-u", "root", "--", "id", "-u"]);
+    assert_eq!((out.code, out.stdout.as_str()), (0, "0\n"), "{out:?}");
+    let out = remote.run(&["exec", "--session", &id, "-u", "postgres", "--", "true"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("user"), "{out:?}");
+
     // stats, pause and resume, printed as locally.
     let out = remote.run(&["stats", "--json", &id]);
     assert_eq!(out.code, 0, "{out:?}");
