@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use peers::{print_comparison, private_cgroup_view, Row};
+use peers::{percentile, print_comparison, private_cgroup_view, Row};
 use rustix::process::{Pid, PidfdFlags, WaitOptions};
 
 /// Host uid/gid of uid/gid 0 in runc's and crun's user namespace (nsbox takes a slot of its
@@ -104,7 +104,7 @@ fn run() -> i32 {
     if let Some(note) = &cgroup_note {
         println!("({note})");
     }
-    println!("spec: /bin/true from a busybox-static rootfs (read-only); user ns 0 -> {PEER_HOST_ID} x 65536 for runc/crun; pid, mount, net, ipc, uts ns; pids limit 64; nsbox's default seccomp policy; no rlimits");
+    println!("spec: /bin/true from a busybox-static rootfs (read-only); user ns 0 -> {PEER_HOST_ID} x 65536 for runc/crun; pid, mount, net, ipc, uts ns; pids limit 64; seccomp: nsbox's own, runc/crun the allowlist of nsbox's default profile by name; no rlimits");
 
     let result = lifecycle_part(&runtimes, &bundle, runs, &interrupt).and_then(|()| {
         ctr_part(
@@ -136,6 +136,8 @@ fn lifecycle_part(
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); runtimes.0.len()];
+    // Per runtime, per step (create, start, exit, delete).
+    let mut steps: Vec<[Vec<f64>; 4]> = runtimes.0.iter().map(|_| Default::default()).collect();
     let mut n = 0;
     // Warm caches (binary pages, dentries) and make sure each runtime works at all.
     for _ in 0..3 {
@@ -152,23 +154,36 @@ fn lifecycle_part(
             n += 1;
             let took = lifecycle(rt, bundle, &format!("rb-{}-{n}", rt.name))
                 .map_err(|e| interrupt.explain(e))?;
-            samples[i].push(took.as_secs_f64() * 1e3);
+            samples[i].push(took.iter().sum::<f64>());
+            for (step, ms) in steps[i].iter_mut().zip(took) {
+                step.push(ms);
+            }
         }
     }
     rustix::process::set_child_subreaper(None)
         .map_err(|e| format!("PR_SET_CHILD_SUBREAPER off: {e}"))?;
     println!("\n1. the runtime alone: create + start + wait for exit + delete ({runs} runs each)");
     report(runtimes, samples, |rt| rt.does);
+    println!("  median per step (ms): create | start | until the exit | delete");
+    for (rt, steps) in runtimes.0.iter().zip(&mut steps) {
+        let [create, start, exit, delete] = steps.each_mut().map(|s| percentile(s, 0.5));
+        println!(
+            "  {:<6} {create:>7.2} | {start:>7.2} | {exit:>7.2} | {delete:>7.2}",
+            rt.name
+        );
+    }
     Ok(())
 }
 
-/// One container's life, timed from `create` to the end of `delete`.
-fn lifecycle(rt: &Runtime, bundle: &Path, id: &str) -> Result<Duration, String> {
+/// One container's life: the milliseconds of `create`, of `start`, from `start`'s return to
+/// the process's exit, and of `delete`.
+fn lifecycle(rt: &Runtime, bundle: &Path, id: &str) -> Result<[f64; 4], String> {
     let _ = std::fs::remove_file(&rt.pid_file);
     let bundle = bundle.to_str().unwrap();
     let pid_file = rt.pid_file.to_str().unwrap();
-    let start = Instant::now();
+    let mut marks = [Instant::now(); 5];
     rt.run(&["create", "--bundle", bundle, "--pid-file", pid_file, id])?;
+    marks[1] = Instant::now();
     let pid = std::fs::read_to_string(&rt.pid_file)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
@@ -176,11 +191,22 @@ fn lifecycle(rt: &Runtime, bundle: &Path, id: &str) -> Result<Duration, String> 
         .ok_or_else(|| format!("{}: create wrote no pid to {pid_file}", rt.name))?;
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())
         .map_err(|e| format!("{}: pidfd_open({pid:?}): {e}", rt.name))?;
+    let opened = Instant::now();
     rt.run(&["start", id])?;
+    marks[2] = Instant::now();
     let code = wait_exit(&pidfd, pid).map_err(|e| format!("{} {id}: {e}", rt.name))?;
+    marks[3] = Instant::now();
     rt.run(&["delete", id])?;
-    let took = start.elapsed();
+    marks[4] = Instant::now();
     reap_orphans();
+    // (Reading the pid file and opening the pidfd is the bench's part, not the runtime's.)
+    let ms = |a: usize, b: usize| (marks[b] - marks[a]).as_secs_f64() * 1e3;
+    let took = [
+        ms(0, 1),
+        (marks[2] - opened).as_secs_f64() * 1e3,
+        ms(2, 3),
+        ms(3, 4),
+    ];
     match code {
         Some(0) | None => Ok(took),
         Some(c) => Err(format!("{} {id}: /bin/true exited with {c}", rt.name)),
