@@ -10,9 +10,14 @@
 //! mount; all three tools then see the same (cgroup v1) layout.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/peers.rs"]
+mod peers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use peers::{percentile, print_comparison, private_cgroup_view, which, Row};
 
 struct Tool {
     name: &'static str,
@@ -93,29 +98,16 @@ fn main() {
             }
         }
         println!("\n{mode}:");
-        println!(
-            "  {:<6} {:>9} {:>9} {:>9}   isolation",
-            "tool", "median", "p10", "p90"
-        );
-        let medians: Vec<f64> = samples.iter_mut().map(|s| percentile(s, 0.5)).collect();
-        for (i, tool) in tools.iter().enumerate() {
-            let s = &mut samples[i];
-            println!(
-                "  {:<6} {:>7.2}ms {:>7.2}ms {:>7.2}ms   {}",
-                tool.name,
-                medians[i],
-                percentile(s, 0.1),
-                percentile(s, 0.9),
-                tool.does
-            );
-        }
-        for (i, tool) in tools.iter().enumerate().skip(1) {
-            println!(
-                "  nsbox/{:<5} median ratio: {:.2}",
-                tool.name,
-                medians[0] / medians[i]
-            );
-        }
+        let mut rows: Vec<Row<'_>> = tools
+            .iter()
+            .zip(samples)
+            .map(|(tool, samples)| Row {
+                name: tool.name,
+                samples,
+                does: tool.does,
+            })
+            .collect();
+        print_comparison(&mut rows);
     }
     phase_table(&nsbox, 30);
 }
@@ -135,20 +127,6 @@ fn run_once(tool: &Tool) -> Result<Duration, String> {
         return Err(String::from_utf8_lossy(&status.stderr).into_owned());
     }
     Ok(took)
-}
-
-fn percentile(samples: &mut [f64], q: f64) -> f64 {
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let idx = ((samples.len() as f64 - 1.0) * q).round() as usize;
-    samples[idx]
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.exists())
-    })
 }
 
 /// A minimal OCI bundle for crun: busybox as /bin/true, read-only root, no terminal.
@@ -177,33 +155,6 @@ fn crun_bundle(dir: &Path) -> Option<PathBuf> {
     config["root"] = serde_json::json!({ "path": "rootfs", "readonly": true });
     std::fs::write(&path, serde_json::to_string_pretty(&config).ok()?).ok()?;
     Some(bundle)
-}
-
-/// On a hybrid host whose cgroup2 mount lists a controller, crun refuses to start; give this
-/// process (and the tools it runs) a private mount namespace without that mount.
-fn private_cgroup_view() -> Option<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let unified = mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let mount_point = left.split(' ').nth(4)?;
-        (right.starts_with("cgroup2 ") && mount_point != "/sys/fs/cgroup")
-            .then(|| mount_point.to_string())
-    })?;
-    let controllers =
-        std::fs::read_to_string(Path::new(&unified).join("cgroup.controllers")).ok()?;
-    if controllers.trim().is_empty() {
-        return None;
-    }
-    nsbox::sys::process::unshare(nsbox::sys::process::flags::NEWNS).ok()?;
-    rustix::mount::mount_change(
-        "/",
-        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
-    )
-    .ok()?;
-    rustix::mount::unmount(unified.as_str(), rustix::mount::UnmountFlags::DETACH).ok()?;
-    Some(format!(
-        "hybrid host: the bench hides the cgroup2 mount at {unified} from all tools so crun runs; nsbox uses the v1 controllers either way"
-    ))
 }
 
 /// Averages nsbox's own --timings over `runs` runs, phase by phase.
