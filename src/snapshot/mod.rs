@@ -104,13 +104,7 @@ pub fn commit_with_info(
         name: name.to_string(),
         message: e.to_string(),
     })?;
-    let client = SessionClient::connect(sessions, session)?;
-    if !client.record.root.starts_with("image:") {
-        return Err(SnapshotError::NoImage {
-            session: session.to_string(),
-            root: client.record.root.clone(),
-        });
-    }
+    let client = connect_image_session(sessions, session)?;
     let store = Store::open(state_root)?;
     let _guard = store.load_guard()?;
     let workdir = store.tmp_path("commit");
@@ -214,6 +208,22 @@ fn capture_session(
     .map_err(io("write the layer"))
 }
 
+/// A client of `session`, which must have started from an image: a session on the host's
+/// root or a directory has no image to stack on.
+fn connect_image_session(
+    sessions: &SessionStore,
+    session: &str,
+) -> Result<SessionClient, SnapshotError> {
+    let client = SessionClient::connect(sessions, session)?;
+    if !client.record.root.starts_with("image:") {
+        return Err(SnapshotError::NoImage {
+            session: session.to_string(),
+            root: client.record.root.clone(),
+        });
+    }
+    Ok(client)
+}
+
 /// A fork's snapshot of its parent: the parent's files in a snapshot layer of the store
 /// (see [`layer`]), leased while this lives — and by every fork's supervisor, which inherits
 /// the lease from the `nsbox fork` that made it.
@@ -261,13 +271,7 @@ pub fn snapshot_for_fork(
     session: &str,
     state_root: &Path,
 ) -> Result<ForkSnapshot, SnapshotError> {
-    let client = SessionClient::connect(sessions, session)?;
-    if !client.record.root.starts_with("image:") {
-        return Err(SnapshotError::NoImage {
-            session: session.to_string(),
-            root: client.record.root.clone(),
-        });
-    }
+    let client = connect_image_session(sessions, session)?;
     let store = Store::open(state_root)?;
     let _guard = store.load_guard()?;
     let id = crate::ids::new_id();

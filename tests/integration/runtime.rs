@@ -1139,55 +1139,28 @@ fn runtime_refuses_terminal_and_console_socket_mismatches() {
     assert_eq!(plain.runtime(&["start", "live"]).code, 0);
     let p = process_file(&plain, "p.json", &["/bin/true"], |_| {});
     let p = p.to_str().unwrap();
-    let run = plain.runtime(&["exec", "--detach", "--tty", "--process", p, "live"]);
-    assert!(
-        run.code != 0 && run.stderr.contains("--console-socket"),
-        "{}",
-        run.stderr
-    );
-    let run = plain.runtime(&[
-        "exec",
-        "--tty",
-        "--console-socket",
-        console.path(),
-        "--process",
-        p,
-        "live",
-    ]);
-    assert!(
-        run.code != 0 && run.stderr.contains("--detach"),
-        "{}",
-        run.stderr
-    );
-    let run = plain.runtime(&[
-        "exec",
-        "--detach",
-        "--console-socket",
-        console.path(),
-        "--process",
-        p,
-        "live",
-    ]);
-    assert!(
-        run.code != 0 && run.stderr.contains("--tty"),
-        "{}",
-        run.stderr
-    );
-    let run = plain.runtime(&[
-        "exec",
-        "--detach",
-        "--tty",
-        "--console-socket",
-        missing.to_str().unwrap(),
-        "--process",
-        p,
-        "live",
-    ]);
-    assert!(
-        run.code != 0 && run.stderr.contains("--console-socket"),
-        "{}",
-        run.stderr
-    );
+    let socket = console.path();
+    let missing = missing.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--detach", "--tty"], "--console-socket"),
+        (&["--tty", "--console-socket", socket], "--detach"),
+        (&["--detach", "--console-socket", socket], "--tty"),
+        (
+            &["--detach", "--tty", "--console-socket", missing],
+            "--console-socket",
+        ),
+    ];
+    for (flags, named) in cases {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(flags);
+        args.extend(["--process", p, "live"]);
+        let run = plain.runtime(&args);
+        assert!(
+            run.code != 0 && run.stderr.contains(named),
+            "{flags:?}: {}",
+            run.stderr
+        );
+    }
     let session = plain.session("live");
     assert_eq!(plain.runtime(&["delete", "--force", "live"]).code, 0);
     assert!(leftover_cgroups(&session).is_empty());
