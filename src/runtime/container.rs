@@ -376,8 +376,13 @@ fn waiter(
             run_in_session(store, session, exec)
         }
     };
-    // The container ends with its process: whatever else runs in the sandbox goes too.
-    stop_session(store, session);
+    // The container ends with its process: whatever else runs in the sandbox goes too. The
+    // exit is reported (this process ends) as soon as the supervisor has the stop, as runc's
+    // is when its pid 1 ends; the teardown goes on in the supervisor, and `delete` waits for
+    // it.
+    if let Ok(client) = SessionClient::connect(store, session) {
+        let _ = client.stop_without_waiting(Duration::ZERO, "the container stopped");
+    }
     // For `delete` and for callers that are not the waiter's parent (tests, debugging).
     let _ = std::fs::write(fifo.with_file_name("exit"), code.to_string());
     code

@@ -182,6 +182,20 @@ impl SessionClient {
         Ok(())
     }
 
+    /// Starts stopping the session (TERM to every command, KILL after `grace`) and returns
+    /// once the supervisor has taken the request, without waiting for the teardown: a later
+    /// [`SessionClient::stop`] waits for it.
+    pub fn stop_without_waiting(self, grace: Duration, reason: &str) -> Result<(), SessionError> {
+        self.send(
+            &Request::Stop {
+                grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                reason: reason.to_string(),
+            },
+            &[],
+        )?;
+        self.recv().map(drop)
+    }
+
     /// Freezes (`nsbox pause`) or thaws (`nsbox resume`) the session; true when it changed.
     pub fn set_frozen(&self, frozen: bool) -> Result<bool, SessionError> {
         match self.request(&Request::Freeze { frozen })? {
