@@ -25,6 +25,45 @@ pub struct BundlePlan {
     pub terminal: bool,
     /// `process.consoleSize` as (rows, columns).
     pub console_size: Option<(u16, u16)>,
+    /// `linux.sysctl`: `net.*` keys only, as (path under /proc/sys, value), written in the
+    /// sandbox's own network namespace from its user namespace ([`super::sysctl`]).
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// `linux.sysctl` checked: only `net.*` keys, and only with a network namespace of the
+/// sandbox's own (not the host's, not a pod's joined by path, whose owner is not the
+/// sandbox's user namespace). Each becomes its path under /proc/sys.
+fn sysctls(
+    sysctl: &std::collections::HashMap<String, String>,
+    own_netns: bool,
+) -> Result<Vec<(String, String)>, RuntimeError> {
+    let mut out = Vec::new();
+    let mut keys: Vec<_> = sysctl.keys().collect();
+    keys.sort();
+    for key in keys {
+        let field = format!("linux.sysctl.{key}");
+        let well_formed = !key.is_empty()
+            && key
+                .split('.')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        if !well_formed {
+            return Err(refuse(field, "not a sysctl name (dot-separated words)"));
+        }
+        if !key.starts_with("net.") {
+            return Err(refuse(
+                field,
+                "only network sysctls (net.*) are supported: they are written in the sandbox's own network namespace; others would change the host — hint: remove it from the engine's sysctl settings",
+            ));
+        }
+        if !own_netns {
+            return Err(refuse(
+                field,
+                "a net.* sysctl needs a network namespace of the container's own; without one (the host's network, or a pod's joined by path) it would change a network nsbox does not own — hint: remove it, or give the container its own network namespace",
+            ));
+        }
+        out.push((key.replace('.', "/"), sysctl[key].clone()));
+    }
+    Ok(out)
 }
 
 /// `process.consoleSize` as (rows, columns); sizes beyond a terminal's range are clamped.
@@ -236,6 +275,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
     } else {
         NetworkMode::Host
     });
+    let mut sysctls_planned = Vec::new();
     if let Some(linux) = linux {
         if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
             return Err(refuse(
@@ -243,8 +283,10 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
                 "host devices are refused; the sandbox has nsbox's minimal /dev",
             ));
         }
-        if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
-            return Err(refuse("linux.sysctl", "sysctls are not supported"));
+        if let Some(sysctl) = linux.sysctl() {
+            let own_netns =
+                has(LinuxNamespaceType::Network) && req.net_namespace.is_none();
+            sysctls_planned = sysctls(sysctl, own_netns)?;
         }
         if linux.uid_mappings().is_some() || linux.gid_mappings().is_some() {
             ignored.push("linux.uidMappings/gidMappings (nsbox maps its own range)".into());
@@ -297,6 +339,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
         ignored,
         terminal: process.terminal().unwrap_or(false),
         console_size: console_size(process),
+        sysctls: sysctls_planned,
     })
 }
 
@@ -331,6 +374,13 @@ fn mount_flag(i: usize, mount: &Mount) -> Result<MountPlan, RuntimeError> {
             format!("mounts[{i}].type"),
             format!("a '{typ}' mount at {} is not supported", dst.display()),
         ));
+    }
+    if PROVIDED.iter().any(|(d, _)| Path::new(d) == dst) {
+        // podman binds its own shm directory at /dev/shm: the sandbox has its own there.
+        return Ok(MountPlan::Ignored(format!(
+            "mounts[{i}] (a bind at {}, which the sandbox provides itself)",
+            dst.display()
+        )));
     }
     let source: PathBuf = mount
         .source()

@@ -94,9 +94,24 @@ fn check_id(id: &str) -> Result<(), RuntimeError> {
     }
 }
 
+/// The longest id kept as its own directory name. The session's control socket lives under
+/// the container's directory, and a unix socket's path must fit in 108 bytes: podman's ids
+/// are 64 hex digits, which under `/run/nsbox-runc` would not.
+const DIR_NAME_MAX: usize = 32;
+
 fn dir(root: &Path, id: &str) -> Result<PathBuf, RuntimeError> {
     check_id(id)?;
-    Ok(root.join(id))
+    if id.len() <= DIR_NAME_MAX {
+        return Ok(root.join(id));
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let name: String = digest
+        .iter()
+        .take(DIR_NAME_MAX / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(root.join(name))
 }
 
 fn store(dir: &Path) -> SessionStore {
@@ -112,10 +127,14 @@ fn read_record(root: &Path, id: &str) -> Result<(PathBuf, Record), RuntimeError>
         }
         Err(e) => return Err(RuntimeError::io(format!("read {}", dir.display()))(e)),
     };
-    let record = serde_json::from_slice(&text).map_err(|e| RuntimeError::Io {
+    let record: Record = serde_json::from_slice(&text).map_err(|e| RuntimeError::Io {
         what: format!("{}/state.json", dir.display()),
         source: std::io::Error::other(e),
     })?;
+    // A long id's directory is named by its digest: the record says whose it is.
+    if record.id != id {
+        return Err(RuntimeError::NotFound(id.into()));
+    }
     Ok((dir, record))
 }
 
@@ -208,6 +227,7 @@ pub fn create(
         id,
         &bundle_dir,
         &spec,
+        &plan.sysctls,
         plan.annotations,
         pid_file,
         terminal,
@@ -223,6 +243,7 @@ fn create_in(
     id: &str,
     bundle_dir: &Path,
     spec: &SandboxSpec,
+    sysctls: &[(String, String)],
     annotations: BTreeMap<String, String>,
     pid_file: Option<&Path>,
     terminal: Option<(ConsoleSocket, Option<(u16, u16)>)>,
@@ -242,6 +263,11 @@ fn create_in(
     let store = store(dir);
     let (session, pending) = daemon::start(spec, None, None, &store)?;
     pending.commit();
+    // Before the process exists: it starts with the sysctls the engine asked for.
+    if let Err(e) = super::sysctl::write_in(session.init_pid, sysctls) {
+        stop_session(&store, &session.id);
+        return Err(e);
+    }
     let (console, winsize) = match terminal {
         Some((socket, size)) => (Some(socket), size),
         None => (None, None),
@@ -863,6 +889,18 @@ mod tests {
         for good in ["c1", "abc_DEF-1.2", &"x".repeat(128)] {
             assert!(check_id(good).is_ok(), "{good:?}");
         }
+    }
+
+    #[test]
+    fn long_ids_get_short_directories_that_fit_a_socket_path() {
+        let root = Path::new(super::super::DEFAULT_ROOT);
+        let podman = "a".repeat(64);
+        let long = dir(root, &podman).expect("dir");
+        assert_eq!(long.file_name().map(|n| n.len()), Some(DIR_NAME_MAX));
+        assert_ne!(long, dir(root, &"b".repeat(64)).expect("dir"));
+        assert_eq!(dir(root, "c1").expect("dir"), root.join("c1"));
+        let socket = store(&long).socket("0123456789ab");
+        assert!(socket.as_os_str().len() < 108, "{}", socket.display());
     }
 
     #[test]
