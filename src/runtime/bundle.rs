@@ -43,9 +43,12 @@ fn sysctls(
     for key in keys {
         let field = format!("linux.sysctl.{key}");
         let well_formed = !key.is_empty()
-            && key
-                .split('.')
-                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+            && key.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
         if !well_formed {
             return Err(refuse(field, "not a sysctl name (dot-separated words)"));
         }
@@ -284,8 +287,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
             ));
         }
         if let Some(sysctl) = linux.sysctl() {
-            let own_netns =
-                has(LinuxNamespaceType::Network) && req.net_namespace.is_none();
+            let own_netns = has(LinuxNamespaceType::Network) && req.net_namespace.is_none();
             sysctls_planned = sysctls(sysctl, own_netns)?;
         }
         if linux.uid_mappings().is_some() || linux.gid_mappings().is_some() {
@@ -501,6 +503,55 @@ mod tests {
         let ex = exec_of(&process, (0, 0)).expect("exec");
         assert!(ex.tty);
         assert_eq!(ex.winsize, Some((u16::MAX, 80)), "clamped");
+    }
+
+    #[test]
+    fn net_sysctls_are_planned_and_others_refused_naming_the_key() {
+        let ping = with(|v| {
+            v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ping_group_range": "0 0"});
+        });
+        let p = plan(&ping, Path::new("/b")).expect("plan");
+        assert_eq!(
+            p.sysctls,
+            vec![("net/ipv4/ping_group_range".to_string(), "0 0".to_string())]
+        );
+        let kernel = with(|v| v["linux"]["sysctl"] = serde_json::json!({"kernel.shmmax": "1"}));
+        assert_eq!(refused_field(&kernel), "linux.sysctl.kernel.shmmax");
+        let escape = with(|v| {
+            v["linux"]["sysctl"] = serde_json::json!({"net.ipv4/../../kernel.x": "1"});
+        });
+        assert_eq!(
+            refused_field(&escape),
+            "linux.sysctl.net.ipv4/../../kernel.x"
+        );
+        let dotdot = with(|v| v["linux"]["sysctl"] = serde_json::json!({"net..ipv4": "1"}));
+        assert_eq!(refused_field(&dotdot), "linux.sysctl.net..ipv4");
+        let host_net = with(|v| {
+            v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "mount"}]);
+            v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+        });
+        assert_eq!(refused_field(&host_net), "linux.sysctl.net.ipv4.ip_forward");
+        let pod_net = with(|v| {
+            v["linux"]["namespaces"][2] =
+                serde_json::json!({"type": "network", "path": "/run/netns/pod-1"});
+            v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+        });
+        assert_eq!(refused_field(&pod_net), "linux.sysctl.net.ipv4.ip_forward");
+    }
+
+    #[test]
+    fn a_bind_onto_a_place_the_sandbox_provides_is_ignored() {
+        let shm = with(|v| {
+            v["mounts"][1] = serde_json::json!({"destination": "/dev/shm", "type": "bind",
+                "source": "/var/lib/containers/x/userdata/shm", "options": ["rbind"]});
+        });
+        let p = plan(&shm, Path::new("/b")).expect("plan");
+        assert!(p.request.mounts.is_empty());
+        assert!(
+            p.ignored.iter().any(|i| i.contains("/dev/shm")),
+            "{:?}",
+            p.ignored
+        );
     }
 
     #[test]

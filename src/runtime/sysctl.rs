@@ -23,15 +23,17 @@ pub fn write_in(init_pid: i32, sysctls: &[(String, String)]) -> Result<(), Runti
         return Ok(());
     }
     let open = |kind: &str| {
-        sys::process::open_namespace(Path::new(&format!("/proc/{init_pid}/ns/{kind}")))
-            .map_err(RuntimeError::io(format!("open the sandbox's {kind} namespace")))
+        sys::process::open_namespace(Path::new(&format!("/proc/{init_pid}/ns/{kind}"))).map_err(
+            RuntimeError::io(format!("open the sandbox's {kind} namespace")),
+        )
     };
     let net = open("net")?;
     let user = open("user")?;
     let (mut reader, writer) = std::io::pipe().map_err(RuntimeError::io("make a pipe"))?;
     // SAFETY: the runtime is single-threaded (the session's supervisor was forked, no thread
     // was started here), and the child ends through `exit_now`, never returning.
-    let pid = unsafe { sys::process::fork() }.map_err(RuntimeError::io("fork the sysctl writer"))?;
+    let pid =
+        unsafe { sys::process::fork() }.map_err(RuntimeError::io("fork the sysctl writer"))?;
     if pid == 0 {
         let _abort = sys::process::AbortOnPanic;
         drop(reader);
@@ -61,11 +63,7 @@ pub fn write_in(init_pid: i32, sysctls: &[(String, String)]) -> Result<(), Runti
 }
 
 /// In the forked writer: joins the namespaces and writes every key; the error names the key.
-fn write_joined(
-    net: &OwnedFd,
-    user: &OwnedFd,
-    sysctls: &[(String, String)],
-) -> Result<(), String> {
+fn write_joined(net: &OwnedFd, user: &OwnedFd, sysctls: &[(String, String)]) -> Result<(), String> {
     // The network namespace first, while still holding the host's capabilities (joining the
     // user namespace first would leave none over the host's one to leave it).
     sys::process::setns(net.as_fd(), flags::NEWNET)
