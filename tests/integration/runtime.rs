@@ -1195,8 +1195,10 @@ fn runtime_refuses_terminal_and_console_socket_mismatches() {
 
 /// podman (Debian's 4.3.1, through conmon) with nsbox-runc as its OCI runtime, kept in a temp
 /// dir of its own: its storage (`--root`, vfs), run state (`--runroot`, `--tmpdir`), events
-/// file and the runtime's state (`--runtime-flag root=`) are all there; `--network none` needs
-/// no CNI or netavark. The image is a busybox rootfs brought in with `podman import`.
+/// file are all there; `--network none` needs no CNI or netavark. The runtime keeps its state
+/// in its default root (/run/nsbox-runc): podman 4.3 does not pass `--runtime-flag` on to the
+/// `delete` of its cleanup process, so a root of the test's own would keep every container.
+/// The image is a busybox rootfs brought in with `podman import`.
 struct Podman {
     b: Bundle,
 }
@@ -1213,7 +1215,6 @@ impl Podman {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
         std::os::unix::fs::symlink(nsbox_bin(), b.path("nsbox-runc")).unwrap();
-        std::fs::create_dir_all(b.path("runc-root")).unwrap();
         let tar = b.path("image.tar");
         let packed = Command::new("tar")
             .arg("-C")
@@ -1240,7 +1241,6 @@ impl Podman {
             .args(["--cgroup-manager", "cgroupfs"])
             .args(["--events-backend", "file"])
             .args(["--runtime", &path("nsbox-runc")])
-            .args(["--runtime-flag", &format!("root={}", path("runc-root"))])
             .env_remove("NSBOX_LOG")
             .env_remove("CONTAINERS_CONF")
             .stdin(Stdio::null());
@@ -1273,30 +1273,39 @@ impl Podman {
             .into()
     }
 
-    /// The nsbox session (cgroup name) of the one container the runtime holds now.
-    fn only_session(&self) -> String {
-        let dirs: Vec<_> = std::fs::read_dir(self.b.path("runc-root"))
-            .unwrap()
+    /// The nsbox session (cgroup name) of container `cid`, from the runtime's state.
+    fn session(cid: &str) -> Option<String> {
+        std::fs::read_dir("/run/nsbox-runc")
+            .ok()?
             .flatten()
-            .collect();
-        assert_eq!(dirs.len(), 1, "one container in the runtime's state");
-        let text = std::fs::read(dirs[0].path().join("state.json")).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
-        v["session"].as_str().unwrap().to_string()
+            .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
+            .filter_map(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            .find(|v| v["id"] == cid)
+            .and_then(|v| v["session"].as_str().map(String::from))
     }
 
-    /// Nothing of the containers is left: no podman container, no runtime state, no mount
-    /// under the test's dir, no process of `needle`; then podman's dirs are removed.
-    fn assert_nothing_left(self, needle: &str) {
+    /// The container id podman wrote to `--cidfile` `name`.
+    fn cid(&self, name: &str) -> String {
+        std::fs::read_to_string(self.b.path(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Nothing of the containers `cids` is left: no podman container, no runtime state, no
+    /// mount under the test's dir, no process of `needle`; then podman's dirs are removed.
+    fn assert_nothing_left(self, cids: &[String], needle: &str) {
         let ps = self.run(&["ps", "-a", "-q"]);
         assert_eq!(ps.code, 0, "{}", ps.stderr);
         assert!(ps.stdout.trim().is_empty(), "no container: {}", ps.stdout);
-        let left: Vec<_> = std::fs::read_dir(self.b.path("runc-root"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        assert!(left.is_empty(), "no runtime state left: {left:?}");
+        for cid in cids {
+            assert_eq!(cid.len(), 64, "a podman id: {cid}");
+            assert_eq!(
+                Podman::session(cid),
+                None,
+                "no runtime state left for {cid}"
+            );
+        }
         let dir = self.b.path("");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let under: Vec<_> = mounts
@@ -1322,9 +1331,12 @@ impl Podman {
 fn runtime_podman_runs_a_container_with_its_exit_code_and_a_terminal() {
     require_root!();
     let p = Podman::new();
+    let cidfile = p.b.path("run.cid");
     let run = p.run(&[
         "run",
         "--rm",
+        "--cidfile",
+        cidfile.to_str().unwrap(),
         "--network",
         "none",
         "localhost/nsbox-test:1",
@@ -1345,10 +1357,13 @@ fn runtime_podman_runs_a_container_with_its_exit_code_and_a_terminal() {
     );
     assert!(run.stderr.contains("err-4718"), "{}", run.stderr);
 
+    let cidfile = p.b.path("tty.cid");
     let tty = p.run_in_terminal(&[
         "run",
         "-it",
         "--rm",
+        "--cidfile",
+        cidfile.to_str().unwrap(),
         "--network",
         "none",
         "localhost/nsbox-test:1",
@@ -1358,7 +1373,8 @@ fn runtime_podman_runs_a_container_with_its_exit_code_and_a_terminal() {
     ]);
     assert_eq!(tty.code, 7, "stdout {} stderr {}", tty.stdout, tty.stderr);
     assert!(tty.stdout.contains("in /dev/pts/"), "{:?}", tty.stdout);
-    p.assert_nothing_left("4718");
+    let cids = [p.cid("run.cid"), p.cid("tty.cid")];
+    p.assert_nothing_left(&cids, "4718");
 }
 
 /// A detached podman container: `podman exec` (plain, and `-it` under `script`) runs in its
@@ -1380,7 +1396,8 @@ fn runtime_podman_exec_stop_and_rm_a_detached_container_leave_nothing() {
         "4719",
     ]);
     assert_eq!(run.code, 0, "stdout {} stderr {}", run.stdout, run.stderr);
-    let session = p.only_session();
+    let cid = run.stdout.trim().to_string();
+    let session = Podman::session(&cid).expect("the container's runtime state");
     assert!(
         !leftover_cgroups(&session).is_empty(),
         "the sandbox's cgroup"
@@ -1409,7 +1426,7 @@ fn runtime_podman_exec_stop_and_rm_a_detached_container_leave_nothing() {
     let rm = p.run(&["rm", "c4719"]);
     assert_eq!(rm.code, 0, "{}", rm.stderr);
     assert!(leftover_cgroups(&session).is_empty(), "no cgroup left");
-    p.assert_nothing_left("4719");
+    p.assert_nothing_left(&[cid], "4719");
 }
 
 /// `linux.sysctl`: a key outside `net.*` is refused naming it, and so is a net key the kernel
