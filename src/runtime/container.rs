@@ -227,8 +227,10 @@ pub fn create(
         id,
         &bundle_dir,
         &spec,
-        &plan.sysctls,
-        plan.annotations,
+        Keep {
+            sysctls: &plan.sysctls,
+            annotations: plan.annotations,
+        },
         pid_file,
         terminal,
     );
@@ -238,13 +240,20 @@ pub fn create(
     result
 }
 
+/// What `create` keeps of the bundle besides the sandbox's spec.
+struct Keep<'a> {
+    /// Written in the sandbox before its process starts.
+    sysctls: &'a [(String, String)],
+    /// Returned by `state`.
+    annotations: BTreeMap<String, String>,
+}
+
 fn create_in(
     dir: &Path,
     id: &str,
     bundle_dir: &Path,
     spec: &SandboxSpec,
-    sysctls: &[(String, String)],
-    annotations: BTreeMap<String, String>,
+    keep: Keep<'_>,
     pid_file: Option<&Path>,
     terminal: Option<(ConsoleSocket, Option<(u16, u16)>)>,
 ) -> Result<(), RuntimeError> {
@@ -264,7 +273,7 @@ fn create_in(
     let (session, pending) = daemon::start(spec, None, None, &store)?;
     pending.commit();
     // Before the process exists: it starts with the sysctls the engine asked for.
-    if let Err(e) = super::sysctl::write_in(session.init_pid, sysctls) {
+    if let Err(e) = super::sysctl::write_in(session.init_pid, keep.sysctls) {
         stop_session(&store, &session.id);
         return Err(e);
     }
@@ -305,7 +314,7 @@ fn create_in(
         session: session.id.clone(),
         init_pid: session.init_pid,
         created: session.created,
-        annotations,
+        annotations: keep.annotations,
     };
     let written = serde_json::to_vec_pretty(&record)
         .map_err(|e| RuntimeError::io("encode state.json")(std::io::Error::other(e)))

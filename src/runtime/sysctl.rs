@@ -29,7 +29,9 @@ pub fn write_in(init_pid: i32, sysctls: &[(String, String)]) -> Result<(), Runti
     };
     let net = open("net")?;
     let user = open("user")?;
-    let (mut reader, writer) = std::io::pipe().map_err(RuntimeError::io("make a pipe"))?;
+    let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| RuntimeError::io("make a pipe")(e.into()))?;
+    let (mut reader, writer) = (std::fs::File::from(reader), std::fs::File::from(writer));
     // SAFETY: the runtime is single-threaded (the session's supervisor was forked, no thread
     // was started here), and the child ends through `exit_now`, never returning.
     let pid =
