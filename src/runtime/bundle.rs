@@ -28,6 +28,8 @@ pub struct BundlePlan {
     /// `linux.sysctl`: `net.*` keys only, as (path under /proc/sys, value), written in the
     /// sandbox's own network namespace from its user namespace ([`super::sysctl`]).
     pub sysctls: Vec<(String, String)>,
+    /// `process.rlimits`, set on the sandbox's init ([`super::rlimit`]).
+    pub rlimits: Vec<super::rlimit::Planned>,
 }
 
 /// `linux.sysctl` checked: only `net.*` keys, and only with a network namespace of the
@@ -198,9 +200,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
         }
         ignored.push("process.capabilities (the workload has none)".into());
     }
-    if process.rlimits().as_ref().is_some_and(|r| !r.is_empty()) {
-        ignored.push("process.rlimits".into());
-    }
+    let rlimits = super::rlimit::plan(process.rlimits().as_deref().unwrap_or_default())?;
     if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
         ignored.push("process.apparmorProfile/selinuxLabel".into());
     }
@@ -342,6 +342,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
         terminal: process.terminal().unwrap_or(false),
         console_size: console_size(process),
         sysctls: sysctls_planned,
+        rlimits,
     })
 }
 

@@ -229,6 +229,8 @@ pub fn create(
         &spec,
         Keep {
             sysctls: &plan.sysctls,
+            rlimits: &plan.rlimits,
+            log,
             annotations: plan.annotations,
         },
         pid_file,
@@ -244,6 +246,9 @@ pub fn create(
 struct Keep<'a> {
     /// Written in the sandbox before its process starts.
     sysctls: &'a [(String, String)],
+    /// Set on the sandbox's init before the process starts.
+    rlimits: &'a [super::rlimit::Planned],
+    log: &'a Log,
     /// Returned by `state`.
     annotations: BTreeMap<String, String>,
 }
@@ -273,7 +278,9 @@ fn create_in(
     let (session, pending) = daemon::start(spec, None, None, &store)?;
     pending.commit();
     // Before the process exists: it starts with the sysctls the engine asked for.
-    if let Err(e) = super::sysctl::write_in(session.init_pid, keep.sysctls) {
+    let prepared = super::sysctl::write_in(session.init_pid, keep.sysctls)
+        .and_then(|()| super::rlimit::set_on(session.init_pid, keep.rlimits, keep.log));
+    if let Err(e) = prepared {
         stop_session(&store, &session.id);
         return Err(e);
     }

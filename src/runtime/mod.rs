@@ -23,6 +23,7 @@
 pub mod bundle;
 pub mod console;
 pub mod container;
+pub mod rlimit;
 pub mod sysctl;
 
 use std::io::Write;

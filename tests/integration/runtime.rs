@@ -1357,6 +1357,39 @@ fn runtime_podman_runs_a_container_with_its_exit_code_and_a_terminal() {
     );
     assert!(run.stderr.contains("err-4718"), "{}", run.stderr);
 
+    // `--ulimit` reaches the process (and podman's default RLIMIT_NOFILE 1048576 is set, or
+    // clamped to the hard limit nsbox can set: ours, without CAP_SYS_RESOURCE).
+    let limits = p.run(&[
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=1000:2000",
+        "--network",
+        "none",
+        "localhost/nsbox-test:1",
+        "/bin/sh",
+        "-c",
+        "echo $(ulimit -n) $(ulimit -Hn)",
+    ]);
+    assert_eq!(limits.code, 0, "{}", limits.stderr);
+    assert_eq!(limits.stdout.trim(), "1000 2000");
+    let limits = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "localhost/nsbox-test:1",
+        "/bin/sh",
+        "-c",
+        "echo $(ulimit -n) $(ulimit -Hn)",
+    ]);
+    assert_eq!(limits.code, 0, "{}", limits.stderr);
+    let ours = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let expected = 1_048_576u64.min(ours);
+    assert_eq!(limits.stdout.trim(), format!("{expected} {expected}"));
+
     let cidfile = p.b.path("tty.cid");
     let tty = p.run_in_terminal(&[
         "run",
