@@ -66,6 +66,8 @@ pub fn write_in(init_pid: i32, sysctls: &[(String, String)]) -> Result<(), Runti
 
 /// In the forked writer: joins the namespaces and writes every key; the error names the key.
 fn write_joined(net: &OwnedFd, user: &OwnedFd, sysctls: &[(String, String)]) -> Result<(), String> {
+    // Nothing of the sandbox may ptrace or read the writer once it is in its user namespace.
+    sys::process::set_non_dumpable().map_err(|e| format!("make the writer non-dumpable: {e}"))?;
     // The network namespace first, while still holding the host's capabilities (joining the
     // user namespace first would leave none over the host's one to leave it).
     sys::process::setns(net.as_fd(), flags::NEWNET)
