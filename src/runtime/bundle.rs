@@ -25,6 +25,50 @@ pub struct BundlePlan {
     pub terminal: bool,
     /// `process.consoleSize` as (rows, columns).
     pub console_size: Option<(u16, u16)>,
+    /// `linux.sysctl`: `net.*` keys only, as (path under /proc/sys, value), written in the
+    /// sandbox's own network namespace from its user namespace ([`super::sysctl`]).
+    pub sysctls: Vec<(String, String)>,
+    /// `process.rlimits`, set on the sandbox's init ([`super::rlimit`]).
+    pub rlimits: Vec<super::rlimit::Planned>,
+}
+
+/// `linux.sysctl` checked: only `net.*` keys, and only with a network namespace of the
+/// sandbox's own (not the host's, not a pod's joined by path, whose owner is not the
+/// sandbox's user namespace). Each becomes its path under /proc/sys.
+fn sysctls(
+    sysctl: &std::collections::HashMap<String, String>,
+    own_netns: bool,
+) -> Result<Vec<(String, String)>, RuntimeError> {
+    let mut out = Vec::new();
+    let mut keys: Vec<_> = sysctl.keys().collect();
+    keys.sort();
+    for key in keys {
+        let field = format!("linux.sysctl.{key}");
+        let well_formed = !key.is_empty()
+            && key.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+        if !well_formed {
+            return Err(refuse(field, "not a sysctl name (dot-separated words)"));
+        }
+        if !key.starts_with("net.") {
+            return Err(refuse(
+                field,
+                "only network sysctls (net.*) are supported: they are written in the sandbox's own network namespace; others would change the host — hint: remove it from the engine's sysctl settings",
+            ));
+        }
+        if !own_netns {
+            return Err(refuse(
+                field,
+                "a net.* sysctl needs a network namespace of the container's own; without one (the host's network, or a pod's joined by path) it would change a network nsbox does not own — hint: remove it, or give the container its own network namespace",
+            ));
+        }
+        out.push((key.replace('.', "/"), sysctl[key].clone()));
+    }
+    Ok(out)
 }
 
 /// `process.consoleSize` as (rows, columns); sizes beyond a terminal's range are clamped.
@@ -156,9 +200,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
         }
         ignored.push("process.capabilities (the workload has none)".into());
     }
-    if process.rlimits().as_ref().is_some_and(|r| !r.is_empty()) {
-        ignored.push("process.rlimits".into());
-    }
+    let rlimits = super::rlimit::plan(process.rlimits().as_deref().unwrap_or_default())?;
     if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
         ignored.push("process.apparmorProfile/selinuxLabel".into());
     }
@@ -236,6 +278,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
     } else {
         NetworkMode::Host
     });
+    let mut sysctls_planned = Vec::new();
     if let Some(linux) = linux {
         if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
             return Err(refuse(
@@ -243,8 +286,9 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
                 "host devices are refused; the sandbox has nsbox's minimal /dev",
             ));
         }
-        if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
-            return Err(refuse("linux.sysctl", "sysctls are not supported"));
+        if let Some(sysctl) = linux.sysctl() {
+            let own_netns = has(LinuxNamespaceType::Network) && req.net_namespace.is_none();
+            sysctls_planned = sysctls(sysctl, own_netns)?;
         }
         if linux.uid_mappings().is_some() || linux.gid_mappings().is_some() {
             ignored.push("linux.uidMappings/gidMappings (nsbox maps its own range)".into());
@@ -297,6 +341,8 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
         ignored,
         terminal: process.terminal().unwrap_or(false),
         console_size: console_size(process),
+        sysctls: sysctls_planned,
+        rlimits,
     })
 }
 
@@ -331,6 +377,13 @@ fn mount_flag(i: usize, mount: &Mount) -> Result<MountPlan, RuntimeError> {
             format!("mounts[{i}].type"),
             format!("a '{typ}' mount at {} is not supported", dst.display()),
         ));
+    }
+    if PROVIDED.iter().any(|(d, _)| Path::new(d) == dst) {
+        // podman binds its own shm directory at /dev/shm: the sandbox has its own there.
+        return Ok(MountPlan::Ignored(format!(
+            "mounts[{i}] (a bind at {}, which the sandbox provides itself)",
+            dst.display()
+        )));
     }
     let source: PathBuf = mount
         .source()
@@ -451,6 +504,55 @@ mod tests {
         let ex = exec_of(&process, (0, 0)).expect("exec");
         assert!(ex.tty);
         assert_eq!(ex.winsize, Some((u16::MAX, 80)), "clamped");
+    }
+
+    #[test]
+    fn net_sysctls_are_planned_and_others_refused_naming_the_key() {
+        let ping = with(|v| {
+            v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ping_group_range": "0 0"});
+        });
+        let p = plan(&ping, Path::new("/b")).expect("plan");
+        assert_eq!(
+            p.sysctls,
+            vec![("net/ipv4/ping_group_range".to_string(), "0 0".to_string())]
+        );
+        let kernel = with(|v| v["linux"]["sysctl"] = serde_json::json!({"kernel.shmmax": "1"}));
+        assert_eq!(refused_field(&kernel), "linux.sysctl.kernel.shmmax");
+        let escape = with(|v| {
+            v["linux"]["sysctl"] = serde_json::json!({"net.ipv4/../../kernel.x": "1"});
+        });
+        assert_eq!(
+            refused_field(&escape),
+            "linux.sysctl.net.ipv4/../../kernel.x"
+        );
+        let dotdot = with(|v| v["linux"]["sysctl"] = serde_json::json!({"net..ipv4": "1"}));
+        assert_eq!(refused_field(&dotdot), "linux.sysctl.net..ipv4");
+        let host_net = with(|v| {
+            v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "mount"}]);
+            v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+        });
+        assert_eq!(refused_field(&host_net), "linux.sysctl.net.ipv4.ip_forward");
+        let pod_net = with(|v| {
+            v["linux"]["namespaces"][2] =
+                serde_json::json!({"type": "network", "path": "/run/netns/pod-1"});
+            v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+        });
+        assert_eq!(refused_field(&pod_net), "linux.sysctl.net.ipv4.ip_forward");
+    }
+
+    #[test]
+    fn a_bind_onto_a_place_the_sandbox_provides_is_ignored() {
+        let shm = with(|v| {
+            v["mounts"][1] = serde_json::json!({"destination": "/dev/shm", "type": "bind",
+                "source": "/var/lib/containers/x/userdata/shm", "options": ["rbind"]});
+        });
+        let p = plan(&shm, Path::new("/b")).expect("plan");
+        assert!(p.request.mounts.is_empty());
+        assert!(
+            p.ignored.iter().any(|i| i.contains("/dev/shm")),
+            "{:?}",
+            p.ignored
+        );
     }
 
     #[test]

@@ -94,9 +94,24 @@ fn check_id(id: &str) -> Result<(), RuntimeError> {
     }
 }
 
+/// The longest id kept as its own directory name. The session's control socket lives under
+/// the container's directory, and a unix socket's path must fit in 108 bytes: podman's ids
+/// are 64 hex digits, which under `/run/nsbox-runc` would not.
+const DIR_NAME_MAX: usize = 32;
+
 fn dir(root: &Path, id: &str) -> Result<PathBuf, RuntimeError> {
     check_id(id)?;
-    Ok(root.join(id))
+    if id.len() <= DIR_NAME_MAX {
+        return Ok(root.join(id));
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let name: String = digest
+        .iter()
+        .take(DIR_NAME_MAX / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(root.join(name))
 }
 
 fn store(dir: &Path) -> SessionStore {
@@ -112,10 +127,14 @@ fn read_record(root: &Path, id: &str) -> Result<(PathBuf, Record), RuntimeError>
         }
         Err(e) => return Err(RuntimeError::io(format!("read {}", dir.display()))(e)),
     };
-    let record = serde_json::from_slice(&text).map_err(|e| RuntimeError::Io {
+    let record: Record = serde_json::from_slice(&text).map_err(|e| RuntimeError::Io {
         what: format!("{}/state.json", dir.display()),
         source: std::io::Error::other(e),
     })?;
+    // A long id's directory is named by its digest: the record says whose it is.
+    if record.id != id {
+        return Err(RuntimeError::NotFound(id.into()));
+    }
     Ok((dir, record))
 }
 
@@ -208,7 +227,12 @@ pub fn create(
         id,
         &bundle_dir,
         &spec,
-        plan.annotations,
+        Keep {
+            sysctls: &plan.sysctls,
+            rlimits: &plan.rlimits,
+            log,
+            annotations: plan.annotations,
+        },
         pid_file,
         terminal,
     );
@@ -218,12 +242,23 @@ pub fn create(
     result
 }
 
+/// What `create` keeps of the bundle besides the sandbox's spec.
+struct Keep<'a> {
+    /// Written in the sandbox before its process starts.
+    sysctls: &'a [(String, String)],
+    /// Set on the sandbox's init before the process starts.
+    rlimits: &'a [super::rlimit::Planned],
+    log: &'a Log,
+    /// Returned by `state`.
+    annotations: BTreeMap<String, String>,
+}
+
 fn create_in(
     dir: &Path,
     id: &str,
     bundle_dir: &Path,
     spec: &SandboxSpec,
-    annotations: BTreeMap<String, String>,
+    keep: Keep<'_>,
     pid_file: Option<&Path>,
     terminal: Option<(ConsoleSocket, Option<(u16, u16)>)>,
 ) -> Result<(), RuntimeError> {
@@ -242,6 +277,13 @@ fn create_in(
     let store = store(dir);
     let (session, pending) = daemon::start(spec, None, None, &store)?;
     pending.commit();
+    // Before the process exists: it starts with the sysctls the engine asked for.
+    let prepared = super::sysctl::write_in(session.init_pid, keep.sysctls)
+        .and_then(|()| super::rlimit::set_on(session.init_pid, keep.rlimits, keep.log));
+    if let Err(e) = prepared {
+        stop_session(&store, &session.id);
+        return Err(e);
+    }
     let (console, winsize) = match terminal {
         Some((socket, size)) => (Some(socket), size),
         None => (None, None),
@@ -279,7 +321,7 @@ fn create_in(
         session: session.id.clone(),
         init_pid: session.init_pid,
         created: session.created,
-        annotations,
+        annotations: keep.annotations,
     };
     let written = serde_json::to_vec_pretty(&record)
         .map_err(|e| RuntimeError::io("encode state.json")(std::io::Error::other(e)))
@@ -868,6 +910,18 @@ mod tests {
         for good in ["c1", "abc_DEF-1.2", &"x".repeat(128)] {
             assert!(check_id(good).is_ok(), "{good:?}");
         }
+    }
+
+    #[test]
+    fn long_ids_get_short_directories_that_fit_a_socket_path() {
+        let root = Path::new(super::super::DEFAULT_ROOT);
+        let podman = "a".repeat(64);
+        let long = dir(root, &podman).expect("dir");
+        assert_eq!(long.file_name().map(|n| n.len()), Some(DIR_NAME_MAX));
+        assert_ne!(long, dir(root, &"b".repeat(64)).expect("dir"));
+        assert_eq!(dir(root, "c1").expect("dir"), root.join("c1"));
+        let socket = store(&long).socket("0123456789ab");
+        assert!(socket.as_os_str().len() < 108, "{}", socket.display());
     }
 
     #[test]

@@ -23,6 +23,8 @@
 pub mod bundle;
 pub mod console;
 pub mod container;
+pub mod rlimit;
+pub mod sysctl;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -68,6 +70,8 @@ pub enum RuntimeError {
     /// `process.terminal`, `--tty` and `--console-socket` do not fit together (runc's rules).
     #[error("{0}")]
     TerminalFlags(String),
+    #[error("{0}")]
+    Sysctl(String),
     #[error("the process's terminal was not set up: {0}")]
     Terminal(String),
     #[error("{what}: {source}")]

@@ -1165,3 +1165,308 @@ fn runtime_refuses_terminal_and_console_socket_mismatches() {
     assert_eq!(plain.runtime(&["delete", "--force", "live"]).code, 0);
     assert!(leftover_cgroups(&session).is_empty());
 }
+
+/// podman (Debian's 4.3.1, through conmon) with nsbox-runc as its OCI runtime, kept in a temp
+/// dir of its own: its storage (`--root`, vfs), run state (`--runroot`, `--tmpdir`), events
+/// file are all there; `--network none` needs no CNI or netavark. The runtime keeps its state
+/// in its default root (/run/nsbox-runc): podman 4.3 does not pass `--runtime-flag` on to the
+/// `delete` of its cleanup process, so a root of the test's own would keep every container.
+/// The image is a busybox rootfs brought in with `podman import`.
+struct Podman {
+    b: Bundle,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        assert!(
+            Path::new("/usr/bin/podman").exists() && Path::new("/usr/bin/conmon").exists(),
+            "podman and conmon are needed for this test (apt-get install podman)"
+        );
+        let b = Bundle::new(config(&["/bin/true"]));
+        let rootfs = b.path("bundle/rootfs");
+        for d in ["proc", "dev", "sys", "run", "tmp", "etc"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink(nsbox_bin(), b.path("nsbox-runc")).unwrap();
+        let tar = b.path("image.tar");
+        let packed = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(packed.success());
+        let p = Podman { b };
+        let imported = p.run(&["import", tar.to_str().unwrap(), "localhost/nsbox-test:1"]);
+        assert_eq!(imported.code, 0, "podman import: {}", imported.stderr);
+        p
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new("/usr/bin/podman");
+        let path = |rel: &str| self.b.path(rel).to_str().unwrap().to_string();
+        cmd.args(["--root", &path("podman/root")])
+            .args(["--runroot", &path("podman/runroot")])
+            .args(["--tmpdir", &path("podman/tmp")])
+            .args(["--storage-driver", "vfs"])
+            .args(["--cgroup-manager", "cgroupfs"])
+            .args(["--events-backend", "file"])
+            .args(["--runtime", &path("nsbox-runc")])
+            .env_remove("NSBOX_LOG")
+            .env_remove("CONTAINERS_CONF")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.cmd().args(args).output().unwrap().into()
+    }
+
+    /// `podman ARGS` with a terminal of its own (`script` gives it one and passes its status on).
+    fn run_in_terminal(&self, args: &[&str]) -> Run {
+        let cmd = self.cmd();
+        let mut line: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_str().unwrap().to_string())
+            .collect();
+        line.extend(args.iter().map(|a| a.to_string()));
+        let quoted: Vec<String> = line
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+            .collect();
+        Command::new("/usr/bin/script")
+            .args(["-q", "-e", "-c", &quoted.join(" "), "/dev/null"])
+            .env_remove("NSBOX_LOG")
+            .env_remove("CONTAINERS_CONF")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    }
+
+    /// The nsbox session (cgroup name) of container `cid`, from the runtime's state.
+    fn session(cid: &str) -> Option<String> {
+        std::fs::read_dir("/run/nsbox-runc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
+            .filter_map(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            .find(|v| v["id"] == cid)
+            .and_then(|v| v["session"].as_str().map(String::from))
+    }
+
+    /// The container id podman wrote to `--cidfile` `name`.
+    fn cid(&self, name: &str) -> String {
+        std::fs::read_to_string(self.b.path(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Nothing of the containers `cids` is left: no podman container, no runtime state, no
+    /// mount under the test's dir, no process of `needle`; then podman's dirs are removed.
+    fn assert_nothing_left(self, cids: &[String], needle: &str) {
+        let ps = self.run(&["ps", "-a", "-q"]);
+        assert_eq!(ps.code, 0, "{}", ps.stderr);
+        assert!(ps.stdout.trim().is_empty(), "no container: {}", ps.stdout);
+        for cid in cids {
+            assert_eq!(cid.len(), 64, "a podman id: {cid}");
+            assert_eq!(
+                Podman::session(cid),
+                None,
+                "no runtime state left for {cid}"
+            );
+        }
+        let dir = self.b.path("");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let under: Vec<_> = mounts
+            .lines()
+            .filter(|l| l.contains(dir.to_str().unwrap().trim_end_matches('/')))
+            .collect();
+        assert!(under.is_empty(), "no mount left: {under:?}");
+        assert!(
+            host_processes_matching(needle).is_empty(),
+            "no process of the containers is left"
+        );
+        let podman = self.b.path("podman");
+        std::fs::remove_dir_all(&podman).unwrap();
+        assert!(!podman.exists());
+    }
+}
+
+/// `podman run` through nsbox-runc: the process's output and exit code come back; podman's
+/// `net.ipv4.ping_group_range "0 0"` (its `--network none` default) is written in the
+/// container's own network namespace, read in its user namespace (gid 0 is the container's
+/// root group); `podman run -it` gives the process a terminal of the sandbox's devpts.
+#[test]
+fn runtime_podman_runs_a_container_with_its_exit_code_and_a_terminal() {
+    require_root!();
+    let p = Podman::new();
+    let cidfile = p.b.path("run.cid");
+    let run = p.run(&[
+        "run",
+        "--rm",
+        "--cidfile",
+        cidfile.to_str().unwrap(),
+        "--network",
+        "none",
+        "localhost/nsbox-test:1",
+        "/bin/sh",
+        "-c",
+        "echo out-4718; echo err-4718 >&2; cat /proc/sys/net/ipv4/ping_group_range; exit 3",
+    ]);
+    assert_eq!(run.code, 3, "stdout {} stderr {}", run.stdout, run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"out-4718"), "{}", run.stdout);
+    assert_eq!(
+        lines
+            .get(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["0", "0"]),
+        "the sysctl, in the container's terms: {}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("err-4718"), "{}", run.stderr);
+
+    // `--ulimit` reaches the process (and podman's default RLIMIT_NOFILE 1048576 is set, or
+    // clamped to the hard limit nsbox can set: ours, without CAP_SYS_RESOURCE).
+    let limits = p.run(&[
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=1000:2000",
+        "--network",
+        "none",
+        "localhost/nsbox-test:1",
+        "/bin/sh",
+        "-c",
+        "echo $(ulimit -n) $(ulimit -Hn)",
+    ]);
+    assert_eq!(limits.code, 0, "{}", limits.stderr);
+    assert_eq!(limits.stdout.trim(), "1000 2000");
+    let limits = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "localhost/nsbox-test:1",
+        "/bin/sh",
+        "-c",
+        "echo $(ulimit -n) $(ulimit -Hn)",
+    ]);
+    assert_eq!(limits.code, 0, "{}", limits.stderr);
+    let ours = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let expected = 1_048_576u64.min(ours);
+    assert_eq!(limits.stdout.trim(), format!("{expected} {expected}"));
+
+    let cidfile = p.b.path("tty.cid");
+    let tty = p.run_in_terminal(&[
+        "run",
+        "-it",
+        "--rm",
+        "--cidfile",
+        cidfile.to_str().unwrap(),
+        "--network",
+        "none",
+        "localhost/nsbox-test:1",
+        "/bin/sh",
+        "-c",
+        "echo in $(tty); exit 7",
+    ]);
+    assert_eq!(tty.code, 7, "stdout {} stderr {}", tty.stdout, tty.stderr);
+    assert!(tty.stdout.contains("in /dev/pts/"), "{:?}", tty.stdout);
+    let cids = [p.cid("run.cid"), p.cid("tty.cid")];
+    p.assert_nothing_left(&cids, "4718");
+}
+
+/// A detached podman container: `podman exec` (plain, and `-it` under `script`) runs in its
+/// sandbox with the process's exit code; `podman stop` ends it, `podman rm` removes it, and
+/// nothing is left: no runtime state, no nsbox cgroup, no mount, no process.
+#[test]
+fn runtime_podman_exec_stop_and_rm_a_detached_container_leave_nothing() {
+    require_root!();
+    let p = Podman::new();
+    let run = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "c4719",
+        "--network",
+        "none",
+        "localhost/nsbox-test:1",
+        "/bin/sleep",
+        "4719",
+    ]);
+    assert_eq!(run.code, 0, "stdout {} stderr {}", run.stdout, run.stderr);
+    let cid = run.stdout.trim().to_string();
+    let session = Podman::session(&cid).expect("the container's runtime state");
+    assert!(
+        !leftover_cgroups(&session).is_empty(),
+        "the sandbox's cgroup"
+    );
+
+    let exec = p.run(&["exec", "c4719", "/bin/sh", "-c", "echo in-exec; exit 5"]);
+    assert_eq!(
+        exec.code, 5,
+        "stdout {} stderr {}",
+        exec.stdout, exec.stderr
+    );
+    assert_eq!(exec.stdout.trim(), "in-exec");
+    let exec = p.run_in_terminal(&["exec", "-it", "c4719", "/bin/sh", "-c", "echo in $(tty)"]);
+    assert_eq!(
+        exec.code, 0,
+        "stdout {} stderr {}",
+        exec.stdout, exec.stderr
+    );
+    assert!(exec.stdout.contains("in /dev/pts/"), "{:?}", exec.stdout);
+
+    let stop = p.run(&["stop", "-t", "5", "c4719"]);
+    assert_eq!(stop.code, 0, "{}", stop.stderr);
+    let status = p.run(&["inspect", "-f", "{{.State.Status}}", "c4719"]);
+    assert_eq!(status.stdout.trim(), "exited", "{}", status.stderr);
+    assert!(host_processes_matching("/bin/sleep 4719").is_empty());
+    let rm = p.run(&["rm", "c4719"]);
+    assert_eq!(rm.code, 0, "{}", rm.stderr);
+    assert!(leftover_cgroups(&session).is_empty(), "no cgroup left");
+    p.assert_nothing_left(&[cid], "4719");
+}
+
+/// `linux.sysctl`: a key outside `net.*` is refused naming it, and so is a net key the kernel
+/// does not have (written in the sandbox, whose network namespace is its own); nothing is left.
+#[test]
+fn runtime_refuses_sysctls_it_cannot_write_naming_the_key() {
+    require_root!();
+    let mut cfg = config(&["/bin/true"]);
+    cfg["linux"]["sysctl"] = serde_json::json!({"kernel.shmmax": "1024"});
+    let b = Bundle::new(cfg);
+    let run = b.create("s1");
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("linux.sysctl.kernel.shmmax"),
+        "{}",
+        run.stderr
+    );
+    let mut cfg = config(&["/bin/true"]);
+    cfg["linux"]["sysctl"] = serde_json::json!({"net.ipv4.no_such_key_4720": "1"});
+    std::fs::write(
+        b.path("bundle/config.json"),
+        serde_json::to_vec_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    let run = b.create("s2");
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("linux.sysctl.net.ipv4.no_such_key_4720"),
+        "{}",
+        run.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(b.path("state"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "nothing left: {left:?}");
+}
