@@ -257,14 +257,13 @@ fn run(s: &ChildSetup<'_>) -> Result<Never, Failure> {
     marks.push(("user namespace mapped".into(), now_ns()));
 
     // Become the sandbox user for good, before any code of the sandbox runs. A session's
-    // init instead stays uid 0 of the sandbox's user namespace with the three capabilities
-    // it needs to start each command as its user (the sandbox's, or root without
-    // capabilities: E2B's `user="root"`); each command drops them for good (see
-    // `become_command_user`).
+    // init instead stays uid 0 of the sandbox's user namespace with the capabilities it
+    // needs to start each command as its user (the sandbox's, root without capabilities,
+    // another uid); each command drops them for good (see `become_command_user`).
     if serve {
-        drop_privileges_for_serving(last_capability)?;
+        drop_privileges(0, 0, last_capability, &SERVING_CAPABILITIES)?;
     } else {
-        drop_privileges(s.spec.uid, s.spec.gid, last_capability)?;
+        drop_privileges(s.spec.uid, s.spec.gid, last_capability, &[])?;
     }
     // The credential change cleared the parent-death signal: set it again and re-check.
     sys::process::set_parent_death_signal(libc::SIGKILL).map_err(at("set parent-death signal"))?;
@@ -432,52 +431,44 @@ unsafe fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
     unsafe { sys::fs::close_range(next, u32::MAX) }
 }
 
-fn drop_privileges(uid: u32, gid: u32, last_capability: libc::c_ulong) -> Result<(), Failure> {
+/// Becomes `uid`:`gid` for good: the bounding set emptied but for `keep`, securebits locked
+/// (uid 0 gains nothing at exec), the permitted and effective sets `keep`, nothing
+/// inheritable or ambient, no_new_privs. A one-shot's init keeps nothing; a session's, see
+/// [`SERVING_CAPABILITIES`].
+fn drop_privileges(
+    uid: u32,
+    gid: u32,
+    last_capability: libc::c_ulong,
+    keep: &[u32],
+) -> Result<(), Failure> {
     use rustix::process::{Gid, Uid};
     use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
-    sys::process::drop_bounding_set(last_capability).map_err(at("drop bounding capabilities"))?;
+    sys::process::drop_bounding_set_except(last_capability, keep)
+        .map_err(at("drop bounding capabilities"))?;
     sys::process::lock_securebits().map_err(at("lock securebits"))?;
     let g = Gid::from_raw(gid);
     set_thread_groups(&[g]).map_err(at("set supplementary groups"))?;
     set_thread_res_gid(g, g, g).map_err(at("set gid"))?;
     let u = Uid::from_raw(uid);
     set_thread_res_uid(u, u, u).map_err(at("set uid"))?;
-    sys::process::clear_capabilities().map_err(at("clear capabilities"))?;
+    sys::process::set_capabilities(keep).map_err(at("set capabilities"))?;
     sys::process::clear_ambient().map_err(at("clear ambient capabilities"))?;
     sys::process::set_no_new_privs().map_err(at("set no_new_privs"))?;
     Ok(())
 }
 
-/// The capabilities a session's init keeps (in the sandbox's user namespace only): setuid
-/// and setgid to start a command as the sandbox user, setpcap to empty the command's bounding
-/// set, kill to signal commands of another uid than its own (timeouts, Ctrl-C, stop).
+/// What a session's init keeps, in the sandbox's user namespace only, as its uid and gid 0
+/// (that namespace owns none of the sandbox's other namespaces): setuid and setgid to start
+/// a command as its user, setpcap to empty the command's bounding set, kill to signal
+/// commands of another uid than its own (timeouts, Ctrl-C, stop). The workload cannot reach
+/// it: a command as the sandbox user has another uid, and one as root lacks the
+/// capabilities the init holds, which ptrace, /proc/1/mem and signals all require.
 const SERVING_CAPABILITIES: [u32; 4] = [
     sys::process::CAP_KILL,
     sys::process::CAP_SETGID,
     sys::process::CAP_SETUID,
     sys::process::CAP_SETPCAP,
 ];
-
-/// A session's init: uid and gid 0 of the sandbox's user namespace (which owns none of the
-/// sandbox's other namespaces), the bounding, permitted and effective sets reduced to
-/// [`SERVING_CAPABILITIES`], nothing inheritable or ambient, securebits locked (uid 0 gains
-/// nothing at exec) and no_new_privs. The workload cannot reach it: a command as the sandbox
-/// user has another uid, and one as root lacks the capabilities the init holds, which
-/// ptrace, /proc/1/mem and signals all require.
-fn drop_privileges_for_serving(last_capability: libc::c_ulong) -> Result<(), Failure> {
-    use rustix::process::{Gid, Uid};
-    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
-    sys::process::drop_bounding_set_except(last_capability, &SERVING_CAPABILITIES)
-        .map_err(at("drop bounding capabilities"))?;
-    sys::process::lock_securebits().map_err(at("lock securebits"))?;
-    set_thread_groups(&[Gid::ROOT]).map_err(at("set supplementary groups"))?;
-    set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT).map_err(at("set gid"))?;
-    set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).map_err(at("set uid"))?;
-    sys::process::set_capabilities(&SERVING_CAPABILITIES).map_err(at("keep capabilities"))?;
-    sys::process::clear_ambient().map_err(at("clear ambient capabilities"))?;
-    sys::process::set_no_new_privs().map_err(at("set no_new_privs"))?;
-    Ok(())
-}
 
 /// In a command forked by a session's init: become `uid`:`gid` (root for E2B's
 /// `user="root"`) with no capability left in any set, the bounding set included, for good.
@@ -748,7 +739,7 @@ enum InitRole {
     /// supervisor has taken hold of the filesystem (it then kills the init).
     OneCommand { hold_after_exit: bool },
     /// A session's: commands are started as `uid`:`gid` or as root (see
-    /// [`drop_privileges_for_serving`]).
+    /// [`SERVING_CAPABILITIES`]).
     Serve {
         uid: u32,
         gid: u32,

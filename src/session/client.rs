@@ -170,22 +170,16 @@ impl SessionClient {
 
     /// Stops the session (TERM to everything, KILL after `grace`) and waits until it ended.
     pub fn stop(self, grace: Duration, reason: &str) -> Result<(), SessionError> {
-        self.send(
-            &Request::Stop {
-                grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
-                reason: reason.to_string(),
-            },
-            &[],
-        )?;
-        // The supervisor answers, then closes the socket when everything is gone.
+        self.stop_without_waiting(grace, reason)?;
+        // After its answer, the supervisor closes the socket when everything is gone.
         while self.recv()?.is_some() {}
         Ok(())
     }
 
     /// Starts stopping the session (TERM to every command, KILL after `grace`) and returns
-    /// once the supervisor has taken the request, without waiting for the teardown: a later
+    /// once the supervisor has answered, without waiting for the teardown: a later
     /// [`SessionClient::stop`] waits for it.
-    pub fn stop_without_waiting(self, grace: Duration, reason: &str) -> Result<(), SessionError> {
+    pub fn stop_without_waiting(&self, grace: Duration, reason: &str) -> Result<(), SessionError> {
         self.send(
             &Request::Stop {
                 grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),

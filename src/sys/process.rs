@@ -225,14 +225,7 @@ pub fn set_capabilities(caps: &[u32]) -> io::Result<()> {
 
 /// Clears the permitted, effective and inheritable capability sets of this thread.
 pub fn clear_capabilities() -> io::Result<()> {
-    let mut header = libc_cap_header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let mut data = [libc_cap_data::default(); 2];
-    // SAFETY: capset reads a v3 header and two data structs, both valid for the call.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_mut_ptr()) };
-    check(ret).map(drop)
+    set_capabilities(&[])
 }
 
 #[repr(C)]

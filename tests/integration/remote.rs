@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use crate::require_root;
 use crate::serve::TestServer;
-use crate::support::{eventually, nsbox_cmd, Run};
+use crate::support::{eventually, nsbox_cmd, run_with_input, Run};
 
 /// How to reach a server: `NSBOX_HOST` and, for TCP, `NSBOX_API_KEY`.
 struct Remote {
@@ -49,15 +49,7 @@ impl Remote {
     }
 
     fn run_stdin(&self, args: &[&str], input: &[u8]) -> Run {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap().into()
+        run_with_input(self.cmd(args), input)
     }
 
     /// The sandboxes the server lists for this caller.

@@ -95,6 +95,21 @@ impl Writer<'_> {
 
 /// The store as it is after a kill: every image it lists runs (all its layers are there and
 /// unpacked), and the writer's image, when named, has the writer's content.
+/// Runs `cmd` (no streams), SIGKILLs it `delay` µs later unless it ended first, and reaps
+/// it; true when it was killed.
+fn kill_after(mut cmd: std::process::Command, delay: u64) -> bool {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_micros(delay));
+    let killed = child.try_wait().unwrap().is_none() && child.kill().is_ok();
+    let _ = child.wait();
+    killed
+}
+
 fn assert_images_usable(ctx: &StoreCtx, writer: &Writer<'_>, what: &str) {
     for image in ctx.images() {
         let digest = image["digest"].as_str().unwrap();
@@ -165,22 +180,11 @@ fn kill_at_random_moments(ctx: &StoreCtx, writer: &Writer<'_>) {
     for i in 0..n {
         let delay = rng.next() % window.max(1);
         let what = format!("{} #{i} (killed after {delay} µs)", writer.class);
-        let mut child = ctx
-            .cmd(&writer.argv())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_micros(delay));
-        match child.try_wait().unwrap() {
-            Some(_) => finished_first += 1,
-            None => {
-                let _ = child.kill(); // SIGKILL
-                killed += 1;
-            }
+        if kill_after(ctx.cmd(&writer.argv()), delay) {
+            killed += 1;
+        } else {
+            finished_first += 1;
         }
-        let _ = child.wait();
         assert_images_usable(ctx, writer, &what);
         // The default minimum age: another test run's sandbox being created right now is not
         // this test's to remove (the store's leftovers are image prune's, whatever their age).
@@ -421,21 +425,11 @@ fn store_faults_fork_killed_at_random_moments_leaves_no_half_made_fork() {
     for i in 0..n {
         let delay = rng.next() % window.max(1);
         let what = format!("fork #{i} (killed after {delay} µs)");
-        let mut child = nsbox(&fork_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_micros(delay));
-        match child.try_wait().unwrap() {
-            Some(_) => finished_first += 1,
-            None => {
-                let _ = child.kill(); // SIGKILL
-                killed += 1;
-            }
+        if kill_after(nsbox(&fork_args), delay) {
+            killed += 1;
+        } else {
+            finished_first += 1;
         }
-        let _ = child.wait();
         // Past prune's default minimum age (1 s) for what the kill left.
         std::thread::sleep(Duration::from_millis(1500));
         let seen_before = run_dir.ids();

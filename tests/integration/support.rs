@@ -227,6 +227,19 @@ pub fn leftover_cgroups(id: &str) -> Vec<PathBuf> {
 }
 
 /// Host processes whose command line starts with `needle`.
+/// Runs `cmd` with `input` on its stdin (then closed); its output and status.
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Run {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap().into()
+}
+
 pub fn host_processes_matching(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -325,21 +338,7 @@ impl StoreCtx {
 
     /// `nsbox --state-root STORE --config CONFIG ARGS...` with `stdin` as its input.
     pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Run {
-        use std::io::Write;
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap().into()
+        run_with_input(self.cmd(args), stdin.as_bytes())
     }
 
     pub fn run(&self, args: &[&str]) -> Run {

@@ -157,22 +157,25 @@ pub(super) async fn handle(
             format!("The sandbox {id} was not found (killed, or its timeout passed)"),
         );
     };
-    if let OnExpiry::Pause {
-        auto_resume: true,
-        resume_secs,
-    } = owned.on_expiry
+    let mut paused = super::is_paused(&server, &owned.id);
+    if let (
+        true,
+        OnExpiry::Pause {
+            auto_resume: true,
+            resume_secs,
+        },
+    ) = (paused, owned.on_expiry)
     {
-        // E2B's auto-resume: a request to a sandbox its timeout paused thaws it, for another
-        // timeout. (`set_frozen` is a no-op answer when it is running.)
-        if super::is_paused(&server, &owned.id) && server.set_frozen(&owned.id, false).await.is_ok()
-        {
+        // E2B's auto-resume: a request to a paused sandbox thaws it, for another timeout.
+        if server.set_frozen(&owned.id, false).await.is_ok() {
+            paused = false;
             let _ = server.registry.set_expiry(
                 &owned.id,
                 Some(crate::session::state::now_secs() + resume_secs),
             );
         }
     }
-    if super::is_paused(&server, &owned.id) {
+    if paused {
         // As E2B's proxy answers for a paused sandbox: its processes are frozen, so nothing
         // in it answers until a connect or resume.
         drain(req).await;
