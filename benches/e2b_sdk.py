@@ -11,7 +11,7 @@ every namespace unshared) as process baselines, and the SDK's p50 as a ratio to 
 import json, os, statistics, subprocess, sys, tempfile, time
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 100
-NSBOX = os.environ.get("NSBOX_BIN", "target/x86_64-unknown-linux-gnu/debug/nsbox")
+NSBOX = os.environ.get("NSBOX_BIN", "target/x86_64-unknown-linux-musl/debug/nsbox")
 
 
 def serve(state, extra):

@@ -323,7 +323,8 @@ fn attacks() {
         ret(libc::syscall(
             libc::SYS_ioctl,
             0,
-            0xffff_ffff_0000_0000u64 | libc::TIOCSTI,
+            // TIOCSTI is a c_ulong on glibc and a c_int on musl; the number fits both.
+            0xffff_ffff_0000_0000u64 | libc::TIOCSTI as u64,
             &ch,
         ))
     });

@@ -1,3 +1,7 @@
+// Small allocations from a bump arena, the rest from the libc (nsbox::sys::arena says why).
+#[global_allocator]
+static ALLOCATOR: nsbox::sys::arena::Arena = nsbox::sys::arena::Arena;
+
 fn main() {
     // Called as `nsbox-runc` (a link to this binary) or as `nsbox runtime ...`: runc's command
     // line, for container engines (see nsbox::runtime).

@@ -127,7 +127,8 @@ fn current(init_pid: i32, resource: Resource) -> Result<Rlimit, RuntimeError> {
     let ret = unsafe {
         libc::prlimit64(
             init_pid,
-            resource as libc::__rlimit_resource_t,
+            // The resource's type is the libc's own (an enum on glibc, c_int on musl).
+            resource as _,
             std::ptr::null(),
             &mut old,
         )

@@ -474,17 +474,21 @@ const ORDINARY_WORK: &[Probe] = &[
         control: Control::Differs,
     },
     Probe {
-        name: "pthread_create + join (glibc tries clone3, falls back to clone)",
+        name: "pthread_create + join (glibc tries clone3, falls back to clone; musl uses clone)",
         run: |_| {
-            let mut thread: libc::pthread_t = 0;
+            // pthread_t is an integer on glibc and a pointer on musl.
+            let mut thread = std::mem::MaybeUninit::<libc::pthread_t>::uninit();
             let token = 0x5eed_usize as *mut libc::c_void;
             // SAFETY: `thread` is a valid out pointer, default attributes, and `thread_main`
             // only returns its argument.
-            let rc =
-                unsafe { libc::pthread_create(&mut thread, std::ptr::null(), thread_main, token) };
+            let rc = unsafe {
+                libc::pthread_create(thread.as_mut_ptr(), std::ptr::null(), thread_main, token)
+            };
             if rc != 0 {
                 return -i64::from(rc);
             }
+            // SAFETY: pthread_create succeeded, so it stored the thread's id.
+            let thread = unsafe { thread.assume_init() };
             let mut result: *mut libc::c_void = std::ptr::null_mut();
             // SAFETY: joins the thread created above exactly once.
             let rc = unsafe { libc::pthread_join(thread, &mut result) };

@@ -1,6 +1,6 @@
 //! The only home of `unsafe` code in nsbox: thin, documented wrappers around the system calls
 //! that rustix does not cover safely (clone3, fork/execve, signalfd, seccomp, a few ioctls and
-//! prctls). Every block carries a `// SAFETY:` line.
+//! prctls), and the binary's allocator ([`arena`]). Every block carries a `// SAFETY:` line.
 //!
 //! Where soundness depends on the caller — [`process::fork`] (single-threaded, the child never
 //! returns into the parent's frames), [`fs::dup_onto`] and [`fs::close_range`] (no owner relies
@@ -18,6 +18,7 @@
 )]
 #![allow(unsafe_code)]
 
+pub mod arena;
 pub mod fs;
 pub mod mem;
 pub mod net;

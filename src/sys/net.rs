@@ -3,6 +3,13 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
+// libc's `ioctl` takes its request as `c_ulong` on glibc and as `c_int` on musl, while the
+// constants are `c_ulong` on both; both numbers fit either type.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+const GET_FLAGS: libc::Ioctl = libc::SIOCGIFFLAGS as libc::Ioctl;
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+const SET_FLAGS: libc::Ioctl = libc::SIOCSIFFLAGS as libc::Ioctl;
+
 /// Brings the loopback interface up (a new network namespace starts with it down).
 pub fn loopback_up() -> io::Result<()> {
     let sock = rustix::net::socket(
@@ -16,7 +23,7 @@ pub fn loopback_up() -> io::Result<()> {
         *dst = libc::c_char::from_ne_bytes([*src]);
     }
     // SAFETY: SIOCGIFFLAGS fills `req` (valid, with a NUL-terminated name) for the socket.
-    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), GET_FLAGS, &mut req) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -26,7 +33,7 @@ pub fn loopback_up() -> io::Result<()> {
         req.ifr_ifru.ifru_flags |= up;
     }
     // SAFETY: SIOCSIFFLAGS reads `req`, valid for the call.
-    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), SET_FLAGS, &req) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -136,7 +136,14 @@ pub struct AbortOnPanic;
 impl Drop for AbortOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            std::process::abort();
+            // Not `std::process::abort()`: musl's abort raises the signal at the thread id it
+            // cached in the parent (clone3 does not refresh it as fork(3) does), which could
+            // be the supervisor. Signal this process by its real pid, and end if that failed.
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::ABORT,
+            );
+            exit_now(128 + libc::SIGABRT);
         }
     }
 }

@@ -715,9 +715,13 @@ fn error_messages_name_the_failure_and_carry_hints() {
         source: std::io::Error::from_raw_os_error(libc::EBUSY),
         hint: Some("processes are still in it".into()),
     };
+    // The errno's text is the libc's (glibc and musl word EBUSY differently).
+    let busy = std::io::Error::from_raw_os_error(libc::EBUSY);
     assert_eq!(
         e.to_string(),
-        "cannot remove cgroup /sys/fs/cgroup/nsbox-x: Device or resource busy (os error 16) — hint: processes are still in it"
+        format!(
+            "cannot remove cgroup /sys/fs/cgroup/nsbox-x: {busy} — hint: processes are still in it"
+        )
     );
     let e = CgroupError::Remove {
         path: "/x".into(),
