@@ -77,6 +77,10 @@ pub struct CreateArgs {
     /// Write JSON events (setup output with "phase":"setup", then a "created" event).
     #[arg(long, help_heading = "Input/output")]
     pub(super) json: bool,
+    /// Internal (`nsbox serve`'s forks): stack the session on the fork snapshot this JSON
+    /// file describes (see `snapshot::ForkHandoff`), with the parent's user and root mode.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub(super) fork_snapshot: Option<PathBuf>,
 }
 
 pub fn create(
@@ -86,7 +90,20 @@ pub fn create(
     t0: u64,
 ) -> i32 {
     let json = args.json;
-    match create_session(args, state_root, config, t0, None) {
+    let mut args = args;
+    let fork = match args.fork_snapshot.take() {
+        None => None,
+        Some(path) => match adopt_fork_snapshot(&path, state_root) {
+            Ok(fork) => {
+                // As `nsbox fork` gives its forks (snapshot::fork_create_args).
+                args.sandbox.user = Some(format!("{}:{}", fork.info.uid, fork.info.gid));
+                args.sandbox.writable_root |= fork.info.writable_root;
+                Some(fork)
+            }
+            Err(failure) => return fail(json, &failure, t0),
+        },
+    };
+    match create_session(args, state_root, config, t0, fork.as_ref()) {
         Ok(record) => {
             if json {
                 let _ = std::io::stdout().lock().write_all(
@@ -103,6 +120,28 @@ pub fn create(
         }
         Err(code) => code,
     }
+}
+
+/// The fork snapshot a `--fork-snapshot` file hands over, leased by this process.
+fn adopt_fork_snapshot(
+    path: &std::path::Path,
+    state_root: &std::path::Path,
+) -> Result<crate::snapshot::ForkSnapshot, Failure> {
+    let text = std::fs::read(path)
+        .map_err(|e| Failure::usage(format!("--fork-snapshot {}: {e}", path.display())))?;
+    let handoff: crate::snapshot::ForkHandoff = serde_json::from_slice(&text).map_err(|e| {
+        Failure::usage(format!(
+            "--fork-snapshot {}: not a fork snapshot: {e}",
+            path.display()
+        ))
+    })?;
+    crate::snapshot::ForkSnapshot::adopt(handoff, state_root).map_err(|e| {
+        Failure::new(
+            crate::report::Class::Failed,
+            crate::report::Phase::Setup,
+            e.to_string(),
+        )
+    })
 }
 
 /// One fork of `nsbox fork`, made in its process: a session from `args` (the `nsbox create`

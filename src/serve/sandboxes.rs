@@ -52,6 +52,9 @@ pub struct CreateRequest {
     /// What the time to live's end does (E2B's lifecycle; not part of `/v1`).
     #[serde(skip)]
     pub on_expiry: OnExpiry,
+    /// A fork's snapshot hand-over file (the server's forks; not part of `/v1`).
+    #[serde(skip)]
+    pub fork_snapshot: Option<PathBuf>,
 }
 
 /// What happens to a sandbox when its time to live is over.
@@ -224,6 +227,7 @@ impl CreateRequest {
             && self.name.is_none()
             && self.workdir.is_none()
             && self.credentials.is_empty()
+            && self.fork_snapshot.is_none()
             && !self.network.as_ref().is_some_and(|n| n.log);
         plain.then(|| PoolKey {
             image: self.image.clone(),
@@ -239,6 +243,9 @@ impl CreateRequest {
         let mut args = vec!["create".to_string(), "--json".to_string()];
         if let Some(image) = &self.image {
             flag(&mut args, "image", image)?;
+        }
+        if let Some(file) = &self.fork_snapshot {
+            args.push(format!("--fork-snapshot={}", file.display()));
         }
         if let Some(profile) = &self.profile {
             flag(&mut args, "profile", profile)?;

@@ -261,6 +261,44 @@ impl ForkSnapshot {
     }
 }
 
+/// A fork snapshot handed to `nsbox create` processes another process runs (the server's
+/// forks: its creates are subprocesses, which inherit no lease): the layers, the parent's
+/// image and what its supervisor said. Each create leases the layers itself
+/// ([`ForkSnapshot::adopt`]) before the hand-over's maker lets its own lease go.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ForkHandoff {
+    pub layers: Vec<PathBuf>,
+    pub image: String,
+    pub info: SnapshotInfo,
+}
+
+impl ForkSnapshot {
+    /// What a create in another process needs to stack itself on this snapshot.
+    pub fn handoff(&self) -> ForkHandoff {
+        ForkHandoff {
+            layers: self.layers.clone(),
+            image: self.image.clone(),
+            info: self.info.clone(),
+        }
+    }
+
+    /// The snapshot `handoff` describes, leased by this process for as long as it (and every
+    /// supervisor forked from it) lives. Refused when a layer is not a snapshot layer of this
+    /// store or is gone.
+    pub fn adopt(handoff: ForkHandoff, state_root: &Path) -> Result<ForkSnapshot, SnapshotError> {
+        let store = Store::open(state_root)?;
+        let lease = store.lease_snapshot_layers(&handoff.layers)?;
+        Ok(ForkSnapshot {
+            layers: handoff.layers,
+            image: handoff.image,
+            info: handoff.info,
+            copied: layer::Copied::default(),
+            frozen_secs: 0.0,
+            _leases: vec![lease],
+        })
+    }
+}
+
 /// The tar-free snapshot `nsbox fork` stacks its forks on: the session is frozen while its
 /// upper directory and /sandbox are copied into a new layer directory under the store's
 /// `tmp/` (held from garbage collection by the load guard), then thawed; the layer is moved

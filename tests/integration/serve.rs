@@ -1789,6 +1789,26 @@ fn serve_pause_resume_commit_and_fork() {
         3,
         "{body}"
     );
+    // The forks stand on a snapshot layer of the store (no image was committed for them),
+    // and run as the parent's user, over the parent's files with their owners.
+    let snapshot_layers = std::fs::read_dir(state.join("layers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
+        .count();
+    assert_eq!(snapshot_layers, 1, "one snapshot layer for both forks");
+    let (_, parent_ids) = run(&parent, "id -u; stat -c %u /sandbox/f");
+    let (_, fork_ids) = run(&forks[0], "id -u; stat -c %u /sandbox/f");
+    assert_eq!(json(&fork_ids)["stdout"], json(&parent_ids)["stdout"]);
+    let leftovers: Vec<_> = std::fs::read_dir(state.join("serve/sandboxes"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("fork-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "hand-over files are removed: {leftovers:?}"
+    );
     // The snapshot the forks stand on is nobody's image name (its layers stay while used).
     let images = nsbox_cmd(&["--state-root", st, "images", "--json"])
         .output()

@@ -726,26 +726,7 @@ impl Server {
                 Err(over) => break Err(over),
             }
         }
-        .map_err(|over| ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: if over.per_key {
-                "key_limit"
-            } else {
-                "server_full"
-            },
-            message: format!(
-                "{} {} sandboxes at once",
-                if over.per_key {
-                    "this key may hold"
-                } else {
-                    "the server holds at most"
-                },
-                over.limit
-            ),
-            hint: Some("delete a sandbox, or retry later".into()),
-            retry_after: Some(1),
-            exit_code: None,
-        })?;
+        .map_err(over_capacity)?;
         let t0 = std::time::Instant::now();
         let pool_key = body.pool_key();
         let claim = match &pool_key {
@@ -1165,6 +1146,30 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let s = server.clone();
     let _ = tokio::task::spawn_blocking(move || s.registry.remove_pending(&s.store)).await;
     Ok(())
+}
+
+/// The 429 of a create over the caller's or the server's limit.
+fn over_capacity(over: sandboxes::OverCapacity) -> ApiError {
+    ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: if over.per_key {
+            "key_limit"
+        } else {
+            "server_full"
+        },
+        message: format!(
+            "{} {} sandboxes at once",
+            if over.per_key {
+                "this key may hold"
+            } else {
+                "the server holds at most"
+            },
+            over.limit
+        ),
+        hint: Some("delete a sandbox, or retry later".into()),
+        retry_after: Some(1),
+        exit_code: None,
+    }
 }
 
 #[cfg(test)]

@@ -129,10 +129,12 @@ impl Server {
         ))
     }
 
-    /// Forks: one snapshot of the sandbox's files, then one create per fork stacked on it
+    /// Forks: one snapshot of the sandbox's files (the tar-free snapshot layer `nsbox fork`
+    /// makes, see [`snapshot::snapshot_for_fork`]), then one create per fork stacked on it
     /// (each counted against the caller's and the server's limits: over them, the forks
-    /// made are removed and the answer is the create's 429). The snapshot image is untagged
-    /// at the end; its layers stay while a fork uses them.
+    /// made are removed and the answer is the create's 429). Each create leases the layer
+    /// itself; the server's lease ends with this request, so a layer no fork uses is garbage
+    /// for `nsbox prune`.
     pub(super) async fn fork(
         self: &Arc<Self>,
         owned: &Owned,
@@ -149,13 +151,42 @@ impl Server {
             .store
             .read_record(&owned.id)
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let tag = format!(
-            "nsbox-fork-{}:{}-{}",
-            owned.id,
-            now_secs(),
-            crate::ids::new_id()
+        // Not even one more sandbox fits: refused before the parent is frozen and copied.
+        drop(
+            self.registry
+                .reserve(
+                    &caller.name,
+                    caller.max_sandboxes,
+                    self.options.max_sandboxes,
+                )
+                .map_err(over_capacity)?,
         );
-        let (_, info) = self.commit(&owned.id, &tag).await?;
+        let snap = {
+            let store = self.store.clone();
+            let state_root = self.options.state_root.clone();
+            let id = owned.id.clone();
+            blocking(move || {
+                snapshot::snapshot_for_fork(&store, &id, &state_root).map_err(|e| match e {
+                    SnapshotError::NoImage { .. } => {
+                        ApiError::new(StatusCode::BAD_REQUEST, "no_image", e.to_string())
+                    }
+                    _ => ApiError::internal(e.to_string()),
+                })
+            })
+            .await?
+        };
+        // The hand-over file each create reads: root-only, beside the server's records, where
+        // a killed server's is removed by the next one (it is not a sandbox's record).
+        let handoff = self.options.serve_dir.join("sandboxes").join(format!(
+            "fork-{}-{}.json",
+            owned.id,
+            crate::ids::new_id()
+        ));
+        let text = serde_json::to_vec(&snap.handoff())
+            .map_err(|e| ApiError::internal(format!("describe the fork snapshot: {e}")))?;
+        sandboxes::write_private(&handoff, &text)
+            .map_err(|e| ApiError::internal(format!("write {}: {e}", handoff.display())))?;
+        let info = snap.info.clone();
         let mut env: BTreeMap<String, String> = owned.env.iter().cloned().collect();
         env.extend(body.env.clone());
         let network = body.network.or_else(|| {
@@ -170,7 +201,8 @@ impl Server {
         let mut failure = None;
         for name in names {
             let create = CreateRequest {
-                image: Some(tag.clone()),
+                image: Some(snap.image.clone()),
+                fork_snapshot: Some(handoff.clone()),
                 profile: Some(parent.profile.clone()),
                 limits: sandboxes::Limits {
                     memory: parent.memory.map(|m| m.to_string()),
@@ -202,15 +234,9 @@ impl Server {
                 let _ = self.delete(&o.id).await;
             }
         }
-        let store_root = self.options.state_root.clone();
-        let untag = tag.clone();
-        let _ = blocking(move || {
-            if let Ok(Some(images)) = crate::image::store::Store::open_existing(&store_root) {
-                let _ = images.remove_images(&[untag]);
-            }
-            Ok(())
-        })
-        .await;
+        let _ = std::fs::remove_file(&handoff);
+        // Every fork made holds its own lease now.
+        drop(snap);
         if let Some(e) = failure {
             return Err(e);
         }
