@@ -191,7 +191,10 @@ pub fn create(
     // Read and check everything before anything is made.
     let oci = bundle::load(&bundle_dir)?;
     let plan = bundle::plan(&oci, &bundle_dir)?;
-    let profile = Profile::load("default").map_err(|e| RuntimeError::Profile(e.to_string()))?;
+    let mut profile = Profile::load("default").map_err(|e| RuntimeError::Profile(e.to_string()))?;
+    // The spec's env is the process's whole environment (runc's and crun's rule): none of the
+    // profile's (its HOME=/sandbox and LANG).
+    profile.env.clear();
     let spec = SandboxSpec::build(plan.request, &profile, &BTreeMap::new())?;
     for what in &plan.ignored {
         log.write("warning", &format!("config.json: {what}: not honoured"));

@@ -208,8 +208,14 @@ fn spec(args: &[&str], user: (u32, u32)) -> serde_json::Value {
     spec
 }
 
-/// The spec's masked and read-only paths.
-const MASKED: &[&str] = &["/proc/kcore", "/proc/keys", "/sys/firmware"];
+/// The spec's masked and read-only paths (runc's defaults that exist on the hosts the tests run
+/// on: a path that does not exist is not masked).
+const MASKED: &[&str] = &[
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/acpi",
+    "/sys/firmware",
+];
 const READONLY: &[&str] = &["/proc/sys", "/proc/bus"];
 /// The spec's mountpoints besides those and the root.
 const MOUNTS: &[&str] = &[
@@ -224,11 +230,12 @@ const MOUNTS: &[&str] = &[
 ];
 
 /// What the process of the inspecting bundles prints: the lines of /proc/self/status the test
-/// compares, hostname, cwd, environment and mountinfo, each line tagged.
+/// compares, hostname, cwd, the environment the runtime gave it (the shell's, not one it added to)
+/// and mountinfo, each line tagged.
 const INSPECT: &str =
     "grep -E '^(Uid|Gid|NoNewPrivs|Seccomp|CapEff|CapPrm|CapBnd):' /proc/self/status \
      | sed 's/^/status /'; echo \"hostname $(hostname)\"; echo \"cwd $(pwd)\"; \
-     tr '\\0' '\\n' </proc/self/environ | sed 's/^/env /'; sed 's/^/mount /' /proc/self/mountinfo";
+     tr '\\000' '\\n' </proc/$$/environ | sed 's/^/env /'; sed 's/^/mount /' /proc/self/mountinfo";
 
 /// One container's run under the reaper: the bundle, its id, and the running reaper.
 struct Container<'a> {
@@ -372,11 +379,17 @@ fn shape(v: &serde_json::Value) -> String {
     }
 }
 
+/// A container id of this test process's own: runc and crun name their cgroups after it.
+fn container_id(name: &str) -> String {
+    format!("nsbox-diff-{}-{name}", std::process::id())
+}
+
 /// The lifecycle facts of one runtime: state shapes and transitions, exit codes, errors.
 fn lifecycle(rt: &Runtime, facts: &mut BTreeMap<String, String>) {
     let b = Bundle::with_runtime(spec(&["/bin/sleep", "4721"], (0, 0)), rt.argv.clone());
-    let mut c = Container::create(&b, "sleeper");
-    let created = b.state("sleeper");
+    let sleeper = container_id("sleeper");
+    let mut c = Container::create(&b, &sleeper);
+    let created = b.state(&sleeper);
     facts.insert(
         "state after create: status".into(),
         created["status"].to_string(),
@@ -386,15 +399,15 @@ fn lifecycle(rt: &Runtime, facts: &mut BTreeMap<String, String>) {
         "state after create: pid is the pid file's".into(),
         (created["pid"].to_string() == c.pid()).to_string(),
     );
-    let start = b.runtime(&["start", "sleeper"]);
+    let start = b.runtime(&["start", &sleeper]);
     facts.insert("start: exit code".into(), start.code.to_string());
-    let running = b.state("sleeper");
+    let running = b.state(&sleeper);
     facts.insert(
         "state after start: status".into(),
         running["status"].to_string(),
     );
     facts.insert("state after start: keys and types".into(), shape(&running));
-    let term = b.runtime(&["kill", "sleeper", "TERM"]);
+    let term = b.runtime(&["kill", &sleeper, "TERM"]);
     facts.insert("kill TERM: exit code".into(), term.code.to_string());
     // Long enough for a SIGTERM that ends the process to be seen as stopped.
     let ended = eventually(1.0, || c.status() == "stopped");
@@ -405,23 +418,23 @@ fn lifecycle(rt: &Runtime, facts: &mut BTreeMap<String, String>) {
     };
     facts.insert("exit after kill TERM".into(), after_term);
     if !ended {
-        let kill = b.runtime(&["kill", "sleeper", "KILL"]);
+        let kill = b.runtime(&["kill", &sleeper, "KILL"]);
         assert_eq!(kill.code, 0, "{}: kill KILL: {}", rt.name, kill.stderr);
         facts.insert("exit after kill KILL".into(), c.exit(rt.name));
     }
-    let stopped = b.state("sleeper");
+    let stopped = b.state(&sleeper);
     facts.insert(
         "state after exit: status".into(),
         stopped["status"].to_string(),
     );
     facts.insert("state after exit: keys and types".into(), shape(&stopped));
-    let kill_stopped = b.runtime(&["kill", "sleeper", "KILL"]);
+    let kill_stopped = b.runtime(&["kill", &sleeper, "KILL"]);
     facts.insert(
         "kill of a stopped container: fails".into(),
         (kill_stopped.code != 0).to_string(),
     );
     c.delete();
-    let gone = b.runtime(&["state", "sleeper"]);
+    let gone = b.runtime(&["state", &sleeper]);
     facts.insert(
         "state after delete: fails".into(),
         (gone.code != 0).to_string(),
@@ -433,9 +446,10 @@ fn lifecycle(rt: &Runtime, facts: &mut BTreeMap<String, String>) {
     );
 
     // KILL of a running process (the TERM one above may have ended it already).
-    let mut c = Container::create(&b, "killed");
-    assert_eq!(b.runtime(&["start", "killed"]).code, 0);
-    assert_eq!(b.runtime(&["kill", "killed", "KILL"]).code, 0);
+    let killed = container_id("killed");
+    let mut c = Container::create(&b, &killed);
+    assert_eq!(b.runtime(&["start", &killed]).code, 0);
+    assert_eq!(b.runtime(&["kill", &killed, "KILL"]).code, 0);
     facts.insert("exit after kill KILL".into(), c.exit(rt.name));
     c.delete();
 
@@ -444,6 +458,7 @@ fn lifecycle(rt: &Runtime, facts: &mut BTreeMap<String, String>) {
             spec(&["/bin/sh", "-c", &format!("exit {code}")], (0, 0)),
             rt.argv.clone(),
         );
+        let id = &container_id(id);
         let mut c = Container::create(&b, id);
         assert_eq!(b.runtime(&["start", id]).code, 0, "{}: start {id}", rt.name);
         facts.insert(format!("exit of `exit {code}`"), c.exit(rt.name));
@@ -454,8 +469,9 @@ fn lifecycle(rt: &Runtime, facts: &mut BTreeMap<String, String>) {
 /// What the process sees inside, as process.user `user` (`who` names it in the facts).
 fn inside(rt: &Runtime, who: &str, user: (u32, u32), facts: &mut BTreeMap<String, String>) {
     let b = Bundle::with_runtime(spec(&["/bin/sh", "-c", INSPECT], user), rt.argv.clone());
-    let mut c = Container::create(&b, "inspect");
-    assert_eq!(b.runtime(&["start", "inspect"]).code, 0);
+    let inspect = container_id("inspect");
+    let mut c = Container::create(&b, &inspect);
+    assert_eq!(b.runtime(&["start", &inspect]).code, 0);
     assert_eq!(c.exit(rt.name), "0", "{}: {}", rt.name, c.file("err"));
     let out = c.file("out");
     c.delete();
@@ -529,6 +545,36 @@ fn runtime_diff_matches_runc_and_crun_but_for_the_documented_differences() {
     let [(_, nsbox), (_, runc), (_, crun)] = &all[..] else {
         unreachable!()
     };
+    // What runc (and so, below, crun and nsbox) must say, so that a fact all three get wrong
+    // the same way does not pass unseen.
+    for (key, expected) in [
+        ("state after create: status", "\"created\""),
+        ("state after start: status", "\"running\""),
+        ("state after exit: status", "\"stopped\""),
+        ("state after create: pid is the pid file's", "true"),
+        ("exit of `exit 0`", "0"),
+        ("exit of `exit 7`", "7"),
+        ("exit after kill KILL", "137"),
+        ("kill of a stopped container: fails", "true"),
+        ("delete of an unknown id: fails", "true"),
+        ("root: /proc/self/status Uid", "0 0 0 0"),
+        ("uid 1000: /proc/self/status Gid", "1000 1000 1000 1000"),
+        ("root: /proc/self/status NoNewPrivs", "1"),
+        ("root: hostname", "oci-box"),
+        ("root: cwd", "/bin"),
+        // HOME: runc's and crun's for a user the rootfs has no /etc/passwd entry for.
+        ("root: env", "DIFF_TEST=one two HOME=/ PATH=/bin"),
+        ("root: mount / (ro/rw)", "ro"),
+        ("root: mount /proc/sys (ro/rw)", "ro"),
+        ("root: masked /proc/keys", "true"),
+        ("root: masked /proc/acpi", "true"),
+    ] {
+        assert_eq!(
+            runc.get(key).map(String::as_str),
+            Some(expected),
+            "runc: {key}"
+        );
+    }
     let keys: std::collections::BTreeSet<&String> =
         nsbox.keys().chain(runc.keys()).chain(crun.keys()).collect();
     let absent = "(none)".to_string();
