@@ -397,7 +397,7 @@ fn lifecycle(rt: &Runtime, facts: &mut BTreeMap<String, String>) {
     facts.insert("state: keys and types".into(), shape(&created));
     facts.insert(
         "state after create: pid is the pid file's".into(),
-        (created["pid"].to_string() == c.pid()).to_string(),
+        (created["pid"].as_i64().map(|p| p.to_string()) == Some(c.pid())).to_string(),
     );
     let start = b.runtime(&["start", &sleeper]);
     facts.insert("start: exit code".into(), start.code.to_string());
