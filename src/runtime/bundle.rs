@@ -169,6 +169,39 @@ pub fn load(bundle: &Path) -> Result<Spec, RuntimeError> {
     })
 }
 
+/// The home directory of `uid` in the root filesystem's /etc/passwd, if it names one: what runc
+/// and crun set HOME to when the spec's env has none (and "/" without). The file is opened with
+/// the root as "/" (openat2 RESOLVE_IN_ROOT), so a symlink in the bundle's root never reads a
+/// host file.
+fn passwd_home(rootfs: &Path, uid: u32) -> Option<String> {
+    use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
+    let root = rfs::open(
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let fd = rfs::openat2(
+        &root,
+        "etc/passwd",
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .ok()?;
+    let file = std::fs::File::from(fd);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, 1 << 20), &mut text).ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 7 && fields[2].parse() == Ok(uid) && !fields[5].is_empty())
+            .then(|| fields[5].to_string())
+    })
+}
+
 /// Maps `spec` (of the bundle in `bundle`) onto a request, or says which field nsbox refuses.
 pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
     let mut req = ExecRequest::default();
@@ -184,6 +217,19 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
     }
     req.command = args.into_iter().map(Into::into).collect();
     req.env = process.env().clone().unwrap_or_default();
+    let root_dir = spec.root().as_ref().map(|r| {
+        if r.path().is_absolute() {
+            r.path().clone()
+        } else {
+            bundle.join(r.path())
+        }
+    });
+    if !req.env.iter().any(|e| e.starts_with("HOME=")) {
+        let uid = process.user().uid();
+        let home = root_dir.as_deref().and_then(|r| passwd_home(r, uid));
+        req.env
+            .push(format!("HOME={}", home.as_deref().unwrap_or("/")));
+    }
     req.workdir = Some(process.cwd().clone());
     let user = process.user();
     req.user = Some((user.uid(), user.gid()));
@@ -404,6 +450,38 @@ fn mount_flag(i: usize, mount: &Mount) -> Result<MountPlan, RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn home_comes_from_the_roots_passwd_and_never_from_the_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("rootfs/etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            etc.join("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nu:x:1000:1000::/home/u:/bin/sh\nbad:line\n",
+        )
+        .unwrap();
+        let root = dir.path().join("rootfs");
+        assert_eq!(passwd_home(&root, 0).as_deref(), Some("/root"));
+        assert_eq!(passwd_home(&root, 1000).as_deref(), Some("/home/u"));
+        assert_eq!(passwd_home(&root, 7), None);
+        assert_eq!(passwd_home(&dir.path().join("missing"), 0), None);
+        // A symlink to the host's /etc/passwd resolves inside the root, where nothing is.
+        let linked = dir.path().join("linked");
+        std::fs::create_dir_all(linked.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", linked.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/../../../../etc", linked.join("e")).unwrap();
+        assert_eq!(passwd_home(&linked, 0), None);
+    }
+
+    #[test]
+    fn a_spec_without_home_gets_runcs_home_and_one_with_it_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan_env = |json: &str| plan(&spec(json), dir.path()).unwrap().request.env;
+        assert_eq!(plan_env(BASE), ["PATH=/bin", "HOME=/"]);
+        let with_home = BASE.replace(r#""env": ["PATH=/bin"]"#, r#""env": ["HOME=/x"]"#);
+        assert_eq!(plan_env(&with_home), ["HOME=/x"]);
+    }
 
     fn spec(json: &str) -> Spec {
         serde_json::from_str(json).expect("test spec")

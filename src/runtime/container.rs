@@ -65,7 +65,7 @@ impl Status {
     }
 }
 
-/// `state`'s answer (the runtime spec's state, plus runc's `created` and `rootfs`).
+/// `state`'s answer (the runtime spec's state, plus runc's `created`, `rootfs` and `owner`).
 #[derive(Debug, Serialize)]
 pub struct State {
     #[serde(rename = "ociVersion")]
@@ -76,6 +76,9 @@ pub struct State {
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
     pub created: String,
+    /// runc's and crun's key (tools read their state with one shape): runc's value for a
+    /// container of a runtime run as root, "" (crun says "root"); nsbox has no rootless mode.
+    pub owner: &'static str,
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -188,7 +191,10 @@ pub fn create(
     // Read and check everything before anything is made.
     let oci = bundle::load(&bundle_dir)?;
     let plan = bundle::plan(&oci, &bundle_dir)?;
-    let profile = Profile::load("default").map_err(|e| RuntimeError::Profile(e.to_string()))?;
+    let mut profile = Profile::load("default").map_err(|e| RuntimeError::Profile(e.to_string()))?;
+    // The spec's env is the process's whole environment (runc's and crun's rule): none of the
+    // profile's (its HOME=/sandbox and LANG).
+    profile.env.clear();
     let spec = SandboxSpec::build(plan.request, &profile, &BTreeMap::new())?;
     for what in &plan.ignored {
         log.write("warning", &format!("config.json: {what}: not honoured"));
@@ -636,6 +642,7 @@ pub fn state(root: &Path, id: &str) -> Result<State, RuntimeError> {
         bundle: record.bundle,
         rootfs,
         created: crate::units::rfc3339(record.created),
+        owner: "",
         annotations: record.annotations,
     })
 }
@@ -697,9 +704,22 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuntimeError> {
     if status != Status::Stopped {
         signal_waiter(&record, libc::SIGKILL)?;
     }
-    stop_session(&store(&dir), &record.session);
+    let store = store(&dir);
+    stop_session(&store, &record.session);
     wait_gone(&record);
+    wait_supervisor_gone(&store, &record.session);
     std::fs::remove_dir_all(&dir).map_err(RuntimeError::io(format!("remove {}", dir.display())))
+}
+
+/// Waits (up to 10 s) until the session's supervisor has exited (it holds the session's lock
+/// until then). It removes its socket before it writes the session's last record and event, so
+/// a `delete` whose stop found no socket would otherwise race those writes and fail to remove
+/// the container's directory ("Directory not empty").
+fn wait_supervisor_gone(store: &SessionStore, session: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.is_live(session) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Waits (up to 10 s) until the waiter has exited.

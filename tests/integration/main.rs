@@ -32,6 +32,7 @@ mod registry_support;
 mod remote;
 mod results;
 mod runtime;
+mod runtime_diff;
 mod serve;
 mod sessions;
 mod snapshots;

@@ -9,13 +9,24 @@ use std::process::{Command, Stdio};
 use crate::require_root;
 use crate::support::{eventually, host_processes_matching, leftover_cgroups, nsbox_bin, Run};
 
-/// A bundle (config.json + busybox rootfs) and a state root, in one temp dir.
-struct Bundle {
+/// A bundle (config.json + busybox rootfs) and a state root, in one temp dir, and the runtime
+/// that runs it: nsbox unless [`Bundle::with_runtime`] (runtime_diff.rs runs runc and crun).
+pub(crate) struct Bundle {
     dir: tempfile::TempDir,
+    runtime: Vec<std::ffi::OsString>,
 }
 
 impl Bundle {
-    fn new(config: serde_json::Value) -> Bundle {
+    pub(crate) fn new(config: serde_json::Value) -> Bundle {
+        Bundle::with_runtime(config, vec![nsbox_bin().into(), "runtime".into()])
+    }
+
+    /// The bundle run by `runtime` (its program and any leading arguments), which takes runc's
+    /// global flags (`--root`, `--log`, `--log-format json`).
+    pub(crate) fn with_runtime(
+        config: serde_json::Value,
+        runtime: Vec<std::ffi::OsString>,
+    ) -> Bundle {
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
             .iter()
             .find(|p| Path::new(p).exists())
@@ -35,15 +46,15 @@ impl Bundle {
             serde_json::to_vec_pretty(&config).unwrap(),
         )
         .unwrap();
-        Bundle { dir }
+        Bundle { dir, runtime }
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
     /// `nsbox runtime --root R --log L --log-format json ARGS`, stdin from /dev/null.
-    fn runtime(&self, args: &[&str]) -> Run {
+    pub(crate) fn runtime(&self, args: &[&str]) -> Run {
         self.runtime_cmd(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -53,8 +64,8 @@ impl Bundle {
     }
 
     fn runtime_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(nsbox_bin());
-        cmd.arg("runtime")
+        let mut cmd = Command::new(&self.runtime[0]);
+        cmd.args(&self.runtime[1..])
             .arg("--root")
             .arg(self.path("state"))
             .arg("--log")
@@ -74,6 +85,17 @@ impl Bundle {
     /// `create` with `flags` besides the bundle and the pid file. (The waiter keeps create's
     /// streams: pipes would stay open as long as the container.)
     fn create_with(&self, id: &str, flags: &[&str]) -> Run {
+        let status = self.create_cmd(id, flags).status().unwrap();
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::new(),
+            stderr: std::fs::read_to_string(self.path(&format!("{id}.err"))).unwrap_or_default(),
+        }
+    }
+
+    /// The `create` command of [`Bundle::create_with`], not started: its stdout and stderr are
+    /// the files ID.out and ID.err, its pid file ID.pid.
+    pub(crate) fn create_cmd(&self, id: &str, flags: &[&str]) -> Command {
         let out = std::fs::File::create(self.path(&format!("{id}.out"))).unwrap();
         let err = std::fs::File::create(self.path(&format!("{id}.err"))).unwrap();
         let bundle = self.path("bundle");
@@ -87,26 +109,18 @@ impl Bundle {
         ];
         args.extend_from_slice(flags);
         args.push(id);
-        let status = self
-            .runtime_cmd(&args)
-            .stdout(out)
-            .stderr(err)
-            .status()
-            .unwrap();
-        Run {
-            code: status.code().unwrap_or(-1),
-            stdout: String::new(),
-            stderr: std::fs::read_to_string(self.path(&format!("{id}.err"))).unwrap_or_default(),
-        }
+        let mut cmd = self.runtime_cmd(&args);
+        cmd.stdout(out).stderr(err);
+        cmd
     }
 
-    fn state(&self, id: &str) -> serde_json::Value {
+    pub(crate) fn state(&self, id: &str) -> serde_json::Value {
         let run = self.runtime(&["state", id]);
         assert_eq!(run.code, 0, "state {id}: {}", run.stderr);
         serde_json::from_str(&run.stdout).unwrap()
     }
 
-    fn status(&self, id: &str) -> String {
+    pub(crate) fn status(&self, id: &str) -> String {
         self.state(id)["status"].as_str().unwrap().to_string()
     }
 
@@ -118,7 +132,7 @@ impl Bundle {
     }
 }
 
-fn config(args: &[&str]) -> serde_json::Value {
+pub(crate) fn config(args: &[&str]) -> serde_json::Value {
     serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {"args": args, "cwd": "/", "user": {"uid": 0, "gid": 0},
