@@ -84,13 +84,12 @@ pub struct CreateArgs {
 }
 
 pub fn create(
-    args: CreateArgs,
+    mut args: CreateArgs,
     state_root: &std::path::Path,
     config: &crate::config::Config,
     t0: u64,
 ) -> i32 {
     let json = args.json;
-    let mut args = args;
     let fork = match args.fork_snapshot.take() {
         None => None,
         Some(path) => match adopt_fork_snapshot(&path, state_root) {

@@ -186,7 +186,9 @@ impl Server {
             .map_err(|e| ApiError::internal(format!("describe the fork snapshot: {e}")))?;
         sandboxes::write_private(&handoff, &text)
             .map_err(|e| ApiError::internal(format!("write {}: {e}", handoff.display())))?;
-        let info = snap.info.clone();
+        // Removed however this request ends (a client that goes away drops it mid-way).
+        let _handoff_file = RemoveOnDrop(&handoff);
+        let info = &snap.info;
         let mut env: BTreeMap<String, String> = owned.env.iter().cloned().collect();
         env.extend(body.env.clone());
         let network = body.network.or_else(|| {
@@ -234,9 +236,6 @@ impl Server {
                 let _ = self.delete(&o.id).await;
             }
         }
-        let _ = std::fs::remove_file(&handoff);
-        // Every fork made holds its own lease now.
-        drop(snap);
         if let Some(e) = failure {
             return Err(e);
         }
@@ -245,5 +244,14 @@ impl Server {
             StatusCode::CREATED,
             &serde_json::json!({"parent": owned.id, "sandboxes": views}),
         ))
+    }
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop<'a>(&'a std::path::Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
     }
 }
