@@ -53,7 +53,9 @@ use crate::host::mountinfo::MountinfoError;
 
 pub use layout::{CgroupKind, CgroupLayout, CgroupVersion, Hierarchy, Placement};
 pub use leftover::{find_leftovers, hold_in_use, in_use, remove_leftover, Leftover};
-pub use sandbox::{join_self, SandboxCgroup};
+pub use sandbox::{
+    join_self, move_process, own_cgroup_procs, planned_dirs, CgroupAt, SandboxCgroup,
+};
 
 /// Prefix of every cgroup directory nsbox creates; `nsbox prune` looks for it.
 pub const DIR_PREFIX: &str = "nsbox-";
@@ -153,6 +155,9 @@ pub enum CgroupError {
 
     #[error("invalid sandbox id {id:?}: {reason}")]
     InvalidId { id: String, reason: &'static str },
+
+    #[error("invalid cgroup path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
 
     #[error("invalid {limit} limit {value}: {reason}")]
     InvalidLimit {

@@ -29,6 +29,8 @@ const FREEZE_PATIENCE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct SandboxCgroup {
     id: String,
+    /// Parents made for a [`CgroupAt`] path, outermost first; removed after `dirs` if empty.
+    parents: Vec<PathBuf>,
     /// Created directories, in creation order; only these are ever removed.
     dirs: Vec<CgroupDir>,
     /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)`.
@@ -110,7 +112,7 @@ impl SandboxCgroup {
         id: &str,
         limits: &CgroupLimits,
     ) -> Result<Self, CgroupError> {
-        Self::create_with_freezer(layout, id, limits, false)
+        Self::create_at(layout, id, limits, false, None)
     }
 
     /// [`SandboxCgroup::create`], and with `freezable` for a sandbox that can be paused ([`SandboxCgroup::freeze`]):
@@ -123,9 +125,24 @@ impl SandboxCgroup {
         limits: &CgroupLimits,
         freezable: bool,
     ) -> Result<Self, CgroupError> {
-        let plan = plan(layout, id, limits, freezable)?;
+        Self::create_at(layout, id, limits, freezable, None)
+    }
+
+    /// [`SandboxCgroup::create_with_freezer`] at `at` (see [`CgroupAt`]) instead of
+    /// `nsbox-<id>` in each hierarchy. Missing parents are made (and removed again with the
+    /// sandbox when empty); on cgroup v2 a parent made here gets the sandbox's controllers in
+    /// its `cgroup.subtree_control`, which is nsbox's to write since nsbox made it.
+    pub fn create_at(
+        layout: &CgroupLayout,
+        id: &str,
+        limits: &CgroupLimits,
+        freezable: bool,
+        at: Option<&CgroupAt>,
+    ) -> Result<Self, CgroupError> {
+        let plan = plan(layout, id, limits, freezable, at)?;
         let mut cgroup = SandboxCgroup {
             id: id.to_string(),
+            parents: Vec::new(),
             dirs: Vec::new(),
             v2_fd: None,
             tasks_fds: Vec::new(),
@@ -141,6 +158,7 @@ impl SandboxCgroup {
 
     fn make_dir(&mut self, plan: DirPlan) -> Result<(), CgroupError> {
         let path = plan.path;
+        self.make_parents(&plan.hierarchy, &path, &plan.controllers)?;
         match std::fs::create_dir(&path) {
             Ok(()) => {}
             // Never adopt an existing directory: it may belong to a running sandbox.
@@ -211,6 +229,51 @@ impl SandboxCgroup {
                     source: e.into(),
                 })?;
                 self.tasks_fds.push(tasks);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the missing directories between the hierarchy's root and `path`'s parent.
+    fn make_parents(
+        &mut self,
+        hierarchy: &Hierarchy,
+        path: &Path,
+        controllers: &[Controller],
+    ) -> Result<(), CgroupError> {
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        let Ok(rel) = parent.strip_prefix(&hierarchy.path) else {
+            return Ok(());
+        };
+        let mut dir = hierarchy.path.clone();
+        for part in rel.components() {
+            dir.push(part);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => self.parents.push(dir.clone()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(CgroupError::Create { path: dir, source }),
+            }
+            if !hierarchy.on_cgroupfs {
+                populate_fixture(&hierarchy.path, &dir).map_err(|source| CgroupError::Create {
+                    path: dir.clone(),
+                    source,
+                })?;
+            }
+            if hierarchy.version == CgroupVersion::V2 && !controllers.is_empty() {
+                // Children of a v2 cgroup get only the controllers its subtree_control lists.
+                let value = controllers
+                    .iter()
+                    .map(|c| format!("+{c}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let file = dir.join("cgroup.subtree_control");
+                std::fs::write(&file, &value).map_err(|source| CgroupError::WriteLimit {
+                    file,
+                    value,
+                    source,
+                })?;
             }
         }
         Ok(())
@@ -319,6 +382,15 @@ impl SandboxCgroup {
                     source,
                 };
                 first_error.get_or_insert(err);
+            }
+        }
+        // Parents made for a `CgroupAt` path go too, innermost first, unless something else
+        // was put in them meanwhile (ENOTEMPTY, EBUSY: then they are not only ours any more).
+        for parent in std::mem::take(&mut self.parents).iter().rev() {
+            if let Err(e) = std::fs::remove_dir(parent) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::debug!("cgroup parent {} kept: {e}", parent.display());
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -463,6 +535,107 @@ impl SandboxCgroup {
     }
 }
 
+/// Where a sandbox's cgroup goes when the caller names it (an OCI bundle's
+/// `linux.cgroupsPath`): a path of plain names, the same below every hierarchy's root, in
+/// place of `nsbox-<id>`. Checked when made: no `..`, no `.`, not empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupAt(PathBuf);
+
+impl CgroupAt {
+    /// `path` as given; a leading `/` is allowed (it means the hierarchy's root either way,
+    /// which is where nsbox's own cgroups go too).
+    pub fn new(path: &str) -> Result<CgroupAt, CgroupError> {
+        let invalid = |reason| CgroupError::InvalidPath {
+            path: path.to_string(),
+            reason,
+        };
+        let rel = path.trim_start_matches('/');
+        if rel.is_empty() {
+            return Err(invalid(
+                "names the hierarchy's root, which holds every other cgroup",
+            ));
+        }
+        let mut out = PathBuf::new();
+        for part in rel.split('/') {
+            match part {
+                "" => continue,
+                "." | ".." => return Err(invalid("may not contain `.` or `..`")),
+                p if p.contains('\0') => return Err(invalid("may not contain a NUL byte")),
+                p => out.push(p),
+            }
+        }
+        Ok(CgroupAt(out))
+    }
+
+    /// The path below a hierarchy's root.
+    pub fn relative(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// The directories [`SandboxCgroup::create_at`] makes for these arguments (the plan is pure
+/// and the same for the same layout), with each one's hierarchy: for a process that is to be
+/// put into a sandbox's cgroups by another process than the one that made them.
+pub fn planned_dirs(
+    layout: &CgroupLayout,
+    id: &str,
+    limits: &CgroupLimits,
+    freezable: bool,
+    at: Option<&CgroupAt>,
+) -> Result<Vec<(Hierarchy, PathBuf)>, CgroupError> {
+    Ok(plan(layout, id, limits, freezable, at)?
+        .dirs
+        .into_iter()
+        .map(|d| (d.hierarchy, d.path))
+        .collect())
+}
+
+/// The `cgroup.procs` of the calling process's own cgroup in `hierarchy` (from
+/// `/proc/self/cgroup`), opened for writing: where a process moved into a sandbox's cgroup
+/// goes back to (by writing `0`) before the sandbox's cgroup is removed.
+pub fn own_cgroup_procs(hierarchy: &Hierarchy) -> Result<OwnedFd, CgroupError> {
+    let mut wanted: Vec<&str> = hierarchy.controllers.iter().map(String::as_str).collect();
+    wanted.sort_unstable();
+    let own = super::layout::read_self_cgroups(Path::new("/"))
+        .into_iter()
+        .find(|(controllers, _)| match hierarchy.version {
+            CgroupVersion::V2 => controllers.is_empty(),
+            CgroupVersion::V1 => {
+                let mut have: Vec<&str> = controllers.split(',').collect();
+                have.sort_unstable();
+                have == wanted
+            }
+        })
+        .map(|(_, path)| hierarchy.path.join(path.trim_start_matches('/')))
+        .ok_or_else(|| CgroupError::Parse {
+            path: PathBuf::from("/proc/self/cgroup"),
+            reason: format!(
+                "no line for the hierarchy at {}",
+                hierarchy.mount_point.display()
+            ),
+        })?;
+    let procs = own.join("cgroup.procs");
+    rustix::fs::open(
+        &procs,
+        OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| CgroupError::Open {
+        path: procs,
+        source: e.into(),
+    })
+}
+
+/// Moves process `pid` (all its threads) into the cgroup directory `dir`.
+pub fn move_process(dir: &Path, pid: i32) -> Result<(), CgroupError> {
+    let file = dir.join("cgroup.procs");
+    std::fs::write(&file, pid.to_string()).map_err(|source| CgroupError::WriteLimit {
+        file,
+        value: pid.to_string(),
+        source,
+    })
+}
+
 impl Drop for SandboxCgroup {
     fn drop(&mut self) {
         if self.dirs.is_empty() {
@@ -507,10 +680,14 @@ pub(crate) fn plan(
     id: &str,
     limits: &CgroupLimits,
     freezable: bool,
+    at: Option<&CgroupAt>,
 ) -> Result<Plan, CgroupError> {
     validate_id(id)?;
     validate_limits(limits)?;
-    let dir_name = format!("{DIR_PREFIX}{id}");
+    let dir_name = match at {
+        Some(at) => at.relative().to_path_buf(),
+        None => PathBuf::from(format!("{DIR_PREFIX}{id}")),
+    };
     let mut warnings = Vec::new();
     let mut dirs: Vec<DirPlan> = Vec::new();
 
