@@ -1470,3 +1470,233 @@ fn runtime_refuses_sysctls_it_cannot_write_naming_the_key() {
         .unwrap_or_default();
     assert!(left.is_empty(), "nothing left: {left:?}");
 }
+
+/// The cgroup of `pid` in the hierarchy holding `controller` (v1), or its v2 cgroup: the
+/// path /proc/PID/cgroup gives, as containerd's shim reads it for stats and OOM events.
+fn cgroup_of(pid: &str, controller: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let lines: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let _ = p.next()?;
+            Some((p.next()?.to_string(), p.next()?.to_string()))
+        })
+        .collect();
+    lines
+        .iter()
+        .find(|(c, _)| c.split(',').any(|c| c == controller))
+        .or_else(|| lines.iter().find(|(c, _)| c.is_empty()))
+        .map(|(_, path)| path.clone())
+}
+
+/// The sandbox's cgroup directory holding `file` (from `state.json`'s `cgroups`).
+fn cgroup_file(b: &Bundle, id: &str, file: &str) -> PathBuf {
+    let text = std::fs::read(b.path(&format!("state/{id}/state.json"))).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    v["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| PathBuf::from(d.as_str().unwrap()).join(file))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no {file} in the cgroups of {id}: {v}"))
+}
+
+/// `linux.cgroupsPath` is where the sandbox's cgroup is, the pid in the pid file (the waiter)
+/// is in it, as the shim expects, and `delete` removes it with the parents it made.
+#[test]
+fn runtime_puts_the_container_at_its_cgroups_path_with_the_pid_files_process() {
+    require_root!();
+    let mut cfg = config(&["/bin/sleep", "4712"]);
+    cfg["linux"]["cgroupsPath"] = serde_json::json!("/nsbox-itest-cgpath/box1");
+    let b = Bundle::new(cfg);
+    let created = b.create("box1");
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let pid = std::fs::read_to_string(b.path("box1.pid")).unwrap();
+    for controller in ["memory", "pids"] {
+        assert_eq!(
+            cgroup_of(&pid, controller).as_deref(),
+            Some("/nsbox-itest-cgpath/box1"),
+            "the waiter's {controller} cgroup"
+        );
+    }
+    assert_eq!(b.runtime(&["start", "box1"]).code, 0);
+    assert!(eventually(30.0, || !host_processes_matching(
+        "/bin/sleep 4712"
+    )
+    .is_empty()));
+    let sleeper = host_processes_matching("/bin/sleep 4712")[0].to_string();
+    assert_eq!(
+        cgroup_of(&sleeper, "memory").as_deref(),
+        Some("/nsbox-itest-cgpath/box1"),
+        "the workload is in the same cgroup"
+    );
+    let pids_max = cgroup_file(&b, "box1", "pids.max");
+    assert!(pids_max
+        .to_string_lossy()
+        .contains("/nsbox-itest-cgpath/box1/"));
+    assert_eq!(std::fs::read_to_string(&pids_max).unwrap().trim(), "64");
+    let forced = b.runtime(&["delete", "--force", "box1"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(
+        eventually(10.0, || leftover_cgroups("nsbox-itest-cgpath").is_empty()),
+        "cgroup left: {:?}",
+        leftover_cgroups("nsbox-itest-cgpath")
+    );
+
+    // Paths nsbox will not take, each refused naming the field, nothing left behind.
+    for (path, flags, why) in [
+        ("/a/../b", &[][..], "`..`"),
+        ("/", &[][..], "root"),
+        (
+            "system.slice:nsbox:box2",
+            &["--systemd-cgroup"][..],
+            "systemd",
+        ),
+    ] {
+        let mut cfg = config(&["/bin/true"]);
+        cfg["linux"]["cgroupsPath"] = serde_json::json!(path);
+        std::fs::write(
+            b.path("bundle/config.json"),
+            serde_json::to_vec(&cfg).unwrap(),
+        )
+        .unwrap();
+        let bundle = b.path("bundle");
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["create", "--bundle", bundle.to_str().unwrap(), "box2"]);
+        let cmd = b.runtime_cmd(&[]).args(&args).output().unwrap();
+        let run: Run = cmd.into();
+        assert_ne!(run.code, 0, "{path}");
+        assert!(
+            run.stderr.contains("linux.cgroupsPath") && run.stderr.contains(why),
+            "{path}: {}",
+            run.stderr
+        );
+        assert!(!b.path("state/box2").exists());
+    }
+}
+
+/// `update --resources` changes the running container's limits: a lowered pids limit makes a
+/// fork inside fail, lifting it lets it through; memory and cpu land in the cgroup's files.
+/// Bad input is refused by name.
+#[test]
+fn runtime_update_changes_a_running_containers_limits() {
+    require_root!();
+    let b = Bundle::new(config(&["/bin/sleep", "4713"]));
+    assert_eq!(b.create("upd").code, 0);
+    assert_eq!(b.runtime(&["start", "upd"]).code, 0);
+    assert!(eventually(30.0, || !host_processes_matching(
+        "/bin/sleep 4713"
+    )
+    .is_empty()));
+    let update = |json: &str| {
+        crate::support::run_with_input(
+            b.runtime_cmd(&["update", "--resources", "-", "upd"]),
+            json.as_bytes(),
+        )
+    };
+    let forks = process_file(
+        &b,
+        "forks.json",
+        &[
+            "/bin/sh",
+            "-c",
+            "/bin/true & /bin/true & /bin/true & wait; echo forked",
+        ],
+        |_| {},
+    );
+    let exec_forks = || b.runtime(&["exec", "--process", forks.to_str().unwrap(), "upd"]);
+
+    // Room for the exec'd shell and one child, no more.
+    let current: u64 = std::fs::read_to_string(cgroup_file(&b, "upd", "pids.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let lowered = update(&format!("{{\"pids\":{{\"limit\":{}}}}}", current + 2));
+    assert_eq!(lowered.code, 0, "{}", lowered.stderr);
+    assert_eq!(
+        std::fs::read_to_string(cgroup_file(&b, "upd", "pids.max"))
+            .unwrap()
+            .trim(),
+        (current + 2).to_string()
+    );
+    let starved = exec_forks();
+    assert!(
+        starved.stderr.contains("can't fork")
+            || starved.stderr.contains("Resource temporarily unavailable"),
+        "a fork past the lowered limit fails: code {} stdout {} stderr {}",
+        starved.code,
+        starved.stdout,
+        starved.stderr
+    );
+    let lifted = update(r#"{"pids":{"limit":-1}}"#);
+    assert_eq!(lifted.code, 0, "{}", lifted.stderr);
+    assert_eq!(
+        std::fs::read_to_string(cgroup_file(&b, "upd", "pids.max"))
+            .unwrap()
+            .trim(),
+        "max"
+    );
+    let fed = exec_forks();
+    assert_eq!(fed.code, 0, "{}", fed.stderr);
+    assert_eq!(fed.stdout.trim(), "forked");
+
+    // Memory and cpu, from a file this time.
+    std::fs::write(
+        b.path("res.json"),
+        r#"{"memory":{"limit":134217728},"cpu":{"quota":50000,"period":100000}}"#,
+    )
+    .unwrap();
+    let res = b.path("res.json");
+    let set = b.runtime(&["update", "--resources", res.to_str().unwrap(), "upd"]);
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    let memory =
+        ["memory.max", "memory.limit_in_bytes"]
+            .iter()
+            .find_map(|f| {
+                let text = std::fs::read(b.path("state/upd/state.json")).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                v["cgroups"].as_array().unwrap().iter().find_map(|d| {
+                    std::fs::read_to_string(Path::new(d.as_str().unwrap()).join(f)).ok()
+                })
+            })
+            .unwrap();
+    assert_eq!(memory.trim(), "134217728");
+    let cpu = std::fs::read_to_string(cgroup_file(&b, "upd", "cpu.cfs_quota_us"))
+        .or_else(|_| std::fs::read_to_string(cgroup_file(&b, "upd", "cpu.max")))
+        .unwrap();
+    assert!(cpu.starts_with("50000"), "{cpu}");
+
+    // Bad input: named, nothing changed.
+    for (json, says) in [
+        ("{\"pids\": ", "not valid JSON"),
+        (r#"{"memory":{"swap":1}}"#, "memory.swap: not supported"),
+        (r#"{"blockIO":{"weight":100}}"#, "blockIO: not supported"),
+        (r#"{"pids":{"limit":"ten"}}"#, "pids.limit"),
+    ] {
+        let run = update(json);
+        assert_ne!(run.code, 0, "{json}");
+        assert!(run.stderr.contains(says), "{json}: {}", run.stderr);
+    }
+    let unknown = crate::support::run_with_input(
+        b.runtime_cmd(&["update", "--resources", "-", "no-such-box"]),
+        br#"{"pids":{"limit":5}}"#,
+    );
+    assert_ne!(unknown.code, 0);
+    assert!(
+        unknown
+            .stderr
+            .contains("container no-such-box does not exist"),
+        "{}",
+        unknown.stderr
+    );
+    let missing = b.runtime(&["update", "upd"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("--resources"), "{}", missing.stderr);
+
+    let session = b.session("upd");
+    assert_eq!(b.runtime(&["delete", "--force", "upd"]).code, 0);
+    assert!(eventually(10.0, || leftover_cgroups(&session).is_empty()));
+}
