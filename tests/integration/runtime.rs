@@ -1700,3 +1700,142 @@ fn runtime_update_changes_a_running_containers_limits() {
     assert_eq!(b.runtime(&["delete", "--force", "upd"]).code, 0);
     assert!(eventually(10.0, || leftover_cgroups(&session).is_empty()));
 }
+
+/// Under containerd: the shim's `task metrics` read the container's cgroup (at its
+/// `--cgroup` path) through the pid nsbox wrote, and an allocation past `--memory-limit` is an
+/// OOM event (`/tasks/oom`) on `ctr events`, the task ending killed.
+#[test]
+fn runtime_under_containerd_gives_task_metrics_and_oom_events() {
+    require_root!();
+    let b = Bundle::new(config(&["/bin/true"]));
+    let rootfs = b.path("bundle/rootfs");
+    for d in ["proc", "dev", "sys", "run", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let runc = b.path("nsbox-runc");
+    std::os::unix::fs::symlink(nsbox_bin(), &runc).unwrap();
+    let runc_root = b.path("runc-root");
+    let fifos = b.path("fifos");
+    let ctrd = Containerd::start();
+    let run_detached = |id: &str, extra: &[&str], cmd: &[&str]| {
+        let mut args = vec![
+            "run",
+            "-d",
+            "--fifo-dir",
+            fifos.to_str().unwrap(),
+            "--rootfs",
+            "--runc-binary",
+            runc.to_str().unwrap(),
+            "--runc-root",
+            runc_root.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(rootfs.to_str().unwrap());
+        args.push(id);
+        args.extend_from_slice(cmd);
+        ctrd.ctr(&args)
+    };
+
+    let run = run_detached(
+        "metrics1",
+        &["--cgroup", "/nsbox-itest-ctr/metrics1"],
+        &["/bin/sh", "-c", "sleep 4714 & sleep 4715"],
+    );
+    assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
+    assert!(eventually(30.0, || !host_processes_matching("sleep 4715").is_empty()));
+    let metrics = ctrd.ctr(&["task", "metrics", "metrics1"]);
+    assert_eq!(metrics.code, 0, "{}", metrics.stderr);
+    let value = |name: &str| -> Option<u64> {
+        metrics.stdout.lines().find_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some(name))
+                .then(|| parts.next().and_then(|v| v.parse().ok()))
+                .flatten()
+        })
+    };
+    // sh, two sleeps, the sandbox's init (and nsbox's waiter, which the shim knows).
+    let pids = value("pids.current").unwrap_or_else(|| panic!("{}", metrics.stdout));
+    assert!((4..=8).contains(&pids), "{}", metrics.stdout);
+    let memory = value("memory.usage_in_bytes")
+        .or_else(|| value("memory.usage"))
+        .unwrap_or_else(|| panic!("{}", metrics.stdout));
+    assert!(memory > 100_000, "{}", metrics.stdout);
+    assert_eq!(
+        ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "metrics1"])
+            .code,
+        0
+    );
+    assert!(eventually(30.0, || ctrd
+        .ctr(&["task", "delete", "metrics1"])
+        .code
+        == 0));
+    assert_eq!(ctrd.ctr(&["container", "delete", "metrics1"]).code, 0);
+    assert!(
+        eventually(10.0, || leftover_cgroups("nsbox-itest-ctr").is_empty()),
+        "{:?}",
+        leftover_cgroups("nsbox-itest-ctr")
+    );
+
+    // The OOM: `ctr events` runs from before the container starts.
+    let events_out = b.path("events.txt");
+    let mut events = Command::new("/usr/bin/ctr")
+        .arg("--address")
+        .arg(ctrd.dir.path().join("containerd.sock"))
+        .args(["-n", "nsbox-test", "events"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&events_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = run_detached(
+        "oom1",
+        &[
+            "--memory-limit",
+            "33554432",
+            "--cgroup",
+            "/nsbox-itest-ctr/oom1",
+        ],
+        // dd's buffer is one 64 MiB allocation it fills: twice the limit.
+        &[
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=64M count=4",
+        ],
+    );
+    assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
+    let oom_seen = eventually(30.0, || {
+        std::fs::read_to_string(&events_out)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains("oom1"))
+    });
+    let exited = eventually(30.0, || {
+        std::fs::read_to_string(&events_out)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains("oom1"))
+    });
+    let _ = events.kill();
+    let _ = events.wait();
+    let seen = std::fs::read_to_string(&events_out).unwrap_or_default();
+    assert!(oom_seen, "no OOM event: {seen}");
+    assert!(exited, "no exit: {seen}");
+    let exit_line = seen
+        .lines()
+        .find(|l| l.contains("/tasks/exit") && l.contains("oom1"))
+        .unwrap();
+    assert!(
+        exit_line.contains("\"exit_status\":137"),
+        "killed by the OOM killer: {exit_line}"
+    );
+    assert!(eventually(30.0, || ctrd
+        .ctr(&["task", "delete", "oom1"])
+        .code
+        == 0));
+    assert_eq!(ctrd.ctr(&["container", "delete", "oom1"]).code, 0);
+    assert!(
+        eventually(10.0, || leftover_cgroups("nsbox-itest-ctr").is_empty()),
+        "{:?}",
+        leftover_cgroups("nsbox-itest-ctr")
+    );
+}
