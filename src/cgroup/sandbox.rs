@@ -387,10 +387,8 @@ impl SandboxCgroup {
         // Parents made for a `CgroupAt` path go too, innermost first, unless something else
         // was put in them meanwhile (ENOTEMPTY, EBUSY: then they are not only ours any more).
         for parent in std::mem::take(&mut self.parents).iter().rev() {
-            if let Err(e) = std::fs::remove_dir(parent) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::debug!("cgroup parent {} kept: {e}", parent.display());
-                }
+            if let Err(e) = remove_cgroup_dir(parent, Duration::ZERO) {
+                tracing::debug!("cgroup parent {} kept: {e}", parent.display());
             }
         }
         first_error.map_or(Ok(()), Err)
