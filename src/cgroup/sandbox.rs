@@ -29,8 +29,9 @@ const FREEZE_PATIENCE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct SandboxCgroup {
     id: String,
-    /// Parents made for a [`CgroupAt`] path, outermost first; removed after `dirs` if empty.
-    parents: Vec<PathBuf>,
+    /// With a [`CgroupAt`] path: the registry of the parents nsbox made for such paths, which
+    /// the last sandbox to leave one removes (see [`ParentRegistry`]).
+    registry: Option<PathBuf>,
     /// Created directories, in creation order; only these are ever removed.
     dirs: Vec<CgroupDir>,
     /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)`.
@@ -140,25 +141,44 @@ impl SandboxCgroup {
         at: Option<&CgroupAt>,
     ) -> Result<Self, CgroupError> {
         let plan = plan(layout, id, limits, freezable, at)?;
+        let registry = at.map(|_| ParentRegistry::path(layout.fs_root()));
+        // Held while parents are made and the directories go in them, so that no other
+        // sandbox removes a parent in between.
+        let mut lock = match &registry {
+            Some(path) => Some(ParentRegistry::lock(path)?),
+            None => None,
+        };
         let mut cgroup = SandboxCgroup {
             id: id.to_string(),
-            parents: Vec::new(),
+            registry: None,
             dirs: Vec::new(),
             v2_fd: None,
             tasks_fds: Vec::new(),
             warnings: plan.warnings,
             charged: None,
         };
+        let mut result = Ok(());
         for dir in plan.dirs {
-            // On error `cgroup` drops here, which removes the directories made so far.
-            cgroup.make_dir(dir)?;
+            result = cgroup.make_dir(dir, lock.as_mut());
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(cgroup)
+        drop(lock);
+        cgroup.registry = registry;
+        // On error `cgroup` drops here, which removes the directories (and parents) made so far.
+        result.map(|()| cgroup)
     }
 
-    fn make_dir(&mut self, plan: DirPlan) -> Result<(), CgroupError> {
+    fn make_dir(
+        &mut self,
+        plan: DirPlan,
+        registry: Option<&mut ParentRegistry>,
+    ) -> Result<(), CgroupError> {
         let path = plan.path;
-        self.make_parents(&plan.hierarchy, &path, &plan.controllers)?;
+        if let Some(registry) = registry {
+            make_parents(registry, &plan.hierarchy, &path, &plan.controllers)?;
+        }
         match std::fs::create_dir(&path) {
             Ok(()) => {}
             // Never adopt an existing directory: it may belong to a running sandbox.
@@ -229,51 +249,6 @@ impl SandboxCgroup {
                     source: e.into(),
                 })?;
                 self.tasks_fds.push(tasks);
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes the missing directories between the hierarchy's root and `path`'s parent.
-    fn make_parents(
-        &mut self,
-        hierarchy: &Hierarchy,
-        path: &Path,
-        controllers: &[Controller],
-    ) -> Result<(), CgroupError> {
-        let Some(parent) = path.parent() else {
-            return Ok(());
-        };
-        let Ok(rel) = parent.strip_prefix(&hierarchy.path) else {
-            return Ok(());
-        };
-        let mut dir = hierarchy.path.clone();
-        for part in rel.components() {
-            dir.push(part);
-            match std::fs::create_dir(&dir) {
-                Ok(()) => self.parents.push(dir.clone()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(source) => return Err(CgroupError::Create { path: dir, source }),
-            }
-            if !hierarchy.on_cgroupfs {
-                populate_fixture(&hierarchy.path, &dir).map_err(|source| CgroupError::Create {
-                    path: dir.clone(),
-                    source,
-                })?;
-            }
-            if hierarchy.version == CgroupVersion::V2 && !controllers.is_empty() {
-                // Children of a v2 cgroup get only the controllers its subtree_control lists.
-                let value = controllers
-                    .iter()
-                    .map(|c| format!("+{c}"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let file = dir.join("cgroup.subtree_control");
-                std::fs::write(&file, &value).map_err(|source| CgroupError::WriteLimit {
-                    file,
-                    value,
-                    source,
-                })?;
             }
         }
         Ok(())
@@ -368,6 +343,7 @@ impl SandboxCgroup {
         self.v2_fd = None;
         self.tasks_fds.clear();
         let mut first_error = None;
+        let removed: Vec<PathBuf> = self.dirs.iter().map(|d| d.path.clone()).collect();
         for dir in std::mem::take(&mut self.dirs).iter().rev() {
             if let Err(source) = remove_cgroup_dir(&dir.path, patience) {
                 let busy = source.raw_os_error() == Some(libc::EBUSY);
@@ -384,12 +360,8 @@ impl SandboxCgroup {
                 first_error.get_or_insert(err);
             }
         }
-        // Parents made for a `CgroupAt` path go too, innermost first, unless something else
-        // was put in them meanwhile (ENOTEMPTY, EBUSY: then they are not only ours any more).
-        for parent in std::mem::take(&mut self.parents).iter().rev() {
-            if let Err(e) = remove_cgroup_dir(parent, Duration::ZERO) {
-                tracing::debug!("cgroup parent {} kept: {e}", parent.display());
-            }
+        if let Some(registry) = self.registry.take() {
+            remove_parents(&registry, &removed);
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -530,6 +502,147 @@ impl SandboxCgroup {
 
     fn dir_with(&self, c: Controller) -> Option<&CgroupDir> {
         self.dirs.iter().find(|d| d.controllers.contains(&c))
+    }
+}
+
+/// The parents nsbox made for [`CgroupAt`] paths (`ctr run`'s `/<namespace>/<id>` makes
+/// `/<namespace>`), one path a line in `<fs root>/run/nsbox/cgroup-parents`, under an
+/// exclusive flock of that file. Several sandboxes share such a parent; whichever finds it
+/// empty when it removes its own directory removes it too. A parent nsbox did not make is
+/// never in the file, so it is never removed.
+struct ParentRegistry {
+    file: std::fs::File,
+}
+
+impl ParentRegistry {
+    fn path(fs_root: &Path) -> PathBuf {
+        super::layout::under_root(fs_root, Path::new("/run/nsbox/cgroup-parents"))
+    }
+
+    fn lock(path: &Path) -> Result<ParentRegistry, CgroupError> {
+        let io_err = |source| CgroupError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err(e.into()))?;
+        Ok(ParentRegistry { file })
+    }
+
+    fn entries(&mut self) -> Vec<PathBuf> {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        let _ = self.file.rewind();
+        let _ = self.file.read_to_string(&mut text);
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    fn store(&mut self, entries: &[PathBuf]) {
+        use std::io::{Seek, Write};
+        let mut text = String::new();
+        for e in entries {
+            text.push_str(&e.to_string_lossy());
+            text.push('\n');
+        }
+        let _ = self.file.set_len(0);
+        let _ = self.file.rewind();
+        if let Err(e) = self.file.write_all(text.as_bytes()) {
+            tracing::warn!("cgroup parents registry not written: {e}");
+        }
+    }
+}
+
+/// Makes the missing directories between the hierarchy's root and `path`'s parent, and notes
+/// each in the registry (held locked by the caller).
+fn make_parents(
+    registry: &mut ParentRegistry,
+    hierarchy: &Hierarchy,
+    path: &Path,
+    controllers: &[Controller],
+) -> Result<(), CgroupError> {
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    let Ok(rel) = parent.strip_prefix(&hierarchy.path) else {
+        return Ok(());
+    };
+    let mut dir = hierarchy.path.clone();
+    for part in rel.components() {
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                let mut entries = registry.entries();
+                entries.push(dir.clone());
+                registry.store(&entries);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(CgroupError::Create { path: dir, source }),
+        }
+        if !hierarchy.on_cgroupfs {
+            populate_fixture(&hierarchy.path, &dir).map_err(|source| CgroupError::Create {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        if hierarchy.version == CgroupVersion::V2 && !controllers.is_empty() {
+            // Children of a v2 cgroup get only the controllers its subtree_control lists.
+            let value = controllers
+                .iter()
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let file = dir.join("cgroup.subtree_control");
+            std::fs::write(&file, &value).map_err(|source| CgroupError::WriteLimit {
+                file,
+                value,
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// After the sandbox's directories `removed` are gone: removes their registered parents,
+/// innermost first, stopping at the first that is not nsbox's or still holds another
+/// sandbox's cgroup.
+fn remove_parents(registry: &Path, removed: &[PathBuf]) {
+    let mut registry = match ParentRegistry::lock(registry) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("cgroup parents not removed: {e}");
+            return;
+        }
+    };
+    let mut entries = registry.entries();
+    let before = entries.len();
+    for dir in removed {
+        for parent in dir.ancestors().skip(1) {
+            let Some(at) = entries.iter().position(|e| e == parent) else {
+                break;
+            };
+            match remove_cgroup_dir(parent, Duration::ZERO) {
+                Ok(()) => {
+                    entries.remove(at);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    if entries.len() != before {
+        registry.store(&entries);
     }
 }
 
