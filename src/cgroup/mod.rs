@@ -57,7 +57,7 @@ use crate::host::mountinfo::MountinfoError;
 pub use layout::{CgroupKind, CgroupLayout, CgroupVersion, Hierarchy, Placement};
 pub use leftover::{find_leftovers, hold_in_use, in_use, remove_leftover, Leftover};
 pub use sandbox::{
-    join_self, move_process, own_cgroup_procs, planned_dirs, CgroupAt, SandboxCgroup,
+    join_self, move_process, own_cgroup_procs, planned_dirs, remove_named, CgroupAt, SandboxCgroup,
 };
 
 /// Prefix of every cgroup directory nsbox creates; `nsbox prune` looks for it.

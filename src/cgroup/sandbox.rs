@@ -32,6 +32,11 @@ pub struct SandboxCgroup {
     /// With a [`CgroupAt`] path: the registry of the parents nsbox made for such paths, which
     /// the last sandbox to leave one removes (see [`ParentRegistry`]).
     registry: Option<PathBuf>,
+    /// Made at a [`CgroupAt`] path an engine named: once created, the directories are the
+    /// engine's container's and outlive the sandbox until the engine deletes the container
+    /// ([`remove_named`]), as runc's do: its shim reads them (an OOM's `memory.events`) after
+    /// the processes are gone. `remove` and drop then only close the fds.
+    engine_owned: bool,
     /// Created directories, in creation order; only these are ever removed.
     dirs: Vec<CgroupDir>,
     /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)`.
@@ -151,6 +156,7 @@ impl SandboxCgroup {
         let mut cgroup = SandboxCgroup {
             id: id.to_string(),
             registry: None,
+            engine_owned: false,
             dirs: Vec::new(),
             v2_fd: None,
             tasks_fds: Vec::new(),
@@ -166,6 +172,7 @@ impl SandboxCgroup {
         }
         drop(lock);
         cgroup.registry = registry;
+        cgroup.engine_owned = result.is_ok() && at.is_some();
         // On error `cgroup` drops here, which removes the directories (and parents) made so far.
         result.map(|()| cgroup)
     }
@@ -342,6 +349,11 @@ impl SandboxCgroup {
         // pointing at a directory that is going away.
         self.v2_fd = None;
         self.tasks_fds.clear();
+        if self.engine_owned {
+            self.dirs.clear();
+            self.registry = None;
+            return Ok(());
+        }
         let mut first_error = None;
         let removed: Vec<PathBuf> = self.dirs.iter().map(|d| d.path.clone()).collect();
         for dir in std::mem::take(&mut self.dirs).iter().rev() {
@@ -644,6 +656,26 @@ fn remove_parents(registry: &Path, removed: &[PathBuf]) {
     if entries.len() != before {
         registry.store(&entries);
     }
+}
+
+/// Removes the directories of a sandbox made at a [`CgroupAt`] path (see
+/// [`SandboxCgroup::create_at`]), innermost first, then the parents nsbox made for them that
+/// are empty now. Directories already gone count as removed; processes still leaving
+/// (`EBUSY`) are waited for briefly.
+/// `fs_root` is the layout's (`/` on a host).
+pub fn remove_named(fs_root: &Path, dirs: &[PathBuf]) -> Result<(), CgroupError> {
+    let mut first_error = None;
+    for dir in dirs.iter().rev() {
+        if let Err(source) = remove_cgroup_dir(dir, REMOVE_PATIENCE) {
+            first_error.get_or_insert(CgroupError::Remove {
+                path: dir.clone(),
+                source,
+                hint: None,
+            });
+        }
+    }
+    remove_parents(&ParentRegistry::path(fs_root), dirs);
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Where a sandbox's cgroup goes when the caller names it (an OCI bundle's

@@ -335,6 +335,7 @@ fn create_in(
         .and_then(|()| super::rlimit::set_on(session.init_pid, keep.rlimits, keep.log));
     if let Err(e) = prepared {
         stop_session(&store, &session.id);
+        remove_cgroups(&cgroups);
         return Err(e);
     }
     let (console, winsize) = match terminal {
@@ -364,6 +365,7 @@ fn create_in(
         Ok(pid) => pid,
         Err(e) => {
             stop_session(&store, &session.id);
+            remove_cgroups(&cgroups);
             return Err(e);
         }
     };
@@ -377,6 +379,7 @@ fn create_in(
     {
         kill_pid(pid);
         stop_session(&store, &session.id);
+        remove_cgroups(&cgroups);
         return Err(e.into());
     }
     let record = Record {
@@ -403,6 +406,7 @@ fn create_in(
             rustix::process::Signal::KILL,
         );
         stop_session(&store, &session.id);
+        remove_cgroups(&record.cgroups);
         return Err(e);
     }
     Ok(())
@@ -502,6 +506,14 @@ fn waiter(
     // For `delete` and for callers that are not the waiter's parent (tests, debugging).
     let _ = std::fs::write(fifo.with_file_name("exit"), code.to_string());
     code
+}
+
+/// Removes the container's cgroup directories (see [`crate::cgroup::remove_named`]); a failure
+/// is logged, since the container is going anyway.
+fn remove_cgroups(dirs: &[PathBuf]) {
+    if let Err(e) = crate::cgroup::remove_named(Path::new("/"), dirs) {
+        tracing::warn!("{e}");
+    }
 }
 
 /// Moves this process back to the cgroups it came from (`create`'s, the engine's).
@@ -781,6 +793,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuntimeError> {
     }
     stop_session(&store(&dir), &record.session);
     wait_gone(&record);
+    // A cgroup at the bundle's cgroupsPath outlives the sandbox until here, as runc's does
+    // (the shim reads it after the exit); nsbox's own `nsbox-<id>` went with the session.
+    remove_cgroups(&record.cgroups);
     std::fs::remove_dir_all(&dir).map_err(RuntimeError::io(format!("remove {}", dir.display())))
 }
 

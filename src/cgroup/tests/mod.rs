@@ -631,7 +631,13 @@ fn create_at_a_path_makes_its_parents_and_removes_only_those() {
         read(&host.path("/sys/fs/cgroup/kube/pod1/cgroup.subtree_control")),
         "+memory +pids +cpu"
     );
+    // The engine's container owns the directory until it deletes it: the sandbox's removal
+    // leaves it (the shim reads it after the exit), `remove_named` removes it.
+    let paths = cg.paths();
     cg.remove().expect("remove");
+    assert!(dir.is_dir());
+    remove_named(host.root(), &paths).expect("remove_named");
+    assert!(!dir.exists());
     assert!(!host.path("/sys/fs/cgroup/kube/pod1").exists());
     assert!(host.path("/sys/fs/cgroup/kube").is_dir(), "not nsbox's");
 
@@ -644,6 +650,8 @@ fn create_at_a_path_makes_its_parents_and_removes_only_those() {
     assert!(cg.paths().iter().all(|p| p.ends_with("box") && p.is_dir()));
     let paths = cg.paths();
     drop(cg);
+    assert!(paths.iter().all(|p| p.is_dir()));
+    remove_named(host.root(), &paths).expect("remove_named");
     assert!(paths.iter().all(|p| !p.exists()));
 }
 
