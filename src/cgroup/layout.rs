@@ -279,6 +279,11 @@ impl CgroupLayout {
     }
 
     /// Pure v2, hybrid, or v1.
+    /// The root every file access is prefixed with (`/` on a real host).
+    pub(crate) fn fs_root(&self) -> &Path {
+        &self.fs_root
+    }
+
     pub fn kind(&self) -> CgroupKind {
         self.kind
     }

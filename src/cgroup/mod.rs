@@ -8,7 +8,8 @@
 //!   unavailable. Detected from `/proc/self/mountinfo` and the hierarchy's own files, never from
 //!   an assumed `/sys/fs/cgroup` layout, because hosts are pure v2, hybrid (this development
 //!   machine: controllers on v1, an almost empty cgroup2 at `/sys/fs/cgroup/unified`) or v1.
-//! - [`SandboxCgroup`]: the directories `<hierarchy root>/nsbox-<id>`, one per distinct hierarchy
+//! - [`SandboxCgroup`]: the directories `<hierarchy root>/nsbox-<id>` (or a [`CgroupAt`] path an
+//!   OCI bundle's `cgroupsPath` names, with the parents it needs), one per distinct hierarchy
 //!   used, with the limits written before any process enters.
 //! - [`find_leftovers`] / [`remove_leftover`]: `nsbox-*` directories that outlived their sandbox.
 //!
@@ -17,7 +18,9 @@
 //!   parent's `cgroup.subtree_control`: that belongs to whoever owns the parent (systemd, the
 //!   container runtime, the admin); when a controller is not enabled, creation fails with a hint.
 //! - Move processes itself. The join is done by the process that starts the sandbox, through the
-//!   fds opened here (see below), because the slow part is the move, not the directory.
+//!   fds opened here (see below), because the slow part is the move, not the directory. The one
+//!   exception is [`move_process`], for the OCI runtime's waiter, which an engine's shim expects
+//!   in the container's cgroup (`docs/runtime.md`, *Cgroups*).
 //! - Kill processes. Stopping the sandbox belongs to the supervisor; removal only succeeds once
 //!   the cgroup is empty (the kernel refuses otherwise, and so does [`remove_leftover`]).
 //!
@@ -53,7 +56,10 @@ use crate::host::mountinfo::MountinfoError;
 
 pub use layout::{CgroupKind, CgroupLayout, CgroupVersion, Hierarchy, Placement};
 pub use leftover::{find_leftovers, hold_in_use, in_use, remove_leftover, Leftover};
-pub use sandbox::{join_self, SandboxCgroup};
+pub use sandbox::{
+    join_self, move_process, own_cgroup_procs, planned_dirs, prune_parents, remove_named, CgroupAt,
+    SandboxCgroup,
+};
 
 /// Prefix of every cgroup directory nsbox creates; `nsbox prune` looks for it.
 pub const DIR_PREFIX: &str = "nsbox-";
@@ -153,6 +159,9 @@ pub enum CgroupError {
 
     #[error("invalid sandbox id {id:?}: {reason}")]
     InvalidId { id: String, reason: &'static str },
+
+    #[error("invalid cgroup path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
 
     #[error("invalid {limit} limit {value}: {reason}")]
     InvalidLimit {

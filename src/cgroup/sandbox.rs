@@ -29,6 +29,14 @@ const FREEZE_PATIENCE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct SandboxCgroup {
     id: String,
+    /// With a [`CgroupAt`] path: the registry of the parents nsbox made for such paths, which
+    /// the last sandbox to leave one removes (see [`ParentRegistry`]).
+    registry: Option<PathBuf>,
+    /// Made at a [`CgroupAt`] path an engine named: once created, the directories are the
+    /// engine's container's and outlive the sandbox until the engine deletes the container
+    /// ([`remove_named`]), as runc's do: its shim reads them (an OOM's `memory.events`) after
+    /// the processes are gone. `remove` and drop then only close the fds.
+    engine_owned: bool,
     /// Created directories, in creation order; only these are ever removed.
     dirs: Vec<CgroupDir>,
     /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)`.
@@ -110,7 +118,7 @@ impl SandboxCgroup {
         id: &str,
         limits: &CgroupLimits,
     ) -> Result<Self, CgroupError> {
-        Self::create_with_freezer(layout, id, limits, false)
+        Self::create_at(layout, id, limits, false, None)
     }
 
     /// [`SandboxCgroup::create`], and with `freezable` for a sandbox that can be paused ([`SandboxCgroup::freeze`]):
@@ -123,24 +131,61 @@ impl SandboxCgroup {
         limits: &CgroupLimits,
         freezable: bool,
     ) -> Result<Self, CgroupError> {
-        let plan = plan(layout, id, limits, freezable)?;
+        Self::create_at(layout, id, limits, freezable, None)
+    }
+
+    /// [`SandboxCgroup::create_with_freezer`] at `at` (see [`CgroupAt`]) instead of
+    /// `nsbox-<id>` in each hierarchy. Missing parents are made (and removed again with the
+    /// sandbox when empty); on cgroup v2 a parent made here gets the sandbox's controllers in
+    /// its `cgroup.subtree_control`, which is nsbox's to write since nsbox made it.
+    pub fn create_at(
+        layout: &CgroupLayout,
+        id: &str,
+        limits: &CgroupLimits,
+        freezable: bool,
+        at: Option<&CgroupAt>,
+    ) -> Result<Self, CgroupError> {
+        let plan = plan(layout, id, limits, freezable, at)?;
+        let registry = at.map(|_| ParentRegistry::path(layout.fs_root()));
+        // Held while parents are made and the directories go in them, so that no other
+        // sandbox removes a parent in between.
+        let mut lock = match &registry {
+            Some(path) => Some(ParentRegistry::lock(path)?),
+            None => None,
+        };
         let mut cgroup = SandboxCgroup {
             id: id.to_string(),
+            registry: None,
+            engine_owned: false,
             dirs: Vec::new(),
             v2_fd: None,
             tasks_fds: Vec::new(),
             warnings: plan.warnings,
             charged: None,
         };
+        let mut result = Ok(());
         for dir in plan.dirs {
-            // On error `cgroup` drops here, which removes the directories made so far.
-            cgroup.make_dir(dir)?;
+            result = cgroup.make_dir(dir, lock.as_mut());
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(cgroup)
+        drop(lock);
+        cgroup.registry = registry;
+        cgroup.engine_owned = result.is_ok() && at.is_some();
+        // On error `cgroup` drops here, which removes the directories (and parents) made so far.
+        result.map(|()| cgroup)
     }
 
-    fn make_dir(&mut self, plan: DirPlan) -> Result<(), CgroupError> {
+    fn make_dir(
+        &mut self,
+        plan: DirPlan,
+        registry: Option<&mut ParentRegistry>,
+    ) -> Result<(), CgroupError> {
         let path = plan.path;
+        if let Some(registry) = registry {
+            make_parents(registry, &plan.hierarchy, &path, &plan.controllers)?;
+        }
         match std::fs::create_dir(&path) {
             Ok(()) => {}
             // Never adopt an existing directory: it may belong to a running sandbox.
@@ -304,7 +349,13 @@ impl SandboxCgroup {
         // pointing at a directory that is going away.
         self.v2_fd = None;
         self.tasks_fds.clear();
+        if self.engine_owned {
+            self.dirs.clear();
+            self.registry = None;
+            return Ok(());
+        }
         let mut first_error = None;
+        let removed: Vec<PathBuf> = self.dirs.iter().map(|d| d.path.clone()).collect();
         for dir in std::mem::take(&mut self.dirs).iter().rev() {
             if let Err(source) = remove_cgroup_dir(&dir.path, patience) {
                 let busy = source.raw_os_error() == Some(libc::EBUSY);
@@ -320,6 +371,9 @@ impl SandboxCgroup {
                 };
                 first_error.get_or_insert(err);
             }
+        }
+        if let Some(registry) = self.registry.take() {
+            remove_parents(&registry, &removed);
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -463,6 +517,291 @@ impl SandboxCgroup {
     }
 }
 
+/// The parents nsbox made for [`CgroupAt`] paths (`ctr run`'s `/<namespace>/<id>` makes
+/// `/<namespace>`), one path a line in `<fs root>/run/nsbox/cgroup-parents`, under an
+/// exclusive flock of the directory `<fs root>/run/nsbox`. Several sandboxes share such a
+/// parent; whichever finds it empty when it removes its own directory removes it too. A parent
+/// nsbox did not make is never in the file, so it is never removed. The file is removed with
+/// its last line, so nothing stays in the run directory once no such parent is left; the lock
+/// is the directory's, not the file's, so that removing the file races no other holder.
+struct ParentRegistry {
+    _lock: std::fs::File,
+    file: PathBuf,
+}
+
+impl ParentRegistry {
+    fn path(fs_root: &Path) -> PathBuf {
+        super::layout::under_root(fs_root, Path::new("/run/nsbox/cgroup-parents"))
+    }
+
+    fn lock(path: &Path) -> Result<ParentRegistry, CgroupError> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let io_err = |source| CgroupError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let lock = std::fs::File::open(dir).map_err(io_err)?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err(e.into()))?;
+        Ok(ParentRegistry {
+            _lock: lock,
+            file: path.to_path_buf(),
+        })
+    }
+
+    fn entries(&mut self) -> Vec<PathBuf> {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    fn store(&mut self, entries: &[PathBuf]) {
+        let result = if entries.is_empty() {
+            match std::fs::remove_file(&self.file) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        } else {
+            let mut text = String::new();
+            for e in entries {
+                text.push_str(&e.to_string_lossy());
+                text.push('\n');
+            }
+            std::fs::write(&self.file, text)
+        };
+        if let Err(e) = result {
+            tracing::warn!("cgroup parents registry not written: {e}");
+        }
+    }
+}
+
+/// Makes the missing directories between the hierarchy's root and `path`'s parent, and notes
+/// each in the registry (held locked by the caller).
+fn make_parents(
+    registry: &mut ParentRegistry,
+    hierarchy: &Hierarchy,
+    path: &Path,
+    controllers: &[Controller],
+) -> Result<(), CgroupError> {
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    let Ok(rel) = parent.strip_prefix(&hierarchy.path) else {
+        return Ok(());
+    };
+    let mut dir = hierarchy.path.clone();
+    for part in rel.components() {
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                let mut entries = registry.entries();
+                entries.push(dir.clone());
+                registry.store(&entries);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(CgroupError::Create { path: dir, source }),
+        }
+        if !hierarchy.on_cgroupfs {
+            populate_fixture(&hierarchy.path, &dir).map_err(|source| CgroupError::Create {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        if hierarchy.version == CgroupVersion::V2 && !controllers.is_empty() {
+            // Children of a v2 cgroup get only the controllers its subtree_control lists.
+            let value = controllers
+                .iter()
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let file = dir.join("cgroup.subtree_control");
+            std::fs::write(&file, &value).map_err(|source| CgroupError::WriteLimit {
+                file,
+                value,
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// After the sandbox's directories `removed` are gone: removes their registered parents,
+/// innermost first, stopping at the first that is not nsbox's or still holds another
+/// sandbox's cgroup.
+fn remove_parents(registry: &Path, removed: &[PathBuf]) {
+    let mut registry = match ParentRegistry::lock(registry) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("cgroup parents not removed: {e}");
+            return;
+        }
+    };
+    let mut entries = registry.entries();
+    let before = entries.len();
+    for dir in removed {
+        for parent in dir.ancestors().skip(1) {
+            let Some(at) = entries.iter().position(|e| e == parent) else {
+                break;
+            };
+            match remove_cgroup_dir(parent, Duration::ZERO) {
+                Ok(()) => {
+                    entries.remove(at);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    if entries.len() != before || entries.is_empty() {
+        registry.store(&entries);
+    }
+}
+
+/// For `nsbox prune`: removes the registered parents that are empty now (a container killed
+/// before its `delete` leaves its parent behind), deepest first, and forgets those already
+/// gone. Returns how many it removed.
+pub fn prune_parents(fs_root: &Path) -> usize {
+    let Ok(mut registry) = ParentRegistry::lock(&ParentRegistry::path(fs_root)) else {
+        return 0;
+    };
+    let mut entries = registry.entries();
+    // Deepest first, so that a parent of a parent empties before its turn.
+    entries.sort_by_key(|e| std::cmp::Reverse(e.components().count()));
+    let mut removed = 0;
+    entries.retain(|dir| match remove_cgroup_dir(dir, Duration::ZERO) {
+        Ok(()) => {
+            removed += 1;
+            false
+        }
+        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    });
+    registry.store(&entries);
+    removed
+}
+
+/// Removes the directories of a sandbox made at a [`CgroupAt`] path (see
+/// [`SandboxCgroup::create_at`]), innermost first, then the parents nsbox made for them that
+/// are empty now. Directories already gone count as removed; processes still leaving
+/// (`EBUSY`) are waited for briefly.
+/// `fs_root` is the layout's (`/` on a host).
+pub fn remove_named(fs_root: &Path, dirs: &[PathBuf]) -> Result<(), CgroupError> {
+    let mut first_error = None;
+    for dir in dirs.iter().rev() {
+        if let Err(source) = remove_cgroup_dir(dir, REMOVE_PATIENCE) {
+            first_error.get_or_insert(CgroupError::Remove {
+                path: dir.clone(),
+                source,
+                hint: None,
+            });
+        }
+    }
+    remove_parents(&ParentRegistry::path(fs_root), dirs);
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Where a sandbox's cgroup goes when the caller names it (an OCI bundle's
+/// `linux.cgroupsPath`): a path of plain names, the same below every hierarchy's root, in
+/// place of `nsbox-<id>`. Checked when made: no `..`, no `.`, not empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupAt(PathBuf);
+
+impl CgroupAt {
+    /// `path` as given; a leading `/` is allowed (it means the hierarchy's root either way,
+    /// which is where nsbox's own cgroups go too).
+    pub fn new(path: &str) -> Result<CgroupAt, CgroupError> {
+        let invalid = |reason| CgroupError::InvalidPath {
+            path: path.to_string(),
+            reason,
+        };
+        let rel = path.trim_start_matches('/');
+        if rel.is_empty() {
+            return Err(invalid(
+                "names the hierarchy's root, which holds every other cgroup",
+            ));
+        }
+        let mut out = PathBuf::new();
+        for part in rel.split('/') {
+            match part {
+                "" => continue,
+                "." | ".." => return Err(invalid("may not contain `.` or `..`")),
+                p if p.contains('\0') => return Err(invalid("may not contain a NUL byte")),
+                p => out.push(p),
+            }
+        }
+        Ok(CgroupAt(out))
+    }
+
+    /// The path below a hierarchy's root.
+    pub fn relative(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// The directories [`SandboxCgroup::create_at`] makes for these arguments (the plan is pure
+/// and the same for the same layout), with each one's hierarchy: for a process that is to be
+/// put into a sandbox's cgroups by another process than the one that made them.
+pub fn planned_dirs(
+    layout: &CgroupLayout,
+    id: &str,
+    limits: &CgroupLimits,
+    freezable: bool,
+    at: Option<&CgroupAt>,
+) -> Result<Vec<(Hierarchy, PathBuf)>, CgroupError> {
+    Ok(plan(layout, id, limits, freezable, at)?
+        .dirs
+        .into_iter()
+        .map(|d| (d.hierarchy, d.path))
+        .collect())
+}
+
+/// The `cgroup.procs` of the calling process's own cgroup in `hierarchy` (from
+/// `/proc/self/cgroup`), opened for writing: where a process moved into a sandbox's cgroup
+/// goes back to (by writing `0`) before the sandbox's cgroup is removed.
+pub fn own_cgroup_procs(hierarchy: &Hierarchy) -> Result<OwnedFd, CgroupError> {
+    let mut wanted: Vec<&str> = hierarchy.controllers.iter().map(String::as_str).collect();
+    wanted.sort_unstable();
+    let own = super::layout::read_self_cgroups(Path::new("/"))
+        .into_iter()
+        .find(|(controllers, _)| match hierarchy.version {
+            CgroupVersion::V2 => controllers.is_empty(),
+            CgroupVersion::V1 => {
+                let mut have: Vec<&str> = controllers.split(',').collect();
+                have.sort_unstable();
+                have == wanted
+            }
+        })
+        .map(|(_, path)| hierarchy.path.join(path.trim_start_matches('/')))
+        .ok_or_else(|| CgroupError::Parse {
+            path: PathBuf::from("/proc/self/cgroup"),
+            reason: format!(
+                "no line for the hierarchy at {}",
+                hierarchy.mount_point.display()
+            ),
+        })?;
+    let procs = own.join("cgroup.procs");
+    rustix::fs::open(
+        &procs,
+        OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| CgroupError::Open {
+        path: procs,
+        source: e.into(),
+    })
+}
+
+/// Moves process `pid` (all its threads) into the cgroup directory `dir`.
+pub fn move_process(dir: &Path, pid: i32) -> Result<(), CgroupError> {
+    let file = dir.join("cgroup.procs");
+    std::fs::write(&file, pid.to_string()).map_err(|source| CgroupError::WriteLimit {
+        file,
+        value: pid.to_string(),
+        source,
+    })
+}
+
 impl Drop for SandboxCgroup {
     fn drop(&mut self) {
         if self.dirs.is_empty() {
@@ -507,10 +846,14 @@ pub(crate) fn plan(
     id: &str,
     limits: &CgroupLimits,
     freezable: bool,
+    at: Option<&CgroupAt>,
 ) -> Result<Plan, CgroupError> {
     validate_id(id)?;
     validate_limits(limits)?;
-    let dir_name = format!("{DIR_PREFIX}{id}");
+    let dir_name = match at {
+        Some(at) => at.relative().to_path_buf(),
+        None => PathBuf::from(format!("{DIR_PREFIX}{id}")),
+    };
     let mut warnings = Vec::new();
     let mut dirs: Vec<DirPlan> = Vec::new();
 

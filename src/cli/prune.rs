@@ -126,6 +126,11 @@ pub fn run(args: PruneArgs, config: &crate::config::Config, state_root: &std::pa
     }
     if !args.dry_run {
         oneshots.remove_dir_if_empty();
+        // Parents made for OCI containers' cgroupsPath whose containers were killed.
+        let parents = cgroup::prune_parents(layout.fs_root());
+        if parents > 0 {
+            println!("removed  {parents} empty cgroup parent(s) made for OCI containers");
+        }
         // Cached mask layers no running sandbox uses (rebuilt on the next run when needed).
         let layers = crate::rootfs::mask::prune();
         if layers > 0 {

@@ -30,6 +30,8 @@ pub struct BundlePlan {
     pub sysctls: Vec<(String, String)>,
     /// `process.rlimits`, set on the sandbox's init ([`super::rlimit`]).
     pub rlimits: Vec<super::rlimit::Planned>,
+    /// `linux.cgroupsPath` as given (checked at `create`, which knows `--systemd-cgroup`).
+    pub cgroups_path: Option<String>,
 }
 
 /// `linux.sysctl` checked: only `net.*` keys, and only with a network namespace of the
@@ -325,6 +327,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
         NetworkMode::Host
     });
     let mut sysctls_planned = Vec::new();
+    let mut cgroups_path = None;
     if let Some(linux) = linux {
         if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
             return Err(refuse(
@@ -342,9 +345,11 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
         if linux.seccomp().is_some() {
             ignored.push("linux.seccomp (nsbox's own filter applies)".into());
         }
-        if linux.cgroups_path().is_some() {
-            ignored.push("linux.cgroupsPath (nsbox names its own cgroup)".into());
-        }
+        cgroups_path = linux
+            .cgroups_path()
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty());
         if let Some(resources) = linux.resources() {
             if let Some(limit) = resources.memory().as_ref().and_then(|m| m.limit()) {
                 if limit > 0 {
@@ -389,6 +394,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
         console_size: console_size(process),
         sysctls: sysctls_planned,
         rlimits,
+        cgroups_path,
     })
 }
 

@@ -45,6 +45,10 @@ pub struct Record {
     pub init_pid: i32,
     pub created: u64,
     pub annotations: BTreeMap<String, String>,
+    /// The sandbox's cgroup directories (the waiter is in them too, for the shim's stats and
+    /// OOM events); `update` writes there.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// A container's status, as the runtime spec names it.
@@ -183,6 +187,7 @@ pub fn create(
     bundle_dir: &Path,
     pid_file: Option<&Path>,
     console_socket: Option<&Path>,
+    systemd_cgroup: bool,
     log: &Log,
 ) -> Result<(), RuntimeError> {
     let dir = dir(root, id)?;
@@ -195,7 +200,8 @@ pub fn create(
     // The spec's env is the process's whole environment (runc's and crun's rule): none of the
     // profile's (its HOME=/sandbox and LANG).
     profile.env.clear();
-    let spec = SandboxSpec::build(plan.request, &profile, &BTreeMap::new())?;
+    let mut spec = SandboxSpec::build(plan.request, &profile, &BTreeMap::new())?;
+    spec.cgroup_at = cgroup_at(plan.cgroups_path.as_deref(), systemd_cgroup)?;
     for what in &plan.ignored {
         log.write("warning", &format!("config.json: {what}: not honoured"));
     }
@@ -248,6 +254,52 @@ pub fn create(
     result
 }
 
+/// `linux.cgroupsPath` as nsbox places the sandbox's cgroup: the same path below the root of
+/// every hierarchy it uses (an absolute path from the root; a relative one from where nsbox's
+/// own cgroups go, which is the same root). The systemd form belongs to `--systemd-cgroup`,
+/// which nsbox does not implement.
+fn cgroup_at(
+    path: Option<&str>,
+    systemd_cgroup: bool,
+) -> Result<Option<crate::cgroup::CgroupAt>, RuntimeError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if systemd_cgroup {
+        return Err(RuntimeError::Refused {
+            field: "linux.cgroupsPath".into(),
+            reason: format!("{path:?} with --systemd-cgroup: nsbox manages its cgroups on cgroupfs itself, not through systemd units — hint: configure the engine for cgroupfs (containerd: SystemdCgroup = false; podman: --cgroup-manager cgroupfs), or leave cgroupsPath out"),
+        });
+    }
+    crate::cgroup::CgroupAt::new(path)
+        .map(Some)
+        .map_err(|e| RuntimeError::Refused {
+            field: "linux.cgroupsPath".into(),
+            reason: format!("{e} — hint: give a path like /nsbox/ID"),
+        })
+}
+
+/// The sandbox's cgroup directories (as its supervisor made them: the plan is the same for
+/// the same spec and host) and, for each, this process's own `cgroup.procs` in that
+/// hierarchy: where the waiter goes back to before the sandbox's cgroup is removed.
+fn sandbox_cgroups(spec: &SandboxSpec) -> Result<(Vec<PathBuf>, Vec<OwnedFd>), RuntimeError> {
+    let layout = crate::cgroup::CgroupLayout::detect()?;
+    let limits = crate::cgroup::CgroupLimits {
+        memory_bytes: spec.limits.memory.map(crate::units::ByteSize::bytes),
+        cpu_millis: spec.limits.cpus.map(|c| c.0),
+        pids: spec.limits.pids,
+    };
+    let dirs =
+        crate::cgroup::planned_dirs(&layout, &spec.id, &limits, true, spec.cgroup_at.as_ref())?;
+    let mut paths = Vec::new();
+    let mut back = Vec::new();
+    for (hierarchy, path) in dirs {
+        back.push(crate::cgroup::own_cgroup_procs(&hierarchy)?);
+        paths.push(path);
+    }
+    Ok((paths, back))
+}
+
 /// What `create` keeps of the bundle besides the sandbox's spec.
 struct Keep<'a> {
     /// Written in the sandbox before its process starts.
@@ -281,6 +333,7 @@ fn create_in(
         source: std::io::Error::from_raw_os_error(e.raw_os_error()),
     })?;
     let store = store(dir);
+    let (cgroups, back) = sandbox_cgroups(spec)?;
     let (session, pending) = daemon::start(spec, None, None, &store)?;
     pending.commit();
     // Before the process exists: it starts with the sysctls the engine asked for.
@@ -288,6 +341,7 @@ fn create_in(
         .and_then(|()| super::rlimit::set_on(session.init_pid, keep.rlimits, keep.log));
     if let Err(e) = prepared {
         stop_session(&store, &session.id);
+        remove_cgroups(&cgroups);
         return Err(e);
     }
     let (console, winsize) = match terminal {
@@ -311,14 +365,29 @@ fn create_in(
                 source: std::io::Error::from_raw_os_error(e.raw_os_error()),
             }
         });
-    let pid =
-        match start_fd.and_then(|fd| fork_waiter(fd, &fifo, &store, &session.id, exec, console)) {
-            Ok(pid) => pid,
-            Err(e) => {
-                stop_session(&store, &session.id);
-                return Err(e);
-            }
-        };
+    let pid = match start_fd
+        .and_then(|fd| fork_waiter(fd, &fifo, &store, &session.id, exec, console, back))
+    {
+        Ok(pid) => pid,
+        Err(e) => {
+            stop_session(&store, &session.id);
+            remove_cgroups(&cgroups);
+            return Err(e);
+        }
+    };
+    // The shim reads the cgroup of the pid in the pid file for its stats and OOM events
+    // (containerd's runc shim: /proc/PID/cgroup at create), so the waiter joins the sandbox's
+    // cgroups before that pid is written. It runs nothing of the workload's and holds no
+    // cgroup fd the workload could reach.
+    if let Some(e) = cgroups
+        .iter()
+        .find_map(|d| crate::cgroup::move_process(d, pid).err())
+    {
+        kill_pid(pid);
+        stop_session(&store, &session.id);
+        remove_cgroups(&cgroups);
+        return Err(e.into());
+    }
     let record = Record {
         id: id.into(),
         bundle: bundle_dir.to_path_buf(),
@@ -328,6 +397,7 @@ fn create_in(
         init_pid: session.init_pid,
         created: session.created,
         annotations: keep.annotations,
+        cgroups,
     };
     let written = serde_json::to_vec_pretty(&record)
         .map_err(|e| RuntimeError::io("encode state.json")(std::io::Error::other(e)))
@@ -342,6 +412,7 @@ fn create_in(
             rustix::process::Signal::KILL,
         );
         stop_session(&store, &session.id);
+        remove_cgroups(&record.cgroups);
         return Err(e);
     }
     Ok(())
@@ -364,6 +435,7 @@ fn fork_waiter(
     session: &str,
     exec: SessionExec,
     console: Option<ConsoleSocket>,
+    back: Vec<OwnedFd>,
 ) -> Result<i32, RuntimeError> {
     let handoff = console.map(TerminalReport::new).transpose()?;
     // SAFETY: the runtime is single-threaded (the session's supervisor was forked, no thread
@@ -378,10 +450,12 @@ fn fork_waiter(
             session,
             exec,
             handoff.map(|h| h.into_sender()),
+            &back,
         );
         sys::process::exit_now(code);
     }
     drop(start_fd);
+    drop(back);
     if let Some(handoff) = handoff {
         if let Err(e) = handoff.wait() {
             kill_pid(pid);
@@ -408,6 +482,7 @@ fn waiter(
     session: &str,
     exec: SessionExec,
     console: Option<TerminalSender>,
+    back: &[OwnedFd],
 ) -> i32 {
     // Out of the caller's process group: a Ctrl-C meant for the engine is not the container's.
     let _ = rustix::process::setsid();
@@ -418,6 +493,7 @@ fn waiter(
             let mut go = [0u8; 5];
             let read = std::fs::File::from(start_fd).read_exact(&mut go);
             if read.is_err() || &go != b"start" {
+                leave_cgroups(back);
                 stop_session(store, session);
                 return crate::exit::NSBOX_FAILED;
             }
@@ -427,13 +503,31 @@ fn waiter(
     // The container ends with its process: whatever else runs in the sandbox goes too. The
     // exit is reported (this process ends) as soon as the supervisor has the stop, as runc's
     // is when its pid 1 ends; the teardown goes on in the supervisor, and `delete` waits for
-    // it.
+    // it. The waiter leaves the sandbox's cgroups first: the supervisor removes them, which
+    // the kernel refuses while a process is in them.
+    leave_cgroups(back);
     if let Ok(client) = SessionClient::connect(store, session) {
         let _ = client.stop_without_waiting(Duration::ZERO, "the container stopped");
     }
     // For `delete` and for callers that are not the waiter's parent (tests, debugging).
     let _ = std::fs::write(fifo.with_file_name("exit"), code.to_string());
     code
+}
+
+/// Removes the container's cgroup directories (see [`crate::cgroup::remove_named`]); a failure
+/// is logged, since the container is going anyway.
+fn remove_cgroups(dirs: &[PathBuf]) {
+    if let Err(e) = crate::cgroup::remove_named(Path::new("/"), dirs) {
+        tracing::warn!("{e}");
+    }
+}
+
+/// Moves this process back to the cgroups it came from (`create`'s, the engine's).
+fn leave_cgroups(back: &[OwnedFd]) {
+    for fd in back {
+        // "0": the writing process. A failure leaves the supervisor's removal to retry.
+        let _ = rustix::io::write(fd, b"0");
+    }
 }
 
 /// Runs `exec` in the session with this process's streams; its exit status (128+N for a
@@ -708,6 +802,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), RuntimeError> {
     stop_session(&store, &record.session);
     wait_gone(&record);
     wait_supervisor_gone(&store, &record.session);
+    // A cgroup at the bundle's cgroupsPath outlives the sandbox until here, as runc's does
+    // (the shim reads it after the exit); nsbox's own `nsbox-<id>` went with the session.
+    remove_cgroups(&record.cgroups);
     std::fs::remove_dir_all(&dir).map_err(RuntimeError::io(format!("remove {}", dir.display())))
 }
 
@@ -755,6 +852,34 @@ fn running(root: &Path, id: &str, what: &'static str) -> Result<(PathBuf, Record
         });
     }
     Ok((dir, record))
+}
+
+/// `update --resources`: writes the new limits to the container's cgroup (see
+/// [`super::update`]); a stopped container has none left to change.
+pub fn update(
+    root: &Path,
+    id: &str,
+    update: &super::update::ResourceUpdate,
+) -> Result<(), RuntimeError> {
+    let (dir, record) = read_record(root, id)?;
+    let status = status(&dir, &record);
+    if status == Status::Stopped {
+        return Err(RuntimeError::WrongState {
+            id: id.into(),
+            status: status.as_str(),
+            what: "update needs a created or running container",
+        });
+    }
+    for w in super::update::plan_writes(&record.cgroups, update)? {
+        std::fs::write(&w.file, &w.value).map_err(|source| {
+            crate::cgroup::CgroupError::WriteLimit {
+                file: w.file.clone(),
+                value: w.value.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// How `exec` runs its process (its flags besides the container and the process file).

@@ -25,6 +25,7 @@ pub mod console;
 pub mod container;
 pub mod rlimit;
 pub mod sysctl;
+pub mod update;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -85,6 +86,11 @@ pub enum RuntimeError {
     Session(#[from] SessionError),
     #[error("{0}")]
     Profile(String),
+    #[error("{0}")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// `update --resources`: the JSON, or a field nsbox cannot apply.
+    #[error("--resources: {0}")]
+    Resources(String),
 }
 
 impl RuntimeError {
@@ -111,7 +117,8 @@ pub struct RuntimeCli {
     /// The format of --log lines: JSON lines with "level", "msg" and "time", or text.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Accepted for runc compatibility and ignored: nsbox places the sandbox in its own cgroup.
+    /// runc's systemd cgroup manager: nsbox manages cgroupfs itself, so a `linux.cgroupsPath`
+    /// in systemd's `slice:prefix:name` form is refused; without one this is ignored.
     #[arg(long)]
     systemd_cgroup: bool,
     /// Accepted for runc compatibility and ignored.
@@ -147,7 +154,7 @@ enum RuntimeCommand {
     Pause(IdArg),
     /// Thaw a paused container.
     Resume(IdArg),
-    /// Change a container's resources (not supported: refused).
+    /// Change a running container's cgroup limits (memory, pids, cpu).
     Update(UpdateArgs),
     /// Print what this runtime supports (JSON).
     Features,
@@ -300,16 +307,33 @@ fn run(cli: &RuntimeCli, log: &Log) -> Result<i32, RuntimeError> {
         }
         RuntimeCommand::Pause(a) => container::set_paused(root, &a.id, true).map(|()| 0),
         RuntimeCommand::Resume(a) => container::set_paused(root, &a.id, false).map(|()| 0),
-        RuntimeCommand::Update(a) => Err(RuntimeError::Unsupported(format!(
-            "update {}: --resources: changing a running container's limits is not supported yet",
-            a.id
-        ))),
+        RuntimeCommand::Update(a) => {
+            let Some(file) = &a.resources else {
+                return Err(RuntimeError::Resources(
+                    "missing — hint: pass --resources FILE (runtime-spec linux.resources JSON), or --resources - to read it from stdin".into(),
+                ));
+            };
+            let text = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(RuntimeError::io("read --resources from stdin"))?;
+                text
+            } else {
+                std::fs::read_to_string(file).map_err(RuntimeError::io(format!(
+                    "read --resources {}",
+                    file.display()
+                )))?
+            };
+            let update = update::ResourceUpdate::parse(&text)?;
+            container::update(root, &a.id, &update).map(|()| 0)
+        }
         RuntimeCommand::Create(a) => container::create(
             root,
             &a.id,
             &a.bundle,
             a.pid_file.as_deref(),
             a.console_socket.as_deref(),
+            cli.systemd_cgroup,
             log,
         )
         .map(|()| 0),

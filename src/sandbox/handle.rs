@@ -568,7 +568,13 @@ impl Handle {
             .iter()
             .any(|c| matches!(layout.placement(*c), Placement::V2 { enabled: true, .. }));
         let early_cgroup = if uses_v2 {
-            let cgroup = SandboxCgroup::create_with_freezer(&layout, &spec.id, &limits, freezable)?;
+            let cgroup = SandboxCgroup::create_at(
+                &layout,
+                &spec.id,
+                &limits,
+                freezable,
+                spec.cgroup_at.as_ref(),
+            )?;
             // While this supervisor lives, `nsbox prune` sees the cgroup as in use.
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
@@ -730,7 +736,13 @@ impl Handle {
         }
         if handle.cgroup.is_none() {
             // On failure, dropping the handle kills and reaps the child.
-            let cgroup = SandboxCgroup::create_with_freezer(&layout, &spec.id, &limits, freezable)?;
+            let cgroup = SandboxCgroup::create_at(
+                &layout,
+                &spec.id,
+                &limits,
+                freezable,
+                spec.cgroup_at.as_ref(),
+            )?;
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
             handle.cgroup = Some(cgroup);

@@ -155,6 +155,9 @@ pub struct SandboxSpec {
     pub tmpfs: Vec<TmpfsMount>,
     /// `--label KEY=VALUE`s: a one-shot's record and lifecycle events carry them.
     pub labels: BTreeMap<String, String>,
+    /// Where the sandbox's cgroup goes instead of `nsbox-<id>` (an OCI bundle's
+    /// `linux.cgroupsPath`, set by the runtime after `build`). None for every other sandbox.
+    pub cgroup_at: Option<crate::cgroup::CgroupAt>,
 }
 
 /// A scratch tmpfs the command line asked for, mounted like /tmp (mode 1777, nosuid, nodev).
@@ -420,6 +423,7 @@ impl SandboxSpec {
             extra_lowers: Vec::new(),
             tmpfs: Vec::new(),
             labels: BTreeMap::new(),
+            cgroup_at: None,
         })
     }
 }

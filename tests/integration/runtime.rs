@@ -1292,6 +1292,10 @@ impl Podman {
                 None,
                 "no runtime state left for {cid}"
             );
+            assert!(
+                leftover_cgroups(&format!("libpod-{cid}")).is_empty(),
+                "no cgroup left for {cid}"
+            );
         }
         let dir = self.b.path("");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -1417,9 +1421,13 @@ fn runtime_podman_exec_stop_and_rm_a_detached_container_leave_nothing() {
     ]);
     assert_eq!(run.code, 0, "stdout {} stderr {}", run.stdout, run.stderr);
     let cid = run.stdout.trim().to_string();
-    let session = Podman::session(&cid).expect("the container's runtime state");
     assert!(
-        !leftover_cgroups(&session).is_empty(),
+        Podman::session(&cid).is_some(),
+        "the container's runtime state"
+    );
+    // The sandbox's cgroup is podman's cgroupsPath, `libpod_parent/libpod-<cid>`.
+    assert!(
+        !leftover_cgroups(&format!("libpod-{cid}")).is_empty(),
         "the sandbox's cgroup"
     );
 
@@ -1445,7 +1453,6 @@ fn runtime_podman_exec_stop_and_rm_a_detached_container_leave_nothing() {
     assert!(host_processes_matching("/bin/sleep 4719").is_empty());
     let rm = p.run(&["rm", "c4719"]);
     assert_eq!(rm.code, 0, "{}", rm.stderr);
-    assert!(leftover_cgroups(&session).is_empty(), "no cgroup left");
     p.assert_nothing_left(&[cid], "4719");
 }
 
@@ -1483,4 +1490,377 @@ fn runtime_refuses_sysctls_it_cannot_write_naming_the_key() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "nothing left: {left:?}");
+}
+
+/// The cgroup of `pid` in the hierarchy holding `controller` (v1), or its v2 cgroup: the
+/// path /proc/PID/cgroup gives, as containerd's shim reads it for stats and OOM events.
+fn cgroup_of(pid: &str, controller: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let lines: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let _ = p.next()?;
+            Some((p.next()?.to_string(), p.next()?.to_string()))
+        })
+        .collect();
+    lines
+        .iter()
+        .find(|(c, _)| c.split(',').any(|c| c == controller))
+        .or_else(|| lines.iter().find(|(c, _)| c.is_empty()))
+        .map(|(_, path)| path.clone())
+}
+
+/// The sandbox's cgroup directory holding `file` (from `state.json`'s `cgroups`).
+fn cgroup_file(b: &Bundle, id: &str, file: &str) -> PathBuf {
+    let text = std::fs::read(b.path(&format!("state/{id}/state.json"))).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    v["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| PathBuf::from(d.as_str().unwrap()).join(file))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no {file} in the cgroups of {id}: {v}"))
+}
+
+/// The first of `files` (one per cgroup version) found in the sandbox's cgroup directories.
+fn cgroup_read_any(b: &Bundle, id: &str, files: &[&str]) -> String {
+    let text = std::fs::read(b.path(&format!("state/{id}/state.json"))).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    files
+        .iter()
+        .find_map(|f| {
+            v["cgroups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|d| std::fs::read_to_string(Path::new(d.as_str().unwrap()).join(f)).ok())
+        })
+        .unwrap_or_else(|| panic!("none of {files:?} in the cgroups of {id}: {v}"))
+}
+
+/// `linux.cgroupsPath` is where the sandbox's cgroup is, the pid in the pid file (the waiter)
+/// is in it, as the shim expects, and `delete` removes it with the parents it made.
+#[test]
+fn runtime_puts_the_container_at_its_cgroups_path_with_the_pid_files_process() {
+    require_root!();
+    let mut cfg = config(&["/bin/sleep", "4712"]);
+    cfg["linux"]["cgroupsPath"] = serde_json::json!("/nsbox-itest-cgpath/box1");
+    let b = Bundle::new(cfg);
+    let created = b.create("box1");
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let pid = std::fs::read_to_string(b.path("box1.pid")).unwrap();
+    for controller in ["memory", "pids"] {
+        assert_eq!(
+            cgroup_of(&pid, controller).as_deref(),
+            Some("/nsbox-itest-cgpath/box1"),
+            "the waiter's {controller} cgroup"
+        );
+    }
+    assert_eq!(b.runtime(&["start", "box1"]).code, 0);
+    assert!(eventually(30.0, || !host_processes_matching(
+        "/bin/sleep 4712"
+    )
+    .is_empty()));
+    let sleeper = host_processes_matching("/bin/sleep 4712")[0].to_string();
+    assert_eq!(
+        cgroup_of(&sleeper, "memory").as_deref(),
+        Some("/nsbox-itest-cgpath/box1"),
+        "the workload is in the same cgroup"
+    );
+    let pids_max = cgroup_file(&b, "box1", "pids.max");
+    assert!(pids_max
+        .to_string_lossy()
+        .contains("/nsbox-itest-cgpath/box1/"));
+    assert_eq!(std::fs::read_to_string(&pids_max).unwrap().trim(), "64");
+    let forced = b.runtime(&["delete", "--force", "box1"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(
+        eventually(10.0, || leftover_cgroups("nsbox-itest-cgpath").is_empty()),
+        "cgroup left: {:?}",
+        leftover_cgroups("nsbox-itest-cgpath")
+    );
+
+    // Paths nsbox will not take, each refused naming the field, nothing left behind.
+    for (path, flags, why) in [
+        ("/a/../b", &[][..], "`..`"),
+        ("/", &[][..], "root"),
+        (
+            "system.slice:nsbox:box2",
+            &["--systemd-cgroup"][..],
+            "systemd",
+        ),
+    ] {
+        let mut cfg = config(&["/bin/true"]);
+        cfg["linux"]["cgroupsPath"] = serde_json::json!(path);
+        std::fs::write(
+            b.path("bundle/config.json"),
+            serde_json::to_vec(&cfg).unwrap(),
+        )
+        .unwrap();
+        let bundle = b.path("bundle");
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["create", "--bundle", bundle.to_str().unwrap(), "box2"]);
+        let cmd = b.runtime_cmd(&[]).args(&args).output().unwrap();
+        let run: Run = cmd.into();
+        assert_ne!(run.code, 0, "{path}");
+        assert!(
+            run.stderr.contains("linux.cgroupsPath") && run.stderr.contains(why),
+            "{path}: {}",
+            run.stderr
+        );
+        assert!(!b.path("state/box2").exists());
+    }
+}
+
+/// `update --resources` changes the running container's limits: a lowered pids limit makes a
+/// fork inside fail, lifting it lets it through; memory and cpu land in the cgroup's files.
+/// Bad input is refused by name.
+#[test]
+fn runtime_update_changes_a_running_containers_limits() {
+    require_root!();
+    let b = Bundle::new(config(&["/bin/sleep", "4713"]));
+    assert_eq!(b.create("upd").code, 0);
+    assert_eq!(b.runtime(&["start", "upd"]).code, 0);
+    assert!(eventually(30.0, || !host_processes_matching(
+        "/bin/sleep 4713"
+    )
+    .is_empty()));
+    let update = |json: &str| {
+        crate::support::run_with_input(
+            b.runtime_cmd(&["update", "--resources", "-", "upd"]),
+            json.as_bytes(),
+        )
+    };
+    let forks = process_file(
+        &b,
+        "forks.json",
+        &[
+            "/bin/sh",
+            "-c",
+            "/bin/true & /bin/true & /bin/true & wait; echo forked",
+        ],
+        |_| {},
+    );
+    let exec_forks = || b.runtime(&["exec", "--process", forks.to_str().unwrap(), "upd"]);
+
+    // Room for the exec'd shell and one child, no more.
+    let current: u64 = std::fs::read_to_string(cgroup_file(&b, "upd", "pids.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let lowered = update(&format!("{{\"pids\":{{\"limit\":{}}}}}", current + 2));
+    assert_eq!(lowered.code, 0, "{}", lowered.stderr);
+    assert_eq!(
+        std::fs::read_to_string(cgroup_file(&b, "upd", "pids.max"))
+            .unwrap()
+            .trim(),
+        (current + 2).to_string()
+    );
+    let starved = exec_forks();
+    assert!(
+        starved.stderr.contains("can't fork")
+            || starved.stderr.contains("Resource temporarily unavailable"),
+        "a fork past the lowered limit fails: code {} stdout {} stderr {}",
+        starved.code,
+        starved.stdout,
+        starved.stderr
+    );
+    let lifted = update(r#"{"pids":{"limit":-1}}"#);
+    assert_eq!(lifted.code, 0, "{}", lifted.stderr);
+    assert_eq!(
+        std::fs::read_to_string(cgroup_file(&b, "upd", "pids.max"))
+            .unwrap()
+            .trim(),
+        "max"
+    );
+    let fed = exec_forks();
+    assert_eq!(fed.code, 0, "{}", fed.stderr);
+    assert_eq!(fed.stdout.trim(), "forked");
+
+    // Memory and cpu, from a file this time.
+    std::fs::write(
+        b.path("res.json"),
+        r#"{"memory":{"limit":134217728},"cpu":{"quota":50000,"period":100000}}"#,
+    )
+    .unwrap();
+    let res = b.path("res.json");
+    let set = b.runtime(&["update", "--resources", res.to_str().unwrap(), "upd"]);
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    let memory = cgroup_read_any(&b, "upd", &["memory.max", "memory.limit_in_bytes"]);
+    assert_eq!(memory.trim(), "134217728");
+    let cpu = cgroup_read_any(&b, "upd", &["cpu.max", "cpu.cfs_quota_us"]);
+    assert!(cpu.starts_with("50000"), "{cpu}");
+
+    // Bad input: named, nothing changed.
+    for (json, says) in [
+        ("{\"pids\": ", "not valid JSON"),
+        (r#"{"memory":{"swap":1}}"#, "memory.swap: not supported"),
+        (r#"{"blockIO":{"weight":100}}"#, "blockIO: not supported"),
+        (r#"{"pids":{"limit":"ten"}}"#, "pids.limit"),
+    ] {
+        let run = update(json);
+        assert_ne!(run.code, 0, "{json}");
+        assert!(run.stderr.contains(says), "{json}: {}", run.stderr);
+    }
+    let unknown = crate::support::run_with_input(
+        b.runtime_cmd(&["update", "--resources", "-", "no-such-box"]),
+        br#"{"pids":{"limit":5}}"#,
+    );
+    assert_ne!(unknown.code, 0);
+    assert!(
+        unknown
+            .stderr
+            .contains("container no-such-box does not exist"),
+        "{}",
+        unknown.stderr
+    );
+    let missing = b.runtime(&["update", "upd"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("--resources"), "{}", missing.stderr);
+
+    let session = b.session("upd");
+    assert_eq!(b.runtime(&["delete", "--force", "upd"]).code, 0);
+    assert!(eventually(10.0, || leftover_cgroups(&session).is_empty()));
+}
+
+/// Under containerd: the shim's `task metrics` read the container's cgroup (at its
+/// `--cgroup` path) through the pid nsbox wrote, and an allocation past `--memory-limit` is an
+/// OOM event (`/tasks/oom`) on `ctr events`, the task ending killed.
+#[test]
+fn runtime_under_containerd_gives_task_metrics_and_oom_events() {
+    require_root!();
+    let b = Bundle::new(config(&["/bin/true"]));
+    let rootfs = b.path("bundle/rootfs");
+    for d in ["proc", "dev", "sys", "run", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let runc = b.path("nsbox-runc");
+    std::os::unix::fs::symlink(nsbox_bin(), &runc).unwrap();
+    let runc_root = b.path("runc-root");
+    let fifos = b.path("fifos");
+    let ctrd = Containerd::start();
+    let run_detached = |id: &str, extra: &[&str], cmd: &[&str]| {
+        let mut args = vec![
+            "run",
+            "-d",
+            "--fifo-dir",
+            fifos.to_str().unwrap(),
+            "--rootfs",
+            "--runc-binary",
+            runc.to_str().unwrap(),
+            "--runc-root",
+            runc_root.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(rootfs.to_str().unwrap());
+        args.push(id);
+        args.extend_from_slice(cmd);
+        ctrd.ctr(&args)
+    };
+
+    let run = run_detached(
+        "metrics1",
+        &["--cgroup", "/nsbox-itest-ctr/metrics1"],
+        &["/bin/sh", "-c", "sleep 4714 & sleep 4715"],
+    );
+    assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
+    assert!(eventually(30.0, || !host_processes_matching("sleep 4715").is_empty()));
+    let metrics = ctrd.ctr(&["task", "metrics", "metrics1"]);
+    assert_eq!(metrics.code, 0, "{}", metrics.stderr);
+    let value = |name: &str| -> Option<u64> {
+        metrics.stdout.lines().find_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some(name))
+                .then(|| parts.next().and_then(|v| v.parse().ok()))
+                .flatten()
+        })
+    };
+    // sh, two sleeps, the sandbox's init (and nsbox's waiter, which the shim knows).
+    let pids = value("pids.current").unwrap_or_else(|| panic!("{}", metrics.stdout));
+    assert!((4..=8).contains(&pids), "{}", metrics.stdout);
+    let memory = value("memory.usage_in_bytes")
+        .or_else(|| value("memory.usage"))
+        .unwrap_or_else(|| panic!("{}", metrics.stdout));
+    assert!(memory > 100_000, "{}", metrics.stdout);
+    assert_eq!(
+        ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "metrics1"])
+            .code,
+        0
+    );
+    assert!(eventually(30.0, || ctrd
+        .ctr(&["task", "delete", "metrics1"])
+        .code
+        == 0));
+    assert_eq!(ctrd.ctr(&["container", "delete", "metrics1"]).code, 0);
+    assert!(
+        eventually(10.0, || leftover_cgroups("nsbox-itest-ctr").is_empty()),
+        "{:?}",
+        leftover_cgroups("nsbox-itest-ctr")
+    );
+
+    // The OOM: `ctr events` runs from before the container starts.
+    let events_out = b.path("events.txt");
+    let mut events = Command::new("/usr/bin/ctr")
+        .arg("--address")
+        .arg(ctrd.dir.path().join("containerd.sock"))
+        .args(["-n", "nsbox-test", "events"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&events_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = run_detached(
+        "oom1",
+        &[
+            "--memory-limit",
+            "33554432",
+            "--cgroup",
+            "/nsbox-itest-ctr/oom1",
+        ],
+        // dd's buffer is one 64 MiB allocation it fills: twice the limit.
+        &[
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=64M count=4",
+        ],
+    );
+    assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
+    let oom_seen = eventually(30.0, || {
+        std::fs::read_to_string(&events_out)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains("oom1"))
+    });
+    let exited = eventually(30.0, || {
+        std::fs::read_to_string(&events_out)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains("oom1"))
+    });
+    let _ = events.kill();
+    let _ = events.wait();
+    let seen = std::fs::read_to_string(&events_out).unwrap_or_default();
+    assert!(oom_seen, "no OOM event: {seen}");
+    assert!(exited, "no exit: {seen}");
+    let exit_line = seen
+        .lines()
+        .find(|l| l.contains("/tasks/exit") && l.contains("oom1"))
+        .unwrap();
+    assert!(
+        exit_line.contains("\"exit_status\":137"),
+        "killed by the OOM killer: {exit_line}"
+    );
+    assert!(eventually(30.0, || ctrd
+        .ctr(&["task", "delete", "oom1"])
+        .code
+        == 0));
+    assert_eq!(ctrd.ctr(&["container", "delete", "oom1"]).code, 0);
+    assert!(
+        eventually(10.0, || leftover_cgroups("nsbox-itest-ctr").is_empty()),
+        "{:?}",
+        leftover_cgroups("nsbox-itest-ctr")
+    );
 }

@@ -616,6 +616,78 @@ fn remove_and_drop_remove_every_directory() {
 }
 
 #[test]
+fn create_at_a_path_makes_its_parents_and_removes_only_those() {
+    let host = pure_v2();
+    std::fs::create_dir(host.path("/sys/fs/cgroup/kube")).expect("an existing parent");
+    let at = CgroupAt::new("/kube/pod1/ctr").expect("a path");
+    let cg = SandboxCgroup::create_at(&host.layout(), "abc", &all_limits(), true, Some(&at))
+        .expect("create");
+    let dir = host.path("/sys/fs/cgroup/kube/pod1/ctr");
+    assert_eq!(cg.paths(), vec![dir.clone()]);
+    assert_eq!(read(&dir.join("pids.max")), "64");
+    // The parent nsbox made passes the sandbox's controllers on; the existing one is not
+    // written.
+    assert_eq!(
+        read(&host.path("/sys/fs/cgroup/kube/pod1/cgroup.subtree_control")),
+        "+memory +pids +cpu"
+    );
+    // The engine's container owns the directory until it deletes it: the sandbox's removal
+    // leaves it (the shim reads it after the exit), `remove_named` removes it.
+    let paths = cg.paths();
+    cg.remove().expect("remove");
+    assert!(dir.is_dir());
+    remove_named(host.root(), &paths).expect("remove_named");
+    assert!(!dir.exists());
+    assert!(!host.path("/sys/fs/cgroup/kube/pod1").exists());
+    assert!(host.path("/sys/fs/cgroup/kube").is_dir(), "not nsbox's");
+    // The registry of parents goes with its last line: the run directory keeps nothing.
+    assert!(!host.path("/run/nsbox/cgroup-parents").exists());
+
+    // A container killed before its delete leaves its parent; prune removes it once empty.
+    let at = CgroupAt::new("/kube/pod2/ctr").expect("a path");
+    let cg = SandboxCgroup::create_at(&host.layout(), "abd", &all_limits(), true, Some(&at))
+        .expect("create");
+    let paths = cg.paths();
+    drop(cg);
+    assert_eq!(
+        prune_parents(host.root()),
+        0,
+        "the parent still holds the container's cgroup"
+    );
+    assert!(host.path("/run/nsbox/cgroup-parents").exists());
+    std::fs::remove_dir_all(&paths[0]).expect("the container's cgroup, as its engine would");
+    assert_eq!(prune_parents(host.root()), 1);
+    assert!(!host.path("/sys/fs/cgroup/kube/pod2").exists());
+    assert!(host.path("/sys/fs/cgroup/kube").is_dir(), "not nsbox's");
+    assert!(!host.path("/run/nsbox/cgroup-parents").exists());
+
+    // Hybrid: the same path below every v1 hierarchy used.
+    let host = hybrid();
+    let at = CgroupAt::new("box").expect("a relative path");
+    let cg = SandboxCgroup::create_at(&host.layout(), "abc", &all_limits(), true, Some(&at))
+        .expect("create");
+    assert!(cg.paths().len() >= 3);
+    assert!(cg.paths().iter().all(|p| p.ends_with("box") && p.is_dir()));
+    let paths = cg.paths();
+    drop(cg);
+    assert!(paths.iter().all(|p| p.is_dir()));
+    remove_named(host.root(), &paths).expect("remove_named");
+    assert!(paths.iter().all(|p| !p.exists()));
+}
+
+#[test]
+fn cgroup_paths_with_dots_or_only_the_root_are_refused() {
+    for bad in ["", "/", "//", "/a/../b", "./a", "a/."] {
+        let e = CgroupAt::new(bad).expect_err(bad).to_string();
+        assert!(e.contains("invalid cgroup path"), "{bad}: {e}");
+    }
+    assert_eq!(
+        CgroupAt::new("//default//ctr/").unwrap().relative(),
+        Path::new("default/ctr")
+    );
+}
+
+#[test]
 fn remove_tolerates_a_directory_already_gone() {
     let host = pure_v2();
     let cg = SandboxCgroup::create(&host.layout(), "gone", &all_limits()).expect("create");
