@@ -524,6 +524,7 @@ pub fn run_in_session(args: RunArgs, session: &str, t0: u64) -> i32 {
     let exec = SessionExec {
         argv: args.command,
         env,
+        replace_env: false,
         workdir: args.sandbox.workdir,
         stdin: args.interactive,
         tty: args.tty,

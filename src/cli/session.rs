@@ -320,6 +320,7 @@ fn create_session(
                 SessionExec {
                     argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
                     env: Vec::new(),
+                    replace_env: false,
                     workdir: None,
                     stdin: false,
                     tty: false,

@@ -106,9 +106,14 @@ fn refuse(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
 /// user of the container (never with capabilities, as every process of it). CAP_SYS_ADMIN is
 /// refused, naming the field. `terminal` and `consoleSize` become the command's
 /// `tty` and `winsize`.
+///
+/// Its environment is process.json's `env` alone (runc's and crun's `exec`), with `HOME` from
+/// the container's `/etc/passwd` for the process's uid when `env` has none (`rootfs`: the
+/// container's root directory, when known).
 pub fn exec_of(
     process: &oci_spec::runtime::Process,
     user: (u32, u32),
+    rootfs: Option<&Path>,
 ) -> Result<crate::session::client::SessionExec, RuntimeError> {
     let refuse = |field: &str, reason: &str| RuntimeError::ProcessRefused {
         field: field.into(),
@@ -141,7 +146,7 @@ pub fn exec_of(
             "CAP_SYS_ADMIN (a privileged process) is refused: the workload keeps no capability",
         ));
     }
-    let env = process
+    let mut env: Vec<(String, String)> = process
         .env()
         .iter()
         .flatten()
@@ -150,9 +155,14 @@ pub fn exec_of(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        let home = rootfs.and_then(|r| passwd_home(r, asked.0));
+        env.push(("HOME".into(), home.unwrap_or_else(|| "/".into())));
+    }
     Ok(crate::session::client::SessionExec {
         argv: args.into_iter().map(Into::into).collect(),
         env,
+        replace_env: true,
         workdir: Some(process.cwd().clone()),
         stdin: true,
         tty: process.terminal().unwrap_or(false),
@@ -585,8 +595,11 @@ mod tests {
             "terminal": true, "consoleSize": {"height": 70000, "width": 80}
         }))
         .expect("process");
-        let ex = exec_of(&process, (0, 0)).expect("exec");
+        let ex = exec_of(&process, (0, 0), None).expect("exec");
         assert!(ex.tty);
+        // process.json's env is the whole environment (none given: only runc's HOME).
+        assert!(ex.replace_env);
+        assert_eq!(ex.env, [("HOME".to_string(), "/".to_string())]);
         assert_eq!(ex.winsize, Some((u16::MAX, 80)), "clamped");
     }
 

@@ -720,10 +720,7 @@ pub fn state(root: &Path, id: &str) -> Result<State, RuntimeError> {
     } else {
         status.as_str()
     };
-    let rootfs = bundle::load(&record.bundle)
-        .ok()
-        .and_then(|s| s.root().as_ref().map(|r| record.bundle.join(r.path())))
-        .unwrap_or_default();
+    let rootfs = rootfs_of(&record).unwrap_or_default();
     Ok(State {
         oci_version: "1.0.2",
         id: record.id,
@@ -921,7 +918,12 @@ pub fn exec(
     let (dir, record) = running(root, id, "only a running container can run another process")?;
     let store = store(&dir);
     let session = SessionClient::connect(&store, &record.session)?;
-    let mut exec = bundle::exec_of(&process, (session.record.uid, session.record.gid))?;
+    let rootfs = rootfs_of(&record);
+    let mut exec = bundle::exec_of(
+        &process,
+        (session.record.uid, session.record.gid),
+        rootfs.as_deref(),
+    )?;
     drop(session);
     exec.tty |= tty;
     let console = match (exec.tty, detach, console_socket) {
@@ -991,6 +993,13 @@ fn fork_exec_waiter(
         }
     }
     Ok(pid)
+}
+
+/// The container's root directory, as its bundle's config.json names it.
+fn rootfs_of(record: &Record) -> Option<PathBuf> {
+    bundle::load(&record.bundle)
+        .ok()
+        .and_then(|s| s.root().as_ref().map(|r| record.bundle.join(r.path())))
 }
 
 /// `ps`: the host pids of the container's processes (every process in its sandbox's pid

@@ -236,6 +236,7 @@ pub async fn start(
             &Request::Exec {
                 argv: cmd.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
                 env: cmd.env.clone(),
+                replace_env: false,
                 workdir: cmd.cwd.clone(),
                 tty: false,
                 winsize: None,

@@ -50,6 +50,8 @@ pub struct SessionExec {
     pub argv: Vec<OsString>,
     /// Set on top of the session's environment.
     pub env: Vec<(String, String)>,
+    /// `env` is the whole environment: none of the session's.
+    pub replace_env: bool,
     pub workdir: Option<PathBuf>,
     pub stdin: bool,
     pub tty: bool,
@@ -292,6 +294,7 @@ impl SessionClient {
             &Request::Exec {
                 argv: ex.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
                 env: ex.env.clone(),
+                replace_env: ex.replace_env,
                 workdir: ex.workdir.clone(),
                 tty: ex.tty,
                 winsize: winsize.flatten(),

@@ -648,6 +648,7 @@ impl Daemon<'_> {
                 Request::Exec {
                     argv,
                     env,
+                    replace_env,
                     workdir,
                     tty,
                     winsize,
@@ -659,7 +660,7 @@ impl Daemon<'_> {
             ) => self.exec(
                 id,
                 argv,
-                env,
+                (env, replace_env),
                 workdir,
                 (tty, winsize, failure_on_terminal),
                 user,
@@ -833,7 +834,8 @@ impl Daemon<'_> {
         &mut self,
         client: u64,
         argv: Vec<Vec<u8>>,
-        env: Vec<(String, String)>,
+        // The request's variables, and whether they are all of the command's environment.
+        (env, replace_env): (Vec<(String, String)>, bool),
         workdir: Option<PathBuf>,
         // (tty, winsize, failure_on_terminal): the command's terminal, if any.
         (tty, winsize, failure_on_terminal): (bool, Option<(u16, u16)>, bool),
@@ -865,8 +867,12 @@ impl Daemon<'_> {
             self.reply(client, &Reply::Refused { message }, &[]);
             return;
         }
-        let mut full_env = self.spec.env.clone();
-        if user.is_some_and(|(uid, _)| uid == 0) {
+        let mut full_env = if replace_env {
+            Vec::new()
+        } else {
+            self.spec.env.clone()
+        };
+        if user.is_some_and(|(uid, _)| uid == 0) && !replace_env {
             // Root's own account, as a login would set it; the request's variables still win.
             for (k, v) in [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")] {
                 match full_env.iter_mut().find(|(key, _)| key == k) {

@@ -18,6 +18,10 @@ pub enum Request {
         argv: Vec<Vec<u8>>,
         /// Variables set on top of the session's environment.
         env: Vec<(String, String)>,
+        /// `env` is the command's whole environment, not laid over the session's (the OCI
+        /// runtime's `exec`, whose process.json says all of it, as runc's does).
+        #[serde(default)]
+        replace_env: bool,
         workdir: Option<PathBuf>,
         tty: bool,
         winsize: Option<(u16, u16)>,

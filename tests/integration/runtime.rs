@@ -286,7 +286,9 @@ fn process_file(
 #[test]
 fn runtime_exec_ps_pause_and_resume_a_running_container() {
     require_root!();
-    let b = Bundle::new(config(&["/bin/sleep", "4712"]));
+    let mut spec = config(&["/bin/sleep", "4712"]);
+    spec["process"]["env"] = serde_json::json!(["PATH=/bin", "FROM_CONFIG=yes"]);
+    let b = Bundle::new(spec);
     assert_eq!(b.create("live").code, 0);
     let refused = b.runtime(&["exec", "--process", "/nonexistent", "live"]);
     assert_ne!(refused.code, 0, "exec in a created container is refused");
@@ -306,6 +308,19 @@ fn runtime_exec_ps_pause_and_resume_a_running_container() {
     let run = b.runtime(&["exec", "--process", p.to_str().unwrap(), "live"]);
     assert_eq!(run.code, 5, "{}", run.stderr);
     assert_eq!(run.stdout.trim(), "hi in /tmp", "{}", run.stderr);
+    // The file's env is the whole environment, as under runc and crun: nothing of the
+    // container's (FROM_CONFIG), and HOME as runc sets it (no /etc/passwd here: "/").
+    let p = process_file(&b, "env.json", &["/bin/env"], |_| {});
+    let run = b.runtime(&["exec", "--process", p.to_str().unwrap(), "live"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut env: Vec<&str> = run.stdout.lines().collect();
+    env.sort_unstable();
+    assert_eq!(
+        env,
+        ["GREETING=hi", "HOME=/", "PATH=/bin"],
+        "{}",
+        run.stderr
+    );
 
     // Detached, as the shim runs it: the pid file names the process that exits with its status.
     let p = process_file(
