@@ -87,12 +87,14 @@ pub(super) fn main(host: &str, command: Command, t0: u64) -> i32 {
         Command::Rm(args) => rm(&client, args),
         Command::Cp(args) => cp(&client, args),
         Command::Stats(args) => stats(&client, args),
+        Command::Commit(args) => commit(&client, args),
+        Command::Fork(args) => fork(&client, args),
         Command::Pause(args) => freeze(&client, args, true),
         Command::Resume(args) => freeze(&client, args, false),
         other => {
             let name = command_name(&other);
             error(&format!(
-                "`nsbox {name}` does not work with a server (--host or {HOST_ENV}): it works on this machine's own sessions and images — hint: unset {HOST_ENV} or drop --host to run it here; with a server use run, exec, create, cp, ps, inspect, stats, pause, resume, stop and rm"
+                "`nsbox {name}` does not work with a server (--host or {HOST_ENV}): it works on this machine's own sessions and images — hint: unset {HOST_ENV} or drop --host to run it here; with a server use run, exec, create, cp, ps, inspect, stats, pause, resume, commit, fork, stop and rm"
             ));
             exit::USAGE
         }
@@ -1226,6 +1228,87 @@ fn stats(client: &ServeClient, args: super::session::StatsArgs) -> i32 {
             exit::NSBOX_FAILED
         }
     }
+}
+
+/// `nsbox --host URL commit ID NAME[:TAG]`: the server's image, printed as locally.
+fn commit(client: &ServeClient, args: super::snapshot::CommitArgs) -> i32 {
+    match client.commit(&args.session, &args.name) {
+        Ok(done) if args.json => {
+            println!("{done}");
+            0
+        }
+        Ok(done) => {
+            println!("{} {}", text(&done["image"]), text(&done["digest"]));
+            eprintln!(
+                "nsbox: committed {} entries in {:.2}s (the sandbox was frozen {:.2}s)",
+                done["entries"],
+                done["seconds"].as_f64().unwrap_or_default(),
+                done["frozen_seconds"].as_f64().unwrap_or_default()
+            );
+            0
+        }
+        Err(e) => {
+            error(&failure_of(e).to_string());
+            exit::NSBOX_FAILED
+        }
+    }
+}
+
+/// `nsbox --host URL fork ID [-n N] [--name NAME]...`: the server's forks, one id a line (or
+/// its JSON answer), with the network and secrets given here.
+fn fork(client: &ServeClient, args: super::snapshot::ForkArgs) -> i32 {
+    let request = fork_request(&args);
+    let answer = request.and_then(|r| client.fork(&args.session, &r).map_err(failure_of));
+    match answer {
+        Ok(done) if args.json => {
+            println!("{done}");
+            0
+        }
+        Ok(done) => {
+            let forks = done["sandboxes"].as_array().cloned().unwrap_or_default();
+            for view in &forks {
+                println!("{}", text(&view["id"]));
+            }
+            eprintln!(
+                "nsbox: {} fork(s) of {} from its files; processes are not carried over — the forks start with no commands running",
+                forks.len(),
+                text(&done["parent"])
+            );
+            0
+        }
+        Err(failure) => {
+            error(&failure.to_string());
+            failure.exit_code()
+        }
+    }
+}
+
+/// A string of the server's answer as it is, anything else as JSON.
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+/// The body of `POST .../fork` for `nsbox fork`'s flags.
+fn fork_request(args: &super::snapshot::ForkArgs) -> Result<serde_json::Value, Failure> {
+    let mut request = serde_json::json!({ "count": args.count, "names": args.name });
+    if args.net.is_some() || !args.allow.is_empty() || !args.deny.is_empty() {
+        let mode = match &args.net {
+            Some(mode) => mode.clone(),
+            None if !args.allow.is_empty() => "filtered".into(),
+            None => "none".into(),
+        };
+        request["network"] =
+            serde_json::json!({ "mode": mode, "allow": args.allow, "deny": args.deny });
+    }
+    let secrets = exec::session_secrets(&args.secrets, &args.secret_env)?;
+    if !secrets.is_empty() {
+        request["secrets"] = secrets
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::from(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    Ok(request)
 }
 
 /// `nsbox --host URL pause|resume ID...`: each id, with a note when it already was so.

@@ -56,13 +56,13 @@ pub(super) fn print_frozen(id: &str, frozen: bool, changed: bool) {
 pub struct CommitArgs {
     /// The session (id or name).
     #[arg(value_name = "ID|NAME")]
-    session: String,
+    pub(super) session: String,
     /// The image's name, NAME[:TAG] (`:latest` when no tag is given).
     #[arg(value_name = "NAME[:TAG]")]
-    name: String,
+    pub(super) name: String,
     /// Print the result as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// `nsbox commit`: prints the image's name and digest.
@@ -101,31 +101,31 @@ pub fn commit(args: CommitArgs, state_root: &Path) -> i32 {
 pub struct ForkArgs {
     /// The session (id or name).
     #[arg(value_name = "ID|NAME")]
-    session: String,
+    pub(super) session: String,
     /// How many forks (1 to 64).
     #[arg(long, short = 'n', default_value_t = 1, value_name = "N")]
-    count: u32,
+    pub(super) count: u32,
     /// The forks' names: one per fork, or one for all (NAME-1 … NAME-N). Repeatable.
     #[arg(long, value_name = "NAME")]
-    name: Vec<String>,
+    pub(super) name: Vec<String>,
     /// The forks' network: none, filtered or host (default: the parent's, with its --allow
     /// and --deny).
     #[arg(long, visible_alias = "network", value_name = "MODE")]
-    net: Option<String>,
+    pub(super) net: Option<String>,
     /// With --net filtered: what the forks may reach (replaces the parent's list).
     #[arg(long, value_name = "PATTERN")]
-    allow: Vec<String>,
+    pub(super) allow: Vec<String>,
     #[arg(long, value_name = "PATTERN")]
-    deny: Vec<String>,
+    pub(super) deny: Vec<String>,
     /// A secret for the forks, NAME=VALUE (the parent's are never inherited). Repeatable.
     #[arg(long = "secret", value_name = "NAME=VALUE")]
-    secrets: Vec<String>,
+    pub(super) secrets: Vec<String>,
     /// A secret from nsbox's environment, NAME. Repeatable.
     #[arg(long = "secret-env", value_name = "NAME")]
-    secret_env: Vec<String>,
+    pub(super) secret_env: Vec<String>,
     /// Print the forks as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// `nsbox create`'s flags, for parsing a fork's (see [`crate::snapshot::fork_create_args`]).

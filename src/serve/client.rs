@@ -497,6 +497,28 @@ impl ServeClient {
         self.json("GET", &format!("/v1/sandboxes/{}/stats", encode(id)), None)
     }
 
+    /// `POST .../commit`: the image made from the sandbox's files (`image`, `digest`, ...).
+    pub fn commit(&self, id: &str, image: &str) -> Result<serde_json::Value, ClientError> {
+        self.json(
+            "POST",
+            &format!("/v1/sandboxes/{}/commit", encode(id)),
+            Some(&serde_json::json!({ "image": image })),
+        )
+    }
+
+    /// `POST .../fork`: the new sandboxes (`sandboxes`, one view each).
+    pub fn fork(
+        &self,
+        id: &str,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json(
+            "POST",
+            &format!("/v1/sandboxes/{}/fork", encode(id)),
+            Some(request),
+        )
+    }
+
     /// Pauses (`frozen`) or resumes a sandbox; false when it already was so.
     pub fn set_frozen(&self, id: &str, frozen: bool) -> Result<bool, ClientError> {
         let action = if frozen { "pause" } else { "resume" };

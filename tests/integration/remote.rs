@@ -425,6 +425,77 @@ fn remote_session_flow_over_tcp_with_a_key() {
     assert_eq!(out.status.code(), Some(121), "{out:?}");
 }
 
+/// `commit` and `fork` through the server print what the local commands print; the forks see
+/// the parent's files; bad requests are the server's 4xx with the local exit codes.
+#[test]
+fn remote_commit_and_fork_print_as_locally() {
+    require_root!();
+    let server = TestServer::start(&[]);
+    let layout = server.dir.path().join("layout");
+    let mut l = crate::oci_build::Layout::new(&layout);
+    l.image(
+        Some("1"),
+        &[(crate::oci_build::base_layer(), crate::oci_build::Comp::Gzip)],
+        serde_json::json!({"Env": ["PATH=/bin"]}),
+    );
+    let loaded = nsbox_cmd(&[
+        "--state-root",
+        server.state().to_str().unwrap(),
+        "load",
+        layout.to_str().unwrap(),
+        "--tag",
+        "remotebase:1",
+    ])
+    .output()
+    .unwrap();
+    assert!(loaded.status.success(), "{loaded:?}");
+    let remote = Remote::tcp(&server, &server.key("snap", None));
+
+    let out = remote.run(&["create", "--image", "remotebase:1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = out.stdout.trim().to_string();
+    let out = remote.run(&[
+        "exec",
+        "--session",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /sandbox/mark",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let out = remote.run(&["commit", &id, "remotecommit:2"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let (name, digest) = out.stdout.trim().split_once(' ').expect("name digest");
+    assert!(name.ends_with("remotecommit:2"), "{out:?}");
+    assert!(digest.starts_with("sha256:"), "{out:?}");
+    assert!(out.stderr.contains("committed"), "{out:?}");
+    let out = remote.run(&["commit", "no-such-sandbox", "x:1"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("404"), "{out:?}");
+
+    let out = remote.run(&["fork", &id, "-n", "2", "--name", "remote-kid"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let kids: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(kids.len(), 2, "{out:?}");
+    assert!(out.stderr.contains("not carried over"), "{out:?}");
+    for kid in &kids {
+        let out = remote.run(&["exec", "--session", kid, "--", "cat", "/sandbox/mark"]);
+        assert_eq!((out.code, out.stdout.trim()), (0, "kept"), "{out:?}");
+    }
+    let out = remote.run(&["ps", "-q", "--filter", "name=remote-kid-1"]);
+    assert_eq!(out.stdout.trim(), kids[0], "{out:?}");
+    let out = remote.run(&["fork", &id, "-n", "0"]);
+    assert_eq!(out.code, 121, "a bad count is the server's 400: {out:?}");
+    assert_eq!(remote.listed().len(), 3, "nothing made by the refused fork");
+
+    let mut all = vec!["rm", "-f", id.as_str()];
+    all.extend(&kids);
+    assert_eq!(remote.run(&all).code, 0);
+    assert!(remote.listed().is_empty());
+}
+
 /// Ctrl-C during a remote one-shot deletes its sandbox, and the run exits 130 as locally.
 #[test]
 fn remote_run_interrupted_deletes_its_sandbox() {

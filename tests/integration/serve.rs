@@ -12,7 +12,7 @@ use crate::support::nsbox_cmd;
 /// One server with its own state root, socket and loopback port (also used by `remote`).
 pub(crate) struct TestServer {
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     pub(crate) socket: PathBuf,
     pub(crate) tcp: String,
 }
@@ -106,7 +106,7 @@ impl TestServer {
         }
     }
 
-    fn state(&self) -> PathBuf {
+    pub(crate) fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 
