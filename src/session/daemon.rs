@@ -302,8 +302,6 @@ fn supervise(
         Err(e) => return cleanup(e.to_string()),
     };
     record.init_pid = handle.pid();
-    // This supervisor serves this one session: its work is the session's.
-    handle.charge_supervisor();
     if let Err(e) = store.write_record(&record) {
         drop(handle);
         return cleanup(e.to_string());
@@ -315,6 +313,11 @@ fn supervise(
         },
     );
     drop(ready);
+    // This supervisor serves this one session: its work is the session's. After the caller
+    // was answered: the move takes the kernel's cgroup threadgroup lock, whose first taker
+    // after a quiet spell waits for an RCU grace period (about 10 ms on a busy VM), which
+    // `nsbox create` and the OCI runtime's `create` then no longer wait for.
+    handle.charge_supervisor();
     tracing::info!(id = %spec.id, "session ready");
     crate::fault::phase("session-ready", &spec.id);
     // The CLI's and the start-up's code pages are done with (see the function).

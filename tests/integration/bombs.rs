@@ -388,10 +388,15 @@ fn bombs_supervisor_cpu_is_charged_to_the_sandbox() {
     .unwrap();
     let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
     let pid = u32::try_from(record["supervisor_pid"].as_u64().unwrap()).unwrap();
-    let cpu = thread_cgroups(pid, "cpu");
+    // The supervisor moves once `create` was answered (off the caller's path).
+    let charged = || {
+        let cpu = thread_cgroups(pid, "cpu");
+        !cpu.is_empty() && cpu.iter().all(|p| p.ends_with(&format!("nsbox-{id}")))
+    };
     assert!(
-        !cpu.is_empty() && cpu.iter().all(|p| p.ends_with(&format!("nsbox-{id}"))),
-        "{cpu:?}"
+        eventually(10.0, charged),
+        "{:?}",
+        thread_cgroups(pid, "cpu")
     );
     assert!(thread_cgroups(pid, "freezer")
         .iter()
