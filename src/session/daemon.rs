@@ -313,13 +313,13 @@ fn supervise(
         },
     );
     drop(ready);
+    tracing::info!(id = %spec.id, "session ready");
+    crate::fault::phase("session-ready", &spec.id);
     // This supervisor serves this one session: its work is the session's. After the caller
     // was answered: the move takes the kernel's cgroup threadgroup lock, whose first taker
     // after a quiet spell waits for an RCU grace period (about 10 ms on a busy VM), which
-    // `nsbox create` and the OCI runtime's `create` then no longer wait for.
+    // `nsbox create` then no longer waits for.
     handle.charge_supervisor();
-    tracing::info!(id = %spec.id, "session ready");
-    crate::fault::phase("session-ready", &spec.id);
     // The CLI's and the start-up's code pages are done with (see the function).
     sys::mem::release_code_pages();
 
