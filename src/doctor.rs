@@ -363,7 +363,7 @@ fn check_filtered_network() -> Check {
         ..Default::default()
     };
     let prepared = crate::net::create_isolated_namespace()
-        .and_then(|ns| crate::net::prepare_filtered_namespace(ns.as_fd(), &policy));
+        .and_then(|ns| crate::net::prepare_filtered_namespace(ns.as_fd(), &policy, false));
     if let Err(e) = prepared {
         return Check::warn(
             "filtered network",

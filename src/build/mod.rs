@@ -362,6 +362,7 @@ fn sandbox_spec(
         net_namespace: None,
         ipc_namespace: None,
         uts_namespace: None,
+        pod_egress: false,
         allow: recipe.hosts.clone(),
         deny: Vec::new(),
         dns_upstream: Vec::new(),

@@ -288,6 +288,7 @@ pub(super) fn build_spec(
         net_namespace: None,
         ipc_namespace: None,
         uts_namespace: None,
+        pod_egress: false,
         allow: args.allow,
         deny: args.deny,
         dns_upstream: args.dns_upstream,

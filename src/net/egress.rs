@@ -56,15 +56,24 @@ pub struct Prepared {
     proxy: Vec<OwnedFd>,
     /// Reports of what the rules reject ([`super::nflog`]); `None` where the kernel cannot.
     nflog: Option<OwnedFd>,
+    /// A pod's namespace (see [`Ruleset::for_pod`]): the table is removed when serving stops.
+    pod: bool,
 }
 
 /// Makes the network namespace `ns` (new, loopback up, already handed to the child) a
 /// filtered one: routes, addresses, sockets and rules inside it. The child may join `ns`
 /// before this is done: the workload starts only once the supervisor has sent the identity,
 /// after this.
+///
+/// `pod`: the namespace is an OCI pod's (the runtime's `io.nsbox.net.*` annotations), which
+/// may be one made elsewhere with interfaces and routes of its own: its existing routes and
+/// addresses are kept, the resolver listens on 127.0.0.1:53 and gets every DNS query, replies
+/// to connections that came in go out, and the table is removed when serving stops (the
+/// namespace may outlive the container).
 pub fn prepare_filtered_namespace(
     ns: BorrowedFd<'_>,
     policy: &EgressPolicy,
+    pod: bool,
 ) -> Result<Prepared, NetError> {
     let step = |step: &'static str| move |source: io::Error| NetError::Filtered { step, source };
     let upstreams = if policy.dns_upstream.is_empty() {
@@ -82,10 +91,18 @@ pub fn prepare_filtered_namespace(
     drop(route);
     let (nft, dns_udp, dns_tcp, proxy, nflog) = in_namespace(ns, || {
         let mut route = NetlinkSocket::open(super::netlink::ROUTE).map_err(step("netlink"))?;
-        let ipv6 = rtnl::add_loopback_default_routes(&mut route)
-            .map_err(step("add routes through loopback"))?;
-        rtnl::add_loopback_addresses(&mut route, ipv6)
-            .map_err(step("add the sandbox's loopback addresses"))?;
+        let exists = |e: &io::Error| e.raw_os_error() == Some(libc::EEXIST);
+        let ipv6 = match rtnl::add_loopback_default_routes(&mut route) {
+            // A pod's namespace with a default route of its own (its CNI's): kept, since the
+            // rules redirect or refuse every outgoing packet whatever the route. IPv6 is then
+            // not served (its packets are refused).
+            Err(e) if pod && exists(&e) => false,
+            other => other.map_err(step("add routes through loopback"))?,
+        };
+        match rtnl::add_loopback_addresses(&mut route, ipv6) {
+            Err(e) if pod && exists(&e) => {}
+            other => other.map_err(step("add the sandbox's loopback addresses"))?,
+        }
         let mut proxy = vec![listen_tcp(SocketAddr::from(([127, 0, 0, 1], PROXY_PORT)))
             .map_err(step("proxy socket"))?];
         if ipv6 {
@@ -94,23 +111,37 @@ pub fn prepare_filtered_namespace(
                     .map_err(step("proxy socket"))?,
             );
         }
-        let resolver = SocketAddr::from((RESOLVER_ADDR, 53));
+        // In a pod, queries to any address are redirected to the resolver (the containers'
+        // resolv.conf is the engine's), and a redirect goes to 127.0.0.1.
+        let resolver = if pod {
+            SocketAddr::from(([127, 0, 0, 1], nft::DNS_PORT))
+        } else {
+            SocketAddr::from((RESOLVER_ADDR, 53))
+        };
         let dns_udp = bind_udp(resolver).map_err(step("resolver socket"))?;
         let dns_tcp = listen_tcp(resolver).map_err(step("resolver socket"))?;
         let mut nft = NetlinkSocket::open(super::netlink::NETFILTER)
             .map_err(step("open nf_tables netlink"))?;
-        let ruleset = Ruleset::plan(
+        let mut ruleset = Ruleset::plan(
             PROXY_PORT,
             &policy.allowed_ranges(),
             &policy.denied_ranges(),
         );
+        if pod {
+            ruleset = ruleset.for_pod();
+        }
         let msgs = ruleset.encode(&mut nft);
         nft.transact(&msgs)
             .map_err(step("load the nftables ruleset"))?;
         // Reports of rejected packets are a convenience: without nfnetlink_log the sandbox
         // is as safe, only quieter.
         let nflog = super::nflog::open().and_then(|fd| {
-            let msgs = Ruleset::report(super::nflog::GROUP).encode_more(&mut nft);
+            let report = if pod {
+                Ruleset::report_for_pod(super::nflog::GROUP)
+            } else {
+                Ruleset::report(super::nflog::GROUP)
+            };
+            let msgs = report.encode_more(&mut nft);
             nft.transact(&msgs).map(|()| fd)
         });
         let nflog = match nflog {
@@ -131,6 +162,7 @@ pub fn prepare_filtered_namespace(
         dns_tcp,
         proxy,
         nflog,
+        pod,
     })
 }
 
@@ -437,12 +469,15 @@ pub struct Egress {
     thread: Option<std::thread::JoinHandle<()>>,
     /// The reports socket, read once more when serving stops.
     nflog: Option<OwnedFd>,
+    /// Remove the table when serving stops ([`Prepared::pod`]).
+    pod: bool,
 }
 
 impl Prepared {
     /// Starts serving on a thread of its own (call only once the supervisor may have threads).
     /// `events`: whether the decisions are wanted (see [`Egress::take_events`]).
     pub fn start(self, events: bool) -> Result<Egress, NetError> {
+        let pod = self.pod;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -500,6 +535,7 @@ impl Prepared {
             stop: Some(stop_tx),
             thread: Some(thread),
             nflog,
+            pod,
         })
     }
 }
@@ -587,6 +623,15 @@ impl Egress {
         if let Some(fd) = self.nflog.take() {
             for event in super::nflog::drain(fd.as_fd()) {
                 self.shared.events.send(event);
+            }
+        }
+        if std::mem::take(&mut self.pod) {
+            // The pod's namespace may outlive this container; its rules must not (a killed
+            // supervisor leaves them, which keeps the pod filtered: closed, not open).
+            let mut nft = lock(&self.shared.nft);
+            let msgs = nft::encode_delete_table(&mut nft);
+            if let Err(e) = nft.transact(&msgs) {
+                tracing::warn!("the pod's nftables table was not removed: {e}");
             }
         }
         self.take_events()

@@ -57,6 +57,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_NEWSET: u16 = 9;
@@ -75,6 +76,14 @@ const TYPE_IP6ADDR: u32 = 8;
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
 const NFT_META_NFPROTO: u32 = 15;
+/// `NFT_CT_STATE`: the connection's state bits (host byte order, 32 bits).
+const NFT_CT_STATE: u32 = 0;
+/// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED)`.
+const CT_ESTABLISHED_OR_RELATED: u32 = 0x2 | 0x4;
+const IPPROTO_UDP: u8 = 17;
+/// Where a pod's DNS queries are redirected: the resolver on 127.0.0.1 (see
+/// [`Ruleset::for_pod`]).
+pub const DNS_PORT: u16 = 53;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
@@ -107,6 +116,10 @@ pub enum Expr {
     Mask(Vec<u8>),
     /// Continue only if reg1 == these bytes.
     CmpEq(Vec<u8>),
+    /// Continue only if reg1 != these bytes.
+    CmpNeq(Vec<u8>),
+    /// Load a conntrack key (`NFT_CT_*`) of the packet's connection.
+    Ct(u32),
     /// Continue only if reg1 is in the named set.
     Lookup {
         set: &'static str,
@@ -277,6 +290,50 @@ impl Ruleset {
         Ruleset { chains, rules }
     }
 
+    /// The ruleset in a pod's network namespace (the OCI runtime's `io.nsbox.net.*`
+    /// annotations), where the containers' resolv.conf is the engine's, not nsbox's, and the
+    /// pod may serve connections that come in:
+    /// - DNS to any address (UDP and TCP port 53, IPv4) is redirected to nsbox's resolver,
+    ///   which listens on 127.0.0.1:53 there, before anything else is decided;
+    /// - packets of connections already established or related to one leave (the replies to
+    ///   connections that came in; an outgoing connection was redirected or refused at its
+    ///   first packet, so it is established only through the proxy).
+    pub fn for_pod(mut self) -> Ruleset {
+        let dns = [IPPROTO_UDP, IPPROTO_TCP].map(|proto| RulePlan {
+            chain: "nat_out",
+            exprs: vec![
+                Expr::Meta(NFT_META_NFPROTO),
+                Expr::CmpEq(vec![NFPROTO_IPV4]),
+                Expr::Meta(NFT_META_L4PROTO),
+                Expr::CmpEq(vec![proto]),
+                Expr::Payload {
+                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                    offset: 2,
+                    len: 2,
+                },
+                Expr::CmpEq(DNS_PORT.to_be_bytes().to_vec()),
+                Expr::Load(DNS_PORT.to_be_bytes().to_vec()),
+                Expr::Redirect,
+            ],
+            why: format!(
+                "DNS ({}) to any address goes to nsbox's resolver",
+                if proto == IPPROTO_UDP { "UDP" } else { "TCP" }
+            ),
+        });
+        let mut rules: Vec<RulePlan> = dns.into_iter().collect();
+        rules.push(established("filter_out"));
+        rules.append(&mut self.rules);
+        self.rules = rules;
+        self
+    }
+
+    /// [`Ruleset::report`] for a pod: replies to connections that came in are not reported.
+    pub fn report_for_pod(group: u16) -> Ruleset {
+        let mut r = Ruleset::report(group);
+        r.rules.insert(0, established("report_out"));
+        r
+    }
+
     /// The chain that reports what the filter chain rejects: every packet leaving the sandbox
     /// for an address other than its own (after redirection: the redirected ones are its own)
     /// goes to nfnetlink_log `group`, at most [`REPORT_RATE`] a second. Loaded after the
@@ -441,6 +498,37 @@ fn own_addresses() -> [(u8, u32, u32, Vec<u8>); 3] {
     ]
 }
 
+/// Accepts packets of established connections and those related to one, in `chain`.
+fn established(chain: &'static str) -> RulePlan {
+    RulePlan {
+        chain,
+        exprs: vec![
+            Expr::Ct(NFT_CT_STATE),
+            Expr::Mask(CT_ESTABLISHED_OR_RELATED.to_ne_bytes().to_vec()),
+            Expr::CmpNeq(vec![0; 4]),
+            Expr::Accept,
+        ],
+        why: "replies to connections that came in (and what relates to them)".into(),
+    }
+}
+
+/// Removes nsbox's table (and with it every chain, rule and set in it) from the namespace the
+/// socket was opened in: for a pod's namespace, which outlives the container that filtered it.
+pub fn encode_delete_table(sock: &mut NetlinkSocket) -> MessageBuf {
+    let mut m = MessageBuf::new();
+    batch_begin(&mut m, sock.seq());
+    m.begin(
+        nft_type(NFT_MSG_DELTABLE),
+        NLM_F_REQUEST | NLM_F_ACK,
+        sock.seq(),
+        &nfgen(NFPROTO_INET),
+    );
+    m.attr_str(1, TABLE); // NFTA_TABLE_NAME
+    m.end();
+    batch_end(&mut m, sock.seq());
+    m
+}
+
 fn port_note(port: Option<u16>) -> String {
     port.map(|p| format!(" port {p}")).unwrap_or_default()
 }
@@ -520,7 +608,8 @@ fn encode_expr(m: &mut MessageBuf, expr: &Expr) {
         Expr::Meta(_) => "meta",
         Expr::Payload { .. } => "payload",
         Expr::Mask(_) => "bitwise",
-        Expr::CmpEq(_) => "cmp",
+        Expr::CmpEq(_) | Expr::CmpNeq(_) => "cmp",
+        Expr::Ct(_) => "ct",
         Expr::Lookup { .. } => "lookup",
         Expr::Load(_) | Expr::Accept => "immediate",
         Expr::Redirect => "redir",
@@ -552,6 +641,15 @@ fn encode_expr(m: &mut MessageBuf, expr: &Expr) {
             m.attr_be32(1, NFT_REG_1); // NFTA_CMP_SREG
             m.attr_be32(2, 0); // NFTA_CMP_OP: NFT_CMP_EQ
             data_value(m, 3, bytes); // NFTA_CMP_DATA
+        }
+        Expr::CmpNeq(bytes) => {
+            m.attr_be32(1, NFT_REG_1); // NFTA_CMP_SREG
+            m.attr_be32(2, 1); // NFTA_CMP_OP: NFT_CMP_NEQ
+            data_value(m, 3, bytes); // NFTA_CMP_DATA
+        }
+        Expr::Ct(key) => {
+            m.attr_be32(1, NFT_REG_1); // NFTA_CT_DREG
+            m.attr_be32(2, *key); // NFTA_CT_KEY
         }
         Expr::Lookup { set, set_id } => {
             m.attr_str(1, set); // NFTA_LOOKUP_SET
@@ -667,6 +765,9 @@ pub fn describe(rule: &RulePlan) -> String {
             Expr::Payload { base, offset, len } => format!("payload {base}@{offset}:{len}"),
             Expr::Mask(m) => format!("& {}", hex(m)),
             Expr::CmpEq(b) => format!("== {}", hex(b)),
+            Expr::CmpNeq(b) => format!("!= {}", hex(b)),
+            Expr::Ct(NFT_CT_STATE) => "ct state".into(),
+            Expr::Ct(k) => format!("ct {k}"),
             Expr::Lookup { set, .. } => format!("@{set}"),
             Expr::Load(b) => format!("load {}", hex(b)),
             Expr::Redirect => "redirect".into(),
@@ -777,6 +878,44 @@ mod tests {
             rules[3], "report_out: limit 20/s burst 50 log group 1",
             "the sandbox's own addresses first, then everything else"
         );
+    }
+
+    #[test]
+    fn a_pods_ruleset_sends_dns_to_the_resolver_and_lets_replies_out_first() {
+        let pod = Ruleset::plan(888, &[], &[]).for_pod();
+        let text: Vec<String> = pod.rules.iter().map(describe).collect();
+        // DNS (UDP, TCP) is redirected before the own-address rules could let it through.
+        assert!(
+            text[0].starts_with(
+                "nat_out: nfproto == 02 l4proto == 11 payload 2@2:2 == 0035 load 0035 redirect"
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text[1].starts_with("nat_out: nfproto == 02 l4proto == 06"),
+            "{text:?}"
+        );
+        // Replies leave before the filter's first reject.
+        let first_filter = text
+            .iter()
+            .position(|t| t.starts_with("filter_out"))
+            .unwrap();
+        assert!(text[first_filter].contains("ct state"), "{text:?}");
+        assert!(
+            text[first_filter].ends_with("!= 00000000 accept"),
+            "{text:?}"
+        );
+        // Everything of the plain ruleset follows, in its order.
+        let plain = Ruleset::plan(888, &[], &[]);
+        assert_eq!(pod.rules.len(), plain.rules.len() + 3);
+        assert!(pod.rules.ends_with(&plain.rules));
+        let report = Ruleset::report_for_pod(1);
+        assert!(describe(&report.rules[0]).contains("ct state"));
+        // The plain ruleset has none of it.
+        assert!(plain
+            .rules
+            .iter()
+            .all(|r| !describe(r).contains("ct state")));
     }
 
     #[test]

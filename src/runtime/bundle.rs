@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{Capability, LinuxNamespaceType, Mount, Spec};
 
 use super::RuntimeError;
+use crate::net::EgressPolicy;
 use crate::profile::NetworkMode;
 use crate::spec::ExecRequest;
 use crate::units::{ByteSize, CpuQuota, Limit};
@@ -214,6 +215,58 @@ fn passwd_home(rootfs: &Path, uid: u32) -> Option<String> {
     })
 }
 
+/// The annotation that turns nsbox's filtered network on for a pod: what it may reach, as
+/// `--allow` patterns separated by commas or white space.
+pub const NET_ALLOW: &str = "io.nsbox.net.allow";
+/// What it may never reach (`--deny` patterns).
+pub const NET_DENY: &str = "io.nsbox.net.deny";
+/// Where its resolver sends the names it allows (`--dns-upstream`; default: the host's
+/// /etc/resolv.conf).
+pub const NET_DNS_UPSTREAM: &str = "io.nsbox.net.dns-upstream";
+
+/// The `io.nsbox.net.*` annotations: with any of them, the container's network namespace (its
+/// own, or the pod's it joins by path) gets nsbox's ruleset, resolver and proxy for the
+/// container's life ([`crate::net::prepare_filtered_namespace`] with `pod`). Each annotation
+/// is checked here, so that a bad one is refused by name before anything is made.
+fn pod_egress(spec: &Spec, req: &mut ExecRequest, has_netns: bool) -> Result<(), RuntimeError> {
+    let notes = spec.annotations().clone().unwrap_or_default();
+    let list = |key: &str| -> Vec<String> {
+        notes.get(key).map_or_else(Vec::new, |v| {
+            v.split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+    };
+    if ![NET_ALLOW, NET_DENY, NET_DNS_UPSTREAM]
+        .iter()
+        .any(|k| notes.contains_key(*k))
+    {
+        return Ok(());
+    }
+    let field = |key: &str| format!("annotations.{key}");
+    if !has_netns {
+        return Err(refuse(
+            field(NET_ALLOW),
+            "nsbox's filtered network needs a network namespace: the container runs in the host's — hint: give the container (or its pod) a network namespace, or remove the io.nsbox.net.* annotations",
+        ));
+    }
+    let (allow, deny, dns) = (list(NET_ALLOW), list(NET_DENY), list(NET_DNS_UPSTREAM));
+    for (key, result) in [
+        (NET_ALLOW, EgressPolicy::parse(&allow, &[], &[])),
+        (NET_DENY, EgressPolicy::parse(&[], &deny, &[])),
+        (NET_DNS_UPSTREAM, EgressPolicy::parse(&[], &[], &dns)),
+    ] {
+        result.map_err(|e| refuse(field(key), e.to_string()))?;
+    }
+    req.network = Some(NetworkMode::Filtered);
+    req.allow = allow;
+    req.deny = deny;
+    req.dns_upstream = dns;
+    req.pod_egress = true;
+    Ok(())
+}
+
 /// Maps `spec` (of the bundle in `bundle`) onto a request, or says which field nsbox refuses.
 pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
     let mut req = ExecRequest::default();
@@ -336,6 +389,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<BundlePlan, RuntimeError> {
     } else {
         NetworkMode::Host
     });
+    pod_egress(spec, &mut req, has(LinuxNamespaceType::Network))?;
     let mut sysctls_planned = Vec::new();
     let mut cgroups_path = None;
     if let Some(linux) = linux {
@@ -601,6 +655,63 @@ mod tests {
         assert!(ex.replace_env);
         assert_eq!(ex.env, [("HOME".to_string(), "/".to_string())]);
         assert_eq!(ex.winsize, Some((u16::MAX, 80)), "clamped");
+    }
+
+    #[test]
+    fn net_annotations_filter_the_pods_network_and_bad_ones_are_refused_by_name() {
+        let annotated = with(|v| {
+            v["annotations"] = serde_json::json!({
+                "io.nsbox.net.allow": "web.allowed.example, *.cdn.example:443\n203.0.113.0/24",
+                "io.nsbox.net.deny": "evil.example",
+                "io.nsbox.net.dns-upstream": "192.0.2.53"
+            });
+        });
+        let p = plan(&annotated, Path::new("/b")).expect("plan");
+        assert_eq!(p.request.network, Some(NetworkMode::Filtered));
+        assert!(p.request.pod_egress);
+        assert_eq!(
+            p.request.allow,
+            ["web.allowed.example", "*.cdn.example:443", "203.0.113.0/24"]
+        );
+        assert_eq!(p.request.deny, ["evil.example"]);
+        assert_eq!(p.request.dns_upstream, ["192.0.2.53"]);
+        // Joined by path: still filtered (the pod's namespace).
+        let joined = with(|v| {
+            v["annotations"] = serde_json::json!({"io.nsbox.net.allow": "a.example"});
+            v["linux"]["namespaces"][2] =
+                serde_json::json!({"type": "network", "path": "/run/netns/pod-1"});
+        });
+        let p = plan(&joined, Path::new("/b")).expect("plan");
+        assert_eq!(p.request.network, Some(NetworkMode::Filtered));
+        assert_eq!(
+            p.request.net_namespace.as_deref(),
+            Some(Path::new("/run/netns/pod-1"))
+        );
+        for (key, value) in [
+            ("io.nsbox.net.allow", "http://x.example/"),
+            ("io.nsbox.net.deny", "a.example:99999"),
+            ("io.nsbox.net.dns-upstream", "not-an-address"),
+        ] {
+            let bad = with(|v| v["annotations"] = serde_json::json!({ key: value }));
+            let e = plan(&bad, Path::new("/b")).expect_err(value).to_string();
+            assert!(e.contains(&format!("annotations.{key}")), "{key}: {e}");
+        }
+        let host = with(|v| {
+            v["annotations"] = serde_json::json!({"io.nsbox.net.allow": "a.example"});
+            v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "mount"}]);
+        });
+        let e = plan(&host, Path::new("/b"))
+            .expect_err("host network")
+            .to_string();
+        assert!(e.contains("needs a network namespace"), "{e}");
+        // Without them, nothing changes.
+        assert_eq!(
+            plan(&with(|_| {}), Path::new("/b"))
+                .unwrap()
+                .request
+                .network,
+            Some(NetworkMode::None)
+        );
     }
 
     #[test]

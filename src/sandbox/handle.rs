@@ -723,11 +723,17 @@ impl Handle {
             NetworkMode::Filtered => {
                 // The child may join the namespace at once; the rules, routes and sockets follow
                 // while it builds its filesystem, all before the identity that lets it go on.
-                if let Some(ns) = send_network_namespace(control_fd) {
+                // An OCI pod's may be one made elsewhere, joined (its filter set up the same).
+                let ns = match &spec.net_namespace {
+                    Some(path) => send_joined_namespace(control_fd, path),
+                    None => send_network_namespace(control_fd),
+                };
+                if let Some(ns) = ns {
                     marks.push(("network namespace created".into(), now_ns()));
                     egress = Some(crate::net::prepare_filtered_namespace(
                         ns.as_fd(),
                         &spec.egress,
+                        spec.pod_egress,
                     ));
                     marks.push(("filtered network prepared".into(), now_ns()));
                 }

@@ -122,6 +122,8 @@ pub struct SandboxSpec {
     /// Join these IPC and UTS namespaces instead of new ones (see [`ExecRequest`]).
     pub ipc_namespace: Option<PathBuf>,
     pub uts_namespace: Option<PathBuf>,
+    /// The filtered network is an OCI pod's (see [`ExecRequest::pod_egress`]).
+    pub pod_egress: bool,
     /// What a filtered network allows (empty unless `network` is `Filtered`).
     pub egress: EgressPolicy,
     /// Report each DNS decision and connection on stderr (`--log-network`).
@@ -334,7 +336,8 @@ impl SandboxSpec {
 
         let seccomp = load_seccomp(&profile.seccomp)?;
         let (network, mut egress) = network_policy(&req, profile)?;
-        if req.net_namespace.is_some() && network != NetworkMode::None {
+        let pod_egress = req.pod_egress && network == NetworkMode::Filtered;
+        if req.net_namespace.is_some() && network != NetworkMode::None && !pod_egress {
             return Err(SpecError::NetNamespace(network.as_str()));
         }
         // The profile's (and the config's) bindings, then the flags'; a flag's binding of a
@@ -398,6 +401,7 @@ impl SandboxSpec {
             workdir,
             network,
             net_namespace: req.net_namespace,
+            pod_egress,
             ipc_namespace: req.ipc_namespace,
             uts_namespace: req.uts_namespace,
             egress,

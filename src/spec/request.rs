@@ -26,6 +26,10 @@ pub struct ExecRequest {
     /// runtime; with the UTS one the pod's hostname is kept). Not command-line flags.
     pub ipc_namespace: Option<PathBuf>,
     pub uts_namespace: Option<PathBuf>,
+    /// With the filtered network: the namespace is an OCI pod's (the runtime's
+    /// `io.nsbox.net.*` annotations; see [`crate::net::prepare_filtered_namespace`]), which may
+    /// be `net_namespace`. Not a command-line flag.
+    pub pod_egress: bool,
     /// `--allow` / `--deny` patterns and `--dns-upstream` addresses (filtered network).
     pub allow: Vec<String>,
     pub deny: Vec<String>,

@@ -1879,3 +1879,143 @@ fn runtime_under_containerd_gives_task_metrics_and_oom_events() {
         leftover_cgroups("nsbox-itest-ctr")
     );
 }
+
+/// Issue 13's egress in a cluster: the `io.nsbox.net.*` annotations on a pod's sandbox
+/// container put nsbox's ruleset, resolver and proxy in the pod's network namespace (made
+/// here as a CNI would: an interface, an address and a default route of its own) for the
+/// container's life. Another container of the pod, joining the namespace by path and
+/// annotated with nothing, is filtered the same: its DNS (to the engine's resolver address)
+/// reaches nsbox's resolver, an allowed name is served through the proxy, other names and
+/// addresses are refused. Deleting the sandbox container removes the rules; the namespace
+/// stays its owner's. A bad annotation is refused by name.
+#[test]
+fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
+    use crate::networld::{World, DNS, OTHER4, WEB4};
+    require_root!();
+    let world = World::start();
+    let runtime = || -> Vec<std::ffi::OsString> {
+        vec![
+            "nsenter".into(),
+            format!("--net=/run/netns/{}", world.host_ns).into(),
+            nsbox_bin().into(),
+            "runtime".into(),
+        ]
+    };
+    let name = format!("nsbox-fpod-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip(&["netns", "add", &name]);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+    let _gone = Gone(name.clone());
+    ip(&["-n", &name, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n", &name, "link", "add", "pod0", "type", "veth", "peer", "name", "pod1",
+    ]);
+    ip(&["-n", &name, "addr", "add", "192.0.2.77/32", "dev", "pod0"]);
+    ip(&["-n", &name, "link", "set", "pod0", "up"]);
+    ip(&["-n", &name, "link", "set", "pod1", "up"]);
+    ip(&["-n", &name, "route", "add", "default", "dev", "pod0"]);
+    let netns = format!("/run/netns/{name}");
+    let tables = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &name, "nft", "list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // A bad annotation: refused by name, nothing made.
+    let mut bad = config(&["/bin/true"]);
+    bad["linux"]["namespaces"][2] = serde_json::json!({"type": "network", "path": netns});
+    bad["annotations"] = serde_json::json!({"io.nsbox.net.allow": "http://web.allowed.example/"});
+    let b = Bundle::with_runtime(bad, runtime());
+    let refused = b.create("bad");
+    assert_ne!(refused.code, 0);
+    let log = std::fs::read_to_string(b.path("log.json")).unwrap_or_default();
+    assert!(log.contains("annotations.io.nsbox.net.allow"), "{log}");
+    assert!(!tables().contains("nsbox"), "{}", tables());
+
+    // The pod's sandbox container, annotated.
+    let mut pause = config(&["/bin/sleep", "4720"]);
+    pause["linux"]["namespaces"][2] = serde_json::json!({"type": "network", "path": netns});
+    pause["annotations"] = serde_json::json!({
+        "io.nsbox.net.allow": "web.allowed.example",
+        "io.nsbox.net.dns-upstream": DNS,
+    });
+    let pod = Bundle::with_runtime(pause, runtime());
+    let created = pod.create("pause");
+    assert_eq!(created.code, 0, "create: {}", created.stderr);
+    assert_eq!(pod.runtime(&["start", "pause"]).code, 0);
+    assert!(tables().contains("table inet nsbox"), "{}", tables());
+
+    // An application container of the pod: joins by path, no annotation, the engine's
+    // resolv.conf (the world's resolver), nsbox's probe. (The request ends with a body byte:
+    // the shell's $(...) would strip the head's last newline.)
+    let probe = crate::support::probe_dir();
+    let resolv = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(resolv.path(), format!("nameserver {DNS}\n")).unwrap();
+    let script = format!(
+        "P=/opt/nsbox-probe/probe; \
+         echo dns $($P dns {DNS} web.allowed.example 1); \
+         echo web $($P tcp {WEB4}:80 \"$(printf 'GET / HTTP/1.0\\r\\nHost: web.allowed.example\\r\\nContent-Length: 1\\r\\n\\r\\nx')\"); \
+         echo otherdns $($P dns {DNS} other.example 1); \
+         echo other $($P tcp {OTHER4}:80)"
+    );
+    let mut app = config(&["/bin/sh", "-c", &script]);
+    app["linux"]["namespaces"][2] = serde_json::json!({"type": "network", "path": netns});
+    let mounts = app["mounts"].as_array_mut().unwrap();
+    mounts.push(
+        serde_json::json!({"destination": "/opt/nsbox-probe", "type": "bind",
+        "source": probe, "options": ["rbind", "ro"]}),
+    );
+    mounts.push(
+        serde_json::json!({"destination": "/etc/resolv.conf", "type": "bind",
+        "source": resolv.path(), "options": ["bind", "ro"]}),
+    );
+    let app = Bundle::with_runtime(app, runtime());
+    let created = app.create("app");
+    assert_eq!(created.code, 0, "create: {}", created.stderr);
+    assert_eq!(app.runtime(&["start", "app"]).code, 0);
+    assert!(eventually(60.0, || app.status("app") == "stopped"));
+    let out = std::fs::read_to_string(app.path("app.out")).unwrap();
+    let line = |tag: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{tag} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(line("dns"), "dns ok rcode 0 answers 1", "{out}");
+    assert!(
+        line("web").contains("hello from the fake internet"),
+        "{out}"
+    );
+    assert_eq!(line("otherdns"), "otherdns ok rcode 5 answers 0", "{out}");
+    assert_eq!(line("other"), "other error ECONNREFUSED", "{out}");
+    assert_eq!(app.runtime(&["delete", "app"]).code, 0);
+    // The refused name never reached the world's resolver.
+    assert!(
+        !world.dns_log().contains("other.example"),
+        "{}",
+        world.dns_log()
+    );
+
+    // The sandbox container's end takes its rules along; the namespace stays.
+    let session = pod.session("pause");
+    assert_eq!(pod.runtime(&["kill", "pause", "KILL"]).code, 0);
+    assert!(eventually(30.0, || pod.status("pause") == "stopped"));
+    assert_eq!(pod.runtime(&["delete", "pause"]).code, 0);
+    assert!(
+        eventually(10.0, || !tables().contains("nsbox")),
+        "{}",
+        tables()
+    );
+    assert!(Path::new(&netns).exists());
+    assert!(leftover_cgroups(&session).is_empty(), "no cgroup left");
+}
