@@ -1914,14 +1914,37 @@ fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
         }
     }
     let _gone = Gone(name.clone());
+    // The pod's end of a veth pair, the other end in the world's host (as a CNI bridge's).
     ip(&["-n", &name, "link", "set", "lo", "up"]);
     ip(&[
         "-n", &name, "link", "add", "pod0", "type", "veth", "peer", "name", "pod1",
     ]);
+    ip(&["-n", &name, "link", "set", "pod1", "netns", &world.host_ns]);
     ip(&["-n", &name, "addr", "add", "192.0.2.77/32", "dev", "pod0"]);
     ip(&["-n", &name, "link", "set", "pod0", "up"]);
-    ip(&["-n", &name, "link", "set", "pod1", "up"]);
     ip(&["-n", &name, "route", "add", "default", "dev", "pod0"]);
+    ip(&[
+        "-n",
+        &world.host_ns,
+        "addr",
+        "add",
+        "192.0.2.78/32",
+        "dev",
+        "pod1",
+    ]);
+    ip(&["-n", &world.host_ns, "link", "set", "pod1", "up"]);
+    ip(&[
+        "-n",
+        &world.host_ns,
+        "route",
+        "add",
+        "192.0.2.77/32",
+        "dev",
+        "pod1",
+    ]);
+    let probe = crate::support::probe_dir();
+    let probe_mount = serde_json::json!({"destination": "/opt/nsbox-probe", "type": "bind",
+        "source": probe, "options": ["rbind", "ro"]});
     let netns = format!("/run/netns/{name}");
     let tables = || {
         let out = Command::new("ip")
@@ -1942,9 +1965,14 @@ fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
     assert!(log.contains("annotations.io.nsbox.net.allow"), "{log}");
     assert!(!tables().contains("nsbox"), "{}", tables());
 
-    // The pod's sandbox container, annotated.
-    let mut pause = config(&["/bin/sleep", "4720"]);
+    // The pod's sandbox container, annotated; it serves on port 9000 (a pod takes
+    // connections as well as making them).
+    let mut pause = config(&["/opt/nsbox-probe/probe", "serve-bulk", "0.0.0.0:9000"]);
     pause["linux"]["namespaces"][2] = serde_json::json!({"type": "network", "path": netns});
+    pause["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(probe_mount.clone());
     pause["annotations"] = serde_json::json!({
         "io.nsbox.net.allow": "web.allowed.example",
         "io.nsbox.net.dns-upstream": DNS,
@@ -1954,11 +1982,23 @@ fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
     assert_eq!(created.code, 0, "create: {}", created.stderr);
     assert_eq!(pod.runtime(&["start", "pause"]).code, 0);
     assert!(tables().contains("table inet nsbox"), "{}", tables());
+    // A connection from outside the pod is answered: its replies leave.
+    assert!(eventually(30.0, || std::fs::read_to_string(
+        pod.path("pause.out")
+    )
+    .is_ok_and(|o| o.contains("ready"))));
+    let fetched = world.in_host(&[
+        probe.join("probe").to_str().unwrap(),
+        "fetch",
+        "192.0.2.77:9000",
+        "100000",
+    ]);
+    let fetched = String::from_utf8_lossy(&fetched.stdout);
+    assert!(fetched.starts_with("ok 100000 "), "{fetched}");
 
     // An application container of the pod: joins by path, no annotation, the engine's
     // resolv.conf (the world's resolver), nsbox's probe. (The request ends with a body byte:
     // the shell's $(...) would strip the head's last newline.)
-    let probe = crate::support::probe_dir();
     let resolv = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(resolv.path(), format!("nameserver {DNS}\n")).unwrap();
     let script = format!(
@@ -1971,10 +2011,7 @@ fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
     let mut app = config(&["/bin/sh", "-c", &script]);
     app["linux"]["namespaces"][2] = serde_json::json!({"type": "network", "path": netns});
     let mounts = app["mounts"].as_array_mut().unwrap();
-    mounts.push(
-        serde_json::json!({"destination": "/opt/nsbox-probe", "type": "bind",
-        "source": probe, "options": ["rbind", "ro"]}),
-    );
+    mounts.push(probe_mount);
     mounts.push(
         serde_json::json!({"destination": "/etc/resolv.conf", "type": "bind",
         "source": resolv.path(), "options": ["bind", "ro"]}),
