@@ -220,6 +220,8 @@ fn passwd_home(rootfs: &Path, uid: u32) -> Option<String> {
 pub const NET_ALLOW: &str = "io.nsbox.net.allow";
 /// What it may never reach (`--deny` patterns).
 pub const NET_DENY: &str = "io.nsbox.net.deny";
+/// containerd's CRI: "sandbox" for a pod's sandbox container, "container" for the others.
+const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// Where its resolver sends the names it allows (`--dns-upstream`; default: the host's
 /// /etc/resolv.conf).
 pub const NET_DNS_UPSTREAM: &str = "io.nsbox.net.dns-upstream";
@@ -242,6 +244,11 @@ fn pod_egress(spec: &Spec, req: &mut ExecRequest, has_netns: bool) -> Result<(),
         .iter()
         .any(|k| notes.contains_key(*k))
     {
+        return Ok(());
+    }
+    // containerd's CRI passes pod annotations to every container of the pod: the pod's
+    // sandbox container filters the namespace they all join; the others only join it.
+    if notes.get(CRI_CONTAINER_TYPE).map(String::as_str) == Some("container") {
         return Ok(());
     }
     let field = |key: &str| format!("annotations.{key}");
@@ -704,6 +711,16 @@ mod tests {
             .expect_err("host network")
             .to_string();
         assert!(e.contains("needs a network namespace"), "{e}");
+        // The pod's other containers (containerd passes them the pod's annotations too) join
+        // the namespace the sandbox container filters.
+        let member = with(|v| {
+            v["annotations"] = serde_json::json!({"io.nsbox.net.allow": "a.example",
+                "io.kubernetes.cri.container-type": "container"});
+        });
+        assert_eq!(
+            plan(&member, Path::new("/b")).unwrap().request.network,
+            Some(NetworkMode::None)
+        );
         // Without them, nothing changes.
         assert_eq!(
             plan(&with(|_| {}), Path::new("/b"))

@@ -1973,10 +1973,12 @@ fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
         .as_array_mut()
         .unwrap()
         .push(probe_mount.clone());
-    pause["annotations"] = serde_json::json!({
+    let annotations = serde_json::json!({
         "io.nsbox.net.allow": "web.allowed.example",
         "io.nsbox.net.dns-upstream": DNS,
+        "io.kubernetes.cri.container-type": "sandbox",
     });
+    pause["annotations"] = annotations.clone();
     let pod = Bundle::with_runtime(pause, runtime());
     let created = pod.create("pause");
     assert_eq!(created.code, 0, "create: {}", created.stderr);
@@ -1996,7 +1998,7 @@ fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
     let fetched = String::from_utf8_lossy(&fetched.stdout);
     assert!(fetched.starts_with("ok 100000 "), "{fetched}");
 
-    // An application container of the pod: joins by path, no annotation, the engine's
+    // An application container of the pod: joins by path, filters nothing itself, the engine's
     // resolv.conf (the world's resolver), nsbox's probe. (The request ends with a body byte:
     // the shell's $(...) would strip the head's last newline.)
     let resolv = tempfile::NamedTempFile::new().unwrap();
@@ -2010,6 +2012,9 @@ fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
     );
     let mut app = config(&["/bin/sh", "-c", &script]);
     app["linux"]["namespaces"][2] = serde_json::json!({"type": "network", "path": netns});
+    // containerd's CRI gives every container of the pod the pod's annotations.
+    app["annotations"] = annotations;
+    app["annotations"]["io.kubernetes.cri.container-type"] = "container".into();
     let mounts = app["mounts"].as_array_mut().unwrap();
     mounts.push(probe_mount);
     mounts.push(
