@@ -132,6 +132,25 @@ impl Bundle {
     }
 }
 
+/// A test that fails half-way leaves no container running: whatever is still in the bundle's
+/// state root is force-deleted (before the temp dir goes, which holds that root).
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.path("state")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if let Some(id) = entry.file_name().to_str() {
+                let _ = self
+                    .runtime_cmd(&["delete", "--force", id])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
 pub(crate) fn config(args: &[&str]) -> serde_json::Value {
     serde_json::json!({
         "ociVersion": "1.0.2",
