@@ -325,13 +325,8 @@ fn create_request(sb: &SandboxArgs) -> Result<serde_json::Value, Failure> {
     if !env.is_empty() {
         request["env"] = env.into();
     }
-    let secrets = exec::session_secrets(&sb.secrets, &sb.secret_env)?;
-    if !secrets.is_empty() {
-        request["secrets"] = secrets
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::from(v)))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
+    if let Some(secrets) = secrets_json(&sb.secrets, &sb.secret_env)? {
+        request["secrets"] = secrets;
     }
     let mut credentials = serde_json::Map::new();
     for entry in &sb.credentials {
@@ -1300,15 +1295,25 @@ fn fork_request(args: &super::snapshot::ForkArgs) -> Result<serde_json::Value, F
         request["network"] =
             serde_json::json!({ "mode": mode, "allow": args.allow, "deny": args.deny });
     }
-    let secrets = exec::session_secrets(&args.secrets, &args.secret_env)?;
-    if !secrets.is_empty() {
-        request["secrets"] = secrets
+    if let Some(secrets) = secrets_json(&args.secrets, &args.secret_env)? {
+        request["secrets"] = secrets;
+    }
+    Ok(request)
+}
+
+/// `--secret`/`--secret-env` values, read here, as the API's `secrets` object (none: `None`).
+fn secrets_json(
+    secrets: &[String],
+    secret_env: &[String],
+) -> Result<Option<serde_json::Value>, Failure> {
+    let secrets = exec::session_secrets(secrets, secret_env)?;
+    Ok((!secrets.is_empty()).then(|| {
+        secrets
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::from(v)))
             .collect::<serde_json::Map<_, _>>()
-            .into();
-    }
-    Ok(request)
+            .into()
+    }))
 }
 
 /// `nsbox --host URL pause|resume ID...`: each id, with a note when it already was so.

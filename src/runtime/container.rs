@@ -839,9 +839,19 @@ fn wait_gone(record: &Record) {
 }
 
 fn running(root: &Path, id: &str, what: &'static str) -> Result<(PathBuf, Record), RuntimeError> {
+    in_state(root, id, what, |s| s == Status::Running)
+}
+
+/// The container's record, if its status is one `ok` accepts; else why not, with `what`.
+fn in_state(
+    root: &Path,
+    id: &str,
+    what: &'static str,
+    ok: impl Fn(Status) -> bool,
+) -> Result<(PathBuf, Record), RuntimeError> {
     let (dir, record) = read_record(root, id)?;
     let status = status(&dir, &record);
-    if status != Status::Running {
+    if !ok(status) {
         return Err(RuntimeError::WrongState {
             id: id.into(),
             status: status.as_str(),
@@ -858,15 +868,12 @@ pub fn update(
     id: &str,
     update: &super::update::ResourceUpdate,
 ) -> Result<(), RuntimeError> {
-    let (dir, record) = read_record(root, id)?;
-    let status = status(&dir, &record);
-    if status == Status::Stopped {
-        return Err(RuntimeError::WrongState {
-            id: id.into(),
-            status: status.as_str(),
-            what: "update needs a created or running container",
-        });
-    }
+    let (_, record) = in_state(
+        root,
+        id,
+        "update needs a created or running container",
+        |s| s != Status::Stopped,
+    )?;
     for w in super::update::plan_writes(&record.cgroups, update)? {
         std::fs::write(&w.file, &w.value).map_err(|source| {
             crate::cgroup::CgroupError::WriteLimit {
@@ -1025,15 +1032,12 @@ pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>, RuntimeError> {
 
 /// `pause` (`frozen`) and `resume`: freezes or thaws every process of the sandbox.
 pub fn set_paused(root: &Path, id: &str, frozen: bool) -> Result<(), RuntimeError> {
-    let (dir, record) = read_record(root, id)?;
-    let status = status(&dir, &record);
-    if status == Status::Stopped {
-        return Err(RuntimeError::WrongState {
-            id: id.into(),
-            status: status.as_str(),
-            what: "only a created or running container can be paused or resumed",
-        });
-    }
+    let (dir, record) = in_state(
+        root,
+        id,
+        "only a created or running container can be paused or resumed",
+        |s| s != Status::Stopped,
+    )?;
     SessionClient::connect(&store(&dir), &record.session)?.set_frozen(frozen)?;
     Ok(())
 }

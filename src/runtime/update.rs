@@ -313,24 +313,22 @@ mod tests {
         std::fs::create_dir(&v1).unwrap();
         std::fs::write(v1.join("memory.limit_in_bytes"), "1000\n").unwrap();
         std::fs::write(v1.join("memory.memsw.limit_in_bytes"), "1000\n").unwrap();
-        let raise = ResourceUpdate::parse(r#"{"memory":{"limit":2000}}"#).unwrap();
-        let files: Vec<_> = plan_writes(std::slice::from_ref(&v1), &raise)
-            .unwrap()
-            .into_iter()
-            .map(|w| w.file.file_name().unwrap().to_str().unwrap().to_string())
-            .collect();
+        // The files written for a memory limit, in order.
+        let order = |limit: u64| -> Vec<String> {
+            let update =
+                ResourceUpdate::parse(&format!(r#"{{"memory":{{"limit":{limit}}}}}"#)).unwrap();
+            plan_writes(std::slice::from_ref(&v1), &update)
+                .unwrap()
+                .into_iter()
+                .map(|w| w.file.file_name().unwrap().to_str().unwrap().to_string())
+                .collect()
+        };
         assert_eq!(
-            files,
+            order(2000),
             ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
         );
-        let lower = ResourceUpdate::parse(r#"{"memory":{"limit":500}}"#).unwrap();
-        let files: Vec<_> = plan_writes(std::slice::from_ref(&v1), &lower)
-            .unwrap()
-            .into_iter()
-            .map(|w| w.file.file_name().unwrap().to_str().unwrap().to_string())
-            .collect();
         assert_eq!(
-            files,
+            order(500),
             ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
         );
 

@@ -567,7 +567,8 @@ impl Handle {
         let uses_v2 = Controller::ALL
             .iter()
             .any(|c| matches!(layout.placement(*c), Placement::V2 { enabled: true, .. }));
-        let early_cgroup = if uses_v2 {
+        // Made before clone on v2, after it on v1 (see above).
+        let make_cgroup = |marks: &mut Vec<(String, u64)>| {
             let cgroup = SandboxCgroup::create_at(
                 &layout,
                 &spec.id,
@@ -579,7 +580,10 @@ impl Handle {
             crate::cgroup::hold_in_use(&cgroup);
             marks.push(("cgroup created".into(), now_ns()));
             crate::fault::phase("cgroup-created", &spec.id);
-            Some(cgroup)
+            Ok::<_, CgroupError>(cgroup)
+        };
+        let early_cgroup = if uses_v2 {
+            Some(make_cgroup(&mut marks)?)
         } else {
             None
         };
@@ -742,17 +746,7 @@ impl Handle {
         }
         if handle.cgroup.is_none() {
             // On failure, dropping the handle kills and reaps the child.
-            let cgroup = SandboxCgroup::create_at(
-                &layout,
-                &spec.id,
-                &limits,
-                freezable,
-                spec.cgroup_at.as_ref(),
-            )?;
-            crate::cgroup::hold_in_use(&cgroup);
-            marks.push(("cgroup created".into(), now_ns()));
-            handle.cgroup = Some(cgroup);
-            crate::fault::phase("cgroup-created", &spec.id);
+            handle.cgroup = Some(make_cgroup(&mut marks)?);
         }
         crate::fault::phase("network-prepared", &spec.id);
         let egress = match egress.transpose() {

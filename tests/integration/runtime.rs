@@ -596,10 +596,10 @@ impl Drop for Containerd {
     }
 }
 
-#[test]
-fn runtime_runs_under_containerd_with_ctr_run() {
-    require_root!();
-    // The bundle's rootfs serves as ctr's --rootfs; its config.json is not used (ctr makes one).
+/// A bundle whose rootfs serves as `ctr run --rootfs` (its config.json is not used: ctr makes
+/// one), nsbox linked as `nsbox-runc` beside it, and a containerd of the test's own: the
+/// bundle (kept for its directory), the rootfs, the runtime binary, its root, the FIFO dir.
+fn under_containerd() -> (Bundle, PathBuf, PathBuf, PathBuf, PathBuf, Containerd) {
     let b = Bundle::new(config(&["/bin/true"]));
     let rootfs = b.path("bundle/rootfs");
     for d in ["proc", "dev", "sys", "run", "tmp", "etc"] {
@@ -607,9 +607,14 @@ fn runtime_runs_under_containerd_with_ctr_run() {
     }
     let runc = b.path("nsbox-runc");
     std::os::unix::fs::symlink(nsbox_bin(), &runc).unwrap();
-    let runc_root = b.path("runc-root");
-    let fifos = b.path("fifos");
-    let ctrd = Containerd::start();
+    let (runc_root, fifos) = (b.path("runc-root"), b.path("fifos"));
+    (b, rootfs, runc, runc_root, fifos, Containerd::start())
+}
+
+#[test]
+fn runtime_runs_under_containerd_with_ctr_run() {
+    require_root!();
+    let (_b, rootfs, runc, runc_root, fifos, ctrd) = under_containerd();
     // (The shim's own socket still goes to /run/containerd/s/, which containerd fixes.)
     let run = ctrd.ctr(&[
         "run",
@@ -649,16 +654,7 @@ fn runtime_runs_a_terminal_container_under_containerd_with_ctr_run_t() {
         Path::new("/usr/bin/script").exists(),
         "script (util-linux) is needed for this test"
     );
-    let b = Bundle::new(config(&["/bin/true"]));
-    let rootfs = b.path("bundle/rootfs");
-    for d in ["proc", "dev", "sys", "run", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    let runc = b.path("nsbox-runc");
-    std::os::unix::fs::symlink(nsbox_bin(), &runc).unwrap();
-    let runc_root = b.path("runc-root");
-    let fifos = b.path("fifos");
-    let ctrd = Containerd::start();
+    let (_b, rootfs, runc, runc_root, fifos, ctrd) = under_containerd();
     // ctr -t needs a terminal of its own: `script` gives it one and passes its status on.
     let ctr = format!(
         "/usr/bin/ctr --address {} -n nsbox-test run -t --rm --fifo-dir {} --rootfs \
@@ -746,6 +742,28 @@ fn runtime_runs_a_terminal_container_under_containerd_with_ctr_run_t() {
     );
 }
 
+/// Runs `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// A named network namespace (`ip netns add`), as a CNI makes one for a pod; deleted on drop.
+struct PodNetns(String);
+
+impl PodNetns {
+    fn add(name: &str) -> PodNetns {
+        ip(&["netns", "add", name]);
+        PodNetns(name.to_string())
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
 /// A pod's network namespace (what Kubernetes' sandbox container and the CNI set up) is
 /// joined by path: the container sees the pod's interface and address, not a new empty
 /// namespace, and keeps nsbox's own other namespaces; the namespace outlives the container.
@@ -754,18 +772,7 @@ fn runtime_runs_a_terminal_container_under_containerd_with_ctr_run_t() {
 fn runtime_joins_a_pods_network_namespace_by_path() {
     require_root!();
     let name = format!("nsbox-pod-{}", std::process::id());
-    let ip = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().expect("run ip");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    };
-    ip(&["netns", "add", &name]);
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-        }
-    }
-    let _gone = Gone(name.clone());
+    let _gone = PodNetns::add(&name);
     ip(&[
         "-n", &name, "link", "add", "pod0", "type", "veth", "peer", "name", "pod1",
     ]);
@@ -1766,16 +1773,7 @@ fn runtime_update_changes_a_running_containers_limits() {
 #[test]
 fn runtime_under_containerd_gives_task_metrics_and_oom_events() {
     require_root!();
-    let b = Bundle::new(config(&["/bin/true"]));
-    let rootfs = b.path("bundle/rootfs");
-    for d in ["proc", "dev", "sys", "run", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    let runc = b.path("nsbox-runc");
-    std::os::unix::fs::symlink(nsbox_bin(), &runc).unwrap();
-    let runc_root = b.path("runc-root");
-    let fifos = b.path("fifos");
-    let ctrd = Containerd::start();
+    let (b, rootfs, runc, runc_root, fifos, ctrd) = under_containerd();
     let run_detached = |id: &str, extra: &[&str], cmd: &[&str]| {
         let mut args = vec![
             "run",
@@ -1921,18 +1919,7 @@ fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
         ]
     };
     let name = format!("nsbox-fpod-{}", std::process::id());
-    let ip = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().expect("run ip");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    };
-    ip(&["netns", "add", &name]);
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-        }
-    }
-    let _gone = Gone(name.clone());
+    let _gone = PodNetns::add(&name);
     // The pod's end of a veth pair, the other end in the world's host (as a CNI bridge's).
     ip(&["-n", &name, "link", "set", "lo", "up"]);
     ip(&[
