@@ -105,7 +105,15 @@ impl RuntimeError {
 #[command(
     name = "nsbox-runc",
     version,
-    about = "nsbox as an OCI runtime (runc's command line)"
+    about = "nsbox as an OCI runtime (runc's command line)",
+    after_help = "Called by container engines (containerd's runc shim with BinaryName, podman --runtime, \
+                  dockerd --add-runtime) as nsbox-runc or `nsbox runtime`. nsbox's floor holds whatever \
+                  config.json asks: a user namespace, no capabilities, its seccomp filter; what it \
+                  refuses is named by field.\n\n\
+                  Annotations: io.nsbox.net.allow / io.nsbox.net.deny / io.nsbox.net.dns-upstream give \
+                  the container's (or its pod's) network namespace nsbox's filtered egress \
+                  (containerd: pod_annotations = [\"io.nsbox.net.*\"]).\n\n\
+                  Every command and field: docs/runtime.md"
 )]
 pub struct RuntimeCli {
     /// Where container state is kept.
