@@ -15,6 +15,8 @@ fn main() {
     }
     if args.get(1).is_some_and(|a| a == "runtime") {
         args.remove(1);
+        // So that usage and errors name the command as typed.
+        args[0] = "nsbox runtime".into();
         std::process::exit(nsbox::runtime::main(args));
     }
     std::process::exit(nsbox::cli::main());
