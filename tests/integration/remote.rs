@@ -431,24 +431,7 @@ fn remote_session_flow_over_tcp_with_a_key() {
 fn remote_commit_and_fork_print_as_locally() {
     require_root!();
     let server = TestServer::start(&[]);
-    let layout = server.dir.path().join("layout");
-    let mut l = crate::oci_build::Layout::new(&layout);
-    l.image(
-        Some("1"),
-        &[(crate::oci_build::base_layer(), crate::oci_build::Comp::Gzip)],
-        serde_json::json!({"Env": ["PATH=/bin"]}),
-    );
-    let loaded = nsbox_cmd(&[
-        "--state-root",
-        server.state().to_str().unwrap(),
-        "load",
-        layout.to_str().unwrap(),
-        "--tag",
-        "remotebase:1",
-    ])
-    .output()
-    .unwrap();
-    assert!(loaded.status.success(), "{loaded:?}");
+    server.load_base_image("remotebase:1");
     let remote = Remote::tcp(&server, &server.key("snap", None));
 
     let out = remote.run(&["create", "--image", "remotebase:1"]);

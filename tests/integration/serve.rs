@@ -12,7 +12,7 @@ use crate::support::nsbox_cmd;
 /// One server with its own state root, socket and loopback port (also used by `remote`).
 pub(crate) struct TestServer {
     child: Option<Child>,
-    pub(crate) dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub(crate) socket: PathBuf,
     pub(crate) tcp: String,
 }
@@ -106,7 +106,28 @@ impl TestServer {
         }
     }
 
-    pub(crate) fn state(&self) -> PathBuf {
+    /// Loads the tests' base image (busybox, `PATH=/bin`) into the server's store as `tag`.
+    pub(crate) fn load_base_image(&self, tag: &str) {
+        let layout = self.dir.path().join("layout");
+        crate::oci_build::Layout::new(&layout).image(
+            Some("1"),
+            &[(crate::oci_build::base_layer(), crate::oci_build::Comp::Gzip)],
+            serde_json::json!({"Env": ["PATH=/bin"]}),
+        );
+        let loaded = nsbox_cmd(&[
+            "--state-root",
+            self.state().to_str().unwrap(),
+            "load",
+            layout.to_str().unwrap(),
+            "--tag",
+            tag,
+        ])
+        .output()
+        .unwrap();
+        assert!(loaded.status.success(), "{loaded:?}");
+    }
+
+    fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 
@@ -1598,26 +1619,9 @@ fn serve_early_refusals_keep_the_connection_usable() {
 fn serve_pause_resume_commit_and_fork() {
     require_root!();
     let server = TestServer::start(&[]);
+    server.load_base_image("snapbase:1");
     let state = server.state();
-    let layout = server.dir.path().join("layout");
-    let mut l = crate::oci_build::Layout::new(&layout);
-    l.image(
-        Some("1"),
-        &[(crate::oci_build::base_layer(), crate::oci_build::Comp::Gzip)],
-        serde_json::json!({"Env": ["PATH=/bin"]}),
-    );
     let st = state.to_str().unwrap();
-    let loaded = nsbox_cmd(&[
-        "--state-root",
-        st,
-        "load",
-        layout.to_str().unwrap(),
-        "--tag",
-        "snapbase:1",
-    ])
-    .output()
-    .unwrap();
-    assert!(loaded.status.success(), "{loaded:?}");
     let key = server.key("snap", Some(3));
     let other = server.key("other", None);
     let call = |token: &str, method: &str, path: &str, body: Option<&str>| {
