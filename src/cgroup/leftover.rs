@@ -161,7 +161,7 @@ fn lock_target(leftover: &Leftover) -> PathBuf {
 /// descriptors it holds. A killed supervisor's lock goes with it.
 pub fn hold_in_use(cgroup: &super::SandboxCgroup) {
     let fds = cgroup
-        .clone_into_fd()
+        .v2_dir_fd()
         .into_iter()
         .chain(cgroup.self_join_fds().iter().map(|fd| {
             use std::os::fd::AsFd;

@@ -58,7 +58,7 @@ pub use layout::{CgroupKind, CgroupLayout, CgroupVersion, Hierarchy, Placement};
 pub use leftover::{find_leftovers, hold_in_use, in_use, remove_leftover, Leftover};
 pub use sandbox::{
     join_self, move_process, own_cgroup_procs, planned_dirs, prune_parents, remove_named, CgroupAt,
-    SandboxCgroup,
+    SandboxCgroup, SUPERVISOR_LEAF, WORKLOAD_LEAF,
 };
 
 /// Prefix of every cgroup directory nsbox creates; `nsbox prune` looks for it.

@@ -23,6 +23,12 @@ const REMOVE_PATIENCE: Duration = Duration::from_secs(1);
 const DROP_PATIENCE: Duration = Duration::from_millis(250);
 /// How long freezing or thawing may take before it is reported as failed.
 const FREEZE_PATIENCE: Duration = Duration::from_secs(5);
+/// On cgroup v2, the leaf of `nsbox-<id>` the sandbox's processes live in (see
+/// [`SandboxCgroup::charge_supervisor`]): its memory and pids limits, freezer and counters.
+pub const WORKLOAD_LEAF: &str = "sandbox";
+/// On cgroup v2, the leaf of `nsbox-<id>` its supervisor moves into to be charged: under the
+/// sandbox's cpu limit (on `nsbox-<id>`), outside its memory and pids limits and its freezer.
+pub const SUPERVISOR_LEAF: &str = "supervisor";
 
 /// The cgroup(s) of one sandbox: `nsbox-<id>` in each hierarchy used. Removed by
 /// [`SandboxCgroup::remove`], or best-effort on drop.
@@ -39,8 +45,11 @@ pub struct SandboxCgroup {
     engine_owned: bool,
     /// Created directories, in creation order; only these are ever removed.
     dirs: Vec<CgroupDir>,
-    /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)`.
+    /// The v2 directory (`nsbox-<id>`): flocked while the supervisor lives (`hold_in_use`).
     v2_fd: Option<OwnedFd>,
+    /// Its workload leaf, where there is one ([`WORKLOAD_LEAF`]), for
+    /// `clone3(CLONE_INTO_CGROUP)`; else the sandbox is cloned into `v2_fd`.
+    v2_leaf_fd: Option<OwnedFd>,
     /// One v1 `tasks` file per v1 directory, for [`join_self`].
     tasks_fds: Vec<OwnedFd>,
     warnings: Vec<String>,
@@ -57,9 +66,47 @@ struct CgroupDir {
     controllers: Vec<Controller>,
     /// The v1 freezer directory (made only to pause the sandbox; no limits in it).
     freezer: bool,
+    /// v2 with the cpu controller: the workload's leaf ([`WORKLOAD_LEAF`]) below `path`, which
+    /// holds the memory and pids limits, while the cpu limit is on `path` itself.
+    leaf: Option<PathBuf>,
+    /// The supervisor's leaf, once [`SandboxCgroup::charge_supervisor`] made it.
+    supervisor_leaf: Option<PathBuf>,
     /// The hierarchy's directory and its controllers (v1: as named in /proc/self/cgroup);
     /// `None` for fake cgroupfs trees in unit tests.
     hierarchy: Option<(PathBuf, Vec<String>)>,
+}
+
+impl CgroupDir {
+    /// Where the sandbox's processes are in this hierarchy: the workload leaf, if any.
+    fn processes(&self) -> &Path {
+        self.leaf.as_deref().unwrap_or(&self.path)
+    }
+}
+
+/// Makes `path`, a child cgroup of a directory nsbox made (a leaf of `nsbox-<id>`), and opens
+/// it for `clone3` and control-file writes. `fixture`: the root of a fake cgroupfs whose
+/// control files the new directory gets (unit tests).
+fn make_child(path: &Path, fixture: Option<&Path>) -> Result<OwnedFd, CgroupError> {
+    std::fs::create_dir(path).map_err(|source| CgroupError::Create {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if let Some(root) = fixture {
+        populate_fixture(root, path).map_err(|source| CgroupError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    // Not O_PATH: clone3(CLONE_INTO_CGROUP) rejects O_PATH fds.
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| CgroupError::Open {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 /// What `create` will do, decided before touching anything.
@@ -76,6 +123,8 @@ pub(crate) struct DirPlan {
     pub(crate) controllers: Vec<Controller>,
     pub(crate) writes: Vec<LimitWrite>,
     pub(crate) freezer: bool,
+    /// v2 only: the workload's leaf (see [`CgroupDir::leaf`]) and the limits written there.
+    pub(crate) leaf: Option<(PathBuf, Vec<LimitWrite>)>,
 }
 
 /// One value for one control file.
@@ -159,6 +208,7 @@ impl SandboxCgroup {
             engine_owned: false,
             dirs: Vec::new(),
             v2_fd: None,
+            v2_leaf_fd: None,
             tasks_fds: Vec::new(),
             warnings: plan.warnings,
             charged: None,
@@ -197,8 +247,10 @@ impl SandboxCgroup {
         self.dirs.push(CgroupDir {
             path: path.clone(),
             version: plan.hierarchy.version,
-            controllers: plan.controllers,
+            controllers: plan.controllers.clone(),
             freezer: plan.freezer,
+            leaf: None,
+            supervisor_leaf: None,
             hierarchy: plan.hierarchy.on_cgroupfs.then(|| {
                 (
                     plan.hierarchy.path.clone(),
@@ -226,20 +278,35 @@ impl SandboxCgroup {
             source: e.into(),
         })?;
 
-        for w in &plan.writes {
-            match write_control(&dir_fd, &path, w.file, &w.value)? {
-                Written::Yes => {}
-                Written::Absent => match &w.if_absent {
-                    Some(warning) => self.warnings.push(warning.clone()),
-                    None => {
-                        return Err(CgroupError::WriteLimit {
-                            file: path.join(w.file),
-                            value: w.value.clone(),
-                            source: io::ErrorKind::NotFound.into(),
-                        })
-                    }
-                },
+        self.write_limits(&dir_fd, &path, &plan.writes)?;
+        if let Some((leaf, writes)) = &plan.leaf {
+            // Children of a v2 cgroup get only the controllers in its subtree_control; the
+            // cpu limit stays on this directory, over the workload and the supervisor alike.
+            let below: Vec<String> = plan
+                .controllers
+                .iter()
+                .filter(|c| **c != Controller::Cpu)
+                .map(|c| format!("+{c}"))
+                .collect();
+            if !below.is_empty() {
+                let value = below.join(" ");
+                if write_control(&dir_fd, &path, "cgroup.subtree_control", &value)?
+                    == Written::Absent
+                {
+                    return Err(CgroupError::WriteLimit {
+                        file: path.join("cgroup.subtree_control"),
+                        value,
+                        source: io::ErrorKind::NotFound.into(),
+                    });
+                }
             }
+            let fixture = (!plan.hierarchy.on_cgroupfs).then_some(plan.hierarchy.path.as_path());
+            let leaf_fd = make_child(leaf, fixture)?;
+            if let Some(dir) = self.dirs.last_mut() {
+                dir.leaf = Some(leaf.clone());
+            }
+            self.write_limits(&leaf_fd, leaf, writes)?;
+            self.v2_leaf_fd = Some(leaf_fd);
         }
 
         match plan.hierarchy.version {
@@ -261,6 +328,30 @@ impl SandboxCgroup {
         Ok(())
     }
 
+    fn write_limits(
+        &mut self,
+        dir_fd: &OwnedFd,
+        path: &Path,
+        writes: &[LimitWrite],
+    ) -> Result<(), CgroupError> {
+        for w in writes {
+            match write_control(dir_fd, path, w.file, &w.value)? {
+                Written::Yes => {}
+                Written::Absent => match &w.if_absent {
+                    Some(warning) => self.warnings.push(warning.clone()),
+                    None => {
+                        return Err(CgroupError::WriteLimit {
+                            file: path.join(w.file),
+                            value: w.value.clone(),
+                            source: io::ErrorKind::NotFound.into(),
+                        })
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
     /// The sandbox id this cgroup was created for.
     pub fn id(&self) -> &str {
         &self.id
@@ -269,6 +360,14 @@ impl SandboxCgroup {
     /// The v2 directory, opened `O_RDONLY|O_DIRECTORY|O_CLOEXEC`, for `clone3`'s
     /// `CLONE_INTO_CGROUP`. `None` when no controller of the sandbox is on cgroup v2.
     pub fn clone_into_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.v2_leaf_fd
+            .as_ref()
+            .or(self.v2_fd.as_ref())
+            .map(|fd| fd.as_fd())
+    }
+
+    /// The v2 directory `nsbox-<id>` itself (not its leaf), for `hold_in_use`'s flock.
+    pub(crate) fn v2_dir_fd(&self) -> Option<BorrowedFd<'_>> {
         self.v2_fd.as_ref().map(|fd| fd.as_fd())
     }
 
@@ -289,6 +388,15 @@ impl SandboxCgroup {
         self.dirs.iter().map(|d| d.path.clone()).collect()
     }
 
+    /// Where the sandbox's processes are, one directory per hierarchy: [`Self::paths`], with
+    /// the v2 directory's workload leaf in its place where it has one.
+    pub fn process_paths(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .map(|d| d.leaf.clone().unwrap_or_else(|| d.path.clone()))
+            .collect()
+    }
+
     /// How many processes the kernel OOM-killed in the sandbox (v2 `memory.events` `oom_kill`,
     /// v1 `memory.oom_control` `oom_kill`). 0 when the sandbox has no memory cgroup, since then
     /// no memory limit of nsbox's can have caused a kill.
@@ -296,7 +404,7 @@ impl SandboxCgroup {
         let Some(dir) = self.dir_with(Controller::Memory) else {
             return Ok(0);
         };
-        let file = dir.path.join(match dir.version {
+        let file = dir.processes().join(match dir.version {
             CgroupVersion::V2 => "memory.events",
             CgroupVersion::V1 => "memory.oom_control",
         });
@@ -315,17 +423,18 @@ impl SandboxCgroup {
                 CgroupVersion::V2 => ("memory.current", "memory.peak"),
                 CgroupVersion::V1 => ("memory.usage_in_bytes", "memory.max_usage_in_bytes"),
             };
-            stats.memory_current_bytes = read_number(&dir.path.join(current))?;
-            stats.memory_peak_bytes = read_number(&dir.path.join(peak))?;
+            stats.memory_current_bytes = read_number(&dir.processes().join(current))?;
+            stats.memory_peak_bytes = read_number(&dir.processes().join(peak))?;
         }
         if let Some(dir) = self.dir_with(Controller::Pids) {
-            stats.pids_current = read_number(&dir.path.join("pids.current"))?;
+            stats.pids_current = read_number(&dir.processes().join("pids.current"))?;
         }
-        // On v2, cpu.stat exists in every cgroup, with or without the cpu controller. On v1 the
-        // usage comes from cpuacct, which is only reachable when co-mounted with cpu.
+        // On v2, cpu.stat exists in every cgroup, with or without the cpu controller: the
+        // workload's leaf, so a paused sandbox's usage stays put while its supervisor answers.
+        // On v1 the usage comes from cpuacct, which is only reachable when co-mounted with cpu.
         let v2 = self.dirs.iter().find(|d| d.version == CgroupVersion::V2);
         if let Some(dir) = v2 {
-            let file = dir.path.join("cpu.stat");
+            let file = dir.processes().join("cpu.stat");
             if let Some(text) = read_optional(&file)? {
                 stats.cpu_usage_usec = keyed_number(&file, &text, "usage_usec")?;
             }
@@ -357,19 +466,22 @@ impl SandboxCgroup {
         let mut first_error = None;
         let removed: Vec<PathBuf> = self.dirs.iter().map(|d| d.path.clone()).collect();
         for dir in std::mem::take(&mut self.dirs).iter().rev() {
-            if let Err(source) = remove_cgroup_dir(&dir.path, patience) {
-                let busy = source.raw_os_error() == Some(libc::EBUSY);
-                let err = CgroupError::Remove {
-                    hint: busy.then(|| {
-                        format!(
-                            "processes are still in it (listed in {}); stop them first",
-                            dir.path.join("cgroup.procs").display()
-                        )
-                    }),
-                    path: dir.path.clone(),
-                    source,
-                };
-                first_error.get_or_insert(err);
+            let leaves = dir.supervisor_leaf.iter().chain(&dir.leaf);
+            for path in leaves.chain(std::iter::once(&dir.path)) {
+                if let Err(source) = remove_cgroup_dir(path, patience) {
+                    let busy = source.raw_os_error() == Some(libc::EBUSY);
+                    let err = CgroupError::Remove {
+                        hint: busy.then(|| {
+                            format!(
+                                "processes are still in it (listed in {}); stop them first",
+                                path.join("cgroup.procs").display()
+                            )
+                        }),
+                        path: path.clone(),
+                        source,
+                    };
+                    first_error.get_or_insert(err);
+                }
             }
         }
         if let Some(registry) = self.registry.take() {
@@ -378,13 +490,14 @@ impl SandboxCgroup {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Where this sandbox can be frozen: its v2 directory (`cgroup.freeze`), else its v1
-    /// freezer directory (`freezer.state`).
-    fn freezer_dir(&self) -> Option<&CgroupDir> {
+    /// Where this sandbox can be frozen: its v2 directory's workload leaf, or the directory
+    /// (`cgroup.freeze`), else its v1 freezer directory (`freezer.state`).
+    fn freezer_dir(&self) -> Option<(CgroupVersion, &Path)> {
         self.dirs
             .iter()
             .find(|d| d.version == CgroupVersion::V2)
             .or_else(|| self.dirs.iter().find(|d| d.freezer))
+            .map(|d| (d.version, d.processes()))
     }
 
     /// True when [`SandboxCgroup::freeze`] can work.
@@ -406,15 +519,15 @@ impl SandboxCgroup {
 
     /// Whether the cgroup is frozen now (`None` without a freezer).
     pub fn is_frozen(&self) -> Result<Option<bool>, CgroupError> {
-        let Some(dir) = self.freezer_dir() else {
+        let Some((version, dir)) = self.freezer_dir() else {
             return Ok(None);
         };
-        freezer_state(dir).map(Some)
+        freezer_state(version, dir).map(Some)
     }
 
     fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
-        let dir = self.freezer_dir().ok_or(CgroupError::NoFreezer)?;
-        let (file, value) = match (dir.version, frozen) {
+        let (version, dir) = self.freezer_dir().ok_or(CgroupError::NoFreezer)?;
+        let (file, value) = match (version, frozen) {
             (CgroupVersion::V2, true) => ("cgroup.freeze", "1"),
             (CgroupVersion::V2, false) => ("cgroup.freeze", "0"),
             (CgroupVersion::V1, true) => ("freezer.state", "FROZEN"),
@@ -424,19 +537,17 @@ impl SandboxCgroup {
         loop {
             // v1 may stay FREEZING when a task is in an uninterruptible sleep; writing FROZEN
             // again retries the tasks that were not frozen yet.
-            std::fs::write(dir.path.join(file), value).map_err(|source| {
-                CgroupError::WriteLimit {
-                    file: dir.path.join(file),
-                    value: value.to_string(),
-                    source,
-                }
+            std::fs::write(dir.join(file), value).map_err(|source| CgroupError::WriteLimit {
+                file: dir.join(file),
+                value: value.to_string(),
+                source,
             })?;
-            if freezer_state(dir)? == frozen {
+            if freezer_state(version, dir)? == frozen {
                 return Ok(());
             }
             if std::time::Instant::now() >= deadline {
                 return Err(CgroupError::FreezeTimeout {
-                    path: dir.path.clone(),
+                    path: dir.to_path_buf(),
                     state: if frozen { "frozen" } else { "thawed" },
                     after: FREEZE_PATIENCE,
                 });
@@ -446,33 +557,43 @@ impl SandboxCgroup {
     }
 
     /// Charges the calling process — the sandbox's own supervisor: its output relay, resolver
-    /// and proxy — to the sandbox's CPU limit and usage, by moving it into the sandbox's cpu
-    /// cgroup. Only where that is safe: a cgroup v1 hierarchy holding the cpu controller
-    /// alone (cpu,cpuacct), so the sandbox's memory and pids limits, its freezer and its kill
-    /// never reach the supervisor. Returns whether it was charged; undone before the
-    /// directories are removed (a killed supervisor leaves the cgroup by dying).
+    /// and proxy — to the sandbox's CPU limit and usage. Only where the sandbox's memory and
+    /// pids limits, its freezer and its kill cannot reach the supervisor:
+    /// - cgroup v1: into the sandbox's cpu cgroup when that hierarchy holds the cpu controller
+    ///   alone (cpu,cpuacct);
+    /// - cgroup v2, where a process has one cgroup for every controller: into the sibling leaf
+    ///   [`SUPERVISOR_LEAF`] of the workload's [`WORKLOAD_LEAF`], made now; the cpu limit is on
+    ///   their parent `nsbox-<id>`, the memory and pids limits and the freezer on the
+    ///   workload's leaf only (so the supervisor is never OOM-killed or frozen with it).
     ///
-    /// On cgroup v2 a process has one cgroup for every controller, and the sandbox's freezes
-    /// and kills act on the directory its processes are in; charging there needs the workload
-    /// in a leaf of its own (docs/hardening.md), so v2 is not charged yet.
+    /// Returns whether it was charged; undone before the directories are removed (a killed
+    /// supervisor leaves the cgroup by dying).
     pub fn charge_supervisor(&mut self) -> Result<bool, CgroupError> {
         if self.charged.is_some() {
             return Ok(true);
         }
-        let Some(dir) = self.dirs.iter().find(|d| {
-            d.version == CgroupVersion::V1 && !d.freezer && d.controllers == [Controller::Cpu]
+        let Some(at) = self.dirs.iter().position(|d| {
+            d.leaf.is_some()
+                || (d.version == CgroupVersion::V1
+                    && !d.freezer
+                    && d.controllers == [Controller::Cpu])
         }) else {
             return Ok(false);
         };
+        let dir = &self.dirs[at];
         let Some((root, names)) = &dir.hierarchy else {
             return Ok(false);
         };
-        // This process's cpu cgroup now, from /proc/self/cgroup's line of the same hierarchy.
+        // This process's cgroup now, from /proc/self/cgroup's line of the same hierarchy.
         let mut wanted: Vec<&str> = names.iter().map(String::as_str).collect();
         wanted.sort_unstable();
+        let v2 = dir.version == CgroupVersion::V2;
         let own = super::layout::read_self_cgroups(Path::new("/"))
             .into_iter()
             .find(|(controllers, _)| {
+                if v2 {
+                    return controllers.is_empty();
+                }
                 let mut have: Vec<&str> = controllers.split(',').collect();
                 have.sort_unstable();
                 have == wanted
@@ -491,8 +612,16 @@ impl SandboxCgroup {
             path: back_path,
             source: e.into(),
         })?;
+        let target = if v2 {
+            let leaf = dir.path.join(SUPERVISOR_LEAF);
+            drop(make_child(&leaf, None)?);
+            self.dirs[at].supervisor_leaf = Some(leaf.clone());
+            leaf
+        } else {
+            dir.path.clone()
+        };
         // "0": the writing process, all its threads (v1 and v2 alike).
-        let procs = dir.path.join("cgroup.procs");
+        let procs = target.join("cgroup.procs");
         std::fs::write(&procs, "0").map_err(|source| CgroupError::WriteLimit {
             file: procs,
             value: "0".into(),
@@ -741,7 +870,8 @@ impl CgroupAt {
 
 /// The directories [`SandboxCgroup::create_at`] makes for these arguments (the plan is pure
 /// and the same for the same layout), with each one's hierarchy: for a process that is to be
-/// put into a sandbox's cgroups by another process than the one that made them.
+/// put into a sandbox's cgroups by another process than the one that made them (so a v2
+/// directory's workload leaf, where it has one, in its place).
 pub fn planned_dirs(
     layout: &CgroupLayout,
     id: &str,
@@ -752,7 +882,10 @@ pub fn planned_dirs(
     Ok(plan(layout, id, limits, freezable, at)?
         .dirs
         .into_iter()
-        .map(|d| (d.hierarchy, d.path))
+        .map(|d| {
+            let path = d.leaf.map_or(d.path, |(leaf, _)| leaf);
+            (d.hierarchy, path)
+        })
         .collect())
 }
 
@@ -814,14 +947,14 @@ impl Drop for SandboxCgroup {
 }
 
 /// v2 `cgroup.events` `frozen`, v1 `freezer.state` == FROZEN (FREEZING counts as not yet).
-fn freezer_state(dir: &CgroupDir) -> Result<bool, CgroupError> {
-    match dir.version {
+fn freezer_state(version: CgroupVersion, dir: &Path) -> Result<bool, CgroupError> {
+    match version {
         CgroupVersion::V2 => {
-            let file = dir.path.join("cgroup.events");
+            let file = dir.join("cgroup.events");
             let text = read_required(&file)?;
             Ok(keyed_number(&file, &text, "frozen")? == Some(1))
         }
-        CgroupVersion::V1 => Ok(read_required(&dir.path.join("freezer.state"))?.trim() == "FROZEN"),
+        CgroupVersion::V1 => Ok(read_required(&dir.join("freezer.state"))?.trim() == "FROZEN"),
     }
 }
 
@@ -870,6 +1003,7 @@ pub(crate) fn plan(
                 controllers: vec![c],
                 writes: Vec::new(),
                 freezer: false,
+                leaf: None,
             }),
         }
     }
@@ -887,6 +1021,7 @@ pub(crate) fn plan(
                     controllers: Vec::new(),
                     writes: Vec::new(),
                     freezer: true,
+                    leaf: None,
                 }),
             },
             _ => {}
@@ -896,7 +1031,24 @@ pub(crate) fn plan(
     // processes; v1 directories follow in controller order.
     dirs.sort_by_key(|d| d.hierarchy.version != CgroupVersion::V2);
     for d in &mut dirs {
-        d.writes = limit_writes(d.hierarchy.version, &d.controllers, limits, &d.path);
+        let v2 = d.hierarchy.version == CgroupVersion::V2;
+        // A v2 directory nsbox names itself, with the cpu controller, gets a workload leaf so
+        // that the supervisor can be charged beside it (see `charge_supervisor`); a path an
+        // engine named stays one directory, as its shim expects.
+        if v2 && at.is_none() && d.controllers.contains(&Controller::Cpu) {
+            let leaf = d.path.join(WORKLOAD_LEAF);
+            let below: Vec<Controller> = d
+                .controllers
+                .iter()
+                .copied()
+                .filter(|c| *c != Controller::Cpu)
+                .collect();
+            let writes = limit_writes(d.hierarchy.version, &below, limits, &leaf);
+            d.writes = limit_writes(d.hierarchy.version, &[Controller::Cpu], limits, &d.path);
+            d.leaf = Some((leaf, writes));
+        } else {
+            d.writes = limit_writes(d.hierarchy.version, &d.controllers, limits, &d.path);
+        }
     }
     Ok(Plan { dirs, warnings })
 }

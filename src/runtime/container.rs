@@ -874,7 +874,15 @@ pub fn update(
         "update needs a created or running container",
         |s| s != Status::Stopped,
     )?;
-    for w in super::update::plan_writes(&record.cgroups, update)? {
+    // Without a cgroupsPath on cgroup v2 the container is in its workload leaf, and its cpu
+    // limit is on the leaf's parent (`SandboxCgroup::charge_supervisor`).
+    let mut dirs = record.cgroups.clone();
+    for dir in &record.cgroups {
+        if dir.ends_with(crate::cgroup::WORKLOAD_LEAF) {
+            dirs.extend(dir.parent().map(Path::to_path_buf));
+        }
+    }
+    for w in super::update::plan_writes(&dirs, update)? {
         std::fs::write(&w.file, &w.value).map_err(|source| {
             crate::cgroup::CgroupError::WriteLimit {
                 file: w.file.clone(),

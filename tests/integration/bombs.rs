@@ -265,13 +265,21 @@ fn thread_cgroups(pid: u32, controller: &str) -> Vec<String> {
         .flatten()
     {
         let text = std::fs::read_to_string(task.path().join("cgroup")).unwrap_or_default();
+        let mut v1 = None;
+        let mut v2 = None;
         for line in text.lines() {
             let mut parts = line.splitn(3, ':');
             let (_, names, path) = (parts.next(), parts.next(), parts.next());
-            if names.is_some_and(|n| n.split(',').any(|c| c == controller)) {
-                paths.push(path.unwrap_or_default().to_string());
+            let path = path.unwrap_or_default().to_string();
+            match names {
+                Some("") => v2 = Some(path),
+                Some(n) if n.split(',').any(|c| c == controller) => v1 = Some(path),
+                _ => {}
             }
         }
+        // A controller not on a v1 hierarchy is on v2 (or nowhere, where the v2 path is
+        // still where the thread is).
+        paths.extend(v1.or(v2));
     }
     paths
 }
@@ -296,13 +304,25 @@ fn cpu_on_v1() -> bool {
 #[test]
 fn bombs_supervisor_cpu_is_charged_to_the_sandbox() {
     require_root!();
-    if !cpu_on_v1() {
-        skip(
-            module_path!(),
-            "the cpu controller is on cgroup v2 here, where supervisors are not charged yet",
-        );
-        return;
-    }
+    // v1: the sandbox's cpu cgroup itself; v2: the supervisor's leaf beside the workload's,
+    // below nsbox-<id> and its cpu limit (docs/hardening.md).
+    let v1 = cpu_on_v1();
+    let charged_at = |id: &str| {
+        if v1 {
+            format!("nsbox-{id}")
+        } else {
+            format!("nsbox-{id}/supervisor")
+        }
+    };
+    // Outside the sandbox's memory, pids and freezer cgroups: v1, none of its directories;
+    // v2, not the workload's leaf, which alone has the limits and the freezer.
+    let outside = |paths: &[String], id: &str| {
+        if v1 {
+            paths.iter().all(|p| !p.contains(id))
+        } else {
+            paths.iter().all(|p| p.ends_with(&charged_at(id)))
+        }
+    };
     // A filtered one-shot: its supervisor has resolver and proxy threads.
     let mut child = nsbox_cmd(&[
         "exec",
@@ -341,7 +361,7 @@ fn bombs_supervisor_cpu_is_charged_to_the_sandbox() {
     // that could make the test timing-dependent beyond a generous bound.
     let mut cpu = thread_cgroups(child.id(), "cpu");
     for _ in 0..200 {
-        if cpu.iter().all(|p| p.ends_with(&format!("nsbox-{id}"))) {
+        if cpu.iter().all(|p| p.ends_with(&charged_at(&id))) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -352,14 +372,37 @@ fn bombs_supervisor_cpu_is_charged_to_the_sandbox() {
         "the supervisor and its network threads: {cpu:?}"
     );
     assert!(
-        cpu.iter().all(|p| p.ends_with(&format!("nsbox-{id}"))),
+        cpu.iter().all(|p| p.ends_with(&charged_at(&id))),
         "every supervisor thread in the sandbox's cpu cgroup: {cpu:?}"
     );
     for other in ["memory", "pids", "freezer"] {
         let paths = thread_cgroups(child.id(), other);
         assert!(
-            paths.iter().all(|p| !p.contains(&id)),
+            outside(&paths, &id),
             "the supervisor is outside the sandbox's {other} cgroup: {paths:?}"
+        );
+    }
+    if !v1 {
+        // The limit that holds both is on their parent; the workload's own are on its leaf.
+        let top = std::path::Path::new("/sys/fs/cgroup").join(format!("nsbox-{id}"));
+        let read = |f: &str| {
+            std::fs::read_to_string(top.join(f))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(read("cpu.max"), "50000 100000");
+        let workload = thread_cgroups(cgroup_pid_of(&top.join("sandbox")), "cpu");
+        assert!(
+            workload
+                .iter()
+                .all(|p| p.ends_with(&format!("nsbox-{id}/sandbox"))),
+            "{workload:?}"
+        );
+        assert_eq!(
+            read("supervisor/memory.max"),
+            "max",
+            "no memory limit on the supervisor"
         );
     }
     drop(child.stdin.take());
@@ -391,16 +434,14 @@ fn bombs_supervisor_cpu_is_charged_to_the_sandbox() {
     // The supervisor moves once `create` was answered (off the caller's path).
     let charged = || {
         let cpu = thread_cgroups(pid, "cpu");
-        !cpu.is_empty() && cpu.iter().all(|p| p.ends_with(&format!("nsbox-{id}")))
+        !cpu.is_empty() && cpu.iter().all(|p| p.ends_with(&charged_at(&id)))
     };
     assert!(
         eventually(10.0, charged),
         "{:?}",
         thread_cgroups(pid, "cpu")
     );
-    assert!(thread_cgroups(pid, "freezer")
-        .iter()
-        .all(|p| !p.contains(&id)));
+    assert!(outside(&thread_cgroups(pid, "freezer"), &id));
     // Pausing the session freezes its processes, never its supervisor.
     let r = neighbour.run(&["pause", "neighbour"]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -415,6 +456,17 @@ fn bombs_supervisor_cpu_is_charged_to_the_sandbox() {
         "{:?}",
         leftover_cgroups(&id)
     );
+}
+
+/// A process in the cgroup directory `dir` (its first `cgroup.procs` line).
+fn cgroup_pid_of(dir: &std::path::Path) -> u32 {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+    procs
+        .lines()
+        .next()
+        .expect("a process in the cgroup")
+        .parse()
+        .unwrap()
 }
 
 /// CPU time (user + system, seconds) used so far by every process in a cgroup of sandbox `id`

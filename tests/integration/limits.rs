@@ -152,7 +152,7 @@ fn limits_are_written_to_the_sandbox_cgroup() {
     )
     .is_empty()));
     assert!(!leftover_cgroups(&id).is_empty());
-    let dirs = leftover_cgroups(&id);
+    let dirs = sandbox_cgroup_dirs(&id);
     let read = |name: &str| -> Option<String> {
         dirs.iter()
             .find_map(|d| std::fs::read_to_string(d.join(name)).ok())

@@ -101,7 +101,7 @@ fn processes_of_store(store: &Store) -> Vec<u32> {
 
 /// A cgroup directory of session `id` carrying `file` (e.g. pids.current).
 fn cgroup_file(id: &str, file: &str) -> Option<PathBuf> {
-    leftover_cgroups(id)
+    sandbox_cgroup_dirs(id)
         .into_iter()
         .map(|d| d.join(file))
         .find(|f| f.exists())

@@ -226,6 +226,21 @@ pub fn leftover_cgroups(id: &str) -> Vec<PathBuf> {
     found
 }
 
+/// The cgroup directories holding sandbox `id`'s limits and counters: [`leftover_cgroups`]'
+/// ones, each preceded by its cgroup v2 workload leaf (`sandbox`) where it has one (the cpu
+/// limit is on `nsbox-<id>`, memory and pids on the leaf).
+pub fn sandbox_cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for dir in leftover_cgroups(id) {
+        let leaf = dir.join("sandbox");
+        if leaf.is_dir() {
+            dirs.push(leaf);
+        }
+        dirs.push(dir);
+    }
+    dirs
+}
+
 /// Host processes whose command line starts with `needle`.
 /// Runs `cmd` with `input` on its stdin (then closed); its output and status.
 pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Run {

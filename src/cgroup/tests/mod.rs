@@ -215,11 +215,14 @@ fn freezable_sandbox_on_pure_v2_uses_cgroup_freeze_in_its_own_dir() {
     let cg = SandboxCgroup::create_with_freezer(&host.layout(), "fz", &all_limits(), true)
         .expect("create");
     let dir = host.path("/sys/fs/cgroup/nsbox-fz");
-    assert_eq!(cg.paths(), vec![dir.clone()], "no extra directory on v2");
+    assert_eq!(cg.paths(), vec![dir.clone()], "no freezer directory on v2");
+    // The workload's leaf is frozen, not nsbox-<id>: a charged supervisor is in its sibling.
+    let leaf = dir.join("sandbox");
     // The kernel reports the state in cgroup.events; the fake says frozen already.
-    host.write(&dir.join("cgroup.events"), "populated 1\nfrozen 1\n");
+    host.write(&leaf.join("cgroup.events"), "populated 1\nfrozen 1\n");
     cg.freeze().expect("freeze");
-    assert_eq!(read(&dir.join("cgroup.freeze")), "1");
+    assert_eq!(read(&leaf.join("cgroup.freeze")), "1");
+    assert_eq!(read(&dir.join("cgroup.freeze")), "");
     assert_eq!(cg.is_frozen().unwrap(), Some(true));
 }
 
@@ -234,22 +237,31 @@ fn join_self_writes_zero_to_each_tasks_fd() {
 }
 
 #[test]
-fn create_on_pure_v2_writes_v2_limits_in_one_dir() {
+fn create_on_pure_v2_puts_the_cpu_limit_above_the_workloads_leaf() {
     let host = pure_v2();
     let cg = SandboxCgroup::create(&host.layout(), "abc", &all_limits()).expect("create");
     let dir = host.path("/sys/fs/cgroup/nsbox-abc");
+    let leaf = dir.join("sandbox");
     assert_eq!(cg.paths(), vec![dir.clone()]);
-    assert_eq!(read(&dir.join("memory.max")), "268435456");
-    assert_eq!(read(&dir.join("memory.swap.max")), "0");
-    assert_eq!(read(&dir.join("memory.oom.group")), "1");
-    assert_eq!(read(&dir.join("pids.max")), "64");
+    assert_eq!(cg.process_paths(), vec![leaf.clone()]);
+    // cpu on nsbox-<id> (over the workload and a charged supervisor), the rest on the leaf.
     assert_eq!(read(&dir.join("cpu.max")), "150000 100000");
+    assert_eq!(read(&dir.join("cgroup.subtree_control")), "+memory +pids");
+    assert_eq!(read(&leaf.join("memory.max")), "268435456");
+    assert_eq!(read(&leaf.join("memory.swap.max")), "0");
+    assert_eq!(read(&leaf.join("memory.oom.group")), "1");
+    assert_eq!(read(&leaf.join("pids.max")), "64");
+    for file in ["memory.max", "pids.max"] {
+        assert_eq!(read(&dir.join(file)), "", "no {file} above the leaf");
+    }
+    assert_eq!(read(&leaf.join("cpu.max")), "", "no cpu limit on the leaf");
     assert!(cg.self_join_fds().is_empty());
     assert!(cg.warnings().is_empty(), "{:?}", cg.warnings());
 
+    // The sandbox is cloned into the leaf.
     let fd = cg.clone_into_fd().expect("v2 dir fd");
     let st = rustix::fs::fstat(fd.as_fd()).expect("fstat");
-    let meta = std::fs::metadata(&dir).expect("stat");
+    let meta = std::fs::metadata(&leaf).expect("stat");
     assert_eq!((st.st_dev, st.st_ino), (meta.dev(), meta.ino()));
     let fl = rustix::fs::fcntl_getfl(fd).expect("getfl");
     assert!(
@@ -291,9 +303,10 @@ fn none_limits_write_nothing_but_still_track() {
     let dir = host.path("/sys/fs/cgroup/nsbox-n");
     for f in ["memory.max", "memory.swap.max", "pids.max", "cpu.max"] {
         assert_eq!(read(&dir.join(f)), "", "{f}");
+        assert_eq!(read(&dir.join("sandbox").join(f)), "", "{f}");
     }
     // Group OOM kill is about how a kill happens, not a limit, so it is always set.
-    assert_eq!(read(&dir.join("memory.oom.group")), "1");
+    assert_eq!(read(&dir.join("sandbox/memory.oom.group")), "1");
 
     let host = hybrid();
     let cg = SandboxCgroup::create(&host.layout(), "n", &CgroupLimits::default()).expect("create");
@@ -390,7 +403,15 @@ fn v2_controller_not_enabled_for_children_fails_with_hint_and_creates_nothing() 
         ..all_limits()
     };
     let cg = SandboxCgroup::create(&layout, "e", &limits).expect("create");
-    assert_eq!(read(&host.path("/sys/fs/cgroup/nsbox-e/pids.max")), "64");
+    assert_eq!(
+        read(&host.path("/sys/fs/cgroup/nsbox-e/sandbox/pids.max")),
+        "64"
+    );
+    // Only what nsbox-e has is passed to the leaf: no memory.
+    assert_eq!(
+        read(&host.path("/sys/fs/cgroup/nsbox-e/cgroup.subtree_control")),
+        "+pids"
+    );
     assert!(
         cg.warnings()[0].starts_with("memory controller not enabled"),
         "{:?}",
@@ -546,16 +567,19 @@ fn cpu_millis_become_quota_per_100ms_period() {
 fn stats_and_oom_kills_on_v2() {
     let host = pure_v2();
     let cg = SandboxCgroup::create(&host.layout(), "st", &all_limits()).expect("create");
+    // The workload's counters, from its leaf (a charged supervisor is in a sibling).
     let dir = &cg.paths()[0];
-    host.write(&dir.join("memory.current"), "1048576\n");
-    host.write(&dir.join("memory.peak"), "4194304\n");
-    host.write(&dir.join("pids.current"), "3\n");
+    let leaf = &cg.process_paths()[0];
+    host.write(&leaf.join("memory.current"), "1048576\n");
+    host.write(&leaf.join("memory.peak"), "4194304\n");
+    host.write(&leaf.join("pids.current"), "3\n");
     host.write(
-        &dir.join("cpu.stat"),
+        &leaf.join("cpu.stat"),
         "usage_usec 12345\nuser_usec 10000\nsystem_usec 2345\n",
     );
+    host.write(&dir.join("cpu.stat"), "usage_usec 99999\n");
     host.write(
-        &dir.join("memory.events"),
+        &leaf.join("memory.events"),
         "low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\noom_group_kill 1\n",
     );
     assert_eq!(
@@ -613,6 +637,15 @@ fn remove_and_drop_remove_every_directory() {
     drop(cg);
     assert!(paths.iter().all(|p| !p.exists()));
     assert!(nsbox_dirs_below(host.root()).is_empty());
+
+    // Pure v2: the workload's leaf goes first, then nsbox-<id>.
+    let host = pure_v2();
+    let cg = SandboxCgroup::create(&host.layout(), "rm", &all_limits()).expect("create");
+    let (dir, leaf) = (cg.paths()[0].clone(), cg.process_paths()[0].clone());
+    assert!(leaf.is_dir() && leaf.parent() == Some(dir.as_path()));
+    cg.remove().expect("remove");
+    assert!(!dir.exists());
+    assert!(nsbox_dirs_below(host.root()).is_empty());
 }
 
 #[test]
@@ -624,6 +657,11 @@ fn create_at_a_path_makes_its_parents_and_removes_only_those() {
         .expect("create");
     let dir = host.path("/sys/fs/cgroup/kube/pod1/ctr");
     assert_eq!(cg.paths(), vec![dir.clone()]);
+    assert_eq!(
+        cg.process_paths(),
+        cg.paths(),
+        "an engine's path has no leaves"
+    );
     assert_eq!(read(&dir.join("pids.max")), "64");
     // The parent nsbox made passes the sandbox's controllers on; the existing one is not
     // written.
