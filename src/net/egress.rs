@@ -130,6 +130,18 @@ pub fn prepare_filtered_namespace(
         if pod {
             ruleset = ruleset.for_pod();
         }
+        if pod {
+            // A table left in the pod's namespace by a killed supervisor (which leaves the pod
+            // closed, not open). No live supervisor serves this namespace: its proxy and
+            // resolver would hold the ports just bound above. So the table is stale, and
+            // replaced.
+            let msgs = nft::encode_delete_table(&mut nft);
+            match nft.transact(&msgs) {
+                Ok(()) => tracing::info!("replaced a stale nsbox table in the pod's namespace"),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(step("remove a stale nftables table")(e)),
+            }
+        }
         let msgs = ruleset.encode(&mut nft);
         nft.transact(&msgs)
             .map_err(step("load the nftables ruleset"))?;

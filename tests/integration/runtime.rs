@@ -1985,6 +1985,7 @@ fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
         "io.kubernetes.cri.container-type": "sandbox",
     });
     pause["annotations"] = annotations.clone();
+    let pod_annotations = annotations.clone();
     let pod = Bundle::with_runtime(pause, runtime());
     let created = pod.create("pause");
     assert_eq!(created.code, 0, "create: {}", created.stderr);
@@ -2066,4 +2067,41 @@ fn runtime_filters_a_pods_egress_from_its_sandbox_containers_annotations() {
     );
     assert!(Path::new(&netns).exists());
     assert!(leftover_cgroups(&session).is_empty(), "no cgroup left");
+
+    // A supervisor killed outright leaves its table (the pod stays closed, not open); the
+    // next sandbox container in the same namespace replaces it (its proxy's and resolver's
+    // ports were free: no live supervisor served the namespace).
+    let mut again = config(&["/bin/sleep", "600"]);
+    again["linux"]["namespaces"][2] = serde_json::json!({"type": "network", "path": netns});
+    again["annotations"] = pod_annotations.clone();
+    let again = Bundle::with_runtime(again, runtime());
+    assert_eq!(again.create("pause2").code, 0);
+    let session = again.session("pause2");
+    let record = again.path(&format!("state/pause2/run/sessions/{session}/session.json"));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let supervisor = record["supervisor_pid"].as_i64().unwrap();
+    assert!(tables().contains("table inet nsbox"), "{}", tables());
+    let _ = Command::new("kill")
+        .args(["-KILL", &supervisor.to_string()])
+        .status();
+    assert!(eventually(10.0, || !Path::new(&format!(
+        "/proc/{supervisor}"
+    ))
+    .exists()));
+    assert_eq!(again.runtime(&["delete", "--force", "pause2"]).code, 0);
+    assert!(
+        tables().contains("table inet nsbox"),
+        "left by the killed supervisor"
+    );
+    let third = again.create("pause3");
+    assert_eq!(third.code, 0, "a stale table is replaced: {}", third.stderr);
+    assert!(tables().contains("table inet nsbox"), "{}", tables());
+    assert_eq!(again.runtime(&["delete", "--force", "pause3"]).code, 0);
+    assert!(
+        eventually(10.0, || !tables().contains("nsbox")),
+        "{}",
+        tables()
+    );
+    let _ = crate::support::nsbox(&["prune"]);
 }
