@@ -1565,18 +1565,26 @@ fn cgroup_file(b: &Bundle, id: &str, file: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no {file} in the cgroups of {id}: {v}"))
 }
 
-/// The first of `files` (one per cgroup version) found in the sandbox's cgroup directories.
+/// The first of `files` (one per cgroup version) found in the sandbox's cgroup directories,
+/// or above a cgroup v2 workload leaf (`nsbox-ID/sandbox`, whose cpu limit is on its parent).
 fn cgroup_read_any(b: &Bundle, id: &str, files: &[&str]) -> String {
     let text = std::fs::read(b.path(&format!("state/{id}/state.json"))).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for d in v["cgroups"].as_array().unwrap() {
+        let d = PathBuf::from(d.as_str().unwrap());
+        let parent = d
+            .ends_with("sandbox")
+            .then(|| d.parent().map(Path::to_path_buf))
+            .flatten();
+        dirs.push(d);
+        dirs.extend(parent);
+    }
     files
         .iter()
         .find_map(|f| {
-            v["cgroups"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find_map(|d| std::fs::read_to_string(Path::new(d.as_str().unwrap()).join(f)).ok())
+            dirs.iter()
+                .find_map(|d| std::fs::read_to_string(d.join(f)).ok())
         })
         .unwrap_or_else(|| panic!("none of {files:?} in the cgroups of {id}: {v}"))
 }
