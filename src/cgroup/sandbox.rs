@@ -84,13 +84,18 @@ impl CgroupDir {
 }
 
 /// Makes `path`, a child cgroup of a directory nsbox made (a leaf of `nsbox-<id>`), and opens
-/// it for `clone3` and control-file writes. `fixture`: the root of a fake cgroupfs whose
-/// control files the new directory gets (unit tests).
+/// it (see [`open_made`]).
 fn make_child(path: &Path, fixture: Option<&Path>) -> Result<OwnedFd, CgroupError> {
     std::fs::create_dir(path).map_err(|source| CgroupError::Create {
         path: path.to_path_buf(),
         source,
     })?;
+    open_made(path, fixture)
+}
+
+/// Opens a cgroup directory nsbox just made, for `clone3` and control-file writes. `fixture`:
+/// the root of a fake cgroupfs whose control files the new directory gets (unit tests).
+fn open_made(path: &Path, fixture: Option<&Path>) -> Result<OwnedFd, CgroupError> {
     if let Some(root) = fixture {
         populate_fixture(root, path).map_err(|source| CgroupError::Create {
             path: path.to_path_buf(),
@@ -258,53 +263,15 @@ impl SandboxCgroup {
                 )
             }),
         });
-        if !plan.hierarchy.on_cgroupfs {
-            populate_fixture(&plan.hierarchy.path, &path).map_err(|source| {
-                CgroupError::Create {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-        }
-
-        // Not O_PATH: clone3(CLONE_INTO_CGROUP) rejects O_PATH fds.
-        let dir_fd = rustix::fs::open(
-            &path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-        )
-        .map_err(|e| CgroupError::Open {
-            path: path.clone(),
-            source: e.into(),
-        })?;
-
+        let fixture = (!plan.hierarchy.on_cgroupfs).then_some(plan.hierarchy.path.as_path());
+        let dir_fd = open_made(&path, fixture)?;
         self.write_limits(&dir_fd, &path, &plan.writes)?;
         if let Some((leaf, writes)) = &plan.leaf {
-            // Children of a v2 cgroup get only the controllers in its subtree_control; the
-            // cpu limit stays on this directory, over the workload and the supervisor alike.
-            let below: Vec<String> = plan
-                .controllers
-                .iter()
-                .filter(|c| **c != Controller::Cpu)
-                .map(|c| format!("+{c}"))
-                .collect();
-            if !below.is_empty() {
-                let value = below.join(" ");
-                if write_control(&dir_fd, &path, "cgroup.subtree_control", &value)?
-                    == Written::Absent
-                {
-                    return Err(CgroupError::WriteLimit {
-                        file: path.join("cgroup.subtree_control"),
-                        value,
-                        source: io::ErrorKind::NotFound.into(),
-                    });
-                }
-            }
-            let fixture = (!plan.hierarchy.on_cgroupfs).then_some(plan.hierarchy.path.as_path());
-            let leaf_fd = make_child(leaf, fixture)?;
+            // Recorded first, so that a failure below still removes it with `nsbox-<id>`.
             if let Some(dir) = self.dirs.last_mut() {
                 dir.leaf = Some(leaf.clone());
             }
+            let leaf_fd = make_child(leaf, fixture)?;
             self.write_limits(&leaf_fd, leaf, writes)?;
             self.v2_leaf_fd = Some(leaf_fd);
         }
@@ -393,7 +360,7 @@ impl SandboxCgroup {
     pub fn process_paths(&self) -> Vec<PathBuf> {
         self.dirs
             .iter()
-            .map(|d| d.leaf.clone().unwrap_or_else(|| d.path.clone()))
+            .map(|d| d.processes().to_path_buf())
             .collect()
     }
 
@@ -614,8 +581,9 @@ impl SandboxCgroup {
         })?;
         let target = if v2 {
             let leaf = dir.path.join(SUPERVISOR_LEAF);
-            drop(make_child(&leaf, None)?);
+            // Recorded first, so that it is removed with `nsbox-<id>` whatever fails below.
             self.dirs[at].supervisor_leaf = Some(leaf.clone());
+            drop(make_child(&leaf, None)?);
             leaf
         } else {
             dir.path.clone()
@@ -1045,6 +1013,15 @@ pub(crate) fn plan(
                 .collect();
             let writes = limit_writes(d.hierarchy.version, &below, limits, &leaf);
             d.writes = limit_writes(d.hierarchy.version, &[Controller::Cpu], limits, &d.path);
+            // Children of a v2 cgroup get only the controllers in its subtree_control: the
+            // leaf's own, while the cpu limit stays above the workload and the supervisor.
+            if !below.is_empty() {
+                let value: Vec<String> = below.iter().map(|c| format!("+{c}")).collect();
+                d.writes.push(LimitWrite::required(
+                    "cgroup.subtree_control",
+                    value.join(" "),
+                ));
+            }
             d.leaf = Some((leaf, writes));
         } else {
             d.writes = limit_writes(d.hierarchy.version, &d.controllers, limits, &d.path);

@@ -129,8 +129,6 @@ pub fn prepare_filtered_namespace(
         );
         if pod {
             ruleset = ruleset.for_pod();
-        }
-        if pod {
             // A table left in the pod's namespace by a killed supervisor (which leaves the pod
             // closed, not open). No live supervisor serves this namespace: its proxy and
             // resolver would hold the ports just bound above. So the table is stale, and

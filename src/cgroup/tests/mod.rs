@@ -502,6 +502,16 @@ fn failure_half_way_removes_what_was_created() {
         other => panic!("expected WriteLimit, got {other:?}"),
     }
     assert!(nsbox_dirs_below(host.root()).is_empty());
+
+    // Pure v2: the workload's leaf fails its pids limit; the leaf and nsbox-<id> both go.
+    let host = pure_v2();
+    host.remove("/sys/fs/cgroup/pids.max");
+    let err = SandboxCgroup::create(&host.layout(), "half", &all_limits()).expect_err("no pids");
+    assert!(
+        matches!(&err, CgroupError::WriteLimit { file, .. } if file.ends_with("nsbox-half/sandbox/pids.max")),
+        "{err:?}"
+    );
+    assert!(!host.path("/sys/fs/cgroup/nsbox-half").exists());
 }
 
 #[test]
